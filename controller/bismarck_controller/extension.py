@@ -1,0 +1,557 @@
+"""Builds and installs the bismarck PostgreSQL extension.
+
+The install script ``bismarck--<version>.sql`` is ``sql/bismarck.sql`` followed by a generated
+section that stores every module of the engine package ``bismarckpy`` in
+``bismarck._engine_module``; so the server needs only plpython3u and numpy, never this package.
+
+Upgrades (``ALTER EXTENSION bismarck UPDATE``) keep data. Statements of ``sql/bismarck.sql`` fall
+in two kinds. Code (functions, procedures, aggregates, views, their comments, grants) is dropped
+and created again by every upgrade script. Everything else (tables, indexes, types, sequences,
+seed rows) is persistent: created by the first install only and changed later by hand-written
+migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between consecutive versions. Versions
+that can be upgraded from are listed in ``sql/upgrades.txt``. An upgrade script is: drop all the
+extension's code, the migrations along the chain, the code statements, the engine's modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+import bismarck_controller
+import bismarckpy
+from bismarck_controller.errors import SetupError
+
+NAME = "bismarck"
+CODE_OBJECTS = ("FUNCTION", "PROCEDURE", "AGGREGATE", "VIEW")
+
+
+def sql_dir() -> Path:
+    """The directory with bismarck.control and bismarck.sql (the repo's or the packaged copy)."""
+    candidates = [Path(bismarckpy.__file__).resolve().parents[2] / "sql",
+                  Path(bismarck_controller.__file__).resolve().parent / "sql"]
+    env = os.environ.get("BISMARCK_SQL_DIR")
+    if env:
+        candidates.insert(0, Path(env))
+    for path in candidates:
+        if (path / f"{NAME}.control").is_file() and (path / f"{NAME}.sql").is_file():
+            return path
+    raise SetupError(
+        "The extension sources (bismarck.control, bismarck.sql) were not found next to the "
+        "bismarckpy package.",
+        "Reinstall bismarckpy (`pip install -e .` in the repository, or from a wheel).")
+
+
+def version() -> str:
+    """The client's extension version: ``bismarckpy.__version__``, checked against the control."""
+    control = (sql_dir() / f"{NAME}.control").read_text()
+    match = re.search(r"^\s*default_version\s*=\s*'([^']*)'", control, re.MULTILINE)
+    declared = match.group(1) if match else None
+    if declared != bismarckpy.__version__:
+        raise SetupError(
+            f"bismarck.control declares default_version {declared!r}, but bismarckpy is "
+            f"{bismarckpy.__version__}.",
+            "Make sql/bismarck.control and src/bismarckpy/__init__.py agree on the version.")
+    return bismarckpy.__version__
+
+
+def version_key(text: str) -> tuple[int, ...]:
+    """A sortable key for versions like ``0.10.2``."""
+    return tuple(int(part) for part in re.findall(r"\d+", text))
+
+
+def engine_modules() -> dict[str, str]:
+    """Every ``*.py`` module of bismarckpy by dotted name (``bismarckpy.__init__`` for packages)."""
+    package = Path(bismarckpy.__file__).resolve().parent
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        rel = path.relative_to(package.parent).with_suffix("")
+        modules[".".join(rel.parts)] = path.read_text(encoding="utf-8")
+    return modules
+
+
+def engine_digest(modules: dict[str, str] | None = None) -> str:
+    """md5 over the modules, computed the same way as ``_ENGINE_DIGEST_SQL`` in the server."""
+    modules = engine_modules() if modules is None else modules
+    names = sorted(modules, key=lambda name: name.encode("utf-8"))
+    text = "".join(name + "\n" + modules[name] + "\n" for name in names)
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+_ENGINE_DIGEST_SQL = ("SELECT md5(string_agg(name || E'\\n' || source || E'\\n', '' "
+                      "ORDER BY name COLLATE \"C\")) FROM bismarck._engine_module")
+
+
+def _dollar_quote(text: str, base: str = "bismarck_src") -> str:
+    """``text`` in a dollar quote whose tag does not occur in it."""
+    tag, n = base, 0
+    while f"${tag}$" in text:
+        n += 1
+        tag = f"{base}{n}"
+    return f"${tag}${text}${tag}$"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def modules_section() -> str:
+    """The generated INSERT of the engine's modules into bismarck._engine_module."""
+    rows = [f"({_literal(name)}, {_dollar_quote(source)})"
+            for name, source in engine_modules().items()]
+    return ("\n------------------------------------------------------------------------------"
+            "------------------\n-- Generated: the engine's Python modules (package bismarckpy)\n"
+            "------------------------------------------------------------------------------------"
+            "------------\n\nINSERT INTO bismarck._engine_module(name, source) VALUES\n"
+            + ",\n".join(rows) + ";\n")
+
+
+def build_install_script() -> str:
+    """The install script: sql/bismarck.sql followed by the engine's modules."""
+    version()
+    source = (sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8")
+    return source.rstrip("\n") + "\n" + modules_section()
+
+
+# --- statements and upgrades ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement of the script, with the comments before it."""
+
+    text: str
+
+    @property
+    def words(self) -> list[str]:
+        """The first words of the statement, upper-cased, comments skipped."""
+        body = re.sub(r"--[^\n]*", " ", self.text)
+        body = re.sub(r"/\*.*?\*/", " ", body, flags=re.DOTALL)
+        return [w.upper() for w in re.findall(r"[A-Za-z_]+", body[:400])[:8]]
+
+    def is_code(self, views: set[str]) -> bool:
+        """Whether the upgrade re-creates this statement (code) rather than keeping it (data)."""
+        words = self.words
+        if not words:
+            return False
+        if words[0] in ("GRANT", "REVOKE"):
+            return True
+        if words[:3] == ["CREATE", "OR", "REPLACE"]:
+            words = ["CREATE"] + words[3:]
+        if words[0] in ("CREATE", "ALTER") and len(words) > 1:
+            return words[1] in CODE_OBJECTS
+        if words[:2] == ["COMMENT", "ON"] and len(words) > 2:
+            if words[2] in CODE_OBJECTS:
+                return True
+            if words[2] == "COLUMN":
+                target = re.search(r"COLUMN\s+([\w.\"]+)\.", self.text, re.IGNORECASE)
+                return bool(target) and target.group(1).lower() in views
+        return False
+
+    def view_name(self) -> str | None:
+        """The qualified name of a view this statement creates, lower-cased."""
+        match = re.search(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+([\w.\"]+)", self.text,
+                          re.IGNORECASE)
+        return match.group(1).lower() if match else None
+
+
+def split_statements(script: str) -> list[Statement]:
+    """Split SQL at top-level semicolons (aware of quotes, dollar quotes, comments, psql lines)."""
+    out: list[Statement] = []
+    buf: list[str] = []
+    i, n = 0, len(script)
+    at_line_start = True
+    while i < n:
+        ch = script[i]
+        if at_line_start and ch == "\\":
+            end = script.find("\n", i)
+            i = n if end < 0 else end + 1
+            continue
+        at_line_start = ch == "\n"
+        if script.startswith("--", i):
+            end = script.find("\n", i)
+            end = n if end < 0 else end
+            buf.append(script[i:end])
+            i = end
+            continue
+        if script.startswith("/*", i):
+            depth, j = 1, i + 2
+            while j < n and depth:
+                if script.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif script.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            buf.append(script[i:j])
+            i = j
+            continue
+        if ch in ("'", '"'):
+            j = i + 1
+            backslash = ch == "'" and i > 0 and script[i - 1] in "eE"
+            while j < n:
+                if backslash and script[j] == "\\":
+                    j += 2
+                    continue
+                if script[j] == ch:
+                    if j + 1 < n and script[j + 1] == ch:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            buf.append(script[i:j + 1])
+            i = j + 1
+            continue
+        if ch == "$":
+            match = re.match(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$", script[i:])
+            if match and not (i > 0 and (script[i - 1].isalnum() or script[i - 1] == "_")):
+                tag = match.group(0)
+                end = script.find(tag, i + len(tag))
+                end = n if end < 0 else end + len(tag)
+                buf.append(script[i:end])
+                i = end
+                continue
+        if ch == ";":
+            buf.append(";")
+            text = "".join(buf).strip()
+            if text != ";":
+                out.append(Statement(text))
+            buf = []
+            i += 1
+            continue
+        buf.append(ch)
+        i += 1
+    rest = "".join(buf).strip()
+    if re.sub(r"--[^\n]*", "", rest).strip():
+        out.append(Statement(rest))
+    return out
+
+
+_DROP_CODE = r"""
+-- Drop the extension's code (functions, procedures, aggregates, views) so that the code below can
+-- create it again; tables and their rows stay. Objects of users that depend on bismarck code
+-- stop the upgrade with an error instead of being dropped.
+DO $bismarck_upgrade$
+DECLARE
+    ext oid := (SELECT oid FROM pg_extension WHERE extname = 'bismarck');
+    item record;
+    progress boolean := true;
+    last_error text;
+BEGIN
+    WHILE progress LOOP
+        progress := false;
+        FOR item IN
+            SELECT format('DROP VIEW %s', c.oid::regclass) AS stmt
+            FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_extension'::regclass
+              AND d.refobjid = ext AND d.deptype = 'e' AND c.relkind = 'v'
+            UNION ALL
+            SELECT format(CASE p.prokind WHEN 'a' THEN 'DROP AGGREGATE %s'
+                                         WHEN 'p' THEN 'DROP PROCEDURE %s'
+                                         ELSE 'DROP FUNCTION %s' END, p.oid::regprocedure)
+            FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+            WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_extension'::regclass
+              AND d.refobjid = ext AND d.deptype = 'e'
+        LOOP
+            BEGIN
+                EXECUTE item.stmt;
+                progress := true;
+            EXCEPTION WHEN dependent_objects_still_exist THEN
+                last_error := SQLERRM;
+            END;
+        END LOOP;
+    END LOOP;
+    IF EXISTS (
+        SELECT 1 FROM pg_depend d
+        LEFT JOIN pg_class c ON d.classid = 'pg_class'::regclass AND c.oid = d.objid
+        WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext AND d.deptype = 'e'
+          AND (d.classid = 'pg_proc'::regclass OR c.relkind = 'v')
+    ) THEN
+        RAISE EXCEPTION 'cannot upgrade extension bismarck: objects outside it depend on its code'
+            USING DETAIL = last_error,
+                  HINT = 'Drop the dependent objects (for example views that call bismarck '
+                         'functions), run ALTER EXTENSION bismarck UPDATE, then create them again.';
+    END IF;
+END
+$bismarck_upgrade$;
+"""
+
+
+def upgrade_versions() -> list[str]:
+    """Earlier released versions listed in sql/upgrades.txt, oldest first."""
+    path = sql_dir() / "upgrades.txt"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            found.append(line)
+    return sorted(found, key=version_key)
+
+
+def build_upgrade_script(old: str, chain: Iterable[str] | None = None) -> str:
+    """The script ``bismarck--<old>--<current>.sql``: drop code, migrate, re-create code."""
+    new = version()
+    versions = sorted({*(chain if chain is not None else upgrade_versions()), old, new},
+                      key=version_key)
+    versions = [v for v in versions if version_key(old) <= version_key(v) <= version_key(new)]
+    parts = [f"-- bismarck upgrade {old} -> {new}, generated from sql/bismarck.sql.\n"
+             f"\\echo Use \"ALTER EXTENSION bismarck UPDATE TO '{new}'\" to load this file. "
+             f"\\quit\n", _DROP_CODE]
+    for a, b in zip(versions, versions[1:]):
+        migration = sql_dir() / "upgrades" / f"{NAME}--{a}--{b}.sql"
+        if migration.is_file():
+            parts.append(f"\n-- Migration {a} -> {b} (sql/upgrades/{migration.name})\n")
+            parts.append(migration.read_text(encoding="utf-8"))
+    statements = split_statements((sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8"))
+    views = {name for s in statements if (name := s.view_name())}
+    parts.append("\n-- Code from sql/bismarck.sql\n")
+    parts += [s.text + "\n\n" for s in statements if s.is_code(views)]
+    parts.append("DELETE FROM bismarck._engine_module;\n")
+    parts.append(modules_section())
+    return "".join(parts)
+
+
+def extension_files(old_versions: Iterable[str] | None = None) -> dict[str, str]:
+    """File name -> content: the control file, the install script and the upgrade scripts."""
+    current = version()
+    olds = list(upgrade_versions() if old_versions is None else old_versions)
+    files = {
+        f"{NAME}.control": (sql_dir() / f"{NAME}.control").read_text(),
+        f"{NAME}--{current}.sql": build_install_script(),
+    }
+    for old in olds:
+        if version_key(old) < version_key(current):
+            files[f"{NAME}--{old}--{current}.sql"] = build_upgrade_script(old, olds)
+    return files
+
+
+def install_files(ext_dir: Path | str | None = None) -> list[Path]:
+    """Write the extension files into ``ext_dir`` (default: ``$(pg_config --sharedir)/extension``)."""
+    target = Path(ext_dir) if ext_dir is not None else system_sharedir() / "extension"
+    if not target.is_dir():
+        raise SetupError(f"{target} is not a directory.",
+                         "Pass the PostgreSQL share directory (`pg_config --sharedir`) of the "
+                         "server with --sharedir.")
+    written = []
+    for name, content in extension_files().items():
+        path = target / name
+        if path.is_file() and not path.is_symlink() and path.read_text() == content:
+            written.append(path)
+            continue
+        tmp = target / (name + ".new")
+        try:
+            tmp.write_text(content, encoding="utf-8")
+            tmp.chmod(0o644)
+            if path.is_symlink():
+                path.unlink()
+            os.replace(tmp, path)
+        except PermissionError:
+            raise SetupError(f"No permission to write the extension files into {target}.",
+                             "Run `bismarck install --files` (or `make install-extension`) as "
+                             "root on the server host.") from None
+        written.append(path)
+    return written
+
+
+def system_sharedir(major: int | None = None) -> Path:
+    """The share directory of this host's PostgreSQL (``pg_config --sharedir``)."""
+    candidates = []
+    if major is not None:
+        candidates.append(f"/usr/lib/postgresql/{major}/bin/pg_config")
+    candidates.append(shutil.which("pg_config") or "")
+    for pg_config in filter(None, candidates):
+        try:
+            out = subprocess.run([pg_config, "--sharedir"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out and (Path(out) / "extension" / "plpgsql.control").is_file():
+            return Path(out)
+    raise SetupError(
+        "The PostgreSQL share directory of this host was not found (no pg_config).",
+        "Install postgresql-15 here, or pass the directory with --sharedir.")
+
+
+# --- installing into a database ---------------------------------------------------------------
+
+
+def server_major(conn: psycopg.Connection) -> int:
+    """The server's major version, e.g. 15."""
+    return int(conn.info.server_version) // 10000
+
+
+def installed_version(conn: psycopg.Connection) -> str | None:
+    """The bismarck version installed in the connected database, or None."""
+    row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = %s",
+                       (NAME,)).fetchone()
+    return row[0] if row else None
+
+
+def available_versions(conn: psycopg.Connection, name: str = NAME) -> list[str]:
+    """The versions of an extension whose files the server has."""
+    rows = conn.execute("SELECT version FROM pg_available_extension_versions WHERE name = %s",
+                        (name,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def plpython_error(major: int) -> SetupError:
+    """The error for a server without PL/Python 3."""
+    return SetupError(
+        "The PostgreSQL server has no PL/Python 3 (extension plpython3u), which bismarck runs in.",
+        f"Install it on the server host with `apt-get install postgresql-plpython3-{major}`, "
+        f"then run `bismarck install` again.")
+
+
+def numpy_error(detail: str) -> SetupError:
+    """The error for a server whose Python cannot import numpy."""
+    return SetupError(
+        f"The server's Python (PL/Python) cannot import numpy: {detail.strip()}.",
+        "Install numpy for the server's Python on the server host with `apt-get install "
+        "python3-numpy`, then start a new session and run `bismarck install` again.")
+
+
+def check_server(conn: psycopg.Connection) -> str:
+    """Check that plpython3u exists and numpy imports in it; return numpy's version."""
+    major = server_major(conn)
+    if "plpython3u" not in [r[0] for r in conn.execute(
+            "SELECT name FROM pg_available_extensions WHERE name = 'plpython3u'")]:
+        raise plpython_error(major)
+    notices: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        notices.append(diag.message_primary or "")
+
+    conn.add_notice_handler(collect)
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+            conn.execute("DO $$\nimport numpy\nplpy.notice('bismarck-numpy ' + "
+                         "numpy.__version__)\n$$ LANGUAGE plpython3u")
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise SetupError(f"Checking PL/Python needs a superuser: {exc.diag.message_primary}.",
+                         "Connect as a superuser (for example postgres) to install bismarck.") \
+            from None
+    except psycopg.Error as exc:
+        raise numpy_error(exc.diag.message_primary or str(exc)) from None
+    finally:
+        conn.remove_notice_handler(collect)
+    for note in notices:
+        if note.startswith("bismarck-numpy "):
+            return note.split(" ", 1)[1]
+    return "unknown"
+
+
+def is_embedded(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` is connected to the default embedded cluster of this host."""
+    from bismarck_controller import embedded
+
+    # pg_settings hides data_directory from non-superusers instead of raising an error.
+    row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    pgdata = embedded.Cluster().pgdata
+    return bool(row) and pgdata.exists() and Path(row[0]).resolve() == pgdata.resolve()
+
+
+def _local_host(conn: psycopg.Connection) -> bool:
+    host = conn.info.host or ""
+    return host.startswith("/") or host in ("localhost", "127.0.0.1", "::1", "")
+
+
+def _ensure_files(conn: psycopg.Connection, current: str) -> None:
+    """Make the server hold the files for ``current``: embedded tree, or this host as root."""
+    if current in available_versions(conn):
+        return
+    if is_embedded(conn):
+        from bismarck_controller import embedded
+
+        install_files(embedded.Cluster().extension_dir())
+    elif _local_host(conn) and os.geteuid() == 0:
+        install_files(system_sharedir(server_major(conn)) / "extension")
+    else:
+        raise SetupError(
+            f"The PostgreSQL server at {conn.info.host}:{conn.info.port} does not have the files "
+            f"of the bismarck extension {current}.",
+            "On the server host, run `bismarck install --files` as root (or `make "
+            "install-extension` in the repository), or use the Docker image (docker/Dockerfile); "
+            "then run `bismarck install` again.")
+    if current not in available_versions(conn):
+        raise SetupError(
+            f"The bismarck extension files were written but the server does not list version "
+            f"{current}.", "Check that the server uses this host's PostgreSQL installation.")
+
+
+def refresh_engine(conn: psycopg.Connection) -> bool:
+    """Replace the engine modules if they differ from this client's; True when replaced."""
+    modules = engine_modules()
+    row = conn.execute(_ENGINE_DIGEST_SQL).fetchone()
+    if row and row[0] == engine_digest(modules):
+        return False
+    with conn.transaction():
+        conn.execute("DELETE FROM bismarck._engine_module")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO bismarck._engine_module(name, source) VALUES (%s, %s)",
+                            list(modules.items()))
+    return True
+
+
+def install(conn_or_dsn: psycopg.Connection | str) -> str:
+    """Create or upgrade the extension in the database; return what was done, in one line."""
+    if isinstance(conn_or_dsn, str):
+        from bismarck_controller.connection import connect
+
+        with connect(conn_or_dsn, autocommit=True, ensure_extension=False) as conn:
+            return install(conn)
+    conn = conn_or_dsn
+    current = version()
+    check_server(conn)
+    installed = installed_version(conn)
+    if installed is not None and version_key(installed) > version_key(current):
+        raise SetupError(
+            f"The database has bismarck {installed}, newer than this client ({current}).",
+            "Upgrade the client (`pip install -U bismarckpy`).")
+    if installed == current:
+        refreshed = refresh_engine(conn)
+        _commit(conn)
+        return (f"bismarck {current} is installed; engine modules "
+                + ("refreshed from this client." if refreshed else "are current."))
+    _ensure_files(conn, current)
+    try:
+        if installed is None:
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {} CASCADE").format(
+                sql.Identifier(NAME), sql.Literal(current)))
+            message = f"Created extension bismarck {current}."
+        else:
+            conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
+                sql.Identifier(NAME), sql.Literal(current)))
+            message = f"Upgraded extension bismarck {installed} -> {current}."
+        _commit(conn)
+    except psycopg.Error as exc:
+        _rollback(conn)
+        diag = exc.diag
+        text = " ".join(filter(None, [diag.message_primary or str(exc), diag.message_detail]))
+        raise SetupError(f"Installing the bismarck extension failed: {text}",
+                         diag.message_hint or "Fix the cause named there and run "
+                         "`bismarck install` again.") from None
+    return message
+
+
+def _commit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        conn.commit()
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        conn.rollback()
