@@ -1,0 +1,108 @@
+"""``bismarck db ...``, ``bismarck install`` and ``bismarck doctor``: set-up commands.
+
+Each command makes one library call; a ``SetupError`` becomes a one-paragraph ClickException.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bismarck_controller import connection, doctor, embedded, extension
+from bismarck_controller.errors import SetupError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn a SetupError into a ClickException (message and hint, no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SetupError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedded database."
+
+
+@click.group("db")
+def db() -> None:
+    """Manage the embedded PostgreSQL database (created on the first start)."""
+
+
+@db.command("start")
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port on 127.0.0.1 "
+              "(default: the port chosen at initialization, or a new free one if it is taken).")
+@friendly
+def db_start(port: int | None) -> None:
+    """Start the embedded database, initializing it on first use."""
+    click.echo(embedded.start(port))
+
+
+@db.command("stop")
+@friendly
+def db_stop() -> None:
+    """Stop the embedded database."""
+    click.echo(embedded.stop())
+
+
+@db.command("status")
+@friendly
+def db_status() -> None:
+    """Show whether the embedded database runs, its port and data directory."""
+    click.echo(embedded.status())
+
+
+@db.command("url")
+@click.option("--driver", type=click.Choice(["psycopg"]),
+              help="Add a driver for SQLAlchemy/jupysql: postgresql+psycopg://...")
+@friendly
+def db_url(driver: str | None) -> None:
+    """Print the embedded database's URL (with its password)."""
+    click.echo(embedded.url(driver))
+
+
+@click.command("install")
+@click.option("--dsn", help=DSN_HELP)
+@click.option("--files", is_flag=True, help="Only write the extension files into this host's "
+              "PostgreSQL share directory (run as root on the server host).")
+@click.option("--sharedir", type=click.Path(file_okay=False, path_type=Path),
+              help="With --files: the share directory (default: `pg_config --sharedir`).")
+@friendly
+def install(dsn: str | None, files: bool, sharedir: Path | None) -> None:
+    """Create or upgrade the bismarck extension in the database (or write its files)."""
+    if sharedir is not None and not files:
+        raise click.UsageError("--sharedir needs --files.")
+    if files:
+        target = (sharedir / "extension") if sharedir else None
+        for path in extension.install_files(target):
+            click.echo(f"wrote {path}")
+        click.echo("Next: `CREATE EXTENSION bismarck CASCADE` in your database, or "
+                   "`bismarck install --dsn ...`.")
+        return
+    with connection.connect(dsn, autocommit=True, ensure_extension=False) as conn:
+        click.echo(extension.install(conn))
+
+
+@click.command("doctor")
+@click.option("--dsn", help=DSN_HELP)
+def doctor_command(dsn: str | None) -> None:
+    """Check the server, PL/Python, numpy and the extension; exit 1 if anything is missing."""
+    checks = doctor.run_checks(dsn)
+    doctor.render(checks)
+    if any(check.failed for check in checks):
+        raise click.exceptions.Exit(1)
+
+
+doctor_command.name = "doctor"
+
+COMMANDS: list[click.Command] = [db, install, doctor_command]
