@@ -41,7 +41,7 @@ def redact(dsn: str) -> str:
 
 def connect(dsn: str | None = None, *, autocommit: bool = False,
             ensure_extension: bool = True) -> psycopg.Connection:
-    """Connect to the bismarck database; with ``ensure_extension``, check or install the extension."""
+    """Connect; with ``ensure_extension``, check (or, when embedded, install) the extension."""
     use_embedded = not dsn and not os.environ.get(ENV_DSN)
     target = resolve_dsn(dsn)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 class SetupError(Exception):
-    """A set-up problem the user can fix: what went wrong (``message``) and what to do (``hint``)."""
+    """A set-up problem the user can fix: what went wrong and what to do (``hint``)."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)

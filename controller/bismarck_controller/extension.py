@@ -82,14 +82,14 @@ def engine_modules() -> dict[str, str]:
 
 
 def engine_digest(modules: dict[str, str] | None = None) -> str:
-    """md5 over the modules, computed the same way as ``_ENGINE_DIGEST_SQL`` in the server."""
+    """md5 over the modules, computed the same way as ``ENGINE_DIGEST_SQL`` in the server."""
     modules = engine_modules() if modules is None else modules
     names = sorted(modules, key=lambda name: name.encode("utf-8"))
     text = "".join(name + "\n" + modules[name] + "\n" for name in names)
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-_ENGINE_DIGEST_SQL = ("SELECT md5(string_agg(name || E'\\n' || source || E'\\n', '' "
+ENGINE_DIGEST_SQL = ("SELECT md5(string_agg(name || E'\\n' || source || E'\\n', '' "
                       "ORDER BY name COLLATE \"C\")) FROM bismarck._engine_module")
 
 
@@ -339,7 +339,7 @@ def extension_files(old_versions: Iterable[str] | None = None) -> dict[str, str]
 
 
 def install_files(ext_dir: Path | str | None = None) -> list[Path]:
-    """Write the extension files into ``ext_dir`` (default: ``$(pg_config --sharedir)/extension``)."""
+    """Write the extension files into ``ext_dir`` (default: ``pg_config --sharedir``/extension)."""
     target = Path(ext_dir) if ext_dir is not None else system_sharedir() / "extension"
     if not target.is_dir():
         raise SetupError(f"{target} is not a directory.",
@@ -407,6 +407,11 @@ def available_versions(conn: psycopg.Connection, name: str = NAME) -> list[str]:
     return [r[0] for r in rows]
 
 
+def available_extensions(conn: psycopg.Connection) -> set[str]:
+    """Names of the extensions whose files the server has."""
+    return {r[0] for r in conn.execute("SELECT name FROM pg_available_extensions")}
+
+
 def plpython_error(major: int) -> SetupError:
     """The error for a server without PL/Python 3."""
     return SetupError(
@@ -426,8 +431,7 @@ def numpy_error(detail: str) -> SetupError:
 def check_server(conn: psycopg.Connection) -> str:
     """Check that plpython3u exists and numpy imports in it; return numpy's version."""
     major = server_major(conn)
-    if "plpython3u" not in [r[0] for r in conn.execute(
-            "SELECT name FROM pg_available_extensions WHERE name = 'plpython3u'")]:
+    if "plpython3u" not in available_extensions(conn):
         raise plpython_error(major)
     notices: list[str] = []
 
@@ -495,7 +499,7 @@ def _ensure_files(conn: psycopg.Connection, current: str) -> None:
 def refresh_engine(conn: psycopg.Connection) -> bool:
     """Replace the engine modules if they differ from this client's; True when replaced."""
     modules = engine_modules()
-    row = conn.execute(_ENGINE_DIGEST_SQL).fetchone()
+    row = conn.execute(ENGINE_DIGEST_SQL).fetchone()
     if row and row[0] == engine_digest(modules):
         return False
     with conn.transaction():
