@@ -1,0 +1,472 @@
+-- bismarck: in-database SGD in the style of Bismarck (Feng, Kumar, Recht, Ré, SIGMOD 2012).
+--
+-- This file is the extension's documented SQL surface. The install script
+-- bismarck--<version>.sql is this file followed by a generated section that stores the engine's
+-- Python modules (src/bismarckpy/) in bismarck._engine_module, so the SQL and the in-database
+-- Python always come from the same build. Every PL/Python body is one call into the engine.
+--
+-- Sections: private engine loader; registry tables; public functions; private functions;
+-- aggregates; views.
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION bismarck CASCADE" to load this file. \quit
+
+------------------------------------------------------------------------------------------------
+-- Private: the engine loader
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE bismarck._engine_module (
+    name   text PRIMARY KEY,
+    source text NOT NULL
+);
+COMMENT ON TABLE bismarck._engine_module IS
+    'Private: the engine''s Python modules (package bismarckpy), written by the install script.';
+
+CREATE FUNCTION bismarck._engine_boot() RETURNS boolean
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+# Load package bismarckpy from bismarck._engine_module into this backend, once.
+import importlib.abc
+import importlib.util
+import sys
+
+rows = plpy.execute("SELECT name, source FROM bismarck._engine_module")
+sources = {r["name"]: r["source"] for r in rows}
+
+
+class _EngineLoader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in sources:
+            is_pkg = (fullname + ".__init__") in sources
+            return importlib.util.spec_from_loader(fullname, self, is_package=is_pkg)
+        if fullname + ".__init__" in sources:
+            return importlib.util.spec_from_loader(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        name = module.__name__
+        key = name + ".__init__" if name + ".__init__" in sources else name
+        code = compile(sources[key], "<bismarck:" + key + ">", "exec")
+        exec(code, module.__dict__)
+
+
+for name in [m for m in sys.modules if m == "bismarckpy" or m.startswith("bismarckpy.")]:
+    del sys.modules[name]
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_EngineLoader"]
+sys.meta_path.insert(0, _EngineLoader())
+import bismarckpy.server  # noqa: E402
+
+GD["bismarck"] = bismarckpy.server
+return True
+$$;
+COMMENT ON FUNCTION bismarck._engine_boot() IS
+    'Private: imports the engine from bismarck._engine_module into this backend (cached in GD).';
+
+------------------------------------------------------------------------------------------------
+-- Registry tables (user data: kept across upgrades, dumped by pg_dump)
+------------------------------------------------------------------------------------------------
+
+CREATE TABLE bismarck.models (
+    model_name    text        NOT NULL,
+    version       integer     NOT NULL,
+    loss          text        NOT NULL,
+    source        text        NOT NULL,
+    label         text        NOT NULL,
+    features      text[]      NOT NULL,
+    array_feature boolean     NOT NULL,
+    coef          float8[]    NOT NULL,
+    intercept     float8      NOT NULL,
+    classes       float8[],
+    params        jsonb       NOT NULL,
+    metrics       jsonb       NOT NULL,
+    fitted        jsonb       NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_name, version)
+);
+COMMENT ON TABLE bismarck.models IS
+    'Trained models, one row per version: coefficients in the original feature units, '
+    'hyper-parameters (params), training metrics and the standardisation used (fitted).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck.models', '');
+
+CREATE TABLE bismarck._training_run (
+    run_id      bigserial   PRIMARY KEY,
+    model_name  text        NOT NULL,
+    source      text        NOT NULL,
+    params      jsonb       NOT NULL,
+    status      text        NOT NULL DEFAULT 'running'
+                CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    version     integer,
+    message     text,
+    backend_pid integer     NOT NULL DEFAULT pg_backend_pid(),
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz
+);
+COMMENT ON TABLE bismarck._training_run IS
+    'Private: one row per training run (see bismarck.training_history).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck._training_run', '');
+SELECT pg_catalog.pg_extension_config_dump('bismarck._training_run_run_id_seq', '');
+
+CREATE TABLE bismarck._training_epoch (
+    run_id          bigint      NOT NULL REFERENCES bismarck._training_run ON DELETE CASCADE,
+    epoch           integer     NOT NULL,
+    train_loss      float8,
+    validation_loss float8,
+    learning_rate   float8,
+    rows            bigint,
+    seconds         float8,
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, epoch)
+);
+COMMENT ON TABLE bismarck._training_epoch IS
+    'Private: per-epoch losses of each run (see bismarck.training_history).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck._training_epoch', '');
+
+------------------------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------------------------
+
+CREATE VIEW bismarck.training_history AS
+SELECT r.model_name,
+       r.version,
+       r.run_id,
+       CASE WHEN r.status = 'running' AND NOT EXISTS (
+                SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.backend_pid)
+            THEN 'interrupted' ELSE r.status END AS status,
+       e.epoch,
+       e.train_loss,
+       e.validation_loss,
+       e.learning_rate,
+       e.rows,
+       e.seconds,
+       e.recorded_at
+FROM bismarck._training_run r
+JOIN bismarck._training_epoch e USING (run_id);
+COMMENT ON VIEW bismarck.training_history IS
+    'Per-epoch training and validation loss, learning rate, rows and seconds of every run; '
+    'version is set once the run has stored its model (status succeeded).';
+
+------------------------------------------------------------------------------------------------
+-- Public functions
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck.train_glm(
+    source              text,
+    label               text,
+    features            text[],
+    model_name          text     DEFAULT NULL,
+    loss                text     DEFAULT NULL,
+    penalty             text     DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    l1_ratio            float8   DEFAULT NULL,
+    fit_intercept       boolean  DEFAULT NULL,
+    standardize         boolean  DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    eta0                float8   DEFAULT NULL,
+    power_t             float8   DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    shuffle             text     DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL)
+RETURNS TABLE (model_name text, version integer, epochs integer, converged boolean,
+               train_loss float8, validation_loss float8, seconds float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._train_glm(jsonb_build_object(
+        'source', source, 'label', label, 'features', features,
+        'model_name', coalesce(train_glm.model_name, source),
+        'loss', loss, 'penalty', penalty, 'alpha', alpha, 'l1_ratio', l1_ratio,
+        'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
+        'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
+        'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
+        'seed', seed, 'validation_fraction', validation_fraction));
+    PERFORM bismarck._raise_if_error(result);
+    RETURN QUERY
+    SELECT r.model_name, r.version, r.epochs, r.converged, r.train_loss, r.validation_loss,
+           r.seconds
+      FROM jsonb_to_record(result -> 'ok') AS r(
+           model_name text, version integer, epochs integer, converged boolean,
+           train_loss float8, validation_loss float8, seconds float8);
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, float8, float8,
+    boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, bigint,
+    float8) IS
+    'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
+    'an aggregate, and store it as the next version of model_name (default: the source name). '
+    'features is a list of numeric columns or one float8[] column. NULL options take defaults.';
+
+CREATE FUNCTION bismarck.predict(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    m := bismarck._model(model, version);
+    IF x IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN bismarck._link(m.loss, bismarck._margin(m, x));
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
+    'Score one feature vector with a stored model (latest version unless given): probability '
+    'of the positive class for logistic, the value for squared, the signed margin for hinge.';
+
+CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    m := bismarck._model(model, version);
+    IF m.classes IS NULL THEN
+        RAISE EXCEPTION 'model "%" is a regression model', m.model_name
+            USING ERRCODE = '22023',
+                  HINT = 'predict_class needs a classifier (loss logistic or hinge); use predict.';
+    END IF;
+    IF x IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN CASE WHEN bismarck._margin(m, x) >= 0 THEN m.classes[2] ELSE m.classes[1] END;
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
+    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
+    'come back as 0/1).';
+
+CREATE FUNCTION bismarck.evaluate(model text, source text, version integer DEFAULT NULL)
+RETURNS TABLE (metric text, value float8)
+LANGUAGE plpgsql AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._evaluate(model, source, version);
+    PERFORM bismarck._raise_if_error(result);
+    RETURN QUERY SELECT r.metric, r.value
+                   FROM jsonb_to_recordset(result -> 'ok') AS r(metric text, value float8);
+END
+$$;
+COMMENT ON FUNCTION bismarck.evaluate(text, text, integer) IS
+    'Metrics of a stored model on a table or view holding its label and feature columns: '
+    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
+
+CREATE FUNCTION bismarck.delete_model(model text, version integer DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    PERFORM bismarck._model(model, version);
+    DELETE FROM bismarck.models m
+     WHERE m.model_name = model
+       AND (delete_model.version IS NULL OR m.version = delete_model.version);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
+    'Delete one version of a model, or all its versions when version is NULL; returns how many.';
+
+------------------------------------------------------------------------------------------------
+-- Private functions
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._raise_if_error(result jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    e jsonb := result -> 'error';
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            MESSAGE = e ->> 'message',
+            DETAIL = coalesce(e ->> 'detail', ''),
+            HINT = coalesce(e ->> 'hint', ''),
+            ERRCODE = coalesce(e ->> 'sqlstate', 'XX000');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
+    'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
+
+CREATE FUNCTION bismarck._train_glm(args jsonb) RETURNS jsonb
+LANGUAGE plpython3u AS $$
+import json
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.train_glm(plpy, json.loads(args))
+$$;
+COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
+    'Private: runs the training loop inside this backend; returns a JSON result or error.';
+
+CREATE FUNCTION bismarck._evaluate(model text, source text, version integer) RETURNS jsonb
+LANGUAGE plpython3u AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.evaluate(plpy, model, source, version)
+$$;
+COMMENT ON FUNCTION bismarck._evaluate(text, text, integer) IS
+    'Private: computes evaluation metrics in SQL; returns a JSON result or error.';
+
+CREATE FUNCTION bismarck._model(model text, version integer DEFAULT NULL)
+RETURNS bismarck.models
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    SELECT * INTO m FROM bismarck.models AS r
+     WHERE r.model_name = model AND (_model.version IS NULL OR r.version = _model.version)
+     ORDER BY r.version DESC LIMIT 1;
+    IF NOT FOUND THEN
+        IF version IS NOT NULL AND EXISTS (SELECT 1 FROM bismarck.models r
+                                            WHERE r.model_name = model) THEN
+            RAISE EXCEPTION 'model "%" has no version %', model, version
+                USING ERRCODE = '42704',
+                      HINT = format('List its versions with: SELECT version FROM '
+                                    'bismarck.models WHERE model_name = %L.', model);
+        END IF;
+        RAISE EXCEPTION 'model "%" does not exist', model
+            USING ERRCODE = '42704',
+                  HINT = 'List the trained models with: SELECT model_name, version FROM '
+                         'bismarck.models.';
+    END IF;
+    RETURN m;
+END
+$$;
+COMMENT ON FUNCTION bismarck._model(text, integer) IS
+    'Private: the registry row of a model (latest version unless given), or a clear error.';
+
+CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF cardinality(x) <> cardinality(m.coef) THEN
+        RAISE EXCEPTION 'feature vector has % elements but model "%" has % features',
+            cardinality(x), m.model_name, cardinality(m.coef)
+            USING ERRCODE = '22000',
+                  HINT = 'Pass the features in the order of bismarck.models.features.';
+    END IF;
+    RETURN m.intercept + (SELECT sum(c * v) FROM unnest(m.coef, x) AS t(c, v));
+END
+$$;
+COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
+    'Private: the linear score x·coef + intercept in original feature units.';
+
+CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN loss = 'logistic'
+                THEN 1.0 / (1.0 + exp(-greatest(least(z, 700), -700)))
+                ELSE z END
+$$;
+COMMENT ON FUNCTION bismarck._link(text, float8) IS
+    'Private: maps a linear score to the prediction (sigmoid for logistic, identity otherwise).';
+
+CREATE FUNCTION bismarck._store_model(
+    model_name text, source text, label text, loss text, features text[],
+    array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
+    metrics jsonb, fitted jsonb)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('bismarck.models'), hashtext(model_name));
+    SELECT coalesce(max(m.version), 0) + 1 INTO v
+      FROM bismarck.models m WHERE m.model_name = _store_model.model_name;
+    INSERT INTO bismarck.models (model_name, version, loss, source, label, features,
+                                 array_feature, coef, intercept, classes, params, metrics, fitted)
+    VALUES (model_name, v, loss, source, label, features, array_feature, coef, intercept,
+            classes, params, metrics, fitted);
+    RETURN v;
+END
+$$;
+COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolean, float8[],
+    float8, float8[], jsonb, jsonb, jsonb) IS
+    'Private: stores a trained model as the next version of its name (serialised per name).';
+
+------------------------------------------------------------------------------------------------
+-- Aggregates: one SGD epoch, feature moments
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._glm_step(state bytea, x float8[], y float8, init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.glm_transition(plpy, state, x, y, init)
+$$;
+COMMENT ON FUNCTION bismarck._glm_step(bytea, float8[], float8, bytea) IS
+    'Private: transition of _glm_epoch: one tuple''s loss and gradient, a step per batch_size.';
+
+CREATE FUNCTION bismarck._glm_merge(a bytea, b bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.glm_merge(plpy, a, b)
+$$;
+COMMENT ON FUNCTION bismarck._glm_merge(bytea, bytea) IS
+    'Private: combine function of _glm_epoch: row-weighted model averaging of partial states.';
+
+CREATE FUNCTION bismarck._glm_final(state bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.glm_finalize(plpy, state)
+$$;
+COMMENT ON FUNCTION bismarck._glm_final(bytea) IS
+    'Private: final function of _glm_epoch: applies the pending batch, returns the state.';
+
+CREATE AGGREGATE bismarck._glm_epoch(x float8[], y float8, init bytea) (
+    SFUNC = bismarck._glm_step,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._glm_merge,
+    FINALFUNC = bismarck._glm_final,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._glm_epoch(float8[], float8, bytea) IS
+    'Private: one SGD epoch of a GLM over (features, encoded label) starting from state init.';
+
+CREATE FUNCTION bismarck._moments_step(state bytea, x float8[]) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.moments_transition(plpy, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._moments_step(bytea, float8[]) IS
+    'Private: transition of _moments (Welford update).';
+
+CREATE FUNCTION bismarck._moments_merge(a bytea, b bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get("bismarck")
+if B is None:
+    plpy.execute("SELECT bismarck._engine_boot()")
+    B = GD["bismarck"]
+return B.moments_merge(plpy, a, b)
+$$;
+COMMENT ON FUNCTION bismarck._moments_merge(bytea, bytea) IS
+    'Private: combine function of _moments (Chan''s parallel variance).';
+
+CREATE AGGREGATE bismarck._moments(x float8[]) (
+    SFUNC = bismarck._moments_step,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._moments_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._moments(float8[]) IS
+    'Private: per-feature count, mean and sum of squared deviations, for standardisation.';

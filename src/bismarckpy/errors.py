@@ -1,0 +1,54 @@
+"""Domain errors that carry a PostgreSQL SQLSTATE, detail and hint.
+
+Raised by the engine; the server entry points turn them into ``plpy.error`` and the controller
+turns them into one-paragraph CLI errors.
+"""
+
+from __future__ import annotations
+
+
+class BismarckError(Exception):
+    """A user-facing error: short lower-case message, full-sentence detail and hint."""
+
+    sqlstate = "XX000"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None,
+                 sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+        if sqlstate is not None:
+            self.sqlstate = sqlstate
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.detail:
+            parts.append(self.detail)
+        if self.hint:
+            parts.append("Hint: " + self.hint)
+        return "\n".join(parts)
+
+
+class InvalidParameter(BismarckError):
+    """A hyper-parameter or option outside its declared range (22023 invalid_parameter_value)."""
+
+    sqlstate = "22023"
+
+
+class InvalidData(BismarckError):
+    """The training or scoring data cannot be used as given (22000 data_exception)."""
+
+    sqlstate = "22000"
+
+
+class UndefinedObject(BismarckError):
+    """A table, column or model that does not exist (42P01 / 42703 / 42704)."""
+
+    sqlstate = "42704"
+
+
+class Diverged(BismarckError):
+    """Training diverged: the loss became NaN/inf or grew past its bound (22003)."""
+
+    sqlstate = "22003"

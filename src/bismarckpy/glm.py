@@ -1,0 +1,258 @@
+"""Generalized linear models as a Bismarck epoch aggregate: initialize, transition, merge, finalize.
+
+The aggregate state is one little-endian float64 buffer (travelling as ``bytea``): a fixed header,
+then the coefficients ``w``, the intercept, the pending gradient sums and the standardisation
+``mu``/``sd``. The four functions are pure: bytes in, bytes out, no database needed.
+
+Modes, by ``batch_size``: 1 is per-tuple SGD; k > 1 accumulates k tuples then steps; 0 is
+full-batch gradient descent (one exact step per epoch); -1 only evaluates the loss (no step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import penalties
+from .errors import InvalidData
+from .losses import LOSSES
+
+MAGIC = 2012.0
+LOSS_CODES = {"logistic": 0, "squared": 1, "hinge": 2}
+LOSS_NAMES = {v: k for k, v in LOSS_CODES.items()}
+EVALUATE = -1  # batch_size that only accumulates the loss
+
+# Header slots of the state vector.
+(_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
+ _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE) = range(18)
+HEADER = 20
+_F8 = np.dtype("<f8")
+
+
+@dataclass
+class Model:
+    """A decoded state: the coefficients (standardised units) and the epoch's statistics."""
+
+    w: np.ndarray
+    b: float
+    rows: int
+    loss_sum: float
+    skipped: int
+    steps: int
+    t: float
+    alpha: float
+    l1: float
+    l2: float
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean per-row loss seen during the epoch plus the penalty at the final coefficients."""
+        if self.rows == 0:
+            return float("nan")
+        return self.loss_sum / self.rows + penalties.value(self.w, self.alpha, self.l1, self.l2)
+
+    @property
+    def data_loss(self) -> float:
+        """Mean per-row loss alone (what validation reports)."""
+        return self.loss_sum / self.rows if self.rows else float("nan")
+
+
+def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: float = 0.0,
+               eta: float = 0.01, invscaling: bool = False, power_t: float = 0.5,
+               t: float = 0.0, batch_size: int = 1, fit_intercept: bool = True,
+               w: np.ndarray | None = None, b: float = 0.0,
+               mu: np.ndarray | None = None, sd: np.ndarray | None = None) -> bytes:
+    """Build the initial state of one epoch from hyper-parameters and the previous model."""
+    s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
+    s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
+    s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2
+    s[_ETA], s[_INVSCALING], s[_POWER_T], s[_T] = eta, float(invscaling), power_t, t
+    s[_BATCH], s[_INTERCEPT] = batch_size, float(fit_intercept)
+    standardize = mu is not None and sd is not None
+    s[_STANDARDIZE] = float(standardize)
+    w_, b_, _, _, mu_, sd_ = _views(s, d)
+    if w is not None:
+        w_[:] = w
+    b_[0] = b
+    mu_[:] = mu if standardize else 0.0
+    sd_[:] = sd if standardize else 1.0
+    return s.tobytes()
+
+
+def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
+    """Consume one tuple: add its loss, accumulate its gradient, step every ``batch_size`` rows.
+
+    NULL or non-finite labels/features are skipped and counted; a feature vector of the wrong
+    length is an error (the caller checks lengths before training, so this is a guard).
+    """
+    s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
+    d = int(s[_D])
+    if y is None or x is None or not math.isfinite(y):
+        s[_SKIPPED] += 1
+        return s.tobytes()
+    if len(x) != d:
+        raise InvalidData(
+            "feature vector has the wrong length",
+            detail=f"The model has {d} features but a row has {len(x)}.",
+            hint="Make every feature array the same length, or filter the odd rows out.")
+    try:
+        xv = np.array(x, dtype=_F8)
+    except (TypeError, ValueError):  # a NULL element inside the array arrives as None
+        s[_SKIPPED] += 1
+        return s.tobytes()
+    if not np.isfinite(xv).all():
+        s[_SKIPPED] += 1
+        return s.tobytes()
+    w, b, g, gb, mu, sd = _views(s, d)
+    if s[_STANDARDIZE]:
+        xv = (xv - mu) / sd
+    z = float(np.dot(w, xv) + b[0])
+    loss, dz = _scalar_loss(int(s[_LOSS]), z, float(y))
+    s[_LOSS_SUM] += loss
+    s[_ROWS] += 1
+    batch = int(s[_BATCH])
+    if batch == EVALUATE:
+        return s.tobytes()
+    if batch == 1:
+        _step(s, w, b, dz * xv, dz, 1.0)
+        return s.tobytes()
+    g += dz * xv
+    gb[0] += dz
+    s[_PENDING] += 1
+    if batch > 1 and s[_PENDING] >= batch:
+        _flush(s)
+    return s.tobytes()
+
+
+def merge(a: bytes | None, b: bytes | None) -> bytes | None:
+    """Combine two partial states: sums for statistics, row-weighted average of the models.
+
+    In full-batch mode all partial states share the same coefficients and the gradient sums
+    add up exactly; otherwise each side first applies its pending partial batch.
+    """
+    if a is None:
+        return b
+    if b is None:
+        return a
+    sa = np.frombuffer(a, dtype=_F8).copy()
+    sb = np.frombuffer(b, dtype=_F8).copy()
+    d = int(sa[_D])
+    if int(sb[_D]) != d:
+        raise InvalidData("cannot merge models of different dimensions",
+                          detail=f"One partial state has {d} features, the other {int(sb[_D])}.")
+    full_batch = int(sa[_BATCH]) == 0
+    if not full_batch:
+        _flush(sa)
+        _flush(sb)
+    na, nb = sa[_ROWS], sb[_ROWS]
+    wa, ba, ga, gba, _, _ = _views(sa, d)
+    wb, bb, gb_, gbb, _, _ = _views(sb, d)
+    if full_batch:
+        ga += gb_
+        gba += gbb
+        sa[_PENDING] += sb[_PENDING]
+    elif na + nb > 0:
+        wa[:] = (na * wa + nb * wb) / (na + nb)
+        ba[:] = (na * ba + nb * bb) / (na + nb)
+    sa[_T] = max(sa[_T], sb[_T])
+    for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _STEPS):
+        sa[slot] += sb[slot]
+    return sa.tobytes()
+
+
+def finalize(state: bytes | None) -> bytes | None:
+    """Apply the pending (partial or full) batch and return the epoch's final state."""
+    if state is None:
+        return None
+    s = np.frombuffer(state, dtype=_F8).copy()
+    _flush(s)
+    return s.tobytes()
+
+
+def decode(state: bytes) -> Model:
+    """Read a state produced by :func:`finalize` (or any other function here)."""
+    s = np.frombuffer(state, dtype=_F8)
+    if s.size < HEADER or s[_MAGIC] != MAGIC:
+        raise InvalidData("not a bismarck GLM state", detail="The bytes do not start with the "
+                          "GLM state header.")
+    d = int(s[_D])
+    w, b, _, _, _, _ = _views(s, d)
+    return Model(w=w.copy(), b=float(b[0]), rows=int(s[_ROWS]), loss_sum=float(s[_LOSS_SUM]),
+                 skipped=int(s[_SKIPPED]), steps=int(s[_STEPS]), t=float(s[_T]),
+                 alpha=float(s[_ALPHA]), l1=float(s[_L1]), l2=float(s[_L2]))
+
+
+def unstandardize(w: np.ndarray, b: float, mu: np.ndarray, sd: np.ndarray,
+                  y_mean: float = 0.0, y_sd: float = 1.0) -> tuple[np.ndarray, float]:
+    """Coefficients fitted on ``(x - mu) / sd`` (and ``(y - y_mean) / y_sd``) in original units."""
+    coef = w * y_sd / sd
+    intercept = y_mean + y_sd * b - float(np.dot(coef, mu))
+    return coef, intercept
+
+
+def loss_and_gradient(w: np.ndarray, b: float, X: np.ndarray, y: np.ndarray, loss: str,
+                      alpha: float = 0.0, l1: float = 0.0, l2: float = 0.0
+                      ) -> tuple[float, np.ndarray, float]:
+    """Vectorised objective (mean loss + smooth penalty part) and its gradient, for tests/tools."""
+    z = X @ w + b
+    lv, dz = LOSSES[loss](z, y)
+    n = len(y)
+    obj = float(lv.mean()) + penalties.value(w, alpha, 0.0, l2)
+    grad = X.T @ dz / n + alpha * l2 * w
+    return obj, grad, float(dz.mean())
+
+
+def _views(s: np.ndarray, d: int):
+    """Slices of the state vector: w, b, gradient sum, intercept gradient, mu, sd."""
+    o = HEADER
+    return (s[o:o + d], s[o + d:o + d + 1], s[o + d + 1:o + 2 * d + 1],
+            s[o + 2 * d + 1:o + 2 * d + 2], s[o + 2 * d + 2:o + 3 * d + 2],
+            s[o + 3 * d + 2:o + 4 * d + 2])
+
+
+def _eta(s: np.ndarray) -> float:
+    """Learning rate of the next step: constant, or ``eta0 / (t + 1) ** power_t``."""
+    if s[_INVSCALING]:
+        return float(s[_ETA] / (s[_T] + 1.0) ** s[_POWER_T])
+    return float(s[_ETA])
+
+
+def _step(s: np.ndarray, w: np.ndarray, b: np.ndarray, grad: np.ndarray, grad_b: float,
+          n: float) -> None:
+    """One (proximal) gradient step with the mean gradient of ``n`` rows."""
+    eta = _eta(s)
+    penalties.step(w, grad / n, eta, s[_ALPHA], s[_L1], s[_L2])
+    if s[_INTERCEPT]:
+        b[0] -= eta * grad_b / n
+    s[_T] += 1
+    s[_STEPS] += 1
+
+
+def _flush(s: np.ndarray) -> None:
+    """Take the step for the rows accumulated so far, if any, and clear the accumulators."""
+    n = s[_PENDING]
+    if n <= 0 or int(s[_BATCH]) == EVALUATE:
+        return
+    d = int(s[_D])
+    w, b, g, gb, _, _ = _views(s, d)
+    _step(s, w, b, g, float(gb[0]), float(n))
+    g[:] = 0.0
+    gb[0] = 0.0
+    s[_PENDING] = 0
+
+
+def _scalar_loss(code: int, z: float, y: float) -> tuple[float, float]:
+    """Per-row loss and d loss / d z without numpy overhead (the per-tuple hot path)."""
+    if code == 0:  # logistic, y in {0, 1}
+        if z >= 0:
+            e = math.exp(-z)
+            return z + math.log1p(e) - y * z, 1.0 / (1.0 + e) - y
+        e = math.exp(z)
+        return math.log1p(e) - y * z, e / (1.0 + e) - y
+    if code == 1:  # squared
+        r = z - y
+        return 0.5 * r * r, r
+    m = y * z  # hinge, y in {-1, +1}
+    return (1.0 - m, -y) if m < 1.0 else (0.0, 0.0)

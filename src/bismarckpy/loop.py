@@ -1,0 +1,346 @@
+"""The training loop, written once: runs inside the server (over plpy) and outside (over psycopg).
+
+It validates, prepares a shuffled working copy, runs one aggregate query per epoch, applies the
+schedule, records per-epoch history and finally stores a new model version. It talks to the
+database only through a :class:`TrainingSession`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from . import glm, penalties
+from .errors import InvalidData
+from .losses import CLASSIFIERS
+from .params import validate
+from .schedule import Schedule
+from .source import Source, resolve
+
+MAX_SEED = 2**62
+
+
+class TrainingSession(Protocol):
+    """The database side of the loop; ``checkpoint`` commits where the caller allows it."""
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Run SQL with ``%s`` placeholders; return all rows."""
+
+    def ident(self, name: str) -> str:
+        """Quote an identifier."""
+
+    def checkpoint(self) -> None:
+        """Make the history so far visible to other sessions (commit), if possible."""
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        """Report progress of one finished epoch."""
+
+    def on_failure(self, run_id: int, exc: BaseException) -> None:
+        """Record that the run failed (outside: roll back, mark the run, commit)."""
+
+
+@dataclass
+class EpochRecord:
+    """One row of ``bismarck.training_history``."""
+
+    epoch: int
+    train_loss: float
+    validation_loss: float | None
+    learning_rate: float
+    rows: int
+    seconds: float
+    max_epochs: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What ``train_glm`` returns."""
+
+    model_name: str
+    version: int
+    epochs: int
+    converged: bool
+    train_loss: float
+    validation_loss: float | None
+    seconds: float
+    rows: int = 0
+    skipped: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """The working tables and the facts learned while preparing them."""
+
+    train: str
+    valid: str | None
+    d: int
+    n_train: int
+    n_valid: int
+    n_total: int
+    skipped: int
+    classes: list[float] | None
+    mu: np.ndarray | None
+    sd: np.ndarray | None
+    y_mean: float
+    y_sd: float
+
+
+def train_glm(session: TrainingSession, *, source: str, label: str,
+              features: Sequence[str] | str, model_name: str,
+              **options: Any) -> TrainResult:
+    """Train a GLM on ``source`` and store it as the next version of ``model_name``."""
+    started = time.monotonic()
+    p = validate(options)
+    if not model_name or not isinstance(model_name, str):
+        raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
+                          hint="Pass model_name => 'my_model'.")
+    src = resolve(session, source, label, features)
+    seed = p["seed"]
+    if seed is None:
+        seed = int(np.random.default_rng().integers(0, 2**31))
+    _clean_interrupted(session)
+    run_id = session.query(
+        "INSERT INTO bismarck._training_run (model_name, source, params) "
+        "VALUES (%s, %s, %s::jsonb) RETURNING run_id",
+        [model_name, src.relation, json.dumps({**p, "seed": seed})])[0][0]
+    session.checkpoint()
+    prepared = None
+    try:
+        prepared = _prepare(session, src, p, seed, run_id)
+        result = _epochs(session, src, p, prepared, model_name, run_id, started)
+        _drop_work(session, prepared)
+        session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
+                      "finished_at = now() WHERE run_id = %s", [result.version, run_id])
+        session.checkpoint()
+        return result
+    except BaseException as exc:
+        session.on_failure(run_id, exc)
+        raise
+    finally:
+        if prepared is not None:
+            _drop_work(session, prepared, quiet=True)
+            session.checkpoint()
+
+
+def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
+             run_id: int) -> _Prepared:
+    """Count and check rows, encode labels, materialise the (shuffled) train/validation copies."""
+    n_total, n_valid_rows = session.query(
+        f"SELECT count(*), count(*) FILTER (WHERE {src.valid_expr}) FROM {src.relation}")[0]
+    if n_total == 0:
+        raise InvalidData(f"table {src.relation} is empty",
+                          hint="Load rows into the table before training.")
+    if n_valid_rows == 0:
+        raise InvalidData(
+            f"no usable rows in {src.relation}",
+            detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
+            hint="Fill or filter the missing values (for example in a view) and train again.")
+    lo, hi = session.query(
+        f"SELECT min(cardinality({src.x_expr})), max(cardinality({src.x_expr})) "
+        f"FROM {src.relation} WHERE {src.valid_expr}")[0]
+    if lo != hi or lo == 0:
+        raise InvalidData(
+            "feature arrays have different lengths",
+            detail=f"Lengths range from {lo} to {hi} in {src.relation}.",
+            hint="Every row's feature array must have the same number of elements.")
+    d = int(lo)
+    y_expr, classes = _encode_label(session, src, p["loss"])
+    fraction = p["validation_fraction"]
+    holdout = (f"(hashtextextended(ctid::text, {int(seed)}) & 1023) < "
+               f"{int(round(fraction * 1024))}")
+    order = {"once": f"ORDER BY hashtextextended(ctid::text, {int(seed) + 1})",
+             "always": "", "never": "ORDER BY ctid"}[p["shuffle"]]
+    train = f"bismarck._train_{int(run_id)}"
+    valid = f"bismarck._valid_{int(run_id)}" if fraction > 0 else None
+    y_mean, y_sd = 0.0, 1.0
+    if p["standardize"] and p["loss"] == "squared":
+        y_mean, y_sd = session.query(
+            f"SELECT avg({y_expr}), coalesce(stddev_pop({y_expr}), 0) FROM {src.relation} "
+            f"WHERE {src.valid_expr} AND NOT ({holdout})")[0]
+        y_mean = float(y_mean or 0.0)
+        y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
+        y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
+    base = f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} WHERE {src.valid_expr}"
+    session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
+    if valid:
+        session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
+    n_train = session.query(f"SELECT count(*) FROM {train}")[0][0]
+    n_valid = session.query(f"SELECT count(*) FROM {valid}")[0][0] if valid else 0
+    if n_train == 0:
+        raise InvalidData("no training rows left after the validation split",
+                          detail=f"{n_valid} usable rows all went to validation.",
+                          hint="Lower validation_fraction or add rows.")
+    mu = sd = None
+    if p["standardize"]:
+        state = session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0]
+        mu, sd = _moments(state)
+    return _Prepared(train=train, valid=valid, d=d, n_train=n_train, n_valid=n_valid,
+                     n_total=n_total, skipped=n_total - n_valid_rows, classes=classes,
+                     mu=mu, sd=sd, y_mean=float(y_mean), y_sd=float(y_sd))
+
+
+def _encode_label(session: TrainingSession, src: Source, loss: str
+                  ) -> tuple[str, list[float] | None]:
+    """The label expression as the loss expects it, and the two classes of a classifier."""
+    assert src.label_expr is not None
+    if loss not in CLASSIFIERS:
+        return src.label_expr, None
+    values = [r[0] for r in session.query(
+        f"SELECT DISTINCT {src.label_expr} FROM {src.relation} WHERE {src.valid_expr} "
+        "ORDER BY 1 LIMIT 3")]
+    shown = ", ".join(f"{v:g}" for v in values)
+    if len(values) != 2 or values not in ([0.0, 1.0], [-1.0, 1.0]):
+        raise InvalidData(
+            f'label "{src.label}" is not binary',
+            detail=f"loss => '{loss}' needs two classes coded 0/1, -1/+1 or false/true; "
+                   f"found {shown}{' …' if len(values) > 2 else ''}.",
+            hint="Recode the label in a view (for example (label = 'yes')::int), or use "
+                 "loss => 'squared' for a numeric target.")
+    pos = values[1]
+    if loss == "logistic":
+        return f"({src.label_expr} = {pos:g})::int::float8", values
+    return f"CASE WHEN {src.label_expr} = {pos:g} THEN 1.0 ELSE -1.0 END", values
+
+
+def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the moments aggregate: means and standard deviations (zeros become ones)."""
+    from .moments import decode
+
+    _, mean, var = decode(state)
+    sd = np.sqrt(np.maximum(var, 0.0))
+    sd[sd == 0] = 1.0
+    return mean, sd
+
+
+def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, model_name: str,
+            run_id: int, started: float) -> TrainResult:
+    """Run epochs until convergence, divergence or max_epochs; store the model."""
+    sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"])
+    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+    w = np.zeros(prep.d)
+    b = 0.0
+    t = 0.0
+    loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
+    train_sql = _epoch_sql(prep.train, p["shuffle"])
+    valid_sql = _epoch_sql(prep.valid, "never") if prep.valid else None
+    history: list[EpochRecord] = []
+    converged = False
+    train_loss = math.nan
+    valid_loss: float | None = None
+    epoch = 0
+    for epoch in range(1, p["max_epochs"] + 1):
+        t0 = time.monotonic()
+        init = glm.initialize(prep.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=sched.eta,
+                              invscaling=sched.per_step, power_t=p["power_t"], t=t,
+                              batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
+                              w=w, b=b, mu=prep.mu, sd=prep.sd)
+        if p["shuffle"] == "always":
+            session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
+        state = session.query(train_sql, [init])[0][0]
+        m = glm.decode(state)
+        train_loss = m.mean_loss * loss_scale
+        if valid_sql:
+            ev = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE, w=m.w, b=m.b,
+                                mu=prep.mu, sd=prep.sd)
+            vm = glm.decode(session.query(valid_sql, [ev])[0][0])
+            valid_loss = vm.data_loss * loss_scale
+        rate = sched.eta
+        decision = sched.after_epoch(epoch, train_loss,
+                                     valid_loss if valid_loss is not None else train_loss)
+        if decision.accept:
+            w, b, t = m.w, m.b, m.t
+        rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
+                          p["max_epochs"])
+        history.append(rec)
+        session.query(
+            "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
+            "learning_rate, rows, seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [run_id, epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
+             rec.seconds])
+        session.checkpoint()
+        session.on_epoch(rec)
+        if decision.stop:
+            converged = decision.converged
+            break
+    if prep.mu is not None and prep.sd is not None:
+        coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
+    else:
+        coef, intercept = w, b
+    seconds = time.monotonic() - started
+    metrics = {"train_loss": train_loss, "validation_loss": valid_loss, "epochs": epoch,
+               "converged": converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
+               "skipped_rows": prep.skipped, "seconds": seconds}
+    fitted = {"mu": None if prep.mu is None else prep.mu.tolist(),
+              "sd": None if prep.sd is None else prep.sd.tolist(),
+              "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
+              "intercept_standardized": b, "t": t}
+    version = session.query(
+        "SELECT bismarck._store_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, "
+        "%s::jsonb, %s::jsonb)",
+        [model_name, src.relation, src.label, p["loss"], list(src.features),
+         src.array_feature, [float(c) for c in coef], float(intercept),
+         prep.classes, json.dumps(p), json.dumps(_finite(metrics)),
+         json.dumps(_finite(fitted))])[0][0]
+    return TrainResult(model_name=model_name, version=int(version), epochs=epoch,
+                       converged=converged, train_loss=train_loss, validation_loss=valid_loss,
+                       seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
+                       history=history)
+
+
+def _epoch_sql(table: str, shuffle: str) -> str:
+    """One epoch: the GLM aggregate over the working table (a shuffled scan for 'always')."""
+    if shuffle == "always":
+        return (f"SELECT bismarck._glm_epoch(x, y, %s) FROM "
+                f"(SELECT x, y FROM {table} ORDER BY random()) AS shuffled")
+    return f"SELECT bismarck._glm_epoch(x, y, %s) FROM {table}"
+
+
+def _epoch_seed(seed: int | None, epoch: int) -> float:
+    """A setseed() argument in [-1, 1] derived from the run seed and the epoch."""
+    rng = np.random.default_rng([int(seed or 0) & (2**63 - 1), epoch])
+    return float(rng.uniform(-1.0, 1.0))
+
+
+def _drop_work(session: TrainingSession, prep: _Prepared, *, quiet: bool = False) -> None:
+    """Drop the working copies; when ``quiet``, ignore errors (aborted transaction, gone)."""
+    for table in (prep.train, prep.valid):
+        if not table:
+            continue
+        try:
+            session.query(f"DROP TABLE IF EXISTS {table}")
+        except Exception:
+            if not quiet:
+                raise
+
+
+def _clean_interrupted(session: TrainingSession) -> None:
+    """Drop the working copies of runs whose backend is gone (killed clients, crashes)."""
+    stale = session.query(
+        "UPDATE bismarck._training_run SET status = 'interrupted', finished_at = now() "
+        "WHERE status = 'running' AND NOT EXISTS "
+        "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = backend_pid) RETURNING run_id")
+    for (run_id,) in stale:
+        for kind in ("train", "valid"):
+            session.query(f"DROP TABLE IF EXISTS bismarck._{kind}_{int(run_id)}")
+    if stale:
+        session.checkpoint()
+
+
+def _finite(d: dict) -> dict:
+    """JSON cannot hold NaN/inf: store them as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
+
+
+def result_row(r: TrainResult) -> dict[str, Any]:
+    """The SQL-facing columns of a result."""
+    d = asdict(r)
+    d.pop("history")
+    return d

@@ -1,0 +1,55 @@
+"""Loss functions of the generalized linear models, as pure numpy functions of the margin.
+
+Each loss maps the margin ``z = x·w + b`` and the encoded label ``y`` to a per-row loss and its
+derivative ``d loss / d z``; the chain rule through ``z`` gives every gradient the engine needs.
+Labels are encoded before they get here: ``logistic`` takes 0/1, ``hinge`` takes -1/+1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+LossFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+def logistic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Negative log-likelihood of a Bernoulli label y in {0, 1}; stable for large |z|."""
+    loss = np.logaddexp(0.0, z) - y * z
+    p = _sigmoid(z)
+    return loss, p - y
+
+
+def squared(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half the squared error, ``(z - y)**2 / 2`` (least squares, as scikit-learn defines it)."""
+    r = z - y
+    return 0.5 * r * r, r
+
+
+def hinge(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear SVM loss ``max(0, 1 - y z)`` for y in {-1, +1}; subgradient 0 at the kink."""
+    m = y * z
+    active = m < 1.0
+    return np.where(active, 1.0 - m, 0.0), np.where(active, -y, 0.0)
+
+
+LOSSES: dict[str, LossFn] = {"logistic": logistic, "squared": squared, "hinge": hinge}
+
+#: Losses whose label is a class (two values) rather than a real number.
+CLASSIFIERS = ("logistic", "hinge")
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings for large negative z."""
+    out = np.empty_like(z, dtype=np.float64)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
+    """Public sigmoid used by prediction (probability of the positive class)."""
+    return _sigmoid(np.atleast_1d(np.asarray(z, dtype=np.float64)))

@@ -1,0 +1,139 @@
+"""One declaration of every training parameter: name, type, default, allowed values, doc.
+
+SQL (``bismarck.train_glm``), the CLI (``bismarck train``) and the Python API all validate
+through :func:`validate`, so a bad value gets the same message everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidParameter
+from .losses import LOSSES
+from .penalties import PENALTIES
+
+LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
+SHUFFLES = ("once", "always", "never")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter's contract. ``low``/``high`` bound numbers; ``choices`` bound strings."""
+
+    name: str
+    kind: type
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    nullable: bool = False
+
+    def describe(self) -> str:
+        """The allowed values in words, for error messages and help."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = {int: "an integer", float: "a float", bool: "a boolean"}.get(self.kind, "a value")
+        if self.low is not None and self.high is not None:
+            op = "<" if self.low_open else "<="
+            text = f"{kind} in the range {self.low:g} {op} x <= {self.high:g}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = kind
+        return text + (" or NULL" if self.nullable else "")
+
+
+GLM_PARAMS: tuple[Param, ...] = (
+    Param("loss", str, "logistic", "logistic (classifier), squared (regression), hinge (linear "
+          "SVM).", choices=tuple(LOSSES)),
+    Param("penalty", str, "l2", "Regulariser on the coefficients.", choices=PENALTIES),
+    Param("alpha", float, 0.0001, "Strength of the penalty.", low=0.0),
+    Param("l1_ratio", float, 0.15, "Elastic-net mixing: 0 is L2, 1 is L1.", low=0.0, high=1.0),
+    Param("fit_intercept", bool, True, "Fit an intercept (never penalised)."),
+    Param("standardize", bool, True, "Fit on standardised features; coefficients are reported "
+          "in the original units."),
+    Param("max_epochs", int, 100, "Upper bound on passes over the data.", low=1, high=1_000_000),
+    Param("tol", float, 0.001, "Stop when the loss improves by less than tol for "
+          "n_iter_no_change epochs; NULL never stops early.", low=0.0, nullable=True),
+    Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
+          "adaptive, before dividing the rate by 5).", low=1, high=10_000),
+    Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
+          "(eta0 / t^power_t per step), adaptive (divide by 5 on a plateau), bold_driver "
+          "(x1.05 on improvement, undo and halve otherwise).", choices=LEARNING_RATES),
+    Param("eta0", float, 0.1, "Initial learning rate.", low=0.0, low_open=True),
+    Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
+    Param("batch_size", int, 1, "Rows per SGD step; 0 is full-batch gradient descent.",
+          low=0, high=1_000_000_000),
+    Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
+          "reshuffle each epoch; never: table order.", choices=SHUFFLES),
+    Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
+          low=-(2**62), high=2**62, nullable=True),
+    Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
+          "and, when > 0, to decide convergence.", low=0.0, high=0.9),
+)
+
+GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
+_BY_NAME = {p.name: p for p in GLM_PARAMS}
+
+
+def validate(values: dict[str, Any], *, where: str = "train_glm") -> dict[str, Any]:
+    """Return a complete, typed parameter dict; raise :class:`InvalidParameter` on any bad value.
+
+    Missing or ``None`` values of non-nullable parameters take their defaults.
+    """
+    unknown = sorted(set(values) - set(_BY_NAME))
+    if unknown:
+        raise InvalidParameter(
+            f"unknown parameter {unknown[0]!r} for {where}",
+            hint="Valid parameters: " + ", ".join(p.name for p in GLM_PARAMS) + ".")
+    out: dict[str, Any] = {}
+    for p in GLM_PARAMS:
+        v = values.get(p.name)
+        if v is None:
+            out[p.name] = None if p.nullable and p.name in values else p.default
+            continue
+        out[p.name] = _check(p, v, where)
+    return out
+
+
+def _check(p: Param, v: Any, where: str) -> Any:
+    """Coerce and range-check one value."""
+    def bad() -> InvalidParameter:
+        return InvalidParameter(
+            f"invalid value for parameter {p.name!r}",
+            detail=f"The {p.name!r} parameter of {where} must be {p.describe()}. "
+                   f"Got {v!r} instead.",
+            hint=p.doc)
+
+    if p.kind is str:
+        if not isinstance(v, str):
+            raise bad()
+        v = v.strip().lower()
+        if p.choices and v not in p.choices:
+            raise bad()
+        return v
+    if p.kind is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.lower() in ("true", "false", "t", "f", "yes", "no", "1", "0"):
+            return v.lower() in ("true", "t", "yes", "1")
+        raise bad()
+    if isinstance(v, bool):
+        raise bad()
+    try:
+        num = p.kind(v)
+    except (TypeError, ValueError, OverflowError):
+        raise bad() from None
+    if p.kind is int and float(num) != float(v):
+        raise bad()
+    if isinstance(num, float) and not math.isfinite(num):
+        raise bad()
+    if p.low is not None and (num <= p.low if p.low_open else num < p.low):
+        raise bad()
+    if p.high is not None and num > p.high:
+        raise bad()
+    return num

@@ -1,0 +1,177 @@
+"""Entry points called by the extension's PL/Python bodies, and the loop's session over ``plpy``.
+
+Each PL/Python body is one call into this module. Public entry points never let a Python
+exception escape (PL/Python would print a traceback): they return a JSON envelope that the
+plpgsql wrapper in ``sql/bismarck.sql`` turns into a clean ``RAISE`` with SQLSTATE, detail, hint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import evaluate as _evaluate
+from . import glm, loop, moments
+from .errors import BismarckError
+
+np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
+
+_PLACEHOLDER = re.compile(r"%s")
+
+
+class PlpySession:
+    """The training loop's session inside the server: SPI through ``plpy`` with cached plans."""
+
+    def __init__(self, plpy: Any) -> None:
+        self.plpy = plpy
+        self._plans: dict[tuple, Any] = {}
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Run SQL with ``%s`` placeholders (rewritten to ``$n``); return rows as tuples."""
+        params = list(params)
+        if params:
+            types = tuple(_pg_type(v) for v in params)
+            key = (sql, types)
+            plan = self._plans.get(key)
+            if plan is None:
+                counter = iter(range(1, len(params) + 1))
+                text = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+                plan = self.plpy.prepare(text, list(types))
+                self._plans[key] = plan
+            result = self.plpy.execute(plan, params)
+        else:
+            result = self.plpy.execute(sql)
+        try:
+            cols = result.colnames()
+        except Exception:  # utility statements have no columns
+            return []
+        if cols is None:
+            return []
+        if len(set(cols)) != len(cols):
+            raise AssertionError(f"query has duplicate column names {cols}: alias them")
+        return [tuple(r[c] for c in cols) for r in result]
+
+    def ident(self, name: str) -> str:
+        """Quote an identifier with the server's own rules."""
+        return self.plpy.quote_ident(name)
+
+    def checkpoint(self) -> None:
+        """Inside one SQL call there is one transaction: nothing to commit."""
+
+    def on_epoch(self, record: loop.EpochRecord) -> None:
+        """Report progress at DEBUG1 (``SET client_min_messages = debug1`` shows it)."""
+        self.plpy.debug(f"bismarck: epoch {record.epoch}/{record.max_epochs} train_loss="
+                        f"{record.train_loss:.6g} rows={record.rows}")
+
+    def on_failure(self, run_id: int, exc: BaseException) -> None:
+        """The caller's transaction rolls back as a whole: the run leaves no trace."""
+
+
+def _pg_type(v: object) -> str:
+    """PostgreSQL type for a Python parameter (None is text; SQL casts it where needed)."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "bigint"
+    if isinstance(v, float):
+        return "double precision"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "bytea"
+    if isinstance(v, (list, tuple)):
+        if any(isinstance(e, str) for e in v):
+            return "text[]"
+        return "double precision[]"
+    return "text"
+
+
+# -- public entry points (wrapped by plpgsql) ---------------------------------------------------
+
+def train_glm(plpy: Any, args: dict[str, Any]) -> str:
+    """``bismarck.train_glm``: run the loop in this backend; JSON envelope of the result."""
+    def run() -> dict[str, Any]:
+        a = dict(args)
+        result = loop.train_glm(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
+                                features=a.pop("features"), model_name=a.pop("model_name"),
+                                **{k: v for k, v in a.items() if v is not None})
+        return loop.result_row(result)
+    return _envelope(plpy, run)
+
+
+def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
+    """``bismarck.evaluate``: metrics of a stored model on a table or view."""
+    return _envelope(plpy, lambda: _evaluate.evaluate(PlpySession(plpy), model, relation,
+                                                      version))
+
+
+def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
+    """Run ``fn``; return ``{"ok": result}`` or ``{"error": {...}}`` as JSON text."""
+    try:
+        return json.dumps({"ok": fn()}, allow_nan=False, default=_jsonable)
+    except BismarckError as e:
+        err = {"message": e.message, "detail": e.detail, "hint": e.hint, "sqlstate": e.sqlstate}
+    except plpy.SPIError as e:
+        err = spi_error(e)
+    except Exception as e:  # a bug: report it without a traceback, but keep the cause
+        err = {"message": "internal error in bismarck", "sqlstate": "XX000",
+               "detail": f"{type(e).__name__}: {e}",
+               "hint": "Please report this with the statement that caused it."}
+    return json.dumps({"error": err})
+
+
+def spi_error(e: Any) -> dict[str, Any]:
+    """Message, SQLSTATE, detail and hint of an error raised by a nested SQL statement."""
+    message = str(e.args[0]) if e.args else str(e)
+    message = re.sub(r"^(plpy\.Error|plpy\.SPIError|[A-Za-z_.]+Error): ", "", message)
+    data = getattr(e, "spidata", None) or ()
+    detail = data[1] if len(data) > 1 else None
+    hint = data[2] if len(data) > 2 else None
+    return {"message": message, "sqlstate": getattr(e, "sqlstate", None) or "XX000",
+            "detail": detail, "hint": hint}
+
+
+def _jsonable(v: object) -> object:
+    """numpy scalars and arrays in results become plain JSON values."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+# -- aggregate support functions (called per row by the executor) -------------------------------
+
+def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call an aggregate function; a domain error becomes ``plpy.error`` with its SQLSTATE."""
+    try:
+        return fn(*args)
+    except BismarckError as e:
+        plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
+
+
+def glm_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
+                   init: bytes) -> bytes:
+    """SFUNC of ``bismarck._glm_epoch``."""
+    return _guard(plpy, glm.transition, state, x, y, init)
+
+
+def glm_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
+    """COMBINEFUNC of ``bismarck._glm_epoch``: row-weighted model averaging."""
+    return _guard(plpy, glm.merge, a, b)
+
+
+def glm_finalize(plpy: Any, state: bytes | None) -> bytes | None:
+    """FINALFUNC of ``bismarck._glm_epoch``."""
+    return _guard(plpy, glm.finalize, state)
+
+
+def moments_transition(plpy: Any, state: bytes | None, x: Any) -> bytes | None:
+    """SFUNC of ``bismarck._moments``."""
+    return _guard(plpy, moments.transition, state, x)
+
+
+def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
+    """COMBINEFUNC of ``bismarck._moments``."""
+    return _guard(plpy, moments.merge, a, b)

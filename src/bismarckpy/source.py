@@ -1,0 +1,120 @@
+"""Resolve a user's table, label and feature columns into safe SQL expressions.
+
+Names are looked up in the catalog (``to_regclass`` and ``pg_attribute``) and quoted by the
+session, so no user string is ever pasted into SQL. Checks happen here, before any epoch runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from .errors import BismarckError, InvalidData, UndefinedObject
+
+NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
+NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
+
+
+class Session(Protocol):
+    """What the engine needs from a database connection, inside or outside the server."""
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """Run SQL with ``%s`` placeholders; return all rows as tuples."""
+
+    def ident(self, name: str) -> str:
+        """Quote an identifier."""
+
+
+@dataclass
+class Source:
+    """A resolved training or scoring source."""
+
+    relation: str  # quoted, schema-qualified when needed (regclass text)
+    label: str | None
+    label_expr: str | None  # float8 expression of the label
+    label_type: str | None
+    features: list[str]  # column names as given
+    x_expr: str  # float8[] expression
+    valid_expr: str  # row has usable label and features
+    array_feature: bool
+
+
+def resolve(session: Session, relation: str, label: str | None,
+            features: Sequence[str] | str) -> Source:
+    """Check names and types and build the expressions; raise a clear error on any problem."""
+    if not relation or not isinstance(relation, str):
+        raise UndefinedObject("no source table given", sqlstate="42P01",
+                              hint="Pass source => 'schema.table' (a table or a view).")
+    try:
+        rows = session.query("SELECT to_regclass(%s)::oid, to_regclass(%s)::text",
+                             [relation, relation])
+    except BismarckError:
+        raise
+    except Exception as exc:  # invalid name syntax, e.g. unbalanced quotes
+        raise UndefinedObject(f'invalid relation name "{relation}"', sqlstate="42602",
+                              detail=str(exc).splitlines()[0]) from None
+    oid, qualified = rows[0]
+    if oid is None:
+        raise UndefinedObject(
+            f'relation "{relation}" does not exist', sqlstate="42P01",
+            hint="Check the table name and the search_path; names with capitals need quotes, "
+                 "e.g. '\"MyTable\"'.")
+    cols = dict(session.query(
+        "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
+    if isinstance(features, str):
+        features = [features]
+    features = list(features or [])
+    if not features:
+        raise InvalidData("no feature columns given", sqlstate="22023",
+                          hint="Pass features => ARRAY['col1', 'col2'] or a single float8[] "
+                               "column name.")
+    for name in [label, *features] if label is not None else features:
+        if name not in cols:
+            raise UndefinedObject(
+                f'column "{name}" does not exist in {qualified}', sqlstate="42703",
+                hint="Available columns: " + ", ".join(cols) + ".")
+    if label is not None and label in features:
+        raise InvalidData(f'column "{label}" is both the label and a feature', sqlstate="22023",
+                          hint="Remove the label from the feature list.")
+    q = session.ident
+    label_expr = label_type = None
+    valid = []
+    if label is not None:
+        label_type = cols[label]
+        if label_type == "boolean":
+            label_expr = f"({q(label)})::int::float8"
+        elif label_type in NUMERIC_TYPES:
+            label_expr = f"({q(label)})::float8"
+        else:
+            raise InvalidData(
+                f'label column "{label}" has type {label_type}', sqlstate="42804",
+                hint="The label must be numeric or boolean; map text classes to 0/1 in a view.")
+        valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
+                     "('NaN', 'Infinity', '-Infinity')")
+    array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
+    if array_feature:
+        col = q(features[0])
+        x_expr = f"({col})::float8[]"
+        valid.append(f"{col} IS NOT NULL AND array_position({x_expr}, NULL) IS NULL AND "
+                     f"NOT ({x_expr} && '{{NaN,Infinity,-Infinity}}'::float8[])")
+    else:
+        for name in features:
+            t = cols[name]
+            if t in NUMERIC_ARRAYS:
+                raise InvalidData(
+                    f'feature column "{name}" is an array', sqlstate="42804",
+                    hint="Pass either one array column alone or a list of scalar columns.")
+            if t not in NUMERIC_TYPES and t != "boolean":
+                raise InvalidData(
+                    f'feature column "{name}" has type {t}', sqlstate="42804",
+                    hint="Features must be numeric or boolean; encode categories as 0/1 "
+                         "columns (one-hot) in a view first.")
+        exprs = [(f"({q(n)})::int::float8" if cols[n] == "boolean" else f"({q(n)})::float8")
+                 for n in features]
+        x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
+        valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
+                     for e in exprs)
+    return Source(relation=qualified, label=label, label_expr=label_expr, label_type=label_type,
+                  features=features, x_expr=x_expr, valid_expr=" AND ".join(valid),
+                  array_feature=array_feature)
