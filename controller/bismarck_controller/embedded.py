@@ -584,12 +584,11 @@ def _port_in_use(port: int) -> SetupError:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` could be our server: it exists and we may signal it (as PostgreSQL does)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         return False
-    except PermissionError:
-        return True
     return True
 
 
