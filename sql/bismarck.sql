@@ -155,7 +155,7 @@ CREATE FUNCTION bismarck.train_glm(
     source              text,
     label               text,
     features            text[],
-    model_name          text     DEFAULT NULL,
+    INOUT model_name    text     DEFAULT NULL,
     loss                text     DEFAULT NULL,
     penalty             text     DEFAULT NULL,
     alpha               float8   DEFAULT NULL,
@@ -171,28 +171,36 @@ CREATE FUNCTION bismarck.train_glm(
     batch_size          integer  DEFAULT NULL,
     shuffle             text     DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
-    validation_fraction float8   DEFAULT NULL)
-RETURNS TABLE (model_name text, version integer, epochs integer, converged boolean,
-               train_loss float8, validation_loss float8, seconds float8)
+    validation_fraction float8   DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
 LANGUAGE plpgsql AS $$
 DECLARE
     result jsonb;
+    r jsonb;
 BEGIN
     result := bismarck._train_glm(jsonb_build_object(
         'source', source, 'label', label, 'features', features,
-        'model_name', coalesce(train_glm.model_name, source),
+        'model_name', coalesce(model_name, source),
         'loss', loss, 'penalty', penalty, 'alpha', alpha, 'l1_ratio', l1_ratio,
         'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'seed', seed, 'validation_fraction', validation_fraction));
     PERFORM bismarck._raise_if_error(result);
-    RETURN QUERY
-    SELECT r.model_name, r.version, r.epochs, r.converged, r.train_loss, r.validation_loss,
-           r.seconds
-      FROM jsonb_to_record(result -> 'ok') AS r(
-           model_name text, version integer, epochs integer, converged boolean,
-           train_loss float8, validation_loss float8, seconds float8);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
 END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, float8, float8,
@@ -283,26 +291,33 @@ LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     e jsonb := result -> 'error';
 BEGIN
-    IF e IS NOT NULL THEN
-        RAISE EXCEPTION USING
-            MESSAGE = e ->> 'message',
-            DETAIL = coalesce(e ->> 'detail', ''),
-            HINT = coalesce(e ->> 'hint', ''),
-            ERRCODE = coalesce(e ->> 'sqlstate', 'XX000');
+    IF e IS NULL THEN
+        RETURN;
+    ELSIF e ->> 'detail' IS NOT NULL AND e ->> 'hint' IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = e ->> 'message', ERRCODE = e ->> 'sqlstate',
+            DETAIL = e ->> 'detail', HINT = e ->> 'hint';
+    ELSIF e ->> 'detail' IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = e ->> 'message', ERRCODE = e ->> 'sqlstate',
+            DETAIL = e ->> 'detail';
+    ELSIF e ->> 'hint' IS NOT NULL THEN
+        RAISE EXCEPTION USING MESSAGE = e ->> 'message', ERRCODE = e ->> 'sqlstate',
+            HINT = e ->> 'hint';
+    ELSE
+        RAISE EXCEPTION USING MESSAGE = e ->> 'message', ERRCODE = e ->> 'sqlstate';
     END IF;
 END
 $$;
 COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
     'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
 
-CREATE FUNCTION bismarck._train_glm(args jsonb) RETURNS jsonb
+CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u AS $$
 import json
 B = GD.get("bismarck")
 if B is None:
     plpy.execute("SELECT bismarck._engine_boot()")
     B = GD["bismarck"]
-return B.train_glm(plpy, json.loads(args))
+return B.train_glm(plpy, json.loads(options))
 $$;
 COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
     'Private: runs the training loop inside this backend; returns a JSON result or error.';

@@ -36,14 +36,14 @@ def evaluate(session: Session, model: str, relation: str,
         f"max(cardinality({src.x_expr})) FILTER (WHERE {src.valid_expr}) AS hi "
         f"FROM {src.relation}")[0]
     if n_ok == 0:
-        raise InvalidData(f"no usable rows in {src.relation}",
+        raise InvalidData(f"no usable rows in {src.name}",
                           detail=f"{n_total} rows, none with a finite label and features.",
                           hint="Evaluate on a table with the model's label and feature columns "
                                "filled in.")
     if lo != d or hi != d:
         raise InvalidData("feature dimension does not match the model",
                           detail=f"Model {m['model_name']} version {m['version']} has {d} "
-                                 f"coefficients; rows in {src.relation} have {lo} to {hi}.",
+                                 f"coefficients; rows in {src.name} have {lo} to {hi}.",
                           hint="Evaluate with the same feature columns the model was trained on.")
     margin = (f"(%s::float8 + (SELECT sum(c * v) FROM unnest(%s::float8[], {src.x_expr}) "
               "AS t(c, v)))")

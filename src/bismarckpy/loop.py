@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -101,20 +102,21 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
     src = resolve(session, source, label, features)
+    if p["seed"] is None:
+        p["seed"] = int(np.random.default_rng().integers(0, 2**31))
     seed = p["seed"]
-    if seed is None:
-        seed = int(np.random.default_rng().integers(0, 2**31))
     _clean_interrupted(session)
     run_id = session.query(
         "INSERT INTO bismarck._training_run (model_name, source, params) "
         "VALUES (%s, %s, %s::jsonb) RETURNING run_id",
-        [model_name, src.relation, json.dumps({**p, "seed": seed})])[0][0]
+        [model_name, src.name, json.dumps(p)])[0][0]
     session.checkpoint()
     prepared = None
     try:
         prepared = _prepare(session, src, p, seed, run_id)
         result = _epochs(session, src, p, prepared, model_name, run_id, started)
         _drop_work(session, prepared)
+        prepared = None
         session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
                       "finished_at = now() WHERE run_id = %s", [result.version, run_id])
         session.checkpoint()
@@ -132,22 +134,23 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              run_id: int) -> _Prepared:
     """Count and check rows, encode labels, materialise the (shuffled) train/validation copies."""
     n_total, n_valid_rows = session.query(
-        f"SELECT count(*), count(*) FILTER (WHERE {src.valid_expr}) FROM {src.relation}")[0]
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok "
+        f"FROM {src.relation}")[0]
     if n_total == 0:
-        raise InvalidData(f"table {src.relation} is empty",
+        raise InvalidData(f"table {src.name} is empty",
                           hint="Load rows into the table before training.")
     if n_valid_rows == 0:
         raise InvalidData(
-            f"no usable rows in {src.relation}",
+            f"no usable rows in {src.name}",
             detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
             hint="Fill or filter the missing values (for example in a view) and train again.")
     lo, hi = session.query(
-        f"SELECT min(cardinality({src.x_expr})), max(cardinality({src.x_expr})) "
+        f"SELECT min(cardinality({src.x_expr})) AS lo, max(cardinality({src.x_expr})) AS hi "
         f"FROM {src.relation} WHERE {src.valid_expr}")[0]
     if lo != hi or lo == 0:
         raise InvalidData(
             "feature arrays have different lengths",
-            detail=f"Lengths range from {lo} to {hi} in {src.relation}.",
+            detail=f"Lengths range from {lo} to {hi} in {src.name}.",
             hint="Every row's feature array must have the same number of elements.")
     d = int(lo)
     y_expr, classes = _encode_label(session, src, p["loss"])
@@ -161,7 +164,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     y_mean, y_sd = 0.0, 1.0
     if p["standardize"] and p["loss"] == "squared":
         y_mean, y_sd = session.query(
-            f"SELECT avg({y_expr}), coalesce(stddev_pop({y_expr}), 0) FROM {src.relation} "
+            f"SELECT avg({y_expr}) AS m, coalesce(stddev_pop({y_expr}), 0) AS s "
+            f"FROM {src.relation} "
             f"WHERE {src.valid_expr} AND NOT ({holdout})")[0]
         y_mean = float(y_mean or 0.0)
         y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
@@ -261,7 +265,8 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         history.append(rec)
         session.query(
             "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
-            "learning_rate, rows, seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "learning_rate, rows, seconds) VALUES (%s, %s, %s::float8, %s::float8, %s::float8, %s, "
+            "%s::float8)",
             [run_id, epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
              rec.seconds])
         session.checkpoint()
@@ -282,9 +287,10 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
     version = session.query(
-        "SELECT bismarck._store_model(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, "
+        "SELECT bismarck._store_model(%s, %s, %s, %s, %s::text[], %s, %s::float8[], %s, "
+        "%s::float8[], %s::jsonb, "
         "%s::jsonb, %s::jsonb)",
-        [model_name, src.relation, src.label, p["loss"], list(src.features),
+        [model_name, src.name, src.label, p["loss"], list(src.features),
          src.array_feature, [float(c) for c in coef], float(intercept),
          prep.classes, json.dumps(p), json.dumps(_finite(metrics)),
          json.dumps(_finite(fitted))])[0][0]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .errors import BismarckError
 
 np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
 
-_PLACEHOLDER = re.compile(r"%s")
+_PLACEHOLDER = re.compile(r"%([%s])")
 
 
 class PlpySession:
@@ -32,18 +33,16 @@ class PlpySession:
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (rewritten to ``$n``); return rows as tuples."""
         params = list(params)
-        if params:
-            types = tuple(_pg_type(v) for v in params)
-            key = (sql, types)
-            plan = self._plans.get(key)
-            if plan is None:
-                counter = iter(range(1, len(params) + 1))
-                text = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
-                plan = self.plpy.prepare(text, list(types))
-                self._plans[key] = plan
-            result = self.plpy.execute(plan, params)
-        else:
-            result = self.plpy.execute(sql)
+        types = tuple(_pg_type(v) for v in params)
+        key = (sql, types)
+        plan = self._plans.get(key)
+        if plan is None:
+            counter = iter(range(1, len(params) + 1))
+            text = _PLACEHOLDER.sub(
+                lambda m: "%" if m.group(1) == "%" else f"${next(counter)}", sql)
+            plan = self.plpy.prepare(text, list(types))
+            self._plans[key] = plan
+        result = self.plpy.execute(plan, params)
         try:
             cols = result.colnames()
         except Exception:  # utility statements have no columns
@@ -55,8 +54,8 @@ class PlpySession:
         return [tuple(r[c] for c in cols) for r in result]
 
     def ident(self, name: str) -> str:
-        """Quote an identifier with the server's own rules."""
-        return self.plpy.quote_ident(name)
+        """Quote an identifier with the server's own rules (``%`` doubled, see Session)."""
+        return self.plpy.quote_ident(name).replace("%", "%%")
 
     def checkpoint(self) -> None:
         """Inside one SQL call there is one transaction: nothing to commit."""

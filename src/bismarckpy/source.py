@@ -6,8 +6,9 @@ session, so no user string is ever pasted into SQL. Checks happen here, before a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from .errors import BismarckError, InvalidData, UndefinedObject
 
@@ -16,20 +17,30 @@ NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
 
 
 class Session(Protocol):
-    """What the engine needs from a database connection, inside or outside the server."""
+    """What the engine needs from a database connection, inside or outside the server.
+
+    SQL text follows psycopg's rules: ``%s`` is a parameter and ``%%`` a literal percent sign,
+    so :meth:`ident` doubles any ``%`` in a name.
+    """
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders; return all rows as tuples."""
 
     def ident(self, name: str) -> str:
-        """Quote an identifier."""
+        """Quote an identifier (with ``%`` doubled)."""
+
+
+def escape_percent(sql_fragment: str) -> str:
+    """Double ``%`` so a server-quoted name survives placeholder processing."""
+    return sql_fragment.replace("%", "%%")
 
 
 @dataclass
 class Source:
     """A resolved training or scoring source."""
 
-    relation: str  # quoted, schema-qualified when needed (regclass text)
+    relation: str  # SQL text: quoted, schema-qualified when needed, % doubled
+    name: str  # the relation as PostgreSQL prints it (regclass text), for messages and storage
     label: str | None
     label_expr: str | None  # float8 expression of the label
     label_type: str | None
@@ -46,9 +57,9 @@ def resolve(session: Session, relation: str, label: str | None,
         raise UndefinedObject("no source table given", sqlstate="42P01",
                               hint="Pass source => 'schema.table' (a table or a view).")
     try:
-        rows = session.query("SELECT to_regclass(%s)::oid, to_regclass(%s)::text",
+        rows = session.query("SELECT to_regclass(%s)::oid AS oid, to_regclass(%s)::text AS name",
                              [relation, relation])
-    except BismarckError:
+    except (BismarckError, AssertionError):
         raise
     except Exception as exc:  # invalid name syntax, e.g. unbalanced quotes
         raise UndefinedObject(f'invalid relation name "{relation}"', sqlstate="42602",
@@ -60,7 +71,7 @@ def resolve(session: Session, relation: str, label: str | None,
             hint="Check the table name and the search_path; names with capitals need quotes, "
                  "e.g. '\"MyTable\"'.")
     cols = dict(session.query(
-        "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
+        "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
     if isinstance(features, str):
         features = [features]
@@ -115,6 +126,6 @@ def resolve(session: Session, relation: str, label: str | None,
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
-    return Source(relation=qualified, label=label, label_expr=label_expr, label_type=label_type,
-                  features=features, x_expr=x_expr, valid_expr=" AND ".join(valid),
+    return Source(relation=escape_percent(qualified), name=qualified, label=label,
+                  label_expr=label_expr, label_type=label_type, features=features, x_expr=x_expr, valid_expr=" AND ".join(valid),
                   array_feature=array_feature)

@@ -1,0 +1,285 @@
+"""``bismarck train|predict|evaluate|models|history``: thin commands over ``training``.
+
+Each command makes one library call; engine, server and set-up errors become one-paragraph
+ClickExceptions with the hint, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from typing import Any, Callable, TypeVar
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bismarck_controller import training
+from bismarck_controller.connection import connect
+from bismarck_controller.errors import SetupError
+from bismarck_controller.session import describe
+from bismarckpy.errors import BismarckError
+from bismarckpy.loop import EpochRecord
+from bismarckpy.params import GLM_PARAMS
+
+F = TypeVar("F", bound=Callable[..., Any])
+DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedded database."
+console = Console()
+
+
+def friendly(func: F) -> F:
+    """Engine, server and set-up errors become a ClickException: message, detail, hint."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (BismarckError, psycopg.Error) as exc:
+            raise click.ClickException(describe(exc)) from None
+        except SetupError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _param_options(func: F) -> F:
+    """One click option per declared training parameter (same names as SQL, underscores → -)."""
+    for p in reversed(GLM_PARAMS):
+        flag = "--" + p.name.replace("_", "-")
+        if p.kind is bool:
+            opt = click.option(f"{flag}/--no-{p.name.replace('_', '-')}", p.name, default=None,
+                               help=f"{p.doc} [default: {p.default}]")
+        elif p.choices:
+            opt = click.option(flag, p.name, type=click.Choice(p.choices), default=None,
+                               help=f"{p.doc} [default: {p.default}]")
+        else:
+            opt = click.option(flag, p.name, type=p.kind, default=None,
+                               help=f"{p.doc} [default: {p.default}]")
+        func = opt(func)
+    return func
+
+
+class _EpochProgress:
+    """A rich progress bar per epoch: rows/s, train and validation loss, ETA."""
+
+    def __init__(self, max_epochs: int) -> None:
+        self.progress = Progress(
+            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
+            transient=False)
+        self.task = self.progress.add_task("train", total=max_epochs, info="preparing…")
+
+    def __call__(self, rec: EpochRecord) -> None:
+        rate = rec.rows / rec.seconds if rec.seconds > 0 else math.inf
+        info = f"{rate:,.0f} rows/s  loss {rec.train_loss:.6g}"
+        if rec.validation_loss is not None:
+            info += f"  val {rec.validation_loss:.6g}"
+        self.progress.update(self.task, completed=rec.epoch, info=info)
+
+
+@click.command("train")
+@click.argument("table")
+@click.option("--label", required=True, help="Label column (0/1, -1/+1 or boolean for "
+              "classifiers; numeric for squared).")
+@click.option("--features", required=True, help="Comma-separated numeric columns, or one "
+              "float8[] column.")
+@click.option("--model", "model_name", help="Model name [default: the table name].")
+@_param_options
+@click.option("--dsn", help=DSN_HELP)
+@friendly
+def train_command(table: str, label: str, features: str, model_name: str | None,
+                  dsn: str | None, **params: Any) -> None:
+    """Train a GLM on TABLE inside PostgreSQL and store it as a new model version."""
+    params = {k: v for k, v in params.items() if v is not None}
+    feats = [f.strip() for f in features.split(",") if f.strip()]
+    max_epochs = params.get("max_epochs") or next(p.default for p in GLM_PARAMS
+                                                  if p.name == "max_epochs")
+    bar = _EpochProgress(max_epochs)
+    with connect(dsn) as conn, bar.progress:
+        result = training.train(conn, table, label, feats, model_name, on_epoch=bar, **params)
+    summary = Table(title=f"model {result.model_name} version {result.version}")
+    for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
+                "seconds"):
+        summary.add_column(col)
+    summary.add_row(str(result.epochs), "yes" if result.converged else "no",
+                    f"{result.train_loss:.6g}", _fmt(result.validation_loss), str(result.rows),
+                    str(result.skipped), f"{result.seconds:.2f}")
+    console.print(summary)
+    if not result.converged:
+        console.print(f"[yellow]Did not converge in {result.epochs} epochs: raise --max-epochs "
+                      "or --tol, or try --learning-rate adaptive.[/yellow]")
+
+
+@click.command("evaluate")
+@click.argument("model")
+@click.argument("table")
+@click.option("--version", type=int, help="Model version [default: latest].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--dsn", help=DSN_HELP)
+@friendly
+def evaluate_command(model: str, table: str, version: int | None, as_json: bool,
+                     dsn: str | None) -> None:
+    """Evaluate MODEL on TABLE (which holds the label and feature columns)."""
+    with connect(dsn) as conn:
+        metrics = training.evaluate(conn, model, table, version)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    out = Table(title=f"{model} on {table}")
+    out.add_column("metric")
+    out.add_column("value", justify="right")
+    for k, v in metrics.items():
+        out.add_row(k, _fmt(v))
+    console.print(out)
+
+
+@click.command("predict")
+@click.argument("model")
+@click.argument("table")
+@click.option("--version", type=int, help="Model version [default: latest].")
+@click.option("--output", help="Write TABLE's columns plus 'prediction' to this new table.")
+@click.option("--limit", type=int, default=20, show_default=True,
+              help="Rows to print when no --output is given.")
+@click.option("--classes", is_flag=True, help="Predict class labels instead of scores.")
+@click.option("--dsn", help=DSN_HELP)
+@friendly
+def predict_command(model: str, table: str, version: int | None, output: str | None,
+                    limit: int, classes: bool, dsn: str | None) -> None:
+    """Score TABLE with MODEL in the server: print rows, or write them to --output."""
+    with connect(dsn) as conn:
+        result = training.predict(conn, model, table, version=version, output=output,
+                                  limit=None if output else limit, classes=classes)
+    if isinstance(result, int):
+        click.echo(f"wrote {result} rows to {output}")
+        return
+    if not result:
+        click.echo("no rows")
+        return
+    out = Table()
+    for col in result[0]:
+        out.add_column(str(col))
+    for row in result:
+        out.add_row(*(_fmt(v) for v in row.values()))
+    console.print(out)
+
+
+@click.group("models", invoke_without_command=True)
+@click.option("--dsn", help=DSN_HELP)
+@click.pass_context
+@friendly
+def models_group(ctx: click.Context, dsn: str | None) -> None:
+    """List trained models (all versions); see also 'models show' and 'models delete'."""
+    ctx.obj = {"dsn": dsn}
+    if ctx.invoked_subcommand is not None:
+        return
+    with connect(dsn) as conn:
+        rows = training.models(conn)
+    if not rows:
+        click.echo("no models yet: train one with `bismarck train`")
+        return
+    out = Table()
+    for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
+        out.add_column(col)
+    for r in rows:
+        out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
+                    ", ".join(r["features"]), _fmt(r["metrics"].get("train_loss")),
+                    r["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(out)
+
+
+@models_group.command("show")
+@click.argument("name")
+@click.option("--version", type=int, help="Model version [default: latest].")
+@click.pass_obj
+@friendly
+def models_show(obj: dict, name: str, version: int | None) -> None:
+    """Show one model: coefficients per feature, intercept, parameters and metrics."""
+    with connect(obj["dsn"]) as conn:
+        m = training.model(conn, name, version)
+    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
+                  f"source {m['source']}  label {m['label']}")
+    coef = Table(title="coefficients (original units)")
+    coef.add_column("feature")
+    coef.add_column("coef", justify="right")
+    names = m["features"] if len(m["features"]) == len(m["coef"]) else \
+        [f"{m['features'][0]}[{i + 1}]" for i in range(len(m["coef"]))]
+    for f, c in zip(names, m["coef"]):
+        coef.add_row(f, f"{c:.6g}")
+    coef.add_row("(intercept)", f"{m['intercept']:.6g}")
+    console.print(coef)
+    console.print("params:", json.dumps(m["params"]))
+    console.print("metrics:", json.dumps(m["metrics"]))
+
+
+@models_group.command("delete")
+@click.argument("name")
+@click.option("--version", type=int, help="Delete only this version [default: all].")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+@friendly
+def models_delete(obj: dict, name: str, version: int | None, yes: bool) -> None:
+    """Delete a model (all versions, or one)."""
+    what = f"version {version} of {name}" if version else f"all versions of {name}"
+    if not yes:
+        click.confirm(f"Delete {what}?", abort=True)
+    with connect(obj["dsn"]) as conn:
+        n = training.delete_model(conn, name, version)
+    click.echo(f"deleted {n} version(s) of {name}")
+
+
+@click.command("history")
+@click.argument("name")
+@click.option("--version", type=int, help="Only this model version's run.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new epochs as a run "
+              "progresses (Ctrl-C to stop).")
+@click.option("--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between polls with --follow.")
+@click.option("--dsn", help=DSN_HELP)
+@friendly
+def history_command(name: str, version: int | None, follow: bool, interval: float,
+                    dsn: str | None) -> None:
+    """Per-epoch history of model NAME: train/validation loss, learning rate, rows, seconds."""
+    with connect(dsn) as conn:
+        rows = training.history(conn, name, version)
+        if not rows and not follow:
+            raise click.ClickException(
+                f"no training history for model {name!r}. List models with `bismarck models`.")
+        click.echo(_history_header())
+        for r in rows:
+            click.echo(_history_line(r))
+        last = (rows[-1]["run_id"], rows[-1]["epoch"]) if rows else None
+        try:
+            while follow:
+                time.sleep(interval)
+                for r in training.history(conn, name, version, after=last):
+                    click.echo(_history_line(r))
+                    last = (r["run_id"], r["epoch"])
+        except KeyboardInterrupt:
+            pass
+
+
+def _history_header() -> str:
+    return (f"{'run':>5} {'version':>7} {'status':<11} {'epoch':>6} {'train_loss':>14} "
+            f"{'val_loss':>14} {'lr':>10} {'rows':>10} {'seconds':>9}")
+
+
+def _history_line(r: dict[str, Any]) -> str:
+    return (f"{r['run_id']:>5} {_fmt(r['version']):>7} {r['status']:<11} {r['epoch']:>6} "
+            f"{_fmt(r['train_loss']):>14} {_fmt(r['validation_loss']):>14} "
+            f"{_fmt(r['learning_rate']):>10} {_fmt(r['rows']):>10} {r['seconds']:>9.3f}")
+
+
+def _fmt(v: Any) -> str:
+    """Numbers to 6 significant digits; None as an empty cell."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+COMMANDS = [train_command, evaluate_command, predict_command, models_group, history_command]

@@ -1,0 +1,136 @@
+"""Library calls behind the CLI and the Python API: train, predict, evaluate, models, history.
+
+Training runs the engine's loop (``bismarckpy.loop``) from this process over psycopg; predict
+and evaluate run in SQL so the rows stay in the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from bismarck_controller.session import PsycopgSession
+from bismarckpy import evaluate as engine_evaluate
+from bismarckpy import loop
+from bismarckpy.source import resolve
+
+
+def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
+          model_name: str | None = None,
+          on_epoch: Callable[[loop.EpochRecord], None] | None = None,
+          **params: Any) -> loop.TrainResult:
+    """Train a GLM on ``source`` and store it as the next version of ``model_name``.
+
+    ``params`` are the names of :data:`bismarckpy.params.GLM_PARAMS` (``loss``, ``alpha``, ...).
+    """
+    session = PsycopgSession(conn, on_epoch)
+    return loop.train_glm(session, source=source, label=label, features=features,
+                          model_name=model_name or source, **params)
+
+
+def evaluate(conn: psycopg.Connection, model: str, source: str,
+             version: int | None = None) -> dict[str, float | None]:
+    """Metrics of a stored model on a table or view, computed in the server."""
+    session = PsycopgSession(conn)
+    try:
+        rows = engine_evaluate.evaluate(session, model, source, version)
+    finally:
+        conn.rollback()
+    return {r["metric"]: r["value"] for r in rows}
+
+
+def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
+            output: str | None = None, limit: int | None = None,
+            classes: bool = False) -> list[dict[str, Any]] | int:
+    """Score every row of ``source`` in the server.
+
+    With ``output``, writes ``source``'s columns plus ``prediction`` into a new table and returns
+    its row count; otherwise returns up to ``limit`` rows as dicts.
+    """
+    session = PsycopgSession(conn)
+    m = engine_evaluate.load_model(session, model, version)
+    src = resolve(session, source, None, m["features"])
+    func = "predict_class" if classes else "predict"
+    x_expr = sql.SQL(src.x_expr.replace("%%", "%"))
+    select = sql.SQL("SELECT s.*, bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
+        sql.Identifier(func), sql.Literal(m["model_name"]), x_expr,
+        sql.Literal(m["version"]), sql.SQL(src.name))
+    try:
+        if output:
+            table = sql.Identifier(*output.split(".", 1)) if "." in output else \
+                sql.Identifier(output)
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
+                n = cur.rowcount
+            conn.commit()
+            return n
+        if limit is not None:
+            select = sql.SQL("{} LIMIT {}").format(select, sql.Literal(int(limit)))
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(select)
+            return cur.fetchall()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def models(conn: psycopg.Connection, name: str | None = None) -> list[dict[str, Any]]:
+    """Registry rows, newest first; all models or the versions of one."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT model_name, version, loss, source, label, features, coef, intercept, "
+            "classes, params, metrics, created_at FROM bismarck.models "
+            "WHERE %s::text IS NULL OR model_name = %s "
+            "ORDER BY model_name, version DESC", [name, name])
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
+
+
+def model(conn: psycopg.Connection, name: str, version: int | None = None) -> dict[str, Any]:
+    """One registry row (latest version unless given); a clear error when it does not exist."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            cur.execute("SELECT * FROM bismarck._model(%s, %s::int)", [name, version])
+            row = cur.fetchone()
+        finally:
+            conn.rollback()
+    assert row is not None
+    return row
+
+
+def delete_model(conn: psycopg.Connection, name: str, version: int | None = None) -> int:
+    """Delete one version (or all versions) of a model; returns how many rows went."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT bismarck.delete_model(%s, %s::int)", [name, version])
+            row = cur.fetchone()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    assert row is not None
+    return int(row[0])
+
+
+def history(conn: psycopg.Connection, name: str, version: int | None = None,
+            after: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Per-epoch history of a model's runs (one version, or all), oldest first.
+
+    ``after=(run_id, epoch)`` returns only newer rows, for following a live run.
+    """
+    run, epoch = after or (0, 0)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT model_name, version, run_id, status, epoch, train_loss, validation_loss, "
+            "learning_rate, rows, seconds FROM bismarck.training_history "
+            "WHERE model_name = %s AND (%s::int IS NULL OR version = %s) "
+            "AND (run_id, epoch) > (%s, %s) ORDER BY run_id, epoch",
+            [name, version, version, run, epoch])
+        rows = cur.fetchall()
+    conn.rollback()
+    return rows
