@@ -7,14 +7,17 @@ section that stores every module of the engine package ``bismarckpy`` in
 Upgrades (``ALTER EXTENSION bismarck UPDATE``) keep data. Statements of ``sql/bismarck.sql`` fall
 in two kinds. Code (functions, procedures, aggregates, views, their comments, grants) is dropped
 and created again by every upgrade script. Everything else (tables, indexes, types, sequences,
-seed rows) is persistent: created by the first install only and changed later by hand-written
-migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between consecutive versions. Versions
-that can be upgraded from are listed in ``sql/upgrades.txt``. An upgrade script is: drop all the
-extension's code, the migrations along the chain, the code statements, the engine's modules.
+seed rows) is persistent: an upgrade creates tables, sequences and named indexes that do not
+exist yet (``IF NOT EXISTS``) and leaves existing ones alone; other changes (new columns, types,
+seed rows) go in hand-written migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between
+consecutive versions. Versions that can be upgraded from are listed in ``sql/upgrades.txt``.
+An upgrade script is: drop all the extension's code, the migrations along the chain, the
+statements of sql/bismarck.sql as above, the engine's modules.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -117,11 +120,24 @@ def modules_section() -> str:
             + ",\n".join(rows) + ";\n")
 
 
+def sql_digest() -> str:
+    """md5 of sql/bismarck.sql; the scripts record it in ``bismarck._build()``."""
+    return hashlib.md5((sql_dir() / f"{NAME}.sql").read_bytes()).hexdigest()
+
+
+def build_section() -> str:
+    """The generated function ``bismarck._build()``: which sql/bismarck.sql made the code."""
+    return (f"\nCREATE FUNCTION bismarck._build() RETURNS text LANGUAGE sql IMMUTABLE "
+            f"PARALLEL SAFE AS $$ SELECT '{sql_digest()}'::text $$;\n"
+            "COMMENT ON FUNCTION bismarck._build() IS\n"
+            "    'Private: md5 of the sql/bismarck.sql that created the code (generated).';\n")
+
+
 def build_install_script() -> str:
     """The install script: sql/bismarck.sql followed by the engine's modules."""
     version()
     source = (sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8")
-    return source.rstrip("\n") + "\n" + modules_section()
+    return source.rstrip("\n") + "\n" + modules_section() + build_section()
 
 
 # --- statements and upgrades ------------------------------------------------------------------
@@ -158,6 +174,33 @@ class Statement:
                 target = re.search(r"COLUMN\s+([\w.\"]+)\.", self.text, re.IGNORECASE)
                 return bool(target) and target.group(1).lower() in views
         return False
+
+    def upgrade_text(self, views: set[str]) -> str | None:
+        """The statement as an upgrade runs it: code as is, new tables made idempotent, else None.
+
+        Tables, sequences and named indexes get ``IF NOT EXISTS`` (new ones appear, existing ones
+        and their rows stay); their comments and ``pg_extension_config_dump`` calls are re-run.
+        Other persistent changes (columns, types, seed rows) need a migration script.
+        """
+        if self.is_code(views):
+            return self.text
+        words = self.words
+        pattern = None
+        if words[:2] in (["CREATE", "TABLE"], ["CREATE", "SEQUENCE"]) and words[2:4] != ["IF",
+                                                                                         "NOT"]:
+            pattern = r"^((?:\s|--[^\n]*\n)*CREATE\s+(?:TABLE|SEQUENCE))\s"
+        elif words[:3] in (["CREATE", "INDEX"], ["CREATE", "UNIQUE"]) and "ON" not in words[:4] \
+                and "IF" not in words[:4] and "CONCURRENTLY" not in words[:4]:
+            pattern = r"^((?:\s|--[^\n]*\n)*CREATE\s+(?:UNIQUE\s+)?INDEX)\s"
+        if pattern:
+            return re.sub(pattern, r"\1 IF NOT EXISTS ", self.text, count=1, flags=re.IGNORECASE)
+        if words[:2] == ["COMMENT", "ON"] and len(words) > 2 and words[2] in (
+                "TABLE", "COLUMN", "SEQUENCE", "INDEX"):
+            return self.text
+        if words[:3] == ["SELECT", "PG_CATALOG", "PG_EXTENSION_CONFIG_DUMP"] or \
+                words[:2] == ["SELECT", "PG_EXTENSION_CONFIG_DUMP"]:
+            return self.text
+        return None
 
     def view_name(self) -> str | None:
         """The qualified name of a view this statement creates, lower-cased."""
@@ -301,9 +344,10 @@ def upgrade_versions() -> list[str]:
     return sorted(found, key=version_key)
 
 
-def build_upgrade_script(old: str, chain: Iterable[str] | None = None) -> str:
-    """The script ``bismarck--<old>--<current>.sql``: drop code, migrate, re-create code."""
-    new = version()
+def build_upgrade_script(old: str, chain: Iterable[str] | None = None,
+                         new: str | None = None) -> str:
+    """The script ``bismarck--<old>--<new>.sql``: drop code, migrate, re-create code."""
+    new = new or version()
     versions = sorted({*(chain if chain is not None else upgrade_versions()), old, new},
                       key=version_key)
     versions = [v for v in versions if version_key(old) <= version_key(v) <= version_key(new)]
@@ -317,10 +361,11 @@ def build_upgrade_script(old: str, chain: Iterable[str] | None = None) -> str:
             parts.append(migration.read_text(encoding="utf-8"))
     statements = split_statements((sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8"))
     views = {name for s in statements if (name := s.view_name())}
-    parts.append("\n-- Code from sql/bismarck.sql\n")
-    parts += [s.text + "\n\n" for s in statements if s.is_code(views)]
+    parts.append("\n-- From sql/bismarck.sql: the code, and tables that do not exist yet\n")
+    parts += [text + "\n\n" for s in statements if (text := s.upgrade_text(views))]
     parts.append("DELETE FROM bismarck._engine_module;\n")
     parts.append(modules_section())
+    parts.append(build_section())
     return "".join(parts)
 
 
@@ -458,14 +503,21 @@ def check_server(conn: psycopg.Connection) -> str:
     return "unknown"
 
 
-def is_embedded(conn: psycopg.Connection) -> bool:
-    """Whether ``conn`` is connected to the default embedded cluster of this host."""
+def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
+    """The private extension directory when ``conn`` is to the default embedded cluster."""
     from bismarck_controller import embedded
 
     # pg_settings hides data_directory from non-superusers instead of raising an error.
     row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
-    pgdata = embedded.Cluster().pgdata
-    return bool(row) and pgdata.exists() and Path(row[0]).resolve() == pgdata.resolve()
+    cluster = embedded.Cluster()
+    if row and cluster.pgdata.exists() and Path(row[0]).resolve() == cluster.pgdata.resolve():
+        return cluster.extension_dir()
+    return None
+
+
+def is_embedded(conn: psycopg.Connection) -> bool:
+    """Whether ``conn`` is connected to the default embedded cluster of this host."""
+    return embedded_extension_dir(conn) is not None
 
 
 def _local_host(conn: psycopg.Connection) -> bool:
@@ -473,27 +525,44 @@ def _local_host(conn: psycopg.Connection) -> bool:
     return host.startswith("/") or host in ("localhost", "127.0.0.1", "::1", "")
 
 
+def writable_extension_dir(conn: psycopg.Connection) -> Path | None:
+    """Where this client can write the server's extension files: embedded tree, or as root."""
+    tree = embedded_extension_dir(conn)
+    if tree is not None:
+        return tree
+    if _local_host(conn) and os.geteuid() == 0:
+        with contextlib.suppress(SetupError):
+            return system_sharedir(server_major(conn)) / "extension"
+    return None
+
+
 def _ensure_files(conn: psycopg.Connection, current: str) -> None:
-    """Make the server hold the files for ``current``: embedded tree, or this host as root."""
+    """Make the server hold the files for ``current``, or explain how to get them there."""
     if current in available_versions(conn):
         return
-    if is_embedded(conn):
-        from bismarck_controller import embedded
-
-        install_files(embedded.Cluster().extension_dir())
-    elif _local_host(conn) and os.geteuid() == 0:
-        install_files(system_sharedir(server_major(conn)) / "extension")
-    else:
+    target = writable_extension_dir(conn)
+    if target is None:
         raise SetupError(
             f"The PostgreSQL server at {conn.info.host}:{conn.info.port} does not have the files "
             f"of the bismarck extension {current}.",
             "On the server host, run `bismarck install --files` as root (or `make "
             "install-extension` in the repository), or use the Docker image (docker/Dockerfile); "
             "then run `bismarck install` again.")
+    install_files(target)
     if current not in available_versions(conn):
         raise SetupError(
-            f"The bismarck extension files were written but the server does not list version "
-            f"{current}.", "Check that the server uses this host's PostgreSQL installation.")
+            f"The bismarck extension files were written to {target}, but the server does not "
+            f"list version {current}.",
+            "Check that the server runs this host's PostgreSQL installation.")
+
+
+def installed_build(conn: psycopg.Connection) -> str | None:
+    """The md5 of sql/bismarck.sql the installed code came from (None if unknown)."""
+    row = conn.execute("SELECT to_regprocedure('bismarck._build()') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return None
+    found = conn.execute("SELECT bismarck._build()").fetchone()
+    return found[0] if found else None
 
 
 def refresh_engine(conn: psycopg.Connection) -> bool:
@@ -510,6 +579,28 @@ def refresh_engine(conn: psycopg.Connection) -> bool:
     return True
 
 
+def refresh_code(conn: psycopg.Connection, ext_dir: Path) -> None:
+    """Re-create the code of the installed (same) version from the current sql/bismarck.sql.
+
+    For development: two updates through a transient version, each an upgrade script; tables
+    and rows stay; the transient files are removed afterwards.
+    """
+    current = version()
+    transient = f"{current}.refresh"
+    files = [ext_dir / f"{NAME}--{current}--{transient}.sql",
+             ext_dir / f"{NAME}--{transient}--{current}.sql"]
+    try:
+        files[0].write_text(build_upgrade_script(current, [], new=transient), encoding="utf-8")
+        files[1].write_text(build_upgrade_script(transient, [], new=current), encoding="utf-8")
+        with conn.transaction():
+            for target in (transient, current):
+                conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
+                    sql.Identifier(NAME), sql.Literal(target)))
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
 def install(conn_or_dsn: psycopg.Connection | str) -> str:
     """Create or upgrade the extension in the database; return what was done, in one line."""
     if isinstance(conn_or_dsn, str):
@@ -519,30 +610,33 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
             return install(conn)
     conn = conn_or_dsn
     current = version()
-    check_server(conn)
-    installed = installed_version(conn)
-    if installed is not None and version_key(installed) > version_key(current):
-        raise SetupError(
-            f"The database has bismarck {installed}, newer than this client ({current}).",
-            "Upgrade the client (`pip install -U bismarckpy`).")
-    if installed == current:
-        refreshed = refresh_engine(conn)
-        _commit(conn)
-        return (f"bismarck {current} is installed; engine modules "
-                + ("refreshed from this client." if refreshed else "are current."))
-    _ensure_files(conn, current)
     try:
-        if installed is None:
-            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {} CASCADE").format(
-                sql.Identifier(NAME), sql.Literal(current)))
-            message = f"Created extension bismarck {current}."
+        tree = embedded_extension_dir(conn)
+        if tree is not None:
+            install_files(tree)  # keeps the embedded cluster's files in step with this client
+        installed = installed_version(conn)
+        if installed is not None and version_key(installed) > version_key(current):
+            raise SetupError(
+                f"The database has bismarck {installed}, newer than this client ({current}).",
+                "Upgrade the client (`pip install -U bismarckpy`).")
+        if installed == current:
+            message = _same_version(conn, current)
         else:
-            conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
-                sql.Identifier(NAME), sql.Literal(current)))
-            message = f"Upgraded extension bismarck {installed} -> {current}."
-        _commit(conn)
+            check_server(conn)
+            _ensure_files(conn, current)
+            if installed is None:
+                conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {} CASCADE")
+                             .format(sql.Identifier(NAME), sql.Literal(current)))
+                message = f"Created extension bismarck {current}."
+            else:
+                conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
+                    sql.Identifier(NAME), sql.Literal(current)))
+                message = f"Upgraded extension bismarck {installed} -> {current}."
+        if not conn.autocommit:
+            conn.commit()
     except psycopg.Error as exc:
-        _rollback(conn)
+        if not conn.autocommit:
+            conn.rollback()
         diag = exc.diag
         text = " ".join(filter(None, [diag.message_primary or str(exc), diag.message_detail]))
         raise SetupError(f"Installing the bismarck extension failed: {text}",
@@ -551,11 +645,16 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
     return message
 
 
-def _commit(conn: psycopg.Connection) -> None:
-    if not conn.autocommit:
-        conn.commit()
-
-
-def _rollback(conn: psycopg.Connection) -> None:
-    if not conn.autocommit:
-        conn.rollback()
+def _same_version(conn: psycopg.Connection, current: str) -> str:
+    """The installed version is the client's: bring changed code or engine modules in step."""
+    if installed_build(conn) != sql_digest():
+        target = writable_extension_dir(conn)
+        if target is not None:
+            refresh_code(conn, target)
+            return (f"bismarck {current} is installed; re-created its functions from the changed "
+                    f"sql/bismarck.sql (tables kept).")
+        return (f"bismarck {current} is installed, but its SQL differs from this client's "
+                f"sql/bismarck.sql; give the changed SQL a new version to upgrade this server.")
+    refreshed = refresh_engine(conn)
+    return (f"bismarck {current} is installed; engine modules "
+            + ("refreshed from this client." if refreshed else "are current."))

@@ -127,5 +127,6 @@ def resolve(session: Session, relation: str, label: str | None,
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
     return Source(relation=escape_percent(qualified), name=qualified, label=label,
-                  label_expr=label_expr, label_type=label_type, features=features, x_expr=x_expr, valid_expr=" AND ".join(valid),
+                  label_expr=label_expr, label_type=label_type, features=features,
+                  x_expr=x_expr, valid_expr=" AND ".join(valid),
                   array_feature=array_feature)
