@@ -1,0 +1,238 @@
+"""The extension: its generated scripts, install, idempotence, upgrades that keep user data."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from bismarck_controller import extension
+from bismarck_controller.errors import SetupError
+
+MEMBERS_SQL = """
+SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
+WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+  AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
+ORDER BY 1
+"""
+
+
+def members(conn: psycopg.Connection) -> list[str]:
+    """Descriptions of every object that belongs to the extension, schema-qualified."""
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path TO pg_catalog")
+        return [r[0] for r in conn.execute(MEMBERS_SQL)]
+
+
+@pytest.fixture
+def ext_dir(conn: psycopg.Connection) -> Path:
+    """The server's extension directory, when this client may write to it."""
+    target = extension.writable_extension_dir(conn)
+    if target is None:
+        pytest.skip("the test server's extension directory is not writable from here")
+    return target
+
+
+@pytest.fixture
+def scratch_files(ext_dir: Path) -> Iterator[dict[str, str]]:
+    """Extra extension files for a test (name -> content), written now and removed after."""
+    files: dict[str, str] = {}
+    yield files
+    for name in files:
+        (ext_dir / name).unlink(missing_ok=True)
+
+
+def write(ext_dir: Path, files: dict[str, str], name: str, content: str) -> None:
+    files[name] = content
+    (ext_dir / name).write_text(content)
+
+
+def test_installed_at_client_version(conn: psycopg.Connection) -> None:
+    assert extension.installed_version(conn) == extension.version()
+    modules = dict(conn.execute("SELECT name, source FROM bismarck._engine_module").fetchall())
+    assert modules == extension.engine_modules()
+    assert "bismarckpy.__init__" in modules
+    assert extension.installed_build(conn) == extension.sql_digest()
+
+
+def test_install_twice_changes_nothing(dsn: str, conn: psycopg.Connection) -> None:
+    before = members(conn)
+    assert "is installed" in extension.install(dsn)
+    assert "engine modules are current" in extension.install(dsn)
+    assert members(conn) == before
+
+
+def test_version_matches_control() -> None:
+    control = (extension.sql_dir() / "bismarck.control").read_text()
+    assert f"default_version = '{extension.version()}'" in control
+
+
+def test_install_script_is_sql_then_modules() -> None:
+    script = extension.build_install_script()
+    source = (extension.sql_dir() / "bismarck.sql").read_text()
+    assert script.startswith(source.rstrip("\n"))
+    for name in extension.engine_modules():
+        assert f"('{name}', $bismarck_src" in script
+
+
+def test_dollar_quote_avoids_tags_in_the_source(conn: psycopg.Connection) -> None:
+    tricky = "a $bismarck_src$ b $bismarck_src1$ c ' \" \\ ;"
+    quoted = extension._dollar_quote(tricky)
+    assert quoted.startswith("$bismarck_src2$")
+    assert conn.execute("SELECT " + quoted).fetchone() == (tricky,)
+
+
+def test_split_statements_respects_quotes_and_comments() -> None:
+    script = """\\echo Use CREATE EXTENSION \\quit
+-- a comment; with a semicolon
+CREATE TABLE t (a text DEFAULT 'x;y');
+CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $fn$ SELECT ';' $fn$;
+/* block ; /* nested ; */ */ COMMENT ON FUNCTION f() IS 'it''s; fine';
+CREATE VIEW v AS SELECT E'\\';' AS c;
+COMMENT ON COLUMN v.c IS 'view column';
+COMMENT ON COLUMN t.a IS 'table column';
+"""
+    statements = extension.split_statements(script)
+    assert len(statements) == 6
+    views = {"v"}
+    kinds = [s.is_code(views) for s in statements]
+    assert kinds == [False, True, True, True, True, False]
+    assert statements[0].upgrade_text(views).lstrip().startswith(
+        "-- a comment; with a semicolon\nCREATE TABLE IF NOT EXISTS t")
+
+
+def test_upgrade_keeps_user_data_and_replaces_code(
+        make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
+    current = extension.version()
+    old_script = extension.build_install_script() + (
+        "\nCREATE FUNCTION bismarck.obsolete() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n")
+    write(ext_dir, scratch_files, "bismarck--0.0.1.sql", old_script)
+    write(ext_dir, scratch_files, f"bismarck--0.0.1--{current}.sql",
+          extension.build_upgrade_script("0.0.1", ["0.0.1"]))
+    fresh_dsn = make_database("_fresh")
+    extension.install(fresh_dsn)
+    with psycopg.connect(fresh_dsn) as fresh:
+        expected_members = members(fresh)
+    with psycopg.connect(make_database("_upgrade"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION bismarck VERSION '0.0.1' CASCADE")
+        assert "function bismarck.obsolete()" in members(conn)
+        conn.execute("INSERT INTO bismarck._engine_module VALUES ('bismarckpy.stale', 'x = 1')")
+        conn.execute("CREATE TABLE bismarck.user_notes (note text)")
+        conn.execute("INSERT INTO bismarck.user_notes VALUES ('keep me')")
+        conn.execute("CREATE TABLE public.user_rows AS SELECT 42 AS answer")
+        registry = _registry_tables(conn)
+
+        message = extension.install(conn)
+
+        assert message == f"Upgraded extension bismarck 0.0.1 -> {current}."
+        assert extension.installed_version(conn) == current
+        assert members(conn) == expected_members
+        names = {r[0] for r in conn.execute("SELECT name FROM bismarck._engine_module")}
+        assert names == set(extension.engine_modules())
+        assert conn.execute("SELECT note FROM bismarck.user_notes").fetchall() == [("keep me",)]
+        assert conn.execute("SELECT answer FROM public.user_rows").fetchall() == [(42,)]
+        assert _registry_tables(conn) == registry
+
+
+def _registry_tables(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute("""
+        SELECT format('%I.%I', n.nspname, c.relname)
+        FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e' AND c.relkind = 'r'
+          AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
+        ORDER BY 1""").fetchall()
+    return [r[0] for r in rows]
+
+
+def test_upgrade_keeps_registry_tables_untouched(
+        make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
+    """Registry tables are neither re-created nor rewritten: same oid and relfilenode."""
+    current = extension.version()
+    write(ext_dir, scratch_files, "bismarck--0.0.2.sql", extension.build_install_script())
+    write(ext_dir, scratch_files, f"bismarck--0.0.2--{current}.sql",
+          extension.build_upgrade_script("0.0.2", ["0.0.2"]))
+    query = """
+        SELECT c.relname, c.oid, c.relfilenode FROM pg_depend d
+        JOIN pg_class c ON c.oid = d.objid
+        WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e' AND c.relkind = 'r'
+          AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
+          AND c.relname <> '_engine_module'
+        ORDER BY 1"""
+    with psycopg.connect(make_database("_registry"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION bismarck VERSION '0.0.2' CASCADE")
+        before = conn.execute(query).fetchall()
+        extension.install(conn)
+        assert extension.installed_version(conn) == current
+        assert conn.execute(query).fetchall() == before
+    script = extension.build_upgrade_script("0.0.2", ["0.0.2"]).upper()
+    assert "DROP TABLE" not in script and "TRUNCATE" not in script
+    assert script.count("DELETE FROM") == 1
+
+
+def test_upgrade_stops_at_user_objects_that_depend_on_code(
+        make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
+    current = extension.version()
+    write(ext_dir, scratch_files, "bismarck--0.0.3.sql", extension.build_install_script())
+    write(ext_dir, scratch_files, f"bismarck--0.0.3--{current}.sql",
+          extension.build_upgrade_script("0.0.3", ["0.0.3"]))
+    with psycopg.connect(make_database("_blocked"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION bismarck VERSION '0.0.3' CASCADE")
+        conn.execute("CREATE VIEW public.uses_bismarck AS SELECT bismarck._engine_boot()")
+        with pytest.raises(SetupError, match="objects outside it depend on its code") as err:
+            extension.install(conn)
+        assert "Drop the dependent objects" in str(err.value)
+        assert extension.installed_version(conn) == "0.0.3"
+        conn.execute("DROP VIEW public.uses_bismarck")
+        assert "Upgraded" in extension.install(conn)
+
+
+def test_newer_installed_version_is_refused(
+        make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
+    write(ext_dir, scratch_files, "bismarck--99.0.0.sql", extension.build_install_script())
+    with psycopg.connect(make_database("_newer"), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION bismarck VERSION '99.0.0' CASCADE")
+        with pytest.raises(SetupError, match="newer than this client"):
+            extension.install(conn)
+
+
+def test_changed_sql_at_same_version_is_recreated(make_database, ext_dir: Path) -> None:
+    with psycopg.connect(make_database("_refresh"), autocommit=True) as conn:
+        extension.install(conn)
+        before = members(conn)
+        conn.execute("CREATE OR REPLACE FUNCTION bismarck._build() RETURNS text LANGUAGE sql "
+                     "AS $$ SELECT 'older'::text $$")
+        conn.execute("UPDATE bismarck._engine_module SET source = '# edited' "
+                     "WHERE name = 'bismarckpy.__init__'")
+        assert "re-created its functions" in extension.install(conn)
+        assert extension.installed_build(conn) == extension.sql_digest()
+        assert members(conn) == before
+        assert "engine modules are current" in extension.install(conn)
+        assert not list(ext_dir.glob("*refresh*"))
+
+
+def test_edited_engine_modules_are_refreshed(make_database) -> None:
+    with psycopg.connect(make_database("_engine"), autocommit=True) as conn:
+        extension.install(conn)
+        conn.execute("UPDATE bismarck._engine_module SET source = '# edited' "
+                     "WHERE name = 'bismarckpy.__init__'")
+        assert extension.refresh_engine(conn)
+        assert not extension.refresh_engine(conn)
+
+
+def test_server_has_plpython_and_numpy(conn: psycopg.Connection) -> None:
+    assert re.match(r"\d+\.\d+", extension.check_server(conn))
+
+
+def test_install_files_writes_control_and_scripts(tmp_path: Path) -> None:
+    written = {p.name for p in extension.install_files(tmp_path)}
+    assert written >= {"bismarck.control", f"bismarck--{extension.version()}.sql"}
+    again = {p.name for p in extension.install_files(tmp_path)}
+    assert again == written
+
+
+def test_install_files_into_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="is not a directory"):
+        extension.install_files(tmp_path / "missing")
