@@ -504,19 +504,25 @@ def check_server(conn: psycopg.Connection) -> str:
 
 
 def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
-    """The private extension directory when ``conn`` is to the default embedded cluster."""
+    """The private extension directory when ``conn`` is to an embedded cluster on this host."""
     from bismarck_controller import embedded
 
+    if not _local_host(conn):
+        return None
     # pg_settings hides data_directory from non-superusers instead of raising an error.
     row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
-    cluster = embedded.Cluster()
-    if row and cluster.pgdata.exists() and Path(row[0]).resolve() == cluster.pgdata.resolve():
+    if not row:
+        return None
+    pgdata = Path(row[0])
+    cluster = embedded.Cluster(pgdata.parent)
+    if (pgdata.name == cluster.pgdata.name and cluster.state_file.is_file()
+            and cluster.tree.is_dir() and pgdata.is_dir()):
         return cluster.extension_dir()
     return None
 
 
 def is_embedded(conn: psycopg.Connection) -> bool:
-    """Whether ``conn`` is connected to the default embedded cluster of this host."""
+    """Whether ``conn`` is connected to an embedded cluster (see ``embedded``) on this host."""
     return embedded_extension_dir(conn) is not None
 
 
