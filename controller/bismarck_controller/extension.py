@@ -40,8 +40,8 @@ CODE_OBJECTS = ("FUNCTION", "PROCEDURE", "AGGREGATE", "VIEW")
 
 def sql_dir() -> Path:
     """The directory with bismarck.control and bismarck.sql (the repo's or the packaged copy)."""
-    candidates = [Path(bismarckpy.__file__).resolve().parents[2] / "sql",
-                  Path(bismarck_controller.__file__).resolve().parent / "sql"]
+    candidates = [Path(bismarck_controller.__file__).resolve().parent / "sql",  # wheel
+                  Path(bismarckpy.__file__).resolve().parents[2] / "sql"]  # repository
     env = os.environ.get("BISMARCK_SQL_DIR")
     if env:
         candidates.insert(0, Path(env))
