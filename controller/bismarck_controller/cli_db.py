@@ -36,7 +36,7 @@ DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedde
 
 @click.group("db")
 def db() -> None:
-    """Manage the embedded PostgreSQL database (created on the first start)."""
+    """Start, stop and locate the embedded PostgreSQL database."""
 
 
 @db.command("start")
@@ -79,7 +79,10 @@ def db_url(driver: str | None) -> None:
               help="With --files: the share directory (default: `pg_config --sharedir`).")
 @friendly
 def install(dsn: str | None, files: bool, sharedir: Path | None) -> None:
-    """Create or upgrade the bismarck extension in the database (or write its files)."""
+    """Create or upgrade the extension in the database.
+
+    With --files, only write the extension files into this host's PostgreSQL instead.
+    """
     if sharedir is not None and not files:
         raise click.UsageError("--sharedir needs --files.")
     if files:
@@ -96,7 +99,10 @@ def install(dsn: str | None, files: bool, sharedir: Path | None) -> None:
 @click.command("doctor")
 @click.option("--dsn", help=DSN_HELP)
 def doctor_command(dsn: str | None) -> None:
-    """Check the server, PL/Python, numpy and the extension; exit 1 if anything is missing."""
+    """Check server, PL/Python, numpy and extension; exit 1 on a miss.
+
+    Every failed check says what to install or run.
+    """
     checks = doctor.run_checks(dsn)
     doctor.render(checks)
     if any(check.failed for check in checks):
