@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from bismarck_controller import extension
+from bismarck_controller import connection, embedded, extension
 from bismarck_controller.errors import SetupError
 
 MEMBERS_SQL = """
@@ -237,3 +238,25 @@ def test_install_files_writes_control_and_scripts(tmp_path: Path) -> None:
 def test_install_files_into_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="is not a directory"):
         extension.install_files(tmp_path / "missing")
+
+
+def test_connect_with_a_bad_dsn_says_what_to_do() -> None:
+    with pytest.raises(SetupError, match="Cannot connect to PostgreSQL") as err:
+        connection.connect("postgresql://bismarck:secret@127.0.0.1:1/nowhere")
+    text = str(err.value)
+    assert "secret" not in text and "BISMARCK_DSN" in text and "\n" not in text
+
+
+def test_connect_checks_the_extension(dsn: str) -> None:
+    with connection.connect(dsn) as conn:
+        assert not conn.autocommit
+        assert extension.installed_version(conn) == extension.version()
+
+
+def test_resolve_dsn_order(monkeypatch: pytest.MonkeyPatch, dsn: str) -> None:
+    monkeypatch.setenv("BISMARCK_DSN", "postgresql://from-env/db")
+    assert connection.resolve_dsn("postgresql://explicit/db") == "postgresql://explicit/db"
+    assert connection.resolve_dsn(None) == "postgresql://from-env/db"
+    monkeypatch.delenv("BISMARCK_DSN")
+    if os.environ.get("BISMARCK_TEST_DSN") is None:
+        assert connection.resolve_dsn(None) == embedded.url()

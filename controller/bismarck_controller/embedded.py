@@ -499,7 +499,9 @@ class Cluster:
     def _locked(self) -> Iterator[None]:
         """Create and check the data root, then hold an exclusive lock on it."""
         account = server_account()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.chmod(0o700)  # holds the password file and the cluster
         self._check_owner(account)
         with open(self.lock_file, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -516,11 +518,17 @@ class Cluster:
                 self.root.chmod(0o700)
             else:
                 owner = _user_name(info.st_uid)
+                if owner == "postgres":
+                    run_as = "Run bismarck as root (the server then runs as postgres), or set "
+                elif info.st_uid == 0:
+                    run_as = "Set "
+                else:
+                    run_as = f"Run bismarck as {owner}, or set "
                 raise SetupError(
                     f"The bismarck data directory {self.root} belongs to user {owner}, but the "
                     f"embedded server runs as {account.name}.",
-                    f"Run bismarck as {owner}, or set BISMARCK_DATA to a directory that "
-                    f"{account.name} owns (or that does not exist yet). Nothing was changed.")
+                    f"{run_as}BISMARCK_DATA to a directory that user {account.name} owns (or "
+                    f"that does not exist yet). Nothing was changed.")
         if os.geteuid() == 0 and account.uid != 0:
             probe = self._run(["/bin/sh", "-c", 'test -w "$1" && test -x "$1"', "sh",
                                str(self.root)])
