@@ -396,7 +396,7 @@ def install_files(ext_dir: Path | str | None = None) -> list[Path]:
         if path.is_file() and not path.is_symlink() and path.read_text() == content:
             written.append(path)
             continue
-        tmp = target / (name + ".new")
+        tmp = target / f".{name}.{os.getpid()}.new"  # unique: other processes may write too
         try:
             tmp.write_text(content, encoding="utf-8")
             tmp.chmod(0o644)
