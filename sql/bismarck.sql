@@ -172,6 +172,7 @@ CREATE FUNCTION bismarck.train_glm(
     shuffle             text     DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
     validation_fraction float8   DEFAULT NULL,
+    parallel            integer  DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -191,7 +192,7 @@ BEGIN
         'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
-        'seed', seed, 'validation_fraction', validation_fraction));
+        'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -205,7 +206,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, bigint,
-    float8) IS
+    float8, integer) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, and store it as the next version of model_name (default: the source name). '
     'features is a list of numeric columns or one float8[] column. NULL options take defaults.';

@@ -155,22 +155,22 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     d = int(lo)
     y_expr, classes = _encode_label(session, src, p["loss"])
     fraction = p["validation_fraction"]
-    holdout = (f"(hashtextextended(ctid::text, {int(seed)}) & 1023) < "
+    holdout = (f"(hashtextextended({src.row_key}, {int(seed)}) & 1023) < "
                f"{int(round(fraction * 1024))}")
-    order = {"once": f"ORDER BY hashtextextended(ctid::text, {int(seed) + 1})",
-             "always": "", "never": "ORDER BY ctid"}[p["shuffle"]]
+    order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
+             "always": "", "never": ""}[p["shuffle"]]
     train = f"bismarck._train_{int(run_id)}"
     valid = f"bismarck._valid_{int(run_id)}" if fraction > 0 else None
     y_mean, y_sd = 0.0, 1.0
     if p["standardize"] and p["loss"] == "squared":
         y_mean, y_sd = session.query(
             f"SELECT avg({y_expr}) AS m, coalesce(stddev_pop({y_expr}), 0) AS s "
-            f"FROM {src.relation} "
-            f"WHERE {src.valid_expr} AND NOT ({holdout})")[0]
+            f"FROM {src.relation} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
         y_mean = float(y_mean or 0.0)
         y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
-    base = f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} WHERE {src.valid_expr}"
+    base = (f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr}")
     session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
     if valid:
         session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
@@ -231,6 +231,7 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
     w = np.zeros(prep.d)
     b = 0.0
     t = 0.0
+    previous_start = (w, b, t)  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
     train_sql = _epoch_sql(prep.train, p["shuffle"])
     valid_sql = _epoch_sql(prep.valid, "never") if prep.valid else None
@@ -247,6 +248,8 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
                               w=w, b=b, mu=prep.mu, sd=prep.sd)
         if p["shuffle"] == "always":
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
+        if p["parallel"] is not None:
+            _set_parallel(session, p["parallel"])
         state = session.query(train_sql, [init])[0][0]
         m = glm.decode(state)
         train_loss = m.mean_loss * loss_scale
@@ -258,8 +261,13 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         rate = sched.eta
         decision = sched.after_epoch(epoch, train_loss,
                                      valid_loss if valid_loss is not None else train_loss)
+        # An epoch's loss is measured along the way from its starting model, so a worse loss
+        # condemns the step that produced that start: bold_driver goes back one more epoch.
         if decision.accept:
+            previous_start = (w, b, t)
             w, b, t = m.w, m.b, m.t
+        else:
+            w, b, t = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
                           p["max_epochs"])
         history.append(rec)
@@ -306,6 +314,20 @@ def _epoch_sql(table: str, shuffle: str) -> str:
         return (f"SELECT bismarck._glm_epoch(x, y, %s) FROM "
                 f"(SELECT x, y FROM {table} ORDER BY random()) AS shuffled")
     return f"SELECT bismarck._glm_epoch(x, y, %s) FROM {table}"
+
+
+def _set_parallel(session: TrainingSession, workers: int) -> None:
+    """Ask for ``workers`` parallel workers in this transaction (0: a serial plan).
+
+    Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
+    each worker's partial state is merged by the aggregate's combine function.
+    """
+    session.query(
+        "SELECT set_config('max_parallel_workers_per_gather', %s, true) AS a, "
+        "set_config('parallel_setup_cost', '0', true) AS b, "
+        "set_config('parallel_tuple_cost', '0', true) AS c, "
+        "set_config('min_parallel_table_scan_size', '0', true) AS d",
+        [str(int(workers))])
 
 
 def _epoch_seed(seed: int | None, epoch: int) -> float:

@@ -72,6 +72,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "reshuffle each epoch; never: table order.", choices=SHUFFLES),
     Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
           low=-(2**62), high=2**62, nullable=True),
+    Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
+          "averaging); 0 forces a serial scan; NULL lets PostgreSQL's planner decide.",
+          low=0, high=64, nullable=True),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9),
 )

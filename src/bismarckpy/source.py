@@ -48,6 +48,7 @@ class Source:
     x_expr: str  # float8[] expression
     valid_expr: str  # row has usable label and features
     array_feature: bool
+    row_key: str  # text expression identifying a row of ``FROM relation AS s`` (for hashing)
 
 
 def resolve(session: Session, relation: str, label: str | None,
@@ -70,6 +71,12 @@ def resolve(session: Session, relation: str, label: str | None,
             f'relation "{relation}" does not exist', sqlstate="42P01",
             hint="Check the table name and the search_path; names with capitals need quotes, "
                  "e.g. '\"MyTable\"'.")
+    relkind = session.query("SELECT relkind::text AS kind FROM pg_class WHERE oid = %s",
+                            [oid])[0][0]
+    # Tables have a physical row id; views and foreign tables hash the whole row (identical
+    # rows then share a hash, so they never straddle the validation split).
+    row_key = {"r": "s.ctid::text", "m": "s.ctid::text",
+               "p": "s.tableoid::text || s.ctid::text"}.get(relkind, "ROW(s.*)::text")
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
@@ -129,4 +136,4 @@ def resolve(session: Session, relation: str, label: str | None,
     return Source(relation=escape_percent(qualified), name=qualified, label=label,
                   label_expr=label_expr, label_type=label_type, features=features,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
-                  array_feature=array_feature)
+                  array_feature=array_feature, row_key=row_key)
