@@ -81,3 +81,16 @@ def test_server_without_numpy_then_without_plpython(
     assert checks["numpy in the server"].failed
     with psycopg.connect(url) as conn, pytest.raises(SetupError, match="plpython3"):
         extension.install(conn)
+
+
+def test_warns_when_the_code_drifted(make_database) -> None:
+    drifted = make_database("_drift")
+    extension.install(drifted)
+    with psycopg.connect(drifted, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION bismarck._build() RETURNS text LANGUAGE sql "
+                     "AS $$ SELECT 'older'::text $$")
+    checks = by_name(doctor.run_checks(drifted))
+    code = checks["engine code"]
+    assert code.state == doctor.WARN and "sql/bismarck.sql" in code.detail
+    assert "bismarck install" in code.fix
+    assert not any(check.failed for check in checks.values())
