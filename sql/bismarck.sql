@@ -1,68 +1,16 @@
 -- bismarck: in-database SGD in the style of Bismarck (Feng, Kumar, Recht, Ré, SIGMOD 2012).
 --
 -- This file is the extension's documented SQL surface. The install script
--- bismarck--<version>.sql is this file followed by a generated section that stores the engine's
--- Python modules (src/bismarckpy/) in bismarck._engine_module, so the SQL and the in-database
--- Python always come from the same build. Every PL/Python body is one call into the engine.
+-- bismarck--<version>.sql is this file with a generated preamble at the top of every PL/Python
+-- body: the engine's Python sources (src/bismarckpy/) and bismarck_engine(GD), which imports them
+-- once per backend under the key BISMARCK_ENGINE. PL/Python cannot run SQL in a parallel worker,
+-- so every function carries its own copy. Every PL/Python body is one call into the engine;
+-- write each as "LANGUAGE plpython3u ... AS $$" and a newline (the build looks for that).
 --
--- Sections: private engine loader; registry tables; public functions; private functions;
--- aggregates; views.
+-- Sections: registry tables; views; public functions; private functions; aggregates.
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION bismarck CASCADE" to load this file. \quit
-
-------------------------------------------------------------------------------------------------
--- Private: the engine loader
-------------------------------------------------------------------------------------------------
-
-CREATE TABLE bismarck._engine_module (
-    name   text PRIMARY KEY,
-    source text NOT NULL
-);
-COMMENT ON TABLE bismarck._engine_module IS
-    'Private: the engine''s Python modules (package bismarckpy), written by the install script.';
-
-CREATE FUNCTION bismarck._engine_boot() RETURNS boolean
-LANGUAGE plpython3u PARALLEL SAFE AS $$
-# Load package bismarckpy from bismarck._engine_module into this backend, once.
-import importlib.abc
-import importlib.util
-import sys
-
-rows = plpy.execute("SELECT name, source FROM bismarck._engine_module")
-sources = {r["name"]: r["source"] for r in rows}
-
-
-class _EngineLoader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in sources:
-            is_pkg = (fullname + ".__init__") in sources
-            return importlib.util.spec_from_loader(fullname, self, is_package=is_pkg)
-        if fullname + ".__init__" in sources:
-            return importlib.util.spec_from_loader(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        name = module.__name__
-        key = name + ".__init__" if name + ".__init__" in sources else name
-        code = compile(sources[key], "<bismarck:" + key + ">", "exec")
-        exec(code, module.__dict__)
-
-
-for name in [m for m in sys.modules if m == "bismarckpy" or m.startswith("bismarckpy.")]:
-    del sys.modules[name]
-sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "_EngineLoader"]
-sys.meta_path.insert(0, _EngineLoader())
-import bismarckpy.server  # noqa: E402
-
-GD["bismarck"] = bismarckpy.server
-return True
-$$;
-COMMENT ON FUNCTION bismarck._engine_boot() IS
-    'Private: imports the engine from bismarck._engine_module into this backend (cached in GD).';
 
 ------------------------------------------------------------------------------------------------
 -- Registry tables (user data: kept across upgrades, dumped by pg_dump)
@@ -314,10 +262,7 @@ COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
 CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u AS $$
 import json
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.train_glm(plpy, json.loads(options))
 $$;
 COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
@@ -325,10 +270,7 @@ COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
 
 CREATE FUNCTION bismarck._evaluate(model text, source text, version integer) RETURNS jsonb
 LANGUAGE plpython3u AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.evaluate(plpy, model, source, version)
 $$;
 COMMENT ON FUNCTION bismarck._evaluate(text, text, integer) IS
@@ -415,10 +357,7 @@ COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolea
 
 CREATE FUNCTION bismarck._glm_step(state bytea, x float8[], y float8, init bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_transition(plpy, state, x, y, init)
 $$;
 COMMENT ON FUNCTION bismarck._glm_step(bytea, float8[], float8, bytea) IS
@@ -426,10 +365,7 @@ COMMENT ON FUNCTION bismarck._glm_step(bytea, float8[], float8, bytea) IS
 
 CREATE FUNCTION bismarck._glm_merge(a bytea, b bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_merge(plpy, a, b)
 $$;
 COMMENT ON FUNCTION bismarck._glm_merge(bytea, bytea) IS
@@ -437,10 +373,7 @@ COMMENT ON FUNCTION bismarck._glm_merge(bytea, bytea) IS
 
 CREATE FUNCTION bismarck._glm_final(state bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_finalize(plpy, state)
 $$;
 COMMENT ON FUNCTION bismarck._glm_final(bytea) IS
@@ -458,10 +391,7 @@ COMMENT ON AGGREGATE bismarck._glm_epoch(float8[], float8, bytea) IS
 
 CREATE FUNCTION bismarck._moments_step(state bytea, x float8[]) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_transition(plpy, state, x)
 $$;
 COMMENT ON FUNCTION bismarck._moments_step(bytea, float8[]) IS
@@ -469,10 +399,7 @@ COMMENT ON FUNCTION bismarck._moments_step(bytea, float8[]) IS
 
 CREATE FUNCTION bismarck._moments_merge(a bytea, b bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
-B = GD.get("bismarck")
-if B is None:
-    plpy.execute("SELECT bismarck._engine_boot()")
-    B = GD["bismarck"]
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_merge(plpy, a, b)
 $$;
 COMMENT ON FUNCTION bismarck._moments_merge(bytea, bytea) IS

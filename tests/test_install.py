@@ -9,7 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from bismarck_controller import connection, embedded, extension
+from bismarck_controller.embed import digest as engine_digest
 from bismarck_controller.errors import SetupError
 
 MEMBERS_SQL = """
@@ -52,37 +54,25 @@ def write(ext_dir: Path, files: dict[str, str], name: str, content: str) -> None
 
 def test_installed_at_client_version(conn: psycopg.Connection) -> None:
     assert extension.installed_version(conn) == extension.version()
-    modules = dict(conn.execute("SELECT name, source FROM bismarck._engine_module").fetchall())
-    assert modules == extension.engine_modules()
-    assert "bismarckpy.__init__" in modules
-    assert extension.installed_build(conn) == extension.sql_digest()
+    key = "bismarck-engine-" + engine_digest(extension.engine_modules())
+    bodies = [r[0] for r in conn.execute(
+        "SELECT prosrc FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+        "WHERE l.lanname = 'plpython3u' AND p.pronamespace = 'bismarck'::regnamespace")]
+    assert len(bodies) >= 5
+    assert all(key in body for body in bodies)  # every PL/Python body carries this engine
+    assert extension.installed_build(conn) == extension.build_digest()
 
 
 def test_install_twice_changes_nothing(dsn: str, conn: psycopg.Connection) -> None:
     before = members(conn)
     assert "is installed" in extension.install(dsn)
-    assert "engine modules are current" in extension.install(dsn)
+    assert "is installed and current" in extension.install(dsn)
     assert members(conn) == before
 
 
 def test_version_matches_control() -> None:
     control = (extension.sql_dir() / "bismarck.control").read_text()
     assert f"default_version = '{extension.version()}'" in control
-
-
-def test_install_script_is_sql_then_modules() -> None:
-    script = extension.build_install_script()
-    source = (extension.sql_dir() / "bismarck.sql").read_text()
-    assert script.startswith(source.rstrip("\n"))
-    for name in extension.engine_modules():
-        assert f"('{name}', $bismarck_src" in script
-
-
-def test_dollar_quote_avoids_tags_in_the_source(conn: psycopg.Connection) -> None:
-    tricky = "a $bismarck_src$ b $bismarck_src1$ c ' \" \\ ;"
-    quoted = extension._dollar_quote(tricky)
-    assert quoted.startswith("$bismarck_src2$")
-    assert conn.execute("SELECT " + quoted).fetchone() == (tricky,)
 
 
 def test_split_statements_respects_quotes_and_comments() -> None:
@@ -119,7 +109,6 @@ def test_upgrade_keeps_user_data_and_replaces_code(
     with psycopg.connect(make_database("_upgrade"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bismarck VERSION '0.0.1' CASCADE")
         assert "function bismarck.obsolete()" in members(conn)
-        conn.execute("INSERT INTO bismarck._engine_module VALUES ('bismarckpy.stale', 'x = 1')")
         conn.execute("CREATE TABLE bismarck.user_notes (note text)")
         conn.execute("INSERT INTO bismarck.user_notes VALUES ('keep me')")
         conn.execute("CREATE TABLE public.user_rows AS SELECT 42 AS answer")
@@ -130,8 +119,7 @@ def test_upgrade_keeps_user_data_and_replaces_code(
         assert message == f"Upgraded extension bismarck 0.0.1 -> {current}."
         assert extension.installed_version(conn) == current
         assert members(conn) == expected_members
-        names = {r[0] for r in conn.execute("SELECT name FROM bismarck._engine_module")}
-        assert names == set(extension.engine_modules())
+        assert extension.installed_build(conn) == extension.build_digest()
         assert conn.execute("SELECT note FROM bismarck.user_notes").fetchall() == [("keep me",)]
         assert conn.execute("SELECT answer FROM public.user_rows").fetchall() == [(42,)]
         assert _registry_tables(conn) == registry
@@ -160,7 +148,6 @@ def test_upgrade_keeps_registry_tables_untouched(
         JOIN pg_class c ON c.oid = d.objid
         WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e' AND c.relkind = 'r'
           AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
-          AND c.relname <> '_engine_module'
         ORDER BY 1"""
     with psycopg.connect(make_database("_registry"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bismarck VERSION '0.0.2' CASCADE")
@@ -171,7 +158,7 @@ def test_upgrade_keeps_registry_tables_untouched(
     script = extension.build_upgrade_script("0.0.2", ["0.0.2"])
     starts = [" ".join(s.words[:3]) for s in extension.split_statements(script)]
     assert not [w for w in starts if w.startswith(("DROP TABLE", "TRUNCATE", "ALTER TABLE"))]
-    assert [w for w in starts if w.startswith("DELETE")] == ["DELETE FROM BISMARCK"]
+    assert not [w for w in starts if w.startswith("DELETE")]
 
 
 def test_upgrade_stops_at_user_objects_that_depend_on_code(
@@ -182,7 +169,7 @@ def test_upgrade_stops_at_user_objects_that_depend_on_code(
           extension.build_upgrade_script("0.0.3", ["0.0.3"]))
     with psycopg.connect(make_database("_blocked"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bismarck VERSION '0.0.3' CASCADE")
-        conn.execute("CREATE VIEW public.uses_bismarck AS SELECT bismarck._engine_boot()")
+        conn.execute("CREATE VIEW public.uses_bismarck AS SELECT bismarck._link('squared', 1)")
         with pytest.raises(SetupError, match="objects outside it depend on its code") as err:
             extension.install(conn)
         assert "Drop the dependent objects" in str(err.value)
@@ -206,22 +193,11 @@ def test_changed_sql_at_same_version_is_recreated(make_database, ext_dir: Path) 
         before = members(conn)
         conn.execute("CREATE OR REPLACE FUNCTION bismarck._build() RETURNS text LANGUAGE sql "
                      "AS $$ SELECT 'older'::text $$")
-        conn.execute("UPDATE bismarck._engine_module SET source = '# edited' "
-                     "WHERE name = 'bismarckpy.__init__'")
         assert "re-created its functions" in extension.install(conn)
-        assert extension.installed_build(conn) == extension.sql_digest()
+        assert extension.installed_build(conn) == extension.build_digest()
         assert members(conn) == before
-        assert "engine modules are current" in extension.install(conn)
+        assert "is installed and current" in extension.install(conn)
         assert not list(ext_dir.glob("*refresh*"))
-
-
-def test_edited_engine_modules_are_refreshed(make_database) -> None:
-    with psycopg.connect(make_database("_engine"), autocommit=True) as conn:
-        extension.install(conn)
-        conn.execute("UPDATE bismarck._engine_module SET source = '# edited' "
-                     "WHERE name = 'bismarckpy.__init__'")
-        assert extension.refresh_engine(conn)
-        assert not extension.refresh_engine(conn)
 
 
 def test_server_has_plpython_and_numpy(conn: psycopg.Connection) -> None:

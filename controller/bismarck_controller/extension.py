@@ -1,8 +1,8 @@
 """Builds and installs the bismarck PostgreSQL extension.
 
-The install script ``bismarck--<version>.sql`` is ``sql/bismarck.sql`` followed by a generated
-section that stores every module of the engine package ``bismarckpy`` in
-``bismarck._engine_module``; so the server needs only plpython3u and numpy, never this package.
+The install script ``bismarck--<version>.sql`` is ``sql/bismarck.sql`` with the sources of the
+engine package ``bismarckpy`` embedded at the top of every PL/Python body (see ``embed``), so the
+server needs only plpython3u and numpy, never this package, and SQL and Python are one build.
 
 Upgrades (``ALTER EXTENSION bismarck UPDATE``) keep data. Statements of ``sql/bismarck.sql`` fall
 in two kinds. Code (functions, procedures, aggregates, views, their comments, grants) is dropped
@@ -12,7 +12,7 @@ exist yet (``IF NOT EXISTS``) and leaves existing ones alone; other changes (new
 seed rows) go in hand-written migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between
 consecutive versions. Versions that can be upgraded from are listed in ``sql/upgrades.txt``.
 An upgrade script is: drop all the extension's code, the migrations along the chain, the
-statements of sql/bismarck.sql as above, the engine's modules.
+statements of sql/bismarck.sql as above, with the engine embedded.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from psycopg import sql
 
 import bismarck_controller
 import bismarckpy
+from bismarck_controller.embed import digest as engine_digest
+from bismarck_controller.embed import embed_engine
 from bismarck_controller.errors import SetupError
 
 NAME = "bismarck"
@@ -84,60 +86,28 @@ def engine_modules() -> dict[str, str]:
     return modules
 
 
-def engine_digest(modules: dict[str, str] | None = None) -> str:
-    """md5 over the modules, computed the same way as ``ENGINE_DIGEST_SQL`` in the server."""
-    modules = engine_modules() if modules is None else modules
-    names = sorted(modules, key=lambda name: name.encode("utf-8"))
-    text = "".join(name + "\n" + modules[name] + "\n" for name in names)
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
-ENGINE_DIGEST_SQL = ("SELECT md5(string_agg(name || E'\\n' || source || E'\\n', '' "
-                      "ORDER BY name COLLATE \"C\")) FROM bismarck._engine_module")
-
-
-def _dollar_quote(text: str, base: str = "bismarck_src") -> str:
-    """``text`` in a dollar quote whose tag does not occur in it."""
-    tag, n = base, 0
-    while f"${tag}$" in text:
-        n += 1
-        tag = f"{base}{n}"
-    return f"${tag}${text}${tag}$"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def modules_section() -> str:
-    """The generated INSERT of the engine's modules into bismarck._engine_module."""
-    rows = [f"({_literal(name)}, {_dollar_quote(source)})"
-            for name, source in engine_modules().items()]
-    return ("\n------------------------------------------------------------------------------"
-            "------------------\n-- Generated: the engine's Python modules (package bismarckpy)\n"
-            "------------------------------------------------------------------------------------"
-            "------------\n\nINSERT INTO bismarck._engine_module(name, source) VALUES\n"
-            + ",\n".join(rows) + ";\n")
-
-
-def sql_digest() -> str:
-    """md5 of sql/bismarck.sql; the scripts record it in ``bismarck._build()``."""
-    return hashlib.md5((sql_dir() / f"{NAME}.sql").read_bytes()).hexdigest()
+def build_digest() -> str:
+    """md5 of sql/bismarck.sql and the engine sources; the scripts record it in ``_build()``."""
+    h = hashlib.md5((sql_dir() / f"{NAME}.sql").read_bytes())
+    h.update(engine_digest(engine_modules()).encode())
+    return h.hexdigest()
 
 
 def build_section() -> str:
     """The generated function ``bismarck._build()``: which sql/bismarck.sql made the code."""
     return (f"\nCREATE FUNCTION bismarck._build() RETURNS text LANGUAGE sql IMMUTABLE "
-            f"PARALLEL SAFE AS $$ SELECT '{sql_digest()}'::text $$;\n"
+            f"PARALLEL SAFE AS $$ SELECT '{build_digest()}'::text $$;\n"
             "COMMENT ON FUNCTION bismarck._build() IS\n"
-            "    'Private: md5 of the sql/bismarck.sql that created the code (generated).';\n")
+            "    'Private: md5 of the sql/bismarck.sql and engine that made the code "
+            "(generated).';\n")
 
 
 def build_install_script() -> str:
-    """The install script: sql/bismarck.sql followed by the engine's modules."""
-    version()
+    """The install script: sql/bismarck.sql with the engine embedded, and ``_build()``."""
+    current = version()
     source = (sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8")
-    return source.rstrip("\n") + "\n" + modules_section() + build_section()
+    script = source.rstrip("\n") + "\n" + build_section()
+    return embed_engine(script, engine_modules(), current)
 
 
 # --- statements and upgrades ------------------------------------------------------------------
@@ -363,10 +333,8 @@ def build_upgrade_script(old: str, chain: Iterable[str] | None = None,
     views = {name for s in statements if (name := s.view_name())}
     parts.append("\n-- From sql/bismarck.sql: the code, and tables that do not exist yet\n")
     parts += [text + "\n\n" for s in statements if (text := s.upgrade_text(views))]
-    parts.append("DELETE FROM bismarck._engine_module;\n")
-    parts.append(modules_section())
     parts.append(build_section())
-    return "".join(parts)
+    return embed_engine("".join(parts), engine_modules(), new)
 
 
 def extension_files(old_versions: Iterable[str] | None = None) -> dict[str, str]:
@@ -571,20 +539,6 @@ def installed_build(conn: psycopg.Connection) -> str | None:
     return found[0] if found else None
 
 
-def refresh_engine(conn: psycopg.Connection) -> bool:
-    """Replace the engine modules if they differ from this client's; True when replaced."""
-    modules = engine_modules()
-    row = conn.execute(ENGINE_DIGEST_SQL).fetchone()
-    if row and row[0] == engine_digest(modules):
-        return False
-    with conn.transaction():
-        conn.execute("DELETE FROM bismarck._engine_module")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO bismarck._engine_module(name, source) VALUES (%s, %s)",
-                            list(modules.items()))
-    return True
-
-
 def refresh_code(conn: psycopg.Connection, ext_dir: Path) -> None:
     """Re-create the code of the installed (same) version from the current sql/bismarck.sql.
 
@@ -652,15 +606,13 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
 
 
 def _same_version(conn: psycopg.Connection, current: str) -> str:
-    """The installed version is the client's: bring changed code or engine modules in step."""
-    if installed_build(conn) != sql_digest():
+    """The installed version is the client's: bring changed SQL or engine code in step."""
+    if installed_build(conn) != build_digest():
         target = writable_extension_dir(conn)
         if target is not None:
             refresh_code(conn, target)
             return (f"bismarck {current} is installed; re-created its functions from the changed "
-                    f"sql/bismarck.sql (tables kept).")
-        return (f"bismarck {current} is installed, but its SQL differs from this client's "
-                f"sql/bismarck.sql; give the changed SQL a new version to upgrade this server.")
-    refreshed = refresh_engine(conn)
-    return (f"bismarck {current} is installed; engine modules "
-            + ("refreshed from this client." if refreshed else "are current."))
+                    f"sql/bismarck.sql or engine (tables kept).")
+        return (f"bismarck {current} is installed, but its code differs from this client's "
+                f"sql/bismarck.sql and engine; give the change a new version to upgrade it.")
+    return f"bismarck {current} is installed and current."

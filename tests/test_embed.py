@@ -1,0 +1,53 @@
+"""The engine embedded in PL/Python bodies: every body gets it, and the loader really imports it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bismarck_controller import embed, extension
+
+
+def test_every_plpython_body_starts_with_the_engine() -> None:
+    script = extension.build_install_script()
+    source = (extension.sql_dir() / "bismarck.sql").read_text()
+    functions = source.count("LANGUAGE plpython3u PARALLEL SAFE AS $$\n") + source.count(
+        "LANGUAGE plpython3u AS $$\n")
+    assert functions >= 5
+    key = "BISMARCK_ENGINE = \"bismarck-engine-" + embed.digest(extension.engine_modules())
+    assert script.count(key) == functions
+    for name in extension.engine_modules():
+        assert f"{name!r}: " in script
+
+
+def test_preamble_imports_the_engine_without_the_package(tmp_path) -> None:
+    """Run the preamble in a Python that cannot import bismarckpy from disk."""
+    preamble = embed.preamble(extension.engine_modules(), extension.version())
+    program = preamble + (
+        "\nimport sys\n"
+        "gd = {}\n"
+        "server = bismarck_engine(gd)\n"
+        "assert gd[BISMARCK_ENGINE] is server\n"
+        "assert server.__name__ == 'bismarckpy.server'\n"
+        "import bismarckpy.glm as glm\n"
+        "state = glm.initialize(2, loss='squared', eta=0.1)\n"
+        "print(len(server.glm_transition(None, None, [1.0, 2.0], 3.0, state)))\n")
+    script = tmp_path / "boot.py"
+    script.write_text(program)
+    result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == 8 * (20 + 4 * 2 + 2)
+
+
+def test_a_body_that_breaks_the_convention_is_refused() -> None:
+    script = "CREATE FUNCTION f() RETURNS int LANGUAGE plpython3u AS $$ return 1 $$;"
+    with pytest.raises(ValueError, match="write them that way"):
+        embed.embed_engine(script, {"bismarckpy.__init__": ""}, "0")
+
+
+def test_sources_with_dollar_quotes_are_refused() -> None:
+    with pytest.raises(ValueError, match="contains"):
+        embed.preamble({"bismarckpy.x": "s = '$$'"}, "0")
