@@ -16,9 +16,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from bismarck_controller import embedded, extension
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from bismarck_controller import embedded, extension
 
 REPO = Path(__file__).resolve().parents[1]
 

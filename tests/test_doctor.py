@@ -6,9 +6,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
+
 from bismarck_controller import cli_db, doctor, embedded, extension
 from bismarck_controller.errors import SetupError
-from click.testing import CliRunner
 
 EXPECTED = ["server reachable", "plpython3u", "numpy in the server", "bismarck extension",
             "engine code"]

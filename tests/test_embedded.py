@@ -12,9 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy
+from click.testing import CliRunner
+
 from bismarck_controller import cli_db, embedded
 from bismarck_controller.errors import SetupError
-from click.testing import CliRunner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as others")
 

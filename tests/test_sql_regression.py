@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from bismarck_controller import extension
 
 SQL_DIR = Path(__file__).parent / "sql"
