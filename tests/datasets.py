@@ -25,8 +25,8 @@ def load_table(conn: psycopg.Connection, name: str, columns: Sequence[str], X: n
         sql.Identifier(name), sql.SQL(", ").join(map(sql.Identifier, names)))
     with conn.cursor() as cur, cur.copy(copy) as cp:
         for i, (row, target) in enumerate(zip(X, y)):
-            values = [*([i] if with_id else []), *map(float, row),
-                      target.item() if hasattr(target, "item") else target]
+            label_value = int(target) if label_type in ("int", "bigint") else float(target)
+            values = [*([i] if with_id else []), *map(float, row), label_value]
             cp.write_row(values)
     if not conn.autocommit:
         conn.commit()
