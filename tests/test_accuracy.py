@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
-from datasets import breast_cancer, diabetes, load_array_table, load_table, spector
+from reference_data import breast_cancer, diabetes, load_array_table, load_table, spector
 
 from bismarck_controller import training
 from bismarckpy import glm

@@ -9,10 +9,10 @@ import sys
 import time
 
 import psycopg
-from bismarck_controller.cli import main
 from click.testing import CliRunner
+from reference_data import breast_cancer, load_table
 
-from datasets import breast_cancer, load_table
+from bismarck_controller.cli import main
 
 
 def _run(*args: str) -> tuple[int, str]:

@@ -145,25 +145,34 @@ def evaluate_command(model: str, table: str, version: int | None, as_json: bool,
 @click.option("--limit", type=int, default=20, show_default=True,
               help="Rows to print when no --output is given.")
 @click.option("--classes", is_flag=True, help="Predict class labels instead of scores.")
+@click.option("--columns", help="Comma-separated columns of TABLE to keep beside the prediction "
+              "[default: all].")
 @click.option("--dsn", help=DSN_HELP)
 @friendly
 def predict_command(model: str, table: str, version: int | None, output: str | None,
-                    limit: int, classes: bool, dsn: str | None) -> None:
+                    limit: int, classes: bool, columns: str | None, dsn: str | None) -> None:
     """Score TABLE with MODEL in the server: print rows, or write them to --output."""
+    keep = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with connect(dsn) as conn:
         result = training.predict(conn, model, table, version=version, output=output,
-                                  limit=None if output else limit, classes=classes)
+                                  limit=None if output else limit, classes=classes,
+                                  columns=keep)
     if isinstance(result, int):
         click.echo(f"wrote {result} rows to {output}")
         return
     if not result:
         click.echo("no rows")
         return
+    shown = list(result[0])
+    if len(shown) > 8:  # a wide table would be unreadable: first columns and the prediction
+        shown = shown[:5] + ["prediction"]
+        console.print(f"(showing {len(shown) - 1} of {len(result[0]) - 1} columns; choose "
+                      "them with --columns)")
     out = Table()
-    for col in result[0]:
+    for col in shown:
         out.add_column(str(col))
     for row in result:
-        out.add_row(*(_fmt(v) for v in row.values()))
+        out.add_row(*(_fmt(row[c]) for c in shown))
     console.print(out)
 
 

@@ -44,20 +44,25 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 
 
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
-            output: str | None = None, limit: int | None = None,
-            classes: bool = False) -> list[dict[str, Any]] | int:
+            output: str | None = None, limit: int | None = None, classes: bool = False,
+            columns: Sequence[str] | None = None) -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
-    With ``output``, writes ``source``'s columns plus ``prediction`` into a new table and returns
-    its row count; otherwise returns up to ``limit`` rows as dicts.
+    With ``output``, writes ``source``'s columns (or just ``columns``) plus ``prediction`` into a
+    new table and returns its row count; otherwise returns up to ``limit`` rows as dicts.
     """
     session = PsycopgSession(conn)
     m = engine_evaluate.load_model(session, model, version)
     src = resolve(session, source, None, m["features"])
     func = "predict_class" if classes else "predict"
     x_expr = sql.SQL(src.x_expr.replace("%%", "%"))
-    select = sql.SQL("SELECT s.*, bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
-        sql.Identifier(func), sql.Literal(m["model_name"]), x_expr,
+    if columns:
+        resolve(session, source, None, list(columns))  # clear error for a missing column
+        keep = sql.SQL(", ").join(sql.Identifier("s", c) for c in columns)
+    else:
+        keep = sql.SQL("s.*")
+    select = sql.SQL("SELECT {}, bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
+        keep, sql.Identifier(func), sql.Literal(m["model_name"]), x_expr,
         sql.Literal(m["version"]), sql.SQL(src.name))
     try:
         if output:
