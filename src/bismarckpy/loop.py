@@ -169,6 +169,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         y_mean = float(y_mean or 0.0)
         y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
+    # A synchronized scan may start mid-table: keep 'never' in table order.
+    session.query("SELECT set_config('synchronize_seqscans', 'off', true) AS off")
     base = (f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} AS s "
             f"WHERE {src.valid_expr}")
     session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")

@@ -58,7 +58,8 @@ GLM_PARAMS: tuple[Param, ...] = (
           "in the original units."),
     Param("max_epochs", int, 100, "Upper bound on passes over the data.", low=1, high=1_000_000),
     Param("tol", float, 0.001, "Stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs; NULL never stops early.", low=0.0, nullable=True),
+          "n_iter_no_change epochs (None, from Python, never stops early).", low=0.0,
+          nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
