@@ -1,0 +1,150 @@
+"""Learning-rate schedules, convergence and divergence as a pure state machine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bismarckpy.errors import Diverged
+from bismarckpy.schedule import GROWTH_BOUND, MIN_ADAPTIVE_ETA, Schedule
+
+
+def run(sched: Schedule, losses) -> list:
+    return [sched.after_epoch(i, loss, loss) for i, loss in enumerate(losses, start=1)]
+
+
+def test_constant_keeps_eta() -> None:
+    s = Schedule("constant", 0.3, tol=None, n_iter_no_change=2)
+    decisions = run(s, [5.0, 6.0, 6.0, 7.0, 1.0, 1.0, 1.0])
+    assert s.eta == 0.3
+    assert all(d.accept and not d.stop for d in decisions)
+    assert not s.per_step
+
+
+def test_invscaling_decays_within_the_epoch_only() -> None:
+    s = Schedule("invscaling", 0.1, tol=None, n_iter_no_change=1)
+    assert s.per_step
+    run(s, [3.0, 3.0, 3.0])
+    assert s.eta == 0.1
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_adaptive_divides_by_five_on_a_plateau(n: int) -> None:
+    s = Schedule("adaptive", 1.0, tol=1e-3, n_iter_no_change=n)
+    run(s, [1.0])  # the first epoch sets the best score
+    for _ in range(n - 1):
+        d = s.after_epoch(0, 1.0, 1.0)
+        assert s.eta == 1.0 and not d.stop
+    d = s.after_epoch(0, 1.0, 1.0)
+    assert s.eta == pytest.approx(0.2) and not d.stop and d.accept
+    # An improvement by more than tol resets the count.
+    s.after_epoch(0, 0.5, 0.5)
+    for _ in range(n - 1):
+        s.after_epoch(0, 0.5, 0.5)
+    assert s.eta == pytest.approx(0.2)
+
+
+def test_adaptive_stops_once_the_rate_is_below_the_floor() -> None:
+    s = Schedule("adaptive", 1e-3, tol=1e-3, n_iter_no_change=2)
+    etas, decisions = [], []
+    for epoch in range(1, 200):
+        d = s.after_epoch(epoch, 1.0, 1.0)
+        etas.append(s.eta)
+        decisions.append(d)
+        if d.stop:
+            break
+    assert decisions[-1].stop and decisions[-1].converged
+    assert s.eta <= MIN_ADAPTIVE_ETA < s.eta * 5  # stopped at the first rate below the floor
+    assert s.eta == pytest.approx(1e-3 / 5**5)
+    assert len(decisions) == 1 + 2 * 6  # first epoch, five divisions and the final plateau
+
+
+def test_bold_driver_grows_on_improvement_and_halves_on_a_worse_loss() -> None:
+    s = Schedule("bold_driver", 0.1, tol=None, n_iter_no_change=5)
+    d = s.after_epoch(1, 10.0, 10.0)
+    assert d.accept and s.eta == pytest.approx(0.105)
+    d = s.after_epoch(2, 9.0, 9.0)
+    assert d.accept and s.eta == pytest.approx(0.11025)
+    d = s.after_epoch(3, 9.5, 9.5)
+    assert not d.accept and not d.stop and s.eta == pytest.approx(0.055125)
+    # The rejected 9.5 does not become the reference: 9.2 is compared with 9.0, the last accepted.
+    d = s.after_epoch(4, 9.2, 9.2)
+    assert not d.accept and s.eta == pytest.approx(0.0275625)
+    d = s.after_epoch(5, 9.0, 9.0)  # equal to the last accepted loss counts as no worse
+    assert d.accept and s.eta == pytest.approx(0.0275625 * 1.05)
+
+
+def test_bold_driver_stops_when_the_rate_vanishes() -> None:
+    s = Schedule("bold_driver", 1.0, tol=None, n_iter_no_change=5)
+    s.after_epoch(1, 1.0, 1.0)
+    for epoch in range(2, 100):
+        d = s.after_epoch(epoch, 2.0, 2.0)
+        assert not d.accept
+        if d.stop:
+            break
+    assert d.stop and d.converged and s.eta < 1e-12
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_converges_after_n_iter_no_change_epochs_within_tol(n: int) -> None:
+    s = Schedule("constant", 0.1, tol=0.01, n_iter_no_change=n)
+    losses = [10.0, 5.0, 2.0] + [2.0 - 0.005 * i for i in range(1, 20)]
+    decisions = run(s, losses)
+    stops = [i for i, d in enumerate(decisions, start=1) if d.stop]
+    assert stops and stops[0] == 3 + n
+    assert decisions[stops[0] - 1].converged
+    assert not any(d.stop for d in decisions[:stops[0] - 1])
+
+
+def test_improvement_beyond_tol_resets_the_count() -> None:
+    s = Schedule("constant", 0.1, tol=0.01, n_iter_no_change=3)
+    decisions = run(s, [1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
+    assert not any(d.stop for d in decisions)
+    assert s.after_epoch(7, 0.5, 0.5).stop
+
+
+@settings(max_examples=40, deadline=None)
+@given(losses=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=60),
+       rate=st.sampled_from(["constant", "invscaling", "adaptive"]))
+def test_tol_none_never_converges(losses: list[float], rate: str) -> None:
+    s = Schedule(rate, 0.1, tol=None, n_iter_no_change=1)
+    assert not any(d.stop for d in run(s, losses))
+    assert s.eta == 0.1
+
+
+@pytest.mark.parametrize("rate", ["constant", "invscaling", "adaptive", "bold_driver"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_diverges(rate: str, bad: float) -> None:
+    s = Schedule(rate, 0.25, tol=1e-3, n_iter_no_change=5)
+    s.after_epoch(1, 1.0, 1.0)
+    with pytest.raises(Diverged) as exc:
+        s.after_epoch(2, bad, bad)
+    err = exc.value
+    assert err.sqlstate == "22003"
+    assert "eta0" in err.hint and "0.025" in err.hint
+    assert "epoch 2" in err.detail and "0.25" in err.detail and rate in err.detail
+
+
+def test_nan_on_the_first_epoch_diverges() -> None:
+    with pytest.raises(Diverged):
+        Schedule("constant", 0.1, tol=None, n_iter_no_change=5).after_epoch(1, math.nan, 0.0)
+
+
+def test_growth_past_the_bound_diverges() -> None:
+    s = Schedule("constant", 0.1, tol=None, n_iter_no_change=5)
+    s.after_epoch(1, 2.0, 2.0)
+    s.after_epoch(2, 2.0 * GROWTH_BOUND, 0.0)  # at the bound: still fine
+    with pytest.raises(Diverged) as exc:
+        s.after_epoch(3, 2.0 * GROWTH_BOUND * 1.01, 0.0)
+    assert "eta0" in exc.value.hint
+
+
+def test_small_first_loss_uses_a_floor_of_one() -> None:
+    s = Schedule("constant", 0.1, tol=None, n_iter_no_change=5)
+    s.after_epoch(1, 1e-9, 1e-9)
+    s.after_epoch(2, 0.5 * GROWTH_BOUND, 0.0)
+    with pytest.raises(Diverged):
+        s.after_epoch(3, 2.0 * GROWTH_BOUND, 0.0)
