@@ -18,6 +18,7 @@ import numpy as np
 from . import penalties
 from .errors import InvalidData
 from .losses import LOSSES
+from .pack import read_block
 
 MAGIC = 2012.0
 LOSS_CODES = {"logistic": 0, "squared": 1, "hinge": 2}
@@ -26,7 +27,7 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
- _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE) = range(18)
+ _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE) = range(19)
 HEADER = 20
 _F8 = np.dtype("<f8")
 
@@ -63,8 +64,12 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                eta: float = 0.01, invscaling: bool = False, power_t: float = 0.5,
                t: float = 0.0, batch_size: int = 1, fit_intercept: bool = True,
                w: np.ndarray | None = None, b: float = 0.0,
-               mu: np.ndarray | None = None, sd: np.ndarray | None = None) -> bytes:
-    """Build the initial state of one epoch from hyper-parameters and the previous model."""
+               mu: np.ndarray | None = None, sd: np.ndarray | None = None,
+               itemsize: int = 8) -> bytes:
+    """Build the initial state of one epoch from hyper-parameters and the previous model.
+
+    ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any.
+    """
     s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
     s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
     s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2
@@ -72,6 +77,7 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_BATCH], s[_INTERCEPT] = batch_size, float(fit_intercept)
     standardize = mu is not None and sd is not None
     s[_STANDARDIZE] = float(standardize)
+    s[_ITEMSIZE] = itemsize
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
@@ -126,6 +132,57 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     return s.tobytes()
 
 
+def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> bytes:
+    """Consume one packed block (see :mod:`bismarckpy.pack`): the same steps as row by row.
+
+    Rows are taken in block order; a step falls every ``batch_size`` rows, carrying a partial
+    batch over to the next block, so the result equals :func:`transition` on the same rows.
+    """
+    s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
+    if block is None:
+        return s.tobytes()
+    d = int(s[_D])
+    X, yv = read_block(block, d, int(s[_ITEMSIZE]) or 8)
+    w, b, g, gb, mu, sd = _views(s, d)
+    if s[_STANDARDIZE]:
+        X = (X - mu) / sd
+    loss_fn = LOSSES[LOSS_NAMES[int(s[_LOSS])]]
+    batch = int(s[_BATCH])
+    n = len(yv)
+    if batch in (EVALUATE, 0):  # fixed model: one vectorised pass
+        loss, dz = loss_fn(X @ w + b[0], yv)
+        s[_LOSS_SUM] += float(loss.sum())
+        s[_ROWS] += n
+        if batch == 0:
+            g += X.T @ dz
+            gb[0] += float(dz.sum())
+            s[_PENDING] += n
+        return s.tobytes()
+    if batch == 1:
+        code = int(s[_LOSS])
+        for i in range(n):
+            xi = X[i]
+            loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
+            s[_LOSS_SUM] += loss
+            _step(s, w, b, dz * xi, dz, 1.0)
+        s[_ROWS] += n
+        return s.tobytes()
+    start = 0
+    while start < n:
+        take = min(n - start, batch - int(s[_PENDING]))
+        Xc, yc = X[start:start + take], yv[start:start + take]
+        loss, dz = loss_fn(Xc @ w + b[0], yc)
+        s[_LOSS_SUM] += float(loss.sum())
+        s[_ROWS] += take
+        g += Xc.T @ dz
+        gb[0] += float(dz.sum())
+        s[_PENDING] += take
+        if s[_PENDING] >= batch:
+            _flush(s)
+        start += take
+    return s.tobytes()
+
+
 def merge(a: bytes | None, b: bytes | None) -> bytes | None:
     """Combine two partial states: sums for statistics, row-weighted average of the models.
 
@@ -142,7 +199,7 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
     if int(sb[_D]) != d:
         raise InvalidData("cannot merge models of different dimensions",
                           detail=f"One partial state has {d} features, the other {int(sb[_D])}.")
-    full_batch = int(sa[_BATCH]) == 0
+    full_batch = int(sa[_BATCH]) in (0, EVALUATE)  # the model is fixed during the epoch
     if not full_batch:
         _flush(sa)
         _flush(sb)
@@ -173,11 +230,16 @@ def finalize(state: bytes | None) -> bytes | None:
 
 def decode(state: bytes) -> Model:
     """Read a state produced by :func:`finalize` (or any other function here)."""
+    bad = InvalidData("not a bismarck GLM state",
+                      detail="The bytes are not a GLM state header followed by its model.")
+    if len(state) % 8:
+        raise bad
     s = np.frombuffer(state, dtype=_F8)
     if s.size < HEADER or s[_MAGIC] != MAGIC:
-        raise InvalidData("not a bismarck GLM state", detail="The bytes do not start with the "
-                          "GLM state header.")
+        raise bad
     d = int(s[_D])
+    if d < 0 or s.size != HEADER + 4 * d + 2:
+        raise bad
     w, b, _, _, _, _ = _views(s, d)
     return Model(w=w.copy(), b=float(b[0]), rows=int(s[_ROWS]), loss_sum=float(s[_LOSS_SUM]),
                  skipped=int(s[_SKIPPED]), steps=int(s[_STEPS]), t=float(s[_T]),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .pack import read_block
+
 _F8 = np.dtype("<f8")
 
 
@@ -54,3 +56,16 @@ def decode(state: bytes) -> tuple[int, np.ndarray, np.ndarray]:
     d = (len(s) - 1) // 2
     n = s[0]
     return int(n), s[1:1 + d].copy(), s[1 + d:] / max(n, 1.0)
+
+
+def transition_block(state: bytes | None, block: bytes | None, d: int,
+                     itemsize: int) -> bytes | None:
+    """Add the features of a packed block (:mod:`bismarckpy.pack`) in one vectorised step."""
+    if block is None:
+        return state
+    X, _ = read_block(block, d, itemsize)
+    if X.shape[0] == 0:
+        return state
+    mean = X.mean(axis=0)
+    block = np.concatenate([[float(X.shape[0])], mean, ((X - mean) ** 2).sum(axis=0)])
+    return merge(state, block.astype(_F8).tobytes())

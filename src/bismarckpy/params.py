@@ -116,10 +116,10 @@ def _check(p: Param, v: Any, where: str) -> Any:
     if p.kind is str:
         if not isinstance(v, str):
             raise bad()
-        v = v.strip().lower()
-        if p.choices and v not in p.choices:
+        text = v.strip().lower()
+        if p.choices and text not in p.choices:
             raise bad()
-        return v
+        return text
     if p.kind is bool:
         if isinstance(v, bool):
             return v
