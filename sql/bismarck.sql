@@ -118,6 +118,9 @@ CREATE FUNCTION bismarck.train_glm(
     power_t             float8   DEFAULT NULL,
     batch_size          integer  DEFAULT NULL,
     shuffle             text     DEFAULT NULL,
+    packed              boolean  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    dtype               text     DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
     validation_fraction float8   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
@@ -140,7 +143,7 @@ BEGIN
         'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
-        'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel));
+        'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -153,8 +156,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, float8, float8,
-    boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, bigint,
-    float8, integer) IS
+    boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
+    integer, text, bigint, float8, integer) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, and store it as the next version of model_name (default: the source name). '
     'features is a list of numeric columns or one float8[] column. NULL options take defaults.';
@@ -413,3 +416,59 @@ CREATE AGGREGATE bismarck._moments(x float8[]) (
 );
 COMMENT ON AGGREGATE bismarck._moments(float8[]) IS
     'Private: per-feature count, mean and sum of squared deviations, for standardisation.';
+
+------------------------------------------------------------------------------------------------
+-- Packed storage: many rows per bytea block, one numpy mini-batch step per block
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._float8_array_bytes(float8[]) RETURNS bytea
+LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE AS 'byteasend';
+COMMENT ON FUNCTION bismarck._float8_array_bytes(float8[]) IS
+    'Private: an array''s in-memory form (20-byte header for 1-D without NULLs, then raw '
+    'little-endian float8), about ten times cheaper than array_send; _pack_block checks it.';
+
+CREATE FUNCTION bismarck._pack_block(rows bytea, labels bytea, d integer, dtype text,
+                                     seed bigint) RETURNS bytea
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL SAFE AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_block(plpy, rows, labels, d, dtype, seed)
+$$;
+COMMENT ON FUNCTION bismarck._pack_block(bytea, bytea, integer, text, bigint) IS
+    'Private: concatenated _float8_array_bytes of a block''s rows and of its labels -> one '
+    'n x (1 + d) matrix (label, features) of dtype float32 or float64, rows in seeded random order.';
+
+CREATE FUNCTION bismarck._glm_step_block(state bytea, block bytea, init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.glm_transition_block(plpy, state, block, init)
+$$;
+COMMENT ON FUNCTION bismarck._glm_step_block(bytea, bytea, bytea) IS
+    'Private: transition of _glm_epoch_packed: the rows of one packed block, a step per batch_size.';
+
+CREATE AGGREGATE bismarck._glm_epoch_packed(block bytea, init bytea) (
+    SFUNC = bismarck._glm_step_block,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._glm_merge,
+    FINALFUNC = bismarck._glm_final,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._glm_epoch_packed(bytea, bytea) IS
+    'Private: one SGD epoch of a GLM over packed blocks, starting from state init.';
+
+CREATE FUNCTION bismarck._moments_step_block(state bytea, block bytea, d integer,
+                                             itemsize integer) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.moments_transition_block(plpy, state, block, d, itemsize)
+$$;
+COMMENT ON FUNCTION bismarck._moments_step_block(bytea, bytea, integer, integer) IS
+    'Private: transition of _moments_packed: a whole block''s count, means and squared deviations.';
+
+CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integer) (
+    SFUNC = bismarck._moments_step_block,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._moments_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer) IS
+    'Private: per-feature moments over packed blocks, for standardisation.';

@@ -73,8 +73,8 @@ def test_breast_cancer_accuracy_within_one_point_of_scikit_learn(dsn: str, conn)
     ref = make_pipeline(StandardScaler(), LogisticRegression()).fit(X[~test], y[~test])
     ref_accuracy = ref.score(X[test], y[test])
     with psycopg.connect(dsn) as c:
-        training.train(c, "cancer_train", "y", names, "cancer", seed=1)
-        metrics = training.evaluate(c, "cancer", "cancer_test")
+        training.train(c, "cancer_train", "y", names, "cancer_ref", seed=1)
+        metrics = training.evaluate(c, "cancer_ref", "cancer_test")
     assert metrics["rows"] == test.sum()
     assert metrics["accuracy"] >= ref_accuracy - 0.01, (metrics, ref_accuracy)
     assert metrics["roc_auc"] > 0.98

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -13,8 +14,7 @@ from bismarck_controller import embed, extension
 def test_every_plpython_body_starts_with_the_engine() -> None:
     script = extension.build_install_script()
     source = (extension.sql_dir() / "bismarck.sql").read_text()
-    functions = source.count("LANGUAGE plpython3u PARALLEL SAFE AS $$\n") + source.count(
-        "LANGUAGE plpython3u AS $$\n")
+    functions = len(re.findall(r"^LANGUAGE plpython3u\b.*AS \$\$$", source, re.MULTILINE))
     assert functions >= 5
     key = "BISMARCK_ENGINE = \"bismarck-engine-" + embed.digest(extension.engine_modules())
     assert script.count(key) == functions

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import glm, penalties
-from .errors import InvalidData
+from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
+from .pack import DTYPE_CODES
 from .params import validate
 from .schedule import Schedule
 from .source import Source, resolve
@@ -90,6 +92,8 @@ class _Prepared:
     sd: np.ndarray | None
     y_mean: float
     y_sd: float
+    packed: bool = False
+    itemsize: int = 8
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -102,6 +106,13 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
     src = resolve(session, source, label, features)
+    if p["packed"] is None:
+        p["packed"] = p["shuffle"] == "once"
+    elif p["packed"] and p["shuffle"] != "once":
+        raise InvalidParameter(
+            "packed => true needs shuffle => 'once'",
+            detail="A packed copy is one shuffle, scanned in the same order every epoch.",
+            hint="Use shuffle => 'once' (the default), or packed => false to reshuffle rows.")
     if p["seed"] is None:
         p["seed"] = int(np.random.default_rng().integers(0, 2**31))
     seed = p["seed"]
@@ -173,22 +184,79 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     session.query("SELECT set_config('synchronize_seqscans', 'off', true) AS off")
     base = (f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} AS s "
             f"WHERE {src.valid_expr}")
-    session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
-    if valid:
-        session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
-    n_train = session.query(f"SELECT count(*) FROM {train}")[0][0]
-    n_valid = session.query(f"SELECT count(*) FROM {valid}")[0][0] if valid else 0
+    itemsize = DTYPE_CODES[p["dtype"]] if p["packed"] else 8
+    if p["packed"]:
+        hashed = (f"SELECT {src.x_expr} AS x, {y_expr} AS y, "
+                  f"hashtextextended({src.row_key}, {int(seed) + 3}) AS h "
+                  f"FROM {src.relation} AS s WHERE {src.valid_expr}")
+        expected = n_valid_rows * (1.0 - fraction)
+        n_train = _pack(session, f"{hashed} AND NOT ({holdout})", train, d, expected, p, seed)
+        n_valid = (_pack(session, f"{hashed} AND ({holdout})", valid, d,
+                         n_valid_rows * fraction, p, seed + 5) if valid else 0)
+    else:
+        session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
+        if valid:
+            session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
+        n_train = session.query(f"SELECT count(*) AS n FROM {train}")[0][0]
+        n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
     if n_train == 0:
         raise InvalidData("no training rows left after the validation split",
                           detail=f"{n_valid} usable rows all went to validation.",
                           hint="Lower validation_fraction or add rows.")
     mu = sd = None
     if p["standardize"]:
-        state = session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0]
-        mu, sd = _moments(state)
+        moments = (f"SELECT bismarck._moments_packed(data, {d}, {itemsize}) FROM {train}"
+                   if p["packed"] else f"SELECT bismarck._moments(x) FROM {train}")
+        mu, sd = _moments(session.query(moments)[0][0])
     return _Prepared(train=train, valid=valid, d=d, n_train=n_train, n_valid=n_valid,
                      n_total=n_total, skipped=n_total - n_valid_rows, classes=classes,
-                     mu=mu, sd=sd, y_mean=float(y_mean), y_sd=float(y_sd))
+                     mu=mu, sd=sd, y_mean=float(y_mean), y_sd=float(y_sd),
+                     packed=bool(p["packed"]), itemsize=itemsize)
+
+
+HASH_AGGREGATE_BYTES = 256 * 2**20  # above this, pack with a sort: bounded backend memory
+
+
+def _pack(session: TrainingSession, rows_sql: str, table: str, d: int, expected_rows: float,
+          p: dict, seed: int) -> int:
+    """Write ``rows_sql`` (columns x, y, h: a row hash) into ``table`` as packed blocks.
+
+    Each row goes to the block its seeded hash picks, so every block is a uniformly random
+    subset, without a global sort. Small inputs use a hash aggregate; large ones sort on the
+    block number so the backend holds one block at a time. Returns the number of rows packed.
+    """
+    blocks = max(1, math.ceil(expected_rows / p["block_size"]))
+    size = expected_rows * (8 * d + 40)
+    if size <= HASH_AGGREGATE_BYTES:
+        settings = {"work_mem": f"{max(64, int(4 * size / 2**20))}MB", "enable_sort": "off"}
+    else:
+        settings = {"work_mem": "256MB", "enable_hashagg": "off"}
+    session.query(f"CREATE UNLOGGED TABLE {table} (block integer, n integer, data bytea)")
+    session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
+    with _settings(session, settings):
+        session.query(
+            f"INSERT INTO {table} SELECT q.blk, count(*), bismarck._pack_block("
+            "string_agg(bismarck._float8_array_bytes(q.x), ''::bytea), "
+            "bismarck._float8_array_bytes(array_agg(q.y)), %s::int, %s::text, %s::int8 + q.blk) "
+            "FROM (SELECT r.x, r.y, ((r.h & 9223372036854775807) %% %s)::int AS blk "
+            f"FROM ({rows_sql}) AS r) AS q GROUP BY q.blk",
+            [d, p["dtype"], int(seed), blocks])
+    return int(session.query(f"SELECT coalesce(sum(n), 0) AS n FROM {table}")[0][0])
+
+
+@contextmanager
+def _settings(session: TrainingSession, values: dict[str, str]) -> Iterator[None]:
+    """Set server settings for this transaction and put the previous values back after."""
+    names = list(values)
+    before = session.query("SELECT " + ", ".join(
+        f"current_setting(%s) AS s{i}" for i in range(len(names))), names)[0]
+    for name, value in values.items():
+        session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
+    try:
+        yield
+    finally:
+        for name, value in zip(names, before):
+            session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
 
 
 def _encode_label(session: TrainingSession, src: Source, loss: str
@@ -235,8 +303,8 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
     t = 0.0
     previous_start = (w, b, t)  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    train_sql = _epoch_sql(prep.train, p["shuffle"])
-    valid_sql = _epoch_sql(prep.valid, "never") if prep.valid else None
+    train_sql = _epoch_sql(prep.train, p["shuffle"], prep.packed)
+    valid_sql = _epoch_sql(prep.valid, "never", prep.packed) if prep.valid else None
     history: list[EpochRecord] = []
     converged = False
     train_loss = math.nan
@@ -247,7 +315,7 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         init = glm.initialize(prep.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=sched.eta,
                               invscaling=sched.per_step, power_t=p["power_t"], t=t,
                               batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
-                              w=w, b=b, mu=prep.mu, sd=prep.sd)
+                              w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize)
         if p["shuffle"] == "always":
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
         if p["parallel"] is not None:
@@ -257,7 +325,7 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         train_loss = m.mean_loss * loss_scale
         if valid_sql:
             ev = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE, w=m.w, b=m.b,
-                                mu=prep.mu, sd=prep.sd)
+                                mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize)
             vm = glm.decode(session.query(valid_sql, [ev])[0][0])
             valid_loss = vm.data_loss * loss_scale
         rate = sched.eta
@@ -310,8 +378,10 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
                        history=history)
 
 
-def _epoch_sql(table: str, shuffle: str) -> str:
+def _epoch_sql(table: str, shuffle: str, packed: bool) -> str:
     """One epoch: the GLM aggregate over the working table (a shuffled scan for 'always')."""
+    if packed:
+        return f"SELECT bismarck._glm_epoch_packed(data, %s) FROM {table}"
     if shuffle == "always":
         return (f"SELECT bismarck._glm_epoch(x, y, %s) FROM "
                 f"(SELECT x, y FROM {table} ORDER BY random()) AS shuffled")

@@ -71,6 +71,11 @@ GLM_PARAMS: tuple[Param, ...] = (
           low=0, high=1_000_000_000),
     Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
           "reshuffle each epoch; never: table order.", choices=SHUFFLES),
+    Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "
+          "buffers, one vectorised step per block or batch); NULL means yes with "
+          "shuffle => 'once', no otherwise.", nullable=True),
+    Param("block_size", int, 512, "Rows per packed block.", low=1, high=1_000_000),
+    Param("dtype", str, "float32", "Value type in packed blocks.", choices=("float32", "float64")),
     Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
           low=-(2**62), high=2**62, nullable=True),
     Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "

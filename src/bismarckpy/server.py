@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import evaluate as _evaluate
-from . import glm, loop, moments
+from . import glm, loop, moments, pack
 from .errors import BismarckError
 
 np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
@@ -174,3 +174,20 @@ def moments_transition(plpy: Any, state: bytes | None, x: Any) -> bytes | None:
 def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of ``bismarck._moments``."""
     return _guard(plpy, moments.merge, a, b)
+
+
+def glm_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
+                         init: bytes) -> bytes:
+    """SFUNC of ``bismarck._glm_epoch_packed``: one packed block."""
+    return _guard(plpy, glm.transition_block, state, block, init)
+
+
+def moments_transition_block(plpy: Any, state: bytes | None, block: bytes | None, d: int,
+                             itemsize: int) -> bytes | None:
+    """SFUNC of ``bismarck._moments_packed``."""
+    return _guard(plpy, moments.transition_block, state, block, d, itemsize)
+
+
+def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: int) -> bytes:
+    """``bismarck._pack_block``: concatenated raw rows and labels → one packed block."""
+    return _guard(plpy, pack.build_block, rows, labels, d, dtype, seed)
