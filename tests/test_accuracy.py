@@ -154,3 +154,33 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
             "EXPLAIN (ANALYZE, COSTS OFF) SELECT bismarck._glm_epoch(ARRAY[mean_radius], y, %s) "
             "FROM cancer_par", [init]).fetchall())
     assert "Partial Aggregate" in plan and "Workers Launched: 2" in plan, plan
+
+
+def test_packed_row_and_parallel_paths_give_models_of_equal_quality(dsn: str, conn) -> None:
+    """Same data, same seed: row-at-a-time, packed (float32 and float64) and packed in parallel.
+
+    Mini-batches of 32 with the same schedule; every path must reach the same test accuracy
+    within 1 point and a log-loss within 10% of the best path.
+    """
+    names, X, y = breast_cancer()
+    load_table(conn, "cancer_paths", names, X, y)
+    conn.execute("CREATE VIEW cancer_paths_train AS SELECT * FROM cancer_paths WHERE id % 4 <> 0")
+    conn.execute("CREATE VIEW cancer_paths_test AS SELECT * FROM cancer_paths WHERE id % 4 = 0")
+    paths = {"rows": dict(packed=False), "packed32": dict(packed=True),
+             "packed64": dict(packed=True, dtype="float64"),
+             "packed_parallel": dict(packed=True, parallel=2, block_size=64)}
+    scores = {}
+    with psycopg.connect(dsn) as c:
+        for name, opts in paths.items():
+            training.train(c, "cancer_paths_train", "y", names, f"paths_{name}", seed=3,
+                           batch_size=32, learning_rate="adaptive", eta0=0.1, **opts)
+            scores[name] = training.evaluate(c, f"paths_{name}", "cancer_paths_test")
+    best_loss = min(s["log_loss"] for s in scores.values())
+    best_acc = max(s["accuracy"] for s in scores.values())
+    for name, s in scores.items():
+        assert s["accuracy"] >= best_acc - 0.01, (name, scores)
+        assert s["log_loss"] <= best_loss * 1.10, (name, scores)
+    used = conn.execute("SELECT model_name, params->>'packed' FROM bismarck.models "
+                        "WHERE model_name LIKE 'paths_%' ORDER BY 1").fetchall()
+    assert dict(used) == {"paths_rows": "false", "paths_packed32": "true",
+                          "paths_packed64": "true", "paths_packed_parallel": "true"}

@@ -150,6 +150,15 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     if n_total == 0:
         raise InvalidData(f"table {src.name} is empty",
                           hint="Load rows into the table before training.")
+    if src.array_feature:
+        col = session.ident(src.features[0])
+        nd = session.query(f"SELECT count(*) AS n FROM {src.relation} "
+                           f"WHERE array_ndims({col}) > 1")[0][0]
+        if nd:
+            raise InvalidData(
+                f'feature column "{src.features[0]}" holds multi-dimensional arrays',
+                detail=f"{nd} rows have arrays of more than one dimension.",
+                hint="Flatten them to one dimension (for example in a view) and train again.")
     if n_valid_rows == 0:
         raise InvalidData(
             f"no usable rows in {src.name}",

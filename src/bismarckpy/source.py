@@ -114,8 +114,9 @@ def resolve(session: Session, relation: str, label: str | None,
     if array_feature:
         col = q(features[0])
         x_expr = f"({col})::float8[]"
-        valid.append(f"{col} IS NOT NULL AND array_position({x_expr}, NULL) IS NULL AND "
-                     f"NOT ({x_expr} && '{{NaN,Infinity,-Infinity}}'::float8[])")
+        valid.append(f"CASE WHEN array_ndims({col}) = 1 THEN array_position({x_expr}, NULL) "
+                     f"IS NULL AND NOT ({x_expr} && '{{NaN,Infinity,-Infinity}}'::float8[]) "
+                     "ELSE false END")
     else:
         for name in features:
             t = cols[name]

@@ -50,3 +50,10 @@ SELECT bismarck.predict('m', ARRAY[1, 2, 3]::float8[]);
 SELECT bismarck.predict('m', ARRAY[1, 2]::float8[], version => 7);
 SELECT * FROM bismarck.evaluate('m', 'nope');
 SELECT * FROM bismarck.evaluate('m', 'empty_t');
+-- packed storage: needs shuffle 'once'; refuses arrays it cannot read as 1-D float8
+SELECT * FROM bismarck.train_glm('t', 'y', ARRAY['a'], packed => true, shuffle => 'always');
+CREATE TABLE grid (x float8[], y int);
+INSERT INTO grid VALUES (ARRAY[[1, 2]]::float8[], 0), (ARRAY[[3, 4]]::float8[], 1);
+SELECT * FROM bismarck.train_glm('grid', 'y', ARRAY['x']);
+SELECT model_name, version FROM bismarck.train_glm('grid', 'y', ARRAY['x'], 'grid_rows',
+                                                   packed => false, max_epochs => 2);
