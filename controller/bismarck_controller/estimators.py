@@ -1,0 +1,286 @@
+"""scikit-learn-style estimators whose data stays in PostgreSQL.
+
+    from bismarck_controller.estimators import SGDClassifier
+
+    clf = SGDClassifier(loss="log_loss", learning_rate="adaptive", random_state=0)
+    clf.fit(None, table="cancer_train", label="malignant", features=["radius", "texture"])
+    clf.score(None, table="cancer_test")
+
+Parameters keep scikit-learn's names and are translated to bismarck's (``log_loss`` ->
+``logistic``, ``max_iter`` -> ``max_epochs``, ``random_state`` -> ``seed``, ...); they are
+validated by :func:`bismarckpy.params.validate`, the same rules as SQL and the CLI. Each method
+takes the database first: a psycopg connection, a SQLAlchemy engine or connection, a URL, or
+None ($BISMARCK_DSN, else the embedded database). Fitting stores a model version in
+``bismarck.models``; the fitted attributes end in an underscore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from psycopg import sql
+
+from bismarck_controller import training
+from bismarck_controller.notebook import Database, connected
+from bismarck_controller.session import PsycopgSession
+from bismarckpy import evaluate as engine_evaluate
+from bismarckpy.errors import InvalidParameter
+from bismarckpy.params import validate
+from bismarckpy.source import resolve
+
+#: scikit-learn's parameter names -> bismarck's (the others are the same in both).
+RENAMED = {"max_iter": "max_epochs", "random_state": "seed"}
+_SHUFFLE = {True: "once", False: "never"}
+
+
+class _BaseSGD:
+    """Shared parameters, fit, predict and history of the two estimators."""
+
+    LOSSES: ClassVar[dict[str, str]] = {}  # scikit-learn loss name -> bismarck loss name
+    SCORE: ClassVar[str] = ""  # the metric score() returns
+
+    def __init__(self, loss: str, *, penalty: str = "l2", alpha: float = 0.0001,
+                 l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 100,
+                 tol: float | None = 1e-3, n_iter_no_change: int = 5,
+                 learning_rate: str = "invscaling", eta0: float = 0.1, power_t: float = 0.5,
+                 batch_size: int = 1, shuffle: bool | str = True,
+                 random_state: int | None = None, validation_fraction: float = 0.0,
+                 standardize: bool = True, model_name: str | None = None) -> None:
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.validation_fraction = validation_fraction
+        self.standardize = standardize
+        self.model_name = model_name
+
+    # --- parameters ---------------------------------------------------------------------------
+
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = (
+        "loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "max_iter", "tol",
+        "n_iter_no_change", "learning_rate", "eta0", "power_t", "batch_size", "shuffle",
+        "random_state", "validation_fraction", "standardize", "model_name")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's protocol)."""
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    def set_params(self, **params: Any) -> _BaseSGD:
+        """Change constructor parameters; returns self."""
+        for name, value in params.items():
+            if name not in self._PARAM_NAMES:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; valid "
+                                 f"parameters: {', '.join(self._PARAM_NAMES)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = type(self)().get_params()
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k]]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def bismarck_params(self) -> dict[str, Any]:
+        """The parameters in bismarck's names, validated as ``bismarck.train_glm`` does."""
+        if self.loss not in self.LOSSES:
+            choices = ", ".join(repr(k) for k in self.LOSSES)
+            raise InvalidParameter(
+                "invalid value for parameter 'loss'",
+                detail=f"The 'loss' parameter of {type(self).__name__} must be one of "
+                       f"{choices}. Got {self.loss!r} instead.",
+                hint="Use SGDClassifier for log_loss or hinge, SGDRegressor for squared_error.")
+        values = {name: getattr(self, name) for name in self._PARAM_NAMES
+                  if name not in ("loss", "model_name", "shuffle")}
+        values = {RENAMED.get(k, k): v for k, v in values.items()}
+        values["loss"] = self.LOSSES[self.loss]
+        shuffle = self.shuffle
+        values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
+        checked = validate(values)
+        return {k: checked[k] for k in values}  # the rest take the engine's defaults
+
+    # --- fitting ------------------------------------------------------------------------------
+
+    def fit(self, conn: Database, table: str, label: str,
+            features: Sequence[str] | str) -> _BaseSGD:
+        """Train on ``table`` in the server and store the model; returns self.
+
+        ``features`` is a list of numeric columns or the name of one float8[] column. The model
+        is stored as the next version of ``model_name`` (default: the table's name).
+        """
+        params = self.bismarck_params()
+        with connected(conn) as c:
+            result = training.train(c, table, label, features, self.model_name, **params)
+            row = training.model(c, result.model_name, result.version)
+            hist = training.history(c, result.model_name, result.version)
+        self._set_fitted(row, hist)
+        return self
+
+    @classmethod
+    def from_model(cls, conn: Database, name: str, version: int | None = None) -> _BaseSGD:
+        """A fitted estimator for a stored model (latest version unless given)."""
+        with connected(conn) as c:
+            row = training.model(c, name, version)
+            hist = training.history(c, name, row["version"])
+        losses = {v: k for k, v in cls.LOSSES.items()}
+        if row["loss"] not in losses:
+            other = "SGDRegressor" if cls is SGDClassifier else "SGDClassifier"
+            raise InvalidParameter(
+                f"model {name!r} has loss {row['loss']!r}, which {cls.__name__} cannot use",
+                hint=f"Load it with {other}.from_model.")
+        p = row["params"]
+        shuffle = {v: k for k, v in _SHUFFLE.items()}.get(p.get("shuffle"), p.get("shuffle"))
+        kwargs = {k: p[RENAMED.get(k, k)] for k in cls._PARAM_NAMES
+                  if RENAMED.get(k, k) in p and k not in ("loss", "shuffle")}
+        est = cls(loss=losses[row["loss"]], shuffle=shuffle, model_name=name, **kwargs)
+        est._set_fitted(row, hist)
+        return est
+
+    def _set_fitted(self, row: dict[str, Any], hist: list[dict[str, Any]]) -> None:
+        """Fitted attributes from a registry row and its history."""
+        import pandas as pd
+
+        self.model_name_ = row["model_name"]
+        self.version_ = int(row["version"])
+        self.feature_names_in_ = np.asarray(row["features"], dtype=object)
+        self.n_features_in_ = len(row["coef"])
+        coef = np.asarray(row["coef"], dtype=float)
+        self.coef_ = coef.reshape(1, -1) if row["classes"] is not None else coef
+        self.intercept_ = np.array([float(row["intercept"])])
+        metrics = row["metrics"] or {}
+        self.n_iter_ = int(metrics.get("epochs") or len(hist))
+        self.converged_ = bool(metrics.get("converged"))
+        columns = ["epoch", "train_loss", "validation_loss", "learning_rate", "rows", "seconds"]
+        run = max((r["run_id"] for r in hist), default=None)
+        self.history_ = pd.DataFrame([{k: r[k] for k in columns} for r in hist
+                                      if r["run_id"] == run], columns=columns)
+        if row["classes"] is not None:
+            self.classes_ = np.asarray(row["classes"], dtype=float)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_name_"):
+            raise AttributeError(f"this {type(self).__name__} is not fitted yet: call fit() "
+                                 f"or {type(self).__name__}.from_model() first")
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    def _scores(self, conn: Database, table: str, func: str, output: str | None,
+                order_by: str | None) -> np.ndarray | int:
+        """Run ``bismarck.<func>`` over ``table``; an array, or the rows written to ``output``."""
+        self._check_fitted()
+        if output is not None:
+            with connected(conn) as c:
+                n = training.predict(c, self.model_name_, table, version=self.version_,
+                                     output=output, classes=func == "predict_class")
+            assert isinstance(n, int)
+            return n
+        with connected(conn) as c:
+            try:
+                session = PsycopgSession(c)
+                m = engine_evaluate.load_model(session, self.model_name_, self.version_)
+                src = resolve(session, table, None, m["features"])
+                order = sql.SQL("")
+                if order_by:
+                    resolve(session, table, None, [order_by])  # clear error for a bad column
+                    order = sql.SQL(" ORDER BY {}").format(sql.Identifier("s", order_by))
+                query = sql.SQL("SELECT bismarck.{}({}, {}, {}) FROM {} AS s{}").format(
+                    sql.Identifier(func), sql.Literal(self.model_name_),
+                    sql.SQL(src.x_expr.replace("%%", "%")), sql.Literal(self.version_),
+                    sql.SQL(src.name), order)
+                with c.cursor() as cur:
+                    cur.execute(query)
+                    values = [r[0] for r in cur.fetchall()]
+            finally:
+                c.rollback()
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    def predict(self, conn: Database, table: str, output: str | None = None,
+                order_by: str | None = None) -> np.ndarray | int:
+        """Predictions for every row of ``table``, computed in the server.
+
+        Returns a numpy array in scan order (or ``order_by`` a column); with ``output``, writes
+        ``table``'s columns plus ``prediction`` to that new table and returns its row count.
+        Rows with a NULL feature give NaN.
+        """
+        return self._scores(conn, table, self._PREDICT, output, order_by)
+
+    _PREDICT: ClassVar[str] = "predict"
+
+    def evaluate(self, conn: Database, table: str) -> dict[str, float | None]:
+        """All metrics of ``bismarck.evaluate`` on ``table`` (which holds the label)."""
+        self._check_fitted()
+        with connected(conn) as c:
+            return training.evaluate(c, self.model_name_, table, self.version_)
+
+    def score(self, conn: Database, table: str) -> float:
+        """Accuracy (classifier) or R² (regressor) on ``table``."""
+        value = self.evaluate(conn, table).get(self.SCORE)
+        return float("nan") if value is None else float(value)
+
+    def plot_history(self, ax: Any = None) -> Any:
+        """Train (solid) and validation (dashed) loss per epoch of this fit; returns the Axes."""
+        from bismarck_controller.plots import Curve, draw
+
+        self._check_fitted()
+        h = self.history_
+        curve = Curve(f"{self.model_name_} v{self.version_}", h["epoch"].tolist(),
+                      _optional(h["train_loss"]), _optional(h["validation_loss"]))
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(7, 4))
+        return draw(ax, [curve])
+
+
+class SGDClassifier(_BaseSGD):
+    """Linear classifier (logistic regression or linear SVM) trained by SGD in PostgreSQL.
+
+    ``loss``: ``"log_loss"`` (logistic, has :meth:`predict_proba`) or ``"hinge"``. The label
+    holds two classes coded 0/1, -1/+1 or false/true; ``classes_`` gives them in that coding.
+    """
+
+    LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge"}
+    SCORE: ClassVar[str] = "accuracy"
+    _PREDICT: ClassVar[str] = "predict_class"
+
+    def __init__(self, loss: str = "log_loss", **kwargs: Any) -> None:
+        super().__init__(loss, **kwargs)
+
+    def predict_proba(self, conn: Database, table: str,
+                      order_by: str | None = None) -> np.ndarray:
+        """``(n, 2)`` class probabilities in the order of ``classes_`` (log_loss only)."""
+        self._check_fitted()
+        if self.LOSSES.get(self.loss) != "logistic":
+            raise AttributeError("predict_proba needs loss='log_loss'; a hinge model has no "
+                                 "probabilities")
+        p = self._scores(conn, table, "predict", None, order_by)
+        assert isinstance(p, np.ndarray)
+        return np.column_stack([1.0 - p, p])
+
+
+class SGDRegressor(_BaseSGD):
+    """Linear regression (squared error) trained by SGD in PostgreSQL."""
+
+    LOSSES: ClassVar[dict[str, str]] = {"squared_error": "squared"}
+    SCORE: ClassVar[str] = "r2"
+
+    def __init__(self, loss: str = "squared_error", **kwargs: Any) -> None:
+        super().__init__(loss, **kwargs)
+
+
+def _optional(series: Any) -> list[float | None]:
+    """A pandas column as floats, missing values as None."""
+    return [None if v is None or v != v else float(v) for v in series.tolist()]
+
+
+__all__ = ["SGDClassifier", "SGDRegressor"]
