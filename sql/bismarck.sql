@@ -71,6 +71,26 @@ COMMENT ON TABLE bismarck._training_epoch IS
     'Private: per-epoch losses of each run (see bismarck.training_history).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._training_epoch', '');
 
+CREATE TABLE bismarck.packed_tables (
+    packed_table  regclass    PRIMARY KEY,
+    source        text        NOT NULL,
+    label         text        NOT NULL,
+    features      text[]      NOT NULL,
+    array_feature boolean     NOT NULL,
+    n_features    integer     NOT NULL,
+    dtype         text        NOT NULL,
+    block_size    integer     NOT NULL,
+    rows          bigint      NOT NULL,
+    skipped_rows  bigint      NOT NULL,
+    label_values  float8[],
+    seed          bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE bismarck.packed_tables IS
+    'Packed tables written by bismarck.pack: their source, label, features and block layout. '
+    'train_glm recognises them as sources and reuses their blocks.';
+SELECT pg_catalog.pg_extension_config_dump('bismarck.packed_tables', '');
+
 ------------------------------------------------------------------------------------------------
 -- Views
 ------------------------------------------------------------------------------------------------
@@ -161,6 +181,40 @@ COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, flo
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, and store it as the next version of model_name (default: the source name). '
     'features is a list of numeric columns or one float8[] column. NULL options take defaults.';
+
+CREATE FUNCTION bismarck.pack(
+    source           text,
+    label            text,
+    features         text[],
+    INOUT packed_table text,
+    block_size       integer DEFAULT NULL,
+    dtype            text    DEFAULT NULL,
+    seed             bigint  DEFAULT NULL,
+    OUT blocks       bigint,
+    OUT rows         bigint,
+    OUT skipped_rows bigint,
+    OUT seconds      float8)
+RETURNS record
+LANGUAGE plpgsql AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._pack(jsonb_build_object(
+        'source', source, 'label', label, 'features', features, 'packed_table', packed_table,
+        'block_size', block_size, 'dtype', dtype, 'seed', seed));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    packed_table := r ->> 'packed_table';
+    blocks := (r ->> 'blocks')::bigint;
+    rows := (r ->> 'rows')::bigint;
+    skipped_rows := (r ->> 'skipped_rows')::bigint;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.pack(text, text, text[], text, integer, text, bigint) IS
+    'Write a shuffled, packed copy of a table (blocks of block_size rows as float32 or float64 '
+    'numpy buffers) that train_glm can use as its source, again and again, for any loss.';
 
 CREATE FUNCTION bismarck.predict(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8
@@ -270,6 +324,15 @@ return B.train_glm(plpy, json.loads(options))
 $$;
 COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
     'Private: runs the training loop inside this backend; returns a JSON result or error.';
+
+CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
+LANGUAGE plpython3u AS $$
+import json
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_table(plpy, json.loads(options))
+$$;
+COMMENT ON FUNCTION bismarck._pack(jsonb) IS
+    'Private: writes and registers a packed table; returns a JSON result or error.';
 
 CREATE FUNCTION bismarck._evaluate(model text, source text, version integer) RETURNS jsonb
 LANGUAGE plpython3u AS $$

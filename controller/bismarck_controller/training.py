@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from bismarck_controller.session import PsycopgSession
 from bismarckpy import evaluate as engine_evaluate
-from bismarckpy import loop
+from bismarckpy import loop, packing
 from bismarckpy.source import resolve
 
 
@@ -30,6 +30,21 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     session = PsycopgSession(conn, on_epoch)
     return loop.train_glm(session, source=source, label=label, features=features,
                           model_name=model_name or source, **params)
+
+
+def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
+         packed_table: str, *, block_size: int | None = None, dtype: str | None = None,
+         seed: int | None = None) -> dict[str, Any]:
+    """Write a reusable packed copy of ``source`` (see ``bismarck.pack``) and commit it."""
+    try:
+        result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
+                                    features=features, packed_table=packed_table,
+                                    block_size=block_size, dtype=dtype, seed=seed)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return result
 
 
 def evaluate(conn: psycopg.Connection, model: str, source: str,

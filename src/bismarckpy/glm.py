@@ -27,8 +27,11 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
- _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE) = range(19)
-HEADER = 20
+ _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT,
+ _YSCALE) = range(23)
+HEADER = 24
+# How packed blocks' raw labels become the loss's labels (rows arrive already encoded).
+Y_AS_IS, Y_CLASS01, Y_CLASS_PM1, Y_AFFINE = range(4)
 _F8 = np.dtype("<f8")
 
 
@@ -65,10 +68,12 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                t: float = 0.0, batch_size: int = 1, fit_intercept: bool = True,
                w: np.ndarray | None = None, b: float = 0.0,
                mu: np.ndarray | None = None, sd: np.ndarray | None = None,
-               itemsize: int = 8) -> bytes:
+               itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None
+               ) -> bytes:
     """Build the initial state of one epoch from hyper-parameters and the previous model.
 
-    ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any.
+    ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any;
+    ``y_coding`` = (mode, positive class, shift, scale) turns their raw labels into the loss's.
     """
     s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
     s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
@@ -78,6 +83,7 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     standardize = mu is not None and sd is not None
     s[_STANDARDIZE] = float(standardize)
     s[_ITEMSIZE] = itemsize
+    s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (Y_AS_IS, 1.0, 0.0, 1.0)
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
@@ -143,6 +149,7 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> b
         return s.tobytes()
     d = int(s[_D])
     X, yv = read_block(block, d, int(s[_ITEMSIZE]) or 8)
+    yv = encode_labels(yv, int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
     w, b, g, gb, mu, sd = _views(s, d)
     if s[_STANDARDIZE]:
         X = (X - mu) / sd
@@ -181,6 +188,18 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> b
             _flush(s)
         start += take
     return s.tobytes()
+
+
+def encode_labels(y: np.ndarray, mode: int, pos: float, shift: float, scale: float
+                  ) -> np.ndarray:
+    """Raw labels → the loss's coding: 0/1 or -1/+1 by class, or ``(y - shift) / scale``."""
+    if mode == Y_CLASS01:
+        return (y == pos).astype(np.float64)
+    if mode == Y_CLASS_PM1:
+        return np.where(y == pos, 1.0, -1.0)
+    if mode == Y_AFFINE:
+        return (y - shift) / scale
+    return y
 
 
 def merge(a: bytes | None, b: bytes | None) -> bytes | None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +20,7 @@ from . import glm, penalties
 from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
 from .pack import DTYPE_CODES
+from .packing import PackedTable, check_rows, pack_into, registered
 from .params import validate
 from .schedule import Schedule
 from .source import Source, resolve
@@ -78,14 +78,14 @@ class TrainResult:
 
 @dataclass
 class _Prepared:
-    """The working tables and the facts learned while preparing them."""
+    """Where the epochs read (FROM clauses) and the facts learned while preparing them."""
 
     train: str
     valid: str | None
+    work: list[str]  # working tables of this run, dropped at the end
     d: int
     n_train: int
     n_valid: int
-    n_total: int
     skipped: int
     classes: list[float] | None
     mu: np.ndarray | None
@@ -94,6 +94,7 @@ class _Prepared:
     y_sd: float
     packed: bool = False
     itemsize: int = 8
+    y_coding: tuple[int, float, float, float] | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -105,7 +106,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
-    src = resolve(session, source, label, features)
+    table = registered(session, source)
+    src = None if table else resolve(session, source, label, features)
+    if table:
+        _check_packed_columns(table, label, features)
     if p["packed"] is None:
         p["packed"] = p["shuffle"] == "once"
     elif p["packed"] and p["shuffle"] != "once":
@@ -120,12 +124,13 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     run_id = session.query(
         "INSERT INTO bismarck._training_run (model_name, source, params) "
         "VALUES (%s, %s, %s::jsonb) RETURNING run_id",
-        [model_name, src.name, json.dumps(p)])[0][0]
+        [model_name, (table or src).name, json.dumps(p)])[0][0]
     session.checkpoint()
     prepared = None
     try:
-        prepared = _prepare(session, src, p, seed, run_id)
-        result = _epochs(session, src, p, prepared, model_name, run_id, started)
+        prepared = (_prepare_packed_table(session, table, p, seed) if table
+                    else _prepare(session, src, p, seed, run_id))
+        result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
         _drop_work(session, prepared)
         prepared = None
         session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
@@ -143,44 +148,27 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
 
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              run_id: int) -> _Prepared:
-    """Count and check rows, encode labels, materialise the (shuffled) train/validation copies."""
-    n_total, n_valid_rows = session.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok "
-        f"FROM {src.relation}")[0]
-    if n_total == 0:
-        raise InvalidData(f"table {src.name} is empty",
-                          hint="Load rows into the table before training.")
-    if src.array_feature:
-        col = session.ident(src.features[0])
-        nd = session.query(f"SELECT count(*) AS n FROM {src.relation} "
-                           f"WHERE array_ndims({col}) > 1")[0][0]
-        if nd:
-            raise InvalidData(
-                f'feature column "{src.features[0]}" holds multi-dimensional arrays',
-                detail=f"{nd} rows have arrays of more than one dimension.",
-                hint="Flatten them to one dimension (for example in a view) and train again.")
-    if n_valid_rows == 0:
-        raise InvalidData(
-            f"no usable rows in {src.name}",
-            detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
-            hint="Fill or filter the missing values (for example in a view) and train again.")
-    lo, hi = session.query(
-        f"SELECT min(cardinality({src.x_expr})) AS lo, max(cardinality({src.x_expr})) AS hi "
-        f"FROM {src.relation} WHERE {src.valid_expr}")[0]
-    if lo != hi or lo == 0:
-        raise InvalidData(
-            "feature arrays have different lengths",
-            detail=f"Lengths range from {lo} to {hi} in {src.name}.",
-            hint="Every row's feature array must have the same number of elements.")
-    d = int(lo)
-    y_expr, classes = _encode_label(session, src, p["loss"])
+    """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
+    checked = check_rows(session, src)
+    d = checked.d
+    classes = _label_classes(session, src, p["loss"])
     fraction = p["validation_fraction"]
     holdout = (f"(hashtextextended({src.row_key}, {int(seed)}) & 1023) < "
                f"{int(round(fraction * 1024))}")
-    order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
-             "always": "", "never": ""}[p["shuffle"]]
     train = f"bismarck._train_{int(run_id)}"
     valid = f"bismarck._valid_{int(run_id)}" if fraction > 0 else None
+    work = [t for t in (train, valid) if t]
+    # A synchronized scan may start mid-table: keep 'never' in table order.
+    session.query("SELECT set_config('synchronize_seqscans', 'off', true) AS off")
+    if p["packed"]:
+        args = (p["block_size"], p["dtype"])
+        n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
+                            checked.n_usable * (1.0 - fraction), *args, seed + 1)
+        n_valid = (pack_into(session, src, valid, d, holdout, checked.n_usable * fraction,
+                             *args, seed + 2) if valid else 0)
+        return _finish_packed(session, p, train, valid, work, d, DTYPE_CODES[p["dtype"]],
+                              n_train, n_valid, checked.n_total - checked.n_usable, classes)
+    y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
     if p["standardize"] and p["loss"] == "squared":
         y_mean, y_sd = session.query(
@@ -189,106 +177,115 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         y_mean = float(y_mean or 0.0)
         y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
-    # A synchronized scan may start mid-table: keep 'never' in table order.
-    session.query("SELECT set_config('synchronize_seqscans', 'off', true) AS off")
+    order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
+             "always": "", "never": ""}[p["shuffle"]]
     base = (f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} AS s "
             f"WHERE {src.valid_expr}")
-    itemsize = DTYPE_CODES[p["dtype"]] if p["packed"] else 8
-    if p["packed"]:
-        hashed = (f"SELECT {src.x_expr} AS x, {y_expr} AS y, "
-                  f"hashtextextended({src.row_key}, {int(seed) + 3}) AS h "
-                  f"FROM {src.relation} AS s WHERE {src.valid_expr}")
-        expected = n_valid_rows * (1.0 - fraction)
-        n_train = _pack(session, f"{hashed} AND NOT ({holdout})", train, d, expected, p, seed)
-        n_valid = (_pack(session, f"{hashed} AND ({holdout})", valid, d,
-                         n_valid_rows * fraction, p, seed + 5) if valid else 0)
+    session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
+    if valid:
+        session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
+    n_train = session.query(f"SELECT count(*) AS n FROM {train}")[0][0]
+    n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
+    _require_training_rows(n_train, n_valid)
+    mu = sd = None
+    if p["standardize"]:
+        mu, sd = _moments(session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0])
+    return _Prepared(train=train, valid=valid, work=work, d=d, n_train=n_train,
+                     n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
+                     classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd)
+
+
+def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
+                          seed: int) -> _Prepared:
+    """Train on a table written by ``bismarck.pack``: split whole blocks for validation."""
+    if p["packed"] is False or p["shuffle"] != "once":
+        raise InvalidParameter(
+            f"{table.name} is a packed table", detail="Its blocks are one fixed shuffle.",
+            hint="Train on it with shuffle => 'once' (the default), or on its source table "
+                 f"{table.source} to reshuffle rows.")
+    classes = _check_classes(table.label_values, p["loss"], table.label)
+    fraction = p["validation_fraction"]
+    holdout = (f"(hashtextextended(p.block::text, {int(seed)}) & 1023) < "
+               f"{int(round(fraction * 1024))}")
+    train = f"{table.relation} AS p WHERE NOT ({holdout})"
+    valid = f"{table.relation} AS p WHERE {holdout}" if fraction > 0 else None
+    n_train, n_valid = session.query(
+        f"SELECT coalesce(sum(n) FILTER (WHERE NOT ({holdout})), 0) AS t, "
+        f"coalesce(sum(n) FILTER (WHERE {holdout}), 0) AS v FROM {table.relation} AS p")[0]
+    if n_train + n_valid == 0:
+        raise InvalidData(f"packed table {table.name} is empty",
+                          hint=f"Pack it again: SELECT * FROM bismarck.pack('{table.source}', "
+                               "...). An unlogged table is emptied by a server crash.")
+    return _finish_packed(session, p, train, valid, [], table.d, table.itemsize, int(n_train),
+                          int(n_valid), 0, classes)
+
+
+def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | None,
+                   work: list[str], d: int, itemsize: int, n_train: int, n_valid: int,
+                   skipped: int, classes: list[float] | None) -> _Prepared:
+    """Statistics of packed training blocks and how each epoch codes their raw labels."""
+    _require_training_rows(n_train, n_valid)
+    state = session.query(f"SELECT bismarck._moments_packed(data, {int(d)}, {int(itemsize)}) "
+                          f"FROM {train}")[0][0]
+    mu, sd = _moments(state)  # column 0 is the label
+    y_mean, y_sd = 0.0, 1.0
+    if p["loss"] == "squared":
+        if p["standardize"]:
+            y_mean, y_sd = float(mu[0]), float(sd[0])
+        coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
     else:
-        session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
-        if valid:
-            session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
-        n_train = session.query(f"SELECT count(*) AS n FROM {train}")[0][0]
-        n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
+        assert classes is not None
+        mode = glm.Y_CLASS01 if p["loss"] == "logistic" else glm.Y_CLASS_PM1
+        coding = (mode, classes[1], 0.0, 1.0)
+    return _Prepared(train=train, valid=valid, work=work, d=d, n_train=n_train,
+                     n_valid=n_valid, skipped=skipped, classes=classes,
+                     mu=mu[1:] if p["standardize"] else None,
+                     sd=sd[1:] if p["standardize"] else None, y_mean=y_mean, y_sd=y_sd,
+                     packed=True, itemsize=itemsize, y_coding=coding)
+
+
+def _require_training_rows(n_train: int, n_valid: int) -> None:
+    """Refuse a split that left nothing to train on."""
     if n_train == 0:
         raise InvalidData("no training rows left after the validation split",
                           detail=f"{n_valid} usable rows all went to validation.",
                           hint="Lower validation_fraction or add rows.")
-    mu = sd = None
-    if p["standardize"]:
-        moments = (f"SELECT bismarck._moments_packed(data, {d}, {itemsize}) FROM {train}"
-                   if p["packed"] else f"SELECT bismarck._moments(x) FROM {train}")
-        mu, sd = _moments(session.query(moments)[0][0])
-    return _Prepared(train=train, valid=valid, d=d, n_train=n_train, n_valid=n_valid,
-                     n_total=n_total, skipped=n_total - n_valid_rows, classes=classes,
-                     mu=mu, sd=sd, y_mean=float(y_mean), y_sd=float(y_sd),
-                     packed=bool(p["packed"]), itemsize=itemsize)
 
 
-HASH_AGGREGATE_BYTES = 256 * 2**20  # above this, pack with a sort: bounded backend memory
-
-
-def _pack(session: TrainingSession, rows_sql: str, table: str, d: int, expected_rows: float,
-          p: dict, seed: int) -> int:
-    """Write ``rows_sql`` (columns x, y, h: a row hash) into ``table`` as packed blocks.
-
-    Each row goes to the block its seeded hash picks, so every block is a uniformly random
-    subset, without a global sort. Small inputs use a hash aggregate; large ones sort on the
-    block number so the backend holds one block at a time. Returns the number of rows packed.
-    """
-    blocks = max(1, math.ceil(expected_rows / p["block_size"]))
-    size = expected_rows * (8 * d + 40)
-    if size <= HASH_AGGREGATE_BYTES:
-        settings = {"work_mem": f"{max(64, int(4 * size / 2**20))}MB", "enable_sort": "off"}
-    else:
-        settings = {"work_mem": "256MB", "enable_hashagg": "off"}
-    session.query(f"CREATE UNLOGGED TABLE {table} (block integer, n integer, data bytea)")
-    session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
-    with _settings(session, settings):
-        session.query(
-            f"INSERT INTO {table} SELECT q.blk, count(*), bismarck._pack_block("
-            "string_agg(bismarck._float8_array_bytes(q.x), ''::bytea), "
-            "bismarck._float8_array_bytes(array_agg(q.y)), %s::int, %s::text, %s::int8 + q.blk) "
-            "FROM (SELECT r.x, r.y, ((r.h & 9223372036854775807) %% %s)::int AS blk "
-            f"FROM ({rows_sql}) AS r) AS q GROUP BY q.blk",
-            [d, p["dtype"], int(seed), blocks])
-    return int(session.query(f"SELECT coalesce(sum(n), 0) AS n FROM {table}")[0][0])
-
-
-@contextmanager
-def _settings(session: TrainingSession, values: dict[str, str]) -> Iterator[None]:
-    """Set server settings for this transaction and put the previous values back after."""
-    names = list(values)
-    before = session.query("SELECT " + ", ".join(
-        f"current_setting(%s) AS s{i}" for i in range(len(names))), names)[0]
-    for name, value in values.items():
-        session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
-    try:
-        yield
-    finally:
-        for name, value in zip(names, before):
-            session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
-
-
-def _encode_label(session: TrainingSession, src: Source, loss: str
-                  ) -> tuple[str, list[float] | None]:
-    """The label expression as the loss expects it, and the two classes of a classifier."""
-    assert src.label_expr is not None
+def _label_classes(session: TrainingSession, src: Source, loss: str) -> list[float] | None:
+    """The two classes of a classifier's label, checked; None for regression."""
     if loss not in CLASSIFIERS:
-        return src.label_expr, None
+        return None
     values = [r[0] for r in session.query(
-        f"SELECT DISTINCT {src.label_expr} FROM {src.relation} WHERE {src.valid_expr} "
-        "ORDER BY 1 LIMIT 3")]
+        f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
+        f"WHERE {src.valid_expr} ORDER BY 1 LIMIT 3")]
+    return _check_classes(values, loss, src.label or "")
+
+
+def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:
+    """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or a clear error."""
+    if loss not in CLASSIFIERS:
+        return None
     shown = ", ".join(f"{v:g}" for v in values)
     if len(values) != 2 or values not in ([0.0, 1.0], [-1.0, 1.0]):
         raise InvalidData(
-            f'label "{src.label}" is not binary',
+            f'label "{label}" is not binary',
             detail=f"loss => '{loss}' needs two classes coded 0/1, -1/+1 or false/true; "
                    f"found {shown}{' …' if len(values) > 2 else ''}.",
             hint="Recode the label in a view (for example (label = 'yes')::int), or use "
                  "loss => 'squared' for a numeric target.")
-    pos = values[1]
+    return values
+
+
+def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
+    """The row path's label expression, coded as the loss expects it."""
+    assert src.label_expr is not None
+    if classes is None:
+        return src.label_expr
+    pos = classes[1]
     if loss == "logistic":
-        return f"({src.label_expr} = {pos:g})::int::float8", values
-    return f"CASE WHEN {src.label_expr} = {pos:g} THEN 1.0 ELSE -1.0 END", values
+        return f"({src.label_expr} = {pos:g})::int::float8"
+    return f"CASE WHEN {src.label_expr} = {pos:g} THEN 1.0 ELSE -1.0 END"
 
 
 def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -301,8 +298,8 @@ def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
     return mean, sd
 
 
-def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, model_name: str,
-            run_id: int, started: float) -> TrainResult:
+def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
+            model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
@@ -324,7 +321,8 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         init = glm.initialize(prep.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=sched.eta,
                               invscaling=sched.per_step, power_t=p["power_t"], t=t,
                               batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
-                              w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize)
+                              w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
+                              y_coding=prep.y_coding)
         if p["shuffle"] == "always":
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
         if p["parallel"] is not None:
@@ -334,7 +332,8 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
         train_loss = m.mean_loss * loss_scale
         if valid_sql:
             ev = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE, w=m.w, b=m.b,
-                                mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize)
+                                mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
+                                y_coding=prep.y_coding)
             vm = glm.decode(session.query(valid_sql, [ev])[0][0])
             valid_loss = vm.data_loss * loss_scale
         rate = sched.eta
@@ -388,7 +387,7 @@ def _epochs(session: TrainingSession, src: Source, p: dict, prep: _Prepared, mod
 
 
 def _epoch_sql(table: str, shuffle: str, packed: bool) -> str:
-    """One epoch: the GLM aggregate over the working table (a shuffled scan for 'always')."""
+    """One epoch: the GLM aggregate over ``table`` (a FROM clause; reshuffled for 'always')."""
     if packed:
         return f"SELECT bismarck._glm_epoch_packed(data, %s) FROM {table}"
     if shuffle == "always":
@@ -419,14 +418,23 @@ def _epoch_seed(seed: int | None, epoch: int) -> float:
 
 def _drop_work(session: TrainingSession, prep: _Prepared, *, quiet: bool = False) -> None:
     """Drop the working copies; when ``quiet``, ignore errors (aborted transaction, gone)."""
-    for table in (prep.train, prep.valid):
-        if not table:
-            continue
+    for table in prep.work:
         try:
             session.query(f"DROP TABLE IF EXISTS {table}")
         except Exception:
             if not quiet:
                 raise
+
+
+def _check_packed_columns(table: PackedTable, label: str, features: Sequence[str] | str) -> None:
+    """Training on a packed table must name the label and features it was packed with."""
+    given = [features] if isinstance(features, str) else list(features or [])
+    if label != table.label or given != table.features:
+        raise InvalidData(
+            f"{table.name} was packed with other columns",
+            detail=f"It holds label {table.label!r} and features {table.features}; the call "
+                   f"names label {label!r} and features {given}.",
+            hint="Name the packed columns, or pack the source again with the new ones.")
 
 
 def _clean_interrupted(session: TrainingSession) -> None:

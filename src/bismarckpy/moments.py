@@ -60,10 +60,11 @@ def decode(state: bytes) -> tuple[int, np.ndarray, np.ndarray]:
 
 def transition_block(state: bytes | None, block: bytes | None, d: int,
                      itemsize: int) -> bytes | None:
-    """Add the features of a packed block (:mod:`bismarckpy.pack`) in one vectorised step."""
+    """Add a packed block (:mod:`bismarckpy.pack`) in one step: its label, then its features."""
     if block is None:
         return state
-    X, _ = read_block(block, d, itemsize)
+    features, labels = read_block(block, d, itemsize)
+    X = np.column_stack([labels, features])
     if X.shape[0] == 0:
         return state
     mean = X.mean(axis=0)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import evaluate as _evaluate
-from . import glm, loop, moments, pack
+from . import glm, loop, moments, pack, packing
 from .errors import BismarckError
 
 np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
@@ -97,6 +97,11 @@ def train_glm(plpy: Any, args: dict[str, Any]) -> str:
                                 **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
     return _envelope(plpy, run)
+
+
+def pack_table(plpy: Any, args: dict[str, Any]) -> str:
+    """``bismarck.pack``: a reusable packed copy of a table; JSON envelope of the result."""
+    return _envelope(plpy, lambda: packing.pack_table(PlpySession(plpy), **args))
 
 
 def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:

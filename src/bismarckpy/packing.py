@@ -1,0 +1,199 @@
+"""Writing packed tables: shuffled blocks of rows as numpy buffers (see :mod:`bismarckpy.pack`).
+
+Used twice: by the training loop for its working copy, and by ``bismarck.pack`` for a packed
+table that users keep and reuse across runs and models (registered in ``bismarck.packed_tables``).
+Blocks hold the raw label (booleans as 0/1); each epoch codes it for its loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BismarckError, InvalidData, UndefinedObject
+from .pack import DTYPE_CODES
+from .params import validate
+from .source import Session, Source, escape_percent, resolve
+
+HASH_AGGREGATE_BYTES = 256 * 2**20  # above this, pack with a sort: bounded backend memory
+
+
+@dataclass
+class Checked:
+    """What the checks before packing or training learned about a source."""
+
+    n_total: int
+    n_usable: int
+    d: int
+
+
+@dataclass
+class PackedTable:
+    """A registered packed table: where it came from and what its blocks hold."""
+
+    relation: str  # SQL text of the packed table
+    name: str  # its name as PostgreSQL prints it
+    source: str
+    label: str
+    features: list[str]
+    array_feature: bool
+    d: int
+    itemsize: int
+    rows: int
+    label_values: list[float]
+
+
+def check_rows(session: Session, src: Source) -> Checked:
+    """Counts and shape checks shared by training and packing; clear errors before any work."""
+    n_total, n_usable = session.query(
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok "
+        f"FROM {src.relation} AS s")[0]
+    if n_total == 0:
+        raise InvalidData(f"table {src.name} is empty",
+                          hint="Load rows into the table before training.")
+    if src.array_feature:
+        col = session.ident(src.features[0])
+        nd = session.query(f"SELECT count(*) AS n FROM {src.relation} "
+                           f"WHERE array_ndims({col}) > 1")[0][0]
+        if nd:
+            raise InvalidData(
+                f'feature column "{src.features[0]}" holds multi-dimensional arrays',
+                detail=f"{nd} rows have arrays of more than one dimension.",
+                hint="Flatten them to one dimension (for example in a view) and train again.")
+    if n_usable == 0:
+        raise InvalidData(
+            f"no usable rows in {src.name}",
+            detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
+            hint="Fill or filter the missing values (for example in a view) and train again.")
+    lo, hi = session.query(
+        f"SELECT min(cardinality({src.x_expr})) AS lo, max(cardinality({src.x_expr})) AS hi "
+        f"FROM {src.relation} AS s WHERE {src.valid_expr}")[0]
+    if lo != hi or lo == 0:
+        raise InvalidData(
+            "feature arrays have different lengths",
+            detail=f"Lengths range from {lo} to {hi} in {src.name}.",
+            hint="Every row's feature array must have the same number of elements.")
+    return Checked(int(n_total), int(n_usable), int(lo))
+
+
+def pack_into(session: Session, src: Source, table: str, d: int, where: str,
+              expected_rows: float, block_size: int, dtype: str, seed: int) -> int:
+    """Create ``table`` and fill it with the usable rows of ``src`` matching ``where``.
+
+    Each row goes to the block a seeded hash of its identity picks, so every block is a
+    uniformly random subset, without a global sort; rows are shuffled inside each block too.
+    Small inputs use a hash aggregate; large ones sort on the block number, so the backend
+    holds one block at a time. Returns the number of rows packed.
+    """
+    blocks = max(1, math.ceil(expected_rows / block_size))
+    size = expected_rows * (8 * d + 40)
+    if size <= HASH_AGGREGATE_BYTES:
+        settings = {"work_mem": f"{max(64, int(4 * size / 2**20))}MB", "enable_sort": "off"}
+    else:
+        settings = {"work_mem": "256MB", "enable_hashagg": "off"}
+    session.query(f"CREATE UNLOGGED TABLE {table} (block integer, n integer, data bytea)")
+    session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
+    rows = (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y, "
+            f"((hashtextextended({src.row_key}, {int(seed)}) & 9223372036854775807) "
+            f"%% {int(blocks)})::int AS blk FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr} AND ({where})")
+    with settings_for_transaction(session, settings):
+        session.query(
+            f"INSERT INTO {table} SELECT q.blk, count(*), bismarck._pack_block("
+            "string_agg(bismarck._float8_array_bytes(q.x), ''::bytea), "
+            "bismarck._float8_array_bytes(array_agg(q.y)), %s::int, %s::text, "
+            f"%s::int8 + q.blk) FROM ({rows}) AS q GROUP BY q.blk",
+            [d, dtype, int(seed)])
+    return int(session.query(f"SELECT coalesce(sum(n), 0) AS n FROM {table}")[0][0])
+
+
+@contextmanager
+def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterator[None]:
+    """Set server settings for this transaction and put the previous values back after."""
+    names = list(values)
+    before = session.query("SELECT " + ", ".join(
+        f"current_setting(%s) AS s{i}" for i in range(len(names))), names)[0]
+    for name, value in values.items():
+        session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
+    try:
+        yield
+    finally:
+        for name, value in zip(names, before):
+            session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
+
+
+def pack_table(session: Session, *, source: str, label: str, features: Sequence[str] | str,
+               packed_table: str, block_size: int | None = None, dtype: str | None = None,
+               seed: int | None = None) -> dict[str, Any]:
+    """``bismarck.pack``: write a reusable packed copy of ``source`` and register it."""
+    started = time.monotonic()
+    block_size = _check("block_size", block_size)
+    dtype = _check("dtype", dtype)
+    seed = _check("seed", seed)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    src = resolve(session, source, label, features)
+    checked = check_rows(session, src)
+    target = _new_relation(session, packed_table)
+    rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
+                     dtype, seed)
+    name, blocks = session.query(
+        f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
+        [target.replace("%%", "%")])[0]
+    values = [r[0] for r in session.query(
+        f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
+        f"WHERE {src.valid_expr} ORDER BY 1 LIMIT 3")]
+    session.query(
+        "INSERT INTO bismarck.packed_tables (packed_table, source, label, features, "
+        "array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed) "
+        "VALUES (%s::regclass, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s::float8[], %s)",
+        [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
+         block_size, rows, checked.n_total - checked.n_usable, values, seed])
+    return {"packed_table": name, "blocks": int(blocks), "rows": rows,
+            "skipped_rows": checked.n_total - checked.n_usable,
+            "seconds": time.monotonic() - started}
+
+
+def registered(session: Session, relation: str) -> PackedTable | None:
+    """The registry entry of ``relation`` if it is a packed table made by ``bismarck.pack``."""
+    try:
+        rows = session.query(
+            "SELECT p.packed_table::text AS name, p.source, p.label, p.features, "
+            "p.array_feature, p.n_features, p.dtype, p.rows, p.label_values "
+            "FROM bismarck.packed_tables p WHERE p.packed_table = to_regclass(%s)", [relation])
+    except BismarckError:
+        raise
+    except Exception:  # an invalid name: resolve() reports it properly
+        return None
+    if not rows:
+        return None
+    name, source, label, features, array_feature, d, dtype, n, values = rows[0]
+    return PackedTable(relation=escape_percent(name), name=name, source=source, label=label,
+                       features=list(features), array_feature=array_feature, d=int(d),
+                       itemsize=DTYPE_CODES[dtype], rows=int(n),
+                       label_values=list(values or []))
+
+
+def _new_relation(session: Session, name: str) -> str:
+    """Quoted SQL name for a table to create; a clear error if it exists or is malformed."""
+    try:
+        parts = session.query("SELECT parse_ident(%s) AS parts", [name])[0][0]
+    except BismarckError:
+        raise
+    except Exception:
+        raise InvalidData(f'invalid table name "{name}"', sqlstate="42602",
+                          hint="Use name or schema.name; quote names with capitals.") from None
+    if session.query("SELECT to_regclass(%s) IS NOT NULL AS e", [name])[0][0]:
+        raise UndefinedObject(f'relation "{name}" already exists', sqlstate="42P07",
+                              hint="Drop it first or choose another packed_table name.")
+    return ".".join(session.ident(p) for p in parts)
+
+
+def _check(name: str, value: Any) -> Any:
+    """Validate one of the packing parameters with the shared declaration."""
+    return validate({name: value}, where="pack")[name]
