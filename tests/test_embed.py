@@ -10,6 +10,8 @@ import pytest
 
 from bismarck_controller import embed, extension
 
+from bismarckpy import glm
+
 
 def test_every_plpython_body_starts_with_the_engine() -> None:
     script = extension.build_install_script()
@@ -39,7 +41,7 @@ def test_preamble_imports_the_engine_without_the_package(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) == 8 * (20 + 4 * 2 + 2)
+    assert int(result.stdout) == 8 * (glm.HEADER + 4 * 2 + 2)
 
 
 def test_a_body_that_breaks_the_convention_is_refused() -> None:

@@ -31,6 +31,9 @@ BAD = {
     "shuffle": ["sometimes", True],
     "seed": [2**62 + 1, -(2**62) - 1, 1.5, "x", False],
     "parallel": [-1, 65, 1.5, "many", True],
+    "packed": ["sometimes", 2],
+    "block_size": [0, 1_000_001, 2.5],
+    "dtype": ["float16", "int8", 4],
     "validation_fraction": [-0.1, 0.95, 1.0, math.nan],
 }
 
