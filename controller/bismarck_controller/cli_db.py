@@ -5,33 +5,12 @@ Each command makes one library call; a ``SetupError`` becomes a one-paragraph Cl
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from bismarck_controller import connection, doctor, embedded, extension
-from bismarck_controller.errors import SetupError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(func: F) -> F:
-    """Turn a SetupError into a ClickException (message and hint, no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SetupError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedded database."
+from bismarck_controller.cli_errors import DSN_HELP, friendly
 
 
 @click.group("db")

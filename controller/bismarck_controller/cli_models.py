@@ -6,44 +6,24 @@ ClickExceptions with the hint, never a traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
 from typing import Any, Callable, TypeVar
 
 import click
-import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from bismarck_controller import training
+from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
-from bismarck_controller.errors import SetupError
-from bismarck_controller.session import describe
-from bismarckpy.errors import BismarckError
 from bismarckpy.loop import EpochRecord
 from bismarckpy.params import GLM_PARAMS
 
 F = TypeVar("F", bound=Callable[..., Any])
-DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedded database."
 console = Console()
-
-
-def friendly(func: F) -> F:
-    """Engine, server and set-up errors become a ClickException: message, detail, hint."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (BismarckError, psycopg.Error) as exc:
-            raise click.ClickException(describe(exc)) from None
-        except SetupError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _param_options(func: F) -> F:
