@@ -64,6 +64,7 @@ CREATE TABLE bismarck._training_epoch (
     learning_rate   float8,
     rows            bigint,
     seconds         float8,
+    workers         integer,
     recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (run_id, epoch)
 );
@@ -108,12 +109,13 @@ SELECT r.model_name,
        e.learning_rate,
        e.rows,
        e.seconds,
+       e.workers,
        e.recorded_at
 FROM bismarck._training_run r
 JOIN bismarck._training_epoch e USING (run_id);
 COMMENT ON VIEW bismarck.training_history IS
-    'Per-epoch training and validation loss, learning rate, rows and seconds of every run; '
-    'version is set once the run has stored its model (status succeeded).';
+    'Per-epoch training and validation loss, learning rate, rows, seconds and parallel workers '
+    'merged (0: a serial scan) of every run; version is set once the run has stored its model.';
 
 ------------------------------------------------------------------------------------------------
 -- Public functions

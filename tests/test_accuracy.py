@@ -125,6 +125,7 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
     names, X, y = breast_cancer()
     load_table(conn, "cancer_par", names, X, y)
     opts = dict(batch_size=batch_size, seed=11, penalty="l2", alpha=1e-3, max_epochs=60,
+                block_size=8,  # enough heap pages of packed blocks for several participants
                 learning_rate="bold_driver" if batch_size == 0 else "invscaling", eta0=0.5)
     results = {}
     with psycopg.connect(dsn) as c:
@@ -135,6 +136,8 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
                                 training.evaluate(c, name, "cancer_par")["accuracy"])
     (serial, (cs, bs), acc_s), (par, (cp, bp), acc_p) = results[0], results[2]
     assert serial.converged and par.converged
+    assert {r.workers for r in serial.history} == {0}
+    assert max(r.workers for r in par.history) >= 1  # partial models of workers were merged
     gap = np.linalg.norm(np.r_[cs - cp, bs - bp]) / np.linalg.norm(np.r_[cs, bs])
     print(f"batch_size={batch_size}: serial {serial.epochs} epochs, parallel {par.epochs}; "
           f"relative coefficient gap {gap:.2e}; accuracy {acc_s:.4f} vs {acc_p:.4f}")

@@ -58,6 +58,8 @@ class _EpochProgress:
         info = f"{rate:,.0f} rows/s  loss {rec.train_loss:.6g}"
         if rec.validation_loss is not None:
             info += f"  val {rec.validation_loss:.6g}"
+        if rec.workers:
+            info += f"  {rec.workers} workers"
         self.progress.update(self.task, completed=rec.epoch, info=info)
 
 

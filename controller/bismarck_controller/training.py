@@ -147,7 +147,7 @@ def history(conn: psycopg.Connection, name: str, version: int | None = None,
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT model_name, version, run_id, status, epoch, train_loss, validation_loss, "
-            "learning_rate, rows, seconds FROM bismarck.training_history "
+            "learning_rate, rows, seconds, workers FROM bismarck.training_history "
             "WHERE model_name = %s AND (%s::int IS NULL OR version = %s) "
             "AND (run_id, epoch) > (%s, %s) ORDER BY run_id, epoch",
             [name, version, version, run, epoch])

@@ -28,7 +28,7 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
  _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT,
- _YSCALE) = range(23)
+ _YSCALE, _PARTS) = range(24)
 HEADER = 24
 # How packed blocks' raw labels become the loss's labels (rows arrive already encoded).
 Y_AS_IS, Y_CLASS01, Y_CLASS_PM1, Y_AFFINE = range(4)
@@ -49,6 +49,7 @@ class Model:
     alpha: float
     l1: float
     l2: float
+    parts: int = 1  # participants whose partial states were merged (1: a serial scan)
 
     @property
     def mean_loss(self) -> float:
@@ -84,6 +85,7 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_STANDARDIZE] = float(standardize)
     s[_ITEMSIZE] = itemsize
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (Y_AS_IS, 1.0, 0.0, 1.0)
+    s[_PARTS] = 1  # partial states merged into this one (parallel participants)
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
@@ -233,7 +235,7 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
         wa[:] = (na * wa + nb * wb) / (na + nb)
         ba[:] = (na * ba + nb * bb) / (na + nb)
     sa[_T] = max(sa[_T], sb[_T])
-    for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _STEPS):
+    for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _STEPS, _PARTS):
         sa[slot] += sb[slot]
     return sa.tobytes()
 
@@ -262,7 +264,8 @@ def decode(state: bytes) -> Model:
     w, b, _, _, _, _ = _views(s, d)
     return Model(w=w.copy(), b=float(b[0]), rows=int(s[_ROWS]), loss_sum=float(s[_LOSS_SUM]),
                  skipped=int(s[_SKIPPED]), steps=int(s[_STEPS]), t=float(s[_T]),
-                 alpha=float(s[_ALPHA]), l1=float(s[_L1]), l2=float(s[_L2]))
+                 alpha=float(s[_ALPHA]), l1=float(s[_L1]), l2=float(s[_L2]),
+                 parts=int(s[_PARTS]))
 
 
 def unstandardize(w: np.ndarray, b: float, mu: np.ndarray, sd: np.ndarray,

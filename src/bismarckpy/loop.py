@@ -58,6 +58,7 @@ class EpochRecord:
     rows: int
     seconds: float
     max_epochs: int = 0
+    workers: int = 0  # parallel workers whose partial models were merged (0: serial)
 
 
 @dataclass
@@ -347,14 +348,14 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         else:
             w, b, t = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
-                          p["max_epochs"])
+                          p["max_epochs"], max(m.parts - 1, 0))
         history.append(rec)
         session.query(
             "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
-            "learning_rate, rows, seconds) VALUES (%s, %s, %s::float8, %s::float8, %s::float8, %s, "
-            "%s::float8)",
+            "learning_rate, rows, seconds, workers) VALUES (%s, %s, %s::float8, %s::float8, "
+            "%s::float8, %s, %s::float8, %s)",
             [run_id, epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
-             rec.seconds])
+             rec.seconds, rec.workers])
         session.checkpoint()
         session.on_epoch(rec)
         if decision.stop:
