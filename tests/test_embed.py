@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from bismarck_controller import embed, extension
-
 from bismarckpy import glm
 
 
