@@ -51,14 +51,17 @@ def sqlalchemy_url(dsn: str) -> str:
         raise SetupError(f"Cannot parse the connection string: {exc}",
                          "Use postgresql://user:password@host:5432/dbname.") from None
     port = params.pop("port", None)
+    host = params.pop("host", None)
+    if host and str(host).startswith("/"):  # a Unix socket directory goes in the query
+        params["host"], host = host, None
+        if port:
+            params["port"], port = port, None
     url = URL.create(
         "postgresql+psycopg", username=params.pop("user", None),
-        password=params.pop("password", None), host=params.pop("host", None),
+        password=params.pop("password", None), host=host,
         port=int(port) if port and str(port).isdigit() else None,
         database=params.pop("dbname", None),
         query={k: str(v) for k, v in params.items()})
-    if url.host and url.host.startswith("/"):  # a Unix socket directory goes in the query
-        url = url.set(host=None).update_query_dict({"host": url.host})
     return url.render_as_string(hide_password=False)
 
 
