@@ -4,8 +4,9 @@
 if needed), makes sure the extension is installed, loads jupysql and connects ``%sql`` to it.
 
 SQLAlchemy (and so jupysql) picks its driver from the URL scheme: with SQLAlchemy 2.0 a plain
-``postgresql://`` URL means psycopg2, which bismarck does not use (2.1 defaults to psycopg 3). The URL handed to ``%sql`` is therefore always
-``postgresql+psycopg://...`` (psycopg 3); :func:`sqlalchemy_url` does that conversion.
+``postgresql://`` URL means psycopg2, which bismarck does not use (2.1 defaults to psycopg 3).
+The URL handed to ``%sql`` is therefore always ``postgresql+psycopg://...`` (psycopg 3);
+:func:`sqlalchemy_url` does that conversion.
 """
 
 from __future__ import annotations
