@@ -423,13 +423,14 @@ COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolea
 -- Aggregates: one SGD epoch, feature moments
 ------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION bismarck._glm_step(state bytea, x float8[], y float8, init bytea) RETURNS bytea
+CREATE FUNCTION bismarck._glm_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_transition(plpy, state, x, y, init)
 $$;
-COMMENT ON FUNCTION bismarck._glm_step(bytea, float8[], float8, bytea) IS
-    'Private: transition of _glm_epoch: one tuple''s loss and gradient, a step per batch_size.';
+COMMENT ON FUNCTION bismarck._glm_step(bytea, bytea, float8, bytea) IS
+    'Private: transition of _glm_epoch: one tuple''s loss and gradient, a step per batch_size; '
+    'x is a float8[] in its in-memory form (_float8_array_bytes), which costs no conversion.';
 
 CREATE FUNCTION bismarck._glm_merge(a bytea, b bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
@@ -447,22 +448,23 @@ $$;
 COMMENT ON FUNCTION bismarck._glm_final(bytea) IS
     'Private: final function of _glm_epoch: applies the pending batch, returns the state.';
 
-CREATE AGGREGATE bismarck._glm_epoch(x float8[], y float8, init bytea) (
+CREATE AGGREGATE bismarck._glm_epoch(x bytea, y float8, init bytea) (
     SFUNC = bismarck._glm_step,
     STYPE = bytea,
     COMBINEFUNC = bismarck._glm_merge,
     FINALFUNC = bismarck._glm_final,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._glm_epoch(float8[], float8, bytea) IS
-    'Private: one SGD epoch of a GLM over (features, encoded label) starting from state init.';
+COMMENT ON AGGREGATE bismarck._glm_epoch(bytea, float8, bytea) IS
+    'Private: one SGD epoch of a GLM over rows (features as _float8_array_bytes, coded label), '
+    'starting from state init.';
 
-CREATE FUNCTION bismarck._moments_step(state bytea, x float8[]) RETURNS bytea
+CREATE FUNCTION bismarck._moments_step(state bytea, x bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_transition(plpy, state, x)
 $$;
-COMMENT ON FUNCTION bismarck._moments_step(bytea, float8[]) IS
+COMMENT ON FUNCTION bismarck._moments_step(bytea, bytea) IS
     'Private: transition of _moments (Welford update).';
 
 CREATE FUNCTION bismarck._moments_merge(a bytea, b bytea) RETURNS bytea
@@ -473,14 +475,15 @@ $$;
 COMMENT ON FUNCTION bismarck._moments_merge(bytea, bytea) IS
     'Private: combine function of _moments (Chan''s parallel variance).';
 
-CREATE AGGREGATE bismarck._moments(x float8[]) (
+CREATE AGGREGATE bismarck._moments(x bytea) (
     SFUNC = bismarck._moments_step,
     STYPE = bytea,
     COMBINEFUNC = bismarck._moments_merge,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._moments(float8[]) IS
-    'Private: per-feature count, mean and sum of squared deviations, for standardisation.';
+COMMENT ON AGGREGATE bismarck._moments(bytea) IS
+    'Private: per-feature count, mean and sum of squared deviations of rows (features as '
+    '_float8_array_bytes), for standardisation.';
 
 ------------------------------------------------------------------------------------------------
 -- Packed storage: many rows per bytea block, one numpy mini-batch step per block

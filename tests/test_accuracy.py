@@ -154,7 +154,8 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
         c.execute("SET max_parallel_workers_per_gather = 2")
         init = glm.initialize(1, loss="logistic", batch_size=16, eta=0.1)
         plan = "\n".join(r[0] for r in c.execute(
-            "EXPLAIN (ANALYZE, COSTS OFF) SELECT bismarck._glm_epoch(ARRAY[mean_radius], y, %s) "
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT bismarck._glm_epoch("
+            "bismarck._float8_array_bytes(ARRAY[mean_radius]), y, %s) "
             "FROM cancer_par", [init]).fetchall())
     assert "Partial Aggregate" in plan and "Workers Launched: 2" in plan, plan
 

@@ -98,31 +98,35 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     """Consume one tuple: add its loss, accumulate its gradient, step every ``batch_size`` rows.
 
-    NULL or non-finite labels/features are skipped and counted; a feature vector of the wrong
-    length is an error (the caller checks lengths before training, so this is a guard).
+    ``x`` is a sequence of floats or, cheaper, the in-memory form of a 1-D ``float8[]`` without
+    NULLs (``bismarck._float8_array_bytes``). NULL or non-finite labels/features are skipped
+    and counted; a feature vector of the wrong length is an error (the caller checks lengths
+    before training, so this is a guard).
     """
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     d = int(s[_D])
     if y is None or x is None or not math.isfinite(y):
         s[_SKIPPED] += 1
         return s.tobytes()
-    if len(x) != d:
-        raise InvalidData(
-            "feature vector has the wrong length",
-            detail=f"The model has {d} features but a row has {len(x)}.",
-            hint="Make every feature array the same length, or filter the odd rows out.")
-    try:
-        xv = np.array(x, dtype=_F8)
-    except (TypeError, ValueError):  # a NULL element inside the array arrives as None
-        s[_SKIPPED] += 1
-        return s.tobytes()
-    if not np.isfinite(xv).all():
-        s[_SKIPPED] += 1
-        return s.tobytes()
-    w, b, g, gb, mu, sd = _views(s, d)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        xv = _raw_vector(x, d)  # from a working copy whose rows were checked finite
+    else:
+        if len(x) != d:
+            raise _wrong_length(d, len(x))
+        try:
+            xv = np.array(x, dtype=_F8)
+        except (TypeError, ValueError):  # a NULL element inside the array arrives as None
+            s[_SKIPPED] += 1
+            return s.tobytes()
+        if not np.isfinite(xv).all():
+            s[_SKIPPED] += 1
+            return s.tobytes()
+    # The per-tuple hot path: plain slices and in-place updates, no helper calls when avoidable.
+    o = HEADER
+    w = s[o:o + d]
     if s[_STANDARDIZE]:
-        xv = (xv - mu) / sd
-    z = float(np.dot(w, xv) + b[0])
+        xv = (xv - s[o + 2 * d + 2:o + 3 * d + 2]) / s[o + 3 * d + 2:o + 4 * d + 2]
+    z = float(w @ xv) + s[o + d]
     loss, dz = _scalar_loss(int(s[_LOSS]), z, float(y))
     s[_LOSS_SUM] += loss
     s[_ROWS] += 1
@@ -130,14 +134,43 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     if batch == EVALUATE:
         return s.tobytes()
     if batch == 1:
-        _step(s, w, b, dz * xv, dz, 1.0)
+        eta = _eta(s)
+        alpha, l1, l2 = s[_ALPHA], s[_L1], s[_L2]
+        if alpha and l2:
+            w *= 1.0 - eta * alpha * l2
+        w -= (eta * dz) * xv
+        if alpha and l1:
+            penalties.soft_threshold(w, eta * alpha * l1)
+        if s[_INTERCEPT]:
+            s[o + d] -= eta * dz
+        s[_T] += 1
+        s[_STEPS] += 1
         return s.tobytes()
+    _, _, g, gb, _, _ = _views(s, d)
     g += dz * xv
     gb[0] += dz
     s[_PENDING] += 1
     if batch > 1 and s[_PENDING] >= batch:
         _flush(s)
     return s.tobytes()
+
+
+_RAW_1D = np.array([1, 0], dtype="<i4").tobytes()  # ndim 1, no NULL bitmap
+
+
+def _raw_vector(raw: bytes, d: int) -> np.ndarray:
+    """The values of an in-memory 1-D ``float8[]`` (20-byte header, then raw float8)."""
+    if len(raw) != 20 + 8 * d or raw[:8] != _RAW_1D:
+        raise _wrong_length(d, (len(raw) - 20) // 8)
+    return np.frombuffer(raw, dtype=_F8, offset=20)
+
+
+def _wrong_length(d: int, got: int) -> InvalidData:
+    """The error for a feature vector that does not match the model."""
+    return InvalidData(
+        "feature vector has the wrong length",
+        detail=f"The model has {d} features but a row has {got}.",
+        hint="Make every feature array the same length, or filter the odd rows out.")
 
 
 def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> bytes:

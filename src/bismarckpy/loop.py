@@ -180,8 +180,10 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
     order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
              "always": "", "never": ""}[p["shuffle"]]
-    base = (f"SELECT {src.x_expr} AS x, {y_expr} AS y FROM {src.relation} AS s "
-            f"WHERE {src.valid_expr}")
+    # The row copy keeps each feature array in its in-memory form: the epoch reads it as bytes
+    # (np.frombuffer) instead of converting a float8[] to a Python list on every call.
+    base = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x, {y_expr} AS y "
+            f"FROM {src.relation} AS s WHERE {src.valid_expr}")
     session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
     if valid:
         session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")

@@ -14,10 +14,13 @@ _F8 = np.dtype("<f8")
 
 
 def transition(state: bytes | None, x) -> bytes | None:
-    """Add one feature vector; NULL rows are ignored (the caller filters unusable rows)."""
+    """Add one feature vector (floats, or a ``float8[]``'s in-memory bytes); NULL is ignored."""
     if x is None:
         return state
-    xv = np.array(x, dtype=_F8)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        xv = np.frombuffer(x, dtype=_F8, offset=20)  # 1-D, no NULLs: checked by the caller
+    else:
+        xv = np.array(x, dtype=_F8)
     if state is None:
         s = np.zeros(1 + 2 * len(xv), dtype=_F8)
     else:

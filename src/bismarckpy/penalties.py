@@ -38,5 +38,9 @@ def step(w: np.ndarray, grad: np.ndarray, eta: float, alpha: float, l1: float, l
         w *= 1.0 - eta * alpha * l2
     w -= eta * grad
     if l1 and alpha:
-        shrink = eta * alpha * l1
-        np.copyto(w, np.sign(w) * np.maximum(np.abs(w) - shrink, 0.0))
+        soft_threshold(w, eta * alpha * l1)
+
+
+def soft_threshold(w: np.ndarray, shrink: float) -> None:
+    """The L1 proximal step in place: move each coefficient ``shrink`` toward zero, stop at 0."""
+    np.copyto(w, np.sign(w) * np.maximum(np.abs(w) - shrink, 0.0))

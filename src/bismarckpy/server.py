@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from .errors import BismarckError
 np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
 
 _PLACEHOLDER = re.compile(r"%([%s])")
+NOTICE_EVERY = 5.0  # seconds between progress notices of train_glm
 
 
 class PlpySession:
@@ -29,6 +31,7 @@ class PlpySession:
     def __init__(self, plpy: Any) -> None:
         self.plpy = plpy
         self._plans: dict[tuple, Any] = {}
+        self._last_notice = time.monotonic()
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (rewritten to ``$n``); return rows as tuples."""
@@ -61,9 +64,22 @@ class PlpySession:
         """Inside one SQL call there is one transaction: nothing to commit."""
 
     def on_epoch(self, record: loop.EpochRecord) -> None:
-        """Report progress at DEBUG1 (``SET client_min_messages = debug1`` shows it)."""
-        self.plpy.debug(f"bismarck: epoch {record.epoch}/{record.max_epochs} train_loss="
-                        f"{record.train_loss:.6g} rows={record.rows}")
+        """Progress of a long run: a NOTICE at most every few seconds, every epoch at DEBUG1.
+
+        Other sessions cannot see the history of a run inside one transaction until it commits,
+        so the client that started it is told as it goes.
+        """
+        text = (f"bismarck: epoch {record.epoch}/{record.max_epochs}, train loss "
+                f"{record.train_loss:.6g}"
+                + (f", validation loss {record.validation_loss:.6g}"
+                   if record.validation_loss is not None else "")
+                + f", {record.rows / max(record.seconds, 1e-9):,.0f} rows/s")
+        now = time.monotonic()
+        if now - self._last_notice >= NOTICE_EVERY:
+            self.plpy.notice(text)
+            self._last_notice = now
+        else:
+            self.plpy.debug(text)
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
