@@ -11,13 +11,19 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import evaluate as _evaluate
-from . import glm, loop, moments, pack, packing
+from . import glm, moments, pack
 from .errors import BismarckError
+
+if TYPE_CHECKING:
+    from .loop import EpochRecord
+
+# The training loop, packing and evaluation run only in the backend a user calls; they are
+# imported there, on first use, so that parallel workers (which only run the aggregates) load
+# less code at every epoch.
 
 np.seterr(all="ignore")  # overflow shows up as inf/NaN losses, which the loop reports
 
@@ -63,7 +69,7 @@ class PlpySession:
     def checkpoint(self) -> None:
         """Inside one SQL call there is one transaction: nothing to commit."""
 
-    def on_epoch(self, record: loop.EpochRecord) -> None:
+    def on_epoch(self, record: EpochRecord) -> None:
         """Progress of a long run: a NOTICE at most every few seconds, every epoch at DEBUG1.
 
         Other sessions cannot see the history of a run inside one transaction until it commits,
@@ -107,6 +113,8 @@ def _pg_type(v: object) -> str:
 def train_glm(plpy: Any, args: dict[str, Any]) -> str:
     """``bismarck.train_glm``: run the loop in this backend; JSON envelope of the result."""
     def run() -> dict[str, Any]:
+        from . import loop
+
         a = dict(args)
         result = loop.train_glm(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
                                 features=a.pop("features"), model_name=a.pop("model_name"),
@@ -117,11 +125,15 @@ def train_glm(plpy: Any, args: dict[str, Any]) -> str:
 
 def pack_table(plpy: Any, args: dict[str, Any]) -> str:
     """``bismarck.pack``: a reusable packed copy of a table; JSON envelope of the result."""
+    from . import packing
+
     return _envelope(plpy, lambda: packing.pack_table(PlpySession(plpy), **args))
 
 
 def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
     """``bismarck.evaluate``: metrics of a stored model on a table or view."""
+    from . import evaluate as _evaluate
+
     return _envelope(plpy, lambda: _evaluate.evaluate(PlpySession(plpy), model, relation,
                                                       version))
 
