@@ -403,14 +403,16 @@ def _set_parallel(session: TrainingSession, workers: int) -> None:
     """Ask for ``workers`` parallel workers in this transaction (0: a serial plan).
 
     Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
-    each worker's partial state is merged by the aggregate's combine function.
+    each worker's partial state is merged by the aggregate's combine function. The leader only
+    gathers and merges: on few cores a participating leader competes with its own workers.
     """
     session.query(
         "SELECT set_config('max_parallel_workers_per_gather', %s, true) AS a, "
         "set_config('parallel_setup_cost', '0', true) AS b, "
         "set_config('parallel_tuple_cost', '0', true) AS c, "
-        "set_config('min_parallel_table_scan_size', '0', true) AS d",
-        [str(int(workers))])
+        "set_config('min_parallel_table_scan_size', '0', true) AS d, "
+        "set_config('parallel_leader_participation', %s, true) AS e",
+        [str(int(workers)), "off" if workers else "on"])
 
 
 def _epoch_seed(seed: int | None, epoch: int) -> float:
