@@ -18,7 +18,6 @@ import numpy as np
 from . import penalties
 from .errors import InvalidData
 from .losses import LOSSES
-from .pack import read_block
 
 MAGIC = 2012.0
 LOSS_CODES = {"logistic": 0, "squared": 1, "hinge": 2}
@@ -178,50 +177,60 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> b
 
     Rows are taken in block order; a step falls every ``batch_size`` rows, carrying a partial
     batch over to the next block, so the result equals :func:`transition` on the same rows.
+    The vectorised steps work on the block's own values (float32 stays float32 for the matrix
+    products) and fold the standardisation into the coefficients instead of rescaling the block.
     """
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     if block is None:
         return s.tobytes()
     d = int(s[_D])
-    X, yv = read_block(block, d, int(s[_ITEMSIZE]) or 8)
-    yv = encode_labels(yv, int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
+    dt = np.dtype("<f4") if int(s[_ITEMSIZE]) == 4 else _F8
+    M = np.frombuffer(block, dtype=dt).reshape(-1, 1 + d)
+    X = M[:, 1:]  # a strided view: BLAS reads it in place
+    yv = encode_labels(M[:, 0].astype(np.float64), int(s[_YMODE]), s[_YPOS], s[_YSHIFT],
+                       s[_YSCALE])
     w, b, g, gb, mu, sd = _views(s, d)
-    if s[_STANDARDIZE]:
-        X = (X - mu) / sd
+    standardize = bool(s[_STANDARDIZE])
     loss_fn = LOSSES[LOSS_NAMES[int(s[_LOSS])]]
     batch = int(s[_BATCH])
     n = len(yv)
-    if batch in (EVALUATE, 0):  # fixed model: one vectorised pass
-        loss, dz = loss_fn(X @ w + b[0], yv)
-        s[_LOSS_SUM] += float(loss.sum())
-        s[_ROWS] += n
-        if batch == 0:
-            g += X.T @ dz
-            gb[0] += float(dz.sum())
-            s[_PENDING] += n
-        return s.tobytes()
-    if batch == 1:
+    if batch == 1:  # per-row steps: standardise the block once, then a scalar loop
+        Xs = (X - mu) / sd if standardize else X.astype(np.float64)
         code = int(s[_LOSS])
         for i in range(n):
-            xi = X[i]
+            xi = Xs[i]
             loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
             s[_LOSS_SUM] += loss
             _step(s, w, b, dz * xi, dz, 1.0)
         s[_ROWS] += n
         return s.tobytes()
+    inv = 1.0 / sd if standardize else None
+    chunk = n if batch in (EVALUATE, 0) else None
+    # Mini-batch steps multiply in the block's own type; full-batch gradient descent is an
+    # exact method that may run to tight convergence, so it multiplies in float64.
+    ct = _F8 if batch == 0 else dt
     start = 0
     while start < n:
-        take = min(n - start, batch - int(s[_PENDING]))
+        take = chunk or min(n - start, batch - int(s[_PENDING]))
         Xc, yc = X[start:start + take], yv[start:start + take]
-        loss, dz = loss_fn(Xc @ w + b[0], yc)
+        if standardize:  # z = ((x - mu) / sd)·w + b = x·(w / sd) + (b - mu·(w / sd))
+            we = w * inv
+            z = (Xc @ we.astype(ct)).astype(np.float64) + (b[0] - float(mu @ we))
+        else:
+            z = (Xc @ w.astype(ct)).astype(np.float64) + b[0]
+        loss, dz = loss_fn(z, yc)
         s[_LOSS_SUM] += float(loss.sum())
         s[_ROWS] += take
-        g += Xc.T @ dz
-        gb[0] += float(dz.sum())
-        s[_PENDING] += take
-        if s[_PENDING] >= batch:
-            _flush(s)
         start += take
+        if batch == EVALUATE:
+            continue
+        gx = (Xc.T @ dz.astype(ct)).astype(np.float64)
+        dsum = float(dz.sum())
+        g += (gx - mu * dsum) * inv if standardize else gx
+        gb[0] += dsum
+        s[_PENDING] += take
+        if batch > 1 and s[_PENDING] >= batch:
+            _flush(s)
     return s.tobytes()
 
 

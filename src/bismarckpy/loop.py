@@ -20,7 +20,7 @@ from . import glm, penalties
 from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
 from .pack import DTYPE_CODES
-from .packing import PackedTable, check_rows, pack_into, registered
+from .packing import PackedTable, check_rows, label_values, pack_into, registered
 from .params import validate
 from .schedule import Schedule
 from .source import Source, resolve
@@ -152,7 +152,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
     checked = check_rows(session, src)
     d = checked.d
-    classes = _label_classes(session, src, p["loss"])
+    classes = _label_classes(session, src, p["loss"], checked.label_values)
     fraction = p["validation_fraction"]
     holdout = (f"(hashtextextended({src.row_key}, {int(seed)}) & 1023) < "
                f"{int(round(fraction * 1024))}")
@@ -255,14 +255,12 @@ def _require_training_rows(n_train: int, n_valid: int) -> None:
                           hint="Lower validation_fraction or add rows.")
 
 
-def _label_classes(session: TrainingSession, src: Source, loss: str) -> list[float] | None:
+def _label_classes(session: TrainingSession, src: Source, loss: str,
+                   binary: list[float] | None) -> list[float] | None:
     """The two classes of a classifier's label, checked; None for regression."""
     if loss not in CLASSIFIERS:
         return None
-    values = [r[0] for r in session.query(
-        f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
-        f"WHERE {src.valid_expr} ORDER BY 1 LIMIT 3")]
-    return _check_classes(values, loss, src.label or "")
+    return _check_classes(binary or label_values(session, src), loss, src.label or "")
 
 
 def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:

@@ -20,16 +20,17 @@ from .pack import DTYPE_CODES
 from .params import validate
 from .source import Session, Source, escape_percent, resolve
 
-HASH_AGGREGATE_BYTES = 256 * 2**20  # above this, pack with a sort: bounded backend memory
+HASH_AGGREGATE_BYTES = 2**30  # above this, pack with a sort: the backend stays small
 
 
 @dataclass
 class Checked:
-    """What the checks before packing or training learned about a source."""
+    """What the checks before packing or training learned about a source, in one scan."""
 
     n_total: int
     n_usable: int
     d: int
+    label_values: list[float] | None  # the two classes when the label looks binary, else None
 
 
 @dataclass
@@ -49,36 +50,51 @@ class PackedTable:
 
 
 def check_rows(session: Session, src: Source) -> Checked:
-    """Counts and shape checks shared by training and packing; clear errors before any work."""
-    n_total, n_usable = session.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok "
+    """Counts, shape and label checks shared by training and packing, in one scan of the source.
+
+    Clear errors before any work: an empty table, no usable rows, multi-dimensional or ragged
+    feature arrays. Whether the label is binary (0/1 or -1/+1) is read off the same scan.
+    """
+    col = session.ident(src.features[0]) if src.array_feature else None
+    y = src.label_expr or "NULL::float8"
+    n_total, n_usable, lo, hi, multi, y_min, y_max, all01, allpm1 = session.query(
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok, "
+        f"min(cardinality({src.x_expr})) FILTER (WHERE {src.valid_expr}) AS lo, "
+        f"max(cardinality({src.x_expr})) FILTER (WHERE {src.valid_expr}) AS hi, "
+        + (f"count(*) FILTER (WHERE array_ndims({col}) > 1)" if col else "0") + " AS multi, "
+        f"min({y}) FILTER (WHERE {src.valid_expr}) AS y_min, "
+        f"max({y}) FILTER (WHERE {src.valid_expr}) AS y_max, "
+        f"bool_and({y} IN (0, 1)) FILTER (WHERE {src.valid_expr}) AS all01, "
+        f"bool_and({y} IN (-1, 1)) FILTER (WHERE {src.valid_expr}) AS allpm1 "
         f"FROM {src.relation} AS s")[0]
     if n_total == 0:
         raise InvalidData(f"table {src.name} is empty",
                           hint="Load rows into the table before training.")
-    if src.array_feature:
-        col = session.ident(src.features[0])
-        nd = session.query(f"SELECT count(*) AS n FROM {src.relation} "
-                           f"WHERE array_ndims({col}) > 1")[0][0]
-        if nd:
-            raise InvalidData(
-                f'feature column "{src.features[0]}" holds multi-dimensional arrays',
-                detail=f"{nd} rows have arrays of more than one dimension.",
-                hint="Flatten them to one dimension (for example in a view) and train again.")
+    if multi:
+        raise InvalidData(
+            f'feature column "{src.features[0]}" holds multi-dimensional arrays',
+            detail=f"{multi} rows have arrays of more than one dimension.",
+            hint="Flatten them to one dimension (for example in a view) and train again.")
     if n_usable == 0:
         raise InvalidData(
             f"no usable rows in {src.name}",
             detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
             hint="Fill or filter the missing values (for example in a view) and train again.")
-    lo, hi = session.query(
-        f"SELECT min(cardinality({src.x_expr})) AS lo, max(cardinality({src.x_expr})) AS hi "
-        f"FROM {src.relation} AS s WHERE {src.valid_expr}")[0]
     if lo != hi or lo == 0:
         raise InvalidData(
             "feature arrays have different lengths",
             detail=f"Lengths range from {lo} to {hi} in {src.name}.",
             hint="Every row's feature array must have the same number of elements.")
-    return Checked(int(n_total), int(n_usable), int(lo))
+    binary = y_min != y_max and (all01 or allpm1)
+    return Checked(int(n_total), int(n_usable), int(lo),
+                   [float(y_min), float(y_max)] if binary else None)
+
+
+def label_values(session: Session, src: Source) -> list[float]:
+    """Up to three distinct usable label values, smallest first (for messages and the registry)."""
+    return [r[0] for r in session.query(
+        f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
+        f"WHERE {src.valid_expr} ORDER BY 1 LIMIT 3")]
 
 
 def pack_into(session: Session, src: Source, table: str, d: int, where: str,
@@ -92,8 +108,8 @@ def pack_into(session: Session, src: Source, table: str, d: int, where: str,
     """
     blocks = max(1, math.ceil(expected_rows / block_size))
     size = expected_rows * (8 * d + 40)
-    if size <= HASH_AGGREGATE_BYTES:
-        settings = {"work_mem": f"{max(64, int(4 * size / 2**20))}MB", "enable_sort": "off"}
+    if size <= HASH_AGGREGATE_BYTES:  # all blocks in one hash table: one pass, no sort
+        settings = {"work_mem": f"{max(64, int(2 * size / 2**20))}MB", "enable_sort": "off"}
     else:
         settings = {"work_mem": "256MB", "enable_hashagg": "off"}
     # The heap holds only TOAST pointers: at the default fill a few pages hold thousands of
@@ -149,9 +165,7 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     name, blocks = session.query(
         f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
         [target.replace("%%", "%")])[0]
-    values = [r[0] for r in session.query(
-        f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
-        f"WHERE {src.valid_expr} ORDER BY 1 LIMIT 3")]
+    values = checked.label_values or label_values(session, src)
     session.query(
         "INSERT INTO bismarck.packed_tables (packed_table, source, label, features, "
         "array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed) "
