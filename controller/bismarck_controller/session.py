@@ -12,7 +12,7 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from bismarckpy.errors import BismarckError
+from bismarckpy.errors import BismarckError, paragraph
 from bismarckpy.loop import EpochRecord
 
 
@@ -64,12 +64,7 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
         d = exc.diag
-        parts = [d.message_primary]
-        if d.message_detail:
-            parts.append(d.message_detail)
-        if d.message_hint:
-            parts.append("Hint: " + d.message_hint)
-        return "\n".join(parts)
+        return paragraph(d.message_primary, d.message_detail, d.message_hint)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user"
     return f"{type(exc).__name__}: {exc}"

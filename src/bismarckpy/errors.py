@@ -22,12 +22,13 @@ class BismarckError(Exception):
             self.sqlstate = sqlstate
 
     def __str__(self) -> str:
-        parts = [self.message]
-        if self.detail:
-            parts.append(self.detail)
-        if self.hint:
-            parts.append("Hint: " + self.hint)
-        return "\n".join(parts)
+        return paragraph(self.message, self.detail, self.hint)
+
+
+def paragraph(message: str, detail: str | None = None, hint: str | None = None) -> str:
+    """An error as users read it: the message, then the detail, then ``Hint: ...``."""
+    return "\n".join([message, *([detail] if detail else []),
+                      *(["Hint: " + hint] if hint else [])])
 
 
 class InvalidParameter(BismarckError):

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from .errors import InvalidData
+from .packing import check_rows
 from .source import Session, resolve
 
 _SOFTPLUS = "(greatest({u}, 0) + ln(1 + exp(-least(abs({u}), 700))))"
@@ -30,27 +31,18 @@ def evaluate(session: Session, model: str, relation: str,
     m = load_model(session, model, version)
     src = resolve(session, relation, m["label"], m["features"])
     d = len(m["coef"])
-    n_total, n_ok, lo, hi = session.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE {src.valid_expr}) AS ok, "
-        f"min(cardinality({src.x_expr})) FILTER (WHERE {src.valid_expr}) AS lo, "
-        f"max(cardinality({src.x_expr})) FILTER (WHERE {src.valid_expr}) AS hi "
-        f"FROM {src.relation}")[0]
-    if n_ok == 0:
-        raise InvalidData(f"no usable rows in {src.name}",
-                          detail=f"{n_total} rows, none with a finite label and features.",
-                          hint="Evaluate on a table with the model's label and feature columns "
-                               "filled in.")
-    if lo != d or hi != d:
+    checked = check_rows(session, src)
+    if checked.d != d:
         raise InvalidData("feature dimension does not match the model",
                           detail=f"Model {m['model_name']} version {m['version']} has {d} "
-                                 f"coefficients; rows in {src.name} have {lo} to {hi}.",
+                                 f"coefficients; rows in {src.name} have {checked.d}.",
                           hint="Evaluate with the same feature columns the model was trained on.")
     margin = (f"(%s::float8 + (SELECT sum(c * v) FROM unnest(%s::float8[], {src.x_expr}) "
               "AS t(c, v)))")
     base = (f"SELECT {src.label_expr} AS y, {margin} AS z FROM {src.relation} "
             f"WHERE {src.valid_expr}")
     params: list[object] = [float(m["intercept"]), [float(c) for c in m["coef"]]]
-    skipped = {"metric": "skipped_rows", "value": float(n_total - n_ok)}
+    skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
     if m["loss"] == "squared":
         n, sse, sae, sst = session.query(
             f"SELECT count(*) AS n, sum((z - y) ^ 2) AS sse, sum(abs(z - y)) AS sae, "

@@ -68,8 +68,7 @@ def check_rows(session: Session, src: Source) -> Checked:
         f"bool_and({y} IN (-1, 1)) FILTER (WHERE {src.valid_expr}) AS allpm1 "
         f"FROM {src.relation} AS s")[0]
     if n_total == 0:
-        raise InvalidData(f"table {src.name} is empty",
-                          hint="Load rows into the table before training.")
+        raise InvalidData(f"table {src.name} is empty", hint="Load rows into it first.")
     if multi:
         raise InvalidData(
             f'feature column "{src.features[0]}" holds multi-dimensional arrays',
@@ -79,7 +78,7 @@ def check_rows(session: Session, src: Source) -> Checked:
         raise InvalidData(
             f"no usable rows in {src.name}",
             detail=f"All {n_total} rows have a NULL, NaN or infinite label or feature.",
-            hint="Fill or filter the missing values (for example in a view) and train again.")
+            hint="Fill or filter the missing values (for example in a view) and try again.")
     if lo != hi or lo == 0:
         raise InvalidData(
             "feature arrays have different lengths",
