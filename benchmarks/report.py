@@ -1,4 +1,7 @@
-"""Targets, the Markdown and JSON results, the PNG chart and the stdout summary of a run."""
+"""Targets, the Markdown and JSON results, the PNG chart and the stdout summary of a run.
+
+``python benchmarks/report.py results/<file>.json`` redraws the Markdown and PNG of a run.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from typing import Any
 
 # (key, peer key, target key): the paths table compares each path with its peer
 PEERS = {
-    "row": ("packed", "row"),
+    "row": ("row_floor", "row"),
+    "row_floor": (None, None),
     "packed": ("sklearn", "packed_vs_sklearn"),
     "parallel": ("packed", "parallel"),
+    "parallel_1": ("packed", None),
     "sklearn": ("numpy", None),
     "numpy": (None, None),
     "export": (None, None),
@@ -19,6 +24,7 @@ PEERS = {
     "packing": ("export", "packing"),
     "pack": ("export", None),
 }
+IN_DATABASE_PATHS = {"row", "row_floor", "packed", "parallel", "parallel_1", "packing", "pack"}
 IN_DATABASE_PHASES = ("in-database", "in-database end to end")
 
 
@@ -132,7 +138,7 @@ def markdown(r: dict[str, Any]) -> str:
         ratio = ""
         if peer and peer in r["paths"] and r["paths"][peer].get("median"):
             ratio = f"{p['median'] / r['paths'][peer]['median']:.3g} × {peer}"
-            if key == "parallel":
+            if key.startswith("parallel"):
                 ratio = f"speed-up {r['paths'][peer]['median'] / p['median']:.3g} × over serial"
         t = by_key.get(tkey) if tkey else None
         target, met = _target_cells(t)
@@ -175,10 +181,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | {_fmt(t['measured'])}{t['unit'] if t['measured'] else ''}"
                      f" | {met} | {note} |")
     lines += ["", "## Memory (peak RSS per phase, sampled every 0.1 s)", "",
-              "| phase | controller MB | largest server process MB |", "|---|---:|---:|"]
+              "| phase | controller MB | largest own backend or parallel worker MB | "
+              "largest other server process MB (shared server) |", "|---|---:|---:|---:|"]
     for phase, v in r.get("memory", {}).items():
-        backend = _fmt(v["backend_mb"]) if r.get("memory_observes_server") else "not visible"
-        lines.append(f"| {phase} | {_fmt(v['controller_mb'])} | {backend} |")
+        seen = r.get("memory_observes_server")
+        backend = _fmt(v["backend_mb"]) if seen else "not visible"
+        other = _fmt(v.get("other_server_mb")) if seen else "not visible"
+        lines.append(f"| {phase} | {_fmt(v['controller_mb'])} | {backend} | {other} |")
     if r.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
@@ -220,8 +229,10 @@ def chart(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [(p["label"], p["median"]) for p in r["paths"].values() if p.get("median")]
-    e2e = [(e["label"], e["seconds_to_target"]) for e in r["end_to_end"].values()
+    paths = [(p["label"], p["median"], k in IN_DATABASE_PATHS) for k, p in r["paths"].items()
+             if p.get("median")]
+    e2e = [(e["label"], e["seconds_to_target"], k == "in-database")
+           for k, e in r["end_to_end"].items()
            if isinstance(e, dict) and e.get("seconds_to_target")
            and math.isfinite(e["seconds_to_target"])]
     fig, axes = plt.subplots(2, 1, figsize=(10, 2.2 + 0.42 * (len(paths) + len(e2e))),
@@ -232,10 +243,9 @@ def chart(r: dict[str, Any], path: Path) -> None:
         if not items:
             ax.set_visible(False)
             continue
-        labels = [lab.replace(", ", "\n", 1) if len(lab) > 45 else lab for lab, _ in items]
-        vals = [v for _, v in items]
-        colors = ["tab:blue" if "in-database" in lab or "packing" in lab else "tab:gray"
-                  for lab, _ in items]
+        labels = [lab.replace(", ", "\n", 1) if len(lab) > 45 else lab for lab, _, _ in items]
+        vals = [v for _, v, _ in items]
+        colors = ["tab:blue" if inside else "tab:gray" for _, _, inside in items]
         ax.barh(range(len(vals)), vals, color=colors)
         ax.set_yticks(range(len(vals)), labels, fontsize=7)
         ax.invert_yaxis()
@@ -244,6 +254,10 @@ def chart(r: dict[str, Any], path: Path) -> None:
         for i, v in enumerate(vals):
             ax.text(v, i, f" {_fmt(v)} s", va="center", fontsize=7)
         ax.set_xlim(min(vals) / 2, max(vals) * 6)
+    axes[0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in
+                            ("tab:blue", "tab:gray")],
+                   labels=["in the database", "export / in memory"], fontsize=7,
+                   loc="lower right")
     fig.suptitle(f"bismarckpy, {r['rows']:,} rows × {r['features']} features — "
                  f"{r['machine']['cpu']}, {r['machine']['cores']} cores", fontsize=9)
     fig.tight_layout()
@@ -290,3 +304,18 @@ def summary(r: dict[str, Any]) -> str:
                      + (f" — {t['miss']}" if t["met"] is False else "")
                      + (f" ({t['note']})" if t["note"] else ""))
     return "\n".join(lines)
+
+
+def rerender(json_path: Path) -> list[Path]:
+    """Rewrite the Markdown and PNG of a results JSON (after a change to this module)."""
+    r = json.loads(json_path.read_text())
+    r["targets"] = targets(r)
+    return write(r, json_path.parent)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:]:
+        for p in rerender(Path(arg)):
+            print(f"wrote {p}")

@@ -39,7 +39,7 @@ from psycopg import sql
 
 from bismarck_controller import connection, extension, training
 from bismarck_controller.session import PsycopgSession
-from bismarckpy import loop
+from bismarckpy import glm, loop
 from bismarckpy.params import GLM_PARAMS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,13 +54,18 @@ MB = 2**20
 
 # ----------------------------------------------------------------------------- measurement
 class RssSampler(threading.Thread):
-    """Samples the controller's RSS and each server process's RSS, keeping peaks per phase."""
+    """Samples RSS peaks per phase: this controller, its own server backends, other ones.
+
+    "Own" backends are this run's connections and their parallel workers; the server may be
+    shared, so every other server process is reported apart.
+    """
 
     def __init__(self, backend_pid: int | None, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.interval = interval
         self.phase = "setup"
         self.peaks: dict[str, dict[str, float]] = {}
+        self.own: set[int] = {backend_pid} if backend_pid else set()
         self._stop = threading.Event()
         self._me = psutil.Process()
         self._postmaster = _postmaster(backend_pid)
@@ -72,7 +77,8 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> None:
         """Take one sample now."""
-        peak = self.peaks.setdefault(self.phase, {"controller_mb": 0.0, "backend_mb": 0.0})
+        peak = self.peaks.setdefault(self.phase, {"controller_mb": 0.0, "backend_mb": 0.0,
+                                                  "other_server_mb": 0.0})
         with contextlib.suppress(psutil.Error):
             peak["controller_mb"] = max(peak["controller_mb"], self._me.memory_info().rss / MB)
         if self._postmaster is None:
@@ -81,11 +87,21 @@ class RssSampler(threading.Thread):
             children = self._postmaster.children()
         except psutil.Error:
             return
+        own = set(self.own)
         for proc in children:
             try:
-                peak["backend_mb"] = max(peak["backend_mb"], proc.memory_info().rss / MB)
+                mine = proc.pid in own or any(
+                    f"parallel worker for PID {pid}" in " ".join(proc.cmdline()) for pid in own)
+                key = "backend_mb" if mine else "other_server_mb"
+                peak[key] = max(peak[key], proc.memory_info().rss / MB)
             except psutil.Error:
                 continue
+
+    def enter(self, phase: str) -> None:
+        """Start a new phase, sampling at the boundary so short phases are seen too."""
+        self.sample()
+        self.phase = phase
+        self.sample()
 
     def stop(self) -> None:
         """Stop sampling (after one last sample)."""
@@ -287,6 +303,22 @@ def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
+def split_in_place(X: np.ndarray, y: np.ndarray, v: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training rows moved to the front of ``X`` (chunk by chunk, no full copy); validation copied.
+
+    ``X`` and ``y`` are overwritten: the training part is a view of their first rows.
+    """
+    Xv, yv = X[v], y[v]
+    idx = np.flatnonzero(~v)
+    step = 65536
+    for i in range(0, len(idx), step):  # idx[k] >= k: sources are never overwritten first
+        j = idx[i:i + step]
+        X[i:i + len(j)] = X[j]
+        y[i:i + len(j)] = y[j]
+    return X[:len(idx)], y[:len(idx)], Xv, yv
+
+
 def time_to_target(curve: list[tuple[float, float | None]], rel: float
                    ) -> tuple[float, float, int]:
     """First (seconds, loss, epoch) within ``rel`` of the best loss on the curve."""
@@ -365,6 +397,8 @@ class Bench:
         self.notes: list[str] = []
         self.models: list[str] = []
         self.packed_available = "packed" in {p.name for p in GLM_PARAMS}
+        self.conn: psycopg.Connection
+        self.sampler: RssSampler
 
     def log(self, text: str) -> None:
         """Progress on stderr."""
@@ -396,26 +430,27 @@ class Bench:
         self.log(f"table {table_name(a.rows, a.features)}")
         table, build_s = ensure_table(a.dsn, a.rows, a.features, a.seed)
         self.log(f"built in {build_s:.1f} s" if build_s else "reused")
-        conn = connection.connect(a.dsn)
-        sampler = RssSampler(conn.info.backend_pid)
+        conn = self.conn = connection.connect(a.dsn)
+        sampler = self.sampler = RssSampler(conn.info.backend_pid)
         sampler.start()
         started = time.perf_counter()
         try:
             info = machine(conn)
             base = {"loss": "logistic", "max_epochs": a.epochs, "tol": None, "seed": a.seed,
                     "shuffle": "once", "validation_fraction": 0.0}
-            sampler.phase = "in-database"
-            self.in_database(conn, table, base)
-            sampler.phase = "in-database end to end"
+            sampler.enter("in-database")
+            self.in_database(table, base)
+            sampler.enter("in-database end to end")
             if "e2e" not in self.skip:
-                self.e2e_in_database(conn, table)
-            sampler.phase = "export and in-memory"
-            X, y, v = self.exports(conn, table)
+                self.e2e_in_database(table)
+            self.memory_guard()
+            X, y, v = self.exports(self.conn, table)
             self.in_memory(X, y)
             if "e2e" not in self.skip and X is not None:
                 self.e2e_export(X, y, v)
         finally:
             sampler.stop()
+            conn = self.conn
             for name in self.models:
                 try:
                     training.delete_model(conn, name)
@@ -437,11 +472,29 @@ class Bench:
         }
 
     # -- in-database epochs -------------------------------------------------------------
-    def in_database(self, conn: psycopg.Connection, table: str, base: dict[str, Any]) -> None:
+    def train(self, table: str, kind: str, **params: Any) -> Run:
+        """One timed training run; retried once on a fresh connection after a server error.
+
+        The embedded database is shared: someone reinstalling the extension mid-run leaves this
+        backend with stale function OIDs ("cache lookup failed").
+        """
+        try:
+            return train_timed(self.conn, table, self.model(kind), **params)
+        except psycopg.Error as exc:
+            msg = str(exc).splitlines()[0]
+            self.log(f"{kind}: server error ({msg}); retrying on a new connection")
+            self.notes.append(f"{kind}: one run retried on a new connection after: {msg}")
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = connection.connect(self.args.dsn)
+            self.sampler.own.add(self.conn.info.backend_pid)
+            return train_timed(self.conn, table, self.model(kind), **params)
+
+    def in_database(self, table: str, base: dict[str, Any]) -> None:
         """Row, packed and parallel paths: per-epoch seconds from the history."""
         a = self.args
         if "row" not in self.skip:
-            runs = [train_timed(conn, table, self.model("row"), batch_size=1, parallel=0,
+            runs = [self.train(table, "row", batch_size=1, parallel=0,
                                 **({"packed": False} if self.packed_available else {}), **base)
                     for _ in range(a.repeats)]
             self.add("row", "in-database row path, epoch (batch 1)",
@@ -449,17 +502,23 @@ class Bench:
                      preparation=median([r.prep for r in runs]),
                      statements=_median_breakdown(runs),
                      shuffled_copy=median([r.copy_rows for r in runs]))
+        if "row" not in self.skip:
+            self.row_floor(self.conn, table)
         packed_opts = {"packed": True, "batch_size": a.batch, "block_size": a.batch,
                        "dtype": "float32"}
-        for key, workers in (("packed", 0), ("parallel", a.workers)):
+        variants = [("packed", 0), ("parallel", a.workers)]
+        if a.workers > 1:  # on 2 cores, 1 worker + the leader may beat 2 workers + the leader
+            variants.append(("parallel_1", 1))
+        for key, workers in variants:
             label = (f"in-database packed path, epoch (batch {a.batch}, float32)" if not workers
-                     else f"in-database packed path, {workers} parallel workers, epoch")
-            if key in self.skip or (key == "parallel" and "packed" in self.skip):
+                     else f"in-database packed path, {workers} parallel worker"
+                     f"{'s' if workers > 1 else ''} + leader, epoch")
+            if "packed" in self.skip or (key != "packed" and "parallel" in self.skip):
                 continue
             if not self.packed_available:
                 self.unavailable(key, label, "this engine has no 'packed' parameter")
                 continue
-            runs = [train_timed(conn, table, self.model(key), parallel=workers,
+            runs = [self.train(table, key, parallel=workers,
                                 **packed_opts, **base) for _ in range(a.repeats)]
             merged = [getattr(h, "workers", None) for r in runs for h in r.result.history]
             self.add(key, label, [s for r in runs for s in r.epochs], a.rows,
@@ -472,7 +531,38 @@ class Bench:
                          preparation=median([r.prep for r in runs]))
 
         if "packing" not in self.skip:
-            self.pack_call(conn, table)
+            self.pack_call(self.conn, table)
+
+    def row_floor(self, conn: psycopg.Connection, table: str) -> None:
+        """A do-nothing PL/Python aggregate of the row path's shape: the per-row call floor.
+
+        It takes ``(x float8[], y float8, state bytea)`` and returns a state of the engine's
+        size unchanged, so it pays the call, the array-to-list conversion and the state copy.
+        Created in a transaction that is rolled back.
+        """
+        a = self.args
+        state = glm.initialize(a.features, loss="logistic")
+        times = []
+        try:
+            conn.execute("CREATE FUNCTION pg_temp.bench_noop(s bytea, x float8[], y float8, "
+                         "init bytea) RETURNS bytea LANGUAGE plpython3u AS "
+                         "$$\nreturn init if s is None else s\n$$")
+            conn.execute("CREATE AGGREGATE pg_temp.bench_noop_agg(float8[], float8, bytea) "
+                         "(SFUNC = pg_temp.bench_noop, STYPE = bytea)")
+            query = sql.SQL("SELECT length(pg_temp.bench_noop_agg(x, y::float8, %s)) "
+                            "FROM {}").format(sql.Identifier(table))
+            conn.execute(query, [state])  # warm: PL/Python started in this backend
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                conn.execute(query, [state])
+                times.append(time.perf_counter() - t0)
+        except psycopg.Error as exc:
+            conn.rollback()
+            self.unavailable("row_floor", "row path floor", str(exc).splitlines()[0])
+            return
+        conn.rollback()
+        self.add("row_floor", "row path floor: do-nothing PL/Python aggregate, float8[] + "
+                 f"{len(state)}-byte state per row", times, a.rows)
 
     def pack_call(self, conn: psycopg.Connection, table: str) -> None:
         """``bismarck.pack``: a reusable packed copy of the whole table, the whole SQL call."""
@@ -500,7 +590,7 @@ class Bench:
             conn.commit()
         self.add("pack", label, times, a.rows)
 
-    def e2e_in_database(self, conn: psycopg.Connection, table: str) -> None:
+    def e2e_in_database(self, table: str) -> None:
         """Table to model: validation loss after each epoch, time to 1% of the best."""
         a = self.args
         params: dict[str, Any] = {
@@ -510,7 +600,7 @@ class Bench:
         if self.packed_available:
             params.update(packed=True, batch_size=a.batch, block_size=a.batch)
         params.update(json.loads(a.e2e_params))
-        runs = [train_timed(conn, table, self.model("e2e"), **params)
+        runs = [self.train(table, "e2e", **params)
                 for _ in range(a.e2e_repeats)]
         ttts = []
         for r in runs:
@@ -530,6 +620,22 @@ class Bench:
         self.log(f"end to end in-database: {self.e2e['in-database']['seconds_to_target']:.3g} s")
 
     # -- export --------------------------------------------------------------------------
+    def memory_guard(self) -> None:
+        """Skip the export paths this machine's free memory cannot hold (10M rows and up)."""
+        a = self.args
+        free = psutil.virtual_memory().available
+        values = a.rows * a.features
+        # float64 array + float32 shuffled copy + validation copy; pandas: ~75 B per value
+        for paths, need in (({"export", "sklearn", "numpy", "e2e"}, values * 8 * 1.7),
+                            ({"pandas"}, values * 75.0)):
+            if need > 0.8 * free and not paths <= self.skip:
+                self.skip |= paths
+                self.notes.append(
+                    f"skipped {', '.join(sorted(paths))}: needs about {need / 2**30:.0f} GB of "
+                    f"memory, {free / 2**30:.0f} GB available")
+                for key in sorted(paths & {"export", "sklearn", "numpy", "pandas"}):
+                    self.unavailable(key, key, f"needs about {need / 2**30:.0f} GB of memory")
+
     def exports(self, conn: psycopg.Connection, table: str
                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """Binary COPY into numpy (kept for the in-memory paths), then pandas.read_sql."""
@@ -538,6 +644,7 @@ class Bench:
         X = y = v = None
         need = {"sklearn", "numpy", "export", "e2e"} - self.skip
         if need:
+            self.sampler.enter("export: binary COPY")
             cap = estimated_rows(conn, table)
             times = []
             for _ in range(a.repeats if "export" not in self.skip else 1):
@@ -548,12 +655,17 @@ class Bench:
             assert X is not None and len(X) == a.rows
             self.add("export", "export: psycopg binary COPY into numpy (float64)", times, a.rows)
         if "pandas" not in self.skip:
+            self.sampler.enter("export: pandas.read_sql")
             import pandas as pd
             import sqlalchemy
 
             dsn = connection.resolve_dsn(a.dsn)
-            engine = sqlalchemy.create_engine("postgresql+psycopg://",
-                                              creator=lambda: psycopg.connect(dsn))
+            def connect() -> psycopg.Connection:
+                c = psycopg.connect(dsn)
+                self.sampler.own.add(c.info.backend_pid)
+                return c
+
+            engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=connect)
             text = export_query(table, a.seed, a.validation).as_string(conn)
             reps = a.repeats if a.rows * a.features < 20_000_000 else 1
             times = []
@@ -574,6 +686,7 @@ class Bench:
         a = self.args
         if X is None or y is None:
             return
+        self.sampler.enter("in-memory training")
         if "sklearn" not in self.skip:
             from sklearn.exceptions import ConvergenceWarning
             from sklearn.linear_model import SGDClassifier
@@ -592,7 +705,10 @@ class Bench:
         if "numpy" not in self.skip:
             rng = np.random.default_rng(a.seed)
             perm = rng.permutation(len(X))
-            Xs = X[perm].astype(np.float32)
+            Xs = np.empty(X.shape, dtype=np.float32)
+            step = 65536
+            for i in range(0, len(X), step):  # no full-size float64 temporary
+                Xs[i:i + step] = X[perm[i:i + step]]
             ys = y[perm]
             numpy_epoch(Xs[: 4 * a.batch], ys[: 4 * a.batch], a.batch)  # warm up
             times = []
@@ -610,11 +726,13 @@ class Bench:
         from sklearn.linear_model import LogisticRegression, SGDClassifier
 
         a = self.args
-        export_s = self.paths["export"]["median"]
+        t0 = time.perf_counter()
+        Xt, yt, Xv, yv = split_in_place(X, y, v)
+        split_s = time.perf_counter() - t0
+        export_s = self.paths["export"]["median"] + split_s
         sgd_samples, sgd_info = [], {}
         for i in range(a.e2e_repeats):
             t0 = time.perf_counter()
-            Xt, yt, Xv, yv = X[~v], y[~v], X[v], y[v]
             clf = SGDClassifier(loss="log_loss", alpha=a.alpha, random_state=a.seed + i)
             curve = []
             for _ in range(a.e2e_epochs):
@@ -626,15 +744,13 @@ class Bench:
             if not sgd_info:
                 sgd_info = {"best_validation_loss": best, "epochs_to_target": epoch,
                             "curve": curve}
-            del Xt, Xv
         self.e2e["export+sgd"] = {
             "label": "binary COPY export + SGDClassifier (epoch by epoch, same validation)",
             "seconds_to_target": median(sgd_samples), "samples": sgd_samples,
-            "export_seconds": export_s, **sgd_info}
+            "export_seconds": export_s - split_s, "split_seconds": split_s, **sgd_info}
         lr_samples, lr_info = [], {}
         for _ in range(a.e2e_repeats):
             t0 = time.perf_counter()
-            Xt, yt, Xv, yv = X[~v], y[~v], X[v], y[v]
             clf = LogisticRegression(C=1.0 / (a.alpha * len(yt)), max_iter=1000)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -643,11 +759,10 @@ class Bench:
             lr_samples.append(export_s + time.perf_counter() - t0)
             lr_info = {"best_validation_loss": vl, "epochs_to_target": None,
                        "iterations": int(clf.n_iter_[0])}
-            del Xt, Xv
         self.e2e["export+lbfgs"] = {
             "label": "binary COPY export + LogisticRegression (lbfgs)",
             "seconds_to_target": median(lr_samples), "samples": lr_samples,
-            "export_seconds": export_s, **lr_info}
+            "export_seconds": export_s - split_s, "split_seconds": split_s, **lr_info}
         self.e2e["validation_rows"] = {"export": int(v.sum()),
                                        "in_database": self._valid_rows()}
         self._overall_best()
