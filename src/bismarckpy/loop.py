@@ -347,8 +347,11 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             w, b, t = m.w, m.b, m.t
         else:
             w, b, t = previous_start
+        # With parallel => n the leader only merges, so every partial state is a worker's;
+        # otherwise the leader's own share is one of them.
+        workers = m.parts if p["parallel"] else max(m.parts - 1, 0)
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
-                          p["max_epochs"], max(m.parts - 1, 0))
+                          p["max_epochs"], workers)
         history.append(rec)
         session.query(
             "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
