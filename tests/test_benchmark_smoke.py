@@ -1,0 +1,25 @@
+"""The benchmark command runs end to end at a tiny size and writes its three result files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_smoke_run_writes_results(dsn: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--rows", "2000", "--repeats", "1",
+         "--epochs", "2", "--e2e-epochs", "3", "--drop", "--dsn", dsn, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    files = {p.suffix for p in tmp_path.iterdir()}
+    assert {".json", ".md", ".png"} <= files, files
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    text = json.dumps(data)
+    for path in ("packed", "row", "export", "numpy"):
+        assert path in text, path
+    assert "ratio" in (REPO / "benchmarks" / "README.md").read_text().lower()
