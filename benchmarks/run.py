@@ -507,12 +507,12 @@ class Bench:
         packed_opts = {"packed": True, "batch_size": a.batch, "block_size": a.batch,
                        "dtype": "float32"}
         variants = [("packed", 0), ("parallel", a.workers)]
-        if a.workers > 1:  # on 2 cores, 1 worker + the leader may beat 2 workers + the leader
+        if a.workers > 1:  # one worker alone shows the per-epoch cost of starting workers
             variants.append(("parallel_1", 1))
         for key, workers in variants:
             label = (f"in-database packed path, epoch (batch {a.batch}, float32)" if not workers
                      else f"in-database packed path, {workers} parallel worker"
-                     f"{'s' if workers > 1 else ''} + leader, epoch")
+                     f"{'s' if workers > 1 else ''} (the leader merges), epoch")
             if "packed" in self.skip or (key != "packed" and "parallel" in self.skip):
                 continue
             if not self.packed_available:
