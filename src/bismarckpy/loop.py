@@ -20,7 +20,14 @@ from . import glm, penalties
 from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
 from .pack import DTYPE_CODES
-from .packing import PackedTable, check_rows, label_values, pack_into, registered
+from .packing import (
+    PackedTable,
+    check_rows,
+    label_values,
+    pack_into,
+    registered,
+    settings_for_transaction,
+)
 from .params import validate
 from .schedule import Schedule
 from .source import Source, resolve
@@ -159,8 +166,6 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     train = f"bismarck._train_{int(run_id)}"
     valid = f"bismarck._valid_{int(run_id)}" if fraction > 0 else None
     work = [t for t in (train, valid) if t]
-    # A synchronized scan may start mid-table: keep 'never' in table order.
-    session.query("SELECT set_config('synchronize_seqscans', 'off', true) AS off")
     if p["packed"]:
         args = (p["block_size"], p["dtype"])
         n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
@@ -184,9 +189,11 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     # (np.frombuffer) instead of converting a float8[] to a Python list on every call.
     base = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x, {y_expr} AS y "
             f"FROM {src.relation} AS s WHERE {src.valid_expr}")
-    session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
-    if valid:
-        session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
+    # A synchronized scan may start mid-table: keep 'never' in table order.
+    with settings_for_transaction(session, {"synchronize_seqscans": "off"}):
+        session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
+        if valid:
+            session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
     n_train = session.query(f"SELECT count(*) AS n FROM {train}")[0][0]
     n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
     _require_training_rows(n_train, n_valid)
@@ -326,9 +333,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                               y_coding=prep.y_coding)
         if p["shuffle"] == "always":
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
-        if p["parallel"] is not None:
-            _set_parallel(session, p["parallel"])
-        state = session.query(train_sql, [init])[0][0]
+        with settings_for_transaction(session, _parallel_settings(p["parallel"])):
+            state = session.query(train_sql, [init])[0][0]
         m = glm.decode(state)
         train_loss = m.mean_loss * loss_scale
         if valid_sql:
@@ -400,20 +406,18 @@ def _epoch_sql(table: str, shuffle: str, packed: bool) -> str:
     return f"SELECT bismarck._glm_epoch(x, y, %s) FROM {table}"
 
 
-def _set_parallel(session: TrainingSession, workers: int) -> None:
-    """Ask for ``workers`` parallel workers in this transaction (0: a serial plan).
+def _parallel_settings(workers: int | None) -> dict[str, str]:
+    """Settings for an epoch with ``workers`` parallel workers (0: serial; None: the planner's).
 
     Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
     each worker's partial state is merged by the aggregate's combine function. The leader only
     gathers and merges: on few cores a participating leader competes with its own workers.
     """
-    session.query(
-        "SELECT set_config('max_parallel_workers_per_gather', %s, true) AS a, "
-        "set_config('parallel_setup_cost', '0', true) AS b, "
-        "set_config('parallel_tuple_cost', '0', true) AS c, "
-        "set_config('min_parallel_table_scan_size', '0', true) AS d, "
-        "set_config('parallel_leader_participation', %s, true) AS e",
-        [str(int(workers)), "off" if workers else "on"])
+    if workers is None:
+        return {}
+    return {"max_parallel_workers_per_gather": str(int(workers)), "parallel_setup_cost": "0",
+            "parallel_tuple_cost": "0", "min_parallel_table_scan_size": "0",
+            "parallel_leader_participation": "off" if workers else "on"}
 
 
 def _epoch_seed(seed: int | None, epoch: int) -> float:

@@ -137,6 +137,9 @@ def pack_into(session: Session, src: Source, table: str, d: int, where: str,
 @contextmanager
 def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterator[None]:
     """Set server settings for this transaction and put the previous values back after."""
+    if not values:
+        yield
+        return
     names = list(values)
     before = session.query("SELECT " + ", ".join(
         f"current_setting(%s) AS s{i}" for i in range(len(names))), names)[0]

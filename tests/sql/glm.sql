@@ -60,3 +60,18 @@ SELECT bismarck.predict_class('svm', ARRAY[1, 1]) AS low, bismarck.predict_class
 
 SELECT bismarck.delete_model('svm');
 SELECT count(*) FROM bismarck.models WHERE model_name = 'svm';
+
+-- training inside a transaction leaves the session's settings as they were
+SELECT current_setting('synchronize_seqscans') AS sync0, current_setting('enable_sort') AS sort0,
+       current_setting('parallel_leader_participation') AS leader0,
+       current_setting('max_parallel_workers_per_gather') AS workers0 \gset
+BEGIN;
+SELECT epochs FROM bismarck.train_glm('patients', 'second_attack', ARRAY['treatment', 'trait_anxiety'],
+       'settings_rows', packed => false, parallel => 2, max_epochs => 2);
+SELECT epochs FROM bismarck.train_glm('patients', 'second_attack', ARRAY['treatment', 'trait_anxiety'],
+       'settings_packed', parallel => 0, max_epochs => 2);
+SELECT current_setting('synchronize_seqscans') = :'sync0' AS sync,
+       current_setting('enable_sort') = :'sort0' AS sort,
+       current_setting('parallel_leader_participation') = :'leader0' AS leader,
+       current_setting('max_parallel_workers_per_gather') = :'workers0' AS workers;
+COMMIT;
