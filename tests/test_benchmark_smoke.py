@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,18 @@ def test_benchmark_smoke_run_writes_results(dsn: str, tmp_path: Path) -> None:
     for path in ("packed", "row", "export", "numpy"):
         assert path in text, path
     assert "ratio" in (REPO / "benchmarks" / "README.md").read_text().lower()
+
+
+@pytest.mark.slow
+def test_benchmark_medium_run_measures_every_path(dsn: str, tmp_path: Path) -> None:
+    """200k rows: every path runs and reports (timings are the benchmark's business, not ours)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--rows", "200000", "--repeats",
+         "1", "--epochs", "2", "--e2e-epochs", "5", "--drop", "--no-chart", "--dsn", dsn,
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = next(tmp_path.glob("*.md")).read_text()
+    for row in ("row path", "packed path", "parallel", "packing", "binary COPY", "SGDClassifier",
+                "numpy mini-batch floor", "end to end"):
+        assert row in report, row
