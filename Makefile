@@ -10,7 +10,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := demo
 
 PG_MAJOR ?= 15
-APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-plpython3-$(PG_MAJOR) python3-numpy python3-venv
+APT_PACKAGES := postgresql-$(PG_MAJOR) postgresql-plpython3-$(PG_MAJOR) python3-numpy python3-venv \
+                libopenblas0-serial
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -15,10 +15,13 @@ LossFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 
 def logistic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Negative log-likelihood of a Bernoulli label y in {0, 1}; stable for large |z|."""
-    loss = np.logaddexp(0.0, z) - y * z
-    p = _sigmoid(z)
-    return loss, p - y
+    """Negative log-likelihood of a Bernoulli label y in {0, 1}; stable for large |z|.
+
+    One ``logaddexp`` serves both: ``log(1 + e^z)`` is the loss's first term, and the
+    probability is ``e^(z - log(1 + e^z))`` (no masks, no overflow).
+    """
+    softplus = np.logaddexp(0.0, z)
+    return softplus - y * z, np.exp(z - softplus) - y
 
 
 def squared(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
