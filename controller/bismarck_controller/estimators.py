@@ -20,15 +20,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from psycopg import sql
 
 from bismarck_controller import training
 from bismarck_controller.notebook import Database, connected
-from bismarck_controller.session import PsycopgSession
-from bismarckpy import evaluate as engine_evaluate
 from bismarckpy.errors import InvalidParameter
 from bismarckpy.params import validate
-from bismarckpy.source import resolve
 
 #: scikit-learn's parameter names -> bismarck's (the others are the same in both).
 RENAMED = {"max_iter": "max_epochs", "random_state": "seed"}
@@ -185,23 +181,11 @@ class _BaseSGD:
             assert isinstance(n, int)
             return n
         with connected(conn) as c:
-            try:
-                session = PsycopgSession(c)
-                m = engine_evaluate.load_model(session, self.model_name_, self.version_)
-                src = resolve(session, table, None, m["features"])
-                order = sql.SQL("")
-                if order_by:
-                    resolve(session, table, None, [order_by])  # clear error for a bad column
-                    order = sql.SQL(" ORDER BY {}").format(sql.Identifier("s", order_by))
-                query = sql.SQL("SELECT bismarck.{}({}, {}, {}) FROM {} AS s{}").format(
-                    sql.Identifier(func), sql.Literal(self.model_name_),
-                    sql.SQL(src.x_expr.replace("%%", "%")), sql.Literal(self.version_),
-                    sql.SQL(src.name), order)
-                with c.cursor() as cur:
-                    cur.execute(query)
-                    values = [r[0] for r in cur.fetchall()]
-            finally:
-                c.rollback()
+            rows = training.predict(c, self.model_name_, table, version=self.version_,
+                                    classes=func == "predict_class", columns=[],
+                                    order_by=order_by)
+        assert isinstance(rows, list)
+        values = [r["prediction"] for r in rows]
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     def predict(self, conn: Database, table: str, output: str | None = None,

@@ -60,29 +60,32 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
             output: str | None = None, limit: int | None = None, classes: bool = False,
-            columns: Sequence[str] | None = None) -> list[dict[str, Any]] | int:
+            columns: Sequence[str] | None = None,
+            order_by: str | None = None) -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
-    With ``output``, writes ``source``'s columns (or just ``columns``) plus ``prediction`` into a
-    new table and returns its row count; otherwise returns up to ``limit`` rows as dicts.
+    Keeps ``source``'s columns (all when ``columns`` is None, none when it is empty) beside
+    ``prediction``. With ``output``, writes them into a new table and returns its row count;
+    otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order if given.
     """
     session = PsycopgSession(conn)
-    m = engine_evaluate.load_model(session, model, version)
-    src = resolve(session, source, None, m["features"])
-    func = "predict_class" if classes else "predict"
-    x_expr = sql.SQL(src.x_expr.replace("%%", "%"))
-    if columns:
-        resolve(session, source, None, list(columns))  # clear error for a missing column
-        keep = sql.SQL(", ").join(sql.Identifier("s", c) for c in columns)
-    else:
-        keep = sql.SQL("s.*")
-    select = sql.SQL("SELECT {}, bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
-        keep, sql.Identifier(func), sql.Literal(m["model_name"]), x_expr,
-        sql.Literal(m["version"]), sql.SQL(src.name))
     try:
+        m = engine_evaluate.load_model(session, model, version)
+        src = resolve(session, source, None, m["features"])
+        named = [*(columns or []), *([order_by] if order_by else [])]
+        if named:
+            resolve(session, source, None, named)  # a clear error for a missing column
+        keep = (sql.SQL("s.*, ") if columns is None else
+                sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("s", c)) for c in columns))
+        select = sql.SQL("SELECT {}bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
+            keep,
+            sql.Identifier("predict_class" if classes else "predict"),
+            sql.Literal(m["model_name"]), sql.SQL(src.x_expr.replace("%%", "%")),
+            sql.Literal(m["version"]), sql.SQL(src.name))
+        if order_by:
+            select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
         if output:
-            table = sql.Identifier(*output.split(".", 1)) if "." in output else \
-                sql.Identifier(output)
+            table = sql.Identifier(*output.split(".", 1))
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
                 n = cur.rowcount
@@ -92,7 +95,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             select = sql.SQL("{} LIMIT {}").format(select, sql.Literal(int(limit)))
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(select)
-            return cur.fetchall()
+            rows = cur.fetchall()
+        conn.rollback()  # read only: end the transaction
+        return rows
     except BaseException:
         conn.rollback()
         raise
