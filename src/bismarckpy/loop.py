@@ -19,6 +19,7 @@ import numpy as np
 from . import glm, penalties
 from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
+from .moments import decode as moments_decode
 from .pack import DTYPE_CODES
 from .packing import (
     PackedTable,
@@ -298,9 +299,7 @@ def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
 
 def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Decode the moments aggregate: means and standard deviations (zeros become ones)."""
-    from .moments import decode
-
-    _, mean, var = decode(state)
+    _, mean, var = moments_decode(state)
     sd = np.sqrt(np.maximum(var, 0.0))
     sd[sd == 0] = 1.0
     return mean, sd
