@@ -136,20 +136,28 @@ def pack_into(session: Session, src: Source, table: str, d: int, where: str,
 
 @contextmanager
 def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterator[None]:
-    """Set server settings for this transaction and put the previous values back after."""
+    """Set server settings for this transaction and put the previous values back after.
+
+    Three statements whatever the number of settings: read them, set them, restore them.
+    """
     if not values:
         yield
         return
     names = list(values)
     before = session.query("SELECT " + ", ".join(
         f"current_setting(%s) AS s{i}" for i in range(len(names))), names)[0]
-    for name, value in values.items():
-        session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
+    _set_all(session, names, list(values.values()))
     try:
         yield
     finally:
-        for name, value in zip(names, before):
-            session.query("SELECT set_config(%s, %s, true) AS v", [name, value])
+        _set_all(session, names, list(before))
+
+
+def _set_all(session: Session, names: list[str], values: list[str]) -> None:
+    """``set_config(name, value, true)`` for every pair, in one statement."""
+    session.query("SELECT " + ", ".join(f"set_config(%s, %s, true) AS v{i}"
+                                        for i in range(len(names))),
+                  [x for pair in zip(names, values) for x in pair])
 
 
 def pack_table(session: Session, *, source: str, label: str, features: Sequence[str] | str,
