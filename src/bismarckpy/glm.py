@@ -133,17 +133,7 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     if batch == EVALUATE:
         return s.tobytes()
     if batch == 1:
-        eta = _eta(s)
-        alpha, l1, l2 = s[_ALPHA], s[_L1], s[_L2]
-        if alpha and l2:
-            w *= 1.0 - eta * alpha * l2
-        w -= (eta * dz) * xv
-        if alpha and l1:
-            penalties.soft_threshold(w, eta * alpha * l1)
-        if s[_INTERCEPT]:
-            s[o + d] -= eta * dz
-        s[_T] += 1
-        s[_STEPS] += 1
+        _step(s, w, s[o + d:o + d + 1], xv, 1.0, dz)
         return s.tobytes()
     _, _, g, gb, _, _ = _views(s, d)
     g += dz * xv
@@ -201,7 +191,7 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> b
             xi = Xs[i]
             loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
             s[_LOSS_SUM] += loss
-            _step(s, w, b, dz * xi, dz, 1.0)
+            _step(s, w, b, xi, 1.0, dz)
         s[_ROWS] += n
         return s.tobytes()
     inv = 1.0 / sd if standardize else None
@@ -346,12 +336,16 @@ def _eta(s: np.ndarray) -> float:
 
 
 def _step(s: np.ndarray, w: np.ndarray, b: np.ndarray, grad: np.ndarray, grad_b: float,
-          n: float) -> None:
-    """One (proximal) gradient step with the mean gradient of ``n`` rows."""
+          scale: float) -> None:
+    """One (proximal) gradient step on ``scale * (grad, grad_b)``.
+
+    A mean over ``n`` rows passes their sums and ``1 / n``; one row passes its features, 1 and
+    d loss / d z, so no scaled copy is built on the per-row path.
+    """
     eta = _eta(s)
-    penalties.step(w, grad / n, eta, s[_ALPHA], s[_L1], s[_L2])
+    penalties.step(w, grad, eta, s[_ALPHA], s[_L1], s[_L2], scale)
     if s[_INTERCEPT]:
-        b[0] -= eta * grad_b / n
+        b[0] -= eta * scale * grad_b
     s[_T] += 1
     s[_STEPS] += 1
 
@@ -363,7 +357,7 @@ def _flush(s: np.ndarray) -> None:
         return
     d = int(s[_D])
     w, b, g, gb, _, _ = _views(s, d)
-    _step(s, w, b, g, float(gb[0]), float(n))
+    _step(s, w, b, g, float(gb[0]), 1.0 / float(n))
     g[:] = 0.0
     gb[0] = 0.0
     s[_PENDING] = 0

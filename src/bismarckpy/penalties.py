@@ -32,11 +32,13 @@ def value(w: np.ndarray, alpha: float, l1: float, l2: float) -> float:
     return float(alpha * (l1 * np.abs(w).sum() + 0.5 * l2 * np.dot(w, w)))
 
 
-def step(w: np.ndarray, grad: np.ndarray, eta: float, alpha: float, l1: float, l2: float) -> None:
-    """One proximal-gradient step in place: gradient plus L2 shrink, then L1 soft-threshold."""
+def step(w: np.ndarray, grad: np.ndarray, eta: float, alpha: float, l1: float, l2: float,
+         scale: float = 1.0) -> None:
+    """One proximal-gradient step in place on the gradient ``scale * grad``: the L2 shrink, the
+    gradient, then the L1 soft-threshold. ``scale`` saves building the scaled vector."""
     if l2 and alpha:
         w *= 1.0 - eta * alpha * l2
-    w -= eta * grad
+    w -= (eta * scale) * grad
     if l1 and alpha:
         soft_threshold(w, eta * alpha * l1)
 
