@@ -52,6 +52,15 @@ def write(ext_dir: Path, files: dict[str, str], name: str, content: str) -> None
     (ext_dir / name).write_text(content)
 
 
+def older_version(ext_dir: Path, files: dict[str, str], old: str, extra_sql: str = "") -> str:
+    """Offer version ``old`` (today's script plus ``extra_sql``) and its upgrade to the current."""
+    current = extension.version()
+    write(ext_dir, files, f"bismarck--{old}.sql", extension.build_install_script() + extra_sql)
+    write(ext_dir, files, f"bismarck--{old}--{current}.sql",
+          extension.build_upgrade_script(old, [old]))
+    return current
+
+
 def test_installed_at_client_version(conn: psycopg.Connection) -> None:
     assert extension.installed_version(conn) == extension.version()
     key = "bismarck-engine-" + engine_digest(extension.engine_modules())
@@ -96,12 +105,9 @@ COMMENT ON COLUMN t.a IS 'table column';
 
 def test_upgrade_keeps_user_data_and_replaces_code(
         make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
-    current = extension.version()
-    old_script = extension.build_install_script() + (
+    current = older_version(
+        ext_dir, scratch_files, "0.0.1",
         "\nCREATE FUNCTION bismarck.obsolete() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n")
-    write(ext_dir, scratch_files, "bismarck--0.0.1.sql", old_script)
-    write(ext_dir, scratch_files, f"bismarck--0.0.1--{current}.sql",
-          extension.build_upgrade_script("0.0.1", ["0.0.1"]))
     fresh_dsn = make_database("_fresh")
     extension.install(fresh_dsn)
     with psycopg.connect(fresh_dsn) as fresh:
@@ -139,10 +145,7 @@ def _registry_tables(conn: psycopg.Connection) -> list[str]:
 def test_upgrade_keeps_registry_tables_untouched(
         make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
     """Registry tables are neither re-created nor rewritten: same oid and relfilenode."""
-    current = extension.version()
-    write(ext_dir, scratch_files, "bismarck--0.0.2.sql", extension.build_install_script())
-    write(ext_dir, scratch_files, f"bismarck--0.0.2--{current}.sql",
-          extension.build_upgrade_script("0.0.2", ["0.0.2"]))
+    current = older_version(ext_dir, scratch_files, "0.0.2")
     query = """
         SELECT c.relname, c.oid, c.relfilenode FROM pg_depend d
         JOIN pg_class c ON c.oid = d.objid
@@ -163,10 +166,7 @@ def test_upgrade_keeps_registry_tables_untouched(
 
 def test_upgrade_stops_at_user_objects_that_depend_on_code(
         make_database, ext_dir: Path, scratch_files: dict[str, str]) -> None:
-    current = extension.version()
-    write(ext_dir, scratch_files, "bismarck--0.0.3.sql", extension.build_install_script())
-    write(ext_dir, scratch_files, f"bismarck--0.0.3--{current}.sql",
-          extension.build_upgrade_script("0.0.3", ["0.0.3"]))
+    older_version(ext_dir, scratch_files, "0.0.3")
     with psycopg.connect(make_database("_blocked"), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION bismarck VERSION '0.0.3' CASCADE")
         conn.execute("CREATE VIEW public.uses_bismarck AS SELECT bismarck._link('squared', 1)")
