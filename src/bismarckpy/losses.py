@@ -43,16 +43,7 @@ LOSSES: dict[str, LossFn] = {"logistic": logistic, "squared": squared, "hinge": 
 CLASSIFIERS = ("logistic", "hinge")
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function without overflow warnings for large negative z."""
-    out = np.empty_like(z, dtype=np.float64)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
-
-
 def sigmoid(z: np.ndarray | float) -> np.ndarray:
-    """Public sigmoid used by prediction (probability of the positive class)."""
-    return _sigmoid(np.atleast_1d(np.asarray(z, dtype=np.float64)))
+    """Probability of the positive class for margins ``z``, by the formula :func:`logistic` uses."""
+    z = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    return np.exp(z - np.logaddexp(0.0, z))
