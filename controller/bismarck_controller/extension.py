@@ -5,8 +5,9 @@ engine package ``bismarckpy`` embedded at the top of every PL/Python body (see `
 server needs only plpython3u and numpy, never this package, and SQL and Python are one build.
 
 Upgrades (``ALTER EXTENSION bismarck UPDATE``) keep data. Statements of ``sql/bismarck.sql`` fall
-in two kinds. Code (functions, procedures, aggregates, views, their comments, grants) is dropped
-and created again by every upgrade script. Everything else (tables, indexes, types, sequences,
+in two kinds. Code (functions, procedures, aggregates, views, their comments, grants, ``DO``
+blocks, which must therefore be idempotent, and ``SET`` statements) is dropped and created or
+run again by every upgrade script. Everything else (tables, indexes, types, sequences,
 seed rows) is persistent: an upgrade creates tables, sequences and named indexes that do not
 exist yet (``IF NOT EXISTS``) and leaves existing ones alone; other changes (new columns, types,
 seed rows) go in hand-written migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between
@@ -131,7 +132,7 @@ class Statement:
         words = self.words
         if not words:
             return False
-        if words[0] in ("GRANT", "REVOKE"):
+        if words[0] in ("GRANT", "REVOKE", "DO", "SET"):
             return True
         if words[:3] == ["CREATE", "OR", "REPLACE"]:
             words = ["CREATE"] + words[3:]

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bismarck_controller.session import PsycopgSession
+from bismarck_controller.session import PsycopgSession, qualified
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.source import resolve
@@ -28,8 +28,8 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     ``params`` are the names of :data:`bismarckpy.params.GLM_PARAMS` (``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    return loop.train_glm(session, source=source, label=label, features=features,
-                          model_name=model_name or source, **params)
+    return loop.train_glm(session, source=qualified(conn, source), label=label,
+                          features=features, model_name=model_name or source, **params)
 
 
 def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
@@ -37,7 +37,8 @@ def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[s
          seed: int | None = None) -> dict[str, Any]:
     """Write a reusable packed copy of ``source`` (see ``bismarck.pack``) and commit it."""
     try:
-        result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
+        result = packing.pack_table(PsycopgSession(conn), source=qualified(conn, source),
+                                    label=label,
                                     features=features, packed_table=packed_table,
                                     block_size=block_size, dtype=dtype, seed=seed)
         conn.commit()
@@ -51,6 +52,7 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
              version: int | None = None) -> dict[str, float | None]:
     """Metrics of a stored model on a table or view, computed in the server."""
     session = PsycopgSession(conn)
+    source = qualified(conn, source)
     try:
         rows = engine_evaluate.evaluate(session, model, source, version)
     finally:
@@ -68,6 +70,11 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     ``prediction``. With ``output``, writes them into a new table and returns its row count;
     otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order if given.
     """
+    source = qualified(conn, source)
+    schema = None
+    if output and "." not in output:  # where CREATE TABLE would put it in the caller's context
+        schema = conn.execute("SELECT pg_catalog.current_schema()::pg_catalog.text").fetchone()
+        conn.rollback()
     session = PsycopgSession(conn)
     try:
         m = engine_evaluate.load_model(session, model, version)
@@ -85,7 +92,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
         if order_by:
             select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
         if output:
-            table = sql.Identifier(*output.split(".", 1))
+            parts = output.split(".", 1) if schema is None or schema[0] is None \
+                else [schema[0], output]
+            table = sql.Identifier(*parts)
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
                 n = cur.rowcount
