@@ -20,8 +20,9 @@
 \echo Use "CREATE EXTENSION bismarck CASCADE" to load this file. \quit
 
 -- Built-ins only from pg_catalog while this script creates views and defaults (the extension's
--- schema may hold objects of users who once had CREATE there). Re-run by every upgrade.
-SET search_path = pg_catalog, pg_temp;
+-- schema may hold objects of users who once had CREATE there). LOCAL: the script's own setting
+-- is restored when it ends (a plain SET would outlive it in the caller's session).
+SET LOCAL search_path = pg_catalog, pg_temp;
 
 ------------------------------------------------------------------------------------------------
 -- Access role (cluster-wide: created once, never dropped by the extension). Re-run by upgrades.
@@ -197,13 +198,17 @@ CREATE POLICY register_packed ON bismarck._packed_tables FOR INSERT
                          WHERE c.oid = packed_table AND pg_has_role(c.relowner, 'USAGE')));
 
 CREATE FUNCTION bismarck._columns_readable(source text, columns text[]) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
                                                                    'SELECT'), false))
                             AND count(*) = cardinality(columns)
                        FROM pg_attribute a
                       WHERE a.attrelid = to_regclass(source) AND a.attnum > 0
-                        AND NOT a.attisdropped AND a.attname = ANY (columns)), false)
+                        AND NOT a.attisdropped AND a.attname = ANY (columns)), false);
+EXCEPTION WHEN insufficient_privilege OR invalid_name OR syntax_error THEN
+    RETURN false;  -- a schema the user may not use, or a name that no longer parses
+END
 $$;
 COMMENT ON FUNCTION bismarck._columns_readable(text, text[]) IS
     'Private: whether the current user may SELECT all these columns of a relation.';

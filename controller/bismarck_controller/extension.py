@@ -97,10 +97,12 @@ def build_digest() -> str:
 def build_section() -> str:
     """The generated function ``bismarck._build()``: which sql/bismarck.sql made the code."""
     return (f"\nCREATE FUNCTION bismarck._build() RETURNS text LANGUAGE sql IMMUTABLE "
-            f"PARALLEL SAFE AS $$ SELECT '{build_digest()}'::text $$;\n"
+            f"PARALLEL SAFE SET search_path = pg_catalog, pg_temp "
+            f"AS $$ SELECT '{build_digest()}'::text $$;\n"
             "COMMENT ON FUNCTION bismarck._build() IS\n"
             "    'Private: md5 of the sql/bismarck.sql and engine that made the code "
-            "(generated).';\n")
+            "(generated).';\n"
+            "GRANT EXECUTE ON FUNCTION bismarck._build() TO bismarck_user;\n")
 
 
 def build_install_script() -> str:

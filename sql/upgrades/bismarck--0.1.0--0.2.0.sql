@@ -2,7 +2,7 @@
 -- are never reused), grants, row-level security; models and packed_tables become filtering views
 -- over the private tables _models and _packed_tables. Existing models keep their rows and belong
 -- to the role that runs the upgrade (a superuser), who can grant them with bismarck.grant_model.
-SET search_path = pg_catalog, pg_temp;
+SET LOCAL search_path = pg_catalog, pg_temp;
 
 ALTER TABLE bismarck.models RENAME TO _models;
 ALTER TABLE bismarck._models
