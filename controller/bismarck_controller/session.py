@@ -20,7 +20,6 @@ from psycopg.pq import TransactionStatus
 from bismarckpy.errors import BismarckError, paragraph
 from bismarckpy.loop import EpochRecord
 
-
 PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
 
 
