@@ -406,7 +406,8 @@ COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
 
 CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN loss = 'logistic'
+    SELECT CASE WHEN z IS NULL THEN NULL  -- least/greatest would skip a NULL: no score
+                WHEN loss = 'logistic'
                 THEN 1.0 / (1.0 + exp(-greatest(least(z, 700), -700)))
                 ELSE z END
 $$;
