@@ -92,7 +92,7 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             keep, score, sql.SQL(src.name))
         if order_by:
             select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
-        if output:
+        if output is not None:
             table = new_table(conn, output)
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
