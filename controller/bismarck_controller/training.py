@@ -37,10 +37,12 @@ def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[s
          packed_table: str, *, block_size: int | None = None, dtype: str | None = None,
          seed: int | None = None) -> dict[str, Any]:
     """Write a reusable packed copy of ``source`` (see ``bismarck.pack``) and commit it."""
+    source = qualified(conn, source)
     try:
-        result = packing.pack_table(PsycopgSession(conn), source=qualified(conn, source),
-                                    label=label,
-                                    features=features, packed_table=packed_table,
+        # Read as CREATE TABLE would (the caller's current schema), before the session pins.
+        target = new_table(conn, packed_table).as_string(conn)
+        result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
+                                    features=features, packed_table=target,
                                     block_size=block_size, dtype=dtype, seed=seed)
         conn.commit()
     except BaseException:
