@@ -83,7 +83,8 @@ GLM_PARAMS: tuple[Param, ...] = (
           "buffers, one vectorised step per block or batch); NULL means yes with "
           "shuffle => 'once', no otherwise.", nullable=True),
     Param("block_size", int, 512, "Rows per packed block.", low=1, high=1_000_000),
-    Param("dtype", str, "float32", "Value type in packed blocks.", choices=("float32", "float64")),
+    Param("dtype", str, "float32", "Value type in packed blocks (default float64 with the exact "
+          "solvers).", choices=("float32", "float64")),
     Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
           low=-(2**62), high=2**62, nullable=True),
     Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
@@ -119,6 +120,8 @@ def validate(values: dict[str, Any], *, where: str = "train_glm") -> dict[str, A
             out["tol"] = EXACT_TOL
         if values.get("penalty") is None:
             out["penalty"] = "none"
+        if values.get("dtype") is None:  # float32 blocks would round the data itself
+            out["dtype"] = "float64"
     return out
 
 

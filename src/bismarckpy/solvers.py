@@ -28,7 +28,7 @@ from .exact import GRADIENT, HESSIAN, Pass
 
 Evaluate = Callable[[np.ndarray, int, float], Pass]
 SINGULAR = 1e-12  # smallest/largest eigenvalue of the scaled Hessian below which it is singular
-SEPARATED = 10.0  # |standardised logit coefficient| beyond which extreme fits mean separation
+SEPARATED = 0.1  # a final Newton step this long (standardised units) means separation
 MAX_HALVINGS = 40
 
 
@@ -240,9 +240,9 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
         theta, g, f, cur = theta_new, g_new, fn, nxt
     else:
         converged = prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol
-    check_separation(prob, cur)
-    if not np.any(prob.penalty):
+    if not np.any(prob.penalty):  # the Hessian for standard errors, and the checks it allows
         cur = evaluate(cur.beta, HESSIAN, 0.0)
+        check_separation(prob, cur)
         check_rank(coords.matrix().T @ prob.hessian(cur) @ coords.matrix(), prob.names)
     return Fit(last=cur, iterations=iterations, converged=converged)
 
@@ -323,19 +323,24 @@ def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
 def check_separation(prob: Problem, P: Pass) -> None:
     """Raise :class:`InvalidData` when an unpenalised logistic fit ran off to infinity.
 
-    Perfect or quasi-perfect separation makes the maximum-likelihood coefficients infinite:
-    fitted probabilities reach 0 or 1 while standardised coefficients keep growing. The
-    columns named are those with the largest standardised coefficients (the intercept alone:
-    every row has the same class).
+    Under perfect or quasi-perfect separation the maximum-likelihood coefficients are infinite:
+    fitted probabilities reach 0 or 1, the loss flattens out and every Newton step keeps going
+    the same way. So the test is the Newton step at the final pass (``P`` carries the Hessian):
+    at a true optimum it is negligible, under separation it stays of order one in standardised
+    units. The columns named are those that step moves most (the intercept alone: every row
+    has the same class).
     """
-    if prob.loss != "logistic" or np.any(prob.penalty) or P.extreme == 0:
+    if prob.loss != "logistic" or np.any(prob.penalty) or P.extreme == 0 or P.hess is None:
+        return
+    A = prob.coords.matrix()
+    vals, vecs = np.linalg.eigh(A.T @ prob.hessian(P) @ A)
+    g = vecs.T @ prob.coords.gradient(prob.gradient(P))
+    step = np.abs(vecs @ (g / np.maximum(vals, 1e-300)))
+    if float(step.max()) < SEPARATED:
         return
     k = prob.coords.k
-    theta = np.abs(prob.coords.to_theta(P.beta))
-    if float(theta.max()) < SEPARATED:
-        return
     names = list(prob.names)
-    features = theta[k:]
+    features = step[k:]
     if features.size and float(features.max()) >= SEPARATED:
         involved = [names[k + j] for j in np.flatnonzero(features >= 0.25 * features.max())]
     else:
