@@ -285,7 +285,7 @@ LANGUAGE sql STABLE AS $$
            (m.fitted -> 'statistic' ->> t.i)::float8,
            (m.fitted -> 'p_value' ->> t.i)::float8
       FROM bismarck._model($1, $2) AS m,
-           LATERAL (SELECT 0 AS i, 'intercept'::text AS feature, m.intercept AS coef
+           LATERAL (SELECT 0 AS i, '(intercept)'::text AS feature, m.intercept AS coef
                      WHERE coalesce((m.params ->> 'fit_intercept')::boolean, true)
                     UNION ALL
                     SELECT k, CASE WHEN m.array_feature

@@ -90,7 +90,7 @@ def test_patients_with_null_rows_match_madlib(madlib, conn, solver, packed):
                              name, solver=solver, packed=packed)
     assert converged
     c = _coefficients(conn, name)
-    assert c["feature"] == ["intercept", "treatment", "trait_anxiety"]
+    assert c["feature"] == ["(intercept)", "treatment", "trait_anxiety"]
     assert relative_error(c["coef"], PATIENTS_COEF) < 1e-6
     y = [1] * 10 + [0] * 10
     tr = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
@@ -248,7 +248,7 @@ def test_sgd_models_list_coefficients_without_statistics(madlib, conn):
     _train(conn, "houses", "price", ["tax", "bath", "size"], "houses_sgd", loss="squared",
            max_epochs=2)
     c = _coefficients(conn, "houses_sgd")
-    assert c["feature"] == ["intercept", "tax", "bath", "size"]
+    assert c["feature"] == ["(intercept)", "tax", "bath", "size"]
     assert np.all(np.isnan(c["std_err"])) and np.all(np.isfinite(c["coef"]))
 
 
@@ -300,3 +300,49 @@ def test_unidentified_models_name_the_columns(madlib, conn, solver, view, label,
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'bad_fit'"
                         ).fetchone()[0] == 0
+
+
+# -- the other front doors: the CLI and the estimators -----------------------------------------
+
+def test_cli_trains_with_solver_and_shows_the_statistics(madlib, conn):
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("train", "houses", "--label", "price", "--features", "tax,bath,size", "--model",
+        "houses_cli", "--loss", "squared", "--solver", "lbfgs", "--dsn", madlib)
+    c = _coefficients(conn, "houses_cli")
+    assert relative_error(c["coef"], HOUSES_COEF) < 1e-6
+    out = run("models", "--dsn", madlib, "show", "houses_cli")
+    for text in ("std err", "p-value", "(intercept)", f"{HOUSES_STD_ERR[1]:.6g}",
+                 f"{HOUSES_P[3]:.6g}"):
+        assert text in out, out
+
+
+def test_estimators_expose_the_statistics(madlib, conn):
+    from bismarck_controller.estimators import LinearRegression, LogisticRegression
+
+    clf = LogisticRegression(model_name="patients_est").fit(
+        madlib, table="patients", label="second_attack",
+        features=["treatment", "trait_anxiety"])
+    assert relative_error(np.r_[clf.intercept_, clf.coef_[0]], PATIENTS_COEF) < 1e-6
+    summary = clf.summary(madlib)
+    assert list(summary.index) == ["(intercept)", "treatment", "trait_anxiety"]
+    np.testing.assert_allclose(summary["std_err"], clf.std_err_)
+    assert clf.metrics_["log_likelihood"] == pytest.approx(PATIENTS_LOG_LIKELIHOOD, rel=1e-9)
+    assert clf.vcov_.shape == (3, 3)
+    np.testing.assert_allclose(np.sqrt(np.diag(clf.vcov_)), clf.std_err_, rtol=1e-12)
+    again = LogisticRegression.from_model(madlib, "patients_est")
+    np.testing.assert_allclose(again.p_values_, clf.p_values_)
+    assert again.solver == "newton"
+
+    reg = LinearRegression(model_name="houses_est").fit(madlib, table="houses", label="price",
+                                                       features=["tax", "bath", "size"])
+    np.testing.assert_allclose(reg.p_values_, HOUSES_P, rtol=1e-6)
+    assert reg.metrics_["r2"] == pytest.approx(HOUSES_R2, rel=1e-9)
+    assert reg.n_iter_ == 1

@@ -66,7 +66,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     lam = p["alpha"] * l2 * (sd ** 2 if p["standardize"] else np.ones(prep.d))
     penalty = np.concatenate([[0.0] * fit_intercept, lam]) if p["penalty"] != "none" \
         else np.zeros(prep.d + fit_intercept)
-    names = ["intercept"] * fit_intercept + feature_names(src, prep.d)
+    names = ["(intercept)"] * fit_intercept + feature_names(src, prep.d)
     prob = solvers.Problem(p["loss"], names, coords, penalty, p["tol"], p["max_epochs"])
     coding = (prep.y_coding if p["loss"] == "logistic" else (glm.Y_AFFINE, 0.0, 0.0, 1.0))
     history: list[EpochRecord] = []

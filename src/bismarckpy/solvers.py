@@ -99,7 +99,7 @@ class Coordinates:
 class Problem:
     """What a solver needs besides the data: loss, names, coordinates, penalty, stopping rule.
 
-    ``names`` are the coefficients' names (``"intercept"`` first when fitted), used in error
+    ``names`` are the coefficients' names (``"(intercept)"`` first when fitted), used in error
     messages; ``penalty`` holds λⱼ per coefficient (0 for the intercept).
     """
 
