@@ -346,3 +346,49 @@ def test_estimators_expose_the_statistics(madlib, conn):
     np.testing.assert_allclose(reg.p_values_, HOUSES_P, rtol=1e-6)
     assert reg.metrics_["r2"] == pytest.approx(HOUSES_R2, rel=1e-9)
     assert reg.n_iter_ == 1
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("path", ["rows", "rows, reshuffled", "array column", "packed table",
+                                  "float32 blocks"])
+def test_every_data_path_gives_the_same_fit(madlib, conn, solver, path):
+    """Rows, an array column, a table written by bismarck.pack: the same exact fit; float32
+    blocks round the data, so only they move the coefficients (by float32's precision)."""
+    features = ["gre", "gpa", "rank2", "rank3", "rank4"]
+    source, feats, opts = "grad_v", features, {}
+    if path == "rows":
+        opts = {"packed": False}
+    elif path == "rows, reshuffled":
+        opts = {"packed": False, "shuffle": "always"}
+    elif path == "array column":
+        conn.execute("DROP TABLE IF EXISTS grad_arr")
+        conn.execute("CREATE TABLE grad_arr AS SELECT admit, ARRAY[gre, gpa, rank2, rank3, "
+                     "rank4]::float8[] AS x FROM grad_v")
+        conn.commit()
+        source, feats = "grad_arr", ["x"]
+    elif path == "packed table":
+        conn.execute("DELETE FROM bismarck.packed_tables WHERE packed_table = "
+                     "to_regclass('grad_packed')")
+        conn.execute("DROP TABLE IF EXISTS grad_packed")
+        conn.execute("SELECT * FROM bismarck.pack('grad_v', 'admit', %s, 'grad_packed', "
+                     "dtype => 'float64', block_size => 32)", [features])
+        conn.commit()
+        source = "grad_packed"
+    else:
+        opts = {"dtype": "float32"}
+    name = f"grad_path_{solver}"
+    _train(conn, source, "admit", feats, name, solver=solver, **opts)
+    c = _coefficients(conn, name)
+    tol = 1e-5 if path == "float32 blocks" else 1e-6
+    assert relative_error(c["coef"], GRAD_COEF) < tol
+    if path == "array column":
+        assert c["feature"][1:] == [f"x[{j}]" for j in range(1, 6)]
+
+
+def test_validation_loss_of_an_exact_fit(madlib, conn):
+    _train(conn, "grad_v", "admit", ["gre", "gpa", "rank2", "rank3", "rank4"], "grad_valid",
+           solver="newton", validation_fraction=0.25, seed=3)
+    m = _metrics(conn, "grad_valid")
+    assert 0 < m["validation_rows"] < 200 and m["rows"] + m["validation_rows"] == 400
+    assert 0.3 < m["validation_loss"] < 1.0
+    assert m["log_likelihood"] == pytest.approx(-m["train_loss"] * m["rows"], rel=1e-12)
