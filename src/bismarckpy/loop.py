@@ -318,7 +318,8 @@ def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
 def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
             model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
-    sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"])
+    sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
+                     p["power_t"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d)
@@ -352,7 +353,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                                 y_coding=prep.y_coding)
             vm = glm.decode(session.query(valid_sql, [ev])[0][0])
             valid_loss = vm.data_loss * loss_scale
-        rate = sched.eta
+        rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
         decision = sched.after_epoch(epoch, train_loss,
                                      valid_loss if valid_loss is not None else train_loss)
         # An epoch's loss is measured along the way from its starting model, so a worse loss
