@@ -2,7 +2,7 @@
 
 Expectations come from finite differences, statsmodels (``Logit``/``OLS``), scikit-learn
 (L2-penalised fits) and SciPy (distributions); MADlib's published values are checked end to end
-in ``tests/test_exact.py``.
+in ``tests/test_exact.py`` (end to end).
 """
 
 from __future__ import annotations
