@@ -202,8 +202,11 @@ def test_two_parallel_workers_give_the_serial_fit(madlib, conn, solver):
         merged = conn.execute("SELECT max(workers) FROM bismarck.training_history "
                               "WHERE model_name = %s", [name]).fetchone()[0]
         assert (merged >= 1) if workers else (merged == 0)
-    np.testing.assert_allclose(fits[2]["coef"], fits[0]["coef"], rtol=1e-9)
-    np.testing.assert_allclose(fits[2]["std_err"], fits[0]["std_err"], rtol=1e-9)
+    # The sums agree to rounding (the order of additions differs); Newton's quadratic
+    # convergence erases that, L-BFGS may stop at another point within its tolerance.
+    rtol = 1e-9 if solver == "newton" else 1e-6
+    np.testing.assert_allclose(fits[2]["coef"], fits[0]["coef"], rtol=rtol)
+    np.testing.assert_allclose(fits[2]["std_err"], fits[0]["std_err"], rtol=rtol)
     # 20 copies of every row: the same coefficients, standard errors shrunk by √20
     assert relative_error(fits[0]["coef"], GRAD_COEF) < 1e-6
     g = grad_school()
