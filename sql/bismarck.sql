@@ -326,6 +326,7 @@ CREATE FUNCTION bismarck.train_glm(
     seed                bigint   DEFAULT NULL,
     validation_fraction float8   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
+    solver              text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -346,7 +347,8 @@ BEGIN
         'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
-        'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel));
+        'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
+        'solver', solver));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -360,9 +362,10 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer) IS
+    integer, text, bigint, float8, integer, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
-    'an aggregate, and store it as the next version of model_name (default: the source table''s '
+    'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
+    'standard errors), and store it as the next version of model_name (default: the source table''s '
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
 
@@ -458,6 +461,28 @@ $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
+
+CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
+RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.feature, t.coef,
+           (m.fitted -> 'std_err' ->> t.i)::float8,
+           (m.fitted -> 'statistic' ->> t.i)::float8,
+           (m.fitted -> 'p_value' ->> t.i)::float8
+      FROM bismarck._model($1, $2) AS m,
+           LATERAL (SELECT 0 AS i, '(intercept)'::text AS feature, m.intercept AS coef
+                     WHERE coalesce((m.params ->> 'fit_intercept')::boolean, true)
+                    UNION ALL
+                    SELECT k, CASE WHEN m.array_feature
+                                   THEN format('%s[%s]', m.features[1], k)
+                                   ELSE m.features[k] END, m.coef[k]
+                      FROM generate_subscripts(m.coef, 1) AS k) AS t
+     ORDER BY t.i
+$$;
+COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS
+    'The coefficients of a stored model (latest version unless given), intercept first, with '
+    'standard errors, z (logistic) or t (squared) statistics and two-sided p-values for '
+    'unpenalised fits by solver newton or lbfgs (NULL otherwise).';
 
 CREATE FUNCTION bismarck.delete_model(model text, version integer DEFAULT NULL)
 RETURNS integer
@@ -786,6 +811,53 @@ CREATE AGGREGATE bismarck._moments(x bytea) (
 COMMENT ON AGGREGATE bismarck._moments(bytea) IS
     'Private: per-feature count, mean and sum of squared deviations of rows (features as '
     '_float8_array_bytes), for standardisation.';
+
+------------------------------------------------------------------------------------------------
+-- Exact solvers: one pass of loss, gradient and Hessian sums (the merge is an exact sum)
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._exact_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition(plpy, state, x, y, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step(bytea, bytea, float8, bytea) IS
+    'Private: transition of _exact_pass: one row''s loss, gradient and Hessian terms.';
+
+CREATE FUNCTION bismarck._exact_step_block(state bytea, block bytea, init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_block(plpy, state, block, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_block(bytea, bytea, bytea) IS
+    'Private: transition of _exact_pass_packed: a packed block''s sums in a few matrix products.';
+
+CREATE FUNCTION bismarck._exact_merge(a bytea, b bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_merge(plpy, a, b)
+$$;
+COMMENT ON FUNCTION bismarck._exact_merge(bytea, bytea) IS
+    'Private: combine function of the exact passes: the sum of two partial states (exact).';
+
+CREATE AGGREGATE bismarck._exact_pass(x bytea, y float8, init bytea) (
+    SFUNC = bismarck._exact_step,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._exact_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._exact_pass(bytea, float8, bytea) IS
+    'Private: loss, gradient and Hessian sums of a GLM at fixed coefficients over rows '
+    '(features as _float8_array_bytes, coded label): one Newton or L-BFGS pass.';
+
+CREATE AGGREGATE bismarck._exact_pass_packed(block bytea, init bytea) (
+    SFUNC = bismarck._exact_step_block,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._exact_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_packed(bytea, bytea) IS
+    'Private: _exact_pass over packed blocks.';
 
 ------------------------------------------------------------------------------------------------
 -- Packed storage: many rows per bytea block, one numpy mini-batch step per block

@@ -171,6 +171,19 @@ def model(conn: psycopg.Connection, name: str, version: int | None = None) -> di
     return row
 
 
+def coefficients(conn: psycopg.Connection, name: str,
+                 version: int | None = None) -> list[dict[str, Any]]:
+    """``bismarck.coefficients``: per coefficient, its value, standard error, statistic, p-value."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            cur.execute("SELECT feature, coef, std_err, statistic, p_value "
+                        "FROM bismarck.coefficients(%s, %s::int)", [name, version])
+            rows = cur.fetchall()
+        finally:
+            conn.rollback()
+    return rows
+
+
 def delete_model(conn: psycopg.Connection, name: str, version: int | None = None) -> int:
     """Delete one version (or all versions) of a model; returns how many rows went."""
     try:

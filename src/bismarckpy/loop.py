@@ -111,6 +111,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     """Train a GLM on ``source`` and store it as the next version of ``model_name``."""
     started = time.monotonic()
     p = validate(options)
+    if p["solver"] != "sgd":
+        from . import exact_loop
+
+        exact_loop.check_options(p)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
@@ -144,7 +148,13 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     try:
         prepared = (_prepare_packed_table(session, table, p, seed) if table
                     else _prepare(session, src, p, seed, work))
-        result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
+        if p["solver"] == "sgd":
+            result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
+        else:
+            from . import exact_loop
+
+            result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
+                                    started)
         _drop_work(session, work)
         session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
                       "finished_at = now(), work_schema = NULL WHERE run_id = %s",
@@ -193,7 +203,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                               n_train, n_valid, checked.n_total - checked.n_usable, classes)
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
-    if p["standardize"] and p["loss"] == "squared":
+    if p["standardize"] and p["loss"] == "squared" and p["solver"] == "sgd":
         y_mean, y_sd = session.query(
             f"SELECT avg({y_expr}) AS m, coalesce(stddev_pop({y_expr}), 0) AS s "
             f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]

@@ -35,6 +35,7 @@ BAD = {
     "block_size": [0, 1_000_001, 2.5],
     "dtype": ["float16", "int8", 4],
     "validation_fraction": [-0.1, 0.95, 1.0, math.nan],
+    "solver": ["cholesky", "sag", 1, ""],
 }
 
 MESSAGE = re.compile(r"^The '(?P<name>\w+)' parameter of (?P<where>\w+) must be (?P<what>.+)\. "
@@ -155,3 +156,12 @@ def test_bounds_are_inclusive_unless_open() -> None:
                     "batch_size": 0, "seed": 2**62, "tol": 0.0})
     assert out["l1_ratio"] == 1.0 and out["seed"] == 2**62
     assert validate({"eta0": 1e-300})["eta0"] == 1e-300
+
+
+def test_exact_solvers_default_to_the_unpenalised_fit_to_tight_tolerance() -> None:
+    out = validate({"solver": "newton"})
+    assert (out["penalty"], out["tol"], out["dtype"]) == ("none", 1e-8, "float64")
+    out = validate({"solver": "lbfgs", "penalty": "l2", "tol": 1e-4, "dtype": "float32"})
+    assert (out["penalty"], out["tol"], out["dtype"]) == ("l2", 1e-4, "float32")
+    assert validate({"solver": "newton", "tol": None})["tol"] is None
+    assert validate({})["penalty"] == "l2" and validate({})["solver"] == "sgd"
