@@ -370,8 +370,6 @@ def test_every_data_path_gives_the_same_fit(madlib, conn, solver, path):
         conn.commit()
         source, feats = "grad_arr", ["x"]
     elif path == "packed table":
-        conn.execute("DELETE FROM bismarck.packed_tables WHERE packed_table = "
-                     "to_regclass('grad_packed')")
         conn.execute("DROP TABLE IF EXISTS grad_packed")
         conn.execute("SELECT * FROM bismarck.pack('grad_v', 'admit', %s, 'grad_packed', "
                      "dtype => 'float64', block_size => 32)", [features])
