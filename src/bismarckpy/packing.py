@@ -180,9 +180,8 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
         [target.replace("%%", "%")])[0]
     values = checked.label_values or label_values(session, src)
     session.query(
-        "INSERT INTO bismarck._packed_tables (packed_table, source, label, features, "
-        "array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed) "
-        "VALUES (%s::regclass, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s::float8[], %s)",
+        "SELECT bismarck._register_packed(%s::regclass, %s, %s, %s::text[], %s, %s::integer, "
+        "%s, %s::integer, %s::bigint, %s::bigint, %s::float8[], %s::bigint) AS registered",
         [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
          block_size, rows, checked.n_total - checked.n_usable, values, seed])
     return {"packed_table": name, "blocks": int(blocks), "rows": rows,
