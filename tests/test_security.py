@@ -674,6 +674,38 @@ def test_fitted_stays_hidden_when_the_source_may_hide_rows(roles: Roles, hide: s
         a.execute("DROP TABLE patients")
 
 
+def test_doctor_reports_who_may_create_in_schema_bismarck_and_strangers_there(
+        roles: Roles) -> None:
+    from bismarck_controller import doctor
+
+    mallory = roles.names["mallory"]
+    with roles.connect("admin") as admin:
+        assert [c.state for c in doctor.schema_checks(admin)] == [doctor.OK, doctor.OK]
+        admin.execute(sql.SQL("GRANT CREATE ON SCHEMA bismarck TO {}").format(
+            sql.Identifier(mallory)))
+        try:
+            with roles.connect("mallory") as m:
+                m.execute("CREATE FUNCTION bismarck.predict(model text, x text) RETURNS float8 "
+                          "LANGUAGE sql AS 'SELECT 0::float8'")
+                m.execute("CREATE TABLE bismarck.stash (x int)")
+            checks = {c.name: c for c in doctor.schema_checks(admin)}
+            assert checks["schema bismarck: who may create"].failed
+            assert mallory in checks["schema bismarck: who may create"].detail
+            detail = checks["schema bismarck: objects"].detail
+            assert checks["schema bismarck: objects"].failed
+            assert "bismarck.predict(text,text)" in detail and "bismarck.stash" in detail
+            admin.execute(checks["schema bismarck: who may create"].fix.split(": ", 1)[1]
+                          .removesuffix("."))  # the fix it names works
+            checks = {c.name: c for c in doctor.schema_checks(admin)}
+            assert checks["schema bismarck: who may create"].state == doctor.OK
+        finally:
+            admin.execute("DROP FUNCTION IF EXISTS bismarck.predict(text, text)")
+            admin.execute("DROP TABLE IF EXISTS bismarck.stash")
+            admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA bismarck FROM {}").format(
+                sql.Identifier(mallory)))
+        assert [c.state for c in doctor.schema_checks(admin)] == [doctor.OK, doctor.OK]
+
+
 # --- 5. versions and names ----------------------------------------------------------------------
 
 
@@ -792,7 +824,7 @@ def test_sigterm_is_clean_like_sigint(roles: Roles, big_table: str) -> None:
         assert proc.returncode != 0
         status, schema = admin.execute("SELECT status, work_schema FROM bismarck._training_run "
                                        "WHERE run_id = %s", [run_id]).fetchone()
-        assert status == "interrupted"
+        assert (status, schema) == ("interrupted", None)
         assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE "
                              "'bismarck_work_%'").fetchone() == (0,)
         assert admin.execute("SELECT count(*) FROM bismarck._models WHERE model_name = "
@@ -912,6 +944,17 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             conn.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
                          "status, version) VALUES ('old', 'pts', '{}', 'succeeded', 3)")
             conn.execute("CREATE TABLE bismarck._train_7 (x bytea)")  # a 0.1.0 leftover
+            # 0.1.0's README had users grant CREATE on the schema; one of them plants an
+            # overload that a literal argument would resolve to
+            planter = f"bsec_planter_{os.getpid()}"
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {0}; CREATE ROLE {0}; GRANT CREATE, USAGE "
+                                 "ON SCHEMA bismarck TO {0}; GRANT CREATE ON SCHEMA bismarck "
+                                 "TO PUBLIC").format(sql.Identifier(planter)))
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(planter)))
+            conn.execute("CREATE FUNCTION bismarck.evaluate(model text, source text) RETURNS "
+                         "TABLE (metric text, value float8) LANGUAGE sql AS "
+                         "$$ SELECT 'planted'::text, 0::float8 $$")
+            conn.execute("RESET ROLE")
             path = conn.execute("SHOW search_path").fetchone()
 
             assert extension.install(conn) == "Upgraded extension bismarck 0.1.0 -> " \
@@ -926,5 +969,18 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             assert conn.execute("SELECT version FROM bismarck.train_glm('pts', 'y', "
                                 "ARRAY['a'], 'old', max_epochs => 1)").fetchone() == (4,)
             assert conn.execute("SELECT to_regclass('bismarck._train_7')").fetchone() == (None,)
+            assert conn.execute(
+                "SELECT count(*) FROM pg_roles r WHERE NOT r.rolsuper AND has_schema_privilege("
+                "r.oid, 'bismarck', 'CREATE')").fetchone() == (0,)
+            from bismarck_controller import doctor
+
+            checks = {c.name: c for c in doctor.schema_checks(conn)}
+            assert checks["schema bismarck: who may create"].state == doctor.OK
+            strangers = checks["schema bismarck: objects"]
+            assert strangers.failed and "bismarck.evaluate(text,text)" in strangers.detail
+            conn.execute("DROP FUNCTION bismarck.evaluate(text, text)")
+            conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA bismarck FROM {0}; DROP ROLE {0}")
+                         .format(sql.Identifier(planter)))
+            assert not any(c.failed for c in doctor.schema_checks(conn))
     finally:
         script.unlink(missing_ok=True)

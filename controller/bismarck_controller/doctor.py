@@ -160,13 +160,13 @@ def schema_checks(conn: psycopg.Connection) -> list[Check]:
         f"WHERE x.{nsp} = (SELECT nsp FROM ext)" for cat, nsp, owner in _SCHEMA_OBJECTS)
     rows = conn.execute(_STRANGERS.format(objects=objects)).fetchall()
     creators = [r[0] for r in conn.execute(
-        "SELECT CASE WHEN r.oid IS NULL THEN 'PUBLIC' ELSE r.rolname::text END "
-        "FROM pg_namespace n JOIN pg_extension e ON e.extnamespace = n.oid "
-        "AND e.extname = 'bismarck' "
-        "LEFT JOIN pg_roles r ON true "
-        "WHERE (r.oid IS NULL AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a "
-        "WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')) OR (r.oid <> e.extowner "
-        "AND NOT r.rolsuper AND has_schema_privilege(r.oid, n.oid, 'CREATE')) ORDER BY 1")]
+        "SELECT 'PUBLIC' FROM pg_namespace n JOIN pg_extension e ON e.extnamespace = n.oid "
+        "AND e.extname = 'bismarck', aclexplode(n.nspacl) a "
+        "WHERE a.grantee = 0 AND a.privilege_type = 'CREATE' "
+        "UNION SELECT quote_ident(r.rolname) FROM pg_roles r, pg_namespace n "
+        "JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'bismarck' "
+        "WHERE r.oid <> e.extowner AND NOT r.rolsuper "
+        "AND has_schema_privilege(r.oid, n.oid, 'CREATE') ORDER BY 1")]
     schema_owner = conn.execute(
         "SELECT n.nspowner <> e.extowner, n.nspowner::regrole::text FROM pg_namespace n "
         "JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'bismarck'").fetchone()
@@ -177,7 +177,7 @@ def schema_checks(conn: psycopg.Connection) -> list[Check]:
                             "roles that may create objects in schema bismarck: "
                             + ", ".join(creators),
                             "As a superuser: REVOKE CREATE ON SCHEMA bismarck FROM "
-                            + ", ".join(creators) + " (or run `bismarck install`)."))
+                            + ", ".join(creators) + " CASCADE."))
     else:
         checks.append(Check("schema bismarck: who may create", OK,
                             "only the extension's owner (and superusers)"))
