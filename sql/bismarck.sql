@@ -146,6 +146,23 @@ COMMENT ON TABLE bismarck._packed_tables IS
     'Private: packed tables written by bismarck.pack (read them through bismarck.packed_tables).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._packed_tables', '');
 
+-- Installations of an earlier 0.2.0 development build lack _packed_tables.owner (re-run by
+-- upgrades and code refreshes; a no-op once the column exists).
+DO $bismarck_packed_owner$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = 'bismarck._packed_tables'::pg_catalog.regclass
+                      AND a.attname = 'owner' AND NOT a.attisdropped) THEN
+        DELETE FROM bismarck._packed_tables p
+         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = p.packed_table);
+        ALTER TABLE bismarck._packed_tables ADD COLUMN owner regrole;
+        UPDATE bismarck._packed_tables p SET owner = c.relowner::regrole
+          FROM pg_catalog.pg_class c WHERE c.oid = p.packed_table;
+        ALTER TABLE bismarck._packed_tables ALTER COLUMN owner SET NOT NULL;
+    END IF;
+END
+$bismarck_packed_owner$;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
 -- have (pg_has_role ... 'USAGE'), and models whose owner granted them. Built-ins only, so that

@@ -590,6 +590,12 @@ def test_nobody_can_squat_a_model_name_or_stall_its_training(roles: Roles) -> No
         carol.execute("SELECT pg_advisory_lock(hashtext('bismarck.model_names'), "
                       "hashtext('squatted'))")
         m.execute("SELECT pg_advisory_lock(hashtext('squatted'))")
+        carol.execute("SELECT pg_advisory_lock(hashtext('bismarck.pack'), "
+                      "hashtext('alice.squatted_packed'))")
+        with roles.connect("alice") as a:
+            a.execute("DROP TABLE IF EXISTS squatted_packed")
+            assert a.execute("SELECT rows FROM bismarck.pack('patients', 'second_attack', %s, "
+                             "'squatted_packed')", [FEATURES]).fetchone() == (20,)
         m.execute("BEGIN")
         for statement in ("SELECT 1 FROM bismarck.model_names WHERE model_name = 'squatted' "
                           "FOR KEY SHARE",
