@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import InvalidData
+from .errors import BismarckError, InvalidData
 from .packing import check_rows
-from .source import Session, resolve
+from .source import Session, Source, resolve
 
 _SOFTPLUS = "(greatest({u}, 0) + ln(1 + exp(-least(abs({u}), 700))))"
 
@@ -25,11 +25,38 @@ def load_model(session: Session, model: str, version: int | None) -> dict[str, A
     return dict(zip(cols, row))
 
 
+def resolve_scored(session: Session, relation: str, label: str | None,
+                   features: list[str]) -> Source:
+    """``resolve`` for scoring: a packed table gets a clear error naming its original source.
+
+    A model trained on a ``bismarck.pack`` output stores that table as its source, but its
+    blocks have no label or feature columns. Raises InvalidData (42809) with a hint naming
+    ``bismarck.packed_tables.source``; otherwise whatever ``resolve`` raises.
+    """
+    try:
+        return resolve(session, relation, label, features)
+    except BismarckError as exc:
+        if exc.sqlstate not in ("42703", "42804"):  # only a missing column or a wrong type
+            raise
+        packed = session.query(
+            "SELECT p.packed_table::text AS name, p.source FROM bismarck.packed_tables AS p "
+            "WHERE p.packed_table::oid = to_regclass(%s)::oid", [relation])
+        if not packed:
+            raise
+        name, source = packed[0]
+        raise InvalidData(
+            f"{name} is a packed table written by bismarck.pack", sqlstate="42809",
+            detail="Its blocks hold training rows for train_glm only; it has no label or "
+                   "feature columns to score.",
+            hint=f"Score its original source {source} instead (bismarck.packed_tables.source)."
+        ) from None
+
+
 def evaluate(session: Session, model: str, relation: str,
              version: int | None = None) -> list[dict[str, Any]]:
     """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``."""
     m = load_model(session, model, version)
-    src = resolve(session, relation, m["label"], m["features"])
+    src = resolve_scored(session, relation, m["label"], m["features"])
     d = len(m["coef"])
     checked = check_rows(session, src)
     if checked.d != d:
