@@ -204,18 +204,20 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         click.echo("no models yet: train one with `bismarck train`")
         return
     out = Table()  # one line per model version: long cells end in "…", never wrap
+    widest = {"model": max(len(r["model_name"]) for r in rows), "version": 7,
+              "loss": 8}  # these keep their width; the others give way
     for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
-        out.add_column(col, no_wrap=True, overflow="ellipsis")
+        out.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widest.get(col))
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
                     _features_cell(r["features"], len(r["coef"])),
                     _fmt(r["metrics"].get("train_loss")),
-                    r["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
+                    r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
 
 
-def _features_cell(features: list[str], d: int, width: int = 30) -> str:
+def _features_cell(features: list[str], d: int, width: int = 24) -> str:
     """The feature count and as many names as fit in ``width`` characters, then "…".
 
     ``d`` is the number of coefficients (an array feature's one column holds ``d`` features).
