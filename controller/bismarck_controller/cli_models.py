@@ -203,11 +203,9 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     if not rows:
         click.echo("no models yet: train one with `bismarck train`")
         return
-    out = Table()  # one line per model version: long cells end in "…", never wrap
-    widest = {"model": max(len(r["model_name"]) for r in rows), "version": 7,
-              "loss": 8}  # these keep their width; the others give way
+    out = Table()  # one line per model version: source and features shrink, ending in "…"
     for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
-        out.add_column(col, no_wrap=True, overflow="ellipsis", min_width=widest.get(col))
+        out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
                     _features_cell(r["features"], len(r["coef"])),
@@ -220,12 +218,14 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
 def _features_cell(features: list[str], d: int, width: int = 24) -> str:
     """The feature count and as many names as fit in ``width`` characters, then "…".
 
+    E.g. ``30:radius,texture,perimeter,a…``; no spaces, so the table never wraps the cell.
+
     ``d`` is the number of coefficients (an array feature's one column holds ``d`` features).
     """
-    names = ", ".join(features) if len(features) == d else f"{features[0]}[1:{d}]"
+    names = ",".join(features) if len(features) == d else f"{features[0]}[1:{d}]"
     if len(names) > width:
-        names = names[:width - 1].rstrip(", ") + "…"
-    return f"{d}: {names}"
+        names = names[:width - 1].rstrip(",") + "…"
+    return f"{d}:{names}".replace(" ", "\u00a0")  # one word: rich cuts it, never wraps it
 
 
 @models_group.command("show")
