@@ -17,7 +17,6 @@ from bismarck_controller.session import PsycopgSession
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.errors import InvalidData, UndefinedObject
-from bismarckpy.source import resolve
 
 
 def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
