@@ -627,7 +627,7 @@ COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
 
 CREATE FUNCTION bismarck._linear(coef float8[], intercept float8, x float8[])
 RETURNS float8
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     z float8;
     safe boolean;
@@ -651,7 +651,7 @@ COMMENT ON FUNCTION bismarck._linear(float8[], float8, float8[]) IS
     'product can overflow or underflow, else exactly in numeric, mapped by _float8_saturated.';
 
 CREATE FUNCTION bismarck._float8_saturated(v numeric) RETURNS float8
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN v > 1.7976931348623157e308 THEN 'Infinity'::float8
                 WHEN v < -1.7976931348623157e308 THEN '-Infinity'::float8
                 WHEN v = 0 THEN 0::float8
