@@ -643,12 +643,49 @@ BEGIN
        OR x && '{NaN,Infinity,-Infinity}'::float8[] THEN
         RETURN NULL;  -- a missing value: no score (evaluate skips such rows, training too)
     END IF;
-    RETURN m.intercept + (SELECT sum(c * v) FROM unnest(m.coef, x) AS t(c, v));
+    RETURN bismarck._linear(m.coef, m.intercept, x);
 END
 $$;
 COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
     'Private: the linear score x·coef + intercept in original feature units; NULL when x has a '
     'NULL, NaN or infinite element; an error for a 2-D array or a wrong length.';
+
+CREATE FUNCTION bismarck._linear(coef float8[], intercept float8, x float8[])
+RETURNS float8
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    z float8;
+    safe boolean;
+BEGIN
+    -- Fast path in float8 when no product can overflow or underflow (|c|, |v| in [1e-150,
+    -- 1e150] or 0 gives |c*v| <= 1e300; an array has < 1.4e8 elements, so the sum and the
+    -- intercept stay below 1.5e308). Otherwise the exact sum in numeric, which never raises.
+    SELECT sum(CASE WHEN ok THEN c * v END), bool_and(ok) INTO z, safe
+      FROM (SELECT c, v, (c = 0 OR abs(c) BETWEEN 1e-150::float8 AND 1e150::float8)
+                         AND (v = 0 OR abs(v) BETWEEN 1e-150::float8 AND 1e150::float8) AS ok
+              FROM unnest(coef, x) AS t(c, v)) AS p;
+    IF safe AND abs(intercept) <= 1e300::float8 THEN
+        RETURN intercept + z;
+    END IF;
+    RETURN bismarck._float8_saturated(intercept::text::numeric + (
+        SELECT sum(c::text::numeric * v::text::numeric) FROM unnest(coef, x) AS t(c, v)));
+END
+$$;
+COMMENT ON FUNCTION bismarck._linear(float8[], float8, float8[]) IS
+    'Private: x·coef + intercept for finite x, never an overflow error: in float8 while no '
+    'product can overflow or underflow, else exactly in numeric, mapped by _float8_saturated.';
+
+CREATE FUNCTION bismarck._float8_saturated(v numeric) RETURNS float8
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN v > 1.7976931348623157e308 THEN 'Infinity'::float8
+                WHEN v < -1.7976931348623157e308 THEN '-Infinity'::float8
+                WHEN v = 0 THEN 0::float8
+                WHEN abs(v) < 1e-300 THEN sign(v)::float8 * 1e-300  -- keeps the sign
+                ELSE v::float8 END
+$$;
+COMMENT ON FUNCTION bismarck._float8_saturated(numeric) IS
+    'Private: a numeric as float8 without range errors: beyond float8 it is +-Infinity, and a '
+    'non-zero value below 1e-300 in magnitude is +-1e-300 (its sign is what classifies).';
 
 CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

@@ -76,7 +76,7 @@ def check_rows(session: Session, src: Source) -> Checked:
         raise InvalidData(
             f'feature column "{src.features[0]}" holds multi-dimensional arrays',
             detail=f"{multi} rows have arrays of more than one dimension.",
-            hint="Flatten them to one dimension (for example in a view) and train again.")
+            hint="Flatten them to one dimension (for example in a view) and use that instead.")
     if n_usable == 0:
         raise InvalidData(
             f"no usable rows in {src.name}",

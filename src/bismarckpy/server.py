@@ -8,6 +8,7 @@ plpgsql wrapper in ``sql/bismarck.sql`` turns into a clean ``RAISE`` with SQLSTA
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -134,8 +135,12 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
     """``bismarck.evaluate``: metrics of a stored model on a table or view."""
     from . import evaluate as _evaluate
 
-    return _envelope(plpy, lambda: _evaluate.evaluate(PlpySession(plpy), model, relation,
-                                                      version))
+    def metrics() -> list[dict[str, Any]]:  # JSON has no infinity: float8's input reads text
+        rows = _evaluate.evaluate(PlpySession(plpy), model, relation, version)
+        return [{**r, "value": str(r["value"]).replace("inf", "Infinity")}
+                if r["value"] is not None and math.isinf(r["value"]) else r for r in rows]
+
+    return _envelope(plpy, metrics)
 
 
 def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
