@@ -6,6 +6,7 @@ plain SQL query) watch the run; the model itself is written in the run's last tr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Callable
 
@@ -14,6 +15,10 @@ from psycopg import sql
 
 from bismarckpy.errors import BismarckError, paragraph
 from bismarckpy.loop import EpochRecord
+
+
+class BismarckWarning(UserWarning):
+    """A model was stored but needs attention (separation, a validation share off, ...)."""
 
 
 class PsycopgSession:
@@ -44,6 +49,10 @@ class PsycopgSession:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
         if self._on_epoch is not None:
             self._on_epoch(record)
+
+    def warn(self, message: str) -> None:
+        """A Python warning (:class:`BismarckWarning`) the caller can filter or turn to errors."""
+        warnings.warn("bismarck: " + message, BismarckWarning, stacklevel=2)
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """Roll back the failed epoch and mark the run failed or interrupted, then commit."""
