@@ -306,7 +306,7 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         before = (2 * k * seen + total) // (2 * total)
         seen += int(n)
         held[int(block)] = (2 * k * seen + total) // (2 * total) - before
-    heads = "'{" + ",".join(map(str, held)) + "}'::int[]"
+    heads = "('{" + ",".join(map(str, held)) + "}'::int[])"
     prep = _finish_packed(session, p, table.relation + " AS p", None, [], table.d,
                           table.itemsize, total - k, k, 0, classes,
                           train_rows=f"{heads}[p.block + 1], NULL")

@@ -112,19 +112,23 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
     ``dtype`` is the packed block type asked for (None: rows only). A float32 block that cannot
     hold a value (beyond ~1.7e38 from its column's minimum) is refused by ``bismarck.pack``
     (``packing``) and replaced by float64 for a training run's own working copy. Returns the
-    dtype to use. Raises :class:`InvalidData` for values beyond :data:`MAX_ABS`, and, without
-    standardisation, for features (or a squared loss's label) beyond :data:`SQUARE_SAFE`.
+    dtype to use. Raises :class:`InvalidData` for values beyond :data:`MAX_ABS`, for a squared
+    loss's label beyond :data:`SQUARE_SAFE` (its loss is not a float), and, without
+    standardisation, for features beyond :data:`SQUARE_SAFE`.
     """
-    limits = [(MAX_ABS, "is too large to compute with",
-               "Rescale the column (for example divide it by a power of ten) in a view.")]
-    if not standardize:
-        limits.append((SQUARE_SAFE, "is too large to train on without standardisation "
-                                    "(its square overflows)",
-                       "Use standardize => true, or rescale the column in a view."))
-    for limit, what, hint in limits:
-        label_too = squared or limit == MAX_ABS
-        if checked.max_abs_x > limit or (label_too and checked.max_abs_y > limit):
-            raise _too_large(session, src, limit, what, hint, label_too)
+    if checked.max_abs_x > MAX_ABS or checked.max_abs_y > MAX_ABS:
+        raise _too_large(session, src, MAX_ABS, "is too large to compute with",
+                         "Rescale the column (for example divide it by a power of ten) in a "
+                         "view.", True)
+    if squared and checked.max_abs_y > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, "is too large for the squared loss "
+                         "(the square of its errors overflows)",
+                         "Rescale the label in a view (for example divide it by 1e100).", True,
+                         features=False)
+    if not standardize and checked.max_abs_x > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, "is too large to train on without "
+                         "standardisation (its square overflows)",
+                         "Use standardize => true, or rescale the column in a view.", False)
     if dtype == "float32" and max(checked.max_abs_x, checked.max_abs_y) > FLOAT32_SAFE:
         if packing:
             raise _too_large(session, src, FLOAT32_SAFE, "is too large for float32 blocks",
@@ -134,21 +138,23 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
 
 
 def _too_large(session: Session, src: Source, limit: float, what: str, hint: str,
-               label_too: bool) -> InvalidData:
+               label_too: bool, *, features: bool = True) -> InvalidData:
     """The error for the first column holding a magnitude beyond ``limit`` (error path only)."""
-    name, largest = _first_column_beyond(session, src, limit, label_too)
+    name, largest = _first_column_beyond(session, src, limit, label_too, features)
     return InvalidData(f"{name} {what}", detail=f"Its largest magnitude is {largest:.6g}; "
                                                  f"the limit is {limit:.6g}.", hint=hint)
 
 
-def _first_column_beyond(session: Session, src: Source, limit: float,
-                         label_too: bool) -> tuple[str, float]:
+def _first_column_beyond(session: Session, src: Source, limit: float, label_too: bool,
+                         features: bool = True) -> tuple[str, float]:
     """Which column (or array element) holds a usable value beyond ``limit``, and its size."""
     where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
     if label_too and src.label_expr:
         ay = session.query(f"SELECT max(abs({src.label_expr})) AS m {where}")[0][0]
         if ay is not None and ay > limit:
             return f'label "{src.label}"', float(ay)
+    if not features:
+        return "a value", math.inf
     if src.feature_exprs:
         maxima = session.query("SELECT " + ", ".join(
             f"max(abs({e})) AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
