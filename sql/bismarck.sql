@@ -235,13 +235,15 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
     'Score one feature vector with a stored model (latest version unless given): probability '
-    'of the positive class for logistic, the value for squared, the signed margin for hinge.';
+    'of the positive class for logistic, the value for squared, the signed margin for hinge. '
+    'NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     m bismarck.models;
+    z float8;
 BEGIN
     m := bismarck._model(model, version);
     IF m.classes IS NULL THEN
@@ -252,12 +254,13 @@ BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
-    RETURN CASE WHEN bismarck._margin(m, x) >= 0 THEN m.classes[2] ELSE m.classes[1] END;
+    z := bismarck._margin(m, x);
+    RETURN CASE WHEN z >= 0 THEN m.classes[2] WHEN z < 0 THEN m.classes[1] END;  -- NULL: NULL
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
     'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
-    'come back as 0/1).';
+    'come back as 0/1); NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.evaluate(model text, source text, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
@@ -377,21 +380,36 @@ COMMENT ON FUNCTION bismarck._model(text, integer) IS
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 BEGIN
+    IF array_ndims(x) > 1 THEN
+        RAISE EXCEPTION 'feature vector is a %-dimensional array', array_ndims(x)
+            USING ERRCODE = '22000',
+                  DETAIL = format('Model "%s" scores one 1-D array of %s features per call; '
+                                  'got an array of dimensions %s.', m.model_name,
+                                  cardinality(m.coef), array_dims(x)),
+                  HINT = 'Pass one row''s features as a 1-D array, e.g. ARRAY[x1, x2]; keep '
+                         'each row of a matrix in its own table row.';
+    END IF;
     IF cardinality(x) <> cardinality(m.coef) THEN
         RAISE EXCEPTION 'feature vector has % elements but model "%" has % features',
             cardinality(x), m.model_name, cardinality(m.coef)
             USING ERRCODE = '22000',
                   HINT = 'Pass the features in the order of bismarck.models.features.';
     END IF;
+    IF array_position(x, NULL) IS NOT NULL
+       OR x && '{NaN,Infinity,-Infinity}'::float8[] THEN
+        RETURN NULL;  -- a missing value: no score (evaluate skips such rows, training too)
+    END IF;
     RETURN m.intercept + (SELECT sum(c * v) FROM unnest(m.coef, x) AS t(c, v));
 END
 $$;
 COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
-    'Private: the linear score x·coef + intercept in original feature units.';
+    'Private: the linear score x·coef + intercept in original feature units; NULL when x has a '
+    'NULL, NaN or infinite element; an error for a 2-D array or a wrong length.';
 
 CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN loss = 'logistic'
+    SELECT CASE WHEN z IS NULL THEN NULL  -- least/greatest would skip a NULL: no score
+                WHEN loss = 'logistic'
                 THEN 1.0 / (1.0 + exp(-greatest(least(z, 700), -700)))
                 ELSE z END
 $$;

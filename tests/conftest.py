@@ -16,12 +16,23 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from bismarck_controller import embedded, extension
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property tests: under CI=true every run draws the same examples (derandomize: the seed comes
+# from each test's name), so a failure in CI fails again on a rerun and locally with CI=true;
+# elsewhere each run draws new examples. print_blob prints the line that replays a failure
+# (@reproduce_failure). No deadline: the machine's load must not fail a test.
+# HYPOTHESIS_PROFILE=ci|dev picks one explicitly.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI", "").lower() == "true" else "dev"))
 
 
 def _docker_server() -> Iterator[str]:

@@ -208,3 +208,30 @@ def test_concurrent_ensure_running(scratch_root: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0]
+
+
+def test_db_start_installs_and_updates_the_extension(scratch_root: Path, monkeypatch) -> None:
+    """`bismarck db start` leaves the extension usable, also when the server already ran."""
+    from bismarck_controller import extension
+    from bismarck_controller.cli import main
+
+    monkeypatch.setenv("BISMARCK_DATA", str(scratch_root))
+    monkeypatch.delenv("BISMARCK_DSN", raising=False)
+    runner = CliRunner()
+    first = runner.invoke(main, ["db", "start"])
+    assert first.exit_code == 0, first.output
+    assert f"Created extension bismarck {extension.version()}" in first.output
+    cluster = embedded.Cluster(scratch_root)
+
+    def installed() -> str | None:
+        with psycopg.connect(cluster.url()) as conn:
+            return extension.installed_version(conn)
+
+    assert installed() == extension.version()
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        conn.execute("DROP EXTENSION bismarck")
+    again = runner.invoke(main, ["db", "start"])  # running already: installs all the same
+    assert again.exit_code == 0, again.output
+    assert installed() == extension.version()
+    third = runner.invoke(main, ["db", "start"])
+    assert third.exit_code == 0 and "installed and current" in third.output, third.output

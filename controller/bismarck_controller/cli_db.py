@@ -23,8 +23,13 @@ def db() -> None:
               "(default: the port chosen at initialization, or a new free one if it is taken).")
 @friendly
 def db_start(port: int | None) -> None:
-    """Start the embedded database, initializing it on first use."""
+    """Start the embedded database (initializing it on first use) and install the extension.
+
+    The extension is created in its database, or upgraded to this client's version, so
+    `psql "$(bismarck db url)"` can use it at once.
+    """
     click.echo(embedded.start(port))
+    click.echo(extension.install(embedded.url()))
 
 
 @db.command("stop")

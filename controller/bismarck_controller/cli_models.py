@@ -167,10 +167,13 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
     keep = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with connect(dsn) as conn:
         result = training.predict(conn, model, table, version=version, output=output,
-                                  limit=None if output else limit, classes=classes,
+                                  limit=None if output is not None else limit, classes=classes,
                                   columns=keep)
+        if isinstance(result, int):  # the name as PostgreSQL prints it: Sales.X is sales.x
+            created = conn.execute("SELECT to_regclass(%s)::text", [output]).fetchone()
+            conn.rollback()
     if isinstance(result, int):
-        click.echo(f"wrote {result} rows to {output}")
+        click.echo(f"wrote {result} rows to {created[0] if created else output}")
         return
     if not result:
         click.echo("no rows")

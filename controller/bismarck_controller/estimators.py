@@ -172,18 +172,22 @@ class _BaseSGD:
 
     def _scores(self, conn: Database, table: str, func: str, output: str | None,
                 order_by: str | None) -> np.ndarray | int:
-        """Run ``bismarck.<func>`` over ``table``; an array, or the rows written to ``output``."""
+        """Run ``bismarck.<func>`` over ``table``; an array, or the rows written to ``output``.
+
+        ``func``: predict, predict_class or margin (x·coef + intercept). A row with a NULL,
+        NaN or infinite feature scores NaN.
+        """
         self._check_fitted()
+        kinds = {"classes": func == "predict_class", "margin": func == "margin"}
         if output is not None:
             with connected(conn) as c:
                 n = training.predict(c, self.model_name_, table, version=self.version_,
-                                     output=output, classes=func == "predict_class")
+                                     output=output, **kinds)
             assert isinstance(n, int)
             return n
         with connected(conn) as c:
             rows = training.predict(c, self.model_name_, table, version=self.version_,
-                                    classes=func == "predict_class", columns=[],
-                                    order_by=order_by)
+                                    columns=[], order_by=order_by, **kinds)
         assert isinstance(rows, list)
         values = [r["prediction"] for r in rows]
         return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -194,7 +198,7 @@ class _BaseSGD:
 
         Returns a numpy array in scan order (or ``order_by`` a column); with ``output``, writes
         ``table``'s columns plus ``prediction`` to that new table and returns its row count.
-        Rows with a NULL feature give NaN.
+        Rows with a NULL, NaN or infinite feature give NaN (NULL in ``output``).
         """
         return self._scores(conn, table, self._PREDICT, output, order_by)
 
@@ -255,6 +259,14 @@ class SGDClassifier(_BaseSGD):
         p = self._scores(conn, table, "predict", None, order_by)
         assert isinstance(p, np.ndarray)
         return np.column_stack([1.0 - p, p])
+
+    def decision_function(self, conn: Database, table: str,
+                          order_by: str | None = None) -> np.ndarray:
+        """``(n,)`` signed scores x·coef_ + intercept_ (positive: ``classes_[1]``); NaN for a row
+        with a NULL, NaN or infinite feature."""
+        scores = self._scores(conn, table, "margin", None, order_by)
+        assert isinstance(scores, np.ndarray)
+        return scores
 
 
 class SGDRegressor(_BaseSGD):

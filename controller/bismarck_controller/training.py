@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from bismarck_controller.session import PsycopgSession
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
+from bismarckpy.errors import InvalidData, UndefinedObject
 from bismarckpy.source import resolve
 
 
@@ -60,12 +61,14 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
             output: str | None = None, limit: int | None = None, classes: bool = False,
-            columns: Sequence[str] | None = None,
-            order_by: str | None = None) -> list[dict[str, Any]] | int:
+            columns: Sequence[str] | None = None, order_by: str | None = None,
+            margin: bool = False) -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
-    Keeps ``source``'s columns (all when ``columns`` is None, none when it is empty) beside
-    ``prediction``. With ``output``, writes them into a new table and returns its row count;
+    ``prediction`` is ``bismarck.predict`` (``predict_class`` with ``classes``; the linear
+    score x·coef + intercept with ``margin``): NULL for a row with a NULL, NaN or infinite
+    feature. Keeps ``source``'s columns (all when ``columns`` is None, none when it is empty)
+    beside it. With ``output``, writes them into a new table and returns its row count;
     otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order if given.
     """
     session = PsycopgSession(conn)
@@ -77,15 +80,20 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             resolve(session, source, None, named)  # a clear error for a missing column
         keep = (sql.SQL("s.*, ") if columns is None else
                 sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("s", c)) for c in columns))
-        select = sql.SQL("SELECT {}bismarck.{}({}, {}, {}) AS prediction FROM {} AS s").format(
-            keep,
-            sql.Identifier("predict_class" if classes else "predict"),
-            sql.Literal(m["model_name"]), sql.SQL(src.x_expr.replace("%%", "%")),
-            sql.Literal(m["version"]), sql.SQL(src.name))
+        x = sql.SQL(src.x_expr.replace("%%", "%"))
+        name, version = sql.Literal(m["model_name"]), sql.Literal(m["version"])
+        if margin:
+            score = sql.SQL("bismarck._margin(bismarck._model({}, {}), {})").format(
+                name, version, x)
+        else:
+            score = sql.SQL("bismarck.{}({}, {}, {})").format(
+                sql.Identifier("predict_class" if classes else "predict"), name, x, version)
+        select = sql.SQL("SELECT {}{} AS prediction FROM {} AS s").format(
+            keep, score, sql.SQL(src.name))
         if order_by:
             select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
-        if output:
-            table = sql.Identifier(*output.split(".", 1))
+        if output is not None:
+            table = new_table(conn, output)
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
                 n = cur.rowcount
@@ -101,6 +109,29 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     except BaseException:
         conn.rollback()
         raise
+
+
+def new_table(conn: psycopg.Connection, name: str) -> sql.Identifier:
+    """The identifier of a table to create, from a name written as in SQL.
+
+    The server's ``parse_ident`` splits it, so it reads as every source name does (those go
+    through ``to_regclass``): ``Sales.Scored`` is ``sales.scored``, ``"Sales"."Scored"`` keeps
+    its case, ``"a.b"`` is one name with a dot. Raises InvalidData (42602) for a malformed
+    name and UndefinedObject (42P07) when the relation exists already.
+    """
+    try:  # an error aborts the transaction: the caller rolls back
+        with conn.cursor() as cur:
+            cur.execute("SELECT parse_ident(%s), to_regclass(%s)::text", [name, name])
+            parts, existing = cur.fetchone() or (None, None)
+    except psycopg.Error as exc:
+        raise InvalidData(f'invalid table name "{name}"', sqlstate="42602",
+                          detail=exc.diag.message_primary,
+                          hint='Use name or schema.name; quote names with capitals or dots, '
+                               'e.g. \'"Sales"."Scored"\'.') from None
+    if existing is not None:
+        raise UndefinedObject(f'relation "{existing}" already exists', sqlstate="42P07",
+                              hint="Drop it first or choose another output name.")
+    return sql.Identifier(*parts)
 
 
 def models(conn: psycopg.Connection, name: str | None = None) -> list[dict[str, Any]]:

@@ -415,7 +415,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
-                     standardize=p["standardize"])
+                     p["power_t"], standardize=p["standardize"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
@@ -451,7 +451,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                                 y_coding=prep.y_coding, class_weight=weights)
             vm = glm.decode(session.query(valid_sql, [ev])[0][0])
             valid_loss = vm.data_loss * loss_scale
-        rate = sched.eta
+        rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
         decision = sched.after_epoch(epoch, train_loss,
                                      valid_loss if valid_loss is not None else train_loss)
         # An epoch's loss is measured along the way from its starting model, so a worse loss

@@ -32,6 +32,7 @@ class Schedule:
     eta0: float
     tol: float | None
     n_iter_no_change: int
+    power_t: float = 0.5
     standardize: bool = True  # for the advice when training diverges
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
@@ -46,6 +47,20 @@ class Schedule:
     def per_step(self) -> bool:
         """True when the rate decays inside the epoch (invscaling), not between epochs."""
         return self.learning_rate == "invscaling"
+
+    def rate_in_force(self, t: float) -> float:
+        """The learning rate of the latest step once ``t`` steps were taken since training began.
+
+        invscaling: the step after ``k`` earlier steps has rate ``eta0 / (k + 1) ** power_t``
+        (scikit-learn's ``eta0 / t ** power_t`` with t counted from 1, and
+        :func:`bismarckpy.glm._eta`), so the latest of ``t`` steps had ``eta0 / t ** power_t``
+        (``eta0`` before any step). The other schedules change only between epochs, so the rate
+        in force is ``eta`` until :meth:`after_epoch` sets the next epoch's. This is what
+        ``training_history.learning_rate`` records for the epoch that ended after step ``t``.
+        """
+        if self.per_step:
+            return self.eta0 / max(t, 1.0) ** self.power_t
+        return self.eta
 
     def after_epoch(self, epoch: int, train_loss: float, score: float) -> Decision:
         """Update the rate from this epoch's train loss and score (validation or train loss)."""
