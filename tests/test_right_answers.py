@@ -16,8 +16,6 @@ import pytest
 from psycopg import sql
 from reference_data import load_array_table, load_table
 
-from bismarck_controller.session import BismarckWarning
-
 # Full-batch gradient descent with the bold driver: the documented recipe to run to the optimum.
 CONVERGE = dict(penalty="none", batch_size=0, learning_rate="bold_driver", eta0=1.0,
                 tol=1e-12, n_iter_no_change=30, max_epochs=3000)
@@ -378,6 +376,7 @@ def test_overlapping_classes_are_not_called_separated(conn) -> None:
 
 def test_separation_warns_in_python(dsn: str, conn) -> None:
     from bismarck_controller.estimators import SGDClassifier
+    from bismarck_controller.session import BismarckWarning
 
     X, y = _separable()
     load_table(conn, "sep_py", ["a", "b"], X, y)
