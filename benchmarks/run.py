@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from bismarck_controller import connection, extension, training
-from bismarck_controller.session import PsycopgSession
+from bismarck_controller.session import PsycopgSession, qualified
 from bismarckpy import glm, loop
 from bismarckpy.params import GLM_PARAMS
 
@@ -180,7 +180,8 @@ def train_timed(conn: psycopg.Connection, table: str, model: str, **params: Any)
     """``training.train`` with a timing session: preparation, packing, epochs, curve."""
     session = TimedSession(conn)
     t0 = time.perf_counter()
-    result = loop.train_glm(session, source=table, label="y", features="x", model_name=model,
+    result = loop.train_glm(session, source=qualified(conn, table), label="y", features="x",
+                            model_name=model,
                             **params)
     total = time.perf_counter() - t0
     marks = session.epoch_marks

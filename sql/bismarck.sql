@@ -7,16 +7,44 @@
 -- so every function carries its own copy. Every PL/Python body is one call into the engine;
 -- write each as "LANGUAGE plpython3u ... AS $$" and a newline (the build looks for that).
 --
--- Sections: registry tables; views; public functions; private functions; aggregates.
+-- Sections: access role; registry tables; views; public functions; private functions;
+-- aggregates; privileges.
+--
+-- Security: every function pins search_path to pg_catalog, pg_temp (so no object a user creates
+-- can stand in for a built-in) and names the extension's own objects with their schema. User
+-- relations arrive as regclass, resolved in the caller's context when the call is parsed. Nothing
+-- runs as SECURITY DEFINER over a user-named table; the registry is protected by row-level
+-- security and filtering views (see README, "Sharing a database").
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION bismarck CASCADE" to load this file. \quit
+
+-- Built-ins only from pg_catalog while this script creates views and defaults (the extension's
+-- schema may hold objects of users who once had CREATE there). LOCAL: the script's own setting
+-- is restored when it ends (a plain SET would outlive it in the caller's session).
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+------------------------------------------------------------------------------------------------
+-- Access role (cluster-wide: created once, never dropped by the extension). Re-run by upgrades.
+------------------------------------------------------------------------------------------------
+
+DO $bismarck_role$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'bismarck_user') THEN
+        CREATE ROLE bismarck_user NOLOGIN;
+        COMMENT ON ROLE bismarck_user IS
+            'Members may train, pack, predict and evaluate with bismarck on tables they can read.';
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;  -- created at the same moment by an installation in another database
+END
+$bismarck_role$;
 
 ------------------------------------------------------------------------------------------------
 -- Registry tables (user data: kept across upgrades, dumped by pg_dump)
 ------------------------------------------------------------------------------------------------
 
-CREATE TABLE bismarck.models (
+CREATE TABLE bismarck._models (
     model_name    text        NOT NULL,
     version       integer     NOT NULL,
     loss          text        NOT NULL,
@@ -31,12 +59,33 @@ CREATE TABLE bismarck.models (
     metrics       jsonb       NOT NULL,
     fitted        jsonb       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
+    owner         regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
     PRIMARY KEY (model_name, version)
 );
-COMMENT ON TABLE bismarck.models IS
-    'Trained models, one row per version: coefficients in the original feature units, '
-    'hyper-parameters (params), training metrics and the standardisation used (fitted).';
-SELECT pg_catalog.pg_extension_config_dump('bismarck.models', '');
+COMMENT ON TABLE bismarck._models IS
+    'Private: trained models, one row per version (read them through bismarck.models).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck._models', '');
+
+CREATE TABLE bismarck.model_names (
+    model_name   text    PRIMARY KEY,
+    owner        regrole NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    last_version integer NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE bismarck.model_names IS
+    'Model names and their owners; last_version only grows, so version numbers are never reused.';
+SELECT pg_catalog.pg_extension_config_dump('bismarck.model_names', '');
+
+CREATE TABLE bismarck.model_grants (
+    model_name text        NOT NULL,
+    grantee    regrole     NOT NULL,
+    owner      regrole     NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_name, grantee)
+);
+COMMENT ON TABLE bismarck.model_grants IS
+    'Roles a model''s owner let see, predict with, evaluate and delete it '
+    '(bismarck.grant_model, bismarck.revoke_model).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck.model_grants', '');
 
 CREATE TABLE bismarck._training_run (
     run_id      bigserial   PRIMARY KEY,
@@ -49,7 +98,10 @@ CREATE TABLE bismarck._training_run (
     message     text,
     backend_pid integer     NOT NULL DEFAULT pg_backend_pid(),
     started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    owner       regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    backend_start timestamptz,
+    work_schema text
 );
 COMMENT ON TABLE bismarck._training_run IS
     'Private: one row per training run (see bismarck.training_history).';
@@ -72,7 +124,7 @@ COMMENT ON TABLE bismarck._training_epoch IS
     'Private: per-epoch losses of each run (see bismarck.training_history).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._training_epoch', '');
 
-CREATE TABLE bismarck.packed_tables (
+CREATE TABLE bismarck._packed_tables (
     packed_table  regclass    PRIMARY KEY,
     source        text        NOT NULL,
     label         text        NOT NULL,
@@ -87,21 +139,121 @@ CREATE TABLE bismarck.packed_tables (
     seed          bigint      NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE bismarck.packed_tables IS
-    'Packed tables written by bismarck.pack: their source, label, features and block layout. '
-    'train_glm recognises them as sources and reuses their blocks.';
-SELECT pg_catalog.pg_extension_config_dump('bismarck.packed_tables', '');
+COMMENT ON TABLE bismarck._packed_tables IS
+    'Private: packed tables written by bismarck.pack (read them through bismarck.packed_tables).';
+SELECT pg_catalog.pg_extension_config_dump('bismarck._packed_tables', '');
 
 ------------------------------------------------------------------------------------------------
--- Views
+-- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
+-- have (pg_has_role ... 'USAGE'), and models whose owner granted them. Built-ins only, so that
+-- upgrades can drop and re-create the extension's functions. (Migrations create these too.)
 ------------------------------------------------------------------------------------------------
 
-CREATE VIEW bismarck.training_history AS
+ALTER TABLE bismarck._models ENABLE ROW LEVEL SECURITY;
+CREATE POLICY use_model ON bismarck._models FOR SELECT
+    USING (pg_has_role(owner, 'USAGE') OR EXISTS (
+        SELECT 1 FROM bismarck.model_grants g
+         WHERE g.model_name = _models.model_name AND g.owner = _models.owner
+           AND pg_has_role(g.grantee, 'USAGE')));
+CREATE POLICY delete_model ON bismarck._models FOR DELETE
+    USING (pg_has_role(owner, 'USAGE') OR EXISTS (
+        SELECT 1 FROM bismarck.model_grants g
+         WHERE g.model_name = _models.model_name AND g.owner = _models.owner
+           AND pg_has_role(g.grantee, 'USAGE')));
+CREATE POLICY store_model ON bismarck._models FOR INSERT
+    WITH CHECK (pg_has_role(owner, 'USAGE') AND EXISTS (
+        SELECT 1 FROM bismarck.model_names n
+         WHERE n.model_name = _models.model_name AND n.owner = _models.owner
+           AND n.last_version = _models.version));
+
+ALTER TABLE bismarck.model_names ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_name ON bismarck.model_names FOR ALL
+    USING (pg_has_role(owner, 'USAGE')) WITH CHECK (pg_has_role(owner, 'USAGE'));
+
+ALTER TABLE bismarck.model_grants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY see_grant ON bismarck.model_grants FOR SELECT
+    USING (pg_has_role(grantee, 'USAGE') OR pg_has_role(owner, 'USAGE'));
+CREATE POLICY give_grant ON bismarck.model_grants FOR INSERT
+    WITH CHECK (pg_has_role(owner, 'USAGE') AND EXISTS (
+        SELECT 1 FROM bismarck.model_names n
+         WHERE n.model_name = model_grants.model_name AND n.owner = model_grants.owner));
+CREATE POLICY take_grant ON bismarck.model_grants FOR DELETE
+    USING (pg_has_role(owner, 'USAGE'));
+
+ALTER TABLE bismarck._training_run ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_run ON bismarck._training_run FOR ALL
+    USING (pg_has_role(owner, 'USAGE')) WITH CHECK (pg_has_role(owner, 'USAGE'));
+
+ALTER TABLE bismarck._training_epoch ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_epoch ON bismarck._training_epoch FOR ALL
+    USING (EXISTS (SELECT 1 FROM bismarck._training_run r WHERE r.run_id = _training_epoch.run_id))
+    WITH CHECK (EXISTS (SELECT 1 FROM bismarck._training_run r
+                         WHERE r.run_id = _training_epoch.run_id));
+
+ALTER TABLE bismarck._packed_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY see_packed ON bismarck._packed_tables FOR SELECT
+    USING (has_table_privilege(packed_table, 'SELECT'));
+CREATE POLICY register_packed ON bismarck._packed_tables FOR INSERT
+    WITH CHECK (EXISTS (SELECT 1 FROM pg_class c
+                         WHERE c.oid = packed_table AND pg_has_role(c.relowner, 'USAGE')));
+
+CREATE FUNCTION bismarck._columns_readable(source text, columns text[]) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
+                                                                   'SELECT'), false))
+                            AND count(*) = cardinality(columns)
+                       FROM pg_attribute a
+                      WHERE a.attrelid = to_regclass(source) AND a.attnum > 0
+                        AND NOT a.attisdropped AND a.attname = ANY (columns)), false);
+EXCEPTION WHEN insufficient_privilege OR invalid_name OR syntax_error THEN
+    RETURN false;  -- a schema the user may not use, or a name that no longer parses
+END
+$$;
+COMMENT ON FUNCTION bismarck._columns_readable(text, text[]) IS
+    'Private: whether the current user may SELECT all these columns of a relation.';
+
+------------------------------------------------------------------------------------------------
+-- Views (filtering: each user sees the rows the policies above would show them)
+------------------------------------------------------------------------------------------------
+
+CREATE VIEW bismarck.models WITH (security_barrier) AS
+SELECT m.model_name,
+       m.version,
+       m.owner,
+       m.loss,
+       m.source,
+       m.label,
+       m.features,
+       m.array_feature,
+       m.coef,
+       m.intercept,
+       m.classes,
+       m.params,
+       m.metrics,
+       CASE WHEN pg_has_role(m.owner, 'USAGE')
+                 OR bismarck._columns_readable(m.source, m.label || m.features)
+            THEN m.fitted END AS fitted,
+       m.created_at
+FROM bismarck._models m
+WHERE pg_has_role(m.owner, 'USAGE') OR EXISTS (
+    SELECT 1 FROM bismarck.model_grants g
+     WHERE g.model_name = m.model_name AND g.owner = m.owner
+       AND pg_has_role(g.grantee, 'USAGE'));
+COMMENT ON VIEW bismarck.models IS
+    'Trained models you own or were granted, one row per version: coefficients in the original '
+    'feature units, hyper-parameters (params), training metrics and the standardisation used '
+    '(fitted: NULL unless you own the model or may read its label and feature columns).';
+
+CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
        r.version,
        r.run_id,
        CASE WHEN r.status = 'running' AND NOT EXISTS (
-                SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = r.backend_pid)
+                SELECT 1 FROM pg_stat_activity a
+                 WHERE a.pid = r.backend_pid
+                   AND (a.backend_start IS NULL OR r.backend_start IS NULL
+                        OR a.backend_start = r.backend_start))
             THEN 'interrupted' ELSE r.status END AS status,
        e.epoch,
        e.train_loss,
@@ -112,17 +264,45 @@ SELECT r.model_name,
        e.workers,
        e.recorded_at
 FROM bismarck._training_run r
-JOIN bismarck._training_epoch e USING (run_id);
+JOIN bismarck._training_epoch e USING (run_id)
+WHERE pg_has_role(r.owner, 'USAGE') OR EXISTS (
+    SELECT 1 FROM bismarck.model_grants g
+     WHERE g.model_name = r.model_name AND g.owner = r.owner
+       AND pg_has_role(g.grantee, 'USAGE'));
 COMMENT ON VIEW bismarck.training_history IS
     'Per-epoch training and validation loss, learning rate, rows, seconds and parallel workers '
-    'merged (0: a serial scan) of every run; version is set once the run has stored its model.';
+    'merged (0: a serial scan) of your runs and of models granted to you; version is set once '
+    'the run has stored its model.';
+
+CREATE VIEW bismarck.packed_tables WITH (security_barrier) AS
+SELECT p.packed_table,
+       p.source,
+       p.label,
+       p.features,
+       p.array_feature,
+       p.n_features,
+       p.dtype,
+       p.block_size,
+       p.rows,
+       p.skipped_rows,
+       p.label_values,
+       p.seed,
+       p.created_at,
+       (p.rows > 0 AND pg_relation_size(p.packed_table) = 0) AS emptied
+FROM bismarck._packed_tables p
+JOIN pg_class c ON c.oid = p.packed_table
+WHERE has_table_privilege(p.packed_table, 'SELECT');
+COMMENT ON VIEW bismarck.packed_tables IS
+    'Packed tables written by bismarck.pack that exist and that you may read: their source, '
+    'label, features and block layout; emptied is true when a crash emptied the unlogged table '
+    '(pack it again). train_glm recognises them as sources and reuses their blocks.';
 
 ------------------------------------------------------------------------------------------------
 -- Public functions
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION bismarck.train_glm(
-    source              text,
+    source              regclass,
     label               text,
     features            text[],
     INOUT model_name    text     DEFAULT NULL,
@@ -146,6 +326,7 @@ CREATE FUNCTION bismarck.train_glm(
     seed                bigint   DEFAULT NULL,
     validation_fraction float8   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
+    solver              text     DEFAULT NULL,
     class_weight        text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
@@ -154,20 +335,21 @@ CREATE FUNCTION bismarck.train_glm(
     OUT validation_loss float8,
     OUT seconds         float8)
 RETURNS record
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     result jsonb;
     r jsonb;
 BEGIN
     result := bismarck._train_glm(jsonb_build_object(
-        'source', source, 'label', label, 'features', features,
-        'model_name', coalesce(model_name, source),
+        'source', source::text, 'label', label, 'features', features,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
         'loss', loss, 'penalty', penalty, 'alpha', alpha, 'l1_ratio', l1_ratio,
         'fit_intercept', fit_intercept, 'standardize', standardize, 'max_epochs', max_epochs,
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
-        'class_weight', class_weight));
+        'solver', solver, 'class_weight', class_weight));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -179,15 +361,17 @@ BEGIN
     seconds := (r ->> 'seconds')::float8;
 END
 $$;
-COMMENT ON FUNCTION bismarck.train_glm(text, text, text[], text, text, text, float8, float8,
+COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text) IS
+    integer, text, bigint, float8, integer, text, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
-    'an aggregate, and store it as the next version of model_name (default: the source name). '
-    'features is a list of numeric columns or one float8[] column. NULL options take defaults.';
+    'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
+    'standard errors), and store it as the next version of model_name (default: the source table''s '
+    'name). features is a list of numeric columns or one float8[] column. NULL options take '
+    'defaults.';
 
 CREATE FUNCTION bismarck.pack(
-    source           text,
+    source           regclass,
     label            text,
     features         text[],
     INOUT packed_table text,
@@ -199,14 +383,14 @@ CREATE FUNCTION bismarck.pack(
     OUT skipped_rows bigint,
     OUT seconds      float8)
 RETURNS record
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     result jsonb;
     r jsonb;
 BEGIN
     result := bismarck._pack(jsonb_build_object(
-        'source', source, 'label', label, 'features', features, 'packed_table', packed_table,
-        'block_size', block_size, 'dtype', dtype, 'seed', seed));
+        'source', source::text, 'label', label, 'features', features,
+        'packed_table', packed_table, 'block_size', block_size, 'dtype', dtype, 'seed', seed));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     packed_table := r ->> 'packed_table';
@@ -216,13 +400,14 @@ BEGIN
     seconds := (r ->> 'seconds')::float8;
 END
 $$;
-COMMENT ON FUNCTION bismarck.pack(text, text, text[], text, integer, text, bigint) IS
+COMMENT ON FUNCTION bismarck.pack(regclass, text, text[], text, integer, text, bigint) IS
     'Write a shuffled, packed copy of a table (blocks of block_size rows as float32 or float64 '
-    'numpy buffers) that train_glm can use as its source, again and again, for any loss.';
+    'numpy buffers) that train_glm can use as its source, again and again, for any loss. A '
+    'packed_table without a schema is created in the source''s schema.';
 
 CREATE FUNCTION bismarck.predict(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m bismarck.models;
 BEGIN
@@ -240,7 +425,7 @@ COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
 
 CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m bismarck.models;
     z float8;
@@ -262,30 +447,52 @@ COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
     'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
     'come back as 0/1); NULL when x is NULL or has a NULL, NaN or infinite element.';
 
-CREATE FUNCTION bismarck.evaluate(model text, source text, version integer DEFAULT NULL)
+CREATE FUNCTION bismarck.evaluate(model text, source regclass, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     result jsonb;
 BEGIN
-    result := bismarck._evaluate(model, source, version);
+    result := bismarck._evaluate(model, source::text, version);
     PERFORM bismarck._raise_if_error(result);
     RETURN QUERY SELECT r.metric, r.value
                    FROM jsonb_to_recordset(result -> 'ok') AS r(metric text, value float8);
 END
 $$;
-COMMENT ON FUNCTION bismarck.evaluate(text, text, integer) IS
+COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
 
+CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
+RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.feature, t.coef,
+           (m.fitted -> 'std_err' ->> t.i)::float8,
+           (m.fitted -> 'statistic' ->> t.i)::float8,
+           (m.fitted -> 'p_value' ->> t.i)::float8
+      FROM bismarck._model($1, $2) AS m,
+           LATERAL (SELECT 0 AS i, '(intercept)'::text AS feature, m.intercept AS coef
+                     WHERE coalesce((m.params ->> 'fit_intercept')::boolean, true)
+                    UNION ALL
+                    SELECT k, CASE WHEN m.array_feature
+                                   THEN format('%s[%s]', m.features[1], k)
+                                   ELSE m.features[k] END, m.coef[k]
+                      FROM generate_subscripts(m.coef, 1) AS k) AS t
+     ORDER BY t.i
+$$;
+COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS
+    'The coefficients of a stored model (latest version unless given), intercept first, with '
+    'standard errors, z (logistic) or t (squared) statistics and two-sided p-values for '
+    'unpenalised fits by solver newton or lbfgs (NULL otherwise).';
+
 CREATE FUNCTION bismarck.delete_model(model text, version integer DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
     PERFORM bismarck._model(model, version);
-    DELETE FROM bismarck.models m
+    DELETE FROM bismarck._models m
      WHERE m.model_name = model
        AND (delete_model.version IS NULL OR m.version = delete_model.version);
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -293,14 +500,52 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
-    'Delete one version of a model, or all its versions when version is NULL; returns how many.';
+    'Delete one version of a model, or all its versions when version is NULL; returns how many. '
+    'Version numbers are never given again.';
+
+CREATE FUNCTION bismarck.grant_model(model text, role regrole) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o regrole;
+BEGIN
+    SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you do not own a model "%"', model
+            USING ERRCODE = '42501',
+                  HINT = 'Only the owner of a model (or a superuser) can grant it to others.';
+    END IF;
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'no role given' USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO bismarck.model_grants (model_name, grantee, owner) VALUES (model, role, o)
+    ON CONFLICT (model_name, grantee) DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
+    'Let a role (and its members) see, predict with, evaluate and delete every version of a '
+    'model you own.';
+
+CREATE FUNCTION bismarck.revoke_model(model text, role regrole) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM bismarck.model_names n WHERE n.model_name = model) THEN
+        RAISE EXCEPTION 'you do not own a model "%"', model
+            USING ERRCODE = '42501',
+                  HINT = 'Only the owner of a model (or a superuser) can revoke its grants.';
+    END IF;
+    DELETE FROM bismarck.model_grants g WHERE g.model_name = model AND g.grantee = role;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION bismarck.revoke_model(text, regrole) IS
+    'Take back what grant_model gave a role; true when there was such a grant.';
 
 ------------------------------------------------------------------------------------------------
 -- Private functions
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION bismarck._raise_if_error(result jsonb) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e jsonb := result -> 'error';
 BEGIN
@@ -324,7 +569,7 @@ COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
     'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
 
 CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
-LANGUAGE plpython3u AS $$
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.train_glm(plpy, json.loads(options))
@@ -333,7 +578,7 @@ COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
     'Private: runs the training loop inside this backend; returns a JSON result or error.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
-LANGUAGE plpython3u AS $$
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.pack_table(plpy, json.loads(options))
@@ -342,7 +587,7 @@ COMMENT ON FUNCTION bismarck._pack(jsonb) IS
     'Private: writes and registers a packed table; returns a JSON result or error.';
 
 CREATE FUNCTION bismarck._evaluate(model text, source text, version integer) RETURNS jsonb
-LANGUAGE plpython3u AS $$
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.evaluate(plpy, model, source, version)
 $$;
@@ -351,7 +596,7 @@ COMMENT ON FUNCTION bismarck._evaluate(text, text, integer) IS
 
 CREATE FUNCTION bismarck._model(model text, version integer DEFAULT NULL)
 RETURNS bismarck.models
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m bismarck.models;
 BEGIN
@@ -368,7 +613,7 @@ BEGIN
         END IF;
         RAISE EXCEPTION 'model "%" does not exist', model
             USING ERRCODE = '42704',
-                  HINT = 'List the trained models with: SELECT model_name, version FROM '
+                  HINT = 'List the models you may use with: SELECT model_name, version FROM '
                          'bismarck.models.';
     END IF;
     RETURN m;
@@ -378,7 +623,7 @@ COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF array_ndims(x) > 1 THEN
         RAISE EXCEPTION 'feature vector is a %-dimensional array', array_ndims(x)
@@ -407,7 +652,7 @@ COMMENT ON FUNCTION bismarck._margin(bismarck.models, float8[]) IS
     'NULL, NaN or infinite element; an error for a 2-D array or a wrong length.';
 
 CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN z IS NULL THEN NULL  -- least/greatest would skip a NULL: no score
                 WHEN loss = 'logistic'
                 THEN 1.0 / (1.0 + exp(-greatest(least(z, 700), -700)))
@@ -416,35 +661,98 @@ $$;
 COMMENT ON FUNCTION bismarck._link(text, float8) IS
     'Private: maps a linear score to the prediction (sigmoid for logistic, identity otherwise).';
 
+CREATE FUNCTION bismarck._claim_model(model text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('bismarck.model_names'), hashtext(model)) THEN
+        RAISE EXCEPTION 'model "%" is being trained by another transaction', model
+            USING ERRCODE = '55P03',
+                  DETAIL = 'A bismarck.train_glm call that stores this model has not committed.',
+                  HINT = 'Wait until it commits, or choose another model_name.';
+    END IF;
+    BEGIN
+        PERFORM 1 FROM bismarck.model_names n WHERE n.model_name = model FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO bismarck.model_names (model_name) VALUES (model)
+            ON CONFLICT (model_name) DO NOTHING;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'model name "%" belongs to another role', model
+                    USING ERRCODE = '42501',
+                          HINT = 'Choose another model_name: only the owner of a model trains '
+                                 'new versions of it.';
+            END IF;
+        END IF;
+    EXCEPTION WHEN serialization_failure THEN
+        RAISE EXCEPTION 'model "%" got a new version after this transaction began', model
+            USING ERRCODE = '40001',
+                  HINT = 'Train again in a new transaction (or under READ COMMITTED).';
+    END;
+END
+$$;
+COMMENT ON FUNCTION bismarck._claim_model(text) IS
+    'Private: before any epoch runs, check that the caller owns (or may create) a model name and '
+    'that no other uncommitted transaction trains it; refuses at once, never waits.';
+
 CREATE FUNCTION bismarck._store_model(
     model_name text, source text, label text, loss text, features text[],
     array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
     metrics jsonb, fitted jsonb)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v integer;
+    o regrole;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('bismarck.models'), hashtext(model_name));
-    SELECT coalesce(max(m.version), 0) + 1 INTO v
-      FROM bismarck.models m WHERE m.model_name = _store_model.model_name;
-    INSERT INTO bismarck.models (model_name, version, loss, source, label, features,
-                                 array_feature, coef, intercept, classes, params, metrics, fitted)
+    UPDATE bismarck.model_names n SET last_version = n.last_version + 1
+     WHERE n.model_name = _store_model.model_name
+    RETURNING n.last_version, n.owner INTO v, o;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model name "%" belongs to another role', model_name
+            USING ERRCODE = '42501', HINT = 'Choose another model_name.';
+    END IF;
+    INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
+                                  array_feature, coef, intercept, classes, params, metrics,
+                                  fitted, owner)
     VALUES (model_name, v, loss, source, label, features, array_feature, coef, intercept,
-            classes, params, metrics, fitted);
+            classes, params, metrics, fitted, o);
     RETURN v;
 END
 $$;
 COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolean, float8[],
     float8, float8[], jsonb, jsonb, jsonb) IS
-    'Private: stores a trained model as the next version of its name (serialised per name).';
+    'Private: stores a trained model as the next version of its name (never a number used '
+    'before).';
+
+CREATE FUNCTION bismarck._work_schema(
+    role regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text;
+BEGIN
+    IF role IS NULL OR NOT pg_has_role(session_user, role, 'MEMBER') THEN
+        RAISE EXCEPTION 'cannot make a working schema for role %', role
+            USING ERRCODE = '42501';
+    END IF;
+    LOOP
+        name := 'bismarck_work_' || substr(md5(random()::text || clock_timestamp()::text), 1, 16);
+        IF to_regnamespace(name) IS NULL THEN
+            EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %s', name, role);
+            RETURN name;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION bismarck._work_schema(regrole) IS
+    'Private: a new empty schema owned by the calling role, where one training run keeps its '
+    'working copies out of other users'' reach (the run drops it). Touches no user table.';
 
 ------------------------------------------------------------------------------------------------
 -- Aggregates: one SGD epoch, feature moments
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION bismarck._glm_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_transition(plpy, state, x, y, init)
 $$;
@@ -453,7 +761,7 @@ COMMENT ON FUNCTION bismarck._glm_step(bytea, bytea, float8, bytea) IS
     'x is a float8[] in its in-memory form (_float8_array_bytes), which costs no conversion.';
 
 CREATE FUNCTION bismarck._glm_merge(a bytea, b bytea) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_merge(plpy, a, b)
 $$;
@@ -461,7 +769,7 @@ COMMENT ON FUNCTION bismarck._glm_merge(bytea, bytea) IS
     'Private: combine function of _glm_epoch: row-weighted model averaging of partial states.';
 
 CREATE FUNCTION bismarck._glm_final(state bytea) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_finalize(plpy, state)
 $$;
@@ -480,7 +788,7 @@ COMMENT ON AGGREGATE bismarck._glm_epoch(bytea, float8, bytea) IS
     'starting from state init.';
 
 CREATE FUNCTION bismarck._moments_step(state bytea, x bytea) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_transition(plpy, state, x)
 $$;
@@ -488,7 +796,7 @@ COMMENT ON FUNCTION bismarck._moments_step(bytea, bytea) IS
     'Private: transition of _moments (Welford update).';
 
 CREATE FUNCTION bismarck._moments_merge(a bytea, b bytea) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_merge(plpy, a, b)
 $$;
@@ -506,18 +814,68 @@ COMMENT ON AGGREGATE bismarck._moments(bytea) IS
     '_float8_array_bytes), for standardisation.';
 
 ------------------------------------------------------------------------------------------------
+-- Exact solvers: one pass of loss, gradient and Hessian sums (the merge is an exact sum)
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._exact_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition(plpy, state, x, y, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step(bytea, bytea, float8, bytea) IS
+    'Private: transition of _exact_pass: one row''s loss, gradient and Hessian terms.';
+
+CREATE FUNCTION bismarck._exact_step_block(state bytea, block bytea, init bytea, first integer,
+                                           stop integer) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_block(plpy, state, block, init, first, stop)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_block(bytea, bytea, bytea, integer, integer) IS
+    'Private: transition of _exact_pass_packed: the sums of rows first (0-based) to stop '
+    '(exclusive; NULL: the end) of a packed block in a few matrix products.';
+
+CREATE FUNCTION bismarck._exact_merge(a bytea, b bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_merge(plpy, a, b)
+$$;
+COMMENT ON FUNCTION bismarck._exact_merge(bytea, bytea) IS
+    'Private: combine function of the exact passes: the sum of two partial states (exact).';
+
+CREATE AGGREGATE bismarck._exact_pass(x bytea, y float8, init bytea) (
+    SFUNC = bismarck._exact_step,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._exact_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._exact_pass(bytea, float8, bytea) IS
+    'Private: loss, gradient and Hessian sums of a GLM at fixed coefficients over rows '
+    '(features as _float8_array_bytes, coded label): one Newton or L-BFGS pass.';
+
+CREATE AGGREGATE bismarck._exact_pass_packed(block bytea, init bytea, first integer,
+                                             stop integer) (
+    SFUNC = bismarck._exact_step_block,
+    STYPE = bytea,
+    COMBINEFUNC = bismarck._exact_merge,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_packed(bytea, bytea, integer, integer) IS
+    'Private: _exact_pass over rows first to stop of packed blocks.';
+
+------------------------------------------------------------------------------------------------
 -- Packed storage: many rows per bytea block, one numpy mini-batch step per block
 ------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION bismarck._float8_array_bytes(float8[]) RETURNS bytea
-LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE AS 'byteasend';
+LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS 'byteasend';
 COMMENT ON FUNCTION bismarck._float8_array_bytes(float8[]) IS
     'Private: an array''s in-memory form (20-byte header for 1-D without NULLs, then raw '
     'little-endian float8), about ten times cheaper than array_send; _pack_block checks it.';
 
 CREATE FUNCTION bismarck._pack_block(rows bytea, labels bytea, d integer, dtype text,
                                      seed bigint) RETURNS bytea
-LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE plpython3u IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.pack_block(plpy, rows, labels, d, dtype, seed)
 $$;
@@ -527,7 +885,7 @@ COMMENT ON FUNCTION bismarck._pack_block(bytea, bytea, integer, text, bigint) IS
 
 CREATE FUNCTION bismarck._glm_step_block(state bytea, block bytea, init bytea, first integer,
                                          stop integer) RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.glm_transition_block(plpy, state, block, init, first, stop)
 $$;
@@ -550,7 +908,7 @@ COMMENT ON AGGREGATE bismarck._glm_epoch_packed(bytea, bytea, integer, integer) 
 CREATE FUNCTION bismarck._moments_step_block(state bytea, block bytea, d integer,
                                              itemsize integer, first integer, stop integer)
 RETURNS bytea
-LANGUAGE plpython3u PARALLEL SAFE AS $$
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
 return B.moments_transition_block(plpy, state, block, d, itemsize, first, stop)
 $$;
@@ -569,3 +927,37 @@ CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integ
 COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, integer) IS
     'Private: per-column moments (label, then features) over rows of packed blocks, for '
     'standardisation.';
+
+------------------------------------------------------------------------------------------------
+-- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).
+-- Re-run by every upgrade.
+------------------------------------------------------------------------------------------------
+
+DO $bismarck_privileges$
+DECLARE
+    f record;
+BEGIN
+    REVOKE ALL ON SCHEMA bismarck FROM PUBLIC;
+    GRANT USAGE ON SCHEMA bismarck TO bismarck_user;
+    FOR f IN
+        SELECT d.objid::regprocedure AS fn
+          FROM pg_catalog.pg_depend d
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e
+                              WHERE e.extname = 'bismarck')
+    LOOP
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f.fn);
+        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO bismarck_user', f.fn);
+    END LOOP;
+END
+$bismarck_privileges$;
+GRANT SELECT ON bismarck.models, bismarck.training_history, bismarck.packed_tables
+    TO bismarck_user;
+GRANT SELECT (model_name, version, owner), INSERT, DELETE ON bismarck._models TO bismarck_user;
+GRANT SELECT, INSERT, UPDATE ON bismarck.model_names TO bismarck_user;
+GRANT SELECT, INSERT, DELETE ON bismarck.model_grants TO bismarck_user;
+GRANT SELECT, INSERT, UPDATE ON bismarck._training_run TO bismarck_user;
+GRANT USAGE ON SEQUENCE bismarck._training_run_run_id_seq TO bismarck_user;
+GRANT SELECT, INSERT ON bismarck._training_epoch TO bismarck_user;
+GRANT INSERT ON bismarck._packed_tables TO bismarck_user;

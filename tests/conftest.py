@@ -44,7 +44,7 @@ def _docker_server() -> Iterator[str]:
 
     with DockerImage(path=str(REPO), dockerfile_path="docker/Dockerfile",
                      tag="bismarckpy-test:latest") as image, \
-            PostgresContainer(str(image), username="bismarck", password="bismarck",
+            PostgresContainer(str(image), username="postgres", password="bismarck",
                               dbname="bismarck", driver=None) as container:
         yield container.get_connection_url()
 

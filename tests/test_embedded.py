@@ -39,12 +39,12 @@ def test_default_cluster_is_idempotent(default_cluster: embedded.Cluster) -> Non
 
 def test_url_works_with_psycopg(default_cluster: embedded.Cluster) -> None:
     url = embedded.url()
-    assert url.startswith("postgresql://bismarck:") and url.endswith("/bismarck")
+    assert url.startswith("postgresql://postgres:") and url.endswith("/bismarck")
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT current_user, current_database(), "
                            "current_setting('jit'), current_setting('synchronize_seqscans'), "
                            "current_setting('max_parallel_workers_per_gather')").fetchone()
-    assert row == ("bismarck", "bismarck", "off", "off", "2")
+    assert row == ("postgres", "bismarck", "off", "off", "2")
 
 
 def test_url_works_with_sqlalchemy(default_cluster: embedded.Cluster) -> None:
@@ -62,11 +62,11 @@ def test_url_works_with_sqlalchemy(default_cluster: embedded.Cluster) -> None:
 def test_url_works_with_psql(default_cluster: embedded.Cluster) -> None:
     out = subprocess.run(["psql", embedded.url(), "-Atc", "SELECT current_user"],
                          capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "bismarck"
+    assert out.strip() == "postgres"
 
 
 def test_tcp_needs_the_password(default_cluster: embedded.Cluster) -> None:
-    wrong = embedded.url().replace("bismarck:", "bismarck:wrong", 1)
+    wrong = embedded.url().replace("postgres:", "postgres:wrong", 1)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(wrong).close()
 
@@ -208,6 +208,34 @@ def test_concurrent_ensure_running(scratch_root: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0]
+
+
+def test_superuser_is_not_named_like_the_extension_schema(scratch_root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster made before 0.2.0 (superuser ``bismarck``) is migrated by the next start."""
+    monkeypatch.setattr(embedded, "SUPERUSER", embedded.LEGACY_SUPERUSER)
+    cluster = embedded.Cluster(scratch_root)
+    cluster.start()
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("bismarck",)
+        conn.execute("CREATE SCHEMA bismarck")  # as the extension does
+        conn.execute("CREATE TABLE kept AS SELECT 1 AS one")  # "$user": lands in bismarck
+    cluster.stop()
+    monkeypatch.undo()
+
+    status = cluster.start()
+
+    assert "superuser is now 'postgres'" in status.message
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:  # the same password
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        assert conn.execute("SELECT count(*) FROM bismarck.kept").fetchone() == (1,)
+        conn.execute("CREATE TABLE fresh (a int)")  # "$user" no longer means schema bismarck
+        assert conn.execute("SELECT 'fresh'::regclass::text").fetchone() == ("fresh",)
+        assert conn.execute("SELECT to_regclass('public.fresh') IS NOT NULL").fetchone() == (
+            True,)
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'bismarck%'"
+                            " AND rolname <> 'bismarck_user'").fetchone() == (0,)
+    assert cluster.start().message == ""
 
 
 def test_db_start_installs_and_updates_the_extension(scratch_root: Path, monkeypatch) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bismarck_controller import extension
 from bismarck_controller.notebook import psycopg_dsn, sqlalchemy_url
 
 pytest.importorskip("sql")  # jupysql
@@ -31,7 +32,7 @@ def test_load_ext_connects_sql_to_the_database(shell, dsn: str, monkeypatch, cap
     assert "bismarck: %sql is connected to postgresql+psycopg://" in out
     result = shell.run_line_magic(
         "sql", "SELECT extversion FROM pg_extension WHERE extname = 'bismarck'")
-    assert list(result.dict()["extversion"]) == ["0.1.0"]
+    assert list(result.dict()["extversion"]) == [extension.version()]
 
 
 def test_bad_url_prints_a_clear_message(shell, monkeypatch, capsys) -> None:

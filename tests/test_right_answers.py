@@ -40,8 +40,6 @@ def train(conn: psycopg.Connection, table: str, label: str, features: list[str],
     if isinstance(how, str):  # a table packed by bismarck.pack
         source = f"{table}_packed_{how}"
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(source)))
-        conn.execute("DELETE FROM bismarck.packed_tables WHERE to_regclass(%s) IS NULL",
-                     [source])
         conn.execute("SELECT * FROM bismarck.pack(%s, %s, %s, %s, dtype => %s, seed => 3)",
                      [table, label, features, source, how])
     else:

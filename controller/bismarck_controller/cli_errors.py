@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -17,13 +20,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 DSN_HELP = "PostgreSQL URL or conninfo; default: $BISMARCK_DSN, else the embedded database."
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager) stops a command as Ctrl-C does: cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def friendly(func: F) -> F:
-    """Engine, server and set-up errors become a ClickException: message, detail, hint."""
+    """Engine, server and set-up errors become a ClickException: message, detail, hint.
+
+    SIGTERM is handled like SIGINT, so a terminated run cleans up as an interrupted one does.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with terminate_as_interrupt():
+                return func(*args, **kwargs)
         except (BismarckError, psycopg.Error) as exc:
             raise click.ClickException(describe(exc)) from None
         except SetupError as exc:

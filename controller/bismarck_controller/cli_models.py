@@ -224,16 +224,17 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     """Show one model: coefficients per feature, intercept, parameters and metrics."""
     with connect(obj["dsn"]) as conn:
         m = training.model(conn, name, version)
+        rows = training.coefficients(conn, name, m["version"])
     console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
                   f"source {m['source']}  label {m['label']}")
+    kind = (m["fitted"] or {}).get("statistic_kind")
     coef = Table(title="coefficients (original units)")
-    coef.add_column("feature")
-    coef.add_column("coef", justify="right")
-    names = m["features"] if len(m["features"]) == len(m["coef"]) else \
-        [f"{m['features'][0]}[{i + 1}]" for i in range(len(m["coef"]))]
-    for f, c in zip(names, m["coef"]):
-        coef.add_row(f, f"{c:.6g}")
-    coef.add_row("(intercept)", f"{m['intercept']:.6g}")
+    columns = ["feature", "coef"] + (["std err", kind, "p-value"] if kind else [])
+    for col in columns:
+        coef.add_column(col, justify="left" if col == "feature" else "right")
+    for r in rows:
+        values = [r["coef"]] + ([r["std_err"], r["statistic"], r["p_value"]] if kind else [])
+        coef.add_row(r["feature"], *("" if v is None else f"{v:.6g}" for v in values))
     console.print(coef)
     console.print("params:", json.dumps(m["params"]))
     console.print("metrics:", json.dumps(m["metrics"]))

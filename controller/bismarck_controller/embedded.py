@@ -9,7 +9,9 @@ inside it); else ``$XDG_DATA_HOME/bismarck`` or ``~/.local/share/bismarck``. It 
                  ``extension/`` directory that also holds the bismarck extension files.
                  PostgreSQL finds its share directory relative to its own binary, so
                  ``CREATE EXTENSION bismarck`` works without writing to /usr/share.
-    pgdata/      the cluster (superuser ``bismarck``, database ``bismarck``)
+    pgdata/      the cluster (superuser ``postgres``, database ``bismarck``; clusters made by
+                 earlier versions called their superuser ``bismarck``, like the extension's
+                 schema, and are migrated at the next start, see ``_migrate_superuser``)
     run/         the Unix socket directory (0700; trust authentication on the socket)
     password     the superuser's password for TCP connections on 127.0.0.1 (0600)
     state.json   the TCP port, chosen free at initialization
@@ -40,7 +42,8 @@ import psycopg
 
 from bismarck_controller.errors import SetupError
 
-SUPERUSER = "bismarck"
+SUPERUSER = "postgres"
+LEGACY_SUPERUSER = "bismarck"  # before 0.2.0: "$user" put the extension's schema first
 DATABASE = "bismarck"
 HOST = "127.0.0.1"
 MIN_MAJOR = 15
@@ -263,14 +266,16 @@ class Cluster:
                     raise SetupError(
                         f"The embedded server is already running on port {current.port}.",
                         f"Run `bismarck db stop` first to move it to port {port}.")
+                current.message = self._migrate_superuser()
                 return current
             message = self._choose_port(port)
             self._write_conf(self._port())
             self._make_rundir()
             self._pg_ctl_start(bindir)
+            renamed = self._migrate_superuser()
             self._ensure_database()
             status = self.status()
-            status.message = message
+            status.message = "\n".join(filter(None, [message, renamed]))
             return status
 
     def stop(self) -> Status:
@@ -305,10 +310,10 @@ class Cluster:
         scheme = "postgresql" if not driver else f"postgresql+{driver}"
         return (f"{scheme}://{SUPERUSER}:{quote(password, safe='')}@{HOST}:{port}/{DATABASE}")
 
-    def socket_conninfo(self, dbname: str = DATABASE) -> str:
+    def socket_conninfo(self, dbname: str = DATABASE, user: str | None = None) -> str:
         """A libpq conninfo over the private Unix socket (trust authentication)."""
         return psycopg.conninfo.make_conninfo(host=str(self.rundir), port=self._port() or 5432,
-                                              user=SUPERUSER, dbname=dbname)
+                                              user=user or SUPERUSER, dbname=dbname)
 
     def extension_dir(self) -> Path:
         """The private tree's extension directory, where the bismarck files go."""
@@ -487,11 +492,56 @@ class Cluster:
     def _answers(self, port: int | None) -> bool:
         if port is None:
             return False
+        for user in dict.fromkeys((SUPERUSER, LEGACY_SUPERUSER)):
+            try:
+                with psycopg.connect(self.socket_conninfo("postgres", user), connect_timeout=5):
+                    return True
+            except psycopg.Error:
+                continue
+        return False
+
+    def _migrate_superuser(self) -> str:
+        """Rename the superuser of a cluster made before 0.2.0 (``bismarck``) to ``postgres``.
+
+        A superuser named like the extension's schema put that schema first on its search path
+        ("$user"), so its tables landed next to the registry. The bootstrap superuser cannot
+        rename itself: a temporary superuser does it; the password stays the one in
+        ``password``. Returns a message when something changed.
+        """
+        if SUPERUSER == LEGACY_SUPERUSER:
+            return ""
         try:
-            with psycopg.connect(self.socket_conninfo("postgres"), connect_timeout=5):
-                return True
+            with psycopg.connect(self.socket_conninfo("postgres"), connect_timeout=10):
+                return ""
         except psycopg.Error:
-            return False
+            pass
+        helper = "bismarck_rename_superuser"
+        sql = psycopg.sql
+        try:
+            with psycopg.connect(self.socket_conninfo("postgres", LEGACY_SUPERUSER),
+                                 autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN").format(
+                    sql.Identifier(helper)))
+            with psycopg.connect(self.socket_conninfo("postgres", helper),
+                                 autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                    sql.Identifier(LEGACY_SUPERUSER), sql.Identifier(SUPERUSER)))
+            with psycopg.connect(self.socket_conninfo("postgres"), autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(helper)))
+                if self.password_file.is_file():
+                    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(SUPERUSER),
+                        sql.Literal(self.password_file.read_text().strip())))
+        except psycopg.Error as exc:
+            raise SetupError(
+                f"The embedded cluster's superuser is still called {LEGACY_SUPERUSER!r} and "
+                f"could not be renamed to {SUPERUSER!r}: {exc.diag.message_primary or exc}",
+                f"Rename it yourself (connect as another superuser: ALTER ROLE "
+                f"{LEGACY_SUPERUSER} RENAME TO {SUPERUSER}), then run `bismarck db start`.") \
+                from None
+        return (f"The embedded cluster's superuser is now {SUPERUSER!r} (it was "
+                f"{LEGACY_SUPERUSER!r}, which put the extension's schema first on its search "
+                f"path); `bismarck db url` prints the new URL, the password is unchanged.")
 
     # --- files, ownership, processes ----------------------------------------------------------
 

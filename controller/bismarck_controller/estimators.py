@@ -43,8 +43,10 @@ class _BaseSGD:
                  learning_rate: str = "invscaling", eta0: float = 0.1, power_t: float = 0.5,
                  batch_size: int = 1, shuffle: bool | str = True,
                  random_state: int | None = None, validation_fraction: float = 0.0,
-                 standardize: bool = True, model_name: str | None = None) -> None:
+                 standardize: bool = True, model_name: str | None = None,
+                 solver: str = "sgd") -> None:
         self.loss = loss
+        self.solver = solver
         self.penalty = penalty
         self.alpha = alpha
         self.l1_ratio = l1_ratio
@@ -67,7 +69,7 @@ class _BaseSGD:
     _PARAM_NAMES: ClassVar[tuple[str, ...]] = (
         "loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "max_iter", "tol",
         "n_iter_no_change", "learning_rate", "eta0", "power_t", "batch_size", "shuffle",
-        "random_state", "validation_fraction", "standardize", "model_name")
+        "random_state", "validation_fraction", "standardize", "model_name", "solver")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters (scikit-learn's protocol)."""
@@ -130,7 +132,7 @@ class _BaseSGD:
             hist = training.history(c, name, row["version"])
         losses = {v: k for k, v in cls.LOSSES.items()}
         if row["loss"] not in losses:
-            other = "SGDRegressor" if cls is SGDClassifier else "SGDClassifier"
+            other = "SGDRegressor" if issubclass(cls, SGDClassifier) else "SGDClassifier"
             raise InvalidParameter(
                 f"model {name!r} has loss {row['loss']!r}, which {cls.__name__} cannot use",
                 hint=f"Load it with {other}.from_model.")
@@ -162,6 +164,27 @@ class _BaseSGD:
                                       if r["run_id"] == run], columns=columns)
         if row["classes"] is not None:
             self.classes_ = np.asarray(row["classes"], dtype=float)
+        self.metrics_ = dict(metrics)
+        fitted = row.get("fitted") or {}
+        if fitted.get("std_err") is not None:  # an unpenalised exact fit: inference statistics
+            # arrays in the registry put the intercept first (None without one)
+            self.std_err_ = _floats(fitted["std_err"])
+            self.statistic_ = _floats(fitted["statistic"])
+            self.p_values_ = _floats(fitted["p_value"])
+            self.vcov_ = np.asarray(fitted["vcov"], dtype=float)
+
+    def summary(self, conn: Database) -> Any:
+        """Coefficients with standard errors, z or t statistics and p-values (a DataFrame).
+
+        Statistics are NULL (NaN) unless the model is an unpenalised newton or lbfgs fit.
+        """
+        import pandas as pd
+
+        self._check_fitted()
+        with connected(conn) as c:
+            rows = training.coefficients(c, self.model_name_, self.version_)
+        return pd.DataFrame(rows, columns=["feature", "coef", "std_err", "statistic",
+                                           "p_value"]).set_index("feature")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_name_"):
@@ -279,9 +302,34 @@ class SGDRegressor(_BaseSGD):
         super().__init__(loss, **kwargs)
 
 
+class LogisticRegression(SGDClassifier):
+    """Maximum-likelihood logistic regression: ``SGDClassifier`` with ``solver="newton"`` and
+    ``penalty="none"`` by default; after fitting, ``std_err_``, ``statistic_`` (z),
+    ``p_values_``, ``vcov_`` and :meth:`summary` give the inference statistics."""
+
+    def __init__(self, loss: str = "log_loss", *, solver: str = "newton", penalty: str = "none",
+                 tol: float | None = 1e-8, **kwargs: Any) -> None:
+        super().__init__(loss, solver=solver, penalty=penalty, tol=tol, **kwargs)
+
+
+class LinearRegression(SGDRegressor):
+    """Least squares by the normal equations (one pass): ``SGDRegressor`` with
+    ``solver="newton"`` and ``penalty="none"`` by default; statistics as
+    :class:`LogisticRegression` (t statistics), R² and adjusted R² in ``metrics_``."""
+
+    def __init__(self, loss: str = "squared_error", *, solver: str = "newton",
+                 penalty: str = "none", tol: float | None = 1e-8, **kwargs: Any) -> None:
+        super().__init__(loss, solver=solver, penalty=penalty, tol=tol, **kwargs)
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    """JSON numbers and nulls as a float array (null: NaN)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
 def _optional(series: Any) -> list[float | None]:
     """A pandas column as floats, missing values as None."""
     return [None if v is None or v != v else float(v) for v in series.tolist()]
 
 
-__all__ = ["SGDClassifier", "SGDRegressor"]
+__all__ = ["LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor"]

@@ -5,8 +5,9 @@ engine package ``bismarckpy`` embedded at the top of every PL/Python body (see `
 server needs only plpython3u and numpy, never this package, and SQL and Python are one build.
 
 Upgrades (``ALTER EXTENSION bismarck UPDATE``) keep data. Statements of ``sql/bismarck.sql`` fall
-in two kinds. Code (functions, procedures, aggregates, views, their comments, grants) is dropped
-and created again by every upgrade script. Everything else (tables, indexes, types, sequences,
+in two kinds. Code (functions, procedures, aggregates, views, their comments, grants, ``DO``
+blocks, which must therefore be idempotent, and ``SET`` statements) is dropped and created or
+run again by every upgrade script. Everything else (tables, indexes, types, sequences,
 seed rows) is persistent: an upgrade creates tables, sequences and named indexes that do not
 exist yet (``IF NOT EXISTS``) and leaves existing ones alone; other changes (new columns, types,
 seed rows) go in hand-written migrations ``sql/upgrades/bismarck--<from>--<to>.sql`` between
@@ -96,10 +97,12 @@ def build_digest() -> str:
 def build_section() -> str:
     """The generated function ``bismarck._build()``: which sql/bismarck.sql made the code."""
     return (f"\nCREATE FUNCTION bismarck._build() RETURNS text LANGUAGE sql IMMUTABLE "
-            f"PARALLEL SAFE AS $$ SELECT '{build_digest()}'::text $$;\n"
+            f"PARALLEL SAFE SET search_path = pg_catalog, pg_temp "
+            f"AS $$ SELECT '{build_digest()}'::text $$;\n"
             "COMMENT ON FUNCTION bismarck._build() IS\n"
             "    'Private: md5 of the sql/bismarck.sql and engine that made the code "
-            "(generated).';\n")
+            "(generated).';\n"
+            "GRANT EXECUTE ON FUNCTION bismarck._build() TO bismarck_user;\n")
 
 
 def build_install_script() -> str:
@@ -131,7 +134,7 @@ class Statement:
         words = self.words
         if not words:
             return False
-        if words[0] in ("GRANT", "REVOKE"):
+        if words[0] in ("GRANT", "REVOKE", "DO", "SET"):
             return True
         if words[:3] == ["CREATE", "OR", "REPLACE"]:
             words = ["CREATE"] + words[3:]

@@ -2,6 +2,10 @@
 
 Committing each epoch's history row lets another session (``bismarck history --follow`` or a
 plain SQL query) watch the run; the model itself is written in the run's last transaction.
+
+Like the extension's functions, the engine's SQL runs with ``search_path = pg_catalog, pg_temp``
+(set for each transaction it starts), so no object a user created can stand in for a built-in;
+user names are resolved in the caller's own context first (:func:`qualified`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,36 @@ from typing import Callable
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from bismarckpy.errors import BismarckError, paragraph
 from bismarckpy.loop import EpochRecord
+
+PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+
+
+def qualified(conn: psycopg.Connection, name: str) -> str:
+    """A relation name resolved in the caller's search_path, schema-qualified for the engine.
+
+    Returns ``name`` unchanged when it does not resolve (the engine then reports it). Ends the
+    connection's transaction.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_catalog.to_regclass(%s::pg_catalog.text)::pg_catalog.oid",
+                        [name])
+            row = cur.fetchone()
+            if row is None or row[0] is None:
+                return name
+            cur.execute(PIN_SEARCH_PATH)
+            cur.execute("SELECT %s::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
+                        [row[0]])
+            found = cur.fetchone()
+            return found[0] if found else name
+    except psycopg.Error:
+        return name
+    finally:
+        conn.rollback()
 
 
 class BismarckWarning(UserWarning):
@@ -30,10 +61,17 @@ class PsycopgSession:
             raise ValueError("the training session needs a connection with autocommit off")
         self.conn = conn
         self._on_epoch = on_epoch
+        self._pinned = False
 
     def query(self, text: str, params: Sequence[object] = ()) -> list[tuple]:
-        """Run SQL with ``%s`` placeholders (``%%`` for a literal percent sign)."""
+        """Run SQL with ``%s`` placeholders (``%%`` for a literal percent sign).
+
+        The first statement of each transaction pins the search path for that transaction.
+        """
         with self.conn.cursor() as cur:
+            if not self._pinned or self.conn.info.transaction_status == TransactionStatus.IDLE:
+                cur.execute(PIN_SEARCH_PATH)
+                self._pinned = True
             cur.execute(text.encode(), list(params))  # bytes: trusted SQL built by the engine
             return cur.fetchall() if cur.description else []
 
@@ -60,10 +98,8 @@ class PsycopgSession:
             return
         self.conn.rollback()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        with self.conn.cursor() as cur:
-            cur.execute("UPDATE bismarck._training_run SET status = %s, message = %s, "
-                        "finished_at = now() WHERE run_id = %s",
-                        [status, describe(exc), run_id])
+        self.query("UPDATE bismarck._training_run SET status = %s, message = %s, "
+                   "finished_at = now() WHERE run_id = %s", [status, describe(exc), run_id])
         self.conn.commit()
 
 

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bismarck_controller.session import PsycopgSession
+from bismarck_controller.session import PsycopgSession, qualified
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.errors import InvalidData, UndefinedObject
@@ -29,17 +29,20 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     ``params`` are the names of :data:`bismarckpy.params.GLM_PARAMS` (``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    return loop.train_glm(session, source=source, label=label, features=features,
-                          model_name=model_name or source, **params)
+    return loop.train_glm(session, source=qualified(conn, source), label=label,
+                          features=features, model_name=model_name or source, **params)
 
 
 def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
          packed_table: str, *, block_size: int | None = None, dtype: str | None = None,
          seed: int | None = None) -> dict[str, Any]:
     """Write a reusable packed copy of ``source`` (see ``bismarck.pack``) and commit it."""
+    source = qualified(conn, source)
     try:
+        # Read as CREATE TABLE would (the caller's current schema), before the session pins.
+        target = new_table(conn, packed_table).as_string(conn)
         result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
-                                    features=features, packed_table=packed_table,
+                                    features=features, packed_table=target,
                                     block_size=block_size, dtype=dtype, seed=seed)
         conn.commit()
     except BaseException:
@@ -52,6 +55,7 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
              version: int | None = None) -> dict[str, float | None]:
     """Metrics of a stored model on a table or view, computed in the server."""
     session = PsycopgSession(conn)
+    source = qualified(conn, source)
     try:
         rows = engine_evaluate.evaluate(session, model, source, version)
     finally:
@@ -71,8 +75,11 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     beside it. With ``output``, writes them into a new table and returns its row count;
     otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order if given.
     """
+    source = qualified(conn, source)
     session = PsycopgSession(conn)
     try:
+        # The output name is read in the caller's context, before the session pins its path.
+        created = new_table(conn, output) if output is not None else None
         m = engine_evaluate.load_model(session, model, version)
         src = resolve(session, source, None, m["features"])
         named = [*(columns or []), *([order_by] if order_by else [])]
@@ -92,10 +99,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             keep, score, sql.SQL(src.name))
         if order_by:
             select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
-        if output is not None:
-            table = new_table(conn, output)
+        if created is not None:
             with conn.cursor() as cur:
-                cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(table, select))
+                cur.execute(sql.SQL("CREATE TABLE {} AS {}").format(created, select))
                 n = cur.rowcount
             conn.commit()
             return n
@@ -117,12 +123,16 @@ def new_table(conn: psycopg.Connection, name: str) -> sql.Identifier:
     The server's ``parse_ident`` splits it, so it reads as every source name does (those go
     through ``to_regclass``): ``Sales.Scored`` is ``sales.scored``, ``"Sales"."Scored"`` keeps
     its case, ``"a.b"`` is one name with a dot. Raises InvalidData (42602) for a malformed
-    name and UndefinedObject (42P07) when the relation exists already.
+    name and UndefinedObject (42P07) when the relation exists already. A name without a schema
+    gets the caller's ``current_schema()``, where ``CREATE TABLE`` would put it (call this in the
+    caller's context, before a session pins the search path).
     """
     try:  # an error aborts the transaction: the caller rolls back
         with conn.cursor() as cur:
-            cur.execute("SELECT parse_ident(%s), to_regclass(%s)::text", [name, name])
-            parts, existing = cur.fetchone() or (None, None)
+            cur.execute("SELECT pg_catalog.parse_ident(%s::pg_catalog.text), "
+                        "pg_catalog.to_regclass(%s::pg_catalog.text)::pg_catalog.text, "
+                        "pg_catalog.current_schema()::pg_catalog.text", [name, name])
+            parts, existing, schema = cur.fetchone() or (None, None, None)
     except psycopg.Error as exc:
         raise InvalidData(f'invalid table name "{name}"', sqlstate="42602",
                           detail=exc.diag.message_primary,
@@ -131,6 +141,8 @@ def new_table(conn: psycopg.Connection, name: str) -> sql.Identifier:
     if existing is not None:
         raise UndefinedObject(f'relation "{existing}" already exists', sqlstate="42P07",
                               hint="Drop it first or choose another output name.")
+    if len(parts) == 1 and schema is not None:
+        parts = [schema, *parts]
     return sql.Identifier(*parts)
 
 
@@ -157,6 +169,19 @@ def model(conn: psycopg.Connection, name: str, version: int | None = None) -> di
             conn.rollback()
     assert row is not None
     return row
+
+
+def coefficients(conn: psycopg.Connection, name: str,
+                 version: int | None = None) -> list[dict[str, Any]]:
+    """``bismarck.coefficients``: per coefficient, its value, standard error, statistic, p-value."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            cur.execute("SELECT feature, coef, std_err, statistic, p_value "
+                        "FROM bismarck.coefficients(%s, %s::int)", [name, version])
+            rows = cur.fetchall()
+        finally:
+            conn.rollback()
+    return rows
 
 
 def delete_model(conn: psycopg.Connection, name: str, version: int | None = None) -> int:

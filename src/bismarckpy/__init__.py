@@ -4,7 +4,7 @@ Everything under this package imports only numpy and the standard library, becau
 extension ships it into the server's PL/Python (see ``sql/bismarck.sql``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_ipython_extension(ipython):  # %load_ext bismarckpy (notebook front door)

@@ -99,7 +99,6 @@ class _Prepared:
 
     train: str
     valid: str | None
-    work: list[str]  # working tables of this run, dropped at the end
     d: int
     n_train: int
     n_valid: int
@@ -127,6 +126,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     """Train a GLM on ``source`` and store it as the next version of ``model_name``."""
     started = time.monotonic()
     p = validate(options)
+    if p["solver"] != "sgd":
+        from . import exact_loop
+
+        exact_loop.check_options(p)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
@@ -144,62 +147,85 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     if p["seed"] is None:
         p["seed"] = int(np.random.default_rng().integers(0, 2**31))
     seed = p["seed"]
+    # Refused at once (never after the epochs) when another role owns the name or another
+    # uncommitted transaction trains it.
+    session.query("SELECT bismarck._claim_model(%s) AS claimed", [model_name])
     _clean_interrupted(session)
+    # Working copies go to a new schema of the caller's own, out of other users' reach.
+    schema = None if table else session.query("SELECT bismarck._work_schema() AS s")[0][0]
     run_id = session.query(
-        "INSERT INTO bismarck._training_run (model_name, source, params) "
-        "VALUES (%s, %s, %s::jsonb) RETURNING run_id",
-        [model_name, (table or src).name, json.dumps(p)])[0][0]
+        "INSERT INTO bismarck._training_run (model_name, source, params, backend_start, "
+        "work_schema) VALUES (%s, %s, %s::jsonb, (SELECT a.backend_start FROM pg_stat_activity a "
+        "WHERE a.pid = pg_backend_pid()), %s) RETURNING run_id",
+        [model_name, (table or src).name, json.dumps(p), schema])[0][0]
     session.checkpoint()
-    prepared = None
+    work = _Work(schema)
     try:
         prepared = (_prepare_packed_table(session, table, p, seed) if table
-                    else _prepare(session, src, p, seed, run_id))
-        result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
-        _drop_work(session, prepared)
-        prepared = None
+                    else _prepare(session, src, p, seed, work))
+        if p["solver"] == "sgd":
+            result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
+        else:
+            from . import exact_loop
+
+            result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
+                                    started)
+        _drop_work(session, work)
         session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
-                      "finished_at = now() WHERE run_id = %s", [result.version, run_id])
+                      "finished_at = now(), work_schema = NULL WHERE run_id = %s",
+                      [result.version, run_id])
         session.checkpoint()
         return result
     except BaseException as exc:
         session.on_failure(run_id, exc)
         raise
     finally:
-        if prepared is not None:
-            _drop_work(session, prepared, quiet=True)
+        if work.schema is not None:
+            _drop_work(session, work, quiet=True)
             session.checkpoint()
 
 
+@dataclass
+class _Work:
+    """The run's private schema for its working copies (None: no copies, or already dropped)."""
+
+    schema: str | None
+
+    def table(self, session: TrainingSession, name: str) -> str:
+        """The quoted name of a working table in the run's schema."""
+        assert self.schema is not None
+        return f"{session.ident(self.schema)}.{session.ident(name)}"
+
+
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
-             run_id: int) -> _Prepared:
+             work: _Work) -> _Prepared:
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
     checked = check_rows(session, src)
     d = checked.d
     dtype = check_ranges(session, src, checked, dtype=p["dtype"] if p["packed"] else None,
                          standardize=p["standardize"], squared=p["loss"] == "squared",
-                         packing=False)
+                         packing=False, solver=p["solver"])
     notes = []
     if p["packed"] and dtype != p["dtype"]:
         notes.append(f"values beyond float32's range: the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
     holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
                                   checked.n_usable)
-    train = f"bismarck._train_{int(run_id)}"
-    valid = f"bismarck._valid_{int(run_id)}" if n_holdout > 0 else None
-    work = [t for t in (train, valid) if t]
+    train = work.table(session, "train")
+    valid = work.table(session, "valid") if n_holdout > 0 else None
     if p["packed"]:
         args = (p["block_size"], dtype)
         n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
                             checked.n_usable - n_holdout, *args, seed + 1)
         n_valid = (pack_into(session, src, valid, d, holdout, n_holdout, *args, seed + 2)
                    if valid else 0)
-        prep = _finish_packed(session, p, train, valid, work, d, DTYPE_CODES[dtype],
+        prep = _finish_packed(session, p, train, valid, d, DTYPE_CODES[dtype],
                               n_train, n_valid, checked.n_total - checked.n_usable, classes)
         prep.notes[:0] = notes
         return prep
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
-    if p["standardize"] and p["loss"] == "squared":
+    if p["standardize"] and p["loss"] == "squared" and p["solver"] == "sgd":
         y_mean, y_sd = _label_scale(session, src, y_expr, holdout, checked.max_abs_y,
                                     p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
@@ -208,7 +234,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     # The row copy keeps each feature array in its in-memory form: the epoch reads it as bytes
     # (np.frombuffer) instead of converting a float8[] to a Python list on every call.
     base = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x, {y_expr} AS y "
-            f"FROM {src.relation} AS s WHERE {src.valid_expr}")
+            f"FROM {src.keyed} AS s WHERE {src.valid_expr}")
     # A synchronized scan may start mid-table: keep 'never' in table order.
     with settings_for_transaction(session, {"synchronize_seqscans": "off"}):
         session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
@@ -223,7 +249,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     if p["standardize"]:
         stats = moments_decode(session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0])
         mu, sd, constant = _scaling(stats, p["fit_intercept"])
-    return _Prepared(train=train, valid=valid, work=work, d=d, n_train=n_train,
+    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
                      classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd,
                      constant=constant, n_pos=int(n_pos), notes=notes)
@@ -250,7 +276,7 @@ def _holdout(session: TrainingSession, src: Source, seed: int, fraction: float,
     h = f"hashtextextended({src.row_key}, {int(seed)})"
     if k == 0:
         return "false", 0
-    cut = session.query(f"SELECT {h} AS h FROM {src.relation} AS s WHERE {src.valid_expr} "
+    cut = session.query(f"SELECT {h} AS h FROM {src.keyed} AS s WHERE {src.valid_expr} "
                         "ORDER BY 1 OFFSET %s LIMIT 1", [k - 1])[0][0]
     return f"({h} <= {int(cut)})", k
 
@@ -268,7 +294,7 @@ def _label_scale(session: TrainingSession, src: Source, y_expr: str, holdout: st
     m, sd, rms = session.query(
         f"SELECT avg(({y_expr}) * {k}) AS m, coalesce(stddev_pop(({y_expr}) * {k}), 0) AS s, "
         f"sqrt(avg((({y_expr}) * {k}) ^ 2)) AS r "
-        f"FROM {src.relation} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
+        f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
     unit = math.ldexp(1.0, e)
     centre, scale = (float(m or 0.0) * unit, float(sd or 0.0) * unit) if fit_intercept else (
         0.0, float(rms or 0.0) * unit)
@@ -307,7 +333,7 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         seen += int(n)
         held[int(block)] = (2 * k * seen + total) // (2 * total) - before
     heads = "('{" + ",".join(map(str, held)) + "}'::int[])"
-    prep = _finish_packed(session, p, table.relation + " AS p", None, [], table.d,
+    prep = _finish_packed(session, p, table.relation + " AS p", None, table.d,
                           table.itemsize, total - k, k, 0, classes,
                           train_rows=f"{heads}[p.block + 1], NULL")
     if k:
@@ -317,7 +343,7 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
 
 
 def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | None,
-                   work: list[str], d: int, itemsize: int, n_train: int, n_valid: int,
+                   d: int, itemsize: int, n_train: int, n_valid: int,
                    skipped: int, classes: list[float] | None,
                    train_rows: str = "0, NULL") -> _Prepared:
     """Statistics of packed training blocks and how each epoch codes their raw labels."""
@@ -343,7 +369,7 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     constant: list[int] = []
     if p["standardize"]:
         mu, sd, constant = _scaling(moments_select(stats, slice(1, None)), p["fit_intercept"])
-    return _Prepared(train=train, valid=valid, work=work, d=d, n_train=n_train,
+    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
                      n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
                      y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
                      train_rows=train_rows, constant=constant, n_pos=n_pos)
@@ -565,14 +591,23 @@ def _epoch_seed(seed: int | None, epoch: int) -> float:
     return float(rng.uniform(-1.0, 1.0))
 
 
-def _drop_work(session: TrainingSession, prep: _Prepared, *, quiet: bool = False) -> None:
-    """Drop the working copies; when ``quiet``, ignore errors (aborted transaction, gone)."""
-    for table in prep.work:
-        try:
-            session.query(f"DROP TABLE IF EXISTS {table}")
-        except Exception:
-            if not quiet:
-                raise
+def _drop_work(session: TrainingSession, work: _Work, *, quiet: bool = False) -> None:
+    """Drop the run's schema with its working copies; when ``quiet``, ignore errors."""
+    try:
+        _drop_schema(session, work.schema)
+    except Exception:
+        if not quiet:
+            raise
+    work.schema = None
+
+
+def _drop_schema(session: TrainingSession, schema: str | None) -> None:
+    """Drop a working schema and what it holds, silently (no NOTICE to the client)."""
+    if schema is None or session.query("SELECT to_regnamespace(%s) IS NULL AS gone",
+                                       [session.ident(schema).replace("%%", "%")])[0][0]:
+        return
+    with settings_for_transaction(session, {"client_min_messages": "warning"}):
+        session.query(f"DROP SCHEMA {session.ident(schema)} CASCADE")
 
 
 def _check_packed_columns(table: PackedTable, label: str, features: Sequence[str] | str) -> None:
@@ -587,14 +622,23 @@ def _check_packed_columns(table: PackedTable, label: str, features: Sequence[str
 
 
 def _clean_interrupted(session: TrainingSession) -> None:
-    """Drop the working copies of runs whose backend is gone (killed clients, crashes)."""
+    """Drop the working schemas of runs whose backend is gone (killed clients, crashes).
+
+    Only runs the caller may see (its roles' own; all for a superuser). ``SKIP LOCKED``: a run
+    that another session is cleaning up is left to it, so clean-up never waits for anyone, and
+    nothing waits for it (only dead runs' rows and schemas are touched).
+    """
     stale = session.query(
-        "UPDATE bismarck._training_run SET status = 'interrupted', finished_at = now() "
-        "WHERE status = 'running' AND NOT EXISTS "
-        "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = backend_pid) RETURNING run_id")
-    for (run_id,) in stale:
-        for kind in ("train", "valid"):
-            session.query(f"DROP TABLE IF EXISTS bismarck._{kind}_{int(run_id)}")
+        "SELECT r.run_id, r.work_schema FROM bismarck._training_run r "
+        "WHERE (r.status = 'running' OR r.work_schema IS NOT NULL) AND NOT EXISTS ("
+        "SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid AND (r.backend_start "
+        "IS NULL OR a.backend_start IS NULL OR a.backend_start = r.backend_start)) "
+        "FOR UPDATE OF r SKIP LOCKED")
+    for run_id, schema in stale:
+        _drop_schema(session, schema)
+        session.query("UPDATE bismarck._training_run SET status = CASE WHEN status = 'running' "
+                      "THEN 'interrupted' ELSE status END, finished_at = coalesce(finished_at, "
+                      "now()), work_schema = NULL WHERE run_id = %s", [run_id])
     if stale:
         session.checkpoint()
 

@@ -106,7 +106,8 @@ SQUARE_SAFE = 1e150
 
 
 def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str | None,
-                 standardize: bool, squared: bool, packing: bool) -> str | None:
+                 standardize: bool, squared: bool, packing: bool,
+                 solver: str = "sgd") -> str | None:
     """Refuse values the engine cannot compute with, naming the column; pick the block dtype.
 
     ``dtype`` is the packed block type asked for (None: rows only). A float32 block that cannot
@@ -114,7 +115,8 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
     (``packing``) and replaced by float64 for a training run's own working copy. Returns the
     dtype to use. Raises :class:`InvalidData` for values beyond :data:`MAX_ABS`, for a squared
     loss's label beyond :data:`SQUARE_SAFE` (its loss is not a float), and, without
-    standardisation, for features beyond :data:`SQUARE_SAFE`.
+    standardisation or with an exact ``solver`` (whose passes sum products of raw values),
+    for features beyond :data:`SQUARE_SAFE`.
     """
     if checked.max_abs_x > MAX_ABS or checked.max_abs_y > MAX_ABS:
         raise _too_large(session, src, MAX_ABS, "is too large to compute with",
@@ -125,6 +127,10 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
                          "(the square of its errors overflows)",
                          "Rescale the label in a view (for example divide it by 1e100).", True,
                          features=False)
+    if solver != "sgd" and checked.max_abs_x > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, f"is too large for solver '{solver}' (the "
+                         "Hessian sums its square, which overflows)",
+                         "Rescale the column in a view, or use solver => 'sgd'.", False)
     if not standardize and checked.max_abs_x > SQUARE_SAFE:
         raise _too_large(session, src, SQUARE_SAFE, "is too large to train on without "
                          "standardisation (its square overflows)",
@@ -201,7 +207,7 @@ def pack_into(session: Session, src: Source, table: str, d: int, where: str,
     session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
     rows = (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y, "
             f"((hashtextextended({src.row_key}, {int(seed)}) & 9223372036854775807) "
-            f"%% {int(blocks)})::int AS blk FROM {src.relation} AS s "
+            f"%% {int(blocks)})::int AS blk FROM {src.keyed} AS s "
             f"WHERE {src.valid_expr} AND ({where})")
     with settings_for_transaction(session, settings):
         session.query(
@@ -253,7 +259,7 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=dtype, standardize=True, squared=False,
                  packing=True)
-    target = _new_relation(session, packed_table)
+    target = _new_relation(session, packed_table, src)
     rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
                      dtype, seed)
     name, blocks = session.query(
@@ -261,7 +267,7 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
         [target.replace("%%", "%")])[0]
     values = checked.label_values or label_values(session, src)
     session.query(
-        "INSERT INTO bismarck.packed_tables (packed_table, source, label, features, "
+        "INSERT INTO bismarck._packed_tables (packed_table, source, label, features, "
         "array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed) "
         "VALUES (%s::regclass, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s::float8[], %s)",
         [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
@@ -291,19 +297,36 @@ def registered(session: Session, relation: str) -> PackedTable | None:
                        label_values=list(values or []))
 
 
-def _new_relation(session: Session, name: str) -> str:
-    """Quoted SQL name for a table to create; a clear error if it exists or is malformed."""
+def _new_relation(session: Session, name: str, src: Source) -> str:
+    """Quoted, schema-qualified SQL name for a table to create; a clear error if it is taken.
+
+    A name without a schema goes to the source's schema. Two packs into one name: the second
+    is refused at once (an advisory lock on the name, held until the first one commits).
+    """
     try:
         parts = session.query("SELECT parse_ident(%s) AS parts", [name])[0][0]
     except BismarckError:
         raise
     except Exception:
+        parts = None
+    if not parts or len(parts) > 2:
         raise InvalidData(f'invalid table name "{name}"', sqlstate="42602",
-                          hint="Use name or schema.name; quote names with capitals.") from None
-    if session.query("SELECT to_regclass(%s) IS NOT NULL AS e", [name])[0][0]:
-        raise UndefinedObject(f'relation "{name}" already exists', sqlstate="42P07",
+                          hint="Use name or schema.name; quote names with capitals.")
+    if len(parts) == 1:
+        parts = [session.query(
+            "SELECT n.nspname::text AS s FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+            [src.name])[0][0], parts[0]]
+    target = ".".join(session.ident(p) for p in parts)
+    plain = target.replace("%%", "%")
+    if not session.query("SELECT pg_try_advisory_xact_lock(hashtext('bismarck.pack'), "
+                         "hashtext(%s)) AS free", [plain])[0][0]:
+        raise InvalidData(f'another session is packing into "{plain}"', sqlstate="55P03",
+                          hint="Wait for it to finish, or choose another packed_table name.")
+    if session.query("SELECT to_regclass(%s) IS NOT NULL AS e", [plain])[0][0]:
+        raise UndefinedObject(f'relation "{plain}" already exists', sqlstate="42P07",
                               hint="Drop it first or choose another packed_table name.")
-    return ".".join(session.ident(p) for p in parts)
+    return target
 
 
 def _check(name: str, value: Any) -> Any:

@@ -17,6 +17,8 @@ from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
 SHUFFLES = ("once", "always", "never")
+SOLVERS = ("sgd", "newton", "lbfgs")
+EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
 
 @dataclass(frozen=True)
@@ -80,18 +82,24 @@ def parse_class_weight(v: Any) -> str | dict[str, float]:
 
 
 GLM_PARAMS: tuple[Param, ...] = (
+    Param("solver", str, "sgd", "sgd: epochs of stochastic gradient descent; newton: exact "
+          "Newton/IRLS fit (normal equations for squared loss) with standard errors; lbfgs: "
+          "exact fit by L-BFGS, one pass per step, for many features.", choices=SOLVERS),
     Param("loss", str, "logistic", "logistic (classifier), squared (regression), hinge (linear "
           "SVM).", choices=tuple(LOSSES)),
-    Param("penalty", str, "l2", "Regulariser on the coefficients.", choices=PENALTIES),
+    Param("penalty", str, "l2", "Regulariser on the coefficients (default 'none' with the "
+          "exact solvers: the maximum-likelihood fit).", choices=PENALTIES),
     Param("alpha", float, 0.0001, "Strength of the penalty.", low=0.0),
     Param("l1_ratio", float, 0.15, "Elastic-net mixing: 0 is L2, 1 is L1.", low=0.0, high=1.0),
     Param("fit_intercept", bool, True, "Fit an intercept (never penalised)."),
     Param("standardize", bool, True, "Fit on standardised features; coefficients are reported "
           "in the original units."),
-    Param("max_epochs", int, 100, "Upper bound on passes over the data.", low=1, high=1_000_000),
-    Param("tol", float, 0.001, "Stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs (None, from Python, never stops early).", low=0.0,
-          nullable=True),
+    Param("max_epochs", int, 100, "Upper bound on passes over the data (iterations of newton "
+          "and lbfgs).", low=1, high=1_000_000),
+    Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
+          "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
+          "lbfgs: largest gradient component (default 1e-8 for both). None, from Python, "
+          "never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
@@ -107,7 +115,8 @@ GLM_PARAMS: tuple[Param, ...] = (
           "buffers, one vectorised step per block or batch); NULL means yes with "
           "shuffle => 'once', no otherwise.", nullable=True),
     Param("block_size", int, 512, "Rows per packed block.", low=1, high=1_000_000),
-    Param("dtype", str, "float32", "Value type in packed blocks.", choices=("float32", "float64")),
+    Param("dtype", str, "float32", "Value type in packed blocks (default float64 with the exact "
+          "solvers).", choices=("float32", "float64")),
     Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
           low=-(2**62), high=2**62, nullable=True),
     Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
@@ -142,6 +151,13 @@ def validate(values: dict[str, Any], *, where: str = "train_glm") -> dict[str, A
             out[p.name] = None if p.nullable and p.name in values else p.default
             continue
         out[p.name] = _check(p, v, where)
+    if out["solver"] != "sgd":  # the exact solvers' own defaults: the MLE, to tight tolerance
+        if values.get("tol") is None and "tol" not in values:
+            out["tol"] = EXACT_TOL
+        if values.get("penalty") is None:
+            out["penalty"] = "none"
+        if values.get("dtype") is None:  # float32 blocks would round the data itself
+            out["dtype"] = "float64"
     return out
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import glm, moments, pack
+from . import exact, glm, moments, pack
 from .errors import BismarckError
 
 if TYPE_CHECKING:
@@ -229,3 +229,21 @@ def moments_transition_block(plpy: Any, state: bytes | None, block: bytes | None
 def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: int) -> bytes:
     """``bismarck._pack_block``: concatenated raw rows and labels → one packed block."""
     return _guard(plpy, pack.build_block, rows, labels, d, dtype, seed)
+
+
+def exact_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
+                     init: bytes) -> bytes:
+    """SFUNC of ``bismarck._exact_pass``."""
+    return _guard(plpy, exact.transition, state, x, y, init)
+
+
+def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
+                           init: bytes, first: int | None = 0,
+                           stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, exact.transition_block, state, block, init, first or 0, stop)
+
+
+def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
+    """COMBINEFUNC of the exact passes: an exact sum."""
+    return _guard(plpy, exact.merge, a, b)

@@ -2,6 +2,10 @@
 
 Names are looked up in the catalog (``to_regclass`` and ``pg_attribute``) and quoted by the
 session, so no user string is ever pasted into SQL. Checks happen here, before any epoch runs.
+
+The engine's SQL runs with ``search_path = pg_catalog, pg_temp`` (pinned by every extension
+function, and by the client session outside the server), so relation names reach this module
+schema-qualified: as PostgreSQL prints a ``regclass`` under that path.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class Source:
     x_expr: str  # float8[] expression
     valid_expr: str  # row has usable label and features
     array_feature: bool
-    row_key: str  # text expression identifying a row of ``FROM relation AS s`` (for hashing)
+    row_key: str  # text expression identifying a row of ``FROM keyed AS s`` (for hashing)
+    keyed: str = ""  # FROM item whose rows ``row_key`` identifies (the relation, or a subquery)
     feature_exprs: list[str] = field(default_factory=list)  # float8 per scalar column ([]: array)
 
     @property
@@ -79,12 +84,9 @@ def resolve(session: Session, relation: str, label: str | None,
             f'relation "{relation}" does not exist', sqlstate="42P01",
             hint="Check the table name and the search_path; names with capitals need quotes, "
                  "e.g. '\"MyTable\"'.")
-    relkind = session.query("SELECT relkind::text AS kind FROM pg_class WHERE oid = %s",
-                            [oid])[0][0]
-    # Tables have a physical row id; views and foreign tables hash the whole row (identical
-    # rows then share a hash, so they never straddle the validation split).
-    row_key = {"r": "s.ctid::text", "m": "s.ctid::text",
-               "p": "s.tableoid::text || s.ctid::text"}.get(relkind, "ROW(s.*)::text")
+    relkind, whole_table = session.query(
+        "SELECT relkind::text AS kind, has_table_privilege(oid, 'SELECT') AS whole "
+        "FROM pg_class WHERE oid = %s", [oid])[0]
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
@@ -143,8 +145,35 @@ def resolve(session: Session, relation: str, label: str | None,
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
-    return Source(relation=escape_percent(qualified), name=qualified, label=label,
+    relation = escape_percent(qualified)
+    row_key, keyed = _row_identity(relation, relkind, whole_table,
+                                   [q(n) for n in ([label] if label is not None else [])
+                                    + features])
+    return Source(relation=relation, name=qualified, label=label,
                   label_expr=label_expr, label_type=label_type, features=features,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
-                  array_feature=array_feature, row_key=row_key,
+                  array_feature=array_feature, row_key=row_key, keyed=keyed,
                   feature_exprs=exprs)
+
+
+_DUP = '"bismarck duplicate"'
+
+
+def _row_identity(relation: str, relkind: str, whole_table: bool,
+                  columns: list[str]) -> tuple[str, str]:
+    """A text key per row (hashed for the shuffle, the split and the blocks) and its FROM item.
+
+    Tables read with table-level SELECT use the physical row id (``ctid``; with ``tableoid`` for
+    partitioned tables). Otherwise (views, foreign tables, or only column-level SELECT on the
+    named columns, which is enough to train) the key is the named columns' values plus the
+    row's rank among identical rows, so the key needs no other privilege, duplicates spread over
+    blocks like distinct rows, and the key does not depend on the order of the scan.
+    """
+    if whole_table and relkind in ("r", "m"):
+        return "s.ctid::text", relation
+    if whole_table and relkind == "p":
+        return "s.tableoid::text || s.ctid::text", relation
+    cols = ", ".join(columns)
+    keyed = (f"(SELECT {cols}, row_number() OVER (PARTITION BY {cols}) AS {_DUP} "
+             f"FROM {relation})")
+    return f"ROW({cols})::text || '#' || s.{_DUP}", keyed

@@ -37,6 +37,7 @@ BAD = {
     "validation_fraction": [-0.1, 0.95, 1.0, math.nan],
     "class_weight": ["auto", "{}", '{"0": 0}', '{"1": -2}', '{"1": "x"}', "[1, 2]", 3,
                      {"1": math.inf}, {"0": True}],
+    "solver": ["cholesky", "sag", 1, ""],
 }
 
 MESSAGE = re.compile(r"^The '(?P<name>\w+)' parameter of (?P<where>\w+) must be (?P<what>.+)\. "
@@ -167,3 +168,12 @@ def test_bounds_are_inclusive_unless_open() -> None:
     ({-1: 3}, {"-1": 3.0}), ({True: 2}, {"true": 2.0}), (None, None)])
 def test_class_weight_forms(given, expected) -> None:
     assert validate({"class_weight": given})["class_weight"] == expected
+
+
+def test_exact_solvers_default_to_the_unpenalised_fit_to_tight_tolerance() -> None:
+    out = validate({"solver": "newton"})
+    assert (out["penalty"], out["tol"], out["dtype"]) == ("none", 1e-8, "float64")
+    out = validate({"solver": "lbfgs", "penalty": "l2", "tol": 1e-4, "dtype": "float32"})
+    assert (out["penalty"], out["tol"], out["dtype"]) == ("l2", 1e-4, "float32")
+    assert validate({"solver": "newton", "tol": None})["tol"] is None
+    assert validate({})["penalty"] == "l2" and validate({})["solver"] == "sgd"

@@ -1,0 +1,703 @@
+"""A shared database: no search-path attacks, the access model, runs that never stall others.
+
+Real server, several login roles: ``admin`` (the test superuser), ``alice`` and ``bob`` (members
+of ``bismarck_user``), ``mallory`` (a member too, who plants look-alike functions and operators)
+and ``carol`` (not a member). Roles are cluster-wide, so their names carry this process's id.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from bismarck_controller import extension, training
+from bismarck_controller.cli import main as cli_main
+
+PINNED = "search_path=pg_catalog, pg_temp"
+USERS = ("alice", "bob", "mallory", "carol")
+
+
+@dataclass
+class Roles:
+    """DSNs of the test database for the superuser and each test role."""
+
+    admin: str
+    dsns: dict[str, str]
+    names: dict[str, str]
+
+    def connect(self, who: str, **kwargs: object) -> psycopg.Connection:
+        return psycopg.connect(self.admin if who == "admin" else self.dsns[who],
+                               autocommit=True, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def roles(make_database) -> Iterator[Roles]:
+    """A fresh database with bismarck, the test roles and a schema of her own for each user."""
+    dsn = make_database("_security")
+    extension.install(dsn)
+    names = {u: f"bsec_{u}_{os.getpid()}" for u in USERS}
+    password = secrets.token_urlsafe(12)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for who, name in names.items():
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)))
+            admin.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                sql.Identifier(who), sql.Identifier(name)))
+            admin.execute(sql.SQL("ALTER ROLE {} SET search_path = {}, public").format(
+                sql.Identifier(name), sql.Identifier(who)))
+            if who != "carol":
+                admin.execute(sql.SQL("GRANT bismarck_user TO {}").format(sql.Identifier(name)))
+        admin.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
+    dsns = {who: make_conninfo(dsn, user=name, password=password)
+            for who, name in names.items()}
+    yield Roles(dsn, dsns, names)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+PATIENTS = """
+CREATE TABLE patients (id int, treatment int, trait_anxiety float8, second_attack boolean);
+INSERT INTO patients VALUES (1, 1, 70, true), (2, 1, 80, true), (3, 1, 50, false),
+  (4, 0, 60, true), (5, 0, 40, false), (6, 0, 65, true), (7, 0, 75, true), (8, 0, 80, true),
+  (9, 0, 70, true), (10, 0, 60, true), (11, 1, 65, false), (12, 1, 50, false),
+  (13, 1, 45, false), (14, 1, 35, false), (15, 1, 40, false), (16, 1, 50, false),
+  (17, 0, 55, false), (18, 0, 45, false), (19, 0, 50, true), (20, 0, 60, false);
+"""
+FEATURES = ["treatment", "trait_anxiety"]
+
+
+def _patients(conn: psycopg.Connection) -> None:
+    conn.execute("DROP TABLE IF EXISTS patients")
+    conn.execute(PATIENTS)
+
+
+# --- 1. no search-path attacks ------------------------------------------------------------------
+
+
+def test_every_function_is_pinned_and_none_is_definer_over_user_tables(
+        roles: Roles) -> None:
+    with roles.connect("admin") as conn:
+        rows = conn.execute("""
+            SELECT p.oid::regprocedure::text, p.prokind::text, p.proconfig, p.prosecdef
+              FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid
+             WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
+               AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
+        """).fetchall()
+    assert len(rows) > 20
+    unpinned = [name for name, kind, config, _ in rows
+                if kind != "a" and PINNED not in (config or [])]
+    assert unpinned == []
+    definers = [name for name, _, _, definer in rows if definer]
+    assert definers == ["bismarck._work_schema(regrole)"]  # makes an empty schema, nothing else
+
+
+_PLANT = r"""
+DO $plant$
+DECLARE
+    names text[] := ARRAY['cardinality', 'hashtextextended', 'hashtext', 'array_position',
+        'array_ndims', 'exp', 'ln', 'abs', 'set_config', 'current_setting', 'to_regclass',
+        'to_regnamespace', 'parse_ident', 'format_type', 'setseed', 'random', 'now',
+        'clock_timestamp', 'pg_backend_pid', 'quote_ident', 'has_table_privilege',
+        'has_column_privilege', 'pg_has_role', 'pg_try_advisory_xact_lock', 'jsonb_build_object',
+        'md5', 'substr', 'pg_relation_size', 'greatest', 'least', 'format', 'length',
+        'array_length', 'round', 'sqrt', 'power', 'coalesce', 'textcat', 'float8', 'int4'];
+    alternatives text[] := ARRAY['integer', 'bigint', 'numeric', 'double precision', 'text',
+        'double precision[]', 'integer[]', 'numeric[]', 'real', 'boolean', 'bytea', 'jsonb'];
+    ops text[] := ARRAY['=', '<>', '<', '<=', '>', '>=', '+', '-', '*', '/', '&', '%', '||',
+        '&&', '^', '~'];
+    f record;
+    args text[];
+    alt text;
+    i int;
+    n int := 0;
+    l text;
+    r text;
+BEGIN
+    FOR f IN SELECT p.proname::text AS name, p.proargtypes::regtype[]::text[] AS types,
+                    p.prorettype::regtype::text AS ret
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY (names)
+                AND NOT p.proretset AND p.prokind = 'f' AND p.pronargs BETWEEN 1 AND 3
+    LOOP
+        FOR i IN 1 .. cardinality(f.types) LOOP
+            FOREACH alt IN ARRAY alternatives LOOP
+                args := f.types;
+                FOR j IN 1 .. cardinality(args) LOOP
+                    IF args[j] IN ('anyelement', 'anycompatible', 'any', '"any"') THEN
+                        args[j] := 'double precision';
+                    ELSIF args[j] IN ('anyarray', 'anycompatiblearray') THEN
+                        args[j] := 'double precision[]';
+                    END IF;
+                END LOOP;
+                args[i] := alt;
+                CONTINUE WHEN f.ret IN ('anyelement', 'anyarray', 'record', 'void', 'internal',
+                                        'anycompatible', 'anycompatiblearray', 'trigger');
+                BEGIN
+                    EXECUTE format('CREATE FUNCTION %I.%I(%s) RETURNS %s LANGUAGE sql AS '
+                                   '$b$ SELECT CASE WHEN pg_catalog.nextval(%L) > 0 '
+                                   'THEN NULL::%s END $b$',
+                                   current_schema(), f.name, array_to_string(args, ', '),
+                                   f.ret, 'public.planted_calls', f.ret);
+                    n := n + 1;
+                EXCEPTION WHEN duplicate_function OR invalid_function_definition
+                          OR datatype_mismatch OR feature_not_supported THEN
+                    NULL;
+                END;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    FOREACH l IN ARRAY alternatives LOOP
+        FOREACH r IN ARRAY alternatives LOOP
+            EXECUTE format('CREATE FUNCTION %I.planted_op(%s, %s) RETURNS boolean LANGUAGE sql '
+                           'AS $b$ SELECT pg_catalog.nextval(%L) < 0 $b$',
+                           current_schema(), l, r, 'public.planted_calls');
+            FOREACH alt IN ARRAY ops LOOP
+                BEGIN
+                    EXECUTE format('CREATE OPERATOR %I.%s (LEFTARG = %s, RIGHTARG = %s, '
+                                   'FUNCTION = %I.planted_op)', current_schema(), alt, l, r,
+                                   current_schema());
+                    n := n + 1;
+                EXCEPTION WHEN duplicate_function OR duplicate_object THEN
+                    NULL;
+                END;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+    RAISE NOTICE 'planted %', n;
+END
+$plant$;
+"""
+
+
+@pytest.fixture(scope="module")
+def planted(roles: Roles) -> Iterator[int]:
+    """Mallory's look-alikes in public (made writable) and in her own schema; their count."""
+    with roles.connect("admin") as admin:
+        admin.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    notices: list[str] = []
+    with roles.connect("mallory") as m:
+        m.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        m.execute("CREATE SEQUENCE public.planted_calls")
+        m.execute("GRANT USAGE, UPDATE ON SEQUENCE public.planted_calls TO PUBLIC")
+        for schema in ("public", "mallory"):
+            m.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+            m.execute(_PLANT)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            m.execute("CREATE FUNCTION bismarck.cardinality(float8[]) RETURNS int "
+                      "LANGUAGE sql AS 'SELECT 1'")
+    total = sum(int(n.split()[1]) for n in notices if n.startswith("planted "))
+    yield total
+    with roles.connect("admin") as admin:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+def _calls(conn: psycopg.Connection) -> int:
+    last, called = conn.execute("SELECT last_value, is_called FROM public.planted_calls"
+                                ).fetchone()
+    return int(last) if called else 0
+
+
+def test_planted_lookalikes_never_run(roles: Roles, planted: int) -> None:
+    assert planted > 1000
+    victim_path = "-c search_path=public,mallory"
+    with psycopg.connect(roles.admin, autocommit=True, options=victim_path) as su:
+        # The plants work: unpinned SQL of the kind the engine runs would call them.
+        su.execute("SELECT cardinality(ARRAY[1, 2]::float8[]), "
+                   "hashtextextended('x', 1), 1.5::float8 = 1")
+        assert _calls(su) > 0
+        su.execute("SELECT setval('public.planted_calls', 1, false)")
+        assert _calls(su) == 0
+
+        su.execute("DROP TABLE IF EXISTS public.sec_data, public.sec_packed CASCADE")
+        su.execute("CREATE TABLE public.sec_data AS SELECT i AS id, (i % 7)::float8 AS a, "
+                   "(i % 3)::int AS b, ARRAY[i % 5, i % 2]::float8[] AS x, (i % 2) AS y, "
+                   "(i % 11)::numeric AS t FROM generate_series(1, 400) i")
+        su.execute("CREATE VIEW public.sec_view AS SELECT a, b, y FROM public.sec_data")
+        trainings = [
+            "('sec_data', 'y', ARRAY['a', 'b'], 'v_rows', packed => false, "
+            "validation_fraction => 0.2, max_epochs => 2, seed => 1)",
+            "('sec_data', 'y', ARRAY['x'], 'v_packed', validation_fraction => 0.2, "
+            "max_epochs => 2, seed => 1, parallel => 2)",
+            "('sec_data', 't', ARRAY['a', 'b'], 'v_squared', loss => 'squared', "
+            "max_epochs => 2, seed => 1)",
+            "('sec_view', 'y', ARRAY['a', 'b'], 'v_view', loss => 'hinge', shuffle => 'always',"
+            " validation_fraction => 0.3, max_epochs => 2, seed => 1)",
+        ]
+        for args in trainings:
+            su.execute("SELECT * FROM bismarck.train_glm" + args)
+        su.execute("SELECT * FROM bismarck.pack('sec_data', 'y', ARRAY['a', 'b'], "
+                   "'sec_packed', block_size => 16, seed => 3)")
+        su.execute("SELECT * FROM bismarck.train_glm('sec_packed', 'y', ARRAY['a', 'b'], "
+                   "'v_from_packed', validation_fraction => 0.3, max_epochs => 2, seed => 1)")
+        su.execute("SELECT bismarck.predict('v_rows', ARRAY[a, b]::float8[]), "
+                   "bismarck.predict_class('v_rows', ARRAY[a, b]::float8[]), "
+                   "bismarck.predict('v_squared', ARRAY[a, b]::float8[]) FROM sec_data")
+        for model in ("v_rows", "v_packed", "v_view", "v_from_packed"):
+            table = "sec_view" if model == "v_view" else "sec_data"
+            su.execute("SELECT * FROM bismarck.evaluate(%s, %s)", [model, table])
+        su.execute("SELECT * FROM bismarck.evaluate('v_squared', 'sec_data')")
+        su.execute("SELECT * FROM bismarck.models, bismarck.training_history, "
+                   "bismarck.packed_tables")
+        assert _calls(su) == 0
+
+    # The CLI and the Python API: the loop over psycopg, with the same victim search path.
+    with psycopg.connect(roles.admin, options=victim_path) as su:
+        training.train(su, "sec_data", "y", ["a", "b"], "v_cli", max_epochs=2, seed=1,
+                       validation_fraction=0.2, packed=False)
+        training.pack(su, "sec_data", "y", ["a", "b"], "sec_packed_cli", seed=1)
+        training.evaluate(su, "v_cli", "sec_data")
+        training.predict(su, "v_cli", "sec_data", limit=5, classes=True)
+        training.predict(su, "v_cli", "sec_data", output="sec_scored")
+    dsn = make_conninfo(roles.admin, options=victim_path)
+    result = CliRunner().invoke(cli_main, ["train", "sec_data", "--label", "y", "--features",
+                                           "a,b", "--model", "v_cli2", "--max-epochs", "2",
+                                           "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    with roles.connect("admin") as su:
+        assert _calls(su) == 0
+        assert su.execute("SELECT to_regclass('public.sec_scored') IS NOT NULL").fetchone() == (
+            True,)
+
+
+# --- 3. roles and ownership ---------------------------------------------------------------------
+
+
+def test_bismarck_user_does_the_readme_session_on_its_own_table(roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        row = a.execute("""
+            SELECT model_name, version FROM bismarck.train_glm(
+              source => 'patients', label => 'second_attack',
+              features => ARRAY['treatment', 'trait_anxiety'],
+              model_name => 'heart', loss => 'logistic', penalty => 'none',
+              learning_rate => 'bold_driver', eta0 => 1, batch_size => 0,
+              max_epochs => 50, seed => 42)""").fetchone()
+        assert row[0] == "heart"
+        model = a.execute("SELECT model_name, owner::text, source, fitted IS NOT NULL "
+                          "FROM bismarck.models WHERE model_name = 'heart'").fetchone()
+        assert model == ("heart", roles.names["alice"], "alice.patients", True)
+        assert a.execute("SELECT count(*) FROM bismarck.training_history "
+                         "WHERE model_name = 'heart'").fetchone()[0] > 0
+        scored = a.execute(
+            "SELECT bismarck.predict('heart', ARRAY[treatment, trait_anxiety]::float8[]), "
+            "bismarck.predict_class('heart', ARRAY[treatment, trait_anxiety]::float8[]) "
+            "FROM patients").fetchall()
+        assert len(scored) == 20
+        metrics = dict(a.execute("SELECT * FROM bismarck.evaluate('heart', 'patients')"))
+        assert 0 <= metrics["accuracy"] <= 1
+        a.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', "
+                  "ARRAY['treatment', 'trait_anxiety'], 'patients_packed', seed => 1)")
+        assert a.execute("SELECT packed_table::text, emptied FROM bismarck.packed_tables"
+                         ).fetchall() == [("patients_packed", False)]
+        a.execute("SELECT * FROM bismarck.train_glm('patients_packed', 'second_attack', "
+                  "ARRAY['treatment', 'trait_anxiety'], 'heart_svm', loss => 'hinge', "
+                  "max_epochs => 3)")
+        assert a.execute("SELECT bismarck.delete_model('heart_svm')").fetchone() == (1,)
+    with psycopg.connect(roles.dsns["alice"]) as conn:  # the CLI's loop, as alice
+        result = training.train(conn, "patients", "second_attack", FEATURES, "heart_cli",
+                                max_epochs=3, validation_fraction=0.2, seed=1)
+        assert result.version == 1
+    with roles.connect("admin") as admin:  # working schemas are gone with their runs
+        assert admin.execute("SELECT count(*) FROM pg_namespace "
+                             "WHERE nspname LIKE 'bismarck_work_%'").fetchone() == (0,)
+
+
+def test_nothing_on_tables_it_cannot_read_and_nothing_without_the_role(roles: Roles) -> None:
+    with roles.connect("bob") as b:
+        b.execute("DROP TABLE IF EXISTS bob_secret")
+        b.execute("CREATE TABLE bob_secret AS SELECT i::float8 AS a, i % 2 AS y "
+                  "FROM generate_series(1, 50) i")
+        b.execute("SELECT * FROM bismarck.train_glm('bob_secret', 'y', ARRAY['a'], "
+                  "'bob_model', max_epochs => 2)")
+    with roles.connect("alice") as a:
+        for call in ("SELECT * FROM bismarck.train_glm('bob.bob_secret', 'y', ARRAY['a'])",
+                     "SELECT * FROM bismarck.pack('bob.bob_secret', 'y', ARRAY['a'], 'p')",
+                     "SELECT * FROM bismarck.evaluate('heart', 'bob.bob_secret')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match='permission denied for schema bob'):
+                a.execute(call)
+    with roles.connect("admin") as admin:  # readable schema, unreadable table
+        admin.execute("GRANT USAGE ON SCHEMA bob TO PUBLIC")
+    try:
+        with roles.connect("alice") as a:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="permission denied for table bob_secret"):
+                a.execute("SELECT * FROM bismarck.train_glm('bob.bob_secret', 'y', ARRAY['a'])")
+            assert a.execute("SELECT count(*) FROM bismarck.models "
+                             "WHERE model_name = 'bob_model'").fetchone() == (0,)
+    finally:
+        with roles.connect("admin") as admin:
+            admin.execute("REVOKE USAGE ON SCHEMA bob FROM PUBLIC")
+    with roles.connect("carol") as c:  # not a member of bismarck_user
+        c.execute("CREATE TABLE carol_t AS SELECT 1.0::float8 AS a, 1 AS y")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema bismarck"):
+            c.execute("SELECT * FROM bismarck.train_glm('carol_t', 'y', ARRAY['a'])")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT * FROM bismarck.models")
+
+
+def test_column_level_select_on_the_named_columns_is_enough(roles: Roles) -> None:
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.wide")
+        admin.execute("CREATE TABLE public.wide AS SELECT i AS id, (i % 7)::float8 AS a, "
+                      "(i % 5)::float8 AS b, (i % 2) AS y, i::text AS ssn "
+                      "FROM generate_series(1, 300) i")
+        admin.execute(sql.SQL("GRANT SELECT (a, b, y) ON public.wide TO {}").format(
+            sql.Identifier(roles.names["alice"])))
+    with roles.connect("alice") as a:
+        for options in ("", ", packed => false", ", validation_fraction => 0.3",
+                        ", packed => false, validation_fraction => 0.3"):
+            a.execute("SELECT * FROM bismarck.train_glm('public.wide', 'y', ARRAY['a', 'b'], "
+                      "'wide', max_epochs => 2, seed => 1" + options + ")")
+        a.execute("SELECT * FROM bismarck.pack('public.wide', 'y', ARRAY['a', 'b'], "
+                  "'alice.wide_packed', seed => 1)")
+        assert dict(a.execute("SELECT * FROM bismarck.evaluate('wide', 'public.wide')"))["rows"] \
+            == 300
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            a.execute("SELECT ssn FROM public.wide")
+
+
+def test_users_cannot_read_delete_or_shadow_each_others_models(roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'alice_heart', max_epochs => 3)", [FEATURES])
+    with roles.connect("bob") as b:
+        _patients(b)
+        assert b.execute("SELECT count(*) FROM bismarck.models "
+                         "WHERE model_name = 'alice_heart'").fetchone() == (0,)
+        assert b.execute("SELECT count(*) FROM bismarck.training_history "
+                         "WHERE model_name = 'alice_heart'").fetchone() == (0,)
+        for call in ("SELECT bismarck.predict('alice_heart', ARRAY[1, 2]::float8[])",
+                     "SELECT bismarck.delete_model('alice_heart')",
+                     "SELECT * FROM bismarck.evaluate('alice_heart', 'patients')"):
+            with pytest.raises(psycopg.errors.UndefinedObject, match="does not exist"):
+                b.execute(call)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
+            b.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                      "'alice_heart', max_epochs => 1)", [FEATURES])
+        assert b.execute("DELETE FROM bismarck._models WHERE model_name = %s",
+                         ["alice_heart"]).rowcount == 0
+        assert b.execute("UPDATE bismarck.model_names SET last_version = 0 "
+                         "WHERE model_name = %s", ["alice_heart"]).rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            b.execute("SELECT fitted FROM bismarck._models")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            b.execute("INSERT INTO bismarck.model_grants (model_name, grantee, owner) "
+                      "VALUES ('alice_heart', current_user::text::regrole, "
+                      "current_user::text::regrole)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            b.execute("INSERT INTO bismarck._models (model_name, version, loss, source, label, "
+                      "features, array_feature, coef, intercept, params, metrics, fitted) "
+                      "VALUES ('alice_heart', 99, 'logistic', 's', 'l', '{a}', false, '{1}', 0,"
+                      " '{}', '{}', '{}')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="do not own"):
+            b.execute("SELECT bismarck.grant_model('alice_heart', %s)", [roles.names["bob"]])
+    with roles.connect("alice") as a:
+        assert a.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
+                         "'alice_heart'").fetchone() == (1,)
+        a.execute("SELECT bismarck.grant_model('alice_heart', %s)", [roles.names["bob"]])
+    with roles.connect("bob") as b:
+        # granted: bob sees and uses it, but alice's table's statistics stay hidden
+        assert b.execute("SELECT fitted IS NULL, coef IS NOT NULL FROM bismarck.models "
+                         "WHERE model_name = 'alice_heart'").fetchone() == (True, True)
+        p = b.execute("SELECT bismarck.predict('alice_heart', ARRAY[1, 60]::float8[])"
+                      ).fetchone()[0]
+        assert 0 <= p <= 1
+        assert dict(b.execute("SELECT * FROM bismarck.evaluate('alice_heart', 'patients')"))[
+            "rows"] == 20
+        assert b.execute("SELECT count(*) FROM bismarck.training_history "
+                         "WHERE model_name = 'alice_heart'").fetchone()[0] > 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
+            b.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                      "'alice_heart', max_epochs => 1)", [FEATURES])
+    with roles.connect("admin") as admin:  # once bob may read the columns, he sees them too
+        admin.execute(sql.SQL("GRANT USAGE ON SCHEMA alice TO {0}; GRANT SELECT "
+                              "(second_attack, treatment, trait_anxiety) ON alice.patients "
+                              "TO {0}").format(sql.Identifier(roles.names["bob"])))
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT fitted IS NULL FROM bismarck.models "
+                         "WHERE model_name = 'alice_heart'").fetchone() == (False,)
+    with roles.connect("alice") as a:
+        assert a.execute("SELECT bismarck.revoke_model('alice_heart', %s)",
+                         [roles.names["bob"]]).fetchone() == (True,)
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT count(*) FROM bismarck.models "
+                         "WHERE model_name = 'alice_heart'").fetchone() == (0,)
+    with roles.connect("alice") as a:
+        a.execute("SELECT bismarck.grant_model('alice_heart', %s)", [roles.names["bob"]])
+    with roles.connect("bob") as b:  # a grantee may delete
+        assert b.execute("SELECT bismarck.delete_model('alice_heart')").fetchone() == (1,)
+
+
+# --- 5. versions and names ----------------------------------------------------------------------
+
+
+def test_version_numbers_are_never_reused(roles: Roles) -> None:
+    train = ("SELECT version FROM bismarck.train_glm('patients', 'second_attack', %s, "
+             "'versions', max_epochs => 1)")
+    with roles.connect("alice") as a:
+        _patients(a)
+        assert [a.execute(train, [FEATURES]).fetchone()[0] for _ in range(2)] == [1, 2]
+        a.execute("SELECT bismarck.delete_model('versions', 2)")
+        assert a.execute(train, [FEATURES]).fetchone() == (3,)
+        a.execute("SELECT bismarck.delete_model('versions')")
+        assert a.execute(train, [FEATURES]).fetchone() == (4,)
+    with psycopg.connect(roles.dsns["alice"]) as conn:
+        assert training.train(conn, "patients", "second_attack", FEATURES, "versions",
+                              max_epochs=1).version == 5
+
+
+def test_repeatable_read_and_concurrent_packs_give_clear_errors(roles: Roles) -> None:
+    train = ("SELECT version FROM bismarck.train_glm('patients', 'second_attack', %s, "
+             "'rr_model', max_epochs => 1)")
+    with roles.connect("alice") as a:
+        _patients(a)
+    with roles.connect("alice") as t1, roles.connect("alice") as t2:
+        t1.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        t2.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        t2.execute("SELECT 1")  # t2's snapshot is taken now
+        assert t1.execute(train, [FEATURES]).fetchone() == (1,)
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable,
+                           match='"rr_model" is being trained by another transaction'):
+            t2.execute(train, [FEATURES])
+        assert time.monotonic() - started < 5
+        t2.execute("ROLLBACK")
+        t2.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        t2.execute("SELECT 1")
+        t1.execute("COMMIT")
+        with pytest.raises(psycopg.errors.SerializationFailure,
+                           match="got a new version after this transaction began"):
+            t2.execute(train, [FEATURES])
+        t2.execute("ROLLBACK")
+        assert t2.execute(train, [FEATURES]).fetchone() == (2,)
+
+        pack = ("SELECT packed_table FROM bismarck.pack('patients', 'second_attack', %s, "
+                "'rr_packed')")
+        t1.execute("BEGIN")
+        t1.execute(pack, [FEATURES])
+        with pytest.raises(psycopg.errors.LockNotAvailable,
+                           match='another session is packing into "alice.rr_packed"'):
+            t2.execute(pack, [FEATURES])
+        t1.execute("COMMIT")
+        with pytest.raises(psycopg.errors.DuplicateTable, match="already exists"):
+            t2.execute(pack, [FEATURES])
+
+
+def test_registry_stores_qualified_sources_and_lists_only_live_packed_tables(
+        roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute("DROP TABLE IF EXISTS gone_packed, crashed_packed")
+        for name in ("gone_packed", "crashed_packed"):
+            a.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', %s, %s)",
+                      [FEATURES, name])
+        a.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'qualified', max_epochs => 1)", [FEATURES])
+        assert a.execute("SELECT source FROM bismarck.models WHERE model_name = 'qualified'"
+                         ).fetchone() == ("alice.patients",)
+        a.execute("DROP TABLE gone_packed")
+        a.execute("TRUNCATE crashed_packed")  # what crash recovery does to an unlogged table
+        listed = dict(a.execute("SELECT packed_table::text, emptied FROM bismarck.packed_tables"
+                                " WHERE source = 'alice.patients'").fetchall())
+        assert "gone_packed" not in listed and listed["crashed_packed"] is True
+
+
+# --- 2. and 4. working tables, killed runs, SIGTERM --------------------------------------------
+
+
+def _cli_train(dsn: str, table: str, model: str, epochs: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bismarck_controller.cli", "train", table, "--label", "y",
+         "--features", "a,b", "--model", model, "--max-epochs", str(epochs), "--tol", "0",
+         "--packed", "--batch-size", "1", "--dsn", dsn],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(admin: psycopg.Connection, model: str, proc: subprocess.Popen) -> int:
+    """The run id once the CLI's run has committed a first epoch."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        row = admin.execute("SELECT r.run_id FROM bismarck._training_run r JOIN "
+                            "bismarck._training_epoch e USING (run_id) WHERE r.model_name = %s "
+                            "AND r.status = 'running' LIMIT 1", [model]).fetchone()
+        if row:
+            return int(row[0])
+        time.sleep(0.1)
+    raise AssertionError("the CLI run did not start")
+
+
+@pytest.fixture(scope="module")
+def big_table(roles: Roles) -> str:
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.sec_big")
+        admin.execute("CREATE TABLE public.sec_big AS SELECT (i % 13)::float8 AS a, "
+                      "(i % 7)::float8 AS b, i % 2 AS y FROM generate_series(1, 20000) i")
+        admin.execute("GRANT SELECT ON public.sec_big TO bismarck_user")
+    return "public.sec_big"
+
+
+def test_sigterm_is_clean_like_sigint(roles: Roles, big_table: str) -> None:
+    proc = _cli_train(roles.dsns["alice"], big_table, "terminated", 10000)
+    with roles.connect("admin") as admin:
+        run_id = _wait_running(admin, "terminated", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        status, schema = admin.execute("SELECT status, work_schema FROM bismarck._training_run "
+                                       "WHERE run_id = %s", [run_id]).fetchone()
+        assert status == "interrupted"
+        assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE "
+                             "'bismarck_work_%'").fetchone() == (0,)
+        assert admin.execute("SELECT count(*) FROM bismarck._models WHERE model_name = "
+                             "'terminated'").fetchone() == (0,)
+
+
+def _one_epoch(dsn: str, model: str) -> float:
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT * FROM bismarck.train_glm('public.sec_small', 'y', "
+                     "ARRAY['a', 'b'], %s, max_epochs => 1)", [model])
+    return time.monotonic() - started
+
+
+def test_a_killed_run_never_delays_another_training(roles: Roles, big_table: str) -> None:
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.sec_small")
+        admin.execute("CREATE TABLE public.sec_small AS SELECT (i % 5)::float8 AS a, "
+                      "(i % 3)::float8 AS b, i % 2 AS y FROM generate_series(1, 500) i")
+        admin.execute("GRANT SELECT ON public.sec_small TO bismarck_user")
+    users = ("alice", "bob")
+    for who in users:  # warm up the backends' engine imports once
+        _one_epoch(roles.dsns[who], f"warm_{who}")
+    baseline = {who: min(_one_epoch(roles.dsns[who], f"base_{who}") for _ in range(2))
+                for who in users}
+
+    # alice's client is killed mid-run: a 'running' row and a working schema stay behind
+    proc = _cli_train(roles.dsns["alice"], big_table, "killed", 10000)
+    with roles.connect("admin") as admin:
+        run_id = _wait_running(admin, "killed", proc)
+        proc.kill()
+        proc.communicate(timeout=30)
+        pid = admin.execute("SELECT backend_pid FROM bismarck._training_run WHERE run_id = %s",
+                            [run_id]).fetchone()[0]
+        deadline = time.monotonic() + 60
+        while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                            [pid]).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        # A superuser's long SQL training claims the dead run's clean-up and holds it.
+        def hold() -> None:
+            with roles.connect("admin") as conn:
+                conn.execute("SELECT * FROM bismarck.train_glm('public.sec_big', 'y', "
+                             "ARRAY['a', 'b'], 'holder', max_epochs => 8, tol => 0, "
+                             "batch_size => 1, packed => false)")
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        deadline = time.monotonic() + 60
+        while not admin.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE a.query LIKE '%''holder''%' AND l.locktype = 'transactionid'"
+        ).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waits: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            with roles.connect("admin") as w:
+                while not stop.is_set():
+                    waits.extend(r[0] for r in w.execute(
+                        "SELECT usename::text FROM pg_stat_activity WHERE wait_event_type = "
+                        "'Lock' AND usename IN (%s, %s)",
+                        [roles.names["alice"], roles.names["bob"]]))
+                    time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            assert holder.is_alive()
+            elapsed = {who: _one_epoch(roles.dsns[who], f"after_{who}") for who in users}
+            with psycopg.connect(roles.dsns["alice"]) as conn:
+                started = time.monotonic()
+                training.train(conn, "public.sec_small", "y", ["a", "b"], "after_cli",
+                               max_epochs=1)
+                elapsed["alice_cli"] = time.monotonic() - started
+            assert holder.is_alive()  # the clean-up's locks were held all along
+        finally:
+            stop.set()
+            watcher.join()
+            holder.join()
+        assert waits == []
+        for who, seconds in elapsed.items():
+            assert seconds < baseline[who.split("_")[0]] + 1.0, (who, seconds, baseline)
+        status, schema = admin.execute("SELECT status, work_schema FROM bismarck._training_run "
+                                       "WHERE run_id = %s", [run_id]).fetchone()
+        assert (status, schema) == ("interrupted", None)
+        assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE "
+                             "'bismarck_work_%'").fetchone() == (0,)
+
+
+# --- the migration from 0.1.0 keeps existing models -------------------------------------------
+
+
+def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
+        make_database) -> None:
+    with psycopg.connect(make_database("_v010")) as probe:
+        ext_dir = extension.writable_extension_dir(probe)
+    if ext_dir is None:
+        pytest.skip("the test server's extension directory is not writable from here")
+    old = (Path(__file__).parent / "data" / "bismarck--0.1.0.sql").read_text()
+    script = ext_dir / "bismarck--0.1.0.sql"
+    from bismarck_controller.embed import embed_engine
+
+    script.write_text(embed_engine(old, extension.engine_modules(), "0.1.0"))
+    extension.install_files(ext_dir)
+    try:
+        with psycopg.connect(make_database("_v010"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION bismarck VERSION '0.1.0' CASCADE")
+            conn.execute("CREATE TABLE public.pts AS SELECT i::float8 AS a, i % 2 AS y "
+                         "FROM generate_series(1, 40) i")
+            for version in (1, 2):
+                conn.execute("INSERT INTO bismarck.models (model_name, version, loss, source, "
+                             "label, features, array_feature, coef, intercept, classes, params,"
+                             " metrics, fitted) VALUES ('old', %s, 'logistic', 'pts', 'y', "
+                             "'{a}', false, '{0.5}', -1, '{0,1}', '{}', '{}', '{}')", [version])
+            conn.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
+                         "status, version) VALUES ('old', 'pts', '{}', 'succeeded', 3)")
+            conn.execute("CREATE TABLE bismarck._train_7 (x bytea)")  # a 0.1.0 leftover
+            path = conn.execute("SHOW search_path").fetchone()
+
+            assert extension.install(conn) == "Upgraded extension bismarck 0.1.0 -> " \
+                f"{extension.version()}."
+            assert conn.execute("SHOW search_path").fetchone() == path  # the script's is LOCAL
+
+            assert conn.execute("SELECT version, owner::text = current_user FROM "
+                                "bismarck.models ORDER BY version").fetchall() == [
+                (1, True), (2, True)]
+            assert conn.execute("SELECT round(bismarck.predict('old', ARRAY[2]::float8[])"
+                                "::numeric, 3)").fetchone()[0] == pytest.approx(0.5)
+            assert conn.execute("SELECT version FROM bismarck.train_glm('pts', 'y', "
+                                "ARRAY['a'], 'old', max_epochs => 1)").fetchone() == (4,)
+            assert conn.execute("SELECT to_regclass('bismarck._train_7')").fetchone() == (None,)
+    finally:
+        script.unlink(missing_ok=True)
