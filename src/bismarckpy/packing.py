@@ -63,17 +63,20 @@ def check_rows(session: Session, src: Source) -> Checked:
     col = session.ident(src.features[0]) if src.array_feature else None
     y = src.label_expr or "NULL::float8"
     # OFFSET 0 keeps the subquery: each row's validity is computed once, not once per FILTER.
-    n_total, n_usable, lo, hi, multi, y_min, y_max, all01, allpm1, ax, ay = session.query(
+    n_total, n_usable, lo, hi, multi, empty, y_min, y_max, all01, allpm1, ax, ay = session.query(
         "SELECT count(*) AS n, count(*) FILTER (WHERE ok) AS usable, "
         "min(d) FILTER (WHERE ok) AS lo, max(d) FILTER (WHERE ok) AS hi, "
-        "count(*) FILTER (WHERE multi) AS multi, "
+        "count(*) FILTER (WHERE multi) AS multi, count(*) FILTER (WHERE empty) AS empty, "
         "min(y) FILTER (WHERE ok) AS y_min, max(y) FILTER (WHERE ok) AS y_max, "
         "bool_and(y IN (0, 1)) FILTER (WHERE ok) AS all01, "
         "bool_and(y IN (-1, 1)) FILTER (WHERE ok) AS allpm1, "
         "max(ax) FILTER (WHERE ok) AS ax, max(abs(y)) FILTER (WHERE ok) AS ay "
         f"FROM (SELECT {src.valid_expr} AS ok, cardinality({src.x_expr}) AS d, {y} AS y, "
         f"{src.max_abs_expr} AS ax, "
-        + (f"array_ndims({col}) > 1" if col else "false") + " AS multi "
+        + (f"array_ndims({col}) > 1" if col else "false") + " AS multi, "
+        # An empty array is a vector of the wrong length, not a missing value: predict refuses
+        # it too, so training and evaluation must not skip it silently.
+        + (f"cardinality({col}) = 0" if col else "false") + " AS empty "
         f"FROM {src.relation} AS s OFFSET 0) AS q")[0]
     if n_total == 0:
         raise InvalidData(f"table {src.name} is empty", hint="Load rows into it first.")
@@ -82,6 +85,11 @@ def check_rows(session: Session, src: Source) -> Checked:
             f'feature column "{src.features[0]}" holds multi-dimensional arrays',
             detail=f"{multi} rows have arrays of more than one dimension.",
             hint="Flatten them to one dimension (for example in a view) and use that instead.")
+    if empty:
+        raise InvalidData(
+            f'feature column "{src.features[0]}" holds empty arrays',
+            detail=f"{empty} rows have a feature array with no elements.",
+            hint="Filter them out or fill them (for example in a view) and use that instead.")
     if n_usable == 0:
         raise InvalidData(
             f"no usable rows in {src.name}",
