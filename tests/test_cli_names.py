@@ -72,8 +72,9 @@ def test_predict_output_round_trips(dsn: str, conn, leads: str, name: str,
     # The same name finds it again, from every command that reads a table.
     code, out = _run("evaluate", leads, name, "--json", "--dsn", dsn)
     assert code == 0 and '"accuracy"' in out, out
-    code, out = _run("predict", leads, name, "--limit", "2", "--dsn", dsn)
-    assert code == 0 and "prediction" in out, out
+    code, out = _run("predict", leads, name, "--limit", "2", "--prediction-column", "again",
+                     "--dsn", dsn)  # it has a column "prediction" already
+    assert code == 0 and "again" in out, out
     # Writing to it again is refused with a clear message, and its rows stay.
     code, out = _run("predict", leads, leads, "--output", name, "--dsn", dsn)
     assert code != 0 and "already exists" in out and "Traceback" not in out

@@ -60,7 +60,7 @@ def test_errors_are_one_paragraph_without_traceback(dsn: str, conn) -> None:
         (["train", "cli_small", "--label", "y", "--features", "a,b"], "has type text"),
         (["train", "no_such_table", "--label", "y", "--features", "a"], "does not exist"),
         (["evaluate", "no_such_model", "cli_small"], 'model "no_such_model" does not exist'),
-        (["history", "no_such_model"], "no training history"),
+        (["history", "no_such_model"], "model 'no_such_model' does not exist"),
     ]
     for args, message in cases:
         code, out = _run(*args, "--dsn", dsn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from typing import Any, Callable, TypeVar
 
 import click
@@ -19,6 +20,7 @@ from rich.table import Table
 from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
+from bismarck_controller.session import BismarckWarning
 from bismarckpy.loop import EpochRecord
 from bismarckpy.params import GLM_PARAMS
 
@@ -81,7 +83,8 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
     max_epochs = params.get("max_epochs") or next(p.default for p in GLM_PARAMS
                                                   if p.name == "max_epochs")
     bar = _EpochProgress(max_epochs)
-    with connect(dsn) as conn, bar.progress:
+    with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
+        warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = training.train(conn, table, label, feats, model_name, on_epoch=bar, **params)
     summary = Table(title=f"model {result.model_name} version {result.version}")
     for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
@@ -91,7 +94,9 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
                     f"{result.train_loss:.6g}", _fmt(result.validation_loss), str(result.rows),
                     str(result.skipped), f"{result.seconds:.2f}")
     console.print(summary)
-    if not result.converged:
+    for note in result.warnings:
+        console.print(f"[yellow]Warning: {note}.[/yellow]")
+    if not result.converged and not result.warnings:
         console.print(f"[yellow]Did not converge in {result.epochs} epochs: raise --max-epochs "
                       "or --tol, or try --learning-rate adaptive.[/yellow]")
 
@@ -152,18 +157,21 @@ def evaluate_command(model: str, table: str, version: int | None, as_json: bool,
 @click.option("--limit", type=int, default=20, show_default=True,
               help="Rows to print when no --output is given.")
 @click.option("--classes", is_flag=True, help="Predict class labels instead of scores.")
-@click.option("--columns", help="Comma-separated columns of TABLE to keep beside the prediction "
-              "[default: all].")
+@click.option("--columns", help="Comma-separated columns of TABLE (any type) to keep beside the "
+              "prediction; '' keeps none [default: all].")
+@click.option("--prediction-column", default="prediction", show_default=True,
+              help="Name of the score's column (when TABLE has a column 'prediction' already).")
 @click.option("--dsn", help=DSN_HELP)
 @friendly
 def predict_command(model: str, table: str, version: int | None, output: str | None,
-                    limit: int, classes: bool, columns: str | None, dsn: str | None) -> None:
+                    limit: int, classes: bool, columns: str | None, prediction_column: str,
+                    dsn: str | None) -> None:
     """Score TABLE with MODEL in the server: print rows, or write them to --output."""
-    keep = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    keep = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     with connect(dsn) as conn:
         result = training.predict(conn, model, table, version=version, output=output,
                                   limit=None if output is not None else limit, classes=classes,
-                                  columns=keep)
+                                  columns=keep, prediction_column=prediction_column)
         if isinstance(result, int):  # the name as PostgreSQL prints it: Sales.X is sales.x
             created = conn.execute("SELECT to_regclass(%s)::text", [output]).fetchone()
             conn.rollback()
@@ -175,7 +183,7 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
         return
     shown = list(result[0])
     if len(shown) > 8:  # a wide table would be unreadable: first columns and the prediction
-        shown = shown[:5] + ["prediction"]
+        shown = shown[:5] + [prediction_column]
         console.print(f"(showing {len(shown) - 1} of {len(result[0]) - 1} columns; choose "
                       "them with --columns)")
     out = Table()
@@ -200,14 +208,29 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     if not rows:
         click.echo("no models yet: train one with `bismarck train`")
         return
-    out = Table()
+    out = Table()  # one line per model version: source and features shrink, ending in "…"
     for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
-        out.add_column(col)
+        out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
-                    ", ".join(r["features"]), _fmt(r["metrics"].get("train_loss")),
-                    r["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
+                    _features_cell(r["features"], len(r["coef"])),
+                    _fmt(r["metrics"].get("train_loss")),
+                    r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
+    console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+def _features_cell(features: list[str], d: int, width: int = 24) -> str:
+    """The feature count and as many names as fit in ``width`` characters, then "…".
+
+    E.g. ``30:radius,texture,perimeter,a…``; no spaces, so the table never wraps the cell.
+
+    ``d`` is the number of coefficients (an array feature's one column holds ``d`` features).
+    """
+    names = ",".join(features) if len(features) == d else f"{features[0]}[1:{d}]"
+    if len(names) > width:
+        names = names[:width - 1].rstrip(",") + "…"
+    return f"{d}:{names}".replace(" ", "\u00a0")  # one word: rich cuts it, never wraps it
 
 
 @models_group.command("show")
@@ -266,6 +289,7 @@ def history_command(name: str, version: int | None, follow: bool, interval: floa
     with connect(dsn) as conn:
         rows = training.history(conn, name, version)
         if not rows and not follow:
+            training.versions(conn, name, version)  # says so when the version never existed
             raise click.ClickException(
                 f"no training history for model {name!r}. List models with `bismarck models`.")
         click.echo(_history_header())

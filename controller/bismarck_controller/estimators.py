@@ -194,18 +194,20 @@ class _BaseSGD:
     # --- scoring ------------------------------------------------------------------------------
 
     def _scores(self, conn: Database, table: str, func: str, output: str | None,
-                order_by: str | None) -> np.ndarray | int:
+                order_by: str | None,
+                prediction_column: str = "prediction") -> np.ndarray | int:
         """Run ``bismarck.<func>`` over ``table``; an array, or the rows written to ``output``.
 
         ``func``: predict, predict_class or margin (x·coef + intercept). A row with a NULL,
-        NaN or infinite feature scores NaN.
+        NaN or infinite feature scores NaN. ``order_by`` may be a column of any type.
         """
         self._check_fitted()
         kinds = {"classes": func == "predict_class", "margin": func == "margin"}
         if output is not None:
             with connected(conn) as c:
                 n = training.predict(c, self.model_name_, table, version=self.version_,
-                                     output=output, **kinds)
+                                     output=output, prediction_column=prediction_column,
+                                     **kinds)
             assert isinstance(n, int)
             return n
         with connected(conn) as c:
@@ -216,14 +218,16 @@ class _BaseSGD:
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     def predict(self, conn: Database, table: str, output: str | None = None,
-                order_by: str | None = None) -> np.ndarray | int:
+                order_by: str | None = None,
+                prediction_column: str = "prediction") -> np.ndarray | int:
         """Predictions for every row of ``table``, computed in the server.
 
-        Returns a numpy array in scan order (or ``order_by`` a column); with ``output``, writes
-        ``table``'s columns plus ``prediction`` to that new table and returns its row count.
+        Returns a numpy array in scan order (or ``order_by`` a column of any type); with
+        ``output``, writes ``table``'s columns plus ``prediction_column`` to that new table and
+        returns its row count (an error, 42701, when ``table`` has a column of that name).
         Rows with a NULL, NaN or infinite feature give NaN (NULL in ``output``).
         """
-        return self._scores(conn, table, self._PREDICT, output, order_by)
+        return self._scores(conn, table, self._PREDICT, output, order_by, prediction_column)
 
     _PREDICT: ClassVar[str] = "predict"
 
@@ -263,9 +267,14 @@ class SGDClassifier(_BaseSGD):
     LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge"}
     SCORE: ClassVar[str] = "accuracy"
     _PREDICT: ClassVar[str] = "predict_class"
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = (*_BaseSGD._PARAM_NAMES, "class_weight")
 
-    def __init__(self, loss: str = "log_loss", **kwargs: Any) -> None:
+    def __init__(self, loss: str = "log_loss", *,
+                 class_weight: str | dict[Any, float] | None = None, **kwargs: Any) -> None:
+        """``class_weight``: None, ``"balanced"`` (``n_samples / (2 * bincount)``) or a dict
+        class -> weight, as in scikit-learn; each row's loss is multiplied by its class's."""
         super().__init__(loss, **kwargs)
+        self.class_weight = class_weight
 
     def predict_proba(self, conn: Database, table: str,
                       order_by: str | None = None) -> np.ndarray:

@@ -31,13 +31,9 @@ class Curve:
 
 def history_curve(conn: Any, name: str, version: int | None = None) -> Curve:
     """The loss curve of one model version (latest unless given); a clear error if none."""
+    stored = training.versions(conn, name, version)  # newest first; a clear error if none
     if version is None:
-        stored = training.models(conn, name)  # newest first
-        if not stored:
-            raise UndefinedObject(
-                f"model {name!r} does not exist", hint="List models with `bismarck models` "
-                "or SELECT model_name, version FROM bismarck.models.")
-        version = stored[0]["version"]
+        version = stored[0]
     rows = training.history(conn, name, version)
     if not rows:
         what = f"model {name!r}" + (f" version {version}" if version is not None else "")

@@ -17,7 +17,6 @@ from bismarck_controller.session import PsycopgSession, qualified
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.errors import InvalidData, UndefinedObject
-from bismarckpy.source import resolve
 
 
 def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
@@ -66,14 +65,20 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
             output: str | None = None, limit: int | None = None, classes: bool = False,
             columns: Sequence[str] | None = None, order_by: str | None = None,
-            margin: bool = False) -> list[dict[str, Any]] | int:
+            margin: bool = False,
+            prediction_column: str = "prediction") -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
-    ``prediction`` is ``bismarck.predict`` (``predict_class`` with ``classes``; the linear
-    score x·coef + intercept with ``margin``): NULL for a row with a NULL, NaN or infinite
-    feature. Keeps ``source``'s columns (all when ``columns`` is None, none when it is empty)
-    beside it. With ``output``, writes them into a new table and returns its row count;
-    otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order if given.
+    The score, named ``prediction_column``, is ``bismarck.predict`` (``predict_class`` with
+    ``classes``; the linear score x·coef + intercept with ``margin``): NULL for a row with a
+    NULL, NaN or infinite feature. Keeps ``source``'s columns (all when ``columns`` is None,
+    none when it is empty) beside it; kept and ``order_by`` columns may have any type, only the
+    model's features must be numeric. With ``output``, writes them into a new table and returns
+    its row count; otherwise returns up to ``limit`` rows as dicts, in ``order_by`` order.
+
+    Raises UndefinedObject (42703) for a kept or ordering column that does not exist,
+    InvalidData (42701) when a kept column is named like ``prediction_column``, and (42809)
+    for a packed table (score its source instead).
     """
     source = qualified(conn, source)
     session = PsycopgSession(conn)
@@ -81,10 +86,25 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
         # The output name is read in the caller's context, before the session pins its path.
         created = new_table(conn, output) if output is not None else None
         m = engine_evaluate.load_model(session, model, version)
-        src = resolve(session, source, None, m["features"])
-        named = [*(columns or []), *([order_by] if order_by else [])]
-        if named:
-            resolve(session, source, None, named)  # a clear error for a missing column
+        src = engine_evaluate.resolve_scored(session, source, None, m["features"])
+        available = _column_names(conn, src.name)
+        for c in [*(columns or []), *([order_by] if order_by else [])]:
+            if c not in available:
+                raise UndefinedObject(f'column "{c}" does not exist in {src.name}',
+                                      sqlstate="42703",
+                                      hint="Available columns: " + ", ".join(available) + ".")
+        kept = available if columns is None else list(columns)
+        if not prediction_column:
+            raise InvalidData("the prediction column needs a name", sqlstate="42602",
+                              hint="Pass a non-empty name, e.g. --prediction-column score.")
+        if prediction_column in kept:
+            raise InvalidData(
+                f'column "{prediction_column}" specified more than once', sqlstate="42701",
+                detail=f'{src.name} has a column "{prediction_column}" already, and the '
+                       "scores would be written under the same name.",
+                hint="Name the scores otherwise (--prediction-column in the CLI, "
+                     "prediction_column= in Python), or leave that column out with --columns "
+                     "(columns= in Python).")
         keep = (sql.SQL("s.*, ") if columns is None else
                 sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier("s", c)) for c in columns))
         x = sql.SQL(src.x_expr.replace("%%", "%"))
@@ -95,8 +115,8 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
         else:
             score = sql.SQL("bismarck.{}({}, {}, {})").format(
                 sql.Identifier("predict_class" if classes else "predict"), name, x, version)
-        select = sql.SQL("SELECT {}{} AS prediction FROM {} AS s").format(
-            keep, score, sql.SQL(src.name))
+        select = sql.SQL("SELECT {}{} AS {} FROM {} AS s").format(
+            keep, score, sql.Identifier(prediction_column), sql.SQL(src.name))
         if order_by:
             select = sql.SQL("{} ORDER BY {}").format(select, sql.Identifier("s", order_by))
         if created is not None:
@@ -115,6 +135,14 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     except BaseException:
         conn.rollback()
         raise
+
+
+def _column_names(conn: psycopg.Connection, relation: str) -> list[str]:
+    """The columns of ``relation`` (a name as PostgreSQL prints it), in table order."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [relation])
+        return [r[0] for r in cur.fetchall()]
 
 
 def new_table(conn: psycopg.Connection, name: str) -> sql.Identifier:
@@ -196,6 +224,25 @@ def delete_model(conn: psycopg.Connection, name: str, version: int | None = None
         raise
     assert row is not None
     return int(row[0])
+
+
+def versions(conn: psycopg.Connection, name: str, version: int | None = None) -> list[int]:
+    """The stored versions of model ``name``, newest first, after checking ``version`` is one.
+
+    Raises UndefinedObject (42704) when the model has no versions, or none numbered
+    ``version``; the hint lists the versions there are.
+    """
+    found = [int(r["version"]) for r in models(conn, name)]
+    if not found:
+        raise UndefinedObject(
+            f"model {name!r} does not exist", sqlstate="42704",
+            hint="List models with `bismarck models` or SELECT model_name, version FROM "
+                 "bismarck.models.")
+    if version is not None and version not in found:
+        raise UndefinedObject(
+            f"model {name!r} has no version {version}", sqlstate="42704",
+            hint=f"Its versions are {', '.join(map(str, sorted(found)))}.")
+    return found
 
 
 def history(conn: psycopg.Connection, name: str, version: int | None = None,

@@ -7,13 +7,16 @@ log_loss (logistic); regression: rmse, mae, r2. Rows with unusable values are sk
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
-from .errors import InvalidData
+from .errors import BismarckError, InvalidData
 from .packing import check_rows
-from .source import Session, resolve
+from .source import Session, Source, resolve
 
 _SOFTPLUS = "(greatest({u}, 0) + ln(1 + exp(-least(abs({u}), 700))))"
+# Below this, n squared residuals (or n log losses) add up without leaving float8's range.
+_SMALL = "1e140::float8"
 
 
 def load_model(session: Session, model: str, version: int | None) -> dict[str, Any]:
@@ -25,11 +28,38 @@ def load_model(session: Session, model: str, version: int | None) -> dict[str, A
     return dict(zip(cols, row))
 
 
+def resolve_scored(session: Session, relation: str, label: str | None,
+                   features: list[str]) -> Source:
+    """``resolve`` for scoring: a packed table gets a clear error naming its original source.
+
+    A model trained on a ``bismarck.pack`` output stores that table as its source, but its
+    blocks have no label or feature columns. Raises InvalidData (42809) with a hint naming
+    ``bismarck.packed_tables.source``; otherwise whatever ``resolve`` raises.
+    """
+    try:
+        return resolve(session, relation, label, features)
+    except BismarckError as exc:
+        if exc.sqlstate not in ("42703", "42804"):  # only a missing column or a wrong type
+            raise
+        packed = session.query(
+            "SELECT p.packed_table::text AS name, p.source FROM bismarck.packed_tables AS p "
+            "WHERE p.packed_table::oid = to_regclass(%s)::oid", [relation])
+        if not packed:
+            raise
+        name, source = packed[0]
+        raise InvalidData(
+            f"{name} is a packed table written by bismarck.pack", sqlstate="42809",
+            detail="Its blocks hold training rows for train_glm only; it has no label or "
+                   "feature columns to score.",
+            hint=f"Score its original source {source} instead (bismarck.packed_tables.source)."
+        ) from None
+
+
 def evaluate(session: Session, model: str, relation: str,
              version: int | None = None) -> list[dict[str, Any]]:
     """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``."""
     m = load_model(session, model, version)
-    src = resolve(session, relation, m["label"], m["features"])
+    src = resolve_scored(session, relation, m["label"], m["features"])
     d = len(m["coef"])
     checked = check_rows(session, src)
     if checked.d != d:
@@ -37,18 +67,34 @@ def evaluate(session: Session, model: str, relation: str,
                           detail=f"Model {m['model_name']} version {m['version']} has {d} "
                                  f"coefficients; rows in {src.name} have {checked.d}.",
                           hint="Evaluate with the same feature columns the model was trained on.")
-    margin = (f"(%s::float8 + (SELECT sum(c * v) FROM unnest(%s::float8[], {src.x_expr}) "
-              "AS t(c, v)))")
-    base = (f"SELECT {src.label_expr} AS y, {margin} AS z FROM {src.relation} "
-            f"WHERE {src.valid_expr}")
-    params: list[object] = [float(m["intercept"]), [float(c) for c in m["coef"]]]
+    # z: the margin, never an overflow error (bismarck._linear): huge or ±Infinity for
+    # features far beyond the model's range. Sums over such rows could overflow float8, so the
+    # fast float8 aggregates skip them (FILTER) and count them; when there are any, the sums
+    # are taken again exactly in numeric, where ±Infinity is a value and nothing overflows.
+    base = (f"SELECT {src.label_expr} AS y, bismarck._linear(%s::float8[], %s::float8, "
+            f"{src.x_expr}) AS z FROM {src.relation} AS s WHERE {src.valid_expr}")
+    params: list[object] = [[float(c) for c in m["coef"]], float(m["intercept"])]
     skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
     if m["loss"] == "squared":
-        n, sse, sae, sst = session.query(
-            f"SELECT count(*) AS n, sum((z - y) ^ 2) AS sse, sum(abs(z - y)) AS sae, "
-            f"coalesce(var_pop(y), 0) * count(*) AS sst FROM ({base}) AS s", params)[0]
-        r2 = 1.0 - sse / sst if sst > 0 else float("nan")
-        return _rows([("rows", n), ("rmse", math.sqrt(sse / n)), ("mae", sae / n),
+        n, big, sse, sae, sst = session.query(
+            f"SELECT count(*) AS n, count(*) FILTER (WHERE NOT ok) AS big, "
+            "sum((z - y) ^ 2) FILTER (WHERE ok) AS sse, "
+            "sum(abs(z - y)) FILTER (WHERE ok) AS sae, "
+            "coalesce(var_pop(y) FILTER (WHERE ok), 0) * count(*) AS sst "
+            f"FROM (SELECT y, z, abs(z) < {_SMALL} AND abs(y) < {_SMALL} AS ok "
+            f"FROM ({base}) AS b) AS s", params)[0]
+        if big:
+            n, sse, sae, sst = session.query(
+                "SELECT count(*) AS n, sum((z - y) ^ 2) AS sse, sum(abs(z - y)) AS sae, "
+                "coalesce(var_pop(y), 0) * count(*) AS sst FROM (SELECT y::text::numeric "
+                f"AS y, z::text::numeric AS z FROM ({base}) AS b) AS s", params)[0]
+            sse, sae, sst = Decimal(sse), Decimal(sae), Decimal(sst)
+            rmse, mae = float((sse / n).sqrt()), float(sae / n)
+            r2 = float(1 - sse / sst) if sst > 0 else float("nan")
+        else:
+            rmse, mae = math.sqrt(sse / n), sae / n
+            r2 = 1.0 - sse / sst if sst > 0 else float("nan")
+        return _rows([("rows", n), ("rmse", rmse), ("mae", mae),
                       ("r2", r2)]) + [skipped]
     neg, pos = m["classes"]
     bad = session.query(f"SELECT count(*) AS n FROM ({base}) AS s WHERE y NOT IN (%s, %s)",
@@ -59,15 +105,22 @@ def evaluate(session: Session, model: str, relation: str,
             detail=f"{bad} rows have a label other than {neg:g} or {pos:g}.",
             hint="Evaluate on data labelled like the training data.")
     logloss = _SOFTPLUS.format(u="CASE WHEN pos THEN -z ELSE z END")
-    n, n_pos, tp, fp, ll, rank_pos = session.query(
+    n, n_pos, tp, fp, ll, big, rank_pos = session.query(
         f"WITH s AS (SELECT y = %s AS pos, z FROM ({base}) AS b), "
         "r AS (SELECT pos, z, rank() OVER (ORDER BY z) "
         "+ (count(*) OVER (PARTITION BY z) - 1) / 2.0 AS rk FROM s) "
         "SELECT count(*) AS n, count(*) FILTER (WHERE pos) AS n_pos, "
         "count(*) FILTER (WHERE pos AND z >= 0) AS tp, "
         "count(*) FILTER (WHERE NOT pos AND z >= 0) AS fp, "
-        f"sum({logloss}) AS ll, sum(rk) FILTER (WHERE pos) AS rank_pos FROM r",
+        f"sum({logloss}) FILTER (WHERE abs(z) < {_SMALL}) AS ll, "
+        f"count(*) FILTER (WHERE NOT abs(z) < {_SMALL}) AS big, "
+        "sum(rk) FILTER (WHERE pos) AS rank_pos FROM r",
         [pos] + params)[0]
+    if big:  # a huge margin's loss is about |z|: their sum may pass float8's range
+        ll = session.query(
+            f"SELECT sum(({logloss})::text::numeric) AS ll FROM (SELECT y = %s AS pos, z "
+            f"FROM ({base}) AS b) AS s", [pos] + params)[0][0]
+    ll = Decimal(0) if ll is None else Decimal(ll)
     n_neg = n - n_pos
     tn = n_neg - fp
     precision = tp / (tp + fp) if tp + fp else 0.0
@@ -78,14 +131,18 @@ def evaluate(session: Session, model: str, relation: str,
     metrics = [("rows", n), ("accuracy", (tp + tn) / n), ("precision", precision),
                ("recall", recall), ("f1", f1), ("roc_auc", auc)]
     if m["loss"] == "logistic":
-        metrics.append(("log_loss", float(ll) / n))
+        metrics.append(("log_loss", float(ll / n)))
     return _rows(metrics) + [skipped]
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """Metric rows with float values; NaN (undefined) becomes None (SQL NULL)."""
+    """Metric rows with float values; NaN (undefined) becomes None (SQL NULL).
+
+    ±inf stays: an rmse or log_loss beyond float8's range (a model scoring far outside its
+    training range) is Infinity, not undefined.
+    """
     out = []
     for name, v in pairs:
         f = float(v)
-        out.append({"metric": name, "value": f if math.isfinite(f) else None})
+        out.append({"metric": name, "value": None if math.isnan(f) else f})
     return out

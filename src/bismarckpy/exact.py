@@ -8,8 +8,20 @@ model has an intercept. All of them are sums, so the parallel merge is an exact 
 result does not depend on how PostgreSQL splits the rows between workers.
 
 The state is one little-endian float64 buffer (``bytea``): a fixed header, the coefficients
-``β`` (intercept first), the gradient (``p`` values) and, in ``HESSIAN`` mode, the ``p × p``
-Hessian. The functions are pure: bytes in, bytes out.
+``β`` (intercept first), the centre ``c`` (``p`` values, 0 for the intercept), the gradient
+(``p`` values) and, in ``HESSIAN`` mode, the ``p × p`` Hessian. The functions are pure: bytes
+in, bytes out.
+
+With an intercept, the features are centred, ``x − c``, before anything is summed (``c`` is
+the training mean): the sums are those of the model ``z = β₀ + (x − c)·β`` (the same slopes; the
+intercept of the raw features is ``β₀ − c·β``, :func:`uncentre`). Sums over raw values of a
+column far from zero (1e8 ± 1) would square the 1e8 and lose the spread to rounding; a packed
+block's offsets are moved to the centre in float64 first, ``(offset − c) + R``, so no such
+cancellation occurs anywhere.
+
+With class weights (scikit-learn's ``class_weight``, logistic loss), each row's loss, gradient
+and Hessian terms are multiplied by its class's weight: the sums are those of the weighted
+log-likelihood, and the statistics derived from them treat the weights as frequency weights.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import numpy as np
 
 from .errors import InvalidData
 from .glm import encode_labels
-from .pack import read_block
+from .pack import parse_block
 
 MAGIC = 1012.0
 LOSS_CODES = {"logistic": 0, "squared": 1}
@@ -29,8 +41,8 @@ LOSS_ONLY, GRADIENT, HESSIAN = range(3)  # what a pass accumulates
 EXTREME = 1e-8  # fitted probabilities this close to 0 or 1 count as separated rows
 
 (_MAGIC, _P, _LOSS, _INTERCEPT, _MODE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT, _YSCALE, _ROWS,
- _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2) = range(17)
-HEADER = 17
+ _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2, _CW_NEG, _CW_POS) = range(19)
+HEADER = 19
 _F8 = np.dtype("<f8")
 
 
@@ -41,6 +53,8 @@ class Pass:
     ``grad`` and ``hess`` are of the *summed* loss (not the mean); ``hess`` is None unless the
     pass was run in ``HESSIAN`` mode. ``extreme`` counts rows whose fitted probability is within
     ``EXTREME`` of 0 or 1 (logistic only); ``sum_y``/``sum_y2`` are of the coded labels.
+    ``beta``, ``grad`` and ``hess`` are of the centred features when ``center`` is set (one
+    value per feature; see :func:`uncentre`).
     """
 
     beta: np.ndarray
@@ -53,21 +67,43 @@ class Pass:
     extreme: int
     sum_y: float
     sum_y2: float
+    center: np.ndarray | None = None
 
 
 def state_size(p: int, mode: int) -> int:
     """Number of float64 values in a state with ``p`` coefficients."""
-    return HEADER + 2 * p + (p * p if mode == HESSIAN else 0)
+    return HEADER + 3 * p + (p * p if mode == HESSIAN else 0)
+
+
+def uncentre(beta: np.ndarray, center: np.ndarray | None, fit_intercept: bool) -> np.ndarray:
+    """Coefficients of the raw features from those of the centred ones (intercept first)."""
+    out = np.array(beta, dtype=_F8)
+    if fit_intercept and center is not None:
+        out[0] -= float(center @ out[1:])
+    return out
+
+
+def centring(center: np.ndarray | None, p: int, fit_intercept: bool) -> np.ndarray:
+    """``Q`` (``p × p``) with ``β_raw = Q β_centred``: for covariance matrices ``Q V Qᵀ``."""
+    Q = np.eye(p)
+    if fit_intercept and center is not None:
+        Q[0, 1:] = -np.asarray(center, dtype=_F8)
+    return Q
 
 
 def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
                itemsize: int = 8,
-               y_coding: tuple[int, float, float, float] | None = None) -> bytes:
+               y_coding: tuple[int, float, float, float] | None = None,
+               class_weight: tuple[float, float] = (1.0, 1.0),
+               center: np.ndarray | None = None) -> bytes:
     """The initial state of a pass at coefficients ``beta`` (intercept first if fitted).
 
     ``itemsize`` is the width of packed blocks' values; ``y_coding`` = (mode, positive class,
     shift, scale) codes their raw labels as in :func:`bismarckpy.glm.encode_labels`.
-    Raises ``ValueError`` for a loss without a second derivative (hinge).
+    ``class_weight`` = (negative, positive) weighs each row of a class (logistic loss: the
+    coded label 0 or 1). ``center`` (one value per feature; None: 0) is subtracted from the
+    features before they are summed; only with an intercept. Raises ``ValueError`` for a
+    loss without a second derivative (hinge).
     """
     if loss not in LOSS_CODES:
         raise ValueError(f"no exact solver for loss {loss!r}")
@@ -78,7 +114,12 @@ def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
     s[_INTERCEPT], s[_MODE], s[_ITEMSIZE] = float(fit_intercept), mode, itemsize
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (0, 1.0, 0.0, 1.0)
     s[_PARTS] = 1
+    s[_CW_NEG], s[_CW_POS] = class_weight
     s[HEADER:HEADER + p] = beta
+    if center is not None:
+        if not fit_intercept:
+            raise ValueError("features are centred only with an intercept")
+        s[HEADER + p + 1:HEADER + 2 * p] = center
     return s.tobytes()
 
 
@@ -108,24 +149,36 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
         if not np.isfinite(xv).all():
             s[_SKIPPED] += 1
             return s.tobytes()
-    _accumulate(s, xv.reshape(1, d), np.array([float(y)]))
+    p0 = p - d
+    _accumulate(s, xv.reshape(1, d) - s[HEADER + p + p0:HEADER + 2 * p], np.array([float(y)]))
     return s.tobytes()
 
 
-def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> bytes:
-    """Add a packed block (:mod:`bismarckpy.pack`): its raw labels are coded first."""
+def transition_block(state: bytes | None, block: bytes | None, init: bytes,
+                     first: int = 0, stop: int | None = None) -> bytes:
+    """Add rows ``first:stop`` of a packed block (:mod:`bismarckpy.pack`), raw labels coded.
+
+    The block holds per-column float64 offsets and residuals ``R``; the rows are rebuilt as
+    ``offsets + R`` in float64 (the passes work in float64 whatever the block's type), the
+    centre taken off the offsets first, so a column far from zero keeps the precision its
+    residuals carry.
+    """
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     if block is None:
         return s.tobytes()
     p = int(s[_P])
-    X, raw = read_block(block, p - int(s[_INTERCEPT]), int(s[_ITEMSIZE]))
-    y = encode_labels(raw, int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
-    _accumulate(s, X, y)
+    k = int(s[_INTERCEPT])
+    offsets, M = parse_block(block, p - k, int(s[_ITEMSIZE]))
+    shift = offsets.copy()
+    shift[1:] -= s[HEADER + p + k:HEADER + 2 * p]  # features: (offset − centre) + residual
+    values = M[first:stop].astype(np.float64) + shift
+    y = encode_labels(values[:, 0], int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
+    _accumulate(s, values[:, 1:], y)
     return s.tobytes()
 
 
 def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
-    """Add the rows ``X`` (n × d, float64) with coded labels ``y`` to the state in place.
+    """Add the rows ``X`` (n × d, float64, centred) with coded labels ``y`` to the state.
 
     Logistic (y in {0, 1}): ℓ = log(1 + e^z) − y z, dℓ/dz = σ(z) − y, d²ℓ/dz² = σ(z)(1 − σ(z));
     squared: ℓ = (z − y)² / 2, dℓ/dz = z − y, d²ℓ/dz² = 1 (McCullagh & Nelder, ch. 2 and 4).
@@ -145,6 +198,9 @@ def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
         dz = prob - y
         h = prob * (1.0 - prob)
         s[_EXTREME] += float(np.count_nonzero(np.minimum(prob, 1.0 - prob) < EXTREME))
+        if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:  # class weights: a weighted likelihood
+            wt = np.where(y > 0, s[_CW_POS], s[_CW_NEG])
+            loss, dz, h = loss * wt, dz * wt, h * wt
     else:
         dz = z - y
         loss = 0.5 * dz * dz
@@ -156,13 +212,13 @@ def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
     mode = int(s[_MODE])
     if mode == LOSS_ONLY:
         return
-    g = s[HEADER + p:HEADER + 2 * p]
+    g = s[HEADER + 2 * p:HEADER + 3 * p]
     g[k:] += X.T @ dz
     if intercept:
         g[0] += float(dz.sum())
     if mode != HESSIAN:
         return
-    H = s[HEADER + 2 * p:HEADER + 2 * p + p * p].reshape(p, p)
+    H = s[HEADER + 3 * p:HEADER + 3 * p + p * p].reshape(p, p)
     if intercept:
         Z = np.empty((n, p))
         Z[:, 0] = 1.0
@@ -189,7 +245,9 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
     for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2):
         sa[slot] += sb[slot]
     p = int(sa[_P])
-    sa[HEADER + p:] += sb[HEADER + p:]
+    if not np.array_equal(sa[HEADER + p:HEADER + 2 * p], sb[HEADER + p:HEADER + 2 * p]):
+        raise InvalidData("cannot merge passes of different centres")
+    sa[HEADER + 2 * p:] += sb[HEADER + 2 * p:]
     return sa.tobytes()
 
 
@@ -205,11 +263,12 @@ def decode(state: bytes) -> Pass:
     p, mode = int(s[_P]), int(s[_MODE])
     if p < 1 or s.size != state_size(p, mode):
         raise bad
-    hess = (s[HEADER + 2 * p:].reshape(p, p).copy() if mode == HESSIAN else None)
+    hess = (s[HEADER + 3 * p:].reshape(p, p).copy() if mode == HESSIAN else None)
     return Pass(beta=s[HEADER:HEADER + p].copy(), rows=int(s[_ROWS]),
-                loss_sum=float(s[_LOSS_SUM]), grad=s[HEADER + p:HEADER + 2 * p].copy(),
+                loss_sum=float(s[_LOSS_SUM]), grad=s[HEADER + 2 * p:HEADER + 3 * p].copy(),
                 hess=hess, skipped=int(s[_SKIPPED]), parts=int(s[_PARTS]),
-                extreme=int(s[_EXTREME]), sum_y=float(s[_SUM_Y]), sum_y2=float(s[_SUM_Y2]))
+                extreme=int(s[_EXTREME]), sum_y=float(s[_SUM_Y]), sum_y2=float(s[_SUM_Y2]),
+                center=(s[HEADER + p + 1:HEADER + 2 * p].copy() if s[_INTERCEPT] else None))
 
 
 def _wrong_length(d: int, got: int) -> InvalidData:

@@ -23,10 +23,13 @@ from .loop import (
     TrainingSession,
     TrainResult,
     _finite,
-    _moments,
     _parallel_settings,
     _Prepared,
+    _scaling,
+    class_weights,
 )
+from .moments import decode as moments_decode
+from .moments import select as moments_select
 from .packing import PackedTable, settings_for_transaction
 from .source import Source
 
@@ -58,24 +61,37 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     fit_intercept = bool(p["fit_intercept"])
     mu, sd = prep.mu, prep.sd
     if mu is None or sd is None:  # the solvers always work in standardised coordinates
-        mu, sd = _feature_moments(session, prep)
-    coords = solvers.Coordinates(mu, sd, fit_intercept)
+        mu, sd = _feature_moments(session, prep, fit_intercept)
+    # A constant column (sd = inf: recognised relative to its magnitude, as for SGD) keeps the
+    # solvers' convention of scale 1: its centred values are 0, so a penalised fit leaves its
+    # coefficient at 0; an unpenalised fit cannot identify it and is refused by name below.
+    constant = [int(j) for j in np.flatnonzero(~np.isfinite(sd))]
+    sd = np.where(np.isfinite(sd), sd, 1.0)
+    # With an intercept the passes sum centred features x − μ (exact.py: no cancellation for
+    # columns far from zero); the solvers then work on centred data, centre 0.
+    center = np.asarray(mu, dtype=np.float64) if fit_intercept else None
+    coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     # The penalty of SGD: alpha·l2/2·|w|² on the coefficients it fits, standardised ones when
     # standardize is on (w = coef·sd); for squared loss in y's units either way.
     lam = p["alpha"] * l2 * (sd ** 2 if p["standardize"] else np.ones(prep.d))
     penalty = np.concatenate([[0.0] * fit_intercept, lam]) if p["penalty"] != "none" \
         else np.zeros(prep.d + fit_intercept)
+    constant_names = [feature_names(src, prep.d)[j] for j in constant]
+    if constant_names and not np.any(penalty):
+        raise solvers.constant_columns(constant_names)
     names = ["(intercept)"] * fit_intercept + feature_names(src, prep.d)
     prob = solvers.Problem(p["loss"], names, coords, penalty, p["tol"], p["max_epochs"])
     coding = (prep.y_coding if p["loss"] == "logistic" else (glm.Y_AFFINE, 0.0, 0.0, 1.0))
     history: list[EpochRecord] = []
 
-    def one_pass(table: str, beta: np.ndarray, mode: int) -> exact.Pass:
+    def one_pass(table: str, beta: np.ndarray, mode: int, rows: str) -> exact.Pass:
         init = exact.initialize(beta, loss=p["loss"], fit_intercept=fit_intercept, mode=mode,
-                                itemsize=prep.itemsize, y_coding=coding)
-        query = (f"SELECT bismarck._exact_pass_packed(data, %s) FROM {table}" if prep.packed
-                 else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
+                                itemsize=prep.itemsize, y_coding=coding, class_weight=weights,
+                                center=center)
+        query = (f"SELECT bismarck._exact_pass_packed(data, %s, {rows}) FROM {table}"
+                 if prep.packed else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]
         if state is None:
@@ -84,7 +100,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
 
     def evaluate(beta: np.ndarray, mode: int, step: float) -> exact.Pass:
         t0 = time.monotonic()
-        P = one_pass(prep.train, beta, mode)
+        P = one_pass(prep.train, beta, mode, prep.train_rows)
         workers = P.parts if p["parallel"] else max(P.parts - 1, 0)
         rec = EpochRecord(len(history) + 1, prob.objective(P), None, step, P.rows,
                           time.monotonic() - t0, p["max_epochs"], workers)
@@ -99,12 +115,12 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         return P
 
     fit = (solvers.newton if p["solver"] == "newton" else solvers.lbfgs)(evaluate, prob)
-    beta = fit.beta
+    beta = exact.uncentre(fit.beta, center, fit_intercept)
     last = fit.last
     train_loss = prob.objective(last)
     valid_loss = None
     if prep.valid:
-        vp = one_pass(prep.valid, beta, exact.LOSS_ONLY)
+        vp = one_pass(prep.valid, fit.beta, exact.LOSS_ONLY, prep.valid_rows)
         valid_loss = vp.loss_sum / vp.rows if vp.rows else None
     coef = beta[fit_intercept:]
     intercept = float(beta[0]) if fit_intercept else 0.0
@@ -112,7 +128,15 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         "train_loss": train_loss, "validation_loss": valid_loss, "epochs": len(history),
         "converged": fit.converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
         "skipped_rows": prep.skipped, "solver": p["solver"], "iterations": fit.iterations,
-        "passes": len(history)}
+        "passes": len(history),
+        "validation_share": prep.n_valid / max(prep.n_train + prep.n_valid, 1),
+        "block_dtype": ({4: "float32", 8: "float64"}[prep.itemsize] if prep.packed else None),
+        "constant_features": constant_names}
+    if prep.classes is not None:
+        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
+                                   f"{prep.classes[1]:g}": weights[1]}
+        if weights != (1.0, 1.0) and not np.any(penalty):
+            metrics["weighted_likelihood"] = True  # the statistics are of Σ w·loglik
     fitted: dict[str, Any] = {"mu": None if prep.mu is None else prep.mu.tolist(),
                               "sd": None if prep.sd is None else prep.sd.tolist(),
                               "terms": names}
@@ -123,6 +147,14 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
             per_coef = {k: ([None, *v] if k in ("std_err", "statistic", "p_value") else v)
                         for k, v in per_coef.items()}
         fitted.update(per_coef)
+    notes = list(prep.notes)
+    asked = p["validation_fraction"]
+    if asked > 0 and abs(metrics["validation_share"] - asked) > 0.01:
+        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
+                     f"{prep.n_train + prep.n_valid} rows ({metrics['validation_share']:.3g}): "
+                     "the table is too small for the share asked")
+    for note in notes:
+        session.warn(note)
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
     version = session.query(
@@ -134,7 +166,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     return TrainResult(model_name=model_name, version=int(version), epochs=len(history),
                        converged=fit.converged, train_loss=train_loss,
                        validation_loss=valid_loss, seconds=seconds, rows=prep.n_train,
-                       skipped=prep.skipped, history=history)
+                       skipped=prep.skipped, history=history, warnings=notes)
 
 
 def feature_names(src: Source | PackedTable, d: int) -> list[str]:
@@ -144,15 +176,19 @@ def feature_names(src: Source | PackedTable, d: int) -> list[str]:
     return list(src.features)
 
 
-def _feature_moments(session: TrainingSession, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """Means and standard deviations of the training features (not kept for SGD unless
-    standardize is on)."""
+def _feature_moments(session: TrainingSession, prep: _Prepared,
+                     fit_intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale of the training features (not kept for SGD unless standardize is on),
+    constant columns at scale ``inf`` as :func:`bismarckpy.loop._scaling` gives them."""
     if prep.packed:
         state = session.query(f"SELECT bismarck._moments_packed(data, {int(prep.d)}, "
-                              f"{int(prep.itemsize)}) FROM {prep.train}")[0][0]
-        mu, sd = _moments(state)
-        return mu[1:], sd[1:]  # column 0 is the label
-    return _moments(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")[0][0])
+                              f"{int(prep.itemsize)}, {prep.train_rows}) FROM {prep.train}")[0][0]
+        stats = moments_select(moments_decode(state), slice(1, None))  # column 0: the label
+    else:
+        stats = moments_decode(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")
+                               [0][0])
+    mu, sd, _ = _scaling(stats, fit_intercept)
+    return mu, sd
 
 
 def _or_none(v: float) -> float | None:

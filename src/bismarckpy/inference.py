@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .exact import Pass
+from .exact import Pass, centring, uncentre
 from .solvers import Coordinates
 
 
@@ -26,14 +26,20 @@ def statistics(loss: str, P: Pass, coords: Coordinates) -> tuple[dict[str, Any],
 
     ``P`` is the pass at the estimate, with its Hessian. Returns ``(metrics, fitted)``; the
     arrays of ``fitted`` (``std_err``, ``statistic``, ``p_value``) follow the coefficients,
-    intercept first when fitted, and ``vcov`` is their variance–covariance matrix.
+    intercept first when fitted, and ``vcov`` is their variance–covariance matrix. A pass over
+    centred features (``P.center``) is mapped to the raw features' coefficients,
+    ``β = Q β_c`` and ``V = Q V_c Qᵀ`` (:func:`bismarckpy.exact.centring`).
     """
     assert P.hess is not None
     n, p = P.rows, P.beta.size
     A = coords.matrix()
     H_theta = A.T @ P.hess @ A  # well conditioned: invert here, map back
-    inv = A @ np.linalg.inv(H_theta) @ A.T
-    eig = np.linalg.eigvalsh(P.hess)
+    Q = centring(P.center, p, coords.fit_intercept)
+    QA = Q @ A
+    inv = QA @ np.linalg.inv(H_theta) @ QA.T
+    beta = uncentre(P.beta, P.center, coords.fit_intercept)
+    Qi = np.linalg.inv(Q)  # the raw design's Hessian, for its condition number
+    eig = np.linalg.eigvalsh(Qi.T @ P.hess @ Qi)
     cond = math.sqrt(eig[-1] / eig[0]) if eig[0] > 0 else math.inf
     metrics: dict[str, Any] = {"condition_number": cond}
     if loss == "logistic":
@@ -57,7 +63,7 @@ def statistics(loss: str, P: Pass, coords: Coordinates) -> tuple[dict[str, Any],
     metrics["aic"] = 2.0 * p - 2.0 * ll
     metrics["bic"] = math.log(n) * p - 2.0 * ll
     se = np.sqrt(np.maximum(np.diag(vcov), 0.0))
-    stat = np.divide(P.beta, se, out=np.full(p, math.nan), where=se > 0)
+    stat = np.divide(beta, se, out=np.full(p, math.nan), where=se > 0)
     pval = [two_sided_p(float(s), df) for s in stat]
     fitted = {"statistic_kind": kind, "std_err": se.tolist(), "statistic": stat.tolist(),
               "p_value": pval, "vcov": vcov.tolist()}

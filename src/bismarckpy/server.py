@@ -8,6 +8,7 @@ plpgsql wrapper in ``sql/bismarck.sql`` turns into a clean ``RAISE`` with SQLSTA
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -90,6 +91,10 @@ class PlpySession:
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
 
+    def warn(self, message: str) -> None:
+        """A WARNING to the client."""
+        self.plpy.warning("bismarck: " + message)
+
 
 def _pg_type(v: object) -> str:
     """PostgreSQL type for a Python parameter (None is text; SQL casts it where needed)."""
@@ -134,8 +139,12 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
     """``bismarck.evaluate``: metrics of a stored model on a table or view."""
     from . import evaluate as _evaluate
 
-    return _envelope(plpy, lambda: _evaluate.evaluate(PlpySession(plpy), model, relation,
-                                                      version))
+    def metrics() -> list[dict[str, Any]]:  # JSON has no infinity: float8's input reads text
+        rows = _evaluate.evaluate(PlpySession(plpy), model, relation, version)
+        return [{**r, "value": str(r["value"]).replace("inf", "Infinity")}
+                if r["value"] is not None and math.isinf(r["value"]) else r for r in rows]
+
+    return _envelope(plpy, metrics)
 
 
 def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
@@ -210,15 +219,16 @@ def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
 
 
 def glm_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
-                         init: bytes) -> bytes:
-    """SFUNC of ``bismarck._glm_epoch_packed``: one packed block."""
-    return _guard(plpy, glm.transition_block, state, block, init)
+                         init: bytes, first: int | None = 0, stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._glm_epoch_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, glm.transition_block, state, block, init, first or 0, stop)
 
 
 def moments_transition_block(plpy: Any, state: bytes | None, block: bytes | None, d: int,
-                             itemsize: int) -> bytes | None:
-    """SFUNC of ``bismarck._moments_packed``."""
-    return _guard(plpy, moments.transition_block, state, block, d, itemsize)
+                             itemsize: int, first: int | None = 0,
+                             stop: int | None = None) -> bytes | None:
+    """SFUNC of ``bismarck._moments_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, moments.transition_block, state, block, d, itemsize, first or 0, stop)
 
 
 def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: int) -> bytes:
@@ -233,9 +243,10 @@ def exact_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
 
 
 def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
-                           init: bytes) -> bytes:
-    """SFUNC of ``bismarck._exact_pass_packed``."""
-    return _guard(plpy, exact.transition_block, state, block, init)
+                           init: bytes, first: int | None = 0,
+                           stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, exact.transition_block, state, block, init, first or 0, stop)
 
 
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:

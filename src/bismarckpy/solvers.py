@@ -283,7 +283,7 @@ def _quadratic_pass(P: Pass, beta: np.ndarray) -> Pass:
     loss = P.loss_sum + float(P.grad @ delta) + 0.5 * float(delta @ P.hess @ delta)
     return Pass(beta=beta, rows=P.rows, loss_sum=max(loss, 0.0), grad=P.grad + P.hess @ delta,
                 hess=P.hess, skipped=P.skipped, parts=P.parts, extreme=0, sum_y=P.sum_y,
-                sum_y2=P.sum_y2)
+                sum_y2=P.sum_y2, center=P.center)
 
 
 def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
@@ -301,11 +301,7 @@ def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
     top = float(np.max(diag)) if diag.size else 0.0
     flat = [names[j] for j in range(len(diag)) if diag[j] <= SINGULAR * max(top, 1e-300)]
     if flat:
-        raise InvalidData(
-            "constant feature columns: " + ", ".join(flat),
-            detail="A column that never varies cannot be told apart from the intercept, so its "
-                   "coefficient is not identified.",
-            hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
+        raise constant_columns(flat)
     sd = np.sqrt(diag)
     vals, vecs = np.linalg.eigh(H / np.outer(sd, sd))
     if vals[0] > SINGULAR * vals[-1]:
@@ -318,6 +314,15 @@ def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
                f"{len(names)}: a linear combination of these columns is constant, so their "
                "coefficients are not identified (XᵀX is singular).",
         hint="Drop one of these columns, or use penalty => 'l2' with alpha > 0.")
+
+
+def constant_columns(names: Sequence[str]) -> InvalidData:
+    """The error for feature columns that never vary (or, without an intercept, are all zero)."""
+    return InvalidData(
+        "constant feature columns: " + ", ".join(names),
+        detail="A column that never varies cannot be told apart from the intercept, so its "
+               "coefficient is not identified.",
+        hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
 
 
 def check_separation(prob: Problem, P: Pass) -> None:
