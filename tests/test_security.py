@@ -110,7 +110,11 @@ DIRECT_WRITES = [
     f"BEGIN; LOCK TABLE bismarck.{t} IN {mode} MODE" for t in REGISTRY
     for mode in ("ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE")] + [
     f"BEGIN; SELECT 1 FROM bismarck.{t} FOR {lock}" for t in ("model_names", "_training_run")
-    for lock in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")]
+    for lock in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")] + [
+    # tickets: members only insert their own, never read, change or lock others'
+    "SELECT id FROM bismarck._tickets", "UPDATE bismarck._tickets SET pid = 0",
+    "DELETE FROM bismarck._tickets", "TRUNCATE bismarck._tickets",
+    "BEGIN; LOCK TABLE bismarck._tickets IN SHARE MODE"]
 
 
 def _refused(conn: psycopg.Connection, statement: str) -> None:
@@ -150,9 +154,10 @@ def test_every_function_is_pinned_and_none_is_definer_over_user_tables(
                 SELECT p.proname::text, pg_get_function_arguments(p.oid), p.prosrc
                   FROM pg_proc p
                  WHERE p.pronamespace = 'bismarck'::regnamespace AND p.prosecdef"""):
-            # each acts for a caller it checks, and runs no dynamic SQL but CREATE SCHEMA
-            assert "caller regrole DEFAULT to_regrole(quote_ident((CURRENT_USER)" in args, name
-            assert "bismarck._caller(caller)" in body, name
+            # each acts for the role of a ticket it redeems, and runs no dynamic SQL but CREATE
+            # SCHEMA
+            assert args.startswith("ticket uuid"), name
+            assert "bismarck._redeem(ticket)" in body, name
             executes = [line.strip() for line in body.splitlines() if "EXECUTE" in line]
             assert executes == (["EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', "
                                  "work_schema,"] if name == "_begin_run" else []), name
@@ -500,6 +505,7 @@ def test_members_hold_no_write_privilege_or_lock_on_the_registry(roles: Roles) -
              WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
                AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
                AND c.relkind IN ('r', 'v') AND r.rolname = ANY (%s)
+               AND NOT (c.oid = 'bismarck._tickets'::regclass AND p.priv = 'INSERT')
                AND (has_table_privilege(r.oid, c.oid, p.priv)
                     OR (p.priv IN ('INSERT', 'UPDATE', 'REFERENCES')
                         AND has_any_column_privilege(r.oid, c.oid, p.priv)))
@@ -530,25 +536,28 @@ def test_no_member_makes_another_roles_training_drop_or_fail(roles: Roles) -> No
     with roles.connect("mallory") as m:
         _patients(m)
         _refused(m, DIRECT_WRITES[0])
-        # nor through the bookkeeping functions, acting for another role
-        for call in ("SELECT bismarck._claim_model('x', 'postgres')",
-                     "SELECT * FROM bismarck._begin_run('x', 'x', '{}', true, 'postgres')",
-                     "SELECT * FROM bismarck._dead_runs('postgres')",
-                     "SELECT bismarck._end_run(1, 'failed', NULL, 'x', 'postgres')"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot act for"):
+        # nor through the bookkeeping functions, acting for another role: no forged ticket
+        for call in ("SELECT bismarck._claim_model(gen_random_uuid(), 'x')",
+                     "SELECT * FROM bismarck._begin_run(gen_random_uuid(), 'x', 'x', '{}', true)",
+                     "SELECT * FROM bismarck._dead_runs(NULL)",
+                     "SELECT bismarck._end_run(gen_random_uuid(), 1, 'failed', NULL, 'x')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs a ticket"):
                 m.execute(call)
-        m.execute("SELECT bismarck._claim_model('mallory_m')")
+        m.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'mallory_m')")
         run_id, schema = m.execute(
-            "SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)").fetchone()
+            "SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'mallory_m', 'x', '{}', true)"
+        ).fetchone()
         assert schema.startswith("bismarck_work_")
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="still holds"):
-            m.execute("SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="still exists"):
+            m.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'mallory_m', 'x', "
+                      "'{}', true)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
-            m.execute("SELECT * FROM bismarck._begin_run('versions', 'x', '{}', true)")
+            m.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'versions', 'x', "
+                      "'{}', true)")
     with roles.connect("admin") as admin:
         # rows as an older version or a tampered backup might hold them: dead runs of alice and
         # of the superuser pointing at schemas that are not theirs
-        admin.execute("SELECT bismarck._claim_model('forged')")
+        admin.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'forged')")
         for owner, target in (("alice", "finance"), ("alice", bobs), ("postgres", "finance"),
                               ("postgres", bobs)):
             admin.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
