@@ -999,3 +999,204 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             assert not any(c.failed for c in doctor.schema_checks(conn))
     finally:
         script.unlink(missing_ok=True)
+
+
+# What lower-role code (bob's) tries when it runs inside a higher role's session: an index
+# expression evaluated by the superuser's ANALYZE, or a SECURITY DEFINER function of bob's that
+# the superuser or alice calls. Each statement's result (or error) goes to bob.attack_log.
+_ATTACKS = [
+    # the tester's original call (a caller argument) no longer exists
+    "SELECT bismarck._set_grant({m}, current_user::text::regrole, true, "
+    "session_user::text::regrole)",
+    "SELECT bismarck._set_grant(bismarck._ticket(), {m}, current_user::text::regrole, true)",
+    "SELECT bismarck.grant_model({m}, current_user::text::regrole)",
+    "SELECT bismarck._delete_versions(bismarck._ticket(), {m}, NULL)",
+    "SELECT bismarck.delete_model({m})",
+    "SELECT bismarck._claim_model(bismarck._ticket(), {m})",
+    "INSERT INTO bismarck._tickets (id, role) VALUES (gen_random_uuid(), "
+    "session_user::text::regrole) RETURNING 'forged'",
+    "SELECT count(*) FROM bismarck._tickets",
+]
+_ATTACK_FUNCTIONS = """
+CREATE TABLE bob.attack_log (session_role text, acting_role text, attack text, outcome text);
+CREATE TABLE bob.attack_rows AS SELECT 1 AS x;
+CREATE FUNCTION bob.attack_all(x int) RETURNS int LANGUAGE plpgsql VOLATILE AS $f$
+DECLARE
+    s text;
+    m text;
+    r text;
+BEGIN
+    FOREACH m IN ARRAY ARRAY['victim_m', 'alice_victim'] LOOP
+        FOREACH s IN ARRAY %(attacks)s LOOP
+            s := replace(s, '{m}', quote_literal(m));
+            BEGIN
+                EXECUTE s INTO r;
+            EXCEPTION WHEN others THEN
+                r := 'error: ' || SQLERRM;
+            END;
+            INSERT INTO bob.attack_log VALUES (session_user, current_user, s, r);
+        END LOOP;
+    END LOOP;
+    RETURN x;
+END
+$f$;
+CREATE FUNCTION bob.attack(x int) RETURNS int LANGUAGE sql IMMUTABLE
+    AS $f$ SELECT bob.attack_all(x) $f$;
+CREATE FUNCTION bob.attack_definer() RETURNS int LANGUAGE sql SECURITY DEFINER
+    AS $f$ SELECT bob.attack(1) $f$;
+GRANT USAGE ON SCHEMA bob TO PUBLIC;
+"""
+
+
+def _victims_intact(roles: Roles) -> None:
+    with roles.connect("admin") as admin:
+        assert admin.execute("SELECT model_name, count(*) FROM bismarck._models "
+                             "WHERE model_name IN ('victim_m', 'alice_victim') "
+                             "GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("alice_victim", 1), ("victim_m", 1)]
+        assert admin.execute("SELECT count(*) FROM bismarck.model_grants WHERE model_name IN "
+                             "('victim_m', 'alice_victim')").fetchone() == (0,)
+
+
+@pytest.fixture()
+def attacker(roles: Roles) -> Iterator[None]:
+    """bob's attack functions and index; victims: a superuser's and alice's models."""
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.admin_patients")
+        admin.execute(PATIENTS.replace("patients", "public.admin_patients"))
+        admin.execute("SELECT bismarck.delete_model(model_name) FROM bismarck.models "
+                      "WHERE model_name IN ('victim_m', 'alice_victim')")
+        admin.execute("SELECT * FROM bismarck.train_glm('public.admin_patients', 'second_attack',"
+                      " %s, 'victim_m', max_epochs => 1)", [FEATURES])
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'alice_victim', max_epochs => 1)", [FEATURES])
+    attacks = "ARRAY[" + ", ".join(sql.quote(s) for s in _ATTACKS) + "]"
+    with roles.connect("bob") as b:
+        b.execute("DROP TABLE IF EXISTS bob.attack_log, bob.attack_rows")
+        b.execute("DROP FUNCTION IF EXISTS bob.attack_definer(), bob.attack(int), "
+                  "bob.attack_all(int)")
+        b.execute(_ATTACK_FUNCTIONS.replace("%(attacks)s", attacks))
+    yield
+    with roles.connect("bob") as b:
+        b.execute("DROP TABLE bob.attack_log, bob.attack_rows")
+        b.execute("DROP FUNCTION bob.attack_definer(), bob.attack(int), bob.attack_all(int)")
+
+
+def _outcomes(roles: Roles, session_role: str) -> list[tuple[str, str, str]]:
+    with roles.connect("bob") as b:
+        return b.execute("SELECT acting_role, attack, outcome FROM bob.attack_log "
+                         "WHERE session_role = %s", [session_role]).fetchall()
+
+
+def _acted_as_bob_only(roles: Roles, rows: list[tuple[str, str, str]]) -> None:
+    assert len(rows) == 2 * len(_ATTACKS)
+    for acting, attack, outcome in rows:
+        assert acting == roles.names["bob"]
+        if "_delete_versions" in attack:
+            assert outcome == "0", attack  # bob owns and was granted nothing to delete
+        elif "._tickets (id" in attack:
+            assert outcome.startswith("error: new row") and "violates" in outcome, attack
+        elif "FROM bismarck._tickets" in attack:
+            assert outcome.startswith("error: permission denied"), attack
+        else:
+            assert outcome.startswith("error:"), attack
+            assert any(w in outcome for w in ("do not own", "another role", "no model",
+                                              "does not exist")), (attack, outcome)
+    _victims_intact(roles)
+
+
+def test_index_expression_run_by_a_superusers_analyze_acts_as_its_owner(
+        roles: Roles, attacker: None) -> None:
+    """The tester's attack: bob's index expression, evaluated by a superuser's ANALYZE."""
+    with roles.connect("bob") as b:
+        b.execute("CREATE INDEX attack_index ON bob.attack_rows ((bob.attack(x)))")
+        b.execute("TRUNCATE bob.attack_log")
+    admin_name = psycopg.conninfo.conninfo_to_dict(roles.admin)["user"]
+    with roles.connect("admin") as admin:
+        admin.execute("ANALYZE bob.attack_rows")
+        # the only tickets: those bob's CREATE INDEX made for himself in his own session
+        assert admin.execute("SELECT DISTINCT role::text FROM bismarck._tickets").fetchall() == [
+            (roles.names["bob"],)]
+        admin.execute("DELETE FROM bismarck._tickets")
+    _acted_as_bob_only(roles, _outcomes(roles, admin_name))
+
+
+@pytest.mark.parametrize("victim", ["admin", "alice"])
+def test_definer_function_called_by_another_role_acts_as_its_owner(
+        roles: Roles, attacker: None, victim: str) -> None:
+    with roles.connect(victim) as conn:
+        assert conn.execute("SELECT bob.attack_definer()").fetchone() == (1,)
+    session_role = (psycopg.conninfo.conninfo_to_dict(roles.admin)["user"] if victim == "admin"
+                    else roles.names[victim])
+    _acted_as_bob_only(roles, _outcomes(roles, session_role))
+    with roles.connect("bob") as b:  # and as bob it does act: his own model, granted by alice
+        _patients(b)
+        b.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'bob_shared', max_epochs => 1)", [FEATURES])
+        b.execute("CREATE OR REPLACE FUNCTION bob.share() RETURNS boolean LANGUAGE sql "
+                  "SECURITY DEFINER AS $f$ SELECT bismarck._set_grant(bismarck._ticket(), "
+                  "'bob_shared', session_user::text::regrole, true) $f$")
+        b.execute("GRANT EXECUTE ON FUNCTION bob.share() TO PUBLIC")
+    with roles.connect("alice") as a:
+        assert a.execute("SELECT bob.share()").fetchone() == (True,)
+        assert a.execute("SELECT count(*) FROM bismarck.models "
+                         "WHERE model_name = 'bob_shared'").fetchone() == (1,)
+    with roles.connect("bob") as b:
+        b.execute("DROP FUNCTION bob.share()")
+        b.execute("SELECT bismarck.revoke_model('bob_shared', %s)", [roles.names["alice"]])
+        b.execute("SELECT bismarck.delete_model('bob_shared')")
+
+
+def test_no_role_forges_a_ticket_even_bypassing_row_level_security(roles: Roles) -> None:
+    name = roles.names["mallory"]
+    with roles.connect("admin") as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(name)))
+    try:
+        with roles.connect("mallory") as m:
+            for values in ("gen_random_uuid(), 'postgres'",
+                           f"gen_random_uuid(), '{roles.names['alice']}'"):
+                with pytest.raises(psycopg.errors.CheckViolation):
+                    m.execute(f"INSERT INTO bismarck._tickets (id, role) VALUES ({values})")
+            with pytest.raises(psycopg.errors.CheckViolation):
+                m.execute("INSERT INTO bismarck._tickets (id, pid) VALUES (gen_random_uuid(), 1)")
+            # a ticket of another session is refused even with its id
+            m.execute("INSERT INTO bismarck._tickets (id) VALUES "
+                      "('00000000-0000-4000-8000-000000000001')")
+        with roles.connect("mallory") as m, pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="needs a ticket"):
+            m.execute("SELECT * FROM bismarck._dead_runs('00000000-0000-4000-8000-000000000001')")
+    finally:
+        with roles.connect("admin") as admin:
+            admin.execute(sql.SQL("ALTER ROLE {} NOBYPASSRLS").format(sql.Identifier(name)))
+            admin.execute("DELETE FROM bismarck._tickets")
+
+
+def test_a_group_role_never_owns_a_working_schema(roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        a.execute("SET ROLE bismarck_user")
+        a.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'group_owned')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                           match="cannot own a working schema"):
+            a.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'group_owned', "
+                      "'x', '{}', true)")
+    with roles.connect("admin") as admin:
+        admin.execute("DELETE FROM bismarck.model_names WHERE model_name = 'group_owned'")
+
+
+def test_a_pack_never_waits_on_another_users_open_transaction(roles: Roles) -> None:
+    """alice's open pack (which forgot her stale rows) does not stall bob's pack."""
+    pack = "SELECT rows FROM bismarck.pack('patients', 'second_attack', %s, %s)"
+    with roles.connect("alice") as a, roles.connect("bob") as b:
+        _patients(a)
+        _patients(b)
+        a.execute("DROP TABLE IF EXISTS stale_packed, open_packed")
+        b.execute("DROP TABLE IF EXISTS bob_packed")
+        a.execute(pack, [FEATURES, "stale_packed"])
+        a.execute("DROP TABLE stale_packed")  # a stale row of alice's
+        a.execute("BEGIN")
+        assert a.execute(pack, [FEATURES, "open_packed"]).fetchone() == (20,)
+        b.execute("SET statement_timeout = '20s'")  # instead of hanging, the old code failed
+        assert b.execute(pack, [FEATURES, "bob_packed"]).fetchone() == (20,)
+        a.execute("COMMIT")
