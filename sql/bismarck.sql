@@ -62,6 +62,8 @@ CREATE TABLE bismarck._models (
     fitted        jsonb       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     owner         regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    source_oid    oid,
+    source_owner  regrole,
     PRIMARY KEY (model_name, version)
 );
 COMMENT ON TABLE bismarck._models IS
@@ -163,6 +165,18 @@ BEGIN
 END
 $bismarck_packed_owner$;
 
+-- Installations of an earlier 0.2.0 development build lack _models.source_oid and source_owner
+-- (the source table's OID and owner when trained; NULL for older models).
+DO $bismarck_source_oid$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = 'bismarck._models'::pg_catalog.regclass
+                      AND a.attname = 'source_oid' AND NOT a.attisdropped) THEN
+        ALTER TABLE bismarck._models ADD COLUMN source_oid oid, ADD COLUMN source_owner regrole;
+    END IF;
+END
+$bismarck_source_oid$;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
 -- have (pg_has_role ... 'USAGE'), and models whose owner granted them. Built-ins only, so that
@@ -217,26 +231,41 @@ CREATE POLICY register_packed ON bismarck._packed_tables FOR INSERT
     WITH CHECK (EXISTS (SELECT 1 FROM pg_class c
                          WHERE c.oid = packed_table AND pg_has_role(c.relowner, 'USAGE')));
 
-CREATE FUNCTION bismarck._columns_readable(source text, columns text[]) RETURNS boolean
+CREATE FUNCTION bismarck._columns_readable(source text, columns text[], source_oid oid,
+                                            source_owner regrole) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = to_regclass(source)
-                    AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity) THEN
-        RETURN false;  -- a view or a table with row-level security may hide rows from the user
+    -- The table the model was trained on, by OID, owner and schema-qualified name; models of
+    -- before 0.2.0 (no OID) by name, but never through a temporary schema (the reader's own
+    -- pg_temp could hold a look-alike).
+    IF source_oid IS NOT NULL THEN
+        SELECT c.oid INTO rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = source_oid AND c.relowner = source_owner
+           AND format('%I.%I', n.nspname, c.relname) = source;
+    ELSE
+        SELECT c.oid INTO rel FROM pg_class c
+         WHERE c.oid = to_regclass(source) AND c.relpersistence <> 't';
+    END IF;
+    IF rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = rel
+                                   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity) THEN
+        RETURN false;  -- gone, or a view or a table with row-level security (may hide rows)
     END IF;
     RETURN coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
                                                                    'SELECT'), false))
                             AND count(*) = cardinality(columns)
                        FROM pg_attribute a
-                      WHERE a.attrelid = to_regclass(source) AND a.attnum > 0
+                      WHERE a.attrelid = rel AND a.attnum > 0
                         AND NOT a.attisdropped AND a.attname = ANY (columns)), false);
 EXCEPTION WHEN insufficient_privilege OR invalid_name OR syntax_error THEN
     RETURN false;  -- a schema the user may not use, or a name that no longer parses
 END
 $$;
-COMMENT ON FUNCTION bismarck._columns_readable(text, text[]) IS
-    'Private: whether the current user may SELECT all these columns of a table that has no '
-    'row-level security (false for views and for tables with row-level security).';
+COMMENT ON FUNCTION bismarck._columns_readable(text, text[], oid, regrole) IS
+    'Private: whether the current user may SELECT all these columns of the table a model was '
+    'trained on (same OID, owner and name), if it has no row-level security (false for views, '
+    'tables with row-level security, and tables gone or replaced).';
 
 ------------------------------------------------------------------------------------------------
 -- Views (filtering: each user sees the rows the policies above would show them)
@@ -257,7 +286,8 @@ SELECT m.model_name,
        m.params,
        m.metrics,
        CASE WHEN pg_has_role(m.owner, 'USAGE')
-                 OR bismarck._columns_readable(m.source, m.label || m.features)
+                 OR bismarck._columns_readable(m.source, m.label || m.features,
+                                               m.source_oid, m.source_owner)
             THEN m.fitted END AS fitted,
        m.created_at
 FROM bismarck._models m
@@ -787,6 +817,11 @@ BEGIN
     IF model IS NULL OR model = '' THEN
         RAISE EXCEPTION 'model_name must be a non-empty string' USING ERRCODE = '22023';
     END IF;
+    IF char_length(model) > 200 THEN
+        RAISE EXCEPTION 'model_name is % characters long; at most 200 are allowed',
+                        char_length(model)
+            USING ERRCODE = '22023', HINT = 'Choose a shorter model_name.';
+    END IF;
     BEGIN
         SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
         IF NOT FOUND THEN
@@ -836,7 +871,20 @@ DECLARE
     c regrole := bismarck._redeem(ticket);
     v integer;
     o regrole;
+    src_oid oid;
+    src_owner regrole;
+    src_name text;
 BEGIN
+    -- The source by OID and owner, and its name with its schema even when temporary
+    -- (pg_temp_N): a reader's own temporary table of that name is never taken for it.
+    BEGIN
+        SELECT c.oid, c.relowner::regrole, format('%I.%I', n.nspname, c.relname)
+          INTO src_oid, src_owner, src_name
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass(source);
+    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value THEN
+        src_oid := NULL;
+    END;
     UPDATE bismarck.model_names n SET last_version = n.last_version + 1
      WHERE n.model_name = _store_model.model_name AND pg_has_role(c, n.owner, 'USAGE')
     RETURNING n.last_version, n.owner INTO v, o;
@@ -846,9 +894,9 @@ BEGIN
     END IF;
     INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
                                   array_feature, coef, intercept, classes, params, metrics,
-                                  fitted, owner)
-    VALUES (model_name, v, loss, source, label, features, array_feature, coef, intercept,
-            classes, params, metrics, fitted, o);
+                                  fitted, owner, source_oid, source_owner)
+    VALUES (model_name, v, loss, coalesce(src_name, source), label, features, array_feature,
+            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner);
     RETURN v;
 END
 $$;
@@ -1372,6 +1420,21 @@ BEGIN
                        CASE WHEN f.grantee = 0 THEN 'PUBLIC'
                             ELSE quote_ident((SELECT r.rolname FROM pg_catalog.pg_roles r
                                                WHERE r.oid = f.grantee)) END);
+    END LOOP;
+    -- Functions: EXECUTE for members of bismarck_user only; any other grant is taken back.
+    FOR f IN
+        SELECT DISTINCT p.oid::regprocedure AS fn, a.grantee
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_proc p ON p.oid = d.objid, aclexplode(p.proacl) AS a
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e
+                              WHERE e.extname = 'bismarck')
+           AND a.grantee <> p.proowner AND a.grantee <> 0
+           AND a.grantee <> 'bismarck_user'::regrole
+    LOOP
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM %I CASCADE', f.fn,
+                       (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid = f.grantee));
     END LOOP;
     FOR f IN
         SELECT d.objid::regprocedure AS fn

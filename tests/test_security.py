@@ -1200,3 +1200,104 @@ def test_a_pack_never_waits_on_another_users_open_transaction(roles: Roles) -> N
         b.execute("SET statement_timeout = '20s'")  # instead of hanging, the old code failed
         assert b.execute(pack, [FEATURES, "bob_packed"]).fetchone() == (20,)
         a.execute("COMMIT")
+
+
+# Leftovers an administrator may have granted or planted on the registry: doctor fails on each,
+# and `bismarck install` on the current version takes the grants back.
+_LEFTOVER_GRANTS = [
+    "GRANT TRIGGER, UPDATE ON bismarck._training_run TO {r}",
+    "GRANT SELECT ON bismarck._tickets TO {r}",
+    "GRANT SELECT (fitted) ON bismarck._models TO {r}",
+    "GRANT USAGE ON SEQUENCE bismarck._training_run_run_id_seq TO {r}",
+    "GRANT EXECUTE ON FUNCTION bismarck._redeem(uuid) TO {r}",
+    "GRANT SELECT ON bismarck._tickets TO bismarck_user",
+    "GRANT CREATE ON SCHEMA bismarck TO {r}",
+]
+
+
+@pytest.mark.parametrize("grant", _LEFTOVER_GRANTS)
+def test_doctor_fails_on_leftover_grants_and_install_takes_them_back(
+        roles: Roles, grant: str) -> None:
+    from bismarck_controller import doctor
+
+    carol = roles.names["carol"]
+    statement = sql.SQL(grant.replace("{r}", "{}")).format(sql.Identifier(carol))
+    with roles.connect("admin") as admin:
+        names = ("registry privileges", "schema bismarck: who may create")
+        assert all(c.state == doctor.OK for c in doctor.registry_checks(admin)
+                   + doctor.schema_checks(admin) if c.name in names)
+        admin.execute(statement)
+        failed = [c for c in doctor.registry_checks(admin) + doctor.schema_checks(admin)
+                  if c.failed]
+        assert failed and all(c.fix for c in failed)
+    assert "privileges re-applied" in extension.install(roles.admin)
+    with roles.connect("admin") as admin:
+        assert [c.name for c in doctor.registry_checks(admin) + doctor.schema_checks(admin)
+                if c.failed] == []
+
+
+@pytest.mark.parametrize(("plant", "drop"), [
+    ("CREATE TRIGGER planted BEFORE INSERT ON bismarck._training_run FOR EACH ROW "
+     "EXECUTE FUNCTION public.noop_trigger()", "DROP TRIGGER planted ON bismarck._training_run"),
+    ("CREATE POLICY planted ON bismarck.model_grants FOR SELECT USING (true)",
+     "DROP POLICY planted ON bismarck.model_grants"),
+    ("CREATE RULE planted AS ON DELETE TO bismarck._tickets DO ALSO NOTHING",
+     "DROP RULE planted ON bismarck._tickets"),
+    ("CREATE INDEX planted ON bismarck._models ((public.noop_index(version)))",
+     "DROP INDEX bismarck.planted"),
+])
+def test_doctor_fails_on_objects_planted_on_registry_tables(roles: Roles, plant: str,
+                                                            drop: str) -> None:
+    from bismarck_controller import doctor
+
+    with roles.connect("admin") as admin:
+        admin.execute("CREATE OR REPLACE FUNCTION public.noop_trigger() RETURNS trigger "
+                      "LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        admin.execute("CREATE OR REPLACE FUNCTION public.noop_index(int) RETURNS int "
+                      "LANGUAGE sql IMMUTABLE AS 'SELECT $1'")
+        admin.execute(plant)
+        try:
+            checks = {c.name: c for c in doctor.registry_checks(admin)}
+            check = checks["registry tables: triggers, policies, rules, indexes"]
+            assert check.failed and "planted" in check.detail and "DROP" in check.fix
+        finally:
+            admin.execute(drop)
+        assert all(c.state == doctor.OK for c in doctor.registry_checks(admin))
+
+
+def test_fitted_of_a_temporary_source_never_shows_through_anothers_pg_temp(
+        roles: Roles) -> None:
+    """bob trains on his temporary table; alice's own temporary table of that name (even in the
+    same temporary schema, once bob's session is gone) never reveals bob's means."""
+    with roles.connect("bob") as b:
+        b.execute(PATIENTS.replace("CREATE TABLE patients", "CREATE TEMP TABLE tsecret")
+                  .replace("INSERT INTO patients", "INSERT INTO tsecret"))
+        b.execute("SELECT * FROM bismarck.train_glm('tsecret', 'second_attack', %s, "
+                  "'temp_secret', max_epochs => 1)", [FEATURES])
+        b.execute("SELECT bismarck.grant_model('temp_secret', %s)", [roles.names["alice"]])
+        source, = b.execute("SELECT source FROM bismarck.models "
+                            "WHERE model_name = 'temp_secret'").fetchone()
+        assert source.startswith("pg_temp_") and source.endswith(".tsecret")
+    for _ in range(2):  # a new session may even get bob's old temporary schema
+        with roles.connect("alice") as a:
+            a.execute(PATIENTS.replace("CREATE TABLE patients", "CREATE TEMP TABLE tsecret")
+                      .replace("INSERT INTO patients", "INSERT INTO tsecret"))
+            assert a.execute("SELECT fitted IS NULL, coef IS NOT NULL FROM bismarck.models "
+                             "WHERE model_name = 'temp_secret'").fetchone() == (True, True)
+    with roles.connect("bob") as b:
+        b.execute("SELECT bismarck.delete_model('temp_secret')")
+
+
+@pytest.mark.parametrize(("name", "ok"), [("m" * 200, True), ("m" * 201, False),
+                                          ("é" * 200, True), ("é" * 201, False)])
+def test_model_names_are_at_most_200_characters(roles: Roles, name: str, ok: bool) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        train = ("SELECT version FROM bismarck.train_glm('patients', 'second_attack', %s, %s, "
+                 "max_epochs => 1)")
+        if ok:
+            assert a.execute(train, [FEATURES, name]).fetchone() == (1,)
+            a.execute("SELECT bismarck.delete_model(%s)", [name])
+        else:
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 200"):
+                a.execute(train, [FEATURES, name])
