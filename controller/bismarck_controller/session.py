@@ -10,6 +10,7 @@ user names are resolved in the caller's own context first (:func:`qualified`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Callable
 
@@ -47,6 +48,10 @@ def qualified(conn: psycopg.Connection, name: str) -> str:
         conn.rollback()
 
 
+class BismarckWarning(UserWarning):
+    """A model was stored but needs attention (separation, a validation share off, ...)."""
+
+
 class PsycopgSession:
     """A :class:`bismarckpy.loop.TrainingSession` over a non-autocommit psycopg connection."""
 
@@ -82,6 +87,10 @@ class PsycopgSession:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
         if self._on_epoch is not None:
             self._on_epoch(record)
+
+    def warn(self, message: str) -> None:
+        """A Python warning (:class:`BismarckWarning`) the caller can filter or turn to errors."""
+        warnings.warn("bismarck: " + message, BismarckWarning, stacklevel=2)
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """Roll back the failed epoch and mark the run failed or interrupted, then commit."""

@@ -50,16 +50,40 @@ def check_options(p: dict[str, Any]) -> None:
                    "need a smooth objective.",
             hint="Use solver => 'sgd' (proximal steps) for penalty 'l1' or 'elasticnet', or "
                  f"penalty => 'l2' or 'none' with solver => '{solver}'.")
+    packs = p["packed"] if p["packed"] is not None else p["shuffle"] == "once"
+    if packs and p["dtype"] == "float32":
+        raise InvalidParameter(
+            f"solver '{solver}' needs float64 data, not dtype 'float32'",
+            detail="Packed float32 blocks round every value to 7 digits, so the estimate and "
+                   "its standard errors would be those of rounded data.",
+            hint="Leave dtype out (float64 is the exact solvers' default) or use "
+                 "dtype => 'float64'.")
+
+
+def check_packed_table(table: PackedTable, p: dict[str, Any]) -> None:
+    """Refuse a ``bismarck.pack`` table of float32 blocks: the exact solvers need float64."""
+    if table.itemsize != 8:
+        raise InvalidParameter(
+            f"solver '{p['solver']}' needs float64 data; {table.name} is packed as float32",
+            detail="Its blocks hold every value rounded to 7 digits, so the estimate and its "
+                   "standard errors would be those of rounded data.",
+            hint="Pack the source again with dtype => 'float64', or train on the source table "
+                 "itself.")
 
 
 def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         prep: _Prepared, model_name: str, run_id: int, started: float) -> TrainResult:
     """Fit by ``p['solver']`` on ``prep``, record each pass, store the model; return the result."""
     fit_intercept = bool(p["fit_intercept"])
-    mu, sd = prep.mu, prep.sd
-    if mu is None or sd is None:  # the solvers always work in standardised coordinates
-        mu, sd = _feature_moments(session, prep)
-    coords = solvers.Coordinates(mu, sd, fit_intercept)
+    mu, sd, y_mean = _feature_moments(session, prep, p["loss"] == "squared")
+    if prep.mu is not None and prep.sd is not None:
+        mu, sd = prep.mu, prep.sd
+    # The passes sum over centred features x − c (and labels y − c_y for squared loss), so the
+    # sums keep the data's spread whatever a column's offset; without an intercept the model
+    # goes through the origin and cannot be centred.
+    center = mu.copy() if fit_intercept else np.zeros(prep.d)
+    ycenter = y_mean if fit_intercept else 0.0
+    coords = solvers.Coordinates(mu - center, sd, fit_intercept)
     _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     # The penalty of SGD: alpha·l2/2·|w|² on the coefficients it fits, standardised ones when
     # standardize is on (w = coef·sd); for squared loss in y's units either way.
@@ -73,7 +97,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
 
     def one_pass(table: str, beta: np.ndarray, mode: int) -> exact.Pass:
         init = exact.initialize(beta, loss=p["loss"], fit_intercept=fit_intercept, mode=mode,
-                                itemsize=prep.itemsize, y_coding=coding)
+                                itemsize=prep.itemsize, y_coding=coding, center=center,
+                                ycenter=ycenter)
         query = (f"SELECT bismarck._exact_pass_packed(data, %s) FROM {table}" if prep.packed
                  else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
@@ -100,12 +125,12 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         return P
 
     fit = (solvers.newton if p["solver"] == "newton" else solvers.lbfgs)(evaluate, prob)
-    beta = fit.beta
+    beta, _ = exact.to_original(fit.beta, center, ycenter, fit_intercept)
     last = fit.last
     train_loss = prob.objective(last)
     valid_loss = None
     if prep.valid:
-        vp = one_pass(prep.valid, beta, exact.LOSS_ONLY)
+        vp = one_pass(prep.valid, fit.beta, exact.LOSS_ONLY)
         valid_loss = vp.loss_sum / vp.rows if vp.rows else None
     coef = beta[fit_intercept:]
     intercept = float(beta[0]) if fit_intercept else 0.0
@@ -117,13 +142,22 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     fitted: dict[str, Any] = {"mu": None if prep.mu is None else prep.mu.tolist(),
                               "sd": None if prep.sd is None else prep.sd.tolist(),
                               "terms": names}
-    if not np.any(penalty) and last.hess is not None:
+    # Inference statistics only for an unpenalised fit that converged: at a point that is not
+    # the maximum-likelihood estimate, the inverse Hessian is no covariance of anything. A fit
+    # stopped by max_epochs stores its coefficients with converged false and NULL statistics,
+    # and says so (a WARNING), as statsmodels' ConvergenceWarning does.
+    if not np.any(penalty) and last.hess is not None and fit.converged:
         stats, per_coef = inference.statistics(p["loss"], last, coords)
         metrics.update(stats)
         if not fit_intercept:  # index 0 of every array is the intercept's
             per_coef = {k: ([None, *v] if k in ("std_err", "statistic", "p_value") else v)
                         for k, v in per_coef.items()}
         fitted.update(per_coef)
+    elif not fit.converged:
+        _warn(session, f"solver '{p['solver']}' did not converge in max_epochs = "
+                       f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
+                       "stored with converged = false and without standard errors or p-values. "
+                       "Raise max_epochs or tol.")
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
     version = session.query(
@@ -145,15 +179,27 @@ def feature_names(src: Source | PackedTable, d: int) -> list[str]:
     return list(src.features)
 
 
-def _feature_moments(session: TrainingSession, prep: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-    """Means and standard deviations of the training features (not kept for SGD unless
-    standardize is on)."""
+def _feature_moments(session: TrainingSession, prep: _Prepared,
+                     label: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Means and standard deviations of the training features, and the labels' mean when
+    ``label`` (0.0 otherwise). Welford's moments: accurate whatever the columns' offsets."""
     if prep.packed:
         state = session.query(f"SELECT bismarck._moments_packed(data, {int(prep.d)}, "
                               f"{int(prep.itemsize)}) FROM {prep.train}")[0][0]
         mu, sd = _moments(state)
-        return mu[1:], sd[1:]  # column 0 is the label
-    return _moments(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")[0][0])
+        return mu[1:], sd[1:], float(mu[0]) if label else 0.0  # column 0 is the label
+    mu, sd = _moments(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")[0][0])
+    y_mean = 0.0
+    if label:
+        y_mean = float(session.query(f"SELECT avg(y) AS m FROM {prep.train}")[0][0] or 0.0)
+    return mu, sd, y_mean
+
+
+def _warn(session: TrainingSession, message: str) -> None:
+    """A WARNING to the user (sessions without ``warn`` keep it in the log only)."""
+    warn = getattr(session, "warn", None)
+    if warn is not None:
+        warn(message)
 
 
 def _or_none(v: float) -> float | None:

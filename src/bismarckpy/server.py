@@ -91,6 +91,10 @@ class PlpySession:
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
 
+    def warn(self, message: str) -> None:
+        """A WARNING to the client."""
+        self.plpy.warning("bismarck: " + message)
+
 
 def _pg_type(v: object) -> str:
     """PostgreSQL type for a Python parameter (None is text; SQL casts it where needed)."""
