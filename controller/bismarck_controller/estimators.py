@@ -318,7 +318,7 @@ class LogisticRegression(SGDClassifier):
 
 
 class LinearRegression(SGDRegressor):
-    """Least squares by the normal equations (one pass): ``SGDRegressor`` with
+    """Least squares by the normal equations (two passes): ``SGDRegressor`` with
     ``solver="newton"`` and ``penalty="none"`` by default; statistics as
     :class:`LogisticRegression` (t statistics), R² and adjusted R² in ``metrics_``."""
 

@@ -62,8 +62,9 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("fit_intercept", bool, True, "Fit an intercept (never penalised)."),
     Param("standardize", bool, True, "Fit on standardised features; coefficients are reported "
           "in the original units."),
-    Param("max_epochs", int, 100, "Upper bound on passes over the data (iterations of newton "
-          "and lbfgs).", low=1, high=1_000_000),
+    Param("max_epochs", int, 100, "sgd: upper bound on passes over the data; newton and "
+          "lbfgs: upper bound on iterations, each one pass plus its line-search passes "
+          "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
           "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
           "lbfgs: largest gradient component (default 1e-8 for both). None, from Python, "
