@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import pack
 from .errors import InvalidData
 from .glm import encode_labels
 from .pack import read_block
@@ -178,10 +179,17 @@ def centred_block(block: bytes, d: int, itemsize: int,
                   center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A packed block's features minus ``center`` (``n × d`` float64) and raw labels.
 
-    The one place where the exact passes decode a block (:mod:`bismarckpy.pack`).
+    The one place where the exact passes decode a block (:mod:`bismarckpy.pack`). Blocks that
+    store per-column offsets plus residuals (``pack.parse_block``) are centred as
+    ``(offset − c) + residual``, which never forms the raw value far from zero.
     """
-    X, raw = read_block(block, d, itemsize)
-    return X - center, raw
+    parse = getattr(pack, "parse_block", None)
+    if parse is None:  # blocks of raw values
+        X, raw = read_block(block, d, itemsize)
+        return X - center, raw
+    offsets, residuals = parse(block, d, itemsize)
+    X = residuals[:, 1:].astype(np.float64) + (offsets[1:] - center)
+    return X, residuals[:, 0].astype(np.float64) + offsets[0]
 
 
 def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:

@@ -67,8 +67,8 @@ GLM_PARAMS: tuple[Param, ...] = (
           "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
           "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
-          "lbfgs: largest gradient component (default 1e-8 for both). None, from Python, "
-          "never stops early.", low=0.0, nullable=True),
+          "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
+          "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "

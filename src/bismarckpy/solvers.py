@@ -194,7 +194,9 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
     """L-BFGS in standardised coordinates: one pass per objective and gradient evaluation.
 
     Stops when the largest component of the gradient (of the mean objective, in standardised
-    coordinates) is at most ``tol``. A final ``HESSIAN`` pass at the solution supplies standard
+    coordinates) is at most ``tol · max(1, √f)``, or where no step decreases ``f`` and that
+    gradient is at most ``max(tol, 1e-7) · max(1, √f)`` (rounding has the last word). A final
+    ``HESSIAN`` pass at the solution supplies standard
     errors (unpenalised fits only). Raises :class:`InvalidData` for a singular Hessian or
     separated classes, :class:`Diverged` when no step decreases a non-finite objective.
     """
@@ -209,7 +211,8 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
     converged = False
     iterations = 0
     for iterations in range(1, prob.max_iter + 1):  # noqa: B007 (reported after the loop)
-        if prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol:
+        scale = max(1.0, math.sqrt(abs(f)))  # squared loss: the gradient has labels' units
+        if prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol * scale:
             converged = True
             break
         d = -_two_loop(g, S, Y)
@@ -233,7 +236,10 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
                 raise _diverged(prob)
             # No decrease left at this precision: converged if the gradient is as small as
             # rounding of the objective lets it get (tol below that cannot be reached).
-            converged = float(np.max(np.abs(g))) <= max(prob.tol or 0.0, ROUNDED_GRADIENT)
+            converged = _rounded_minimum(prob, g, f)
+            break
+        if not fn < f:  # accepted without a decrease: rounding has the last word
+            converged = _rounded_minimum(prob, g, f)
             break
         theta_new = theta + t * d
         g_new = coords.gradient(prob.gradient(nxt))
@@ -246,13 +252,21 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
                 Y.pop(0)
         theta, g, f, cur = theta_new, g_new, fn, nxt
     else:
-        converged = prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol
+        converged = (prob.tol is not None
+                     and float(np.max(np.abs(g))) <= prob.tol * max(1.0, math.sqrt(abs(f))))
     if not np.any(prob.penalty):  # the Hessian for standard errors, and the checks it allows
         cur = evaluate(cur.beta, HESSIAN, 0.0)
         check_separation(prob, cur)
         check_rank(coords.matrix().T @ prob.hessian(cur) @ coords.matrix(), prob.names,
                    coords.fit_intercept)
     return Fit(last=cur, iterations=iterations, converged=converged)
+
+
+def _rounded_minimum(prob: Problem, g: np.ndarray, f: float) -> bool:
+    """Where no step decreases ``f`` any more: converged if the gradient is as small as the
+    objective's rounding lets it get (a ``tol`` below that cannot be reached)."""
+    return (float(np.max(np.abs(g)))
+            <= max(prob.tol or 0.0, ROUNDED_GRADIENT) * max(1.0, math.sqrt(abs(f))))
 
 
 def _two_loop(g: np.ndarray, S: list[np.ndarray], Y: list[np.ndarray]) -> np.ndarray:
