@@ -327,6 +327,7 @@ CREATE FUNCTION bismarck.train_glm(
     validation_fraction float8   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
     solver              text     DEFAULT NULL,
+    class_weight        text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -348,7 +349,7 @@ BEGIN
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
-        'solver', solver));
+        'solver', solver, 'class_weight', class_weight));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -362,7 +363,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text) IS
+    integer, text, bigint, float8, integer, text, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
     'standard errors), and store it as the next version of model_name (default: the source table''s '
@@ -861,13 +862,15 @@ $$;
 COMMENT ON FUNCTION bismarck._exact_step(bytea, bytea, float8, bytea) IS
     'Private: transition of _exact_pass: one row''s loss, gradient and Hessian terms.';
 
-CREATE FUNCTION bismarck._exact_step_block(state bytea, block bytea, init bytea) RETURNS bytea
+CREATE FUNCTION bismarck._exact_step_block(state bytea, block bytea, init bytea, first integer,
+                                           stop integer) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.exact_transition_block(plpy, state, block, init)
+return B.exact_transition_block(plpy, state, block, init, first, stop)
 $$;
-COMMENT ON FUNCTION bismarck._exact_step_block(bytea, bytea, bytea) IS
-    'Private: transition of _exact_pass_packed: a packed block''s sums in a few matrix products.';
+COMMENT ON FUNCTION bismarck._exact_step_block(bytea, bytea, bytea, integer, integer) IS
+    'Private: transition of _exact_pass_packed: the sums of rows first (0-based) to stop '
+    '(exclusive; NULL: the end) of a packed block in a few matrix products.';
 
 CREATE FUNCTION bismarck._exact_merge(a bytea, b bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -887,14 +890,15 @@ COMMENT ON AGGREGATE bismarck._exact_pass(bytea, float8, bytea) IS
     'Private: loss, gradient and Hessian sums of a GLM at fixed coefficients over rows '
     '(features as _float8_array_bytes, coded label): one Newton or L-BFGS pass.';
 
-CREATE AGGREGATE bismarck._exact_pass_packed(block bytea, init bytea) (
+CREATE AGGREGATE bismarck._exact_pass_packed(block bytea, init bytea, first integer,
+                                             stop integer) (
     SFUNC = bismarck._exact_step_block,
     STYPE = bytea,
     COMBINEFUNC = bismarck._exact_merge,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._exact_pass_packed(bytea, bytea) IS
-    'Private: _exact_pass over packed blocks.';
+COMMENT ON AGGREGATE bismarck._exact_pass_packed(bytea, bytea, integer, integer) IS
+    'Private: _exact_pass over rows first to stop of packed blocks.';
 
 ------------------------------------------------------------------------------------------------
 -- Packed storage: many rows per bytea block, one numpy mini-batch step per block
@@ -916,41 +920,50 @@ COMMENT ON FUNCTION bismarck._pack_block(bytea, bytea, integer, text, bigint) IS
     'Private: concatenated _float8_array_bytes of a block''s rows and of its labels -> one '
     'n x (1 + d) matrix (label, features) of dtype float32 or float64, rows in seeded random order.';
 
-CREATE FUNCTION bismarck._glm_step_block(state bytea, block bytea, init bytea) RETURNS bytea
+CREATE FUNCTION bismarck._glm_step_block(state bytea, block bytea, init bytea, first integer,
+                                         stop integer) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.glm_transition_block(plpy, state, block, init)
+return B.glm_transition_block(plpy, state, block, init, first, stop)
 $$;
-COMMENT ON FUNCTION bismarck._glm_step_block(bytea, bytea, bytea) IS
-    'Private: transition of _glm_epoch_packed: the rows of one packed block, a step per batch_size.';
+COMMENT ON FUNCTION bismarck._glm_step_block(bytea, bytea, bytea, integer, integer) IS
+    'Private: transition of _glm_epoch_packed: rows first (0-based) to stop (exclusive; NULL: '
+    'the end) of one packed block, a step per batch_size.';
 
-CREATE AGGREGATE bismarck._glm_epoch_packed(block bytea, init bytea) (
+CREATE AGGREGATE bismarck._glm_epoch_packed(block bytea, init bytea, first integer,
+                                            stop integer) (
     SFUNC = bismarck._glm_step_block,
     STYPE = bytea,
     COMBINEFUNC = bismarck._glm_merge,
     FINALFUNC = bismarck._glm_final,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._glm_epoch_packed(bytea, bytea) IS
-    'Private: one SGD epoch of a GLM over packed blocks, starting from state init.';
+COMMENT ON AGGREGATE bismarck._glm_epoch_packed(bytea, bytea, integer, integer) IS
+    'Private: one SGD epoch of a GLM over rows first to stop of packed blocks, starting from '
+    'state init.';
 
 CREATE FUNCTION bismarck._moments_step_block(state bytea, block bytea, d integer,
-                                             itemsize integer) RETURNS bytea
+                                             itemsize integer, first integer, stop integer)
+RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.moments_transition_block(plpy, state, block, d, itemsize)
+return B.moments_transition_block(plpy, state, block, d, itemsize, first, stop)
 $$;
-COMMENT ON FUNCTION bismarck._moments_step_block(bytea, bytea, integer, integer) IS
-    'Private: transition of _moments_packed: a whole block''s count, means and squared deviations.';
+COMMENT ON FUNCTION bismarck._moments_step_block(bytea, bytea, integer, integer, integer,
+    integer) IS
+    'Private: transition of _moments_packed: count, means, spread and range of rows first to '
+    'stop of a block.';
 
-CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integer) (
+CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integer,
+                                          first integer, stop integer) (
     SFUNC = bismarck._moments_step_block,
     STYPE = bytea,
     COMBINEFUNC = bismarck._moments_merge,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer) IS
-    'Private: per-feature moments over packed blocks, for standardisation.';
+COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, integer) IS
+    'Private: per-column moments (label, then features) over rows of packed blocks, for '
+    'standardisation.';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).

@@ -354,8 +354,7 @@ def test_estimators_expose_the_statistics(madlib, conn):
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("path", ["rows", "rows, reshuffled", "array column", "packed table"])
 def test_every_data_path_gives_the_same_fit(madlib, conn, solver, path):
-    """Rows, an array column, a table written by bismarck.pack: the same exact fit (float32
-    blocks, which round the data, are refused: test_float32_data_is_refused...)."""
+    """Rows, an array column, a table written by bismarck.pack: the same exact fit."""
     features = ["gre", "gpa", "rank2", "rank3", "rank4"]
     source, feats, opts = "grad_v", features, {}
     if path == "rows":
@@ -389,6 +388,94 @@ def test_validation_loss_of_an_exact_fit(madlib, conn):
     assert 0 < m["validation_rows"] < 200 and m["rows"] + m["validation_rows"] == 400
     assert 0.3 < m["validation_loss"] < 1.0
     assert m["log_likelihood"] == pytest.approx(-m["train_loss"] * m["rows"], rel=1e-12)
+
+
+# -- issue 9's numerics meet the exact solvers -----------------------------------------------
+
+def _grad_arrays() -> tuple[np.ndarray, np.ndarray]:
+    g = grad_school()
+    X = np.column_stack([g[:, 1], g[:, 2]] + [(g[:, 3] == r).astype(float) for r in (2, 3, 4)])
+    return X, g[:, 0]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_validation_split_of_a_packed_table_keeps_its_rows_out_of_the_passes(madlib, conn,
+                                                                             solver):
+    """A bismarck.pack table holds out the head rows of each block: exactly
+    ceil(0.25 · 400) = 100 rows, which no training pass reads (each pass reads 300 rows)."""
+    features = ["gre", "gpa", "rank2", "rank3", "rank4"]
+    conn.execute("DROP TABLE IF EXISTS grad_packed_v")
+    conn.execute("SELECT * FROM bismarck.pack('grad_v', 'admit', %s, 'grad_packed_v', "
+                 "block_size => 64)", [features])
+    name = f"grad_packed_valid_{solver}"
+    _train(conn, "grad_packed_v", "admit", features, name, solver=solver,
+           validation_fraction=0.25)
+    m = _metrics(conn, name)
+    assert (m["rows"], m["validation_rows"]) == (300, 100)
+    rows = conn.execute("SELECT DISTINCT h.rows FROM bismarck.training_history h "
+                        "WHERE h.model_name = %s", [name]).fetchall()
+    assert rows == [(300,)]
+    assert m["log_likelihood"] == pytest.approx(-m["train_loss"] * 300, rel=1e-12)
+    assert m["validation_loss"] > 0
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("class_weight, weights", [('{"0": 1, "1": 3}', {0.0: 1.0, 1.0: 3.0}),
+                                                   ("balanced", "balanced")])
+def test_class_weight_gives_scikit_learns_weighted_fit(madlib, conn, solver, class_weight,
+                                                       weights):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _grad_arrays()
+    name = f"grad_weighted_{solver}"
+    _train(conn, "grad_v", "admit", ["gre", "gpa", "rank2", "rank3", "rank4"], name,
+           solver=solver, class_weight=class_weight)
+    ref = LogisticRegression(C=np.inf, class_weight=weights, tol=1e-12,
+                             max_iter=100_000).fit(X, y)
+    c = _coefficients(conn, name)
+    want = np.concatenate([ref.intercept_, ref.coef_[0]])
+    assert relative_error(c["coef"], want) < 1e-5
+    m = _metrics(conn, name)
+    assert m["weighted_likelihood"] is True
+    n1 = y.sum()
+    w0, w1 = (len(y) / (2 * (len(y) - n1)), len(y) / (2 * n1)) if weights == "balanced" \
+        else (1.0, 3.0)  # scikit-learn's 'balanced': n_samples / (n_classes · bincount)
+    freq = np.where(y > 0, w1, w0)
+    glm = sm.GLM(y, sm.add_constant(X), family=sm.families.Binomial(),
+                 freq_weights=freq).fit(tol=1e-14)
+    np.testing.assert_allclose(c["std_err"], glm.bse, rtol=1e-3)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("centre", [1e8, -3e9])
+def test_columns_far_from_zero_in_float32_blocks(conn, solver, centre):
+    """Columns at 1e8 with a spread of ~1: offsets + residuals keep the spread and the passes
+    sum centred values, so the fit is statsmodels' (which itself is given centred data)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 2)) + centre
+    y = 2.0 + 0.5 * (X[:, 0] - centre) - 1.5 * (X[:, 1] - centre) + rng.normal(size=500)
+    conn.execute("DROP TABLE IF EXISTS far_away")
+    conn.execute("CREATE TABLE far_away (y float8, a float8, b float8)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO far_away VALUES (%s, %s, %s)",
+                        [(float(y[i]), float(X[i, 0]), float(X[i, 1])) for i in range(500)])
+    name = f"far_{solver}"
+    _train(conn, "far_away", "y", ["a", "b"], name, solver=solver, loss="squared",
+           dtype="float32")
+    ref = sm.OLS(y, sm.add_constant(X - X.mean(axis=0))).fit()
+    c = _coefficients(conn, name)
+    np.testing.assert_allclose(c["coef"][1:], ref.params[1:], rtol=1e-5)
+    np.testing.assert_allclose(c["std_err"][1:], ref.bse[1:], rtol=1e-4)
+
+
+def test_a_constant_column_of_a_penalised_exact_fit_stays_zero(madlib, conn):
+    conn.execute("DROP VIEW IF EXISTS const_v")
+    conn.execute("CREATE VIEW const_v AS SELECT price, tax, 1e8::float8 AS big FROM houses")
+    _train(conn, "const_v", "price", ["tax", "big"], "const_fit", solver="newton",
+           loss="squared", penalty="l2", alpha=0.01)
+    c = _coefficients(conn, "const_fit")
+    assert c["coef"][2] == 0.0
+    assert _metrics(conn, "const_fit")["constant_features"] == ["big"]
 
 
 # -- issue: offsets, refits, convergence, float32 ------------------------------------------------
@@ -479,19 +566,26 @@ def test_non_converged_fits_have_no_statistics(madlib, conn, solver):
     assert any("did not converge" in m for m in notices), notices
 
 
-def test_float32_data_is_refused_by_the_exact_solvers(madlib, conn):
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs float64 data"):
-        _train(conn, "patients", "second_attack", ["treatment", "trait_anxiety"], "p32",
-               solver="newton", dtype="float32")
-    conn.rollback()
+def test_float32_data_is_said_and_recorded(madlib, conn):
+    """Exact fits of float32 blocks warn that the data were rounded and record the blocks' real
+    dtype (a bismarck.pack table's, not the dtype parameter's default)."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    _train(conn, "patients", "second_attack", ["treatment", "trait_anxiety"], "p32",
+           solver="newton", dtype="float32")
+    conn.commit()
+    assert any("fitted float32 blocks" in m for m in notices), notices
     conn.execute("DROP TABLE IF EXISTS patients_p32")
     conn.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', "
                  "ARRAY['treatment', 'trait_anxiety'], 'patients_p32', dtype => 'float32')")
     conn.commit()
-    with pytest.raises(psycopg.errors.InvalidParameterValue,
-                       match="patients_p32 is packed as float32"):
-        _train(conn, "patients_p32", "second_attack", ["treatment", "trait_anxiety"], "p32",
-               solver="lbfgs")
-    conn.rollback()
+    notices.clear()
+    _train(conn, "patients_p32", "second_attack", ["treatment", "trait_anxiety"], "p32",
+           solver="lbfgs")
+    conn.commit()
+    assert any("fitted float32 blocks" in m for m in notices), notices
+    row = conn.execute("SELECT params, metrics FROM bismarck.models WHERE model_name = 'p32' "
+                       "ORDER BY version DESC LIMIT 1").fetchone()
+    assert row[0]["dtype"] == "float32" and row[1]["block_dtype"] == "float32"
     conn.execute("DROP TABLE patients_p32")
     conn.commit()

@@ -191,3 +191,22 @@ def test_a_two_dimensional_row_is_refused_by_every_front_door(dsn: str, conn, mo
         clf.predict(dsn, "miss_2d")
     code, out = _run("evaluate", "miss_logistic", "miss_2d", "--dsn", dsn)
     assert code != 0 and "multi-dimensional" in out
+
+
+@pytest.mark.parametrize("call", [
+    "SELECT * FROM bismarck.train_glm('miss_empty', 'y', ARRAY['x'], 'miss_empty_m')",
+    "SELECT * FROM bismarck.pack('miss_empty', 'y', ARRAY['x'], 'miss_empty_p')",
+    "SELECT * FROM bismarck.evaluate('miss_logistic', 'miss_empty')",
+    "SELECT bismarck.predict('miss_logistic', x) FROM miss_empty",
+])
+def test_an_empty_array_is_refused_by_every_call(dsn: str, models, call: str) -> None:
+    """An empty feature array is a vector of the wrong length, never a skipped missing value."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS miss_empty")
+        conn.execute("CREATE TABLE miss_empty AS SELECT x, y FROM miss_arr")
+        conn.execute("INSERT INTO miss_empty VALUES ('{}'::float8[], 1)")
+        with pytest.raises(psycopg.errors.DataException) as err:
+            conn.execute(call)
+    text = f"{err.value.diag.message_primary} {err.value.diag.message_detail}"
+    assert "empty" in text or "0 elements" in text, text
+    assert "internal error" not in text and "Traceback" not in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from typing import Any, Callable, TypeVar
 
 import click
@@ -19,6 +20,7 @@ from rich.table import Table
 from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
+from bismarck_controller.session import BismarckWarning
 from bismarckpy.loop import EpochRecord
 from bismarckpy.params import GLM_PARAMS
 
@@ -81,7 +83,8 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
     max_epochs = params.get("max_epochs") or next(p.default for p in GLM_PARAMS
                                                   if p.name == "max_epochs")
     bar = _EpochProgress(max_epochs)
-    with connect(dsn) as conn, bar.progress:
+    with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
+        warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = training.train(conn, table, label, feats, model_name, on_epoch=bar, **params)
     summary = Table(title=f"model {result.model_name} version {result.version}")
     for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
@@ -91,7 +94,9 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
                     f"{result.train_loss:.6g}", _fmt(result.validation_loss), str(result.rows),
                     str(result.skipped), f"{result.seconds:.2f}")
     console.print(summary)
-    if not result.converged:
+    for note in result.warnings:
+        console.print(f"[yellow]Warning: {note}.[/yellow]")
+    if not result.converged and not result.warnings:
         console.print(f"[yellow]Did not converge in {result.epochs} epochs: raise --max-epochs "
                       "or --tol, or try --learning-rate adaptive.[/yellow]")
 

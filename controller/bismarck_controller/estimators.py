@@ -271,9 +271,14 @@ class SGDClassifier(_BaseSGD):
     LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge"}
     SCORE: ClassVar[str] = "accuracy"
     _PREDICT: ClassVar[str] = "predict_class"
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = (*_BaseSGD._PARAM_NAMES, "class_weight")
 
-    def __init__(self, loss: str = "log_loss", **kwargs: Any) -> None:
+    def __init__(self, loss: str = "log_loss", *,
+                 class_weight: str | dict[Any, float] | None = None, **kwargs: Any) -> None:
+        """``class_weight``: None, ``"balanced"`` (``n_samples / (2 * bincount)``) or a dict
+        class -> weight, as in scikit-learn; each row's loss is multiplied by its class's."""
         super().__init__(loss, **kwargs)
+        self.class_weight = class_weight
 
     def predict_proba(self, conn: Database, table: str,
                       order_by: str | None = None) -> np.ndarray:

@@ -3,22 +3,25 @@
 Where an SGD epoch (:mod:`bismarckpy.glm`) moves the model row by row, this aggregate keeps the
 coefficients fixed and adds up, over every row, the quantities Newton's method and L-BFGS need
 at that point: the number of rows, the summed loss, the gradient ``Σ dℓ/dz · x̃`` and (for
-Newton) the Hessian ``Σ d²ℓ/dz² · x̃ x̃ᵀ`` of the summed loss, where ``x̃ = (1, x − c)`` when
-the model has an intercept. All of them are sums, so the parallel merge is an exact sum too: the
+Newton) the Hessian ``Σ d²ℓ/dz² · x̃ x̃ᵀ`` of the summed loss, where ``x̃ = (1, x)`` when the
+model has an intercept. All of them are sums, so the parallel merge is an exact sum too: the
 result does not depend on how PostgreSQL splits the rows between workers.
 
-Centred coordinates: the sums are taken over ``x − c``, with ``c`` the feature means computed
-before the passes (zero without an intercept), and squared-loss labels over ``y − c_y``. The
-coefficients ``β`` of a state are those of the centred model
-``z = c_y + β₀ + Σⱼ βⱼ (xⱼ − cⱼ)``; :func:`to_original` maps them (and a covariance matrix) back.
-Sums of raw values far from zero (timestamps, years, ids: ``1e9 + N(0, 1)``) would lose the
-spread of the data to rounding before any solver sees them; centred, their precision does not
-depend on a column's offset.
-
 The state is one little-endian float64 buffer (``bytea``): a fixed header, the coefficients
-``β`` (intercept first), the centre ``c`` (``p`` values, the first unused with an intercept),
-the gradient (``p`` values) and, in ``HESSIAN`` mode, the ``p × p`` Hessian. The functions are
-pure: bytes in, bytes out.
+``β`` (intercept first), the centre ``c`` (``p`` values, 0 for the intercept), the gradient
+(``p`` values) and, in ``HESSIAN`` mode, the ``p × p`` Hessian. The functions are pure: bytes
+in, bytes out.
+
+With an intercept, the features are centred, ``x − c``, before anything is summed (``c`` is
+the training mean): the sums are those of the model ``z = β₀ + (x − c)·β`` (the same slopes; the
+intercept of the raw features is ``β₀ − c·β``, :func:`uncentre`). Sums over raw values of a
+column far from zero (1e8 ± 1) would square the 1e8 and lose the spread to rounding; a packed
+block's offsets are moved to the centre in float64 first, ``(offset − c) + R``, so no such
+cancellation occurs anywhere.
+
+With class weights (scikit-learn's ``class_weight``, logistic loss), each row's loss, gradient
+and Hessian terms are multiplied by its class's weight: the sums are those of the weighted
+log-likelihood, and the statistics derived from them treat the weights as frequency weights.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import pack
 from .errors import InvalidData
 from .glm import encode_labels
-from .pack import read_block
+from .pack import parse_block
 
 MAGIC = 1012.0
 LOSS_CODES = {"logistic": 0, "squared": 1}
@@ -39,8 +41,9 @@ LOSS_ONLY, GRADIENT, HESSIAN = range(3)  # what a pass accumulates
 EXTREME = 1e-8  # fitted probabilities this close to 0 or 1 count as separated rows
 
 (_MAGIC, _P, _LOSS, _INTERCEPT, _MODE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT, _YSCALE, _ROWS,
- _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2, _YCENTER) = range(18)
-HEADER = 18
+ _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2, _CW_NEG, _CW_POS,
+ _YCENTER) = range(20)
+HEADER = 20
 _F8 = np.dtype("<f8")
 
 
@@ -50,9 +53,9 @@ class Pass:
 
     ``grad`` and ``hess`` are of the *summed* loss (not the mean); ``hess`` is None unless the
     pass was run in ``HESSIAN`` mode. ``extreme`` counts rows whose fitted probability is within
-    ``EXTREME`` of 0 or 1 (logistic only); ``sum_y``/``sum_y2`` are of the coded labels minus
-    ``ycenter``. ``beta``, ``grad`` and ``hess`` are in the centred coordinates of the module
-    docstring, with feature centres ``center`` (``p`` values, entry 0 unused with an intercept).
+    ``EXTREME`` of 0 or 1 (logistic only); ``sum_y``/``sum_y2`` are of the coded labels.
+    ``beta``, ``grad`` and ``hess`` are of the centred features when ``center`` is set (one
+    value per feature; see :func:`uncentre`).
     """
 
     beta: np.ndarray
@@ -66,7 +69,7 @@ class Pass:
     sum_y: float
     sum_y2: float
     center: np.ndarray | None = None
-    ycenter: float = 0.0
+    ycenter: float = 0.0  # subtracted from squared-loss labels (sum_y, sum_y2 are of y − it)
 
 
 def state_size(p: int, mode: int) -> int:
@@ -74,18 +77,37 @@ def state_size(p: int, mode: int) -> int:
     return HEADER + 3 * p + (p * p if mode == HESSIAN else 0)
 
 
+def uncentre(beta: np.ndarray, center: np.ndarray | None, fit_intercept: bool) -> np.ndarray:
+    """Coefficients of the raw features from those of the centred ones (intercept first)."""
+    out = np.array(beta, dtype=_F8)
+    if fit_intercept and center is not None:
+        out[0] -= float(center @ out[1:])
+    return out
+
+
+def centring(center: np.ndarray | None, p: int, fit_intercept: bool) -> np.ndarray:
+    """``Q`` (``p × p``) with ``β_raw = Q β_centred``: for covariance matrices ``Q V Qᵀ``."""
+    Q = np.eye(p)
+    if fit_intercept and center is not None:
+        Q[0, 1:] = -np.asarray(center, dtype=_F8)
+    return Q
+
+
 def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
                itemsize: int = 8,
                y_coding: tuple[int, float, float, float] | None = None,
+               class_weight: tuple[float, float] = (1.0, 1.0),
                center: np.ndarray | None = None, ycenter: float = 0.0) -> bytes:
-    """The initial state of a pass at centred coefficients ``beta`` (intercept first if fitted).
+    """The initial state of a pass at coefficients ``beta`` (intercept first if fitted).
 
     ``itemsize`` is the width of packed blocks' values; ``y_coding`` = (mode, positive class,
     shift, scale) codes their raw labels as in :func:`bismarckpy.glm.encode_labels`.
-    ``center`` (``d`` values) and ``ycenter`` are the ``c`` and ``c_y`` of the module docstring;
-    both must be zero without an intercept (centring would change that model).
-    Raises ``ValueError`` for a loss without a second derivative (hinge) or a centre without
-    an intercept.
+    ``class_weight`` = (negative, positive) weighs each row of a class (logistic loss: the
+    coded label 0 or 1). ``center`` (one value per feature; None: 0) is subtracted from the
+    features before they are summed, ``ycenter`` from the labels (squared loss: then
+    ``β₀`` is the intercept minus ``ycenter``, so sums of labels far from zero keep their
+    spread); only with an intercept. Raises ``ValueError`` for a
+    loss without a second derivative (hinge).
     """
     if loss not in LOSS_CODES:
         raise ValueError(f"no exact solver for loss {loss!r}")
@@ -96,39 +118,34 @@ def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
     s[_INTERCEPT], s[_MODE], s[_ITEMSIZE] = float(fit_intercept), mode, itemsize
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (0, 1.0, 0.0, 1.0)
     s[_PARTS] = 1
+    s[_CW_NEG], s[_CW_POS] = class_weight
     s[HEADER:HEADER + p] = beta
-    k = int(fit_intercept)
     if center is not None:
-        center = np.asarray(center, dtype=_F8)
-        if center.size != p - k:
-            raise ValueError(f"{center.size} centres for {p - k} features")
-        if not fit_intercept and (np.any(center != 0) or ycenter != 0):
-            raise ValueError("a model without an intercept cannot be fitted in centred "
-                             "coordinates")
-        s[HEADER + p + k:HEADER + 2 * p] = center
+        if not fit_intercept:
+            raise ValueError("features are centred only with an intercept")
+        s[HEADER + p + 1:HEADER + 2 * p] = center
+    if ycenter and not fit_intercept:
+        raise ValueError("labels are centred only with an intercept")
     s[_YCENTER] = ycenter
     return s.tobytes()
 
 
-def to_original(beta: np.ndarray, center: np.ndarray, ycenter: float, fit_intercept: bool,
+def to_original(beta: np.ndarray, center: np.ndarray | None, ycenter: float,
+                fit_intercept: bool,
                 vcov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Centred coefficients (and their covariance) → coefficients of the raw features.
+    """Centred coefficients (and covariance) → those of the raw features and labels.
 
-    With an intercept, ``β_raw = T β + c_y e₀`` for the unit upper-triangular
-    ``T = [[1, −cᵀ], [0, I]]``, and ``V_raw = T V Tᵀ``: the slopes and their covariances are
-    unchanged, the intercept is ``c_y + β₀ − c·β`` and its variance ``V₀₀ − 2 c·V₀ + cᵀ V c``.
-    ``center`` has ``d`` values (or ``p`` with an unused first entry).
+    ``β_raw = Q β + ycenter·e₀`` and ``V_raw = Q V Qᵀ`` with the unit upper-triangular ``Q``
+    of :func:`centring`: the intercept is ``ycenter + β₀ − c·β``, its variance
+    ``V₀₀ − 2 c·V₀ + cᵀ V c``; slopes and their covariances are unchanged.
     """
-    beta = np.array(beta, dtype=np.float64)
-    if not fit_intercept:
-        return beta, None if vcov is None else np.array(vcov, dtype=np.float64)
-    c = np.asarray(center, dtype=np.float64)[-(beta.size - 1):] if beta.size > 1 \
-        else np.zeros(0)
-    T = np.eye(beta.size)
-    T[0, 1:] = -c
-    out = T @ beta
-    out[0] += ycenter
-    return out, None if vcov is None else T @ np.asarray(vcov, dtype=np.float64) @ T.T
+    beta = np.asarray(beta, dtype=_F8)
+    c = None if center is None else np.asarray(center, dtype=_F8)[-(beta.size - 1):]
+    Q = centring(c if beta.size > 1 else None, beta.size, fit_intercept)
+    out = Q @ beta
+    if fit_intercept:
+        out[0] += ycenter
+    return out, None if vcov is None else Q @ np.asarray(vcov, dtype=_F8) @ Q.T
 
 
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
@@ -145,7 +162,7 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     if isinstance(x, (bytes, bytearray, memoryview)):
         if len(x) != 20 + 8 * d:
             raise _wrong_length(d, (len(x) - 20) // 8)
-        xv = np.frombuffer(x, dtype=_F8, offset=20) - s[HEADER + 2 * p - d:HEADER + 2 * p]
+        xv = np.frombuffer(x, dtype=_F8, offset=20)
     else:
         if len(x) != d:
             raise _wrong_length(d, len(x))
@@ -157,43 +174,37 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
         if not np.isfinite(xv).all():
             s[_SKIPPED] += 1
             return s.tobytes()
-        xv = xv - s[HEADER + 2 * p - d:HEADER + 2 * p]
-    _accumulate(s, xv.reshape(1, d), np.array([float(y)]) - s[_YCENTER])
+    p0 = p - d
+    _accumulate(s, xv.reshape(1, d) - s[HEADER + p + p0:HEADER + 2 * p],
+                np.array([float(y)]) - s[_YCENTER])
     return s.tobytes()
 
 
-def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> bytes:
-    """Add a packed block (:mod:`bismarckpy.pack`): its raw labels are coded first."""
+def transition_block(state: bytes | None, block: bytes | None, init: bytes,
+                     first: int = 0, stop: int | None = None) -> bytes:
+    """Add rows ``first:stop`` of a packed block (:mod:`bismarckpy.pack`), raw labels coded.
+
+    The block holds per-column float64 offsets and residuals ``R``; the rows are rebuilt as
+    ``offsets + R`` in float64 (the passes work in float64 whatever the block's type), the
+    centre taken off the offsets first, so a column far from zero keeps the precision its
+    residuals carry.
+    """
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     if block is None:
         return s.tobytes()
     p = int(s[_P])
-    d = p - int(s[_INTERCEPT])
-    X, raw = centred_block(block, d, int(s[_ITEMSIZE]), s[HEADER + 2 * p - d:HEADER + 2 * p])
-    y = encode_labels(raw, int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
-    _accumulate(s, X, y - s[_YCENTER])
+    k = int(s[_INTERCEPT])
+    offsets, M = parse_block(block, p - k, int(s[_ITEMSIZE]))
+    shift = offsets.copy()
+    shift[1:] -= s[HEADER + p + k:HEADER + 2 * p]  # features: (offset − centre) + residual
+    values = M[first:stop].astype(np.float64) + shift
+    y = encode_labels(values[:, 0], int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
+    _accumulate(s, values[:, 1:], y - s[_YCENTER])
     return s.tobytes()
 
 
-def centred_block(block: bytes, d: int, itemsize: int,
-                  center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A packed block's features minus ``center`` (``n × d`` float64) and raw labels.
-
-    The one place where the exact passes decode a block (:mod:`bismarckpy.pack`). Blocks that
-    store per-column offsets plus residuals (``pack.parse_block``) are centred as
-    ``(offset − c) + residual``, which never forms the raw value far from zero.
-    """
-    parse = getattr(pack, "parse_block", None)
-    if parse is None:  # blocks of raw values
-        X, raw = read_block(block, d, itemsize)
-        return X - center, raw
-    offsets, residuals = parse(block, d, itemsize)
-    X = residuals[:, 1:].astype(np.float64) + (offsets[1:] - center)
-    return X, residuals[:, 0].astype(np.float64) + offsets[0]
-
-
 def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
-    """Add the centred rows ``X`` (n × d, float64) with centred coded labels ``y`` in place.
+    """Add the rows ``X`` (n × d, float64, centred) with coded labels ``y`` to the state.
 
     Logistic (y in {0, 1}): ℓ = log(1 + e^z) − y z, dℓ/dz = σ(z) − y, d²ℓ/dz² = σ(z)(1 − σ(z));
     squared: ℓ = (z − y)² / 2, dℓ/dz = z − y, d²ℓ/dz² = 1 (McCullagh & Nelder, ch. 2 and 4).
@@ -213,6 +224,9 @@ def _accumulate(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
         dz = prob - y
         h = prob * (1.0 - prob)
         s[_EXTREME] += float(np.count_nonzero(np.minimum(prob, 1.0 - prob) < EXTREME))
+        if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:  # class weights: a weighted likelihood
+            wt = np.where(y > 0, s[_CW_POS], s[_CW_NEG])
+            loss, dz, h = loss * wt, dz * wt, h * wt
     else:
         dz = z - y
         loss = 0.5 * dz * dz
@@ -250,15 +264,16 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
         return a
     sa = np.frombuffer(a, dtype=_F8).copy()
     sb = np.frombuffer(b, dtype=_F8)
-    p = int(sa[_P])
     if (sa.size != sb.size or sa[_P] != sb[_P] or sa[_MODE] != sb[_MODE]
-            or sa[_YCENTER] != sb[_YCENTER]
-            or np.any(sa[HEADER:HEADER + 2 * p] != sb[HEADER:HEADER + 2 * p])):
+            or sa[_YCENTER] != sb[_YCENTER]):
         raise InvalidData("cannot merge passes of different shapes",
                           detail=f"One partial state has {int(sa[_P])} coefficients, the "
                                  f"other {int(sb[_P])}.")
     for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2):
         sa[slot] += sb[slot]
+    p = int(sa[_P])
+    if not np.array_equal(sa[HEADER + p:HEADER + 2 * p], sb[HEADER + p:HEADER + 2 * p]):
+        raise InvalidData("cannot merge passes of different centres")
     sa[HEADER + 2 * p:] += sb[HEADER + 2 * p:]
     return sa.tobytes()
 
@@ -280,7 +295,8 @@ def decode(state: bytes) -> Pass:
                 loss_sum=float(s[_LOSS_SUM]), grad=s[HEADER + 2 * p:HEADER + 3 * p].copy(),
                 hess=hess, skipped=int(s[_SKIPPED]), parts=int(s[_PARTS]),
                 extreme=int(s[_EXTREME]), sum_y=float(s[_SUM_Y]), sum_y2=float(s[_SUM_Y2]),
-                center=s[HEADER + p:HEADER + 2 * p].copy(), ycenter=float(s[_YCENTER]))
+                center=(s[HEADER + p + 1:HEADER + 2 * p].copy() if s[_INTERCEPT] else None),
+                ycenter=float(s[_YCENTER]))
 
 
 def _wrong_length(d: int, got: int) -> InvalidData:

@@ -23,10 +23,13 @@ from .loop import (
     TrainingSession,
     TrainResult,
     _finite,
-    _moments,
     _parallel_settings,
     _Prepared,
+    _scaling,
+    class_weights,
 )
+from .moments import decode as moments_decode
+from .moments import select as moments_select
 from .packing import PackedTable, settings_for_transaction
 from .source import Source
 
@@ -50,57 +53,54 @@ def check_options(p: dict[str, Any]) -> None:
                    "need a smooth objective.",
             hint="Use solver => 'sgd' (proximal steps) for penalty 'l1' or 'elasticnet', or "
                  f"penalty => 'l2' or 'none' with solver => '{solver}'.")
-    packs = p["packed"] if p["packed"] is not None else p["shuffle"] == "once"
-    if packs and p["dtype"] == "float32":
-        raise InvalidParameter(
-            f"solver '{solver}' needs float64 data, not dtype 'float32'",
-            detail="Packed float32 blocks round every value to 7 digits, so the estimate and "
-                   "its standard errors would be those of rounded data.",
-            hint="Leave dtype out (float64 is the exact solvers' default) or use "
-                 "dtype => 'float64'.")
 
 
 def check_packed_table(table: PackedTable, p: dict[str, Any]) -> None:
-    """Refuse a ``bismarck.pack`` table of float32 blocks: the exact solvers need float64."""
-    if table.itemsize != 8:
-        raise InvalidParameter(
-            f"solver '{p['solver']}' needs float64 data; {table.name} is packed as float32",
-            detail="Its blocks hold every value rounded to 7 digits, so the estimate and its "
-                   "standard errors would be those of rounded data.",
-            hint="Pack the source again with dtype => 'float64', or train on the source table "
-                 "itself.")
+    """Record the real value type of a ``bismarck.pack`` table's blocks in the run's params
+    (``dtype`` applies only to the copies training packs itself)."""
+    p["dtype"] = {4: "float32", 8: "float64"}[table.itemsize]
 
 
 def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         prep: _Prepared, model_name: str, run_id: int, started: float) -> TrainResult:
     """Fit by ``p['solver']`` on ``prep``, record each pass, store the model; return the result."""
     fit_intercept = bool(p["fit_intercept"])
-    mu, sd, y_mean = _feature_moments(session, prep, p["loss"] == "squared")
-    if prep.mu is not None and prep.sd is not None:
-        mu, sd = prep.mu, prep.sd
-    # The passes sum over centred features x − c (and labels y − c_y for squared loss), so the
-    # sums keep the data's spread whatever a column's offset; without an intercept the model
-    # goes through the origin and cannot be centred.
-    center = mu.copy() if fit_intercept else np.zeros(prep.d)
-    ycenter = y_mean if fit_intercept else 0.0
-    coords = solvers.Coordinates(mu - center, sd, fit_intercept)
+    mu, sd = prep.mu, prep.sd
+    if mu is None or sd is None:  # the solvers always work in standardised coordinates
+        mu, sd = _feature_moments(session, prep, fit_intercept)
+    # A constant column (sd = inf: recognised relative to its magnitude, as for SGD) keeps the
+    # solvers' convention of scale 1: its centred values are 0, so a penalised fit leaves its
+    # coefficient at 0; an unpenalised fit cannot identify it and is refused by name below.
+    constant = [int(j) for j in np.flatnonzero(~np.isfinite(sd))]
+    sd = np.where(np.isfinite(sd), sd, 1.0)
+    # With an intercept the passes sum centred features x − μ (exact.py: no cancellation for
+    # columns far from zero); the solvers then work on centred data, centre 0.
+    center = np.asarray(mu, dtype=np.float64) if fit_intercept else None
+    # Squared-loss labels are centred too (their mean): RSS and TSS of labels far from zero.
+    ycenter = (_label_mean(session, prep) if fit_intercept and p["loss"] == "squared"
+               else 0.0)
+    coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     # The penalty of SGD: alpha·l2/2·|w|² on the coefficients it fits, standardised ones when
     # standardize is on (w = coef·sd); for squared loss in y's units either way.
     lam = p["alpha"] * l2 * (sd ** 2 if p["standardize"] else np.ones(prep.d))
     penalty = np.concatenate([[0.0] * fit_intercept, lam]) if p["penalty"] != "none" \
         else np.zeros(prep.d + fit_intercept)
+    constant_names = [feature_names(src, prep.d)[j] for j in constant]
+    if constant_names and not np.any(penalty):
+        raise solvers.constant_columns(constant_names)
     names = ["(intercept)"] * fit_intercept + feature_names(src, prep.d)
     prob = solvers.Problem(p["loss"], names, coords, penalty, p["tol"], p["max_epochs"])
     coding = (prep.y_coding if p["loss"] == "logistic" else (glm.Y_AFFINE, 0.0, 0.0, 1.0))
     history: list[EpochRecord] = []
 
-    def one_pass(table: str, beta: np.ndarray, mode: int) -> exact.Pass:
+    def one_pass(table: str, beta: np.ndarray, mode: int, rows: str) -> exact.Pass:
         init = exact.initialize(beta, loss=p["loss"], fit_intercept=fit_intercept, mode=mode,
-                                itemsize=prep.itemsize, y_coding=coding, center=center,
-                                ycenter=ycenter)
-        query = (f"SELECT bismarck._exact_pass_packed(data, %s) FROM {table}" if prep.packed
-                 else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
+                                itemsize=prep.itemsize, y_coding=coding, class_weight=weights,
+                                center=center, ycenter=ycenter)
+        query = (f"SELECT bismarck._exact_pass_packed(data, %s, {rows}) FROM {table}"
+                 if prep.packed else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]
         if state is None:
@@ -109,7 +109,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
 
     def evaluate(beta: np.ndarray, mode: int, step: float) -> exact.Pass:
         t0 = time.monotonic()
-        P = one_pass(prep.train, beta, mode)
+        P = one_pass(prep.train, beta, mode, prep.train_rows)
         workers = P.parts if p["parallel"] else max(P.parts - 1, 0)
         rec = EpochRecord(len(history) + 1, prob.objective(P), None, step, P.rows,
                           time.monotonic() - t0, p["max_epochs"], workers)
@@ -130,7 +130,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     train_loss = prob.objective(last)
     valid_loss = None
     if prep.valid:
-        vp = one_pass(prep.valid, fit.beta, exact.LOSS_ONLY)
+        vp = one_pass(prep.valid, fit.beta, exact.LOSS_ONLY, prep.valid_rows)
         valid_loss = vp.loss_sum / vp.rows if vp.rows else None
     coef = beta[fit_intercept:]
     intercept = float(beta[0]) if fit_intercept else 0.0
@@ -138,14 +138,22 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         "train_loss": train_loss, "validation_loss": valid_loss, "epochs": len(history),
         "converged": fit.converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
         "skipped_rows": prep.skipped, "solver": p["solver"], "iterations": fit.iterations,
-        "passes": len(history)}
+        "passes": len(history),
+        "validation_share": prep.n_valid / max(prep.n_train + prep.n_valid, 1),
+        "block_dtype": ({4: "float32", 8: "float64"}[prep.itemsize] if prep.packed else None),
+        "constant_features": constant_names}
+    if prep.classes is not None:
+        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
+                                   f"{prep.classes[1]:g}": weights[1]}
+        if weights != (1.0, 1.0) and not np.any(penalty):
+            metrics["weighted_likelihood"] = True  # the statistics are of Σ w·loglik
     fitted: dict[str, Any] = {"mu": None if prep.mu is None else prep.mu.tolist(),
                               "sd": None if prep.sd is None else prep.sd.tolist(),
                               "terms": names}
     # Inference statistics only for an unpenalised fit that converged: at a point that is not
     # the maximum-likelihood estimate, the inverse Hessian is no covariance of anything. A fit
-    # stopped by max_epochs stores its coefficients with converged false and NULL statistics,
-    # and says so (a WARNING), as statsmodels' ConvergenceWarning does.
+    # stopped by max_epochs is stored with converged false and NULL statistics, and says so (a
+    # WARNING), as statsmodels' ConvergenceWarning does.
     if not np.any(penalty) and last.hess is not None and fit.converged:
         stats, per_coef = inference.statistics(p["loss"], last, coords)
         metrics.update(stats)
@@ -153,11 +161,24 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
             per_coef = {k: ([None, *v] if k in ("std_err", "statistic", "p_value") else v)
                         for k, v in per_coef.items()}
         fitted.update(per_coef)
-    elif not fit.converged:
-        _warn(session, f"solver '{p['solver']}' did not converge in max_epochs = "
-                       f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
-                       "stored with converged = false and without standard errors or p-values. "
-                       "Raise max_epochs or tol.")
+    notes = list(prep.notes)
+    if prep.packed and prep.itemsize == 4:
+        notes.append(f"solver '{p['solver']}' fitted float32 blocks: each value kept 7 "
+                     "significant digits of its distance from its block's column minimum, so "
+                     "the estimate and its statistics are those of that rounded data. Use "
+                     "dtype => 'float64' (or pack with it) for the data as stored.")
+    if not fit.converged:
+        notes.append(f"solver '{p['solver']}' did not converge in max_epochs = "
+                     f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
+                     "stored with converged = false and without standard errors or p-values. "
+                     "Raise max_epochs or tol.")
+    asked = p["validation_fraction"]
+    if asked > 0 and abs(metrics["validation_share"] - asked) > 0.01:
+        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
+                     f"{prep.n_train + prep.n_valid} rows ({metrics['validation_share']:.3g}): "
+                     "the table is too small for the share asked")
+    for note in notes:
+        session.warn(note)
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
     version = session.query(
@@ -169,7 +190,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     return TrainResult(model_name=model_name, version=int(version), epochs=len(history),
                        converged=fit.converged, train_loss=train_loss,
                        validation_loss=valid_loss, seconds=seconds, rows=prep.n_train,
-                       skipped=prep.skipped, history=history)
+                       skipped=prep.skipped, history=history, warnings=notes)
 
 
 def feature_names(src: Source | PackedTable, d: int) -> list[str]:
@@ -180,26 +201,27 @@ def feature_names(src: Source | PackedTable, d: int) -> list[str]:
 
 
 def _feature_moments(session: TrainingSession, prep: _Prepared,
-                     label: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    """Means and standard deviations of the training features, and the labels' mean when
-    ``label`` (0.0 otherwise). Welford's moments: accurate whatever the columns' offsets."""
+                     fit_intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale of the training features (not kept for SGD unless standardize is on),
+    constant columns at scale ``inf`` as :func:`bismarckpy.loop._scaling` gives them."""
     if prep.packed:
         state = session.query(f"SELECT bismarck._moments_packed(data, {int(prep.d)}, "
-                              f"{int(prep.itemsize)}) FROM {prep.train}")[0][0]
-        mu, sd = _moments(state)
-        return mu[1:], sd[1:], float(mu[0]) if label else 0.0  # column 0 is the label
-    mu, sd = _moments(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")[0][0])
-    y_mean = 0.0
-    if label:
-        y_mean = float(session.query(f"SELECT avg(y) AS m FROM {prep.train}")[0][0] or 0.0)
-    return mu, sd, y_mean
+                              f"{int(prep.itemsize)}, {prep.train_rows}) FROM {prep.train}")[0][0]
+        stats = moments_select(moments_decode(state), slice(1, None))  # column 0: the label
+    else:
+        stats = moments_decode(session.query(f"SELECT bismarck._moments(x) FROM {prep.train}")
+                               [0][0])
+    mu, sd, _ = _scaling(stats, fit_intercept)
+    return mu, sd
 
 
-def _warn(session: TrainingSession, message: str) -> None:
-    """A WARNING to the user (sessions without ``warn`` keep it in the log only)."""
-    warn = getattr(session, "warn", None)
-    if warn is not None:
-        warn(message)
+def _label_mean(session: TrainingSession, prep: _Prepared) -> float:
+    """The training labels' mean (raw labels: squared loss codes them as they are)."""
+    if prep.packed:
+        state = session.query(f"SELECT bismarck._moments_packed(data, {int(prep.d)}, "
+                              f"{int(prep.itemsize)}, {prep.train_rows}) FROM {prep.train}")[0][0]
+        return float(moments_decode(state).mean[0])
+    return float(session.query(f"SELECT avg(y) AS m FROM {prep.train}")[0][0] or 0.0)
 
 
 def _or_none(v: float) -> float | None:

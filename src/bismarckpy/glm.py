@@ -18,6 +18,7 @@ import numpy as np
 from . import penalties
 from .errors import InvalidData
 from .losses import LOSSES
+from .pack import parse_block
 
 MAGIC = 2012.0
 LOSS_CODES = {"logistic": 0, "squared": 1, "hinge": 2}
@@ -27,8 +28,8 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
  _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT,
- _YSCALE, _PARTS) = range(24)
-HEADER = 24
+ _YSCALE, _PARTS, _CW_NEG, _CW_POS) = range(26)
+HEADER = 26
 # How packed blocks' raw labels become the loss's labels (rows arrive already encoded).
 Y_AS_IS, Y_CLASS01, Y_CLASS_PM1, Y_AFFINE = range(4)
 _F8 = np.dtype("<f8")
@@ -68,12 +69,15 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                t: float = 0.0, batch_size: int = 1, fit_intercept: bool = True,
                w: np.ndarray | None = None, b: float = 0.0,
                mu: np.ndarray | None = None, sd: np.ndarray | None = None,
-               itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None
-               ) -> bytes:
+               itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None,
+               class_weight: tuple[float, float] = (1.0, 1.0)) -> bytes:
     """Build the initial state of one epoch from hyper-parameters and the previous model.
 
     ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any;
     ``y_coding`` = (mode, positive class, shift, scale) turns their raw labels into the loss's.
+    ``class_weight`` = (negative, positive) multiplies each row's loss and gradient by its
+    class's weight (scikit-learn's ``class_weight``); classifiers only. ``sd`` may hold
+    ``inf`` for a constant column: its standardised value is 0 and its coefficient stays 0.
     """
     s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
     s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
@@ -85,6 +89,7 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_ITEMSIZE] = itemsize
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (Y_AS_IS, 1.0, 0.0, 1.0)
     s[_PARTS] = 1  # partial states merged into this one (parallel participants)
+    s[_CW_NEG], s[_CW_POS] = class_weight
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
@@ -127,6 +132,9 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
         xv = (xv - s[o + 2 * d + 2:o + 3 * d + 2]) / s[o + 3 * d + 2:o + 4 * d + 2]
     z = float(w @ xv) + s[o + d]
     loss, dz = _scalar_loss(int(s[_LOSS]), z, float(y))
+    if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:
+        cw = s[_CW_POS] if y > 0 else s[_CW_NEG]
+        loss, dz = loss * cw, dz * cw
     s[_LOSS_SUM] += loss
     s[_ROWS] += 1
     batch = int(s[_BATCH])
@@ -162,34 +170,46 @@ def _wrong_length(d: int, got: int) -> InvalidData:
         hint="Make every feature array the same length, or filter the odd rows out.")
 
 
-def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> bytes:
-    """Consume one packed block (see :mod:`bismarckpy.pack`): the same steps as row by row.
+def transition_block(state: bytes | None, block: bytes | None, init: bytes,
+                     first: int = 0, stop: int | None = None) -> bytes:
+    """Consume rows ``first:stop`` of one packed block (see :mod:`bismarckpy.pack`).
 
-    Rows are taken in block order; a step falls every ``batch_size`` rows, carrying a partial
-    batch over to the next block, so the result equals :func:`transition` on the same rows.
-    The vectorised steps work on the block's own values (float32 stays float32 for the matrix
-    products) and fold the standardisation into the coefficients instead of rescaling the block.
+    The same steps as :func:`transition` row by row: rows are taken in block order; a step
+    falls every ``batch_size`` rows, carrying a partial batch over to the next block. A block
+    holds ``X = offsets + R``; the vectorised steps multiply the residuals ``R`` in the block's
+    own type (float32 stays float32) and add the offsets' share in float64 (``z = R·w +
+    offsets·w``, ``Xᵀdz = Rᵀdz + offsets·Σdz``), folding the standardisation into the
+    coefficients instead of rescaling the block, so precision does not depend on the offsets.
     """
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     if block is None:
         return s.tobytes()
     d = int(s[_D])
-    dt = np.dtype("<f4") if int(s[_ITEMSIZE]) == 4 else _F8
-    M = np.frombuffer(block, dtype=dt).reshape(-1, 1 + d)
+    offsets, M = parse_block(block, d, int(s[_ITEMSIZE]))
+    M = M[first:stop]
+    dt = M.dtype
     X = M[:, 1:]  # a strided view: BLAS reads it in place
-    yv = encode_labels(M[:, 0].astype(np.float64), int(s[_YMODE]), s[_YPOS], s[_YSHIFT],
-                       s[_YSCALE])
+    yv = encode_labels(M[:, 0].astype(np.float64) + offsets[0], int(s[_YMODE]), s[_YPOS],
+                       s[_YSHIFT], s[_YSCALE])
     w, b, g, gb, mu, sd = _views(s, d)
     standardize = bool(s[_STANDARDIZE])
+    # The features' offsets, moved to the standardisation's centre (small when the block sits
+    # near the column mean): z = R·we + shift·we + b with we = w / sd.
+    shift = offsets[1:] - mu if standardize else offsets[1:]
     loss_fn = LOSSES[LOSS_NAMES[int(s[_LOSS])]]
+    weights = None
+    if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:
+        weights = np.where(yv > 0, s[_CW_POS], s[_CW_NEG])
     batch = int(s[_BATCH])
     n = len(yv)
     if batch == 1:  # per-row steps: standardise the block once, then a scalar loop
-        Xs = (X - mu) / sd if standardize else X.astype(np.float64)
+        Xs = (X + shift) / sd if standardize else X + shift
         code = int(s[_LOSS])
         for i in range(n):
             xi = Xs[i]
             loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
+            if weights is not None:
+                loss, dz = loss * weights[i], dz * weights[i]
             s[_LOSS_SUM] += loss
             _step(s, w, b, xi, 1.0, dz)
         s[_ROWS] += n
@@ -203,20 +223,20 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes) -> b
     while start < n:
         take = chunk or min(n - start, batch - int(s[_PENDING]))
         Xc, yc = X[start:start + take], yv[start:start + take]
-        if standardize:  # z = ((x - mu) / sd)·w + b = x·(w / sd) + (b - mu·(w / sd))
-            we = w * inv
-            z = (Xc @ we.astype(ct)).astype(np.float64) + (b[0] - float(mu @ we))
-        else:
-            z = (Xc @ w.astype(ct)).astype(np.float64) + b[0]
+        we = w * inv if standardize else w
+        z = (Xc @ we.astype(ct)).astype(np.float64) + (b[0] + float(shift @ we))
         loss, dz = loss_fn(z, yc)
+        if weights is not None:
+            wc = weights[start:start + take]
+            loss, dz = loss * wc, dz * wc
         s[_LOSS_SUM] += float(loss.sum())
         s[_ROWS] += take
         start += take
         if batch == EVALUATE:
             continue
-        gx = (Xc.T @ dz.astype(ct)).astype(np.float64)
         dsum = float(dz.sum())
-        g += (gx - mu * dsum) * inv if standardize else gx
+        gx = (Xc.T @ dz.astype(ct)).astype(np.float64) + shift * dsum
+        g += gx * inv if standardize else gx
         gb[0] += dsum
         s[_PENDING] += take
         if batch > 1 and s[_PENDING] >= batch:

@@ -36,14 +36,13 @@ def statistics(loss: str, P: Pass, coords: Coordinates) -> tuple[dict[str, Any],
     A = coords.matrix()
     H_theta = A.T @ P.hess @ A  # well conditioned: invert here, map back
     inv_c = A @ np.linalg.inv(H_theta) @ A.T
-    center = P.center if P.center is not None else np.zeros(p)
-    beta, inv = to_original(P.beta, center, P.ycenter, coords.fit_intercept, inv_c)
+    beta, inv = to_original(P.beta, P.center, P.ycenter, coords.fit_intercept, inv_c)
     assert inv is not None
     # cond(H_raw) = λmax(H_raw)·λmax(H_raw⁻¹): both extremes are well conditioned to compute,
     # unlike the smallest eigenvalue of H_raw when a column sits far from zero.
     T_inv = np.eye(p)
-    if coords.fit_intercept:
-        T_inv[0, 1:] = center[1:]
+    if coords.fit_intercept and P.center is not None and p > 1:
+        T_inv[0, 1:] = P.center
     top = float(np.linalg.eigvalsh(T_inv.T @ P.hess @ T_inv)[-1])
     top_inv = float(np.linalg.eigvalsh(inv)[-1])
     cond = math.sqrt(top * top_inv) if top > 0 and top_inv > 0 else math.inf

@@ -19,10 +19,14 @@ import numpy as np
 from . import glm, penalties
 from .errors import InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
+from .moments import Moments
 from .moments import decode as moments_decode
-from .pack import DTYPE_CODES
+from .moments import select as moments_select
+from .pack import DTYPE_CODES, stale_format
+from .pack import MAGIC as PACK_MAGIC
 from .packing import (
     PackedTable,
+    check_ranges,
     check_rows,
     label_values,
     pack_into,
@@ -54,6 +58,9 @@ class TrainingSession(Protocol):
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """Record that the run failed (outside: roll back, mark the run, commit)."""
 
+    def warn(self, message: str) -> None:
+        """Tell the user about a model that was stored but needs attention (a WARNING)."""
+
 
 @dataclass
 class EpochRecord:
@@ -83,6 +90,7 @@ class TrainResult:
     rows: int = 0
     skipped: int = 0
     history: list[EpochRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +111,13 @@ class _Prepared:
     packed: bool = False
     itemsize: int = 8
     y_coding: tuple[int, float, float, float] | None = None
+    # Rows of each packed block an epoch reads: SQL for the aggregate's first and stop
+    # arguments (a registered packed table holds the validation rows at the head of a block).
+    train_rows: str = "0, NULL"
+    valid_rows: str = "0, NULL"
+    constant: list[int] = field(default_factory=list)  # constant (zero-variance) features
+    n_pos: int = 0  # training rows of the positive class (classifiers)
+    notes: list[str] = field(default_factory=list)  # warnings for the caller
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -191,28 +206,32 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
     checked = check_rows(session, src)
     d = checked.d
+    dtype = check_ranges(session, src, checked, dtype=p["dtype"] if p["packed"] else None,
+                         standardize=p["standardize"], squared=p["loss"] == "squared",
+                         packing=False, solver=p["solver"])
+    notes = []
+    if p["packed"] and dtype != p["dtype"]:
+        notes.append(f"values beyond float32's range: the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
-    fraction = p["validation_fraction"]
-    holdout = (f"(hashtextextended({src.row_key}, {int(seed)}) & 1023) < "
-               f"{int(round(fraction * 1024))}")
+    holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
+                                  checked.n_usable)
     train = work.table(session, "train")
-    valid = work.table(session, "valid") if fraction > 0 else None
+    valid = work.table(session, "valid") if n_holdout > 0 else None
     if p["packed"]:
-        args = (p["block_size"], p["dtype"])
+        args = (p["block_size"], dtype)
         n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
-                            checked.n_usable * (1.0 - fraction), *args, seed + 1)
-        n_valid = (pack_into(session, src, valid, d, holdout, checked.n_usable * fraction,
-                             *args, seed + 2) if valid else 0)
-        return _finish_packed(session, p, train, valid, d, DTYPE_CODES[p["dtype"]],
+                            checked.n_usable - n_holdout, *args, seed + 1)
+        n_valid = (pack_into(session, src, valid, d, holdout, n_holdout, *args, seed + 2)
+                   if valid else 0)
+        prep = _finish_packed(session, p, train, valid, d, DTYPE_CODES[dtype],
                               n_train, n_valid, checked.n_total - checked.n_usable, classes)
+        prep.notes[:0] = notes
+        return prep
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
     if p["standardize"] and p["loss"] == "squared" and p["solver"] == "sgd":
-        y_mean, y_sd = session.query(
-            f"SELECT avg({y_expr}) AS m, coalesce(stddev_pop({y_expr}), 0) AS s "
-            f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
-        y_mean = float(y_mean or 0.0)
-        y_sd = float(y_sd) if y_sd and y_sd > 0 else 1.0
+        y_mean, y_sd = _label_scale(session, src, y_expr, holdout, checked.max_abs_y,
+                                    p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
     order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
              "always": "", "never": ""}[p["shuffle"]]
@@ -225,64 +244,139 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
         if valid:
             session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
-    n_train = session.query(f"SELECT count(*) AS n FROM {train}")[0][0]
+    n_train, n_pos = session.query(
+        f"SELECT count(*) AS n, count(*) FILTER (WHERE y > 0) AS pos FROM {train}")[0]
     n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
     _require_training_rows(n_train, n_valid)
     mu = sd = None
+    constant: list[int] = []
     if p["standardize"]:
-        mu, sd = _moments(session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0])
+        stats = moments_decode(session.query(f"SELECT bismarck._moments(x) FROM {train}")[0][0])
+        mu, sd, constant = _scaling(stats, p["fit_intercept"])
     return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
-                     classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd)
+                     classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd,
+                     constant=constant, n_pos=int(n_pos), notes=notes)
+
+
+def validation_count(fraction: float, n: int) -> int:
+    """Rows to hold out: ``fraction`` of ``n``, rounded up (scikit-learn's ``ceil(f * n)``)
+    but immune to the float error of the product (0.3 * 10 is 3, not 4); 0 when fraction is 0.
+    """
+    if fraction <= 0 or n <= 0:
+        return 0
+    return min(n, math.ceil(fraction * n - 1e-9))
+
+
+def _holdout(session: TrainingSession, src: Source, seed: int, fraction: float,
+             n_usable: int) -> tuple[str, int]:
+    """The validation rows as a predicate on ``s``, and how many rows it selects.
+
+    Rows are ranked by a seeded hash of their identity and the lowest ``validation_count``
+    are held out, so the share is exact (rows of a view identical in every column share a
+    hash and fall on the same side, which can add a few).
+    """
+    k = validation_count(fraction, n_usable)
+    h = f"hashtextextended({src.row_key}, {int(seed)})"
+    if k == 0:
+        return "false", 0
+    cut = session.query(f"SELECT {h} AS h FROM {src.keyed} AS s WHERE {src.valid_expr} "
+                        "ORDER BY 1 OFFSET %s LIMIT 1", [k - 1])[0][0]
+    return f"({h} <= {int(cut)})", k
+
+
+def _label_scale(session: TrainingSession, src: Source, y_expr: str, holdout: str,
+                 max_abs_y: float, fit_intercept: bool) -> tuple[float, float]:
+    """Centre and scale of a regression label on the training rows, without overflow.
+
+    With an intercept, the mean and population standard deviation; without, 0 and the root
+    mean square (regression through the origin must not move the label). Values are scaled by
+    a power of two (exact) into [-1, 1] first, so squares of labels near 1e300 stay finite.
+    """
+    e = math.frexp(max_abs_y)[1] if max_abs_y > 0 else 0
+    k = f"{math.ldexp(1.0, -e)!r}"
+    m, sd, rms = session.query(
+        f"SELECT avg(({y_expr}) * {k}) AS m, coalesce(stddev_pop(({y_expr}) * {k}), 0) AS s, "
+        f"sqrt(avg((({y_expr}) * {k}) ^ 2)) AS r "
+        f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
+    unit = math.ldexp(1.0, e)
+    centre, scale = (float(m or 0.0) * unit, float(sd or 0.0) * unit) if fit_intercept else (
+        0.0, float(rms or 0.0) * unit)
+    return centre, scale if scale > 0 and math.isfinite(scale) else 1.0
 
 
 def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
                           seed: int) -> _Prepared:
-    """Train on a table written by ``bismarck.pack``: split whole blocks for validation."""
+    """Train on a table written by ``bismarck.pack``: hold out the head rows of every block.
+
+    Rows inside a block are in random order, so the first ``h`` rows of a block are a random
+    sample of it; ``h`` is the block's share of ``validation_count`` with the rounding carried
+    from block to block, so the held-out share is exact.
+    """
     if p["packed"] is False or p["shuffle"] != "once":
         raise InvalidParameter(
             f"{table.name} is a packed table", detail="Its blocks are one fixed shuffle.",
             hint="Train on it with shuffle => 'once' (the default), or on its source table "
                  f"{table.source} to reshuffle rows.")
     classes = _check_classes(table.label_values, p["loss"], table.label)
-    fraction = p["validation_fraction"]
-    holdout = (f"(hashtextextended(p.block::text, {int(seed)}) & 1023) < "
-               f"{int(round(fraction * 1024))}")
-    train = f"{table.relation} AS p WHERE NOT ({holdout})"
-    valid = f"{table.relation} AS p WHERE {holdout}" if fraction > 0 else None
-    n_train, n_valid = session.query(
-        f"SELECT coalesce(sum(n) FILTER (WHERE NOT ({holdout})), 0) AS t, "
-        f"coalesce(sum(n) FILTER (WHERE {holdout}), 0) AS v FROM {table.relation} AS p")[0]
-    if n_train + n_valid == 0:
+    blocks = session.query(f"SELECT p.block, p.n FROM {table.relation} AS p ORDER BY p.block")
+    if not blocks:
         raise InvalidData(f"packed table {table.name} is empty",
                           hint=f"Pack it again: SELECT * FROM bismarck.pack('{table.source}', "
                                "...). An unlogged table is emptied by a server crash.")
-    return _finish_packed(session, p, train, valid, table.d, table.itemsize, int(n_train),
-                          int(n_valid), 0, classes)
+    head = session.query(f"SELECT substring(p.data FROM 1 FOR 8) AS m FROM {table.relation} "
+                         "AS p LIMIT 1")[0][0]
+    if bytes(head) != PACK_MAGIC:
+        raise stale_format()
+    total = sum(int(n) for _, n in blocks)
+    k = validation_count(p["validation_fraction"], total)
+    held = [0] * (max(int(b) for b, _ in blocks) + 1)
+    seen = 0
+    for block, n in blocks:  # carried rounding: the first c rows in block order hold k·c/N
+        before = (2 * k * seen + total) // (2 * total)
+        seen += int(n)
+        held[int(block)] = (2 * k * seen + total) // (2 * total) - before
+    heads = "('{" + ",".join(map(str, held)) + "}'::int[])"
+    prep = _finish_packed(session, p, table.relation + " AS p", None, table.d,
+                          table.itemsize, total - k, k, 0, classes,
+                          train_rows=f"{heads}[p.block + 1], NULL")
+    if k:
+        prep.valid = f"{table.relation} AS p WHERE {heads}[p.block + 1] > 0"
+        prep.valid_rows = f"0, {heads}[p.block + 1]"
+    return prep
 
 
 def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | None,
                    d: int, itemsize: int, n_train: int, n_valid: int,
-                   skipped: int, classes: list[float] | None) -> _Prepared:
+                   skipped: int, classes: list[float] | None,
+                   train_rows: str = "0, NULL") -> _Prepared:
     """Statistics of packed training blocks and how each epoch codes their raw labels."""
     _require_training_rows(n_train, n_valid)
-    state = session.query(f"SELECT bismarck._moments_packed(data, {int(d)}, {int(itemsize)}) "
-                          f"FROM {train}")[0][0]
-    mu, sd = _moments(state)  # column 0 is the label
+    state = session.query(f"SELECT bismarck._moments_packed(data, {int(d)}, {int(itemsize)}, "
+                          f"{train_rows}) FROM {train}")[0][0]
+    stats = moments_decode(state)  # column 0 is the label
     y_mean, y_sd = 0.0, 1.0
+    n_pos = 0
     if p["loss"] == "squared":
         if p["standardize"]:
-            y_mean, y_sd = float(mu[0]), float(sd[0])
+            y_mean = float(stats.mean[0]) if p["fit_intercept"] else 0.0
+            y_sd = float(stats.sd[0] if p["fit_intercept"] else stats.rms[0])
+            y_sd = y_sd if y_sd > 0 and math.isfinite(y_sd) else 1.0
         coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
     else:
         assert classes is not None
         mode = glm.Y_CLASS01 if p["loss"] == "logistic" else glm.Y_CLASS_PM1
         coding = (mode, classes[1], 0.0, 1.0)
+        share = (float(stats.mean[0]) - classes[0]) / (classes[1] - classes[0])
+        n_pos = int(round(share * stats.n))
+    mu = sd = None
+    constant: list[int] = []
+    if p["standardize"]:
+        mu, sd, constant = _scaling(moments_select(stats, slice(1, None)), p["fit_intercept"])
     return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
-                     n_valid=n_valid, skipped=skipped, classes=classes,
-                     mu=mu[1:] if p["standardize"] else None,
-                     sd=sd[1:] if p["standardize"] else None, y_mean=y_mean, y_sd=y_sd,
-                     packed=True, itemsize=itemsize, y_coding=coding)
+                     n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
+                     y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
+                     train_rows=train_rows, constant=constant, n_pos=n_pos)
 
 
 def _require_training_rows(n_train: int, n_valid: int) -> None:
@@ -327,28 +421,42 @@ def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
     return f"CASE WHEN {src.label_expr} = {pos:g} THEN 1.0 ELSE -1.0 END"
 
 
-def _moments(state: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the moments aggregate: means and standard deviations (zeros become ones)."""
-    _, mean, var = moments_decode(state)
-    sd = np.sqrt(np.maximum(var, 0.0))
-    sd[sd == 0] = 1.0
-    return mean, sd
+def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Centre and scale of each feature for standardisation, and the constant features.
+
+    With an intercept: the mean and population standard deviation; a constant column (zero
+    variance relative to its magnitude, :attr:`Moments.constant`) gets scale ``inf``, so its
+    standardised value is 0 and its coefficient stays 0 (the intercept carries it). Without an
+    intercept, features are scaled but not centred (regression through the origin is not
+    shifted): the scale is the root mean square, and only all-zero columns are constant.
+    """
+    if fit_intercept:
+        constant = stats.constant
+        mu, sd = stats.mean.copy(), stats.sd.copy()
+    else:
+        sd = stats.rms
+        constant = ~(sd > 0)
+        mu = np.zeros_like(sd)
+    sd = np.where(constant, np.inf, sd)
+    return mu, sd, [int(i) for i in np.flatnonzero(constant)]
 
 
 def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
             model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
-                     p["power_t"])
+                     p["power_t"], standardize=p["standardize"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d)
     b = 0.0
     t = 0.0
     previous_start = (w, b, t)  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    train_sql = _epoch_sql(prep.train, p["shuffle"], prep.packed)
-    valid_sql = _epoch_sql(prep.valid, "never", prep.packed) if prep.valid else None
+    train_sql = _epoch_sql(prep.train, p["shuffle"], prep.packed, prep.train_rows)
+    valid_sql = (_epoch_sql(prep.valid, "never", prep.packed, prep.valid_rows)
+                 if prep.valid else None)
     history: list[EpochRecord] = []
     converged = False
     train_loss = math.nan
@@ -360,7 +468,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                               invscaling=sched.per_step, power_t=p["power_t"], t=t,
                               batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
                               w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
-                              y_coding=prep.y_coding)
+                              y_coding=prep.y_coding, class_weight=weights)
         if p["shuffle"] == "always":
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
@@ -370,7 +478,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if valid_sql:
             ev = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE, w=m.w, b=m.b,
                                 mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
-                                y_coding=prep.y_coding)
+                                y_coding=prep.y_coding, class_weight=weights)
             vm = glm.decode(session.query(valid_sql, [ev])[0][0])
             valid_loss = vm.data_loss * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
@@ -400,14 +508,42 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    notes = list(prep.notes)
+    separated = (p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0)
+                 and _separated(session, train_sql, prep, w, b))
+    if separated:
+        converged = False
+        notes.append(
+            "the classes are perfectly separated: unpenalised logistic regression has no "
+            "finite maximum-likelihood estimate, so the stored coefficients are one separating "
+            "direction whose size grows with the epochs (not converged). For a finite answer "
+            "use penalty => 'l2' with alpha > 0 (for example alpha => 0.0001)")
+    asked = p["validation_fraction"]
+    share = prep.n_valid / max(prep.n_train + prep.n_valid, 1)
+    if asked > 0 and abs(share - asked) > 0.01:
+        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
+                     f"{prep.n_train + prep.n_valid} rows ({share:.3g}): the table is too "
+                     "small for the share asked")
     if prep.mu is not None and prep.sd is not None:
         coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
     else:
         coef, intercept = w, b
+    features = src.features
     seconds = time.monotonic() - started
     metrics = {"train_loss": train_loss, "validation_loss": valid_loss, "epochs": epoch,
                "converged": converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
-               "skipped_rows": prep.skipped, "seconds": seconds}
+               "validation_share": share, "skipped_rows": prep.skipped, "seconds": seconds,
+               "block_dtype": ({4: "float32", 8: "float64"}[prep.itemsize] if prep.packed
+                               else None),
+               "constant_features": [_feature_name(features, src.array_feature, i)
+                                     for i in prep.constant]}
+    if p["loss"] == "logistic":
+        metrics["separation"] = bool(separated)
+    if prep.classes is not None:
+        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
+                                   f"{prep.classes[1]:g}": weights[1]}
+    for note in notes:
+        session.warn(note)
     fitted = {"mu": None if prep.mu is None else prep.mu.tolist(),
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
@@ -418,18 +554,21 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         "%s::jsonb, %s::jsonb)",
         [model_name, src.name, src.label, p["loss"], list(src.features),
          src.array_feature, [float(c) for c in coef], float(intercept),
-         prep.classes, json.dumps(p), json.dumps(_finite(metrics)),
+         prep.classes, json.dumps(_finite(p)), json.dumps(_finite(metrics)),
          json.dumps(_finite(fitted))])[0][0]
     return TrainResult(model_name=model_name, version=int(version), epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
-                       history=history)
+                       history=history, warnings=notes)
 
 
-def _epoch_sql(table: str, shuffle: str, packed: bool) -> str:
-    """One epoch: the GLM aggregate over ``table`` (a FROM clause; reshuffled for 'always')."""
+def _epoch_sql(table: str, shuffle: str, packed: bool, rows: str = "0, NULL") -> str:
+    """One epoch: the GLM aggregate over ``table`` (a FROM clause; reshuffled for 'always').
+
+    ``rows`` is SQL for the first and stop rows each packed block contributes.
+    """
     if packed:
-        return f"SELECT bismarck._glm_epoch_packed(data, %s) FROM {table}"
+        return f"SELECT bismarck._glm_epoch_packed(data, %s, {rows}) FROM {table}"
     if shuffle == "always":
         return (f"SELECT bismarck._glm_epoch(x, y, %s) FROM "
                 f"(SELECT x, y FROM {table} ORDER BY random()) AS shuffled")
@@ -508,10 +647,82 @@ def _clean_interrupted(session: TrainingSession) -> None:
         session.checkpoint()
 
 
-def _finite(d: dict) -> dict:
-    """JSON cannot hold NaN/inf: store them as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in d.items()}
+def _finite(v: Any) -> Any:
+    """JSON cannot hold NaN/inf: store them as null, at any depth of dicts and lists."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _feature_name(features: Sequence[str], array_feature: bool, i: int) -> str:
+    """A feature's name for messages: its column, or ``column[i]`` (1-based) of an array."""
+    return f"{features[0]}[{i + 1}]" if array_feature else features[i]
+
+
+#: Each row whose margin is not positive adds at least log 2 to the logistic loss.
+_LOG2 = math.log(2.0)
+#: The scaled margins' size in the separation check: rows separated by a relative margin
+#: above ~1e-10 of the coefficients' size contribute exp(-40) or less.
+_CERTIFY_SCALE = 1e12
+
+
+def _separated(session: TrainingSession, train_sql: str, prep: _Prepared, w: np.ndarray,
+               b: float) -> bool:
+    """Whether the model separates the training rows perfectly (a certificate, not a guess).
+
+    The logistic loss of ``c·(w, b)`` summed over the rows is below log 2 only if every row's
+    margin is positive: then the classes are linearly separable and the unpenalised maximum
+    likelihood does not exist (statsmodels reports the same as PerfectSeparation). ``c`` makes
+    the margins huge, so any separated row adds almost nothing. One evaluation pass.
+    """
+    size = float(np.abs(w).sum() + abs(b))
+    if not size > 0 or not math.isfinite(size):
+        return False
+    c = _CERTIFY_SCALE / size
+    ev = glm.initialize(prep.d, loss="logistic", batch_size=glm.EVALUATE, w=w * c, b=b * c,
+                        mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize, y_coding=prep.y_coding)
+    m = glm.decode(session.query(train_sql, [ev])[0][0])
+    return m.rows > 0 and m.loss_sum < _LOG2
+
+
+def class_weights(spec: Any, classes: list[float] | None, n: int,
+                  n_pos: int) -> tuple[float, float]:
+    """(negative, positive) class weights from ``class_weight``, scikit-learn's semantics.
+
+    ``None``: 1 and 1. ``'balanced'``: ``n_samples / (n_classes * bincount)`` over the training
+    rows. A mapping from class (as the label codes it: "0"/"1", "-1"/"1", "false"/"true") to
+    weight: classes not named weigh 1. Raises :class:`InvalidParameter` for a regression model
+    or a class the label does not have.
+    """
+    if spec is None:
+        return 1.0, 1.0
+    if classes is None:
+        raise InvalidParameter("class_weight needs a classifier",
+                               detail="loss => 'squared' has no classes to weigh.",
+                               hint="Use loss => 'logistic' or 'hinge', or drop class_weight.")
+    if spec == "balanced":
+        counts = (max(n - n_pos, 1), max(n_pos, 1))
+        return n / (2.0 * counts[0]), n / (2.0 * counts[1])
+    out = [1.0, 1.0]
+    for key, weight in spec.items():
+        value = {"false": 0.0, "true": 1.0}.get(key.strip().lower())
+        if value is None:
+            try:
+                value = float(key)
+            except ValueError:
+                value = math.nan
+        if value not in classes:
+            raise InvalidParameter(
+                f"class_weight names class {key!r}, which the label does not have",
+                detail="The label's classes are " + " and ".join(f"{c:g}" for c in classes)
+                       + ".",
+                hint='Name the classes as the label codes them, e.g. \'{"0": 1, "1": 10}\'.')
+        out[classes.index(value)] = float(weight)
+    return out[0], out[1]
 
 
 def result_row(r: TrainResult) -> dict[str, Any]:

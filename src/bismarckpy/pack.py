@@ -1,9 +1,19 @@
 """Packed storage: many rows per ``bytea`` block, as raw little-endian numpy buffers.
 
-A block holds ``n`` rows as one C-ordered ``n × (1 + d)`` matrix (float32 or float64): the label,
-then the features. Blocks are built in SQL by concatenating each row's ``float8[]`` in its
-in-memory form (``bismarck._float8_array_bytes``: a 20-byte header, then the raw float8 values)
-and converting the whole block here in one numpy call.
+A block holds ``n`` rows of ``1 + d`` columns (the label, then the features) as per-column
+float64 offsets plus an ``n × (1 + d)`` C-ordered matrix of residuals (float32 or float64)::
+
+    MAGIC (8 bytes) | d (int32) | itemsize (int32) | offsets (1 + d float64) | residuals
+
+A value is ``offset + residual``; the offset is the block's column minimum, so residuals carry
+the column's spread and their precision does not depend on how far the column sits from zero
+(``1e8 + r`` keeps ``r`` to float32's 7 digits). Class labels and integers below 2**24 (float32)
+stay exact. Blocks are built in SQL by concatenating each row's ``float8[]`` in its in-memory
+form (``bismarck._float8_array_bytes``: a 20-byte header, then the raw float8 values) and
+converting the whole block here in one numpy call.
+
+``MAGIC`` is a NaN in float32 and float64, which no block of the earlier format (raw values
+only, all finite) can start with, so those are recognised and refused: pack them again.
 """
 
 from __future__ import annotations
@@ -14,8 +24,12 @@ from .errors import InvalidData
 
 DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 DTYPE_CODES = {"float32": 4, "float64": 8}
+MAGIC = b"BK\xc2\x7fv2\xf8\x7f"  # bytes 0-3, 4-7 and 0-7 are each a NaN
+HEADER_BYTES = 16
 _HEADER = 20  # ndim, data offset (0: no NULL bitmap), element type, length, lower bound
 _FLOAT8OID = 701
+#: Largest magnitude a float32 block can hold as a residual from its column minimum.
+FLOAT32_SAFE = float(np.finfo(np.float32).max) / 2
 
 
 def expected_header(d: int) -> bytes:
@@ -26,10 +40,11 @@ def expected_header(d: int) -> bytes:
 def build_block(raw_rows: bytes, raw_labels: bytes, d: int, dtype: str, seed: int) -> bytes:
     """Concatenated in-memory ``float8[]`` rows and their labels → one packed block.
 
-    The block is an ``n × (1 + d)`` matrix of ``dtype``: the label, then the features. Rows are
-    put in a random order (seeded), so per-row steps inside a block follow no table order.
-    Every row's header is checked: anything but a 1-D float8 array of length ``d`` without
-    NULLs (the caller filters those) is refused rather than misread.
+    The block holds the label then the features of each row (see the module's layout). Rows
+    are put in a random order (seeded), so per-row steps inside a block follow no table order
+    and any leading share of a block is a random sample of it. Every row's header is checked:
+    anything but a 1-D float8 array of length ``d`` without NULLs is refused rather than
+    misread, and so is a value that the block's dtype cannot hold (never a silent ±inf).
     """
     width = _HEADER + 8 * d
     if len(raw_rows) % width:
@@ -48,15 +63,67 @@ def build_block(raw_rows: bytes, raw_labels: bytes, d: int, dtype: str, seed: in
     if len(raw_labels) != _HEADER + 8 * n or list(head) != [1, 0, _FLOAT8OID, n, 1]:
         raise InvalidData("the labels of a packed block do not match its rows",
                           detail=f"{n} rows; labels must be a NULL-free float8 array of as many.")
-    block = np.empty((n, 1 + d), dtype=DTYPES[dtype])
-    block[:, 0] = np.frombuffer(raw_labels, dtype="<f8", offset=_HEADER)
-    block[:, 1:] = np.ascontiguousarray(rows[:, _HEADER:]).view("<f8")
+    values = np.empty((n, 1 + d), dtype=np.float64)
+    values[:, 0] = np.frombuffer(raw_labels, dtype="<f8", offset=_HEADER)
+    values[:, 1:] = np.ascontiguousarray(rows[:, _HEADER:]).view("<f8")
     order = np.random.default_rng(seed & (2**63 - 1)).permutation(n)
-    return block[order].tobytes()
+    return encode(values[order], dtype)
+
+
+def encode(values: np.ndarray, dtype: str) -> bytes:
+    """An ``n × (1 + d)`` float64 matrix (label, features) → a block of ``dtype`` residuals.
+
+    Raises :class:`InvalidData` when a value is not finite or a residual does not fit ``dtype``
+    (the callers check ranges first; this keeps a block from ever holding ±inf).
+    """
+    n, width = values.shape
+    offsets = values.min(axis=0) if n else np.zeros(width)
+    with np.errstate(over="ignore", invalid="ignore"):
+        residuals = (values - offsets).astype(DTYPES[dtype])
+    if not (np.isfinite(offsets).all() and np.isfinite(residuals).all()):
+        raise InvalidData(
+            f"a value is too large for a {dtype} block",
+            detail=f"Packed blocks of {dtype} hold values up to about {_limit(dtype):.3g}.",
+            hint="Use dtype => 'float64', or rescale the column.")
+    head = MAGIC + np.array([width - 1, DTYPES[dtype].itemsize], dtype="<i4").tobytes()
+    return head + offsets.astype("<f8").tobytes() + residuals.tobytes()
+
+
+def _limit(dtype: str) -> float:
+    return FLOAT32_SAFE if dtype == "float32" else float(np.finfo(np.float64).max) / 2
+
+
+def parse_block(data: bytes, d: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block's offsets (``1 + d`` float64) and residuals (``n × (1 + d)``, its own dtype).
+
+    Raises :class:`InvalidData` for a block of the earlier format or of another shape.
+    """
+    if bytes(data[:8]) != MAGIC:
+        raise stale_format()
+    got_d, got_size = np.frombuffer(data, dtype="<i4", count=2, offset=8)
+    start = HEADER_BYTES + 8 * (1 + d)
+    if got_d != d or got_size != itemsize or (len(data) - start) % ((1 + d) * itemsize):
+        raise InvalidData("a packed block does not match its table",
+                          detail=f"Expected {d} features of {itemsize} bytes; the block holds "
+                                 f"{int(got_d)} of {int(got_size)}.",
+                          hint="Pack the source table again with bismarck.pack.")
+    offsets = np.frombuffer(data, dtype="<f8", count=1 + d, offset=HEADER_BYTES)
+    dt = DTYPES["float32"] if itemsize == 4 else DTYPES["float64"]
+    residuals = np.frombuffer(data, dtype=dt, offset=start).reshape(-1, 1 + d)
+    return offsets, residuals
+
+
+def stale_format() -> InvalidData:
+    """The error for a block written by an earlier version (raw values, no offsets)."""
+    return InvalidData(
+        "packed table was written in an earlier block format",
+        detail="Its blocks hold raw values without per-column offsets, which lost precision "
+               "for columns far from zero.",
+        hint="Pack it again: DROP TABLE it, then SELECT * FROM bismarck.pack(...).")
 
 
 def read_block(data: bytes, d: int, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
-    """A block's features (``n × d`` float64) and labels (float64)."""
-    dt = DTYPES["float32"] if itemsize == 4 else DTYPES["float64"]
-    block = np.frombuffer(data, dtype=dt).reshape(-1, 1 + d).astype(np.float64)
-    return block[:, 1:], block[:, 0]
+    """A block's features (``n × d`` float64) and labels (float64), offsets added back."""
+    offsets, residuals = parse_block(data, d, itemsize)
+    values = residuals.astype(np.float64) + offsets
+    return values[:, 1:], values[:, 0]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BismarckError, InvalidData, UndefinedObject
-from .pack import DTYPE_CODES
+from .pack import DTYPE_CODES, FLOAT32_SAFE
 from .params import validate
 from .source import Session, Source, escape_percent, resolve
 
@@ -33,6 +33,8 @@ class Checked:
     n_usable: int
     d: int
     label_values: list[float] | None  # the two classes when the label looks binary, else None
+    max_abs_x: float = 0.0  # largest feature magnitude among usable rows
+    max_abs_y: float = 0.0  # largest label magnitude among usable rows
 
 
 @dataclass
@@ -55,20 +57,26 @@ def check_rows(session: Session, src: Source) -> Checked:
     """Counts, shape and label checks shared by training and packing, in one scan of the source.
 
     Clear errors before any work: an empty table, no usable rows, multi-dimensional or ragged
-    feature arrays. Whether the label is binary (0/1 or -1/+1) is read off the same scan.
+    feature arrays. Whether the label is binary (0/1 or -1/+1) and the largest magnitudes of
+    the features and label (for :func:`check_ranges`) are read off the same scan.
     """
     col = session.ident(src.features[0]) if src.array_feature else None
     y = src.label_expr or "NULL::float8"
     # OFFSET 0 keeps the subquery: each row's validity is computed once, not once per FILTER.
-    n_total, n_usable, lo, hi, multi, y_min, y_max, all01, allpm1 = session.query(
+    n_total, n_usable, lo, hi, multi, empty, y_min, y_max, all01, allpm1, ax, ay = session.query(
         "SELECT count(*) AS n, count(*) FILTER (WHERE ok) AS usable, "
         "min(d) FILTER (WHERE ok) AS lo, max(d) FILTER (WHERE ok) AS hi, "
-        "count(*) FILTER (WHERE multi) AS multi, "
+        "count(*) FILTER (WHERE multi) AS multi, count(*) FILTER (WHERE empty) AS empty, "
         "min(y) FILTER (WHERE ok) AS y_min, max(y) FILTER (WHERE ok) AS y_max, "
         "bool_and(y IN (0, 1)) FILTER (WHERE ok) AS all01, "
-        "bool_and(y IN (-1, 1)) FILTER (WHERE ok) AS allpm1 "
+        "bool_and(y IN (-1, 1)) FILTER (WHERE ok) AS allpm1, "
+        "max(ax) FILTER (WHERE ok) AS ax, max(abs(y)) FILTER (WHERE ok) AS ay "
         f"FROM (SELECT {src.valid_expr} AS ok, cardinality({src.x_expr}) AS d, {y} AS y, "
-        + (f"array_ndims({col}) > 1" if col else "false") + " AS multi "
+        f"{src.max_abs_expr} AS ax, "
+        + (f"array_ndims({col}) > 1" if col else "false") + " AS multi, "
+        # An empty array is a vector of the wrong length, not a missing value: predict refuses
+        # it too, so training and evaluation must not skip it silently.
+        + (f"cardinality({col}) = 0" if col else "false") + " AS empty "
         f"FROM {src.relation} AS s OFFSET 0) AS q")[0]
     if n_total == 0:
         raise InvalidData(f"table {src.name} is empty", hint="Load rows into it first.")
@@ -77,6 +85,11 @@ def check_rows(session: Session, src: Source) -> Checked:
             f'feature column "{src.features[0]}" holds multi-dimensional arrays',
             detail=f"{multi} rows have arrays of more than one dimension.",
             hint="Flatten them to one dimension (for example in a view) and use that instead.")
+    if empty:
+        raise InvalidData(
+            f'feature column "{src.features[0]}" holds empty arrays',
+            detail=f"{empty} rows have a feature array with no elements.",
+            hint="Filter them out or fill them (for example in a view) and use that instead.")
     if n_usable == 0:
         raise InvalidData(
             f"no usable rows in {src.name}",
@@ -89,7 +102,87 @@ def check_rows(session: Session, src: Source) -> Checked:
             hint="Every row's feature array must have the same number of elements.")
     binary = y_min != y_max and (all01 or allpm1)
     return Checked(int(n_total), int(n_usable), int(lo),
-                   [float(y_min), float(y_max)] if binary else None)
+                   [float(y_min), float(y_max)] if binary else None,
+                   float(ax or 0.0), float(ay or 0.0))
+
+
+#: Largest magnitude the engine computes with: sums of two values and their differences stay
+#: finite (moments and residuals are computed without squaring the values themselves).
+MAX_ABS = 2.0 ** 1020
+#: Without standardisation, squares and products of values beyond this overflow float64.
+SQUARE_SAFE = 1e150
+
+
+def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str | None,
+                 standardize: bool, squared: bool, packing: bool,
+                 solver: str = "sgd") -> str | None:
+    """Refuse values the engine cannot compute with, naming the column; pick the block dtype.
+
+    ``dtype`` is the packed block type asked for (None: rows only). A float32 block that cannot
+    hold a value (beyond ~1.7e38 from its column's minimum) is refused by ``bismarck.pack``
+    (``packing``) and replaced by float64 for a training run's own working copy. Returns the
+    dtype to use. Raises :class:`InvalidData` for values beyond :data:`MAX_ABS`, for a squared
+    loss's label beyond :data:`SQUARE_SAFE` (its loss is not a float), and, without
+    standardisation or with an exact ``solver`` (whose passes sum products of raw values),
+    for features beyond :data:`SQUARE_SAFE`.
+    """
+    if checked.max_abs_x > MAX_ABS or checked.max_abs_y > MAX_ABS:
+        raise _too_large(session, src, MAX_ABS, "is too large to compute with",
+                         "Rescale the column (for example divide it by a power of ten) in a "
+                         "view.", True)
+    if squared and checked.max_abs_y > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, "is too large for the squared loss "
+                         "(the square of its errors overflows)",
+                         "Rescale the label in a view (for example divide it by 1e100).", True,
+                         features=False)
+    if solver != "sgd" and checked.max_abs_x > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, f"is too large for solver '{solver}' (the "
+                         "Hessian sums its square, which overflows)",
+                         "Rescale the column in a view, or use solver => 'sgd'.", False)
+    if not standardize and checked.max_abs_x > SQUARE_SAFE:
+        raise _too_large(session, src, SQUARE_SAFE, "is too large to train on without "
+                         "standardisation (its square overflows)",
+                         "Use standardize => true, or rescale the column in a view.", False)
+    if dtype == "float32" and max(checked.max_abs_x, checked.max_abs_y) > FLOAT32_SAFE:
+        if packing:
+            raise _too_large(session, src, FLOAT32_SAFE, "is too large for float32 blocks",
+                             "Pack with dtype => 'float64', or rescale the column.", True)
+        return "float64"
+    return dtype
+
+
+def _too_large(session: Session, src: Source, limit: float, what: str, hint: str,
+               label_too: bool, *, features: bool = True) -> InvalidData:
+    """The error for the first column holding a magnitude beyond ``limit`` (error path only)."""
+    name, largest = _first_column_beyond(session, src, limit, label_too, features)
+    return InvalidData(f"{name} {what}", detail=f"Its largest magnitude is {largest:.6g}; "
+                                                 f"the limit is {limit:.6g}.", hint=hint)
+
+
+def _first_column_beyond(session: Session, src: Source, limit: float, label_too: bool,
+                         features: bool = True) -> tuple[str, float]:
+    """Which column (or array element) holds a usable value beyond ``limit``, and its size."""
+    where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
+    if label_too and src.label_expr:
+        ay = session.query(f"SELECT max(abs({src.label_expr})) AS m {where}")[0][0]
+        if ay is not None and ay > limit:
+            return f'label "{src.label}"', float(ay)
+    if not features:
+        return "a value", math.inf
+    if src.feature_exprs:
+        maxima = session.query("SELECT " + ", ".join(
+            f"max(abs({e})) AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
+        for name, m in zip(src.features, maxima):
+            if m is not None and m > limit:
+                return f'feature "{name}"', float(m)
+    else:
+        row = session.query(
+            f"SELECT u.i, max(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
+            "unnest(q.x) WITH ORDINALITY AS u(v, i) WHERE abs(u.v) > %s "
+            "GROUP BY u.i ORDER BY u.i LIMIT 1", [limit])
+        if row:
+            return f'element {int(row[0][0])} of feature "{src.features[0]}"', float(row[0][1])
+    return "a value", math.inf
 
 
 def label_values(session: Session, src: Source) -> list[float]:
@@ -172,6 +265,8 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
         seed = int.from_bytes(os.urandom(4), "little")
     src = resolve(session, source, label, features)
     checked = check_rows(session, src)
+    check_ranges(session, src, checked, dtype=dtype, standardize=True, squared=False,
+                 packing=True)
     target = _new_relation(session, packed_table, src)
     rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
                      dtype, seed)

@@ -6,9 +6,10 @@ through :func:`validate`, so a bad value gets the same message everywhere.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidParameter
 from .losses import LOSSES
@@ -33,9 +34,13 @@ class Param:
     high: float | None = None
     low_open: bool = False
     nullable: bool = False
+    parse: Callable[[Any], Any] | None = None  # custom coercion; raises ValueError if bad
+    shape: str = ""  # the allowed values in words, for a parameter with ``parse``
 
     def describe(self) -> str:
         """The allowed values in words, for error messages and help."""
+        if self.shape:
+            return self.shape
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         kind = {int: "an integer", float: "a float", bool: "a boolean"}.get(self.kind, "a value")
@@ -47,6 +52,33 @@ class Param:
         else:
             text = kind
         return text + (" or NULL" if self.nullable else "")
+
+
+def parse_class_weight(v: Any) -> str | dict[str, float]:
+    """``'balanced'``, or a mapping class -> positive finite weight (a dict or JSON text).
+
+    Keys are the label's classes as text ("0", "1", "-1", "true", ...); they are checked
+    against the label's classes when training starts. Raises ValueError otherwise.
+    """
+    if isinstance(v, str):
+        text = v.strip()
+        if text.lower() == "balanced":
+            return "balanced"
+        try:
+            v = json.loads(text)
+        except ValueError:
+            raise ValueError(v) from None
+    if not isinstance(v, dict) or not v:
+        raise ValueError(v)
+    out: dict[str, float] = {}
+    for key, weight in v.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(v)
+        w = float(weight)
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(v)
+        out[str(key).strip().lower() if isinstance(key, (str, bool)) else f"{float(key):g}"] = w
+    return out
 
 
 GLM_PARAMS: tuple[Param, ...] = (
@@ -93,6 +125,10 @@ GLM_PARAMS: tuple[Param, ...] = (
           low=0, high=64, nullable=True),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9),
+    Param("class_weight", str, None, "Classifiers: 'balanced' (n_samples / (2 * rows of the "
+          "class)) or per-class weights as JSON, e.g. '{\"0\": 1, \"1\": 10}'; each row's loss "
+          "and gradient are multiplied by its class's weight.", nullable=True,
+          parse=parse_class_weight, shape="'balanced' or a JSON object of class: weight > 0"),
 )
 
 GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
@@ -135,6 +171,11 @@ def _check(p: Param, v: Any, where: str) -> Any:
                    f"Got {v!r} instead.",
             hint=p.doc)
 
+    if p.parse is not None:
+        try:
+            return p.parse(v)
+        except (TypeError, ValueError):
+            raise bad() from None
     if p.kind is str:
         if not isinstance(v, str):
             raise bad()

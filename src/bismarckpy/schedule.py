@@ -33,6 +33,7 @@ class Schedule:
     tol: float | None
     n_iter_no_change: int
     power_t: float = 0.5
+    standardize: bool = True  # for the advice when training diverges
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
@@ -103,4 +104,6 @@ class Schedule:
                    f"learning_rate => '{self.learning_rate}' and eta0 => {self.eta0:g} "
                    f"(current rate {self.eta:g}).",
             hint=f"Lower eta0 (try {self.eta0 / 10:g}), use learning_rate => 'adaptive' or "
-                 "'bold_driver', or keep standardize => true. No model was stored.")
+                 "'bold_driver'" + (", or rescale the columns" if self.standardize
+                                    else ", or use standardize => true")
+                 + ". No model was stored.")

@@ -219,15 +219,16 @@ def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
 
 
 def glm_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
-                         init: bytes) -> bytes:
-    """SFUNC of ``bismarck._glm_epoch_packed``: one packed block."""
-    return _guard(plpy, glm.transition_block, state, block, init)
+                         init: bytes, first: int | None = 0, stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._glm_epoch_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, glm.transition_block, state, block, init, first or 0, stop)
 
 
 def moments_transition_block(plpy: Any, state: bytes | None, block: bytes | None, d: int,
-                             itemsize: int) -> bytes | None:
-    """SFUNC of ``bismarck._moments_packed``."""
-    return _guard(plpy, moments.transition_block, state, block, d, itemsize)
+                             itemsize: int, first: int | None = 0,
+                             stop: int | None = None) -> bytes | None:
+    """SFUNC of ``bismarck._moments_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, moments.transition_block, state, block, d, itemsize, first or 0, stop)
 
 
 def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: int) -> bytes:
@@ -242,9 +243,10 @@ def exact_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
 
 
 def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
-                           init: bytes) -> bytes:
-    """SFUNC of ``bismarck._exact_pass_packed``."""
-    return _guard(plpy, exact.transition_block, state, block, init)
+                           init: bytes, first: int | None = 0,
+                           stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, exact.transition_block, state, block, init, first or 0, stop)
 
 
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:

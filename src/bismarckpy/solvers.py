@@ -319,18 +319,8 @@ def check_rank(H: np.ndarray, names: Sequence[str], fit_intercept: bool = True) 
                           hint="Rescale the features (for example to thousands instead of units).")
     top = float(np.max(diag)) if diag.size else 0.0
     flat = [names[j] for j in range(len(diag)) if diag[j] <= SINGULAR * max(top, 1e-300)]
-    if flat and fit_intercept:
-        raise InvalidData(
-            "constant feature columns: " + ", ".join(flat),
-            detail="A column that never varies cannot be told apart from the intercept, so its "
-                   "coefficient is not identified.",
-            hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
     if flat:
-        raise InvalidData(
-            "all-zero feature columns: " + ", ".join(flat),
-            detail="A column that is zero in every row has no effect on the fit (the model has "
-                   "no intercept), so its coefficient is not identified.",
-            hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
+        raise constant_columns(flat, fit_intercept)
     sd = np.sqrt(diag)
     vals, vecs = np.linalg.eigh(H / np.outer(sd, sd))
     if vals[0] > SINGULAR * vals[-1]:
@@ -343,6 +333,21 @@ def check_rank(H: np.ndarray, names: Sequence[str], fit_intercept: bool = True) 
                f"{len(names)}: a linear combination of these columns is constant, so their "
                "coefficients are not identified (XᵀX is singular).",
         hint="Drop one of these columns, or use penalty => 'l2' with alpha > 0.")
+
+
+def constant_columns(names: Sequence[str], fit_intercept: bool = True) -> InvalidData:
+    """The error for feature columns that never vary (without an intercept: all zero)."""
+    if not fit_intercept:
+        return InvalidData(
+            "all-zero feature columns: " + ", ".join(names),
+            detail="A column that is zero in every row has no effect on the fit (the model has "
+                   "no intercept), so its coefficient is not identified.",
+            hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
+    return InvalidData(
+        "constant feature columns: " + ", ".join(names),
+        detail="A column that never varies cannot be told apart from the intercept, so its "
+               "coefficient is not identified.",
+        hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
 
 
 def check_separation(prob: Problem, P: Pass) -> None:

@@ -11,7 +11,7 @@ schema-qualified: as PostgreSQL prints a ``regclass`` under that path.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .errors import BismarckError, InvalidData, UndefinedObject
@@ -54,6 +54,14 @@ class Source:
     array_feature: bool
     row_key: str  # text expression identifying a row of ``FROM keyed AS s`` (for hashing)
     keyed: str = ""  # FROM item whose rows ``row_key`` identifies (the relation, or a subquery)
+    feature_exprs: list[str] = field(default_factory=list)  # float8 per scalar column ([]: array)
+
+    @property
+    def max_abs_expr(self) -> str:
+        """The largest magnitude among a row's features (NULL/NaN rows are filtered apart)."""
+        if self.feature_exprs:
+            return "greatest(" + ", ".join(f"abs({e})" for e in self.feature_exprs) + ")"
+        return f"(SELECT max(abs(v)) FROM unnest({self.x_expr}) AS v)"
 
 
 def resolve(session: Session, relation: str, label: str | None,
@@ -113,6 +121,7 @@ def resolve(session: Session, relation: str, label: str | None,
         valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
                      "('NaN', 'Infinity', '-Infinity')")
     array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
+    exprs: list[str] = []
     if array_feature:
         col = q(features[0])
         x_expr = f"({col})::float8[]"
@@ -143,7 +152,8 @@ def resolve(session: Session, relation: str, label: str | None,
     return Source(relation=relation, name=qualified, label=label,
                   label_expr=label_expr, label_type=label_type, features=features,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
-                  array_feature=array_feature, row_key=row_key, keyed=keyed)
+                  array_feature=array_feature, row_key=row_key, keyed=keyed,
+                  feature_exprs=exprs)
 
 
 _DUP = '"bismarck duplicate"'

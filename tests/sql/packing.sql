@@ -9,7 +9,7 @@ SELECT packed_table, blocks, rows, skipped_rows
 SELECT packed_table, source, label, features, n_features, dtype, block_size, rows, label_values
   FROM bismarck.packed_tables;
 SELECT count(*) AS blocks, sum(n) AS rows, min(n) > 150 AS full_enough,
-       pg_column_size(data) = 4 * 3 * n AS raw_float32 FROM pts_packed GROUP BY 4;
+       pg_column_size(data) = 16 + 8 * 3 + 4 * 3 * n AS raw_float32 FROM pts_packed GROUP BY 4;
 -- one packed table, two classifiers
 SELECT model_name, version, converged FROM bismarck.train_glm('pts_packed', 'flag', ARRAY['a', 'b'],
        'flag_logistic', max_epochs => 50, seed => 2);

@@ -11,15 +11,15 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from bismarckpy import exact, inference, solvers
+from bismarckpy import exact, inference, pack, solvers
 from bismarckpy.errors import InvalidData
 
 OFFSETS = [0.0, 1e3, 1e6, 1e9, 1e12]
 
 
 def block(X: np.ndarray, y: np.ndarray) -> bytes:
-    """A float64 packed block: label, then the features."""
-    return np.column_stack([y, X]).astype("<f8").tobytes()
+    """A float64 packed block (offsets and residuals): label, then the features."""
+    return pack.encode(np.column_stack([y, X]), "float64")
 
 
 def fit(X, y, loss, solver, fit_intercept=True, max_iter=100, tol=1e-8, chunk=53):
@@ -27,9 +27,9 @@ def fit(X, y, loss, solver, fit_intercept=True, max_iter=100, tol=1e-8, chunk=53
     d = X.shape[1]
     mu, sd = X.mean(axis=0), X.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
-    center = mu if fit_intercept else np.zeros(d)
+    center = mu if fit_intercept else None
     ycenter = float(y.mean()) if fit_intercept and loss == "squared" else 0.0
-    coords = solvers.Coordinates(mu - center, sd, fit_intercept)
+    coords = solvers.Coordinates(np.zeros(d) if fit_intercept else mu, sd, fit_intercept)
     names = ["(intercept)"] * fit_intercept + [f"x{j}" for j in range(d)]
     prob = solvers.Problem(loss, names, coords, np.zeros(d + fit_intercept), tol, max_iter)
 

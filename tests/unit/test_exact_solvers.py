@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from bismarckpy import exact, inference, solvers
+from bismarckpy import exact, inference, pack, solvers
 from bismarckpy.errors import InvalidData
 
 SCALES = np.array([1.0, 10.0, 100.0, 0.1, 5.0])
@@ -34,18 +34,21 @@ def data(seed: int, n: int, loss: str, d: int = 5) -> tuple[np.ndarray, np.ndarr
     return X, z + rng.normal(size=n)
 
 
-def block(X: np.ndarray, y: np.ndarray) -> bytes:
-    """A float64 packed block: label, then the features."""
-    return np.column_stack([y, X]).astype("<f8").tobytes()
+def block(X: np.ndarray, y: np.ndarray, dtype: str = "float64") -> bytes:
+    """A packed block (:mod:`bismarckpy.pack`: offsets and residuals) of label, then features."""
+    return pack.encode(np.column_stack([y, X]).astype(np.float64), dtype)
 
 
-def run_pass(X, y, beta, loss, fit_intercept, mode, chunk=97) -> exact.Pass:
+def run_pass(X, y, beta, loss, fit_intercept, mode, chunk=97, dtype="float64",
+             class_weight=(1.0, 1.0), center=None) -> exact.Pass:
     """One pass over packed blocks of ``chunk`` rows, partial states merged in order."""
-    init = exact.initialize(beta, loss=loss, fit_intercept=fit_intercept, mode=mode)
+    init = exact.initialize(beta, loss=loss, fit_intercept=fit_intercept, mode=mode,
+                            itemsize=pack.DTYPE_CODES[dtype], class_weight=class_weight,
+                            center=center)
     state = None
     for i in range(0, len(y), chunk):
-        state = exact.merge(state, exact.transition_block(None, block(X[i:i + chunk],
-                                                                       y[i:i + chunk]), init))
+        state = exact.merge(state, exact.transition_block(
+            None, block(X[i:i + chunk], y[i:i + chunk], dtype), init))
     assert state is not None
     return exact.decode(state)
 
@@ -58,11 +61,11 @@ def problem(X, loss, fit_intercept, penalty=None, tol=1e-8) -> solvers.Problem:
     return solvers.Problem(loss, names, coords, pen, tol, 100)
 
 
-def evaluator(X, y, loss, fit_intercept, counter=None):
+def evaluator(X, y, loss, fit_intercept, counter=None, class_weight=(1.0, 1.0)):
     def evaluate(beta, mode, step):
         if counter is not None:
             counter.append(step)
-        return run_pass(X, y, beta, loss, fit_intercept, mode)
+        return run_pass(X, y, beta, loss, fit_intercept, mode, class_weight=class_weight)
     return evaluate
 
 
@@ -129,6 +132,69 @@ def test_rows_and_blocks_give_the_same_sums(loss):
     blocks = run_pass(X, y, beta, loss, True, exact.HESSIAN)
     assert rows.loss_sum == pytest.approx(blocks.loss_sum, rel=1e-12)
     np.testing.assert_allclose(rows.hess, blocks.hess, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), first=st.integers(0, 60), size=st.integers(0, 60),
+       to_end=st.booleans())
+def test_a_block_row_range_sums_exactly_those_rows(seed, first, size, to_end):
+    X, y = data(seed, 60, "logistic")
+    beta = np.random.default_rng(seed).normal(size=6) * 0.1
+    init = exact.initialize(beta, loss="logistic", fit_intercept=True, mode=exact.HESSIAN)
+    stop = None if to_end else min(first + size, 60)
+    part = exact.decode(exact.transition_block(None, block(X, y), init, first, stop))
+    want = run_pass(X[first:stop], y[first:stop], beta, "logistic", True, exact.HESSIAN) \
+        if len(y[first:stop]) else None
+    assert part.rows == len(y[first:stop])
+    if want is not None:
+        assert part.loss_sum == pytest.approx(want.loss_sum, rel=1e-12)
+        np.testing.assert_allclose(part.hess, want.hess, rtol=1e-11)
+
+
+@pytest.mark.parametrize("centre", [0.0, 1e4, 1e8, -3e9])
+def test_float32_blocks_keep_columns_far_from_zero(centre):
+    """Offsets + residuals: a float32 block of columns at 1e8 with a spread of 1 gives the
+    float64 fit (raw float32 values would round every row of such a column to the same value)."""
+    X, y = data(21, 600, "squared", d=3)
+    X = X / SCALES[:3] + centre  # spread ~1 around the centre
+    X32 = X.copy()
+    X32[:] = X - X.min(axis=0)  # what the block can hold exactly: residuals in float32
+    X32 = X32.astype(np.float32).astype(np.float64) + X.min(axis=0)
+    mu = X.mean(axis=0)
+    coords = solvers.Coordinates(np.zeros(3), X.std(axis=0), True)
+    prob = solvers.Problem("squared", ["b", "x0", "x1", "x2"], coords, np.zeros(4), 1e-8, 100)
+    fit = solvers.newton(lambda b, m, s: run_pass(X, y, b, "squared", True, m, dtype="float32",
+                                                  center=mu), prob)
+    ref = sm.OLS(y, design(X32 - mu, True)).fit()  # statsmodels itself needs the centring
+    np.testing.assert_allclose(fit.beta[1:], ref.params[1:], rtol=1e-6)
+    beta = exact.uncentre(fit.beta, mu, True)
+    scale = abs(ref.params[0]) + np.abs(mu) @ np.abs(ref.params[1:])  # as the slopes' rtol
+    assert beta[0] == pytest.approx(ref.params[0] - mu @ ref.params[1:], abs=1e-6 * scale)
+    _, per = inference.statistics("squared", fit.last, coords)
+    np.testing.assert_allclose(per["std_err"][1:], ref.bse[1:], rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 4.0), (0.3, 1.0), (2.0, 2.0)])
+@pytest.mark.parametrize("solver", [solvers.newton, solvers.lbfgs])
+def test_class_weights_fit_scikit_learns_weighted_logistic_regression(weights, solver):
+    """class_weight in the pass: the minimiser of Σ w_class(i)·loss_i, as scikit-learn's
+    LogisticRegression(class_weight=..., penalty=None); statistics of the weighted likelihood
+    (statsmodels' GLM with the weights as frequency weights)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = data(13, 800, "logistic", d=3)
+    prob = problem(X, "logistic", True)
+    fit = solver(evaluator(X, y, "logistic", True, class_weight=weights), prob)
+    ref = LogisticRegression(C=np.inf, class_weight={0.0: weights[0], 1.0: weights[1]},
+                             tol=1e-12, max_iter=10_000).fit(X, y)
+    want = np.concatenate([ref.intercept_, ref.coef_[0]])
+    np.testing.assert_allclose(fit.beta, want, rtol=1e-5, atol=1e-7)
+    freq = np.where(y > 0, weights[1], weights[0])
+    glm = sm.GLM(y, design(X, True), family=sm.families.Binomial(), freq_weights=freq).fit(
+        tol=1e-14)
+    _, per = inference.statistics("logistic", fit.last, prob.coords)
+    np.testing.assert_allclose(per["std_err"], glm.bse, rtol=1e-4)
+    assert -fit.last.loss_sum == pytest.approx(glm.llf, rel=1e-8)
 
 
 def test_rows_with_nulls_or_non_finite_values_are_skipped_and_counted():

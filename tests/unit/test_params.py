@@ -35,6 +35,8 @@ BAD = {
     "block_size": [0, 1_000_001, 2.5],
     "dtype": ["float16", "int8", 4],
     "validation_fraction": [-0.1, 0.95, 1.0, math.nan],
+    "class_weight": ["auto", "{}", '{"0": 0}', '{"1": -2}', '{"1": "x"}', "[1, 2]", 3,
+                     {"1": math.inf}, {"0": True}],
     "solver": ["cholesky", "sag", 1, ""],
 }
 
@@ -64,8 +66,10 @@ def test_every_parameter_rejects_a_bad_value(name: str) -> None:
 @pytest.mark.parametrize("param", GLM_PARAMS, ids=NAMES)
 def test_every_parameter_declares_a_constraint(param) -> None:
     assert param.kind in (str, int, float, bool)
-    if param.kind is str:
+    if param.kind is str and param.parse is None:
         assert param.choices and param.default in param.choices
+    if param.parse is not None:
+        assert param.shape and param.nullable
     if param.kind in (int, float):
         assert param.low is not None
     assert param.doc.strip()
@@ -156,6 +160,14 @@ def test_bounds_are_inclusive_unless_open() -> None:
                     "batch_size": 0, "seed": 2**62, "tol": 0.0})
     assert out["l1_ratio"] == 1.0 and out["seed"] == 2**62
     assert validate({"eta0": 1e-300})["eta0"] == 1e-300
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("balanced", "balanced"), (" Balanced ", "balanced"),
+    ('{"0": 1, "1": 10}', {"0": 1.0, "1": 10.0}), ({0: 1, 1: 2.5}, {"0": 1.0, "1": 2.5}),
+    ({-1: 3}, {"-1": 3.0}), ({True: 2}, {"true": 2.0}), (None, None)])
+def test_class_weight_forms(given, expected) -> None:
+    assert validate({"class_weight": given})["class_weight"] == expected
 
 
 def test_exact_solvers_default_to_the_unpenalised_fit_to_tight_tolerance() -> None:
