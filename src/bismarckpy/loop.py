@@ -138,6 +138,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
+        if p["solver"] != "sgd":
+            from . import exact_loop
+
+            exact_loop.check_packed_table(table, p)
     if p["packed"] is None:
         p["packed"] = p["shuffle"] == "once"
     elif p["packed"] and p["shuffle"] != "once":

@@ -94,12 +94,13 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("fit_intercept", bool, True, "Fit an intercept (never penalised)."),
     Param("standardize", bool, True, "Fit on standardised features; coefficients are reported "
           "in the original units."),
-    Param("max_epochs", int, 100, "Upper bound on passes over the data (iterations of newton "
-          "and lbfgs).", low=1, high=1_000_000),
+    Param("max_epochs", int, 100, "sgd: upper bound on passes over the data; newton and "
+          "lbfgs: upper bound on iterations, each one pass plus its line-search passes "
+          "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
           "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
-          "lbfgs: largest gradient component (default 1e-8 for both). None, from Python, "
-          "never stops early.", low=0.0, nullable=True),
+          "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
+          "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
