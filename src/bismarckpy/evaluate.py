@@ -7,7 +7,7 @@ log_loss (logistic); regression: rmse, mae, r2. Rows with unusable values are sk
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from .errors import BismarckError, InvalidData
@@ -95,15 +95,20 @@ def evaluate(session: Session, model: str, relation: str,
             f"AND {_ordinary('z - y')} AS ok "
             f"FROM ({base}) AS b) AS s", params)[0]
         if big:
-            n, sse, sae, sst = session.query(
+            n, sse, sae, sst, sy = session.query(
                 # numeric's ^ rounds tiny results to 0 (its scale follows the base's): a
                 # product is exact.
                 "SELECT count(*) AS n, sum((z - y) * (z - y)) AS sse, sum(abs(z - y)) AS sae, "
-                "coalesce(var_pop(y), 0) * count(*) AS sst FROM (SELECT y::text::numeric "
-                f"AS y, z::text::numeric AS z FROM ({base}) AS b) AS s", params)[0]
-            sse, sae, sst = Decimal(sse), Decimal(sae), Decimal(sst)
-            rmse, mae = float((sse / n).sqrt()), float(sae / n)
-            r2 = float(1 - sse / sst) if sst > 0 else float("nan")
+                "sum(y * y) AS sy2, sum(y) AS sy FROM (SELECT y::text::numeric "
+                f"AS y, z::text::numeric AS z FROM ({base}) AS b) AS s", params)[0][:5]
+            # var_pop(numeric) rounds a spread of 1e-300 labels: the exact sums are combined
+            # here with 100 digits instead (Σy² − (Σy)²/n).
+            with localcontext() as ctx:
+                ctx.prec = 100
+                sse, sae = Decimal(sse), Decimal(sae)
+                sst = Decimal(sst) - Decimal(sy) * Decimal(sy) / n
+                rmse, mae = float((sse / n).sqrt()), float(sae / n)
+                r2 = float(1 - sse / sst) if sst > 0 else float("nan")
         else:
             rmse, mae = math.sqrt(sse / n), sae / n
             r2 = 1.0 - sse / sst if sst > 0 else float("nan")
