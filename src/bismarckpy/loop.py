@@ -208,7 +208,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                          packing=False, solver=p["solver"])
     notes = []
     if p["packed"] and dtype != p["dtype"]:
-        notes.append(f"values beyond float32's range: the working copy uses {dtype} blocks")
+        notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
+                     f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
     holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
                                   checked.n_usable)
