@@ -13,8 +13,10 @@
 -- Security: every function pins search_path to pg_catalog, pg_temp (so no object a user creates
 -- can stand in for a built-in) and names the extension's own objects with their schema. User
 -- relations arrive as regclass, resolved in the caller's context when the call is parsed. Nothing
--- runs as SECURITY DEFINER over a user-named table; the registry is protected by row-level
--- security and filtering views (see README, "Sharing a database").
+-- runs as SECURITY DEFINER over a user-named table. Members of bismarck_user only read the
+-- registry (filtering views, row-level security); it is written by a few SECURITY DEFINER
+-- bookkeeping functions that check what the calling role may do (see README, "Sharing a
+-- database").
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION bismarck CASCADE" to load this file. \quit
@@ -137,11 +139,29 @@ CREATE TABLE bismarck._packed_tables (
     skipped_rows  bigint      NOT NULL,
     label_values  float8[],
     seed          bigint      NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    owner         regrole     NOT NULL
 );
 COMMENT ON TABLE bismarck._packed_tables IS
     'Private: packed tables written by bismarck.pack (read them through bismarck.packed_tables).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._packed_tables', '');
+
+-- Installations of an earlier 0.2.0 development build lack _packed_tables.owner (re-run by
+-- upgrades and code refreshes; a no-op once the column exists).
+DO $bismarck_packed_owner$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = 'bismarck._packed_tables'::pg_catalog.regclass
+                      AND a.attname = 'owner' AND NOT a.attisdropped) THEN
+        DELETE FROM bismarck._packed_tables p
+         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = p.packed_table);
+        ALTER TABLE bismarck._packed_tables ADD COLUMN owner regrole;
+        UPDATE bismarck._packed_tables p SET owner = c.relowner::regrole
+          FROM pg_catalog.pg_class c WHERE c.oid = p.packed_table;
+        ALTER TABLE bismarck._packed_tables ALTER COLUMN owner SET NOT NULL;
+    END IF;
+END
+$bismarck_packed_owner$;
 
 ------------------------------------------------------------------------------------------------
 -- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
@@ -200,6 +220,10 @@ CREATE POLICY register_packed ON bismarck._packed_tables FOR INSERT
 CREATE FUNCTION bismarck._columns_readable(source text, columns text[]) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = to_regclass(source)
+                    AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity) THEN
+        RETURN false;  -- a view or a table with row-level security may hide rows from the user
+    END IF;
     RETURN coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
                                                                    'SELECT'), false))
                             AND count(*) = cardinality(columns)
@@ -211,7 +235,8 @@ EXCEPTION WHEN insufficient_privilege OR invalid_name OR syntax_error THEN
 END
 $$;
 COMMENT ON FUNCTION bismarck._columns_readable(text, text[]) IS
-    'Private: whether the current user may SELECT all these columns of a relation.';
+    'Private: whether the current user may SELECT all these columns of a table that has no '
+    'row-level security (false for views and for tables with row-level security).';
 
 ------------------------------------------------------------------------------------------------
 -- Views (filtering: each user sees the rows the policies above would show them)
@@ -243,7 +268,8 @@ WHERE pg_has_role(m.owner, 'USAGE') OR EXISTS (
 COMMENT ON VIEW bismarck.models IS
     'Trained models you own or were granted, one row per version: coefficients in the original '
     'feature units, hyper-parameters (params), training metrics and the standardisation used '
-    '(fitted: NULL unless you own the model or may read its label and feature columns).';
+    '(fitted: NULL unless you own the model, or its source is a table without row-level '
+    'security whose label and feature columns you may read).';
 
 CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
@@ -290,7 +316,7 @@ SELECT p.packed_table,
        p.created_at,
        (p.rows > 0 AND pg_relation_size(p.packed_table) = 0) AS emptied
 FROM bismarck._packed_tables p
-JOIN pg_class c ON c.oid = p.packed_table
+JOIN pg_class c ON c.oid = p.packed_table AND c.relowner = p.owner
 WHERE has_table_privilege(p.packed_table, 'SELECT');
 COMMENT ON VIEW bismarck.packed_tables IS
     'Packed tables written by bismarck.pack that exist and that you may read: their source, '
@@ -488,15 +514,9 @@ COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS
 CREATE FUNCTION bismarck.delete_model(model text, version integer DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n integer;
 BEGIN
     PERFORM bismarck._model(model, version);
-    DELETE FROM bismarck._models m
-     WHERE m.model_name = model
-       AND (delete_model.version IS NULL OR m.version = delete_model.version);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    RETURN bismarck._delete_versions(model, version);
 END
 $$;
 COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
@@ -505,20 +525,8 @@ COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
 
 CREATE FUNCTION bismarck.grant_model(model text, role regrole) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    o regrole;
 BEGIN
-    SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'you do not own a model "%"', model
-            USING ERRCODE = '42501',
-                  HINT = 'Only the owner of a model (or a superuser) can grant it to others.';
-    END IF;
-    IF role IS NULL THEN
-        RAISE EXCEPTION 'no role given' USING ERRCODE = '22004';
-    END IF;
-    INSERT INTO bismarck.model_grants (model_name, grantee, owner) VALUES (model, role, o)
-    ON CONFLICT (model_name, grantee) DO NOTHING;
+    PERFORM bismarck._set_grant(model, role, true);
 END
 $$;
 COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
@@ -528,13 +536,7 @@ COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
 CREATE FUNCTION bismarck.revoke_model(model text, role regrole) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM bismarck.model_names n WHERE n.model_name = model) THEN
-        RAISE EXCEPTION 'you do not own a model "%"', model
-            USING ERRCODE = '42501',
-                  HINT = 'Only the owner of a model (or a superuser) can revoke its grants.';
-    END IF;
-    DELETE FROM bismarck.model_grants g WHERE g.model_name = model AND g.grantee = role;
-    RETURN FOUND;
+    RETURN bismarck._set_grant(model, role, false);
 END
 $$;
 COMMENT ON FUNCTION bismarck.revoke_model(text, regrole) IS
@@ -700,50 +702,94 @@ $$;
 COMMENT ON FUNCTION bismarck._link(text, float8) IS
     'Private: maps a linear score to the prediction (sigmoid for logistic, identity otherwise).';
 
-CREATE FUNCTION bismarck._claim_model(model text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+------------------------------------------------------------------------------------------------
+-- Bookkeeping: the only writers of the registry. Members of bismarck_user may only SELECT the
+-- registry tables (so they can neither forge rows that other users' code acts on nor take locks
+-- that stall others); these SECURITY DEFINER functions write them for the calling role, each
+-- checking what that role may do. None takes or touches a user-named table; every one pins
+-- search_path. The caller is CURRENT_USER, captured by the DEFAULT of the last argument in the
+-- caller's context, and accepted only if the session's login role may become it (SET ROLE).
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._caller(caller regrole) RETURNS regrole
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('bismarck.model_names'), hashtext(model)) THEN
-        RAISE EXCEPTION 'model "%" is being trained by another transaction', model
-            USING ERRCODE = '55P03',
-                  DETAIL = 'A bismarck.train_glm call that stores this model has not committed.',
-                  HINT = 'Wait until it commits, or choose another model_name.';
+    IF caller IS NULL OR NOT pg_has_role(session_user, caller, 'MEMBER') THEN
+        RAISE EXCEPTION 'bismarck bookkeeping cannot act for role %', coalesce(caller::text, 'NULL')
+            USING ERRCODE = '42501',
+                  HINT = 'Leave the caller argument out: it defaults to CURRENT_USER.';
+    END IF;
+    RETURN caller;
+END
+$$;
+COMMENT ON FUNCTION bismarck._caller(regrole) IS
+    'Private: the role a bookkeeping function acts for, if the session may act as it.';
+
+CREATE FUNCTION bismarck._claim_model(
+    model text, caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s'
+AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+    o regrole;
+BEGIN
+    IF model IS NULL OR model = '' THEN
+        RAISE EXCEPTION 'model_name must be a non-empty string' USING ERRCODE = '22023';
     END IF;
     BEGIN
-        PERFORM 1 FROM bismarck.model_names n WHERE n.model_name = model FOR UPDATE;
+        SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
         IF NOT FOUND THEN
-            INSERT INTO bismarck.model_names (model_name) VALUES (model)
-            ON CONFLICT (model_name) DO NOTHING;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'model name "%" belongs to another role', model
-                    USING ERRCODE = '42501',
-                          HINT = 'Choose another model_name: only the owner of a model trains '
-                                 'new versions of it.';
+            -- A new name: the caller's from now on. Another transaction creating the same name
+            -- makes this wait at most lock_timeout (1 s), then refuse.
+            INSERT INTO bismarck.model_names AS n (model_name, owner) VALUES (model, c)
+            ON CONFLICT ON CONSTRAINT model_names_pkey DO NOTHING;
+            IF FOUND THEN
+                RETURN;
             END IF;
+            SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
         END IF;
-    EXCEPTION WHEN serialization_failure THEN
-        RAISE EXCEPTION 'model "%" got a new version after this transaction began', model
-            USING ERRCODE = '40001',
-                  HINT = 'Train again in a new transaction (or under READ COMMITTED).';
+        IF NOT pg_has_role(c, o, 'USAGE') THEN
+            RAISE EXCEPTION 'model name "%" belongs to another role', model
+                USING ERRCODE = '42501',
+                      HINT = 'Choose another model_name: only the owner of a model trains '
+                             'new versions of it.';
+        END IF;
+        -- The name's row lock (only these functions can take it: members have no UPDATE).
+        PERFORM 1 FROM bismarck.model_names n WHERE n.model_name = model FOR UPDATE NOWAIT;
+    EXCEPTION
+        WHEN lock_not_available THEN
+            RAISE EXCEPTION 'model "%" is being trained by another transaction', model
+                USING ERRCODE = '55P03',
+                      DETAIL = 'A bismarck.train_glm call that stores this model has not '
+                               'committed.',
+                      HINT = 'Wait until it commits, or choose another model_name.';
+        WHEN serialization_failure THEN
+            RAISE EXCEPTION 'model "%" got a new version after this transaction began', model
+                USING ERRCODE = '40001',
+                      HINT = 'Train again in a new transaction (or under READ COMMITTED).';
     END;
 END
 $$;
-COMMENT ON FUNCTION bismarck._claim_model(text) IS
-    'Private: before any epoch runs, check that the caller owns (or may create) a model name and '
-    'that no other uncommitted transaction trains it; refuses at once, never waits.';
+COMMENT ON FUNCTION bismarck._claim_model(text, regrole) IS
+    'Private: before any epoch runs, check that the caller owns (or now creates) a model name and '
+    'lock it against other uncommitted trainings of it; refuses at once (at most 1 s when another '
+    'transaction is creating the same name).';
 
 CREATE FUNCTION bismarck._store_model(
     model_name text, source text, label text, loss text, features text[],
     array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
-    metrics jsonb, fitted jsonb)
+    metrics jsonb, fitted jsonb,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    c regrole := bismarck._caller(caller);
     v integer;
     o regrole;
 BEGIN
     UPDATE bismarck.model_names n SET last_version = n.last_version + 1
-     WHERE n.model_name = _store_model.model_name
+     WHERE n.model_name = _store_model.model_name AND pg_has_role(c, n.owner, 'USAGE')
     RETURNING n.last_version, n.owner INTO v, o;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'model name "%" belongs to another role', model_name
@@ -758,33 +804,271 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolean, float8[],
-    float8, float8[], jsonb, jsonb, jsonb) IS
-    'Private: stores a trained model as the next version of its name (never a number used '
-    'before).';
+    float8, float8[], jsonb, jsonb, jsonb, regrole) IS
+    'Private: stores a trained model as the next version of a name the caller owns (never a '
+    'number used before).';
 
-CREATE FUNCTION bismarck._work_schema(
-    role regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
-RETURNS text
+CREATE FUNCTION bismarck._delete_versions(
+    model text, version integer,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    name text;
+    c regrole := bismarck._caller(caller);
+    n integer;
 BEGIN
-    IF role IS NULL OR NOT pg_has_role(session_user, role, 'MEMBER') THEN
-        RAISE EXCEPTION 'cannot make a working schema for role %', role
+    DELETE FROM bismarck._models m
+     WHERE m.model_name = model
+       AND (_delete_versions.version IS NULL OR m.version = _delete_versions.version)
+       AND (pg_has_role(c, m.owner, 'USAGE') OR EXISTS (
+            SELECT 1 FROM bismarck.model_grants g
+             WHERE g.model_name = m.model_name AND g.owner = m.owner
+               AND pg_has_role(c, g.grantee, 'USAGE')));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION bismarck._delete_versions(text, integer, regrole) IS
+    'Private: deletes versions of a model the caller owns or was granted; returns how many.';
+
+CREATE FUNCTION bismarck._set_grant(
+    model text, grantee regrole, give boolean,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+    o regrole;
+BEGIN
+    SELECT n.owner INTO o FROM bismarck.model_names n
+     WHERE n.model_name = model AND pg_has_role(c, n.owner, 'USAGE');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'you do not own a model "%"', model
+            USING ERRCODE = '42501',
+                  HINT = 'Only the owner of a model (or a superuser) can grant it to others or '
+                         'revoke its grants.';
+    END IF;
+    IF grantee IS NULL THEN
+        RAISE EXCEPTION 'no role given' USING ERRCODE = '22004';
+    END IF;
+    IF give THEN
+        INSERT INTO bismarck.model_grants (model_name, grantee, owner) VALUES (model, grantee, o)
+        ON CONFLICT ON CONSTRAINT model_grants_pkey DO NOTHING;
+    ELSE
+        DELETE FROM bismarck.model_grants g
+         WHERE g.model_name = model AND g.grantee = _set_grant.grantee;
+    END IF;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION bismarck._set_grant(text, regrole, boolean, regrole) IS
+    'Private: gives (give) or takes back a grant of a model the caller owns; true if a row changed.';
+
+-- The runs of this backend (pid and start time: a pid alone is reused).
+CREATE FUNCTION bismarck._backend_start() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
+$$;
+COMMENT ON FUNCTION bismarck._backend_start() IS
+    'Private: when this backend started (with its pid, it names the backend).';
+
+CREATE FUNCTION bismarck._begin_run(
+    model_name text, source text, params jsonb, work boolean,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    OUT run_id bigint, OUT work_schema text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+    started timestamptz := bismarck._backend_start();
+    held text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM bismarck.model_names n
+                    WHERE n.model_name = _begin_run.model_name
+                      AND pg_has_role(c, n.owner, 'USAGE')) THEN
+        RAISE EXCEPTION 'model name "%" belongs to another role', model_name
+            USING ERRCODE = '42501', HINT = 'Choose another model_name.';
+    END IF;
+    -- One working schema per backend at a time: earlier runs' schemas must be gone first.
+    SELECT r.work_schema INTO held FROM bismarck._training_run r
+      JOIN pg_namespace s ON s.nspname = r.work_schema
+     WHERE r.backend_pid = pg_backend_pid() AND r.backend_start IS NOT DISTINCT FROM started
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'this session still holds the working schema % of an earlier run', held
+            USING ERRCODE = '55000',
+                  HINT = 'Train again in a new session (the next training cleans it up).';
+    END IF;
+    IF work THEN
+        LOOP
+            work_schema := 'bismarck_work_' ||
+                           substr(md5(random()::text || clock_timestamp()::text), 1, 16);
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_namespace s
+                                   WHERE s.nspname = _begin_run.work_schema);
+        END LOOP;
+        EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', work_schema,
+                       (SELECT r.rolname FROM pg_roles r WHERE r.oid = c));
+    END IF;
+    INSERT INTO bismarck._training_run AS r (model_name, source, params, owner, backend_pid,
+                                             backend_start, work_schema)
+    VALUES (model_name, source, params, c, pg_backend_pid(), started, _begin_run.work_schema)
+    RETURNING r.run_id INTO run_id;
+END
+$$;
+COMMENT ON FUNCTION bismarck._begin_run(text, text, jsonb, boolean, regrole) IS
+    'Private: records a new training run of a model name the caller owns and, when work, '
+    'creates its working schema (empty, owned by the caller, named in the run''s row). Touches '
+    'no user table.';
+
+CREATE FUNCTION bismarck._record_epoch(
+    run_id bigint, epoch integer, train_loss float8, validation_loss float8,
+    learning_rate float8, rows bigint, seconds float8, workers integer,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM bismarck._training_run r
+                    WHERE r.run_id = _record_epoch.run_id AND r.owner = c
+                      AND r.status = 'running' AND r.backend_pid = pg_backend_pid()) THEN
+        RAISE EXCEPTION 'run % is not a running training of this session', run_id
             USING ERRCODE = '42501';
     END IF;
+    INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss,
+                                          learning_rate, rows, seconds, workers)
+    VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers);
+END
+$$;
+COMMENT ON FUNCTION bismarck._record_epoch(bigint, integer, float8, float8, float8, bigint,
+    float8, integer, regrole) IS
+    'Private: appends one epoch to the history of the caller''s running run.';
+
+CREATE FUNCTION bismarck._end_run(
+    run_id bigint, status text, version integer, message text,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+BEGIN
+    IF status NOT IN ('succeeded', 'failed', 'interrupted') THEN
+        RAISE EXCEPTION 'a run ends as succeeded, failed or interrupted, not %', status
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE bismarck._training_run r
+       SET status = _end_run.status, message = _end_run.message, finished_at = now(),
+           version = CASE WHEN _end_run.status = 'succeeded' AND EXISTS (
+                              SELECT 1 FROM bismarck._models m
+                               WHERE m.model_name = r.model_name AND m.owner = r.owner
+                                 AND m.version = _end_run.version)
+                          THEN _end_run.version END,
+           work_schema = CASE WHEN EXISTS (SELECT 1 FROM pg_namespace s
+                                            WHERE s.nspname = r.work_schema)
+                              THEN r.work_schema END
+     WHERE r.run_id = _end_run.run_id AND r.owner = c AND r.status = 'running';
+END
+$$;
+COMMENT ON FUNCTION bismarck._end_run(bigint, text, integer, text, regrole) IS
+    'Private: marks the caller''s running run succeeded (with the version it stored), failed or '
+    'interrupted; forgets its working schema once that is gone.';
+
+CREATE FUNCTION bismarck._dead_runs(
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS TABLE (run_id bigint, work_schema text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+    started timestamptz := bismarck._backend_start();
+    r record;
+    keep boolean;
+BEGIN
+    -- The caller's own runs whose backend is gone, or is this one (a run of this session that
+    -- never ended). SKIP LOCKED: a run another session is cleaning up is left to it.
+    FOR r IN
+        SELECT t.run_id, t.work_schema, t.status FROM bismarck._training_run t
+         WHERE t.owner = c AND (t.status = 'running' OR t.work_schema IS NOT NULL)
+           AND ((t.backend_pid = pg_backend_pid()
+                 AND t.backend_start IS NOT DISTINCT FROM started)
+                OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                WHERE a.pid = t.backend_pid
+                                  AND (t.backend_start IS NULL OR a.backend_start IS NULL
+                                       OR a.backend_start = t.backend_start)))
+         FOR UPDATE OF t SKIP LOCKED
     LOOP
-        name := 'bismarck_work_' || substr(md5(random()::text || clock_timestamp()::text), 1, 16);
-        IF to_regnamespace(name) IS NULL THEN
-            EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %s', name, role);
-            RETURN name;
+        -- Only a schema this function's sibling _begin_run made for the caller is handed back
+        -- for dropping: the pattern, and still owned by the caller.
+        keep := r.work_schema ~ '^bismarck_work_[0-9a-f]{16}$' AND EXISTS (
+                    SELECT 1 FROM pg_namespace s
+                     WHERE s.nspname = r.work_schema AND s.nspowner = c);
+        UPDATE bismarck._training_run t
+           SET status = CASE WHEN t.status = 'running' THEN 'interrupted' ELSE t.status END,
+               finished_at = coalesce(t.finished_at, now()),
+               work_schema = CASE WHEN keep THEN t.work_schema END
+         WHERE t.run_id = r.run_id;
+        IF keep THEN
+            run_id := r.run_id;
+            work_schema := r.work_schema;
+            RETURN NEXT;
         END IF;
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION bismarck._work_schema(regrole) IS
-    'Private: a new empty schema owned by the calling role, where one training run keeps its '
-    'working copies out of other users'' reach (the run drops it). Touches no user table.';
+COMMENT ON FUNCTION bismarck._dead_runs(regrole) IS
+    'Private: marks the caller''s runs whose session is gone interrupted; returns the working '
+    'schemas among them for the caller to drop (then _forget_work). Touches no user table.';
+
+CREATE FUNCTION bismarck._forget_work(
+    run_id bigint,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE bismarck._training_run r SET work_schema = NULL
+     WHERE r.run_id = _forget_work.run_id AND r.owner = bismarck._caller(caller)
+       AND NOT EXISTS (SELECT 1 FROM pg_namespace s WHERE s.nspname = r.work_schema);
+END
+$$;
+COMMENT ON FUNCTION bismarck._forget_work(bigint, regrole) IS
+    'Private: clears a run''s working schema from its row once the schema is gone.';
+
+CREATE FUNCTION bismarck._register_packed(
+    packed_table regclass, source text, label text, features text[], array_feature boolean,
+    n_features integer, dtype text, block_size integer, rows bigint, skipped_rows bigint,
+    label_values float8[], seed bigint,
+    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._caller(caller);
+    o oid;
+BEGIN
+    SELECT k.relowner INTO o FROM pg_class k WHERE k.oid = packed_table;
+    IF NOT FOUND OR NOT pg_has_role(c, o, 'USAGE') THEN
+        RAISE EXCEPTION 'only the owner of % can register it as a packed table', packed_table
+            USING ERRCODE = '42501';
+    END IF;
+    -- Rows of tables that are gone (or changed hands) would re-attach to a new table that
+    -- reuses the OID: drop them now.
+    DELETE FROM bismarck._packed_tables p
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class k
+                        WHERE k.oid = p.packed_table AND k.relowner = p.owner);
+    INSERT INTO bismarck._packed_tables AS p (packed_table, source, label, features,
+        array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed,
+        owner)
+    VALUES (packed_table, source, label, features, array_feature, n_features, dtype,
+            block_size, rows, skipped_rows, label_values, seed, o)
+    ON CONFLICT ON CONSTRAINT _packed_tables_pkey DO UPDATE
+       SET source = excluded.source, label = excluded.label, features = excluded.features,
+           array_feature = excluded.array_feature, n_features = excluded.n_features,
+           dtype = excluded.dtype, block_size = excluded.block_size, rows = excluded.rows,
+           skipped_rows = excluded.skipped_rows, label_values = excluded.label_values,
+           seed = excluded.seed, owner = excluded.owner, created_at = now();
+END
+$$;
+COMMENT ON FUNCTION bismarck._register_packed(regclass, text, text, text[], boolean, integer,
+    text, integer, bigint, bigint, float8[], bigint, regrole) IS
+    'Private: records a packed table the caller owns (bismarck.pack), forgetting rows of '
+    'dropped tables. Reads only the catalog.';
 
 ------------------------------------------------------------------------------------------------
 -- Aggregates: one SGD epoch, feature moments
@@ -974,10 +1258,46 @@ COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, 
 
 DO $bismarck_privileges$
 DECLARE
+    ext_owner oid := (SELECT e.extowner FROM pg_catalog.pg_extension e
+                       WHERE e.extname = 'bismarck');
     f record;
 BEGIN
+    -- Nobody but the extension's owner may create objects in schema bismarck (a look-alike
+    -- function there would win over the extension's own for some calls), whoever granted it.
+    FOR f IN
+        SELECT DISTINCT a.grantee
+          FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) AS a
+         WHERE n.nspname = 'bismarck' AND a.privilege_type = 'CREATE'
+           AND a.grantee <> ext_owner
+    LOOP
+        EXECUTE format('REVOKE CREATE ON SCHEMA bismarck FROM %s CASCADE',
+                       CASE WHEN f.grantee = 0 THEN 'PUBLIC'
+                            ELSE quote_ident((SELECT r.rolname FROM pg_catalog.pg_roles r
+                                               WHERE r.oid = f.grantee)) END);
+    END LOOP;
     REVOKE ALL ON SCHEMA bismarck FROM PUBLIC;
     GRANT USAGE ON SCHEMA bismarck TO bismarck_user;
+    -- The registry: only the extension's owner writes it (through the bookkeeping functions);
+    -- whatever any role was granted on its tables, views and sequences before is taken back.
+    FOR f IN
+        SELECT DISTINCT c.oid::regclass AS rel, a.grantee
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_class c ON c.oid = d.objid,
+               LATERAL (SELECT x.grantee FROM aclexplode(c.relacl) AS x
+                        UNION ALL
+                        SELECT x.grantee FROM pg_catalog.pg_attribute t, aclexplode(t.attacl) AS x
+                         WHERE t.attrelid = c.oid) AS a
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e
+                              WHERE e.extname = 'bismarck')
+           AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', f.rel,
+                       CASE WHEN f.grantee = 0 THEN 'PUBLIC'
+                            ELSE quote_ident((SELECT r.rolname FROM pg_catalog.pg_roles r
+                                               WHERE r.oid = f.grantee)) END);
+    END LOOP;
     FOR f IN
         SELECT d.objid::regprocedure AS fn
           FROM pg_catalog.pg_depend d
@@ -991,12 +1311,11 @@ BEGIN
     END LOOP;
 END
 $bismarck_privileges$;
+-- Members read (SELECT takes only ACCESS SHARE locks: they cannot stall anyone) and write
+-- nothing directly: training, packing, deleting and granting go through the bookkeeping
+-- functions above.
 GRANT SELECT ON bismarck.models, bismarck.training_history, bismarck.packed_tables
     TO bismarck_user;
-GRANT SELECT (model_name, version, owner), INSERT, DELETE ON bismarck._models TO bismarck_user;
-GRANT SELECT, INSERT, UPDATE ON bismarck.model_names TO bismarck_user;
-GRANT SELECT, INSERT, DELETE ON bismarck.model_grants TO bismarck_user;
-GRANT SELECT, INSERT, UPDATE ON bismarck._training_run TO bismarck_user;
-GRANT USAGE ON SEQUENCE bismarck._training_run_run_id_seq TO bismarck_user;
-GRANT SELECT, INSERT ON bismarck._training_epoch TO bismarck_user;
-GRANT INSERT ON bismarck._packed_tables TO bismarck_user;
+GRANT SELECT (model_name, version, owner) ON bismarck._models TO bismarck_user;
+GRANT SELECT ON bismarck.model_names, bismarck.model_grants, bismarck._training_run,
+    bismarck._training_epoch TO bismarck_user;

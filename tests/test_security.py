@@ -28,6 +28,9 @@ from bismarck_controller import extension, training
 from bismarck_controller.cli import main as cli_main
 
 PINNED = "search_path=pg_catalog, pg_temp"
+# The SECURITY DEFINER functions: the only writers of the registry (members only read it).
+BOOKKEEPING = ("_claim_model", "_store_model", "_delete_versions", "_set_grant", "_begin_run",
+               "_record_epoch", "_end_run", "_dead_runs", "_forget_work", "_register_packed")
 USERS = ("alice", "bob", "mallory", "carol")
 
 
@@ -83,6 +86,41 @@ INSERT INTO patients VALUES (1, 1, 70, true), (2, 1, 80, true), (3, 1, 50, false
 FEATURES = ["treatment", "trait_anxiety"]
 
 
+REGISTRY = ("_models", "model_names", "model_grants", "_training_run", "_training_epoch",
+            "_packed_tables")
+# Writes and locks a member might try on the registry directly: each is refused.
+DIRECT_WRITES = [
+    "INSERT INTO bismarck._training_run (model_name, source, params, backend_pid, work_schema) "
+    "VALUES ('x', 'x', '{}', 0, 'finance')",
+    "UPDATE bismarck._training_run SET work_schema = 'finance'",
+    "UPDATE bismarck.model_names SET last_version = 0",
+    "INSERT INTO bismarck.model_names (model_name) VALUES ('squat')",
+    "INSERT INTO bismarck.model_grants (model_name, grantee, owner) VALUES ('m', "
+    "current_user::text::regrole, current_user::text::regrole)",
+    "INSERT INTO bismarck._models (model_name, version, loss, source, label, features, "
+    "array_feature, coef, intercept, params, metrics, fitted) VALUES ('m', 99, 'logistic', 's', "
+    "'l', '{a}', false, '{1}', 0, '{}', '{}', '{}')",
+    "INSERT INTO bismarck._training_epoch (run_id, epoch) VALUES (1, 1)",
+    "INSERT INTO bismarck._packed_tables (packed_table, source, label, features, array_feature, "
+    "n_features, dtype, block_size, rows, skipped_rows, seed, owner) VALUES ('pg_class', 's', "
+    "'l', '{a}', false, 1, 'float64', 1, 1, 0, 0, current_user::text::regrole)",
+    "SELECT nextval('bismarck._training_run_run_id_seq')",
+] + [f"DELETE FROM bismarck.{t}" for t in REGISTRY] + [
+    f"TRUNCATE bismarck.{t}" for t in REGISTRY] + [
+    f"BEGIN; LOCK TABLE bismarck.{t} IN {mode} MODE" for t in REGISTRY
+    for mode in ("ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE")] + [
+    f"BEGIN; SELECT 1 FROM bismarck.{t} FOR {lock}" for t in ("model_names", "_training_run")
+    for lock in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")]
+
+
+def _refused(conn: psycopg.Connection, statement: str) -> None:
+    """The statement fails for lack of privilege (any open transaction is rolled back)."""
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+        conn.execute(statement)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
+
+
 def _patients(conn: psycopg.Connection) -> None:
     conn.execute("DROP TABLE IF EXISTS patients")
     conn.execute(PATIENTS)
@@ -104,8 +142,20 @@ def test_every_function_is_pinned_and_none_is_definer_over_user_tables(
     unpinned = [name for name, kind, config, _ in rows
                 if kind != "a" and PINNED not in (config or [])]
     assert unpinned == []
-    definers = [name for name, _, _, definer in rows if definer]
-    assert definers == ["bismarck._work_schema(regrole)"]  # makes an empty schema, nothing else
+    definers = sorted(name.split("(")[0].removeprefix("bismarck.")
+                      for name, _, _, definer in rows if definer)
+    assert definers == sorted(BOOKKEEPING)
+    with roles.connect("admin") as conn:
+        for name, args, body in conn.execute("""
+                SELECT p.proname::text, pg_get_function_arguments(p.oid), p.prosrc
+                  FROM pg_proc p
+                 WHERE p.pronamespace = 'bismarck'::regnamespace AND p.prosecdef"""):
+            # each acts for a caller it checks, and runs no dynamic SQL but CREATE SCHEMA
+            assert "caller regrole DEFAULT to_regrole(quote_ident((CURRENT_USER)" in args, name
+            assert "bismarck._caller(caller)" in body, name
+            executes = [line.strip() for line in body.splitlines() if "EXECUTE" in line]
+            assert executes == (["EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', "
+                                 "work_schema,"] if name == "_begin_run" else []), name
 
 
 _PLANT = r"""
@@ -393,21 +443,10 @@ def test_users_cannot_read_delete_or_shadow_each_others_models(roles: Roles) -> 
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
             b.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
                       "'alice_heart', max_epochs => 1)", [FEATURES])
-        assert b.execute("DELETE FROM bismarck._models WHERE model_name = %s",
-                         ["alice_heart"]).rowcount == 0
-        assert b.execute("UPDATE bismarck.model_names SET last_version = 0 "
-                         "WHERE model_name = %s", ["alice_heart"]).rowcount == 0
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             b.execute("SELECT fitted FROM bismarck._models")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            b.execute("INSERT INTO bismarck.model_grants (model_name, grantee, owner) "
-                      "VALUES ('alice_heart', current_user::text::regrole, "
-                      "current_user::text::regrole)")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            b.execute("INSERT INTO bismarck._models (model_name, version, loss, source, label, "
-                      "features, array_feature, coef, intercept, params, metrics, fitted) "
-                      "VALUES ('alice_heart', 99, 'logistic', 's', 'l', '{a}', false, '{1}', 0,"
-                      " '{}', '{}', '{}')")
+        for write in DIRECT_WRITES:  # members only read the registry
+            _refused(b, write)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="do not own"):
             b.execute("SELECT bismarck.grant_model('alice_heart', %s)", [roles.names["bob"]])
     with roles.connect("alice") as a:
@@ -445,6 +484,232 @@ def test_users_cannot_read_delete_or_shadow_each_others_models(roles: Roles) -> 
         a.execute("SELECT bismarck.grant_model('alice_heart', %s)", [roles.names["bob"]])
     with roles.connect("bob") as b:  # a grantee may delete
         assert b.execute("SELECT bismarck.delete_model('alice_heart')").fetchone() == (1,)
+
+
+# --- the registry is written only by bismarck's bookkeeping functions ---------------------------
+
+
+def test_members_hold_no_write_privilege_or_lock_on_the_registry(roles: Roles) -> None:
+    with roles.connect("admin") as admin:
+        rows = admin.execute("""
+            SELECT c.oid::regclass::text, r.rolname::text, p.priv
+              FROM pg_depend d JOIN pg_class c ON c.oid = d.objid,
+                   pg_roles r,
+                   unnest(ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                                'TRIGGER']) AS p(priv)
+             WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+               AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
+               AND c.relkind IN ('r', 'v') AND r.rolname = ANY (%s)
+               AND (has_table_privilege(r.oid, c.oid, p.priv)
+                    OR (p.priv IN ('INSERT', 'UPDATE', 'REFERENCES')
+                        AND has_any_column_privilege(r.oid, c.oid, p.priv)))
+        """, [list(roles.names.values())]).fetchall()
+        assert rows == []
+        assert admin.execute(
+            "SELECT count(*) FROM pg_roles r WHERE r.rolname = ANY (%s) AND has_sequence_privilege("
+            "r.oid, 'bismarck._training_run_run_id_seq', 'USAGE,UPDATE')",
+            [list(roles.names.values())]).fetchone() == (0,)
+    for who in ("alice", "mallory"):
+        with roles.connect(who) as conn:
+            for statement in DIRECT_WRITES:
+                _refused(conn, statement)
+
+
+def test_no_member_makes_another_roles_training_drop_or_fail(roles: Roles) -> None:
+    """The tester's case and its kin: forged or stale run rows never drop others' schemas."""
+    with roles.connect("admin") as admin:
+        admin.execute("DROP SCHEMA IF EXISTS finance CASCADE")
+        admin.execute("CREATE SCHEMA finance")
+        admin.execute("CREATE TABLE finance.ledger AS SELECT 1 AS amount")
+        bobs = "bismarck_work_00000000deadbeef"  # the pattern, but another role's schema
+        admin.execute(f"DROP SCHEMA IF EXISTS {bobs} CASCADE")
+        admin.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+            sql.Identifier(bobs), sql.Identifier(roles.names["bob"])))
+        admin.execute("DROP TABLE IF EXISTS public.admin_patients")
+        admin.execute(PATIENTS.replace("patients", "public.admin_patients"))
+    with roles.connect("mallory") as m:
+        _patients(m)
+        _refused(m, DIRECT_WRITES[0])
+        # nor through the bookkeeping functions, acting for another role
+        for call in ("SELECT bismarck._claim_model('x', 'postgres')",
+                     "SELECT * FROM bismarck._begin_run('x', 'x', '{}', true, 'postgres')",
+                     "SELECT * FROM bismarck._dead_runs('postgres')",
+                     "SELECT bismarck._end_run(1, 'failed', NULL, 'x', 'postgres')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot act for"):
+                m.execute(call)
+        m.execute("SELECT bismarck._claim_model('mallory_m')")
+        run_id, schema = m.execute(
+            "SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)").fetchone()
+        assert schema.startswith("bismarck_work_")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="still holds"):
+            m.execute("SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
+            m.execute("SELECT * FROM bismarck._begin_run('versions', 'x', '{}', true)")
+    with roles.connect("admin") as admin:
+        # rows as an older version or a tampered backup might hold them: dead runs of alice and
+        # of the superuser pointing at schemas that are not theirs
+        admin.execute("SELECT bismarck._claim_model('forged')")
+        for owner, target in (("alice", "finance"), ("alice", bobs), ("postgres", "finance"),
+                              ("postgres", bobs)):
+            admin.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
+                          "backend_pid, work_schema, owner) VALUES ('forged', 'x', '{}', 0, %s, "
+                          "%s::regrole)", [target, roles.names.get(owner, owner)])
+        assert admin.execute("SELECT version FROM bismarck.train_glm('admin_patients', "
+                             "'second_attack', %s, 'admin_heart', max_epochs => 1)",
+                             [FEATURES]).fetchone() == (1,)
+    for who in ("alice", "bob"):
+        with roles.connect(who) as conn:
+            _patients(conn)
+            assert conn.execute("SELECT version FROM bismarck.train_glm('patients', "
+                                "'second_attack', %s, %s, max_epochs => 1)",
+                                [FEATURES, f"{who}_after_forgery"]).fetchone() == (1,)
+    with roles.connect("admin") as admin:
+        assert admin.execute("SELECT to_regclass('finance.ledger') IS NOT NULL, "
+                             "to_regnamespace(%s) IS NOT NULL", [bobs]).fetchone() == (True, True)
+        assert admin.execute("SELECT count(*) FROM bismarck._training_run WHERE model_name = "
+                             "'forged' AND (status = 'running' OR work_schema IS NOT NULL)"
+                             ).fetchone() == (0,)
+        admin.execute(f"DROP SCHEMA {bobs}")
+        admin.execute("DROP SCHEMA finance CASCADE")
+    with roles.connect("mallory") as m:  # her own leftover is hers to clean: her next training
+        assert m.execute("SELECT version FROM bismarck.train_glm('patients', 'second_attack', "
+                         "%s, 'mallory_m', max_epochs => 1)", [FEATURES]).fetchone() == (1,)
+        assert m.execute("SELECT to_regnamespace(%s)", [schema]).fetchone() == (None,)
+        assert m.execute("SELECT status, work_schema FROM bismarck._training_run "
+                         "WHERE run_id = %s", [run_id]).fetchone() == ("interrupted", None)
+
+
+def test_nobody_can_squat_a_model_name_or_stall_its_training(roles: Roles) -> None:
+    train = ("SELECT version FROM bismarck.train_glm('patients', 'second_attack', %s, %s, "
+             "max_epochs => 1)")
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute(train, [FEATURES, "squatted"])
+    # advisory locks are anyone's (even a non-member's): bismarck uses none for names
+    with roles.connect("carol") as carol, roles.connect("mallory") as m:
+        carol.execute("SELECT pg_advisory_lock(hashtext('bismarck.model_names'), "
+                      "hashtext('squatted'))")
+        m.execute("SELECT pg_advisory_lock(hashtext('squatted'))")
+        carol.execute("SELECT pg_advisory_lock(hashtext('bismarck.pack'), "
+                      "hashtext('alice.squatted_packed'))")
+        with roles.connect("alice") as a:
+            a.execute("DROP TABLE IF EXISTS squatted_packed")
+            assert a.execute("SELECT rows FROM bismarck.pack('patients', 'second_attack', %s, "
+                             "'squatted_packed')", [FEATURES]).fetchone() == (20,)
+        m.execute("BEGIN")
+        for statement in ("SELECT 1 FROM bismarck.model_names WHERE model_name = 'squatted' "
+                          "FOR KEY SHARE",
+                          "LOCK TABLE bismarck.model_names IN ACCESS EXCLUSIVE MODE"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                m.execute(statement)
+            m.execute("ROLLBACK")
+            m.execute("BEGIN")
+        m.execute("SELECT count(*) FROM bismarck.model_names")  # ACCESS SHARE: harmless
+        with roles.connect("alice") as a:
+            a.execute("SET lock_timeout = '30s'")
+            assert a.execute(train, [FEATURES, "squatted"]).fetchone() == (2,)
+        m.execute("ROLLBACK")
+    # a new name being created by an open transaction: others wait at most about a second
+    with roles.connect("bob") as b1, roles.connect("alice") as a:
+        _patients(b1)
+        b1.execute("BEGIN")
+        b1.execute(train, [FEATURES, "contended"])
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="being trained by another"):
+            a.execute(train, [FEATURES, "contended"])
+        assert time.monotonic() - started < 30  # bounded (1 s lock_timeout; generous margin)
+        b1.execute("ROLLBACK")
+        assert a.execute(train, [FEATURES, "contended"]).fetchone() == (1,)
+
+
+def test_packed_registry_rows_never_attach_to_another_table(roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute("DROP TABLE IF EXISTS reused_packed, dropped_packed")
+        a.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', %s, "
+                  "'reused_packed')", [FEATURES])
+        a.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', %s, "
+                  "'dropped_packed')", [FEATURES])
+        a.execute("DROP TABLE dropped_packed")
+    with roles.connect("bob") as b:
+        _patients(b)
+        bob_oid = b.execute("SELECT 'patients'::regclass::oid").fetchone()[0]
+    with roles.connect("admin") as admin:  # as if bob's new table had reused the OID
+        admin.execute("UPDATE bismarck._packed_tables SET packed_table = %s "
+                      "WHERE packed_table = 'alice.reused_packed'::regclass", [bob_oid])
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT count(*) FROM bismarck.packed_tables").fetchone() == (0,)
+        assert b.execute("SELECT version FROM bismarck.train_glm('patients', 'second_attack', "
+                         "%s, 'bob_reused', max_epochs => 1)", [FEATURES]).fetchone() == (1,)
+    with roles.connect("alice") as a:  # packing forgets rows of dropped or re-owned tables
+        a.execute("DROP TABLE IF EXISTS fresh_packed")
+        a.execute("SELECT * FROM bismarck.pack('patients', 'second_attack', %s, "
+                  "'fresh_packed')", [FEATURES])
+    with roles.connect("admin") as admin:
+        assert admin.execute("SELECT count(*) FROM bismarck._packed_tables p WHERE NOT EXISTS ("
+                             "SELECT 1 FROM pg_class c WHERE c.oid = p.packed_table "
+                             "AND c.relowner = p.owner)").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("hide", ["row-level security", "view"])
+def test_fitted_stays_hidden_when_the_source_may_hide_rows(roles: Roles, hide: str) -> None:
+    model = f"hidden_{hide.split()[0].replace('-', '_')}"
+    with roles.connect("alice") as a:
+        _patients(a)
+        source = "patients"
+        if hide == "view":
+            a.execute("CREATE OR REPLACE VIEW few_patients AS SELECT * FROM patients "
+                      "WHERE id < 15")
+            source = "few_patients"
+        else:
+            a.execute("ALTER TABLE patients ENABLE ROW LEVEL SECURITY")
+            a.execute(sql.SQL("CREATE POLICY only_some ON patients TO {} USING (id > 15)").format(
+                sql.Identifier(roles.names["bob"])))
+        a.execute("SELECT * FROM bismarck.train_glm(%s, 'second_attack', %s, %s, "
+                  "max_epochs => 1)", [source, FEATURES, model])
+        a.execute("SELECT bismarck.grant_model(%s, %s)", [model, roles.names["bob"]])
+        a.execute(sql.SQL("GRANT USAGE ON SCHEMA alice TO {0}; GRANT SELECT ON {1} TO {0}").format(
+            sql.Identifier(roles.names["bob"]), sql.Identifier(source)))
+        assert a.execute("SELECT fitted IS NULL FROM bismarck.models WHERE model_name = %s",
+                         [model]).fetchone() == (False,)  # the owner sees it
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT fitted IS NULL, coef IS NOT NULL FROM bismarck.models "
+                         "WHERE model_name = %s", [model]).fetchone() == (True, True)
+    with roles.connect("alice") as a:
+        a.execute("DROP VIEW IF EXISTS few_patients")
+        a.execute("DROP TABLE patients")
+
+
+def test_doctor_reports_who_may_create_in_schema_bismarck_and_strangers_there(
+        roles: Roles) -> None:
+    from bismarck_controller import doctor
+
+    mallory = roles.names["mallory"]
+    with roles.connect("admin") as admin:
+        assert [c.state for c in doctor.schema_checks(admin)] == [doctor.OK, doctor.OK]
+        admin.execute(sql.SQL("GRANT CREATE ON SCHEMA bismarck TO {}").format(
+            sql.Identifier(mallory)))
+        try:
+            with roles.connect("mallory") as m:
+                m.execute("CREATE FUNCTION bismarck.predict(model text, x text) RETURNS float8 "
+                          "LANGUAGE sql AS 'SELECT 0::float8'")
+                m.execute("CREATE TABLE bismarck.stash (x int)")
+            checks = {c.name: c for c in doctor.schema_checks(admin)}
+            assert checks["schema bismarck: who may create"].failed
+            assert mallory in checks["schema bismarck: who may create"].detail
+            detail = checks["schema bismarck: objects"].detail
+            assert checks["schema bismarck: objects"].failed
+            assert "bismarck.predict(text,text)" in detail and "bismarck.stash" in detail
+            admin.execute(checks["schema bismarck: who may create"].fix.split(": ", 1)[1]
+                          .removesuffix("."))  # the fix it names works
+            checks = {c.name: c for c in doctor.schema_checks(admin)}
+            assert checks["schema bismarck: who may create"].state == doctor.OK
+        finally:
+            admin.execute("DROP FUNCTION IF EXISTS bismarck.predict(text, text)")
+            admin.execute("DROP TABLE IF EXISTS bismarck.stash")
+            admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA bismarck FROM {}").format(
+                sql.Identifier(mallory)))
+        assert [c.state for c in doctor.schema_checks(admin)] == [doctor.OK, doctor.OK]
 
 
 # --- 5. versions and names ----------------------------------------------------------------------
@@ -565,7 +830,7 @@ def test_sigterm_is_clean_like_sigint(roles: Roles, big_table: str) -> None:
         assert proc.returncode != 0
         status, schema = admin.execute("SELECT status, work_schema FROM bismarck._training_run "
                                        "WHERE run_id = %s", [run_id]).fetchone()
-        assert status == "interrupted"
+        assert (status, schema) == ("interrupted", None)
         assert admin.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE "
                              "'bismarck_work_%'").fetchone() == (0,)
         assert admin.execute("SELECT count(*) FROM bismarck._models WHERE model_name = "
@@ -685,6 +950,17 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             conn.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
                          "status, version) VALUES ('old', 'pts', '{}', 'succeeded', 3)")
             conn.execute("CREATE TABLE bismarck._train_7 (x bytea)")  # a 0.1.0 leftover
+            # 0.1.0's README had users grant CREATE on the schema; one of them plants an
+            # overload that a literal argument would resolve to
+            planter = f"bsec_planter_{os.getpid()}"
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {0}; CREATE ROLE {0}; GRANT CREATE, USAGE "
+                                 "ON SCHEMA bismarck TO {0}; GRANT CREATE ON SCHEMA bismarck "
+                                 "TO PUBLIC").format(sql.Identifier(planter)))
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(planter)))
+            conn.execute("CREATE FUNCTION bismarck.evaluate(model text, source text) RETURNS "
+                         "TABLE (metric text, value float8) LANGUAGE sql AS "
+                         "$$ SELECT 'planted'::text, 0::float8 $$")
+            conn.execute("RESET ROLE")
             path = conn.execute("SHOW search_path").fetchone()
 
             assert extension.install(conn) == "Upgraded extension bismarck 0.1.0 -> " \
@@ -699,5 +975,18 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             assert conn.execute("SELECT version FROM bismarck.train_glm('pts', 'y', "
                                 "ARRAY['a'], 'old', max_epochs => 1)").fetchone() == (4,)
             assert conn.execute("SELECT to_regclass('bismarck._train_7')").fetchone() == (None,)
+            assert conn.execute(
+                "SELECT count(*) FROM pg_roles r WHERE NOT r.rolsuper AND has_schema_privilege("
+                "r.oid, 'bismarck', 'CREATE')").fetchone() == (0,)
+            from bismarck_controller import doctor
+
+            checks = {c.name: c for c in doctor.schema_checks(conn)}
+            assert checks["schema bismarck: who may create"].state == doctor.OK
+            strangers = checks["schema bismarck: objects"]
+            assert strangers.failed and "bismarck.evaluate(text,text)" in strangers.detail
+            conn.execute("DROP FUNCTION bismarck.evaluate(text, text)")
+            conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA bismarck FROM {0}; DROP ROLE {0}")
+                         .format(sql.Identifier(planter)))
+            assert not any(c.failed for c in doctor.schema_checks(conn))
     finally:
         script.unlink(missing_ok=True)

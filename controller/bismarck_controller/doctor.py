@@ -1,7 +1,9 @@
 """``bismarck doctor``: checks that the server can run bismarck, each miss with what to do.
 
 Checks: server reachable and PostgreSQL 15 or newer, plpython3u available, numpy importable in
-the server's Python, the extension installed at this client's version with current engine code.
+the server's Python, the extension installed at this client's version with current engine code,
+and schema bismarck holding only the extension's own objects, with nobody else able to create
+there (a look-alike function in it could run in place of the extension's own).
 """
 
 from __future__ import annotations
@@ -107,6 +109,93 @@ def _extension_checks(conn: psycopg.Connection, dsn: str | None) -> list[Check]:
                             f"Run `{run}` to bring it in step."))
     else:
         checks.append(Check("engine code", OK, "same as this client's bismarckpy"))
+    return checks + schema_checks(conn)
+
+
+# Objects that live in a schema, by catalog: (catalog, namespace column, owner column).
+_SCHEMA_OBJECTS = (("pg_class", "relnamespace", "relowner"),
+                   ("pg_proc", "pronamespace", "proowner"),
+                   ("pg_type", "typnamespace", "typowner"),
+                   ("pg_operator", "oprnamespace", "oprowner"),
+                   ("pg_collation", "collnamespace", "collowner"),
+                   ("pg_conversion", "connamespace", "conowner"),
+                   ("pg_opclass", "opcnamespace", "opcowner"),
+                   ("pg_opfamily", "opfnamespace", "opfowner"),
+                   ("pg_ts_config", "cfgnamespace", "cfgowner"),
+                   ("pg_ts_dict", "dictnamespace", "dictowner"),
+                   ("pg_statistic_ext", "stxnamespace", "stxowner"))
+
+_STRANGERS = """
+WITH RECURSIVE ext AS (SELECT e.oid, e.extowner, e.extnamespace AS nsp FROM pg_extension e
+                        WHERE e.extname = 'bismarck'),
+objs AS ({objects}),
+-- an object belongs to the extension if it is a member, or part of one (a table's row type,
+-- index, constraint or sequence), following internal and automatic dependencies upwards
+up(classid, objid, refclassid, refobjid, depth) AS (
+    SELECT o.classid, o.objid, o.classid, o.objid, 0 FROM objs o
+    UNION ALL
+    SELECT u.classid, u.objid, d.refclassid, d.refobjid, u.depth + 1
+      FROM up u JOIN pg_depend d ON d.classid = u.refclassid AND d.objid = u.refobjid
+     WHERE d.deptype IN ('i', 'a') AND u.depth < 4)
+SELECT pg_describe_object(o.classid, o.objid, 0) AS what, o.owner::regrole::text AS owner,
+       EXISTS (SELECT 1 FROM up u JOIN pg_depend m ON m.classid = u.refclassid
+                      AND m.objid = u.refobjid AND m.deptype = 'e'
+                      AND m.refclassid = 'pg_extension'::regclass
+                      AND m.refobjid = (SELECT oid FROM ext)
+                WHERE u.classid = o.classid AND u.objid = o.objid) AS member,
+       o.owner = (SELECT extowner FROM ext) AS owned
+  FROM objs o ORDER BY 1
+"""
+
+
+def schema_checks(conn: psycopg.Connection) -> list[Check]:
+    """Who may create objects in schema bismarck, and objects there that are not the extension's.
+
+    Fails for a role (other than the extension's owner and superusers) with CREATE on the schema
+    and for an object in it that is not part of the extension (pg_depend deptype 'e', or part of
+    such a member); warns for extension objects or the schema owned by another role.
+    """
+    objects = " UNION ALL ".join(
+        f"SELECT '{cat}'::regclass AS classid, x.oid AS objid, x.{owner} AS owner FROM {cat} x "
+        f"WHERE x.{nsp} = (SELECT nsp FROM ext)" for cat, nsp, owner in _SCHEMA_OBJECTS)
+    rows = conn.execute(_STRANGERS.format(objects=objects)).fetchall()
+    creators = [r[0] for r in conn.execute(
+        "SELECT 'PUBLIC' FROM pg_namespace n JOIN pg_extension e ON e.extnamespace = n.oid "
+        "AND e.extname = 'bismarck', aclexplode(n.nspacl) a "
+        "WHERE a.grantee = 0 AND a.privilege_type = 'CREATE' "
+        "UNION SELECT quote_ident(r.rolname) FROM pg_roles r, pg_namespace n "
+        "JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'bismarck' "
+        "WHERE r.oid <> e.extowner AND NOT r.rolsuper "
+        "AND has_schema_privilege(r.oid, n.oid, 'CREATE') ORDER BY 1")]
+    schema_owner = conn.execute(
+        "SELECT n.nspowner <> e.extowner, n.nspowner::regrole::text FROM pg_namespace n "
+        "JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'bismarck'").fetchone()
+    checks = []
+    strangers = [f"{what} (owner {owner})" for what, owner, member, _ in rows if not member]
+    if creators:
+        checks.append(Check("schema bismarck: who may create", FAIL,
+                            "roles that may create objects in schema bismarck: "
+                            + ", ".join(creators),
+                            "As a superuser: REVOKE CREATE ON SCHEMA bismarck FROM "
+                            + ", ".join(creators) + " CASCADE."))
+    else:
+        checks.append(Check("schema bismarck: who may create", OK,
+                            "only the extension's owner (and superusers)"))
+    if strangers:
+        checks.append(Check("schema bismarck: objects", FAIL,
+                            "not part of the extension: " + "; ".join(strangers),
+                            "Another role's object in schema bismarck may run in place of the "
+                            "extension's own: drop it (e.g. DROP FUNCTION ...)."))
+    else:
+        checks.append(Check("schema bismarck: objects", OK, "only the extension's own"))
+    foreign = [f"{what} (owner {owner})" for what, owner, member, owned in rows
+               if member and not owned]
+    if schema_owner and schema_owner[0]:
+        foreign.insert(0, f"the schema itself (owner {schema_owner[1]})")
+    if foreign:
+        checks.append(Check("schema bismarck: owners", WARN,
+                            "not owned by the extension's owner: " + "; ".join(foreign),
+                            "ALTER ... OWNER TO the extension's owner."))
     return checks
 
 

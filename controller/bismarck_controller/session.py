@@ -98,8 +98,9 @@ class PsycopgSession:
             return
         self.conn.rollback()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        self.query("UPDATE bismarck._training_run SET status = %s, message = %s, "
-                   "finished_at = now() WHERE run_id = %s", [status, describe(exc), run_id])
+        self.query("SELECT bismarck._end_run(%s::bigint, %s::text, NULL::integer, %s::text) "
+                   "AS ended",
+                   [run_id, status, describe(exc)])
         self.conn.commit()
 
 

@@ -2,6 +2,9 @@
 -- are never reused), grants, row-level security; models and packed_tables become filtering views
 -- over the private tables _models and _packed_tables. Existing models keep their rows and belong
 -- to the role that runs the upgrade (a superuser), who can grant them with bismarck.grant_model.
+-- Privileges are re-applied from sql/bismarck.sql after this script: members of bismarck_user
+-- keep only SELECT on the registry, and nobody but the extension's owner keeps CREATE on schema
+-- bismarck (0.1.0's README had users grant it).
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 ALTER TABLE bismarck.models RENAME TO _models;
@@ -11,6 +14,14 @@ COMMENT ON TABLE bismarck._models IS
     'Private: trained models, one row per version (read them through bismarck.models).';
 
 ALTER TABLE bismarck.packed_tables RENAME TO _packed_tables;
+-- Each row names its table's owner: a row whose table is gone or changed hands is ignored (a new
+-- table that reuses the OID does not inherit it).
+DELETE FROM bismarck._packed_tables p
+ WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = p.packed_table);
+ALTER TABLE bismarck._packed_tables ADD COLUMN owner regrole;
+UPDATE bismarck._packed_tables p SET owner = c.relowner::regrole
+  FROM pg_class c WHERE c.oid = p.packed_table;
+ALTER TABLE bismarck._packed_tables ALTER COLUMN owner SET NOT NULL;
 COMMENT ON TABLE bismarck._packed_tables IS
     'Private: packed tables written by bismarck.pack (read them through bismarck.packed_tables).';
 

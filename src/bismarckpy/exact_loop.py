@@ -106,9 +106,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                           time.monotonic() - t0, p["max_epochs"], workers)
         history.append(rec)
         session.query(
-            "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
-            "learning_rate, rows, seconds, workers) VALUES (%s, %s, %s::float8, %s::float8, "
-            "%s::float8, %s, %s::float8, %s)",
+            "SELECT bismarck._record_epoch(%s, %s::integer, %s::float8, %s::float8, "
+            "%s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
             [run_id, rec.epoch, _or_none(rec.train_loss), None, rec.learning_rate, rec.rows,
              rec.seconds, rec.workers])
         session.checkpoint()

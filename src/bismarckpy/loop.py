@@ -7,6 +7,7 @@ database only through a :class:`TrainingSession`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -152,13 +153,11 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     # uncommitted transaction trains it.
     session.query("SELECT bismarck._claim_model(%s) AS claimed", [model_name])
     _clean_interrupted(session)
-    # Working copies go to a new schema of the caller's own, out of other users' reach.
-    schema = None if table else session.query("SELECT bismarck._work_schema() AS s")[0][0]
-    run_id = session.query(
-        "INSERT INTO bismarck._training_run (model_name, source, params, backend_start, "
-        "work_schema) VALUES (%s, %s, %s::jsonb, (SELECT a.backend_start FROM pg_stat_activity a "
-        "WHERE a.pid = pg_backend_pid()), %s) RETURNING run_id",
-        [model_name, (table or src).name, json.dumps(p), schema])[0][0]
+    # Working copies go to a new schema of the caller's own, out of other users' reach; the
+    # run's row (written only by bismarck's bookkeeping functions) records it for clean-up.
+    run_id, schema = session.query(
+        "SELECT r.run_id, r.work_schema FROM bismarck._begin_run(%s, %s, %s::jsonb, %s) AS r",
+        [model_name, (table or src).name, json.dumps(p), table is None])[0]
     session.checkpoint()
     work = _Work(schema)
     try:
@@ -172,9 +171,8 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
             result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
                                     started)
         _drop_work(session, work)
-        session.query("UPDATE bismarck._training_run SET status = 'succeeded', version = %s, "
-                      "finished_at = now(), work_schema = NULL WHERE run_id = %s",
-                      [result.version, run_id])
+        session.query("SELECT bismarck._end_run(%s, 'succeeded', %s::integer, NULL) AS ended",
+                      [run_id, result.version])
         session.checkpoint()
         return result
     except BaseException as exc:
@@ -183,6 +181,7 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     finally:
         if work.schema is not None:
             _drop_work(session, work, quiet=True)
+            _forget_work(session, run_id)
             session.checkpoint()
 
 
@@ -501,12 +500,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
                           p["max_epochs"], workers)
         history.append(rec)
-        session.query(
-            "INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss, "
-            "learning_rate, rows, seconds, workers) VALUES (%s, %s, %s::float8, %s::float8, "
-            "%s::float8, %s, %s::float8, %s)",
-            [run_id, epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
-             rec.seconds, rec.workers])
+        record_epoch(session, run_id, rec)
         session.checkpoint()
         session.on_epoch(rec)
         if decision.stop:
@@ -706,25 +700,34 @@ def _check_packed_columns(table: PackedTable, label: str, features: Sequence[str
 
 
 def _clean_interrupted(session: TrainingSession) -> None:
-    """Drop the working schemas of runs whose backend is gone (killed clients, crashes).
+    """Drop the working schemas of the caller's runs whose backend is gone (killed clients).
 
-    Only runs the caller may see (its roles' own; all for a superuser). ``SKIP LOCKED``: a run
-    that another session is cleaning up is left to it, so clean-up never waits for anyone, and
-    nothing waits for it (only dead runs' rows and schemas are touched).
+    ``bismarck._dead_runs`` (a bookkeeping function) marks them interrupted and hands back only
+    schemas it made for this very role and that this role still owns; they are dropped here, as
+    the caller, and a schema that cannot be dropped never fails the training. Other roles' runs
+    are left to them, so clean-up never waits for anyone, and nothing waits for it.
     """
-    stale = session.query(
-        "SELECT r.run_id, r.work_schema FROM bismarck._training_run r "
-        "WHERE (r.status = 'running' OR r.work_schema IS NOT NULL) AND NOT EXISTS ("
-        "SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.backend_pid AND (r.backend_start "
-        "IS NULL OR a.backend_start IS NULL OR a.backend_start = r.backend_start)) "
-        "FOR UPDATE OF r SKIP LOCKED")
+    stale = session.query("SELECT d.run_id, d.work_schema FROM bismarck._dead_runs() AS d")
     for run_id, schema in stale:
-        _drop_schema(session, schema)
-        session.query("UPDATE bismarck._training_run SET status = CASE WHEN status = 'running' "
-                      "THEN 'interrupted' ELSE status END, finished_at = coalesce(finished_at, "
-                      "now()), work_schema = NULL WHERE run_id = %s", [run_id])
+        _drop_work(session, _Work(schema), quiet=True)
+        _forget_work(session, run_id)
     if stale:
         session.checkpoint()
+
+
+def _forget_work(session: TrainingSession, run_id: int) -> None:
+    """Clear the run's working schema from its row once the schema is gone."""
+    with contextlib.suppress(Exception):  # a closed connection: the next training cleans up
+        session.query("SELECT bismarck._forget_work(%s) AS forgotten", [run_id])
+
+
+def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> None:
+    """Append one epoch to the run's history (``bismarck.training_history``)."""
+    session.query(
+        "SELECT bismarck._record_epoch(%s, %s::integer, %s::float8, %s::float8, %s::float8, "
+        "%s::bigint, %s::float8, %s::integer) AS recorded",
+        [run_id, rec.epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
+         rec.seconds, rec.workers])
 
 
 def _finite(v: Any) -> Any:

@@ -301,7 +301,8 @@ def label_values(session: Session, src: Source) -> list[float]:
 
 
 def pack_into(session: Session, src: Source, table: str, d: int, where: str,
-              expected_rows: float, block_size: int, dtype: str, seed: int) -> int:
+              expected_rows: float, block_size: int, dtype: str, seed: int, *,
+              create: bool = True) -> int:
     """Create ``table`` and fill it with the usable rows of ``src`` matching ``where``.
 
     Each row goes to the block a seeded hash of its identity picks, so every block is a
@@ -318,9 +319,8 @@ def pack_into(session: Session, src: Source, table: str, d: int, where: str,
     # The heap holds only TOAST pointers: at the default fill a few pages hold thousands of
     # blocks, and a parallel scan hands out whole pages. Fillfactor 10 spreads blocks over ten
     # times more pages so the workers share an epoch evenly.
-    session.query(f"CREATE UNLOGGED TABLE {table} (block integer, n integer, data bytea) "
-                  "WITH (fillfactor = 10)")
-    session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
+    if create:
+        create_packed(session, table)
     rows = (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y, "
             f"((hashtextextended({src.row_key}, {int(seed)}) & 9223372036854775807) "
             f"%% {int(blocks)})::int AS blk FROM {src.keyed} AS s "
@@ -376,16 +376,16 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     check_ranges(session, src, checked, dtype=dtype, standardize=True, squared=False,
                  packing=True)
     target = _new_relation(session, packed_table, src)
+    _create_target(session, target)
     rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
-                     dtype, seed)
+                     dtype, seed, create=False)
     name, blocks = session.query(
         f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
         [target.replace("%%", "%")])[0]
     values = checked.label_values or label_values(session, src)
     session.query(
-        "INSERT INTO bismarck._packed_tables (packed_table, source, label, features, "
-        "array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed) "
-        "VALUES (%s::regclass, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s::float8[], %s)",
+        "SELECT bismarck._register_packed(%s::regclass, %s, %s, %s::text[], %s, %s::integer, "
+        "%s, %s::integer, %s::bigint, %s::bigint, %s::float8[], %s::bigint) AS registered",
         [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
          block_size, rows, checked.n_total - checked.n_usable, values, seed])
     return {"packed_table": name, "blocks": int(blocks), "rows": rows,
@@ -413,11 +413,38 @@ def registered(session: Session, relation: str) -> PackedTable | None:
                        label_values=list(values or []))
 
 
+def create_packed(session: Session, table: str) -> None:
+    """Create an empty packed table (columns block, n, data)."""
+    session.query(f"CREATE UNLOGGED TABLE {table} (block integer, n integer, data bytea) "
+                  "WITH (fillfactor = 10)")
+    session.query(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
+
+
+def _create_target(session: Session, table: str) -> None:
+    """Create ``pack``'s target; another session creating the same name refuses it within 1 s.
+
+    A bounded wait (lock_timeout) rather than an advisory lock: advisory lock keys can be
+    taken by any role, which could then block packs into a name.
+    """
+    plain = table.replace("%%", "%")
+    before = session.query("SELECT current_setting('lock_timeout') AS t")[0][0]
+    session.query("SELECT set_config('lock_timeout', '1s', true) AS t")
+    try:
+        create_packed(session, table)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != "55P03":
+            raise
+        raise InvalidData(f'another session is packing into "{plain}"', sqlstate="55P03",
+                          hint="Wait for it to finish, or choose another packed_table "
+                               "name.") from None
+    session.query("SELECT set_config('lock_timeout', %s, true) AS t", [before])
+
+
 def _new_relation(session: Session, name: str, src: Source) -> str:
     """Quoted, schema-qualified SQL name for a table to create; a clear error if it is taken.
 
     A name without a schema goes to the source's schema. Two packs into one name: the second
-    is refused at once (an advisory lock on the name, held until the first one commits).
+    is refused within a second (see ``_create_target``).
     """
     try:
         parts = session.query("SELECT parse_ident(%s) AS parts", [name])[0][0]
@@ -435,10 +462,6 @@ def _new_relation(session: Session, name: str, src: Source) -> str:
             [src.name])[0][0], parts[0]]
     target = ".".join(session.ident(p) for p in parts)
     plain = target.replace("%%", "%")
-    if not session.query("SELECT pg_try_advisory_xact_lock(hashtext('bismarck.pack'), "
-                         "hashtext(%s)) AS free", [plain])[0][0]:
-        raise InvalidData(f'another session is packing into "{plain}"', sqlstate="55P03",
-                          hint="Wait for it to finish, or choose another packed_table name.")
     if session.query("SELECT to_regclass(%s) IS NOT NULL AS e", [plain])[0][0]:
         raise UndefinedObject(f'relation "{plain}" already exists', sqlstate="42P07",
                               hint="Drop it first or choose another packed_table name.")
