@@ -713,12 +713,14 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_tem
     SELECT CASE WHEN v > 1.7976931348623157e308 THEN 'Infinity'::float8
                 WHEN v < -1.7976931348623157e308 THEN '-Infinity'::float8
                 WHEN v = 0 THEN 0::float8
-                WHEN abs(v) < 1e-300 THEN sign(v)::float8 * 1e-300  -- keeps the sign
+                -- Below the smallest subnormal the cast would fail: keep the sign.
+                WHEN abs(v) < 4.9406564584124654e-324
+                THEN sign(v)::float8 * '4.9406564584124654e-324'::float8
                 ELSE v::float8 END
 $$;
 COMMENT ON FUNCTION bismarck._float8_saturated(numeric) IS
     'Private: a numeric as float8 without range errors: beyond float8 it is +-Infinity, and a '
-    'non-zero value below 1e-300 in magnitude is +-1e-300 (its sign is what classifies).';
+    'non-zero value below the smallest subnormal (4.9e-324) is +-4.9e-324 (keeps its sign).';
 
 CREATE FUNCTION bismarck._link(loss text, z float8) RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

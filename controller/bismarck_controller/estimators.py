@@ -166,12 +166,16 @@ class _BaseSGD:
             self.classes_ = np.asarray(row["classes"], dtype=float)
         self.metrics_ = dict(metrics)
         fitted = row.get("fitted") or {}
-        if fitted.get("std_err") is not None:  # an unpenalised exact fit: inference statistics
-            # arrays in the registry put the intercept first (None without one)
+        # Every fit sets all four, so a refit never shows the previous fit's statistics: arrays
+        # (intercept first; NaN where a statistic is NULL) for an unpenalised exact fit that
+        # converged, None otherwise (SGD, a penalty, or a fit stopped by max_epochs).
+        if fitted.get("std_err") is not None:
             self.std_err_ = _floats(fitted["std_err"])
             self.statistic_ = _floats(fitted["statistic"])
             self.p_values_ = _floats(fitted["p_value"])
             self.vcov_ = np.asarray(fitted["vcov"], dtype=float)
+        else:
+            self.std_err_ = self.statistic_ = self.p_values_ = self.vcov_ = None
 
     def summary(self, conn: Database) -> Any:
         """Coefficients with standard errors, z or t statistics and p-values (a DataFrame).
@@ -309,7 +313,9 @@ class SGDRegressor(_BaseSGD):
 class LogisticRegression(SGDClassifier):
     """Maximum-likelihood logistic regression: ``SGDClassifier`` with ``solver="newton"`` and
     ``penalty="none"`` by default; after fitting, ``std_err_``, ``statistic_`` (z),
-    ``p_values_``, ``vcov_`` and :meth:`summary` give the inference statistics."""
+    ``p_values_``, ``vcov_`` and :meth:`summary` give the inference statistics. Each fit sets
+    them: arrays (intercept first) for an unpenalised fit that converged, None for a penalised
+    or non-converged one (``converged_`` is False and a :class:`BismarckWarning` is issued)."""
 
     def __init__(self, loss: str = "log_loss", *, solver: str = "newton", penalty: str = "none",
                  tol: float | None = 1e-8, **kwargs: Any) -> None:
@@ -317,7 +323,7 @@ class LogisticRegression(SGDClassifier):
 
 
 class LinearRegression(SGDRegressor):
-    """Least squares by the normal equations (one pass): ``SGDRegressor`` with
+    """Least squares by the normal equations (two passes): ``SGDRegressor`` with
     ``solver="newton"`` and ``penalty="none"`` by default; statistics as
     :class:`LogisticRegression` (t statistics), R² and adjusted R² in ``metrics_``."""
 

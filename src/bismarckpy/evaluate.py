@@ -7,7 +7,7 @@ log_loss (logistic); regression: rmse, mae, r2. Rows with unusable values are sk
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from .errors import BismarckError, InvalidData
@@ -17,6 +17,15 @@ from .source import Session, Source, resolve
 _SOFTPLUS = "(greatest({u}, 0) + ln(1 + exp(-least(abs({u}), 700))))"
 # Below this, n squared residuals (or n log losses) add up without leaving float8's range.
 _SMALL = "1e140::float8"
+# Above this (or exactly 0), a value's square is a normal float8: PostgreSQL raises "value out
+# of range: underflow" for a product or power that rounds to zero, and var_pop loses a spread
+# whose square is subnormal.
+_TINY = "1e-140::float8"
+
+
+def _ordinary(v: str) -> str:
+    """SQL true when float8 ``v`` squares without overflow or underflow (0 included)."""
+    return f"(abs({v}) < {_SMALL} AND ({v} = 0 OR abs({v}) > {_TINY}))"
 
 
 def load_model(session: Session, model: str, version: int | None) -> dict[str, Any]:
@@ -71,6 +80,7 @@ def evaluate(session: Session, model: str, relation: str,
     # features far beyond the model's range. Sums over such rows could overflow float8, so the
     # fast float8 aggregates skip them (FILTER) and count them; when there are any, the sums
     # are taken again exactly in numeric, where ±Infinity is a value and nothing overflows.
+    # Tiny labels and residuals (squares below float8's range) take the numeric path too.
     base = (f"SELECT {src.label_expr} AS y, bismarck._linear(%s::float8[], %s::float8, "
             f"{src.x_expr}) AS z FROM {src.relation} AS s WHERE {src.valid_expr}")
     params: list[object] = [[float(c) for c in m["coef"]], float(m["intercept"])]
@@ -81,16 +91,24 @@ def evaluate(session: Session, model: str, relation: str,
             "sum((z - y) ^ 2) FILTER (WHERE ok) AS sse, "
             "sum(abs(z - y)) FILTER (WHERE ok) AS sae, "
             "coalesce(var_pop(y) FILTER (WHERE ok), 0) * count(*) AS sst "
-            f"FROM (SELECT y, z, abs(z) < {_SMALL} AND abs(y) < {_SMALL} AS ok "
+            f"FROM (SELECT y, z, {_ordinary('z')} AND {_ordinary('y')} "
+            f"AND {_ordinary('z - y')} AS ok "
             f"FROM ({base}) AS b) AS s", params)[0]
         if big:
-            n, sse, sae, sst = session.query(
-                "SELECT count(*) AS n, sum((z - y) ^ 2) AS sse, sum(abs(z - y)) AS sae, "
-                "coalesce(var_pop(y), 0) * count(*) AS sst FROM (SELECT y::text::numeric "
-                f"AS y, z::text::numeric AS z FROM ({base}) AS b) AS s", params)[0]
-            sse, sae, sst = Decimal(sse), Decimal(sae), Decimal(sst)
-            rmse, mae = float((sse / n).sqrt()), float(sae / n)
-            r2 = float(1 - sse / sst) if sst > 0 else float("nan")
+            n, sse, sae, sst, sy = session.query(
+                # numeric's ^ rounds tiny results to 0 (its scale follows the base's): a
+                # product is exact.
+                "SELECT count(*) AS n, sum((z - y) * (z - y)) AS sse, sum(abs(z - y)) AS sae, "
+                "sum(y * y) AS sy2, sum(y) AS sy FROM (SELECT y::text::numeric "
+                f"AS y, z::text::numeric AS z FROM ({base}) AS b) AS s", params)[0][:5]
+            # var_pop(numeric) rounds a spread of 1e-300 labels: the exact sums are combined
+            # here with 100 digits instead (Σy² − (Σy)²/n).
+            with localcontext() as ctx:
+                ctx.prec = 100
+                sse, sae = Decimal(sse), Decimal(sae)
+                sst = Decimal(sst) - Decimal(sy) * Decimal(sy) / n
+                rmse, mae = float((sse / n).sqrt()), float(sae / n)
+                r2 = float(1 - sse / sst) if sst > 0 else float("nan")
         else:
             rmse, mae = math.sqrt(sse / n), sae / n
             r2 = 1.0 - sse / sst if sst > 0 else float("nan")

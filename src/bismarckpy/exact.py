@@ -41,8 +41,9 @@ LOSS_ONLY, GRADIENT, HESSIAN = range(3)  # what a pass accumulates
 EXTREME = 1e-8  # fitted probabilities this close to 0 or 1 count as separated rows
 
 (_MAGIC, _P, _LOSS, _INTERCEPT, _MODE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT, _YSCALE, _ROWS,
- _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2, _CW_NEG, _CW_POS) = range(19)
-HEADER = 19
+ _LOSS_SUM, _SKIPPED, _PARTS, _EXTREME, _SUM_Y, _SUM_Y2, _CW_NEG, _CW_POS,
+ _YCENTER) = range(20)
+HEADER = 20
 _F8 = np.dtype("<f8")
 
 
@@ -68,6 +69,7 @@ class Pass:
     sum_y: float
     sum_y2: float
     center: np.ndarray | None = None
+    ycenter: float = 0.0  # subtracted from squared-loss labels (sum_y, sum_y2 are of y − it)
 
 
 def state_size(p: int, mode: int) -> int:
@@ -95,14 +97,16 @@ def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
                itemsize: int = 8,
                y_coding: tuple[int, float, float, float] | None = None,
                class_weight: tuple[float, float] = (1.0, 1.0),
-               center: np.ndarray | None = None) -> bytes:
+               center: np.ndarray | None = None, ycenter: float = 0.0) -> bytes:
     """The initial state of a pass at coefficients ``beta`` (intercept first if fitted).
 
     ``itemsize`` is the width of packed blocks' values; ``y_coding`` = (mode, positive class,
     shift, scale) codes their raw labels as in :func:`bismarckpy.glm.encode_labels`.
     ``class_weight`` = (negative, positive) weighs each row of a class (logistic loss: the
     coded label 0 or 1). ``center`` (one value per feature; None: 0) is subtracted from the
-    features before they are summed; only with an intercept. Raises ``ValueError`` for a
+    features before they are summed, ``ycenter`` from the labels (squared loss: then
+    ``β₀`` is the intercept minus ``ycenter``, so sums of labels far from zero keep their
+    spread); only with an intercept. Raises ``ValueError`` for a
     loss without a second derivative (hinge).
     """
     if loss not in LOSS_CODES:
@@ -120,7 +124,28 @@ def initialize(beta: np.ndarray, *, loss: str, fit_intercept: bool, mode: int,
         if not fit_intercept:
             raise ValueError("features are centred only with an intercept")
         s[HEADER + p + 1:HEADER + 2 * p] = center
+    if ycenter and not fit_intercept:
+        raise ValueError("labels are centred only with an intercept")
+    s[_YCENTER] = ycenter
     return s.tobytes()
+
+
+def to_original(beta: np.ndarray, center: np.ndarray | None, ycenter: float,
+                fit_intercept: bool,
+                vcov: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Centred coefficients (and covariance) → those of the raw features and labels.
+
+    ``β_raw = Q β + ycenter·e₀`` and ``V_raw = Q V Qᵀ`` with the unit upper-triangular ``Q``
+    of :func:`centring`: the intercept is ``ycenter + β₀ − c·β``, its variance
+    ``V₀₀ − 2 c·V₀ + cᵀ V c``; slopes and their covariances are unchanged.
+    """
+    beta = np.asarray(beta, dtype=_F8)
+    c = None if center is None else np.asarray(center, dtype=_F8)[-(beta.size - 1):]
+    Q = centring(c if beta.size > 1 else None, beta.size, fit_intercept)
+    out = Q @ beta
+    if fit_intercept:
+        out[0] += ycenter
+    return out, None if vcov is None else Q @ np.asarray(vcov, dtype=_F8) @ Q.T
 
 
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
@@ -150,7 +175,8 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
             s[_SKIPPED] += 1
             return s.tobytes()
     p0 = p - d
-    _accumulate(s, xv.reshape(1, d) - s[HEADER + p + p0:HEADER + 2 * p], np.array([float(y)]))
+    _accumulate(s, xv.reshape(1, d) - s[HEADER + p + p0:HEADER + 2 * p],
+                np.array([float(y)]) - s[_YCENTER])
     return s.tobytes()
 
 
@@ -173,7 +199,7 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     shift[1:] -= s[HEADER + p + k:HEADER + 2 * p]  # features: (offset − centre) + residual
     values = M[first:stop].astype(np.float64) + shift
     y = encode_labels(values[:, 0], int(s[_YMODE]), s[_YPOS], s[_YSHIFT], s[_YSCALE])
-    _accumulate(s, values[:, 1:], y)
+    _accumulate(s, values[:, 1:], y - s[_YCENTER])
     return s.tobytes()
 
 
@@ -238,7 +264,8 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
         return a
     sa = np.frombuffer(a, dtype=_F8).copy()
     sb = np.frombuffer(b, dtype=_F8)
-    if sa.size != sb.size or sa[_P] != sb[_P] or sa[_MODE] != sb[_MODE]:
+    if (sa.size != sb.size or sa[_P] != sb[_P] or sa[_MODE] != sb[_MODE]
+            or sa[_YCENTER] != sb[_YCENTER]):
         raise InvalidData("cannot merge passes of different shapes",
                           detail=f"One partial state has {int(sa[_P])} coefficients, the "
                                  f"other {int(sb[_P])}.")
@@ -268,7 +295,8 @@ def decode(state: bytes) -> Pass:
                 loss_sum=float(s[_LOSS_SUM]), grad=s[HEADER + 2 * p:HEADER + 3 * p].copy(),
                 hess=hess, skipped=int(s[_SKIPPED]), parts=int(s[_PARTS]),
                 extreme=int(s[_EXTREME]), sum_y=float(s[_SUM_Y]), sum_y2=float(s[_SUM_Y2]),
-                center=(s[HEADER + p + 1:HEADER + 2 * p].copy() if s[_INTERCEPT] else None))
+                center=(s[HEADER + p + 1:HEADER + 2 * p].copy() if s[_INTERCEPT] else None),
+                ycenter=float(s[_YCENTER]))
 
 
 def _wrong_length(d: int, got: int) -> InvalidData:

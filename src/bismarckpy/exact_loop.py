@@ -55,6 +55,12 @@ def check_options(p: dict[str, Any]) -> None:
                  f"penalty => 'l2' or 'none' with solver => '{solver}'.")
 
 
+def check_packed_table(table: PackedTable, p: dict[str, Any]) -> None:
+    """Record the real value type of a ``bismarck.pack`` table's blocks in the run's params
+    (``dtype`` applies only to the copies training packs itself)."""
+    p["dtype"] = {4: "float32", 8: "float64"}[table.itemsize]
+
+
 def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         prep: _Prepared, model_name: str, run_id: int, started: float) -> TrainResult:
     """Fit by ``p['solver']`` on ``prep``, record each pass, store the model; return the result."""
@@ -70,6 +76,9 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     # With an intercept the passes sum centred features x − μ (exact.py: no cancellation for
     # columns far from zero); the solvers then work on centred data, centre 0.
     center = np.asarray(mu, dtype=np.float64) if fit_intercept else None
+    # Squared-loss labels are centred too (their mean): RSS and TSS of labels far from zero.
+    ycenter = (_label_mean(session, prep) if fit_intercept and p["loss"] == "squared"
+               else 0.0)
     coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
     weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
@@ -89,7 +98,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     def one_pass(table: str, beta: np.ndarray, mode: int, rows: str) -> exact.Pass:
         init = exact.initialize(beta, loss=p["loss"], fit_intercept=fit_intercept, mode=mode,
                                 itemsize=prep.itemsize, y_coding=coding, class_weight=weights,
-                                center=center)
+                                center=center, ycenter=ycenter)
         query = (f"SELECT bismarck._exact_pass_packed(data, %s, {rows}) FROM {table}"
                  if prep.packed else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
@@ -115,7 +124,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         return P
 
     fit = (solvers.newton if p["solver"] == "newton" else solvers.lbfgs)(evaluate, prob)
-    beta = exact.uncentre(fit.beta, center, fit_intercept)
+    beta, _ = exact.to_original(fit.beta, center, ycenter, fit_intercept)
     last = fit.last
     train_loss = prob.objective(last)
     valid_loss = None
@@ -140,7 +149,11 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     fitted: dict[str, Any] = {"mu": None if prep.mu is None else prep.mu.tolist(),
                               "sd": None if prep.sd is None else prep.sd.tolist(),
                               "terms": names}
-    if not np.any(penalty) and last.hess is not None:
+    # Inference statistics only for an unpenalised fit that converged: at a point that is not
+    # the maximum-likelihood estimate, the inverse Hessian is no covariance of anything. A fit
+    # stopped by max_epochs is stored with converged false and NULL statistics, and says so (a
+    # WARNING), as statsmodels' ConvergenceWarning does.
+    if not np.any(penalty) and last.hess is not None and fit.converged:
         stats, per_coef = inference.statistics(p["loss"], last, coords)
         metrics.update(stats)
         if not fit_intercept:  # index 0 of every array is the intercept's
@@ -148,6 +161,16 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                         for k, v in per_coef.items()}
         fitted.update(per_coef)
     notes = list(prep.notes)
+    if prep.packed and prep.itemsize == 4:
+        notes.append(f"solver '{p['solver']}' fitted float32 blocks: each value kept 7 "
+                     "significant digits of its distance from its block's column minimum, so "
+                     "the estimate and its statistics are those of that rounded data. Use "
+                     "dtype => 'float64' (or pack with it) for the data as stored.")
+    if not fit.converged:
+        notes.append(f"solver '{p['solver']}' did not converge in max_epochs = "
+                     f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
+                     "stored with converged = false and without standard errors or p-values. "
+                     "Raise max_epochs or tol.")
     asked = p["validation_fraction"]
     if asked > 0 and abs(metrics["validation_share"] - asked) > 0.01:
         notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
@@ -190,6 +213,15 @@ def _feature_moments(session: TrainingSession, prep: _Prepared,
                                [0][0])
     mu, sd, _ = _scaling(stats, fit_intercept)
     return mu, sd
+
+
+def _label_mean(session: TrainingSession, prep: _Prepared) -> float:
+    """The training labels' mean (raw labels: squared loss codes them as they are)."""
+    if prep.packed:
+        state = session.query(f"SELECT bismarck._moments_packed(data, {int(prep.d)}, "
+                              f"{int(prep.itemsize)}, {prep.train_rows}) FROM {prep.train}")[0][0]
+        return float(moments_decode(state).mean[0])
+    return float(session.query(f"SELECT avg(y) AS m FROM {prep.train}")[0][0] or 0.0)
 
 
 def _or_none(v: float) -> float | None:

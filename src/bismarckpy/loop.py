@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import glm, penalties
-from .errors import InvalidData, InvalidParameter
+from .errors import Diverged, InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
 from .moments import Moments
 from .moments import decode as moments_decode
@@ -36,6 +36,7 @@ from .packing import (
 )
 from .params import validate
 from .schedule import Schedule
+from .separation import data_separated
 from .source import Source, resolve
 
 MAX_SEED = 2**62
@@ -138,6 +139,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
+        if p["solver"] != "sgd":
+            from . import exact_loop
+
+            exact_loop.check_packed_table(table, p)
     if p["packed"] is None:
         p["packed"] = p["shuffle"] == "once"
     elif p["packed"] and p["shuffle"] != "once":
@@ -208,7 +213,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                          packing=False, solver=p["solver"])
     notes = []
     if p["packed"] and dtype != p["dtype"]:
-        notes.append(f"values beyond float32's range: the working copy uses {dtype} blocks")
+        notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
+                     f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
     holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
                                   checked.n_usable)
@@ -292,10 +298,16 @@ def _label_scale(session: TrainingSession, src: Source, y_expr: str, holdout: st
     """
     e = math.frexp(max_abs_y)[1] if max_abs_y > 0 else 0
     k = f"{math.ldexp(1.0, -e)!r}"
-    m, sd, rms = session.query(
-        f"SELECT avg(({y_expr}) * {k}) AS m, coalesce(stddev_pop(({y_expr}) * {k}), 0) AS s, "
-        f"sqrt(avg((({y_expr}) * {k}) ^ 2)) AS r "
+    # No square in SQL: float8 products that round to zero raise "underflow" in PostgreSQL
+    # (a label of 1e-200 next to 1); the root mean square is hypot(mean, sd).
+    # Scaling down (k < 1, labels beyond 1) would round labels below 1e-250 to zero, which
+    # PostgreSQL's product refuses; next to a label of magnitude >= 1 they weigh nothing.
+    y_k = (f"(CASE WHEN abs({y_expr}) < 1e-250 THEN 0::float8 ELSE ({y_expr}) * {k} END)"
+           if e > 0 else f"(({y_expr}) * {k})")
+    m, sd = session.query(
+        f"SELECT avg({y_k}) AS m, coalesce(stddev_pop({y_k}), 0) AS s "
         f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
+    rms = math.hypot(float(m or 0.0), float(sd or 0.0))
     unit = math.ldexp(1.0, e)
     centre, scale = (float(m or 0.0) * unit, float(sd or 0.0) * unit) if fit_intercept else (
         0.0, float(rms or 0.0) * unit)
@@ -500,16 +512,23 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    _check_not_worse_than_zero(session, p, prep, train_sql, train_loss, weights, loss_scale)
     notes = list(prep.notes)
-    separated = (p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0)
-                 and _separated(session, train_sql, prep, w, b))
+    separated = None
+    if p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0):
+        # The stored model separating every row is a certificate (one pass); otherwise ask
+        # the data with a short Newton run (SGD's model rarely separates every row).
+        names = [_feature_name(src.features, src.array_feature, i) for i in range(prep.d)]
+        separated = ("the data" if _separated(session, train_sql, prep, w, b)
+                     else data_separated(session, prep, p, names))
     if separated:
         converged = False
         notes.append(
-            "the classes are perfectly separated: unpenalised logistic regression has no "
-            "finite maximum-likelihood estimate, so the stored coefficients are one separating "
-            "direction whose size grows with the epochs (not converged). For a finite answer "
-            "use penalty => 'l2' with alpha > 0 (for example alpha => 0.0001)")
+            f"the classes are (quasi-)perfectly separated by {separated}: unpenalised "
+            "logistic regression has no finite maximum-likelihood estimate, so the stored "
+            "coefficients are one separating direction whose size grows with the epochs "
+            "(not converged). For a finite answer use penalty => 'l2' with alpha > 0 "
+            "(for example alpha => 0.0001)")
     asked = p["validation_fraction"]
     share = prep.n_valid / max(prep.n_train + prep.n_valid, 1)
     if asked > 0 and abs(share - asked) > 0.01:
@@ -521,6 +540,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     else:
         coef, intercept = w, b
     features = src.features
+    _check_finite(coef, intercept, train_loss, features, src.array_feature)
     seconds = time.monotonic() - started
     metrics = {"train_loss": train_loss, "validation_loss": valid_loss, "epochs": epoch,
                "converged": converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
@@ -553,6 +573,74 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
                        history=history, warnings=notes)
+
+
+#: A final training loss this many times the all-zero model's is a run that went astray
+#: (the zero model is where every run starts): it is never reported as converged.
+WORSE_THAN_ZERO = 100.0
+
+
+def zero_model_loss(loss: str, weights: tuple[float, float], n: int, n_pos: int) -> float | None:
+    """Mean loss of the all-zero model (w = 0, b = 0) of a classifier, from class counts.
+
+    Every row's margin is 0: the logistic loss is log 2 and the hinge loss 1 per row, times its
+    class weight. None for squared loss (it depends on the labels).
+    """
+    per_row = {"logistic": _LOG2, "hinge": 1.0}.get(loss)
+    if per_row is None or n <= 0:
+        return None
+    return per_row * (weights[0] * (n - n_pos) + weights[1] * n_pos) / n
+
+
+def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepared,
+                               train_sql: str, train_loss: float,
+                               weights: tuple[float, float], loss_scale: float) -> None:
+    """Raise :class:`Diverged` when the final loss is far worse than the all-zero model's.
+
+    Such a run oscillates at a loss no model near the data would have (a huge unstandardised
+    column with too large a learning rate): it must not be stored as converged. Classifiers'
+    zero loss comes from the class counts; squared loss's from one evaluation pass at w = 0,
+    taken only when the loss is large enough to be suspect (standardised, the coded label has
+    mean square 1, so the zero model's loss is y_sd²/2 and a reasonable run needs no pass).
+    """
+    if not math.isfinite(train_loss):
+        return  # the schedule has raised already
+    zero = zero_model_loss(p["loss"], weights, prep.n_train, prep.n_pos)
+    if zero is None:
+        if p["standardize"] and train_loss <= WORSE_THAN_ZERO * 0.5 * loss_scale:
+            return
+        init = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE,
+                              w=np.zeros(prep.d), b=0.0, mu=prep.mu, sd=prep.sd,
+                              itemsize=prep.itemsize, y_coding=prep.y_coding)
+        zero = glm.decode(session.query(train_sql, [init])[0][0]).data_loss * loss_scale
+    if zero > 0 and train_loss > WORSE_THAN_ZERO * zero:
+        raise Diverged(
+            "training diverged",
+            detail=f"The final training loss {train_loss:.6g} is more than "
+                   f"{WORSE_THAN_ZERO:g} times the loss of the all-zero model ({zero:.6g}) with "
+                   f"learning_rate => '{p['learning_rate']}' and eta0 => {p['eta0']:g}.",
+            hint=("Use standardize => true, or lower eta0" if not p["standardize"]
+                  else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
+                 "'adaptive' or 'bold_driver'. No model was stored.")
+
+
+def _check_finite(coef: np.ndarray, intercept: float, train_loss: float,
+                  features: Sequence[str], array_feature: bool) -> None:
+    """Never store a non-finite coefficient, intercept or loss: name what overflowed."""
+    bad = [_feature_name(features, array_feature, i)
+           for i in np.flatnonzero(~np.isfinite(np.asarray(coef, dtype=np.float64)))]
+    if not bad and math.isfinite(intercept) and math.isfinite(train_loss):
+        return
+    what = ("the coefficients of " + ", ".join(bad)) if bad else (
+        "the intercept" if not math.isfinite(intercept) else "the training loss")
+    raise Diverged(
+        f"training gave a non-finite value for {what}",
+        detail="A coefficient, the intercept or the loss overflowed float8 (inf or NaN): the "
+               "columns' values are too small or too large for the model to be represented. "
+               "No model was stored.",
+        hint="Rescale " + (", ".join(bad) if bad else "the columns")
+             + " in a view (for example multiply by a power of ten), use standardize => true, "
+               "or lower eta0.")
 
 
 def _epoch_sql(table: str, shuffle: str, packed: bool, rows: str = "0, NULL") -> str:

@@ -35,6 +35,8 @@ class Checked:
     label_values: list[float] | None  # the two classes when the label looks binary, else None
     max_abs_x: float = 0.0  # largest feature magnitude among usable rows
     max_abs_y: float = 0.0  # largest label magnitude among usable rows
+    min_abs_x: float = math.inf  # smallest non-zero feature magnitude among usable rows
+    min_abs_y: float = math.inf  # smallest non-zero label magnitude among usable rows
 
 
 @dataclass
@@ -53,6 +55,29 @@ class PackedTable:
     label_values: list[float]
 
 
+def check_casts(session: Session, src: Source) -> None:
+    """Refuse numeric values that have no float8 (1e400, 1e-400), naming the column.
+
+    PostgreSQL's own cast error echoes the number without naming its column, and such a row is
+    not missing (it holds a value), so it is neither skipped nor cast: it is an error. One scan,
+    only when some label or feature column is ``numeric`` or ``numeric[]``.
+    """
+    if not src.cast_checks:
+        return
+    counts = session.query("SELECT " + ", ".join(
+        f"count(*) FILTER (WHERE {cond}) AS c{i}" for i, (_, cond) in enumerate(src.cast_checks))
+        + f" FROM {src.relation} AS s")[0]
+    for (name, _), count in zip(src.cast_checks, counts):
+        if count:
+            raise InvalidData(
+                f'column "{name}" has values beyond the float8 range', sqlstate="22003",
+                detail=f"{count} rows hold a numeric value whose magnitude is above about "
+                       "1.8e308 or, if not zero, below about 2.5e-324: it has no "
+                       "double-precision value to compute with.",
+                hint="Rescale the column in a view (for example multiply or divide it by a "
+                     "power of ten), or filter those rows out.")
+
+
 def check_rows(session: Session, src: Source) -> Checked:
     """Counts, shape and label checks shared by training and packing, in one scan of the source.
 
@@ -60,19 +85,22 @@ def check_rows(session: Session, src: Source) -> Checked:
     feature arrays. Whether the label is binary (0/1 or -1/+1) and the largest magnitudes of
     the features and label (for :func:`check_ranges`) are read off the same scan.
     """
+    check_casts(session, src)
     col = session.ident(src.features[0]) if src.array_feature else None
     y = src.label_expr or "NULL::float8"
     # OFFSET 0 keeps the subquery: each row's validity is computed once, not once per FILTER.
-    n_total, n_usable, lo, hi, multi, empty, y_min, y_max, all01, allpm1, ax, ay = session.query(
+    (n_total, n_usable, lo, hi, multi, empty, y_min, y_max, all01, allpm1, ax, ay, mx,
+     my) = session.query(
         "SELECT count(*) AS n, count(*) FILTER (WHERE ok) AS usable, "
         "min(d) FILTER (WHERE ok) AS lo, max(d) FILTER (WHERE ok) AS hi, "
         "count(*) FILTER (WHERE multi) AS multi, count(*) FILTER (WHERE empty) AS empty, "
         "min(y) FILTER (WHERE ok) AS y_min, max(y) FILTER (WHERE ok) AS y_max, "
         "bool_and(y IN (0, 1)) FILTER (WHERE ok) AS all01, "
         "bool_and(y IN (-1, 1)) FILTER (WHERE ok) AS allpm1, "
-        "max(ax) FILTER (WHERE ok) AS ax, max(abs(y)) FILTER (WHERE ok) AS ay "
+        "max(ax) FILTER (WHERE ok) AS ax, max(abs(y)) FILTER (WHERE ok) AS ay, "
+        "min(mx) FILTER (WHERE ok) AS mx, min(nullif(abs(y), 0)) FILTER (WHERE ok) AS my "
         f"FROM (SELECT {src.valid_expr} AS ok, cardinality({src.x_expr}) AS d, {y} AS y, "
-        f"{src.max_abs_expr} AS ax, "
+        f"{src.max_abs_expr} AS ax, {src.min_abs_expr} AS mx, "
         + (f"array_ndims({col}) > 1" if col else "false") + " AS multi, "
         # An empty array is a vector of the wrong length, not a missing value: predict refuses
         # it too, so training and evaluation must not skip it silently.
@@ -103,7 +131,8 @@ def check_rows(session: Session, src: Source) -> Checked:
     binary = y_min != y_max and (all01 or allpm1)
     return Checked(int(n_total), int(n_usable), int(lo),
                    [float(y_min), float(y_max)] if binary else None,
-                   float(ax or 0.0), float(ay or 0.0))
+                   float(ax or 0.0), float(ay or 0.0),
+                   math.inf if mx is None else float(mx), math.inf if my is None else float(my))
 
 
 #: Largest magnitude the engine computes with: sums of two values and their differences stay
@@ -111,6 +140,11 @@ def check_rows(session: Session, src: Source) -> Checked:
 MAX_ABS = 2.0 ** 1020
 #: Without standardisation, squares and products of values beyond this overflow float64.
 SQUARE_SAFE = 1e150
+#: float64's smallest normal magnitude: a column whose every value is below it has a
+#: subnormal spread (1/spread overflows).
+FLOAT64_TINY = 2.2250738585072014e-308
+#: float32's smallest normal magnitude: smaller values lose digits or become 0 in its blocks.
+FLOAT32_TINY = 1.1754943508222875e-38
 
 
 def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str | None,
@@ -143,12 +177,86 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
         raise _too_large(session, src, SQUARE_SAFE, "is too large to train on without "
                          "standardisation (its square overflows)",
                          "Use standardize => true, or rescale the column in a view.", False)
+    label_spread = squared or checked.label_values is None
+    if checked.min_abs_x < FLOAT64_TINY or (label_spread and checked.min_abs_y < FLOAT64_TINY):
+        _refuse_subnormal(session, src, label_spread)
     if dtype == "float32" and max(checked.max_abs_x, checked.max_abs_y) > FLOAT32_SAFE:
         if packing:
             raise _too_large(session, src, FLOAT32_SAFE, "is too large for float32 blocks",
                              "Pack with dtype => 'float64', or rescale the column.", True)
         return "float64"
+    if dtype == "float32" and min(checked.min_abs_x, checked.min_abs_y) < FLOAT32_TINY:
+        if packing:
+            name, smallest = _first_column_below(session, src, FLOAT32_TINY, True)
+            raise InvalidData(
+                f"{name} is too small for float32 blocks",
+                detail=f"Its smallest non-zero magnitude is {smallest:.6g}; float32 holds "
+                       f"magnitudes from {FLOAT32_TINY:.6g} (smaller ones lose their digits "
+                       "or become 0).",
+                hint="Pack with dtype => 'float64', or rescale the column (for example "
+                     "multiply it by a power of ten) in a view.")
+        return "float64"
     return dtype
+
+
+def _refuse_subnormal(session: Session, src: Source, label_too: bool) -> None:
+    """Refuse a column whose every non-zero value is below float64's normal range.
+
+    Its spread is subnormal: standardising divides by it (1/sd overflows to inf) and without
+    standardisation its coefficient would have to exceed float64's range. A column holding
+    such values next to ordinary ones is fine (its spread is ordinary). Error path only: one
+    scan when some usable value is subnormal.
+    """
+    where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
+    what = "has a spread too small to compute with (all its non-zero values are subnormal)"
+    detail = (f"Its largest magnitude is {{:.6g}}, below float8's smallest normal value "
+              f"{FLOAT64_TINY:.6g}: 1/spread overflows and its coefficient would too.")
+    hint = "Rescale the column (for example multiply it by 1e300) in a view, or drop it."
+    if label_too and src.label_expr:
+        ay = session.query(f"SELECT max(abs({src.label_expr})) AS m {where}")[0][0]
+        if ay is not None and 0 < ay < FLOAT64_TINY:
+            raise InvalidData(f'label "{src.label}" {what}', detail=detail.format(ay),
+                              hint=hint)
+    if src.feature_exprs:
+        maxima = session.query("SELECT " + ", ".join(
+            f"max(abs({e})) AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
+        for name, m in zip(src.features, maxima):
+            if m is not None and 0 < m < FLOAT64_TINY:
+                raise InvalidData(f'feature "{name}" {what}', detail=detail.format(m),
+                                  hint=hint)
+        return
+    row = session.query(
+        f"SELECT u.i, max(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
+        "unnest(q.x) WITH ORDINALITY AS u(v, i) GROUP BY u.i "
+        "HAVING max(abs(u.v)) > 0 AND max(abs(u.v)) < %s ORDER BY u.i LIMIT 1", [FLOAT64_TINY])
+    if row:
+        raise InvalidData(f'element {int(row[0][0])} of feature "{src.features[0]}" {what}',
+                          detail=detail.format(float(row[0][1])), hint=hint)
+
+
+def _first_column_below(session: Session, src: Source, limit: float,
+                        label_too: bool) -> tuple[str, float]:
+    """Which column (or array element) holds a non-zero magnitude below ``limit``, and it."""
+    where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
+    if label_too and src.label_expr:
+        my = session.query(f"SELECT min(nullif(abs({src.label_expr}), 0)) AS m {where}")[0][0]
+        if my is not None and my < limit:
+            return f'label "{src.label}"', float(my)
+    if src.feature_exprs:
+        minima = session.query("SELECT " + ", ".join(
+            f"min(nullif(abs({e}), 0)) AS m{i}" for i, e in enumerate(src.feature_exprs))
+            + f" {where}")[0]
+        for name, m in zip(src.features, minima):
+            if m is not None and m < limit:
+                return f'feature "{name}"', float(m)
+    else:
+        row = session.query(
+            f"SELECT u.i, min(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
+            "unnest(q.x) WITH ORDINALITY AS u(v, i) WHERE u.v <> 0 AND abs(u.v) < %s "
+            "GROUP BY u.i ORDER BY u.i LIMIT 1", [limit])
+        if row:
+            return f'element {int(row[0][0])} of feature "{src.features[0]}"', float(row[0][1])
+    return "a value", 0.0
 
 
 def _too_large(session: Session, src: Source, limit: float, what: str, hint: str,

@@ -36,6 +36,7 @@ class Param:
     nullable: bool = False
     parse: Callable[[Any], Any] | None = None  # custom coercion; raises ValueError if bad
     shape: str = ""  # the allowed values in words, for a parameter with ``parse``
+    why: str = ""  # why the range is what it is (a sentence), for error messages
 
     def describe(self) -> str:
         """The allowed values in words, for error messages and help."""
@@ -94,12 +95,13 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("fit_intercept", bool, True, "Fit an intercept (never penalised)."),
     Param("standardize", bool, True, "Fit on standardised features; coefficients are reported "
           "in the original units."),
-    Param("max_epochs", int, 100, "Upper bound on passes over the data (iterations of newton "
-          "and lbfgs).", low=1, high=1_000_000),
+    Param("max_epochs", int, 100, "sgd: upper bound on passes over the data; newton and "
+          "lbfgs: upper bound on iterations, each one pass plus its line-search passes "
+          "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
           "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
-          "lbfgs: largest gradient component (default 1e-8 for both). None, from Python, "
-          "never stops early.", low=0.0, nullable=True),
+          "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
+          "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
@@ -123,7 +125,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "averaging); 0 forces a serial scan; NULL lets PostgreSQL's planner decide.",
           low=0, high=64, nullable=True),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
-          "and, when > 0, to decide convergence.", low=0.0, high=0.9),
+          "and, when > 0, to decide convergence.", low=0.0, high=0.9,
+          why="At least a tenth of the rows must remain to train on: a larger share would "
+              "leave the model a handful of rows (and 1 none at all)."),
     Param("class_weight", str, None, "Classifiers: 'balanced' (n_samples / (2 * rows of the "
           "class)) or per-class weights as JSON, e.g. '{\"0\": 1, \"1\": 10}'; each row's loss "
           "and gradient are multiplied by its class's weight.", nullable=True,
@@ -167,7 +171,7 @@ def _check(p: Param, v: Any, where: str) -> Any:
         return InvalidParameter(
             f"invalid value for parameter {p.name!r}",
             detail=f"The {p.name!r} parameter of {where} must be {p.describe()}. "
-                   f"Got {v!r} instead.",
+                   + (p.why + " " if p.why else "") + f"Got {v!r} instead.",
             hint=p.doc)
 
     if p.parse is not None:

@@ -16,6 +16,7 @@ algorithms 7.4 and 3.1).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ Evaluate = Callable[[np.ndarray, int, float], Pass]
 SINGULAR = 1e-12  # smallest/largest eigenvalue of the scaled Hessian below which it is singular
 SEPARATED = 0.1  # a final Newton step this long (standardised units) means separation
 MAX_HALVINGS = 40
+ROUNDED_GRADIENT = 1e-7  # lbfgs: a gradient this small where no step decreases f is converged
 
 
 @dataclass
@@ -143,20 +145,22 @@ def newton(evaluate: Evaluate, prob: Problem) -> Fit:
 
     Stops when the relative change of the objective, ``|fₖ − fₖ₋₁| / (|fₖ| + 0.1)`` (the rule of
     R's ``glm``), or the largest change of a standardised coefficient falls to ``tol``. Squared
-    loss needs a single pass: the objective is quadratic, so the minimiser and its loss follow
-    exactly from the sums at β = 0. Raises :class:`InvalidData` for a singular Hessian or
-    separated classes, :class:`Diverged` for a non-finite objective.
+    loss needs one pass for the minimiser (the objective is quadratic, so it follows exactly
+    from the sums at β = 0) and a second at it for its loss. Raises :class:`InvalidData` for a
+    singular Hessian or separated classes, :class:`Diverged` for a non-finite objective.
     """
     A = prob.coords.matrix()
     p = A.shape[0]
     cur = evaluate(np.zeros(p), HESSIAN, 0.0)
     f = _finite_objective(prob, cur)
     H_theta = A.T @ prob.hessian(cur) @ A
-    check_rank(H_theta, prob.names)
+    check_rank(H_theta, prob.names, prob.coords.fit_intercept)
     if prob.loss == "squared":
+        # The minimiser from the normal equations, then a pass at it for the loss (the RSS):
+        # moving the loss from β = 0 by a Taylor step cancels catastrophically when RSS ≪ TSS.
         step = _solve(H_theta, -prob.coords.gradient(prob.gradient(cur)), prob.names)
-        return Fit(last=_quadratic_pass(cur, prob.coords.to_beta(step)), iterations=1,
-                   converged=True)
+        at = evaluate(prob.coords.to_beta(step), GRADIENT, 1.0)
+        return Fit(last=_with_hessian(at, cur.hess), iterations=1, converged=True)
     converged = False
     iterations = 0
     for iterations in range(1, prob.max_iter + 1):  # noqa: B007 (reported after the loop)
@@ -190,7 +194,9 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
     """L-BFGS in standardised coordinates: one pass per objective and gradient evaluation.
 
     Stops when the largest component of the gradient (of the mean objective, in standardised
-    coordinates) is at most ``tol``. A final ``HESSIAN`` pass at the solution supplies standard
+    coordinates) is at most ``tol · max(1, √f)``, or where no step decreases ``f`` and that
+    gradient is at most ``max(tol, 1e-7) · max(1, √f)`` (rounding has the last word). A final
+    ``HESSIAN`` pass at the solution supplies standard
     errors (unpenalised fits only). Raises :class:`InvalidData` for a singular Hessian or
     separated classes, :class:`Diverged` when no step decreases a non-finite objective.
     """
@@ -205,7 +211,8 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
     converged = False
     iterations = 0
     for iterations in range(1, prob.max_iter + 1):  # noqa: B007 (reported after the loop)
-        if prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol:
+        scale = max(1.0, math.sqrt(abs(f)))  # squared loss: the gradient has labels' units
+        if prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol * scale:
             converged = True
             break
         d = -_two_loop(g, S, Y)
@@ -227,7 +234,13 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
         else:
             if not math.isfinite(f):
                 raise _diverged(prob)
-            break  # no decrease left at this precision: stop where we are
+            # No decrease left at this precision: converged if the gradient is as small as
+            # rounding of the objective lets it get (tol below that cannot be reached).
+            converged = _rounded_minimum(prob, g, f)
+            break
+        if not fn < f:  # accepted without a decrease: rounding has the last word
+            converged = _rounded_minimum(prob, g, f)
+            break
         theta_new = theta + t * d
         g_new = coords.gradient(prob.gradient(nxt))
         s, y = theta_new - theta, g_new - g
@@ -239,12 +252,21 @@ def lbfgs(evaluate: Evaluate, prob: Problem, memory: int = 10) -> Fit:
                 Y.pop(0)
         theta, g, f, cur = theta_new, g_new, fn, nxt
     else:
-        converged = prob.tol is not None and float(np.max(np.abs(g))) <= prob.tol
+        converged = (prob.tol is not None
+                     and float(np.max(np.abs(g))) <= prob.tol * max(1.0, math.sqrt(abs(f))))
     if not np.any(prob.penalty):  # the Hessian for standard errors, and the checks it allows
         cur = evaluate(cur.beta, HESSIAN, 0.0)
         check_separation(prob, cur)
-        check_rank(coords.matrix().T @ prob.hessian(cur) @ coords.matrix(), prob.names)
+        check_rank(coords.matrix().T @ prob.hessian(cur) @ coords.matrix(), prob.names,
+                   coords.fit_intercept)
     return Fit(last=cur, iterations=iterations, converged=converged)
+
+
+def _rounded_minimum(prob: Problem, g: np.ndarray, f: float) -> bool:
+    """Where no step decreases ``f`` any more: converged if the gradient is as small as the
+    objective's rounding lets it get (a ``tol`` below that cannot be reached)."""
+    return (float(np.max(np.abs(g)))
+            <= max(prob.tol or 0.0, ROUNDED_GRADIENT) * max(1.0, math.sqrt(abs(f))))
 
 
 def _two_loop(g: np.ndarray, S: list[np.ndarray], Y: list[np.ndarray]) -> np.ndarray:
@@ -276,22 +298,19 @@ def _solve(H: np.ndarray, rhs: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.linalg.solve(L.T, np.linalg.solve(L, rhs))
 
 
-def _quadratic_pass(P: Pass, beta: np.ndarray) -> Pass:
-    """The sums of a squared-loss pass moved from ``P.beta`` to ``beta`` (exact: quadratic)."""
-    assert P.hess is not None
-    delta = beta - P.beta
-    loss = P.loss_sum + float(P.grad @ delta) + 0.5 * float(delta @ P.hess @ delta)
-    return Pass(beta=beta, rows=P.rows, loss_sum=max(loss, 0.0), grad=P.grad + P.hess @ delta,
-                hess=P.hess, skipped=P.skipped, parts=P.parts, extreme=0, sum_y=P.sum_y,
-                sum_y2=P.sum_y2, center=P.center)
+def _with_hessian(P: Pass, hess: np.ndarray | None) -> Pass:
+    """``P`` carrying ``hess`` (squared loss: the Hessian does not depend on β)."""
+    return dataclasses.replace(P, hess=hess)
 
 
-def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
+def check_rank(H: np.ndarray, names: Sequence[str], fit_intercept: bool = True) -> None:
     """Raise :class:`InvalidData` naming the coefficients involved if ``H`` is singular.
 
-    ``H`` is scaled to a unit diagonal first; a zero diagonal entry is a column that is constant
-    (or, without an intercept, zero). Otherwise the eigenvector of the smallest eigenvalue gives
-    the linear combination of columns that is (nearly) constant.
+    ``H`` is the Hessian in standardised, centred coordinates (each feature's diagonal entry is
+    about 1 whatever the column's offset or scale); a (near) zero diagonal entry is a column
+    that is constant (or, without an intercept, zero). Otherwise the eigenvector of the
+    smallest eigenvalue of ``H`` scaled to a unit diagonal gives the linear combination of
+    columns that is (nearly) constant.
     """
     diag = np.diag(H).copy()
     if not np.all(np.isfinite(H)):
@@ -301,7 +320,7 @@ def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
     top = float(np.max(diag)) if diag.size else 0.0
     flat = [names[j] for j in range(len(diag)) if diag[j] <= SINGULAR * max(top, 1e-300)]
     if flat:
-        raise constant_columns(flat)
+        raise constant_columns(flat, fit_intercept)
     sd = np.sqrt(diag)
     vals, vecs = np.linalg.eigh(H / np.outer(sd, sd))
     if vals[0] > SINGULAR * vals[-1]:
@@ -316,8 +335,14 @@ def check_rank(H: np.ndarray, names: Sequence[str]) -> None:
         hint="Drop one of these columns, or use penalty => 'l2' with alpha > 0.")
 
 
-def constant_columns(names: Sequence[str]) -> InvalidData:
-    """The error for feature columns that never vary (or, without an intercept, are all zero)."""
+def constant_columns(names: Sequence[str], fit_intercept: bool = True) -> InvalidData:
+    """The error for feature columns that never vary (without an intercept: all zero)."""
+    if not fit_intercept:
+        return InvalidData(
+            "all-zero feature columns: " + ", ".join(names),
+            detail="A column that is zero in every row has no effect on the fit (the model has "
+                   "no intercept), so its coefficient is not identified.",
+            hint="Drop these columns, or use penalty => 'l2' with alpha > 0.")
     return InvalidData(
         "constant feature columns: " + ", ".join(names),
         detail="A column that never varies cannot be told apart from the intercept, so its "
@@ -351,7 +376,7 @@ def check_separation(prob: Problem, P: Pass) -> None:
     else:
         involved = names[:1]
     raise InvalidData(
-        "the classes are perfectly separated by " + ", ".join(involved),
+        "the classes are separated (perfectly or quasi-) by " + ", ".join(involved),
         detail=f"{P.extreme} of {P.rows} rows are fitted with a probability of 0 or 1 and the "
                "coefficients grow without bound, so the maximum-likelihood estimate does not "
                "exist.",
@@ -363,6 +388,14 @@ def _finite_objective(prob: Problem, P: Pass) -> float:
     """The objective of the first pass, which must be finite."""
     if P.rows == 0:
         raise InvalidData("no rows to fit", hint="Check the source table and its NULLs.")
+    p = P.beta.size
+    if P.rows < p and not np.any(prob.penalty):
+        raise InvalidData(
+            f"too few rows ({P.rows}) for {p} coefficients",
+            detail=f"An unpenalised fit of {p} coefficients (the intercept counts) needs at "
+                   f"least {p} rows; with fewer the estimate is not unique.",
+            hint="Train on more rows, use fewer features, or use penalty => 'l2' with "
+                 "alpha > 0.")
     f = prob.objective(P)
     if not math.isfinite(f):
         raise _diverged(prob)

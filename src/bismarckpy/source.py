@@ -55,6 +55,9 @@ class Source:
     row_key: str  # text expression identifying a row of ``FROM keyed AS s`` (for hashing)
     keyed: str = ""  # FROM item whose rows ``row_key`` identifies (the relation, or a subquery)
     feature_exprs: list[str] = field(default_factory=list)  # float8 per scalar column ([]: array)
+    # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
+    # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
+    cast_checks: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def max_abs_expr(self) -> str:
@@ -62,6 +65,13 @@ class Source:
         if self.feature_exprs:
             return "greatest(" + ", ".join(f"abs({e})" for e in self.feature_exprs) + ")"
         return f"(SELECT max(abs(v)) FROM unnest({self.x_expr}) AS v)"
+
+    @property
+    def min_abs_expr(self) -> str:
+        """The smallest non-zero magnitude among a row's features (NULL: all zero)."""
+        if self.feature_exprs:
+            return "least(" + ", ".join(f"nullif(abs({e}), 0)" for e in self.feature_exprs) + ")"
+        return f"(SELECT min(abs(v)) FROM unnest({self.x_expr}) AS v WHERE v <> 0)"
 
 
 def resolve(session: Session, relation: str, label: str | None,
@@ -145,6 +155,9 @@ def resolve(session: Session, relation: str, label: str | None,
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
+    cast_checks = [(n, _beyond_float8(q(n), cols[n] == "numeric[]"))
+                   for n in dict.fromkeys([*([label] if label is not None else []), *features])
+                   if cols[n] in ("numeric", "numeric[]")]
     relation = escape_percent(qualified)
     row_key, keyed = _row_identity(relation, relkind, whole_table,
                                    [q(n) for n in ([label] if label is not None else [])
@@ -153,7 +166,25 @@ def resolve(session: Session, relation: str, label: str | None,
                   label_expr=label_expr, label_type=label_type, features=features,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
                   array_feature=array_feature, row_key=row_key, keyed=keyed,
-                  feature_exprs=exprs)
+                  feature_exprs=exprs, cast_checks=cast_checks)
+
+
+#: numeric values whose cast to float8 fails: beyond the largest double (rounding up to
+#: infinity) or non-zero below half the smallest subnormal (rounding to zero, which
+#: PostgreSQL's float8 input refuses as out of range too).
+_FLOAT8_HUGE = "1.7976931348623158e308"
+_FLOAT8_TINY = "2.4703282292062328e-324"
+
+
+def _beyond_float8(col: str, array: bool) -> str:
+    """SQL true when numeric column ``col`` (a numeric[] when ``array``) holds a value that
+    has no float8 (NaN and ±Infinity do: they are missing values, filtered apart)."""
+    def one(v: str) -> str:
+        return (f"({v} NOT IN ('NaN', 'Infinity', '-Infinity') AND (abs({v}) >= {_FLOAT8_HUGE} "
+                f"OR ({v} <> 0 AND abs({v}) < {_FLOAT8_TINY})))")
+    if array:
+        return f"EXISTS (SELECT 1 FROM unnest({col}) AS v WHERE {one('v')})"
+    return f"coalesce({one(col)}, false)"
 
 
 _DUP = '"bismarck duplicate"'
