@@ -43,6 +43,18 @@ class InvalidData(BismarckError):
     sqlstate = "22000"
 
 
+class Separated(InvalidData):
+    """The classes are (quasi-)separated: the maximum-likelihood estimate does not exist.
+
+    ``columns`` names the columns that separate them (the intercept alone: one class only).
+    """
+
+    def __init__(self, message: str, *, columns: list[str], detail: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, detail=detail, hint=hint)
+        self.columns = list(columns)
+
+
 class UndefinedObject(BismarckError):
     """A table, column or model that does not exist (42P01 / 42703 / 42704)."""
 

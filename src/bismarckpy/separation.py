@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 
 from . import exact, solvers
-from .errors import BismarckError
+from .errors import BismarckError, Separated
 
 #: Newton iterations of the check: separation shows in the growth of the steps well before
 #: this; a non-separated problem converges to ``tol`` in about five.
 MAX_ITER = 12
 #: The check's convergence tolerance: tight, so a separated run is not stopped as converged.
 TOL = 1e-10
-SEPARATED_PREFIX = "the classes are perfectly separated"
 
 
 def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str]) -> str | None:
@@ -62,9 +61,8 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
 
     try:
         solvers.newton(evaluate, prob)
-    except BismarckError as exc:
-        message = str(getattr(exc, "message", None) or exc)
-        if message.startswith(SEPARATED_PREFIX):
-            return message[len(SEPARATED_PREFIX):].removeprefix(" by ").strip() or "the data"
+    except Separated as exc:
+        return ", ".join(exc.columns) or "the data"
+    except BismarckError:
         return None
     return None

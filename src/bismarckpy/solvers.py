@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import Diverged, InvalidData
+from .errors import Diverged, InvalidData, Separated
 from .exact import GRADIENT, HESSIAN, Pass
 
 Evaluate = Callable[[np.ndarray, int, float], Pass]
@@ -375,8 +375,9 @@ def check_separation(prob: Problem, P: Pass) -> None:
         involved = [names[k + j] for j in np.flatnonzero(features >= 0.25 * features.max())]
     else:
         involved = names[:1]
-    raise InvalidData(
+    raise Separated(
         "the classes are separated (perfectly or quasi-) by " + ", ".join(involved),
+        columns=involved,
         detail=f"{P.extreme} of {P.rows} rows are fitted with a probability of 0 or 1 and the "
                "coefficients grow without bound, so the maximum-likelihood estimate does not "
                "exist.",
