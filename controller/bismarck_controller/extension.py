@@ -102,6 +102,7 @@ def build_section() -> str:
             "COMMENT ON FUNCTION bismarck._build() IS\n"
             "    'Private: md5 of the sql/bismarck.sql and engine that made the code "
             "(generated).';\n"
+            "REVOKE ALL ON FUNCTION bismarck._build() FROM PUBLIC;\n"
             "GRANT EXECUTE ON FUNCTION bismarck._build() TO bismarck_user;\n")
 
 
