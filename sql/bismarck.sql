@@ -62,6 +62,8 @@ CREATE TABLE bismarck._models (
     fitted        jsonb       NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     owner         regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    source_oid    oid,
+    source_owner  regrole,
     PRIMARY KEY (model_name, version)
 );
 COMMENT ON TABLE bismarck._models IS
@@ -163,6 +165,18 @@ BEGIN
 END
 $bismarck_packed_owner$;
 
+-- Installations of an earlier 0.2.0 development build lack _models.source_oid and source_owner
+-- (the source table's OID and owner when trained; NULL for older models).
+DO $bismarck_source_oid$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = 'bismarck._models'::pg_catalog.regclass
+                      AND a.attname = 'source_oid' AND NOT a.attisdropped) THEN
+        ALTER TABLE bismarck._models ADD COLUMN source_oid oid, ADD COLUMN source_owner regrole;
+    END IF;
+END
+$bismarck_source_oid$;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
 -- have (pg_has_role ... 'USAGE'), and models whose owner granted them. Built-ins only, so that
@@ -217,26 +231,41 @@ CREATE POLICY register_packed ON bismarck._packed_tables FOR INSERT
     WITH CHECK (EXISTS (SELECT 1 FROM pg_class c
                          WHERE c.oid = packed_table AND pg_has_role(c.relowner, 'USAGE')));
 
-CREATE FUNCTION bismarck._columns_readable(source text, columns text[]) RETURNS boolean
+CREATE FUNCTION bismarck._columns_readable(source text, columns text[], source_oid oid,
+                                            source_owner regrole) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel oid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = to_regclass(source)
-                    AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity) THEN
-        RETURN false;  -- a view or a table with row-level security may hide rows from the user
+    -- The table the model was trained on, by OID, owner and schema-qualified name; models of
+    -- before 0.2.0 (no OID) by name, but never through a temporary schema (the reader's own
+    -- pg_temp could hold a look-alike).
+    IF source_oid IS NOT NULL THEN
+        SELECT c.oid INTO rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = source_oid AND c.relowner = source_owner
+           AND format('%I.%I', n.nspname, c.relname) = source;
+    ELSE
+        SELECT c.oid INTO rel FROM pg_class c
+         WHERE c.oid = to_regclass(source) AND c.relpersistence <> 't';
+    END IF;
+    IF rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = rel
+                                   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity) THEN
+        RETURN false;  -- gone, or a view or a table with row-level security (may hide rows)
     END IF;
     RETURN coalesce((SELECT bool_and(coalesce(has_column_privilege(a.attrelid, a.attnum,
                                                                    'SELECT'), false))
                             AND count(*) = cardinality(columns)
                        FROM pg_attribute a
-                      WHERE a.attrelid = to_regclass(source) AND a.attnum > 0
+                      WHERE a.attrelid = rel AND a.attnum > 0
                         AND NOT a.attisdropped AND a.attname = ANY (columns)), false);
 EXCEPTION WHEN insufficient_privilege OR invalid_name OR syntax_error THEN
     RETURN false;  -- a schema the user may not use, or a name that no longer parses
 END
 $$;
-COMMENT ON FUNCTION bismarck._columns_readable(text, text[]) IS
-    'Private: whether the current user may SELECT all these columns of a table that has no '
-    'row-level security (false for views and for tables with row-level security).';
+COMMENT ON FUNCTION bismarck._columns_readable(text, text[], oid, regrole) IS
+    'Private: whether the current user may SELECT all these columns of the table a model was '
+    'trained on (same OID, owner and name), if it has no row-level security (false for views, '
+    'tables with row-level security, and tables gone or replaced).';
 
 ------------------------------------------------------------------------------------------------
 -- Views (filtering: each user sees the rows the policies above would show them)
@@ -257,7 +286,8 @@ SELECT m.model_name,
        m.params,
        m.metrics,
        CASE WHEN pg_has_role(m.owner, 'USAGE')
-                 OR bismarck._columns_readable(m.source, m.label || m.features)
+                 OR bismarck._columns_readable(m.source, m.label || m.features,
+                                               m.source_oid, m.source_owner)
             THEN m.fitted END AS fitted,
        m.created_at
 FROM bismarck._models m
@@ -516,7 +546,7 @@ RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM bismarck._model(model, version);
-    RETURN bismarck._delete_versions(model, version);
+    RETURN bismarck._delete_versions(bismarck._ticket(), model, version);
 END
 $$;
 COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
@@ -526,7 +556,7 @@ COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
 CREATE FUNCTION bismarck.grant_model(model text, role regrole) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM bismarck._set_grant(model, role, true);
+    PERFORM bismarck._set_grant(bismarck._ticket(), model, role, true);
 END
 $$;
 COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
@@ -536,7 +566,7 @@ COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
 CREATE FUNCTION bismarck.revoke_model(model text, role regrole) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN bismarck._set_grant(model, role, false);
+    RETURN bismarck._set_grant(bismarck._ticket(), model, role, false);
 END
 $$;
 COMMENT ON FUNCTION bismarck.revoke_model(text, regrole) IS
@@ -707,35 +737,92 @@ COMMENT ON FUNCTION bismarck._link(text, float8) IS
 -- registry tables (so they can neither forge rows that other users' code acts on nor take locks
 -- that stall others); these SECURITY DEFINER functions write them for the calling role, each
 -- checking what that role may do. None takes or touches a user-named table; every one pins
--- search_path. The caller is CURRENT_USER, captured by the DEFAULT of the last argument in the
--- caller's context, and accepted only if the session's login role may become it (SET ROLE).
+-- search_path. A SECURITY DEFINER function cannot see its invoker's CURRENT_USER, and a role
+-- argument could be forged by lower-privileged code running in a higher session (an index
+-- expression run by ANALYZE, a SECURITY DEFINER function called by a superuser). So each takes a
+-- ticket: bismarck._ticket() (SECURITY INVOKER) inserts a row whose role is forced to
+-- CURRENT_USER and whose pid is this backend (a CHECK constraint, which holds even for roles
+-- that bypass row-level security), and returns its random id; the bookkeeping function deletes
+-- that row of this backend and acts for its role. Members may only INSERT tickets (no SELECT, so
+-- no one reads another's), and callers pass bismarck._ticket() in the same call, so no other code
+-- runs between issuing and redeeming.
 ------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION bismarck._caller(caller regrole) RETURNS regrole
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+CREATE TABLE bismarck._tickets (
+    id        uuid        PRIMARY KEY,
+    role      regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    pid       integer     NOT NULL DEFAULT pg_catalog.pg_backend_pid(),
+    issued_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    CONSTRAINT tickets_for_current_user CHECK (
+        role OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+        AND pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())
+);
+COMMENT ON TABLE bismarck._tickets IS
+    'Private: one-use proofs of the role that called a bookkeeping function (bismarck._ticket).';
+
+-- Row-level security as a second fence (re-run by upgrades: ALTER TABLE and CREATE POLICY are
+-- not re-created by them).
+DO $bismarck_tickets$
 BEGIN
-    IF caller IS NULL OR NOT pg_has_role(session_user, caller, 'MEMBER') THEN
-        RAISE EXCEPTION 'bismarck bookkeeping cannot act for role %', coalesce(caller::text, 'NULL')
-            USING ERRCODE = '42501',
-                  HINT = 'Leave the caller argument out: it defaults to CURRENT_USER.';
+    ALTER TABLE bismarck._tickets ENABLE ROW LEVEL SECURITY;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                    WHERE p.polrelid = 'bismarck._tickets'::pg_catalog.regclass
+                      AND p.polname = 'issue_ticket') THEN
+        CREATE POLICY issue_ticket ON bismarck._tickets FOR INSERT
+            WITH CHECK (role = pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+                        AND pid = pg_catalog.pg_backend_pid());
     END IF;
-    RETURN caller;
+END
+$bismarck_tickets$;
+
+CREATE FUNCTION bismarck._ticket() RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t uuid := gen_random_uuid();
+BEGIN
+    INSERT INTO bismarck._tickets (id) VALUES (t);
+    RETURN t;
 END
 $$;
-COMMENT ON FUNCTION bismarck._caller(regrole) IS
-    'Private: the role a bookkeeping function acts for, if the session may act as it.';
+COMMENT ON FUNCTION bismarck._ticket() IS
+    'Private: a one-use ticket naming the current role, for the next bookkeeping call of this '
+    'session (pass it in the same call: bismarck._set_grant(bismarck._ticket(), ...)).';
+
+CREATE FUNCTION bismarck._redeem(ticket uuid) RETURNS regrole
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r regrole;
+BEGIN
+    DELETE FROM bismarck._tickets t WHERE t.id = ticket AND t.pid = pg_backend_pid()
+    RETURNING t.role INTO r;
+    IF r IS NULL THEN
+        RAISE EXCEPTION 'bismarck bookkeeping needs a ticket issued in this session'
+            USING ERRCODE = '42501',
+                  HINT = 'Pass bismarck._ticket() as the first argument, in the same call.';
+    END IF;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION bismarck._redeem(uuid) IS
+    'Private (called by the bookkeeping functions as their owner): uses up a ticket of this '
+    'backend and returns the role it was issued to.';
 
 CREATE FUNCTION bismarck._claim_model(
-    model text, caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, model text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s'
 AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     o regrole;
 BEGIN
     IF model IS NULL OR model = '' THEN
         RAISE EXCEPTION 'model_name must be a non-empty string' USING ERRCODE = '22023';
+    END IF;
+    IF char_length(model) > 200 THEN
+        RAISE EXCEPTION 'model_name is % characters long; at most 200 are allowed',
+                        char_length(model)
+            USING ERRCODE = '22023', HINT = 'Choose a shorter model_name.';
     END IF;
     BEGIN
         SELECT n.owner INTO o FROM bismarck.model_names n WHERE n.model_name = model;
@@ -771,23 +858,35 @@ BEGIN
     END;
 END
 $$;
-COMMENT ON FUNCTION bismarck._claim_model(text, regrole) IS
+COMMENT ON FUNCTION bismarck._claim_model(uuid, text) IS
     'Private: before any epoch runs, check that the caller owns (or now creates) a model name and '
     'lock it against other uncommitted trainings of it; refuses at once (at most 1 s when another '
     'transaction is creating the same name).';
 
 CREATE FUNCTION bismarck._store_model(
-    model_name text, source text, label text, loss text, features text[],
+    ticket uuid, model_name text, source text, label text, loss text, features text[],
     array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
-    metrics jsonb, fitted jsonb,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    metrics jsonb, fitted jsonb)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     v integer;
     o regrole;
+    src_oid oid;
+    src_owner regrole;
+    src_name text;
 BEGIN
+    -- The source by OID and owner, and its name with its schema even when temporary
+    -- (pg_temp_N): a reader's own temporary table of that name is never taken for it.
+    BEGIN
+        SELECT c.oid, c.relowner::regrole, format('%I.%I', n.nspname, c.relname)
+          INTO src_oid, src_owner, src_name
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass(source);
+    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value THEN
+        src_oid := NULL;
+    END;
     UPDATE bismarck.model_names n SET last_version = n.last_version + 1
      WHERE n.model_name = _store_model.model_name AND pg_has_role(c, n.owner, 'USAGE')
     RETURNING n.last_version, n.owner INTO v, o;
@@ -797,24 +896,23 @@ BEGIN
     END IF;
     INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
                                   array_feature, coef, intercept, classes, params, metrics,
-                                  fitted, owner)
-    VALUES (model_name, v, loss, source, label, features, array_feature, coef, intercept,
-            classes, params, metrics, fitted, o);
+                                  fitted, owner, source_oid, source_owner)
+    VALUES (model_name, v, loss, coalesce(src_name, source), label, features, array_feature,
+            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner);
     RETURN v;
 END
 $$;
-COMMENT ON FUNCTION bismarck._store_model(text, text, text, text, text[], boolean, float8[],
-    float8, float8[], jsonb, jsonb, jsonb, regrole) IS
+COMMENT ON FUNCTION bismarck._store_model(uuid, text, text, text, text, text[], boolean,
+    float8[], float8, float8[], jsonb, jsonb, jsonb) IS
     'Private: stores a trained model as the next version of a name the caller owns (never a '
     'number used before).';
 
 CREATE FUNCTION bismarck._delete_versions(
-    model text, version integer,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, model text, version integer)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     n integer;
 BEGIN
     DELETE FROM bismarck._models m
@@ -828,16 +926,15 @@ BEGIN
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION bismarck._delete_versions(text, integer, regrole) IS
+COMMENT ON FUNCTION bismarck._delete_versions(uuid, text, integer) IS
     'Private: deletes versions of a model the caller owns or was granted; returns how many.';
 
 CREATE FUNCTION bismarck._set_grant(
-    model text, grantee regrole, give boolean,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, model text, grantee regrole, give boolean)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     o regrole;
 BEGIN
     SELECT n.owner INTO o FROM bismarck.model_names n
@@ -861,7 +958,7 @@ BEGIN
     RETURN FOUND;
 END
 $$;
-COMMENT ON FUNCTION bismarck._set_grant(text, regrole, boolean, regrole) IS
+COMMENT ON FUNCTION bismarck._set_grant(uuid, text, regrole, boolean) IS
     'Private: gives (give) or takes back a grant of a model the caller owns; true if a row changed.';
 
 -- The runs of this backend (pid and start time: a pid alone is reused).
@@ -873,12 +970,11 @@ COMMENT ON FUNCTION bismarck._backend_start() IS
     'Private: when this backend started (with its pid, it names the backend).';
 
 CREATE FUNCTION bismarck._begin_run(
-    model_name text, source text, params jsonb, work boolean,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    ticket uuid, model_name text, source text, params jsonb, work boolean,
     OUT run_id bigint, OUT work_schema text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     started timestamptz := bismarck._backend_start();
     held text;
 BEGIN
@@ -888,17 +984,36 @@ BEGIN
         RAISE EXCEPTION 'model name "%" belongs to another role', model_name
             USING ERRCODE = '42501', HINT = 'Choose another model_name.';
     END IF;
-    -- One working schema per backend at a time: earlier runs' schemas must be gone first.
+    -- One working schema per backend at a time, and none left over by the caller's dead
+    -- sessions: earlier runs' schemas must be gone first (the engine drops them, as the caller,
+    -- through _dead_runs before it begins a run).
     SELECT r.work_schema INTO held FROM bismarck._training_run r
       JOIN pg_namespace s ON s.nspname = r.work_schema
-     WHERE r.backend_pid = pg_backend_pid() AND r.backend_start IS NOT DISTINCT FROM started
+     WHERE (r.backend_pid = pg_backend_pid() AND r.backend_start IS NOT DISTINCT FROM started)
+        OR (r.owner = c AND NOT EXISTS (
+                SELECT 1 FROM pg_stat_activity a
+                 WHERE a.pid = r.backend_pid
+                   AND (r.backend_start IS NULL OR a.backend_start IS NULL
+                        OR a.backend_start = r.backend_start)))
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'this session still holds the working schema % of an earlier run', held
+        RAISE EXCEPTION 'working schema % of an earlier run still exists', held
             USING ERRCODE = '55000',
-                  HINT = 'Train again in a new session (the next training cleans it up).';
+                  HINT = 'Drop it (bismarck._dead_runs lists your dead runs'' schemas), or train '
+                         'again in a new session: the next training cleans it up.';
     END IF;
     IF work THEN
+        -- Owned by the role that trains, never by a role others inherit (its members could all
+        -- write in the schema): a NOLOGIN role such as bismarck_user is refused.
+        IF NOT (SELECT r.rolcanlogin FROM pg_roles r WHERE r.oid = c) THEN
+            RAISE EXCEPTION 'role % cannot own a working schema', c
+                USING ERRCODE = '42501',
+                      DETAIL = 'Training on a table (not a packed one) copies it into a schema '
+                               'of the training role; a NOLOGIN (group) role is shared by its '
+                               'members.',
+                      HINT = 'RESET ROLE (or SET ROLE to a login role) before training, or '
+                             'train on a table packed with bismarck.pack.';
+        END IF;
         LOOP
             work_schema := 'bismarck_work_' ||
                            substr(md5(random()::text || clock_timestamp()::text), 1, 16);
@@ -914,19 +1029,18 @@ BEGIN
     RETURNING r.run_id INTO run_id;
 END
 $$;
-COMMENT ON FUNCTION bismarck._begin_run(text, text, jsonb, boolean, regrole) IS
+COMMENT ON FUNCTION bismarck._begin_run(uuid, text, text, jsonb, boolean) IS
     'Private: records a new training run of a model name the caller owns and, when work, '
     'creates its working schema (empty, owned by the caller, named in the run''s row). Touches '
     'no user table.';
 
 CREATE FUNCTION bismarck._record_epoch(
-    run_id bigint, epoch integer, train_loss float8, validation_loss float8,
-    learning_rate float8, rows bigint, seconds float8, workers integer,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, run_id bigint, epoch integer, train_loss float8, validation_loss float8,
+    learning_rate float8, rows bigint, seconds float8, workers integer)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM bismarck._training_run r
                     WHERE r.run_id = _record_epoch.run_id AND r.owner = c
@@ -939,17 +1053,16 @@ BEGIN
     VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers);
 END
 $$;
-COMMENT ON FUNCTION bismarck._record_epoch(bigint, integer, float8, float8, float8, bigint,
-    float8, integer, regrole) IS
+COMMENT ON FUNCTION bismarck._record_epoch(uuid, bigint, integer, float8, float8, float8,
+    bigint, float8, integer) IS
     'Private: appends one epoch to the history of the caller''s running run.';
 
 CREATE FUNCTION bismarck._end_run(
-    run_id bigint, status text, version integer, message text,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, run_id bigint, status text, version integer, message text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
 BEGIN
     IF status NOT IN ('succeeded', 'failed', 'interrupted') THEN
         RAISE EXCEPTION 'a run ends as succeeded, failed or interrupted, not %', status
@@ -968,20 +1081,23 @@ BEGIN
      WHERE r.run_id = _end_run.run_id AND r.owner = c AND r.status = 'running';
 END
 $$;
-COMMENT ON FUNCTION bismarck._end_run(bigint, text, integer, text, regrole) IS
+COMMENT ON FUNCTION bismarck._end_run(uuid, bigint, text, integer, text) IS
     'Private: marks the caller''s running run succeeded (with the version it stored), failed or '
     'interrupted; forgets its working schema once that is gone.';
 
 CREATE FUNCTION bismarck._dead_runs(
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid)
 RETURNS TABLE (run_id bigint, work_schema text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     started timestamptz := bismarck._backend_start();
     r record;
     keep boolean;
 BEGIN
+    -- Tickets of sessions that are gone (issued but never redeemed: a call that failed to run).
+    DELETE FROM bismarck._tickets t
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = t.pid);
     -- The caller's own runs whose backend is gone, or is this one (a run of this session that
     -- never ended). SKIP LOCKED: a run another session is cleaning up is left to it.
     FOR r IN
@@ -1013,33 +1129,32 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION bismarck._dead_runs(regrole) IS
+COMMENT ON FUNCTION bismarck._dead_runs(uuid) IS
     'Private: marks the caller''s runs whose session is gone interrupted; returns the working '
     'schemas among them for the caller to drop (then _forget_work). Touches no user table.';
 
 CREATE FUNCTION bismarck._forget_work(
-    run_id bigint,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, run_id bigint)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE bismarck._training_run r SET work_schema = NULL
-     WHERE r.run_id = _forget_work.run_id AND r.owner = bismarck._caller(caller)
+     WHERE r.run_id = _forget_work.run_id AND r.owner = bismarck._redeem(ticket)
        AND NOT EXISTS (SELECT 1 FROM pg_namespace s WHERE s.nspname = r.work_schema);
 END
 $$;
-COMMENT ON FUNCTION bismarck._forget_work(bigint, regrole) IS
+COMMENT ON FUNCTION bismarck._forget_work(uuid, bigint) IS
     'Private: clears a run''s working schema from its row once the schema is gone.';
 
 CREATE FUNCTION bismarck._register_packed(
-    packed_table regclass, source text, label text, features text[], array_feature boolean,
-    n_features integer, dtype text, block_size integer, rows bigint, skipped_rows bigint,
-    label_values float8[], seed bigint,
-    caller regrole DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)))
+    ticket uuid, packed_table regclass, source text, label text, features text[],
+    array_feature boolean, n_features integer, dtype text, block_size integer, rows bigint,
+    skipped_rows bigint, label_values float8[], seed bigint)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '2s' AS $$
 DECLARE
-    c regrole := bismarck._caller(caller);
+    c regrole := bismarck._redeem(ticket);
     o oid;
 BEGIN
     SELECT k.relowner INTO o FROM pg_class k WHERE k.oid = packed_table;
@@ -1047,11 +1162,17 @@ BEGIN
         RAISE EXCEPTION 'only the owner of % can register it as a packed table', packed_table
             USING ERRCODE = '42501';
     END IF;
-    -- Rows of tables that are gone (or changed hands) would re-attach to a new table that
-    -- reuses the OID: drop them now.
+    -- The caller's rows of tables that are gone (or changed hands) would re-attach to a new
+    -- table that reuses the OID: drop them now. Only the caller's, and SKIP LOCKED: a row
+    -- another transaction is writing never makes this wait (others' stale rows are ignored by
+    -- the packed_tables view and replaced below when their OID comes back).
     DELETE FROM bismarck._packed_tables p
-     WHERE NOT EXISTS (SELECT 1 FROM pg_class k
-                        WHERE k.oid = p.packed_table AND k.relowner = p.owner);
+     WHERE p.packed_table IN (
+           SELECT q.packed_table FROM bismarck._packed_tables q
+            WHERE pg_has_role(c, q.owner, 'USAGE')
+              AND NOT EXISTS (SELECT 1 FROM pg_class k
+                               WHERE k.oid = q.packed_table AND k.relowner = q.owner)
+              FOR UPDATE SKIP LOCKED);
     INSERT INTO bismarck._packed_tables AS p (packed_table, source, label, features,
         array_feature, n_features, dtype, block_size, rows, skipped_rows, label_values, seed,
         owner)
@@ -1063,10 +1184,14 @@ BEGIN
            dtype = excluded.dtype, block_size = excluded.block_size, rows = excluded.rows,
            skipped_rows = excluded.skipped_rows, label_values = excluded.label_values,
            seed = excluded.seed, owner = excluded.owner, created_at = now();
+EXCEPTION WHEN lock_not_available THEN
+    RAISE EXCEPTION 'the registry row of % is being written by another transaction', packed_table
+        USING ERRCODE = '55P03',
+              HINT = 'Pack again once that transaction has ended.';
 END
 $$;
-COMMENT ON FUNCTION bismarck._register_packed(regclass, text, text, text[], boolean, integer,
-    text, integer, bigint, bigint, float8[], bigint, regrole) IS
+COMMENT ON FUNCTION bismarck._register_packed(uuid, regclass, text, text, text[], boolean,
+    integer, text, integer, bigint, bigint, float8[], bigint) IS
     'Private: records a packed table the caller owns (bismarck.pack), forgetting rows of '
     'dropped tables. Reads only the catalog.';
 
@@ -1298,6 +1423,21 @@ BEGIN
                             ELSE quote_ident((SELECT r.rolname FROM pg_catalog.pg_roles r
                                                WHERE r.oid = f.grantee)) END);
     END LOOP;
+    -- Functions: EXECUTE for members of bismarck_user only; any other grant is taken back.
+    FOR f IN
+        SELECT DISTINCT p.oid::regprocedure AS fn, a.grantee
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_proc p ON p.oid = d.objid, aclexplode(p.proacl) AS a
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e
+                              WHERE e.extname = 'bismarck')
+           AND a.grantee <> p.proowner AND a.grantee <> 0
+           AND a.grantee <> 'bismarck_user'::regrole
+    LOOP
+        EXECUTE format('REVOKE ALL ON ROUTINE %s FROM %I CASCADE', f.fn,
+                       (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid = f.grantee));
+    END LOOP;
     FOR f IN
         SELECT d.objid::regprocedure AS fn
           FROM pg_catalog.pg_depend d
@@ -1319,3 +1459,5 @@ GRANT SELECT ON bismarck.models, bismarck.training_history, bismarck.packed_tabl
 GRANT SELECT (model_name, version, owner) ON bismarck._models TO bismarck_user;
 GRANT SELECT ON bismarck.model_names, bismarck.model_grants, bismarck._training_run,
     bismarck._training_epoch TO bismarck_user;
+-- Tickets: INSERT only (a ROW EXCLUSIVE lock, which stalls no reader or other writer).
+GRANT INSERT ON bismarck._tickets TO bismarck_user;

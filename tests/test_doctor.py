@@ -12,7 +12,8 @@ from bismarck_controller import cli_db, doctor, embedded, extension
 from bismarck_controller.errors import SetupError
 
 EXPECTED = ["server reachable", "plpython3u", "numpy in the server", "bismarck extension",
-            "engine code", "schema bismarck: who may create", "schema bismarck: objects"]
+            "engine code", "schema bismarck: who may create", "schema bismarck: objects",
+            "registry privileges", "registry tables: triggers, policies, rules, indexes"]
 
 
 def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:

@@ -110,7 +110,11 @@ DIRECT_WRITES = [
     f"BEGIN; LOCK TABLE bismarck.{t} IN {mode} MODE" for t in REGISTRY
     for mode in ("ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE")] + [
     f"BEGIN; SELECT 1 FROM bismarck.{t} FOR {lock}" for t in ("model_names", "_training_run")
-    for lock in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")]
+    for lock in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")] + [
+    # tickets: members only insert their own, never read, change or lock others'
+    "SELECT id FROM bismarck._tickets", "UPDATE bismarck._tickets SET pid = 0",
+    "DELETE FROM bismarck._tickets", "TRUNCATE bismarck._tickets",
+    "BEGIN; LOCK TABLE bismarck._tickets IN SHARE MODE"]
 
 
 def _refused(conn: psycopg.Connection, statement: str) -> None:
@@ -150,9 +154,10 @@ def test_every_function_is_pinned_and_none_is_definer_over_user_tables(
                 SELECT p.proname::text, pg_get_function_arguments(p.oid), p.prosrc
                   FROM pg_proc p
                  WHERE p.pronamespace = 'bismarck'::regnamespace AND p.prosecdef"""):
-            # each acts for a caller it checks, and runs no dynamic SQL but CREATE SCHEMA
-            assert "caller regrole DEFAULT to_regrole(quote_ident((CURRENT_USER)" in args, name
-            assert "bismarck._caller(caller)" in body, name
+            # each acts for the role of a ticket it redeems, and runs no dynamic SQL but CREATE
+            # SCHEMA
+            assert args.startswith("ticket uuid"), name
+            assert "bismarck._redeem(ticket)" in body, name
             executes = [line.strip() for line in body.splitlines() if "EXECUTE" in line]
             assert executes == (["EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', "
                                  "work_schema,"] if name == "_begin_run" else []), name
@@ -500,6 +505,7 @@ def test_members_hold_no_write_privilege_or_lock_on_the_registry(roles: Roles) -
              WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
                AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bismarck')
                AND c.relkind IN ('r', 'v') AND r.rolname = ANY (%s)
+               AND NOT (c.oid = 'bismarck._tickets'::regclass AND p.priv = 'INSERT')
                AND (has_table_privilege(r.oid, c.oid, p.priv)
                     OR (p.priv IN ('INSERT', 'UPDATE', 'REFERENCES')
                         AND has_any_column_privilege(r.oid, c.oid, p.priv)))
@@ -530,25 +536,28 @@ def test_no_member_makes_another_roles_training_drop_or_fail(roles: Roles) -> No
     with roles.connect("mallory") as m:
         _patients(m)
         _refused(m, DIRECT_WRITES[0])
-        # nor through the bookkeeping functions, acting for another role
-        for call in ("SELECT bismarck._claim_model('x', 'postgres')",
-                     "SELECT * FROM bismarck._begin_run('x', 'x', '{}', true, 'postgres')",
-                     "SELECT * FROM bismarck._dead_runs('postgres')",
-                     "SELECT bismarck._end_run(1, 'failed', NULL, 'x', 'postgres')"):
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="cannot act for"):
+        # nor through the bookkeeping functions, acting for another role: no forged ticket
+        for call in ("SELECT bismarck._claim_model(gen_random_uuid(), 'x')",
+                     "SELECT * FROM bismarck._begin_run(gen_random_uuid(), 'x', 'x', '{}', true)",
+                     "SELECT * FROM bismarck._dead_runs(NULL)",
+                     "SELECT bismarck._end_run(gen_random_uuid(), 1, 'failed', NULL, 'x')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="needs a ticket"):
                 m.execute(call)
-        m.execute("SELECT bismarck._claim_model('mallory_m')")
+        m.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'mallory_m')")
         run_id, schema = m.execute(
-            "SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)").fetchone()
+            "SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'mallory_m', 'x', '{}', true)"
+        ).fetchone()
         assert schema.startswith("bismarck_work_")
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="still holds"):
-            m.execute("SELECT * FROM bismarck._begin_run('mallory_m', 'x', '{}', true)")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="still exists"):
+            m.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'mallory_m', 'x', "
+                      "'{}', true)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="belongs to another"):
-            m.execute("SELECT * FROM bismarck._begin_run('versions', 'x', '{}', true)")
+            m.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'versions', 'x', "
+                      "'{}', true)")
     with roles.connect("admin") as admin:
         # rows as an older version or a tampered backup might hold them: dead runs of alice and
         # of the superuser pointing at schemas that are not theirs
-        admin.execute("SELECT bismarck._claim_model('forged')")
+        admin.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'forged')")
         for owner, target in (("alice", "finance"), ("alice", bobs), ("postgres", "finance"),
                               ("postgres", bobs)):
             admin.execute("INSERT INTO bismarck._training_run (model_name, source, params, "
@@ -990,3 +999,305 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
             assert not any(c.failed for c in doctor.schema_checks(conn))
     finally:
         script.unlink(missing_ok=True)
+
+
+# What lower-role code (bob's) tries when it runs inside a higher role's session: an index
+# expression evaluated by the superuser's ANALYZE, or a SECURITY DEFINER function of bob's that
+# the superuser or alice calls. Each statement's result (or error) goes to bob.attack_log.
+_ATTACKS = [
+    # the tester's original call (a caller argument) no longer exists
+    "SELECT bismarck._set_grant({m}, current_user::text::regrole, true, "
+    "session_user::text::regrole)",
+    "SELECT bismarck._set_grant(bismarck._ticket(), {m}, current_user::text::regrole, true)",
+    "SELECT bismarck.grant_model({m}, current_user::text::regrole)",
+    "SELECT bismarck._delete_versions(bismarck._ticket(), {m}, NULL)",
+    "SELECT bismarck.delete_model({m})",
+    "SELECT bismarck._claim_model(bismarck._ticket(), {m})",
+    "INSERT INTO bismarck._tickets (id, role) VALUES (gen_random_uuid(), "
+    "session_user::text::regrole) RETURNING 'forged'",
+    "SELECT count(*) FROM bismarck._tickets",
+]
+_ATTACK_FUNCTIONS = """
+CREATE TABLE bob.attack_log (session_role text, acting_role text, attack text, outcome text);
+CREATE TABLE bob.attack_rows AS SELECT 1 AS x;
+CREATE FUNCTION bob.attack_all(x int) RETURNS int LANGUAGE plpgsql VOLATILE AS $f$
+DECLARE
+    s text;
+    m text;
+    r text;
+BEGIN
+    FOREACH m IN ARRAY ARRAY['victim_m', 'alice_victim'] LOOP
+        FOREACH s IN ARRAY %(attacks)s LOOP
+            s := replace(s, '{m}', quote_literal(m));
+            BEGIN
+                EXECUTE s INTO r;
+            EXCEPTION WHEN others THEN
+                r := 'error: ' || SQLERRM;
+            END;
+            INSERT INTO bob.attack_log VALUES (session_user, current_user, s, r);
+        END LOOP;
+    END LOOP;
+    RETURN x;
+END
+$f$;
+CREATE FUNCTION bob.attack(x int) RETURNS int LANGUAGE sql IMMUTABLE
+    AS $f$ SELECT bob.attack_all(x) $f$;
+CREATE FUNCTION bob.attack_definer() RETURNS int LANGUAGE sql SECURITY DEFINER
+    AS $f$ SELECT bob.attack(1) $f$;
+GRANT USAGE ON SCHEMA bob TO PUBLIC;
+"""
+
+
+def _victims_intact(roles: Roles) -> None:
+    with roles.connect("admin") as admin:
+        assert admin.execute("SELECT model_name, count(*) FROM bismarck._models "
+                             "WHERE model_name IN ('victim_m', 'alice_victim') "
+                             "GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("alice_victim", 1), ("victim_m", 1)]
+        assert admin.execute("SELECT count(*) FROM bismarck.model_grants WHERE model_name IN "
+                             "('victim_m', 'alice_victim')").fetchone() == (0,)
+
+
+@pytest.fixture()
+def attacker(roles: Roles) -> Iterator[None]:
+    """bob's attack functions and index; victims: a superuser's and alice's models."""
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.admin_patients")
+        admin.execute(PATIENTS.replace("patients", "public.admin_patients"))
+        admin.execute("SELECT bismarck.delete_model(model_name) FROM bismarck.models "
+                      "WHERE model_name IN ('victim_m', 'alice_victim')")
+        admin.execute("SELECT * FROM bismarck.train_glm('public.admin_patients', 'second_attack',"
+                      " %s, 'victim_m', max_epochs => 1)", [FEATURES])
+    with roles.connect("alice") as a:
+        _patients(a)
+        a.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'alice_victim', max_epochs => 1)", [FEATURES])
+    attacks = "ARRAY[" + ", ".join(sql.quote(s) for s in _ATTACKS) + "]"
+    with roles.connect("bob") as b:
+        b.execute("DROP TABLE IF EXISTS bob.attack_log, bob.attack_rows")
+        b.execute("DROP FUNCTION IF EXISTS bob.attack_definer(), bob.attack(int), "
+                  "bob.attack_all(int)")
+        b.execute(_ATTACK_FUNCTIONS.replace("%(attacks)s", attacks))
+    yield
+    with roles.connect("bob") as b:
+        b.execute("DROP TABLE bob.attack_log, bob.attack_rows")
+        b.execute("DROP FUNCTION bob.attack_definer(), bob.attack(int), bob.attack_all(int)")
+
+
+def _outcomes(roles: Roles, session_role: str) -> list[tuple[str, str, str]]:
+    with roles.connect("bob") as b:
+        return b.execute("SELECT acting_role, attack, outcome FROM bob.attack_log "
+                         "WHERE session_role = %s", [session_role]).fetchall()
+
+
+def _acted_as_bob_only(roles: Roles, rows: list[tuple[str, str, str]]) -> None:
+    assert len(rows) == 2 * len(_ATTACKS)
+    for acting, attack, outcome in rows:
+        assert acting == roles.names["bob"]
+        if "_delete_versions" in attack:
+            assert outcome == "0", attack  # bob owns and was granted nothing to delete
+        elif "._tickets (id" in attack:
+            assert outcome.startswith("error: new row") and "violates" in outcome, attack
+        elif "FROM bismarck._tickets" in attack:
+            assert outcome.startswith("error: permission denied"), attack
+        else:
+            assert outcome.startswith("error:"), attack
+            assert any(w in outcome for w in ("do not own", "another role", "no model",
+                                              "does not exist")), (attack, outcome)
+    _victims_intact(roles)
+
+
+def test_index_expression_run_by_a_superusers_analyze_acts_as_its_owner(
+        roles: Roles, attacker: None) -> None:
+    """The tester's attack: bob's index expression, evaluated by a superuser's ANALYZE."""
+    with roles.connect("bob") as b:
+        b.execute("CREATE INDEX attack_index ON bob.attack_rows ((bob.attack(x)))")
+        b.execute("TRUNCATE bob.attack_log")
+    admin_name = psycopg.conninfo.conninfo_to_dict(roles.admin)["user"]
+    with roles.connect("admin") as admin:
+        admin.execute("ANALYZE bob.attack_rows")
+        # the only tickets: those bob's CREATE INDEX made for himself in his own session
+        assert admin.execute("SELECT DISTINCT role::text FROM bismarck._tickets").fetchall() == [
+            (roles.names["bob"],)]
+        admin.execute("DELETE FROM bismarck._tickets")
+    _acted_as_bob_only(roles, _outcomes(roles, admin_name))
+
+
+@pytest.mark.parametrize("victim", ["admin", "alice"])
+def test_definer_function_called_by_another_role_acts_as_its_owner(
+        roles: Roles, attacker: None, victim: str) -> None:
+    with roles.connect(victim) as conn:
+        assert conn.execute("SELECT bob.attack_definer()").fetchone() == (1,)
+    session_role = (psycopg.conninfo.conninfo_to_dict(roles.admin)["user"] if victim == "admin"
+                    else roles.names[victim])
+    _acted_as_bob_only(roles, _outcomes(roles, session_role))
+    with roles.connect("bob") as b:  # and as bob it does act: his own model, granted by alice
+        _patients(b)
+        b.execute("SELECT * FROM bismarck.train_glm('patients', 'second_attack', %s, "
+                  "'bob_shared', max_epochs => 1)", [FEATURES])
+        b.execute("CREATE OR REPLACE FUNCTION bob.share() RETURNS boolean LANGUAGE sql "
+                  "SECURITY DEFINER AS $f$ SELECT bismarck._set_grant(bismarck._ticket(), "
+                  "'bob_shared', session_user::text::regrole, true) $f$")
+        b.execute("GRANT EXECUTE ON FUNCTION bob.share() TO PUBLIC")
+    with roles.connect("alice") as a:
+        assert a.execute("SELECT bob.share()").fetchone() == (True,)
+        assert a.execute("SELECT count(*) FROM bismarck.models "
+                         "WHERE model_name = 'bob_shared'").fetchone() == (1,)
+    with roles.connect("bob") as b:
+        b.execute("DROP FUNCTION bob.share()")
+        b.execute("SELECT bismarck.revoke_model('bob_shared', %s)", [roles.names["alice"]])
+        b.execute("SELECT bismarck.delete_model('bob_shared')")
+
+
+def test_no_role_forges_a_ticket_even_bypassing_row_level_security(roles: Roles) -> None:
+    name = roles.names["mallory"]
+    with roles.connect("admin") as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(name)))
+    try:
+        with roles.connect("mallory") as m:
+            for values in ("gen_random_uuid(), 'postgres'",
+                           f"gen_random_uuid(), '{roles.names['alice']}'"):
+                with pytest.raises(psycopg.errors.CheckViolation):
+                    m.execute(f"INSERT INTO bismarck._tickets (id, role) VALUES ({values})")
+            with pytest.raises(psycopg.errors.CheckViolation):
+                m.execute("INSERT INTO bismarck._tickets (id, pid) VALUES (gen_random_uuid(), 1)")
+            # a ticket of another session is refused even with its id
+            m.execute("INSERT INTO bismarck._tickets (id) VALUES "
+                      "('00000000-0000-4000-8000-000000000001')")
+        with roles.connect("mallory") as m, pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="needs a ticket"):
+            m.execute("SELECT * FROM bismarck._dead_runs('00000000-0000-4000-8000-000000000001')")
+    finally:
+        with roles.connect("admin") as admin:
+            admin.execute(sql.SQL("ALTER ROLE {} NOBYPASSRLS").format(sql.Identifier(name)))
+            admin.execute("DELETE FROM bismarck._tickets")
+
+
+def test_a_group_role_never_owns_a_working_schema(roles: Roles) -> None:
+    with roles.connect("alice") as a:
+        a.execute("SET ROLE bismarck_user")
+        a.execute("SELECT bismarck._claim_model(bismarck._ticket(), 'group_owned')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                           match="cannot own a working schema"):
+            a.execute("SELECT * FROM bismarck._begin_run(bismarck._ticket(), 'group_owned', "
+                      "'x', '{}', true)")
+    with roles.connect("admin") as admin:
+        admin.execute("DELETE FROM bismarck.model_names WHERE model_name = 'group_owned'")
+
+
+def test_a_pack_never_waits_on_another_users_open_transaction(roles: Roles) -> None:
+    """alice's open pack (which forgot her stale rows) does not stall bob's pack."""
+    pack = "SELECT rows FROM bismarck.pack('patients', 'second_attack', %s, %s)"
+    with roles.connect("alice") as a, roles.connect("bob") as b:
+        _patients(a)
+        _patients(b)
+        a.execute("DROP TABLE IF EXISTS stale_packed, open_packed")
+        b.execute("DROP TABLE IF EXISTS bob_packed")
+        a.execute(pack, [FEATURES, "stale_packed"])
+        a.execute("DROP TABLE stale_packed")  # a stale row of alice's
+        a.execute("BEGIN")
+        assert a.execute(pack, [FEATURES, "open_packed"]).fetchone() == (20,)
+        b.execute("SET statement_timeout = '20s'")  # instead of hanging, the old code failed
+        assert b.execute(pack, [FEATURES, "bob_packed"]).fetchone() == (20,)
+        a.execute("COMMIT")
+
+
+# Leftovers an administrator may have granted or planted on the registry: doctor fails on each,
+# and `bismarck install` on the current version takes the grants back.
+_LEFTOVER_GRANTS = [
+    "GRANT TRIGGER, UPDATE ON bismarck._training_run TO {r}",
+    "GRANT SELECT ON bismarck._tickets TO {r}",
+    "GRANT SELECT (fitted) ON bismarck._models TO {r}",
+    "GRANT USAGE ON SEQUENCE bismarck._training_run_run_id_seq TO {r}",
+    "GRANT EXECUTE ON FUNCTION bismarck._redeem(uuid) TO {r}",
+    "GRANT SELECT ON bismarck._tickets TO bismarck_user",
+    "GRANT CREATE ON SCHEMA bismarck TO {r}",
+]
+
+
+@pytest.mark.parametrize("grant", _LEFTOVER_GRANTS)
+def test_doctor_fails_on_leftover_grants_and_install_takes_them_back(
+        roles: Roles, grant: str) -> None:
+    from bismarck_controller import doctor
+
+    carol = roles.names["carol"]
+    statement = sql.SQL(grant.replace("{r}", "{}")).format(sql.Identifier(carol))
+    with roles.connect("admin") as admin:
+        names = ("registry privileges", "schema bismarck: who may create")
+        assert all(c.state == doctor.OK for c in doctor.registry_checks(admin)
+                   + doctor.schema_checks(admin) if c.name in names)
+        admin.execute(statement)
+        failed = [c for c in doctor.registry_checks(admin) + doctor.schema_checks(admin)
+                  if c.failed]
+        assert failed and all(c.fix for c in failed)
+    assert "privileges re-applied" in extension.install(roles.admin)
+    with roles.connect("admin") as admin:
+        assert [c.name for c in doctor.registry_checks(admin) + doctor.schema_checks(admin)
+                if c.failed] == []
+
+
+@pytest.mark.parametrize(("plant", "drop"), [
+    ("CREATE TRIGGER planted BEFORE INSERT ON bismarck._training_run FOR EACH ROW "
+     "EXECUTE FUNCTION public.noop_trigger()", "DROP TRIGGER planted ON bismarck._training_run"),
+    ("CREATE POLICY planted ON bismarck.model_grants FOR SELECT USING (true)",
+     "DROP POLICY planted ON bismarck.model_grants"),
+    ("CREATE RULE planted AS ON DELETE TO bismarck._tickets DO ALSO NOTHING",
+     "DROP RULE planted ON bismarck._tickets"),
+    ("CREATE INDEX planted ON bismarck._models ((public.noop_index(version)))",
+     "DROP INDEX bismarck.planted"),
+])
+def test_doctor_fails_on_objects_planted_on_registry_tables(roles: Roles, plant: str,
+                                                            drop: str) -> None:
+    from bismarck_controller import doctor
+
+    with roles.connect("admin") as admin:
+        admin.execute("CREATE OR REPLACE FUNCTION public.noop_trigger() RETURNS trigger "
+                      "LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        admin.execute("CREATE OR REPLACE FUNCTION public.noop_index(int) RETURNS int "
+                      "LANGUAGE sql IMMUTABLE AS 'SELECT $1'")
+        admin.execute(plant)
+        try:
+            checks = {c.name: c for c in doctor.registry_checks(admin)}
+            check = checks["registry tables: triggers, policies, rules, indexes"]
+            assert check.failed and "planted" in check.detail and "DROP" in check.fix
+        finally:
+            admin.execute(drop)
+        assert all(c.state == doctor.OK for c in doctor.registry_checks(admin))
+
+
+def test_fitted_of_a_temporary_source_never_shows_through_anothers_pg_temp(
+        roles: Roles) -> None:
+    """bob trains on his temporary table; alice's own temporary table of that name (even in the
+    same temporary schema, once bob's session is gone) never reveals bob's means."""
+    with roles.connect("bob") as b:
+        b.execute(PATIENTS.replace("CREATE TABLE patients", "CREATE TEMP TABLE tsecret")
+                  .replace("INSERT INTO patients", "INSERT INTO tsecret"))
+        b.execute("SELECT * FROM bismarck.train_glm('tsecret', 'second_attack', %s, "
+                  "'temp_secret', max_epochs => 1)", [FEATURES])
+        b.execute("SELECT bismarck.grant_model('temp_secret', %s)", [roles.names["alice"]])
+        source, = b.execute("SELECT source FROM bismarck.models "
+                            "WHERE model_name = 'temp_secret'").fetchone()
+        assert source.startswith("pg_temp_") and source.endswith(".tsecret")
+    for _ in range(2):  # a new session may even get bob's old temporary schema
+        with roles.connect("alice") as a:
+            a.execute(PATIENTS.replace("CREATE TABLE patients", "CREATE TEMP TABLE tsecret")
+                      .replace("INSERT INTO patients", "INSERT INTO tsecret"))
+            assert a.execute("SELECT fitted IS NULL, coef IS NOT NULL FROM bismarck.models "
+                             "WHERE model_name = 'temp_secret'").fetchone() == (True, True)
+    with roles.connect("bob") as b:
+        b.execute("SELECT bismarck.delete_model('temp_secret')")
+
+
+@pytest.mark.parametrize(("name", "ok"), [("m" * 200, True), ("m" * 201, False),
+                                          ("é" * 200, True), ("é" * 201, False)])
+def test_model_names_are_at_most_200_characters(roles: Roles, name: str, ok: bool) -> None:
+    with roles.connect("alice") as a:
+        _patients(a)
+        train = ("SELECT version FROM bismarck.train_glm('patients', 'second_attack', %s, %s, "
+                 "max_epochs => 1)")
+        if ok:
+            assert a.execute(train, [FEATURES, name]).fetchone() == (1,)
+            a.execute("SELECT bismarck.delete_model(%s)", [name])
+        else:
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 200"):
+                a.execute(train, [FEATURES, name])

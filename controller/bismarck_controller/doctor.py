@@ -109,7 +109,7 @@ def _extension_checks(conn: psycopg.Connection, dsn: str | None) -> list[Check]:
                             f"Run `{run}` to bring it in step."))
     else:
         checks.append(Check("engine code", OK, "same as this client's bismarckpy"))
-    return checks + schema_checks(conn)
+    return checks + schema_checks(conn) + registry_checks(conn)
 
 
 # Objects that live in a schema, by catalog: (catalog, namespace column, owner column).
@@ -196,6 +196,109 @@ def schema_checks(conn: psycopg.Connection) -> list[Check]:
         checks.append(Check("schema bismarck: owners", WARN,
                             "not owned by the extension's owner: " + "; ".join(foreign),
                             "ALTER ... OWNER TO the extension's owner."))
+    return checks
+
+
+# Policies the extension script creates on its registry tables (policies are not extension
+# members in pg_depend, so they are named here; sql/bismarck.sql and the migrations make them).
+EXTENSION_POLICIES = {
+    ("_models", "use_model"), ("_models", "delete_model"), ("_models", "store_model"),
+    ("model_names", "own_name"), ("model_grants", "see_grant"), ("model_grants", "give_grant"),
+    ("model_grants", "take_grant"), ("_training_run", "own_run"),
+    ("_training_epoch", "own_epoch"), ("_packed_tables", "see_packed"),
+    ("_packed_tables", "register_packed"), ("_tickets", "issue_ticket"),
+}
+# What the extension grants on its relations to roles other than their owner (the privilege
+# block of sql/bismarck.sql): (relation, column or None, privilege) to bismarck_user; EXECUTE on
+# its functions to bismarck_user; nothing to anyone else.
+EXTENSION_GRANTS = {
+    *((rel, None, "SELECT") for rel in ("models", "training_history", "packed_tables",
+                                        "model_names", "model_grants", "_training_run",
+                                        "_training_epoch")),
+    *(("_models", col, "SELECT") for col in ("model_name", "version", "owner")),
+    ("_tickets", None, "INSERT"),
+}
+
+_MEMBER_RELATIONS = """
+SELECT c.oid, c.relname::text, c.relkind::text, c.relowner
+  FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+ WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+   AND d.refclassid = 'pg_extension'::regclass
+   AND d.refobjid = (SELECT e.oid FROM pg_extension e WHERE e.extname = 'bismarck')
+"""
+
+
+def registry_checks(conn: psycopg.Connection) -> list[Check]:
+    """Privileges on the extension's tables, views, sequences and functions beyond its own
+    grants, and triggers, policies, rules and indexes on its tables that it did not create.
+
+    A leftover ``GRANT TRIGGER, UPDATE ON bismarck._training_run TO carol`` lets carol forge
+    rows or run code as the registry's owner; each such finding fails, with the statement that
+    removes it (``bismarck install`` re-applies the extension's privileges).
+    """
+    acl = conn.execute(f"""
+        WITH rel AS ({_MEMBER_RELATIONS})
+        SELECT r.relname, NULL::text AS col, coalesce(g.rolname, 'PUBLIC'), a.privilege_type
+          FROM rel r, aclexplode(
+                   (SELECT c.relacl FROM pg_class c WHERE c.oid = r.oid)) a
+          LEFT JOIN pg_roles g ON g.oid = a.grantee
+         WHERE a.grantee <> r.relowner
+        UNION ALL
+        SELECT r.relname, t.attname::text, coalesce(g.rolname, 'PUBLIC'), a.privilege_type
+          FROM rel r JOIN pg_attribute t ON t.attrelid = r.oid, aclexplode(t.attacl) a
+          LEFT JOIN pg_roles g ON g.oid = a.grantee
+         WHERE a.grantee <> r.relowner
+        UNION ALL
+        SELECT p.oid::regprocedure::text, NULL, coalesce(g.rolname, 'PUBLIC'),
+               a.privilege_type
+          FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid, aclexplode(p.proacl) a
+          LEFT JOIN pg_roles g ON g.oid = a.grantee
+         WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e'
+           AND d.refobjid = (SELECT e.oid FROM pg_extension e WHERE e.extname = 'bismarck')
+           AND a.grantee <> p.proowner
+        ORDER BY 1, 2, 3, 4""").fetchall()
+    extra = []
+    for rel, col, grantee, priv in acl:
+        if grantee == "bismarck_user" and ((rel, col, priv) in EXTENSION_GRANTS
+                                           or (priv == "EXECUTE" and "(" in rel)):
+            continue
+        extra.append(f"{priv} on {rel if '(' in rel else 'bismarck.' + rel}"
+                     f"{f' ({col})' if col else ''} to {grantee}")
+    objects = conn.execute(f"""
+        WITH rel AS ({_MEMBER_RELATIONS})
+        SELECT 'trigger ' || t.tgname || ' on bismarck.' || r.relname, NULL
+          FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid WHERE NOT t.tgisinternal
+        UNION ALL
+        SELECT 'rule ' || w.rulename || ' on bismarck.' || r.relname, NULL
+          FROM rel r JOIN pg_rewrite w ON w.ev_class = r.oid WHERE r.relkind <> 'v'
+        UNION ALL
+        SELECT 'index ' || i.indexrelid::regclass::text || ' on bismarck.' || r.relname, NULL
+          FROM rel r JOIN pg_index i ON i.indrelid = r.oid
+         WHERE NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+        UNION ALL
+        SELECT p.polname::text, r.relname
+          FROM rel r JOIN pg_policy p ON p.polrelid = r.oid
+        ORDER BY 1""").fetchall()
+    planted = [what if table is None else f"policy {what} on bismarck.{table}"
+               for what, table in objects
+               if table is None or (table, what) not in EXTENSION_POLICIES]
+    checks = []
+    if extra:
+        checks.append(Check("registry privileges", FAIL,
+                            "granted beyond the extension's own: " + "; ".join(extra),
+                            "Run `bismarck install` (it re-applies the extension's privileges), "
+                            "or as a superuser REVOKE each of them."))
+    else:
+        checks.append(Check("registry privileges", OK,
+                            "members of bismarck_user read; nobody else holds anything"))
+    if planted:
+        checks.append(Check("registry tables: triggers, policies, rules, indexes", FAIL,
+                            "not created by the extension: " + "; ".join(planted),
+                            "They run (or decide) as the registry's owner: as a superuser, "
+                            "DROP TRIGGER / DROP POLICY / DROP RULE / DROP INDEX each."))
+    else:
+        checks.append(Check("registry tables: triggers, policies, rules, indexes", OK,
+                            "only the extension's own"))
     return checks
 
 

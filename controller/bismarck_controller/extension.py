@@ -102,6 +102,7 @@ def build_section() -> str:
             "COMMENT ON FUNCTION bismarck._build() IS\n"
             "    'Private: md5 of the sql/bismarck.sql and engine that made the code "
             "(generated).';\n"
+            "REVOKE ALL ON FUNCTION bismarck._build() FROM PUBLIC;\n"
             "GRANT EXECUTE ON FUNCTION bismarck._build() TO bismarck_user;\n")
 
 
@@ -616,6 +617,30 @@ def _same_version(conn: psycopg.Connection, current: str) -> str:
             refresh_code(conn, target)
             return (f"bismarck {current} is installed; re-created its functions from the changed "
                     f"sql/bismarck.sql or engine (tables kept).")
+        reapply_privileges(conn)
         return (f"bismarck {current} is installed, but its code differs from this client's "
-                f"sql/bismarck.sql and engine; give the change a new version to upgrade it.")
-    return f"bismarck {current} is installed and current."
+                f"sql/bismarck.sql and engine; give the change a new version to upgrade it "
+                f"(privileges re-applied).")
+    reapply_privileges(conn)
+    return f"bismarck {current} is installed and current (privileges re-applied)."
+
+
+def privilege_statements() -> str:
+    """The privilege block of sql/bismarck.sql (from its ``DO $bismarck_privileges$`` to the
+    end): revokes every grant on the extension's objects and on schema bismarck that the
+    extension does not make, then makes its own."""
+    text = (sql_dir() / f"{NAME}.sql").read_text(encoding="utf-8")
+    return text[text.index("DO $bismarck_privileges$"):]
+
+
+def reapply_privileges(conn: psycopg.Connection) -> None:
+    """Run the privilege block again (``bismarck install`` on a current version): leftover
+    grants on the registry, its functions or CREATE on schema bismarck are taken back.
+    Only the extension's owner (or a superuser) can: for anyone else this does nothing."""
+    owner = conn.execute("SELECT pg_has_role(e.extowner, 'USAGE') FROM pg_extension e "
+                         "WHERE e.extname = %s", [NAME]).fetchone()
+    if not owner or not owner[0]:
+        return
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        conn.execute(privilege_statements())

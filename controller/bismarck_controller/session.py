@@ -98,7 +98,8 @@ class PsycopgSession:
             return
         self.conn.rollback()
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        self.query("SELECT bismarck._end_run(%s::bigint, %s::text, NULL::integer, %s::text) "
+        self.query("SELECT bismarck._end_run(bismarck._ticket(), %s::bigint, %s::text, "
+                   "NULL::integer, %s::text) "
                    "AS ended",
                    [run_id, status, describe(exc)])
         self.conn.commit()

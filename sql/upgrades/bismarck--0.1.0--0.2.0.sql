@@ -10,6 +10,9 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 ALTER TABLE bismarck.models RENAME TO _models;
 ALTER TABLE bismarck._models
     ADD COLUMN owner regrole NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER));
+-- The source table's OID and owner when trained (NULL for 0.1.0's models: fitted is then shown
+-- by name, never through a temporary schema).
+ALTER TABLE bismarck._models ADD COLUMN source_oid oid, ADD COLUMN source_owner regrole;
 COMMENT ON TABLE bismarck._models IS
     'Private: trained models, one row per version (read them through bismarck.models).';
 

@@ -115,8 +115,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                           time.monotonic() - t0, p["max_epochs"], workers)
         history.append(rec)
         session.query(
-            "SELECT bismarck._record_epoch(%s, %s::integer, %s::float8, %s::float8, "
-            "%s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
+            "SELECT bismarck._record_epoch(bismarck._ticket(), %s, %s::integer, %s::float8, "
+            "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
             [run_id, rec.epoch, _or_none(rec.train_loss), None, rec.learning_rate, rec.rows,
              rec.seconds, rec.workers])
         session.checkpoint()
@@ -181,7 +181,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
     version = session.query(
-        "SELECT bismarck._store_model(%s, %s, %s, %s, %s::text[], %s, %s::float8[], %s, "
+        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
+        "%s::float8[], %s, "
         "%s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
         [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
          [float(c) for c in coef], intercept, prep.classes, json.dumps(p),

@@ -155,12 +155,13 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     seed = p["seed"]
     # Refused at once (never after the epochs) when another role owns the name or another
     # uncommitted transaction trains it.
-    session.query("SELECT bismarck._claim_model(%s) AS claimed", [model_name])
+    session.query("SELECT bismarck._claim_model(bismarck._ticket(), %s) AS claimed", [model_name])
     _clean_interrupted(session)
     # Working copies go to a new schema of the caller's own, out of other users' reach; the
     # run's row (written only by bismarck's bookkeeping functions) records it for clean-up.
     run_id, schema = session.query(
-        "SELECT r.run_id, r.work_schema FROM bismarck._begin_run(%s, %s, %s::jsonb, %s) AS r",
+        "SELECT r.run_id, r.work_schema "
+        "FROM bismarck._begin_run(bismarck._ticket(), %s, %s, %s::jsonb, %s) AS r",
         [model_name, (table or src).name, json.dumps(p), table is None])[0]
     session.checkpoint()
     work = _Work(schema)
@@ -175,7 +176,8 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
             result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
                                     started)
         _drop_work(session, work)
-        session.query("SELECT bismarck._end_run(%s, 'succeeded', %s::integer, NULL) AS ended",
+        session.query("SELECT bismarck._end_run(bismarck._ticket(), %s, 'succeeded', %s::integer, "
+                      "NULL) AS ended",
                       [run_id, result.version])
         session.checkpoint()
         return result
@@ -559,7 +561,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
     version = session.query(
-        "SELECT bismarck._store_model(%s, %s, %s, %s, %s::text[], %s, %s::float8[], %s, "
+        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
+        "%s::float8[], %s, "
         "%s::float8[], %s::jsonb, "
         "%s::jsonb, %s::jsonb)",
         [model_name, src.name, src.label, p["loss"], list(src.features),
@@ -711,7 +714,8 @@ def _clean_interrupted(session: TrainingSession) -> None:
     the caller, and a schema that cannot be dropped never fails the training. Other roles' runs
     are left to them, so clean-up never waits for anyone, and nothing waits for it.
     """
-    stale = session.query("SELECT d.run_id, d.work_schema FROM bismarck._dead_runs() AS d")
+    stale = session.query(
+        "SELECT d.run_id, d.work_schema FROM bismarck._dead_runs(bismarck._ticket()) AS d")
     for run_id, schema in stale:
         _drop_work(session, _Work(schema), quiet=True)
         _forget_work(session, run_id)
@@ -722,14 +726,14 @@ def _clean_interrupted(session: TrainingSession) -> None:
 def _forget_work(session: TrainingSession, run_id: int) -> None:
     """Clear the run's working schema from its row once the schema is gone."""
     with contextlib.suppress(Exception):  # a closed connection: the next training cleans up
-        session.query("SELECT bismarck._forget_work(%s) AS forgotten", [run_id])
+        session.query("SELECT bismarck._forget_work(bismarck._ticket(), %s) AS forgotten", [run_id])
 
 
 def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> None:
     """Append one epoch to the run's history (``bismarck.training_history``)."""
     session.query(
-        "SELECT bismarck._record_epoch(%s, %s::integer, %s::float8, %s::float8, %s::float8, "
-        "%s::bigint, %s::float8, %s::integer) AS recorded",
+        "SELECT bismarck._record_epoch(bismarck._ticket(), %s, %s::integer, %s::float8, "
+        "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
         [run_id, rec.epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
          rec.seconds, rec.workers])
 

@@ -384,7 +384,8 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
         [target.replace("%%", "%")])[0]
     values = checked.label_values or label_values(session, src)
     session.query(
-        "SELECT bismarck._register_packed(%s::regclass, %s, %s, %s::text[], %s, %s::integer, "
+        "SELECT bismarck._register_packed(bismarck._ticket(), %s::regclass, %s, %s, %s::text[], "
+        "%s, %s::integer, "
         "%s, %s::integer, %s::bigint, %s::bigint, %s::float8[], %s::bigint) AS registered",
         [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
          block_size, rows, checked.n_total - checked.n_usable, values, seed])
