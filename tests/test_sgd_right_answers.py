@@ -242,3 +242,28 @@ def test_validation_fraction_out_of_range_says_why(conn, fraction: float) -> Non
         train(conn, "vf", "y", ["x"], "vf", validation_fraction=fraction)
     detail = exc.value.diag.message_detail
     assert "0 <= x <= 0.9" in detail and "tenth of the rows" in detail
+
+
+def test_sgd_stopping_at_max_epochs_warns_everywhere(conn, dsn: str) -> None:
+    """A run that ends at max_epochs without meeting tol says so (scikit-learn's
+    ConvergenceWarning): a WARNING in SQL, a BismarckWarning in Python; converged is false."""
+    from bismarck_controller.estimators import SGDRegressor
+    from bismarck_controller.session import BismarckWarning
+
+    rng = np.random.default_rng(5)
+    x0, x1 = rng.normal(1000, 1, 500), rng.normal(5, 1, 500)
+    y = 2 * x0 - 3 * x1 + rng.normal(size=500)
+    conn.execute("DROP TABLE IF EXISTS stop_early")
+    conn.execute("CREATE TABLE stop_early (x0 float8, x1 float8, y float8)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO stop_early VALUES (%s, %s, %s)",
+                        [tuple(map(float, r)) for r in zip(x0, x1, y)])
+    notices = _notices(conn)
+    converged = conn.execute(
+        "SELECT converged FROM bismarck.train_glm('stop_early', 'y', ARRAY['x0', 'x1'], "
+        "'stop_early_m', loss => 'squared', max_epochs => 2, seed => 1)").fetchone()[0]
+    assert converged is False
+    assert any(n.startswith("WARNING") and "without converging" in n for n in notices), notices
+    with pytest.warns(BismarckWarning, match="without converging"):
+        SGDRegressor(max_iter=2, random_state=1).fit(dsn, table="stop_early", label="y",
+                                                     features=["x0", "x1"])

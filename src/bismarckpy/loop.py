@@ -529,6 +529,13 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "coefficients are one separating direction whose size grows with the epochs "
             "(not converged). For a finite answer use penalty => 'l2' with alpha > 0 "
             "(for example alpha => 0.0001)")
+    elif not converged and p["tol"] is not None:  # tol None: no convergence test asked
+        notes.append(
+            f"training stopped after {epoch} epochs without converging (the loss did not "
+            f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
+            "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
+            "batch_size => 32 with learning_rate => 'adaptive'"
+            + (", or an exact fit with solver => 'newton'" if p["loss"] != "hinge" else ""))
     asked = p["validation_fraction"]
     share = prep.n_valid / max(prep.n_train + prep.n_valid, 1)
     if asked > 0 and abs(share - asked) > 0.01:
