@@ -1137,9 +1137,11 @@ CREATE FUNCTION bismarck._forget_work(
     ticket uuid, run_id bigint)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._redeem(ticket);  -- redeemed whatever the run: no ticket outlives it
 BEGIN
     UPDATE bismarck._training_run r SET work_schema = NULL
-     WHERE r.run_id = _forget_work.run_id AND r.owner = bismarck._redeem(ticket)
+     WHERE r.run_id = _forget_work.run_id AND r.owner = c
        AND NOT EXISTS (SELECT 1 FROM pg_namespace s WHERE s.nspname = r.work_schema);
 END
 $$;
