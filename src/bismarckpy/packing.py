@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -207,90 +207,64 @@ def _refuse_subnormal(session: Session, src: Source, label_too: bool) -> None:
     such values next to ordinary ones is fine (its spread is ordinary). Error path only: one
     scan when some usable value is subnormal.
     """
-    where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
-    what = "has a spread too small to compute with (all its non-zero values are subnormal)"
-    detail = (f"Its largest magnitude is {{:.6g}}, below float8's smallest normal value "
-              f"{FLOAT64_TINY:.6g}: 1/spread overflows and its coefficient would too.")
-    hint = "Rescale the column (for example multiply it by 1e300) in a view, or drop it."
-    if label_too and src.label_expr:
-        ay = session.query(f"SELECT max(abs({src.label_expr})) AS m {where}")[0][0]
-        if ay is not None and 0 < ay < FLOAT64_TINY:
-            raise InvalidData(f'label "{src.label}" {what}', detail=detail.format(ay),
-                              hint=hint)
-    if src.feature_exprs:
-        maxima = session.query("SELECT " + ", ".join(
-            f"max(abs({e})) AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
-        for name, m in zip(src.features, maxima):
-            if m is not None and 0 < m < FLOAT64_TINY:
-                raise InvalidData(f'feature "{name}" {what}', detail=detail.format(m),
-                                  hint=hint)
-        return
-    row = session.query(
-        f"SELECT u.i, max(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
-        "unnest(q.x) WITH ORDINALITY AS u(v, i) GROUP BY u.i "
-        "HAVING max(abs(u.v)) > 0 AND max(abs(u.v)) < %s ORDER BY u.i LIMIT 1", [FLOAT64_TINY])
-    if row:
-        raise InvalidData(f'element {int(row[0][0])} of feature "{src.features[0]}" {what}',
-                          detail=detail.format(float(row[0][1])), hint=hint)
+    found = _first_column(session, src, "max", lambda m: 0 < m < FLOAT64_TINY, label_too)
+    if found:
+        name, largest = found
+        raise InvalidData(
+            f"{name} has a spread too small to compute with (all its non-zero values are "
+            "subnormal)",
+            detail=f"Its largest magnitude is {largest:.6g}, below float8's smallest normal "
+                   f"value {FLOAT64_TINY:.6g}: 1/spread overflows and its coefficient would too.",
+            hint="Rescale the column (for example multiply it by 1e300) in a view, or drop it.")
 
 
 def _first_column_below(session: Session, src: Source, limit: float,
                         label_too: bool) -> tuple[str, float]:
     """Which column (or array element) holds a non-zero magnitude below ``limit``, and it."""
-    where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
-    if label_too and src.label_expr:
-        my = session.query(f"SELECT min(nullif(abs({src.label_expr}), 0)) AS m {where}")[0][0]
-        if my is not None and my < limit:
-            return f'label "{src.label}"', float(my)
-    if src.feature_exprs:
-        minima = session.query("SELECT " + ", ".join(
-            f"min(nullif(abs({e}), 0)) AS m{i}" for i, e in enumerate(src.feature_exprs))
-            + f" {where}")[0]
-        for name, m in zip(src.features, minima):
-            if m is not None and m < limit:
-                return f'feature "{name}"', float(m)
-    else:
-        row = session.query(
-            f"SELECT u.i, min(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
-            "unnest(q.x) WITH ORDINALITY AS u(v, i) WHERE u.v <> 0 AND abs(u.v) < %s "
-            "GROUP BY u.i ORDER BY u.i LIMIT 1", [limit])
-        if row:
-            return f'element {int(row[0][0])} of feature "{src.features[0]}"', float(row[0][1])
-    return "a value", 0.0
+    return (_first_column(session, src, "min", lambda m: m < limit, label_too)
+            or ("a value", 0.0))
 
 
 def _too_large(session: Session, src: Source, limit: float, what: str, hint: str,
                label_too: bool, *, features: bool = True) -> InvalidData:
     """The error for the first column holding a magnitude beyond ``limit`` (error path only)."""
-    name, largest = _first_column_beyond(session, src, limit, label_too, features)
+    name, largest = (_first_column(session, src, "max", lambda m: m > limit, label_too,
+                                   features=features) or ("a value", math.inf))
     return InvalidData(f"{name} {what}", detail=f"Its largest magnitude is {largest:.6g}; "
                                                  f"the limit is {limit:.6g}.", hint=hint)
 
 
-def _first_column_beyond(session: Session, src: Source, limit: float, label_too: bool,
-                         features: bool = True) -> tuple[str, float]:
-    """Which column (or array element) holds a usable value beyond ``limit``, and its size."""
+def _first_column(session: Session, src: Source, extreme: str, test: Callable[[float], bool],
+                  label_too: bool, *, features: bool = True) -> tuple[str, float] | None:
+    """The first column (the label, then each feature or array element) whose largest
+    (``extreme`` "max") or smallest non-zero ("min") magnitude passes ``test``: its name for
+    messages and that magnitude; None when none does. Error paths only: one scan per kind.
+    """
     where = f"FROM {src.relation} AS s WHERE {src.valid_expr}"
+
+    def magnitude(e: str) -> str:
+        return f"{extreme}(abs({e}))" if extreme == "max" else f"min(nullif(abs({e}), 0))"
+
     if label_too and src.label_expr:
-        ay = session.query(f"SELECT max(abs({src.label_expr})) AS m {where}")[0][0]
-        if ay is not None and ay > limit:
-            return f'label "{src.label}"', float(ay)
+        m = session.query(f"SELECT {magnitude(src.label_expr)} AS m {where}")[0][0]
+        if m is not None and test(m):
+            return f'label "{src.label}"', float(m)
     if not features:
-        return "a value", math.inf
+        return None
     if src.feature_exprs:
-        maxima = session.query("SELECT " + ", ".join(
-            f"max(abs({e})) AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
-        for name, m in zip(src.features, maxima):
-            if m is not None and m > limit:
+        found = session.query("SELECT " + ", ".join(
+            f"{magnitude(e)} AS m{i}" for i, e in enumerate(src.feature_exprs)) + f" {where}")[0]
+        for name, m in zip(src.features, found):
+            if m is not None and test(m):
                 return f'feature "{name}"', float(m)
-    else:
-        row = session.query(
-            f"SELECT u.i, max(abs(u.v)) AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
-            "unnest(q.x) WITH ORDINALITY AS u(v, i) WHERE abs(u.v) > %s "
-            "GROUP BY u.i ORDER BY u.i LIMIT 1", [limit])
-        if row:
-            return f'element {int(row[0][0])} of feature "{src.features[0]}"', float(row[0][1])
-    return "a value", math.inf
+        return None
+    rows = session.query(
+        f"SELECT u.i, {magnitude('u.v')} AS m FROM (SELECT {src.x_expr} AS x {where}) AS q, "
+        "unnest(q.x) WITH ORDINALITY AS u(v, i) GROUP BY u.i ORDER BY u.i")
+    for i, m in rows:
+        if m is not None and test(m):
+            return f'element {int(i)} of feature "{src.features[0]}"', float(m)
+    return None
 
 
 def label_values(session: Session, src: Source) -> list[float]:
