@@ -172,30 +172,23 @@ def schema_checks(conn: psycopg.Connection) -> list[Check]:
         "JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'bismarck'").fetchone()
     checks = []
     strangers = [f"{what} (owner {owner})" for what, owner, member, _ in rows if not member]
-    if creators:
-        checks.append(Check("schema bismarck: who may create", FAIL,
-                            "roles that may create objects in schema bismarck: "
-                            + ", ".join(creators),
-                            "As a superuser: REVOKE CREATE ON SCHEMA bismarck FROM "
-                            + ", ".join(creators) + " CASCADE."))
-    else:
-        checks.append(Check("schema bismarck: who may create", OK,
-                            "only the extension's owner (and superusers)"))
-    if strangers:
-        checks.append(Check("schema bismarck: objects", FAIL,
-                            "not part of the extension: " + "; ".join(strangers),
-                            "Another role's object in schema bismarck may run in place of the "
-                            "extension's own: drop it (e.g. DROP FUNCTION ...)."))
-    else:
-        checks.append(Check("schema bismarck: objects", OK, "only the extension's own"))
+    checks.append(_findings(
+        "schema bismarck: who may create", FAIL, creators, "only the extension's owner (and "
+        "superusers)", "roles that may create objects in schema bismarck: ",
+        "As a superuser: REVOKE CREATE ON SCHEMA bismarck FROM " + ", ".join(creators)
+        + " CASCADE.", sep=", "))
+    checks.append(_findings(
+        "schema bismarck: objects", FAIL, strangers, "only the extension's own",
+        "not part of the extension: ", "Another role's object in schema bismarck may run in "
+        "place of the extension's own: drop it (e.g. DROP FUNCTION ...)."))
     foreign = [f"{what} (owner {owner})" for what, owner, member, owned in rows
                if member and not owned]
     if schema_owner and schema_owner[0]:
         foreign.insert(0, f"the schema itself (owner {schema_owner[1]})")
     if foreign:
-        checks.append(Check("schema bismarck: owners", WARN,
-                            "not owned by the extension's owner: " + "; ".join(foreign),
-                            "ALTER ... OWNER TO the extension's owner."))
+        checks.append(_findings("schema bismarck: owners", WARN, foreign, "",
+                                "not owned by the extension's owner: ",
+                                "ALTER ... OWNER TO the extension's owner."))
     return checks
 
 
@@ -282,24 +275,25 @@ def registry_checks(conn: psycopg.Connection) -> list[Check]:
     planted = [what if table is None else f"policy {what} on bismarck.{table}"
                for what, table in objects
                if table is None or (table, what) not in EXTENSION_POLICIES]
-    checks = []
-    if extra:
-        checks.append(Check("registry privileges", FAIL,
-                            "granted beyond the extension's own: " + "; ".join(extra),
-                            "Run `bismarck install` (it re-applies the extension's privileges), "
-                            "or as a superuser REVOKE each of them."))
-    else:
-        checks.append(Check("registry privileges", OK,
-                            "members of bismarck_user read; nobody else holds anything"))
-    if planted:
-        checks.append(Check("registry tables: triggers, policies, rules, indexes", FAIL,
-                            "not created by the extension: " + "; ".join(planted),
-                            "They run (or decide) as the registry's owner: as a superuser, "
-                            "DROP TRIGGER / DROP POLICY / DROP RULE / DROP INDEX each."))
-    else:
-        checks.append(Check("registry tables: triggers, policies, rules, indexes", OK,
-                            "only the extension's own"))
-    return checks
+    return [
+        _findings("registry privileges", FAIL, extra,
+                  "members of bismarck_user read; nobody else holds anything",
+                  "granted beyond the extension's own: ",
+                  "Run `bismarck install` (it re-applies the extension's privileges), or as a "
+                  "superuser REVOKE each of them."),
+        _findings("registry tables: triggers, policies, rules, indexes", FAIL, planted,
+                  "only the extension's own", "not created by the extension: ",
+                  "They run (or decide) as the registry's owner: as a superuser, DROP TRIGGER "
+                  "/ DROP POLICY / DROP RULE / DROP INDEX each."),
+    ]
+
+
+def _findings(name: str, status: str, found: list[str], ok_detail: str, prefix: str,
+              fix: str, *, sep: str = "; ") -> Check:
+    """A check that lists what it found (with ``status`` and ``fix``), or passes."""
+    if not found:
+        return Check(name, OK, ok_detail)
+    return Check(name, status, prefix + sep.join(found), fix)
 
 
 def render(checks: list[Check], console: Console | None = None) -> None:
