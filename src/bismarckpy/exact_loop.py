@@ -9,7 +9,6 @@ the objective as ``train_loss`` and the step length as ``learning_rate``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
@@ -22,11 +21,11 @@ from .loop import (
     EpochRecord,
     TrainingSession,
     TrainResult,
-    _finite,
     _parallel_settings,
     _Prepared,
     _scaling,
     class_weights,
+    store_model,
 )
 from .moments import decode as moments_decode
 from .moments import select as moments_select
@@ -180,14 +179,9 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         session.warn(note)
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
-    version = session.query(
-        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
-        "%s::float8[], %s, "
-        "%s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
-        [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
-         [float(c) for c in coef], intercept, prep.classes, json.dumps(p),
-         json.dumps(_finite(metrics)), json.dumps(_jsonable(fitted))])[0][0]
-    return TrainResult(model_name=model_name, version=int(version), epochs=len(history),
+    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
+                          fitted)
+    return TrainResult(model_name=model_name, version=version, epochs=len(history),
                        converged=fit.converged, train_loss=train_loss,
                        validation_loss=valid_loss, seconds=seconds, rows=prep.n_train,
                        skipped=prep.skipped, history=history, warnings=notes)
@@ -227,14 +221,3 @@ def _label_mean(session: TrainingSession, prep: _Prepared) -> float:
 def _or_none(v: float) -> float | None:
     """NaN/inf as SQL NULL."""
     return v if math.isfinite(v) else None
-
-
-def _jsonable(v: Any) -> Any:
-    """Nested lists and dicts with NaN/inf replaced by None (JSON has neither)."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

@@ -567,16 +567,9 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
-    version = session.query(
-        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
-        "%s::float8[], %s, "
-        "%s::float8[], %s::jsonb, "
-        "%s::jsonb, %s::jsonb)",
-        [model_name, src.name, src.label, p["loss"], list(src.features),
-         src.array_feature, [float(c) for c in coef], float(intercept),
-         prep.classes, json.dumps(_finite(p)), json.dumps(_finite(metrics)),
-         json.dumps(_finite(fitted))])[0][0]
-    return TrainResult(model_name=model_name, version=int(version), epochs=epoch,
+    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
+                          fitted)
+    return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
                        history=history, warnings=notes)
@@ -743,6 +736,21 @@ def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> Non
         "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
         [run_id, rec.epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
          rec.seconds, rec.workers])
+
+
+def store_model(session: TrainingSession, model_name: str, src: Source | PackedTable,
+                p: dict, coef: Sequence[float], intercept: float,
+                classes: list[float] | None, metrics: dict, fitted: dict) -> int:
+    """Store a trained model as the next version of ``model_name``; returns the version.
+
+    NaN and infinities in ``p``, ``metrics`` and ``fitted`` become JSON nulls.
+    """
+    return int(session.query(
+        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
+        "%s::float8[], %s, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
+        [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
+         [float(c) for c in coef], float(intercept), classes, json.dumps(_finite(p)),
+         json.dumps(_finite(metrics)), json.dumps(_finite(fitted))])[0][0])
 
 
 def _finite(v: Any) -> Any:
