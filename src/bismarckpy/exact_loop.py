@@ -26,6 +26,7 @@ from .loop import (
     _scaling,
     class_weights,
     store_model,
+    validation_share,
 )
 from .moments import decode as moments_decode
 from .moments import select as moments_select
@@ -137,7 +138,6 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         "converged": fit.converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
         "skipped_rows": prep.skipped, "solver": p["solver"], "iterations": fit.iterations,
         "passes": len(history),
-        "validation_share": prep.n_valid / max(prep.n_train + prep.n_valid, 1),
         "block_dtype": ({4: "float32", 8: "float64"}[prep.itemsize] if prep.packed else None),
         "constant_features": constant_names}
     if prep.classes is not None:
@@ -170,11 +170,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                      f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
                      "stored with converged = false and without standard errors or p-values. "
                      "Raise max_epochs or tol.")
-    asked = p["validation_fraction"]
-    if asked > 0 and abs(metrics["validation_share"] - asked) > 0.01:
-        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
-                     f"{prep.n_train + prep.n_valid} rows ({metrics['validation_share']:.3g}): "
-                     "the table is too small for the share asked")
+    metrics["validation_share"] = validation_share(prep, p["validation_fraction"], notes)
     for note in notes:
         session.warn(note)
     seconds = time.monotonic() - started

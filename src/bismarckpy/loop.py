@@ -536,12 +536,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] != "hinge" else ""))
-    asked = p["validation_fraction"]
-    share = prep.n_valid / max(prep.n_train + prep.n_valid, 1)
-    if asked > 0 and abs(share - asked) > 0.01:
-        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
-                     f"{prep.n_train + prep.n_valid} rows ({share:.3g}): the table is too "
-                     "small for the share asked")
+    share = validation_share(prep, p["validation_fraction"], notes)
     if prep.mu is not None and prep.sd is not None:
         coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
     else:
@@ -736,6 +731,16 @@ def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> Non
         "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
         [run_id, rec.epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
          rec.seconds, rec.workers])
+
+
+def validation_share(prep: _Prepared, asked: float, notes: list[str]) -> float:
+    """The share of usable rows held out; a note when it is more than 0.01 off ``asked``."""
+    share = prep.n_valid / max(prep.n_train + prep.n_valid, 1)
+    if asked > 0 and abs(share - asked) > 0.01:
+        notes.append(f"validation_fraction => {asked:g} held out {prep.n_valid} of "
+                     f"{prep.n_train + prep.n_valid} rows ({share:.3g}): the table is too "
+                     "small for the share asked")
+    return share
 
 
 def store_model(session: TrainingSession, model_name: str, src: Source | PackedTable,
