@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import execution, kinds, penalties
+from . import execution, kinds, losses, penalties
 from .errors import Diverged, InvalidData, InvalidParameter
+from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
 from .losses import CLASSIFIERS
@@ -531,7 +532,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
-            + (", or an exact fit with solver => 'newton'" if p["loss"] != "hinge" else ""))
+            + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     share = validation_share(prep, p["validation_fraction"], notes)
     if prep.mu is not None and prep.sd is not None:
         coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
@@ -577,7 +578,7 @@ def zero_model_loss(loss: str, weights: tuple[float, float], n: int, n_pos: int)
     Every row's margin is 0: the logistic loss is log 2 and the hinge loss 1 per row, times its
     class weight. None for squared loss (it depends on the labels).
     """
-    per_row = {"logistic": _LOG2, "hinge": 1.0}.get(loss)
+    per_row = losses.get(loss).zero_row_loss
     if per_row is None or n <= 0:
         return None
     return per_row * (weights[0] * (n - n_pos) + weights[1] * n_pos) / n
