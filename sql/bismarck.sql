@@ -122,6 +122,7 @@ CREATE TABLE bismarck._training_epoch (
     seconds         float8,
     workers         integer,
     recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    detail          jsonb,
     PRIMARY KEY (run_id, epoch)
 );
 COMMENT ON TABLE bismarck._training_epoch IS
@@ -318,7 +319,8 @@ SELECT r.model_name,
        e.rows,
        e.seconds,
        e.workers,
-       e.recorded_at
+       e.recorded_at,
+       e.detail
 FROM bismarck._training_run r
 JOIN bismarck._training_epoch e USING (run_id)
 WHERE pg_has_role(r.owner, 'USAGE') OR EXISTS (
@@ -384,6 +386,7 @@ CREATE FUNCTION bismarck.train_glm(
     parallel            integer  DEFAULT NULL,
     solver              text     DEFAULT NULL,
     class_weight        text     DEFAULT NULL,
+    averaging           text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -405,7 +408,7 @@ BEGIN
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
-        'solver', solver, 'class_weight', class_weight));
+        'solver', solver, 'class_weight', class_weight, 'averaging', averaging));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -419,7 +422,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text, text) IS
+    integer, text, bigint, float8, integer, text, text, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
     'standard errors), and store it as the next version of model_name (default: the source table''s '
@@ -1036,7 +1039,7 @@ COMMENT ON FUNCTION bismarck._begin_run(uuid, text, text, jsonb, boolean) IS
 
 CREATE FUNCTION bismarck._record_epoch(
     ticket uuid, run_id bigint, epoch integer, train_loss float8, validation_loss float8,
-    learning_rate float8, rows bigint, seconds float8, workers integer)
+    learning_rate float8, rows bigint, seconds float8, workers integer, detail jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1049,12 +1052,13 @@ BEGIN
             USING ERRCODE = '42501';
     END IF;
     INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss,
-                                          learning_rate, rows, seconds, workers)
-    VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers);
+                                          learning_rate, rows, seconds, workers, detail)
+    VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers,
+            detail);
 END
 $$;
 COMMENT ON FUNCTION bismarck._record_epoch(uuid, bigint, integer, float8, float8, float8,
-    bigint, float8, integer) IS
+    bigint, float8, integer, jsonb) IS
     'Private: appends one epoch to the history of the caller''s running run.';
 
 CREATE FUNCTION bismarck._end_run(
@@ -1239,6 +1243,20 @@ CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
 COMMENT ON AGGREGATE bismarck._epoch(bytea, float8, bytea) IS
     'Private: one SGD epoch of a model of any kind over rows (features as _float8_array_bytes, '
     'coded label), starting from state init (its first 8 bytes name the kind).';
+
+-- One partition's (or shard's) share of an epoch (averaging => 'partition'): the state before
+-- the final function, which the training loop merges across partitions by the kind's rule and
+-- finalizes once. PARALLEL UNSAFE on purpose: a shard running it (postgres_fdw ships it with
+-- GROUP BY the partition key) never splits it over parallel workers, so a shard's model does
+-- not depend on worker timing. No combine function: nothing ever splits it.
+CREATE AGGREGATE bismarck._epoch_partial(x bytea, y float8, init bytea) (
+    SFUNC = bismarck._epoch_step,
+    STYPE = bytea,
+    PARALLEL = UNSAFE
+);
+COMMENT ON AGGREGATE bismarck._epoch_partial(bytea, float8, bytea) IS
+    'Private: one partition''s SGD epoch over rows, returning the unfinalized state (the '
+    'training loop merges the partitions'' states with the kind''s rule and finalizes).';
 
 CREATE FUNCTION bismarck._moments_step(state bytea, x bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

@@ -65,3 +65,9 @@ class Diverged(BismarckError):
     """Training diverged: the loss became NaN/inf or grew past its bound (22003)."""
 
     sqlstate = "22003"
+
+
+class ShardUnavailable(BismarckError):
+    """A shard (a foreign partition's server) does not answer (08006 connection_failure)."""
+
+    sqlstate = "08006"
