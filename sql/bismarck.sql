@@ -302,6 +302,14 @@ COMMENT ON VIEW bismarck.models IS
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
     'security whose label and feature columns you may read).';
 
+-- The per-epoch detail column (averaging => 'partition') for installations from before it:
+-- a DO block is re-run by every upgrade and re-install, so no migration script is needed.
+DO $$
+BEGIN
+    ALTER TABLE bismarck._training_epoch ADD COLUMN IF NOT EXISTS detail jsonb;
+END
+$$;
+
 CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
        r.version,

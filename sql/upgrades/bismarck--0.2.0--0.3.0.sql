@@ -1,2 +1,0 @@
--- Per-epoch detail (averaging => 'partition': each partition's rows and losses).
-ALTER TABLE bismarck._training_epoch ADD COLUMN IF NOT EXISTS detail jsonb;
