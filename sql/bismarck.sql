@@ -1252,6 +1252,16 @@ COMMENT ON AGGREGATE bismarck._epoch(bytea, float8, bytea) IS
     'Private: one SGD epoch of a model of any kind over rows (features as _float8_array_bytes, '
     'coded label), starting from state init (its first 8 bytes name the kind).';
 
+CREATE FUNCTION bismarck._engine_version(bigint) RETURNS text
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.engine_version()
+$$;
+COMMENT ON FUNCTION bismarck._engine_version(bigint) IS
+    'Private: the version of the engine embedded in this installation (IMMUTABLE: the engine is '
+    'part of the function''s code). Called on an aggregate over a foreign partition, postgres_fdw '
+    'evaluates it on the shard, so training compares each shard''s version with its own.';
+
 -- One partition's (or shard's) share of an epoch (averaging => 'partition'): the state before
 -- the final function, which the training loop merges across partitions by the kind's rule and
 -- finalizes once. PARALLEL UNSAFE on purpose: a shard running it (postgres_fdw ships it with

@@ -237,3 +237,23 @@ def test_shard_with_another_extension_version_is_refused(cluster_of_shards) -> N
         with psycopg.connect(shard1.url(), autocommit=True) as c:
             c.execute("UPDATE pg_extension SET extversion = %s WHERE extname = 'bismarck'",
                       [extension.version()])
+
+
+def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards) -> None:
+    """Refused before training, with the difference named (the shard evaluates the version)."""
+    dsn, shard2 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][1]
+    with psycopg.connect(shard2.url(), autocommit=True) as c:
+        original = c.execute("SELECT pg_get_functiondef('bismarck._engine_version(bigint)'"
+                             "::regprocedure)").fetchone()[0]
+        c.execute("CREATE OR REPLACE FUNCTION bismarck._engine_version(bigint) RETURNS text "
+                  "LANGUAGE sql IMMUTABLE AS $$ SELECT '0.0.1'::text $$")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "versions", ", averaging => 'partition'")
+        assert err.value.diag.message_primary == ("shard server bismarck_shard_pts_2 has "
+                                                  "another bismarck version")
+        assert "bismarck 0.0.1" in err.value.diag.message_detail
+        assert _versions(dsn, "versions") == 0
+    finally:
+        with psycopg.connect(shard2.url(), autocommit=True) as c:
+            c.execute(original)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidData, InvalidParameter
+from .errors import BismarckError, InvalidData, InvalidParameter, ShardUnavailable
 from .moments import decode as moments_decode
 from .moments import merge as moments_merge
 from .packing import check_ranges, check_rows
@@ -148,6 +148,39 @@ def layout(session: TrainingSession, src: Source) -> Layout:
     return Layout(src.name, f"s.{column}", leaves, key=column)
 
 
+def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
+    """Refuse shards whose bismarck version differs from this one's, naming both.
+
+    ``bismarck._engine_version`` over an aggregate of the foreign partition is evaluated on
+    the shard (postgres_fdw ships it); a shard without it has an older bismarck.
+    """
+    from . import __version__
+
+    for leaf in lay.shards:
+        try:
+            theirs = session.query("SELECT bismarck._engine_version(count(*)) AS v "
+                                   f"FROM {escape_percent(leaf.name)} AS s")[0][0]
+        except BismarckError:
+            raise
+        except Exception as exc:
+            theirs = None
+            reason = str(exc).strip().splitlines()[0]
+            if "_engine_version" not in reason:
+                raise ShardUnavailable(
+                    f"shard server {leaf.server} does not answer",
+                    detail=f"{reason} (while checking partition {leaf.name}).",
+                    hint="Start the shard (`bismarck shards check` tests every shard) and "
+                         "rerun the training.") from None
+        if theirs != __version__:
+            raise InvalidData(
+                f"shard server {leaf.server} has another bismarck version",
+                detail=f"Partition {leaf.name} is on a server with bismarck "
+                       f"{theirs or 'older than 0.3'}; this server has {__version__}. An "
+                       "epoch must run the same code on every shard.",
+                hint="Install this version on the shard (`bismarck install --dsn ...`), then "
+                     "`bismarck shards check`.")
+
+
 def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
             seed: int) -> tuple[_Prepared, Layout]:
     """Checks, split, label coding and scaling for epochs that read the partitions in place.
@@ -160,6 +193,7 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
     from . import loop
 
     lay = layout(session, src)
+    check_shard_versions(session, lay)  # before anything reads the shards' rows
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
