@@ -1264,13 +1264,14 @@ COMMENT ON FUNCTION bismarck._engine_version(bigint) IS
 
 -- One partition's (or shard's) share of an epoch (averaging => 'partition'): the state before
 -- the final function, which the training loop merges across partitions by the kind's rule and
--- finalizes once. PARALLEL UNSAFE on purpose: a shard running it (postgres_fdw ships it with
--- GROUP BY the partition key) never splits it over parallel workers, so a shard's model does
--- not depend on worker timing. No combine function: nothing ever splits it.
+-- finalizes once. No combine function on purpose: nothing can split one partition's epoch
+-- over parallel workers (here or on a shard, where postgres_fdw ships it with GROUP BY the
+-- partition key), so a partition's model never depends on worker timing; PARALLEL SAFE lets
+-- local partitions run whole, side by side, in the workers of a Parallel Append.
 CREATE AGGREGATE bismarck._epoch_partial(x bytea, y float8, init bytea) (
     SFUNC = bismarck._epoch_step,
     STYPE = bytea,
-    PARALLEL = UNSAFE
+    PARALLEL = SAFE
 );
 COMMENT ON AGGREGATE bismarck._epoch_partial(bytea, float8, bytea) IS
     'Private: one partition''s SGD epoch over rows, returning the unfinalized state (the '

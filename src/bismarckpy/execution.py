@@ -125,7 +125,7 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
     if strategy.name not in STRATEGIES:
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
     if strategy.name == "partition" and scan.group is not None and aggregates is SGD:
-        found = run_partitions(session, scan, init)
+        found = run_partitions(session, scan, init, strategy.workers)
         if parts is not None:
             parts.extend(found)
         return merge_partitions(found)
@@ -133,14 +133,20 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
         return session.query(scan.sql(aggregates), [init])[0][0]
 
 
-def run_partitions(session: Session, scan: Scan, init: bytes) -> list[tuple[object, bytes]]:
+def run_partitions(session: Session, scan: Scan, init: bytes,
+                   workers: int | None = None) -> list[tuple[object, bytes]]:
     """Each partition's unfinalized state, in group order (partitions without rows absent).
+
+    ``workers`` parallel workers run local partitions side by side (each partition whole in
+    one worker: a Parallel Append of complete aggregates); foreign partitions (shards) run
+    concurrently on their servers with ``async_capable``.
 
     A failure on a foreign partition (a shard down, or killed mid-epoch) becomes
     :class:`~bismarckpy.errors.ShardUnavailable` naming the servers that do not answer.
     """
     try:
-        with settings_for_transaction(session, PARTITIONWISE):
+        with settings_for_transaction(session, {**PARTITIONWISE,
+                                                **parallel_settings(workers)}):
             rows = session.query(scan.partition_sql(), [init])
     except BismarckError:
         raise

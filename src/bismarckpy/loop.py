@@ -480,7 +480,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
     by_partition = prep.layout is not None
-    strategy = execution.Strategy(p["parallel"], "partition" if by_partition else "aggregate"
+    workers = p["parallel"]
+    if by_partition and workers is None:  # local partitions side by side, one per worker
+        workers = min(8, sum(1 for q in prep.layout.partitions if not q.server))
+    strategy = execution.Strategy(workers, "partition" if by_partition else "aggregate"
                                   ).for_kind(kind.merge_rule)
     group = "part" if by_partition else None
     train_scan = execution.Scan(prep.train, prep.packed, prep.train_rows,

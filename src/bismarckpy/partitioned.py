@@ -40,6 +40,12 @@ if TYPE_CHECKING:
     from .packing import PackedTable
 
 
+#: Groups rows by their partition under any partitioning (but never pushed down to a shard,
+#: nor run as a Parallel Append of whole aggregates: PostgreSQL does both only for GROUP BY
+#: the partition key).
+BY_TABLEOID = "s.tableoid::regclass::text"
+
+
 @dataclass(frozen=True)
 class Partition:
     """A leaf partition: its name (regclass text) and foreign server (None: a local table)."""
@@ -127,12 +133,13 @@ def layout(session: TrainingSession, src: Source) -> Layout:
         raise InvalidData(f"{src.name} has no partitions",
                           hint="Attach partitions, or use averaging => 'global'.")
     foreign = [leaf for leaf in leaves if leaf.server]
-    if not foreign:
-        return Layout(src.name, "s.tableoid::regclass::text", leaves)
     depth = session.query(
         "SELECT max(t.level) AS depth FROM pg_catalog.pg_partition_tree("
         "pg_catalog.to_regclass(%s)) AS t", [src.name])[0][0]
-    if strategy != "l" or len(attrs or []) != 1 or attrs[0] == 0 or depth != 1:
+    by_key = strategy == "l" and len(attrs or []) == 1 and attrs[0] != 0 and depth == 1
+    if not foreign and not by_key:
+        return Layout(src.name, BY_TABLEOID, leaves)
+    if not by_key:
         raise InvalidParameter(
             "foreign partitions need LIST partitioning on one column",
             detail=f"{src.name} has foreign partitions ({foreign[0].name} on server "
@@ -193,6 +200,12 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
     from . import loop
 
     lay = layout(session, src)
+    if lay.shards and p["shuffle"] == "never":
+        raise InvalidParameter(
+            "shuffle => 'never' is not reproducible on shards",
+            detail="A shard may scan its table with parallel workers, in an order that varies "
+                   "from run to run.",
+            hint="Use shuffle => 'once' (the default): a seeded hash order inside each shard.")
     check_shard_versions(session, lay)  # before anything reads the shards' rows
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
@@ -235,13 +248,16 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
             f"min({key}) AS lo, max({key}) AS hi "
             f"FROM {escape_percent(leaf.name)} AS s WHERE {src.valid_expr}")[0]
         n_train, n_valid, n_pos = n_train + tr, n_valid + va, n_pos + pos
-        if lay.key is not None and lo != hi:
+        if lay.key is not None and lo != hi and not lay.shards:
+            lay.group, lay.key, lay.names = BY_TABLEOID, None, {}  # LIST (1, 2): by table
+            key = "NULL::text"
+        elif lay.key is not None and lo != hi:
             raise InvalidData(
                 f"partition {leaf.name} holds several values of the partition key",
                 detail=f"Its key {lay.key} runs from {lo} to {hi}; an epoch groups by the key, "
                        "so each partition (shard) must hold one value.",
                 hint="List one value per partition (FOR VALUES IN (...)).")
-        if lo is not None:
+        if lo is not None and lay.key is not None:
             lay.names[lo] = leaf.name
         if not tr:
             empty.append(leaf.name)
