@@ -21,10 +21,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from bismarck_controller import embedded, extension, shards
+from bismarck_controller import embedded, extension, shards, training
 from bismarck_controller.errors import SetupError
 from bismarck_controller.session import PsycopgSession
 from bismarckpy import execution, partitioned
+from bismarckpy.errors import ShardUnavailable
 from bismarckpy.params import validate
 from bismarckpy.source import resolve
 
@@ -167,6 +168,11 @@ def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
         with pytest.raises(psycopg.Error) as err:
             _train(dsn, "pts", "down", ", averaging => 'partition'")
         assert "bismarck_shard_pts_2" in err.value.diag.message_primary
+        assert _versions(dsn, "down") == 0
+        with psycopg.connect(dsn) as c, pytest.raises(ShardUnavailable) as outside:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "down", averaging="partition",
+                           max_epochs=2)  # the client-side loop (bismarck train)
+        assert "bismarck_shard_pts_2" in outside.value.message
         assert _versions(dsn, "down") == 0
         with psycopg.connect(dsn, autocommit=True) as c:
             findings = {f.shard.server: f for f in shards.check(c, "pts")}

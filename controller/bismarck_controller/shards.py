@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from bismarck_controller.errors import SetupError
 
 #: libpq options that belong in the user mapping; the rest go to the foreign server.
-MAPPING_OPTIONS = ("user", "password")
+MAPPING_OPTIONS = ("user", "password", "sslpassword", "sslcert", "sslkey")
 #: libpq options a postgres_fdw server may not carry.
 REFUSED_OPTIONS = ("client_encoding", "fallback_application_name")
 #: The rows of an epoch never travel: a large per-row transfer cost makes the planner ship the
@@ -195,6 +195,8 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
                     "AND a.attnum = pt.partattrs[0] WHERE pt.partrelid = %s::regclass",
                     [shard.parent]).fetchone()
                 if key:
+                    # The partition's name and bound come from the catalog as PostgreSQL
+                    # quoted them (format('%I.%I'), pg_get_expr): SQL text, not user input.
                     others = conn.execute(sql.SQL(
                         "SELECT count(*) FROM {} WHERE {} IS DISTINCT FROM {}").format(
                         sql.SQL(shard.partition), sql.Identifier(key[0]),
