@@ -149,3 +149,43 @@ def test_bismarck_error_is_a_base() -> None:
 
     assert issubclass(ShardUnavailable, BismarckError)
     assert ShardUnavailable("x").sqlstate == "08006"
+
+
+def test_cli_trains_with_averaging_partition(dsn, conn, parted) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    result = CliRunner().invoke(main, ["train", "parted", "--label", "y", "--features", "x1,x2",
+                                       "--model", "cli_parts", "--averaging", "partition",
+                                       "--max-epochs", "2", "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 partition" in result.output
+    detail = conn.execute("SELECT detail FROM bismarck.training_history "
+                          "WHERE model_name = 'cli_parts' ORDER BY epoch LIMIT 1").fetchone()[0]
+    assert len(detail["partitions"]) == 3
+
+
+def test_local_partitions_run_whole_side_by_side(dsn, parted) -> None:
+    """The loop's epoch query: a Parallel Append of complete per-partition aggregates (never a
+    Partial Aggregate: a partition's epoch is never split, so its model is reproducible)."""
+    from bismarck_controller.session import PsycopgSession
+    from bismarckpy import execution, partitioned
+    from bismarckpy.params import validate
+    from bismarckpy.source import resolve
+
+    with psycopg.connect(dsn) as c:
+        session = PsycopgSession(c)
+        src = resolve(session, "public.parted", "y", ["x1", "x2"])
+        p = validate({"averaging": "partition"})
+        partitioned.check_options(p, None)
+        prep, lay = partitioned.prepare(session, src, p, 1)
+        assert lay.key == '"part"'
+        scan = execution.Scan(prep.train, group="part", order=prep.order)
+        for name, value in {**execution.PARTITIONWISE,
+                            **execution.parallel_settings(3)}.items():
+            c.execute("SELECT set_config(%s, %s, true)", [name, value])
+        plan = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN (COSTS OFF) " + scan.partition_sql().replace("%s", "'\\x00'")))
+    assert "Parallel Append" in plan, plan
+    assert "Partial" not in plan, plan

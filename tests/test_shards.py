@@ -263,3 +263,17 @@ def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards)
     finally:
         with psycopg.connect(shard2.url(), autocommit=True) as c:
             c.execute(original)
+
+
+def test_cli_shards_list_and_check(cluster_of_shards) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    dsn = cluster_of_shards["dsn"]
+    listed = CliRunner().invoke(main, ["shards", "list", "pts", "--dsn", dsn])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("bismarck_shard_pts_") == N_SHARDS
+    checked = CliRunner().invoke(main, ["shards", "check", "pts", "--dsn", dsn])
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count(": ok") == N_SHARDS
