@@ -161,6 +161,7 @@ def sharded_rows(dsn: str, name: str) -> int:
                          "WHERE model_name = %s", [name]).fetchone()[0]
 
 
+@pytest.mark.slow  # stops and restarts a shard cluster
 def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
     dsn, shard2 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][1]
     shard2.stop()
@@ -183,6 +184,7 @@ def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
     assert _train(dsn, "pts", "down", ", averaging => 'partition'")[1] == 1
 
 
+@pytest.mark.slow  # stops and restarts a shard cluster
 def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards) -> None:
     dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
     outcome: dict[str, BaseException] = {}
