@@ -465,7 +465,7 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
             _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
             alpha = p["alpha"] if p["penalty"] != "none" else 0.0
             p["eta0"] = auto_eta0(p["loss"], _sample_rows(session, prep, p["fit_intercept"]),
-                                  alpha * l2)
+                                  p["batch_size"], alpha * l2)
 
 
 def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool) -> np.ndarray:

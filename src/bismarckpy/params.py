@@ -109,15 +109,15 @@ GLM_PARAMS: tuple[Param, ...] = (
           "(x1.05 on improvement, undo and halve otherwise).", choices=LEARNING_RATES),
     Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps "
           "(batch_size 1); for mini-batches and full batches 1 / L, with L the loss's "
-          "curvature bound (1/4 logistic, 1 otherwise) times the largest eigenvalue of the "
-          "(standardised) features' second-moment matrix, estimated on up to 1024 training "
-          "rows (the step size of gradient descent on an L-smooth loss).",
+          "curvature bound (1/4 logistic, 1 otherwise) times the largest eigenvalue of a "
+          "batch's (standardised) second-moment matrix, the largest over the batches of up to "
+          "1024 training rows (the step of gradient descent on an L-smooth loss).",
           low=0.0, low_open=True, nullable=True),
     Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
     Param("batch_size", int, None, "Rows per SGD step: 1 is per-row SGD, 0 full-batch "
-          "gradient descent. NULL: min(block_size, training rows // 256), so an epoch takes "
-          "at least ~256 steps (per-row SGD below 512 rows) and a packed block one "
-          "vectorised step.", low=0, high=1_000_000_000, nullable=True),
+          "gradient descent. NULL: min(block_size, training rows // 1024), so an epoch takes "
+          "at least ~1024 steps (per-row SGD below 2048 rows) and, on large tables, a packed "
+          "block one vectorised step.", low=0, high=1_000_000_000, nullable=True),
     Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
           "reshuffle each epoch; never: table order.", choices=SHUFFLES),
     Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "

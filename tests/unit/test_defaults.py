@@ -22,7 +22,7 @@ from bismarckpy.schedule import (
 
 
 @pytest.mark.parametrize(("n", "block", "want"), [
-    (1, 512, 1), (400, 512, 1), (511, 512, 1), (512, 512, 2), (20_000, 512, 78),
+    (1, 512, 1), (400, 512, 1), (2047, 512, 1), (2048, 512, 2), (20_000, 512, 19),
     (1_000_000, 512, 512), (1_000_000, 64, 64), (10**9, 512, 512)])
 def test_auto_batch_size(n: int, block: int, want: int) -> None:
     got = auto_batch_size(n, block)
@@ -40,7 +40,8 @@ def test_defaults_are_null_until_the_loop_resolves_them() -> None:
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(5, 300), d=st.integers(1, 12), seed=st.integers(0, 2**31),
        scale=st.floats(0.01, 100.0))
-def test_top_eigenvalue_is_within_ten_percent_below_numpys(n: int, d: int, seed: int, scale: float) -> None:
+def test_top_eigenvalue_is_within_ten_percent_below_numpys(n: int, d: int, seed: int,
+                                                          scale: float) -> None:
     rng = np.random.default_rng(seed)
     A = rng.normal(size=(n, d)) * rng.uniform(0.1, 2.0, size=d) * scale
     A[:, 0] += rng.normal(size=n) * scale  # correlated columns
@@ -70,7 +71,7 @@ def test_auto_eta0_is_a_descent_step_of_full_batch_gradient_descent(loss: str,
     w_true = rng.normal(size=d + 1)
     z = A @ w_true
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float) if loss == "logistic" else z
-    eta = auto_eta0(loss, A)
+    eta = auto_eta0(loss, A, 0)
     lam = float(np.linalg.eigvalsh(A.T @ A / n)[-1])
     smooth = {"logistic": 0.25, "squared": 1.0}[loss] * lam
     assert 1 / smooth * (1 - 1e-9) <= eta <= 1 / (0.9 * smooth)
@@ -90,3 +91,12 @@ def test_auto_eta0_is_a_descent_step_of_full_batch_gradient_descent(loss: str,
             losses.append(float(lv.mean()))
             w -= 2.2 * eta * A.T @ dz / n
         assert losses[-1] > losses[0]
+
+
+def test_auto_eta0_is_smaller_for_smaller_batches() -> None:
+    """A batch of B rows has curvature up to its own λ_max: noisier batches get smaller steps."""
+    rng = np.random.default_rng(0)
+    A = np.hstack([rng.normal(size=(1024, 50)), np.ones((1024, 1))])
+    etas = [auto_eta0("logistic", A, b) for b in (1, 8, 64, 512, 0)]
+    assert etas == sorted(etas)
+    assert etas[0] == pytest.approx(4 / max((A * A).sum(1)), rel=1e-6)  # one row: 4 / max ‖x‖²
