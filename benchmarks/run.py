@@ -41,6 +41,7 @@ from bismarck_controller import connection, extension, training
 from bismarck_controller.session import PsycopgSession, qualified
 from bismarckpy import glm, loop
 from bismarckpy.params import GLM_PARAMS
+from bismarckpy.source import resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pgcopy  # noqa: E402
@@ -261,16 +262,25 @@ def ensure_table(dsn: str | None, rows: int, features: int, seed: int) -> tuple[
         return name, time.perf_counter() - t0
 
 
-def holdout_expr(seed: int, fraction: float) -> sql.Composable:
-    """The training loop's validation split (same hash of ctid, same seed), as a column."""
-    return sql.SQL("((hashtextextended(s.ctid::text, {}) & 1023) < {})").format(
-        sql.Literal(int(seed)), sql.Literal(int(round(fraction * 1024))))
+def holdout_expr(conn: psycopg.Connection, table: str, rows: int, seed: int,
+                 fraction: float) -> sql.Composable:
+    """The training loop's own validation split of ``table`` (every row usable), as a column.
+
+    The engine's ``loop._holdout`` over ``source.resolve``: the export paths validate on
+    exactly the rows the in-database run holds out.
+    """
+    session = PsycopgSession(conn, None)
+    src = resolve(session, qualified(conn, table), "y", "x")
+    predicate, _ = loop._holdout(session, src, seed, fraction, rows)
+    conn.rollback()
+    return sql.SQL(predicate)
 
 
-def export_query(table: str, seed: int, fraction: float) -> sql.Composable:
+def export_query(conn: psycopg.Connection, table: str, rows: int, seed: int,
+                 fraction: float) -> sql.Composable:
     """x, y and the holdout flag of every row, for the export paths."""
     return sql.SQL("SELECT s.x, s.y, {} AS holdout FROM {} AS s").format(
-        holdout_expr(seed, fraction), sql.Identifier(table))
+        holdout_expr(conn, table, rows, seed, fraction), sql.Identifier(table))
 
 
 def estimated_rows(conn: psycopg.Connection, table: str) -> int:
@@ -623,6 +633,7 @@ class Bench:
             "whole_call_seconds": median([x.total for x in runs]),
             "epochs_run": median([len(x.epochs) for x in runs]),
             "statements": _median_breakdown(runs), "curve": r.curve, "params": params,
+            "curves": [x.curve for x in runs], "stores": [x.store for x in runs],
             "resolved_params": resolved, "store_seconds": r.store,
             "train_rows": r.n_train,
         }
@@ -649,7 +660,7 @@ class Bench:
                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """Binary COPY into numpy (kept for the in-memory paths), then pandas.read_sql."""
         a = self.args
-        query = export_query(table, a.seed, a.validation)
+        query = export_query(conn, table, a.rows, a.seed, a.validation)
         X = y = v = None
         need = {"sklearn", "numpy", "export", "e2e"} - self.skip
         if need:
@@ -675,7 +686,7 @@ class Bench:
                 return c
 
             engine = sqlalchemy.create_engine("postgresql+psycopg://", creator=connect)
-            text = export_query(table, a.seed, a.validation).as_string(conn)
+            text = export_query(conn, table, a.rows, a.seed, a.validation).as_string(conn)
             reps = a.repeats if a.rows * a.features < 20_000_000 else 1
             times = []
             for _ in range(reps):
@@ -807,8 +818,13 @@ class Bench:
             if key == "export+lbfgs":
                 e["seconds_to_quality"] = e["seconds_to_target"]
                 continue
-            hit = [t for t, v in e.get("curve") or [] if v is not None and v <= goal]
-            e["seconds_to_quality"] = hit[0] + e.get("store_seconds", 0.0) if hit else None
+            curves = e.get("curves") or [e.get("curve") or []]
+            stores = e.get("stores") or [e.get("store_seconds", 0.0)] * len(curves)
+            hits = [next((t + st for t, v in c if v is not None and v <= goal), math.inf)
+                    for c, st in zip(curves, stores)]
+            q = median(hits)  # a run that never reached the goal counts as infinitely slow
+            e["seconds_to_quality"] = q if math.isfinite(q) else None
+            e["quality_samples"] = [h if math.isfinite(h) else None for h in hits]
         self.e2e["quality_goal"] = {"value": goal, "lbfgs_validation_loss": ref}
 
     def _valid_rows(self) -> int | None:
