@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from bismarck_controller import connection
-from bismarckpy import glm
+from bismarckpy.kinds import glm
 
 PARALLEL = ("SET max_parallel_workers_per_gather = {w}; SET parallel_setup_cost = 0; "
             "SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0; "
