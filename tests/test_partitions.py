@@ -50,7 +50,7 @@ def _coef(conn: psycopg.Connection, name: str) -> np.ndarray:
     return np.array([*coef, b])
 
 
-ONE_EPOCH = {"max_epochs": 1, "shuffle": "never", "standardize": False,
+ONE_EPOCH = {"max_epochs": 1, "shuffle": "never", "standardize": False, "batch_size": 1,
              "learning_rate": "constant", "eta0": 0.05, "validation_fraction": 0.0,
              "tol": None, "alpha": 0.001}
 
