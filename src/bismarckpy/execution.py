@@ -68,6 +68,8 @@ class Scan:
     # column ordering rows inside a partition's aggregate (None: scan order).
     group: str | None = None
     order: str | None = None
+    # (foreign server, foreign partition) of each shard, to name the one that fails
+    shards: tuple[tuple[str, str], ...] = ()
 
     def sql(self, aggregates: Aggregates = SGD) -> str:
         """The epoch's query, with one ``%s`` for the init state."""
@@ -151,7 +153,7 @@ def run_partitions(session: Session, scan: Scan, init: bytes,
     except BismarckError:
         raise
     except Exception as exc:
-        down = unreachable_servers(session)
+        down = unreachable_servers(session, scan.shards)
         if not down:
             raise
         raise ShardUnavailable(
@@ -171,8 +173,8 @@ def merge_partitions(parts: Sequence[tuple[object, bytes]]) -> bytes | None:
     return None if state is None else kinds.for_state(state).finalize(state)
 
 
-def unreachable_servers(session: Session) -> list[str]:
-    """Foreign servers of bismarck shards that do not answer a trivial query, by name.
+def unreachable_servers(session: Session, servers: Sequence[tuple[str, str]]) -> list[str]:
+    """Those of ``servers`` ((server, foreign table) pairs) that do not answer a trivial query.
 
     Called after a failed partition epoch; the failed statement is rolled back first when the
     session can (outside the server; inside, PL/Python ran it in a subtransaction already).
@@ -181,13 +183,6 @@ def unreachable_servers(session: Session) -> list[str]:
     try:
         if rollback is not None:
             rollback()
-        servers = session.query(
-            "SELECT DISTINCT fs.srvname::text AS server, min(ft.ftrelid::regclass::text) AS tab "
-            "FROM pg_catalog.pg_foreign_table ft "
-            "JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver "
-            "JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = fs.srvfdw "
-            "WHERE w.fdwname = 'postgres_fdw' AND ft.ftrelid IN ("
-            "SELECT inhrelid FROM pg_catalog.pg_inherits) GROUP BY 1 ORDER BY 1")
     except Exception:
         return []
     down = []

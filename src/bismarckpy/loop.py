@@ -531,11 +531,12 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     strategy = execution.Strategy(workers, "partition" if by_partition else "aggregate"
                                   ).for_kind(kind.merge_rule)
     group = "part" if by_partition else None
+    shards = tuple((q.server, q.name) for q in prep.layout.shards) if by_partition else ()
     train_scan = execution.Scan(prep.train, prep.packed, prep.train_rows,
                                 reshuffle=p["shuffle"] == "always" and not by_partition,
-                                group=group, order=prep.order)
-    valid_scan = (execution.Scan(prep.valid, prep.packed, prep.valid_rows, group=group)
-                  if prep.valid else None)
+                                group=group, order=prep.order, shards=shards)
+    valid_scan = (execution.Scan(prep.valid, prep.packed, prep.valid_rows, group=group,
+                                 shards=shards) if prep.valid else None)
     train_sql = train_scan.sql()
     history: list[EpochRecord] = []
     converged = False
