@@ -534,10 +534,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     share = validation_share(prep, p["validation_fraction"], notes)
-    if prep.mu is not None and prep.sd is not None:
-        coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
-    else:
-        coef, intercept = w, b
+    stored = kind.export(p, prep, model)
+    coef, intercept = np.asarray(stored.model["coef"]), float(stored.model["intercept"])
     features = src.features
     _check_finite(coef, intercept, train_loss, features, src.array_feature)
     seconds = time.monotonic() - started
@@ -559,8 +557,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
-    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
-                          fitted)
+    version = store_model(session, model_name, src, p, stored, metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
@@ -708,18 +705,26 @@ def validation_share(prep: _Prepared, asked: float, notes: list[str]) -> float:
 
 
 def store_model(session: TrainingSession, model_name: str, src: Source | PackedTable,
-                p: dict, coef: Sequence[float], intercept: float,
-                classes: list[float] | None, metrics: dict, fitted: dict) -> int:
-    """Store a trained model as the next version of ``model_name``; returns the version.
+                p: dict, stored: kinds.Stored, metrics: dict, fitted: dict) -> int:
+    """Store a trained model of any kind as the next version of ``model_name``; its version.
 
-    NaN and infinities in ``p``, ``metrics`` and ``fitted`` become JSON nulls.
+    ``stored`` is the kind's stored form (:meth:`ModelKind.export`): its ``model`` goes to the
+    ``stored`` jsonb column and its ``state`` to the bytea column; a GLM's loss, coefficients
+    and intercept also fill their own columns. NaN and infinities in ``p``, ``metrics``,
+    ``fitted`` and ``stored.model`` become JSON nulls.
     """
+    glm_model = stored.model if stored.kind == "glm" else {}
+    coef = glm_model.get("coef")
+    intercept = glm_model.get("intercept")
     return int(session.query(
         "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
-        "%s::float8[], %s, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
-        [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
-         [float(c) for c in coef], float(intercept), classes, json.dumps(_finite(p)),
-         json.dumps(_finite(metrics)), json.dumps(_finite(fitted))])[0][0])
+        "%s::float8[], %s::float8, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb, %s, "
+        "%s::jsonb, %s::bytea)",
+        [model_name, src.name, src.label, p.get("loss"), list(src.features), src.array_feature,
+         None if coef is None else [float(c) for c in coef],
+         None if intercept is None else float(intercept), stored.classes,
+         json.dumps(_finite(p)), json.dumps(_finite(metrics)), json.dumps(_finite(fitted)),
+         stored.kind, json.dumps(_finite(dict(stored.model))), stored.state])[0][0])
 
 
 def _finite(v: Any) -> Any:

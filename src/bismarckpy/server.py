@@ -182,6 +182,21 @@ def _jsonable(v: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
+                 x: Sequence[float | None] | None) -> float | None:
+    """``bismarck._predict_kind``: one row's prediction by the kind's ``predict``.
+
+    NULL when ``x`` is NULL or holds a NULL, NaN or infinite value (as for GLMs).
+    """
+    def run() -> float | None:
+        if x is None or any(v is None or not math.isfinite(v) for v in x):
+            return None
+        model = kinds.get(kind)
+        form = kinds.Stored(kind, json.loads(stored), state)
+        return float(model.predict(form, np.asarray([x], dtype=np.float64))[0])
+    return _guard(plpy, run)
+
+
 # -- aggregate support functions (called per row by the executor) -------------------------------
 
 def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
