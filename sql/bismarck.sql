@@ -408,7 +408,7 @@ DECLARE
     result jsonb;
     r jsonb;
 BEGIN
-    result := bismarck._train_glm(jsonb_build_object(
+    result := bismarck._train('glm', jsonb_build_object(
         'source', source::text, 'label', label, 'features', features,
         'model_name', coalesce(model_name,
                                (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
@@ -620,14 +620,15 @@ $$;
 COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
     'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
 
-CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
+CREATE FUNCTION bismarck._train(kind text, options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.train_glm(plpy, json.loads(options))
+return B.train(plpy, kind, json.loads(options))
 $$;
-COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
-    'Private: runs the training loop inside this backend; returns a JSON result or error.';
+COMMENT ON FUNCTION bismarck._train(text, jsonb) IS
+    'Private: runs the training loop for a model of the given kind (bismarckpy.kinds) inside '
+    'this backend; returns a JSON result or error. The bismarck.train_<kind> functions call it.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$

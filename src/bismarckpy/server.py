@@ -115,17 +115,23 @@ def _pg_type(v: object) -> str:
 
 # -- public entry points (wrapped by plpgsql) ---------------------------------------------------
 
-def train_glm(plpy: Any, args: dict[str, Any]) -> str:
-    """``bismarck.train_glm``: run the loop in this backend; JSON envelope of the result."""
+def train(plpy: Any, kind: str, args: dict[str, Any]) -> str:
+    """``bismarck._train``: train a model of ``kind`` with the loop in this backend (the
+    ``bismarck.train_<kind>`` wrappers call it); JSON envelope of the result."""
     def run() -> dict[str, Any]:
         from . import loop
 
         a = dict(args)
-        result = loop.train_glm(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
-                                features=a.pop("features"), model_name=a.pop("model_name"),
-                                **{k: v for k, v in a.items() if v is not None})
+        result = loop.train(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
+                            features=a.pop("features"), model_name=a.pop("model_name"),
+                            kind=kind, **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
     return _envelope(plpy, run)
+
+
+def train_glm(plpy: Any, args: dict[str, Any]) -> str:
+    """``bismarck._train_glm`` of extension versions before 0.3.0: :func:`train` of a GLM."""
+    return train(plpy, "glm", args)
 
 
 def pack_table(plpy: Any, args: dict[str, Any]) -> str:
