@@ -503,10 +503,6 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
-    IF m.kind <> 'glm' THEN
-        RAISE EXCEPTION 'predict_class does not support models of kind "%"', m.kind
-            USING ERRCODE = '0A000', HINT = 'Use bismarck.predict.';
-    END IF;
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
@@ -515,13 +511,46 @@ BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
+    IF m.kind <> 'glm' THEN
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
+    END IF;
     z := bismarck._margin(m, x);
     RETURN CASE WHEN z >= 0 THEN m.classes[2] WHEN z < 0 THEN m.classes[1] END;  -- NULL: NULL
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
-    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
-    'come back as 0/1); NULL when x is NULL or has a NULL, NaN or infinite element.';
+    'The predicted class of a classifier (binary or softmax) in the label''s own coding (0/1, '
+    '-1/+1 or the integer classes; booleans come back as 0/1); NULL when x is NULL or has a '
+    'NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+    p float8;
+BEGIN
+    m := bismarck._model(model, version);
+    IF m.kind = 'glm' AND m.loss IS DISTINCT FROM 'logistic' THEN
+        RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
+            USING ERRCODE = '22023',
+                  DETAIL = format('Its loss is %s.', m.loss),
+                  HINT = 'predict_proba needs loss logistic or softmax; use predict.';
+    END IF;
+    IF x IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF m.kind <> 'glm' THEN
+        RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
+    END IF;
+    p := bismarck._link(m.loss, bismarck._margin(m, x));
+    RETURN CASE WHEN p IS NULL THEN NULL ELSE ARRAY[1 - p, p] END;
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_proba(text, float8[], integer) IS
+    'The class probabilities of a probabilistic classifier for one feature vector, in the order '
+    'of bismarck.models.classes (binary logistic: {P(first class), P(second class)}; softmax: '
+    'K probabilities); NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.evaluate(model text, source regclass, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
@@ -537,7 +566,8 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
-    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
+    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
+    'accuracy, macro_f1, log_loss (softmax).';
 
 CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
 RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
@@ -684,6 +714,17 @@ $$;
 COMMENT ON FUNCTION bismarck._predict_kind(text, jsonb, bytea, float8[]) IS
     'Private: the prediction of a model of any kind for one feature vector, by the kind''s '
     'predict on its stored form (bismarckpy.kinds).';
+
+CREATE FUNCTION bismarck._predict_proba_kind(kind text, stored jsonb, state bytea,
+                                             x float8[])
+RETURNS float8[]
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_proba_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the class probabilities of a model of any probabilistic kind for one feature '
+    'vector, by the kind''s predict_proba on its stored form.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

@@ -139,8 +139,21 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     version of ``model_name``. ``options`` are the kind's parameters (its own and the common)."""
     started = time.monotonic()
     model_kind = kinds.get(kind)
-    p = validate(options, where=model_kind.sql_train.rpartition(".")[2] or kind,
-                 params=model_kind.params)
+    where = model_kind.sql_train.rpartition(".")[2] or kind
+    p = validate(options, where=where, params=model_kind.params)
+    loss = losses.REGISTRY.get(p.get("loss", ""))
+    if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
+        model_kind = kinds.get(loss.kind)
+        p = validate(options, where=where, params=model_kind.params)
+    if model_kind.check_options is not None:
+        model_kind.check_options(p)
+    if not model_kind.packed:
+        if p.get("packed"):
+            raise InvalidParameter(
+                f"packed => true is not supported with {model_kind.name} models",
+                detail=f"A {model_kind.name} model trains on a row copy.",
+                hint="Leave packed unset (or false).")
+        p["packed"] = False
     p.setdefault("solver", "sgd")
     if p["solver"] != "sgd":
         from . import exact_loop
@@ -150,6 +163,11 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
     table = registered(session, source)
+    if table and not model_kind.packed:
+        raise InvalidParameter(
+            f"{table.name} is a packed table, which {model_kind.name} models cannot train on",
+            detail=f"A {model_kind.name} model trains on a row copy of a table or view.",
+            hint=f"Train on its source table {table.source}.")
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
@@ -182,6 +200,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     try:
         prepared = (_prepare_packed_table(session, table, p, seed) if table
                     else _prepare(session, src, p, seed, work))
+        if model_kind.after_prepare is not None:
+            model_kind.after_prepare(session, p, prepared)
         if model_kind.name != "glm":
             result = _finish(session, model_kind, table or src, p, prepared, model_name,
                              _run_epochs(session, model_kind, p, prepared, run_id), started)

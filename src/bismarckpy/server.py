@@ -203,6 +203,22 @@ def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
     return _guard(plpy, run)
 
 
+def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
+                       x: Sequence[float | None] | None) -> list[float] | None:
+    """``bismarck._predict_proba_kind``: one row's class probabilities by the kind's
+    ``predict_proba``; NULL for a NULL, NaN or infinite feature."""
+    def run() -> list[float] | None:
+        if x is None or any(v is None or not math.isfinite(v) for v in x):
+            return None
+        model = kinds.get(kind)
+        if model.predict_proba is None:
+            raise BismarckError(f"models of kind {kind!r} do not give probabilities",
+                                sqlstate="22023", hint="Use bismarck.predict.")
+        form = kinds.Stored(kind, json.loads(stored), state)
+        return [float(v) for v in model.predict_proba(form, np.asarray([x], np.float64))[0]]
+    return _guard(plpy, run)
+
+
 # -- aggregate support functions (called per row by the executor) -------------------------------
 
 def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:

@@ -117,7 +117,7 @@ if TYPE_CHECKING:
     from ..params import Param
 
 #: The kinds that ship with the engine: module ``bismarckpy.kinds.<name>`` defines ``KIND``.
-BUILTIN: tuple[str, ...] = ("glm",)
+BUILTIN: tuple[str, ...] = ("glm", "softmax")
 
 #: How partial states of an epoch combine (see :mod:`bismarckpy.execution`).
 MERGE_RULES = ("average", "sum", "none")
@@ -213,6 +213,14 @@ class ModelKind:
     merge_rule: str = "average"
     # (session, registry row as a dict, relation) -> [{"metric", "value"}]; None: no evaluate
     evaluate: Callable[[Any, dict[str, Any], str], list[dict[str, Any]]] | None = None
+    # (stored, X n×d) -> n × K class probabilities, for probabilistic classifiers
+    predict_proba: Callable[[Stored, np.ndarray], np.ndarray] | None = None
+    # (session, p, data) -> None: learn what the kind needs from the prepared data before the
+    # first epoch (e.g. the classes); raises a BismarckError for data it cannot train on
+    after_prepare: Callable[[Any, dict[str, Any], Any], None] | None = None
+    # (p) -> None: refuse parameter values the kind cannot train with, before any work
+    check_options: Callable[[dict[str, Any]], None] | None = None
+    packed: bool = True  # False: trains on row copies only (packed => false, no packed tables)
     doc: str = ""
     sql_train: str = ""  # the SQL function that trains it (for messages and the README)
     extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
