@@ -52,8 +52,16 @@ kind's own, see :func:`bismarckpy.params.merge_params`), ``data`` the prepared d
 ``evaluate=True`` asks for a state that only adds up the loss (validation, checks). The
 decoded :class:`EpochState` gives the loop ``rows``, the losses and ``model`` to carry on (or
 to drop, when the schedule undoes an epoch). At the end ``export(p, data, model)`` gives the
-stored form (:class:`Stored`) that goes into ``bismarck.models`` (``kind``, ``model`` jsonb,
+stored form (:class:`Stored`) that goes into ``bismarck.models`` (``kind``, ``stored`` jsonb,
 ``state`` bytea), and ``predict(stored, X)`` scores rows from that stored form alone.
+
+Optional hooks: ``evaluate(session, row, relation)`` (metrics for ``bismarck.evaluate``),
+``predict_proba(stored, X)`` (class probabilities for ``bismarck.predict_proba``),
+``check_options(p)`` (refuse parameter values before any work), ``after_prepare(session, p,
+data)`` (learn from the prepared data before the first epoch, e.g. the classes; the softmax
+kind does) and ``packed=False`` (the kind trains on row copies only). A loss of the loss
+registry names the kind that trains it (:attr:`bismarckpy.losses.Loss.kind`), so
+``train_glm(..., loss => 'softmax')`` trains a :mod:`bismarckpy.kinds.softmax` model.
 
 A worked minimal example
 ------------------------
