@@ -569,6 +569,20 @@ COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
     'accuracy, macro_f1, log_loss (softmax).';
 
+CREATE FUNCTION bismarck._require_glm(model text, kind text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'glm' THEN
+        RAISE EXCEPTION 'model "%" is of kind %, which has no coefficient table', model, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'Its weights are in bismarck.models.stored.';
+    END IF;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION bismarck._require_glm(text, text) IS
+    'Private: true for a GLM, else an error (for functions of GLMs only).';
+
 CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
 RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -584,6 +598,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    THEN format('%s[%s]', m.features[1], k)
                                    ELSE m.features[k] END, m.coef[k]
                       FROM generate_subscripts(m.coef, 1) AS k) AS t
+     WHERE bismarck._require_glm(m.model_name, m.kind)
      ORDER BY t.i
 $$;
 COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS

@@ -124,3 +124,32 @@ def test_evaluating_softmax_on_unknown_classes_is_refused(conn: psycopg.Connecti
                  "'digits_short', loss => 'softmax', max_epochs => 2, packed => false)")
     with pytest.raises(psycopg.Error, match="outside the model's classes"):
         conn.execute("SELECT * FROM bismarck.evaluate('digits_short', 'other')")
+
+
+def test_the_cli_trains_lists_shows_and_evaluates_a_softmax_model(dsn: str, digits: dict) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, [*args, "--dsn", dsn], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    code, out = run("train", "digits_train", "--label", "y", "--features", "x", "--model",
+                    "cli_digits", "--loss", "softmax", "--max-epochs", "3", "--batch-size", "8")
+    assert code == 0 and "model cli_digits version 1" in out, out
+    code, out = run("models")
+    assert code == 0 and "cli_digits" in out, out  # a kind without coef columns lists too
+    result = CliRunner().invoke(main, ["models", "--dsn", dsn, "show", "cli_digits"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "kind softmax" in result.output
+    assert '"coef": [10, 64]' in result.output, result.output
+    code, out = run("evaluate", "cli_digits", "digits_test", "--json")
+    assert code == 0 and '"macro_f1"' in out, out
+
+
+def test_a_softmax_model_has_no_coefficient_table(conn: psycopg.Connection, digits: dict) -> None:
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'digits_coef', loss => 'softmax', max_epochs => 1, packed => false)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="no coefficient table"):
+        conn.execute("SELECT * FROM bismarck.coefficients('digits_coef')")

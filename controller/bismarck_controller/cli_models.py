@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, TypeVar
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -226,11 +227,22 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
-                    _features_cell(r["features"], len(r["coef"])),
+                    _features_cell(r["features"], _n_features(r)),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+def _n_features(row: dict[str, Any]) -> int:
+    """The number of features of a registry row of any kind: a GLM's coefficients, a kind's
+    stored weight rows (``coef``: K × d), else one per feature column."""
+    if row.get("coef") is not None:
+        return len(row["coef"])
+    coef = (row.get("stored") or {}).get("coef")
+    if coef and isinstance(coef[0], list):
+        return len(coef[0])
+    return len(row["features"])
 
 
 def _features_cell(features: list[str], d: int, width: int = 24) -> str:
@@ -255,9 +267,17 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     """Show one model: coefficients per feature, intercept, parameters and metrics."""
     with connect(obj["dsn"]) as conn:
         m = training.model(conn, name, version)
-        rows = training.coefficients(conn, name, m["version"])
-    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
-                  f"source {m['source']}  label {m['label']}")
+        rows = (training.coefficients(conn, name, m["version"]) if m["kind"] == "glm"
+                else [])
+    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
+                  f"loss {m['loss']}  source {m['source']}  label {m['label']}")
+    if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
+        shapes = {k: list(np.shape(v)) for k, v in (m["stored"] or {}).items()
+                  if isinstance(v, list)}
+        console.print("stored:", json.dumps(shapes), " classes:", json.dumps(m["classes"]))
+        console.print("params:", json.dumps(m["params"]))
+        console.print("metrics:", json.dumps(m["metrics"]))
+        return
     kind = (m["fitted"] or {}).get("statistic_kind")
     coef = Table(title="coefficients (original units)")
     columns = ["feature", "coef"] + (["std err", kind, "p-value"] if kind else [])

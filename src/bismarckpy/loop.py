@@ -569,7 +569,7 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
                "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
                "validation_rows": prep.n_valid, "validation_share": share,
-               "skipped_rows": prep.skipped, "seconds": seconds}
+               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
     for note in notes:
         session.warn(note)
     version = store_model(session, model_name, src, p, stored, metrics, {})
