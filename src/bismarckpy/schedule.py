@@ -115,7 +115,10 @@ class Schedule:
 ROW_ETA0 = 0.1  # eta0 of per-row SGD when none is given (Bismarck's and scikit-learn's scale)
 MIN_STEPS_PER_EPOCH = 1024  # the automatic batch size keeps at least this many steps an epoch
 SAMPLE_ROWS = 1024  # rows the automatic eta0 estimates the curvature on
-CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0}  # sup of d²loss/dz² (hinge: scale)
+CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0,  # sup of d²loss/dz² (hinge: scale)
+             # softmax cross-entropy: its Hessian in z, diag(p) - ppᵀ, is at most ½(I - 11ᵀ/K)
+             # (Böhning, Ann. Inst. Stat. Math. 44, 1992), largest eigenvalue ½
+             "softmax": 0.5}
 
 
 def auto_batch_size(n_train: int, block_size: int) -> int:
