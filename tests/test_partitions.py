@@ -189,3 +189,28 @@ def test_local_partitions_run_whole_side_by_side(dsn, parted) -> None:
             "EXPLAIN (COSTS OFF) " + scan.partition_sql().replace("%s", "'\\x00'")))
     assert "Parallel Append" in plan, plan
     assert "Partial" not in plan, plan
+
+
+def test_every_kind_averages_partitions_softmax(conn) -> None:
+    """Not only the GLM: the multiclass softmax kind trains by partition too."""
+    rng = np.random.default_rng(3)
+    conn.execute("DROP TABLE IF EXISTS parted3 CASCADE")
+    conn.execute("CREATE TABLE parted3 (part int, x1 float8, x2 float8, y int) "
+                 "PARTITION BY LIST (part)")
+    for i in range(2):
+        conn.execute(f"CREATE TABLE parted3_{i} PARTITION OF parted3 FOR VALUES IN ({i})")
+    x = rng.random((1200, 2))
+    y = np.where(x[:, 0] > 0.6, 2, np.where(x[:, 1] > 0.5, 1, 0))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO parted3 VALUES (%s, %s, %s, %s)",
+                        [(i % 2, float(a), float(b), int(c))
+                         for i, ((a, b), c) in enumerate(zip(x, y))])
+    _train(conn, "parted3", "soft_parts", loss="softmax", averaging="partition",
+           max_epochs=3, seed=1, validation_fraction=0.2)
+    detail = conn.execute("SELECT detail FROM bismarck.training_history "
+                          "WHERE model_name = 'soft_parts' ORDER BY epoch LIMIT 1").fetchone()[0]
+    assert [p["partition"] for p in detail["partitions"]] == ["public.parted3_0",
+                                                              "public.parted3_1"]
+    accuracy = dict(conn.execute("SELECT metric, value FROM bismarck.evaluate('soft_parts', "
+                                 "'parted3')").fetchall())["accuracy"]
+    assert accuracy > 0.8
