@@ -50,6 +50,7 @@ SOLVER_NAMES = {v: k for k, v in SOLVERS.items()}
  _ITEMSIZE, _YSHIFT, _YSCALE, _DIVERGED, _SEED) = range(28)
 HEADER = 28
 _F8 = np.dtype("<f8")
+_RAW_1D = np.array([1, 0], dtype="<i4").tobytes()  # a 1-D float8[] without a NULL bitmap
 
 
 @dataclass
@@ -346,19 +347,29 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
 
 
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
-    """Consume one tuple (the row-at-a-time path). NULL or non-finite rows are skipped, counted."""
+    """Consume one tuple (the row-at-a-time path). NULL or non-finite rows are skipped, counted.
+
+    ``x`` is a sequence of floats or the in-memory bytes of a 1-D ``float8[]`` without NULLs
+    (``bismarck._float8_array_bytes``: a 20-byte header, then the values).
+    """
     s = _load(state if state is not None else init)
     d = int(s[_D])
     if y is None or x is None or not math.isfinite(y):
         s[_SKIPPED] += 1
         return s.tobytes()
-    if len(x) != d:
-        raise wrong_length(d, len(x))
-    try:
-        xv = np.array(x, dtype=_F8).reshape(1, d)
-    except (TypeError, ValueError):
-        s[_SKIPPED] += 1
-        return s.tobytes()
+    if isinstance(x, (bytes, bytearray, memoryview)):  # the in-memory form of a float8[]
+        raw = bytes(x)
+        if len(raw) != 20 + 8 * d or raw[:8] != _RAW_1D:
+            raise wrong_length(d, (len(raw) - 20) // 8)
+        xv = np.frombuffer(raw, dtype=_F8, offset=20).reshape(1, d)
+    else:
+        if len(x) != d:
+            raise wrong_length(d, len(x))
+        try:
+            xv = np.array(x, dtype=_F8).reshape(1, d)
+        except (TypeError, ValueError):
+            s[_SKIPPED] += 1
+            return s.tobytes()
     if not np.isfinite(xv).all():
         s[_SKIPPED] += 1
         return s.tobytes()

@@ -163,6 +163,11 @@ def test_row_transition_skips_nulls_and_counts():
     assert (net.rows, net.skipped, net.steps) == (2, 3, 1)
     with pytest.raises(InvalidData, match="wrong length"):
         nn.transition(s, [1.0, 2.0, 3.0], 1.0, init)
+    raw = pack.expected_header(2) + np.array([0.5, 0.5]).tobytes()
+    np.testing.assert_array_equal(nn.params_of(nn.transition(s, raw, 0.0, init)),
+                                  nn.params_of(nn.transition(s, [0.5, 0.5], 0.0, init)))
+    with pytest.raises(InvalidData, match="wrong length"):
+        nn.transition(s, pack.expected_header(3) + np.zeros(3).tobytes(), 0.0, init)
 
 
 def test_evaluate_mode_only_measures():
