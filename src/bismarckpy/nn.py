@@ -342,12 +342,16 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     M = M[first:stop]
     values = M.astype(np.float64)
     values += offsets
-    _consume(s, values[:, 1:], values[:, 0])
+    _consume(s, values[:, 1:], _labels(s, values[:, 0]))
     return s.tobytes()
 
 
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     """Consume one tuple (the row-at-a-time path). NULL or non-finite rows are skipped, counted.
+
+    ``y`` arrives coded, as the training loop's row copy holds it: the class's index in the
+    sorted classes (classification) or the standardised target (regression); see
+    :func:`code_labels`. Packed blocks hold raw labels, coded here.
 
     ``x`` is a sequence of floats or the in-memory bytes of a 1-D ``float8[]`` without NULLs
     (``bismarck._float8_array_bytes``: a 20-byte header, then the values).
@@ -373,7 +377,11 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     if not np.isfinite(xv).all():
         s[_SKIPPED] += 1
         return s.tobytes()
-    _consume(s, xv, np.array([float(y)]))
+    if int(s[_TASK]) == 0 and not (float(y).is_integer() and 0 <= y < s[_K]):
+        raise InvalidData("a coded label is not a class index",
+                          detail=f"Got {y!r}; the network has {int(s[_K])} classes.",
+                          hint="Code labels with nn.code_labels (the index of the class).")
+    _consume(s, xv, np.array([float(y)]))  # the row path's labels arrive coded
     return s.tobytes()
 
 
@@ -383,7 +391,7 @@ def transition_arrays(state: bytes, X: np.ndarray, y: np.ndarray) -> bytes:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != int(s[_D]):
         raise wrong_length(int(s[_D]), X.shape[-1] if X.ndim else 0)
-    _consume(s, X, np.asarray(y, dtype=np.float64))
+    _consume(s, X, _labels(s, np.asarray(y, dtype=np.float64)))
     return s.tobytes()
 
 
@@ -549,10 +557,15 @@ def _views(s: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _labels(s: np.ndarray, v: dict, y: np.ndarray) -> np.ndarray:
+def code_labels(state: bytes, y) -> np.ndarray:
+    """Raw labels → the codes rows carry on the row path (see :func:`transition`)."""
+    return _labels(_load(state), np.asarray(y, dtype=np.float64))
+
+
+def _labels(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Raw labels → class indices (classification) or standardised targets (regression)."""
     if int(s[_TASK]) == 0:
-        cls = v["classes"]
+        cls = _views(s)["classes"]
         idx = np.searchsorted(cls, y).clip(0, cls.size - 1)
         bad = cls[idx] != y
         if bad.any():
@@ -565,12 +578,12 @@ def _labels(s: np.ndarray, v: dict, y: np.ndarray) -> np.ndarray:
     return (y - s[_YSHIFT]) / s[_YSCALE]
 
 
-def _consume(s: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
-    """Feed raw rows through the network: accumulate losses and gradients, step per batch."""
+def _consume(s: np.ndarray, X: np.ndarray, yv: np.ndarray) -> None:
+    """Feed rows (raw features, coded labels) through the network: accumulate losses and
+    gradients, step per batch."""
     v = _views(s)
     if s[_STANDARDIZE]:
         X = (X - v["mu"]) / v["sd"]
-    yv = _labels(s, v, y)
     sizes = [int(x) for x in v["sizes"]]
     task, act, batch = int(s[_TASK]), int(s[_ACT]), int(s[_BATCH])
     n, start = len(yv), 0

@@ -168,6 +168,12 @@ def test_row_transition_skips_nulls_and_counts():
                                   nn.params_of(nn.transition(s, [0.5, 0.5], 0.0, init)))
     with pytest.raises(InvalidData, match="wrong length"):
         nn.transition(s, pack.expected_header(3) + np.zeros(3).tobytes(), 0.0, init)
+    c = nn.initialize(2, hidden=[3], classes=[-1.0, 1.0])
+    np.testing.assert_array_equal(nn.code_labels(c, [1.0, -1.0]), [1.0, 0.0])
+    nn.transition(None, [0.0, 1.0], 1.0, c)
+    for bad in (2.0, 0.5, -1.0):
+        with pytest.raises(InvalidData, match="not a class index"):
+            nn.transition(None, [0.0, 1.0], bad, c)
 
 
 def test_evaluate_mode_only_measures():
