@@ -46,16 +46,18 @@ $bismarck_role$;
 -- Registry tables (user data: kept across upgrades, dumped by pg_dump)
 ------------------------------------------------------------------------------------------------
 
+-- Models of every kind (bismarckpy.kinds): kind names the engine module; stored (jsonb) and state
+-- (bytea: large arrays) hold its stored form. GLMs also keep loss, coef and intercept as columns.
 CREATE TABLE bismarck._models (
     model_name    text        NOT NULL,
     version       integer     NOT NULL,
-    loss          text        NOT NULL,
+    loss          text,
     source        text        NOT NULL,
     label         text        NOT NULL,
     features      text[]      NOT NULL,
     array_feature boolean     NOT NULL,
-    coef          float8[]    NOT NULL,
-    intercept     float8      NOT NULL,
+    coef          float8[],
+    intercept     float8,
     classes       float8[],
     params        jsonb       NOT NULL,
     metrics       jsonb       NOT NULL,
@@ -64,10 +66,16 @@ CREATE TABLE bismarck._models (
     owner         regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
     source_oid    oid,
     source_owner  regrole,
-    PRIMARY KEY (model_name, version)
+    kind          text        NOT NULL DEFAULT 'glm',
+    stored        jsonb       NOT NULL,
+    state         bytea,
+    PRIMARY KEY (model_name, version),
+    CONSTRAINT glm_columns CHECK (kind <> 'glm' OR (loss IS NOT NULL AND coef IS NOT NULL
+                                                    AND intercept IS NOT NULL))
 );
 COMMENT ON TABLE bismarck._models IS
-    'Private: trained models, one row per version (read them through bismarck.models).';
+    'Private: trained models of every kind, one row per version (read them through '
+    'bismarck.models).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._models', '');
 
 CREATE TABLE bismarck.model_names (
@@ -289,14 +297,18 @@ SELECT m.model_name,
                  OR bismarck._columns_readable(m.source, m.label || m.features,
                                                m.source_oid, m.source_owner)
             THEN m.fitted END AS fitted,
-       m.created_at
+       m.created_at,
+       m.kind,
+       m.stored,
+       m.state
 FROM bismarck._models m
 WHERE pg_has_role(m.owner, 'USAGE') OR EXISTS (
     SELECT 1 FROM bismarck.model_grants g
      WHERE g.model_name = m.model_name AND g.owner = m.owner
        AND pg_has_role(g.grantee, 'USAGE'));
 COMMENT ON VIEW bismarck.models IS
-    'Trained models you own or were granted, one row per version: coefficients in the original '
+    'Trained models you own or were granted, one row per version: the model kind (glm, ...) and '
+    'its stored form (stored, state), for GLMs the loss and coefficients in the original '
     'feature units, hyper-parameters (params), training metrics and the standardisation used '
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
     'security whose label and feature columns you may read).';
@@ -396,7 +408,7 @@ DECLARE
     result jsonb;
     r jsonb;
 BEGIN
-    result := bismarck._train_glm(jsonb_build_object(
+    result := bismarck._train('glm', jsonb_build_object(
         'source', source::text, 'label', label, 'features', features,
         'model_name', coalesce(model_name,
                                (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
@@ -471,12 +483,16 @@ BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
+    IF m.kind <> 'glm' THEN
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
+    END IF;
     RETURN bismarck._link(m.loss, bismarck._margin(m, x));
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
-    'Score one feature vector with a stored model (latest version unless given): probability '
-    'of the positive class for logistic, the value for squared, the signed margin for hinge. '
+    'Score one feature vector with a stored model of any kind (latest version unless given); '
+    'for GLMs the probability of the positive class for logistic, the value for squared, the '
+    'signed margin for hinge. '
     'NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
@@ -487,6 +503,10 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
+    IF m.kind <> 'glm' THEN
+        RAISE EXCEPTION 'predict_class does not support models of kind "%"', m.kind
+            USING ERRCODE = '0A000', HINT = 'Use bismarck.predict.';
+    END IF;
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
@@ -600,14 +620,15 @@ $$;
 COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
     'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
 
-CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
+CREATE FUNCTION bismarck._train(kind text, options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.train_glm(plpy, json.loads(options))
+return B.train(plpy, kind, json.loads(options))
 $$;
-COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
-    'Private: runs the training loop inside this backend; returns a JSON result or error.';
+COMMENT ON FUNCTION bismarck._train(text, jsonb) IS
+    'Private: runs the training loop for a model of the given kind (bismarckpy.kinds) inside '
+    'this backend; returns a JSON result or error. The bismarck.train_<kind> functions call it.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
@@ -653,6 +674,16 @@ END
 $$;
 COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
+
+CREATE FUNCTION bismarck._predict_kind(kind text, stored jsonb, state bytea, x float8[])
+RETURNS float8
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the prediction of a model of any kind for one feature vector, by the kind''s '
+    'predict on its stored form (bismarckpy.kinds).';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -866,7 +897,7 @@ COMMENT ON FUNCTION bismarck._claim_model(uuid, text) IS
 CREATE FUNCTION bismarck._store_model(
     ticket uuid, model_name text, source text, label text, loss text, features text[],
     array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
-    metrics jsonb, fitted jsonb)
+    metrics jsonb, fitted jsonb, kind text, stored jsonb, state bytea)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -896,16 +927,17 @@ BEGIN
     END IF;
     INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
                                   array_feature, coef, intercept, classes, params, metrics,
-                                  fitted, owner, source_oid, source_owner)
+                                  fitted, owner, source_oid, source_owner, kind, stored, state)
     VALUES (model_name, v, loss, coalesce(src_name, source), label, features, array_feature,
-            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner);
+            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner, kind,
+            stored, state);
     RETURN v;
 END
 $$;
 COMMENT ON FUNCTION bismarck._store_model(uuid, text, text, text, text, text[], boolean,
-    float8[], float8, float8[], jsonb, jsonb, jsonb) IS
-    'Private: stores a trained model as the next version of a name the caller owns (never a '
-    'number used before).';
+    float8[], float8, float8[], jsonb, jsonb, jsonb, text, jsonb, bytea) IS
+    'Private: stores a trained model of any kind (its stored form: stored, state) as the next '
+    'version of a name the caller owns (never a number used before).';
 
 CREATE FUNCTION bismarck._delete_versions(
     ticket uuid, model text, version integer)

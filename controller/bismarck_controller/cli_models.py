@@ -21,16 +21,26 @@ from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
+from bismarckpy import kinds
 from bismarckpy.loop import EpochRecord
-from bismarckpy.params import GLM_PARAMS
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
 
 
+def _all_params() -> list[Any]:
+    """Every kind's parameters, each name once (a kind's own declaration first)."""
+    seen: dict[str, Any] = {}
+    for kind in kinds.all():
+        for p in kind.params:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
 def _param_options(func: F) -> F:
-    """One click option per declared training parameter (same names as SQL, underscores → -)."""
-    for p in reversed(GLM_PARAMS):
+    """One click option per declared training parameter of any kind (same names as SQL,
+    underscores → -); the chosen ``--kind`` validates the ones given."""
+    for p in reversed(_all_params()):
         flag = "--" + p.name.replace("_", "-")
         if p.kind is bool:
             opt = click.option(f"{flag}/--no-{p.name.replace('_', '-')}", p.name, default=None,
@@ -72,20 +82,23 @@ class _EpochProgress:
 @click.option("--features", required=True, help="Comma-separated numeric columns, or one "
               "float8[] column.")
 @click.option("--model", "model_name", help="Model name [default: the table name].")
+@click.option("--kind", "kind", type=click.Choice(kinds.BUILTIN), default="glm",
+              show_default=True, help="Model kind (see README, \"Adding a model kind\").")
 @_param_options
 @click.option("--dsn", help=DSN_HELP)
 @friendly
 def train_command(table: str, label: str, features: str, model_name: str | None,
-                  dsn: str | None, **params: Any) -> None:
-    """Train a GLM on TABLE inside PostgreSQL and store it as a new model version."""
+                  kind: str, dsn: str | None, **params: Any) -> None:
+    """Train a model (a GLM by default) on TABLE inside PostgreSQL; store a new version."""
     params = {k: v for k, v in params.items() if v is not None}
     feats = [f.strip() for f in features.split(",") if f.strip()]
-    max_epochs = params.get("max_epochs") or next(p.default for p in GLM_PARAMS
+    max_epochs = params.get("max_epochs") or next(p.default for p in kinds.get(kind).params
                                                   if p.name == "max_epochs")
     bar = _EpochProgress(max_epochs)
     with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
-        result = training.train(conn, table, label, feats, model_name, on_epoch=bar, **params)
+        result = training.train(conn, table, label, feats, model_name, on_epoch=bar, kind=kind,
+                                **params)
     summary = Table(title=f"model {result.model_name} version {result.version}")
     for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
                 "seconds"):

@@ -21,15 +21,16 @@ from bismarckpy.errors import InvalidData, UndefinedObject
 
 def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
           model_name: str | None = None,
-          on_epoch: Callable[[loop.EpochRecord], None] | None = None,
+          on_epoch: Callable[[loop.EpochRecord], None] | None = None, *, kind: str = "glm",
           **params: Any) -> loop.TrainResult:
-    """Train a GLM on ``source`` and store it as the next version of ``model_name``.
+    """Train a model of ``kind`` on ``source``; store it as the next version of ``model_name``.
 
-    ``params`` are the names of :data:`bismarckpy.params.GLM_PARAMS` (``loss``, ``alpha``, ...).
+    ``params`` are the names of the kind's parameters (:attr:`bismarckpy.kinds.ModelKind.params`;
+    for a GLM :data:`bismarckpy.params.GLM_PARAMS`: ``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    return loop.train_glm(session, source=qualified(conn, source), label=label,
-                          features=features, model_name=model_name or source, **params)
+    return loop.train(session, source=qualified(conn, source), label=label, features=features,
+                      model_name=model_name or source, kind=kind, **params)
 
 
 def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,

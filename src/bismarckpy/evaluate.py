@@ -10,8 +10,8 @@ import math
 from decimal import Decimal, localcontext
 from typing import Any
 
-from . import losses
-from .errors import BismarckError, InvalidData
+from . import kinds, losses
+from .errors import BismarckError, InvalidData, InvalidParameter
 from .packing import check_rows
 from .source import Session, Source, resolve
 
@@ -31,10 +31,12 @@ def _ordinary(v: str) -> str:
 
 def load_model(session: Session, model: str, version: int | None) -> dict[str, Any]:
     """The registry row of ``model`` (latest version unless given); errors if it is missing."""
-    cols = ("model_name", "version", "loss", "label", "features", "coef", "intercept", "classes")
+    cols = ("model_name", "version", "loss", "label", "features", "coef", "intercept", "classes",
+            "kind", "stored", "state")
     row = session.query(
         "SELECT m.model_name, m.version, m.loss, m.label, m.features, m.coef, m.intercept, "
-        "m.classes FROM bismarck._model(%s, %s::int) AS m", [model, version])[0]
+        "m.classes, m.kind, m.stored::text AS stored, m.state "
+        "FROM bismarck._model(%s, %s::int) AS m", [model, version])[0]
     return dict(zip(cols, row))
 
 
@@ -67,8 +69,18 @@ def resolve_scored(session: Session, relation: str, label: str | None,
 
 def evaluate(session: Session, model: str, relation: str,
              version: int | None = None) -> list[dict[str, Any]]:
-    """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``."""
+    """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``, by the
+    model's kind (:attr:`bismarckpy.kinds.ModelKind.evaluate`)."""
     m = load_model(session, model, version)
+    kind = kinds.get(m["kind"])
+    if kind.evaluate is None:
+        raise InvalidParameter(f"evaluate does not support models of kind {kind.name!r}",
+                               sqlstate="0A000", hint="Score it with bismarck.predict.")
+    return kind.evaluate(session, m, relation)
+
+
+def glm_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """A GLM's metrics on ``relation``: computed in SQL, rows never leave the server."""
     src = resolve_scored(session, relation, m["label"], m["features"])
     d = len(m["coef"])
     checked = check_rows(session, src)

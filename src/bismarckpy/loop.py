@@ -129,8 +129,19 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
               features: Sequence[str] | str, model_name: str,
               **options: Any) -> TrainResult:
     """Train a GLM on ``source`` and store it as the next version of ``model_name``."""
+    return train(session, source=source, label=label, features=features,
+                 model_name=model_name, kind="glm", **options)
+
+
+def train(session: TrainingSession, *, source: str, label: str, features: Sequence[str] | str,
+          model_name: str, kind: str = "glm", **options: Any) -> TrainResult:
+    """Train a model of ``kind`` (:mod:`bismarckpy.kinds`) on ``source``; store it as the next
+    version of ``model_name``. ``options`` are the kind's parameters (its own and the common)."""
     started = time.monotonic()
-    p = validate(options)
+    model_kind = kinds.get(kind)
+    p = validate(options, where=model_kind.sql_train.rpartition(".")[2] or kind,
+                 params=model_kind.params)
+    p.setdefault("solver", "sgd")
     if p["solver"] != "sgd":
         from . import exact_loop
 
@@ -171,7 +182,10 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     try:
         prepared = (_prepare_packed_table(session, table, p, seed) if table
                     else _prepare(session, src, p, seed, work))
-        if p["solver"] == "sgd":
+        if model_kind.name != "glm":
+            result = _finish(session, model_kind, table or src, p, prepared, model_name,
+                             _run_epochs(session, model_kind, p, prepared, run_id), started)
+        elif p["solver"] == "sgd":
             result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
         else:
             from . import exact_loop
@@ -453,15 +467,26 @@ def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarra
     return mu, sd, [int(i) for i in np.flatnonzero(constant)]
 
 
-def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
-            model_name: str, run_id: int, started: float) -> TrainResult:
-    """Run epochs until convergence, divergence or max_epochs; store the model."""
-    kind = kinds.get("glm")
+@dataclass
+class _Run:
+    """What the epochs of any kind produced: the model carried at the end and how it went."""
+
+    model: Any  # the kind's model of the last accepted epoch (None: no epoch accepted)
+    history: list[EpochRecord]
+    converged: bool
+    train_loss: float
+    valid_loss: float | None
+    epochs: int
+    loss_scale: float
+    train_sql: str
+
+
+def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: _Prepared,
+                run_id: int) -> _Run:
+    """Epochs of ``kind`` until convergence, divergence or max_epochs, each through the
+    execution layer; the schedule, validation, history and bold_driver's undo are the loop's."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
-                     p["power_t"], standardize=p["standardize"])
-    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
-    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
-    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+                     p["power_t"], standardize=p.get("standardize", True))
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
@@ -506,6 +531,45 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
+
+
+def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | PackedTable,
+            p: dict, prep: _Prepared, model_name: str, run: _Run,
+            started: float) -> TrainResult:
+    """Store the model of a kind other than the GLM (which has :func:`_epochs`' checks)."""
+    notes = list(prep.notes)
+    if not run.converged and p["tol"] is not None:
+        notes.append(f"training stopped after {run.epochs} epochs without converging (the "
+                     f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
+                     f"{p['n_iter_no_change']} epochs). Raise max_epochs")
+    share = validation_share(prep, p["validation_fraction"], notes)
+    stored = kind.export(p, prep, run.model)
+    seconds = time.monotonic() - started
+    metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
+               "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
+               "validation_rows": prep.n_valid, "validation_share": share,
+               "skipped_rows": prep.skipped, "seconds": seconds}
+    for note in notes:
+        session.warn(note)
+    version = store_model(session, model_name, src, p, stored, metrics, {})
+    return TrainResult(model_name=model_name, version=version, epochs=run.epochs,
+                       converged=run.converged, train_loss=run.train_loss,
+                       validation_loss=run.valid_loss, seconds=seconds, rows=prep.n_train,
+                       skipped=prep.skipped, history=run.history, warnings=notes)
+
+
+def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
+            model_name: str, run_id: int, started: float) -> TrainResult:
+    """A GLM's epochs, then its checks (divergence, separation, convergence); store it."""
+    kind = kinds.get("glm")
+    run = _run_epochs(session, kind, p, prep, run_id)
+    model, history, converged = run.model, run.history, run.converged
+    train_loss, valid_loss, epoch = run.train_loss, run.valid_loss, run.epochs
+    loss_scale, train_sql = run.loss_scale, run.train_sql
+    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
+    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     t = 0.0 if model is None else model.t
@@ -534,10 +598,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     share = validation_share(prep, p["validation_fraction"], notes)
-    if prep.mu is not None and prep.sd is not None:
-        coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
-    else:
-        coef, intercept = w, b
+    stored = kind.export(p, prep, model)
+    coef, intercept = np.asarray(stored.model["coef"]), float(stored.model["intercept"])
     features = src.features
     _check_finite(coef, intercept, train_loss, features, src.array_feature)
     seconds = time.monotonic() - started
@@ -559,8 +621,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
-    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
-                          fitted)
+    version = store_model(session, model_name, src, p, stored, metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
@@ -708,18 +769,26 @@ def validation_share(prep: _Prepared, asked: float, notes: list[str]) -> float:
 
 
 def store_model(session: TrainingSession, model_name: str, src: Source | PackedTable,
-                p: dict, coef: Sequence[float], intercept: float,
-                classes: list[float] | None, metrics: dict, fitted: dict) -> int:
-    """Store a trained model as the next version of ``model_name``; returns the version.
+                p: dict, stored: kinds.Stored, metrics: dict, fitted: dict) -> int:
+    """Store a trained model of any kind as the next version of ``model_name``; its version.
 
-    NaN and infinities in ``p``, ``metrics`` and ``fitted`` become JSON nulls.
+    ``stored`` is the kind's stored form (:meth:`ModelKind.export`): its ``model`` goes to the
+    ``stored`` jsonb column and its ``state`` to the bytea column; a GLM's loss, coefficients
+    and intercept also fill their own columns. NaN and infinities in ``p``, ``metrics``,
+    ``fitted`` and ``stored.model`` become JSON nulls.
     """
+    glm_model = stored.model if stored.kind == "glm" else {}
+    coef = glm_model.get("coef")
+    intercept = glm_model.get("intercept")
     return int(session.query(
         "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
-        "%s::float8[], %s, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
-        [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
-         [float(c) for c in coef], float(intercept), classes, json.dumps(_finite(p)),
-         json.dumps(_finite(metrics)), json.dumps(_finite(fitted))])[0][0])
+        "%s::float8[], %s::float8, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb, %s, "
+        "%s::jsonb, %s::bytea)",
+        [model_name, src.name, src.label, p.get("loss"), list(src.features), src.array_feature,
+         None if coef is None else [float(c) for c in coef],
+         None if intercept is None else float(intercept), stored.classes,
+         json.dumps(_finite(p)), json.dumps(_finite(metrics)), json.dumps(_finite(fitted)),
+         stored.kind, json.dumps(_finite(dict(stored.model))), stored.state])[0][0])
 
 
 def _finite(v: Any) -> Any:

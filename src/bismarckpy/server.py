@@ -115,17 +115,23 @@ def _pg_type(v: object) -> str:
 
 # -- public entry points (wrapped by plpgsql) ---------------------------------------------------
 
-def train_glm(plpy: Any, args: dict[str, Any]) -> str:
-    """``bismarck.train_glm``: run the loop in this backend; JSON envelope of the result."""
+def train(plpy: Any, kind: str, args: dict[str, Any]) -> str:
+    """``bismarck._train``: train a model of ``kind`` with the loop in this backend (the
+    ``bismarck.train_<kind>`` wrappers call it); JSON envelope of the result."""
     def run() -> dict[str, Any]:
         from . import loop
 
         a = dict(args)
-        result = loop.train_glm(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
-                                features=a.pop("features"), model_name=a.pop("model_name"),
-                                **{k: v for k, v in a.items() if v is not None})
+        result = loop.train(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
+                            features=a.pop("features"), model_name=a.pop("model_name"),
+                            kind=kind, **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
     return _envelope(plpy, run)
+
+
+def train_glm(plpy: Any, args: dict[str, Any]) -> str:
+    """``bismarck._train_glm`` of extension versions before 0.3.0: :func:`train` of a GLM."""
+    return train(plpy, "glm", args)
 
 
 def pack_table(plpy: Any, args: dict[str, Any]) -> str:
@@ -180,6 +186,21 @@ def _jsonable(v: object) -> object:
     if isinstance(v, np.generic):
         return v.item()
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
+                 x: Sequence[float | None] | None) -> float | None:
+    """``bismarck._predict_kind``: one row's prediction by the kind's ``predict``.
+
+    NULL when ``x`` is NULL or holds a NULL, NaN or infinite value (as for GLMs).
+    """
+    def run() -> float | None:
+        if x is None or any(v is None or not math.isfinite(v) for v in x):
+            return None
+        model = kinds.get(kind)
+        form = kinds.Stored(kind, json.loads(stored), state)
+        return float(model.predict(form, np.asarray([x], dtype=np.float64))[0])
+    return _guard(plpy, run)
 
 
 # -- aggregate support functions (called per row by the executor) -------------------------------

@@ -109,6 +109,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import InvalidData, InvalidParameter
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -209,6 +211,8 @@ class ModelKind:
     export: Callable[..., Stored]  # (p, data, model) -> Stored
     predict: Callable[[Stored, np.ndarray], np.ndarray]  # (stored, X n×d) -> n predictions
     merge_rule: str = "average"
+    # (session, registry row as a dict, relation) -> [{"metric", "value"}]; None: no evaluate
+    evaluate: Callable[[Any, dict[str, Any], str], list[dict[str, Any]]] | None = None
     doc: str = ""
     sql_train: str = ""  # the SQL function that trains it (for messages and the README)
     extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
@@ -233,12 +237,15 @@ _BY_MAGIC: dict[bytes, ModelKind] = {}
 
 
 def get(name: str) -> ModelKind:
-    """The kind called ``name`` (imported on first use); KeyError names the known kinds."""
+    """The kind called ``name`` (imported on first use); :class:`InvalidParameter` (22023)
+    names the known kinds."""
     kind = _LOADED.get(name)
     if kind is not None:
         return kind
     if name not in BUILTIN:
-        raise KeyError(f"unknown model kind {name!r}; known kinds: {', '.join(BUILTIN)}")
+        raise InvalidParameter(f"unknown model kind {name!r}",
+                               detail=f"The model kinds are {', '.join(BUILTIN)}.",
+                               hint="Name one of them (bismarck.models.kind).")
     kind = importlib.import_module(f"{__name__}.{name}").KIND
     if kind.name != name:
         raise ValueError(f"module kinds.{name} declares kind {kind.name!r}")
@@ -263,8 +270,6 @@ def for_state(state: bytes | bytearray | memoryview) -> ModelKind:
         all()
         kind = _BY_MAGIC.get(head)
     if kind is None:
-        from ..errors import InvalidData
-
         raise InvalidData("not a bismarck model state",
                           detail=f"The state begins with {head!r}, the magic of no model kind "
                                  f"({', '.join(BUILTIN)}).")
