@@ -438,6 +438,79 @@ COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text,
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
 
+CREATE FUNCTION bismarck.train_mlp(
+    source              regclass,
+    label               text,
+    features            text[],
+    INOUT model_name    text     DEFAULT NULL,
+    hidden              integer[] DEFAULT NULL,
+    activation          text     DEFAULT NULL,
+    task                text     DEFAULT NULL,
+    solver              text     DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    learning_rate_init  float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    momentum            float8   DEFAULT NULL,
+    nesterovs_momentum  boolean  DEFAULT NULL,
+    beta_1              float8   DEFAULT NULL,
+    beta_2              float8   DEFAULT NULL,
+    epsilon             float8   DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    standardize         boolean  DEFAULT NULL,
+    shuffle             text     DEFAULT NULL,
+    packed              boolean  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    dtype               text     DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    parallel            integer  DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train('mlp', jsonb_build_object(
+        'source', source::text, 'label', label, 'features', features,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'hidden', hidden, 'activation', activation, 'task', task, 'solver', solver,
+        'alpha', alpha, 'learning_rate_init', learning_rate_init,
+        'learning_rate', learning_rate, 'momentum', momentum,
+        'nesterovs_momentum', nesterovs_momentum, 'beta_1', beta_1, 'beta_2', beta_2,
+        'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
+        'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
+        'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
+    float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
+    'task classification: softmax over the label''s classes, or regression) by backpropagation '
+    'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
+    'early on the validation loss (the best epoch is stored), and store it as the next version '
+    'of model_name (default: the source table''s name). NULL options take defaults.';
+
 CREATE FUNCTION bismarck.pack(
     source           regclass,
     label            text,
@@ -503,14 +576,17 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
-    IF m.kind <> 'glm' THEN
-        RAISE EXCEPTION 'predict_class does not support models of kind "%"', m.kind
-            USING ERRCODE = '0A000', HINT = 'Use bismarck.predict.';
+    IF m.kind <> 'glm' AND m.classes IS NOT NULL THEN  -- a classifier of another kind
+        IF x IS NULL THEN
+            RETURN NULL;
+        END IF;
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
     END IF;
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_class needs a classifier (loss logistic or hinge); use predict.';
+                  HINT = 'predict_class needs a classifier (loss logistic or hinge, an MLP '
+                         'with task classification); use predict.';
     END IF;
     IF x IS NULL THEN
         RETURN NULL;
@@ -520,8 +596,38 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
-    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
-    'come back as 0/1); NULL when x is NULL or has a NULL, NaN or infinite element.';
+    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1 for GLMs, '
+    'the label''s values for an MLP; booleans come back as 0/1); NULL when x is NULL or has a '
+    'NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+    p float8;
+BEGIN
+    m := bismarck._model(model, version);
+    IF m.classes IS NULL OR (m.kind = 'glm' AND m.loss <> 'logistic') THEN
+        RAISE EXCEPTION 'model "%" has no class probabilities', m.model_name
+            USING ERRCODE = '22023',
+                  HINT = 'predict_proba needs a probabilistic classifier (a GLM with loss '
+                         'logistic, an MLP with task classification); use predict.';
+    END IF;
+    IF x IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF m.kind = 'glm' THEN
+        p := bismarck.predict(model, x, m.version);
+        RETURN CASE WHEN p IS NOT NULL THEN ARRAY[1 - p, p] END;
+    END IF;
+    RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_proba(text, float8[], integer) IS
+    'The probabilities of a classifier''s classes for one feature vector, in the order of '
+    'bismarck.models.classes (latest version unless given); NULL when x is NULL or has a NULL, '
+    'NaN or infinite element.';
 
 CREATE FUNCTION bismarck.evaluate(model text, source regclass, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
@@ -674,6 +780,16 @@ END
 $$;
 COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
+
+CREATE FUNCTION bismarck._predict_proba_kind(kind text, stored jsonb, state bytea,
+                                             x float8[]) RETURNS float8[]
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_proba_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the class probabilities of a classifier of any kind for one feature vector, by '
+    'the kind''s predict_proba on its stored form (bismarckpy.kinds).';
 
 CREATE FUNCTION bismarck._predict_kind(kind text, stored jsonb, state bytea, x float8[])
 RETURNS float8

@@ -11,6 +11,8 @@ the first layer, so the scaling is stored and applied instead.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,14 @@ MLP_PARAMS: tuple[Param, ...] = merge_params((
 ))
 #: The GLM's schedule parameters that the MLP replaces with scikit-learn MLP names.
 MLP_PARAMS = tuple(p for p in MLP_PARAMS if p.name not in ("eta0", "power_t"))
+
+
+def loop_params(p: dict[str, Any]) -> dict[str, Any]:
+    """The training loop's names for the MLP's settings: the loss its task implies (softmax
+    over K classes, squared), the schedule's initial rate, and an intercept-fitting model's
+    standardisation (features and a regression label centred and scaled)."""
+    return {"loss": "softmax" if p["task"] == "classification" else "squared",
+            "eta0": p["learning_rate_init"], "power_t": 0.5, "fit_intercept": True}
 
 
 @dataclass
@@ -194,11 +204,87 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
     return z[:, 0] * float(m["y_scale"]) + float(m["y_shift"])
 
 
+def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, float]]:
+    """Metrics of a stored network on rows ``X`` (``n × d``) with raw labels ``y``.
+
+    Classification: accuracy, macro-averaged F1 (scikit-learn's ``f1_score(average='macro')``
+    over the model's classes; a class never predicted nor present counts 0) and log-loss (mean
+    ``-log p(y)``). Regression: rmse, mae, r2. Raises :class:`InvalidData` for a label that is
+    not one of the model's classes.
+    """
+    m = stored.model
+    n = len(y)
+    if m["task"] == "regression":
+        pred = predict(stored, X)
+        r = pred - y
+        sst = float(((y - y.mean()) ** 2).sum()) if n else 0.0
+        return [("rows", n), ("rmse", float(np.sqrt((r * r).mean())) if n else np.nan),
+                ("mae", float(np.abs(r).mean()) if n else np.nan),
+                ("r2", 1.0 - float((r * r).sum()) / sst if sst > 0 else np.nan)]
+    codes = np.asarray(m["class_codes"], dtype=np.float64)
+    idx = np.searchsorted(codes, y).clip(0, max(codes.size - 1, 0))
+    unknown = codes[idx] != y
+    if unknown.any():
+        raise InvalidData(
+            "label values outside the model's classes",
+            detail=f"{int(unknown.sum())} rows have a label the model was not trained on "
+                   f"(e.g. {y[unknown][0]:g}); its classes are "
+                   f"{', '.join(f'{c:g}' for c in codes[:10])}{' …' if codes.size > 10 else ''}.",
+            hint="Evaluate on data labelled like the training data.")
+    if n == 0:
+        return [("rows", 0), ("accuracy", np.nan), ("f1_macro", np.nan), ("log_loss", np.nan)]
+    z = raw_output(stored, X)
+    zmax = z.max(axis=1, keepdims=True)
+    logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
+    guess = np.argmax(z, axis=1)
+    k = codes.size
+    tp = np.bincount(idx[guess == idx], minlength=k).astype(float)
+    predicted = np.bincount(guess, minlength=k).astype(float)
+    actual = np.bincount(idx, minlength=k).astype(float)
+    denom = predicted + actual
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return [("rows", n), ("accuracy", float((guess == idx).mean())),
+            ("f1_macro", float(f1.mean())), ("log_loss", float(-logp[np.arange(n), idx].mean()))]
+
+
+def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """:attr:`ModelKind.evaluate`: the usable rows of ``relation`` are scored in this backend.
+
+    Rows with a NULL, NaN or infinite label or feature are skipped and counted
+    (``skipped_rows``). Raises :class:`InvalidData` when the rows' feature count differs from
+    the model's.
+    """
+    from ..evaluate import resolve_scored
+    from ..packing import check_rows
+
+    stored = Stored("mlp", row["stored"] if isinstance(row["stored"], dict)
+                    else json.loads(row["stored"]), row["state"])
+    src = resolve_scored(session, relation, row["label"], row["features"])
+    checked = check_rows(session, src)
+    d = int(stored.model["sizes"][0])
+    if checked.n_usable and checked.d != d:
+        raise InvalidData("feature dimension does not match the model",
+                          detail=f"Model {row['model_name']} version {row['version']} has {d} "
+                                 f"features; rows in {src.name} have {checked.d}.",
+                          hint="Evaluate with the same feature columns the model was trained on.")
+    rows = session.query(f"SELECT {src.label_expr} AS y, bismarck._float8_array_bytes("
+                         f"{src.x_expr}) AS x FROM {src.relation} AS s WHERE {src.valid_expr}")
+    y = np.array([float(r[0]) for r in rows], dtype=np.float64)
+    X = (np.frombuffer(b"".join(bytes(r[1])[20:] for r in rows), dtype=_F8).reshape(-1, d)
+         if rows else np.empty((0, d)))
+    out = []
+    for name, v in [*metrics(stored, X, y), ("skipped_rows", checked.n_total - checked.n_usable)]:
+        f = float(v)
+        out.append({"metric": name, "value": None if math.isnan(f) else f})
+    return out
+
+
 KIND = ModelKind(
     name="mlp", magic=np.array([nn.MAGIC], dtype=_F8).tobytes(), params=MLP_PARAMS,
     losses=("softmax", "squared"), initialize=epoch_init, transition=nn.transition,
     transition_block=nn.transition_block, merge=nn.merge, finalize=nn.finalize, decode=decode,
-    export=export, predict=predict, merge_rule="average", sql_train="bismarck.train_mlp",
+    export=export, predict=predict, evaluate=evaluate, merge_rule="average",
+    sql_train="bismarck.train_mlp",
     doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
-    extra={"predict_proba": predict_proba, "rate": "learning_rate_init",
-           "restore_best": True})
+    extra={"predict_proba": predict_proba, "loop_params": loop_params,
+           "rate_name": "learning_rate_init", "restore_best": True})
