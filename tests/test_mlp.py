@@ -203,3 +203,35 @@ def test_controller_errors_are_domain_errors(dsn: str, conn: psycopg.Connection)
     _small(conn)
     with psycopg.connect(dsn) as c, pytest.raises(BismarckError, match="hidden"):
         training.train(c, "mlp_small", "y", ["x"], "bad2", kind="mlp", hidden=[0])
+
+
+def test_cli_trains_shows_evaluates_and_predicts_an_mlp(dsn: str, conn) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str, group: bool = False) -> tuple[int, str]:
+        argv = [args[0], "--dsn", dsn, *args[1:]] if group else [*args, "--dsn", dsn]
+        result = CliRunner().invoke(main, argv, catch_exceptions=False)
+        return result.exit_code, result.output
+
+    _small(conn, "cli_mlp_data", n=80)
+    code, out = run("train", "cli_mlp_data", "--label", "y", "--features", "x", "--kind", "mlp",
+                    "--model", "cli_mlp", "--hidden", "8,4", "--solver", "sgd",
+                    "--activation", "tanh", "--max-epochs", "5", "--seed", "2")
+    assert code == 0, out
+    assert "model cli_mlp version 1" in out
+    stored = conn.execute("SELECT kind, stored -> 'sizes', params ->> 'solver' FROM "
+                          "bismarck.models WHERE model_name = 'cli_mlp'").fetchone()
+    assert stored == ("mlp", [3, 8, 4, 3], "sgd")
+    code, out = run("models", "show", "cli_mlp", group=True)
+    assert code == 0 and '"sizes": [3, 8, 4, 3]' in out and '"activation": "tanh"' in out, out
+    code, out = run("models", group=True)
+    assert code == 0 and "cli_mlp" in out and "3:x[" in out, out
+    code, out = run("evaluate", "cli_mlp", "cli_mlp_data", "--json")
+    assert code == 0 and '"accuracy"' in out and '"f1_macro"' in out, out
+    code, out = run("predict", "cli_mlp", "cli_mlp_data", "--output", "cli_mlp_scores")
+    assert code == 0 and "wrote 80 rows" in out, out
+    code, out = run("train", "cli_mlp_data", "--label", "y", "--features", "x", "--kind",
+                    "mlp", "--model", "cli_mlp_bad", "--hidden", "8,0")
+    assert code != 0 and "hidden" in out and "Traceback" not in out

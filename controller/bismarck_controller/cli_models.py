@@ -37,20 +37,32 @@ def _all_params() -> list[Any]:
     return list(seen.values())
 
 
+def _declarations(name: str) -> list[tuple[str, Any]]:
+    """(kind, declaration) of every kind that declares parameter ``name``."""
+    return [(k.name, p) for k in kinds.all() for p in k.params if p.name == name]
+
+
 def _param_options(func: F) -> F:
     """One click option per declared training parameter of any kind (same names as SQL,
-    underscores → -); the chosen ``--kind`` validates the ones given."""
+    underscores → -); the chosen ``--kind`` validates the ones given. A name several kinds
+    declare accepts any of their choices and shows each kind's default."""
     for p in reversed(_all_params()):
         flag = "--" + p.name.replace("_", "-")
+        decls = _declarations(p.name)
+        defaults = {str(d.default) for _, d in decls}
+        shown = (str(p.default) if len(defaults) == 1
+                 else "; ".join(f"{k}: {d.default}" for k, d in decls))
+        help_text = f"{p.doc} [default: {shown}]"
         if p.kind is bool:
             opt = click.option(f"{flag}/--no-{p.name.replace('_', '-')}", p.name, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+                               help=help_text)
         elif p.choices:
-            opt = click.option(flag, p.name, type=click.Choice(p.choices), default=None,
-                               help=f"{p.doc} [default: {p.default}]")
-        else:
-            opt = click.option(flag, p.name, type=p.kind, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+            choices = list(dict.fromkeys(c for _, d in decls for c in d.choices or ()))
+            opt = click.option(flag, p.name, type=click.Choice(choices), default=None,
+                               help=help_text)
+        else:  # numbers as such; anything else (e.g. hidden "64,32") as text for its parser
+            opt = click.option(flag, p.name, type=p.kind if p.kind in (int, float) else str,
+                               default=None, help=help_text)
         func = opt(func)
     return func
 
@@ -225,12 +237,20 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
-        out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
-                    _features_cell(r["features"], len(r["coef"])),
+        d = len(r["coef"]) if r.get("coef") is not None else _stored_d(r)
+        out.add_row(r["model_name"], str(r["version"]), r["loss"] or r.get("kind", ""),
+                    r["source"], _features_cell(r["features"], d),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+def _stored_d(row: dict[str, Any]) -> int:
+    """The number of features of a model of a kind without coefficients (e.g. an MLP's input
+    width, ``stored.sizes[0]``); the feature columns' count when the kind does not say."""
+    sizes = (row.get("stored") or {}).get("sizes")
+    return int(sizes[0]) if sizes else len(row["features"])
 
 
 def _features_cell(features: list[str], d: int, width: int = 24) -> str:
@@ -256,6 +276,17 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     with connect(obj["dsn"]) as conn:
         m = training.model(conn, name, version)
         rows = training.coefficients(conn, name, m["version"])
+    if m.get("kind", "glm") != "glm":  # no coefficients: the kind's stored architecture
+        stored = dict(m.get("stored") or {})
+        for big in ("mu", "sd", "class_codes"):
+            stored.pop(big, None)
+        console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind "
+                      f"{m['kind']}  source {m['source']}  label {m['label']}")
+        console.print("model:", json.dumps(stored))
+        console.print("classes:", json.dumps(m["classes"]))
+        console.print("params:", json.dumps(m["params"]))
+        console.print("metrics:", json.dumps(m["metrics"]))
+        return
     console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
                   f"source {m['source']}  label {m['label']}")
     kind = (m["fitted"] or {}).get("statistic_kind")

@@ -180,7 +180,7 @@ def models(conn: psycopg.Connection, name: str | None = None) -> list[dict[str, 
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT model_name, version, loss, source, label, features, coef, intercept, "
-            "classes, params, metrics, created_at FROM bismarck.models "
+            "classes, params, metrics, created_at, kind, stored FROM bismarck.models "
             "WHERE %s::text IS NULL OR model_name = %s "
             "ORDER BY model_name, version DESC", [name, name])
         rows = cur.fetchall()
