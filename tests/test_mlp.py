@@ -235,3 +235,33 @@ def test_cli_trains_shows_evaluates_and_predicts_an_mlp(dsn: str, conn) -> None:
     code, out = run("train", "cli_mlp_data", "--label", "y", "--features", "x", "--kind",
                     "mlp", "--model", "cli_mlp_bad", "--hidden", "8,0")
     assert code != 0 and "hidden" in out and "Traceback" not in out
+
+
+def test_estimators_fit_predict_score_and_reload(dsn: str, conn) -> None:
+    from bismarck_controller.estimators import MLPClassifier, MLPRegressor
+
+    _small(conn, "est_mlp", n=120)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=30, random_state=1,
+                        learning_rate_init=0.01, model_name="est_clf")
+    assert "hidden_layer_sizes=(8,)" in repr(clf)
+    with psycopg.connect(dsn) as c:
+        clf.fit(c, "est_mlp", "y", "x")
+        proba = clf.predict_proba(c, "est_mlp", order_by="id")
+        pred = clf.predict(c, "est_mlp", order_by="id")
+        score = clf.score(c, "est_mlp")
+        again = MLPClassifier.from_model(c, "est_clf")
+        with pytest.raises(BismarckError, match="not an MLP"):
+            MLPRegressor.from_model(c, "est_clf")
+    assert list(clf.classes_) == [0.0, 1.0, 2.0] and clf.n_layers_ == 3
+    assert proba.shape == (120, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], pred)
+    assert 0.6 < score <= 1.0 and len(clf.history_) == clf.n_iter_
+    assert again.get_params() == clf.get_params() | {"model_name": "est_clf", "batch_size": 200}
+    reg = MLPRegressor(hidden_layer_sizes=[6], max_iter=10, random_state=1, model_name="est_reg")
+    with psycopg.connect(dsn) as c:
+        reg.fit(c, "est_mlp", "y", "x")
+        values = reg.predict(c, "est_mlp")
+        assert not hasattr(reg, "classes_") and values.shape == (120,)
+        with pytest.raises(Exception, match="hidden"):
+            MLPRegressor(hidden_layer_sizes=(4, 0)).fit(c, "est_mlp", "y", "x")
