@@ -265,3 +265,30 @@ def test_estimators_fit_predict_score_and_reload(dsn: str, conn) -> None:
         assert not hasattr(reg, "classes_") and values.shape == (120,)
         with pytest.raises(Exception, match="hidden"):
             MLPRegressor(hidden_layer_sizes=(4, 0)).fit(c, "est_mlp", "y", "x")
+
+
+@pytest.mark.parametrize("options", [
+    "packed => false, shuffle => 'always'",  # the row path: one transition per row
+    "packed => false, shuffle => 'never', batch_size => 7",
+    "parallel => 2, block_size => 2",  # partial states of workers merged by averaging
+    "dtype => 'float64', batch_size => 0",  # full batch: one step per epoch
+])
+def test_every_execution_path_learns(conn: psycopg.Connection, options: str) -> None:
+    _small(conn, "paths_mlp", n=150)
+    name = f"paths_{abs(hash(options))}"
+    row = conn.execute(
+        f"SELECT epochs FROM bismarck.train_mlp('paths_mlp', 'y', ARRAY['x'], '{name}', "
+        f"hidden => ARRAY[8], learning_rate_init => 0.05, max_epochs => 15, "
+        f"validation_fraction => 0, seed => 4, {options})").fetchone()
+    assert row is not None
+    losses = [r[0] for r in conn.execute(
+        "SELECT train_loss FROM bismarck.training_history WHERE model_name = %s "
+        "ORDER BY epoch", [name])]
+    assert len(losses) == row[0] and losses[-1] < losses[0]
+    acc = dict(conn.execute(f"SELECT metric, value FROM bismarck.evaluate('{name}', "
+                            "'paths_mlp')").fetchall())["accuracy"]
+    assert acc > 0.6
+    if "parallel" in options:
+        workers = conn.execute("SELECT max(workers) FROM bismarck.training_history "
+                               "WHERE model_name = %s", [name]).fetchone()[0]
+        assert workers >= 1  # partial networks of workers were merged
