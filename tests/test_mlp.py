@@ -186,6 +186,17 @@ def test_unknown_class_at_evaluate_and_regression_has_no_proba(conn) -> None:
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT bismarck.predict_proba('small_reg', ARRAY[1, 2, 3]::float8[])")
     assert err.value.sqlstate == "22023"
+    rng = np.random.default_rng(5)
+    load_array_table(conn, "mlp_unknown", rng.normal(size=(10, 3)), np.full(10, 7.0))
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM bismarck.evaluate('small2', 'mlp_unknown')")
+    assert err.value.sqlstate == "22000" and "outside the model's classes" in str(err.value)
+    load_array_table(conn, "mlp_many", rng.normal(size=(1100, 2)), np.arange(1100.0))
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_many', 'y', ARRAY['x'], 'many', "
+                     "seed => 1)")
+    assert err.value.sqlstate == "22000" and "too many classes" in str(err.value)
+    assert "task => 'regression'" in str(err.value) and _models(conn, "many") == 0
 
 
 def test_versions_and_warm_registry(conn: psycopg.Connection) -> None:
