@@ -576,12 +576,6 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
-    IF m.kind <> 'glm' AND m.classes IS NOT NULL THEN  -- a classifier of another kind
-        IF x IS NULL THEN
-            RETURN NULL;
-        END IF;
-        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
-    END IF;
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
@@ -591,13 +585,16 @@ BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
+    IF m.kind <> 'glm' THEN
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
+    END IF;
     z := bismarck._margin(m, x);
     RETURN CASE WHEN z >= 0 THEN m.classes[2] WHEN z < 0 THEN m.classes[1] END;  -- NULL: NULL
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
-    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1 for GLMs, '
-    'the label''s values for an MLP; booleans come back as 0/1); NULL when x is NULL or has a '
+    'The predicted class of a classifier (binary or softmax) in the label''s own coding (0/1, '
+    '-1/+1 or the integer classes; booleans come back as 0/1); NULL when x is NULL or has a '
     'NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
@@ -608,26 +605,26 @@ DECLARE
     p float8;
 BEGIN
     m := bismarck._model(model, version);
-    IF m.classes IS NULL OR (m.kind = 'glm' AND m.loss <> 'logistic') THEN
-        RAISE EXCEPTION 'model "%" has no class probabilities', m.model_name
+    IF m.kind = 'glm' AND m.loss IS DISTINCT FROM 'logistic' THEN
+        RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_proba needs a probabilistic classifier (a GLM with loss '
-                         'logistic, an MLP with task classification); use predict.';
+                  DETAIL = format('Its loss is %s.', m.loss),
+                  HINT = 'predict_proba needs loss logistic or softmax; use predict.';
     END IF;
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
-    IF m.kind = 'glm' THEN
-        p := bismarck.predict(model, x, m.version);
-        RETURN CASE WHEN p IS NOT NULL THEN ARRAY[1 - p, p] END;
+    IF m.kind <> 'glm' THEN
+        RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
     END IF;
-    RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
+    p := bismarck._link(m.loss, bismarck._margin(m, x));
+    RETURN CASE WHEN p IS NULL THEN NULL ELSE ARRAY[1 - p, p] END;
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_proba(text, float8[], integer) IS
-    'The probabilities of a classifier''s classes for one feature vector, in the order of '
-    'bismarck.models.classes (latest version unless given); NULL when x is NULL or has a NULL, '
-    'NaN or infinite element.';
+    'The class probabilities of a probabilistic classifier for one feature vector, in the order '
+    'of bismarck.models.classes (binary logistic: {P(first class), P(second class)}; softmax: '
+    'K probabilities); NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.evaluate(model text, source regclass, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
@@ -643,7 +640,22 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
-    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
+    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
+    'accuracy, macro_f1, log_loss (softmax).';
+
+CREATE FUNCTION bismarck._require_glm(model text, kind text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'glm' THEN
+        RAISE EXCEPTION 'model "%" is of kind %, which has no coefficient table', model, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'Its weights are in bismarck.models.stored.';
+    END IF;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION bismarck._require_glm(text, text) IS
+    'Private: true for a GLM, else an error (for functions of GLMs only).';
 
 CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
 RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
@@ -660,6 +672,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    THEN format('%s[%s]', m.features[1], k)
                                    ELSE m.features[k] END, m.coef[k]
                       FROM generate_subscripts(m.coef, 1) AS k) AS t
+     WHERE bismarck._require_glm(m.model_name, m.kind)
      ORDER BY t.i
 $$;
 COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS
@@ -781,16 +794,6 @@ $$;
 COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
 
-CREATE FUNCTION bismarck._predict_proba_kind(kind text, stored jsonb, state bytea,
-                                             x float8[]) RETURNS float8[]
-LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.predict_proba_kind(plpy, kind, stored, state, x)
-$$;
-COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
-    'Private: the class probabilities of a classifier of any kind for one feature vector, by '
-    'the kind''s predict_proba on its stored form (bismarckpy.kinds).';
-
 CREATE FUNCTION bismarck._predict_kind(kind text, stored jsonb, state bytea, x float8[])
 RETURNS float8
 LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -800,6 +803,17 @@ $$;
 COMMENT ON FUNCTION bismarck._predict_kind(text, jsonb, bytea, float8[]) IS
     'Private: the prediction of a model of any kind for one feature vector, by the kind''s '
     'predict on its stored form (bismarckpy.kinds).';
+
+CREATE FUNCTION bismarck._predict_proba_kind(kind text, stored jsonb, state bytea,
+                                             x float8[])
+RETURNS float8[]
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_proba_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the class probabilities of a model of any probabilistic kind for one feature '
+    'vector, by the kind''s predict_proba on its stored form.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

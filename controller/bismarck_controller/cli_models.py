@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, TypeVar
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -237,20 +238,26 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
-        d = len(r["coef"]) if r.get("coef") is not None else _stored_d(r)
-        out.add_row(r["model_name"], str(r["version"]), r["loss"] or r.get("kind", ""),
-                    r["source"], _features_cell(r["features"], d),
+        out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
+                    _features_cell(r["features"], _n_features(r)),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
 
 
-def _stored_d(row: dict[str, Any]) -> int:
-    """The number of features of a model of a kind without coefficients (e.g. an MLP's input
-    width, ``stored.sizes[0]``); the feature columns' count when the kind does not say."""
-    sizes = (row.get("stored") or {}).get("sizes")
-    return int(sizes[0]) if sizes else len(row["features"])
+def _n_features(row: dict[str, Any]) -> int:
+    """The number of features of a registry row of any kind: a GLM's coefficients, a kind's
+    stored weight rows (``coef``: K × d), else one per feature column."""
+    if row.get("coef") is not None:
+        return len(row["coef"])
+    coef = (row.get("stored") or {}).get("coef")
+    if coef and isinstance(coef[0], list):
+        return len(coef[0])
+    sizes = (row.get("stored") or {}).get("sizes")  # an MLP's layer widths, input first
+    if sizes:
+        return int(sizes[0])
+    return len(row["features"])
 
 
 def _features_cell(features: list[str], d: int, width: int = 24) -> str:
@@ -275,20 +282,17 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     """Show one model: coefficients per feature, intercept, parameters and metrics."""
     with connect(obj["dsn"]) as conn:
         m = training.model(conn, name, version)
-        rows = training.coefficients(conn, name, m["version"])
-    if m.get("kind", "glm") != "glm":  # no coefficients: the kind's stored architecture
-        stored = dict(m.get("stored") or {})
-        for big in ("mu", "sd", "class_codes"):
-            stored.pop(big, None)
-        console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind "
-                      f"{m['kind']}  source {m['source']}  label {m['label']}")
-        console.print("model:", json.dumps(stored))
-        console.print("classes:", json.dumps(m["classes"]))
+        rows = (training.coefficients(conn, name, m["version"]) if m["kind"] == "glm"
+                else [])
+    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
+                  f"loss {m['loss']}  source {m['source']}  label {m['label']}")
+    if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
+        shapes = {k: list(np.shape(v)) for k, v in (m["stored"] or {}).items()
+                  if isinstance(v, list)}
+        console.print("stored:", json.dumps(shapes), " classes:", json.dumps(m["classes"]))
         console.print("params:", json.dumps(m["params"]))
         console.print("metrics:", json.dumps(m["metrics"]))
         return
-    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
-                  f"source {m['source']}  label {m['label']}")
     kind = (m["fitted"] or {}).get("statistic_kind")
     coef = Table(title="coefficients (original units)")
     columns = ["feature", "coef"] + (["std err", kind, "p-value"] if kind else [])

@@ -23,6 +23,7 @@ import numpy as np
 
 from bismarck_controller import training
 from bismarck_controller.notebook import Database, connected
+from bismarckpy import kinds
 from bismarckpy.errors import InvalidParameter
 from bismarckpy.params import validate
 
@@ -34,9 +35,9 @@ _SHUFFLE = {True: "once", False: "never"}
 class _BaseSGD:
     """Shared parameters, fit, predict and history of the two estimators."""
 
+    KIND: ClassVar[str] = "glm"  # the model kind (bismarckpy.kinds) the estimator trains
     LOSSES: ClassVar[dict[str, str]] = {}  # scikit-learn loss name -> bismarck loss name
     SCORE: ClassVar[str] = ""  # the metric score() returns
-    KIND: ClassVar[str] = "glm"  # the model kind fit() trains (bismarckpy.kinds)
 
     def __init__(self, loss: str, *, penalty: str = "l2", alpha: float = 0.0001,
                  l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 100,
@@ -105,7 +106,7 @@ class _BaseSGD:
         values["loss"] = self.LOSSES[self.loss]
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
-        checked = validate(values)
+        checked = validate(values, params=kinds.get(self.KIND).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 
     # --- fitting ------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ class _BaseSGD:
         """
         params = self.bismarck_params()
         with connected(conn) as c:
-            result = training.train(c, table, label, features, self.model_name,
-                                    kind=self.KIND, **params)
+            result = training.train(c, table, label, features, self.model_name, kind=self.KIND,
+                                    **params)
             row = training.model(c, result.model_name, result.version)
             hist = training.history(c, result.model_name, result.version)
         self._set_fitted(row, hist)

@@ -6,6 +6,7 @@ log_loss (logistic); regression: rmse, mae, r2. Rows with unusable values are sk
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal, localcontext
 from typing import Any
@@ -178,3 +179,57 @@ def _rows(pairs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         f = float(v)
         out.append({"metric": name, "value": None if math.isnan(f) else f})
     return out
+
+
+def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """A softmax model's accuracy, macro-F1 and log-loss on ``relation``, counted in SQL.
+
+    The server groups the rows by (true class, predicted class) with the sum of their
+    log-losses, so only a K × K table leaves it. Macro-F1 averages the F1 of every class that
+    is a true or a predicted label (scikit-learn's ``f1_score(average="macro")``); log-loss
+    clips probabilities at float64's epsilon as scikit-learn's ``log_loss`` does.
+    """
+    stored = json.loads(m["stored"]) if isinstance(m["stored"], str) else m["stored"]
+    classes = [float(c) for c in stored["classes"]]
+    d = len(stored["coef"][0])
+    src = resolve_scored(session, relation, m["label"], m["features"])
+    checked = check_rows(session, src)
+    if checked.d != d:
+        raise InvalidData("feature dimension does not match the model",
+                          detail=f"Model {m['model_name']} version {m['version']} has {d} "
+                                 f"features; rows in {src.name} have {checked.d}.",
+                          hint="Evaluate with the same feature columns the model was trained on.")
+    base = (f"SELECT {src.label_expr} AS y, bismarck._predict_proba_kind('softmax', "
+            f"%s::jsonb, NULL::bytea, {src.x_expr}) AS pr FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr}")
+    cells = session.query(
+        "SELECT array_position(%s::float8[], y) AS truth, (SELECT u.i FROM unnest(pr) WITH "
+        "ORDINALITY AS u(v, i) ORDER BY u.v DESC, u.i LIMIT 1) AS guess, count(*) AS n, "
+        "sum(-ln(least(greatest(pr[array_position(%s::float8[], y)], %s), 1.0))) AS ll "
+        f"FROM ({base}) AS b GROUP BY 1, 2",
+        [classes, classes, _EPS, json.dumps(stored)])
+    unknown = sum(int(n) for truth, _, n, _ in cells if truth is None)
+    if unknown:
+        raise InvalidData(
+            "label values outside the model's classes",
+            detail=f"{unknown} rows have a label that is none of the model's {len(classes)} "
+                   "classes.",
+            hint="Evaluate on data labelled like the training data.")
+    n = sum(int(c[2]) for c in cells)
+    if n == 0:
+        raise InvalidData(f"no usable rows in {src.name}", hint="Check the table's rows.")
+    right = sum(int(c[2]) for c in cells if c[0] == c[1])
+    f1s = []
+    for k in sorted({c[0] for c in cells} | {c[1] for c in cells}):
+        tp = sum(int(c[2]) for c in cells if c[0] == k and c[1] == k)
+        true_k = sum(int(c[2]) for c in cells if c[0] == k)
+        said_k = sum(int(c[2]) for c in cells if c[1] == k)
+        f1s.append(2 * tp / (true_k + said_k) if true_k + said_k else 0.0)
+    ll = sum(float(c[3]) for c in cells)
+    skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
+    return _rows([("rows", n), ("accuracy", right / n), ("macro_f1", sum(f1s) / len(f1s)),
+                  ("log_loss", ll / n)]) + [skipped]
+
+
+#: scikit-learn's log_loss clips probabilities to [eps, 1 - eps] with float64's epsilon.
+_EPS = 2.220446049250313e-16

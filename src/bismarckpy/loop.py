@@ -139,8 +139,21 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     version of ``model_name``. ``options`` are the kind's parameters (its own and the common)."""
     started = time.monotonic()
     model_kind = kinds.get(kind)
-    p = validate(options, where=model_kind.sql_train.rpartition(".")[2] or kind,
-                 params=model_kind.params)
+    where = model_kind.sql_train.rpartition(".")[2] or kind
+    p = validate(options, where=where, params=model_kind.params)
+    loss = losses.REGISTRY.get(p.get("loss", ""))
+    if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
+        model_kind = kinds.get(loss.kind)
+        p = validate(options, where=where, params=model_kind.params)
+    if model_kind.check_options is not None:
+        model_kind.check_options(p)
+    if not model_kind.packed:
+        if p.get("packed"):
+            raise InvalidParameter(
+                f"packed => true is not supported with {model_kind.name} models",
+                detail=f"A {model_kind.name} model trains on a row copy.",
+                hint="Leave packed unset (or false).")
+        p["packed"] = False
     p.setdefault("solver", "sgd")
     # A kind may name the loop's settings after its own parameters (the MLP's loss follows its
     # task, its eta0 is learning_rate_init); they are stored with the run's parameters.
@@ -155,6 +168,11 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
     table = registered(session, source)
+    if table and not model_kind.packed:
+        raise InvalidParameter(
+            f"{table.name} is a packed table, which {model_kind.name} models cannot train on",
+            detail=f"A {model_kind.name} model trains on a row copy of a table or view.",
+            hint=f"Train on its source table {table.source}.")
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
@@ -187,6 +205,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     try:
         prepared = (_prepare_packed_table(session, table, p, seed) if table
                     else _prepare(session, src, p, seed, work))
+        if model_kind.after_prepare is not None:
+            model_kind.after_prepare(session, p, prepared)
         if model_kind.name != "glm":
             result = _finish(session, model_kind, table or src, p, prepared, model_name,
                              _run_epochs(session, model_kind, p, prepared, run_id), started)
@@ -400,7 +420,7 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
             y_sd = float(stats.sd[0] if p["fit_intercept"] else stats.rms[0])
             y_sd = y_sd if y_sd > 0 and math.isfinite(y_sd) else 1.0
         coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
-    elif p["loss"] == MULTICLASS:  # blocks keep raw labels; the kind codes them
+    elif p["loss"] == MULTICLASS:  # blocks keep raw labels, as rows do; the kind codes them
         assert classes is not None
         coding = (glm.Y_AS_IS, 0.0, 0.0, 1.0)
     else:
@@ -444,13 +464,14 @@ def _label_classes(session: TrainingSession, src: Source, loss: str,
     return _check_classes(binary or label_values(session, src), loss, src.label or "")
 
 
-#: The loss of a label with K >= 2 classes, coded as the class's index (the MLP's softmax).
-MULTICLASS = "softmax"
+#: The loop's loss of a classifier kind with K >= 2 classes that codes raw labels itself (the
+#: MLP's softmax output): the classes are found here, over all usable rows, before any split.
+MULTICLASS = "cross_entropy"
 
 
 def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:
     """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or K >= 2 classes of any
-    numeric values for softmax; a clear error otherwise."""
+    numeric values for :data:`MULTICLASS`; a clear error otherwise."""
     if loss == MULTICLASS:
         if len(values) < 2 or len(values) > MAX_CLASSES:
             few = len(values) < 2
@@ -478,11 +499,8 @@ def _check_classes(values: list[float], loss: str, label: str) -> list[float] | 
 def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
     """The row path's label expression, coded as the loss expects it."""
     assert src.label_expr is not None
-    if classes is None:
+    if classes is None or loss == MULTICLASS:  # raw labels (the kind codes K classes)
         return src.label_expr
-    if loss == MULTICLASS:  # the class's index; every usable row's label is one of them
-        listed = ",".join(repr(float(c)) for c in classes)
-        return f"(array_position('{{{listed}}}'::float8[], ({src.label_expr})::float8) - 1)::float8"
     pos = classes[1]
     if loss == "logistic":
         return f"({src.label_expr} = {pos:g})::int::float8"
@@ -600,7 +618,7 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
                "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
                "validation_rows": prep.n_valid, "validation_share": share,
-               "skipped_rows": prep.skipped, "seconds": seconds}
+               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
     for note in notes:
         session.warn(note)
     version = store_model(session, model_name, src, p, stored, metrics, {})

@@ -349,9 +349,9 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
 def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     """Consume one tuple (the row-at-a-time path). NULL or non-finite rows are skipped, counted.
 
-    ``y`` arrives coded, as the training loop's row copy holds it: the class's index in the
-    sorted classes (classification) or the standardised target (regression); see
-    :func:`code_labels`. Packed blocks hold raw labels, coded here.
+    ``y`` is a class's raw value (coded here as in packed blocks: its index among the state's
+    classes), or a regression target already standardised, as the training loop's row copy
+    holds it (packed blocks hold raw targets, standardised here with ``y_shift``/``y_scale``).
 
     ``x`` is a sequence of floats or the in-memory bytes of a 1-D ``float8[]`` without NULLs
     (``bismarck._float8_array_bytes``: a 20-byte header, then the values).
@@ -377,11 +377,8 @@ def transition(state: bytes | None, x, y: float | None, init: bytes) -> bytes:
     if not np.isfinite(xv).all():
         s[_SKIPPED] += 1
         return s.tobytes()
-    if int(s[_TASK]) == 0 and not (float(y).is_integer() and 0 <= y < s[_K]):
-        raise InvalidData("a coded label is not a class index",
-                          detail=f"Got {y!r}; the network has {int(s[_K])} classes.",
-                          hint="Code labels with nn.code_labels (the index of the class).")
-    _consume(s, xv, np.array([float(y)]))  # the row path's labels arrive coded
+    yv = np.array([float(y)])
+    _consume(s, xv, _labels(s, yv) if int(s[_TASK]) == 0 else yv)
     return s.tobytes()
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InvalidParameter
-from .losses import LOSSES
+from .losses import REGISTRY
 from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
@@ -88,7 +88,7 @@ GLM_PARAMS: tuple[Param, ...] = (
           "Newton/IRLS fit (normal equations for squared loss) with standard errors; lbfgs: "
           "exact fit by L-BFGS, one pass per step, for many features.", choices=SOLVERS),
     Param("loss", str, "logistic", "logistic (classifier), squared (regression), hinge (linear "
-          "SVM).", choices=tuple(LOSSES)),
+          "SVM), softmax (multinomial classifier, K >= 2 classes).", choices=tuple(REGISTRY)),
     Param("penalty", str, "l2", "Regulariser on the coefficients (default 'none' with the "
           "exact solvers: the maximum-likelihood fit).", choices=PENALTIES),
     Param("alpha", float, 0.0001, "Strength of the penalty.", low=0.0),

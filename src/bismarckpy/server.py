@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import exact, kinds, moments, pack
-from .errors import BismarckError, InvalidParameter
+from .errors import BismarckError
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
@@ -206,17 +206,16 @@ def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
 def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
                        x: Sequence[float | None] | None) -> list[float] | None:
     """``bismarck._predict_proba_kind``: one row's class probabilities by the kind's
-    ``predict_proba`` (:attr:`ModelKind.extra`); NULL for a NULL, NaN or infinite ``x``."""
+    ``predict_proba``; NULL for a NULL, NaN or infinite feature."""
     def run() -> list[float] | None:
         if x is None or any(v is None or not math.isfinite(v) for v in x):
             return None
         model = kinds.get(kind)
-        proba = model.extra.get("predict_proba")
-        if proba is None:
-            raise InvalidParameter(f"models of kind {kind!r} have no class probabilities",
-                                   hint="Use bismarck.predict.")
+        if model.predict_proba is None:
+            raise BismarckError(f"models of kind {kind!r} do not give probabilities",
+                                sqlstate="22023", hint="Use bismarck.predict.")
         form = kinds.Stored(kind, json.loads(stored), state)
-        return [float(v) for v in proba(form, np.asarray([x], dtype=np.float64))[0]]
+        return [float(v) for v in model.predict_proba(form, np.asarray([x], np.float64))[0]]
     return _guard(plpy, run)
 
 

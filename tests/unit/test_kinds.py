@@ -31,7 +31,7 @@ def _data(d: int, **kw: object) -> types.SimpleNamespace:
 
 def test_the_registry_finds_the_glm_by_name_and_by_its_states() -> None:
     kind = kinds.get("glm")
-    assert kind is glm.KIND and kinds.all()[0] is kind
+    assert kind is glm.KIND and kinds.all()[:2] == (kind, kinds.get("softmax"))
     state = glm.initialize(3, loss="logistic")
     assert kinds.for_state(state) is kind
     assert kind.param_names == tuple(p.name for p in GLM_PARAMS)
@@ -55,7 +55,7 @@ def test_a_kind_needs_an_8_byte_magic_and_a_known_merge_rule() -> None:
         kinds.ModelKind(magic=b"12345678", merge_rule="median", **fields)
 
 
-@pytest.mark.parametrize("loss", list(losses.REGISTRY))
+@pytest.mark.parametrize("loss", list(glm.LOSS_CODES))
 @pytest.mark.parametrize("evaluate", [False, True])
 def test_glm_epoch_init_is_the_kernels_initialize(loss: str, evaluate: bool) -> None:
     """The protocol's initialize builds, byte for byte, the state the loop built before."""
@@ -100,10 +100,13 @@ def test_glm_export_and_predict_on_the_stored_form() -> None:
 def test_the_loss_registry_answers_what_modules_used_to_compare_strings() -> None:
     assert losses.CLASSIFIERS == ("logistic", "hinge")
     assert {n: (x.classifier, x.probabilistic) for n, x in losses.REGISTRY.items()} == {
-        "logistic": (True, True), "squared": (False, False), "hinge": (True, False)}
+        "logistic": (True, True), "squared": (False, False), "hinge": (True, False),
+        "softmax": (True, True)}
+    assert {n: x.kind for n, x in losses.REGISTRY.items()}["softmax"] == "softmax"
+    assert tuple(glm.LOSS_CODES) == tuple(losses.LOSSES) == ("logistic", "squared", "hinge")
     assert losses.get("logistic").zero_row_loss == pytest.approx(math.log(2))
     assert losses.BY_CODE[glm.LOSS_CODES["hinge"]].name == "hinge"
-    with pytest.raises(KeyError, match="known: logistic, squared, hinge"):
+    with pytest.raises(KeyError, match="known: logistic, squared, hinge, softmax"):
         losses.get("softplus")
 
 

@@ -170,9 +170,13 @@ def test_row_transition_skips_nulls_and_counts():
         nn.transition(s, pack.expected_header(3) + np.zeros(3).tobytes(), 0.0, init)
     c = nn.initialize(2, hidden=[3], classes=[-1.0, 1.0])
     np.testing.assert_array_equal(nn.code_labels(c, [1.0, -1.0]), [1.0, 0.0])
-    nn.transition(None, [0.0, 1.0], 1.0, c)
-    for bad in (2.0, 0.5, -1.0):
-        with pytest.raises(InvalidData, match="not a class index"):
+    by_row = None
+    for x, y in (([0.0, 1.0], 1.0), ([1.0, 0.0], -1.0)):
+        by_row = nn.transition(by_row, x, y, c)
+    np.testing.assert_array_equal(
+        nn.params_of(by_row), nn.params_of(nn.transition_arrays(c, [[0, 1], [1, 0]], [1, -1])))
+    for bad in (2.0, 0.0, 0.5):
+        with pytest.raises(InvalidData, match="not one of the model's classes"):
             nn.transition(None, [0.0, 1.0], bad, c)
 
 

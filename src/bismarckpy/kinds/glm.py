@@ -24,7 +24,8 @@ from ..params import GLM_PARAMS
 from . import ModelKind, Stored
 
 MAGIC = 2012.0
-LOSS_CODES = {name: loss.code for name, loss in REGISTRY.items()}  # the loss registry's codes
+LOSS_CODES = {name: loss.code for name, loss in REGISTRY.items()  # the loss registry's codes
+              if loss.kind == "glm"}
 EVALUATE = -1  # batch_size that only accumulates the loss
 
 # Header slots of the state vector.
@@ -507,7 +508,7 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
 
 KIND = ModelKind(
     name="glm", magic=np.array([MAGIC], dtype=_F8).tobytes(), params=GLM_PARAMS,
-    losses=tuple(REGISTRY), initialize=epoch_init, transition=transition,
+    losses=tuple(LOSS_CODES), initialize=epoch_init, transition=transition,
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
     export=export, predict=predict, evaluate=evaluate, merge_rule="average",
     sql_train="bismarck.train_glm",

@@ -98,10 +98,11 @@ MLP_PARAMS = tuple(p for p in MLP_PARAMS if p.name not in ("eta0", "power_t"))
 
 
 def loop_params(p: dict[str, Any]) -> dict[str, Any]:
-    """The training loop's names for the MLP's settings: the loss its task implies (softmax
-    over K classes, squared), the schedule's initial rate, and an intercept-fitting model's
+    """The training loop's names for the MLP's settings: the loss its task implies (the
+    cross-entropy of a softmax over K classes, whose raw labels the kernel codes; squared), the
+    schedule's initial rate, and an intercept-fitting model's
     standardisation (features and a regression label centred and scaled)."""
-    return {"loss": "softmax" if p["task"] == "classification" else "squared",
+    return {"loss": "cross_entropy" if p["task"] == "classification" else "squared",
             "eta0": p["learning_rate_init"], "power_t": 0.5, "fit_intercept": True}
 
 
@@ -281,10 +282,11 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
 
 KIND = ModelKind(
     name="mlp", magic=np.array([nn.MAGIC], dtype=_F8).tobytes(), params=MLP_PARAMS,
-    losses=("softmax", "squared"), initialize=epoch_init, transition=nn.transition,
+    losses=("cross_entropy", "squared"), initialize=epoch_init, transition=nn.transition,
     transition_block=nn.transition_block, merge=nn.merge, finalize=nn.finalize, decode=decode,
-    export=export, predict=predict, evaluate=evaluate, merge_rule="average",
+    export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
+    merge_rule="average",
     sql_train="bismarck.train_mlp",
     doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
-    extra={"predict_proba": predict_proba, "loop_params": loop_params,
+    extra={"loop_params": loop_params,
            "rate_name": "learning_rate_init", "restore_best": True})
