@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import nn
-from ..errors import InvalidData
+from ..errors import InvalidData, InvalidParameter
 from ..params import Param, merge_params
 from . import ModelKind, Stored
 
@@ -189,7 +189,14 @@ def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
 
 
 def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """Class probabilities (``n × K``, in the order of the stored classes)."""
+    """Class probabilities (``n × K``, in the order of the stored classes).
+
+    Raises :class:`InvalidParameter` for a regression network (it has no classes).
+    """
+    if stored.model["task"] != "classification":
+        raise InvalidParameter("a regression MLP does not give probabilities",
+                               detail="It was trained with task => 'regression'.",
+                               hint="Use bismarck.predict.")
     z = raw_output(stored, X)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
