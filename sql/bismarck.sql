@@ -557,6 +557,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
         RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
     END IF;
     RETURN bismarck._link(m.loss, bismarck._margin(m, x));
@@ -586,6 +587,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
         RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
     END IF;
     z := bismarck._margin(m, x);
@@ -615,6 +617,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
         RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
     END IF;
     p := bismarck._link(m.loss, bismarck._margin(m, x));
@@ -814,6 +817,31 @@ $$;
 COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
     'Private: the class probabilities of a model of any probabilistic kind for one feature '
     'vector, by the kind''s predict_proba on its stored form.';
+
+CREATE FUNCTION bismarck._check_vector(m bismarck.models, x float8[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d integer := (m.metrics ->> 'n_features')::integer;
+BEGIN
+    IF array_ndims(x) > 1 THEN
+        RAISE EXCEPTION 'feature vector is a %-dimensional array', array_ndims(x)
+            USING ERRCODE = '22000',
+                  DETAIL = format('Model "%s" scores one 1-D array of features per call; got '
+                                  'an array of dimensions %s.', m.model_name, array_dims(x)),
+                  HINT = 'Pass one row''s features as a 1-D array, e.g. ARRAY[x1, x2]; keep '
+                         'each row of a matrix in its own table row.';
+    END IF;
+    IF d IS NOT NULL AND cardinality(x) <> d THEN
+        RAISE EXCEPTION 'feature vector has % elements but model "%" has % features',
+            cardinality(x), m.model_name, d
+            USING ERRCODE = '22000',
+                  HINT = 'Pass the features in the order of bismarck.models.features.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION bismarck._check_vector(bismarck.models, float8[]) IS
+    'Private: an error for a feature vector that is not 1-D or not as long as the model''s '
+    'features (metrics n_features), for models of kinds other than the GLM.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

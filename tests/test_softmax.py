@@ -153,3 +153,20 @@ def test_a_softmax_model_has_no_coefficient_table(conn: psycopg.Connection, digi
                  "'digits_coef', loss => 'softmax', max_epochs => 1, packed => false)")
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="no coefficient table"):
         conn.execute("SELECT * FROM bismarck.coefficients('digits_coef')")
+
+
+@pytest.mark.parametrize("x, message", [
+    ("ARRAY[1, 2]::float8[]", 'has 2 elements but model "digits_shape" has 64 features'),
+    ("ARRAY[[1, 2], [3, 4]]::float8[]", "is a 2-dimensional array"),
+])
+@pytest.mark.parametrize("function", ["predict", "predict_class", "predict_proba"])
+def test_softmax_scoring_a_malformed_vector_is_a_clear_error(
+        conn: psycopg.Connection, digits: dict, function: str, x: str, message: str) -> None:
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'digits_shape', loss => 'softmax', max_epochs => 1, packed => false)")
+    with pytest.raises(psycopg.errors.DataException, match=message) as err:
+        conn.execute(f"SELECT bismarck.{function}('digits_shape', {x})")
+    assert "Traceback" not in str(err.value)
+    conn.rollback()
+    assert conn.execute(f"SELECT bismarck.{function}('digits_shape', "
+                        "array_fill(NULL::float8, ARRAY[64]))").fetchone() == (None,)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import exact, kinds, moments, pack
-from .errors import BismarckError
+from .errors import BismarckError, InvalidData
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
@@ -195,7 +195,7 @@ def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
     NULL when ``x`` is NULL or holds a NULL, NaN or infinite value (as for GLMs).
     """
     def run() -> float | None:
-        if x is None or any(v is None or not math.isfinite(v) for v in x):
+        if _unscorable(x):
             return None
         model = kinds.get(kind)
         form = kinds.Stored(kind, json.loads(stored), state)
@@ -203,12 +203,23 @@ def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
     return _guard(plpy, run)
 
 
+def _unscorable(x: Sequence[Any] | None) -> bool:
+    """True for a feature vector with no score (NULL, or a NULL, NaN or infinite element);
+    :class:`InvalidData` for an array of more than one dimension."""
+    if x is None:
+        return True
+    if any(isinstance(v, (list, tuple)) for v in x):
+        raise InvalidData("feature vector is a multi-dimensional array",
+                          hint="Pass one row's features as a 1-D array, e.g. ARRAY[x1, x2].")
+    return any(v is None or not math.isfinite(v) for v in x)
+
+
 def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
                        x: Sequence[float | None] | None) -> list[float] | None:
     """``bismarck._predict_proba_kind``: one row's class probabilities by the kind's
     ``predict_proba``; NULL for a NULL, NaN or infinite feature."""
     def run() -> list[float] | None:
-        if x is None or any(v is None or not math.isfinite(v) for v in x):
+        if _unscorable(x):
             return None
         model = kinds.get(kind)
         if model.predict_proba is None:

@@ -354,9 +354,19 @@ def export(p: dict[str, Any], data: Any, model: Model | None) -> Stored:
 
 
 def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """Class probabilities (n × K, classes in ``stored.model["classes"]`` order)."""
-    return probabilities(np.asarray(stored.model["coef"]),
-                         np.asarray(stored.model["intercept"]), X)
+    """Class probabilities (n × K, classes in ``stored.model["classes"]`` order).
+
+    Raises :class:`InvalidData` when the rows of ``X`` are not as long as the model's features.
+    """
+    coef = np.asarray(stored.model["coef"], dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != coef.shape[1]:
+        got = X.shape[-1] if X.ndim else 0
+        raise InvalidData(
+            f"feature vector has {got} elements but the model has {coef.shape[1]} features",
+            hint="Pass one row's features as a 1-D array in the order of "
+                 "bismarck.models.features.")
+    return probabilities(coef, np.asarray(stored.model["intercept"]), X)
 
 
 def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
