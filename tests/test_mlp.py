@@ -268,6 +268,11 @@ def test_estimators_fit_predict_score_and_reload(dsn: str, conn) -> None:
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], pred)
     assert 0.6 < score <= 1.0 and len(clf.history_) == clf.n_iter_
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = clf.plot_history()  # the loss curves of this fit, train and validation
+    assert len(ax.lines) == 2 and len(ax.lines[0].get_xdata()) == clf.n_iter_
     assert again.get_params() == clf.get_params() | {"model_name": "est_clf", "batch_size": 200}
     reg = MLPRegressor(hidden_layer_sizes=[6], max_iter=10, random_state=1, model_name="est_reg")
     with psycopg.connect(dsn) as c:
