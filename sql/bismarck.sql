@@ -438,6 +438,79 @@ COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text,
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
 
+CREATE FUNCTION bismarck.train_mlp(
+    source              regclass,
+    label               text,
+    features            text[],
+    INOUT model_name    text     DEFAULT NULL,
+    hidden              integer[] DEFAULT NULL,
+    activation          text     DEFAULT NULL,
+    task                text     DEFAULT NULL,
+    solver              text     DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    learning_rate_init  float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    momentum            float8   DEFAULT NULL,
+    nesterovs_momentum  boolean  DEFAULT NULL,
+    beta_1              float8   DEFAULT NULL,
+    beta_2              float8   DEFAULT NULL,
+    epsilon             float8   DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    standardize         boolean  DEFAULT NULL,
+    shuffle             text     DEFAULT NULL,
+    packed              boolean  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    dtype               text     DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    parallel            integer  DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train('mlp', jsonb_build_object(
+        'source', source::text, 'label', label, 'features', features,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'hidden', hidden, 'activation', activation, 'task', task, 'solver', solver,
+        'alpha', alpha, 'learning_rate_init', learning_rate_init,
+        'learning_rate', learning_rate, 'momentum', momentum,
+        'nesterovs_momentum', nesterovs_momentum, 'beta_1', beta_1, 'beta_2', beta_2,
+        'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
+        'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
+        'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
+    float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
+    'task classification: softmax over the label''s classes, or regression) by backpropagation '
+    'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
+    'early on the validation loss (the best epoch is stored), and store it as the next version '
+    'of model_name (default: the source table''s name). NULL options take defaults.';
+
 CREATE FUNCTION bismarck.pack(
     source           regclass,
     label            text,
@@ -507,7 +580,8 @@ BEGIN
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_class needs a classifier (loss logistic or hinge); use predict.';
+                  HINT = 'predict_class needs a classifier (loss logistic or hinge, an MLP '
+                         'with task classification); use predict.';
     END IF;
     IF x IS NULL THEN
         RETURN NULL;

@@ -37,7 +37,7 @@ from .packing import (
     registered,
     settings_for_transaction,
 )
-from .params import validate
+from .params import EXACT_SOLVERS, validate
 from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0
 from .separation import data_separated
 from .source import Source, resolve
@@ -155,7 +155,12 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
                 hint="Leave packed unset (or false).")
         p["packed"] = False
     p.setdefault("solver", "sgd")
-    if p["solver"] != "sgd":
+    # A kind may name the loop's settings after its own parameters (the MLP's loss follows its
+    # task, its eta0 is learning_rate_init); they are stored with the run's parameters.
+    loop_params = model_kind.extra.get("loop_params")
+    if loop_params is not None:
+        p.update(loop_params(p))
+    if p["solver"] in EXACT_SOLVERS:
         from . import exact_loop
 
         exact_loop.check_options(p)
@@ -171,7 +176,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
-        if p["solver"] != "sgd":
+        if p["solver"] in EXACT_SOLVERS:
             from . import exact_loop
 
             exact_loop.check_packed_table(table, p)
@@ -270,7 +275,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         return prep
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
-    if p["standardize"] and p["loss"] == "squared" and p["solver"] == "sgd":
+    if p["standardize"] and p["loss"] == "squared" and p["solver"] not in EXACT_SOLVERS:
         y_mean, y_sd = _label_scale(session, src, y_expr, holdout, checked.max_abs_y,
                                     p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
@@ -365,6 +370,12 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
             f"{table.name} is a packed table", detail="Its blocks are one fixed shuffle.",
             hint="Train on it with shuffle => 'once' (the default), or on its source table "
                  f"{table.source} to reshuffle rows.")
+    if p["loss"] == MULTICLASS and len(table.label_values) > 2:
+        raise InvalidParameter(
+            f"{table.name} is a packed table whose classes are not recorded",
+            detail="A packed table records at most three label values; a multi-class model "
+                   "needs all of them.",
+            hint=f"Train on its source table {table.source}.")
     classes = _check_classes(table.label_values, p["loss"], table.label)
     blocks = session.query(f"SELECT p.block, p.n FROM {table.relation} AS p ORDER BY p.block")
     if not blocks:
@@ -410,6 +421,9 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
             y_sd = float(stats.sd[0] if p["fit_intercept"] else stats.rms[0])
             y_sd = y_sd if y_sd > 0 and math.isfinite(y_sd) else 1.0
         coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
+    elif p["loss"] == MULTICLASS:  # blocks keep raw labels, as rows do; the kind codes them
+        assert classes is not None
+        coding = (glm.Y_AS_IS, 0.0, 0.0, 1.0)
     else:
         assert classes is not None
         mode = glm.Y_CLASS01 if p["loss"] == "logistic" else glm.Y_CLASS_PM1
@@ -434,16 +448,42 @@ def _require_training_rows(n_train: int, n_valid: int) -> None:
                           hint="Lower validation_fraction or add rows.")
 
 
+#: A label with more distinct values than this is not a set of classes.
+MAX_CLASSES = 1000
+
+
 def _label_classes(session: TrainingSession, src: Source, loss: str,
                    binary: list[float] | None) -> list[float] | None:
-    """The two classes of a classifier's label, checked; None for regression."""
+    """The classes of a classifier's label, checked; None for regression."""
+    if loss == MULTICLASS:
+        values = [float(r[0]) for r in session.query(
+            f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr} ORDER BY 1 LIMIT {MAX_CLASSES + 1}")]
+        return _check_classes(values, loss, src.label or "")
     if loss not in CLASSIFIERS:
         return None
     return _check_classes(binary or label_values(session, src), loss, src.label or "")
 
 
+#: The loop's loss of a classifier kind with K >= 2 classes that codes raw labels itself (the
+#: MLP's softmax output): the classes are found here, over all usable rows, before any split.
+MULTICLASS = "cross_entropy"
+
+
 def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:
-    """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or a clear error."""
+    """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or K >= 2 classes of any
+    numeric values for :data:`MULTICLASS`; a clear error otherwise."""
+    if loss == MULTICLASS:
+        if len(values) < 2 or len(values) > MAX_CLASSES:
+            few = len(values) < 2
+            raise InvalidData(
+                f'label "{label}" has {"one class only" if few else "too many classes"}',
+                detail=(f"A classifier needs two or more classes; found "
+                        f"{', '.join(f'{v:g}' for v in values) or 'none'}." if few else
+                        f"More than {MAX_CLASSES} distinct values: it looks like a number."),
+                hint="Train on rows of two or more classes." if few else
+                     "Use task => 'regression' for a numeric target.")
+        return values
     if loss not in CLASSIFIERS:
         return None
     shown = ", ".join(f"{v:g}" for v in values)
@@ -460,7 +500,7 @@ def _check_classes(values: list[float], loss: str, label: str) -> list[float] | 
 def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
     """The row path's label expression, coded as the loss expects it."""
     assert src.label_expr is not None
-    if classes is None:
+    if classes is None or loss == MULTICLASS:  # raw labels (the kind codes K classes)
         return src.label_expr
     pos = classes[1]
     if loss == "logistic":
@@ -553,7 +593,12 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     """Epochs of ``kind`` until convergence, divergence or max_epochs, each through the
     execution layer; the schedule, validation, history and bold_driver's undo are the loop's."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
-                     p["power_t"], standardize=p.get("standardize", True))
+                     p["power_t"], standardize=p.get("standardize", True),
+                     rate_name=kind.extra.get("rate_name", "eta0"))
+    # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
+    # early_stopping restores its best coefficients) when the kind asks for it.
+    keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None
+    best: tuple[float, Any, float] | None = None  # validation loss, model, train loss
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
@@ -587,6 +632,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         if decision.accept:
             previous_start = model
             model = m.model
+            if keep_best and valid_loss is not None and (best is None or valid_loss < best[0]):
+                best = (valid_loss, model, train_loss)
         else:
             model = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
@@ -598,6 +645,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    if best is not None:
+        valid_loss, model, train_loss = best
     return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
 
 

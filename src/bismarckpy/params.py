@@ -18,6 +18,7 @@ from .penalties import PENALTIES
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
 SHUFFLES = ("once", "always", "never")
 SOLVERS = ("sgd", "newton", "lbfgs")
+EXACT_SOLVERS = ("newton", "lbfgs")  # their own defaults: tol 1e-8, no penalty, float64 blocks
 EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
 
@@ -178,7 +179,7 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
             out[p.name] = None if p.nullable and p.name in values else p.default
             continue
         out[p.name] = _check(p, v, where)
-    if out.get("solver", "sgd") != "sgd":  # the exact solvers' own defaults: the MLE, tightly
+    if out.get("solver", "sgd") in EXACT_SOLVERS:  # their own defaults: the MLE, tightly
         if values.get("tol") is None and "tol" not in values:
             out["tol"] = EXACT_TOL
         if values.get("penalty") is None:
