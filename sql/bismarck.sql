@@ -1379,6 +1379,77 @@ COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, 
     'standardisation.';
 
 ------------------------------------------------------------------------------------------------
+-- Block-shuffled scans without a copy (shuffle => 'blocks'): page groups read by TID range
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._glm_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                        counts integer[], holds integer[], part integer,
+                                        split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.glm_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                             shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._glm_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _glm_epoch_scan: one buffer of page groups (features as the '
+    '_float8_array_bytes of a 2-D array_agg, raw labels), its validation rows set apart, '
+    'its rows shuffled, then the packed-block kernel.';
+
+CREATE AGGREGATE bismarck._glm_epoch_scan(xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._glm_step_scan,
+    STYPE = bytea,
+    FINALFUNC = bismarck._glm_final
+);
+COMMENT ON AGGREGATE bismarck._glm_epoch_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: one SGD epoch of a GLM over buffers of page groups in the order they arrive.';
+
+CREATE FUNCTION bismarck._exact_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                               shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _exact_pass_scan: the exact sums of one buffer of page groups.';
+
+CREATE AGGREGATE bismarck._exact_pass_scan(xs bytea, ys bytea, groups integer[],
+                                           counts integer[], holds integer[], part integer,
+                                           split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._exact_step_scan,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: _exact_pass over the rows of page groups (the separation check of blocks).';
+
+CREATE FUNCTION bismarck._scan_prepare_step(state bytea, xs bytea, ys bytea, grp integer,
+                                            init bytea, seed bigint) RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.scan_prepare(plpy, state, xs, ys, grp, init, seed)
+$$;
+COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bytea, bigint) IS
+    'Private: transition of _scan_prepare: one page group''s usable rows counted, its '
+    'validation rows chosen, its training rows added to the moments.';
+
+CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, init bytea,
+                                        seed bigint) (
+    SFUNC = bismarck._scan_prepare_step,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bytea, bigint) IS
+    'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
+
+------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).
 -- Re-run by every upgrade.
 ------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import glm, penalties
+from . import blockscan, glm, penalties
 from .errors import Diverged, InvalidData, InvalidParameter
 from .losses import CLASSIFIERS
 from .moments import Moments
@@ -120,6 +120,11 @@ class _Prepared:
     constant: list[int] = field(default_factory=list)  # constant (zero-variance) features
     n_pos: int = 0  # training rows of the positive class (classifiers)
     notes: list[str] = field(default_factory=list)  # warnings for the caller
+    # shuffle => 'blocks': the whole statements of a training epoch, a validation pass and an
+    # exact pass (one %s each: the init state), instead of FROM clauses of copies.
+    train_sql: str | None = None
+    valid_sql: str | None = None
+    exact_sql: str | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -143,6 +148,15 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
             from . import exact_loop
 
             exact_loop.check_packed_table(table, p)
+    if p["shuffle"] == "blocks":
+        if p["solver"] != "sgd":
+            raise InvalidParameter(
+                f"shuffle => 'blocks' needs solver => 'sgd' (not '{p['solver']}')",
+                detail="The exact solvers read every row in each pass; the order does not "
+                       "matter to them.",
+                hint="Drop shuffle, or use solver => 'sgd'.")
+        if src is not None:
+            blockscan.refuse_unless_heap(src)
     if p["packed"] is None:
         p["packed"] = p["shuffle"] == "once"
     elif p["packed"] and p["shuffle"] != "once":
@@ -166,8 +180,12 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     session.checkpoint()
     work = _Work(schema)
     try:
-        prepared = (_prepare_packed_table(session, table, p, seed) if table
-                    else _prepare(session, src, p, seed, work))
+        if table:
+            prepared = _prepare_packed_table(session, table, p, seed)
+        elif p["shuffle"] == "blocks":
+            prepared = _prepare_blocks(session, src, p, seed)
+        else:
+            prepared = _prepare(session, src, p, seed, work)
         if p["solver"] == "sgd":
             result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
         else:
@@ -206,6 +224,7 @@ class _Work:
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              work: _Work) -> _Prepared:
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
+    _progress(session, "preparing: checking rows")
     checked = check_rows(session, src)
     d = checked.d
     dtype = check_ranges(session, src, checked, dtype=p["dtype"] if p["packed"] else None,
@@ -220,6 +239,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                                   checked.n_usable)
     train = work.table(session, "train")
     valid = work.table(session, "valid") if n_holdout > 0 else None
+    _progress(session, "preparing: writing the " + ("packed" if p["packed"] else "row")
+              + " copy")
     if p["packed"]:
         args = (p["block_size"], dtype)
         n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
@@ -260,6 +281,50 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
                      classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd,
                      constant=constant, n_pos=int(n_pos), notes=notes)
+
+
+def _progress(session: TrainingSession, text: str) -> None:
+    """Tell the user how preparation goes (a NOTICE inside the server, the CLI's status line
+    outside), when the session can."""
+    report = getattr(session, "on_progress", None)
+    if report is not None:
+        report(text)
+
+
+def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -> _Prepared:
+    """``shuffle => 'blocks'``: no copy. One scan checks the rows (counts, shapes, ranges,
+    label classes); one read of every page group (:mod:`bismarckpy.blockscan`) counts its
+    usable rows, chooses its validation rows and sums the training rows' moments."""
+    _progress(session, "preparing: checking rows")
+    checked = check_rows(session, src)
+    check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
+                 squared=p["loss"] == "squared", packing=False, solver=p["solver"])
+    classes = _label_classes(session, src, p["loss"], checked.label_values)
+    lay = blockscan.layout(session, src, checked.n_total, p["block_size"])
+    k = validation_count(p["validation_fraction"], checked.n_usable)
+    split_seed = (int(seed) + 3) & (2**62 - 1)
+    got = blockscan.prepare(session, src, lay, checked.d, k, checked.n_usable, split_seed,
+                            lambda text: _progress(session, text))
+    n_valid = int(got.holds.sum())
+    n_train = checked.n_usable - n_valid
+    _require_training_rows(n_train, n_valid)
+    assert got.stats is not None
+    coding = _coding(p, got.stats, classes)
+    prep = _Prepared(train=src.relation, valid=None, d=checked.d, n_train=n_train,
+                     n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
+                     classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
+                     y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
+                     constant=coding.constant, n_pos=coding.n_pos)
+    part = blockscan.TRAIN if n_valid else blockscan.ALL
+    prep.train_sql = blockscan.epoch_sql(src, lay, got, "bismarck._glm_epoch_scan", part,
+                                         split_seed, shuffled=True)
+    prep.exact_sql = blockscan.epoch_sql(src, lay, got, "bismarck._exact_pass_scan", part,
+                                         split_seed, shuffled=False)
+    if n_valid:
+        prep.valid = src.relation
+        prep.valid_sql = blockscan.epoch_sql(src, lay, got, "bismarck._glm_epoch_scan",
+                                             blockscan.VALID, split_seed, shuffled=False)
+    return prep
 
 
 def validation_count(fraction: float, n: int) -> int:
@@ -364,6 +429,31 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     state = session.query(f"SELECT bismarck._moments_packed(data, {int(d)}, {int(itemsize)}, "
                           f"{train_rows}) FROM {train}")[0][0]
     stats = moments_decode(state)  # column 0 is the label
+    c = _coding(p, stats, classes)
+    y_mean, y_sd, coding, n_pos, mu, sd, constant = (c.y_mean, c.y_sd, c.y_coding, c.n_pos,
+                                                     c.mu, c.sd, c.constant)
+    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
+                     n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
+                     y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
+                     train_rows=train_rows, constant=constant, n_pos=n_pos)
+
+
+@dataclass
+class _Coding:
+    """How an epoch codes raw labels and scales features, from the training rows' moments."""
+
+    y_mean: float
+    y_sd: float
+    y_coding: tuple[int, float, float, float]
+    n_pos: int
+    mu: np.ndarray | None
+    sd: np.ndarray | None
+    constant: list[int]
+
+
+def _coding(p: dict, stats: Moments, classes: list[float] | None) -> _Coding:
+    """Label coding, label scale and feature standardisation from moments whose column 0 is
+    the raw label (packed blocks and block-shuffled scans)."""
     y_mean, y_sd = 0.0, 1.0
     n_pos = 0
     if p["loss"] == "squared":
@@ -382,10 +472,7 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     constant: list[int] = []
     if p["standardize"]:
         mu, sd, constant = _scaling(moments_select(stats, slice(1, None)), p["fit_intercept"])
-    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
-                     n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
-                     y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
-                     train_rows=train_rows, constant=constant, n_pos=n_pos)
+    return _Coding(y_mean, y_sd, coding, n_pos, mu, sd, constant)
 
 
 def _require_training_rows(n_train: int, n_valid: int) -> None:
@@ -463,9 +550,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     t = 0.0
     previous_start = (w, b, t)  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    train_sql = _epoch_sql(prep.train, p["shuffle"], prep.packed, prep.train_rows)
-    valid_sql = (_epoch_sql(prep.valid, "never", prep.packed, prep.valid_rows)
-                 if prep.valid else None)
+    train_sql = prep.train_sql or _epoch_sql(prep.train, p["shuffle"], prep.packed,
+                                             prep.train_rows)
+    valid_sql = prep.valid_sql or (_epoch_sql(prep.valid, "never", prep.packed, prep.valid_rows)
+                                   if prep.valid else None)
     history: list[EpochRecord] = []
     converged = False
     train_loss = math.nan
@@ -478,7 +566,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                               batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
                               w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
                               y_coding=prep.y_coding, class_weight=weights)
-        if p["shuffle"] == "always":
+        if p["shuffle"] in ("always", "blocks"):
             session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
             state = session.query(train_sql, [init])[0][0]

@@ -54,7 +54,8 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
                                 itemsize=prep.itemsize, y_coding=prep.y_coding, center=center)
         query = (f"SELECT bismarck._exact_pass_packed(data, %s, {prep.train_rows}) "
                  f"FROM {prep.train}" if prep.packed
-                 else f"SELECT bismarck._exact_pass(x, y, %s) FROM {prep.train}")
+                 else getattr(prep, "exact_sql", None)
+                 or f"SELECT bismarck._exact_pass(x, y, %s) FROM {prep.train}")
         with settings_for_transaction(session, _parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]
         return exact.decode(state)

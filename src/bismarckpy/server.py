@@ -88,6 +88,11 @@ class PlpySession:
         else:
             self.plpy.debug(text)
 
+    def on_progress(self, text: str) -> None:
+        """Progress of preparation: a NOTICE (``bismarck: preparing: 40% of pages``)."""
+        self.plpy.notice("bismarck: " + text)
+        self._last_notice = time.monotonic()
+
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
 
@@ -252,3 +257,35 @@ def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the exact passes: an exact sum."""
     return _guard(plpy, exact.merge, a, b)
+
+
+def glm_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                        groups: list | None, counts: list | None, holds: list | None,
+                        part: int, split_seed: int, shuffle_seed: int | None,
+                        init: bytes) -> bytes:
+    """SFUNC of ``bismarck._glm_epoch_scan``: one buffer of page groups."""
+    from . import blockscan
+
+    d = int(np.frombuffer(init, dtype="<f8", count=2)[1])
+    return _guard(plpy, blockscan.epoch_step, glm.transition_block, state, xs, ys, groups,
+                  counts, holds, part, split_seed, shuffle_seed, init, d)
+
+
+def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                          groups: list | None, counts: list | None, holds: list | None,
+                          part: int, split_seed: int, shuffle_seed: int | None,
+                          init: bytes) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_scan``: one buffer of page groups."""
+    from . import blockscan
+
+    head = np.frombuffer(init, dtype="<f8", count=4)  # magic, columns, loss, intercept
+    return _guard(plpy, blockscan.epoch_step, exact.transition_block, state, xs, ys, groups,
+                  counts, holds, part, split_seed, shuffle_seed, init, int(head[1] - head[3]))
+
+
+def scan_prepare(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                 group: int, init: bytes, seed: int) -> bytes:
+    """SFUNC of ``bismarck._scan_prepare``: one page group, in physical order."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, init, seed)
