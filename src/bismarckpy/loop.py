@@ -125,6 +125,9 @@ class _Prepared:
     train_sql: str | None = None
     valid_sql: str | None = None
     exact_sql: str | None = None
+    # The features' centre and scale even when the model is not standardised (blocks: read
+    # off the preparation's moments; the separation check needs them).
+    scaling: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -315,6 +318,8 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
                      classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
                      y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
                      constant=coding.constant, n_pos=coding.n_pos)
+    mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
+    prep.scaling = (mu, sd)
     part = blockscan.TRAIN if n_valid else blockscan.ALL
     prep.train_sql = blockscan.epoch_sql(src, lay, got, "bismarck._glm_epoch_scan", part,
                                          split_seed, shuffled=True)

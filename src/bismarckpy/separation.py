@@ -41,7 +41,8 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
     fit_intercept = bool(p["fit_intercept"])
     mu, sd = prep.mu, prep.sd
     if mu is None or sd is None:
-        mu, sd = _feature_moments(session, prep, fit_intercept)
+        mu, sd = (getattr(prep, "scaling", None)
+                  or _feature_moments(session, prep, fit_intercept))
     sd = np.where(np.isfinite(sd), sd, 1.0)
     center = np.asarray(mu, dtype=np.float64) if fit_intercept else None
     coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
