@@ -117,6 +117,17 @@ def held_mask(seed: int, group: int, n: int, held: int) -> np.ndarray:
     return mask
 
 
+def finite_rows(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows whose label and features are all finite (NaN and ±inf are missing values, as on
+    every path), and how many were dropped. The SQL filter leaves this test to numpy: a
+    vectorised pass costs far less than comparing every array element in SQL."""
+    X = X.reshape(-1, d)
+    ok = np.isfinite(y) & np.isfinite(X).all(axis=1)
+    if ok.all():
+        return X, y, 0
+    return X[ok], y[ok], int((~ok).sum())
+
+
 @dataclass
 class Buffer:
     """The rows of one buffer an epoch keeps: features ``X`` (n × d) and raw labels ``y``."""
@@ -143,6 +154,8 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int, groups: list | None,
     if X.shape[0] != n:
         raise InvalidData("a block's labels do not match its rows",
                           detail=f"{X.shape[0]} feature rows, {n} labels.")
+    X, y, _ = finite_rows(X, y, d)
+    n = len(y)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
     if sum(ns) != n:
@@ -164,22 +177,39 @@ def changed(got: int, expected: int) -> InvalidData:
              "(CREATE TABLE ... AS) of it.")
 
 
-def as_block(buf: Buffer, shuffle_seed: int | None) -> bytes | None:
+_scratch: dict[int, bytearray] = {}
+
+
+def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
-    (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals."""
+    (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
+
+    The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
+    per call costs more in page faults than the copy itself): it is valid until the next call.
+    """
     n, d = buf.X.shape
     if n == 0:
         return None
-    order = (np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
-             if shuffle_seed is not None else slice(None))
-    values = np.empty((n, 1 + d), dtype=_F8)
-    values[:, 0] = buf.y[order]
-    values[:, 1:] = buf.X[order]
-    offsets = values.min(axis=0)
+    start = HEADER_BYTES + 8 * (1 + d)
+    size = start + 8 * n * (1 + d)
+    block = _scratch.get(size)
+    if block is None:
+        _scratch.clear()
+        block = _scratch[size] = bytearray(size)
+    block[:HEADER_BYTES] = MAGIC + np.array([d, 8], dtype="<i4").tobytes()
+    offsets = np.frombuffer(block, dtype=_F8, count=1 + d, offset=HEADER_BYTES)
+    values = np.frombuffer(block, dtype=_F8, offset=start).reshape(n, 1 + d)
+    offsets[0] = buf.y.min()
+    offsets[1:] = buf.X.min(axis=0)
+    if shuffle_seed is not None:
+        order = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
+        np.take(buf.y, order, out=values[:, 0], mode="clip")
+        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    else:
+        values[:, 0] = buf.y
+        values[:, 1:] = buf.X
     values -= offsets
-    head = MAGIC + np.array([d, 8], dtype="<i4").tobytes()
-    assert len(head) == HEADER_BYTES
-    return head + offsets.tobytes() + values.tobytes()
+    return block
 
 
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
@@ -216,16 +246,17 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     m_len = 1 + 4 * (1 + d)
     X = read_matrix(xs, d)
     y = read_matrix(ys)
-    n = len(y)
-    if X.reshape(-1, d).shape[0] != n:
+    if X.reshape(-1, d).shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows")
+    X, y, _ = finite_rows(X, y, d)
+    n = len(y)
     held = int(carried_holds([n], k, total, seen)[0]) if n else 0
     mom = s[_P_HEAD:_P_HEAD + m_len].copy()
     if n:
         keep = ~held_mask(seed, group, n, held)
         V = np.empty((int(keep.sum()), 1 + d), dtype=_F8)
         V[:, 0] = y[keep]
-        V[:, 1:] = X.reshape(-1, d)[keep]
+        V[:, 1:] = X[keep]
         if len(V):
             off = V.min(axis=0)
             part = moments.of_matrix(off, V - off)
@@ -311,7 +342,7 @@ def _group_rows(src: Source, layout: Layout, group: str) -> str:
     """The usable rows (features, raw label) of one page group, by a TID range scan."""
     return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
             f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
-            f"AND {src.valid_expr}")
+            f"AND {src.scan_valid_expr}")
 
 
 def _int_array(values: np.ndarray | list[int]) -> str:
