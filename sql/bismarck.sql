@@ -1449,6 +1449,17 @@ CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, init by
 COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bytea, bigint) IS
     'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
 
+CREATE FUNCTION bismarck._pack_buffer(xs bytea, ys bytea, d integer, block_size integer,
+                                      dtype text, seed bigint)
+RETURNS TABLE (n integer, data bytea)
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_buffer(plpy, xs, ys, d, block_size, dtype, seed)
+$$;
+COMMENT ON FUNCTION bismarck._pack_buffer(bytea, bytea, integer, integer, text, bigint) IS
+    'Private: one buffer of page groups (the _float8_array_bytes of a 2-D array_agg, raw '
+    'labels) -> packed blocks of its usable rows, shuffled across the buffer.';
+
 ------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).
 -- Re-run by every upgrade.

@@ -409,3 +409,78 @@ def prepare(session: Session, src: Source, layout: Layout, d: int, k: int, total
     if int(prepared.counts.sum()) != total:
         raise changed(int(prepared.counts.sum()), total)
     return prepared
+
+
+# -- packed copies in one read: buffers of page groups, shuffled, cut into blocks ---------------
+
+def pack_buffer(xs: bytes | None, ys: bytes | None, d: int, block_size: int, dtype: str,
+                seed: int) -> list[tuple[int, bytes]]:
+    """One buffer of page groups → packed blocks (:mod:`bismarckpy.pack`) of its usable rows,
+    shuffled (seeded) across the whole buffer and cut into blocks of about ``block_size``
+    rows. Returns ``(rows, block)`` pairs. Raises :class:`InvalidData` for a value the block
+    ``dtype`` cannot hold (the caller picks float64 for those)."""
+    from .pack import encode  # noqa: PLC0415 (pack imports nothing of this module)
+
+    X = read_matrix(xs, d)
+    y = read_matrix(ys)
+    if X.reshape(-1, d).shape[0] != len(y):
+        raise InvalidData("a block's labels do not match its rows")
+    X, y, _ = finite_rows(X, y, d)
+    n = len(y)
+    if n == 0:
+        return []
+    order = np.random.default_rng(int(seed) & (2**63 - 1)).permutation(n)
+    values = np.empty((n, 1 + d), dtype=_F8)
+    np.take(y, order, out=values[:, 0], mode="clip")
+    np.take(X, order, axis=0, out=values[:, 1:], mode="clip")
+    parts = max(1, round(n / max(int(block_size), 1)))
+    return [(len(part), encode(part, dtype)) for part in np.array_split(values, parts)]
+
+
+def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, dtype: str,
+             seed: int, buffer_blocks: int = BUFFER_BLOCKS) -> str:
+    """``INSERT`` into ``table`` (block, n, data) the packed blocks of buffers from the second
+    ``%s`` to the third, numbering blocks from the first: groups in a seeded random order,
+    ``buffer_blocks`` at a time, each buffer shuffled and cut into blocks. Over all buffers,
+    one read of the source; the backend holds one buffer at a time (no sort, no hash table)."""
+    groups = (f"SELECT g::int4 AS g, row_number() OVER (ORDER BY hashint4extended(g::int4, "
+              f"{int(seed)}::int8), g) - 1 AS pos FROM generate_series(0, {layout.groups - 1}) "
+              "AS g")
+    buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs "
+               f"FROM ({groups}) AS q WHERE q.pos / {int(buffer_blocks)} BETWEEN %s::int8 "
+               "AND %s::int8 GROUP BY 1 ORDER BY 1")
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                  for j in range(int(buffer_blocks)))
+    blocks = ("SELECT b.n, b.data FROM (" + buffers + ") AS o "
+              "CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+              f"FROM ({branches}) AS u) AS z CROSS JOIN LATERAL bismarck._pack_buffer("
+              "bismarck._float8_array_bytes(z.xs), bismarck._float8_array_bytes(z.ys), "
+              f"{int(d)}, {int(block_size)}, {_text(dtype)}, "
+              f"{int(seed)}::int8 + o.buf) AS b")
+    return (f"INSERT INTO {table} (block, n, data) SELECT (row_number() OVER ())::int4 - 1 "
+            f"+ %s::int4, k.n, k.data FROM ({blocks}) AS k")
+
+
+def pack(session: Session, src: Source, table: str, n_rows: int, d: int, block_size: int,
+         dtype: str, seed: int, progress: Callable[[str], None] | None = None) -> int:
+    """Fill packed table ``table`` from ``src`` in one read (:func:`pack_sql`), in
+    :data:`PREPARE_CHUNKS` statements with a progress report after each. Returns the rows."""
+    lay = layout(session, src, n_rows, block_size)
+    buffers = -(-lay.groups // BUFFER_BLOCKS)
+    sql = pack_sql(src, lay, table, d, block_size, dtype, seed)
+    chunk = max(1, -(-buffers // PREPARE_CHUNKS))
+    blocks = 0
+    for start in range(0, buffers, chunk):
+        stop = min(buffers, start + chunk)
+        session.query(sql, [blocks, start, stop - 1])  # in the order of the placeholders
+        blocks = int(session.query(f"SELECT count(*) AS n FROM {table}")[0][0])
+        if progress is not None:
+            progress(f"packing: {100 * stop // buffers}% of pages")
+    return int(session.query(f"SELECT coalesce(sum(n), 0) AS n FROM {table}")[0][0])
+
+
+def _text(value: str) -> str:
+    """A dtype name as an SQL literal (only the two names :mod:`bismarckpy.pack` knows)."""
+    if value not in ("float32", "float64"):
+        raise InvalidParameter(f"unknown block dtype {value!r}")
+    return f"'{value}'::text"

@@ -26,9 +26,11 @@ from .moments import select as moments_select
 from .pack import DTYPE_CODES, stale_format
 from .pack import MAGIC as PACK_MAGIC
 from .packing import (
+    Checked,
     PackedTable,
     check_ranges,
     check_rows,
+    create_packed,
     label_values,
     pack_into,
     registered,
@@ -238,6 +240,10 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
                      f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
+    if p["packed"] and src.row_key == "s.ctid::text":  # a table: packed in one read
+        assert dtype is not None
+        return _prepare_packed_pages(session, src, p, seed, work, checked, dtype, classes,
+                                     notes)
     holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
                                   checked.n_usable)
     train = work.table(session, "train")
@@ -332,6 +338,28 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
     return prep
 
 
+def _prepare_packed_pages(session: TrainingSession, src: Source, p: dict, seed: int,
+                          work: _Work, checked: Checked, dtype: str,
+                          classes: list[float] | None, notes: list[str]) -> _Prepared:
+    """The run's packed copy of a table in one read of the source (no sort, no hash table:
+    :func:`bismarckpy.blockscan.pack`): page groups in a seeded random order, eight at a time,
+    their rows shuffled together and cut into blocks. The validation rows are the first rows
+    of every block, as for a table made by ``bismarck.pack``."""
+    train = work.table(session, "train")
+    create_packed(session, train)
+    rows = blockscan.pack(session, src, train, checked.n_total, checked.d, p["block_size"],
+                          dtype, seed + 1, lambda text: _progress(session, "preparing: " + text))
+    if rows != checked.n_usable:
+        raise blockscan.changed(rows, checked.n_usable)
+    _require_training_rows(rows, 0)
+    blocks = session.query(f"SELECT p.block, p.n FROM {train} AS p ORDER BY p.block")
+    k = validation_count(p["validation_fraction"], rows)
+    prep = _finish_head_split(session, p, train, blocks, k, checked.d, DTYPE_CODES[dtype],
+                              checked.n_total - checked.n_usable, classes)
+    prep.notes[:0] = notes
+    return prep
+
+
 def validation_count(fraction: float, n: int) -> int:
     """Rows to hold out: ``fraction`` of ``n``, rounded up (scikit-learn's ``ceil(f * n)``)
     but immune to the float error of the product (0.3 * 10 is 3, not 4); 0 when fraction is 0.
@@ -409,6 +437,17 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         raise stale_format()
     total = sum(int(n) for _, n in blocks)
     k = validation_count(p["validation_fraction"], total)
+    return _finish_head_split(session, p, table.relation, blocks, k, table.d, table.itemsize,
+                              0, classes)
+
+
+def _finish_head_split(session: TrainingSession, p: dict, relation: str,
+                       blocks: list[tuple], k: int, d: int, itemsize: int, skipped: int,
+                       classes: list[float] | None) -> _Prepared:
+    """Hold out the first rows of every packed block (rows inside a block are in random
+    order, so they are a random sample of it): ``k`` in all, each block's share with the
+    rounding carried from block to block, so the held-out count is exact."""
+    total = sum(int(n) for _, n in blocks)
     held = [0] * (max(int(b) for b, _ in blocks) + 1)
     seen = 0
     for block, n in blocks:  # carried rounding: the first c rows in block order hold k·c/N
@@ -416,11 +455,10 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         seen += int(n)
         held[int(block)] = (2 * k * seen + total) // (2 * total) - before
     heads = "('{" + ",".join(map(str, held)) + "}'::int[])"
-    prep = _finish_packed(session, p, table.relation + " AS p", None, table.d,
-                          table.itemsize, total - k, k, 0, classes,
-                          train_rows=f"{heads}[p.block + 1], NULL")
+    prep = _finish_packed(session, p, relation + " AS p", None, d, itemsize, total - k, k,
+                          skipped, classes, train_rows=f"{heads}[p.block + 1], NULL")
     if k:
-        prep.valid = f"{table.relation} AS p WHERE {heads}[p.block + 1] > 0"
+        prep.valid = f"{relation} AS p WHERE {heads}[p.block + 1] > 0"
         prep.valid_rows = f"0, {heads}[p.block + 1]"
     return prep
 

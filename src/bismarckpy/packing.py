@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from . import blockscan
 from .errors import BismarckError, InvalidData, UndefinedObject
 from .pack import DTYPE_CODES, FLOAT32_SAFE
 from .params import validate
@@ -351,8 +352,14 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
                  packing=True)
     target = _new_relation(session, packed_table, src)
     _create_target(session, target)
-    rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
-                     dtype, seed, create=False)
+    if src.row_key == "s.ctid::text":  # a table: one read of its pages, no sort
+        rows = blockscan.pack(session, src, target, checked.n_total, checked.d, block_size,
+                              dtype, seed)
+        if rows != checked.n_usable:
+            raise blockscan.changed(rows, checked.n_usable)
+    else:
+        rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
+                         dtype, seed, create=False)
     name, blocks = session.query(
         f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
         [target.replace("%%", "%")])[0]

@@ -289,3 +289,11 @@ def scan_prepare(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | N
     from . import blockscan
 
     return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, init, seed)
+
+
+def pack_buffer(plpy: Any, xs: bytes | None, ys: bytes | None, d: int, block_size: int,
+                dtype: str, seed: int) -> list[tuple[int, bytes]]:
+    """``bismarck._pack_buffer``: one buffer of page groups → shuffled packed blocks."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.pack_buffer, xs, ys, d, block_size, dtype, seed) or []
