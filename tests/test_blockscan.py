@@ -18,8 +18,9 @@ from reference_data import load_array_table, load_table
 from test_right_answers import metric, train
 
 from bismarck_controller.session import PsycopgSession
-from bismarckpy import blockscan, glm
+from bismarckpy import blockscan
 from bismarckpy.errors import InvalidData
+from bismarckpy.kinds import glm
 from bismarckpy.source import resolve
 
 
@@ -107,8 +108,8 @@ def test_the_hold_out_is_an_exact_partition_of_the_usable_rows(dsn, conn, n: int
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
         passes = {}
         for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
-            q = blockscan.epoch_sql(src, lay, got, "bismarck._glm_epoch_scan", part, 99,
-                                    shuffled=part == blockscan.TRAIN)
+            q = blockscan.epoch_sql(src, lay, got, part, 99, shuffled=part == blockscan.TRAIN,
+                                    aggregate="bismarck._epoch_scan")
             passes[part] = glm.decode(s.query(q, [init])[0][0])
         assert passes[blockscan.VALID].rows == k
         assert passes[blockscan.TRAIN].rows == n - k
@@ -179,8 +180,8 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
         got = blockscan.prepare(s, src, lay, 2, 30, 300, 1)
         c.commit()
         conn.execute("DELETE FROM chg WHERE id % 7 = 0")
-        q = blockscan.epoch_sql(src, lay, got, "bismarck._glm_epoch_scan", blockscan.TRAIN, 1,
-                                shuffled=True)
+        q = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 1, shuffled=True,
+                                aggregate="bismarck._epoch_scan")
         init = glm.initialize(2, loss="logistic", y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
         with pytest.raises(psycopg.errors.DataException) as exc:
             s.query(q, [init])

@@ -136,20 +136,22 @@ class Buffer:
     y: np.ndarray
 
 
-def select_rows(xs: bytes | None, ys: bytes | None, d: int, groups: list | None,
+def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
                 counts: list | None, holds: list | None, part: int,
                 split_seed: int) -> Buffer:
     """The rows of a buffer an epoch reads (``part``: ALL, TRAIN or VALID), physical order.
 
     ``groups``, ``counts`` and ``holds`` list the buffer's page groups in the order their rows
-    arrive, with the usable rows and validation rows preparation found in each. Raises
+    arrive, with the usable rows and validation rows preparation found in each; ``d`` (None:
+    the array's own width) checks the number of features. Raises
     :class:`InvalidData` when the rows that arrive do not add up to ``counts`` (the source
     changed since preparation).
     """
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.ndim != 2:
-        X = X.reshape(-1, d) if X.size == 0 else X
+        X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
+    d = X.shape[1]
     n = len(y)
     if X.shape[0] != n:
         raise InvalidData("a block's labels do not match its rows",
@@ -214,10 +216,11 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
 
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                groups: list | None, counts: list | None, holds: list | None, part: int,
-               split_seed: int, shuffle_seed: int | None, init: bytes, d: int) -> bytes:
+               split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
     """One buffer of an epoch: select its rows, shuffle them, run ``kernel`` (a model kind's
-    ``transition_block(state, block, init)``) on them as one block."""
-    buf = select_rows(xs, ys, d, groups, counts, holds, part, split_seed)
+    ``transition_block(state, block, init)``, which checks the block's width against its
+    state) on them as one block."""
+    buf = select_rows(xs, ys, None, groups, counts, holds, part, split_seed)
     block = as_block(buf, shuffle_seed)
     if block is None:
         return state if state is not None else init
@@ -349,10 +352,12 @@ def _int_array(values: np.ndarray | list[int]) -> str:
     return "'{" + ",".join(str(int(v)) for v in values) + "}'::int4[]"
 
 
-def epoch_sql(src: Source, layout: Layout, prepared: Prepared, aggregate: str, part: int,
-              split_seed: int, shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS) -> str:
-    """One pass of ``aggregate`` (``bismarck._glm_epoch_scan`` or ``_exact_pass_scan``) over
-    the groups, ``buffer_blocks`` per call; its one parameter is the kernel's init state.
+def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
+              shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
+              aggregate: str = "{aggregate}") -> str:
+    """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
+    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups,
+    ``buffer_blocks`` per call; its one parameter is the kernel's init state.
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
