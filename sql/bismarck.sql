@@ -1434,21 +1434,23 @@ COMMENT ON AGGREGATE bismarck._exact_pass_scan(bytea, bytea, integer[], integer[
     'Private: _exact_pass over the rows of page groups (the separation check of blocks).';
 
 CREATE FUNCTION bismarck._scan_prepare_step(state bytea, xs bytea, ys bytea, grp integer,
-                                            init bytea, seed bigint) RETURNS bytea
+                                            shape bigint[], init bytea, seed bigint)
+RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.scan_prepare(plpy, state, xs, ys, grp, init, seed)
+return B.scan_prepare(plpy, state, xs, ys, grp, shape, init, seed)
 $$;
-COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bytea, bigint) IS
-    'Private: transition of _scan_prepare: one page group''s usable rows counted, its '
+COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bigint[], bytea,
+    bigint) IS
+    'Private: transition of _scan_prepare: one page group''s rows checked and counted, its '
     'validation rows chosen, its training rows added to the moments.';
 
-CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, init bytea,
-                                        seed bigint) (
+CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, shape bigint[],
+                                        init bytea, seed bigint) (
     SFUNC = bismarck._scan_prepare_step,
     STYPE = bytea
 );
-COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bytea, bigint) IS
+COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bigint[], bytea, bigint) IS
     'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
 
 CREATE FUNCTION bismarck._pack_buffer(xs bytea, ys bytea, d integer, block_size integer,

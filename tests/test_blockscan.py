@@ -100,8 +100,9 @@ def test_the_hold_out_is_an_exact_partition_of_the_usable_rows(dsn, conn, n: int
     with c:
         src = resolve(s, "public.part", "y", ["a", "b", "c"])
         lay = blockscan.layout(s, src, n, 16)
-        k = -(-int(round(fraction * n * 1e9)) // 10**9)
-        got = blockscan.prepare(s, src, lay, 3, k, n, 99)
+        k = blockscan.split_count(fraction, n)
+        assert k == -(-int(round(fraction * n * 1e9)) // 10**9)  # ceil(f · n)
+        got = blockscan.prepare(s, src, lay, 3, fraction, 99)
         assert int(got.holds.sum()) == k and int(got.counts.sum()) == n
         init = glm.initialize(3, loss="logistic", batch_size=glm.EVALUATE,
                               w=np.array([0.3, -0.2, 0.1]), b=0.1,
@@ -177,7 +178,7 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     with c:
         src = resolve(s, "public.chg", "y", ["a", "b"])
         lay = blockscan.layout(s, src, 300, 16)
-        got = blockscan.prepare(s, src, lay, 2, 30, 300, 1)
+        got = blockscan.prepare(s, src, lay, 2, 0.1, 1)
         c.commit()
         conn.execute("DELETE FROM chg WHERE id % 7 = 0")
         q = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 1, shuffled=True,

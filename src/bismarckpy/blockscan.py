@@ -91,22 +91,6 @@ def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
     return values.reshape(dims)
 
 
-def carried_holds(counts: np.ndarray | list[int], k: int, total: int,
-                  before: int = 0) -> np.ndarray:
-    """Rows each group holds out: group ``g``'s share of ``k`` of ``total`` rows.
-
-    With ``S`` the usable rows before the group (``before`` before the first one given), the
-    group holds ``r(S + n_g) - r(S)`` with ``r(s) = round(k·s / total)`` (halves up), so the
-    shares sum to exactly ``k`` over all groups and differ from ``k·n_g / total`` by < 1.
-    """
-    c = np.asarray(counts, dtype=np.int64)
-    if total <= 0 or k <= 0:
-        return np.zeros(len(c), dtype=np.int64)
-    ends = before + np.cumsum(c)
-    starts = ends - c
-    return (2 * k * ends + total) // (2 * total) - (2 * k * starts + total) // (2 * total)
-
-
 def held_mask(seed: int, group: int, n: int, held: int) -> np.ndarray:
     """Which of a group's ``n`` rows (in physical order) are validation rows: a seeded
     choice of ``held`` of them, the same in every epoch of a run."""
@@ -229,33 +213,84 @@ def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
 
 # -- preparation: one read of every group, in physical order ------------------------------------
 
-_P_D, _P_K, _P_TOTAL, _P_SEED, _P_SEEN, _P_GROUPS = range(6)
-_P_HEAD = 6
+(_P_D, _P_F, _P_SEEN, _P_GROUPS, _P_TOTAL, _P_MULTI, _P_EMPTY, _P_RAGGED, _P_LEN_LO, _P_LEN_HI,
+ _P_Y_MIN, _P_Y_MAX, _P_ALL01, _P_ALLPM1, _P_AX, _P_AY, _P_MX, _P_MY) = range(18)
+_P_HEAD = 18
 
 
-def prepare_init(d: int, k: int, total: int, seen: int) -> bytes:
+def split_count(fraction: float, n: int) -> int:
+    """Validation rows among the first ``n`` usable rows: ``ceil(fraction · n)`` immune to the
+    product's float error (the training loop's ``validation_count``)."""
+    if fraction <= 0 or n <= 0:
+        return 0
+    return min(n, int(np.ceil(fraction * n - 1e-9)))
+
+
+def group_holds(fraction: float, before: int, n: int) -> int:
+    """Validation rows of a group of ``n`` usable rows after ``before`` of them: the increase
+    of :func:`split_count`, so that over all groups they add up to ``split_count(fraction,
+    total)`` exactly, without knowing the total in advance (one pass)."""
+    return split_count(fraction, before + n) - split_count(fraction, before)
+
+
+def prepare_init(d: int, fraction: float, seen: int) -> bytes:
     """The state a chunk of the preparation starts from: ``seen`` usable rows before it."""
-    head = np.array([d, k, total, 0, seen, 0], dtype=_F8)
+    head = np.zeros(_P_HEAD, dtype=_F8)
+    head[_P_D], head[_P_F], head[_P_SEEN] = d, fraction, seen
+    head[[_P_LEN_LO, _P_Y_MIN, _P_MX, _P_MY]] = np.inf
+    head[[_P_LEN_HI, _P_Y_MAX]] = -np.inf
+    head[[_P_ALL01, _P_ALLPM1]] = 1.0
     return head.tobytes() + moments._new(1 + d).tobytes()  # noqa: SLF001 (same package)
 
 
 def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group: int,
-                 init: bytes, seed: int) -> bytes:
-    """Read one group: count its usable rows, choose its validation rows, add the training
-    rows (label first) to the moments. The state is the head, the moments, then one
-    ``(group, n_g, h_g)`` triple per group read."""
+                 shape: list | None, init: bytes, seed: int) -> bytes:  # noqa: PLR0913
+    """Read one group: check and count its rows, choose its validation rows, add the training
+    rows (label first) to the moments.
+
+    ``xs``/``ys`` hold the rows SQL found complete (no NULL, one dimension, the expected
+    length); NaN and ±inf are told apart here. ``shape`` is SQL's count of the group's rows,
+    of multi-dimensional and of empty arrays, of arrays of another length, and the smallest
+    and largest such length. The state is the head (counts, ranges, label facts), the moments,
+    then one ``(group, n_g, h_g)`` triple per group read.
+    """
     s = np.frombuffer(state if state is not None else init, dtype=_F8)
-    d, k, total, seen = int(s[_P_D]), int(s[_P_K]), int(s[_P_TOTAL]), int(s[_P_SEEN])
+    d, fraction, seen = int(s[_P_D]), float(s[_P_F]), int(s[_P_SEEN])
     m_len = 1 + 4 * (1 + d)
+    head = s[:_P_HEAD].copy()
+    n_all, multi, empty, ragged, len_lo, len_hi = ([int(v or 0) for v in shape[:4]]
+                                                   + [shape[4], shape[5]]) if shape else (
+        0, 0, 0, 0, None, None)
+    head[_P_TOTAL] += n_all
+    head[_P_MULTI] += multi
+    head[_P_EMPTY] += empty
+    head[_P_RAGGED] += ragged
+    if len_lo is not None:
+        head[_P_LEN_LO] = min(head[_P_LEN_LO], len_lo)
+        head[_P_LEN_HI] = max(head[_P_LEN_HI], len_hi)
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.reshape(-1, d).shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows")
     X, y, _ = finite_rows(X, y, d)
     n = len(y)
-    held = int(carried_holds([n], k, total, seen)[0]) if n else 0
     mom = s[_P_HEAD:_P_HEAD + m_len].copy()
+    held = group_holds(fraction, seen, n)
     if n:
+        ax = np.abs(X)
+        head[_P_AX] = max(head[_P_AX], float(ax.max()))
+        nz = ax[ax > 0]
+        if nz.size:
+            head[_P_MX] = min(head[_P_MX], float(nz.min()))
+        ay = np.abs(y)
+        head[_P_AY] = max(head[_P_AY], float(ay.max()))
+        nzy = ay[ay > 0]
+        if nzy.size:
+            head[_P_MY] = min(head[_P_MY], float(nzy.min()))
+        head[_P_Y_MIN] = min(head[_P_Y_MIN], float(y.min()))
+        head[_P_Y_MAX] = max(head[_P_Y_MAX], float(y.max()))
+        head[_P_ALL01] = float(bool(head[_P_ALL01]) and bool(((y == 0) | (y == 1)).all()))
+        head[_P_ALLPM1] = float(bool(head[_P_ALLPM1]) and bool(((y == -1) | (y == 1)).all()))
         keep = ~held_mask(seed, group, n, held)
         V = np.empty((int(keep.sum()), 1 + d), dtype=_F8)
         V[:, 0] = y[keep]
@@ -264,7 +299,6 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
             off = V.min(axis=0)
             part = moments.of_matrix(off, V - off)
             mom = moments._merge_into(mom, part)  # noqa: SLF001 (same package)
-    head = s[:_P_HEAD].copy()
     head[_P_SEEN] += n
     head[_P_GROUPS] += 1
     return (head.tobytes() + mom.tobytes() + s[_P_HEAD + m_len:].tobytes()
@@ -272,32 +306,76 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
 
 
 @dataclass
+class Survey:
+    """What one read of every group says about the rows (see ``packing.Checked``)."""
+
+    n_total: int
+    n_usable: int
+    multi: int
+    empty: int
+    ragged: int
+    len_lo: int | None
+    len_hi: int | None
+    y_min: float | None
+    y_max: float | None
+    all01: bool
+    allpm1: bool
+    max_abs_x: float
+    max_abs_y: float
+    min_abs_x: float
+    min_abs_y: float
+
+
+@dataclass
 class Prepared:
-    """What preparation learned: usable and validation rows of every group, and the
-    moments of the training rows (column 0 is the label)."""
+    """What preparation learned: usable and validation rows of every group, the moments of
+    the training rows (column 0 is the label), and the survey of all rows."""
 
     counts: np.ndarray
     holds: np.ndarray
     stats: moments.Moments | None
+    survey: Survey | None = None
 
 
 def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
-    """Combine the chunks' final states (any order) into per-group counts and one moments."""
+    """Combine the chunks' final states (any order) into per-group counts, one moments and
+    one survey."""
     counts = np.zeros(groups, dtype=np.int64)
     holds = np.zeros(groups, dtype=np.int64)
     m_len = 1 + 4 * (1 + d)
     total: np.ndarray | None = None
+    head = np.frombuffer(prepare_init(d, 0.0, 0), dtype=_F8, count=_P_HEAD).copy()
     for raw in states:
         if raw is None:
             continue
         s = np.frombuffer(raw, dtype=_F8)
+        h = s[:_P_HEAD]
+        for slot in (_P_TOTAL, _P_MULTI, _P_EMPTY, _P_RAGGED):
+            head[slot] += h[slot]
+        for slot in (_P_LEN_LO, _P_Y_MIN, _P_MX, _P_MY):
+            head[slot] = min(head[slot], h[slot])
+        for slot in (_P_LEN_HI, _P_Y_MAX, _P_AX, _P_AY):
+            head[slot] = max(head[slot], h[slot])
+        head[_P_ALL01] = min(head[_P_ALL01], h[_P_ALL01])
+        head[_P_ALLPM1] = min(head[_P_ALLPM1], h[_P_ALLPM1])
         mom = s[_P_HEAD:_P_HEAD + m_len].copy()
         total = mom if total is None else moments._merge_into(total, mom)  # noqa: SLF001
         triples = s[_P_HEAD + m_len:].reshape(-1, 3).astype(np.int64)
         counts[triples[:, 0]] = triples[:, 1]
         holds[triples[:, 0]] = triples[:, 2]
     stats = moments.decode(total.tobytes()) if total is not None and total[0] > 0 else None
-    return Prepared(counts, holds, stats)
+
+    def finite(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    lo, hi = finite(head[_P_LEN_LO]), finite(head[_P_LEN_HI])
+    survey = Survey(int(head[_P_TOTAL]), int(counts.sum()), int(head[_P_MULTI]),
+                    int(head[_P_EMPTY]), int(head[_P_RAGGED]),
+                    None if lo is None else int(lo), None if hi is None else int(hi),
+                    finite(head[_P_Y_MIN]), finite(head[_P_Y_MAX]), bool(head[_P_ALL01]),
+                    bool(head[_P_ALLPM1]), float(head[_P_AX]), float(head[_P_AY]),
+                    float(head[_P_MX]), float(head[_P_MY]))
+    return Prepared(counts, holds, stats, survey)
 
 
 # -- SQL: the layout of a table's pages and the statements that read them -----------------------
@@ -325,12 +403,18 @@ def refuse_unless_heap(src: Source) -> None:
                  "example CREATE TABLE ... AS SELECT from the view).")
 
 
-def layout(session: Session, src: Source, n_rows: int, block_size: int) -> Layout:
-    """Page groups of about ``block_size`` rows, from the heap's size and ``n_rows`` rows."""
+def layout(session: Session, src: Source, n_rows: int | None, block_size: int) -> Layout:
+    """Page groups of about ``block_size`` rows, from the heap's size and ``n_rows`` rows
+    (None: the rows of the first pages, counted)."""
     refuse_unless_heap(src)
     pages = int(session.query(
         "SELECT (pg_relation_size(%s::regclass) / current_setting('block_size')::int8)::int8 "
         "AS pages", [src.name])[0][0])
+    if n_rows is None:
+        probe = min(pages, 32)
+        n_rows = int(session.query(
+            f"SELECT count(*) AS n FROM {src.relation} AS s WHERE s.ctid < '({probe},0)'::tid"
+        )[0][0]) * pages / max(probe, 1)
     per_page = n_rows / max(pages, 1)
     per_group = max(1, round(block_size / max(per_page, 1e-9)))
     return Layout(src.relation, pages, per_group, max(1, -(-pages // per_group)))
@@ -383,37 +467,75 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
             f"FROM ({branches}) AS u) AS z")
 
 
-def prepare_sql(src: Source, layout: Layout, split_seed: int) -> str:
-    """Preparation of the groups ``%s`` to ``%s`` in physical order (init state third)."""
+def _row_facts(src: Source, d: int) -> str:
+    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``ok``
+    (complete: label and every feature present, one dimension, ``d`` elements), ``multi``
+    (more than one dimension), ``empty`` (no element), ``odd`` (complete but of another
+    length) and ``len`` (the number of elements)."""
+    x = src.x_expr
+    if not src.array_feature:
+        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS ok, "
+                f"false AS multi, false AS empty, false AS odd, {int(d)} AS len")
+    one = f"coalesce(array_ndims({x}) = 1, false)"
+    return (f"{x} AS x, {src.label_expr} AS y, "
+            f"({src.scan_valid_expr} AND cardinality({x}) = {int(d)}) AS ok, "
+            f"coalesce(array_ndims({x}) > 1, false) AS multi, "
+            f"({one} AND cardinality({x}) = 0) AS empty, "
+            f"({src.scan_valid_expr} AND cardinality({x}) NOT IN (0, {int(d)})) AS odd, "
+            f"cardinality({x}) AS len")
+
+
+def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int) -> str:
+    """Preparation of the groups ``%s`` to ``%s`` in physical order (init state first): the
+    complete rows as two arrays, and the group's shape counts, per group."""
+    counts = ("SELECT array_agg(u.x) FILTER (WHERE u.ok) AS xs, "
+              "array_agg(u.y) FILTER (WHERE u.ok) AS ys, ARRAY[count(*), "
+              "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
+              "count(*) FILTER (WHERE u.odd), min(u.len) FILTER (WHERE u.odd OR u.ok), "
+              "max(u.len) FILTER (WHERE u.odd OR u.ok)]::int8[] AS shape "
+              f"FROM (SELECT {_row_facts(src, d)} FROM {layout.relation} AS s "
+              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)}) "
+              "AS u")
     return ("SELECT bismarck._scan_prepare(bismarck._float8_array_bytes(z.xs), "
-            "bismarck._float8_array_bytes(z.ys), o.g, %s, "
+            "bismarck._float8_array_bytes(z.ys), o.g, z.shape, %s, "
             f"{int(split_seed)}::int8) AS state "
             "FROM (SELECT g::int4 AS g FROM generate_series(%s::int4, %s::int4) AS g "
-            "ORDER BY 1) AS o CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, "
-            f"array_agg(u.y) AS ys FROM ({_group_rows(src, layout, 'o.g')}) AS u) AS z")
+            f"ORDER BY 1) AS o CROSS JOIN LATERAL ({counts}) AS z")
 
 
-def prepare(session: Session, src: Source, layout: Layout, d: int, k: int, total: int,
+#: At most this many groups per preparation statement: its state grows by one triple a group.
+GROUPS_PER_STATEMENT = 128
+
+
+def prepare(session: Session, src: Source, layout: Layout, d: int, fraction: float,
             split_seed: int, progress: Callable[[str], None] | None = None) -> Prepared:
-    """Read every group once, in :data:`PREPARE_CHUNKS` statements (a progress report after
-    each): usable rows, validation rows and training moments per group. Raises
-    :class:`InvalidData` when the groups hold another number of usable rows than ``total``."""
-    sql = prepare_sql(src, layout, split_seed)
-    chunk = max(1, -(-layout.groups // PREPARE_CHUNKS))
-    states, seen = [], 0
+    """Read every group once, in order: check and count the rows (:class:`Survey`), choose
+    the validation rows (``fraction`` of the usable rows, exact) and sum the training rows'
+    moments. A progress report after each tenth of the pages."""
+    sql = prepare_sql(src, layout, d, split_seed)
+    chunk = max(1, min(GROUPS_PER_STATEMENT, -(-layout.groups // PREPARE_CHUNKS)))
+    states, seen, told = [], 0, 0
     for start in range(0, layout.groups, chunk):
         stop = min(layout.groups, start + chunk)
-        state = session.query(sql, [prepare_init(d, k, total, seen), start,
-                                    stop - 1])[0][0]
+        state = session.query(sql, [prepare_init(d, fraction, seen), start, stop - 1])[0][0]
         if state is not None:
             states.append(bytes(state))
             seen = int(np.frombuffer(state, dtype=_F8, count=_P_HEAD)[_P_SEEN])
-        if progress is not None:
-            progress(f"preparing: {100 * stop // layout.groups}% of pages")
-    prepared = prepare_decode(states, layout.groups, d)
-    if int(prepared.counts.sum()) != total:
-        raise changed(int(prepared.counts.sum()), total)
-    return prepared
+        tenth = 10 * stop // layout.groups
+        if progress is not None and tenth > told:
+            told = tenth
+            progress(f"preparing: {10 * tenth}% of pages")
+    return prepare_decode(states, layout.groups, d)
+
+
+def first_length(session: Session, src: Source) -> int | None:
+    """The number of features of the first complete row (None: no such row)."""
+    if not src.array_feature:
+        return len(src.features)
+    rows = session.query(f"SELECT cardinality({src.x_expr}) AS d FROM {src.relation} AS s "
+                         f"WHERE {src.scan_valid_expr} AND cardinality({src.x_expr}) > 0 "
+                         "LIMIT 1")
+    return int(rows[0][0]) if rows else None
 
 
 # -- packed copies in one read: buffers of page groups, shuffled, cut into blocks ---------------

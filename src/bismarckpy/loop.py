@@ -31,9 +31,11 @@ from .pack import MAGIC as PACK_MAGIC
 from .packing import (
     Checked,
     PackedTable,
+    check_casts,
     check_ranges,
     check_rows,
     create_packed,
+    judge,
     label_values,
     pack_into,
     registered,
@@ -231,8 +233,11 @@ class _Work:
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              work: _Work) -> _Prepared:
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
-    _progress(session, "preparing: checking rows")
-    checked = check_rows(session, src)
+    if p["packed"] and src.row_key == "s.ctid::text":  # a table: its checks in one read
+        checked = _survey(session, src, p, 0.0, seed)[0]
+    else:
+        _progress(session, "preparing: checking rows")
+        checked = check_rows(session, src)
     d = checked.d
     dtype = check_ranges(session, src, checked, dtype=p["dtype"] if p["packed"] else None,
                          standardize=p["standardize"], squared=p["loss"] == "squared",
@@ -302,20 +307,38 @@ def _progress(session: TrainingSession, text: str) -> None:
         report(text)
 
 
-def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -> _Prepared:
-    """``shuffle => 'blocks'``: no copy. One scan checks the rows (counts, shapes, ranges,
-    label classes); one read of every page group (:mod:`bismarckpy.blockscan`) counts its
-    usable rows, chooses its validation rows and sums the training rows' moments."""
+def _survey(session: TrainingSession, src: Source, p: dict, fraction: float,
+            split_seed: int) -> tuple[Checked, blockscan.Layout, blockscan.Prepared]:
+    """The checks of :func:`check_rows` (counts, shapes, label, magnitudes) read off one read
+    of a table's page groups, in numpy, with its validation split (``fraction``) and moments
+    (:func:`bismarckpy.blockscan.prepare`); the same errors."""
     _progress(session, "preparing: checking rows")
-    checked = check_rows(session, src)
+    check_casts(session, src)
+    d = blockscan.first_length(session, src)
+    if d is None:  # no complete row at all: the usual error (empty, or nothing usable)
+        check_rows(session, src)
+        raise InvalidData(f"no usable rows in {src.name}")
+    lay = blockscan.layout(session, src, None, p["block_size"])
+    got = blockscan.prepare(session, src, lay, d, fraction, split_seed,
+                            lambda text: _progress(session, text))
+    sv = got.survey
+    assert sv is not None
+    lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (d, d)
+    checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
+                    sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
+                    sv.min_abs_x, sv.min_abs_y)
+    return checked, lay, got
+
+
+def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -> _Prepared:
+    """``shuffle => 'blocks'``: no copy, one read of the table (:func:`_survey`): every page
+    group's rows checked and counted, its validation rows chosen, the training rows'
+    moments summed."""
+    split_seed = (int(seed) + 3) & (2**62 - 1)
+    checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
     classes = _label_classes(session, src, p["loss"], checked.label_values)
-    lay = blockscan.layout(session, src, checked.n_total, p["block_size"])
-    k = validation_count(p["validation_fraction"], checked.n_usable)
-    split_seed = (int(seed) + 3) & (2**62 - 1)
-    got = blockscan.prepare(session, src, lay, checked.d, k, checked.n_usable, split_seed,
-                            lambda text: _progress(session, text))
     n_valid = int(got.holds.sum())
     n_train = checked.n_usable - n_valid
     _require_training_rows(n_train, n_valid)

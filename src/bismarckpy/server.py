@@ -289,11 +289,11 @@ def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: 
 
 
 def scan_prepare(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
-                 group: int, init: bytes, seed: int) -> bytes:
+                 group: int, shape: list | None, init: bytes, seed: int) -> bytes:
     """SFUNC of ``bismarck._scan_prepare``: one page group, in physical order."""
     from . import blockscan
 
-    return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, init, seed)
+    return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, shape, init, seed)
 
 
 def pack_buffer(plpy: Any, xs: bytes | None, ys: bytes | None, d: int, block_size: int,

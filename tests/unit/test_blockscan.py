@@ -42,28 +42,19 @@ def test_read_matrix_refuses_what_it_cannot_read(raw: bytes, message: str) -> No
 
 
 @given(st.lists(st.integers(0, 600), min_size=1, max_size=60), st.floats(0.0, 0.9))
-def test_carried_holds_sum_to_exactly_k_and_stay_within_one_of_the_share(
+def test_group_holds_sum_to_exactly_ceil_f_n_and_stay_within_one_of_the_share(
         counts: list[int], fraction: float) -> None:
+    """Allotted group by group in one pass, without the total: exactly ceil(f · n) rows
+    (scikit-learn's count), each group within one row of its share."""
     total = sum(counts)
-    k = min(total, int(np.ceil(fraction * total - 1e-9))) if total else 0
-    holds = blockscan.carried_holds(counts, k, total)
-    assert int(holds.sum()) == k
+    before = np.r_[0, np.cumsum(counts)[:-1]]
+    holds = np.array([blockscan.group_holds(fraction, int(b), c)
+                      for b, c in zip(before, counts)])
+    assert int(holds.sum()) == blockscan.split_count(fraction, total)
+    assert blockscan.split_count(fraction, total) == (
+        0 if fraction == 0 or total == 0 else min(total, int(np.ceil(fraction * total - 1e-9))))
     assert (holds >= 0).all() and (holds <= np.array(counts)).all()
-    if total:
-        assert (np.abs(holds - k * np.array(counts) / total) < 1).all()
-
-
-@given(st.lists(st.integers(0, 300), min_size=2, max_size=30), st.integers(0, 2000),
-       st.data())
-def test_carried_holds_in_chunks_equal_holds_in_one_go(counts: list[int], k: int,
-                                                       data: st.DataObject) -> None:
-    total = sum(counts)
-    k = min(k, total)
-    cut = data.draw(st.integers(1, len(counts) - 1))
-    whole = blockscan.carried_holds(counts, k, total)
-    parts = np.r_[blockscan.carried_holds(counts[:cut], k, total),
-                  blockscan.carried_holds(counts[cut:], k, total, before=sum(counts[:cut]))]
-    np.testing.assert_array_equal(whole, parts)
+    assert (np.abs(holds - fraction * np.array(counts)) < 1 + 1e-9).all()
 
 
 def test_held_mask_is_seeded_and_exact() -> None:
@@ -122,29 +113,29 @@ def test_as_block_holds_the_rows_exactly_in_a_seeded_order(seed: int | None) -> 
 
 
 def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
-    """Counts, exact validation rows, and moments of the training rows (label first) equal
-    numpy's over the same rows, however the groups are split into chunks."""
+    """Counts, exact validation rows, moments of the training rows (label first) and the
+    survey of all rows equal numpy's over the same rows, however the groups are chunked."""
     rng = np.random.default_rng(5)
     counts = [30, 0, 17, 44, 9, 26]
-    d, total = 3, sum(counts)
-    k = 21
+    d, total, fraction = 3, sum(counts), 0.15
     groups = [rng.normal(size=(c, d)) * [1, 100, 1e-3] + [0, 5, 1e4] for c in counts]
     labels = [rng.normal(size=c) for c in counts]
     states = []
     seen = 0
     for chunk in ([0, 1, 2], [3], [4, 5]):
         state = None
-        init = blockscan.prepare_init(d, k, total, seen)
+        init = blockscan.prepare_init(d, fraction, seen)
         for g in chunk:
             xs = _array_bytes(groups[g]) if counts[g] else None
             ys = _array_bytes(labels[g]) if counts[g] else None
-            state = blockscan.prepare_step(state, xs, ys, g, init, 77)
+            shape = [counts[g] + 2, 1, 0, 0, d, d]  # two rows SQL found incomplete
+            state = blockscan.prepare_step(state, xs, ys, g, shape, init, 77)
             seen += counts[g]
         states.append(state)
     got = blockscan.prepare_decode(states, len(counts), d)
     np.testing.assert_array_equal(got.counts, counts)
+    k = blockscan.split_count(fraction, total)
     assert int(got.holds.sum()) == k
-    np.testing.assert_array_equal(got.holds, blockscan.carried_holds(counts, k, total))
     keep = [~blockscan.held_mask(77, g, c, int(h))
             for g, (c, h) in enumerate(zip(counts, got.holds))]
     V = np.vstack([np.column_stack([labels[g], groups[g]])[keep[g]]
@@ -158,3 +149,10 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
     assert (np.abs(got.stats.sd - ref) <= 1e-12 * ref + ulps).all(), (got.stats.sd, ref)
     np.testing.assert_array_equal(got.stats.lo, V.min(axis=0))
     assert isinstance(got.stats, moments.Moments)
+    allx = np.vstack([x for x in groups if len(x)])
+    ally = np.concatenate(labels)
+    sv = got.survey
+    assert sv is not None
+    assert (sv.n_total, sv.n_usable, sv.multi) == (total + 2 * len(counts), total, len(counts))
+    assert sv.max_abs_x == np.abs(allx).max() and sv.min_abs_x == np.abs(allx).min()
+    assert (sv.y_min, sv.y_max) == (ally.min(), ally.max()) and not sv.all01
