@@ -476,11 +476,10 @@ def _row_facts(src: Source, d: int) -> str:
     if not src.array_feature:
         return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS ok, "
                 f"false AS multi, false AS empty, false AS odd, {int(d)} AS len")
-    one = f"coalesce(array_ndims({x}) = 1, false)"
     return (f"{x} AS x, {src.label_expr} AS y, "
             f"({src.scan_valid_expr} AND cardinality({x}) = {int(d)}) AS ok, "
             f"coalesce(array_ndims({x}) > 1, false) AS multi, "
-            f"({one} AND cardinality({x}) = 0) AS empty, "
+            f"coalesce(cardinality({x}) = 0, false) AS empty, "
             f"({src.scan_valid_expr} AND cardinality({x}) NOT IN (0, {int(d)})) AS odd, "
             f"cardinality({x}) AS len")
 
