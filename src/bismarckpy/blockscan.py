@@ -106,18 +106,44 @@ def finite_rows(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.nd
     every path), and how many were dropped. The SQL filter leaves this test to numpy: a
     vectorised pass costs far less than comparing every array element in SQL."""
     X = X.reshape(-1, d)
-    ok = np.isfinite(y) & np.isfinite(X).all(axis=1)
-    if ok.all():
+    ok = finite_mask(X, y)
+    if ok is None:
         return X, y, 0
     return X[ok], y[ok], int((~ok).sum())
 
 
+def finite_mask(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Which rows are finite (None: all of them). One cheap pass first: a row sum is finite
+    when every value is (a sum can also overflow, so rows whose sum is not are checked
+    value by value)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = X.sum(axis=1) + y
+    bad = ~np.isfinite(sums)
+    if not bad.any():
+        return None
+    ok = ~bad
+    rows = np.flatnonzero(bad)
+    ok[rows] = np.isfinite(y[rows]) & np.isfinite(X[rows]).all(axis=1)
+    return None if ok.all() else ok
+
+
 @dataclass
 class Buffer:
-    """The rows of one buffer an epoch keeps: features ``X`` (n × d) and raw labels ``y``."""
+    """The rows of one buffer an epoch keeps: rows ``rows`` (None: all) of features ``X``
+    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet)."""
 
     X: np.ndarray
     y: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y) if self.rows is None else len(self.rows)
+
+    def taken(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept rows as arrays (copies unless all rows are kept)."""
+        if self.rows is None:
+            return self.X, self.y
+        return self.X[self.rows], self.y[self.rows]
 
 
 def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
@@ -140,18 +166,21 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
     if X.shape[0] != n:
         raise InvalidData("a block's labels do not match its rows",
                           detail=f"{X.shape[0]} feature rows, {n} labels.")
-    X, y, _ = finite_rows(X, y, d)
-    n = len(y)
+    ok = finite_mask(X, y)
+    usable = None if ok is None else np.flatnonzero(ok)
+    n = len(y) if usable is None else len(usable)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
     if sum(ns) != n:
         raise changed(n, sum(ns))
     if part == ALL or not any(holds or []):
-        return Buffer(X, y) if part != VALID else Buffer(X[:0], y[:0])
+        if part == VALID:
+            return Buffer(X, y, np.zeros(0, dtype=np.int64))
+        return Buffer(X, y, usable)
     mask = np.concatenate([held_mask(split_seed, g, c, int(h))
                            for g, c, h in zip(gs, ns, holds or [])]) if gs else np.zeros(0, bool)
-    keep = mask if part == VALID else ~mask
-    return Buffer(X[keep], y[keep])
+    keep = np.flatnonzero(mask if part == VALID else ~mask)
+    return Buffer(X, y, keep if usable is None else usable[keep])
 
 
 def changed(got: int, expected: int) -> InvalidData:
@@ -173,7 +202,7 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
     per call costs more in page faults than the copy itself): it is valid until the next call.
     """
-    n, d = buf.X.shape
+    n, d = len(buf), buf.X.shape[1]
     if n == 0:
         return None
     start = HEADER_BYTES + 8 * (1 + d)
@@ -185,15 +214,17 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     block[:HEADER_BYTES] = MAGIC + np.array([d, 8], dtype="<i4").tobytes()
     offsets = np.frombuffer(block, dtype=_F8, count=1 + d, offset=HEADER_BYTES)
     values = np.frombuffer(block, dtype=_F8, offset=start).reshape(n, 1 + d)
-    offsets[0] = buf.y.min()
-    offsets[1:] = buf.X.min(axis=0)
+    order = buf.rows
     if shuffle_seed is not None:
-        order = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
-        np.take(buf.y, order, out=values[:, 0], mode="clip")
-        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
-    else:
+        perm = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
+        order = perm if order is None else order[perm]
+    if order is None:
         values[:, 0] = buf.y
         values[:, 1:] = buf.X
+    else:  # one gather: the kept rows in their shuffled order
+        np.take(buf.y, order, out=values[:, 0], mode="clip")
+        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    offsets[:] = values.min(axis=0)
     values -= offsets
     return block
 

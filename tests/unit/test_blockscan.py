@@ -76,11 +76,11 @@ def test_train_and_validation_rows_partition_a_buffer() -> None:
     rng = np.random.default_rng(1)
     counts, holds, groups = [40, 0, 25, 31], [4, 0, 3, 2], [9, 2, 5, 11]
     X, y, xs, ys = _buffer(rng, counts, 3)
-    parts = {p: blockscan.select_rows(xs, ys, 3, groups, counts, holds, p, 5)
+    parts = {p: blockscan.select_rows(xs, ys, 3, groups, counts, holds, p, 5).taken()
              for p in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID)}
-    assert len(parts[blockscan.VALID].y) == sum(holds)
-    assert len(parts[blockscan.TRAIN].y) == sum(counts) - sum(holds)
-    both = np.vstack([parts[blockscan.TRAIN].X, parts[blockscan.VALID].X])
+    assert len(parts[blockscan.VALID][1]) == sum(holds)
+    assert len(parts[blockscan.TRAIN][1]) == sum(counts) - sum(holds)
+    both = np.vstack([parts[blockscan.TRAIN][0], parts[blockscan.VALID][0]])
     np.testing.assert_array_equal(np.sort(both, axis=0), np.sort(X, axis=0))
 
 
@@ -95,7 +95,13 @@ def test_non_finite_rows_are_dropped_before_counting() -> None:
     y = np.array([0.0, 1.0, 1.0, np.nan])
     buf = blockscan.select_rows(_array_bytes(X), _array_bytes(y), 2, [0], [1], [0],
                                 blockscan.ALL, 1)
-    np.testing.assert_array_equal(buf.X, [[1.0, 2.0]])
+    np.testing.assert_array_equal(buf.taken()[0], [[1.0, 2.0]])
+
+
+def test_a_sum_that_overflows_is_not_a_missing_value() -> None:
+    X = np.array([[1e308, 1e308], [1.0, 2.0], [np.inf, 0.0]])
+    y = np.array([1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(blockscan.finite_mask(X, y), [True, True, False])
 
 
 @pytest.mark.parametrize("seed", [None, 3])
