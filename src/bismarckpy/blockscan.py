@@ -308,32 +308,35 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     mom = s[_P_HEAD:_P_HEAD + m_len].copy()
     held = group_holds(fraction, seen, n)
     if n:
-        ax = np.abs(X)
-        head[_P_AX] = max(head[_P_AX], float(ax.max()))
-        nz = ax[ax > 0]
-        if nz.size:
-            head[_P_MX] = min(head[_P_MX], float(nz.min()))
+        head[_P_AX] = max(head[_P_AX], float(X.max()), -float(X.min()))
+        head[_P_MX] = min(head[_P_MX], _smallest_nonzero(X))
         ay = np.abs(y)
         head[_P_AY] = max(head[_P_AY], float(ay.max()))
-        nzy = ay[ay > 0]
-        if nzy.size:
-            head[_P_MY] = min(head[_P_MY], float(nzy.min()))
+        head[_P_MY] = min(head[_P_MY], _smallest_nonzero(y))
         head[_P_Y_MIN] = min(head[_P_Y_MIN], float(y.min()))
         head[_P_Y_MAX] = max(head[_P_Y_MAX], float(y.max()))
         head[_P_ALL01] = float(bool(head[_P_ALL01]) and bool(((y == 0) | (y == 1)).all()))
         head[_P_ALLPM1] = float(bool(head[_P_ALLPM1]) and bool(((y == -1) | (y == 1)).all()))
-        keep = ~held_mask(seed, group, n, held)
-        V = np.empty((int(keep.sum()), 1 + d), dtype=_F8)
-        V[:, 0] = y[keep]
-        V[:, 1:] = X[keep]
-        if len(V):
-            off = V.min(axis=0)
-            part = moments.of_matrix(off, V - off)
+        if held:
+            keep = ~held_mask(seed, group, n, held)
+            X, y = X[keep], y[keep]
+        if len(y):
+            part = moments.stack(moments.of_rows(y[:, None]), moments.of_rows(X))
             mom = moments._merge_into(mom, part)  # noqa: SLF001 (same package)
     head[_P_SEEN] += n
     head[_P_GROUPS] += 1
     return (head.tobytes() + mom.tobytes() + s[_P_HEAD + m_len:].tobytes()
             + np.array([group, n, held], dtype=_F8).tobytes())
+
+
+def _smallest_nonzero(v: np.ndarray) -> float:
+    """The smallest non-zero magnitude in ``v`` (inf: all zero); a copy only when zeros."""
+    a = np.abs(v)
+    m = float(a.min())
+    if m > 0:
+        return m
+    nz = a[a > 0]
+    return float(nz.min()) if nz.size else np.inf
 
 
 @dataclass
