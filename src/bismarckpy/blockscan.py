@@ -450,8 +450,9 @@ def layout(session: Session, src: Source, n_rows: int | None, block_size: int) -
             f"SELECT count(*) AS n FROM {src.relation} AS s WHERE s.ctid < '({probe},0)'::tid"
         )[0][0]) * pages / max(probe, 1)
     per_page = n_rows / max(pages, 1)
-    per_group = max(1, round(block_size / max(per_page, 1e-9)))
-    return Layout(src.relation, pages, per_group, max(1, -(-pages // per_group)))
+    # At most the whole heap per group (an empty heap: no group at all).
+    per_group = max(1, min(max(pages, 1), round(block_size / max(per_page, 1e-9))))
+    return Layout(src.relation, pages, per_group, -(-pages // per_group))
 
 
 def _tid(group: str, layout: Layout, plus: int = 0) -> str:
