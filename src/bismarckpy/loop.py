@@ -134,6 +134,9 @@ class _Prepared:
     # The features' centre and scale even when the model is not standardised (blocks: read
     # off the preparation's moments; the separation check needs them).
     scaling: tuple[np.ndarray, np.ndarray] | None = None
+    # blocks: a sample of usable rows' features (_float8_array_bytes), LIMIT %s (no copy to
+    # take the first rows of)
+    sample_sql: str | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -351,6 +354,10 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
                      constant=coding.constant, n_pos=coding.n_pos)
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
+    share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
+    prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
+                       f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
+                       f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
     part = blockscan.TRAIN if n_valid else blockscan.ALL
     prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
         src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
@@ -639,7 +646,8 @@ def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool)
         X = np.vstack(rows)[:SAMPLE_ROWS] if rows else np.zeros((0, prep.d))
     else:
         X = np.array([glm.raw_vector(bytes(x), prep.d) for (x,) in session.query(
-            f"SELECT x FROM {prep.train} LIMIT %s", [SAMPLE_ROWS])]).reshape(-1, prep.d)
+            prep.sample_sql or f"SELECT x FROM {prep.train} LIMIT %s", [SAMPLE_ROWS])]
+                     ).reshape(-1, prep.d)
     if prep.mu is not None and prep.sd is not None:
         X = (X - prep.mu) / prep.sd  # sd = inf (constant column) gives 0
     if fit_intercept:
