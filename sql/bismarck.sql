@@ -1571,6 +1571,90 @@ COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, 
     'standardisation.';
 
 ------------------------------------------------------------------------------------------------
+-- Block-shuffled scans without a copy (shuffle => 'blocks'): page groups read by TID range
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._epoch_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                        counts integer[], holds integer[], part integer,
+                                        split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.epoch_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                             shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._epoch_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _epoch_scan: one buffer of page groups (features as the '
+    '_float8_array_bytes of a 2-D array_agg, raw labels), its validation rows set apart, '
+    'its rows shuffled, then the packed-block transition of the kind whose magic opens init.';
+
+CREATE AGGREGATE bismarck._epoch_scan(xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._epoch_step_scan,
+    STYPE = bytea,
+    FINALFUNC = bismarck._epoch_final
+);
+COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: one SGD epoch of any kind over buffers of page groups in the order they arrive.';
+
+CREATE FUNCTION bismarck._exact_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                               shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _exact_pass_scan: the exact sums of one buffer of page groups.';
+
+CREATE AGGREGATE bismarck._exact_pass_scan(xs bytea, ys bytea, groups integer[],
+                                           counts integer[], holds integer[], part integer,
+                                           split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._exact_step_scan,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: _exact_pass over the rows of page groups (the separation check of blocks).';
+
+CREATE FUNCTION bismarck._scan_prepare_step(state bytea, xs bytea, ys bytea, grp integer,
+                                            shape bigint[], init bytea, seed bigint)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.scan_prepare(plpy, state, xs, ys, grp, shape, init, seed)
+$$;
+COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bigint[], bytea,
+    bigint) IS
+    'Private: transition of _scan_prepare: one page group''s rows checked and counted, its '
+    'validation rows chosen, its training rows added to the moments.';
+
+CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, shape bigint[],
+                                        init bytea, seed bigint) (
+    SFUNC = bismarck._scan_prepare_step,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bigint[], bytea, bigint) IS
+    'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
+
+CREATE FUNCTION bismarck._pack_buffer(xs bytea, ys bytea, d integer, block_size integer,
+                                      dtype text, seed bigint)
+RETURNS TABLE (n integer, data bytea)
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_buffer(plpy, xs, ys, d, block_size, dtype, seed)
+$$;
+COMMENT ON FUNCTION bismarck._pack_buffer(bytea, bytea, integer, integer, text, bigint) IS
+    'Private: one buffer of page groups (the _float8_array_bytes of a 2-D array_agg, raw '
+    'labels) -> packed blocks of its usable rows, shuffled across the buffer.';
+
+------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).
 -- Re-run by every upgrade.
 ------------------------------------------------------------------------------------------------

@@ -87,6 +87,10 @@ class _EpochProgress:
             info += f"  {rec.workers} workers"
         self.progress.update(self.task, completed=rec.epoch, info=info)
 
+    def preparing(self, text: str) -> None:
+        """Progress before the first epoch (checks, copies, page groups read)."""
+        self.progress.update(self.task, info=text)
+
 
 @click.command("train")
 @click.argument("table")
