@@ -449,6 +449,79 @@ COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text,
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
 
+CREATE FUNCTION bismarck.train_mlp(
+    source              regclass,
+    label               text,
+    features            text[],
+    INOUT model_name    text     DEFAULT NULL,
+    hidden              integer[] DEFAULT NULL,
+    activation          text     DEFAULT NULL,
+    task                text     DEFAULT NULL,
+    solver              text     DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    learning_rate_init  float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    momentum            float8   DEFAULT NULL,
+    nesterovs_momentum  boolean  DEFAULT NULL,
+    beta_1              float8   DEFAULT NULL,
+    beta_2              float8   DEFAULT NULL,
+    epsilon             float8   DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    standardize         boolean  DEFAULT NULL,
+    shuffle             text     DEFAULT NULL,
+    packed              boolean  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    dtype               text     DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    parallel            integer  DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train('mlp', jsonb_build_object(
+        'source', source::text, 'label', label, 'features', features,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'hidden', hidden, 'activation', activation, 'task', task, 'solver', solver,
+        'alpha', alpha, 'learning_rate_init', learning_rate_init,
+        'learning_rate', learning_rate, 'momentum', momentum,
+        'nesterovs_momentum', nesterovs_momentum, 'beta_1', beta_1, 'beta_2', beta_2,
+        'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
+        'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
+        'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
+    float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
+    'task classification: softmax over the label''s classes, or regression) by backpropagation '
+    'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
+    'early on the validation loss (the best epoch is stored), and store it as the next version '
+    'of model_name (default: the source table''s name). NULL options take defaults.';
+
 CREATE FUNCTION bismarck.pack(
     source           regclass,
     label            text,
@@ -518,7 +591,8 @@ BEGIN
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_class needs a classifier (loss logistic or hinge); use predict.';
+                  HINT = 'predict_class needs a classifier (loss logistic or hinge, an MLP '
+                         'with task classification); use predict.';
     END IF;
     IF x IS NULL THEN
         RETURN NULL;
@@ -1532,6 +1606,90 @@ CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integ
 COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, integer) IS
     'Private: per-column moments (label, then features) over rows of packed blocks, for '
     'standardisation.';
+
+------------------------------------------------------------------------------------------------
+-- Block-shuffled scans without a copy (shuffle => 'blocks'): page groups read by TID range
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._epoch_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                        counts integer[], holds integer[], part integer,
+                                        split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.epoch_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                             shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._epoch_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _epoch_scan: one buffer of page groups (features as the '
+    '_float8_array_bytes of a 2-D array_agg, raw labels), its validation rows set apart, '
+    'its rows shuffled, then the packed-block transition of the kind whose magic opens init.';
+
+CREATE AGGREGATE bismarck._epoch_scan(xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._epoch_step_scan,
+    STYPE = bytea,
+    FINALFUNC = bismarck._epoch_final
+);
+COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: one SGD epoch of any kind over buffers of page groups in the order they arrive.';
+
+CREATE FUNCTION bismarck._exact_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                               shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _exact_pass_scan: the exact sums of one buffer of page groups.';
+
+CREATE AGGREGATE bismarck._exact_pass_scan(xs bytea, ys bytea, groups integer[],
+                                           counts integer[], holds integer[], part integer,
+                                           split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._exact_step_scan,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: _exact_pass over the rows of page groups (the separation check of blocks).';
+
+CREATE FUNCTION bismarck._scan_prepare_step(state bytea, xs bytea, ys bytea, grp integer,
+                                            shape bigint[], init bytea, seed bigint)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.scan_prepare(plpy, state, xs, ys, grp, shape, init, seed)
+$$;
+COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bigint[], bytea,
+    bigint) IS
+    'Private: transition of _scan_prepare: one page group''s rows checked and counted, its '
+    'validation rows chosen, its training rows added to the moments.';
+
+CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, shape bigint[],
+                                        init bytea, seed bigint) (
+    SFUNC = bismarck._scan_prepare_step,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bigint[], bytea, bigint) IS
+    'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
+
+CREATE FUNCTION bismarck._pack_buffer(xs bytea, ys bytea, d integer, block_size integer,
+                                      dtype text, seed bigint)
+RETURNS TABLE (n integer, data bytea)
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_buffer(plpy, xs, ys, d, block_size, dtype, seed)
+$$;
+COMMENT ON FUNCTION bismarck._pack_buffer(bytea, bytea, integer, integer, text, bigint) IS
+    'Private: one buffer of page groups (the _float8_array_bytes of a 2-D array_agg, raw '
+    'labels) -> packed blocks of its usable rows, shuffled across the buffer.';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).

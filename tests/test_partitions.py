@@ -93,6 +93,7 @@ def test_history_has_each_partition_and_the_empty_one_is_skipped(conn, parted) -
 @pytest.mark.parametrize(("opts", "words"), [
     ({"packed": True}, "reads the partitions in place"),
     ({"shuffle": "always"}, "cannot reshuffle every epoch"),
+    ({"shuffle": "blocks"}, "has its own copy-free scan"),
     ({"solver": "newton"}, "applies to SGD epochs"),
 ])
 def test_refused_options(conn, parted, opts, words) -> None:

@@ -38,20 +38,32 @@ def _all_params() -> list[Any]:
     return list(seen.values())
 
 
+def _declarations(name: str) -> list[tuple[str, Any]]:
+    """(kind, declaration) of every kind that declares parameter ``name``."""
+    return [(k.name, p) for k in kinds.all() for p in k.params if p.name == name]
+
+
 def _param_options(func: F) -> F:
     """One click option per declared training parameter of any kind (same names as SQL,
-    underscores → -); the chosen ``--kind`` validates the ones given."""
+    underscores → -); the chosen ``--kind`` validates the ones given. A name several kinds
+    declare accepts any of their choices and shows each kind's default."""
     for p in reversed(_all_params()):
         flag = "--" + p.name.replace("_", "-")
+        decls = _declarations(p.name)
+        defaults = {str(d.default) for _, d in decls}
+        shown = (str(p.default) if len(defaults) == 1
+                 else "; ".join(f"{k}: {d.default}" for k, d in decls))
+        help_text = f"{p.doc} [default: {shown}]"
         if p.kind is bool:
             opt = click.option(f"{flag}/--no-{p.name.replace('_', '-')}", p.name, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+                               help=help_text)
         elif p.choices:
-            opt = click.option(flag, p.name, type=click.Choice(p.choices), default=None,
-                               help=f"{p.doc} [default: {p.default}]")
-        else:
-            opt = click.option(flag, p.name, type=p.kind, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+            choices = list(dict.fromkeys(c for _, d in decls for c in d.choices or ()))
+            opt = click.option(flag, p.name, type=click.Choice(choices), default=None,
+                               help=help_text)
+        else:  # numbers as such; anything else (e.g. hidden "64,32") as text for its parser
+            opt = click.option(flag, p.name, type=p.kind if p.kind in (int, float) else str,
+                               default=None, help=help_text)
         func = opt(func)
     return func
 
@@ -74,6 +86,10 @@ class _EpochProgress:
         if rec.workers:
             info += f"  {rec.workers} workers"
         self.progress.update(self.task, completed=rec.epoch, info=info)
+
+    def preparing(self, text: str) -> None:
+        """Progress before the first epoch (checks, copies, page groups read)."""
+        self.progress.update(self.task, info=text)
 
 
 @click.command("train")
@@ -242,6 +258,9 @@ def _n_features(row: dict[str, Any]) -> int:
     coef = (row.get("stored") or {}).get("coef")
     if coef and isinstance(coef[0], list):
         return len(coef[0])
+    sizes = (row.get("stored") or {}).get("sizes")  # an MLP's layer widths, input first
+    if sizes:
+        return int(sizes[0])
     return len(row["features"])
 
 

@@ -66,12 +66,13 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
             output: str | None = None, limit: int | None = None, classes: bool = False,
             columns: Sequence[str] | None = None, order_by: str | None = None,
-            margin: bool = False,
+            margin: bool = False, proba: bool = False,
             prediction_column: str = "prediction") -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
     The score, named ``prediction_column``, is ``bismarck.predict`` (``predict_class`` with
-    ``classes``; the linear score x·coef + intercept with ``margin``): NULL for a row with a
+    ``classes``; ``predict_proba``'s array of class probabilities with ``proba``; the linear
+    score x·coef + intercept with ``margin``): NULL for a row with a
     NULL, NaN or infinite feature. Keeps ``source``'s columns (all when ``columns`` is None,
     none when it is empty) beside it; kept and ``order_by`` columns may have any type, only the
     model's features must be numeric. With ``output``, writes them into a new table and returns
@@ -114,8 +115,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             score = sql.SQL("bismarck._margin(bismarck._model({}, {}), {})").format(
                 name, version, x)
         else:
+            func = "predict_proba" if proba else "predict_class" if classes else "predict"
             score = sql.SQL("bismarck.{}({}, {}, {})").format(
-                sql.Identifier("predict_class" if classes else "predict"), name, x, version)
+                sql.Identifier(func), name, x, version)
         select = sql.SQL("SELECT {}{} AS {} FROM {} AS s").format(
             keep, score, sql.Identifier(prediction_column), sql.SQL(src.name))
         if order_by:

@@ -16,9 +16,10 @@ from .losses import REGISTRY
 from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
-SHUFFLES = ("once", "always", "never")
+SHUFFLES = ("once", "always", "never", "blocks")
 SOLVERS = ("sgd", "newton", "lbfgs")
 AVERAGINGS = ("global", "partition")
+EXACT_SOLVERS = ("newton", "lbfgs")  # their own defaults: tol 1e-8, no penalty, float64 blocks
 EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
 
@@ -116,7 +117,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "gradient descent. NULL: min(block_size, training rows // 1024), at least 1.",
           low=0, high=1_000_000_000, nullable=True),
     Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
-          "reshuffle each epoch; never: table order.", choices=SHUFFLES),
+          "reshuffle each epoch; never: table order; blocks: no copy, groups of pages in a "
+          "new random order each epoch, rows shuffled among 8 groups at a time (tables "
+          "only).", choices=SHUFFLES),
     Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "
           "buffers, one vectorised step per block or batch); NULL means yes with "
           "shuffle => 'once', no otherwise.", nullable=True),
@@ -184,7 +187,7 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
             out[p.name] = None if p.nullable and p.name in values else p.default
             continue
         out[p.name] = _check(p, v, where)
-    if out.get("solver", "sgd") != "sgd":  # the exact solvers' own defaults: the MLE, tightly
+    if out.get("solver", "sgd") in EXACT_SOLVERS:  # their own defaults: the MLE, tightly
         if values.get("tol") is None and "tol" not in values:
             out["tol"] = EXACT_TOL
         if values.get("penalty") is None:

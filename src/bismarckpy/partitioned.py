@@ -97,6 +97,12 @@ def check_options(p: dict[str, Any], table: PackedTable | None) -> None:
         raise refuse("averaging => 'partition' reads the partitions in place",
                      "Packed blocks are a copy in one place; the partitions' rows stay where "
                      "they are (on their shards).", "Leave packed unset (or false).")
+    if p["shuffle"] == "blocks":
+        raise refuse("averaging => 'partition' has its own copy-free scan",
+                     "shuffle => 'blocks' reads a table's page groups through ctid, which "
+                     "PostgreSQL does not ship to a shard; partitions are read in place anyway.",
+                     "Use shuffle => 'once' (a seeded hash order inside each partition) or "
+                     "'never' (table order).")
     if p["shuffle"] == "always":
         raise refuse("averaging => 'partition' cannot reshuffle every epoch",
                      "A new random order per epoch is volatile, so PostgreSQL would not run "

@@ -88,6 +88,11 @@ class PlpySession:
         else:
             self.plpy.debug(text)
 
+    def on_progress(self, text: str) -> None:
+        """Progress of preparation: a NOTICE (``bismarck: preparing: 40% of pages``)."""
+        self.plpy.notice("bismarck: " + text)
+        self._last_notice = time.monotonic()
+
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
 
@@ -312,3 +317,43 @@ def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the exact passes: an exact sum."""
     return _guard(plpy, exact.merge, a, b)
+
+
+def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
+                          ys: bytes | None, groups: list | None, counts: list | None,
+                          holds: list | None, part: int, split_seed: int,
+                          shuffle_seed: int | None, init: bytes) -> bytes:
+    """SFUNC of ``bismarck._epoch_scan``: one buffer of page groups, by the kind whose magic
+    opens ``init``."""
+    from . import blockscan
+
+    return _guard(plpy, lambda: blockscan.epoch_step(
+        kinds.for_state(init).transition_block, state, xs, ys, groups, counts, holds, part,
+        split_seed, shuffle_seed, init))
+
+
+def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                          groups: list | None, counts: list | None, holds: list | None,
+                          part: int, split_seed: int, shuffle_seed: int | None,
+                          init: bytes) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_scan``: one buffer of page groups."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.epoch_step, exact.transition_block, state, xs, ys, groups,
+                  counts, holds, part, split_seed, shuffle_seed, init)
+
+
+def scan_prepare(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                 group: int, shape: list | None, init: bytes, seed: int) -> bytes:
+    """SFUNC of ``bismarck._scan_prepare``: one page group, in physical order."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, shape, init, seed)
+
+
+def pack_buffer(plpy: Any, xs: bytes | None, ys: bytes | None, d: int, block_size: int,
+                dtype: str, seed: int) -> list[tuple[int, bytes]]:
+    """``bismarck._pack_buffer``: one buffer of page groups → shuffled packed blocks."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.pack_buffer, xs, ys, d, block_size, dtype, seed) or []

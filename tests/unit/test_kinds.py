@@ -31,7 +31,7 @@ def _data(d: int, **kw: object) -> types.SimpleNamespace:
 
 def test_the_registry_finds_the_glm_by_name_and_by_its_states() -> None:
     kind = kinds.get("glm")
-    assert kind is glm.KIND and kinds.all() == (kind, kinds.get("softmax"))
+    assert kind is glm.KIND and kinds.all()[:2] == (kind, kinds.get("softmax"))
     state = glm.initialize(3, loss="logistic")
     assert kinds.for_state(state) is kind
     assert kind.param_names == tuple(p.name for p in GLM_PARAMS)
