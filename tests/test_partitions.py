@@ -215,3 +215,15 @@ def test_every_kind_averages_partitions_softmax(conn) -> None:
     accuracy = dict(conn.execute("SELECT metric, value FROM bismarck.evaluate('soft_parts', "
                                  "'parted3')").fetchall())["accuracy"]
     assert accuracy > 0.8
+
+
+def test_every_kind_averages_partitions_mlp(conn) -> None:
+    """The MLP kind (its own SQL front door) takes averaging => 'partition' as well."""
+    test_every_kind_averages_partitions_softmax(conn)  # creates parted3
+    conn.execute("SELECT * FROM bismarck.train_mlp('parted3', 'y', ARRAY['x1', 'x2'], "
+                 "model_name => 'mlp_parts', hidden => ARRAY[8], averaging => 'partition', "
+                 "max_epochs => 2, seed => 1, validation_fraction => 0.2)")
+    detail = conn.execute("SELECT detail FROM bismarck.training_history "
+                          "WHERE model_name = 'mlp_parts' ORDER BY epoch LIMIT 1").fetchone()[0]
+    assert len(detail["partitions"]) == 2
+    assert sum(p["rows"] for p in detail["partitions"]) == 960

@@ -33,6 +33,7 @@ from .errors import BismarckError, InvalidData, InvalidParameter, ShardUnavailab
 from .moments import decode as moments_decode
 from .moments import merge as moments_merge
 from .packing import check_ranges, check_rows
+from .params import EXACT_SOLVERS
 from .source import Source, escape_percent
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def check_options(p: dict[str, Any], table: PackedTable | None) -> None:
         raise refuse("averaging => 'partition' needs a partitioned source table",
                      f"{table.name} is a packed table (one shuffled copy, not partitions).",
                      "Train on its partitioned source table, or use averaging => 'global'.")
-    if p["solver"] != "sgd":
+    if p.get("solver") in EXACT_SOLVERS:
         raise refuse("averaging => 'partition' applies to SGD epochs",
                      f"solver => '{p['solver']}' sums exact passes over all rows, which "
                      "averaging would not change.", "Use solver => 'sgd', or averaging "
