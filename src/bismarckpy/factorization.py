@@ -85,7 +85,7 @@ class Factors:
 class Hyper:
     """One epoch's step settings: rate ``eta``, L2 weights ``alpha`` (factors) and
     ``alpha_bias`` (biases), ``batch_size`` (1: per triple in order; k > 1: see
-    :func:`transition_block`)."""
+    :func:`sgd_dense`; -1: no step, only the squared errors, for validation)."""
 
     eta: float
     alpha: float
@@ -413,65 +413,55 @@ def _run(store: dict, init: bytes) -> tuple[_Run, Hyper]:
     return run, Hyper(eta, alpha, alpha_bias, int(batch))
 
 
-def transition(state: bytes | None, row_id, col_id, value, init: bytes, store: dict) -> bytes:
-    """Consume one triple (ids as in the model, value a float); NULL or non-finite values are
-    skipped and counted; an id outside the model raises :class:`InvalidData`. Returns ``init``
-    (the state stays small; the arrays change in place in ``store``)."""
+def transition(state: bytes | None, u, i, value, init: bytes, store: dict) -> bytes:
+    """Consume one triple given by dense indices ``u``, ``i`` (positions in the model's ids, as
+    the training loop's working copy holds them) and its value; NULL or non-finite values are
+    skipped and counted; an index outside the model raises :class:`InvalidData`. Returns
+    ``init`` (the state stays small; the arrays change in place in ``store``)."""
+    return transition_block(state, [u], [i], [value], init, store)
+
+
+def transition_block(state: bytes | None, us, is_, values, init: bytes, store: dict) -> bytes:
+    """Consume a block of triples (three equally long sequences: dense row and column indices
+    and values) in order, as :func:`sgd_dense` with the epoch's ``batch_size`` (a negative
+    ``batch_size`` only adds up the squared errors: validation). Triples with a NULL index or a
+    NULL or non-finite value are skipped and counted."""
     run, h = _run(store, init)
     if state is None:
         run.epoch = _Epoch()
     ep = run.epoch
-    if row_id is None or col_id is None or value is None or not math.isfinite(value):
-        ep.skipped += 1
+    if us is None or is_ is None or values is None:
         return init
-    u, i = _one(run.factors, row_id, col_id)
-    sse, steps = sgd_dense(run.factors, np.array([u]), np.array([i]),
-                           np.array([float(value)]), Hyper(h.eta, h.alpha, h.alpha_bias, 1),
-                           run.row_touch, run.col_touch)
-    ep.rows += 1
-    ep.steps += steps
-    ep.loss_sum += sse
-    return init
-
-
-def transition_block(state: bytes | None, row_ids, col_ids, values, init: bytes,
-                     store: dict) -> bytes:
-    """Consume a block of triples (three equally long sequences) in order, as
-    :func:`sgd_dense` with the epoch's ``batch_size``; NULL or non-finite values are skipped."""
-    run, h = _run(store, init)
-    if state is None:
-        run.epoch = _Epoch()
-    ep = run.epoch
-    if row_ids is None:
-        return init
+    if not len(us) == len(is_) == len(values):
+        raise InvalidData("a block's id and value arrays differ in length",
+                          detail=f"{len(us)} row ids, {len(is_)} column ids, {len(values)} "
+                                 "values.")
     r = np.array([np.nan if v is None else v for v in values], dtype=_F8)
-    ok = np.isfinite(r) & np.array([a is not None and b is not None
-                                    for a, b in zip(row_ids, col_ids)], bool)
+    ok = np.isfinite(r)
+    if None in us or None in is_:
+        ok &= np.array([a is not None and b is not None for a, b in zip(us, is_)], bool)
+        us = [a if a is not None else 0 for a in us]
+        is_ = [b if b is not None else 0 for b in is_]
     ep.skipped += int((~ok).sum())
     if not ok.any():
         return init
-    rows = np.array([a for a, g in zip(row_ids, ok) if g], dtype=_I8)
-    cols = np.array([b for b, g in zip(col_ids, ok) if g], dtype=_I8)
-    u, ku = dense(run.factors.row_ids, rows)
-    i, ki = dense(run.factors.col_ids, cols)
-    if not (ku & ki).all():
-        bad = int(np.flatnonzero(~(ku & ki))[0])
-        _one(run.factors, int(rows[bad]), int(cols[bad]))  # raises the error
-    sse, steps = sgd_dense(run.factors, u, i, r[ok], h, run.row_touch, run.col_touch)
-    ep.rows += int(ok.sum())
+    u, i = np.asarray(us, dtype=_I8)[ok], np.asarray(is_, dtype=_I8)[ok]
+    f = run.factors
+    if u.min() < 0 or u.max() >= f.row_ids.size or i.min() < 0 or i.max() >= f.col_ids.size:
+        raise InvalidData("a triple's index is outside the model being trained",
+                          detail=f"The model has {f.row_ids.size} rows and {f.col_ids.size} "
+                                 "columns.",
+                          hint="Train on the working copy the run prepared.")
+    r = r[ok]
+    if h.batch_size < 0:
+        e = r - predict_dense(f, u, i)
+        sse, steps = float(e @ e), 0
+    else:
+        sse, steps = sgd_dense(f, u, i, r, h, run.row_touch, run.col_touch)
+    ep.rows += int(r.size)
     ep.steps += steps
     ep.loss_sum += sse
     return init
-
-
-def _one(f: Factors, row_id, col_id) -> tuple[int, int]:
-    u, ku = dense(f.row_ids, [row_id])
-    i, ki = dense(f.col_ids, [col_id])
-    if not (ku[0] and ki[0]):
-        raise InvalidData("a triple's id is not in the model being trained",
-                          detail=f"row id {row_id}, column id {col_id}.",
-                          hint="Train on the same rows the run was prepared from.")
-    return int(u[0]), int(i[0])
 
 
 def finalize(state: bytes | None, init: bytes, store: dict) -> bytes:

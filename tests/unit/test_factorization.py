@@ -35,6 +35,7 @@ def train(rows, cols, vals, *, rank, epochs, eta=0.01, alpha=0.02, seed=0, batch
     """Drive the aggregate functions the way the training loop does (store = a plain dict):
     each epoch a fresh shuffle, blocks of 512 triples, the rate multiplied by ``decay``."""
     f = mf.init_factors(np.unique(rows), np.unique(cols), float(np.mean(vals)), rank, seed=seed)
+    rows, cols = mf.dense(f.row_ids, rows)[0], mf.dense(f.col_ids, cols)[0]
     store: dict = {}
     handle = mf.begin(store, f)
     rng = np.random.default_rng(shuffle_seed)
@@ -219,7 +220,7 @@ def test_state_stays_small_and_arrays_change_in_place():
     handle = mf.begin(store, f)
     live = mf.current(store, handle)
     init = mf.init_state(handle, mf.Hyper(0.01, 0.0, 0.0))
-    state = mf.transition(None, 5, 7, 1.0, init, store)
+    state = mf.transition(None, 5, 7, 1.0, init, store)  # dense indices
     assert len(state) == mf._STATE.size == 52
     before = live.P[5].copy()
     state = mf.transition(state, 5, 7, 2.0, init, store)
@@ -228,17 +229,31 @@ def test_state_stays_small_and_arrays_change_in_place():
     assert stats.rows == 2
 
 
-def test_nulls_are_skipped_and_unknown_ids_raise():
+def test_nulls_are_skipped_and_indices_outside_raise():
     f = mf.init_factors([1, 2], [1, 2], 0.0, 1, seed=0)
     store: dict = {}
     init = mf.init_state(mf.begin(store, f), mf.Hyper(0.01, 0.0, 0.0))
     s = mf.transition(None, 1, None, 1.0, init, store)
     s = mf.transition(s, 1, 1, float("nan"), init, store)
-    s = mf.transition_block(s, [1, None, 2], [1, 2, 2], [1.0, 2.0, None], init, store)
+    s = mf.transition_block(s, [1, None, 0], [1, 0, 0], [1.0, 2.0, None], init, store)
     st_ = mf.read_stats(mf.finalize(s, init, store))
     assert (st_.rows, st_.skipped) == (1, 4)
-    with pytest.raises(InvalidData, match="not in the model"):
-        mf.transition(None, 3, 1, 1.0, init, store)
+    for u, i in ((2, 0), (0, 2), (-1, 0)):
+        with pytest.raises(InvalidData, match="outside the model"):
+            mf.transition(None, u, i, 1.0, init, store)
+
+
+def test_validation_mode_does_not_step():
+    f = mf.init_factors([1, 2], [1, 2], 1.0, 1, seed=0)
+    store: dict = {}
+    handle = mf.begin(store, f)
+    before = mf.dumps(mf.current(store, handle))
+    init = mf.init_state(handle, mf.Hyper(0.1, 0.0, 0.0, -1))
+    s = mf.transition_block(None, [0, 1], [1, 0], [3.0, -1.0], init, store)
+    got = mf.read_stats(mf.finalize(s, init, store))
+    assert mf.dumps(mf.current(store, handle)) == before
+    want = mf.predict_dense(f, np.array([0, 1]), np.array([1, 0])) - [3.0, -1.0]
+    assert got.loss_sum == pytest.approx(float(want @ want))
 
 
 def test_missing_handle_and_stale_runs():
@@ -248,10 +263,10 @@ def test_missing_handle_and_stale_runs():
     store: dict = {}
     h1 = mf.begin(store, f)
     init1 = mf.init_state(h1, mf.Hyper(0.01, 0.0, 0.0))
-    mf.transition(None, 1, 1, 1.0, init1, store)  # an epoch that never finalizes
-    s = mf.transition(None, 1, 1, 1.0, init1, store)  # the next epoch starts afresh
+    mf.transition(None, 0, 0, 1.0, init1, store)  # an epoch that never finalizes
+    s = mf.transition(None, 0, 0, 1.0, init1, store)  # the next epoch starts afresh
     assert mf.read_stats(mf.finalize(s, init1, store)).rows == 1
     h2 = mf.begin(store, f)
     assert list(store[mf.STORE_KEY]) == [h2]
     with pytest.raises(InvalidData, match="not held by this database backend"):
-        mf.transition(None, 1, 1, 1.0, init1, {})
+        mf.transition(None, 0, 0, 1.0, init1, {})
