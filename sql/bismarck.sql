@@ -177,6 +177,20 @@ BEGIN
 END
 $bismarck_source_oid$;
 
+-- Model kinds besides generalized linear models: the kind ('glm' or 'mf'), and a model's large
+-- arrays as bytes (a matrix factorisation's ids, biases and factors; NULL for a GLM). Re-run by
+-- upgrades and code refreshes; a no-op once the columns exist.
+DO $bismarck_model_kind$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                    WHERE a.attrelid = 'bismarck._models'::pg_catalog.regclass
+                      AND a.attname = 'kind' AND NOT a.attisdropped) THEN
+        ALTER TABLE bismarck._models ADD COLUMN kind text NOT NULL DEFAULT 'glm',
+                                     ADD COLUMN state bytea;
+    END IF;
+END
+$bismarck_model_kind$;
+
 ------------------------------------------------------------------------------------------------
 -- Row-level security: members of bismarck_user reach only rows of roles whose privileges they
 -- have (pg_has_role ... 'USAGE'), and models whose owner granted them. Built-ins only, so that
@@ -289,7 +303,9 @@ SELECT m.model_name,
                  OR bismarck._columns_readable(m.source, m.label || m.features,
                                                m.source_oid, m.source_owner)
             THEN m.fitted END AS fitted,
-       m.created_at
+       m.created_at,
+       m.kind,
+       m.state
 FROM bismarck._models m
 WHERE pg_has_role(m.owner, 'USAGE') OR EXISTS (
     SELECT 1 FROM bismarck.model_grants g
@@ -299,7 +315,9 @@ COMMENT ON VIEW bismarck.models IS
     'Trained models you own or were granted, one row per version: coefficients in the original '
     'feature units, hyper-parameters (params), training metrics and the standardisation used '
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
-    'security whose label and feature columns you may read).';
+    'security whose label and feature columns you may read); kind is glm or mf (a matrix '
+    'factorisation: label is its value column, features its row and column id columns, '
+    'intercept the global mean, state its ids, biases and factors as bytes).';
 
 CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
@@ -426,6 +444,93 @@ COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text,
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
 
+CREATE FUNCTION bismarck.train_mf(
+    source              regclass,
+    row_col             text,
+    col_col             text,
+    value_col           text,
+    INOUT model_name    text     DEFAULT NULL,
+    rank                integer  DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    alpha_bias          float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    eta0                float8   DEFAULT NULL,
+    power_t             float8   DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    init_std            float8   DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train_mf(jsonb_build_object(
+        'source', source::text, 'row_col', row_col, 'col_col', col_col,
+        'value_col', value_col,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'rank', rank, 'alpha', alpha, 'alpha_bias', alpha_bias,
+        'learning_rate', learning_rate, 'eta0', eta0, 'power_t', power_t,
+        'max_epochs', max_epochs, 'tol', tol, 'n_iter_no_change', n_iter_no_change,
+        'batch_size', batch_size, 'block_size', block_size, 'init_std', init_std, 'seed', seed,
+        'validation_fraction', validation_fraction));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mf(regclass, text, text, text, text, integer, float8, float8,
+    text, float8, float8, integer, float8, integer, integer, integer, float8, bigint, float8) IS
+    'Train a low-rank matrix factorisation (global mean, row and column biases, rank factors '
+    'per row and column; SGD with L2 penalties alpha and alpha_bias) on (row id, column id, '
+    'value) triples with integer ids, and store it as the next version of model_name (default: '
+    'the source table''s name). train_loss and validation_loss are mean squared errors. NULL '
+    'options take defaults.';
+
+CREATE FUNCTION bismarck.predict_mf(model text, row_id bigint, col_id bigint,
+                                    unknown text DEFAULT 'error', version integer DEFAULT NULL)
+RETURNS float8
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.predict(plpy, model, row_id, col_id, unknown, version)
+$$;
+COMMENT ON FUNCTION bismarck.predict_mf(text, bigint, bigint, text, integer) IS
+    'The value a stored matrix factorisation predicts for (row_id, col_id): mean + row bias + '
+    'column bias + the factors'' dot product. NULL when an id is NULL. An id not seen in '
+    'training raises an error (unknown => ''error'', the default), gives mean + the known '
+    'biases (unknown => ''baseline'') or NULL (unknown => ''null'').';
+
+CREATE FUNCTION bismarck.recommend_mf(model text, row_id bigint, k integer DEFAULT 10,
+                                      exclude_rated boolean DEFAULT true,
+                                      version integer DEFAULT NULL)
+RETURNS TABLE (col_id bigint, score float8)
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.recommend(plpy, model, row_id, k, exclude_rated, version)
+$$;
+COMMENT ON FUNCTION bismarck.recommend_mf(text, bigint, integer, boolean, integer) IS
+    'The k column ids with the highest predicted value for row_id, best first (ties by '
+    'ascending id), leaving out the columns the model''s training source holds for that row '
+    'unless exclude_rated is false. An unknown row_id is an error.';
+
 CREATE FUNCTION bismarck.pack(
     source           regclass,
     label            text,
@@ -468,6 +573,7 @@ DECLARE
     m bismarck.models;
 BEGIN
     m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m);
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
@@ -487,6 +593,7 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m);
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
@@ -609,6 +716,16 @@ $$;
 COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
     'Private: runs the training loop inside this backend; returns a JSON result or error.';
 
+CREATE FUNCTION bismarck._train_mf(options jsonb) RETURNS jsonb
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+import json
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.train_mf(plpy, json.loads(options))
+$$;
+COMMENT ON FUNCTION bismarck._train_mf(jsonb) IS
+    'Private: runs the matrix factorisation training loop inside this backend; returns a JSON '
+    'result or error.';
+
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
@@ -653,6 +770,20 @@ END
 $$;
 COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
+
+CREATE FUNCTION bismarck._require_glm(m bismarck.models) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF m.kind = 'mf' THEN
+        RAISE EXCEPTION 'model "%" is a matrix factorisation', m.model_name
+            USING ERRCODE = '22023',
+                  HINT = 'Use bismarck.predict_mf(model, row_id, col_id) or '
+                         'bismarck.recommend_mf(model, row_id, k).';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION bismarck._require_glm(bismarck.models) IS
+    'Private: a clear error when a generalized linear model''s function is given another kind.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -906,6 +1037,50 @@ COMMENT ON FUNCTION bismarck._store_model(uuid, text, text, text, text, text[], 
     float8[], float8, float8[], jsonb, jsonb, jsonb) IS
     'Private: stores a trained model as the next version of a name the caller owns (never a '
     'number used before).';
+
+CREATE FUNCTION bismarck._store_mf(
+    ticket uuid, model_name text, source text, row_col text, col_col text, value_col text,
+    params jsonb, metrics jsonb, state bytea)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c regrole := bismarck._redeem(ticket);
+    v integer;
+    o regrole;
+    src_oid oid;
+    src_owner regrole;
+    src_name text;
+BEGIN
+    IF state IS NULL OR substr(state, 1, 4) <> '\x424d4631'::bytea THEN
+        RAISE EXCEPTION 'not a stored matrix factorisation' USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        SELECT c.oid, c.relowner::regrole, format('%I.%I', n.nspname, c.relname)
+          INTO src_oid, src_owner, src_name
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass(source);
+    EXCEPTION WHEN invalid_name OR syntax_error OR invalid_parameter_value THEN
+        src_oid := NULL;
+    END;
+    UPDATE bismarck.model_names n SET last_version = n.last_version + 1
+     WHERE n.model_name = _store_mf.model_name AND pg_has_role(c, n.owner, 'USAGE')
+    RETURNING n.last_version, n.owner INTO v, o;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model name "%" belongs to another role', model_name
+            USING ERRCODE = '42501', HINT = 'Choose another model_name.';
+    END IF;
+    INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
+                                  array_feature, coef, intercept, classes, params, metrics,
+                                  fitted, owner, source_oid, source_owner, kind, state)
+    VALUES (model_name, v, 'squared', coalesce(src_name, source), value_col,
+            ARRAY[row_col, col_col], false, '{}', (metrics ->> 'mean')::float8, NULL, params,
+            metrics, '{}', o, src_oid, src_owner, 'mf', state);
+    RETURN v;
+END
+$$;
+COMMENT ON FUNCTION bismarck._store_mf(uuid, text, text, text, text, text, jsonb, jsonb, bytea) IS
+    'Private: stores a trained matrix factorisation as the next version of a name the caller '
+    'owns (never a number used before).';
 
 CREATE FUNCTION bismarck._delete_versions(
     ticket uuid, model text, version integer)
@@ -1236,6 +1411,63 @@ CREATE AGGREGATE bismarck._glm_epoch(x bytea, y float8, init bytea) (
 COMMENT ON AGGREGATE bismarck._glm_epoch(bytea, float8, bytea) IS
     'Private: one SGD epoch of a GLM over rows (features as _float8_array_bytes, coded label), '
     'starting from state init.';
+
+-- Matrix factorisation: the factors stay in the backend that runs the epochs (PL/Python's GD,
+-- under a handle that init names), so the state is a few bytes and no call copies the model.
+-- A handle cannot reach a parallel worker: no combine function, PARALLEL RESTRICTED (the
+-- transitions run in the leader only), and the loop runs its epochs with parallel workers off.
+CREATE FUNCTION bismarck._mf_step(state bytea, us integer[], is_ integer[], vs float8[],
+                                  init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.transition_block(plpy, state, us, is_, vs, init)
+$$;
+COMMENT ON FUNCTION bismarck._mf_step(bytea, integer[], integer[], float8[], bytea) IS
+    'Private: transition of _mf_epoch: SGD steps over a block of (dense row index, dense column '
+    'index, value) triples on the factors this backend holds for the run init names.';
+
+CREATE FUNCTION bismarck._mf_final(state bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.finalize(plpy, state)
+$$;
+COMMENT ON FUNCTION bismarck._mf_final(bytea) IS
+    'Private: final function of _mf_epoch: the epoch''s triples, skipped triples, steps and '
+    'sum of squared errors (the factors stay in the backend).';
+
+CREATE AGGREGATE bismarck._mf_epoch(us integer[], is_ integer[], vs float8[], init bytea) (
+    SFUNC = bismarck._mf_step,
+    STYPE = bytea,
+    FINALFUNC = bismarck._mf_final,
+    PARALLEL = RESTRICTED
+);
+COMMENT ON AGGREGATE bismarck._mf_epoch(integer[], integer[], float8[], bytea) IS
+    'Private: one SGD epoch of a matrix factorisation held by this backend (serial).';
+
+CREATE FUNCTION bismarck._mf_begin(model bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.begin(plpy, model)
+$$;
+COMMENT ON FUNCTION bismarck._mf_begin(bytea) IS
+    'Private: holds a serialised matrix factorisation in this backend for a training run '
+    '(dropping any earlier run''s) and returns its handle.';
+
+CREATE FUNCTION bismarck._mf_export(handle bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.export(plpy, handle)
+$$;
+COMMENT ON FUNCTION bismarck._mf_export(bytea) IS
+    'Private: the serialised matrix factorisation of a run this backend holds.';
+
+CREATE FUNCTION bismarck._mf_release(handle bytea) RETURNS boolean
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.release(plpy, handle)
+$$;
+COMMENT ON FUNCTION bismarck._mf_release(bytea) IS
+    'Private: frees the arrays of a run this backend holds.';
 
 CREATE FUNCTION bismarck._moments_step(state bytea, x bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

@@ -67,7 +67,13 @@ def resolve_scored(session: Session, relation: str, label: str | None,
 def evaluate(session: Session, model: str, relation: str,
              version: int | None = None) -> list[dict[str, Any]]:
     """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``."""
+    kind, state = session.query("SELECT m.kind, m.state FROM bismarck._model(%s, %s::int) AS m",
+                                [model, version])[0]
     m = load_model(session, model, version)
+    if kind == "mf":
+        from .mf_server import evaluate as evaluate_mf
+
+        return evaluate_mf(session, {**m, "state": bytes(state)}, relation)
     src = resolve_scored(session, relation, m["label"], m["features"])
     d = len(m["coef"])
     checked = check_rows(session, src)
