@@ -64,7 +64,7 @@ MF_PARAMS: tuple[Param, ...] = (
           "invscaling (eta0 / epoch ** power_t) or adaptive (divided by 5 after "
           "n_iter_no_change epochs without improvement).",
           choices=("constant", "invscaling", "adaptive")),
-    Param("eta0", float, 0.01, "Initial learning rate.", low=0.0, low_open=True),
+    Param("eta0", float, 0.03, "Initial learning rate.", low=0.0, low_open=True),
     Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
     Param("max_epochs", int, 30, "Upper bound on passes over the triples.", low=1,
           high=100_000),
