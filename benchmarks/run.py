@@ -39,7 +39,8 @@ from psycopg import sql
 
 from bismarck_controller import connection, extension, training
 from bismarck_controller.session import PsycopgSession, qualified
-from bismarckpy import glm, loop
+from bismarckpy import loop
+from bismarckpy.kinds import glm
 from bismarckpy.params import GLM_PARAMS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

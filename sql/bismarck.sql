@@ -1376,41 +1376,44 @@ COMMENT ON FUNCTION bismarck._register_packed(uuid, regclass, text, text, text[]
 -- Aggregates: one SGD epoch, feature moments
 ------------------------------------------------------------------------------------------------
 
-CREATE FUNCTION bismarck._glm_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
+CREATE FUNCTION bismarck._epoch_step(state bytea, x bytea, y float8, init bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.glm_transition(plpy, state, x, y, init)
+return B.epoch_transition(plpy, state, x, y, init)
 $$;
-COMMENT ON FUNCTION bismarck._glm_step(bytea, bytea, float8, bytea) IS
-    'Private: transition of _glm_epoch: one tuple''s loss and gradient, a step per batch_size; '
-    'x is a float8[] in its in-memory form (_float8_array_bytes), which costs no conversion.';
+COMMENT ON FUNCTION bismarck._epoch_step(bytea, bytea, float8, bytea) IS
+    'Private: transition of _epoch: one tuple, by the model kind whose magic opens init (a GLM: '
+    'the tuple''s loss and gradient, a step per batch_size); x is a float8[] in its in-memory '
+    'form (_float8_array_bytes), which costs no conversion.';
 
-CREATE FUNCTION bismarck._glm_merge(a bytea, b bytea) RETURNS bytea
+CREATE FUNCTION bismarck._epoch_merge(a bytea, b bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.glm_merge(plpy, a, b)
+return B.epoch_merge(plpy, a, b)
 $$;
-COMMENT ON FUNCTION bismarck._glm_merge(bytea, bytea) IS
-    'Private: combine function of _glm_epoch: row-weighted model averaging of partial states.';
+COMMENT ON FUNCTION bismarck._epoch_merge(bytea, bytea) IS
+    'Private: combine function of _epoch and _epoch_packed: the model kind''s merge of partial '
+    'states (a GLM: row-weighted model averaging).';
 
-CREATE FUNCTION bismarck._glm_final(state bytea) RETURNS bytea
+CREATE FUNCTION bismarck._epoch_final(state bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.glm_finalize(plpy, state)
+return B.epoch_finalize(plpy, state)
 $$;
-COMMENT ON FUNCTION bismarck._glm_final(bytea) IS
-    'Private: final function of _glm_epoch: applies the pending batch, returns the state.';
+COMMENT ON FUNCTION bismarck._epoch_final(bytea) IS
+    'Private: final function of _epoch and _epoch_packed: the model kind''s finalize (a GLM: '
+    'applies the pending batch), returns the state.';
 
-CREATE AGGREGATE bismarck._glm_epoch(x bytea, y float8, init bytea) (
-    SFUNC = bismarck._glm_step,
+CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
+    SFUNC = bismarck._epoch_step,
     STYPE = bytea,
-    COMBINEFUNC = bismarck._glm_merge,
-    FINALFUNC = bismarck._glm_final,
+    COMBINEFUNC = bismarck._epoch_merge,
+    FINALFUNC = bismarck._epoch_final,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._glm_epoch(bytea, float8, bytea) IS
-    'Private: one SGD epoch of a GLM over rows (features as _float8_array_bytes, coded label), '
-    'starting from state init.';
+COMMENT ON AGGREGATE bismarck._epoch(bytea, float8, bytea) IS
+    'Private: one SGD epoch of a model of any kind over rows (features as _float8_array_bytes, '
+    'coded label), starting from state init (its first 8 bytes name the kind).';
 
 -- Matrix factorisation: the factors stay in the backend that runs the epochs (PL/Python's GD,
 -- under a handle that init names), so the state is a few bytes and no call copies the model.
@@ -1565,27 +1568,26 @@ COMMENT ON FUNCTION bismarck._pack_block(bytea, bytea, integer, text, bigint) IS
     'Private: concatenated _float8_array_bytes of a block''s rows and of its labels -> one '
     'n x (1 + d) matrix (label, features) of dtype float32 or float64, rows in seeded random order.';
 
-CREATE FUNCTION bismarck._glm_step_block(state bytea, block bytea, init bytea, first integer,
-                                         stop integer) RETURNS bytea
+CREATE FUNCTION bismarck._epoch_step_block(state bytea, block bytea, init bytea, first integer,
+                                           stop integer) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.glm_transition_block(plpy, state, block, init, first, stop)
+return B.epoch_transition_block(plpy, state, block, init, first, stop)
 $$;
-COMMENT ON FUNCTION bismarck._glm_step_block(bytea, bytea, bytea, integer, integer) IS
-    'Private: transition of _glm_epoch_packed: rows first (0-based) to stop (exclusive; NULL: '
-    'the end) of one packed block, a step per batch_size.';
+COMMENT ON FUNCTION bismarck._epoch_step_block(bytea, bytea, bytea, integer, integer) IS
+    'Private: transition of _epoch_packed: rows first (0-based) to stop (exclusive; NULL: the '
+    'end) of one packed block, by the model kind whose magic opens init.';
 
-CREATE AGGREGATE bismarck._glm_epoch_packed(block bytea, init bytea, first integer,
-                                            stop integer) (
-    SFUNC = bismarck._glm_step_block,
+CREATE AGGREGATE bismarck._epoch_packed(block bytea, init bytea, first integer, stop integer) (
+    SFUNC = bismarck._epoch_step_block,
     STYPE = bytea,
-    COMBINEFUNC = bismarck._glm_merge,
-    FINALFUNC = bismarck._glm_final,
+    COMBINEFUNC = bismarck._epoch_merge,
+    FINALFUNC = bismarck._epoch_final,
     PARALLEL = SAFE
 );
-COMMENT ON AGGREGATE bismarck._glm_epoch_packed(bytea, bytea, integer, integer) IS
-    'Private: one SGD epoch of a GLM over rows first to stop of packed blocks, starting from '
-    'state init.';
+COMMENT ON AGGREGATE bismarck._epoch_packed(bytea, bytea, integer, integer) IS
+    'Private: one SGD epoch of a model of any kind over rows first to stop of packed blocks, '
+    'starting from state init.';
 
 CREATE FUNCTION bismarck._moments_step_block(state bytea, block bytea, d integer,
                                              itemsize integer, first integer, stop integer)

@@ -12,7 +12,7 @@ import pytest
 from reference_data import breast_cancer, diabetes, load_array_table, load_table, spector
 
 from bismarck_controller import training
-from bismarckpy import glm
+from bismarckpy.kinds import glm
 
 # Full-batch gradient descent with the bold driver reaches the optimum of these small convex
 # problems; these settings are the documented recipe for "run to convergence".
@@ -157,7 +157,7 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
         c.execute("SET max_parallel_workers_per_gather = 2")
         init = glm.initialize(1, loss="logistic", batch_size=16, eta=0.1)
         plan = "\n".join(r[0] for r in c.execute(
-            "EXPLAIN (ANALYZE, COSTS OFF) SELECT bismarck._glm_epoch("
+            "EXPLAIN (ANALYZE, COSTS OFF) SELECT bismarck._epoch("
             "bismarck._float8_array_bytes(ARRAY[mean_radius]), y, %s) "
             "FROM cancer_par", [init]).fetchall())
     assert "Partial Aggregate" in plan and "Workers Launched: 2" in plan, plan

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bismarck_controller import embed, extension
-from bismarckpy import glm
+from bismarckpy.kinds import glm
 
 
 def test_every_plpython_body_starts_with_the_engine() -> None:
@@ -32,9 +32,9 @@ def test_preamble_imports_the_engine_without_the_package(tmp_path) -> None:
         "server = bismarck_engine(gd)\n"
         "assert gd[BISMARCK_ENGINE] is server\n"
         "assert server.__name__ == 'bismarckpy.server'\n"
-        "import bismarckpy.glm as glm\n"
+        "import bismarckpy.kinds.glm as glm\n"
         "state = glm.initialize(2, loss='squared', eta=0.1)\n"
-        "print(len(server.glm_transition(None, None, [1.0, 2.0], 3.0, state)))\n")
+        "print(len(server.epoch_transition(None, None, [1.0, 2.0], 3.0, state)))\n")
     script = tmp_path / "boot.py"
     script.write_text(program)
     result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""``%load_ext bismarckpy`` in a real IPython shell: jupysql connected, or one clear message."""
+"""``%load_ext bismarck_controller`` in a real IPython shell: jupysql connected, or one clear
+message."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def shell(monkeypatch) -> Iterator:
 
 def test_load_ext_connects_sql_to_the_database(shell, dsn: str, monkeypatch, capsys) -> None:
     monkeypatch.setenv("BISMARCK_DSN", dsn)
-    shell.run_line_magic("load_ext", "bismarckpy")
+    shell.run_line_magic("load_ext", "bismarck_controller")
     out = capsys.readouterr().out
     assert "bismarck: %sql is connected to postgresql+psycopg://" in out
     result = shell.run_line_magic(
@@ -37,7 +38,7 @@ def test_load_ext_connects_sql_to_the_database(shell, dsn: str, monkeypatch, cap
 
 def test_bad_url_prints_a_clear_message(shell, monkeypatch, capsys) -> None:
     monkeypatch.setenv("BISMARCK_DSN", "postgresql://nobody:secret@127.0.0.1:1/nowhere")
-    shell.run_line_magic("reload_ext", "bismarckpy")
+    shell.run_line_magic("reload_ext", "bismarck_controller")
     captured = capsys.readouterr()
     assert captured.out.startswith("bismarck: Cannot connect to PostgreSQL")
     assert "port=1" in captured.out

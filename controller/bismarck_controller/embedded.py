@@ -40,6 +40,7 @@ from urllib.parse import quote
 
 import psycopg
 
+from bismarck_controller import build
 from bismarck_controller.errors import SetupError
 
 SUPERUSER = "postgres"
@@ -376,9 +377,7 @@ class Cluster:
         extdir = sharedir / "extension"
         extdir.mkdir(exist_ok=True)
         _mirror(inst.sharedir / "extension", extdir, skip=set(), keep_prefix="bismarck")
-        from bismarck_controller import extension
-
-        extension.install_files(extdir)
+        build.install_files(extdir)
         return bindir
 
     # --- cluster ------------------------------------------------------------------------------

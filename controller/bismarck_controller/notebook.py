@@ -1,7 +1,8 @@
-"""Notebook helpers: ``%load_ext bismarckpy`` and the connection handling of the Python API.
+"""Notebook helpers: ``%load_ext bismarck_controller``, connection handling of the Python API.
 
-``%load_ext bismarckpy`` finds the database (``$BISMARCK_DSN``, else the embedded cluster, started
-if needed), makes sure the extension is installed, loads jupysql and connects ``%sql`` to it.
+``%load_ext bismarck_controller`` finds the database (``$BISMARCK_DSN``, else the embedded
+cluster, started if needed), makes sure the extension is installed, loads jupysql and connects
+``%sql`` to it.
 
 SQLAlchemy (and so jupysql) picks its driver from the URL scheme: with SQLAlchemy 2.0 a plain
 ``postgresql://`` URL means psycopg2, which bismarck does not use (2.1 defaults to psycopg 3).
@@ -125,7 +126,7 @@ def target_url() -> str:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext bismarckpy``: connect jupysql's ``%sql`` to the bismarck database.
+    """``%load_ext bismarck_controller``: connect jupysql's ``%sql`` to the bismarck database.
 
     Problems (no server, a wrong URL, the extension missing) are printed as one short message.
     """

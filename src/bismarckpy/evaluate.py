@@ -10,6 +10,7 @@ import math
 from decimal import Decimal, localcontext
 from typing import Any
 
+from . import losses
 from .errors import BismarckError, InvalidData
 from .packing import check_rows
 from .source import Session, Source, resolve
@@ -91,7 +92,8 @@ def evaluate(session: Session, model: str, relation: str,
             f"{src.x_expr}) AS z FROM {src.relation} AS s WHERE {src.valid_expr}")
     params: list[object] = [[float(c) for c in m["coef"]], float(m["intercept"])]
     skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
-    if m["loss"] == "squared":
+    loss = losses.get(m["loss"])
+    if not loss.classifier:
         n, big, sse, sae, sst = session.query(
             f"SELECT count(*) AS n, count(*) FILTER (WHERE NOT ok) AS big, "
             "sum((z - y) ^ 2) FILTER (WHERE ok) AS sse, "
@@ -154,7 +156,7 @@ def evaluate(session: Session, model: str, relation: str,
            if n_pos and n_neg else float("nan"))
     metrics = [("rows", n), ("accuracy", (tp + tn) / n), ("precision", precision),
                ("recall", recall), ("f1", f1), ("roc_auc", auc)]
-    if m["loss"] == "logistic":
+    if loss.probabilistic:
         metrics.append(("log_loss", float(ll / n)))
     return _rows(metrics) + [skipped]
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidData
-from .glm import encode_labels
+from .kinds.glm import encode_labels
 from .pack import parse_block
 
 MAGIC = 1012.0

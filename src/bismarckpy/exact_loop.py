@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from . import exact, glm, inference, penalties, solvers
+from . import exact, inference, penalties, solvers
 from .errors import InvalidData, InvalidParameter
+from .execution import parallel_settings
+from .kinds import glm
 from .loop import (
     EpochRecord,
     TrainingSession,
     TrainResult,
-    _parallel_settings,
     _Prepared,
     _scaling,
     class_weights,
@@ -101,7 +102,7 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                                 center=center, ycenter=ycenter)
         query = (f"SELECT bismarck._exact_pass_packed(data, %s, {rows}) FROM {table}"
                  if prep.packed else f"SELECT bismarck._exact_pass(x, y, %s) FROM {table}")
-        with settings_for_transaction(session, _parallel_settings(p["parallel"])):
+        with settings_for_transaction(session, parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]
         if state is None:
             raise InvalidData("no training rows", hint="Check the source table.")

@@ -48,10 +48,12 @@ import numpy as np
 from .errors import InvalidData, InvalidParameter
 
 MAGIC = b"BMF1"  # stored model
-_STATE_MAGIC = b"BMFs"  # aggregate state / init: magic, handle, eta, alpha, alpha_bias, batch
-_STATE = struct.Struct("<4s16sdddq")
+#: The kind's magic (:mod:`bismarckpy.kinds`): the first 8 bytes of every aggregate state.
+KIND_MAGIC = b"BISMF\x00\x00\x01"
+_STATE_MAGIC = KIND_MAGIC  # aggregate state / init: magic, handle, eta, alpha, alpha_bias, batch
+_STATE = struct.Struct("<8s16sdddq")
 _HEADER = struct.Struct("<4sqqqd")  # magic, n_rows, n_cols, rank, mean
-_STATS = struct.Struct("<4sqqqd")  # magic, triples, skipped, steps, loss_sum
+_STATS = struct.Struct("<4s16sqqqd")  # magic, handle, triples, skipped, steps, loss_sum
 _STATS_MAGIC = b"BMFe"
 STORE_KEY = "bismarck_mf_runs"
 _F8 = np.dtype("<f8")
@@ -113,8 +115,10 @@ class _Run:
 
 @dataclass
 class EpochStats:
-    """What :func:`finalize` reports: triples used and skipped, steps, and Σ e² over them."""
+    """What :func:`finalize` reports: the run's handle, triples used and skipped, steps, and
+    Σ e² over them."""
 
+    handle: bytes
     rows: int
     skipped: int
     steps: int
@@ -395,7 +399,8 @@ def begin(store: dict, f: Factors) -> bytes:
 
 
 def init_state(handle: bytes, h: Hyper) -> bytes:
-    """The epoch aggregate's ``init`` argument: handle and step settings (52 bytes)."""
+    """The epoch aggregate's ``init`` argument: kind magic, handle and step settings (56
+    bytes)."""
     return _STATE.pack(_STATE_MAGIC, handle, h.eta, h.alpha, h.alpha_bias, h.batch_size)
 
 
@@ -464,22 +469,25 @@ def transition_block(state: bytes | None, us, is_, values, init: bytes, store: d
     return init
 
 
-def finalize(state: bytes | None, init: bytes, store: dict) -> bytes:
+def finalize(state: bytes | None, init: bytes | None, store: dict) -> bytes:
     """End the epoch: free its accumulators and return its :class:`EpochStats` as bytes (the
-    factors stay in ``store`` for the next epoch; :func:`export` serialises them)."""
+    factors stay in ``store`` for the next epoch; :func:`export` serialises them). ``state`` is
+    None for an epoch without rows; then ``init`` (if given) names the run."""
     if state is None:
-        return _STATS.pack(_STATS_MAGIC, 0, 0, 0, 0.0)
-    run, _ = _run(store, init)
+        handle = _STATE.unpack(bytes(init))[1] if init is not None else b"\0" * 16
+        return _STATS.pack(_STATS_MAGIC, handle, 0, 0, 0, 0.0)
+    run, _ = _run(store, state)
     ep, run.epoch = run.epoch or _Epoch(), None
-    return _STATS.pack(_STATS_MAGIC, ep.rows, ep.skipped, ep.steps, ep.loss_sum)
+    handle = _STATE.unpack(bytes(state))[1]
+    return _STATS.pack(_STATS_MAGIC, handle, ep.rows, ep.skipped, ep.steps, ep.loss_sum)
 
 
 def read_stats(data: bytes) -> EpochStats:
     """Decode :func:`finalize`'s bytes."""
-    magic, rows, skipped, steps, loss_sum = _STATS.unpack(bytes(data))
-    if magic != _STATS_MAGIC:
+    if data is None or len(data) != _STATS.size or bytes(data[:4]) != _STATS_MAGIC:
         raise InvalidData("not a matrix factorisation epoch result")
-    return EpochStats(rows, skipped, steps, loss_sum)
+    _, handle, rows, skipped, steps, loss_sum = _STATS.unpack(bytes(data))
+    return EpochStats(handle, rows, skipped, steps, loss_sum)
 
 
 def current(store: dict, handle: bytes) -> Factors:

@@ -17,8 +17,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import glm, penalties
+from . import execution, kinds, losses, penalties
 from .errors import Diverged, InvalidData, InvalidParameter
+from .exact import LOSS_CODES as EXACT_LOSSES
+from .kinds import glm
+from .kinds.glm import class_weights
 from .losses import CLASSIFIERS
 from .moments import Moments
 from .moments import decode as moments_decode
@@ -453,19 +456,21 @@ def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarra
 def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
             model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
+    kind = kinds.get("glm")
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
                      p["power_t"], standardize=p["standardize"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
-    w = np.zeros(prep.d)
-    b = 0.0
-    t = 0.0
-    previous_start = (w, b, t)  # where the last accepted epoch began (bold_driver undoes to it)
+    model = None  # the kind's model carried from the last accepted epoch (None: zeros)
+    previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    train_sql = _epoch_sql(prep.train, p["shuffle"], prep.packed, prep.train_rows)
-    valid_sql = (_epoch_sql(prep.valid, "never", prep.packed, prep.valid_rows)
-                 if prep.valid else None)
+    strategy = execution.Strategy(p["parallel"]).for_kind(kind.merge_rule)
+    train_scan = execution.Scan(prep.train, prep.packed, prep.train_rows,
+                                reshuffle=p["shuffle"] == "always")
+    valid_scan = (execution.Scan(prep.valid, prep.packed, prep.valid_rows)
+                  if prep.valid else None)
+    train_sql = train_scan.sql()
     history: list[EpochRecord] = []
     converged = False
     train_loss = math.nan
@@ -473,22 +478,14 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     epoch = 0
     for epoch in range(1, p["max_epochs"] + 1):
         t0 = time.monotonic()
-        init = glm.initialize(prep.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=sched.eta,
-                              invscaling=sched.per_step, power_t=p["power_t"], t=t,
-                              batch_size=p["batch_size"], fit_intercept=p["fit_intercept"],
-                              w=w, b=b, mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
-                              y_coding=prep.y_coding, class_weight=weights)
-        if p["shuffle"] == "always":
-            session.query("SELECT setseed(%s)", [_epoch_seed(p["seed"], epoch)])
-        with settings_for_transaction(session, _parallel_settings(p["parallel"])):
-            state = session.query(train_sql, [init])[0][0]
-        m = glm.decode(state)
+        init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
+        if train_scan.reshuffle:
+            session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
+        m = kind.decode(execution.run_epoch(session, train_scan, init, strategy))
         train_loss = m.mean_loss * loss_scale
-        if valid_sql:
-            ev = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE, w=m.w, b=m.b,
-                                mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize,
-                                y_coding=prep.y_coding, class_weight=weights)
-            vm = glm.decode(session.query(valid_sql, [ev])[0][0])
+        if valid_scan:
+            ev = kind.initialize(p, prep, m.model, evaluate=True)
+            vm = kind.decode(execution.run_epoch(session, valid_scan, ev))
             valid_loss = vm.data_loss * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
         decision = sched.after_epoch(epoch, train_loss,
@@ -496,15 +493,12 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         # An epoch's loss is measured along the way from its starting model, so a worse loss
         # condemns the step that produced that start: bold_driver goes back one more epoch.
         if decision.accept:
-            previous_start = (w, b, t)
-            w, b, t = m.w, m.b, m.t
+            previous_start = model
+            model = m.model
         else:
-            w, b, t = previous_start
-        # With parallel => n the leader only merges, so every partial state is a worker's;
-        # otherwise the leader's own share is one of them.
-        workers = m.parts if p["parallel"] else max(m.parts - 1, 0)
+            model = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
-                          p["max_epochs"], workers)
+                          p["max_epochs"], execution.workers_merged(m.parts, p["parallel"]))
         history.append(rec)
         record_epoch(session, run_id, rec)
         session.checkpoint()
@@ -512,6 +506,9 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    w = np.zeros(prep.d) if model is None else model.w
+    b = 0.0 if model is None else model.b
+    t = 0.0 if model is None else model.t
     _check_not_worse_than_zero(session, p, prep, train_sql, train_loss, weights, loss_scale)
     notes = list(prep.notes)
     separated = None
@@ -535,7 +532,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
-            + (", or an exact fit with solver => 'newton'" if p["loss"] != "hinge" else ""))
+            + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     share = validation_share(prep, p["validation_fraction"], notes)
     if prep.mu is not None and prep.sd is not None:
         coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
@@ -581,7 +578,7 @@ def zero_model_loss(loss: str, weights: tuple[float, float], n: int, n_pos: int)
     Every row's margin is 0: the logistic loss is log 2 and the hinge loss 1 per row, times its
     class weight. None for squared loss (it depends on the labels).
     """
-    per_row = {"logistic": _LOG2, "hinge": 1.0}.get(loss)
+    per_row = losses.get(loss).zero_row_loss
     if per_row is None or n <= 0:
         return None
     return per_row * (weights[0] * (n - n_pos) + weights[1] * n_pos) / n
@@ -636,39 +633,6 @@ def _check_finite(coef: np.ndarray, intercept: float, train_loss: float,
         hint="Rescale " + (", ".join(bad) if bad else "the columns")
              + " in a view (for example multiply by a power of ten), use standardize => true, "
                "or lower eta0.")
-
-
-def _epoch_sql(table: str, shuffle: str, packed: bool, rows: str = "0, NULL") -> str:
-    """One epoch: the GLM aggregate over ``table`` (a FROM clause; reshuffled for 'always').
-
-    ``rows`` is SQL for the first and stop rows each packed block contributes.
-    """
-    if packed:
-        return f"SELECT bismarck._glm_epoch_packed(data, %s, {rows}) FROM {table}"
-    if shuffle == "always":
-        return (f"SELECT bismarck._glm_epoch(x, y, %s) FROM "
-                f"(SELECT x, y FROM {table} ORDER BY random()) AS shuffled")
-    return f"SELECT bismarck._glm_epoch(x, y, %s) FROM {table}"
-
-
-def _parallel_settings(workers: int | None) -> dict[str, str]:
-    """Settings for an epoch with ``workers`` parallel workers (0: serial; None: the planner's).
-
-    Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
-    each worker's partial state is merged by the aggregate's combine function. The leader only
-    gathers and merges: on few cores a participating leader competes with its own workers.
-    """
-    if workers is None:
-        return {}
-    return {"max_parallel_workers_per_gather": str(int(workers)), "parallel_setup_cost": "0",
-            "parallel_tuple_cost": "0", "min_parallel_table_scan_size": "0",
-            "parallel_leader_participation": "off" if workers else "on"}
-
-
-def _epoch_seed(seed: int | None, epoch: int) -> float:
-    """A setseed() argument in [-1, 1] derived from the run seed and the epoch."""
-    rng = np.random.default_rng([int(seed or 0) & (2**63 - 1), epoch])
-    return float(rng.uniform(-1.0, 1.0))
 
 
 def _drop_work(session: TrainingSession, work: _Work, *, quiet: bool = False) -> None:
@@ -798,42 +762,6 @@ def _separated(session: TrainingSession, train_sql: str, prep: _Prepared, w: np.
                         mu=prep.mu, sd=prep.sd, itemsize=prep.itemsize, y_coding=prep.y_coding)
     m = glm.decode(session.query(train_sql, [ev])[0][0])
     return m.rows > 0 and m.loss_sum < _LOG2
-
-
-def class_weights(spec: Any, classes: list[float] | None, n: int,
-                  n_pos: int) -> tuple[float, float]:
-    """(negative, positive) class weights from ``class_weight``, scikit-learn's semantics.
-
-    ``None``: 1 and 1. ``'balanced'``: ``n_samples / (n_classes * bincount)`` over the training
-    rows. A mapping from class (as the label codes it: "0"/"1", "-1"/"1", "false"/"true") to
-    weight: classes not named weigh 1. Raises :class:`InvalidParameter` for a regression model
-    or a class the label does not have.
-    """
-    if spec is None:
-        return 1.0, 1.0
-    if classes is None:
-        raise InvalidParameter("class_weight needs a classifier",
-                               detail="loss => 'squared' has no classes to weigh.",
-                               hint="Use loss => 'logistic' or 'hinge', or drop class_weight.")
-    if spec == "balanced":
-        counts = (max(n - n_pos, 1), max(n_pos, 1))
-        return n / (2.0 * counts[0]), n / (2.0 * counts[1])
-    out = [1.0, 1.0]
-    for key, weight in spec.items():
-        value = {"false": 0.0, "true": 1.0}.get(key.strip().lower())
-        if value is None:
-            try:
-                value = float(key)
-            except ValueError:
-                value = math.nan
-        if value not in classes:
-            raise InvalidParameter(
-                f"class_weight names class {key!r}, which the label does not have",
-                detail="The label's classes are " + " and ".join(f"{c:g}" for c in classes)
-                       + ".",
-                hint='Name the classes as the label codes them, e.g. \'{"0": 1, "1": 10}\'.')
-        out[classes.index(value)] = float(weight)
-    return out[0], out[1]
 
 
 def result_row(r: TrainResult) -> dict[str, Any]:

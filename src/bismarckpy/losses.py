@@ -7,6 +7,8 @@ Labels are encoded before they get here: ``logistic`` takes 0/1, ``hinge`` takes
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -37,10 +39,50 @@ def hinge(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(active, 1.0 - m, 0.0), np.where(active, -y, 0.0)
 
 
-LOSSES: dict[str, LossFn] = {"logistic": logistic, "squared": squared, "hinge": hinge}
+@dataclass(frozen=True)
+class Loss:
+    """One loss of the registry: what every module asks about a loss, asked here, by name.
+
+    ``code`` is its number inside a GLM state; ``coding`` how a class label is coded for it
+    (``"01"``: 0/1, ``"pm1"``: -1/+1, ``None``: a real number, regression); ``zero_row_loss``
+    the loss of one row at margin 0 for classifiers (the all-zero model's, per row), None for
+    regression (it depends on the label); ``probabilistic`` whether the link of a margin is a
+    probability (the model can report log-loss and class probabilities).
+    """
+
+    name: str
+    fn: LossFn
+    code: int
+    coding: str | None
+    zero_row_loss: float | None
+    probabilistic: bool = False
+
+    @property
+    def classifier(self) -> bool:
+        """Whether the label is a class rather than a real number."""
+        return self.coding is not None
+
+
+REGISTRY: dict[str, Loss] = {
+    "logistic": Loss("logistic", logistic, 0, "01", math.log(2.0), probabilistic=True),
+    "squared": Loss("squared", squared, 1, None, None),
+    "hinge": Loss("hinge", hinge, 2, "pm1", 1.0),
+}
+BY_CODE: dict[int, Loss] = {loss.code: loss for loss in REGISTRY.values()}
+
+#: The loss functions by name (what the vectorised paths call).
+LOSSES: dict[str, LossFn] = {name: loss.fn for name, loss in REGISTRY.items()}
 
 #: Losses whose label is a class (two values) rather than a real number.
-CLASSIFIERS = ("logistic", "hinge")
+CLASSIFIERS = tuple(name for name, loss in REGISTRY.items() if loss.classifier)
+
+
+def get(name: str) -> Loss:
+    """The registered loss called ``name``; KeyError names the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
 def sigmoid(z: np.ndarray | float) -> np.ndarray:

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import InvalidData, InvalidParameter, UndefinedObject
+from .errors import InvalidData, UndefinedObject
+from .execution import epoch_seed
+from .kinds.mf import validate
 from .loop import (
-    MAX_SEED,
     EpochRecord,
     TrainingSession,
     TrainResult,
@@ -45,61 +46,11 @@ from .loop import (
     _Work,
     record_epoch,
 )
-from .loop import _epoch_seed as epoch_seed
 from .packing import settings_for_transaction
-from .params import Param, _check
 from .schedule import Schedule
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 NUMERIC_TYPES = ("smallint", "integer", "bigint", "real", "double precision", "numeric")
-
-MF_PARAMS: tuple[Param, ...] = (
-    Param("rank", int, 10, "Number of latent factors per row and column (1 to the smaller "
-          "side of the matrix).", low=1),
-    Param("alpha", float, 0.02, "L2 penalty on the factor vectors, charged per observed "
-          "triple.", low=0.0),
-    Param("alpha_bias", float, None, "L2 penalty on the row and column biases (default: "
-          "alpha).", low=0.0, nullable=True),
-    Param("learning_rate", str, "invscaling", "Schedule between epochs: constant (eta0), "
-          "invscaling (eta0 / epoch ** power_t) or adaptive (divided by 5 after "
-          "n_iter_no_change epochs without improvement).",
-          choices=("constant", "invscaling", "adaptive")),
-    Param("eta0", float, 0.03, "Initial learning rate.", low=0.0, low_open=True),
-    Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
-    Param("max_epochs", int, 30, "Upper bound on passes over the triples.", low=1,
-          high=100_000),
-    Param("tol", float, 1e-4, "Stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs (NULL: run max_epochs).", low=0.0, nullable=True),
-    Param("n_iter_no_change", int, 3, "Epochs without improvement before stopping.", low=1,
-          high=1000),
-    Param("batch_size", int, 1, "Triples per SGD step: 1 steps after every triple in order; "
-          "k > 1 steps once per k triples, summing their gradients.", low=1, high=1_000_000),
-    Param("block_size", int, 1024, "Triples per call of the epoch aggregate.", low=1,
-          high=1_000_000),
-    Param("init_std", float, 0.1, "Standard deviation of the initial factors (normal, "
-          "drawn with seed).", low=0.0),
-    Param("seed", int, None, "Makes the initial factors, the shuffles and the validation "
-          "split reproducible.", low=0, high=MAX_SEED, nullable=True),
-    Param("validation_fraction", float, 0.0, "Share of (row, column) pairs held out to "
-          "report the validation loss (mean squared error) per epoch.", low=0.0, high=0.5),
-)
-_BY_NAME = {p.name: p for p in MF_PARAMS}
-
-
-def validate(values: dict[str, Any]) -> dict[str, Any]:
-    """A complete, typed parameter dict; :class:`InvalidParameter` names any bad value."""
-    unknown = sorted(set(values) - set(_BY_NAME))
-    if unknown:
-        raise InvalidParameter(
-            f"unknown parameter {unknown[0]!r} for train_mf",
-            hint="Valid parameters: " + ", ".join(p.name for p in MF_PARAMS) + ".")
-    out: dict[str, Any] = {}
-    for p in MF_PARAMS:
-        v = values.get(p.name)
-        out[p.name] = p.default if v is None else _check(p, v, "train_mf")
-    if out["alpha_bias"] is None:
-        out["alpha_bias"] = out["alpha"]
-    return out
 
 
 def _columns(session: TrainingSession, source: str, names: dict[str, str]

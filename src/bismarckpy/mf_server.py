@@ -2,10 +2,10 @@
 ``recommend_mf``, the ``_mf_*`` aggregate and run functions); reached as ``B.mf.<name>`` from
 their PL/Python bodies (``B`` is :mod:`bismarckpy.server`).
 
-The per-backend store of :mod:`bismarckpy.factorization` is :data:`STORE`: this module lives in
-PL/Python's ``GD`` for the backend's lifetime, like the engine itself. Stored models read for
-prediction are cached there too, by name, version and creation time, so scoring row after row
-decodes a model once, not per call.
+The per-backend store of :mod:`bismarckpy.factorization` is :data:`STORE`
+(:data:`bismarckpy.kinds.scratch`), which lives as long as the backend's engine in ``GD``.
+Stored models read for prediction are cached there too, by name, version and creation time, so
+scoring row after row decodes a model once, not per call.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import numpy as np
 
 from . import factorization as mf
 from .errors import BismarckError, InvalidData, UndefinedObject
+from .kinds import scratch
 
-#: Arrays of training runs (factorization's store) and decoded models (key ``_CACHE``).
-STORE: dict[Any, Any] = {}
+#: Arrays of training runs (factorization's store) and decoded models (key ``_CACHE``): the
+#: kinds' per-backend scratch dict.
+STORE: dict[Any, Any] = scratch
 _CACHE = "bismarck_mf_models"
 _CACHE_SIZE = 4
 

@@ -135,27 +135,47 @@ GLM_PARAMS: tuple[Param, ...] = (
 )
 
 GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
-_BY_NAME = {p.name: p for p in GLM_PARAMS}
+
+#: The optimiser, data and execution parameters every model kind accepts (the rest of
+#: GLM_PARAMS is the GLM's own: solver, loss, penalty, alpha, l1_ratio, fit_intercept,
+#: standardize, class_weight).
+COMMON_NAMES = ("max_epochs", "tol", "n_iter_no_change", "learning_rate", "eta0", "power_t",
+                "batch_size", "shuffle", "packed", "block_size", "dtype", "seed", "parallel",
+                "validation_fraction")
+COMMON_PARAMS: tuple[Param, ...] = tuple(p for p in GLM_PARAMS if p.name in COMMON_NAMES)
 
 
-def validate(values: dict[str, Any], *, where: str = "train_glm") -> dict[str, Any]:
+def merge_params(own: tuple[Param, ...],
+                 common: tuple[Param, ...] = COMMON_PARAMS) -> tuple[Param, ...]:
+    """A kind's parameters: its own declarations, then the common ones it does not redeclare.
+
+    A kind redeclares a common parameter to change its default or range (its declaration wins).
+    """
+    names = {p.name for p in own}
+    return tuple(own) + tuple(p for p in common if p.name not in names)
+
+
+def validate(values: dict[str, Any], *, where: str = "train_glm",
+             params: tuple[Param, ...] = GLM_PARAMS) -> dict[str, Any]:
     """Return a complete, typed parameter dict; raise :class:`InvalidParameter` on any bad value.
 
-    Missing or ``None`` values of non-nullable parameters take their defaults.
+    ``params`` is a kind's declarations (:attr:`bismarckpy.kinds.ModelKind.params`; the GLM's by
+    default). Missing or ``None`` values of non-nullable parameters take their defaults.
     """
-    unknown = sorted(set(values) - set(_BY_NAME))
+    by_name = {p.name: p for p in params}
+    unknown = sorted(set(values) - set(by_name))
     if unknown:
         raise InvalidParameter(
             f"unknown parameter {unknown[0]!r} for {where}",
-            hint="Valid parameters: " + ", ".join(p.name for p in GLM_PARAMS) + ".")
+            hint="Valid parameters: " + ", ".join(p.name for p in params) + ".")
     out: dict[str, Any] = {}
-    for p in GLM_PARAMS:
+    for p in params:
         v = values.get(p.name)
         if v is None:
             out[p.name] = None if p.nullable and p.name in values else p.default
             continue
         out[p.name] = _check(p, v, where)
-    if out["solver"] != "sgd":  # the exact solvers' own defaults: the MLE, to tight tolerance
+    if out.get("solver", "sgd") != "sgd":  # the exact solvers' own defaults: the MLE, tightly
         if values.get("tol") is None and "tol" not in values:
             out["tol"] = EXACT_TOL
         if values.get("penalty") is None:

@@ -53,7 +53,7 @@ class Schedule:
 
         invscaling: the step after ``k`` earlier steps has rate ``eta0 / (k + 1) ** power_t``
         (scikit-learn's ``eta0 / t ** power_t`` with t counted from 1, and
-        :func:`bismarckpy.glm._eta`), so the latest of ``t`` steps had ``eta0 / t ** power_t``
+        :func:`bismarckpy.kinds.glm._eta`), so the latest of ``t`` steps had ``eta0 / t ** power_t``
         (``eta0`` before any step). The other schedules change only between epochs, so the rate
         in force is ``eta`` until :meth:`after_epoch` sets the next epoch's. This is what
         ``training_history.learning_rate`` records for the epoch that ended after step ``t``.

@@ -35,7 +35,7 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
     constant or collinear columns, an overflowing objective) answers None: no evidence.
     """
     from .exact_loop import _feature_moments  # noqa: PLC0415 (exact_loop imports loop)
-    from .loop import _parallel_settings  # noqa: PLC0415
+    from .execution import parallel_settings
     from .packing import settings_for_transaction
 
     fit_intercept = bool(p["fit_intercept"])
@@ -55,7 +55,7 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
         query = (f"SELECT bismarck._exact_pass_packed(data, %s, {prep.train_rows}) "
                  f"FROM {prep.train}" if prep.packed
                  else f"SELECT bismarck._exact_pass(x, y, %s) FROM {prep.train}")
-        with settings_for_transaction(session, _parallel_settings(p["parallel"])):
+        with settings_for_transaction(session, parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]
         return exact.decode(state)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import exact, glm, moments, pack
+from . import exact, kinds, moments, pack
 from . import mf_server as mf  # noqa: F401  (B.mf.*: the matrix-factorisation entry points)
 from .errors import BismarckError
 
@@ -193,20 +193,24 @@ def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
         plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
 
 
-def glm_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
-                   init: bytes) -> bytes:
-    """SFUNC of ``bismarck._glm_epoch``."""
-    return _guard(plpy, glm.transition, state, x, y, init)
+def epoch_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
+                     init: bytes) -> bytes:
+    """SFUNC of ``bismarck._epoch``: one row, by the kind whose magic opens ``init``."""
+    return _guard(plpy, lambda: kinds.for_state(init).transition(state, x, y, init))
 
 
-def glm_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
-    """COMBINEFUNC of ``bismarck._glm_epoch``: row-weighted model averaging."""
-    return _guard(plpy, glm.merge, a, b)
+def epoch_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
+    """COMBINEFUNC of the epoch aggregates: the kind's merge of two partial states."""
+    if a is None or b is None:
+        return a if b is None else b
+    return _guard(plpy, lambda: kinds.for_state(a).merge(a, b))
 
 
-def glm_finalize(plpy: Any, state: bytes | None) -> bytes | None:
-    """FINALFUNC of ``bismarck._glm_epoch``."""
-    return _guard(plpy, glm.finalize, state)
+def epoch_finalize(plpy: Any, state: bytes | None) -> bytes | None:
+    """FINALFUNC of the epoch aggregates: the kind's finalize."""
+    if state is None:
+        return None
+    return _guard(plpy, lambda: kinds.for_state(state).finalize(state))
 
 
 def moments_transition(plpy: Any, state: bytes | None, x: Any) -> bytes | None:
@@ -219,10 +223,11 @@ def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     return _guard(plpy, moments.merge, a, b)
 
 
-def glm_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
-                         init: bytes, first: int | None = 0, stop: int | None = None) -> bytes:
-    """SFUNC of ``bismarck._glm_epoch_packed``: rows ``first:stop`` of one packed block."""
-    return _guard(plpy, glm.transition_block, state, block, init, first or 0, stop)
+def epoch_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
+                           init: bytes, first: int | None = 0, stop: int | None = None) -> bytes:
+    """SFUNC of ``bismarck._epoch_packed``: rows ``first:stop`` of one packed block."""
+    return _guard(plpy, lambda: kinds.for_state(init).transition_block(
+        state, block, init, first or 0, stop))
 
 
 def moments_transition_block(plpy: Any, state: bytes | None, block: bytes | None, d: int,

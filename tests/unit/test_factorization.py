@@ -214,14 +214,14 @@ def test_merge_weights_by_touches():
 
 
 def test_state_stays_small_and_arrays_change_in_place():
-    """The aggregate's state is the 52-byte init whatever the model size: no per-call copy."""
+    """The aggregate's state is the 56-byte init whatever the model size: no per-call copy."""
     f = mf.init_factors(np.arange(2000), np.arange(1000), 0.0, 20, seed=0)
     store: dict = {}
     handle = mf.begin(store, f)
     live = mf.current(store, handle)
     init = mf.init_state(handle, mf.Hyper(0.01, 0.0, 0.0))
     state = mf.transition(None, 5, 7, 1.0, init, store)  # dense indices
-    assert len(state) == mf._STATE.size == 52
+    assert len(state) == mf._STATE.size == 56
     before = live.P[5].copy()
     state = mf.transition(state, 5, 7, 2.0, init, store)
     assert mf.current(store, handle) is live and not np.array_equal(live.P[5], before)
@@ -270,3 +270,29 @@ def test_missing_handle_and_stale_runs():
     assert list(store[mf.STORE_KEY]) == [h2]
     with pytest.raises(InvalidData, match="not held by this database backend"):
         mf.transition(None, 0, 0, 1.0, init1, {})
+
+
+def test_the_kind_in_the_registry_of_kinds():
+    """kinds.get('mf'): the generic row aggregate's functions, decode, export and predict."""
+    from bismarckpy import kinds
+
+    kind = kinds.get("mf")
+    assert kind.merge_rule == "none" and "rank" in kind.param_names
+    params = {"alpha": 0.0, "alpha_bias": 0.0, "batch_size": 1}
+    f = mf.init_factors([10, 20], [5, 6, 7], 1.0, 2, seed=0)
+    handle = mf.begin(kinds.scratch, f)
+    init = kind.initialize(params, None, handle, eta=0.05)
+    assert kinds.for_state(init) is kind
+    header = np.array([1, 0, 701, 2, 1], "<i4").tobytes()  # ndim, offset, float8, dims, lbound
+    x = header + np.array([1.0, 2.0]).tobytes()  # the in-memory float8[] [1, 2]: row 20, col 7
+    state = kind.transition(None, x, 3.0, init)
+    state = kind.transition(state, [0.0, 0.0], 1.0, init)
+    epoch = kind.decode(kind.finalize(state))
+    assert (epoch.rows, epoch.model) == (2, handle)
+    stored = kind.export(params, None, handle)
+    assert stored.model["n_cols"] == 3
+    want = mf.predict(mf.current(kinds.scratch, handle), [20, 10], [7, 5])
+    np.testing.assert_allclose(kind.predict(stored, np.array([[20, 7], [10, 5]])), want)
+    with pytest.raises(InvalidData):
+        kind.merge(state, state)
+    mf.release(kinds.scratch, handle)

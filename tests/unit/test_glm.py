@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bismarckpy import glm
 from bismarckpy.errors import InvalidData
+from bismarckpy.kinds import glm
 from bismarckpy.losses import LOSSES
 
 STRICT = {"all": "raise", "under": "ignore"}  # underflow to 0 is a correct result, not an error

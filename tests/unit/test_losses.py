@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bismarckpy import glm
+from bismarckpy.kinds import glm
 from bismarckpy.losses import CLASSIFIERS, LOSSES, hinge, logistic, sigmoid, squared
 
 # Catch overflow, division by zero and invalid operations. Underflow is not an error: exp(-1000)

@@ -154,7 +154,7 @@ def test_small_first_loss_uses_a_floor_of_one() -> None:
 @given(eta0=st.floats(1e-4, 10.0), power_t=st.floats(0.0, 3.0), t=st.integers(0, 10**7))
 def test_invscaling_rate_in_force_is_the_last_steps_rate(eta0: float, power_t: float,
                                                           t: int) -> None:
-    from bismarckpy import glm
+    from bismarckpy.kinds import glm
 
     s = Schedule("invscaling", eta0, tol=None, n_iter_no_change=5, power_t=power_t)
     # scikit-learn's formula eta0 / t^power_t with t counted from 1 for the latest step.

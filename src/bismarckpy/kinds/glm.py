@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from . import penalties
-from .errors import InvalidData
-from .losses import LOSSES
-from .pack import parse_block
+from .. import penalties
+from ..errors import InvalidData, InvalidParameter
+from ..losses import BY_CODE, REGISTRY, sigmoid
+from ..pack import parse_block
+from ..params import GLM_PARAMS
+from . import ModelKind, Stored
 
 MAGIC = 2012.0
-LOSS_CODES = {"logistic": 0, "squared": 1, "hinge": 2}
-LOSS_NAMES = {v: k for k, v in LOSS_CODES.items()}
+LOSS_CODES = {name: loss.code for name, loss in REGISTRY.items()}  # the loss registry's codes
 EVALUATE = -1  # batch_size that only accumulates the loss
 
 # Header slots of the state vector.
@@ -62,6 +64,11 @@ class Model:
     def data_loss(self) -> float:
         """Mean per-row loss alone (what validation reports)."""
         return self.loss_sum / self.rows if self.rows else float("nan")
+
+    @property
+    def model(self) -> Model:
+        """What the training loop carries to the next epoch: the decoded model itself."""
+        return self
 
 
 def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: float = 0.0,
@@ -196,7 +203,7 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     # The features' offsets, moved to the standardisation's centre (small when the block sits
     # near the column mean): z = R·we + shift·we + b with we = w / sd.
     shift = offsets[1:] - mu if standardize else offsets[1:]
-    loss_fn = LOSSES[LOSS_NAMES[int(s[_LOSS])]]
+    loss_fn = BY_CODE[int(s[_LOSS])].fn
     weights = None
     if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:
         weights = np.where(yv > 0, s[_CW_POS], s[_CW_NEG])
@@ -333,7 +340,7 @@ def loss_and_gradient(w: np.ndarray, b: float, X: np.ndarray, y: np.ndarray, los
                       ) -> tuple[float, np.ndarray, float]:
     """Vectorised objective (mean loss + smooth penalty part) and its gradient, for tests/tools."""
     z = X @ w + b
-    lv, dz = LOSSES[loss](z, y)
+    lv, dz = REGISTRY[loss].fn(z, y)
     n = len(y)
     obj = float(lv.mean()) + penalties.value(w, alpha, 0.0, l2)
     grad = X.T @ dz / n + alpha * l2 * w
@@ -396,3 +403,95 @@ def _scalar_loss(code: int, z: float, y: float) -> tuple[float, float]:
         return 0.5 * r * r, r
     m = y * z  # hinge, y in {-1, +1}
     return (1.0 - m, -y) if m < 1.0 else (0.0, 0.0)
+
+
+def class_weights(spec: Any, classes: list[float] | None, n: int,
+                  n_pos: int) -> tuple[float, float]:
+    """(negative, positive) class weights from ``class_weight``, scikit-learn's semantics.
+
+    ``None``: 1 and 1. ``'balanced'``: ``n_samples / (n_classes * bincount)`` over the training
+    rows. A mapping from class (as the label codes it: "0"/"1", "-1"/"1", "false"/"true") to
+    weight: classes not named weigh 1. Raises :class:`InvalidParameter` for a regression model
+    or a class the label does not have.
+    """
+    if spec is None:
+        return 1.0, 1.0
+    if classes is None:
+        raise InvalidParameter("class_weight needs a classifier",
+                               detail="loss => 'squared' has no classes to weigh.",
+                               hint="Use loss => 'logistic' or 'hinge', or drop class_weight.")
+    if spec == "balanced":
+        counts = (max(n - n_pos, 1), max(n_pos, 1))
+        return n / (2.0 * counts[0]), n / (2.0 * counts[1])
+    out = [1.0, 1.0]
+    for key, weight in spec.items():
+        value = {"false": 0.0, "true": 1.0}.get(key.strip().lower())
+        if value is None:
+            try:
+                value = float(key)
+            except ValueError:
+                value = math.nan
+        if value not in classes:
+            raise InvalidParameter(
+                f"class_weight names class {key!r}, which the label does not have",
+                detail="The label's classes are " + " and ".join(f"{c:g}" for c in classes)
+                       + ".",
+                hint='Name the classes as the label codes them, e.g. \'{"0": 1, "1": 10}\'.')
+        out[classes.index(value)] = float(weight)
+    return out[0], out[1]
+
+
+# --- the GLM as a model kind (see bismarckpy.kinds) --------------------------------------------
+
+
+def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float = 0.0,
+               per_step: bool = False, evaluate: bool = False) -> bytes:
+    """:attr:`ModelKind.initialize` of the GLM: an epoch's init state from the run's parameters.
+
+    ``data`` is the prepared data (``d``, ``mu``/``sd``, ``itemsize``, ``y_coding``,
+    ``classes``, ``n_train``, ``n_pos``); ``model`` the model carried from the last accepted
+    epoch (None: all zeros). ``evaluate`` builds a state that only adds up the loss.
+    """
+    weights = class_weights(p["class_weight"], data.classes, data.n_train, data.n_pos)
+    w = np.zeros(data.d) if model is None else model.w
+    b = 0.0 if model is None else model.b
+    if evaluate:
+        return initialize(data.d, loss=p["loss"], batch_size=EVALUATE, w=w, b=b, mu=data.mu,
+                          sd=data.sd, itemsize=data.itemsize, y_coding=data.y_coding,
+                          class_weight=weights)
+    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+    return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
+                      invscaling=per_step, power_t=p["power_t"],
+                      t=0.0 if model is None else model.t, batch_size=p["batch_size"],
+                      fit_intercept=p["fit_intercept"], w=w, b=b, mu=data.mu, sd=data.sd,
+                      itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights)
+
+
+def export(p: dict[str, Any], data: Any, model: Model) -> Stored:
+    """:attr:`ModelKind.export`: coefficients and intercept in the original feature units."""
+    if data.mu is not None and data.sd is not None:
+        coef, intercept = unstandardize(model.w, model.b, data.mu, data.sd, data.y_mean,
+                                        data.y_sd)
+    else:
+        coef, intercept = model.w, model.b
+    return Stored("glm", {"loss": p["loss"], "coef": [float(c) for c in coef],
+                          "intercept": float(intercept)}, classes=data.classes)
+
+
+def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
+    """:attr:`ModelKind.predict`: the link of ``X @ coef + intercept`` (n × d → n).
+
+    A probability of the positive class for a probabilistic loss (logistic), else the margin.
+    """
+    z = np.asarray(X, dtype=np.float64) @ np.asarray(stored.model["coef"], dtype=np.float64)
+    z = z + float(stored.model["intercept"])
+    return sigmoid(z) if REGISTRY[stored.model["loss"]].probabilistic else z
+
+
+KIND = ModelKind(
+    name="glm", magic=np.array([MAGIC], dtype=_F8).tobytes(), params=GLM_PARAMS,
+    losses=tuple(REGISTRY), initialize=epoch_init, transition=transition,
+    transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
+    export=export, predict=predict, merge_rule="average", sql_train="bismarck.train_glm",
+    doc="Generalized linear models: logistic regression, least squares, linear SVM.")
