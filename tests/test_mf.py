@@ -196,3 +196,54 @@ def test_missing_column_and_same_column_twice(conn: psycopg.Connection) -> None:
         conn.execute("SELECT * FROM bismarck.train_mf('small3', 'u', 'nope', 'r', 'mf_bad')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="three different"):
         conn.execute("SELECT * FROM bismarck.train_mf('small3', 'u', 'u', 'r', 'mf_bad')")
+
+
+def test_cli_train_recommend_evaluate(ratings: str) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    code, out = run("train-mf", "ratings", "--row", "u", "--col", "i", "--value", "r",
+                    "--model", "mf_cli", "--rank", "3", "--max-epochs", "2", "--seed", "1",
+                    "--validation-fraction", "0.1", "--dsn", ratings)
+    assert code == 0, out
+    assert "model mf_cli version 1" in out
+    with psycopg.connect(ratings, autocommit=True) as c:
+        f = _stored(c, "mf_cli")
+        kind, vrows = c.execute("SELECT kind, (metrics ->> 'validation_rows')::int FROM "
+                                "bismarck.models WHERE model_name = 'mf_cli'").fetchone()
+        hist = c.execute("SELECT count(validation_loss) FROM bismarck.training_history "
+                         "WHERE model_name = 'mf_cli'").fetchone()[0]
+    assert f.rank == 3 and kind == "mf" and vrows > 0 and hist == 2
+    code, out = run("recommend", "mf_cli", str(int(f.row_ids[0])), "-k", "3", "--dsn", ratings)
+    assert code == 0 and "column id" in out, out
+    code, out = run("evaluate", "mf_cli", "ratings_test", "--json", "--dsn", ratings)
+    assert code == 0 and '"rmse"' in out and '"mae"' in out, out
+    code, out = run("train-mf", "ratings", "--row", "u", "--col", "i", "--value", "r",
+                    "--model", "mf_cli", "--rank", "0", "--dsn", ratings)
+    assert code != 0 and "rank" in out and "Traceback" not in out
+
+
+def test_estimator_fit_predict_recommend_score(ratings: str) -> None:
+    from bismarck_controller.estimators import MatrixFactorization
+
+    est = MatrixFactorization(rank=4, max_iter=3, tol=None, random_state=2, model_name="mf_est")
+    assert est.fit(ratings, "ratings", "u", "i", "r") is est
+    assert est.row_factors_.shape == (est.row_ids_.size, 4) and len(est.history_) == 3
+    u, i = int(est.row_ids_[0]), int(est.col_ids_[1])
+    f = mf.Factors(est.mean_, est.row_bias_, est.col_bias_, est.row_factors_,
+                   est.col_factors_, est.row_ids_, est.col_ids_)
+    np.testing.assert_allclose(est.predict(ratings, [u, u], [i, i]),
+                               mf.predict(f, [u, u], [i, i]), rtol=1e-12)
+    assert np.isnan(est.predict(ratings, [42], [i], unknown="null")[0])
+    assert len(est.recommend(ratings, u, k=4)) == 4
+    assert est.score(ratings, "ratings_test") == pytest.approx(
+        -est.evaluate(ratings, "ratings_test")["rmse"])
+    again = MatrixFactorization.from_model(ratings, "mf_est")
+    assert again.version_ == est.version_ and again.rank == 4
+    with pytest.raises(Exception, match="rank"):
+        MatrixFactorization(rank=0).bismarck_params()

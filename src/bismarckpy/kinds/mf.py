@@ -67,8 +67,11 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in MF_PARAMS:
         v = values.get(p.name)
-        out[p.name] = p.default if v is None else _check(p, v, "train_mf")
-    if out["alpha_bias"] is None:
+        if v is None:  # a nullable parameter given as None stays None (tol: no stopping rule)
+            out[p.name] = None if p.nullable and p.name in values else p.default
+        else:
+            out[p.name] = _check(p, v, "train_mf")
+    if out["alpha_bias"] is None:  # None: the same as alpha
         out["alpha_bias"] = out["alpha"]
     return out
 
