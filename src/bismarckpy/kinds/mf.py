@@ -40,7 +40,8 @@ MF_PARAMS: tuple[Param, ...] = (
     Param("max_epochs", int, 30, "Upper bound on passes over the triples.", low=1,
           high=100_000),
     Param("tol", float, 1e-4, "Stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs (NULL: run max_epochs).", low=0.0, nullable=True),
+          "n_iter_no_change epochs (None, from Python: run max_epochs).", low=0.0,
+          nullable=True),
     Param("n_iter_no_change", int, 3, "Epochs without improvement before stopping.", low=1,
           high=1000),
     Param("batch_size", int, 1, "Triples per SGD step: 1 steps after every triple in order; "
