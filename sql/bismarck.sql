@@ -508,9 +508,14 @@ COMMENT ON FUNCTION bismarck.train_mf(regclass, text, text, text, text, integer,
 CREATE FUNCTION bismarck.predict_mf(model text, row_id bigint, col_id bigint,
                                     unknown text DEFAULT 'error', version integer DEFAULT NULL)
 RETURNS float8
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
-B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.mf.predict(plpy, model, row_id, col_id, unknown, version)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._predict_mf(model, row_id, col_id, unknown, version);
+    PERFORM bismarck._raise_if_error(result);
+    RETURN (result ->> 'ok')::float8;
+END
 $$;
 COMMENT ON FUNCTION bismarck.predict_mf(text, bigint, bigint, text, integer) IS
     'The value a stored matrix factorisation predicts for (row_id, col_id): mean + row bias + '
@@ -522,9 +527,16 @@ CREATE FUNCTION bismarck.recommend_mf(model text, row_id bigint, k integer DEFAU
                                       exclude_rated boolean DEFAULT true,
                                       version integer DEFAULT NULL)
 RETURNS TABLE (col_id bigint, score float8)
-LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
-B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.mf.recommend(plpy, model, row_id, k, exclude_rated, version)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._recommend_mf(model, row_id, k, exclude_rated, version);
+    PERFORM bismarck._raise_if_error(result);
+    RETURN QUERY SELECT (e.v ->> 'col_id')::bigint, (e.v ->> 'score')::float8
+                   FROM jsonb_array_elements(result -> 'ok') WITH ORDINALITY AS e(v, n)
+                  ORDER BY e.n;
+END
 $$;
 COMMENT ON FUNCTION bismarck.recommend_mf(text, bigint, integer, boolean, integer) IS
     'The k column ids with the highest predicted value for row_id, best first (ties by '
@@ -725,6 +737,25 @@ $$;
 COMMENT ON FUNCTION bismarck._train_mf(jsonb) IS
     'Private: runs the matrix factorisation training loop inside this backend; returns a JSON '
     'result or error.';
+
+CREATE FUNCTION bismarck._predict_mf(model text, row_id bigint, col_id bigint, unknown text,
+                                     version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.predict(plpy, model, row_id, col_id, unknown, version)
+$$;
+COMMENT ON FUNCTION bismarck._predict_mf(text, bigint, bigint, text, integer) IS
+    'Private: predict_mf''s work (the decoded model cached in this backend); a JSON result or '
+    'error.';
+
+CREATE FUNCTION bismarck._recommend_mf(model text, row_id bigint, k integer,
+                                       exclude_rated boolean, version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.recommend(plpy, model, row_id, k, exclude_rated, version)
+$$;
+COMMENT ON FUNCTION bismarck._recommend_mf(text, bigint, integer, boolean, integer) IS
+    'Private: recommend_mf''s work; a JSON result (col_id, score pairs, best first) or error.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$

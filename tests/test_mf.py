@@ -290,3 +290,15 @@ def test_movielens_heldout_rmse_beats_the_regularised_bias_baseline(conn: psycop
     metrics = dict(conn.execute("SELECT * FROM bismarck.evaluate('mf_ml', 'movielens_test')"))
     assert 0.85 < baseline < 0.95
     assert metrics["rmse"] < baseline - 0.005, (metrics, baseline)
+
+
+def test_missing_model_or_version_is_a_clear_error(ratings: str) -> None:
+    with psycopg.connect(ratings, autocommit=True) as c:
+        for call in ("bismarck.predict_mf('no_such_model', 1, 1)",
+                     "bismarck.predict_mf('mf_acc', 1, 1, version => 99)",
+                     "* FROM bismarck.recommend_mf('no_such_model', 1)"):
+            with pytest.raises(psycopg.errors.UndefinedObject) as err:
+                c.execute(f"SELECT {call}")
+            assert "Traceback" not in str(err.value) and "SPIError" not in str(err.value)
+            assert "Traceback" not in (err.value.diag.context or "")
+            assert err.value.diag.message_hint

@@ -27,11 +27,18 @@ _CACHE_SIZE = 4
 
 
 def _guard(plpy: Any, fn, *args: Any) -> Any:
-    """A domain error becomes ``plpy.error`` with its SQLSTATE, detail and hint."""
+    """A domain error, or an error of a nested SQL statement (no such model, no privilege),
+    becomes ``plpy.error`` with its SQLSTATE, detail and hint: never a Python traceback."""
+    from .server import spi_error
+
     try:
         return fn(*args)
     except BismarckError as e:
         plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
+    except plpy.SPIError as e:
+        err = spi_error(e)
+        plpy.error(err["message"], detail=err["detail"], hint=err["hint"],
+                   sqlstate=err["sqlstate"])
 
 
 def train_mf(plpy: Any, args: dict[str, Any]) -> str:
@@ -80,10 +87,18 @@ def release(plpy: Any, handle: bytes) -> bool:
 
 def _model(plpy: Any, model: str, version: int | None) -> tuple[mf.Factors, dict[str, Any]]:
     """The stored factorisation (cached) and its registry facts; clear errors otherwise."""
+    # Not through bismarck._model: PL/pgSQL would detoast the whole row (the model's bytes)
+    # into its variable on every call; here the bytes are read only when the cache misses.
     plan = plpy.prepare(
         "SELECT m.model_name, m.version, m.kind, m.created_at::text AS created, m.source, "
-        "m.features, m.label FROM bismarck._model($1, $2) AS m", ["text", "integer"])
-    row = plpy.execute(plan, [model, version])[0]
+        "m.features, m.label FROM bismarck.models AS m WHERE m.model_name = $1 "
+        "AND ($2::integer IS NULL OR m.version = $2) ORDER BY m.version DESC LIMIT 1",
+        ["text", "integer"])
+    found = plpy.execute(plan, [model, version])
+    if not found:  # bismarck._model raises the clear error (no such model, or version)
+        plpy.execute(plpy.prepare("SELECT 1 FROM bismarck._model($1, $2)",
+                                  ["text", "integer"]), [model, version])
+    row = found[0]
     if row["kind"] != "mf":
         raise InvalidData(f'model "{model}" is not a matrix factorisation', sqlstate="22023",
                           detail=f"It is a {row['kind']} model.",
@@ -106,22 +121,30 @@ def _model(plpy: Any, model: str, version: int | None) -> tuple[mf.Factors, dict
 
 
 def predict(plpy: Any, model: str, row_id: int | None, col_id: int | None,
-            unknown: str | None, version: int | None) -> float | None:
-    """``bismarck.predict_mf``: NULL for a NULL id; see :func:`factorization.predict`."""
+            unknown: str | None, version: int | None) -> str:
+    """``bismarck.predict_mf``: a JSON envelope (the plpgsql wrapper raises its error cleanly)
+    of the prediction; null for a NULL id. See :func:`factorization.predict`."""
+    from .server import _envelope
+
     def run() -> float | None:
         f, _ = _model(plpy, model, version)
+        if unknown not in (None, *mf.UNKNOWN):
+            mf.predict(f, [], [], unknown)  # raises the error naming the choices
         if row_id is None or col_id is None:
             return None
         v = float(mf.predict(f, [row_id], [col_id], unknown or "error")[0])
         return None if math.isnan(v) else v
-    return _guard(plpy, run)
+    return _envelope(plpy, run)
 
 
 def recommend(plpy: Any, model: str, row_id: int | None, k: int | None,
-              exclude_rated: bool | None, version: int | None) -> list[tuple[int, float]]:
-    """``bismarck.recommend_mf``: the ``k`` best columns for ``row_id``; with
-    ``exclude_rated`` (default) skipping those the training source has for that row."""
-    def run() -> list[tuple[int, float]]:
+              exclude_rated: bool | None, version: int | None) -> str:
+    """``bismarck.recommend_mf``: a JSON envelope of the ``k`` best ``{"col_id", "score"}``
+    for ``row_id``, best first; with ``exclude_rated`` (default) leaving out those the
+    training source holds for that row."""
+    from .server import _envelope
+
+    def run() -> list[dict[str, Any]]:
         f, facts = _model(plpy, model, version)
         if row_id is None:
             return []
@@ -129,8 +152,8 @@ def recommend(plpy: Any, model: str, row_id: int | None, k: int | None,
         if exclude_rated is None or exclude_rated:
             exclude = _rated(plpy, facts, row_id)
         ids, scores = mf.recommend(f, row_id, 10 if k is None else int(k), exclude)
-        return [(int(i), float(s)) for i, s in zip(ids, scores)]
-    return _guard(plpy, run)
+        return [{"col_id": int(i), "score": float(s)} for i, s in zip(ids, scores)]
+    return _envelope(plpy, run)
 
 
 def _rated(plpy: Any, facts: dict[str, Any], row_id: int) -> list[int]:
