@@ -523,6 +523,27 @@ COMMENT ON FUNCTION bismarck.predict_mf(text, bigint, bigint, text, integer) IS
     'training raises an error (unknown => ''error'', the default), gives mean + the known '
     'biases (unknown => ''baseline'') or NULL (unknown => ''null'').';
 
+CREATE FUNCTION bismarck.predict_mf(model text, row_ids bigint[], col_ids bigint[],
+                                    unknown text DEFAULT 'error', version integer DEFAULT NULL)
+RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._predict_mf_many(model, row_ids, col_ids, unknown, version);
+    PERFORM bismarck._raise_if_error(result);
+    IF jsonb_typeof(result -> 'ok') <> 'array' THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY(SELECT (e.v #>> '{}')::float8
+                   FROM jsonb_array_elements(result -> 'ok') WITH ORDINALITY AS e(v, n)
+                  ORDER BY e.n);
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_mf(text, bigint[], bigint[], text, integer) IS
+    'predict_mf for many (row id, column id) pairs in one call (the arrays must have the same '
+    'length): one value per pair, NULL where an id is NULL (or unknown with unknown => ''null'').';
+
 CREATE FUNCTION bismarck.recommend_mf(model text, row_id bigint, k integer DEFAULT 10,
                                       exclude_rated boolean DEFAULT true,
                                       version integer DEFAULT NULL)
@@ -747,6 +768,15 @@ $$;
 COMMENT ON FUNCTION bismarck._predict_mf(text, bigint, bigint, text, integer) IS
     'Private: predict_mf''s work (the decoded model cached in this backend); a JSON result or '
     'error.';
+
+CREATE FUNCTION bismarck._predict_mf_many(model text, row_ids bigint[], col_ids bigint[],
+                                          unknown text, version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.predict_many(plpy, model, row_ids, col_ids, unknown, version)
+$$;
+COMMENT ON FUNCTION bismarck._predict_mf_many(text, bigint[], bigint[], text, integer) IS
+    'Private: predict_mf''s work over arrays; a JSON result or error.';
 
 CREATE FUNCTION bismarck._recommend_mf(model text, row_id bigint, k integer,
                                        exclude_rated boolean, version integer) RETURNS jsonb

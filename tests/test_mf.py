@@ -68,6 +68,15 @@ def test_predict_and_recommend_agree_with_the_stored_model(ratings: str) -> None
         u, i = int(f.row_ids[3]), int(f.col_ids[7])
         got = c.execute("SELECT bismarck.predict_mf('mf_acc', %s, %s)", [u, i]).fetchone()[0]
         assert got == pytest.approx(float(mf.predict(f, [u], [i])[0]), rel=1e-12)
+        many = c.execute("SELECT bismarck.predict_mf('mf_acc', %s::bigint[], %s::bigint[], "
+                         "unknown => 'null')", [[u, None, 42, u], [i, i, i, int(f.col_ids[0])]]
+                         ).fetchone()[0]
+        assert many[1] is None and many[2] is None
+        np.testing.assert_allclose([many[0], many[3]],
+                                   mf.predict(f, [u, u], [i, int(f.col_ids[0])]), rtol=1e-12)
+        with pytest.raises(psycopg.errors.DataException, match="differ in length"):
+            c.execute("SELECT bismarck.predict_mf('mf_acc', ARRAY[1, 2]::bigint[], "
+                      "ARRAY[1]::bigint[])")
         rated = {r for (r,) in c.execute("SELECT i FROM ratings WHERE u = %s", [u])}
         recs = c.execute("SELECT col_id, score FROM bismarck.recommend_mf('mf_acc', %s, 12)",
                          [u]).fetchall()

@@ -36,11 +36,11 @@ def predict_mf(conn: psycopg.Connection, model: str, row_ids: Sequence[int],
     """``bismarck.predict_mf`` for each (row id, column id) pair, in order."""
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT bismarck.predict_mf(%s, p.r, p.c, %s, %s::int) "
-                        "FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS p(r, c, n) "
-                        "ORDER BY p.n", [model, unknown, version, list(map(int, row_ids)),
-                                         list(map(int, col_ids))])
-            return [r[0] for r in cur.fetchall()]
+            cur.execute("SELECT bismarck.predict_mf(%s, %s::bigint[], %s::bigint[], %s, "
+                        "%s::int)", [model, list(map(int, row_ids)), list(map(int, col_ids)),
+                                     unknown, version])
+            row = cur.fetchone()
+            return list(row[0]) if row and row[0] is not None else []
     finally:
         conn.rollback()
 

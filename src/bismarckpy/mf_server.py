@@ -85,16 +85,30 @@ def release(plpy: Any, handle: bytes) -> bool:
 
 # -- scoring --------------------------------------------------------------------------------------
 
+_QUERIES = {
+    "facts": ("SELECT m.model_name, m.version, m.kind, m.created_at::text AS created, m.source, "
+              "m.features, m.label FROM bismarck.models AS m WHERE m.model_name = $1 "
+              "AND ($2::integer IS NULL OR m.version = $2) ORDER BY m.version DESC LIMIT 1"),
+    "state": ("SELECT m.state FROM bismarck.models AS m WHERE m.model_name = $1 AND "
+              "m.version = $2"),
+}
+
+
+def _plan(plpy: Any, name: str) -> Any:
+    """A prepared plan of :data:`_QUERIES`, kept for the backend's lifetime (the view filters
+    by the current role when it runs, not when it is planned)."""
+    plans = STORE.setdefault("bismarck_mf_plans", {})
+    plan = plans.get(name)
+    if plan is None:
+        plan = plans[name] = plpy.prepare(_QUERIES[name], ["text", "integer"])
+    return plan
+
+
 def _model(plpy: Any, model: str, version: int | None) -> tuple[mf.Factors, dict[str, Any]]:
     """The stored factorisation (cached) and its registry facts; clear errors otherwise."""
     # Not through bismarck._model: PL/pgSQL would detoast the whole row (the model's bytes)
     # into its variable on every call; here the bytes are read only when the cache misses.
-    plan = plpy.prepare(
-        "SELECT m.model_name, m.version, m.kind, m.created_at::text AS created, m.source, "
-        "m.features, m.label FROM bismarck.models AS m WHERE m.model_name = $1 "
-        "AND ($2::integer IS NULL OR m.version = $2) ORDER BY m.version DESC LIMIT 1",
-        ["text", "integer"])
-    found = plpy.execute(plan, [model, version])
+    found = plpy.execute(_plan(plpy, "facts"), [model, version])
     if not found:  # bismarck._model raises the clear error (no such model, or version)
         plpy.execute(plpy.prepare("SELECT 1 FROM bismarck._model($1, $2)",
                                   ["text", "integer"]), [model, version])
@@ -107,9 +121,7 @@ def _model(plpy: Any, model: str, version: int | None) -> tuple[mf.Factors, dict
     cache = STORE.setdefault(_CACHE, {})
     f = cache.get(key)
     if f is None:
-        blob = plpy.execute(plpy.prepare(
-            "SELECT m.state FROM bismarck.models AS m WHERE m.model_name = $1 AND "
-            "m.version = $2", ["text", "integer"]), [row["model_name"], row["version"]])
+        blob = plpy.execute(_plan(plpy, "state"), [row["model_name"], row["version"]])
         f = mf.loads(bytes(blob[0]["state"]))
         if len(cache) >= _CACHE_SIZE:
             cache.pop(next(iter(cache)))
@@ -134,6 +146,30 @@ def predict(plpy: Any, model: str, row_id: int | None, col_id: int | None,
             return None
         v = float(mf.predict(f, [row_id], [col_id], unknown or "error")[0])
         return None if math.isnan(v) else v
+    return _envelope(plpy, run)
+
+
+def predict_many(plpy: Any, model: str, row_ids: list | None, col_ids: list | None,
+                 unknown: str | None, version: int | None) -> str:
+    """``bismarck.predict_mf`` over arrays: a JSON envelope of one prediction per pair (null
+    where an id is NULL, or unknown with ``unknown => 'null'``); one call for many pairs."""
+    from .server import _envelope
+
+    def run() -> list[float | None] | None:
+        f, _ = _model(plpy, model, version)
+        if unknown not in (None, *mf.UNKNOWN):
+            mf.predict(f, [], [], unknown)  # raises the error naming the choices
+        if row_ids is None or col_ids is None:
+            return None
+        if len(row_ids) != len(col_ids):
+            raise InvalidData("row_ids and col_ids differ in length",
+                              detail=f"{len(row_ids)} row ids, {len(col_ids)} column ids.")
+        ok = [a is not None and b is not None for a, b in zip(row_ids, col_ids)]
+        rows = [a for a, g in zip(row_ids, ok) if g]
+        cols = [b for b, g in zip(col_ids, ok) if g]
+        pred = iter(mf.predict(f, rows, cols, unknown or "error").tolist())
+        out = [next(pred) if g else None for g in ok]
+        return [None if v is None or math.isnan(v) else v for v in out]
     return _envelope(plpy, run)
 
 
