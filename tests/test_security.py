@@ -29,8 +29,9 @@ from bismarck_controller.cli import main as cli_main
 
 PINNED = "search_path=pg_catalog, pg_temp"
 # The SECURITY DEFINER functions: the only writers of the registry (members only read it).
-BOOKKEEPING = ("_claim_model", "_store_model", "_delete_versions", "_set_grant", "_begin_run",
-               "_record_epoch", "_end_run", "_dead_runs", "_forget_work", "_register_packed")
+BOOKKEEPING = ("_claim_model", "_store_model", "_store_mf", "_delete_versions", "_set_grant",
+               "_begin_run", "_record_epoch", "_end_run", "_dead_runs", "_forget_work",
+               "_register_packed")
 USERS = ("alice", "bob", "mallory", "carol")
 
 
