@@ -295,9 +295,20 @@ def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model
 def store_factorization(session: TrainingSession, model_name: str, relation: str,
                         names: dict[str, str], p: dict, model: mf.Factors, blob: bytes,
                         metrics: dict) -> int:
-    """Store the model as the next version of ``model_name``; returns the version."""
+    """Store the model as the next version of ``model_name`` through the registry's one
+    bookkeeping function ``bismarck._store_model``; returns the version.
+
+    The row is of kind ``'mf'``: ``stored`` holds the rank, mean and shape (as
+    :func:`bismarckpy.kinds.mf.export`), ``state`` the ids, biases and factors
+    (:func:`bismarckpy.factorization.dumps`); ``label`` is the value column, ``features`` the
+    two id columns, ``intercept`` the mean, ``loss`` squared; ``coef`` and ``classes`` are NULL.
+    """
+    stored = {"rank": int(model.rank), "mean": float(model.mean),
+              "n_rows": int(model.row_ids.size), "n_cols": int(model.col_ids.size)}
     return int(session.query(
-        "SELECT bismarck._store_mf(bismarck._ticket(), %s, %s, %s, %s, %s, %s::jsonb, "
-        "%s::jsonb, %s)",
-        [model_name, relation, names["row_col"], names["col_col"], names["value_col"],
-         json.dumps(_finite(p)), json.dumps(_finite(metrics)), blob])[0][0])
+        "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, 'squared', %s::text[], "
+        "false, NULL::float8[], %s::float8, NULL::float8[], %s::jsonb, %s::jsonb, '{}'::jsonb, "
+        "'mf', %s::jsonb, %s::bytea)",
+        [model_name, relation, names["value_col"], [names["row_col"], names["col_col"]],
+         float(model.mean), json.dumps(_finite(p)), json.dumps(_finite(metrics)),
+         json.dumps(_finite(stored)), blob])[0][0])

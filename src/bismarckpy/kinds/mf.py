@@ -147,9 +147,17 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
                       X[:, 1].astype(np.int64))
 
 
+def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """``bismarck.evaluate``'s metrics (rmse, mae, rows, unknown_pairs, skipped_rows) of a
+    stored factorisation on ``relation``'s triples (:func:`bismarckpy.mf_server.evaluate`)."""
+    from ..mf_server import evaluate as evaluate_mf  # lazily: the server module imports kinds
+
+    return evaluate_mf(session, {**row, "state": bytes(row["state"])}, relation)
+
+
 KIND = ModelKind(
     name="mf", magic=mf.KIND_MAGIC, params=MF_PARAMS, losses=("squared",),
     initialize=initialize, transition=transition, transition_block=transition_block,
     merge=merge, finalize=finalize, decode=decode, export=export, predict=predict,
-    merge_rule="none", sql_train="bismarck.train_mf",
+    merge_rule="none", sql_train="bismarck.train_mf", evaluate=evaluate,
     doc="Low-rank matrix factorisation with row and column biases (recommendations).")
