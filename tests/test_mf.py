@@ -108,6 +108,12 @@ def test_unknown_and_null_ids_at_predict(ratings: str) -> None:
             c.execute("SELECT * FROM bismarck.recommend_mf('mf_acc', 42)")
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="matrix factorisation"):
             c.execute("SELECT bismarck.predict('mf_acc', ARRAY[1, 2]::float8[])")
+        for call in ("bismarck.predict_class('mf_acc', ARRAY[1, 2]::float8[])",
+                     "bismarck.predict_proba('mf_acc', ARRAY[1, 2]::float8[])"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="predict_mf"):
+                c.execute(f"SELECT {call}")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="predict_mf"):
+            c.execute("SELECT * FROM bismarck.coefficients('mf_acc')")
 
 
 def test_same_seed_same_model_and_bigint_ids(conn: psycopg.Connection) -> None:

@@ -296,3 +296,16 @@ def test_the_kind_in_the_registry_of_kinds():
     with pytest.raises(InvalidData):
         kind.merge(state, state)
     mf.release(kinds.scratch, handle)
+
+
+def test_the_generic_training_loop_refuses_the_kind_before_any_work():
+    """bismarck._train('mf', ...) and `bismarck train --kind mf`: a clear 0A000 naming train_mf
+    (the loop calls the kind's check_options right after validating the parameters)."""
+    from bismarckpy import kinds
+    from bismarckpy.errors import InvalidParameter
+
+    kind = kinds.get("mf")
+    assert kind.evaluate is not None and kind.name in kinds.BUILTIN
+    with pytest.raises(InvalidParameter, match="train_mf") as err:
+        kind.check_options({"rank": 2})
+    assert err.value.sqlstate == "0A000"

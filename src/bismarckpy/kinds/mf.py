@@ -147,6 +147,18 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
                       X[:, 1].astype(np.int64))
 
 
+def check_options(p: dict[str, Any]) -> None:
+    """The generic loop (``bismarck._train``, ``bismarck train --kind``) reads a label and
+    feature columns; a factorisation's triples and id maps need its own loop: always refused,
+    before any work, pointing there."""
+    raise InvalidParameter(
+        "matrix factorisation trains with bismarck.train_mf, not the generic training loop",
+        sqlstate="0A000",
+        detail="Its input is (row id, column id, value) triples, not a label and features.",
+        hint="SELECT * FROM bismarck.train_mf(source, row_col, col_col, value_col, ...), or "
+             "from the shell: bismarck train-mf TABLE --row ... --col ... --value ....")
+
+
 def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     """``bismarck.evaluate``'s metrics (rmse, mae, rows, unknown_pairs, skipped_rows) of a
     stored factorisation on ``relation``'s triples (:func:`bismarckpy.mf_server.evaluate`)."""
@@ -160,4 +172,5 @@ KIND = ModelKind(
     initialize=initialize, transition=transition, transition_block=transition_block,
     merge=merge, finalize=finalize, decode=decode, export=export, predict=predict,
     merge_rule="none", sql_train="bismarck.train_mf", evaluate=evaluate,
+    check_options=check_options,
     doc="Low-rank matrix factorisation with row and column biases (recommendations).")
