@@ -191,8 +191,8 @@ def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards) -> None:
 
     def run() -> None:
         try:
-            _train(dsn, "pts", "killed", ", averaging => 'partition', tol => NULL",
-                   opts="max_epochs => 1000, seed => 5")
+            _train(dsn, "pts", "killed", ", averaging => 'partition', batch_size => 1",
+                   opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
         except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
             outcome["error"] = exc
 
