@@ -60,7 +60,7 @@ def test_softmax_on_digits_is_within_two_points_of_scikit_learn(
     assert proba.sum(axis=1) == pytest.approx(1.0)
     assert (pred == proba.argmax(axis=1)).all()  # classes 0..9 in order
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert metrics["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
     assert metrics["log_loss"] == pytest.approx(log_loss(y, proba, labels=list(range(10))),
                                                 rel=1e-6)
 
@@ -145,7 +145,7 @@ def test_the_cli_trains_lists_shows_and_evaluates_a_softmax_model(dsn: str, digi
     assert result.exit_code == 0 and "kind softmax" in result.output
     assert '"coef": [10, 64]' in result.output, result.output
     code, out = run("evaluate", "cli_digits", "digits_test", "--json")
-    assert code == 0 and '"macro_f1"' in out, out
+    assert code == 0 and '"f1_macro"' in out, out
 
 
 def test_a_softmax_model_has_no_coefficient_table(conn: psycopg.Connection, digits: dict) -> None:

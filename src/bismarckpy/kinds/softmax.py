@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import penalties
-from ..errors import InvalidData, InvalidParameter
+from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
 from ..params import GLM_PARAMS, merge_params
 from . import ModelKind, Stored
@@ -101,6 +101,8 @@ def initialize(d: int, classes: Any, *, alpha: float = 0.0, l1: float = 0.0, l2:
         raise InvalidData("softmax needs at least two classes",
                           detail=f"The label has {k} class.",
                           hint="Train on data with two or more label values.")
+    check_state_size(_size(d, k), f"A softmax model of {k} classes and {d} features",
+                     "Use fewer features or classes.")
     s = np.zeros(_size(d, k), dtype=_F8)
     s[_MAGIC], s[_D], s[_K] = MAGIC, d, k
     s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2
