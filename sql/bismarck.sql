@@ -782,7 +782,7 @@ $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
-    'accuracy, macro_f1, log_loss (softmax).';
+    'accuracy, f1_macro, log_loss (softmax).';
 
 CREATE FUNCTION bismarck._require_glm(model text, kind text, vectors boolean DEFAULT false)
 RETURNS boolean

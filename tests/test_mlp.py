@@ -237,6 +237,12 @@ def test_cli_trains_shows_evaluates_and_predicts_an_mlp(dsn: str, conn) -> None:
     assert stored == ("mlp", [3, 8, 4, 3], "sgd")
     code, out = run("models", "show", "cli_mlp", group=True)
     assert code == 0 and "kind mlp" in out and "classes: [0.0, 1.0, 2.0]" in out, out
+    # the stored form's small arrays by value (not their lengths), the weights by their shape
+    flat = "".join(out.split())  # rich wraps long lines
+    assert '"hidden":[8,4]' in flat and '"sizes":[3,8,4,3]' in flat, out
+    code, out = run("train", "cli_mlp_data", "--label", "y", "--features", "x", "--kind", "mlp",
+                    "--model", "cli_mlp_none", "--hidden", "", "--max-epochs", "1")
+    assert code != 0 and "hidden" in out and "'[]'" in out, out  # blank: refused, not []
     code, out = run("models", group=True)
     assert code == 0 and "cli_mlp" in out, out  # listing a model without coefficients
     code, out = run("evaluate", "cli_mlp", "cli_mlp_data", "--json")
@@ -308,3 +314,26 @@ def test_every_execution_path_learns(conn: psycopg.Connection, options: str) -> 
         workers = conn.execute("SELECT max(workers) FROM bismarck.training_history "
                                "WHERE model_name = %s", [name]).fetchone()[0]
         assert workers >= 1  # partial networks of workers were merged
+
+
+def test_too_large_network_is_refused_before_any_work(conn) -> None:
+    """A state beyond 256 MiB (here 1.6 TB of float64) is a 54000 error naming its size, not
+    an internal MemoryError; no model is stored."""
+    _small(conn, "mlp_huge", n=20)
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="too large") as err:
+        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_huge', 'y', ARRAY['x'], 'huge', "
+                     "hidden => ARRAY[100000, 100000])")
+    assert "MiB" in err.value.diag.message_detail
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'huge'"
+                        ).fetchone() == (0,)
+
+
+def test_packed_multiclass_message_says_what_is_recorded(conn) -> None:
+    _small(conn, "mlp_pk_src", n=60)
+    conn.execute("SELECT * FROM bismarck.pack('mlp_pk_src', 'y', ARRAY['x'], 'mlp_pk')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="classes are not recorded"
+                       ) as err:
+        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_pk', 'y', ARRAY['x'], 'pk', "
+                     "hidden => ARRAY[4])")
+    detail = err.value.diag.message_detail
+    assert "only for a binary label" in detail and "at most three" not in detail, detail

@@ -60,7 +60,7 @@ def test_softmax_on_digits_is_within_two_points_of_scikit_learn(
     assert proba.sum(axis=1) == pytest.approx(1.0)
     assert (pred == proba.argmax(axis=1)).all()  # classes 0..9 in order
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert metrics["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
     assert metrics["log_loss"] == pytest.approx(log_loss(y, proba, labels=list(range(10))),
                                                 rel=1e-6)
 
@@ -143,9 +143,11 @@ def test_the_cli_trains_lists_shows_and_evaluates_a_softmax_model(dsn: str, digi
     result = CliRunner().invoke(main, ["models", "--dsn", dsn, "show", "cli_digits"],
                                 catch_exceptions=False)
     assert result.exit_code == 0 and "kind softmax" in result.output
-    assert '"coef": [10, 64]' in result.output, result.output
+    # big arrays by their shape, small ones (the classes) by their values
+    flat = "".join(result.output.split())  # rich wraps long lines
+    assert '"coef":{"shape":[10,64]}' in flat and '"classes":[0.0,1.0,2.0' in flat, flat
     code, out = run("evaluate", "cli_digits", "digits_test", "--json")
-    assert code == 0 and '"macro_f1"' in out, out
+    assert code == 0 and '"f1_macro"' in out, out
 
 
 def test_a_softmax_model_has_no_coefficient_table(conn: psycopg.Connection, digits: dict) -> None:
@@ -170,3 +172,33 @@ def test_softmax_scoring_a_malformed_vector_is_a_clear_error(
     conn.rollback()
     assert conn.execute(f"SELECT bismarck.{function}('digits_shape', "
                         "array_fill(NULL::float8, ARRAY[64]))").fetchone() == (None,)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_softmax_defaults_fit_iris_as_scikit_learn(conn: psycopg.Connection, seed: int) -> None:
+    """With every default, the stopping rule must not stop short of the optimum: on iris the
+    test accuracy and log-loss come close to scikit-learn's LogisticRegression (its defaults, on
+    standardised features) on three splits. Before softmax's learning_rate defaulted to
+    'adaptive', invscaling stopped "converged" at epoch 50 with log-loss 0.34 (reference 0.16)."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, log_loss
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = load_iris(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=seed, stratify=y)
+    load_array_table(conn, "iris_tr", Xtr, ytr)
+    load_array_table(conn, "iris_te", Xte, yte)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=10_000))
+    ref.fit(Xtr, ytr)
+    ref_loss = log_loss(yte, ref.predict_proba(Xte))
+    ref_acc = accuracy_score(yte, ref.predict(Xte))
+    out = conn.execute("SELECT epochs, converged FROM bismarck.train_glm('iris_tr', 'y', "
+                       "ARRAY['x'], 'iris_sm', loss => 'softmax', seed => 0)").fetchone()
+    m = dict(conn.execute("SELECT metric, value FROM bismarck.evaluate('iris_sm', 'iris_te')"
+                          ).fetchall())
+    assert out[1], out  # converged, and the stored model is that good
+    assert m["accuracy"] >= ref_acc - 0.03, (out, m, ref_acc)
+    assert m["log_loss"] <= ref_loss * 1.25 + 0.02, (out, m, ref_loss)

@@ -277,6 +277,22 @@ def _features_cell(features: list[str], d: int, width: int = 24) -> str:
     return f"{d}:{names}".replace(" ", "\u00a0")  # one word: rich cuts it, never wraps it
 
 
+#: A stored array with at most this many values is shown as is; a bigger one by its shape.
+SHOWN_VALUES = 16
+
+
+def stored_summary(stored: dict[str, Any]) -> dict[str, Any]:
+    """A kind's stored form for display: scalars and small arrays (hidden sizes, classes) as
+    their values, arrays of more than :data:`SHOWN_VALUES` numbers as ``{"shape": [...]}``."""
+    out: dict[str, Any] = {}
+    for key, value in stored.items():
+        if isinstance(value, list) and np.size(np.asarray(value, dtype=object)) > SHOWN_VALUES:
+            out[key] = {"shape": list(np.shape(np.asarray(value, dtype=object)))}
+        else:
+            out[key] = value
+    return out
+
+
 @models_group.command("show")
 @click.argument("name")
 @click.option("--version", type=int, help="Model version [default: latest].")
@@ -291,9 +307,8 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
                   f"loss {m['loss']}  source {m['source']}  label {m['label']}")
     if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
-        shapes = {k: list(np.shape(v)) for k, v in (m["stored"] or {}).items()
-                  if isinstance(v, list)}
-        console.print("stored:", json.dumps(shapes), " classes:", json.dumps(m["classes"]))
+        console.print("stored:", json.dumps(stored_summary(m["stored"] or {})),
+                      " classes:", json.dumps(m["classes"]))
         console.print("params:", json.dumps(m["params"]))
         console.print("metrics:", json.dumps(m["metrics"]))
         return

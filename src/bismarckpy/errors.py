@@ -71,3 +71,30 @@ class ShardUnavailable(BismarckError):
     """A shard (a foreign partition's server) does not answer (08006 connection_failure)."""
 
     sqlstate = "08006"
+
+
+class TooLarge(BismarckError):
+    """A model whose training state would exceed :data:`MAX_STATE_BYTES` (54000
+    program_limit_exceeded)."""
+
+    sqlstate = "54000"
+
+
+#: Largest epoch state a kind may allocate: 256 MiB of float64 values. The state travels as one
+#: ``bytea`` (PostgreSQL's limit is 1 GB) and a transition holds a few copies of it at once.
+MAX_STATE_BYTES = 256 * 2**20
+
+
+def check_state_size(n_values: int, what: str, hint: str) -> None:
+    """Refuse a training state of ``n_values`` float64 values above :data:`MAX_STATE_BYTES`.
+
+    ``what`` describes the model (e.g. its layer sizes); raises :class:`TooLarge` naming the
+    size, so a too-big model fails before any allocation rather than with a MemoryError.
+    """
+    size = 8 * int(n_values)
+    if size > MAX_STATE_BYTES:
+        raise TooLarge(
+            "the model's training state is too large",
+            detail=f"{what} needs a state of {int(n_values):,} float64 values "
+                   f"({size / 2**20:,.0f} MiB); the limit is {MAX_STATE_BYTES // 2**20} MiB.",
+            hint=hint)

@@ -227,7 +227,7 @@ def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[
         f1s.append(2 * tp / (true_k + said_k) if true_k + said_k else 0.0)
     ll = sum(float(c[3]) for c in cells)
     skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
-    return _rows([("rows", n), ("accuracy", right / n), ("macro_f1", sum(f1s) / len(f1s)),
+    return _rows([("rows", n), ("accuracy", right / n), ("f1_macro", sum(f1s) / len(f1s)),
                   ("log_loss", ll / n)]) + [skipped]
 
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidData, InvalidParameter
+from .errors import InvalidData, InvalidParameter, check_state_size
 
 MAGIC = b"BMF1"  # stored model
 #: The kind's magic (:mod:`bismarckpy.kinds`): the first 8 bytes of every aggregate state.
@@ -135,7 +135,9 @@ class EpochStats:
 def check_params(rank: int, n_rows: int, n_cols: int, *, alpha: float, alpha_bias: float,
                  eta0: float, init_std: float) -> None:
     """Raise :class:`InvalidParameter` for a rank outside ``1..min(n_rows, n_cols)`` or a
-    negative/non-finite regularisation, a non-positive rate or a negative init scale."""
+    negative/non-finite regularisation, a non-positive rate or a negative init scale;
+    :class:`~bismarckpy.errors.TooLarge` for factors, biases and ids (``(n_rows + n_cols) ·
+    (rank + 2)`` values) over the state limit."""
     limit = min(n_rows, n_cols)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or rank > limit:
         raise InvalidParameter(
@@ -143,6 +145,9 @@ def check_params(rank: int, n_rows: int, n_cols: int, *, alpha: float, alpha_bia
             detail=f"rank => {rank!r}; the training data has {n_rows} distinct row ids and "
                    f"{n_cols} distinct column ids, so the rank can be at most {limit}.",
             hint="Choose a rank from 1 up to min(rows, columns); 5 to 50 is usual.")
+    check_state_size((n_rows + n_cols) * (rank + 2),
+                     f"A rank-{rank} factorisation of {n_rows} rows × {n_cols} columns",
+                     "Lower rank (5 to 50 is usual).")
     for name, value in (("alpha", alpha), ("alpha_bias", alpha_bias), ("init_std", init_std)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise InvalidParameter(f"{name} must be a finite number >= 0",

@@ -511,8 +511,10 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
     if p["loss"] == MULTICLASS and len(table.label_values) > 2:
         raise InvalidParameter(
             f"{table.name} is a packed table whose classes are not recorded",
-            detail="A packed table records at most three label values; a multi-class model "
-                   "needs all of them.",
+            detail="bismarck.pack records the label's values only for a binary label (it keeps "
+                   "the first three it finds, enough to tell two classes from more); the label "
+                   f"of {table.name} has more than two classes, and a multi-class model needs "
+                   "the list of all of them.",
             hint=f"Train on its source table {table.source}.")
     classes = _check_classes(table.label_values, p["loss"], table.label)
     blocks = session.query(f"SELECT p.block, p.n FROM {table.relation} AS p ORDER BY p.block")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidData, InvalidParameter
+from .errors import InvalidData, InvalidParameter, check_state_size
 from .pack import parse_block
 
 MAGIC = 2043.0  # tells an MLP state from a GLM's (2012.0)
@@ -116,6 +116,13 @@ def check_hidden(hidden) -> list[int]:
 def n_params(sizes: list[int]) -> int:
     """Number of weights and intercepts of a network with layer widths ``sizes``."""
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def state_values(sizes: list[int]) -> int:
+    """float64 values of an epoch state for layer widths ``sizes`` (K classes ≤ the last
+    width): the header, sizes, classes, ``mu``/``sd``, and four ``P``-vectors (weights, gradient
+    sum, two optimiser moments)."""
+    return HEADER + 2 * len(sizes) + 2 * sizes[0] + 4 * n_params(sizes)
 
 
 def unflatten(params: np.ndarray, sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -290,6 +297,8 @@ def initialize(d: int, *, hidden, task: str = "classification", classes=None,
         cls, k = np.empty(0), 1
     sizes = [int(d), *hidden, k]
     P = n_params(sizes)
+    check_state_size(state_values(sizes), f"A network of layer sizes {sizes}",
+                     "Use fewer or smaller hidden layers (or fewer features).")
     s = np.zeros(HEADER + len(sizes) + cls.size + 2 * d + 4 * P, dtype=_F8)
     s[_MAGIC], s[_TASK], s[_ACT] = MAGIC, TASKS[task], ACTIVATIONS[activation]
     s[_SOLVER], s[_NSIZES], s[_K], s[_D] = SOLVERS[solver], len(sizes), cls.size, d

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bismarckpy import kinds, nn
-from bismarckpy.errors import InvalidData, InvalidParameter
+from bismarckpy.errors import MAX_STATE_BYTES, InvalidData, InvalidParameter, TooLarge
 from bismarckpy.kinds import mlp
 from bismarckpy.params import validate
 
@@ -37,7 +37,8 @@ def test_hidden_is_parsed(value):
     assert all(isinstance(h, int) and h >= 1 for h in out)
 
 
-@pytest.mark.parametrize("value", [[0], [64, 0], [-1], [2.5], ["x"], "a,b", [True], [10**6]])
+@pytest.mark.parametrize("value", [[0], [64, 0], [-1], [2.5], ["x"], "a,b", [True], [10**6],
+                                   "", "  "])
 def test_bad_hidden_is_refused(value):
     with pytest.raises(InvalidParameter, match="'hidden'") as err:
         _params(hidden=value)
@@ -91,3 +92,34 @@ def test_regression_predicts_in_label_units():
         model = mlp.KIND.decode(nn.finalize(nn.transition_arrays(init, X, y))).model
     pred = mlp.KIND.predict(mlp.KIND.export(p, data, model), X)
     assert 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum() > 0.9
+
+
+def test_no_hidden_layer_and_the_default_are_distinct():
+    """NULL (or nothing) is the documented default [100]; '[]' or an empty array is none."""
+    assert _params(hidden=None)["hidden"] == (100,)
+    assert _params()["hidden"] == (100,)
+    assert _params(hidden=[])["hidden"] == _params(hidden="[]")["hidden"] == ()
+
+
+@pytest.mark.parametrize(("hidden", "d", "k"), [
+    ([100_000, 100_000], 4, 3),      # the hidden layers alone
+    ([4096, 4096], 1, 2),            # 16.8M weights: 4 P-vectors are 512 MiB
+    ([100], 200_000, 10),            # the features make it too big
+])
+def test_too_large_networks_are_refused_up_front(hidden, d, k):
+    """Weights, gradient sum and two optimiser moments (4 P float64) over the limit: a 54000
+    error naming the size, before any allocation (not a MemoryError)."""
+    sizes = [d, *hidden, k]
+    assert 8 * nn.state_values(sizes) > MAX_STATE_BYTES
+    with pytest.raises(TooLarge) as err:
+        p = _params(hidden=hidden)
+        mlp.check_options(p)
+        nn.initialize(d, hidden=hidden, classes=list(range(k)))
+    assert err.value.sqlstate == "54000"
+    assert "MiB" in err.value.detail and str(list(hidden)[0]) in err.value.detail
+
+
+def test_a_network_under_the_limit_is_accepted():
+    sizes = [64, 2048, 2048, 10]
+    assert 8 * nn.state_values(sizes) < MAX_STATE_BYTES
+    mlp.check_options(_params(hidden=[2048, 2048]))

@@ -186,3 +186,20 @@ def test_the_worked_example_of_the_protocol_trains_merges_and_predicts() -> None
     stored = MEAN.export({}, None, epoch.model)
     assert MEAN.predict(stored, np.zeros((2, 4))).tolist() == [3.0, 3.0]
     assert MEAN.merge(None, left) == left
+
+
+def test_every_kind_refuses_a_state_over_the_limit():
+    """The state-size limit holds for each kind whose state size is computable (54000)."""
+    from bismarckpy import factorization, nn
+    from bismarckpy.errors import TooLarge
+    from bismarckpy.kinds import glm, softmax
+
+    cases = [lambda: glm.initialize(10**8, loss="logistic"),
+             lambda: softmax.initialize(10**6, list(range(50))),
+             lambda: nn.initialize(10, hidden=[50_000, 50_000], classes=[0, 1]),
+             lambda: factorization.check_params(100_000, 10**6, 10**6, alpha=0.0,
+                                                alpha_bias=0.0, eta0=0.01, init_std=0.1)]
+    for make in cases:
+        with pytest.raises(TooLarge) as err:
+            make()
+        assert err.value.sqlstate == "54000" and "MiB" in err.value.detail

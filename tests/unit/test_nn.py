@@ -360,3 +360,62 @@ def test_diabetes_r2_close_to_sklearn(activation):
                            random_state=0).fit(a, (ytr - ym) / ys)
     theirs = r2_score(yte, ref.predict(b) * ys + ym)
     assert ours >= theirs - 0.05, (ours, theirs)
+
+
+# --- scikit-learn's trajectory from scikit-learn's start ---------------------------------------
+
+def _sklearn_start(sizes: list[int], activation: str, seed: int) -> np.ndarray:
+    """The initial weights ``MLPClassifier(random_state=seed)`` draws (its ``_init_coef``)."""
+    rs = np.random.RandomState(seed)
+    f = 2.0 if activation == "logistic" else 6.0
+    parts = []
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+        r = math.sqrt(f / (a + b))
+        parts += [rs.uniform(-r, r, (a, b)).ravel(), rs.uniform(-r, r, b)]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize(("hidden", "activation", "seed"), [
+    ((), "relu", 0), ((), "relu", 3), ((), "logistic", 1), ((6,), "tanh", 2),
+    ((5, 4), "relu", 0)])
+def test_iris_loss_curve_is_sklearns_from_the_same_start(hidden, activation, seed):
+    """The linear/softmax path (no hidden layer) and deeper ones: from scikit-learn's initial
+    weights, 60 epochs of the kernel give scikit-learn's loss curve and weights (no label
+    coding, scaling or optimiser difference hides between them)."""
+    from sklearn.datasets import load_iris
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_iris(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    sizes = [4, *hidden, 3]
+    st0 = nn.initialize(4, hidden=list(hidden), classes=[0, 1, 2], activation=activation,
+                        batch_size=200, params=_sklearn_start(sizes, activation, seed))
+    curve = []
+    for _ in range(60):
+        st0 = nn.finalize(nn.transition_arrays(nn.next_epoch(st0), X, y))
+        curve.append(nn.decode(st0).data_loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = MLPClassifier(hidden_layer_sizes=hidden, activation=activation, max_iter=60,
+                            random_state=seed, shuffle=False, tol=0.0,
+                            n_iter_no_change=10**6).fit(X, y)
+    # loss_curve_ also holds alpha·½‖W‖²/n (~1e-6 here): the data losses agree to 1e-4
+    np.testing.assert_allclose(curve, ref.loss_curve_, rtol=1e-4)
+    net = nn.decode(st0)
+    for (W, b), cW, cb in zip(net.layers, ref.coefs_, ref.intercepts_, strict=True):
+        np.testing.assert_allclose(W, cW, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(b, cb, rtol=1e-7, atol=1e-10)
+
+
+def test_glorot_draws_have_sklearns_spread():
+    """Over many seeds the weights fill ``U(-r, r)``, ``r = sqrt(6 / (fan_in + fan_out))``
+    (2 for logistic), as scikit-learn's: the pooled standard deviation is ``r / sqrt(3)``
+    (not larger: an initial loss far above log K on one seed is the draw, not the bound)."""
+    for activation, f in (("relu", 6.0), ("logistic", 2.0)):
+        sizes = [4, 3]
+        draws = np.concatenate([nn.unflatten(nn.glorot(sizes, activation, s), sizes)[0][0]
+                                .ravel() for s in range(500)])
+        r = math.sqrt(f / 7)
+        assert np.abs(draws).max() <= r
+        assert abs(draws.std() / (r / math.sqrt(3)) - 1) < 0.03

@@ -92,3 +92,14 @@ def test_export_predicts_in_original_units_what_the_standardised_model_predicts(
     P = softmax(((X - mu) / sd) @ W.T + b, axis=1)
     assert sm.KIND.predict_proba(stored, X) == pytest.approx(P, rel=1e-10)
     assert sm.KIND.predict(stored, X).tolist() == [[1.0, 2.0, 4.0][i] for i in P.argmax(1)]
+
+
+def test_too_large_state_is_refused_up_front():
+    """K × d weights and their gradient over the state limit: 54000 naming the size, not a
+    MemoryError (2 · 100 · 10⁶ float64 values are 1.5 GiB)."""
+    from bismarckpy.errors import TooLarge
+
+    with pytest.raises(TooLarge, match="too large") as err:
+        sm.initialize(1_000_000, list(range(100)))
+    assert err.value.sqlstate == "54000" and "MiB" in err.value.detail
+    sm.initialize(1000, list(range(100)))  # 1.6 MiB: fine

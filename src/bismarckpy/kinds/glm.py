@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import penalties
-from ..errors import InvalidData, InvalidParameter
+from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..losses import BY_CODE, REGISTRY, sigmoid
 from ..pack import parse_block
 from ..params import GLM_PARAMS
@@ -87,6 +87,8 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     class's weight (scikit-learn's ``class_weight``); classifiers only. ``sd`` may hold
     ``inf`` for a constant column: its standardised value is 0 and its coefficient stays 0.
     """
+    check_state_size(HEADER + 4 * d + 2, f"A linear model of {d} features",
+                     "Use fewer features.")
     s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
     s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
     s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2

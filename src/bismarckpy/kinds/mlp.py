@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import nn
-from ..errors import InvalidData, InvalidParameter
+from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..params import Param, merge_params
 from . import ModelKind, Stored
 
@@ -29,9 +29,14 @@ _F8 = np.dtype("<f8")
 def parse_hidden(v: Any) -> tuple[int, ...]:
     """Hidden layer sizes from an array, a list, a tuple, JSON text or ``'64,32'``.
 
-    Raises ValueError for anything but one or more integers ≥ 1 (a size of 0 in particular).
+    No hidden layer (a linear/softmax model) is an empty array, ``[]``; a blank string is
+    refused (a forgotten value, e.g. the CLI's ``--hidden ""``), as is NULL's absence of a
+    value in text form. Raises ValueError for anything but integers ≥ 1 (a size of 0 in
+    particular).
     """
     if isinstance(v, str):
+        if not v.strip():
+            raise ValueError(v)
         text = v.strip().strip("[]{}()")
         v = [x for x in text.replace(" ", "").split(",") if x] if text else []
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -56,8 +61,10 @@ def parse_hidden(v: Any) -> tuple[int, ...]:
 
 MLP_PARAMS: tuple[Param, ...] = merge_params((
     Param("hidden", tuple, (100,), "Sizes of the hidden layers, e.g. ARRAY[64, 32] "
-          "(scikit-learn's hidden_layer_sizes); an empty array fits a linear/softmax model.",
-          parse=parse_hidden, shape="an array of up to 16 integers, each 1 to 100000"),
+          "(scikit-learn's hidden_layer_sizes); NULL or omitted: the default [100]; an empty "
+          "array (CLI: --hidden '[]') fits a linear/softmax model.",
+          parse=parse_hidden, shape="an array of up to 16 integers, each 1 to 100000 "
+          "('[]' for none)"),
     Param("activation", str, "relu", "Hidden units' activation.",
           choices=tuple(nn.ACTIVATIONS)),
     Param("task", str, "classification", "classification: a softmax output over the label's "
@@ -287,12 +294,21 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
     return out
 
 
+def check_options(p: dict[str, Any]) -> None:
+    """:attr:`ModelKind.check_options`: refuse, before reading any row, hidden layers whose
+    state alone (one feature, one output) would exceed the state limit; the exact size, with
+    the features and classes, is checked again when the first state is made."""
+    sizes = [1, *p["hidden"], 1]
+    check_state_size(nn.state_values(sizes), f"Hidden layers {list(p['hidden'])}",
+                     "Use fewer or smaller hidden layers.")
+
+
 KIND = ModelKind(
     name="mlp", magic=np.array([nn.MAGIC], dtype=_F8).tobytes(), params=MLP_PARAMS,
     losses=("cross_entropy", "squared"), initialize=epoch_init, transition=nn.transition,
     transition_block=nn.transition_block, merge=nn.merge, finalize=nn.finalize, decode=decode,
     export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
-    merge_rule="average",
+    merge_rule="average", check_options=check_options,
     sql_train="bismarck.train_mlp",
     doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
     extra={"loop_params": loop_params,

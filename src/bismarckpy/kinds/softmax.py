@@ -16,6 +16,7 @@ k > 1 mini-batches, 0 full-batch gradient descent, -1 only the loss.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from .. import penalties
-from ..errors import InvalidData, InvalidParameter
+from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
-from ..params import GLM_PARAMS, merge_params
+from ..params import GLM_PARAMS, Param, merge_params
 from . import ModelKind, Stored
 
 MAGIC = 2014.0
@@ -101,6 +102,8 @@ def initialize(d: int, classes: Any, *, alpha: float = 0.0, l1: float = 0.0, l2:
         raise InvalidData("softmax needs at least two classes",
                           detail=f"The label has {k} class.",
                           hint="Train on data with two or more label values.")
+    check_state_size(_size(d, k), f"A softmax model of {k} classes and {d} features",
+                     "Use fewer features or classes.")
     s = np.zeros(_size(d, k), dtype=_F8)
     s[_MAGIC], s[_D], s[_K] = MAGIC, d, k
     s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2
@@ -382,8 +385,24 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
     return softmax_metrics(session, row, relation)
 
 
-#: The parameters of a multinomial model: the GLM's (its loss is 'softmax').
-PARAMS = merge_params(GLM_PARAMS)
+def _adaptive_by_default(p: Param) -> Param:
+    """The GLM's ``learning_rate`` with default 'adaptive' (see :data:`PARAMS`)."""
+    if p.name != "learning_rate":
+        return p
+    return dataclasses.replace(p, default="adaptive", doc=p.doc + " Softmax's default is "
+                               "adaptive: training stops only once the rate, divided by 5 at "
+                               "each plateau, has reached 1e-6.")
+
+
+#: The parameters of a multinomial model: the GLM's (its loss is 'softmax'), except that
+#: ``learning_rate`` defaults to 'adaptive'. Under invscaling the rate decays with every row
+#: step, so the loss falls by less than ``tol`` an epoch long before the optimum: on iris the
+#: stopping rule fired at epoch 50 with test log-loss 0.34 (scikit-learn's LogisticRegression:
+#: 0.16), and even 2000 epochs reached only 0.14. 'adaptive' keeps the rate until the loss
+#: stalls for ``n_iter_no_change`` epochs, then divides it by 5 and stops only when the rate
+#: reaches 1e-6 (scikit-learn's rule for learning_rate='adaptive'): "converged" then means that
+#: no rate down to 1e-6 improves the loss by tol, and iris reaches log-loss 0.04-0.08 in ~75.
+PARAMS = merge_params(tuple(_adaptive_by_default(p) for p in GLM_PARAMS))
 #: Most classes a label may have (the state holds K × d weights and gradients).
 MAX_CLASSES = 1000
 
