@@ -130,6 +130,7 @@ CREATE TABLE bismarck._training_epoch (
     seconds         float8,
     workers         integer,
     recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    detail          jsonb,
     PRIMARY KEY (run_id, epoch)
 );
 COMMENT ON TABLE bismarck._training_epoch IS
@@ -315,6 +316,14 @@ COMMENT ON VIEW bismarck.models IS
     'factorisation: label is its value column, features its row and column id columns, '
     'intercept the global mean, state its ids, biases and factors as bytes).';
 
+-- The per-epoch detail column (averaging => 'partition') for installations from before it:
+-- a DO block is re-run by every upgrade and re-install, so no migration script is needed.
+DO $$
+BEGIN
+    ALTER TABLE bismarck._training_epoch ADD COLUMN IF NOT EXISTS detail jsonb;
+END
+$$;
+
 CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
        r.version,
@@ -332,7 +341,8 @@ SELECT r.model_name,
        e.rows,
        e.seconds,
        e.workers,
-       e.recorded_at
+       e.recorded_at,
+       e.detail
 FROM bismarck._training_run r
 JOIN bismarck._training_epoch e USING (run_id)
 WHERE pg_has_role(r.owner, 'USAGE') OR EXISTS (
@@ -398,6 +408,7 @@ CREATE FUNCTION bismarck.train_glm(
     parallel            integer  DEFAULT NULL,
     solver              text     DEFAULT NULL,
     class_weight        text     DEFAULT NULL,
+    averaging           text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -419,7 +430,7 @@ BEGIN
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
-        'solver', solver, 'class_weight', class_weight));
+        'solver', solver, 'class_weight', class_weight, 'averaging', averaging));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -433,7 +444,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text, text) IS
+    integer, text, bigint, float8, integer, text, text, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
     'standard errors), and store it as the next version of model_name (default: the source table''s '
@@ -469,6 +480,7 @@ CREATE FUNCTION bismarck.train_mlp(
     dtype               text     DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
+    averaging           text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -492,7 +504,8 @@ BEGIN
         'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
         'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
         'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
-        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel,
+        'averaging', averaging));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -506,7 +519,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
     float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
-    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer, text) IS
     'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
     'task classification: softmax over the label''s classes, or regression) by backpropagation '
     'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
@@ -1402,7 +1415,7 @@ COMMENT ON FUNCTION bismarck._begin_run(uuid, text, text, jsonb, boolean) IS
 
 CREATE FUNCTION bismarck._record_epoch(
     ticket uuid, run_id bigint, epoch integer, train_loss float8, validation_loss float8,
-    learning_rate float8, rows bigint, seconds float8, workers integer)
+    learning_rate float8, rows bigint, seconds float8, workers integer, detail jsonb DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1415,12 +1428,13 @@ BEGIN
             USING ERRCODE = '42501';
     END IF;
     INSERT INTO bismarck._training_epoch (run_id, epoch, train_loss, validation_loss,
-                                          learning_rate, rows, seconds, workers)
-    VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers);
+                                          learning_rate, rows, seconds, workers, detail)
+    VALUES (run_id, epoch, train_loss, validation_loss, learning_rate, rows, seconds, workers,
+            detail);
 END
 $$;
 COMMENT ON FUNCTION bismarck._record_epoch(uuid, bigint, integer, float8, float8, float8,
-    bigint, float8, integer) IS
+    bigint, float8, integer, jsonb) IS
     'Private: appends one epoch to the history of the caller''s running run.';
 
 CREATE FUNCTION bismarck._end_run(
@@ -1605,6 +1619,31 @@ CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
 COMMENT ON AGGREGATE bismarck._epoch(bytea, float8, bytea) IS
     'Private: one SGD epoch of a model of any kind over rows (features as _float8_array_bytes, '
     'coded label), starting from state init (its first 8 bytes name the kind).';
+
+CREATE FUNCTION bismarck._engine_version(bigint) RETURNS text
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.engine_version()
+$$;
+COMMENT ON FUNCTION bismarck._engine_version(bigint) IS
+    'Private: the version of the engine embedded in this installation (IMMUTABLE: the engine is '
+    'part of the function''s code). Called on an aggregate over a foreign partition, postgres_fdw '
+    'evaluates it on the shard, so training compares each shard''s version with its own.';
+
+-- One partition's (or shard's) share of an epoch (averaging => 'partition'): the state before
+-- the final function, which the training loop merges across partitions by the kind's rule and
+-- finalizes once. No combine function on purpose: nothing can split one partition's epoch
+-- over parallel workers (here or on a shard, where postgres_fdw ships it with GROUP BY the
+-- partition key), so a partition's model never depends on worker timing; PARALLEL SAFE lets
+-- local partitions run whole, side by side, in the workers of a Parallel Append.
+CREATE AGGREGATE bismarck._epoch_partial(x bytea, y float8, init bytea) (
+    SFUNC = bismarck._epoch_step,
+    STYPE = bytea,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE bismarck._epoch_partial(bytea, float8, bytea) IS
+    'Private: one partition''s SGD epoch over rows, returning the unfinalized state (the '
+    'training loop merges the partitions'' states with the kind''s rule and finalizes).';
 
 -- Matrix factorisation: the factors stay in the backend that runs the epochs (PL/Python's GD,
 -- under a handle that init names), so the state is a few bytes and no call copies the model.

@@ -86,6 +86,10 @@ class PsycopgSession:
         """Commit, so the history so far is visible to other sessions."""
         self.conn.commit()
 
+    def rollback(self) -> None:
+        """Roll back the current transaction (after a failed statement, to run another)."""
+        self.conn.rollback()
+
     def on_epoch(self, record: EpochRecord) -> None:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
         if self._on_epoch is not None:

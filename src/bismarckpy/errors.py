@@ -67,6 +67,12 @@ class Diverged(BismarckError):
     sqlstate = "22003"
 
 
+class ShardUnavailable(BismarckError):
+    """A shard (a foreign partition's server) does not answer (08006 connection_failure)."""
+
+    sqlstate = "08006"
+
+
 class TooLarge(BismarckError):
     """A model whose training state would exceed :data:`MAX_STATE_BYTES` (54000
     program_limit_exceeded)."""

@@ -5,8 +5,10 @@ kind's init state over a :class:`Scan` (where the epoch reads) — and an :class
 *how*: today one PostgreSQL aggregate over the whole scan, optionally with parallel workers
 whose partial states the aggregate's combine function merges (model averaging for SGD, an exact
 sum for full-batch passes: the kind's :attr:`~bismarckpy.kinds.ModelKind.merge_rule`). Other
-strategies (one aggregate per partition or shard with averaging here, shared-memory workers)
-belong in this module and need no change to the kinds or the loop.
+strategies belong in this module and need no change to the kinds or the loop: ``"partition"``
+runs one aggregate per partition (or postgres_fdw shard) of the source, grouped by the
+partition, and merges the partitions' states here by the kind's rule (see
+:mod:`bismarckpy.partitioned`).
 
 The SGD aggregates ``bismarck._epoch`` (rows) and ``bismarck._epoch_packed`` (packed blocks)
 are generic: their functions dispatch on the kind's magic at the head of the state
@@ -22,6 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
+from . import kinds
+from .errors import BismarckError, InvalidParameter, ShardUnavailable
 from .packing import settings_for_transaction
 
 
@@ -69,6 +73,12 @@ class Scan:
     # page groups, :func:`bismarckpy.blockscan.epoch_sql`); ``reshuffle`` asks the loop to
     # seed ``random()`` before each epoch.
     template: str | None = None
+    # averaging => 'partition': the relation's column naming each row's partition, and the
+    # column ordering rows inside a partition's aggregate (None: scan order).
+    group: str | None = None
+    order: str | None = None
+    # (foreign server, foreign partition) of each shard, to name the one that fails
+    shards: tuple[tuple[str, str], ...] = ()
 
     def sql(self, aggregates: Aggregates = SGD) -> str:
         """The epoch's query, with one ``%s`` for the init state."""
@@ -81,6 +91,14 @@ class Scan:
                     f"(SELECT x, y FROM {self.relation} ORDER BY random()) AS shuffled")
         return f"SELECT {aggregates.rows}(x, y, %s) FROM {self.relation}"
 
+    def partition_sql(self) -> str:
+        """One unfinalized state per partition, with one ``%s`` for the init state."""
+        if self.group is None or self.packed:
+            raise ValueError("a partition scan reads rows grouped by a partition column")
+        order = f" ORDER BY {self.order}" if self.order else ""
+        return (f"SELECT {self.group} AS part, bismarck._epoch_partial(x, y, %s{order}) AS state "
+                f"FROM {self.relation} GROUP BY {self.group}")
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -92,16 +110,101 @@ class Strategy:
 
     def for_kind(self, merge_rule: str) -> Strategy:
         """This strategy as a kind with ``merge_rule`` may run it."""
+        if merge_rule == "none" and self.name == "partition":
+            raise InvalidParameter(
+                "this model kind cannot average partitions",
+                detail="Its epoch states cannot be merged (merge rule 'none').",
+                hint="Use averaging => 'global'.")
         return Strategy(0, self.name) if merge_rule == "none" else self
 
 
+#: The strategies :func:`run_epoch` knows.
+STRATEGIES = ("aggregate", "partition")
+
+#: Settings of a partition epoch: the aggregate runs per partition (and so on each shard).
+PARTITIONWISE = {"enable_partitionwise_aggregate": "on"}
+
+
 def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = Strategy(),
-              aggregates: Aggregates = SGD) -> bytes | None:
-    """Run one epoch (or pass) from ``init`` over ``scan``; the finalized state (None: no rows)."""
-    if strategy.name != "aggregate":
+              aggregates: Aggregates = SGD,
+              parts: list[tuple[object, bytes]] | None = None) -> bytes | None:
+    """Run one epoch (or pass) from ``init`` over ``scan``; the finalized state (None: no rows).
+
+    With ``strategy.name == "partition"`` the scan's partitions each give a state, merged
+    here by the kind's :attr:`~bismarckpy.kinds.ModelKind.merge` (model averaging weighted by
+    rows, or an exact sum for evaluation states) and finalized once; ``parts`` (when given)
+    receives each partition's ``(group value, unfinalized state)``.
+    """
+    if strategy.name not in STRATEGIES:
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
+    if strategy.name == "partition" and scan.group is not None and aggregates is SGD:
+        found = run_partitions(session, scan, init, strategy.workers)
+        if parts is not None:
+            parts.extend(found)
+        return merge_partitions(found)
     with settings_for_transaction(session, parallel_settings(strategy.workers)):
         return session.query(scan.sql(aggregates), [init])[0][0]
+
+
+def run_partitions(session: Session, scan: Scan, init: bytes,
+                   workers: int | None = None) -> list[tuple[object, bytes]]:
+    """Each partition's unfinalized state, in group order (partitions without rows absent).
+
+    ``workers`` parallel workers run local partitions side by side (each partition whole in
+    one worker: a Parallel Append of complete aggregates); foreign partitions (shards) run
+    concurrently on their servers with ``async_capable``.
+
+    A failure on a foreign partition (a shard down, or killed mid-epoch) becomes
+    :class:`~bismarckpy.errors.ShardUnavailable` naming the servers that do not answer.
+    """
+    try:
+        with settings_for_transaction(session, {**PARTITIONWISE,
+                                                **parallel_settings(workers)}):
+            rows = session.query(scan.partition_sql(), [init])
+    except BismarckError:
+        raise
+    except Exception as exc:
+        down = unreachable_servers(session, scan.shards)
+        if not down:
+            raise
+        raise ShardUnavailable(
+            f"the epoch failed: shard server {', '.join(down)} does not answer",
+            detail=f"{str(exc).strip().splitlines()[0]} (no model version was written).",
+            hint="Start the shard again (`bismarck shards check` tests every shard) and rerun "
+                 "the training.") from None
+    return sorted(((part, bytes(state)) for part, state in rows if state is not None),
+                  key=lambda r: str(r[0]))
+
+
+def merge_partitions(parts: Sequence[tuple[object, bytes]]) -> bytes | None:
+    """Merge partition states by their kind's rule and finalize; None without any."""
+    state: bytes | None = None
+    for _, s in parts:
+        state = s if state is None else kinds.for_state(s).merge(state, s)
+    return None if state is None else kinds.for_state(state).finalize(state)
+
+
+def unreachable_servers(session: Session, servers: Sequence[tuple[str, str]]) -> list[str]:
+    """Those of ``servers`` ((server, foreign table) pairs) that do not answer a trivial query.
+
+    Called after a failed partition epoch; the failed statement is rolled back first when the
+    session can (outside the server; inside, PL/Python ran it in a subtransaction already).
+    """
+    rollback = getattr(session, "rollback", None)
+    try:
+        if rollback is not None:
+            rollback()
+    except Exception:
+        return []
+    down = []
+    for server, table in servers:
+        try:
+            session.query(f"SELECT 1 AS alive FROM {table.replace('%', '%%')} LIMIT 1")
+        except Exception:
+            down.append(server)
+            if rollback is not None:
+                rollback()
+    return down
 
 
 def parallel_settings(workers: int | None) -> dict[str, str]:

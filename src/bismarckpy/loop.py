@@ -82,7 +82,8 @@ class EpochRecord:
     rows: int
     seconds: float
     max_epochs: int = 0
-    workers: int = 0  # parallel workers whose partial models were merged (0: serial)
+    workers: int = 0  # parallel workers (or partitions) whose models were merged (0: serial)
+    detail: dict[str, Any] | None = None  # per-partition rows and losses (averaging partition)
 
 
 @dataclass
@@ -127,6 +128,10 @@ class _Prepared:
     constant: list[int] = field(default_factory=list)  # constant (zero-variance) features
     n_pos: int = 0  # training rows of the positive class (classifiers)
     notes: list[str] = field(default_factory=list)  # warnings for the caller
+    # averaging => 'partition': the source's partitions (partitioned.Layout; train and valid
+    # are then FROM items with a ``part`` column) and the column ordering a partition's rows.
+    layout: Any = None
+    order: str | None = None
     # shuffle => 'blocks': the scans of the table's page groups that a training epoch and a
     # validation pass read, instead of FROM clauses of copies.
     train_scan: execution.Scan | None = None
@@ -194,6 +199,10 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             from . import exact_loop
 
             exact_loop.check_packed_table(table, p)
+    if p["averaging"] == "partition":
+        from . import partitioned
+
+        partitioned.check_options(p, table)
     if p["shuffle"] == "blocks":
         if p["solver"] != "sgd":
             raise InvalidParameter(
@@ -226,7 +235,11 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     session.checkpoint()
     work = _Work(schema)
     try:
-        if table:
+        if p["averaging"] == "partition":
+            from . import partitioned
+
+            prepared = partitioned.prepare(session, src, p, seed)[0]
+        elif table:
             prepared = _prepare_packed_table(session, table, p, seed)
         elif p["shuffle"] == "blocks":
             prepared = _prepare_blocks(session, src, p, seed)
@@ -762,10 +775,20 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    strategy = execution.Strategy(p["parallel"]).for_kind(kind.merge_rule)
-    train_scan = prep.train_scan or execution.Scan(prep.train, prep.packed, prep.train_rows,
-                                                   reshuffle=p["shuffle"] == "always")
-    valid_scan = prep.valid_scan or (execution.Scan(prep.valid, prep.packed, prep.valid_rows)
+    by_partition = prep.layout is not None
+    workers = p["parallel"]
+    if by_partition and workers is None:  # local partitions side by side, one per worker
+        workers = min(8, sum(1 for q in prep.layout.partitions if not q.server))
+    strategy = execution.Strategy(workers, "partition" if by_partition else "aggregate"
+                                  ).for_kind(kind.merge_rule)
+    group = "part" if by_partition else None
+    shards = tuple((q.server, q.name) for q in prep.layout.shards) if by_partition else ()
+    train_scan = prep.train_scan or execution.Scan(
+        prep.train, prep.packed, prep.train_rows,
+        reshuffle=p["shuffle"] == "always" and not by_partition,
+        group=group, order=prep.order, shards=shards)
+    valid_scan = prep.valid_scan or (execution.Scan(prep.valid, prep.packed, prep.valid_rows,
+                                                    group=group, shards=shards)
                                      if prep.valid else None)
     train_sql = train_scan.sql()
     history: list[EpochRecord] = []
@@ -778,11 +801,14 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
-        m = kind.decode(execution.run_epoch(session, train_scan, init, strategy))
+        parts: list[tuple[object, bytes]] = []
+        m = kind.decode(execution.run_epoch(session, train_scan, init, strategy, parts=parts))
         train_loss = m.mean_loss * loss_scale
+        valid_parts: list[tuple[object, bytes]] = []
         if valid_scan:
             ev = kind.initialize(p, prep, m.model, evaluate=True)
-            vm = kind.decode(execution.run_epoch(session, valid_scan, ev))
+            vm = kind.decode(execution.run_epoch(session, valid_scan, ev, strategy,
+                                                 parts=valid_parts))
             valid_loss = vm.data_loss * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
         decision = sched.after_epoch(epoch, train_loss,
@@ -797,7 +823,10 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         else:
             model = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
-                          p["max_epochs"], execution.workers_merged(m.parts, p["parallel"]))
+                          p["max_epochs"], len(parts) if by_partition
+                          else execution.workers_merged(m.parts, p["parallel"]),
+                          _partition_detail(kind, prep, parts, valid_parts, loss_scale)
+                          if by_partition else None)
         history.append(rec)
         record_epoch(session, run_id, rec)
         session.checkpoint()
@@ -1030,9 +1059,28 @@ def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> Non
     """Append one epoch to the run's history (``bismarck.training_history``)."""
     session.query(
         "SELECT bismarck._record_epoch(bismarck._ticket(), %s, %s::integer, %s::float8, "
-        "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer) AS recorded",
+        "%s::float8, %s::float8, %s::bigint, %s::float8, %s::integer, %s::jsonb) AS recorded",
         [run_id, rec.epoch, rec.train_loss, rec.validation_loss, rec.learning_rate, rec.rows,
-         rec.seconds, rec.workers])
+         rec.seconds, rec.workers, None if rec.detail is None else json.dumps(_finite(rec.detail))])
+
+
+def _partition_detail(kind: kinds.ModelKind, prep: _Prepared,
+                      parts: list[tuple[object, bytes]], valid_parts: list[tuple[object, bytes]],
+                      loss_scale: float) -> dict[str, Any]:
+    """The history's per-partition detail of one epoch: rows and losses of each partition
+    (its own model's loss along its epoch; validation: the averaged model on its held-out
+    rows), and the partitions skipped for want of rows."""
+    valid = {k: kind.decode(kind.finalize(s)) for k, s in valid_parts}
+    out = []
+    for key, state in parts:
+        e = kind.decode(kind.finalize(state))
+        v = valid.get(key)
+        out.append({"partition": prep.layout.name_of(key), "rows": e.rows,
+                    "train_loss": e.mean_loss * loss_scale,
+                    "validation_loss": None if v is None else v.data_loss * loss_scale})
+    seen = {prep.layout.name_of(k) for k, _ in parts}
+    skipped = [q.name for q in prep.layout.partitions if q.name not in seen]
+    return {"partitions": out, "skipped": skipped}
 
 
 def validation_share(prep: _Prepared, asked: float, notes: list[str]) -> float:

@@ -18,6 +18,7 @@ from .penalties import PENALTIES
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
 SHUFFLES = ("once", "always", "never", "blocks")
 SOLVERS = ("sgd", "newton", "lbfgs")
+AVERAGINGS = ("global", "partition")
 EXACT_SOLVERS = ("newton", "lbfgs")  # their own defaults: tol 1e-8, no penalty, float64 blocks
 EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
@@ -130,6 +131,11 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
           "averaging); 0 forces a serial scan; NULL lets PostgreSQL's planner decide.",
           low=0, high=64, nullable=True),
+    Param("averaging", str, "global", "global: one aggregate per epoch over the whole source "
+          "(parallel workers' models averaged); partition: the source is a partitioned table "
+          "(local or postgres_fdw shards) and each epoch runs one aggregate per partition, "
+          "where its rows are, the partition models averaged weighted by rows.",
+          choices=AVERAGINGS),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9,
           why="At least a tenth of the rows must remain to train on: a larger share would "
@@ -147,7 +153,7 @@ GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
 #: standardize, class_weight).
 COMMON_NAMES = ("max_epochs", "tol", "n_iter_no_change", "learning_rate", "eta0", "power_t",
                 "batch_size", "shuffle", "packed", "block_size", "dtype", "seed", "parallel",
-                "validation_fraction")
+                "averaging", "validation_fraction")
 COMMON_PARAMS: tuple[Param, ...] = tuple(p for p in GLM_PARAMS if p.name in COMMON_NAMES)
 
 

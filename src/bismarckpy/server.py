@@ -246,6 +246,13 @@ def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
         plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
 
 
+def engine_version() -> str:
+    """``bismarck._engine_version``: this engine's version (the extension's)."""
+    from . import __version__
+
+    return __version__
+
+
 def epoch_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
                      init: bytes) -> bytes:
     """SFUNC of ``bismarck._epoch``: one row, by the kind whose magic opens ``init``."""

@@ -29,6 +29,7 @@ BAD = {
     "power_t": [-0.5, 10.5, math.nan],
     "batch_size": [-1, -2, 0.5, 1_000_000_001],
     "shuffle": ["sometimes", True],
+    "averaging": ["shards", "", 1, True],
     "seed": [2**62 + 1, -(2**62) - 1, 1.5, "x", False],
     "parallel": [-1, 65, 1.5, "many", True],
     "packed": ["sometimes", 2],

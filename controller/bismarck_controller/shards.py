@@ -1,0 +1,282 @@
+"""Shards: tables on other PostgreSQL servers attached to a coordinator as foreign partitions.
+
+PostgreSQL's own distribution (``postgres_fdw``), not a home-made cluster. A sharded source is
+a table ``PARTITION BY LIST (key)`` on the coordinator whose partitions are foreign tables, one
+per shard, each holding one value of the key. ``train_glm(..., averaging => 'partition')`` then
+runs each epoch's aggregate on the shards, concurrently (see ``bismarckpy.partitioned``).
+
+:func:`add` creates, in one transaction, the foreign server (``extensions 'bismarck'`` so the
+aggregate is shipped, ``async_capable 'true'`` so shards work concurrently), the caller's user
+mapping (where PostgreSQL keeps the shard's password; it is never written anywhere else) and
+the foreign partition, then checks the shard (:func:`check`) and commits only if it passes.
+:func:`check` asks each shard, through the coordinator's own user mappings, for its bismarck
+version and the remote table's columns, and refuses any difference by name. Every statement
+is composed with :mod:`psycopg.sql` (identifiers quoted, values as literals or parameters).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from bismarck_controller.errors import SetupError
+
+#: libpq options that belong in the user mapping; the rest go to the foreign server.
+MAPPING_OPTIONS = ("user", "password", "sslpassword", "sslcert", "sslkey")
+#: libpq options a postgres_fdw server may not carry.
+REFUSED_OPTIONS = ("client_encoding", "fallback_application_name")
+#: The rows of an epoch never travel: a large per-row transfer cost makes the planner ship the
+#: aggregate (postgres_fdw's default is 0.01; the estimate only steers the plan).
+FDW_TUPLE_COST = "100"
+
+
+@dataclass
+class Shard:
+    """One foreign partition of a sharded table."""
+
+    server: str
+    partition: str  # regclass text
+    parent: str
+    value: str  # the partition's key value (its bound, as PostgreSQL prints it)
+    options: dict[str, str] = field(default_factory=dict)  # server options (no password)
+
+
+@dataclass
+class Finding:
+    """One shard's check: ``problems`` empty means fine."""
+
+    shard: Shard
+    version: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the shard passed."""
+        return not self.problems
+
+
+def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
+        server: str | None = None, remote_table: str | None = None) -> Shard:
+    """Attach the table ``remote_table`` (default: the parent's schema and name) of the server
+    at ``dsn`` as the partition of ``parent`` for key ``value``; check it; commit.
+
+    Raises :class:`SetupError` naming what differs (extension version, columns, key values) or
+    what is wrong with the arguments; nothing is left behind then.
+    """
+    try:
+        params = {k: v for k, v in conninfo_to_dict(dsn).items() if v not in (None, "")}
+    except psycopg.ProgrammingError as exc:
+        raise SetupError(f"Cannot parse the shard's DSN: {exc}", "Pass a libpq DSN, e.g. "
+                         "postgresql://user:password@host:5432/db.") from None
+    bad = sorted(set(params) & set(REFUSED_OPTIONS))
+    if bad:
+        raise SetupError(f"The shard's DSN sets {', '.join(bad)}, which postgres_fdw manages.",
+                         "Leave it out of the DSN.")
+    with conn.transaction():
+        info = _parent(conn, parent)  # resolved on the caller's search path
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        schema, table = (remote_table.split(".", 1) if remote_table and "." in remote_table
+                         else (info["schema"], remote_table or info["table"]))
+        name = server or _free_server_name(conn, f"bismarck_shard_{info['table']}_{value}")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
+        server_opts = {k: v for k, v in params.items() if k not in MAPPING_OPTIONS}
+        server_opts.update({"extensions": "bismarck", "async_capable": "true",
+                            "fdw_tuple_cost": FDW_TUPLE_COST})
+        conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})")
+                     .format(sql.Identifier(name), _options(server_opts)))
+        mapping = {k: params[k] for k in MAPPING_OPTIONS if k in params}
+        conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {}{}").format(
+            sql.Identifier(name),
+            sql.SQL(" OPTIONS ({})").format(_options(mapping)) if mapping else sql.SQL("")))
+        partition = f"{info['table']}_{re.sub(r'[^a-zA-Z0-9_]', '_', value)}"
+        conn.execute(sql.SQL(
+            "CREATE FOREIGN TABLE {}.{} PARTITION OF {}.{} FOR VALUES IN ({}) SERVER {} "
+            "OPTIONS (schema_name {}, table_name {})").format(
+            sql.Identifier(info["schema"]), sql.Identifier(partition),
+            sql.Identifier(info["schema"]), sql.Identifier(info["table"]), sql.Literal(value),
+            sql.Identifier(name), sql.Literal(schema), sql.Literal(table)))
+        shard = next(s for s in list_shards(conn, info["regclass"]) if s.server == name)
+        finding = check_one(conn, shard)
+        if not finding.ok:
+            raise SetupError(f"Shard {name} ({_where(shard)}) was not attached: "
+                             + "; ".join(finding.problems) + ".",
+                             "Install the same bismarck version on the shard "
+                             "(`bismarck install --dsn ...`) and give its table the parent's "
+                             "columns, then add it again.")
+        # Statistics make the planner ship the epoch's aggregate to the shard.
+        conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(info["schema"]),
+                                                     sql.Identifier(partition)))
+    return shard
+
+
+def list_shards(conn: psycopg.Connection, parent: str | None = None) -> list[Shard]:
+    """Foreign partitions on postgres_fdw servers (of ``parent`` only, when given)."""
+    rows = conn.execute(
+        "SELECT fs.srvname::text, pg_catalog.format('%%I.%%I', n.nspname, c.relname), "
+        "(SELECT pg_catalog.format('%%I.%%I', pn.nspname, p.relname) "
+        " FROM pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace "
+        " WHERE p.oid = i.inhparent), "
+        "pg_catalog.pg_get_expr(c.relpartbound, c.oid), "
+        "coalesce(fs.srvoptions, '{}'::text[]) "
+        "FROM pg_catalog.pg_foreign_table ft "
+        "JOIN pg_catalog.pg_class c ON c.oid = ft.ftrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid "
+        "JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver "
+        "JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = fs.srvfdw "
+        "WHERE w.fdwname = 'postgres_fdw' "
+        "AND (%s::text IS NULL OR i.inhparent = pg_catalog.to_regclass(%s)) "
+        "ORDER BY 3, 2", [parent, parent]).fetchall()
+    out = []
+    for server, partition, par, bound, options in rows:
+        m = re.fullmatch(r"FOR VALUES IN \((.*)\)", bound or "")
+        opts = dict(o.split("=", 1) for o in options)
+        out.append(Shard(server, partition, par, m.group(1) if m else (bound or ""), opts))
+    return out
+
+
+def check(conn: psycopg.Connection, parent: str | None = None) -> list[Finding]:
+    """Check every shard (of ``parent``): reachable, same bismarck version as here, the
+    parent's columns with the same types, and only its own key value."""
+    return [check_one(conn, s) for s in list_shards(conn, parent)]
+
+
+def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
+    """One shard's :class:`Finding`; runs in a savepoint that is always rolled back."""
+    finding = Finding(shard)
+    local = conn.execute("SELECT extversion FROM pg_catalog.pg_extension "
+                         "WHERE extname = 'bismarck'").fetchone()
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+            probe = sql.Identifier("bismarck_shard_check")
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(probe))
+            server = sql.Identifier(shard.server)
+            conn.execute(sql.SQL(
+                "CREATE FOREIGN TABLE {}.ext (extname name, extversion text) SERVER {} "
+                "OPTIONS (schema_name 'pg_catalog', table_name 'pg_extension')").format(
+                probe, server))
+            conn.execute(sql.SQL(
+                "CREATE FOREIGN TABLE {}.cols (attrelid oid, attname name, atttypid oid, "
+                "attnum int2, attisdropped bool) SERVER {} "
+                "OPTIONS (schema_name 'pg_catalog', table_name 'pg_attribute')").format(
+                probe, server))
+            row = conn.execute(sql.SQL("SELECT extversion FROM {}.ext WHERE extname = 'bismarck'")
+                               .format(probe)).fetchone()
+            finding.version = row[0] if row else None
+            if finding.version is None:
+                finding.problems.append("the shard has no bismarck extension")
+            elif local and finding.version != local[0]:
+                finding.problems.append(f"the shard has bismarck {finding.version}, the "
+                                        f"coordinator {local[0]}")
+            schema, table = _remote_name(conn, shard)
+            remote = dict(conn.execute(sql.SQL(
+                "SELECT attname::text, atttypid FROM {}.cols WHERE attrelid = %s::regclass "
+                "AND attnum > 0 AND NOT attisdropped").format(probe),
+                [_remote_regclass(conn, shard, schema, table)]).fetchall())
+            mine = conn.execute(
+                "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) "
+                "FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum", [shard.parent]).fetchall()
+            for name, typ, shown in mine:
+                if name not in remote:
+                    finding.problems.append(f"{schema}.{table} on the shard has no column {name}")
+                elif remote[name] != typ:
+                    finding.problems.append(f"column {name} has another type on the shard "
+                                            f"(the coordinator's is {shown})")
+            if not finding.problems:
+                key = conn.execute(
+                    "SELECT a.attname::text FROM pg_catalog.pg_partitioned_table pt "
+                    "JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid "
+                    "AND a.attnum = pt.partattrs[0] WHERE pt.partrelid = %s::regclass",
+                    [shard.parent]).fetchone()
+                if key:
+                    # The partition's name and bound come from the catalog as PostgreSQL
+                    # quoted them (format('%I.%I'), pg_get_expr): SQL text, not user input.
+                    others = conn.execute(sql.SQL(
+                        "SELECT count(*) FROM {} WHERE {} IS DISTINCT FROM {}").format(
+                        sql.SQL(shard.partition), sql.Identifier(key[0]),
+                        sql.SQL(shard.value))).fetchone()[0]
+                    if others:
+                        finding.problems.append(
+                            f"{others} rows of the shard's table have {key[0]} other than "
+                            f"{shard.value}")
+    except psycopg.Error as exc:
+        finding.problems.append("the shard does not answer: " + " ".join(str(exc).split()))
+    return finding
+
+
+def _remote_name(conn: psycopg.Connection, shard: Shard) -> tuple[str, str]:
+    """The remote schema and table of a foreign partition (postgres_fdw's defaults apply)."""
+    opts = dict(o.split("=", 1) for o in conn.execute(
+        "SELECT coalesce(ftoptions, '{}'::text[]) FROM pg_catalog.pg_foreign_table "
+        "WHERE ftrelid = %s::regclass", [shard.partition]).fetchone()[0])
+    schema, _, table = shard.partition.rpartition(".")
+    return opts.get("schema_name", schema or "public"), opts.get("table_name", table)
+
+
+def _remote_regclass(conn: psycopg.Connection, shard: Shard, schema: str, table: str) -> int:
+    """The remote table's oid, read through a probe foreign table on the remote pg_class."""
+    conn.execute(sql.SQL(
+        "CREATE FOREIGN TABLE bismarck_shard_check.rel (oid oid, relname name, "
+        "relnamespace oid) SERVER {} OPTIONS (schema_name 'pg_catalog', "
+        "table_name 'pg_class')").format(sql.Identifier(shard.server)))
+    conn.execute(sql.SQL(
+        "CREATE FOREIGN TABLE bismarck_shard_check.ns (oid oid, nspname name) SERVER {} "
+        "OPTIONS (schema_name 'pg_catalog', table_name 'pg_namespace')").format(
+        sql.Identifier(shard.server)))
+    row = conn.execute(
+        "SELECT r.oid FROM bismarck_shard_check.rel r JOIN bismarck_shard_check.ns n "
+        "ON n.oid = r.relnamespace WHERE r.relname = %s AND n.nspname = %s",
+        [table, schema]).fetchone()
+    if row is None:
+        raise psycopg.errors.UndefinedTable(f'table "{schema}.{table}" does not exist')
+    return int(row[0])
+
+
+def _parent(conn: psycopg.Connection, parent: str) -> dict[str, str]:
+    """The sharded parent's schema and name; refuse anything but PARTITION BY LIST (column)."""
+    row = conn.execute(
+        "SELECT n.nspname::text, c.relname::text, c.oid::regclass::text, pt.partstrat::text, "
+        "array_length(pt.partattrs::int2[], 1), pt.partattrs[0] "
+        "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid "
+        "WHERE c.oid = pg_catalog.to_regclass(%s)", [parent]).fetchone()
+    if row is None:
+        raise SetupError(f'Table "{parent}" does not exist on the coordinator.',
+                         "Create it with the shards' columns: CREATE TABLE t (shard int, ...) "
+                         "PARTITION BY LIST (shard).")
+    schema, table, _, strategy, nkeys, attnum = row
+    if strategy != "l" or nkeys != 1 or not attnum:
+        raise SetupError(f"{schema}.{table} is not PARTITION BY LIST of one column.",
+                         "Create the parent as CREATE TABLE t (shard int, ...) PARTITION BY "
+                         "LIST (shard): each shard holds one value of the key.")
+    return {"schema": schema, "table": table,
+            "regclass": sql.Identifier(schema, table).as_string(conn)}
+
+
+def _free_server_name(conn: psycopg.Connection, base: str) -> str:
+    """``base`` (cut to a valid identifier), or with a number if a server has that name."""
+    base = re.sub(r"[^a-zA-Z0-9_]", "_", base)[:55]
+    names = {r[0] for r in conn.execute("SELECT srvname::text FROM pg_catalog.pg_foreign_server")}
+    n, name = 1, base
+    while name in names:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+def _options(options: dict[str, str]) -> sql.Composed:
+    """``name 'value', ...`` for an OPTIONS clause (names quoted, values as literals)."""
+    return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(str(v)))
+                              for k, v in options.items())
+
+
+def _where(shard: Shard) -> str:
+    """host:port/dbname of a shard, for messages."""
+    o = shard.options
+    return f"{o.get('host', 'localhost')}:{o.get('port', '5432')}/{o.get('dbname', '')}"

@@ -1,0 +1,291 @@
+"""Model averaging across partitions and shards: ``averaging => 'partition'``.
+
+When the source is a partitioned table, each epoch runs one aggregate per partition, where the
+partition's rows are, and the training loop merges the partitions' states by the model kind's
+rule (for SGD kinds: models averaged weighted by rows; Zinkevich et al., "Parallelized
+Stochastic Gradient Descent", NIPS 2010; Bismarck's "master averages the workers' models").
+The partitions may be local tables or foreign tables on other PostgreSQL servers (shards,
+attached through ``postgres_fdw``): the same query serves both, because PostgreSQL ships an
+aggregate grouped by the partition key to each foreign partition when
+
+* ``enable_partitionwise_aggregate`` is on (set for the epoch's transaction),
+* the query groups by the partition key (a LIST key, one value per partition),
+* the foreign server lists ``extensions 'bismarck'`` (so ``bismarck._epoch_partial`` and
+  ``bismarck._float8_array_bytes`` are shippable; every expression of the query is immutable),
+* and nothing in the query is volatile or a system column (``ctid``/``tableoid`` are not
+  shippable): the split and the shuffle hash the row's values (``hash_array_extended``).
+
+With ``async_capable 'true'`` on the servers the shards run concurrently. Nothing is copied:
+the epochs read the partitions in place (no working copy, no packed blocks), rows in a seeded
+hash order inside each partition (``shuffle => 'once'``) or in table order (``'never'``).
+
+Preparation (checks, the held-out cut, the label's scale) reads the source as one relation;
+for foreign partitions those passes bring rows (or their hashes) to the coordinator once,
+and never again during the epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import BismarckError, InvalidData, InvalidParameter, ShardUnavailable
+from .moments import decode as moments_decode
+from .moments import merge as moments_merge
+from .packing import check_ranges, check_rows
+from .params import EXACT_SOLVERS
+from .source import Source, escape_percent
+
+if TYPE_CHECKING:
+    from .loop import TrainingSession, _Prepared
+    from .packing import PackedTable
+
+
+#: Groups rows by their partition under any partitioning (but never pushed down to a shard,
+#: nor run as a Parallel Append of whole aggregates: PostgreSQL does both only for GROUP BY
+#: the partition key).
+BY_TABLEOID = "s.tableoid::regclass::text"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A leaf partition: its name (regclass text) and foreign server (None: a local table)."""
+
+    name: str
+    server: str | None = None
+
+
+@dataclass
+class Layout:
+    """A partitioned source: its leaves and the SQL that names a row's partition.
+
+    ``group`` is an expression over ``s`` (the source's rows): the partition key column when
+    any partition is foreign (what postgres_fdw can push down), else ``tableoid`` (any
+    partitioning, any depth).
+    """
+
+    parent: str
+    group: str
+    partitions: list[Partition]
+    key: str | None = None  # the quoted key column when grouping by it
+    names: dict[Any, str] = field(default_factory=dict)  # group value -> partition name
+
+    @property
+    def shards(self) -> list[Partition]:
+        """The foreign partitions."""
+        return [p for p in self.partitions if p.server]
+
+    def name_of(self, value: Any) -> str:
+        """The partition a group value belongs to (for the history and messages)."""
+        return self.names.get(value, str(value))
+
+
+def check_options(p: dict[str, Any], table: PackedTable | None) -> None:
+    """Refuse the options ``averaging => 'partition'`` cannot honour, before any work."""
+    def refuse(message: str, detail: str, hint: str) -> InvalidParameter:
+        return InvalidParameter(message, detail=detail, hint=hint)
+
+    if table is not None:
+        raise refuse("averaging => 'partition' needs a partitioned source table",
+                     f"{table.name} is a packed table (one shuffled copy, not partitions).",
+                     "Train on its partitioned source table, or use averaging => 'global'.")
+    if p.get("solver") in EXACT_SOLVERS:
+        raise refuse("averaging => 'partition' applies to SGD epochs",
+                     f"solver => '{p['solver']}' sums exact passes over all rows, which "
+                     "averaging would not change.", "Use solver => 'sgd', or averaging "
+                     "=> 'global'.")
+    if p["packed"]:
+        raise refuse("averaging => 'partition' reads the partitions in place",
+                     "Packed blocks are a copy in one place; the partitions' rows stay where "
+                     "they are (on their shards).", "Leave packed unset (or false).")
+    if p["shuffle"] == "blocks":
+        raise refuse("averaging => 'partition' has its own copy-free scan",
+                     "shuffle => 'blocks' reads a table's page groups through ctid, which "
+                     "PostgreSQL does not ship to a shard; partitions are read in place anyway.",
+                     "Use shuffle => 'once' (a seeded hash order inside each partition) or "
+                     "'never' (table order).")
+    if p["shuffle"] == "always":
+        raise refuse("averaging => 'partition' cannot reshuffle every epoch",
+                     "A new random order per epoch is volatile, so PostgreSQL would not run "
+                     "the epoch on the shards.",
+                     "Use shuffle => 'once' (a seeded hash order inside each partition) or "
+                     "'never' (table order).")
+    p["packed"] = False
+
+
+def layout(session: TrainingSession, src: Source) -> Layout:
+    """The partitions of ``src`` and how an epoch groups by them; a clear error otherwise."""
+    rows = session.query(
+        "SELECT c.relkind::text AS kind, pt.partstrat::text AS strategy, "
+        "pt.partattrs::int2[]::int[] AS attrs "
+        "FROM pg_catalog.pg_class c "
+        "LEFT JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid "
+        "WHERE c.oid = pg_catalog.to_regclass(%s)::oid", [src.name])
+    kind, strategy, attrs = rows[0] if rows else (None, None, None)
+    if kind != "p":
+        what = {"r": "a table", "v": "a view", "m": "a materialized view",
+                "f": "a foreign table"}.get(kind or "", "not a partitioned table")
+        raise InvalidParameter(
+            "averaging => 'partition' needs a partitioned source table",
+            detail=f"{src.name} is {what}.",
+            hint="Partition it (CREATE TABLE ... PARTITION BY LIST (shard)) or attach shards "
+                 "with `bismarck shards add`; or use averaging => 'global'.")
+    leaves = [Partition(name, server) for name, server, _ in session.query(
+        "SELECT t.relid::regclass::text AS name, fs.srvname::text AS server, t.level "
+        "FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(%s)) AS t "
+        "LEFT JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = t.relid "
+        "LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver "
+        "WHERE t.isleaf ORDER BY 1", [src.name])]
+    if not leaves:
+        raise InvalidData(f"{src.name} has no partitions",
+                          hint="Attach partitions, or use averaging => 'global'.")
+    foreign = [leaf for leaf in leaves if leaf.server]
+    depth = session.query(
+        "SELECT max(t.level) AS depth FROM pg_catalog.pg_partition_tree("
+        "pg_catalog.to_regclass(%s)) AS t", [src.name])[0][0]
+    by_key = strategy == "l" and len(attrs or []) == 1 and attrs[0] != 0 and depth == 1
+    if not foreign and not by_key:
+        return Layout(src.name, BY_TABLEOID, leaves)
+    if not by_key:
+        raise InvalidParameter(
+            "foreign partitions need LIST partitioning on one column",
+            detail=f"{src.name} has foreign partitions ({foreign[0].name} on server "
+                   f"{foreign[0].server}) but is not partitioned BY LIST of one column, one "
+                   "level deep: PostgreSQL runs the epoch on the shards only when it groups by "
+                   "the partition key.",
+            hint="Create the parent as PARTITION BY LIST (shard) with one value per shard "
+                 "(`bismarck shards add` does).")
+    key = session.query(
+        "SELECT attname::text AS name FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = pg_catalog.to_regclass(%s) AND attnum = %s", [src.name, attrs[0]])[0][0]
+    column = session.ident(key)
+    return Layout(src.name, f"s.{column}", leaves, key=column)
+
+
+def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
+    """Refuse shards whose bismarck version differs from this one's, naming both.
+
+    ``bismarck._engine_version`` over an aggregate of the foreign partition is evaluated on
+    the shard (postgres_fdw ships it); a shard without it has an older bismarck.
+    """
+    from . import __version__
+
+    for leaf in lay.shards:
+        try:
+            theirs = session.query("SELECT bismarck._engine_version(count(*)) AS v "
+                                   f"FROM {escape_percent(leaf.name)} AS s")[0][0]
+        except BismarckError:
+            raise
+        except Exception as exc:
+            theirs = None
+            reason = str(exc).strip().splitlines()[0]
+            if "_engine_version" not in reason:
+                raise ShardUnavailable(
+                    f"shard server {leaf.server} does not answer",
+                    detail=f"{reason} (while checking partition {leaf.name}).",
+                    hint="Start the shard (`bismarck shards check` tests every shard) and "
+                         "rerun the training.") from None
+        if theirs != __version__:
+            raise InvalidData(
+                f"shard server {leaf.server} has another bismarck version",
+                detail=f"Partition {leaf.name} is on a server with bismarck "
+                       f"{theirs or 'older than 0.3'}; this server has {__version__}. An "
+                       "epoch must run the same code on every shard.",
+                hint="Install this version on the shard (`bismarck install --dsn ...`), then "
+                     "`bismarck shards check`.")
+
+
+def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
+            seed: int) -> tuple[_Prepared, Layout]:
+    """Checks, split, label coding and scaling for epochs that read the partitions in place.
+
+    Returns the prepared data, whose ``train``/``valid`` are FROM items with columns ``part``
+    (the partition), ``x`` (features as ``_float8_array_bytes``), ``y`` (the coded label) and
+    ``h`` (the shuffle's hash), and the layout. Partitions without training rows are skipped
+    and named in the notes.
+    """
+    from . import loop
+
+    lay = layout(session, src)
+    if lay.shards and p["shuffle"] == "never":
+        raise InvalidParameter(
+            "shuffle => 'never' is not reproducible on shards",
+            detail="A shard may scan its table with parallel workers, in an order that varies "
+                   "from run to run.",
+            hint="Use shuffle => 'once' (the default): a seeded hash order inside each shard.")
+    check_shard_versions(session, lay)  # before anything reads the shards' rows
+    checked = check_rows(session, src)
+    check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
+                 squared=p["loss"] == "squared", packing=False, solver=p["solver"])
+    classes = loop._label_classes(session, src, p["loss"], checked.label_values)
+    y_expr = loop._label_sql(src, p["loss"], classes)
+
+    def row_hash(salt: int) -> str:
+        # The row's values, hashed: immutable and shippable (ctid and tableoid are not).
+        assert src.label_expr is not None
+        return f"hash_array_extended(ARRAY[{src.label_expr}] || {src.x_expr}, {int(salt)})"
+
+    k = loop.validation_count(p["validation_fraction"], checked.n_usable)
+    holdout = "false"
+    if k:
+        cut = session.query(f"SELECT {row_hash(seed)} AS h FROM {src.relation} AS s "
+                            f"WHERE {src.valid_expr} ORDER BY 1 OFFSET %s LIMIT 1", [k - 1])[0][0]
+        holdout = f"({row_hash(seed)} <= {int(cut)})"
+    y_mean, y_sd = 0.0, 1.0
+    if p["standardize"] and p["loss"] == "squared":
+        y_mean, y_sd = loop._label_scale(session, src, y_expr, holdout, checked.max_abs_y,
+                                         p["fit_intercept"])
+        y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
+    order = row_hash(seed + 1) if p["shuffle"] == "once" else "0"
+
+    def relation(where: str) -> str:
+        return (f"(SELECT {lay.group} AS part, bismarck._float8_array_bytes({src.x_expr}) AS x, "
+                f"{y_expr} AS y, {order} AS h FROM {src.relation} AS s "
+                f"WHERE {src.valid_expr} AND {where}) AS t")
+
+    notes: list[str] = []
+    n_train = n_valid = n_pos = 0
+    empty = []
+    key = lay.key or "NULL::text"
+    for leaf in lay.partitions:  # one aggregate per leaf: pushed down whole to a shard
+        tr, va, pos, lo, hi = session.query(
+            f"SELECT count(*) FILTER (WHERE NOT {holdout}) AS train, "
+            f"count(*) FILTER (WHERE {holdout}) AS valid, "
+            f"count(*) FILTER (WHERE NOT {holdout} AND {y_expr} > 0) AS pos, "
+            f"min({key}) AS lo, max({key}) AS hi "
+            f"FROM {escape_percent(leaf.name)} AS s WHERE {src.valid_expr}")[0]
+        n_train, n_valid, n_pos = n_train + tr, n_valid + va, n_pos + pos
+        if lay.key is not None and lo != hi and not lay.shards:
+            lay.group, lay.key, lay.names = BY_TABLEOID, None, {}  # LIST (1, 2): by table
+            key = "NULL::text"
+        elif lay.key is not None and lo != hi:
+            raise InvalidData(
+                f"partition {leaf.name} holds several values of the partition key",
+                detail=f"Its key {lay.key} runs from {lo} to {hi}; an epoch groups by the key, "
+                       "so each partition (shard) must hold one value.",
+                hint="List one value per partition (FOR VALUES IN (...)).")
+        if lo is not None and lay.key is not None:
+            lay.names[lo] = leaf.name
+        if not tr:
+            empty.append(leaf.name)
+    if empty:
+        notes.append(f"averaging => 'partition' skipped {len(empty)} partition(s) without "
+                     f"training rows: {', '.join(empty)}")
+    loop._require_training_rows(n_train, n_valid)
+    mu = sd = None
+    constant: list[int] = []
+    train = relation(f"NOT {holdout}")
+    if p["standardize"]:
+        state = None
+        for _, part in session.query(f"SELECT part, bismarck._moments(x) AS m FROM {train} "
+                                     "GROUP BY part"):
+            state = moments_merge(state, bytes(part))
+        assert state is not None
+        mu, sd, constant = loop._scaling(moments_decode(state), p["fit_intercept"])
+    prep = loop._Prepared(
+        train=train, valid=relation(holdout) if n_valid else None, d=checked.d,
+        n_train=n_train, n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
+        classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd, constant=constant,
+        n_pos=int(n_pos) if classes is not None else 0, notes=notes, layout=lay,
+        order="h" if p["shuffle"] == "once" else None)
+    return prep, lay

@@ -1,0 +1,281 @@
+"""Shards on three local PostgreSQL clusters, attached to the test server through postgres_fdw.
+
+Each shard is an embedded cluster in its own temporary data root on a loopback port (the
+embedded cluster's machinery); the coordinator is this session's test database. The tests
+train across the shards, read EXPLAIN VERBOSE for the aggregate in the Remote SQL, stop a shard
+before and during training, refuse shards that differ, and compare the averaged model with a
+single-node model on the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+
+from bismarck_controller import embedded, extension, shards, training
+from bismarck_controller.errors import SetupError
+from bismarck_controller.session import PsycopgSession
+from bismarckpy import execution, partitioned
+from bismarckpy.errors import ShardUnavailable
+from bismarckpy.params import validate
+from bismarckpy.source import resolve
+
+N_SHARDS = 3
+ROWS = 3000  # per shard
+COEF = np.array([1.5, -2.0, 0.5])
+
+
+def _data(rng: np.random.Generator, n: int, shift: float) -> list[tuple]:
+    x = rng.normal(size=(n, 3)) + shift
+    y = (x @ COEF + rng.logistic(size=n) > shift * COEF.sum()).astype(int)
+    return [(float(a), float(b), float(c), int(v)) for (a, b, c), v in zip(x, y)]
+
+
+@pytest.fixture(scope="module")
+def cluster_of_shards(make_database) -> Iterator[dict]:
+    """Three running shard clusters with table ``pts`` (shard i holds part = i), and a
+    coordinator database with ``pts`` (foreign partitions), ``pts_local`` (the same rows on
+    one node) and ``pts_test`` (held-out rows for comparing models)."""
+    parent = Path(tempfile.mkdtemp(prefix="bismarck-shards-", dir="/tmp"))
+    parent.chmod(0o755)
+    clusters = [embedded.Cluster(parent / f"shard{i}") for i in range(1, N_SHARDS + 1)]
+    rng = np.random.default_rng(11)
+    coordinator = make_database("_shards")
+    extension.install(coordinator)
+    rows: dict[int, list[tuple]] = {}
+    try:
+        for i, cluster in enumerate(clusters, 1):
+            cluster.start()
+            extension.install(cluster.url())
+            rows[i] = _data(rng, ROWS, 0.2 * i)
+            with psycopg.connect(cluster.url(), autocommit=True) as c:
+                c.execute("CREATE TABLE pts (part int, x1 float8, x2 float8, x3 float8, y int)")
+                with c.cursor().copy("COPY pts FROM STDIN") as copy:
+                    for r in rows[i]:
+                        copy.write_row((i, *r))
+        with psycopg.connect(coordinator, autocommit=True) as c:
+            c.execute("CREATE TABLE pts (part int, x1 float8, x2 float8, x3 float8, y int) "
+                      "PARTITION BY LIST (part)")
+            c.execute("CREATE TABLE pts_local (part int, x1 float8, x2 float8, x3 float8, "
+                      "y int)")
+            c.execute("CREATE TABLE pts_test (x1 float8, x2 float8, x3 float8, y int)")
+            with c.cursor().copy("COPY pts_local FROM STDIN") as copy:
+                for i, rs in rows.items():
+                    for r in rs:
+                        copy.write_row((i, *r))
+            with c.cursor().copy("COPY pts_test FROM STDIN") as copy:
+                for i in rows:
+                    for r in _data(rng, 1000, 0.2 * i):
+                        copy.write_row(r)
+        with psycopg.connect(coordinator) as c:
+            for i, cluster in enumerate(clusters, 1):
+                shards.add(c, "pts", cluster.url(), str(i))
+        yield {"dsn": coordinator, "clusters": clusters}
+    finally:
+        for cluster in clusters:
+            with contextlib.suppress(Exception):
+                if cluster.status().running:
+                    cluster.stop()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+OPTS = "max_epochs => 8, seed => 5, validation_fraction => 0.2, alpha => 0.0001"
+
+
+def _train(dsn: str, source: str, name: str, extra: str = "", opts: str = OPTS) -> tuple:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute(
+            "SELECT * FROM bismarck.train_glm(%s, 'y', ARRAY['x1', 'x2', 'x3'], "
+            f"model_name => %s, {opts}{extra})", [source, name]).fetchone()
+
+
+def _log_loss(dsn: str, name: str) -> float:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return dict(c.execute("SELECT metric, value FROM bismarck.evaluate(%s, 'pts_test')",
+                              [name]).fetchall())["log_loss"]
+
+
+def _versions(dsn: str, name: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
+                         [name]).fetchone()[0]
+
+
+def test_shards_are_listed_and_check_clean(cluster_of_shards) -> None:
+    with psycopg.connect(cluster_of_shards["dsn"], autocommit=True) as c:
+        found = shards.list_shards(c, "pts")
+        assert [s.partition for s in found] == [f"public.pts_{i}" for i in (1, 2, 3)]
+        assert all(s.options["extensions"] == "bismarck" and s.options["async_capable"] == "true"
+                   for s in found)
+        assert "password" not in str(found)  # the password lives in the user mapping only
+        findings = shards.check(c, "pts")
+    assert [f.problems for f in findings] == [[], [], []]
+    assert {f.version for f in findings} == {extension.version()}
+
+
+def test_epoch_aggregate_runs_on_every_shard(cluster_of_shards) -> None:
+    """The loop's own epoch query: EXPLAIN VERBOSE shows the aggregate in each Remote SQL."""
+    with psycopg.connect(cluster_of_shards["dsn"]) as c:
+        session = PsycopgSession(c)
+        src = resolve(session, "public.pts", "y", ["x1", "x2", "x3"])
+        p = validate({"averaging": "partition", "validation_fraction": 0.2})
+        partitioned.check_options(p, None)
+        prep, _ = partitioned.prepare(session, src, p, 5)
+        scan = execution.Scan(prep.train, group="part", order=prep.order)
+        c.execute("SET enable_partitionwise_aggregate = on")
+        plan = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN (VERBOSE, COSTS OFF) " + scan.partition_sql().replace("%s", "'\\x00'")))
+    remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+    assert len(remote) == N_SHARDS, plan
+    assert all("bismarck._epoch_partial(" in line and "GROUP BY" in line for line in remote), plan
+    assert plan.count("Async Foreign Scan") == N_SHARDS, plan
+    assert "Relations: Aggregate on" in plan  # the shards return states, not rows
+
+
+def test_averaged_model_matches_the_single_node_model(cluster_of_shards) -> None:
+    dsn = cluster_of_shards["dsn"]
+    sharded = _train(dsn, "pts", "across_shards", ", averaging => 'partition'")
+    single = _train(dsn, "pts_local", "one_node", ", packed => false")
+    assert sharded[1] == 1 and single[1] == 1
+    across, alone = _log_loss(dsn, "across_shards"), _log_loss(dsn, "one_node")
+    assert abs(across - alone) <= 0.02 * alone, (across, alone)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        detail = c.execute("SELECT detail FROM bismarck.training_history WHERE model_name = "
+                           "'across_shards' ORDER BY epoch LIMIT 1").fetchone()[0]
+    assert [p["partition"] for p in detail["partitions"]] == [f"public.pts_{i}" for i in (1, 2, 3)]
+    assert sum(p["rows"] for p in detail["partitions"]) == sharded_rows(dsn, "across_shards")
+
+
+def sharded_rows(dsn: str, name: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return c.execute("SELECT (metrics->>'rows')::int FROM bismarck.models "
+                         "WHERE model_name = %s", [name]).fetchone()[0]
+
+
+@pytest.mark.slow  # stops and restarts a shard cluster
+def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
+    dsn, shard2 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][1]
+    shard2.stop()
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "down", ", averaging => 'partition'")
+        assert "bismarck_shard_pts_2" in err.value.diag.message_primary
+        assert _versions(dsn, "down") == 0
+        with psycopg.connect(dsn) as c, pytest.raises(ShardUnavailable) as outside:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "down", averaging="partition",
+                           max_epochs=2)  # the client-side loop (bismarck train)
+        assert "bismarck_shard_pts_2" in outside.value.message
+        assert _versions(dsn, "down") == 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            findings = {f.shard.server: f for f in shards.check(c, "pts")}
+        assert not findings["bismarck_shard_pts_2"].ok
+        assert findings["bismarck_shard_pts_1"].ok
+    finally:
+        shard2.start()
+    assert _train(dsn, "pts", "down", ", averaging => 'partition'")[1] == 1
+
+
+@pytest.mark.slow  # stops and restarts a shard cluster
+def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards) -> None:
+    dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            _train(dsn, "pts", "killed", ", averaging => 'partition', batch_size => 1",
+                   opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
+        except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    time.sleep(3.0)  # well into the epochs (the preparation takes well under a second)
+    assert worker.is_alive(), outcome
+    shard3.stop()  # a fast shutdown terminates the shard's backend mid-query
+    worker.join(120)
+    try:
+        err = outcome.get("error")
+        assert isinstance(err, psycopg.Error), outcome
+        assert "bismarck_shard_pts_3" in err.diag.message_primary
+        assert err.diag.sqlstate == "08006"
+        assert _versions(dsn, "killed") == 0
+    finally:
+        shard3.start()
+    assert _train(dsn, "pts", "killed", ", averaging => 'partition'",
+                  opts="max_epochs => 2")[1] == 1
+
+
+def test_shard_with_other_columns_is_refused(cluster_of_shards) -> None:
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS odd (part int, x1 text, x2 float8, y int)")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS odd (part int, x1 float8, x2 float8, x3 float8, "
+                  "y int) PARTITION BY LIST (part)")
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as err:
+        shards.add(c, "odd", shard1.url(), "1")
+    text = str(err.value)
+    assert "column x1 has another type" in text and "no column x3" in text
+    with psycopg.connect(dsn, autocommit=True) as c:  # nothing was left behind
+        assert shards.list_shards(c, "odd") == []
+        assert c.execute("SELECT count(*) FROM pg_foreign_server WHERE srvname LIKE "
+                         "'bismarck_shard_odd%'").fetchone()[0] == 0
+
+
+def test_shard_with_another_extension_version_is_refused(cluster_of_shards) -> None:
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("UPDATE pg_extension SET extversion = '0.0.1' WHERE extname = 'bismarck'")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            finding = next(f for f in shards.check(c, "pts")
+                           if f.shard.server == "bismarck_shard_pts_1")
+        assert finding.problems == [f"the shard has bismarck 0.0.1, the coordinator "
+                                    f"{extension.version()}"]
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("UPDATE pg_extension SET extversion = %s WHERE extname = 'bismarck'",
+                      [extension.version()])
+
+
+def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards) -> None:
+    """Refused before training, with the difference named (the shard evaluates the version)."""
+    dsn, shard2 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][1]
+    with psycopg.connect(shard2.url(), autocommit=True) as c:
+        original = c.execute("SELECT pg_get_functiondef('bismarck._engine_version(bigint)'"
+                             "::regprocedure)").fetchone()[0]
+        c.execute("CREATE OR REPLACE FUNCTION bismarck._engine_version(bigint) RETURNS text "
+                  "LANGUAGE sql IMMUTABLE AS $$ SELECT '0.0.1'::text $$")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "versions", ", averaging => 'partition'")
+        assert err.value.diag.message_primary == ("shard server bismarck_shard_pts_2 has "
+                                                  "another bismarck version")
+        assert "bismarck 0.0.1" in err.value.diag.message_detail
+        assert _versions(dsn, "versions") == 0
+    finally:
+        with psycopg.connect(shard2.url(), autocommit=True) as c:
+            c.execute(original)
+
+
+def test_cli_shards_list_and_check(cluster_of_shards) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    dsn = cluster_of_shards["dsn"]
+    listed = CliRunner().invoke(main, ["shards", "list", "pts", "--dsn", dsn])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("bismarck_shard_pts_") == N_SHARDS
+    checked = CliRunner().invoke(main, ["shards", "check", "pts", "--dsn", dsn])
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.count(": ok") == N_SHARDS
