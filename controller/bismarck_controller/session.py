@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -82,6 +82,11 @@ class PsycopgSession:
     def checkpoint(self) -> None:
         """Commit, so the history so far is visible to other sessions."""
         self.conn.commit()
+
+    def subtransaction(self) -> Any:
+        """A savepoint (``conn.transaction()`` inside the open transaction): an error inside
+        rolls back to it, so the transaction can go on (e.g. to clean up) before failing."""
+        return self.conn.transaction()
 
     def on_epoch(self, record: EpochRecord) -> None:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""

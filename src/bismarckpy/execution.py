@@ -77,17 +77,45 @@ class Strategy:
     decides). A kind whose states cannot be merged (``merge_rule == "none"``) runs serially."""
 
     workers: int | None = None
-    name: str = "aggregate"
+    name: str = "aggregate"  # or "shared": workers update one model (bismarckpy.shared_model)
 
     def for_kind(self, merge_rule: str) -> Strategy:
         """This strategy as a kind with ``merge_rule`` may run it."""
         return Strategy(0, self.name) if merge_rule == "none" else self
 
 
+STRATEGIES = {"average": "aggregate", "shared": "shared"}  # parallel_mode -> Strategy.name
+
+
+def strategy_for(p: dict, kind: object) -> Strategy:
+    """The training epochs' strategy from the common parameters ``parallel``/``parallel_mode``.
+
+    ``parallel_mode => 'shared'`` is checked against the kind (and its parameters) here, before
+    any epoch runs: :func:`bismarckpy.shared_model.check_supported` raises InvalidParameter.
+    """
+    mode = p.get("parallel_mode") or "average"
+    if mode == "shared":
+        from . import shared_model
+
+        shared_model.check_supported(kind, p)  # type: ignore[arg-type]
+    return Strategy(p.get("parallel"), STRATEGIES[mode]).for_kind(
+        getattr(kind, "merge_rule", "average"))
+
+
 def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = Strategy(),
               aggregates: Aggregates = SGD) -> bytes | None:
     """Run one epoch (or pass) from ``init`` over ``scan``; the finalized state (None: no rows)."""
-    if strategy.name != "aggregate":
+    if strategy.name == "shared" and aggregates is SGD:
+        from . import shared_model
+
+        # Segment, then settings, then a subtransaction around the query: after an error or a
+        # cancel the savepoint is rolled back first, so the settings and the segment's drop
+        # still run in this transaction.
+        with shared_model.segment(session, init) as shared_init, \
+                settings_for_transaction(session, parallel_settings(strategy.workers)), \
+                shared_model.subtransaction(session):
+            return session.query(scan.sql(aggregates), [shared_init])[0][0]
+    if strategy.name not in ("aggregate", "shared"):
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
     with settings_for_transaction(session, parallel_settings(strategy.workers)):
         return session.query(scan.sql(aggregates), [init])[0][0]

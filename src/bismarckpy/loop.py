@@ -465,7 +465,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    strategy = execution.Strategy(p["parallel"]).for_kind(kind.merge_rule)
+    strategy = execution.strategy_for(p, kind)
     train_scan = execution.Scan(prep.train, prep.packed, prep.train_rows,
                                 reshuffle=p["shuffle"] == "always")
     valid_scan = (execution.Scan(prep.valid, prep.packed, prep.valid_rows)

@@ -17,6 +17,7 @@ from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
 SHUFFLES = ("once", "always", "never")
+PARALLEL_MODES = ("average", "shared")
 SOLVERS = ("sgd", "newton", "lbfgs")
 EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
@@ -124,6 +125,10 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
           "averaging); 0 forces a serial scan; NULL lets PostgreSQL's planner decide.",
           low=0, high=64, nullable=True),
+    Param("parallel_mode", str, "average", "How parallel workers share the model: average "
+          "(each trains its own copy, averaged when the epoch ends) or shared (every worker "
+          "steps one model in shared memory, Hogwild!-style; SGD with batch_size >= 1).",
+          choices=PARALLEL_MODES),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9,
           why="At least a tenth of the rows must remain to train on: a larger share would "
@@ -141,7 +146,7 @@ GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
 #: standardize, class_weight).
 COMMON_NAMES = ("max_epochs", "tol", "n_iter_no_change", "learning_rate", "eta0", "power_t",
                 "batch_size", "shuffle", "packed", "block_size", "dtype", "seed", "parallel",
-                "validation_fraction")
+                "parallel_mode", "validation_fraction")
 COMMON_PARAMS: tuple[Param, ...] = tuple(p for p in GLM_PARAMS if p.name in COMMON_NAMES)
 
 
@@ -182,6 +187,12 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
             out["penalty"] = "none"
         if values.get("dtype") is None:  # float32 blocks would round the data itself
             out["dtype"] = "float64"
+        if out.get("parallel_mode") == "shared":
+            raise InvalidParameter(
+                "parallel_mode => 'shared' needs solver => 'sgd'",
+                detail=f"solver => '{out['solver']}' sums exact passes over the data; its "
+                       "parallel workers' sums are already combined exactly.",
+                hint="Drop parallel_mode, or use solver => 'sgd'.")
     return out
 
 

@@ -21,6 +21,7 @@ from ..errors import InvalidData, InvalidParameter
 from ..losses import BY_CODE, REGISTRY, sigmoid
 from ..pack import parse_block
 from ..params import GLM_PARAMS
+from ..shared_model import Layout
 from . import ModelKind, Stored
 
 MAGIC = 2012.0
@@ -489,9 +490,32 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
     return sigmoid(z) if REGISTRY[stored.model["loss"]].probabilistic else z
 
 
+def _shared_slots(s: np.ndarray) -> np.ndarray:
+    """The state slots that are the model in shared mode: w, b and the step counter t."""
+    d = int(s[_D])
+    return np.r_[HEADER:HEADER + d + 1, _T]
+
+
+def _rows_to_step(s: np.ndarray) -> int:
+    """Rows until the next SGD step (the pending partial batch counts)."""
+    return max(int(s[_BATCH]) - int(s[_PENDING]), 1)
+
+
+def _block_rows(s: np.ndarray, block: bytes) -> int:
+    return len(parse_block(block, int(s[_D]), int(s[_ITEMSIZE]))[1])
+
+
+def _shared_refuse(p: dict[str, Any]) -> str | None:
+    if p.get("batch_size") == 0:
+        return ("batch_size => 0 is full-batch gradient descent: one exact step per epoch, "
+                "which parallel workers already compute exactly by summing their gradients.")
+    return None
+
+
 KIND = ModelKind(
     name="glm", magic=np.array([MAGIC], dtype=_F8).tobytes(), params=GLM_PARAMS,
     losses=tuple(REGISTRY), initialize=epoch_init, transition=transition,
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
     export=export, predict=predict, merge_rule="average", sql_train="bismarck.train_glm",
+    extra={"shared": Layout(_shared_slots, _rows_to_step, _block_rows, _shared_refuse)},
     doc="Generalized linear models: logistic regression, least squares, linear SVM.")
