@@ -352,16 +352,35 @@ def finalize(state: bytes | None) -> bytes | None:
 def segment(session: Any, init: bytes) -> Iterator[bytes]:
     """Create the epoch's segment on the server; yield the shared init; always drop it.
 
-    The epoch runs in a subtransaction (a savepoint outside the server), so that after an error
-    or a cancel the drop can still run in the same transaction.
+    The caller runs the epoch in a subtransaction (a savepoint outside the server), so after an
+    error or a cancel the drop still runs in the same transaction. The drop has its own
+    subtransaction and a second try: a cancel that lands on the drop itself is honoured (raised
+    once the segment is gone) instead of leaving the segment behind.
     """
-    shared_init = session.query("SELECT bismarck._shared_create(%s) AS init", [init])[0][0]
-    shared_init = bytes(shared_init)
+    shared_init = bytes(session.query("SELECT bismarck._shared_create(%s) AS init", [init])[0][0])
     try:
         yield shared_init
-    finally:
-        with contextlib.suppress(Exception):  # a dead connection: the sweep or a restart removes it
-            session.query("SELECT bismarck._shared_drop(%s) AS dropped", [shared_init])
+    except BaseException:
+        _drop(session, shared_init)
+        raise
+    failure = _drop(session, shared_init)
+    if failure is not None:
+        raise failure
+
+
+def _drop(session: Any, shared_init: bytes) -> BaseException | None:
+    """Drop the segment (two tries); the first failure, or None. A connection that is gone
+    cannot drop it: its backend's end (a restart's temp-file cleanup, or the next sweep) does.
+    """
+    first = None
+    for _ in range(2):
+        try:
+            with subtransaction(session):
+                session.query("SELECT bismarck._shared_drop(%s) AS dropped", [shared_init])
+            return first
+        except Exception as e:  # noqa: PERF203 (a retry loop)
+            first = first or e
+    return first
 
 
 def subtransaction(session: Any) -> contextlib.AbstractContextManager:
