@@ -8,6 +8,8 @@ failing epoch leaves no segment behind (``bismarck._shared_segments()`` lists th
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -206,3 +208,57 @@ def test_error_mid_epoch_leaves_no_segment(dsn: str, conn, shm_data) -> None:
     assert _segments(conn) == []
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
                         "'shm_damaged'").fetchone() == (0,)
+
+
+@pytest.mark.slow
+def test_killed_backend_segment_is_removed_by_the_crash_restart(scratch_cluster) -> None:
+    """SIGKILL of the backend mid-epoch: the postmaster's crash restart removes the segment.
+
+    What this relies on (PostgreSQL 14 and later): after a crash, with
+    ``remove_temp_files_after_crash = on`` (the default), every ``pgsql_tmp*`` file under
+    ``base/pgsql_tmp`` is removed before the server accepts connections again.
+    """
+    from bismarck_controller import extension
+
+    dsn = scratch_cluster.url()
+    extension.install(dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("SHOW remove_temp_files_after_crash").fetchone() == ("on",)
+        c.execute("CREATE TABLE shm_big AS SELECT (random() < 0.5)::int AS y, "
+                  "ARRAY(SELECT random() + g * 0 FROM generate_series(1, 20)) AS x "
+                  "FROM generate_series(1, 120000) AS g")
+    temp_dir = scratch_cluster.pgdata / "base" / "pgsql_tmp"
+    seen: list[str] = []
+
+    def kill_when_segment(pid: int) -> None:
+        for _ in range(3000):
+            names = [p.name for p in temp_dir.glob("pgsql_tmpbismarck.*")] \
+                if temp_dir.exists() else []
+            if names:
+                seen.extend(names)
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    with psycopg.connect(dsn) as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        c.commit()
+        killer = threading.Thread(target=kill_when_segment, args=(pid,))
+        killer.start()
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                training.train(c, "shm_big", "y", "x", "shm_killed", batch_size=32, parallel=2,
+                               parallel_mode="shared", max_epochs=200, tol=None)
+        finally:
+            killer.join()
+    assert seen
+    for _ in range(300):  # the crash restart: wait until the server accepts connections
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                assert _segments(c) == []
+                break
+        except psycopg.OperationalError:
+            time.sleep(0.2)
+    else:
+        pytest.fail("the server did not come back after the crash restart")
+    assert list(temp_dir.glob("pgsql_tmpbismarck.*")) == []
