@@ -167,7 +167,9 @@ def drop(init: bytes) -> bool:
 
 
 def sweep() -> list[str]:
-    """Remove segments whose creating backend is gone (a terminated backend, a lost client).
+    """Remove segments whose creating backend is gone (a terminated backend, a lost client),
+    and this backend's own earlier ones: a backend runs one epoch query at a time, so when it
+    creates a segment any other of its own is stale (at most one per live backend).
 
     A pid reused by another process keeps its segment until that process ends too.
     """
@@ -178,8 +180,12 @@ def sweep() -> list[str]:
         return removed
     for name in names:
         m = _NAME.match(name)
-        if not m or _alive(int(m.group(1))):
+        if not m:
             continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        _forget(os.path.join(TEMP_DIR, name))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(TEMP_DIR, name))
             removed.append(name)

@@ -135,14 +135,18 @@ def test_segment_is_private_and_checked(datadir):
 
 def test_sweep_removes_segments_of_gone_backends(datadir):
     shared_model.create(_init(2, "squared", 1))
+    mine = shared_model.leftovers()
     os.makedirs(shared_model.TEMP_DIR, exist_ok=True)
     dead = 2**22 + 12345  # above the kernel's default pid_max: no such process
     stale = f"{shared_model.PREFIX}.{dead}.{'ab' * 8}"
     open(os.path.join(shared_model.TEMP_DIR, stale), "wb").close()
     other = os.path.join(shared_model.TEMP_DIR, "pgsql_tmp123.0")  # PostgreSQL's: not ours
     open(other, "wb").close()
-    assert shared_model.sweep() == [stale]
-    assert len(shared_model.leftovers()) == 1 and os.path.exists(other)
+    live = f"{shared_model.PREFIX}.1.{'cd' * 8}"  # pid 1 (init) lives: not swept
+    open(os.path.join(shared_model.TEMP_DIR, live), "wb").close()
+    # this process's own earlier segment is stale too when it creates a new one
+    assert sorted(shared_model.sweep()) == sorted([stale, *mine])
+    assert shared_model.leftovers() == [live] and os.path.exists(other)
 
 
 def test_refused_kinds_and_parameters():
