@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch_size {args.batch}, invscaling eta0 {args.eta0} power_t 0.25, alpha "
             f"{args.alpha:g}, {args.epochs} epochs, validation 10%; medians of {args.repeats} "
             f"runs (interleaved). Target: validation log-loss ≤ {target:.5f} (best seen "
-            f"{best:.5f} + {args.target:.0%}). Machine: {info.get('cpu')}, {info.get('cores')} "
+            f"{best:.5f} + {args.target:.1%}). Machine: {info.get('cpu')}, {info.get('cores')} "
             f"cores, PostgreSQL {info.get('postgresql')}, load at start "
             f"{info.get('load_average_start')} (shared with other work: noisy).\n\n")
     table_md = ("| mode | epochs to target | epoch s to target | wall s to target | s / epoch "
