@@ -4,9 +4,11 @@ This is the seam between the training loop and the database. The loop says *what
 kind's init state over a :class:`Scan` (where the epoch reads) — and an :class:`Strategy` says
 *how*: today one PostgreSQL aggregate over the whole scan, optionally with parallel workers
 whose partial states the aggregate's combine function merges (model averaging for SGD, an exact
-sum for full-batch passes: the kind's :attr:`~bismarckpy.kinds.ModelKind.merge_rule`). Other
-strategies (one aggregate per partition or shard with averaging here, shared-memory workers)
-belong in this module and need no change to the kinds or the loop.
+sum for full-batch passes: the kind's :attr:`~bismarckpy.kinds.ModelKind.merge_rule`). The
+``shared`` strategy (``parallel_mode => 'shared'``) runs the same query with the workers
+stepping one model in a shared segment, created and dropped around the query by
+:mod:`bismarckpy.shared_model`. Other strategies (one aggregate per partition or shard with
+averaging here) belong in this module and need no change to the kinds or the loop.
 
 The SGD aggregates ``bismarck._epoch`` (rows) and ``bismarck._epoch_packed`` (packed blocks)
 are generic: their functions dispatch on the kind's magic at the head of the state
