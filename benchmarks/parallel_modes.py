@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     with connection.connect(args.dsn) as conn:
         info = bench.machine(conn)
     stamp = dt.datetime.now(dt.timezone.utc)
-    stem = args.out / f"{stamp:%Y-%m-%d}-parallel-modes-{args.rows}x{args.features}"
+    stem = args.out / (f"{stamp:%Y-%m-%d}-parallel-modes-{args.rows}x{args.features}"
+                       f"-eta{args.eta0:g}")
     args.out.mkdir(parents=True, exist_ok=True)
     head = (f"# Serial vs averaging vs shared-memory SGD, {args.rows:,} × {args.features}\n\n"
             f"{stamp:%Y-%m-%d %H:%M} UTC; logistic, packed float32 blocks of {args.block}, "

@@ -269,15 +269,16 @@ def _parts(init: bytes) -> tuple[kinds.ModelKind, Layout, bytes, bytes]:
 
 
 def _step(layout: Layout, shared: np.ndarray, inner: bytes,
-          run: Callable[[bytes], bytes]) -> bytes:
+          run: Callable[[bytes], bytes], idx: np.ndarray | None = None) -> bytes:
     """Run ``run`` on ``inner`` holding the current shared model; add its change to the model.
 
     The read and the addition are not atomic (Hogwild!): another worker's step between them is
     kept (we add a difference, never overwrite), but two additions to one slot at the same
-    instant may lose one.
+    instant may lose one. ``idx``: the layout's slots of this state, if known.
     """
     s = np.frombuffer(inner, dtype=_F8).copy()
-    idx = layout.slots(s)
+    if idx is None:
+        idx = layout.slots(s)
     start = shared.copy()
     s[idx] = start
     out = run(s.tobytes())
@@ -303,14 +304,16 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes, firs
     if block is None:
         return head + inner
     shared = _slots(init)
-    n = layout.block_rows(np.frombuffer(inner, dtype=_F8), block)
+    s = np.frombuffer(inner, dtype=_F8)
+    n = layout.block_rows(s, block)
+    idx = layout.slots(s)
     pos, end = max(first or 0, 0), n if stop is None else min(stop, n)
     while pos < end:
         take = max(1, min(end - pos, layout.rows_to_step(np.frombuffer(inner, dtype=_F8))))
         lo, hi = pos, pos + take
         inner = _step(layout, shared, inner,
                       lambda st, lo=lo, hi=hi: kind.transition_block(st, block, inner_init,
-                                                                      lo, hi))
+                                                                      lo, hi), idx)
         pos = hi
     return head + inner
 

@@ -10,6 +10,7 @@ full-batch gradient descent (one exact step per epoch); -1 only evaluates the lo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -492,8 +493,14 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
 
 def _shared_slots(s: np.ndarray) -> np.ndarray:
     """The state slots that are the model in shared mode: w, b and the step counter t."""
-    d = int(s[_D])
-    return np.r_[HEADER:HEADER + d + 1, _T]
+    return _slots_for(int(s[_D]))
+
+
+@functools.lru_cache(maxsize=16)
+def _slots_for(d: int) -> np.ndarray:
+    idx = np.append(np.arange(HEADER, HEADER + d + 1), _T)
+    idx.flags.writeable = False
+    return idx
 
 
 def _rows_to_step(s: np.ndarray) -> int:
