@@ -141,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     table_md = ("| mode | epochs to target | epoch s to target | wall s to target | s / epoch "
                 "| val. loss after 1 epoch | final val. loss | reached | workers |\n"
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    def show(v: float, fmt: str) -> str:
+        return "not reached" if not math.isfinite(v) else format(v, fmt)
+
     for r in rows:
-        table_md += (f"| {r['mode']} | {r['epochs_to_target']:g} | {r['epoch_s_to_target']:.2f} "
-                     f"| {r['wall_s_to_target']:.2f} | {r['s_per_epoch']:.3f} "
+        table_md += (f"| {r['mode']} | {show(r['epochs_to_target'], 'g')} "
+                     f"| {show(r['epoch_s_to_target'], '.2f')} "
+                     f"| {show(r['wall_s_to_target'], '.2f')} | {r['s_per_epoch']:.3f} "
                      f"| {r['loss_after_1']:.5f} | {r['final_loss']:.5f} "
                      f"| {r['reached']}/{r['runs']} | {r['workers']} |\n")
     stem.with_suffix(".md").write_text(head + table_md)
