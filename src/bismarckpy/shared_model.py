@@ -151,9 +151,19 @@ def create(init: bytes) -> bytes:
     return _HEAD.pack(MAGIC, pid, seg, key) + bytes(init)
 
 
+def _head(init: bytes) -> tuple[int, int, bytes]:
+    """(creator pid, segment id, key) of a shared-mode init or state; InvalidData otherwise."""
+    if len(init) < HEADER or not is_shared(init):
+        raise InvalidData("not a shared-mode epoch state",
+                          detail="parallel_mode => 'shared' states begin with "
+                                 f"{MAGIC.decode()} and a {HEADER}-byte header.")
+    _, pid, seg, key = _HEAD.unpack_from(init)
+    return pid, seg, key
+
+
 def drop(init: bytes) -> bool:
     """Remove the segment named by a shared-mode init (its key must match); True if removed."""
-    _, pid, seg, key = _HEAD.unpack_from(init)
+    pid, seg, key = _head(init)
     path = _path(pid, seg)
     _forget(path)
     try:
@@ -221,7 +231,7 @@ def _forget(path: str) -> None:
 
 def _slots(init: bytes) -> np.ndarray:
     """The shared slots (a float64 view of the mapped file) named by a shared-mode init."""
-    magic, pid, seg, key = _HEAD.unpack_from(init)
+    pid, seg, key = _head(init)
     path = _path(pid, seg)
     entry = _OPEN.get(path)
     if entry is not None:
@@ -259,6 +269,7 @@ def is_shared(state: bytes | None) -> bool:
 
 
 def _parts(init: bytes) -> tuple[kinds.ModelKind, Layout, bytes, bytes]:
+    _head(init)
     inner = bytes(init[HEADER:])
     kind = kinds.for_state(inner)
     layout = layout_of(kind)

@@ -131,6 +131,9 @@ def test_segment_is_private_and_checked(datadir):
     assert shared_model.drop(shared_init) and not path.exists()
     with pytest.raises(InvalidData, match="does not exist"):
         shared_model.transition(None, b"", 1.0, shared_init)
+    for junk in (b"", shared_model.MAGIC, b"x" * 64, shared_init[:39]):
+        with pytest.raises(InvalidData, match="not a shared-mode epoch state"):
+            shared_model.drop(junk)
 
 
 def test_sweep_removes_segments_of_gone_backends(datadir):
