@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         info = bench.machine(conn)
     stamp = dt.datetime.now(dt.timezone.utc)
     stem = args.out / (f"{stamp:%Y-%m-%d}-parallel-modes-{args.rows}x{args.features}"
-                       f"-eta{args.eta0:g}")
+                       f"-eta{args.eta0:g}".replace(".", "p"))  # no dot: with_suffix
     args.out.mkdir(parents=True, exist_ok=True)
     head = (f"# Serial vs averaging vs shared-memory SGD, {args.rows:,} × {args.features}\n\n"
             f"{stamp:%Y-%m-%d %H:%M} UTC; logistic, packed float32 blocks of {args.block}, "
