@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         X = y = None
         with connection.connect(a.dsn) as conn:
             export_s, (X, y, _) = timed(lambda: pgcopy.export(
-                conn, bench.export_query(table, a.seed, 0.0), a.features,
+                conn, bench.export_query(conn, table, a.rows, a.seed, 0.0), a.features,
                 bench.estimated_rows(conn, table)))
         samples.setdefault("export", []).append({"seconds": export_s})
         log(f"[{r + 1}/{a.repeats}] statsmodels Logit")

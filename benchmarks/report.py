@@ -21,7 +21,7 @@ PEERS = {
     "numpy": (None, None),
     "export": (None, None),
     "pandas": ("export", None),
-    "packing": ("export", "packing"),
+    "packing": ("export", None),
     "pack": ("export", None),
 }
 IN_DATABASE_PATHS = {"row", "row_floor", "packed", "parallel", "parallel_1", "packing", "pack"}
@@ -37,6 +37,18 @@ def _e2e(r: dict[str, Any], key: str) -> float | None:
     e = r["end_to_end"].get(key)
     v = e.get("seconds_to_target") if e else None
     return v if v is not None and math.isfinite(v) else None
+
+
+def _quality(r: dict[str, Any], key: str) -> float | None:
+    """Seconds from the table to within 1% of lbfgs's validation loss (None: never reached)."""
+    e = r["end_to_end"].get(key)
+    v = e.get("seconds_to_quality") if e else None
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _faster(*xs: float | None) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return min(vals) if vals else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -76,12 +88,14 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 _ratio(_med(r, "packed"), _med(r, "sklearn")), "<=", 0.5, "×"),
         _target("packed_vs_numpy", "packed epoch ≤ 3 × numpy mini-batch floor",
                 _ratio(_med(r, "packed"), _med(r, "numpy")), "<=", 3.0, "×"),
-        _target("packing", "packing ≤ 0.5 × binary COPY export",
-                _ratio(_med(r, "packing"), _med(r, "export")), "<=", 0.5, "×"),
-        _target("e2e_sgd", "end to end in-database ≤ 0.3 × (COPY export + SGDClassifier)",
-                _ratio(_e2e(r, "in-database"), _e2e(r, "export+sgd")), "<=", 0.3, "×"),
-        _target("e2e_lbfgs", "end to end in-database ≤ 0.3 × (COPY export + lbfgs)",
-                _ratio(_e2e(r, "in-database"), _e2e(r, "export+lbfgs")), "<=", 0.3, "×"),
+        _target("preparation", "preparation with the defaults ≤ 0.3 × binary COPY export",
+                _ratio((r["end_to_end"].get("in-database") or {}).get("preparation"),
+                       _med(r, "export")), "<=", 0.3, "×"),
+        _target("e2e_quality", "time to quality with the defaults ≤ 0.5 × the faster of "
+                "(COPY export + SGDClassifier) and (COPY export + lbfgs)",
+                _ratio(_quality(r, "in-database"),
+                       _faster(_quality(r, "export+sgd"), _quality(r, "export+lbfgs"))),
+                "<=", 0.5, "×", "quality: validation log-loss within 1% of lbfgs's"),
         _target("row", "row-at-a-time epoch ≥ 300k rows/s at 100 features",
                 row_rps / 1000 if row_rps else None, ">=", 300.0, "k rows/s",
                 "" if d == 100 else f"measured at {d} features"),
@@ -155,19 +169,28 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"## End to end: table → model within {100 * r.get('within', 0.01):g}% of the "
-            "trainer's best validation loss",
+            "validation loss of scikit-learn's LogisticRegression (lbfgs)",
             "",
-            "| trainer | seconds to target | best validation loss | epochs to target | "
-            "in-database ÷ this | seconds to within 1% of the overall best |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| trainer | seconds to quality (1% of lbfgs) | in-database ÷ this | "
+            "seconds to target (1% of own best) | best validation loss | epochs to target | "
+            "seconds to within 1% of the overall best |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        ind = _e2e(r, "in-database")
+        ind = _quality(r, "in-database")
         for key, e in e2e.items():
-            sec = e.get("seconds_to_target")
-            ratio = _fmt(ind / sec) if ind and sec and key != "in-database" else ""
-            lines.append(f"| {e['label']} | {_fmt(sec)} | {_fmt(e.get('best_validation_loss'), 5)}"
-                         f" | {_fmt(e.get('epochs_to_target'))} | {ratio} | "
+            q = e.get("seconds_to_quality")
+            ratio = _fmt(ind / q) if ind and q and key != "in-database" else ""
+            lines.append(f"| {e['label']} | {_fmt(q) if q is not None else 'not reached'} | "
+                         f"{ratio} | {_fmt(e.get('seconds_to_target'))} | "
+                         f"{_fmt(e.get('best_validation_loss'), 5)} | "
+                         f"{_fmt(e.get('epochs_to_target'))} | "
                          f"{_fmt(e.get('seconds_to_overall_best'))} |")
+        ind_e = r["end_to_end"].get("in-database") or {}
+        if ind_e.get("whole_call_seconds"):
+            lines += ["", f"The defaults' whole call (preparation, {_fmt(ind_e.get('epochs_run'))}"
+                      f" epochs until the convergence check stopped it or max_epochs, storing "
+                      f"the model) took {_fmt(ind_e['whole_call_seconds'])} s; the defaults "
+                      f"resolved to {json.dumps(ind_e.get('resolved_params', {}))}."]
         vr = r["end_to_end"].get("validation_rows")
         if vr:
             lines += ["", f"Validation rows: {vr['export']:,} exported with the training "
@@ -231,15 +254,16 @@ def chart(r: dict[str, Any], path: Path) -> None:
 
     paths = [(p["label"], p["median"], k in IN_DATABASE_PATHS) for k, p in r["paths"].items()
              if p.get("median")]
-    e2e = [(e["label"], e["seconds_to_target"], k == "in-database")
+    e2e = [(e["label"], e.get("seconds_to_quality"), k == "in-database")
            for k, e in r["end_to_end"].items()
-           if isinstance(e, dict) and e.get("seconds_to_target")
-           and math.isfinite(e["seconds_to_target"])]
+           if isinstance(e, dict) and e.get("seconds_to_quality")
+           and math.isfinite(e["seconds_to_quality"])]
     fig, axes = plt.subplots(2, 1, figsize=(10, 2.2 + 0.42 * (len(paths) + len(e2e))),
                              gridspec_kw={"height_ratios": [max(len(paths), 1),
                                                             max(len(e2e), 1)]})
     for ax, items, title in ((axes[0], paths, "one epoch / one pass, median seconds"),
-                             (axes[1], e2e, "end to end: seconds to a model within 1% of best")):
+                             (axes[1], e2e, "end to end: seconds to within 1% of lbfgs's "
+                              "validation loss")):
         if not items:
             ax.set_visible(False)
             continue
@@ -296,7 +320,8 @@ def summary(r: dict[str, Any]) -> str:
                          f"{_fmt(p['rows_per_s']):>12} rows/s")
     for e in r["end_to_end"].values():
         if isinstance(e, dict) and "label" in e:
-            lines.append(f"  end to end: {e['label']:<60} {_fmt(e['seconds_to_target']):>10} s")
+            lines.append(f"  end to end: {e['label']:<60} "
+                         f"{_fmt(e.get('seconds_to_quality')):>10} s to lbfgs quality")
     lines.append("targets:")
     for t in r["targets"]:
         mark = {True: "met   ", False: "MISSED", None: "n/a   "}[t["met"]]

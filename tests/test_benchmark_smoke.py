@@ -25,6 +25,15 @@ def test_benchmark_smoke_run_writes_results(dsn: str, tmp_path: Path) -> None:
     for path in ("packed", "row", "export", "numpy"):
         assert path in text, path
     assert "ratio" in (REPO / "benchmarks" / "README.md").read_text().lower()
+    # issue 11: the defaults' end to end, timed to lbfgs's validation loss
+    e2e = data["end_to_end"]
+    assert e2e["quality_goal"]["value"] == pytest.approx(
+        e2e["export+lbfgs"]["best_validation_loss"] * 1.01)
+    assert e2e["in-database"]["label"] == "in-database, defaults"
+    assert e2e["in-database"]["resolved_params"]["batch_size"] >= 1
+    assert {t["key"] for t in data["targets"]} >= {"e2e_quality", "preparation"}
+    # the export paths validate on the rows the in-database run held out, no others
+    assert e2e["validation_rows"]["export"] == e2e["validation_rows"]["in_database"] > 0
 
 
 @pytest.mark.slow

@@ -40,8 +40,9 @@ class _BaseSGD:
     def __init__(self, loss: str, *, penalty: str = "l2", alpha: float = 0.0001,
                  l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 100,
                  tol: float | None = 1e-3, n_iter_no_change: int = 5,
-                 learning_rate: str = "invscaling", eta0: float = 0.1, power_t: float = 0.5,
-                 batch_size: int = 1, shuffle: bool | str = True,
+                 learning_rate: str = "invscaling", eta0: float | None = None,
+                 power_t: float = 0.5,
+                 batch_size: int | None = None, shuffle: bool | str = True,
                  random_state: int | None = None, validation_fraction: float = 0.0,
                  standardize: bool = True, model_name: str | None = None,
                  solver: str = "sgd") -> None:

@@ -26,7 +26,7 @@ from .losses import CLASSIFIERS
 from .moments import Moments
 from .moments import decode as moments_decode
 from .moments import select as moments_select
-from .pack import DTYPE_CODES, stale_format
+from .pack import DTYPE_CODES, parse_block, stale_format
 from .pack import MAGIC as PACK_MAGIC
 from .packing import (
     PackedTable,
@@ -38,7 +38,7 @@ from .packing import (
     settings_for_transaction,
 )
 from .params import validate
-from .schedule import Schedule
+from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0
 from .separation import data_separated
 from .source import Source, resolve
 
@@ -453,10 +453,55 @@ def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarra
     return mu, sd, [int(i) for i in np.flatnonzero(constant)]
 
 
+def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> None:
+    """Fill ``batch_size`` and ``eta0`` left NULL (the stored model records the values used).
+
+    See :func:`bismarckpy.schedule.auto_batch_size` and :func:`bismarckpy.schedule.auto_eta0`;
+    per-row steps keep ``eta0`` 0.1.
+    """
+    if p["batch_size"] is None:
+        p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
+    if p["eta0"] is None:
+        if p["batch_size"] == 1:
+            p["eta0"] = ROW_ETA0
+        else:
+            _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+            alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+            p["eta0"] = auto_eta0(p["loss"], _sample_rows(session, prep, p["fit_intercept"]),
+                                  p["batch_size"], alpha * l2)
+
+
+def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool) -> np.ndarray:
+    """Up to SAMPLE_ROWS training rows as the steps see them: standardised, with a ones column.
+
+    The first rows of the training copy (a random sample when it is shuffled). Shape (k, d) or
+    (k, d + 1) with the intercept; constant columns (sd = inf) are 0.
+    """
+    if prep.packed:
+        rows, got = [], 0
+        for (block,) in session.query(f"SELECT data FROM {prep.train} LIMIT %s",
+                                      [max(1, SAMPLE_ROWS // 64)]):
+            offsets, M = parse_block(bytes(block), prep.d, prep.itemsize)
+            rows.append(M[:, 1:].astype(np.float64) + offsets[1:])
+            got += len(M)
+            if got >= SAMPLE_ROWS:
+                break
+        X = np.vstack(rows)[:SAMPLE_ROWS] if rows else np.zeros((0, prep.d))
+    else:
+        X = np.array([glm.raw_vector(bytes(x), prep.d) for (x,) in session.query(
+            f"SELECT x FROM {prep.train} LIMIT %s", [SAMPLE_ROWS])]).reshape(-1, prep.d)
+    if prep.mu is not None and prep.sd is not None:
+        X = (X - prep.mu) / prep.sd  # sd = inf (constant column) gives 0
+    if fit_intercept:
+        X = np.hstack([X, np.ones((len(X), 1))])
+    return X
+
+
 def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
             model_name: str, run_id: int, started: float) -> TrainResult:
     """Run epochs until convergence, divergence or max_epochs; store the model."""
     kind = kinds.get("glm")
+    _resolve_defaults(session, p, prep)
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
                      p["power_t"], standardize=p["standardize"])
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])

@@ -108,10 +108,13 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
           "(eta0 / t^power_t per step), adaptive (divide by 5 on a plateau), bold_driver "
           "(x1.05 on improvement, undo and halve otherwise).", choices=LEARNING_RATES),
-    Param("eta0", float, 0.1, "Initial learning rate.", low=0.0, low_open=True),
+    Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps; for "
+          "mini-batches 1 / L, L the batches' curvature bound measured on a sample of "
+          "training rows.", low=0.0, low_open=True, nullable=True),
     Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
-    Param("batch_size", int, 1, "Rows per SGD step; 0 is full-batch gradient descent.",
-          low=0, high=1_000_000_000),
+    Param("batch_size", int, None, "Rows per SGD step: 1 is per-row SGD, 0 full-batch "
+          "gradient descent. NULL: min(block_size, training rows // 1024), at least 1.",
+          low=0, high=1_000_000_000, nullable=True),
     Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
           "reshuffle each epoch; never: table order.", choices=SHUFFLES),
     Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "

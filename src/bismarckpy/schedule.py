@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import Diverged
 
 MIN_ADAPTIVE_ETA = 1e-6  # scikit-learn's floor for learning_rate='adaptive'
@@ -107,3 +109,62 @@ class Schedule:
                  "'bold_driver'" + (", or rescale the columns" if self.standardize
                                     else ", or use standardize => true")
                  + ". No model was stored.")
+
+
+# ----------------------------------------------------------------------------- defaults
+ROW_ETA0 = 0.1  # eta0 of per-row SGD when none is given (Bismarck's and scikit-learn's scale)
+MIN_STEPS_PER_EPOCH = 1024  # the automatic batch size keeps at least this many steps an epoch
+SAMPLE_ROWS = 1024  # rows the automatic eta0 estimates the curvature on
+CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0}  # sup of d²loss/dz² (hinge: scale)
+
+
+def auto_batch_size(n_train: int, block_size: int) -> int:
+    """``batch_size`` when none is given: ``min(block_size, n_train // 1024)``, at least 1.
+
+    Large tables get one vectorised step per packed block (the cost of an epoch is then the
+    scan, not Python's per-row loop); smaller ones keep at least ~1024 steps an epoch (an
+    ill-conditioned problem needs steps more than it needs large batches), and below 2048
+    rows per-row SGD.
+    """
+    return max(1, min(int(block_size), int(n_train) // MIN_STEPS_PER_EPOCH))
+
+
+def top_eigenvalue(A: np.ndarray, iterations: int = 50, seed: int = 0) -> float:
+    """Largest eigenvalue of ``AᵀA / n`` for ``A`` of shape (n, d), by power iteration.
+
+    Never forms the d × d matrix (two products with ``A`` per iteration); returns 0 for an
+    empty or all-zero ``A``. Power iteration approaches the eigenvalue from below.
+    """
+    n = A.shape[0]
+    if n == 0 or A.shape[1] == 0:
+        return 0.0
+    v = np.random.default_rng(seed).uniform(0.5, 1.5, size=A.shape[1])
+    lam = 0.0
+    for _ in range(iterations):
+        u = A.T @ (A @ v) / n
+        norm = float(np.linalg.norm(u))
+        if not norm > 0:
+            return 0.0
+        lam = float(v @ u) / float(v @ v)
+        v = u / norm
+    return lam
+
+
+def auto_eta0(loss: str, A: np.ndarray, batch_size: int, l2_strength: float = 0.0) -> float:
+    """``eta0`` of mini-batch or full-batch steps when none is given: ``1 / L``.
+
+    ``A`` (n × d) holds sample rows as the steps see them (standardised features, and a
+    column of ones for the intercept). A step's loss is the mean over its batch, which is
+    L-smooth with ``L = c · λ_max(A_Bᵀ A_B / B) + l2_strength`` for its ``B`` rows, c the
+    largest second derivative of the loss in z (1/4 logistic, 1 squared; hinge, not smooth,
+    takes c = 1 as a scale). ``L`` is the largest over the sample's consecutive batches of
+    ``batch_size`` rows (all of ``A`` for full batches, ``batch_size`` 0): small batches are
+    noisier and get a smaller step. Gradient descent with step 1/L decreases an L-smooth
+    objective (Nesterov, *Introductory Lectures on Convex Optimization*, 2004, §2.1.5).
+    """
+    A = np.asarray(A, dtype=np.float64)
+    size = len(A) if batch_size <= 0 else min(int(batch_size), len(A))
+    lam = max((top_eigenvalue(A[i:i + size]) for i in range(0, len(A) - size + 1, max(size, 1))),
+              default=0.0)
+    smooth = CURVATURE[loss] * lam + l2_strength
+    return 1.0 / smooth if smooth > 0 else ROW_ETA0

@@ -87,7 +87,7 @@ def test_message_names_the_caller_and_the_range() -> None:
                                 "'squared', 'hinge'. Got 'log' instead.")
     with pytest.raises(InvalidParameter) as exc:
         validate({"eta0": 0})
-    assert "must be a float > 0." in exc.value.detail
+    assert "must be a float > 0 or NULL." in exc.value.detail
     with pytest.raises(InvalidParameter) as exc:
         validate({"tol": -1})
     assert "must be a float >= 0 or NULL." in exc.value.detail

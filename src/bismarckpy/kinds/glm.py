@@ -171,6 +171,9 @@ def _raw_vector(raw: bytes, d: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=_F8, offset=20)
 
 
+raw_vector = _raw_vector  # public: the training loop samples rows of a working copy with it
+
+
 def _wrong_length(d: int, got: int) -> InvalidData:
     """The error for a feature vector that does not match the model."""
     return InvalidData(
