@@ -109,7 +109,7 @@ def test_shared_mode_from_sql_and_refusals(conn, shm_data, packed: bool) -> None
     assert conn.execute("SELECT params->>'parallel_mode', (metrics->>'epochs')::int "
                         "FROM bismarck.models WHERE model_name = %s",
                         [name]).fetchone() == ("shared", 3)
-    cases = [("parallel_mode => 'shared', batch_size => 0", "full-batch"),
+    cases = [("parallel_mode => 'shared', batch_size => 0", "batch_size >= 1"),
              ("parallel_mode => 'shared', solver => 'newton'", "needs solver => 'sgd'"),
              ("parallel_mode => 'hogwild'", "average")]
     for options, text in cases:

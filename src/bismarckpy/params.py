@@ -196,6 +196,12 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
                 detail=f"solver => '{out['solver']}' sums exact passes over the data; its "
                        "parallel workers' sums are already combined exactly.",
                 hint="Drop parallel_mode, or use solver => 'sgd'.")
+    if out.get("parallel_mode") == "shared" and out.get("batch_size") == 0:
+        raise InvalidParameter(
+            "parallel_mode => 'shared' needs SGD steps (batch_size >= 1)",
+            detail="batch_size => 0 is full-batch gradient descent: one exact step per epoch, "
+                   "which parallel workers already compute exactly by summing their gradients.",
+            hint="Drop parallel_mode, or set batch_size to 1 or more.")
     return out
 
 

@@ -186,3 +186,9 @@ def test_shared_parallel_mode_needs_sgd(solver: str) -> None:
         validate({"solver": solver, "parallel_mode": "shared"})
     assert validate({"solver": solver})["parallel_mode"] == "average"
     assert validate({"parallel_mode": " Shared "})["parallel_mode"] == "shared"
+
+
+def test_shared_parallel_mode_needs_sgd_steps() -> None:
+    with pytest.raises(InvalidParameter, match=r"needs SGD steps \(batch_size >= 1\)"):
+        validate({"batch_size": 0, "parallel_mode": "shared"})
+    assert validate({"batch_size": 0})["batch_size"] == 0
