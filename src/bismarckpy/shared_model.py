@@ -220,7 +220,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-_OPEN: dict[str, tuple[mmap.mmap, np.ndarray]] = {}  # per process: path -> (map, slots)
+_OPEN: dict[str, tuple[bytes, mmap.mmap, np.ndarray]] = {}  # per process: path -> (key, map, slots)
 
 
 def _forget(path: str) -> None:
@@ -234,8 +234,8 @@ def _slots(init: bytes) -> np.ndarray:
     pid, seg, key = _head(init)
     path = _path(pid, seg)
     entry = _OPEN.get(path)
-    if entry is not None:
-        return entry[1]
+    if entry is not None and hmac.compare_digest(entry[0], key):
+        return entry[2]
     gone = InvalidData("the shared model of this epoch does not exist",
                        detail="parallel_mode => 'shared' segments live for one epoch query; "
                               "this state names one that is gone or not this query's.",
@@ -256,7 +256,7 @@ def _slots(init: bytes) -> np.ndarray:
         mm.close()
         raise gone
     view = np.frombuffer(mm, dtype=_F8, count=n, offset=_SEG.size)
-    _OPEN[path] = (mm, view)
+    _OPEN[path] = (key, mm, view)
     return view
 
 

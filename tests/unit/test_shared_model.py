@@ -124,9 +124,14 @@ def test_segment_is_private_and_checked(datadir):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     # a state naming the segment with a wrong key opens nothing and removes nothing
     forged = shared_init[:24] + bytes(16) + shared_init[40:]
-    shared_model._OPEN.clear()
-    with pytest.raises(InvalidData):
-        shared_model.transition(None, b"", 1.0, forged)
+    block = _blocks(np.random.default_rng(0), 1, 8, 3, "logistic")[0]
+    shared_model.transition_block(None, block, shared_init)  # opened (and cached) with the key
+    assert shared_model._OPEN
+    for cached in (True, False):
+        if not cached:
+            shared_model._OPEN.clear()
+        with pytest.raises(InvalidData):
+            shared_model.transition(None, b"", 1.0, forged)
     assert not shared_model.drop(forged) and path.exists()
     assert shared_model.drop(shared_init) and not path.exists()
     with pytest.raises(InvalidData, match="does not exist"):
