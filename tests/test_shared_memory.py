@@ -134,13 +134,16 @@ def big_table(dsn: str) -> str:
 
 def _signal_when_segment(dsn: str, pid: int, action: str, seen: list[str],
                          stop: threading.Event) -> None:
+    """Signal the backend while a segment exists. A cancel that reaches the backend between
+    two statements (idle in transaction) cancels nothing, so it is repeated until it lands."""
     with psycopg.connect(dsn, autocommit=True) as watch:
         while not stop.is_set():
             names = _segments(watch)
             if names:
                 seen.extend(names)
                 watch.execute(f"SELECT pg_{action}_backend(%s)", [pid])
-                return
+                if action == "terminate":
+                    return
             time.sleep(0.02)
 
 
