@@ -46,16 +46,18 @@ $bismarck_role$;
 -- Registry tables (user data: kept across upgrades, dumped by pg_dump)
 ------------------------------------------------------------------------------------------------
 
+-- Models of every kind (bismarckpy.kinds): kind names the engine module; stored (jsonb) and state
+-- (bytea: large arrays) hold its stored form. GLMs also keep loss, coef and intercept as columns.
 CREATE TABLE bismarck._models (
     model_name    text        NOT NULL,
     version       integer     NOT NULL,
-    loss          text        NOT NULL,
+    loss          text,
     source        text        NOT NULL,
     label         text        NOT NULL,
     features      text[]      NOT NULL,
     array_feature boolean     NOT NULL,
-    coef          float8[]    NOT NULL,
-    intercept     float8      NOT NULL,
+    coef          float8[],
+    intercept     float8,
     classes       float8[],
     params        jsonb       NOT NULL,
     metrics       jsonb       NOT NULL,
@@ -64,10 +66,16 @@ CREATE TABLE bismarck._models (
     owner         regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
     source_oid    oid,
     source_owner  regrole,
-    PRIMARY KEY (model_name, version)
+    kind          text        NOT NULL DEFAULT 'glm',
+    stored        jsonb       NOT NULL,
+    state         bytea,
+    PRIMARY KEY (model_name, version),
+    CONSTRAINT glm_columns CHECK (kind <> 'glm' OR (loss IS NOT NULL AND coef IS NOT NULL
+                                                    AND intercept IS NOT NULL))
 );
 COMMENT ON TABLE bismarck._models IS
-    'Private: trained models, one row per version (read them through bismarck.models).';
+    'Private: trained models of every kind, one row per version (read them through '
+    'bismarck.models).';
 SELECT pg_catalog.pg_extension_config_dump('bismarck._models', '');
 
 CREATE TABLE bismarck.model_names (
@@ -289,14 +297,18 @@ SELECT m.model_name,
                  OR bismarck._columns_readable(m.source, m.label || m.features,
                                                m.source_oid, m.source_owner)
             THEN m.fitted END AS fitted,
-       m.created_at
+       m.created_at,
+       m.kind,
+       m.stored,
+       m.state
 FROM bismarck._models m
 WHERE pg_has_role(m.owner, 'USAGE') OR EXISTS (
     SELECT 1 FROM bismarck.model_grants g
      WHERE g.model_name = m.model_name AND g.owner = m.owner
        AND pg_has_role(g.grantee, 'USAGE'));
 COMMENT ON VIEW bismarck.models IS
-    'Trained models you own or were granted, one row per version: coefficients in the original '
+    'Trained models you own or were granted, one row per version: the model kind (glm, ...) and '
+    'its stored form (stored, state), for GLMs the loss and coefficients in the original '
     'feature units, hyper-parameters (params), training metrics and the standardisation used '
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
     'security whose label and feature columns you may read).';
@@ -397,7 +409,7 @@ DECLARE
     result jsonb;
     r jsonb;
 BEGIN
-    result := bismarck._train_glm(jsonb_build_object(
+    result := bismarck._train('glm', jsonb_build_object(
         'source', source::text, 'label', label, 'features', features,
         'model_name', coalesce(model_name,
                                (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
@@ -426,6 +438,79 @@ COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text,
     'standard errors), and store it as the next version of model_name (default: the source table''s '
     'name). features is a list of numeric columns or one float8[] column. NULL options take '
     'defaults.';
+
+CREATE FUNCTION bismarck.train_mlp(
+    source              regclass,
+    label               text,
+    features            text[],
+    INOUT model_name    text     DEFAULT NULL,
+    hidden              integer[] DEFAULT NULL,
+    activation          text     DEFAULT NULL,
+    task                text     DEFAULT NULL,
+    solver              text     DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    learning_rate_init  float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    momentum            float8   DEFAULT NULL,
+    nesterovs_momentum  boolean  DEFAULT NULL,
+    beta_1              float8   DEFAULT NULL,
+    beta_2              float8   DEFAULT NULL,
+    epsilon             float8   DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    standardize         boolean  DEFAULT NULL,
+    shuffle             text     DEFAULT NULL,
+    packed              boolean  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    dtype               text     DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    parallel            integer  DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train('mlp', jsonb_build_object(
+        'source', source::text, 'label', label, 'features', features,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'hidden', hidden, 'activation', activation, 'task', task, 'solver', solver,
+        'alpha', alpha, 'learning_rate_init', learning_rate_init,
+        'learning_rate', learning_rate, 'momentum', momentum,
+        'nesterovs_momentum', nesterovs_momentum, 'beta_1', beta_1, 'beta_2', beta_2,
+        'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
+        'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
+        'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
+    float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
+    'task classification: softmax over the label''s classes, or regression) by backpropagation '
+    'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
+    'early on the validation loss (the best epoch is stored), and store it as the next version '
+    'of model_name (default: the source table''s name). NULL options take defaults.';
 
 CREATE FUNCTION bismarck.pack(
     source           regclass,
@@ -472,12 +557,17 @@ BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
+    IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
+    END IF;
     RETURN bismarck._link(m.loss, bismarck._margin(m, x));
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
-    'Score one feature vector with a stored model (latest version unless given): probability '
-    'of the positive class for logistic, the value for squared, the signed margin for hinge. '
+    'Score one feature vector with a stored model of any kind (latest version unless given); '
+    'for GLMs the probability of the positive class for logistic, the value for squared, the '
+    'signed margin for hinge. '
     'NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
@@ -491,18 +581,54 @@ BEGIN
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_class needs a classifier (loss logistic or hinge); use predict.';
+                  HINT = 'predict_class needs a classifier (loss logistic or hinge, an MLP '
+                         'with task classification); use predict.';
     END IF;
     IF x IS NULL THEN
         RETURN NULL;
+    END IF;
+    IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
+        RETURN bismarck._predict_kind(m.kind, m.stored, m.state, x);
     END IF;
     z := bismarck._margin(m, x);
     RETURN CASE WHEN z >= 0 THEN m.classes[2] WHEN z < 0 THEN m.classes[1] END;  -- NULL: NULL
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
-    'The predicted class of a classifier in the label''s own coding (0/1 or -1/+1; booleans '
-    'come back as 0/1); NULL when x is NULL or has a NULL, NaN or infinite element.';
+    'The predicted class of a classifier (binary or softmax) in the label''s own coding (0/1, '
+    '-1/+1 or the integer classes; booleans come back as 0/1); NULL when x is NULL or has a '
+    'NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+    p float8;
+BEGIN
+    m := bismarck._model(model, version);
+    IF m.kind = 'glm' AND m.loss IS DISTINCT FROM 'logistic' THEN
+        RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
+            USING ERRCODE = '22023',
+                  DETAIL = format('Its loss is %s.', m.loss),
+                  HINT = 'predict_proba needs loss logistic or softmax; use predict.';
+    END IF;
+    IF x IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF m.kind <> 'glm' THEN
+        PERFORM bismarck._check_vector(m, x);
+        RETURN bismarck._predict_proba_kind(m.kind, m.stored, m.state, x);
+    END IF;
+    p := bismarck._link(m.loss, bismarck._margin(m, x));
+    RETURN CASE WHEN p IS NULL THEN NULL ELSE ARRAY[1 - p, p] END;
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_proba(text, float8[], integer) IS
+    'The class probabilities of a probabilistic classifier for one feature vector, in the order '
+    'of bismarck.models.classes (binary logistic: {P(first class), P(second class)}; softmax: '
+    'K probabilities); NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck.evaluate(model text, source regclass, version integer DEFAULT NULL)
 RETURNS TABLE (metric text, value float8)
@@ -518,7 +644,22 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
-    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared).';
+    'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
+    'accuracy, macro_f1, log_loss (softmax).';
+
+CREATE FUNCTION bismarck._require_glm(model text, kind text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kind IS DISTINCT FROM 'glm' THEN
+        RAISE EXCEPTION 'model "%" is of kind %, which has no coefficient table', model, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'Its weights are in bismarck.models.stored.';
+    END IF;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION bismarck._require_glm(text, text) IS
+    'Private: true for a GLM, else an error (for functions of GLMs only).';
 
 CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
 RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
@@ -535,6 +676,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    THEN format('%s[%s]', m.features[1], k)
                                    ELSE m.features[k] END, m.coef[k]
                       FROM generate_subscripts(m.coef, 1) AS k) AS t
+     WHERE bismarck._require_glm(m.model_name, m.kind)
      ORDER BY t.i
 $$;
 COMMENT ON FUNCTION bismarck.coefficients(text, integer) IS
@@ -601,14 +743,15 @@ $$;
 COMMENT ON FUNCTION bismarck._raise_if_error(jsonb) IS
     'Private: re-raises an error envelope returned by the engine as a clean PostgreSQL error.';
 
-CREATE FUNCTION bismarck._train_glm(options jsonb) RETURNS jsonb
+CREATE FUNCTION bismarck._train(kind text, options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
 import json
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.train_glm(plpy, json.loads(options))
+return B.train(plpy, kind, json.loads(options))
 $$;
-COMMENT ON FUNCTION bismarck._train_glm(jsonb) IS
-    'Private: runs the training loop inside this backend; returns a JSON result or error.';
+COMMENT ON FUNCTION bismarck._train(text, jsonb) IS
+    'Private: runs the training loop for a model of the given kind (bismarckpy.kinds) inside '
+    'this backend; returns a JSON result or error. The bismarck.train_<kind> functions call it.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
@@ -654,6 +797,52 @@ END
 $$;
 COMMENT ON FUNCTION bismarck._model(text, integer) IS
     'Private: the registry row of a model (latest version unless given), or a clear error.';
+
+CREATE FUNCTION bismarck._predict_kind(kind text, stored jsonb, state bytea, x float8[])
+RETURNS float8
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the prediction of a model of any kind for one feature vector, by the kind''s '
+    'predict on its stored form (bismarckpy.kinds).';
+
+CREATE FUNCTION bismarck._predict_proba_kind(kind text, stored jsonb, state bytea,
+                                             x float8[])
+RETURNS float8[]
+LANGUAGE plpython3u IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.predict_proba_kind(plpy, kind, stored, state, x)
+$$;
+COMMENT ON FUNCTION bismarck._predict_proba_kind(text, jsonb, bytea, float8[]) IS
+    'Private: the class probabilities of a model of any probabilistic kind for one feature '
+    'vector, by the kind''s predict_proba on its stored form.';
+
+CREATE FUNCTION bismarck._check_vector(m bismarck.models, x float8[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d integer := (m.metrics ->> 'n_features')::integer;
+BEGIN
+    IF array_ndims(x) > 1 THEN
+        RAISE EXCEPTION 'feature vector is a %-dimensional array', array_ndims(x)
+            USING ERRCODE = '22000',
+                  DETAIL = format('Model "%s" scores one 1-D array of features per call; got '
+                                  'an array of dimensions %s.', m.model_name, array_dims(x)),
+                  HINT = 'Pass one row''s features as a 1-D array, e.g. ARRAY[x1, x2]; keep '
+                         'each row of a matrix in its own table row.';
+    END IF;
+    IF d IS NOT NULL AND cardinality(x) <> d THEN
+        RAISE EXCEPTION 'feature vector has % elements but model "%" has % features',
+            cardinality(x), m.model_name, d
+            USING ERRCODE = '22000',
+                  HINT = 'Pass the features in the order of bismarck.models.features.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION bismarck._check_vector(bismarck.models, float8[]) IS
+    'Private: an error for a feature vector that is not 1-D or not as long as the model''s '
+    'features (metrics n_features), for models of kinds other than the GLM.';
 
 CREATE FUNCTION bismarck._margin(m bismarck.models, x float8[]) RETURNS float8
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
@@ -867,7 +1056,7 @@ COMMENT ON FUNCTION bismarck._claim_model(uuid, text) IS
 CREATE FUNCTION bismarck._store_model(
     ticket uuid, model_name text, source text, label text, loss text, features text[],
     array_feature boolean, coef float8[], intercept float8, classes float8[], params jsonb,
-    metrics jsonb, fitted jsonb)
+    metrics jsonb, fitted jsonb, kind text, stored jsonb, state bytea)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -897,16 +1086,17 @@ BEGIN
     END IF;
     INSERT INTO bismarck._models (model_name, version, loss, source, label, features,
                                   array_feature, coef, intercept, classes, params, metrics,
-                                  fitted, owner, source_oid, source_owner)
+                                  fitted, owner, source_oid, source_owner, kind, stored, state)
     VALUES (model_name, v, loss, coalesce(src_name, source), label, features, array_feature,
-            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner);
+            coef, intercept, classes, params, metrics, fitted, o, src_oid, src_owner, kind,
+            stored, state);
     RETURN v;
 END
 $$;
 COMMENT ON FUNCTION bismarck._store_model(uuid, text, text, text, text, text[], boolean,
-    float8[], float8, float8[], jsonb, jsonb, jsonb) IS
-    'Private: stores a trained model as the next version of a name the caller owns (never a '
-    'number used before).';
+    float8[], float8, float8[], jsonb, jsonb, jsonb, text, jsonb, bytea) IS
+    'Private: stores a trained model of any kind (its stored form: stored, state) as the next '
+    'version of a name the caller owns (never a number used before).';
 
 CREATE FUNCTION bismarck._delete_versions(
     ticket uuid, model text, version integer)
@@ -1407,6 +1597,90 @@ CREATE AGGREGATE bismarck._moments_packed(block bytea, d integer, itemsize integ
 COMMENT ON AGGREGATE bismarck._moments_packed(bytea, integer, integer, integer, integer) IS
     'Private: per-column moments (label, then features) over rows of packed blocks, for '
     'standardisation.';
+
+------------------------------------------------------------------------------------------------
+-- Block-shuffled scans without a copy (shuffle => 'blocks'): page groups read by TID range
+------------------------------------------------------------------------------------------------
+
+CREATE FUNCTION bismarck._epoch_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                        counts integer[], holds integer[], part integer,
+                                        split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.epoch_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                             shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._epoch_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _epoch_scan: one buffer of page groups (features as the '
+    '_float8_array_bytes of a 2-D array_agg, raw labels), its validation rows set apart, '
+    'its rows shuffled, then the packed-block transition of the kind whose magic opens init.';
+
+CREATE AGGREGATE bismarck._epoch_scan(xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._epoch_step_scan,
+    STYPE = bytea,
+    FINALFUNC = bismarck._epoch_final
+);
+COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: one SGD epoch of any kind over buffers of page groups in the order they arrive.';
+
+CREATE FUNCTION bismarck._exact_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
+                                          counts integer[], holds integer[], part integer,
+                                          split_seed bigint, shuffle_seed bigint, init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.exact_transition_scan(plpy, state, xs, ys, groups, counts, holds, part, split_seed,
+                               shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._exact_step_scan(bytea, bytea, bytea, integer[], integer[],
+    integer[], integer, bigint, bigint, bytea) IS
+    'Private: transition of _exact_pass_scan: the exact sums of one buffer of page groups.';
+
+CREATE AGGREGATE bismarck._exact_pass_scan(xs bytea, ys bytea, groups integer[],
+                                           counts integer[], holds integer[], part integer,
+                                           split_seed bigint, shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._exact_step_scan,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._exact_pass_scan(bytea, bytea, integer[], integer[], integer[],
+    integer, bigint, bigint, bytea) IS
+    'Private: _exact_pass over the rows of page groups (the separation check of blocks).';
+
+CREATE FUNCTION bismarck._scan_prepare_step(state bytea, xs bytea, ys bytea, grp integer,
+                                            shape bigint[], init bytea, seed bigint)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.scan_prepare(plpy, state, xs, ys, grp, shape, init, seed)
+$$;
+COMMENT ON FUNCTION bismarck._scan_prepare_step(bytea, bytea, bytea, integer, bigint[], bytea,
+    bigint) IS
+    'Private: transition of _scan_prepare: one page group''s rows checked and counted, its '
+    'validation rows chosen, its training rows added to the moments.';
+
+CREATE AGGREGATE bismarck._scan_prepare(xs bytea, ys bytea, grp integer, shape bigint[],
+                                        init bytea, seed bigint) (
+    SFUNC = bismarck._scan_prepare_step,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._scan_prepare(bytea, bytea, integer, bigint[], bytea, bigint) IS
+    'Private: preparation of block-shuffled scans: page groups in physical order, one read.';
+
+CREATE FUNCTION bismarck._pack_buffer(xs bytea, ys bytea, d integer, block_size integer,
+                                      dtype text, seed bigint)
+RETURNS TABLE (n integer, data bytea)
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.pack_buffer(plpy, xs, ys, d, block_size, dtype, seed)
+$$;
+COMMENT ON FUNCTION bismarck._pack_buffer(bytea, bytea, integer, integer, text, bigint) IS
+    'Private: one buffer of page groups (the _float8_array_bytes of a 2-D array_agg, raw '
+    'labels) -> packed blocks of its usable rows, shuffled across the buffer.';
 
 ------------------------------------------------------------------------------------------------
 -- Privileges: members of bismarck_user may use the extension; nobody else (superusers aside).

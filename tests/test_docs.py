@@ -26,6 +26,14 @@ def test_every_parameter_is_in_the_readme_table() -> None:
         assert f"| `{p.name}` |" in README, p.name
 
 
+def test_every_mlp_parameter_is_in_its_readme_table() -> None:
+    from bismarckpy.kinds.mlp import MLP_PARAMS
+
+    table = README.split("Parameters of `train_mlp`")[1].split("\n## ")[0]
+    for p in MLP_PARAMS:
+        assert f"| `{p.name}` |" in table, p.name
+
+
 def test_every_command_is_in_the_readme() -> None:
     missing = [c for c in _commands(main) if f"bismarck {c}" not in README]
     assert not missing, missing

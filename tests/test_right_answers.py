@@ -20,12 +20,16 @@ from reference_data import load_array_table, load_table
 CONVERGE = dict(penalty="none", batch_size=0, learning_rate="bold_driver", eta0=1.0,
                 tol=1e-12, n_iter_no_change=30, max_epochs=3000)
 # Every way the epochs can read the data: rows, the run's own packed copy (both dtypes, and
-# parallel workers), and tables packed by bismarck.pack (both dtypes).
+# parallel workers), block-shuffled scans of the table itself, and tables packed by
+# bismarck.pack (both dtypes).
 PATHS = {
     "rows": dict(packed=False),
     "packed float32": dict(packed=True, dtype="float32"),
     "packed float64": dict(packed=True, dtype="float64"),
     "packed parallel": dict(packed=True, dtype="float32", parallel=2, block_size=64),
+    # No copy: page groups of the table in a random order (block_size small so that even
+    # these small tables have many groups).
+    "blocks": dict(shuffle="blocks", block_size=16),
     "pack() float32": "float32",
     "pack() float64": "float64",
 }
@@ -125,7 +129,7 @@ def test_a_constant_feature_gets_coefficient_zero(conn, value: float, path: str)
     assert here == pytest.approx(3 * 1.5 + 2, abs=0.01) and moved == here
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
 def test_a_constant_feature_without_intercept_is_the_intercept(conn, path: str) -> None:
     """fit_intercept => false: a constant column is not redundant; least squares through 0."""
     rng = np.random.default_rng(4)
@@ -158,7 +162,7 @@ def _design(loss: str, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
     return X, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
 @pytest.mark.parametrize("standardize", [True, False])
 @pytest.mark.parametrize("fit_intercept", [True, False])
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
@@ -200,7 +204,7 @@ def _hinge_objective(X, y, coef, intercept, alpha, scale):
     return m + alpha / 2 * float(((coef * scale) ** 2).sum())
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float64"])
+@pytest.mark.parametrize("path", ["rows", "packed float64", "blocks"])
 @pytest.mark.parametrize("standardize", [True, False])
 @pytest.mark.parametrize("fit_intercept", [True, False])
 def test_hinge_reaches_the_linear_svm_optimum(conn, fit_intercept, standardize, path) -> None:
@@ -243,7 +247,7 @@ def test_hinge_reaches_the_linear_svm_optimum(conn, fit_intercept, standardize, 
 
 # --- 5. values beyond float32, values whose squares overflow ------------------------------------
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "packed parallel"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "packed parallel", "blocks"])
 @pytest.mark.parametrize("scale", [1e39, 1e160, 1e300])
 def test_huge_features_train_right_with_standardize(conn, scale: float, path: str) -> None:
     rng = np.random.default_rng(7)
@@ -251,7 +255,7 @@ def test_huge_features_train_right_with_standardize(conn, scale: float, path: st
     load_table(conn, "huge", ["x"], (scale * (1 + r))[:, None], (r > 0.5).astype(float))
     row = train(conn, "huge", "y", ["x"], "huge", path, max_epochs=30)
     assert metric(conn, "huge", "huge", "accuracy") >= 0.97
-    if path != "rows":
+    if path not in ("rows", "blocks"):  # blocks: no copy, float64 buffers
         assert row["metrics"]["block_dtype"] == "float64"  # float32 cannot hold 1e39
 
 
@@ -346,7 +350,7 @@ def _linearly_separable(X: np.ndarray, y: np.ndarray) -> bool:
     return res.status == 0
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
 def test_perfect_separation_is_reported_not_converged(conn, path: str) -> None:
     X, y = _separable()
     assert _linearly_separable(X, y)  # the reference: a linear program says so
@@ -406,7 +410,7 @@ def test_balanced_class_weight_raises_recall(conn) -> None:
     assert plain < 0.2 and balanced > 0.7, (plain, balanced)
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
 @pytest.mark.parametrize("weights", ["balanced", '{"0": 1, "1": 10}', '{"1": 0.5}'])
 def test_class_weight_matches_scikit_learn(conn, weights: str, path: str) -> None:
     """Unpenalised weighted maximum likelihood = LogisticRegression with the same weights."""
@@ -466,7 +470,7 @@ def test_class_weight_is_refused_for_regression_and_unknown_classes(conn) -> Non
 
 # --- 8. the validation share ------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float32"])
+@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float32", "blocks"])
 @pytest.mark.parametrize("n, fraction", [(5, 0.2), (10, 0.3), (997, 0.1), (2000, 0.3),
                                          (2000, 0.05), (1500, 0.9)])
 def test_validation_share_is_what_was_asked(conn, n: int, fraction: float, path: str) -> None:

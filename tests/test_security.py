@@ -1001,6 +1001,86 @@ def test_upgrade_from_0_1_0_keeps_models_and_never_reuses_their_versions(
         script.unlink(missing_ok=True)
 
 
+# --- the migration from 0.2.0 keeps existing models (the registry for any kind) ----------------
+
+
+def test_upgrade_from_0_2_0_keeps_models_as_glm_kind(make_database) -> None:
+    """0.2.0's models become kind 'glm' with their stored form; coef, intercept, grants, owners,
+    version numbers and predictions are unchanged, and new versions store the kind."""
+    with psycopg.connect(make_database("_v020")) as probe:
+        ext_dir = extension.writable_extension_dir(probe)
+    if ext_dir is None:
+        pytest.skip("the test server's extension directory is not writable from here")
+    old = (Path(__file__).parent / "data" / "bismarck--0.2.0.sql").read_text()
+    script = ext_dir / "bismarck--0.2.0.sql"
+    from bismarck_controller.embed import embed_engine
+
+    script.write_text(embed_engine(old, extension.engine_modules(), "0.2.0"))
+    extension.install_files(ext_dir)
+    reader = f"bsec_reader_{os.getpid()}"
+    try:
+        with psycopg.connect(make_database("_v020"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION bismarck VERSION '0.2.0' CASCADE")
+            conn.execute("CREATE TABLE public.pts AS SELECT i::float8 AS a, i::float8 AS b, "
+                         "(i % 2)::int AS y FROM generate_series(1, 40) i")
+            conn.execute("INSERT INTO bismarck.model_names (model_name, last_version) "
+                         "VALUES ('old', 2)")
+            models = {1: ([0.5, -0.25], -1.0, "logistic", [0.0, 1.0]),
+                      2: ([1e-300, 3.5e200], 2.5, "squared", None)}
+            for version, (coef, intercept, loss, classes) in models.items():
+                conn.execute("INSERT INTO bismarck._models (model_name, version, loss, source, "
+                             "label, features, array_feature, coef, intercept, classes, params,"
+                             " metrics, fitted) VALUES ('old', %s, %s, 'public.pts', 'y', "
+                             "'{a,b}', false, %s, %s, %s, '{}', '{}', '{}')",
+                             [version, loss, coef, intercept, classes])
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {0}; CREATE ROLE {0}; "
+                                 "GRANT bismarck_user TO {0}").format(sql.Identifier(reader)))
+            conn.execute("SELECT bismarck.grant_model('old', %s::regrole)", [reader])
+            before = conn.execute("SELECT bismarck.predict('old', ARRAY[2, 3]::float8[], 1), "
+                                  "bismarck.predict('old', ARRAY[2, 3]::float8[], 2)").fetchone()
+
+            assert extension.install(conn) == "Upgraded extension bismarck 0.2.0 -> " \
+                f"{extension.version()}."
+
+            rows = conn.execute("SELECT version, kind, loss, coef, intercept, classes, stored, "
+                                "owner::text = current_user FROM bismarck.models "
+                                "ORDER BY version").fetchall()
+            assert [r[0] for r in rows] == [1, 2]
+            for (version, kind, loss, coef, intercept, classes, stored, mine) in rows:
+                want_coef, want_intercept, want_loss, want_classes = models[version]
+                assert (kind, loss, coef, intercept, classes, mine) == (
+                    "glm", want_loss, want_coef, want_intercept, want_classes, True)
+                # jsonb keeps the exact decimal of each float8: it reads back as the same float
+                assert (stored["loss"], [float(c) for c in stored["coef"]],
+                        float(stored["intercept"])) == (want_loss, want_coef, want_intercept)
+            assert conn.execute("SELECT bismarck.predict('old', ARRAY[2, 3]::float8[], 1), "
+                                "bismarck.predict('old', ARRAY[2, 3]::float8[], 2)"
+                                ).fetchone() == before
+            assert conn.execute("SELECT count(*) FROM bismarck.model_grants WHERE "
+                                "grantee = %s::regrole", [reader]).fetchone() == (1,)
+            version = conn.execute("SELECT version FROM bismarck.train_glm('pts', 'y', "
+                                   "ARRAY['a', 'b'], 'old', max_epochs => 1)").fetchone()
+            assert version == (3,)
+            kind, stored, coef = conn.execute(
+                "SELECT kind, stored, coef FROM bismarck.models WHERE version = 3").fetchone()
+            assert kind == "glm" and stored["loss"] == "logistic"
+            assert [float(c) for c in stored["coef"]] == coef
+            # a GLM row without its columns is refused by the table itself
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("INSERT INTO bismarck._models (model_name, version, source, label, "
+                             "features, array_feature, params, metrics, fitted, stored) VALUES "
+                             "('old', 9, 'pts', 'y', '{a}', false, '{}', '{}', '{}', '{}')")
+            from bismarck_controller import doctor
+
+            assert not any(c.failed for c in doctor.schema_checks(conn))
+            conn.execute(sql.SQL("REVOKE bismarck_user FROM {0}").format(sql.Identifier(reader)))
+            conn.execute("SELECT bismarck.revoke_model('old', %s::regrole)", [reader])
+    finally:
+        script.unlink(missing_ok=True)
+        with psycopg.connect(make_database("_v020"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(reader)))
+
+
 # What lower-role code (bob's) tries when it runs inside a higher role's session: an index
 # expression evaluated by the superuser's ANALYZE, or a SECURITY DEFINER function of bob's that
 # the superuser or alice calls. Each statement's result (or error) goes to bob.attack_log.

@@ -27,6 +27,10 @@ NO_PENALTY = {
     "none, validation 0.2": dict(penalty="none", validation_fraction=0.2),
     "none, packed float32": dict(penalty="none", packed=True, dtype="float32"),
     "none, no standardize": dict(penalty="none", standardize=False),
+    "none, blocks": dict(penalty="none", shuffle="blocks", block_size=16),
+    "none, blocks, no standardize, validation 0.2": dict(
+        penalty="none", shuffle="blocks", block_size=16, standardize=False,
+        validation_fraction=0.2),
 }
 
 
@@ -84,7 +88,7 @@ def test_overlapping_data_are_not_called_separated(conn, case: str) -> None:
 
 TINY = [1e-50, 1e-150, 1e-300]
 TINY_PATHS = {"packed float32": dict(packed=True, dtype="float32"),
-              "rows": dict(packed=False)}
+              "rows": dict(packed=False), "blocks": dict(shuffle="blocks", block_size=16)}
 
 
 def _line(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +147,8 @@ def test_pack_float32_refuses_tiny_values_naming_the_column(conn, scale: float,
 
 SUBNORMAL_PATHS = {"rows": dict(packed=False), "packed": dict(packed=True),
                    "rows, no standardize": dict(packed=False, standardize=False),
-                   "newton": dict(solver="newton", penalty="none")}
+                   "newton": dict(solver="newton", penalty="none"),
+                   "blocks": dict(shuffle="blocks")}
 
 
 @pytest.mark.parametrize("path", SUBNORMAL_PATHS)

@@ -92,16 +92,20 @@ def test_shared_mode_trains_as_well_as_averaging(dsn: str, conn, shm_data) -> No
         assert steps["average"] < steps["serial"], steps
 
 
-@pytest.mark.parametrize("packed", [True, False])
-def test_shared_mode_from_sql_and_refusals(conn, shm_data, packed: bool) -> None:
-    """Packed blocks and row copies (one step per row: batch_size 1) both train shared."""
+@pytest.mark.parametrize("path", ["packed", "rows", "blocks"])
+def test_shared_mode_from_sql_and_refusals(conn, shm_data, path: str) -> None:
+    """Packed blocks, row copies (one step per row: batch_size 1) and the block-shuffled scan
+    without a copy (shuffle => 'blocks') all train shared."""
     names = [f"f{i}" for i in range(D)]
-    name = f"shm_sql_{packed}"
+    name = f"shm_sql_{path}"
     row = conn.execute(
-        "SELECT epochs, validation_loss FROM bismarck.train_glm('shm_train', 'y', %s, %s, "
+        "SELECT epochs, validation_loss FROM bismarck.train_glm(%s, 'y', %s, %s, "
         "penalty => 'l2', alpha => %s, batch_size => %s, block_size => 64, packed => %s, "
-        "parallel => 2, parallel_mode => 'shared', max_epochs => 3, validation_fraction => 0.2, "
-        "seed => 1)", [names, name, ALPHA, 32 if packed else 1, packed]).fetchone()
+        "shuffle => %s, parallel => 2, parallel_mode => 'shared', max_epochs => 3, "
+        "validation_fraction => 0.2, seed => 1)",
+        ["shm" if path == "blocks" else "shm_train",  # blocks read a table's pages
+         names, name, ALPHA, 1 if path == "rows" else 32, path == "packed",
+         "blocks" if path == "blocks" else "once"]).fetchone()
     # three epochs of the default schedule: better than the best constant model (the base
     # rate's entropy); quality against the exact optimum is the test above
     p = shm_data[1].mean()

@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, TypeVar
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -21,26 +22,48 @@ from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
+from bismarckpy import kinds
 from bismarckpy.loop import EpochRecord
-from bismarckpy.params import GLM_PARAMS
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
 
 
+def _all_params() -> list[Any]:
+    """Every kind's parameters, each name once (a kind's own declaration first)."""
+    seen: dict[str, Any] = {}
+    for kind in kinds.all():
+        for p in kind.params:
+            seen.setdefault(p.name, p)
+    return list(seen.values())
+
+
+def _declarations(name: str) -> list[tuple[str, Any]]:
+    """(kind, declaration) of every kind that declares parameter ``name``."""
+    return [(k.name, p) for k in kinds.all() for p in k.params if p.name == name]
+
+
 def _param_options(func: F) -> F:
-    """One click option per declared training parameter (same names as SQL, underscores → -)."""
-    for p in reversed(GLM_PARAMS):
+    """One click option per declared training parameter of any kind (same names as SQL,
+    underscores → -); the chosen ``--kind`` validates the ones given. A name several kinds
+    declare accepts any of their choices and shows each kind's default."""
+    for p in reversed(_all_params()):
         flag = "--" + p.name.replace("_", "-")
+        decls = _declarations(p.name)
+        defaults = {str(d.default) for _, d in decls}
+        shown = (str(p.default) if len(defaults) == 1
+                 else "; ".join(f"{k}: {d.default}" for k, d in decls))
+        help_text = f"{p.doc} [default: {shown}]"
         if p.kind is bool:
             opt = click.option(f"{flag}/--no-{p.name.replace('_', '-')}", p.name, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+                               help=help_text)
         elif p.choices:
-            opt = click.option(flag, p.name, type=click.Choice(p.choices), default=None,
-                               help=f"{p.doc} [default: {p.default}]")
-        else:
-            opt = click.option(flag, p.name, type=p.kind, default=None,
-                               help=f"{p.doc} [default: {p.default}]")
+            choices = list(dict.fromkeys(c for _, d in decls for c in d.choices or ()))
+            opt = click.option(flag, p.name, type=click.Choice(choices), default=None,
+                               help=help_text)
+        else:  # numbers as such; anything else (e.g. hidden "64,32") as text for its parser
+            opt = click.option(flag, p.name, type=p.kind if p.kind in (int, float) else str,
+                               default=None, help=help_text)
         func = opt(func)
     return func
 
@@ -64,6 +87,10 @@ class _EpochProgress:
             info += f"  {rec.workers} workers"
         self.progress.update(self.task, completed=rec.epoch, info=info)
 
+    def preparing(self, text: str) -> None:
+        """Progress before the first epoch (checks, copies, page groups read)."""
+        self.progress.update(self.task, info=text)
+
 
 @click.command("train")
 @click.argument("table")
@@ -72,20 +99,23 @@ class _EpochProgress:
 @click.option("--features", required=True, help="Comma-separated numeric columns, or one "
               "float8[] column.")
 @click.option("--model", "model_name", help="Model name [default: the table name].")
+@click.option("--kind", "kind", type=click.Choice(kinds.BUILTIN), default="glm",
+              show_default=True, help="Model kind (see README, \"Adding a model kind\").")
 @_param_options
 @click.option("--dsn", help=DSN_HELP)
 @friendly
 def train_command(table: str, label: str, features: str, model_name: str | None,
-                  dsn: str | None, **params: Any) -> None:
-    """Train a GLM on TABLE inside PostgreSQL and store it as a new model version."""
+                  kind: str, dsn: str | None, **params: Any) -> None:
+    """Train a model (a GLM by default) on TABLE inside PostgreSQL; store a new version."""
     params = {k: v for k, v in params.items() if v is not None}
     feats = [f.strip() for f in features.split(",") if f.strip()]
-    max_epochs = params.get("max_epochs") or next(p.default for p in GLM_PARAMS
+    max_epochs = params.get("max_epochs") or next(p.default for p in kinds.get(kind).params
                                                   if p.name == "max_epochs")
     bar = _EpochProgress(max_epochs)
     with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
-        result = training.train(conn, table, label, feats, model_name, on_epoch=bar, **params)
+        result = training.train(conn, table, label, feats, model_name, on_epoch=bar, kind=kind,
+                                **params)
     summary = Table(title=f"model {result.model_name} version {result.version}")
     for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
                 "seconds"):
@@ -213,11 +243,25 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
-                    _features_cell(r["features"], len(r["coef"])),
+                    _features_cell(r["features"], _n_features(r)),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+def _n_features(row: dict[str, Any]) -> int:
+    """The number of features of a registry row of any kind: a GLM's coefficients, a kind's
+    stored weight rows (``coef``: K × d), else one per feature column."""
+    if row.get("coef") is not None:
+        return len(row["coef"])
+    coef = (row.get("stored") or {}).get("coef")
+    if coef and isinstance(coef[0], list):
+        return len(coef[0])
+    sizes = (row.get("stored") or {}).get("sizes")  # an MLP's layer widths, input first
+    if sizes:
+        return int(sizes[0])
+    return len(row["features"])
 
 
 def _features_cell(features: list[str], d: int, width: int = 24) -> str:
@@ -242,9 +286,17 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     """Show one model: coefficients per feature, intercept, parameters and metrics."""
     with connect(obj["dsn"]) as conn:
         m = training.model(conn, name, version)
-        rows = training.coefficients(conn, name, m["version"])
-    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  loss {m['loss']}  "
-                  f"source {m['source']}  label {m['label']}")
+        rows = (training.coefficients(conn, name, m["version"]) if m["kind"] == "glm"
+                else [])
+    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
+                  f"loss {m['loss']}  source {m['source']}  label {m['label']}")
+    if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
+        shapes = {k: list(np.shape(v)) for k, v in (m["stored"] or {}).items()
+                  if isinstance(v, list)}
+        console.print("stored:", json.dumps(shapes), " classes:", json.dumps(m["classes"]))
+        console.print("params:", json.dumps(m["params"]))
+        console.print("metrics:", json.dumps(m["metrics"]))
+        return
     kind = (m["fitted"] or {}).get("statistic_kind")
     coef = Table(title="coefficients (original units)")
     columns = ["feature", "coef"] + (["std err", kind, "p-value"] if kind else [])

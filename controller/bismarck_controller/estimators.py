@@ -23,6 +23,7 @@ import numpy as np
 
 from bismarck_controller import training
 from bismarck_controller.notebook import Database, connected
+from bismarckpy import kinds
 from bismarckpy.errors import InvalidParameter
 from bismarckpy.params import validate
 
@@ -34,6 +35,7 @@ _SHUFFLE = {True: "once", False: "never"}
 class _BaseSGD:
     """Shared parameters, fit, predict and history of the two estimators."""
 
+    KIND: ClassVar[str] = "glm"  # the model kind (bismarckpy.kinds) the estimator trains
     LOSSES: ClassVar[dict[str, str]] = {}  # scikit-learn loss name -> bismarck loss name
     SCORE: ClassVar[str] = ""  # the metric score() returns
 
@@ -105,7 +107,7 @@ class _BaseSGD:
         values["loss"] = self.LOSSES[self.loss]
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
-        checked = validate(values)
+        checked = validate(values, params=kinds.get(self.KIND).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 
     # --- fitting ------------------------------------------------------------------------------
@@ -119,7 +121,8 @@ class _BaseSGD:
         """
         params = self.bismarck_params()
         with connected(conn) as c:
-            result = training.train(c, table, label, features, self.model_name, **params)
+            result = training.train(c, table, label, features, self.model_name, kind=self.KIND,
+                                    **params)
             row = training.model(c, result.model_name, result.version)
             hist = training.history(c, result.model_name, result.version)
         self._set_fitted(row, hist)
@@ -207,7 +210,8 @@ class _BaseSGD:
         NaN or infinite feature scores NaN. ``order_by`` may be a column of any type.
         """
         self._check_fitted()
-        kinds = {"classes": func == "predict_class", "margin": func == "margin"}
+        kinds = {"classes": func == "predict_class", "margin": func == "margin",
+                 "proba": func == "predict_proba"}
         if output is not None:
             with connected(conn) as c:
                 n = training.predict(c, self.model_name_, table, version=self.version_,
@@ -220,6 +224,9 @@ class _BaseSGD:
                                     columns=[], order_by=order_by, **kinds)
         assert isinstance(rows, list)
         values = [r["prediction"] for r in rows]
+        if func == "predict_proba":  # one array of class probabilities per row
+            k = len(getattr(self, "classes_", ())) or 2
+            return np.array([[np.nan] * k if v is None else v for v in values], dtype=float)
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     def predict(self, conn: Database, table: str, output: str | None = None,
@@ -333,6 +340,153 @@ class LinearRegression(SGDRegressor):
         super().__init__(loss, solver=solver, penalty=penalty, tol=tol, **kwargs)
 
 
+#: scikit-learn's MLP parameter names -> bismarck's (the others are the same in both).
+MLP_RENAMED = {"hidden_layer_sizes": "hidden", "max_iter": "max_epochs", "random_state": "seed"}
+
+
+class _BaseMLP(_BaseSGD):
+    """Shared parameters, fit and scoring of :class:`MLPClassifier` and :class:`MLPRegressor`:
+    scikit-learn's names and defaults; training runs in the server (``bismarck.train_mlp``)."""
+
+    KIND: ClassVar[str] = "mlp"
+    TASK: ClassVar[str] = ""
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = (
+        "hidden_layer_sizes", "activation", "solver", "alpha", "batch_size", "learning_rate",
+        "learning_rate_init", "max_iter", "shuffle", "random_state", "tol", "momentum",
+        "nesterovs_momentum", "validation_fraction", "beta_1", "beta_2", "epsilon",
+        "n_iter_no_change", "standardize", "model_name")
+
+    def __init__(self, hidden_layer_sizes: Sequence[int] = (100,), *, activation: str = "relu",
+                 solver: str = "adam", alpha: float = 0.0001, batch_size: int | str = "auto",
+                 learning_rate: str = "constant", learning_rate_init: float = 0.001,
+                 max_iter: int = 200, shuffle: bool | str = True,
+                 random_state: int | None = None, tol: float | None = 1e-4,
+                 momentum: float = 0.9, nesterovs_momentum: bool = True,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, standardize: bool = True,
+                 model_name: str | None = None) -> None:
+        """``batch_size="auto"`` is 200 rows, as scikit-learn's ``min(200, n_samples)``;
+        ``validation_fraction`` > 0 holds rows out and stops early on their loss, keeping the
+        best epoch (scikit-learn's ``early_stopping=True``); 0 stops on the training loss."""
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.standardize = standardize
+        self.model_name = model_name
+
+    def bismarck_params(self) -> dict[str, Any]:
+        """The parameters in bismarck's names, validated as ``bismarck.train_mlp`` does."""
+        from bismarckpy import kinds
+
+        values = {MLP_RENAMED.get(k, k): getattr(self, k) for k in self._PARAM_NAMES
+                  if k not in ("model_name", "shuffle", "batch_size")}
+        if isinstance(values["hidden"], int):
+            values["hidden"] = [values["hidden"]]
+        values["batch_size"] = 200 if self.batch_size == "auto" else self.batch_size
+        shuffle = self.shuffle
+        values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
+        values["task"] = self.TASK
+        checked = validate(values, where=type(self).__name__, params=kinds.get("mlp").params)
+        out = {k: checked[k] for k in values}
+        out["hidden"] = list(out["hidden"])
+        return out
+
+    @classmethod
+    def from_model(cls, conn: Database, name: str, version: int | None = None) -> _BaseMLP:
+        """A fitted estimator for a stored MLP (latest version unless given)."""
+        with connected(conn) as c:
+            row = training.model(c, name, version)
+            hist = training.history(c, name, row["version"])
+        task = (row.get("stored") or {}).get("task")
+        if row.get("kind") != "mlp" or task != cls.TASK:
+            other = "MLPRegressor" if cls.TASK == "classification" else "MLPClassifier"
+            raise InvalidParameter(
+                f"model {name!r} is not an MLP with task {cls.TASK!r}",
+                hint=f"Load it with {other}.from_model, or a GLM with SGDClassifier/"
+                     "SGDRegressor.from_model.")
+        p = row["params"]
+        reverse = {v: k for k, v in MLP_RENAMED.items()}
+        kwargs = {reverse.get(k, k): v for k, v in p.items()
+                  if reverse.get(k, k) in cls._PARAM_NAMES and k != "shuffle"}
+        kwargs["hidden_layer_sizes"] = tuple(kwargs.get("hidden_layer_sizes") or ())
+        shuffle = {v: k for k, v in _SHUFFLE.items()}.get(p.get("shuffle"), p.get("shuffle"))
+        est = cls(**{**kwargs, "shuffle": shuffle, "model_name": name})
+        est._set_fitted(row, hist)
+        return est
+
+    def _set_fitted(self, row: dict[str, Any], hist: list[dict[str, Any]]) -> None:
+        """Fitted attributes from a registry row: layers, classes, iterations, history."""
+        import pandas as pd
+
+        stored = row.get("stored") or {}
+        self.model_name_ = row["model_name"]
+        self.version_ = int(row["version"])
+        self.feature_names_in_ = np.asarray(row["features"], dtype=object)
+        sizes = [int(s) for s in stored.get("sizes", [])]
+        self.n_features_in_ = sizes[0] if sizes else len(row["features"])
+        self.n_layers_ = len(sizes)
+        self.n_outputs_ = sizes[-1] if sizes else None
+        self.out_activation_ = "softmax" if self.TASK == "classification" else "identity"
+        metrics = row["metrics"] or {}
+        self.n_iter_ = int(metrics.get("epochs") or len(hist))
+        self.converged_ = bool(metrics.get("converged"))
+        self.loss_ = metrics.get("train_loss")
+        self.best_validation_loss_ = metrics.get("validation_loss")
+        columns = ["epoch", "train_loss", "validation_loss", "learning_rate", "rows", "seconds"]
+        run = max((r["run_id"] for r in hist), default=None)
+        self.history_ = pd.DataFrame([{k: r[k] for k in columns} for r in hist
+                                      if r["run_id"] == run], columns=columns)
+        self.loss_curve_ = self.history_["train_loss"].tolist()
+        if row["classes"] is not None:
+            self.classes_ = np.asarray(row["classes"], dtype=float)
+        self.metrics_ = dict(metrics)
+
+    def summary(self, conn: Database) -> Any:
+        raise AttributeError("an MLP has no coefficient table; see n_layers_, history_ and "
+                             "bismarck.models.stored")
+
+
+class MLPClassifier(_BaseMLP):
+    """Multi-layer perceptron classifier (softmax over the label's classes, cross-entropy)
+    trained by backpropagation on packed mini-batches inside PostgreSQL; scikit-learn's
+    parameter names and defaults. ``classes_`` are the label's values."""
+
+    TASK: ClassVar[str] = "classification"
+    SCORE: ClassVar[str] = "accuracy"
+    _PREDICT: ClassVar[str] = "predict_class"
+
+    def predict_proba(self, conn: Database, table: str,
+                      order_by: str | None = None) -> np.ndarray:
+        """``(n, K)`` class probabilities in the order of ``classes_``; NaN rows for a row with
+        a NULL, NaN or infinite feature."""
+        p = self._scores(conn, table, "predict_proba", None, order_by)
+        assert isinstance(p, np.ndarray)
+        return p
+
+
+class MLPRegressor(_BaseMLP):
+    """Multi-layer perceptron regressor (identity output, squared error) trained by
+    backpropagation on packed mini-batches inside PostgreSQL; scikit-learn's names."""
+
+    TASK: ClassVar[str] = "regression"
+    SCORE: ClassVar[str] = "r2"
+
+
 def _floats(values: Sequence[Any]) -> np.ndarray:
     """JSON numbers and nulls as a float array (null: NaN)."""
     return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -343,4 +497,5 @@ def _optional(series: Any) -> list[float | None]:
     return [None if v is None or v != v else float(v) for v in series.tolist()]
 
 
-__all__ = ["LinearRegression", "LogisticRegression", "SGDClassifier", "SGDRegressor"]
+__all__ = ["LinearRegression", "LogisticRegression", "MLPClassifier", "MLPRegressor",
+           "SGDClassifier", "SGDRegressor"]

@@ -56,11 +56,14 @@ class PsycopgSession:
     """A :class:`bismarckpy.loop.TrainingSession` over a non-autocommit psycopg connection."""
 
     def __init__(self, conn: psycopg.Connection,
-                 on_epoch: Callable[[EpochRecord], None] | None = None) -> None:
+                 on_epoch: Callable[[EpochRecord], None] | None = None,
+                 on_progress: Callable[[str], None] | None = None) -> None:
         if conn.autocommit:
             raise ValueError("the training session needs a connection with autocommit off")
         self.conn = conn
         self._on_epoch = on_epoch
+        # A progress bar's ``preparing(text)`` when it has one (the CLI's does).
+        self._on_progress = on_progress or getattr(on_epoch, "preparing", None)
         self._pinned = False
 
     def query(self, text: str, params: Sequence[object] = ()) -> list[tuple]:
@@ -92,6 +95,11 @@ class PsycopgSession:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
         if self._on_epoch is not None:
             self._on_epoch(record)
+
+    def on_progress(self, text: str) -> None:
+        """Forward progress of preparation (``preparing: 40% of pages``) to the caller."""
+        if self._on_progress is not None:
+            self._on_progress(text)
 
     def warn(self, message: str) -> None:
         """A Python warning (:class:`BismarckWarning`) the caller can filter or turn to errors."""

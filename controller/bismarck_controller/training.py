@@ -21,15 +21,16 @@ from bismarckpy.errors import InvalidData, UndefinedObject
 
 def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
           model_name: str | None = None,
-          on_epoch: Callable[[loop.EpochRecord], None] | None = None,
+          on_epoch: Callable[[loop.EpochRecord], None] | None = None, *, kind: str = "glm",
           **params: Any) -> loop.TrainResult:
-    """Train a GLM on ``source`` and store it as the next version of ``model_name``.
+    """Train a model of ``kind`` on ``source``; store it as the next version of ``model_name``.
 
-    ``params`` are the names of :data:`bismarckpy.params.GLM_PARAMS` (``loss``, ``alpha``, ...).
+    ``params`` are the names of the kind's parameters (:attr:`bismarckpy.kinds.ModelKind.params`;
+    for a GLM :data:`bismarckpy.params.GLM_PARAMS`: ``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    return loop.train_glm(session, source=qualified(conn, source), label=label,
-                          features=features, model_name=model_name or source, **params)
+    return loop.train(session, source=qualified(conn, source), label=label, features=features,
+                      model_name=model_name or source, kind=kind, **params)
 
 
 def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
@@ -65,12 +66,13 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
 def predict(conn: psycopg.Connection, model: str, source: str, *, version: int | None = None,
             output: str | None = None, limit: int | None = None, classes: bool = False,
             columns: Sequence[str] | None = None, order_by: str | None = None,
-            margin: bool = False,
+            margin: bool = False, proba: bool = False,
             prediction_column: str = "prediction") -> list[dict[str, Any]] | int:
     """Score every row of ``source`` in the server.
 
     The score, named ``prediction_column``, is ``bismarck.predict`` (``predict_class`` with
-    ``classes``; the linear score x·coef + intercept with ``margin``): NULL for a row with a
+    ``classes``; ``predict_proba``'s array of class probabilities with ``proba``; the linear
+    score x·coef + intercept with ``margin``): NULL for a row with a
     NULL, NaN or infinite feature. Keeps ``source``'s columns (all when ``columns`` is None,
     none when it is empty) beside it; kept and ``order_by`` columns may have any type, only the
     model's features must be numeric. With ``output``, writes them into a new table and returns
@@ -113,8 +115,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
             score = sql.SQL("bismarck._margin(bismarck._model({}, {}), {})").format(
                 name, version, x)
         else:
+            func = "predict_proba" if proba else "predict_class" if classes else "predict"
             score = sql.SQL("bismarck.{}({}, {}, {})").format(
-                sql.Identifier("predict_class" if classes else "predict"), name, x, version)
+                sql.Identifier(func), name, x, version)
         select = sql.SQL("SELECT {}{} AS {} FROM {} AS s").format(
             keep, score, sql.Identifier(prediction_column), sql.SQL(src.name))
         if order_by:
@@ -179,7 +182,7 @@ def models(conn: psycopg.Connection, name: str | None = None) -> list[dict[str, 
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT model_name, version, loss, source, label, features, coef, intercept, "
-            "classes, params, metrics, created_at FROM bismarck.models "
+            "classes, params, metrics, created_at, kind, stored FROM bismarck.models "
             "WHERE %s::text IS NULL OR model_name = %s "
             "ORDER BY model_name, version DESC", [name, name])
         rows = cur.fetchall()

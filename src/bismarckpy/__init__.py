@@ -6,4 +6,4 @@ from the client package ``bismarck_controller`` (a test checks). The notebook fr
 ``%load_ext bismarck_controller``.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

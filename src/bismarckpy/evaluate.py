@@ -6,12 +6,13 @@ log_loss (logistic); regression: rmse, mae, r2. Rows with unusable values are sk
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal, localcontext
 from typing import Any
 
-from . import losses
-from .errors import BismarckError, InvalidData
+from . import kinds, losses
+from .errors import BismarckError, InvalidData, InvalidParameter
 from .packing import check_rows
 from .source import Session, Source, resolve
 
@@ -31,10 +32,12 @@ def _ordinary(v: str) -> str:
 
 def load_model(session: Session, model: str, version: int | None) -> dict[str, Any]:
     """The registry row of ``model`` (latest version unless given); errors if it is missing."""
-    cols = ("model_name", "version", "loss", "label", "features", "coef", "intercept", "classes")
+    cols = ("model_name", "version", "loss", "label", "features", "coef", "intercept", "classes",
+            "kind", "stored", "state")
     row = session.query(
         "SELECT m.model_name, m.version, m.loss, m.label, m.features, m.coef, m.intercept, "
-        "m.classes FROM bismarck._model(%s, %s::int) AS m", [model, version])[0]
+        "m.classes, m.kind, m.stored::text AS stored, m.state "
+        "FROM bismarck._model(%s, %s::int) AS m", [model, version])[0]
     return dict(zip(cols, row))
 
 
@@ -67,8 +70,18 @@ def resolve_scored(session: Session, relation: str, label: str | None,
 
 def evaluate(session: Session, model: str, relation: str,
              version: int | None = None) -> list[dict[str, Any]]:
-    """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``."""
+    """Metrics of ``model`` on ``relation`` as ``[{"metric": name, "value": v}, ...]``, by the
+    model's kind (:attr:`bismarckpy.kinds.ModelKind.evaluate`)."""
     m = load_model(session, model, version)
+    kind = kinds.get(m["kind"])
+    if kind.evaluate is None:
+        raise InvalidParameter(f"evaluate does not support models of kind {kind.name!r}",
+                               sqlstate="0A000", hint="Score it with bismarck.predict.")
+    return kind.evaluate(session, m, relation)
+
+
+def glm_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """A GLM's metrics on ``relation``: computed in SQL, rows never leave the server."""
     src = resolve_scored(session, relation, m["label"], m["features"])
     d = len(m["coef"])
     checked = check_rows(session, src)
@@ -166,3 +179,57 @@ def _rows(pairs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         f = float(v)
         out.append({"metric": name, "value": None if math.isnan(f) else f})
     return out
+
+
+def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """A softmax model's accuracy, macro-F1 and log-loss on ``relation``, counted in SQL.
+
+    The server groups the rows by (true class, predicted class) with the sum of their
+    log-losses, so only a K × K table leaves it. Macro-F1 averages the F1 of every class that
+    is a true or a predicted label (scikit-learn's ``f1_score(average="macro")``); log-loss
+    clips probabilities at float64's epsilon as scikit-learn's ``log_loss`` does.
+    """
+    stored = json.loads(m["stored"]) if isinstance(m["stored"], str) else m["stored"]
+    classes = [float(c) for c in stored["classes"]]
+    d = len(stored["coef"][0])
+    src = resolve_scored(session, relation, m["label"], m["features"])
+    checked = check_rows(session, src)
+    if checked.d != d:
+        raise InvalidData("feature dimension does not match the model",
+                          detail=f"Model {m['model_name']} version {m['version']} has {d} "
+                                 f"features; rows in {src.name} have {checked.d}.",
+                          hint="Evaluate with the same feature columns the model was trained on.")
+    base = (f"SELECT {src.label_expr} AS y, bismarck._predict_proba_kind('softmax', "
+            f"%s::jsonb, NULL::bytea, {src.x_expr}) AS pr FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr}")
+    cells = session.query(
+        "SELECT array_position(%s::float8[], y) AS truth, (SELECT u.i FROM unnest(pr) WITH "
+        "ORDINALITY AS u(v, i) ORDER BY u.v DESC, u.i LIMIT 1) AS guess, count(*) AS n, "
+        "sum(-ln(least(greatest(pr[array_position(%s::float8[], y)], %s), 1.0))) AS ll "
+        f"FROM ({base}) AS b GROUP BY 1, 2",
+        [classes, classes, _EPS, json.dumps(stored)])
+    unknown = sum(int(n) for truth, _, n, _ in cells if truth is None)
+    if unknown:
+        raise InvalidData(
+            "label values outside the model's classes",
+            detail=f"{unknown} rows have a label that is none of the model's {len(classes)} "
+                   "classes.",
+            hint="Evaluate on data labelled like the training data.")
+    n = sum(int(c[2]) for c in cells)
+    if n == 0:
+        raise InvalidData(f"no usable rows in {src.name}", hint="Check the table's rows.")
+    right = sum(int(c[2]) for c in cells if c[0] == c[1])
+    f1s = []
+    for k in sorted({c[0] for c in cells} | {c[1] for c in cells}):
+        tp = sum(int(c[2]) for c in cells if c[0] == k and c[1] == k)
+        true_k = sum(int(c[2]) for c in cells if c[0] == k)
+        said_k = sum(int(c[2]) for c in cells if c[1] == k)
+        f1s.append(2 * tp / (true_k + said_k) if true_k + said_k else 0.0)
+    ll = sum(float(c[3]) for c in cells)
+    skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
+    return _rows([("rows", n), ("accuracy", right / n), ("macro_f1", sum(f1s) / len(f1s)),
+                  ("log_loss", ll / n)]) + [skipped]
+
+
+#: scikit-learn's log_loss clips probabilities to [eps, 1 - eps] with float64's epsilon.
+_EPS = 2.220446049250313e-16

@@ -176,8 +176,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         session.warn(note)
     seconds = time.monotonic() - started
     metrics["seconds"] = seconds
-    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
-                          fitted)
+    version = store_model(session, model_name, src, p,
+                          glm.stored(p["loss"], coef, intercept, prep.classes), metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=len(history),
                        converged=fit.converged, train_loss=train_loss,
                        validation_loss=valid_loss, seconds=seconds, rows=prep.n_train,

@@ -36,17 +36,22 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class Aggregates:
-    """The aggregate over rows ``(x bytea, y float8, init bytea)`` and over packed blocks
-    ``(block bytea, init bytea, first integer, stop integer)``, schema-qualified."""
+    """The aggregate over rows ``(x bytea, y float8, init bytea)``, over packed blocks
+    ``(block bytea, init bytea, first integer, stop integer)`` and over buffers of a table's
+    page groups (:mod:`bismarckpy.blockscan`), schema-qualified."""
 
     rows: str
     packed: str
+    scan: str = ""
 
 
 #: One SGD epoch of any kind (dispatch by the state's magic).
-SGD = Aggregates("bismarck._epoch", "bismarck._epoch_packed")
+SGD = Aggregates("bismarck._epoch", "bismarck._epoch_packed", "bismarck._epoch_scan")
 #: One pass of loss, gradient and Hessian sums of the exact solvers (merge: exact sum).
-EXACT = Aggregates("bismarck._exact_pass", "bismarck._exact_pass_packed")
+EXACT = Aggregates("bismarck._exact_pass", "bismarck._exact_pass_packed",
+                   "bismarck._exact_pass_scan")
+#: Where a :attr:`Scan.template` names its aggregate.
+AGGREGATE = "{aggregate}"
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,15 @@ class Scan:
     packed: bool = False
     rows: str = "0, NULL"
     reshuffle: bool = False
+    # A whole statement whose aggregate is written AGGREGATE (shuffle => 'blocks': buffers of
+    # page groups, :func:`bismarckpy.blockscan.epoch_sql`); ``reshuffle`` asks the loop to
+    # seed ``random()`` before each epoch.
+    template: str | None = None
 
     def sql(self, aggregates: Aggregates = SGD) -> str:
         """The epoch's query, with one ``%s`` for the init state."""
+        if self.template is not None:
+            return self.template.replace(AGGREGATE, aggregates.scan)
         if self.packed:
             return f"SELECT {aggregates.packed}(data, %s, {self.rows}) FROM {self.relation}"
         if self.reshuffle:

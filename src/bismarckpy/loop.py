@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import execution, kinds, losses, penalties
+from . import blockscan, execution, kinds, losses, penalties
 from .errors import Diverged, InvalidData, InvalidParameter
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
@@ -29,15 +29,19 @@ from .moments import select as moments_select
 from .pack import DTYPE_CODES, parse_block, stale_format
 from .pack import MAGIC as PACK_MAGIC
 from .packing import (
+    Checked,
     PackedTable,
+    check_casts,
     check_ranges,
     check_rows,
+    create_packed,
+    judge,
     label_values,
     pack_into,
     registered,
     settings_for_transaction,
 )
-from .params import validate
+from .params import EXACT_SOLVERS, validate
 from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0
 from .separation import data_separated
 from .source import Source, resolve
@@ -123,15 +127,54 @@ class _Prepared:
     constant: list[int] = field(default_factory=list)  # constant (zero-variance) features
     n_pos: int = 0  # training rows of the positive class (classifiers)
     notes: list[str] = field(default_factory=list)  # warnings for the caller
+    # shuffle => 'blocks': the scans of the table's page groups that a training epoch and a
+    # validation pass read, instead of FROM clauses of copies.
+    train_scan: execution.Scan | None = None
+    valid_scan: execution.Scan | None = None
+    # The features' centre and scale even when the model is not standardised (blocks: read
+    # off the preparation's moments; the separation check needs them).
+    scaling: tuple[np.ndarray, np.ndarray] | None = None
+    # blocks: a sample of usable rows' features (_float8_array_bytes), LIMIT %s (no copy to
+    # take the first rows of)
+    sample_sql: str | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
               features: Sequence[str] | str, model_name: str,
               **options: Any) -> TrainResult:
     """Train a GLM on ``source`` and store it as the next version of ``model_name``."""
+    return train(session, source=source, label=label, features=features,
+                 model_name=model_name, kind="glm", **options)
+
+
+def train(session: TrainingSession, *, source: str, label: str, features: Sequence[str] | str,
+          model_name: str, kind: str = "glm", **options: Any) -> TrainResult:
+    """Train a model of ``kind`` (:mod:`bismarckpy.kinds`) on ``source``; store it as the next
+    version of ``model_name``. ``options`` are the kind's parameters (its own and the common)."""
     started = time.monotonic()
-    p = validate(options)
-    if p["solver"] != "sgd":
+    model_kind = kinds.get(kind)
+    where = model_kind.sql_train.rpartition(".")[2] or kind
+    p = validate(options, where=where, params=model_kind.params)
+    loss = losses.REGISTRY.get(p.get("loss", ""))
+    if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
+        model_kind = kinds.get(loss.kind)
+        p = validate(options, where=where, params=model_kind.params)
+    if model_kind.check_options is not None:
+        model_kind.check_options(p)
+    if not model_kind.packed:
+        if p.get("packed"):
+            raise InvalidParameter(
+                f"packed => true is not supported with {model_kind.name} models",
+                detail=f"A {model_kind.name} model trains on a row copy.",
+                hint="Leave packed unset (or false).")
+        p["packed"] = False
+    p.setdefault("solver", "sgd")
+    # A kind may name the loop's settings after its own parameters (the MLP's loss follows its
+    # task, its eta0 is learning_rate_init); they are stored with the run's parameters.
+    loop_params = model_kind.extra.get("loop_params")
+    if loop_params is not None:
+        p.update(loop_params(p))
+    if p["solver"] in EXACT_SOLVERS:
         from . import exact_loop
 
         exact_loop.check_options(p)
@@ -139,13 +182,27 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
                           hint="Pass model_name => 'my_model'.")
     table = registered(session, source)
+    if table and not model_kind.packed:
+        raise InvalidParameter(
+            f"{table.name} is a packed table, which {model_kind.name} models cannot train on",
+            detail=f"A {model_kind.name} model trains on a row copy of a table or view.",
+            hint=f"Train on its source table {table.source}.")
     src = None if table else resolve(session, source, label, features)
     if table:
         _check_packed_columns(table, label, features)
-        if p["solver"] != "sgd":
+        if p["solver"] in EXACT_SOLVERS:
             from . import exact_loop
 
             exact_loop.check_packed_table(table, p)
+    if p["shuffle"] == "blocks":
+        if p["solver"] != "sgd":
+            raise InvalidParameter(
+                f"shuffle => 'blocks' needs solver => 'sgd' (not '{p['solver']}')",
+                detail="The exact solvers read every row in each pass; the order does not "
+                       "matter to them.",
+                hint="Drop shuffle, or use solver => 'sgd'.")
+        if src is not None:
+            blockscan.refuse_unless_heap(src)
     if p["packed"] is None:
         p["packed"] = p["shuffle"] == "once"
     elif p["packed"] and p["shuffle"] != "once":
@@ -169,9 +226,19 @@ def train_glm(session: TrainingSession, *, source: str, label: str,
     session.checkpoint()
     work = _Work(schema)
     try:
-        prepared = (_prepare_packed_table(session, table, p, seed) if table
-                    else _prepare(session, src, p, seed, work))
-        if p["solver"] == "sgd":
+        if table:
+            prepared = _prepare_packed_table(session, table, p, seed)
+        elif p["shuffle"] == "blocks":
+            prepared = _prepare_blocks(session, src, p, seed)
+        else:
+            prepared = _prepare(session, src, p, seed, work)
+        if model_kind.after_prepare is not None:
+            model_kind.after_prepare(session, p, prepared)
+        if model_kind.name != "glm":
+            _resolve_defaults(session, p, prepared)
+            result = _finish(session, model_kind, table or src, p, prepared, model_name,
+                             _run_epochs(session, model_kind, p, prepared, run_id), started)
+        elif p["solver"] == "sgd":
             result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
         else:
             from . import exact_loop
@@ -209,7 +276,11 @@ class _Work:
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              work: _Work) -> _Prepared:
     """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
-    checked = check_rows(session, src)
+    if p["packed"] and src.row_key == "s.ctid::text":  # a table: its checks in one read
+        checked = _survey(session, src, p, 0.0, seed)[0]
+    else:
+        _progress(session, "preparing: checking rows")
+        checked = check_rows(session, src)
     d = checked.d
     dtype = check_ranges(session, src, checked, dtype=p["dtype"] if p["packed"] else None,
                          standardize=p["standardize"], squared=p["loss"] == "squared",
@@ -219,10 +290,16 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
                      f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
+    if p["packed"] and src.row_key == "s.ctid::text":  # a table: packed in one read
+        assert dtype is not None
+        return _prepare_packed_pages(session, src, p, seed, work, checked, dtype, classes,
+                                     notes)
     holdout, n_holdout = _holdout(session, src, seed, p["validation_fraction"],
                                   checked.n_usable)
     train = work.table(session, "train")
     valid = work.table(session, "valid") if n_holdout > 0 else None
+    _progress(session, "preparing: writing the " + ("packed" if p["packed"] else "row")
+              + " copy")
     if p["packed"]:
         args = (p["block_size"], dtype)
         n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
@@ -235,7 +312,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         return prep
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
-    if p["standardize"] and p["loss"] == "squared" and p["solver"] == "sgd":
+    if p["standardize"] and p["loss"] == "squared" and p["solver"] not in EXACT_SOLVERS:
         y_mean, y_sd = _label_scale(session, src, y_expr, holdout, checked.max_abs_y,
                                     p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
@@ -263,6 +340,94 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
                      classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd,
                      constant=constant, n_pos=int(n_pos), notes=notes)
+
+
+def _progress(session: TrainingSession, text: str) -> None:
+    """Tell the user how preparation goes (a NOTICE inside the server, the CLI's status line
+    outside), when the session can."""
+    report = getattr(session, "on_progress", None)
+    if report is not None:
+        report(text)
+
+
+def _survey(session: TrainingSession, src: Source, p: dict, fraction: float,
+            split_seed: int) -> tuple[Checked, blockscan.Layout, blockscan.Prepared]:
+    """The checks of :func:`check_rows` (counts, shapes, label, magnitudes) read off one read
+    of a table's page groups, in numpy, with its validation split (``fraction``) and moments
+    (:func:`bismarckpy.blockscan.prepare`); the same errors."""
+    _progress(session, "preparing: checking rows")
+    check_casts(session, src)
+    d = blockscan.first_length(session, src)
+    if d is None:  # no complete row at all: the usual error (empty, or nothing usable)
+        check_rows(session, src)
+        raise InvalidData(f"no usable rows in {src.name}")
+    lay = blockscan.layout(session, src, None, p["block_size"])
+    got = blockscan.prepare(session, src, lay, d, fraction, split_seed,
+                            lambda text: _progress(session, text))
+    sv = got.survey
+    assert sv is not None
+    lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (d, d)
+    checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
+                    sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
+                    sv.min_abs_x, sv.min_abs_y)
+    return checked, lay, got
+
+
+def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -> _Prepared:
+    """``shuffle => 'blocks'``: no copy, one read of the table (:func:`_survey`): every page
+    group's rows checked and counted, its validation rows chosen, the training rows'
+    moments summed."""
+    split_seed = (int(seed) + 3) & (2**62 - 1)
+    checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
+    check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
+                 squared=p["loss"] == "squared", packing=False, solver=p["solver"])
+    classes = _label_classes(session, src, p["loss"], checked.label_values)
+    n_valid = int(got.holds.sum())
+    n_train = checked.n_usable - n_valid
+    _require_training_rows(n_train, n_valid)
+    assert got.stats is not None
+    coding = _coding(p, got.stats, classes)
+    prep = _Prepared(train=src.relation, valid=None, d=checked.d, n_train=n_train,
+                     n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
+                     classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
+                     y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
+                     constant=coding.constant, n_pos=coding.n_pos)
+    mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
+    prep.scaling = (mu, sd)
+    share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
+    prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
+                       f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
+                       f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
+    part = blockscan.TRAIN if n_valid else blockscan.ALL
+    prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
+        src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
+    if n_valid:
+        prep.valid = src.relation
+        prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False))
+    return prep
+
+
+def _prepare_packed_pages(session: TrainingSession, src: Source, p: dict, seed: int,
+                          work: _Work, checked: Checked, dtype: str,
+                          classes: list[float] | None, notes: list[str]) -> _Prepared:
+    """The run's packed copy of a table in one read of the source (no sort, no hash table:
+    :func:`bismarckpy.blockscan.pack`): page groups in a seeded random order, eight at a time,
+    their rows shuffled together and cut into blocks. The validation rows are the first rows
+    of every block, as for a table made by ``bismarck.pack``."""
+    train = work.table(session, "train")
+    create_packed(session, train)
+    rows = blockscan.pack(session, src, train, checked.n_total, checked.d, p["block_size"],
+                          dtype, seed + 1, lambda text: _progress(session, "preparing: " + text))
+    if rows != checked.n_usable:
+        raise blockscan.changed(rows, checked.n_usable)
+    _require_training_rows(rows, 0)
+    blocks = session.query(f"SELECT p.block, p.n FROM {train} AS p ORDER BY p.block")
+    k = validation_count(p["validation_fraction"], rows)
+    prep = _finish_head_split(session, p, train, blocks, k, checked.d, DTYPE_CODES[dtype],
+                              checked.n_total - checked.n_usable, classes)
+    prep.notes[:0] = notes
+    return prep
 
 
 def validation_count(fraction: float, n: int) -> int:
@@ -330,6 +495,12 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
             f"{table.name} is a packed table", detail="Its blocks are one fixed shuffle.",
             hint="Train on it with shuffle => 'once' (the default), or on its source table "
                  f"{table.source} to reshuffle rows.")
+    if p["loss"] == MULTICLASS and len(table.label_values) > 2:
+        raise InvalidParameter(
+            f"{table.name} is a packed table whose classes are not recorded",
+            detail="A packed table records at most three label values; a multi-class model "
+                   "needs all of them.",
+            hint=f"Train on its source table {table.source}.")
     classes = _check_classes(table.label_values, p["loss"], table.label)
     blocks = session.query(f"SELECT p.block, p.n FROM {table.relation} AS p ORDER BY p.block")
     if not blocks:
@@ -342,6 +513,17 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         raise stale_format()
     total = sum(int(n) for _, n in blocks)
     k = validation_count(p["validation_fraction"], total)
+    return _finish_head_split(session, p, table.relation, blocks, k, table.d, table.itemsize,
+                              0, classes)
+
+
+def _finish_head_split(session: TrainingSession, p: dict, relation: str,
+                       blocks: list[tuple], k: int, d: int, itemsize: int, skipped: int,
+                       classes: list[float] | None) -> _Prepared:
+    """Hold out the first rows of every packed block (rows inside a block are in random
+    order, so they are a random sample of it): ``k`` in all, each block's share with the
+    rounding carried from block to block, so the held-out count is exact."""
+    total = sum(int(n) for _, n in blocks)
     held = [0] * (max(int(b) for b, _ in blocks) + 1)
     seen = 0
     for block, n in blocks:  # carried rounding: the first c rows in block order hold k·c/N
@@ -349,11 +531,10 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         seen += int(n)
         held[int(block)] = (2 * k * seen + total) // (2 * total) - before
     heads = "('{" + ",".join(map(str, held)) + "}'::int[])"
-    prep = _finish_packed(session, p, table.relation + " AS p", None, table.d,
-                          table.itemsize, total - k, k, 0, classes,
-                          train_rows=f"{heads}[p.block + 1], NULL")
+    prep = _finish_packed(session, p, relation + " AS p", None, d, itemsize, total - k, k,
+                          skipped, classes, train_rows=f"{heads}[p.block + 1], NULL")
     if k:
-        prep.valid = f"{table.relation} AS p WHERE {heads}[p.block + 1] > 0"
+        prep.valid = f"{relation} AS p WHERE {heads}[p.block + 1] > 0"
         prep.valid_rows = f"0, {heads}[p.block + 1]"
     return prep
 
@@ -367,6 +548,31 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     state = session.query(f"SELECT bismarck._moments_packed(data, {int(d)}, {int(itemsize)}, "
                           f"{train_rows}) FROM {train}")[0][0]
     stats = moments_decode(state)  # column 0 is the label
+    c = _coding(p, stats, classes)
+    y_mean, y_sd, coding, n_pos, mu, sd, constant = (c.y_mean, c.y_sd, c.y_coding, c.n_pos,
+                                                     c.mu, c.sd, c.constant)
+    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
+                     n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
+                     y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
+                     train_rows=train_rows, constant=constant, n_pos=n_pos)
+
+
+@dataclass
+class _Coding:
+    """How an epoch codes raw labels and scales features, from the training rows' moments."""
+
+    y_mean: float
+    y_sd: float
+    y_coding: tuple[int, float, float, float]
+    n_pos: int
+    mu: np.ndarray | None
+    sd: np.ndarray | None
+    constant: list[int]
+
+
+def _coding(p: dict, stats: Moments, classes: list[float] | None) -> _Coding:
+    """Label coding, label scale and feature standardisation from moments whose column 0 is
+    the raw label (packed blocks and block-shuffled scans)."""
     y_mean, y_sd = 0.0, 1.0
     n_pos = 0
     if p["loss"] == "squared":
@@ -375,6 +581,9 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
             y_sd = float(stats.sd[0] if p["fit_intercept"] else stats.rms[0])
             y_sd = y_sd if y_sd > 0 and math.isfinite(y_sd) else 1.0
         coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
+    elif p["loss"] == MULTICLASS:  # blocks keep raw labels, as rows do; the kind codes them
+        assert classes is not None
+        coding = (glm.Y_AS_IS, 0.0, 0.0, 1.0)
     else:
         assert classes is not None
         mode = glm.Y_CLASS01 if p["loss"] == "logistic" else glm.Y_CLASS_PM1
@@ -385,10 +594,7 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     constant: list[int] = []
     if p["standardize"]:
         mu, sd, constant = _scaling(moments_select(stats, slice(1, None)), p["fit_intercept"])
-    return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
-                     n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
-                     y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
-                     train_rows=train_rows, constant=constant, n_pos=n_pos)
+    return _Coding(y_mean, y_sd, coding, n_pos, mu, sd, constant)
 
 
 def _require_training_rows(n_train: int, n_valid: int) -> None:
@@ -399,16 +605,42 @@ def _require_training_rows(n_train: int, n_valid: int) -> None:
                           hint="Lower validation_fraction or add rows.")
 
 
+#: A label with more distinct values than this is not a set of classes.
+MAX_CLASSES = 1000
+
+
 def _label_classes(session: TrainingSession, src: Source, loss: str,
                    binary: list[float] | None) -> list[float] | None:
-    """The two classes of a classifier's label, checked; None for regression."""
+    """The classes of a classifier's label, checked; None for regression."""
+    if loss == MULTICLASS:
+        values = [float(r[0]) for r in session.query(
+            f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
+            f"WHERE {src.valid_expr} ORDER BY 1 LIMIT {MAX_CLASSES + 1}")]
+        return _check_classes(values, loss, src.label or "")
     if loss not in CLASSIFIERS:
         return None
     return _check_classes(binary or label_values(session, src), loss, src.label or "")
 
 
+#: The loop's loss of a classifier kind with K >= 2 classes that codes raw labels itself (the
+#: MLP's softmax output): the classes are found here, over all usable rows, before any split.
+MULTICLASS = "cross_entropy"
+
+
 def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:
-    """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or a clear error."""
+    """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or K >= 2 classes of any
+    numeric values for :data:`MULTICLASS`; a clear error otherwise."""
+    if loss == MULTICLASS:
+        if len(values) < 2 or len(values) > MAX_CLASSES:
+            few = len(values) < 2
+            raise InvalidData(
+                f'label "{label}" has {"one class only" if few else "too many classes"}',
+                detail=(f"A classifier needs two or more classes; found "
+                        f"{', '.join(f'{v:g}' for v in values) or 'none'}." if few else
+                        f"More than {MAX_CLASSES} distinct values: it looks like a number."),
+                hint="Train on rows of two or more classes." if few else
+                     "Use task => 'regression' for a numeric target.")
+        return values
     if loss not in CLASSIFIERS:
         return None
     shown = ", ".join(f"{v:g}" for v in values)
@@ -425,7 +657,7 @@ def _check_classes(values: list[float], loss: str, label: str) -> list[float] | 
 def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
     """The row path's label expression, coded as the loss expects it."""
     assert src.label_expr is not None
-    if classes is None:
+    if classes is None or loss == MULTICLASS:  # raw labels (the kind codes K classes)
         return src.label_expr
     pos = classes[1]
     if loss == "logistic":
@@ -461,6 +693,8 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
     """
     if p["batch_size"] is None:
         p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
+    if p["eta0"] is None and not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
+        p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
     if p["eta0"] is None:
         if p["batch_size"] == 1:
             p["eta0"] = ROW_ETA0
@@ -489,7 +723,8 @@ def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool)
         X = np.vstack(rows)[:SAMPLE_ROWS] if rows else np.zeros((0, prep.d))
     else:
         X = np.array([glm.raw_vector(bytes(x), prep.d) for (x,) in session.query(
-            f"SELECT x FROM {prep.train} LIMIT %s", [SAMPLE_ROWS])]).reshape(-1, prep.d)
+            prep.sample_sql or f"SELECT x FROM {prep.train} LIMIT %s", [SAMPLE_ROWS])]
+                     ).reshape(-1, prep.d)
     if prep.mu is not None and prep.sd is not None:
         X = (X - prep.mu) / prep.sd  # sd = inf (constant column) gives 0
     if fit_intercept:
@@ -497,24 +732,39 @@ def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool)
     return X
 
 
-def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
-            model_name: str, run_id: int, started: float) -> TrainResult:
-    """Run epochs until convergence, divergence or max_epochs; store the model."""
-    kind = kinds.get("glm")
-    _resolve_defaults(session, p, prep)
+@dataclass
+class _Run:
+    """What the epochs of any kind produced: the model carried at the end and how it went."""
+
+    model: Any  # the kind's model of the last accepted epoch (None: no epoch accepted)
+    history: list[EpochRecord]
+    converged: bool
+    train_loss: float
+    valid_loss: float | None
+    epochs: int
+    loss_scale: float
+    train_sql: str
+
+
+def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: _Prepared,
+                run_id: int) -> _Run:
+    """Epochs of ``kind`` until convergence, divergence or max_epochs, each through the
+    execution layer; the schedule, validation, history and bold_driver's undo are the loop's."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
-                     p["power_t"], standardize=p["standardize"])
-    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
-    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
-    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+                     p["power_t"], standardize=p.get("standardize", True),
+                     rate_name=kind.extra.get("rate_name", "eta0"))
+    # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
+    # early_stopping restores its best coefficients) when the kind asks for it.
+    keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None
+    best: tuple[float, Any, float] | None = None  # validation loss, model, train loss
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
     strategy = execution.strategy_for(p, kind)
-    train_scan = execution.Scan(prep.train, prep.packed, prep.train_rows,
-                                reshuffle=p["shuffle"] == "always")
-    valid_scan = (execution.Scan(prep.valid, prep.packed, prep.valid_rows)
-                  if prep.valid else None)
+    train_scan = prep.train_scan or execution.Scan(prep.train, prep.packed, prep.train_rows,
+                                                   reshuffle=p["shuffle"] == "always")
+    valid_scan = prep.valid_scan or (execution.Scan(prep.valid, prep.packed, prep.valid_rows)
+                                     if prep.valid else None)
     train_sql = train_scan.sql()
     history: list[EpochRecord] = []
     converged = False
@@ -540,6 +790,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.accept:
             previous_start = model
             model = m.model
+            if keep_best and valid_loss is not None and (best is None or valid_loss < best[0]):
+                best = (valid_loss, model, train_loss)
         else:
             model = previous_start
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
@@ -551,6 +803,48 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
         if decision.stop:
             converged = decision.converged
             break
+    if best is not None:
+        valid_loss, model, train_loss = best
+    return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
+
+
+def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | PackedTable,
+            p: dict, prep: _Prepared, model_name: str, run: _Run,
+            started: float) -> TrainResult:
+    """Store the model of a kind other than the GLM (which has :func:`_epochs`' checks)."""
+    notes = list(prep.notes)
+    if not run.converged and p["tol"] is not None:
+        notes.append(f"training stopped after {run.epochs} epochs without converging (the "
+                     f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
+                     f"{p['n_iter_no_change']} epochs). Raise max_epochs")
+    share = validation_share(prep, p["validation_fraction"], notes)
+    stored = kind.export(p, prep, run.model)
+    seconds = time.monotonic() - started
+    metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
+               "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
+               "validation_rows": prep.n_valid, "validation_share": share,
+               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
+    for note in notes:
+        session.warn(note)
+    version = store_model(session, model_name, src, p, stored, metrics, {})
+    return TrainResult(model_name=model_name, version=version, epochs=run.epochs,
+                       converged=run.converged, train_loss=run.train_loss,
+                       validation_loss=run.valid_loss, seconds=seconds, rows=prep.n_train,
+                       skipped=prep.skipped, history=run.history, warnings=notes)
+
+
+def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: _Prepared,
+            model_name: str, run_id: int, started: float) -> TrainResult:
+    """A GLM's epochs, then its checks (divergence, separation, convergence); store it."""
+    kind = kinds.get("glm")
+    _resolve_defaults(session, p, prep)
+    run = _run_epochs(session, kind, p, prep, run_id)
+    model, history, converged = run.model, run.history, run.converged
+    train_loss, valid_loss, epoch = run.train_loss, run.valid_loss, run.epochs
+    loss_scale, train_sql = run.loss_scale, run.train_sql
+    l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
+    alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     t = 0.0 if model is None else model.t
@@ -579,10 +873,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     share = validation_share(prep, p["validation_fraction"], notes)
-    if prep.mu is not None and prep.sd is not None:
-        coef, intercept = glm.unstandardize(w, b, prep.mu, prep.sd, prep.y_mean, prep.y_sd)
-    else:
-        coef, intercept = w, b
+    stored = kind.export(p, prep, model)
+    coef, intercept = np.asarray(stored.model["coef"]), float(stored.model["intercept"])
     features = src.features
     _check_finite(coef, intercept, train_loss, features, src.array_feature)
     seconds = time.monotonic() - started
@@ -604,8 +896,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
-    version = store_model(session, model_name, src, p, coef, intercept, prep.classes, metrics,
-                          fitted)
+    version = store_model(session, model_name, src, p, stored, metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
@@ -753,18 +1044,26 @@ def validation_share(prep: _Prepared, asked: float, notes: list[str]) -> float:
 
 
 def store_model(session: TrainingSession, model_name: str, src: Source | PackedTable,
-                p: dict, coef: Sequence[float], intercept: float,
-                classes: list[float] | None, metrics: dict, fitted: dict) -> int:
-    """Store a trained model as the next version of ``model_name``; returns the version.
+                p: dict, stored: kinds.Stored, metrics: dict, fitted: dict) -> int:
+    """Store a trained model of any kind as the next version of ``model_name``; its version.
 
-    NaN and infinities in ``p``, ``metrics`` and ``fitted`` become JSON nulls.
+    ``stored`` is the kind's stored form (:meth:`ModelKind.export`): its ``model`` goes to the
+    ``stored`` jsonb column and its ``state`` to the bytea column; a GLM's loss, coefficients
+    and intercept also fill their own columns. NaN and infinities in ``p``, ``metrics``,
+    ``fitted`` and ``stored.model`` become JSON nulls.
     """
+    glm_model = stored.model if stored.kind == "glm" else {}
+    coef = glm_model.get("coef")
+    intercept = glm_model.get("intercept")
     return int(session.query(
         "SELECT bismarck._store_model(bismarck._ticket(), %s, %s, %s, %s, %s::text[], %s, "
-        "%s::float8[], %s, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb)",
-        [model_name, src.name, src.label, p["loss"], list(src.features), src.array_feature,
-         [float(c) for c in coef], float(intercept), classes, json.dumps(_finite(p)),
-         json.dumps(_finite(metrics)), json.dumps(_finite(fitted))])[0][0])
+        "%s::float8[], %s::float8, %s::float8[], %s::jsonb, %s::jsonb, %s::jsonb, %s, "
+        "%s::jsonb, %s::bytea)",
+        [model_name, src.name, src.label, p.get("loss"), list(src.features), src.array_feature,
+         None if coef is None else [float(c) for c in coef],
+         None if intercept is None else float(intercept), stored.classes,
+         json.dumps(_finite(p)), json.dumps(_finite(metrics)), json.dumps(_finite(fitted)),
+         stored.kind, json.dumps(_finite(dict(stored.model))), stored.state])[0][0])
 
 
 def _finite(v: Any) -> Any:

@@ -46,16 +46,18 @@ class Loss:
     ``code`` is its number inside a GLM state; ``coding`` how a class label is coded for it
     (``"01"``: 0/1, ``"pm1"``: -1/+1, ``None``: a real number, regression); ``zero_row_loss``
     the loss of one row at margin 0 for classifiers (the all-zero model's, per row), None for
-    regression (it depends on the label); ``probabilistic`` whether the link of a margin is a
-    probability (the model can report log-loss and class probabilities).
+    regression (it depends on the label); ``probabilistic`` whether the model gives class
+    probabilities (log-loss, ``predict_proba``); ``kind`` the model kind that trains it
+    (``"softmax"``: K classes coded ``"index"``, by :mod:`bismarckpy.kinds.softmax`).
     """
 
     name: str
-    fn: LossFn
+    fn: LossFn | None  # of the margin z (GLM losses); None for a kind's own loss
     code: int
     coding: str | None
     zero_row_loss: float | None
     probabilistic: bool = False
+    kind: str = "glm"  # the model kind (bismarckpy.kinds) that trains it
 
     @property
     def classifier(self) -> bool:
@@ -67,14 +69,17 @@ REGISTRY: dict[str, Loss] = {
     "logistic": Loss("logistic", logistic, 0, "01", math.log(2.0), probabilistic=True),
     "squared": Loss("squared", squared, 1, None, None),
     "hinge": Loss("hinge", hinge, 2, "pm1", 1.0),
+    "softmax": Loss("softmax", None, -1, "index", None, probabilistic=True, kind="softmax"),
 }
 BY_CODE: dict[int, Loss] = {loss.code: loss for loss in REGISTRY.values()}
 
-#: The loss functions by name (what the vectorised paths call).
-LOSSES: dict[str, LossFn] = {name: loss.fn for name, loss in REGISTRY.items()}
+#: The GLM's loss functions of the margin by name (what the vectorised paths call).
+LOSSES: dict[str, LossFn] = {name: loss.fn for name, loss in REGISTRY.items()
+                             if loss.fn is not None}
 
-#: Losses whose label is a class (two values) rather than a real number.
-CLASSIFIERS = tuple(name for name, loss in REGISTRY.items() if loss.classifier)
+#: Losses of a binary GLM whose label is one of two classes rather than a real number.
+CLASSIFIERS = tuple(name for name, loss in REGISTRY.items()
+                    if loss.classifier and loss.kind == "glm")
 
 
 def get(name: str) -> Loss:

@@ -137,19 +137,39 @@ def of_matrix(offsets: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     s = _new(d)
     if n == 0:
         return s
-    R = residuals.astype(np.float64)
+    R = np.asarray(residuals, dtype=np.float64)
     lo, hi = R.min(axis=0), R.max(axis=0)
     _, e = np.frexp(np.maximum(np.abs(lo), np.abs(hi)))
     scale = np.ldexp(1.0, e)
-    Rs = R / scale
-    mean_s = Rs.mean(axis=0)
-    dev = Rs - mean_s
+    dev = R / scale  # the one temporary: scaled (exactly: powers of two), then centred
+    mean_s = dev.mean(axis=0)
+    dev -= mean_s
     mean, root, lo_, hi_ = _parts(s)
     mean[:] = offsets + mean_s * scale
     root[:] = np.sqrt(np.einsum("ij,ij->j", dev, dev)) * scale
     lo_[:] = offsets + lo
     hi_[:] = offsets + hi
     s[0] = n
+    return s
+
+
+def of_rows(values: np.ndarray) -> np.ndarray:
+    """The state of the rows ``values`` (``n × d`` float64), offsets at the column minimums
+    (see :func:`of_matrix`), with one temporary."""
+    if len(values) == 0:
+        return _new(values.shape[1])
+    offsets = values.min(axis=0)
+    R = values - offsets
+    return of_matrix(offsets, R)
+
+
+def stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The state of columns ``a`` then ``b``, two states of the same rows."""
+    da, db = (len(a) - 1) // 4, (len(b) - 1) // 4
+    s = _new(da + db)
+    for part, pa, pb in zip(_parts(s), _parts(a), _parts(b)):
+        part[:da], part[da:] = pa, pb
+    s[0] = a[0]
     return s
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from . import blockscan
 from .errors import BismarckError, InvalidData, UndefinedObject
 from .pack import DTYPE_CODES, FLOAT32_SAFE
 from .params import validate
@@ -106,6 +107,19 @@ def check_rows(session: Session, src: Source) -> Checked:
         # it too, so training and evaluation must not skip it silently.
         + (f"cardinality({col}) = 0" if col else "false") + " AS empty "
         f"FROM {src.relation} AS s OFFSET 0) AS q")[0]
+    return judge(src, n_total, n_usable, lo, hi, multi, empty, y_min, y_max, all01, allpm1,
+                 ax, ay, mx, my)
+
+
+def judge(src: Source, n_total: int, n_usable: int, lo: int | None, hi: int | None,
+          multi: int, empty: int, y_min: float | None, y_max: float | None,
+          all01: bool | None, allpm1: bool | None, ax: float | None, ay: float | None,
+          mx: float | None, my: float | None) -> Checked:
+    """The errors and the :class:`Checked` of a source from its counts: rows, usable rows,
+    the smallest and largest feature count of usable rows, rows with multi-dimensional or
+    empty arrays, the label's range and whether it is 0/1 or -1/+1, and the largest and
+    smallest non-zero magnitudes of features and label (read by :func:`check_rows`, or by
+    the page groups' one read of :func:`bismarckpy.blockscan.prepare`)."""
     if n_total == 0:
         raise InvalidData(f"table {src.name} is empty", hint="Load rows into it first.")
     if multi:
@@ -351,8 +365,14 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
                  packing=True)
     target = _new_relation(session, packed_table, src)
     _create_target(session, target)
-    rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
-                     dtype, seed, create=False)
+    if src.row_key == "s.ctid::text":  # a table: one read of its pages, no sort
+        rows = blockscan.pack(session, src, target, checked.n_total, checked.d, block_size,
+                              dtype, seed)
+        if rows != checked.n_usable:
+            raise blockscan.changed(rows, checked.n_usable)
+    else:
+        rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
+                         dtype, seed, create=False)
     name, blocks = session.query(
         f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
         [target.replace("%%", "%")])[0]

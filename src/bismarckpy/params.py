@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InvalidParameter
-from .losses import LOSSES
+from .losses import REGISTRY
 from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
-SHUFFLES = ("once", "always", "never")
+SHUFFLES = ("once", "always", "never", "blocks")
 PARALLEL_MODES = ("average", "shared")
 SOLVERS = ("sgd", "newton", "lbfgs")
+EXACT_SOLVERS = ("newton", "lbfgs")  # their own defaults: tol 1e-8, no penalty, float64 blocks
 EXACT_TOL = 1e-8  # tol of the exact solvers when none is given (R's glm uses the same)
 
 
@@ -88,7 +89,7 @@ GLM_PARAMS: tuple[Param, ...] = (
           "Newton/IRLS fit (normal equations for squared loss) with standard errors; lbfgs: "
           "exact fit by L-BFGS, one pass per step, for many features.", choices=SOLVERS),
     Param("loss", str, "logistic", "logistic (classifier), squared (regression), hinge (linear "
-          "SVM).", choices=tuple(LOSSES)),
+          "SVM), softmax (multinomial classifier, K >= 2 classes).", choices=tuple(REGISTRY)),
     Param("penalty", str, "l2", "Regulariser on the coefficients (default 'none' with the "
           "exact solvers: the maximum-likelihood fit).", choices=PENALTIES),
     Param("alpha", float, 0.0001, "Strength of the penalty.", low=0.0),
@@ -116,7 +117,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "gradient descent. NULL: min(block_size, training rows // 1024), at least 1.",
           low=0, high=1_000_000_000, nullable=True),
     Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
-          "reshuffle each epoch; never: table order.", choices=SHUFFLES),
+          "reshuffle each epoch; never: table order; blocks: no copy, groups of pages in a "
+          "new random order each epoch, rows shuffled among 8 groups at a time (tables "
+          "only).", choices=SHUFFLES),
     Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "
           "buffers, one vectorised step per block or batch); NULL means yes with "
           "shuffle => 'once', no otherwise.", nullable=True),
@@ -183,7 +186,7 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
             out[p.name] = None if p.nullable and p.name in values else p.default
             continue
         out[p.name] = _check(p, v, where)
-    if out.get("solver", "sgd") != "sgd":  # the exact solvers' own defaults: the MLE, tightly
+    if out.get("solver", "sgd") in EXACT_SOLVERS:  # their own defaults: the MLE, tightly
         if values.get("tol") is None and "tol" not in values:
             out["tol"] = EXACT_TOL
         if values.get("penalty") is None:

@@ -36,6 +36,7 @@ class Schedule:
     n_iter_no_change: int
     power_t: float = 0.5
     standardize: bool = True  # for the advice when training diverges
+    rate_name: str = "eta0"  # the initial rate's parameter, for the same advice
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
@@ -103,11 +104,12 @@ class Schedule:
         raise Diverged(
             "training diverged",
             detail=f"At epoch {epoch} the training loss was {loss:g} with "
-                   f"learning_rate => '{self.learning_rate}' and eta0 => {self.eta0:g} "
-                   f"(current rate {self.eta:g}).",
-            hint=f"Lower eta0 (try {self.eta0 / 10:g}), use learning_rate => 'adaptive' or "
-                 "'bold_driver'" + (", or rescale the columns" if self.standardize
-                                    else ", or use standardize => true")
+                   f"learning_rate => '{self.learning_rate}' and {self.rate_name} => "
+                   f"{self.eta0:g} (current rate {self.eta:g}).",
+            hint=f"Lower {self.rate_name} (try {self.eta0 / 10:g}), use learning_rate => "
+                 "'adaptive'" + (" or 'bold_driver'" if self.rate_name == "eta0" else "")
+                 + (", or rescale the columns" if self.standardize
+                    else ", or use standardize => true")
                  + ". No model was stored.")
 
 
@@ -115,7 +117,10 @@ class Schedule:
 ROW_ETA0 = 0.1  # eta0 of per-row SGD when none is given (Bismarck's and scikit-learn's scale)
 MIN_STEPS_PER_EPOCH = 1024  # the automatic batch size keeps at least this many steps an epoch
 SAMPLE_ROWS = 1024  # rows the automatic eta0 estimates the curvature on
-CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0}  # sup of d²loss/dz² (hinge: scale)
+CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0,  # sup of d²loss/dz² (hinge: scale)
+             # softmax cross-entropy: its Hessian in z, diag(p) - ppᵀ, is at most ½(I - 11ᵀ/K)
+             # (Böhning, Ann. Inst. Stat. Math. 44, 1992), largest eigenvalue ½
+             "softmax": 0.5}
 
 
 def auto_batch_size(n_train: int, block_size: int) -> int:

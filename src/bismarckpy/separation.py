@@ -35,13 +35,14 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
     constant or collinear columns, an overflowing objective) answers None: no evidence.
     """
     from .exact_loop import _feature_moments  # noqa: PLC0415 (exact_loop imports loop)
-    from .execution import parallel_settings
+    from .execution import EXACT, parallel_settings
     from .packing import settings_for_transaction
 
     fit_intercept = bool(p["fit_intercept"])
     mu, sd = prep.mu, prep.sd
     if mu is None or sd is None:
-        mu, sd = _feature_moments(session, prep, fit_intercept)
+        mu, sd = (getattr(prep, "scaling", None)
+                  or _feature_moments(session, prep, fit_intercept))
     sd = np.where(np.isfinite(sd), sd, 1.0)
     center = np.asarray(mu, dtype=np.float64) if fit_intercept else None
     coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
@@ -54,6 +55,7 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
                                 itemsize=prep.itemsize, y_coding=prep.y_coding, center=center)
         query = (f"SELECT bismarck._exact_pass_packed(data, %s, {prep.train_rows}) "
                  f"FROM {prep.train}" if prep.packed
+                 else prep.train_scan.sql(EXACT) if getattr(prep, "train_scan", None)
                  else f"SELECT bismarck._exact_pass(x, y, %s) FROM {prep.train}")
         with settings_for_transaction(session, parallel_settings(p["parallel"])):
             state = session.query(query, [init])[0][0]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import exact, kinds, moments, pack, shared_model
-from .errors import BismarckError
+from .errors import BismarckError, InvalidData
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
@@ -92,6 +92,11 @@ class PlpySession:
         else:
             self.plpy.debug(text)
 
+    def on_progress(self, text: str) -> None:
+        """Progress of preparation: a NOTICE (``bismarck: preparing: 40% of pages``)."""
+        self.plpy.notice("bismarck: " + text)
+        self._last_notice = time.monotonic()
+
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
 
@@ -119,17 +124,23 @@ def _pg_type(v: object) -> str:
 
 # -- public entry points (wrapped by plpgsql) ---------------------------------------------------
 
-def train_glm(plpy: Any, args: dict[str, Any]) -> str:
-    """``bismarck.train_glm``: run the loop in this backend; JSON envelope of the result."""
+def train(plpy: Any, kind: str, args: dict[str, Any]) -> str:
+    """``bismarck._train``: train a model of ``kind`` with the loop in this backend (the
+    ``bismarck.train_<kind>`` wrappers call it); JSON envelope of the result."""
     def run() -> dict[str, Any]:
         from . import loop
 
         a = dict(args)
-        result = loop.train_glm(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
-                                features=a.pop("features"), model_name=a.pop("model_name"),
-                                **{k: v for k, v in a.items() if v is not None})
+        result = loop.train(PlpySession(plpy), source=a.pop("source"), label=a.pop("label"),
+                            features=a.pop("features"), model_name=a.pop("model_name"),
+                            kind=kind, **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
     return _envelope(plpy, run)
+
+
+def train_glm(plpy: Any, args: dict[str, Any]) -> str:
+    """``bismarck._train_glm`` of extension versions before 0.3.0: :func:`train` of a GLM."""
+    return train(plpy, "glm", args)
 
 
 def pack_table(plpy: Any, args: dict[str, Any]) -> str:
@@ -184,6 +195,48 @@ def _jsonable(v: object) -> object:
     if isinstance(v, np.generic):
         return v.item()
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
+                 x: Sequence[float | None] | None) -> float | None:
+    """``bismarck._predict_kind``: one row's prediction by the kind's ``predict``.
+
+    NULL when ``x`` is NULL or holds a NULL, NaN or infinite value (as for GLMs).
+    """
+    def run() -> float | None:
+        if _unscorable(x):
+            return None
+        model = kinds.get(kind)
+        form = kinds.Stored(kind, json.loads(stored), state)
+        return float(model.predict(form, np.asarray([x], dtype=np.float64))[0])
+    return _guard(plpy, run)
+
+
+def _unscorable(x: Sequence[Any] | None) -> bool:
+    """True for a feature vector with no score (NULL, or a NULL, NaN or infinite element);
+    :class:`InvalidData` for an array of more than one dimension."""
+    if x is None:
+        return True
+    if any(isinstance(v, (list, tuple)) for v in x):
+        raise InvalidData("feature vector is a multi-dimensional array",
+                          hint="Pass one row's features as a 1-D array, e.g. ARRAY[x1, x2].")
+    return any(v is None or not math.isfinite(v) for v in x)
+
+
+def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
+                       x: Sequence[float | None] | None) -> list[float] | None:
+    """``bismarck._predict_proba_kind``: one row's class probabilities by the kind's
+    ``predict_proba``; NULL for a NULL, NaN or infinite feature."""
+    def run() -> list[float] | None:
+        if _unscorable(x):
+            return None
+        model = kinds.get(kind)
+        if model.predict_proba is None:
+            raise BismarckError(f"models of kind {kind!r} do not give probabilities",
+                                sqlstate="22023", hint="Use bismarck.predict.")
+        form = kinds.Stored(kind, json.loads(stored), state)
+        return [float(v) for v in model.predict_proba(form, np.asarray([x], np.float64))[0]]
+    return _guard(plpy, run)
 
 
 # -- aggregate support functions (called per row by the executor) -------------------------------
@@ -281,3 +334,43 @@ def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the exact passes: an exact sum."""
     return _guard(plpy, exact.merge, a, b)
+
+
+def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
+                          ys: bytes | None, groups: list | None, counts: list | None,
+                          holds: list | None, part: int, split_seed: int,
+                          shuffle_seed: int | None, init: bytes) -> bytes:
+    """SFUNC of ``bismarck._epoch_scan``: one buffer of page groups, by the kind whose magic
+    opens ``init``."""
+    from . import blockscan
+
+    return _guard(plpy, lambda: blockscan.epoch_step(
+        _runner(init).transition_block, state, xs, ys, groups, counts, holds, part,
+        split_seed, shuffle_seed, init))
+
+
+def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                          groups: list | None, counts: list | None, holds: list | None,
+                          part: int, split_seed: int, shuffle_seed: int | None,
+                          init: bytes) -> bytes:
+    """SFUNC of ``bismarck._exact_pass_scan``: one buffer of page groups."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.epoch_step, exact.transition_block, state, xs, ys, groups,
+                  counts, holds, part, split_seed, shuffle_seed, init)
+
+
+def scan_prepare(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
+                 group: int, shape: list | None, init: bytes, seed: int) -> bytes:
+    """SFUNC of ``bismarck._scan_prepare``: one page group, in physical order."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.prepare_step, state, xs, ys, group, shape, init, seed)
+
+
+def pack_buffer(plpy: Any, xs: bytes | None, ys: bytes | None, d: int, block_size: int,
+                dtype: str, seed: int) -> list[tuple[int, bytes]]:
+    """``bismarck._pack_buffer``: one buffer of page groups → shuffled packed blocks."""
+    from . import blockscan
+
+    return _guard(plpy, blockscan.pack_buffer, xs, ys, d, block_size, dtype, seed) or []

@@ -55,6 +55,9 @@ class Source:
     row_key: str  # text expression identifying a row of ``FROM keyed AS s`` (for hashing)
     keyed: str = ""  # FROM item whose rows ``row_key`` identifies (the relation, or a subquery)
     feature_exprs: list[str] = field(default_factory=list)  # float8 per scalar column ([]: array)
+    # valid_expr without the element-by-element NaN/inf test of an array feature (left to
+    # numpy by block-shuffled scans): NULLs, dimensions and the label's own tests.
+    scan_valid_expr: str = ""
     # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
     # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
     cast_checks: list[tuple[str, str]] = field(default_factory=list)
@@ -132,9 +135,12 @@ def resolve(session: Session, relation: str, label: str | None,
                      "('NaN', 'Infinity', '-Infinity')")
     array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
     exprs: list[str] = []
+    scan_valid = list(valid)
     if array_feature:
         col = q(features[0])
         x_expr = f"({col})::float8[]"
+        scan_valid.append(f"CASE WHEN array_ndims({col}) = 1 THEN array_position({x_expr}, "
+                          "NULL) IS NULL ELSE false END")
         valid.append(f"CASE WHEN array_ndims({col}) = 1 THEN array_position({x_expr}, NULL) "
                      f"IS NULL AND NOT ({x_expr} && '{{NaN,Infinity,-Infinity}}'::float8[]) "
                      "ELSE false END")
@@ -155,6 +161,7 @@ def resolve(session: Session, relation: str, label: str | None,
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
+        scan_valid = valid
     cast_checks = [(n, _beyond_float8(q(n), cols[n] == "numeric[]"))
                    for n in dict.fromkeys([*([label] if label is not None else []), *features])
                    if cols[n] in ("numeric", "numeric[]")]
@@ -166,7 +173,8 @@ def resolve(session: Session, relation: str, label: str | None,
                   label_expr=label_expr, label_type=label_type, features=features,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
                   array_feature=array_feature, row_key=row_key, keyed=keyed,
-                  feature_exprs=exprs, cast_checks=cast_checks)
+                  feature_exprs=exprs, cast_checks=cast_checks,
+                  scan_valid_expr=" AND ".join(scan_valid))
 
 
 #: numeric values whose cast to float8 fails: beyond the largest double (rounding up to

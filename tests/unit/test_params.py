@@ -84,7 +84,7 @@ def test_message_names_the_caller_and_the_range() -> None:
     with pytest.raises(InvalidParameter) as exc:
         validate({"loss": "log"})
     assert exc.value.detail == ("The 'loss' parameter of train_glm must be one of 'logistic', "
-                                "'squared', 'hinge'. Got 'log' instead.")
+                                "'squared', 'hinge', 'softmax'. Got 'log' instead.")
     with pytest.raises(InvalidParameter) as exc:
         validate({"eta0": 0})
     assert "must be a float > 0 or NULL." in exc.value.detail

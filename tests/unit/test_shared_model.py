@@ -166,6 +166,9 @@ def test_refused_kinds_and_parameters():
     with pytest.raises(InvalidParameter, match="not available for model kind 'handle'") as e:
         shared_model.check_supported(layoutless, {})
     assert "backend" in e.value.detail
+    with pytest.raises(InvalidParameter, match="not available for model kind 'mlp'") as e:
+        shared_model.check_supported(kinds.get("mlp"), {})  # no layout declared (yet)
+    assert "declares no shared-memory layout" in e.value.detail
     with pytest.raises(InvalidParameter, match="cannot run with these parameters"):
         shared_model.check_supported(kinds.get("glm"), {"batch_size": 0})
     shared_model.check_supported(kinds.get("glm"), {"batch_size": 32})

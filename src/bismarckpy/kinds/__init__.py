@@ -52,8 +52,16 @@ kind's own, see :func:`bismarckpy.params.merge_params`), ``data`` the prepared d
 ``evaluate=True`` asks for a state that only adds up the loss (validation, checks). The
 decoded :class:`EpochState` gives the loop ``rows``, the losses and ``model`` to carry on (or
 to drop, when the schedule undoes an epoch). At the end ``export(p, data, model)`` gives the
-stored form (:class:`Stored`) that goes into ``bismarck.models`` (``kind``, ``model`` jsonb,
+stored form (:class:`Stored`) that goes into ``bismarck.models`` (``kind``, ``stored`` jsonb,
 ``state`` bytea), and ``predict(stored, X)`` scores rows from that stored form alone.
+
+Optional hooks: ``evaluate(session, row, relation)`` (metrics for ``bismarck.evaluate``),
+``predict_proba(stored, X)`` (class probabilities for ``bismarck.predict_proba``),
+``check_options(p)`` (refuse parameter values before any work), ``after_prepare(session, p,
+data)`` (learn from the prepared data before the first epoch, e.g. the classes; the softmax
+kind does) and ``packed=False`` (the kind trains on row copies only). A loss of the loss
+registry names the kind that trains it (:attr:`bismarckpy.losses.Loss.kind`), so
+``train_glm(..., loss => 'softmax')`` trains a :mod:`bismarckpy.kinds.softmax` model.
 
 A worked minimal example
 ------------------------
@@ -109,13 +117,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..errors import InvalidData, InvalidParameter
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ..params import Param
 
 #: The kinds that ship with the engine: module ``bismarckpy.kinds.<name>`` defines ``KIND``.
-BUILTIN: tuple[str, ...] = ("glm",)
+BUILTIN: tuple[str, ...] = ("glm", "softmax", "mlp")
 
 #: How partial states of an epoch combine (see :mod:`bismarckpy.execution`).
 MERGE_RULES = ("average", "sum", "none")
@@ -209,6 +219,16 @@ class ModelKind:
     export: Callable[..., Stored]  # (p, data, model) -> Stored
     predict: Callable[[Stored, np.ndarray], np.ndarray]  # (stored, X n×d) -> n predictions
     merge_rule: str = "average"
+    # (session, registry row as a dict, relation) -> [{"metric", "value"}]; None: no evaluate
+    evaluate: Callable[[Any, dict[str, Any], str], list[dict[str, Any]]] | None = None
+    # (stored, X n×d) -> n × K class probabilities, for probabilistic classifiers
+    predict_proba: Callable[[Stored, np.ndarray], np.ndarray] | None = None
+    # (session, p, data) -> None: learn what the kind needs from the prepared data before the
+    # first epoch (e.g. the classes); raises a BismarckError for data it cannot train on
+    after_prepare: Callable[[Any, dict[str, Any], Any], None] | None = None
+    # (p) -> None: refuse parameter values the kind cannot train with, before any work
+    check_options: Callable[[dict[str, Any]], None] | None = None
+    packed: bool = True  # False: trains on row copies only (packed => false, no packed tables)
     doc: str = ""
     sql_train: str = ""  # the SQL function that trains it (for messages and the README)
     extra: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts
@@ -233,12 +253,15 @@ _BY_MAGIC: dict[bytes, ModelKind] = {}
 
 
 def get(name: str) -> ModelKind:
-    """The kind called ``name`` (imported on first use); KeyError names the known kinds."""
+    """The kind called ``name`` (imported on first use); :class:`InvalidParameter` (22023)
+    names the known kinds."""
     kind = _LOADED.get(name)
     if kind is not None:
         return kind
     if name not in BUILTIN:
-        raise KeyError(f"unknown model kind {name!r}; known kinds: {', '.join(BUILTIN)}")
+        raise InvalidParameter(f"unknown model kind {name!r}",
+                               detail=f"The model kinds are {', '.join(BUILTIN)}.",
+                               hint="Name one of them (bismarck.models.kind).")
     kind = importlib.import_module(f"{__name__}.{name}").KIND
     if kind.name != name:
         raise ValueError(f"module kinds.{name} declares kind {kind.name!r}")
@@ -263,8 +286,6 @@ def for_state(state: bytes | bytearray | memoryview) -> ModelKind:
         all()
         kind = _BY_MAGIC.get(head)
     if kind is None:
-        from ..errors import InvalidData
-
         raise InvalidData("not a bismarck model state",
                           detail=f"The state begins with {head!r}, the magic of no model kind "
                                  f"({', '.join(BUILTIN)}).")

@@ -26,7 +26,8 @@ from ..shared_model import Layout
 from . import ModelKind, Stored
 
 MAGIC = 2012.0
-LOSS_CODES = {name: loss.code for name, loss in REGISTRY.items()}  # the loss registry's codes
+LOSS_CODES = {name: loss.code for name, loss in REGISTRY.items()  # the loss registry's codes
+              if loss.kind == "glm"}
 EVALUATE = -1  # batch_size that only accumulates the loss
 
 # Header slots of the state vector.
@@ -473,15 +474,24 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                       itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights)
 
 
-def export(p: dict[str, Any], data: Any, model: Model) -> Stored:
-    """:attr:`ModelKind.export`: coefficients and intercept in the original feature units."""
+def export(p: dict[str, Any], data: Any, model: Model | None) -> Stored:
+    """:attr:`ModelKind.export`: coefficients and intercept in the original feature units.
+
+    ``model`` None (no epoch accepted) is the all-zero model.
+    """
+    w = np.zeros(data.d) if model is None else model.w
+    b = 0.0 if model is None else model.b
     if data.mu is not None and data.sd is not None:
-        coef, intercept = unstandardize(model.w, model.b, data.mu, data.sd, data.y_mean,
-                                        data.y_sd)
+        coef, intercept = unstandardize(w, b, data.mu, data.sd, data.y_mean, data.y_sd)
     else:
-        coef, intercept = model.w, model.b
-    return Stored("glm", {"loss": p["loss"], "coef": [float(c) for c in coef],
-                          "intercept": float(intercept)}, classes=data.classes)
+        coef, intercept = w, b
+    return stored(p["loss"], coef, intercept, data.classes)
+
+
+def stored(loss: str, coef: Any, intercept: float, classes: list[Any] | None) -> Stored:
+    """A GLM's stored form: ``{"loss", "coef", "intercept"}`` (original feature units)."""
+    return Stored("glm", {"loss": loss, "coef": [float(c) for c in coef],
+                          "intercept": float(intercept)}, classes=classes)
 
 
 def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
@@ -522,10 +532,18 @@ def _shared_refuse(p: dict[str, Any]) -> str | None:
     return None
 
 
+def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """:attr:`ModelKind.evaluate`: metrics in SQL (:func:`bismarckpy.evaluate.glm_metrics`)."""
+    from ..evaluate import glm_metrics  # the scoring queries, loaded only where evaluate runs
+
+    return glm_metrics(session, row, relation)
+
+
 KIND = ModelKind(
     name="glm", magic=np.array([MAGIC], dtype=_F8).tobytes(), params=GLM_PARAMS,
-    losses=tuple(REGISTRY), initialize=epoch_init, transition=transition,
+    losses=tuple(LOSS_CODES), initialize=epoch_init, transition=transition,
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
-    export=export, predict=predict, merge_rule="average", sql_train="bismarck.train_glm",
+    export=export, predict=predict, evaluate=evaluate, merge_rule="average",
+    sql_train="bismarck.train_glm",
     extra={"shared": Layout(_shared_slots, _rows_to_step, _block_rows, _shared_refuse)},
     doc="Generalized linear models: logistic regression, least squares, linear SVM.")

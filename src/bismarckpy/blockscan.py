@@ -1,0 +1,647 @@
+"""Block-shuffled scans without a copy (``shuffle => 'blocks'``, CorgiPile-style).
+
+CorgiPile (Xu et al., SIGMOD 2022) showed that reading a table's pages in a random order of
+*blocks* and shuffling tuples inside a buffer of several blocks converges like a full shuffle at
+the cost of a plain scan. Here, without patching PostgreSQL: the heap is cut into page groups of
+``pages`` consecutive pages (about ``block_size`` rows each); one epoch is one aggregate over the
+groups in a seeded random order, ``BUFFER_BLOCKS`` groups per call, each group read by a TID
+range scan (``ctid >= '(p,0)' AND ctid < '(q,0)'``, PostgreSQL 14+). ``array_agg`` builds one
+2-D ``float8[]`` per buffer in C and the transition reads its in-memory bytes
+(:func:`read_matrix`), shuffles the buffer's rows (seeded, new each epoch) and hands them to the
+model kind's block kernel as one packed block (:mod:`bismarckpy.pack`).
+
+The validation rows are chosen without a copy: group ``g`` holds out ``h_g`` of its ``n_g``
+usable rows, the first ``h_g`` of a permutation seeded by (seed, g), with ``h_g`` the group's
+share of ``ceil(f·n)`` rounded with the remainder carried from group to group (so the total is
+exact). Preparation (:func:`prepare_chunk`) reads every group once in physical order to learn
+``n_g``, ``h_g`` and the training rows' moments; every epoch checks ``n_g`` again, so a table
+that changed under a run is an error, never a silently different split.
+
+Errors: :class:`~bismarckpy.errors.InvalidData` for arrays that are not 2-D float8 without
+NULLs of the expected width, and for a source whose rows changed since preparation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import moments
+from .errors import InvalidData, InvalidParameter
+from .pack import HEADER_BYTES, MAGIC
+from .source import Session, Source
+
+#: Page groups per buffer: the tuple shuffle mixes rows of this many random groups.
+BUFFER_BLOCKS = 8
+#: Preparation reads the groups in this many statements (one progress notice after each).
+PREPARE_CHUNKS = 10
+_FLOAT8OID = 701
+_F8 = np.dtype("<f8")
+# Parts of a group an epoch reads.
+ALL, TRAIN, VALID = 0, 1, 2
+
+
+def _maxalign(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
+    """The values of a ``float8[]``'s in-memory form (``bismarck._float8_array_bytes``).
+
+    A 1-D array gives an ``n``-vector, a 2-D one an ``n × d`` matrix (a view of ``raw``, no
+    copy); ``width`` checks ``d``. The layout is PostgreSQL's ``ArrayType`` without its varlena
+    length: ndim, data offset (0: no NULL bitmap), element type, then ``ndim`` dimensions and
+    lower bounds, then the values from ``MAXALIGN(16 + 8·ndim) - 4``. Raises
+    :class:`InvalidData` for NULL elements, another element type, more than two dimensions or
+    a size that does not match the header.
+    """
+    if raw is None:
+        return np.empty((0, width or 0)) if width is not None else np.empty(0)
+    head = np.frombuffer(raw, dtype="<i4", count=3) if len(raw) >= 12 else None
+    if head is None:
+        raise InvalidData("a block of rows is not an array", detail=f"{len(raw)} bytes.")
+    ndim, dataoffset, elemtype = (int(v) for v in head)
+    if ndim not in (1, 2) or len(raw) < 12 + 8 * ndim:
+        raise InvalidData("a block of rows is not a 1-D or 2-D array",
+                          detail=f"It has {ndim} dimensions.",
+                          hint="Feature arrays must be one-dimensional.")
+    if dataoffset != 0:
+        raise InvalidData("a block of rows holds NULL elements",
+                          detail="Rows with a NULL label or feature element should have been "
+                                 "filtered out.",
+                          hint="Fill or filter the missing values in a view.")
+    if elemtype != _FLOAT8OID:
+        raise InvalidData("a block of rows is not float8",
+                          detail=f"Its element type has oid {elemtype}, not {_FLOAT8OID}.")
+    dims = [int(v) for v in np.frombuffer(raw, dtype="<i4", count=ndim, offset=12)]
+    start = _maxalign(16 + 8 * ndim) - 4
+    if len(raw) != start + 8 * int(np.prod(dims)):
+        raise InvalidData("a block of rows has an unexpected size",
+                          detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
+    values = np.frombuffer(raw, dtype=_F8, offset=start)
+    if ndim == 1:
+        return values
+    if width is not None and dims[1] != width:
+        raise InvalidData("feature vector has the wrong length",
+                          detail=f"The model has {width} features but rows have {dims[1]}.",
+                          hint="Make every feature array the same length, or filter the odd "
+                               "rows out.")
+    return values.reshape(dims)
+
+
+def held_mask(seed: int, group: int, n: int, held: int) -> np.ndarray:
+    """Which of a group's ``n`` rows (in physical order) are validation rows: a seeded
+    choice of ``held`` of them, the same in every epoch of a run."""
+    mask = np.zeros(n, dtype=bool)
+    if held > 0:
+        rng = np.random.default_rng([int(seed) & (2**63 - 1), int(group)])
+        mask[rng.permutation(n)[:held]] = True
+    return mask
+
+
+def finite_rows(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows whose label and features are all finite (NaN and ±inf are missing values, as on
+    every path), and how many were dropped. The SQL filter leaves this test to numpy: a
+    vectorised pass costs far less than comparing every array element in SQL."""
+    X = X.reshape(-1, d)
+    ok = finite_mask(X, y)
+    if ok is None:
+        return X, y, 0
+    return X[ok], y[ok], int((~ok).sum())
+
+
+def finite_mask(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Which rows are finite (None: all of them). One cheap pass first: a row sum is finite
+    when every value is (a sum can also overflow, so rows whose sum is not are checked
+    value by value)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = X.sum(axis=1) + y
+    bad = ~np.isfinite(sums)
+    if not bad.any():
+        return None
+    ok = ~bad
+    rows = np.flatnonzero(bad)
+    ok[rows] = np.isfinite(y[rows]) & np.isfinite(X[rows]).all(axis=1)
+    return None if ok.all() else ok
+
+
+@dataclass
+class Buffer:
+    """The rows of one buffer an epoch keeps: rows ``rows`` (None: all) of features ``X``
+    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y) if self.rows is None else len(self.rows)
+
+    def taken(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept rows as arrays (copies unless all rows are kept)."""
+        if self.rows is None:
+            return self.X, self.y
+        return self.X[self.rows], self.y[self.rows]
+
+
+def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
+                counts: list | None, holds: list | None, part: int,
+                split_seed: int) -> Buffer:
+    """The rows of a buffer an epoch reads (``part``: ALL, TRAIN or VALID), physical order.
+
+    ``groups``, ``counts`` and ``holds`` list the buffer's page groups in the order their rows
+    arrive, with the usable rows and validation rows preparation found in each; ``d`` (None:
+    the array's own width) checks the number of features. Raises
+    :class:`InvalidData` when the rows that arrive do not add up to ``counts`` (the source
+    changed since preparation).
+    """
+    X = read_matrix(xs, d)
+    y = read_matrix(ys)
+    if X.ndim != 2:
+        X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
+    d = X.shape[1]
+    n = len(y)
+    if X.shape[0] != n:
+        raise InvalidData("a block's labels do not match its rows",
+                          detail=f"{X.shape[0]} feature rows, {n} labels.")
+    ok = finite_mask(X, y)
+    usable = None if ok is None else np.flatnonzero(ok)
+    n = len(y) if usable is None else len(usable)
+    gs = [g for g in (groups or []) if g is not None]
+    ns = [int(c) for c in (counts or [])[:len(gs)]]
+    if sum(ns) != n:
+        raise changed(n, sum(ns))
+    if part == ALL or not any(holds or []):
+        if part == VALID:
+            return Buffer(X, y, np.zeros(0, dtype=np.int64))
+        return Buffer(X, y, usable)
+    mask = np.concatenate([held_mask(split_seed, g, c, int(h))
+                           for g, c, h in zip(gs, ns, holds or [])]) if gs else np.zeros(0, bool)
+    keep = np.flatnonzero(mask if part == VALID else ~mask)
+    return Buffer(X, y, keep if usable is None else usable[keep])
+
+
+def changed(got: int, expected: int) -> InvalidData:
+    """The error for a source whose rows changed while a run read it."""
+    return InvalidData(
+        "the source table changed during training",
+        detail=f"A group of pages held {got} usable rows; preparation counted {expected}.",
+        hint="Train again when the table is not being written, or train on a snapshot "
+             "(CREATE TABLE ... AS) of it.")
+
+
+_scratch: dict[int, bytearray] = {}
+
+
+def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
+    """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
+    (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
+
+    The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
+    per call costs more in page faults than the copy itself): it is valid until the next call.
+    """
+    n, d = len(buf), buf.X.shape[1]
+    if n == 0:
+        return None
+    start = HEADER_BYTES + 8 * (1 + d)
+    size = start + 8 * n * (1 + d)
+    block = _scratch.get(size)
+    if block is None:
+        _scratch.clear()
+        block = _scratch[size] = bytearray(size)
+    block[:HEADER_BYTES] = MAGIC + np.array([d, 8], dtype="<i4").tobytes()
+    offsets = np.frombuffer(block, dtype=_F8, count=1 + d, offset=HEADER_BYTES)
+    values = np.frombuffer(block, dtype=_F8, offset=start).reshape(n, 1 + d)
+    order = buf.rows
+    if shuffle_seed is not None:
+        perm = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
+        order = perm if order is None else order[perm]
+    if order is None:
+        values[:, 0] = buf.y
+        values[:, 1:] = buf.X
+    else:  # one gather: the kept rows in their shuffled order
+        np.take(buf.y, order, out=values[:, 0], mode="clip")
+        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    offsets[:] = values.min(axis=0)
+    values -= offsets
+    return block
+
+
+def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
+               groups: list | None, counts: list | None, holds: list | None, part: int,
+               split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
+    """One buffer of an epoch: select its rows, shuffle them, run ``kernel`` (a model kind's
+    ``transition_block(state, block, init)``, which checks the block's width against its
+    state) on them as one block."""
+    buf = select_rows(xs, ys, None, groups, counts, holds, part, split_seed)
+    block = as_block(buf, shuffle_seed)
+    if block is None:
+        return state if state is not None else init
+    return kernel(state, block, init)
+
+
+# -- preparation: one read of every group, in physical order ------------------------------------
+
+(_P_D, _P_F, _P_SEEN, _P_GROUPS, _P_TOTAL, _P_MULTI, _P_EMPTY, _P_RAGGED, _P_LEN_LO, _P_LEN_HI,
+ _P_Y_MIN, _P_Y_MAX, _P_ALL01, _P_ALLPM1, _P_AX, _P_AY, _P_MX, _P_MY) = range(18)
+_P_HEAD = 18
+
+
+def split_count(fraction: float, n: int) -> int:
+    """Validation rows among the first ``n`` usable rows: ``ceil(fraction · n)`` immune to the
+    product's float error (the training loop's ``validation_count``)."""
+    if fraction <= 0 or n <= 0:
+        return 0
+    return min(n, int(np.ceil(fraction * n - 1e-9)))
+
+
+def group_holds(fraction: float, before: int, n: int) -> int:
+    """Validation rows of a group of ``n`` usable rows after ``before`` of them: the increase
+    of :func:`split_count`, so that over all groups they add up to ``split_count(fraction,
+    total)`` exactly, without knowing the total in advance (one pass)."""
+    return split_count(fraction, before + n) - split_count(fraction, before)
+
+
+def prepare_init(d: int, fraction: float, seen: int) -> bytes:
+    """The state a chunk of the preparation starts from: ``seen`` usable rows before it."""
+    head = np.zeros(_P_HEAD, dtype=_F8)
+    head[_P_D], head[_P_F], head[_P_SEEN] = d, fraction, seen
+    head[[_P_LEN_LO, _P_Y_MIN, _P_MX, _P_MY]] = np.inf
+    head[[_P_LEN_HI, _P_Y_MAX]] = -np.inf
+    head[[_P_ALL01, _P_ALLPM1]] = 1.0
+    return head.tobytes() + moments._new(1 + d).tobytes()  # noqa: SLF001 (same package)
+
+
+def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group: int,
+                 shape: list | None, init: bytes, seed: int) -> bytes:  # noqa: PLR0913
+    """Read one group: check and count its rows, choose its validation rows, add the training
+    rows (label first) to the moments.
+
+    ``xs``/``ys`` hold the rows SQL found complete (no NULL, one dimension, the expected
+    length); NaN and ±inf are told apart here. ``shape`` is SQL's count of the group's rows,
+    of multi-dimensional and of empty arrays, of arrays of another length, and the smallest
+    and largest such length. The state is the head (counts, ranges, label facts), the moments,
+    then one ``(group, n_g, h_g)`` triple per group read.
+    """
+    s = np.frombuffer(state if state is not None else init, dtype=_F8)
+    d, fraction, seen = int(s[_P_D]), float(s[_P_F]), int(s[_P_SEEN])
+    m_len = 1 + 4 * (1 + d)
+    head = s[:_P_HEAD].copy()
+    n_all, multi, empty, ragged, len_lo, len_hi = ([int(v or 0) for v in shape[:4]]
+                                                   + [shape[4], shape[5]]) if shape else (
+        0, 0, 0, 0, None, None)
+    head[_P_TOTAL] += n_all
+    head[_P_MULTI] += multi
+    head[_P_EMPTY] += empty
+    head[_P_RAGGED] += ragged
+    if len_lo is not None:
+        head[_P_LEN_LO] = min(head[_P_LEN_LO], len_lo)
+        head[_P_LEN_HI] = max(head[_P_LEN_HI], len_hi)
+    X = read_matrix(xs, d)
+    y = read_matrix(ys)
+    if X.reshape(-1, d).shape[0] != len(y):
+        raise InvalidData("a block's labels do not match its rows")
+    X, y, _ = finite_rows(X, y, d)
+    n = len(y)
+    mom = s[_P_HEAD:_P_HEAD + m_len].copy()
+    held = group_holds(fraction, seen, n)
+    if n:
+        head[_P_AX] = max(head[_P_AX], float(X.max()), -float(X.min()))
+        head[_P_MX] = min(head[_P_MX], _smallest_nonzero(X))
+        ay = np.abs(y)
+        head[_P_AY] = max(head[_P_AY], float(ay.max()))
+        head[_P_MY] = min(head[_P_MY], _smallest_nonzero(y))
+        head[_P_Y_MIN] = min(head[_P_Y_MIN], float(y.min()))
+        head[_P_Y_MAX] = max(head[_P_Y_MAX], float(y.max()))
+        head[_P_ALL01] = float(bool(head[_P_ALL01]) and bool(((y == 0) | (y == 1)).all()))
+        head[_P_ALLPM1] = float(bool(head[_P_ALLPM1]) and bool(((y == -1) | (y == 1)).all()))
+        if held:
+            keep = ~held_mask(seed, group, n, held)
+            X, y = X[keep], y[keep]
+        if len(y):
+            part = moments.stack(moments.of_rows(y[:, None]), moments.of_rows(X))
+            mom = moments._merge_into(mom, part)  # noqa: SLF001 (same package)
+    head[_P_SEEN] += n
+    head[_P_GROUPS] += 1
+    return (head.tobytes() + mom.tobytes() + s[_P_HEAD + m_len:].tobytes()
+            + np.array([group, n, held], dtype=_F8).tobytes())
+
+
+def _smallest_nonzero(v: np.ndarray) -> float:
+    """The smallest non-zero magnitude in ``v`` (inf: all zero); a copy only when zeros."""
+    a = np.abs(v)
+    m = float(a.min())
+    if m > 0:
+        return m
+    nz = a[a > 0]
+    return float(nz.min()) if nz.size else np.inf
+
+
+@dataclass
+class Survey:
+    """What one read of every group says about the rows (see ``packing.Checked``)."""
+
+    n_total: int
+    n_usable: int
+    multi: int
+    empty: int
+    ragged: int
+    len_lo: int | None
+    len_hi: int | None
+    y_min: float | None
+    y_max: float | None
+    all01: bool
+    allpm1: bool
+    max_abs_x: float
+    max_abs_y: float
+    min_abs_x: float
+    min_abs_y: float
+
+
+@dataclass
+class Prepared:
+    """What preparation learned: usable and validation rows of every group, the moments of
+    the training rows (column 0 is the label), and the survey of all rows."""
+
+    counts: np.ndarray
+    holds: np.ndarray
+    stats: moments.Moments | None
+    survey: Survey | None = None
+
+
+def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
+    """Combine the chunks' final states (any order) into per-group counts, one moments and
+    one survey."""
+    counts = np.zeros(groups, dtype=np.int64)
+    holds = np.zeros(groups, dtype=np.int64)
+    m_len = 1 + 4 * (1 + d)
+    total: np.ndarray | None = None
+    head = np.frombuffer(prepare_init(d, 0.0, 0), dtype=_F8, count=_P_HEAD).copy()
+    for raw in states:
+        if raw is None:
+            continue
+        s = np.frombuffer(raw, dtype=_F8)
+        h = s[:_P_HEAD]
+        for slot in (_P_TOTAL, _P_MULTI, _P_EMPTY, _P_RAGGED):
+            head[slot] += h[slot]
+        for slot in (_P_LEN_LO, _P_Y_MIN, _P_MX, _P_MY):
+            head[slot] = min(head[slot], h[slot])
+        for slot in (_P_LEN_HI, _P_Y_MAX, _P_AX, _P_AY):
+            head[slot] = max(head[slot], h[slot])
+        head[_P_ALL01] = min(head[_P_ALL01], h[_P_ALL01])
+        head[_P_ALLPM1] = min(head[_P_ALLPM1], h[_P_ALLPM1])
+        mom = s[_P_HEAD:_P_HEAD + m_len].copy()
+        total = mom if total is None else moments._merge_into(total, mom)  # noqa: SLF001
+        triples = s[_P_HEAD + m_len:].reshape(-1, 3).astype(np.int64)
+        counts[triples[:, 0]] = triples[:, 1]
+        holds[triples[:, 0]] = triples[:, 2]
+    stats = moments.decode(total.tobytes()) if total is not None and total[0] > 0 else None
+
+    def finite(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    lo, hi = finite(head[_P_LEN_LO]), finite(head[_P_LEN_HI])
+    survey = Survey(int(head[_P_TOTAL]), int(counts.sum()), int(head[_P_MULTI]),
+                    int(head[_P_EMPTY]), int(head[_P_RAGGED]),
+                    None if lo is None else int(lo), None if hi is None else int(hi),
+                    finite(head[_P_Y_MIN]), finite(head[_P_Y_MAX]), bool(head[_P_ALL01]),
+                    bool(head[_P_ALLPM1]), float(head[_P_AX]), float(head[_P_AY]),
+                    float(head[_P_MX]), float(head[_P_MY]))
+    return Prepared(counts, holds, stats, survey)
+
+
+# -- SQL: the layout of a table's pages and the statements that read them -----------------------
+
+@dataclass
+class Layout:
+    """How a table's heap is cut into page groups."""
+
+    relation: str  # SQL text of the table (``%`` doubled)
+    pages: int  # heap pages when the run started
+    per_group: int  # pages per group
+    groups: int
+
+
+def refuse_unless_heap(src: Source) -> None:
+    """``shuffle => 'blocks'`` reads pages by physical position: a table or materialized view
+    the caller may read whole. Anything else is refused with what to use instead."""
+    if src.row_key != "s.ctid::text":
+        raise InvalidParameter(
+            f"shuffle => 'blocks' cannot read {src.name}",
+            detail="Block shuffling reads groups of a table's pages by their physical position "
+                   "(ctid); views, foreign and partitioned tables have none, and reading them "
+                   "needs SELECT on the whole table.",
+            hint="Use shuffle => 'once' (a shuffled copy) or 'always', or train on a table (for "
+                 "example CREATE TABLE ... AS SELECT from the view).")
+
+
+def layout(session: Session, src: Source, n_rows: int | None, block_size: int) -> Layout:
+    """Page groups of about ``block_size`` rows, from the heap's size and ``n_rows`` rows
+    (None: the rows of the first pages, counted)."""
+    refuse_unless_heap(src)
+    pages = int(session.query(
+        "SELECT (pg_relation_size(%s::regclass) / current_setting('block_size')::int8)::int8 "
+        "AS pages", [src.name])[0][0])
+    if n_rows is None:
+        probe = min(pages, 32)
+        n_rows = int(session.query(
+            f"SELECT count(*) AS n FROM {src.relation} AS s WHERE s.ctid < '({probe},0)'::tid"
+        )[0][0]) * pages / max(probe, 1)
+    per_page = n_rows / max(pages, 1)
+    # At most the whole heap per group (an empty heap: no group at all).
+    per_group = max(1, min(max(pages, 1), round(block_size / max(per_page, 1e-9))))
+    return Layout(src.relation, pages, per_group, -(-pages // per_group))
+
+
+def _tid(group: str, layout: Layout, plus: int = 0) -> str:
+    """SQL for the first TID of page group ``group`` (+ ``plus``); NULL when group is NULL."""
+    return (f"('(' || (({group})::int8 + {plus}) * {layout.per_group} || ',0)')::pg_catalog.tid")
+
+
+def _group_rows(src: Source, layout: Layout, group: str) -> str:
+    """The usable rows (features, raw label) of one page group, by a TID range scan."""
+    return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
+            f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
+            f"AND {src.scan_valid_expr}")
+
+
+def _int_array(values: np.ndarray | list[int]) -> str:
+    return "'{" + ",".join(str(int(v)) for v in values) + "}'::int4[]"
+
+
+def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
+              shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
+              aggregate: str = "{aggregate}") -> str:
+    """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
+    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups,
+    ``buffer_blocks`` per call; its one parameter is the kernel's init state.
+
+    ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
+    ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
+    no usable row (or no row of ``part``) are not read.
+    """
+    counts, holds = prepared.counts, prepared.holds
+    wanted = {ALL: counts, TRAIN: counts - holds, VALID: holds}[part]
+    order = "random()" if shuffled else "c.g"
+    seed = "(random() * 4503599627370496)::int8" if shuffled else "NULL::int8"
+    groups = (f"SELECT (c.g - 1)::int4 AS g, c.n, c.h, "
+              f"row_number() OVER (ORDER BY {order}) - 1 AS pos, {seed} AS r "
+              f"FROM unnest({_int_array(counts)}, {_int_array(holds)}, "
+              f"{_int_array(wanted)}) WITH ORDINALITY AS c(n, h, w, g) WHERE c.w > 0")
+    buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs, "
+               "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
+               f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                  for j in range(int(buffer_blocks)))
+    return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
+            "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+            f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+            f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+            f"FROM ({branches}) AS u) AS z")
+
+
+def _row_facts(src: Source, d: int) -> str:
+    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``ok``
+    (complete: label and every feature present, one dimension, ``d`` elements), ``multi``
+    (more than one dimension), ``empty`` (no element), ``odd`` (complete but of another
+    length) and ``len`` (the number of elements)."""
+    x = src.x_expr
+    if not src.array_feature:
+        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS ok, "
+                f"false AS multi, false AS empty, false AS odd, {int(d)} AS len")
+    return (f"{x} AS x, {src.label_expr} AS y, "
+            f"({src.scan_valid_expr} AND cardinality({x}) = {int(d)}) AS ok, "
+            f"coalesce(array_ndims({x}) > 1, false) AS multi, "
+            f"coalesce(cardinality({x}) = 0, false) AS empty, "
+            f"({src.scan_valid_expr} AND cardinality({x}) NOT IN (0, {int(d)})) AS odd, "
+            f"cardinality({x}) AS len")
+
+
+def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int) -> str:
+    """Preparation of the groups ``%s`` to ``%s`` in physical order (init state first): the
+    complete rows as two arrays, and the group's shape counts, per group."""
+    counts = ("SELECT array_agg(u.x) FILTER (WHERE u.ok) AS xs, "
+              "array_agg(u.y) FILTER (WHERE u.ok) AS ys, ARRAY[count(*), "
+              "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
+              "count(*) FILTER (WHERE u.odd), min(u.len) FILTER (WHERE u.odd OR u.ok), "
+              "max(u.len) FILTER (WHERE u.odd OR u.ok)]::int8[] AS shape "
+              f"FROM (SELECT {_row_facts(src, d)} FROM {layout.relation} AS s "
+              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)}) "
+              "AS u")
+    return ("SELECT bismarck._scan_prepare(bismarck._float8_array_bytes(z.xs), "
+            "bismarck._float8_array_bytes(z.ys), o.g, z.shape, %s, "
+            f"{int(split_seed)}::int8) AS state "
+            "FROM (SELECT g::int4 AS g FROM generate_series(%s::int4, %s::int4) AS g "
+            f"ORDER BY 1) AS o CROSS JOIN LATERAL ({counts}) AS z")
+
+
+#: At most this many groups per preparation statement: its state grows by one triple a group.
+GROUPS_PER_STATEMENT = 128
+
+
+def prepare(session: Session, src: Source, layout: Layout, d: int, fraction: float,
+            split_seed: int, progress: Callable[[str], None] | None = None) -> Prepared:
+    """Read every group once, in order: check and count the rows (:class:`Survey`), choose
+    the validation rows (``fraction`` of the usable rows, exact) and sum the training rows'
+    moments. A progress report after each tenth of the pages."""
+    sql = prepare_sql(src, layout, d, split_seed)
+    chunk = max(1, min(GROUPS_PER_STATEMENT, -(-layout.groups // PREPARE_CHUNKS)))
+    states, seen, told = [], 0, 0
+    for start in range(0, layout.groups, chunk):
+        stop = min(layout.groups, start + chunk)
+        state = session.query(sql, [prepare_init(d, fraction, seen), start, stop - 1])[0][0]
+        if state is not None:
+            states.append(bytes(state))
+            seen = int(np.frombuffer(state, dtype=_F8, count=_P_HEAD)[_P_SEEN])
+        tenth = 10 * stop // layout.groups
+        if progress is not None and tenth > told:
+            told = tenth
+            progress(f"preparing: {10 * tenth}% of pages")
+    return prepare_decode(states, layout.groups, d)
+
+
+def first_length(session: Session, src: Source) -> int | None:
+    """The number of features of the first complete row (None: no such row)."""
+    if not src.array_feature:
+        return len(src.features)
+    rows = session.query(f"SELECT cardinality({src.x_expr}) AS d FROM {src.relation} AS s "
+                         f"WHERE {src.scan_valid_expr} AND cardinality({src.x_expr}) > 0 "
+                         "LIMIT 1")
+    return int(rows[0][0]) if rows else None
+
+
+# -- packed copies in one read: buffers of page groups, shuffled, cut into blocks ---------------
+
+def pack_buffer(xs: bytes | None, ys: bytes | None, d: int, block_size: int, dtype: str,
+                seed: int) -> list[tuple[int, bytes]]:
+    """One buffer of page groups → packed blocks (:mod:`bismarckpy.pack`) of its usable rows,
+    shuffled (seeded) across the whole buffer and cut into blocks of about ``block_size``
+    rows. Returns ``(rows, block)`` pairs. Raises :class:`InvalidData` for a value the block
+    ``dtype`` cannot hold (the caller picks float64 for those)."""
+    from .pack import encode  # noqa: PLC0415 (pack imports nothing of this module)
+
+    X = read_matrix(xs, d)
+    y = read_matrix(ys)
+    if X.reshape(-1, d).shape[0] != len(y):
+        raise InvalidData("a block's labels do not match its rows")
+    X, y, _ = finite_rows(X, y, d)
+    n = len(y)
+    if n == 0:
+        return []
+    order = np.random.default_rng(int(seed) & (2**63 - 1)).permutation(n)
+    values = np.empty((n, 1 + d), dtype=_F8)
+    np.take(y, order, out=values[:, 0], mode="clip")
+    np.take(X, order, axis=0, out=values[:, 1:], mode="clip")
+    parts = max(1, round(n / max(int(block_size), 1)))
+    return [(len(part), encode(part, dtype)) for part in np.array_split(values, parts)]
+
+
+def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, dtype: str,
+             seed: int, buffer_blocks: int = BUFFER_BLOCKS) -> str:
+    """``INSERT`` into ``table`` (block, n, data) the packed blocks of buffers from the second
+    ``%s`` to the third, numbering blocks from the first: groups in a seeded random order,
+    ``buffer_blocks`` at a time, each buffer shuffled and cut into blocks. Over all buffers,
+    one read of the source; the backend holds one buffer at a time (no sort, no hash table)."""
+    groups = (f"SELECT g::int4 AS g, row_number() OVER (ORDER BY hashint4extended(g::int4, "
+              f"{int(seed)}::int8), g) - 1 AS pos FROM generate_series(0, {layout.groups - 1}) "
+              "AS g")
+    buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs "
+               f"FROM ({groups}) AS q WHERE q.pos / {int(buffer_blocks)} BETWEEN %s::int8 "
+               "AND %s::int8 GROUP BY 1 ORDER BY 1")
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                  for j in range(int(buffer_blocks)))
+    blocks = ("SELECT b.n, b.data FROM (" + buffers + ") AS o "
+              "CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+              f"FROM ({branches}) AS u) AS z CROSS JOIN LATERAL bismarck._pack_buffer("
+              "bismarck._float8_array_bytes(z.xs), bismarck._float8_array_bytes(z.ys), "
+              f"{int(d)}, {int(block_size)}, {_text(dtype)}, "
+              f"{int(seed)}::int8 + o.buf) AS b")
+    return (f"INSERT INTO {table} (block, n, data) SELECT (row_number() OVER ())::int4 - 1 "
+            f"+ %s::int4, k.n, k.data FROM ({blocks}) AS k")
+
+
+def pack(session: Session, src: Source, table: str, n_rows: int, d: int, block_size: int,
+         dtype: str, seed: int, progress: Callable[[str], None] | None = None) -> int:
+    """Fill packed table ``table`` from ``src`` in one read (:func:`pack_sql`), in
+    :data:`PREPARE_CHUNKS` statements with a progress report after each. Returns the rows."""
+    lay = layout(session, src, n_rows, block_size)
+    buffers = -(-lay.groups // BUFFER_BLOCKS)
+    sql = pack_sql(src, lay, table, d, block_size, dtype, seed)
+    chunk = max(1, -(-buffers // PREPARE_CHUNKS))
+    blocks = 0
+    for start in range(0, buffers, chunk):
+        stop = min(buffers, start + chunk)
+        session.query(sql, [blocks, start, stop - 1])  # in the order of the placeholders
+        blocks = int(session.query(f"SELECT count(*) AS n FROM {table}")[0][0])
+        if progress is not None:
+            progress(f"packing: {100 * stop // buffers}% of pages")
+    return int(session.query(f"SELECT coalesce(sum(n), 0) AS n FROM {table}")[0][0])
+
+
+def _text(value: str) -> str:
+    """A dtype name as an SQL literal (only the two names :mod:`bismarckpy.pack` knows)."""
+    if value not in ("float32", "float64"):
+        raise InvalidParameter(f"unknown block dtype {value!r}")
+    return f"'{value}'::text"

@@ -1,0 +1,299 @@
+"""The multi-layer perceptron as a model kind: :mod:`bismarckpy.nn`'s aggregate, its parameters,
+its stored form and its predictions.
+
+The loop carries the finalized :mod:`bismarckpy.nn` state between epochs (weights, optimiser
+moments and the step counter), so Adam and momentum continue across epochs as in scikit-learn.
+The stored form keeps the architecture, the standardisation and the label's scale in ``model``
+(jsonb) and the flat float64 parameters in ``state`` (bytea, exact and compact: a [64, 32]
+network on 64 features has 6,570 of them). The scaling is stored and applied at prediction
+rather than folded into the first layer, so stored predictions equal the trained network's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+from ..errors import InvalidData, InvalidParameter
+from ..params import Param, merge_params
+from . import ModelKind, Stored
+
+_F8 = np.dtype("<f8")
+
+
+def parse_hidden(v: Any) -> tuple[int, ...]:
+    """Hidden layer sizes from an array, a list, a tuple, JSON text or ``'64,32'``.
+
+    Raises ValueError for anything but one or more integers ≥ 1 (a size of 0 in particular).
+    """
+    if isinstance(v, str):
+        text = v.strip().strip("[]{}()")
+        v = [x for x in text.replace(" ", "").split(",") if x] if text else []
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(v)
+    out = []
+    for h in v:
+        if isinstance(h, bool):
+            raise ValueError(v)
+        try:
+            f = float(h)
+        except (TypeError, ValueError):
+            raise ValueError(v) from None
+        if not f.is_integer() or f < 1 or f > 100_000:
+            raise ValueError(v)
+        out.append(int(f))
+    if len(out) > 16:
+        raise ValueError(v)
+    return tuple(out)
+
+
+MLP_PARAMS: tuple[Param, ...] = merge_params((
+    Param("hidden", tuple, (100,), "Sizes of the hidden layers, e.g. ARRAY[64, 32] "
+          "(scikit-learn's hidden_layer_sizes); an empty array fits a linear/softmax model.",
+          parse=parse_hidden, shape="an array of up to 16 integers, each 1 to 100000"),
+    Param("activation", str, "relu", "Hidden units' activation.",
+          choices=tuple(nn.ACTIVATIONS)),
+    Param("task", str, "classification", "classification: a softmax output over the label's "
+          "classes (two or more), cross-entropy loss; regression: an identity output, squared "
+          "loss.", choices=tuple(nn.TASKS)),
+    Param("solver", str, "adam", "Optimiser: adam, or sgd with momentum.",
+          choices=tuple(nn.SOLVERS)),
+    Param("learning_rate_init", float, 0.001, "Initial learning rate.", low=0.0,
+          low_open=True),
+    Param("learning_rate", str, "constant", "Schedule between epochs: constant, or adaptive "
+          "(divide by 5 when the score stalls n_iter_no_change epochs).",
+          choices=("constant", "adaptive")),
+    Param("momentum", float, 0.9, "sgd: momentum.", low=0.0, high=1.0),
+    Param("nesterovs_momentum", bool, True, "sgd: Nesterov's momentum."),
+    Param("beta_1", float, 0.9, "adam: decay of the first moment.", low=0.0, high=0.999999),
+    Param("beta_2", float, 0.999, "adam: decay of the second moment.", low=0.0,
+          high=0.999999999),
+    Param("epsilon", float, 1e-8, "adam: numerical stability term.", low=0.0, low_open=True),
+    Param("alpha", float, 0.0001, "L2 penalty on the weights (intercepts unpenalised), as "
+          "scikit-learn: alpha · ½‖W‖² / batch rows per step.", low=0.0),
+    Param("standardize", bool, True, "Fit on standardised features (and, for regression, a "
+          "standardised label); predictions are in the original units."),
+    Param("batch_size", int, 200, "Rows per step; 0 is full-batch gradient descent.", low=0,
+          high=1_000_000_000),
+    Param("max_epochs", int, 200, "Upper bound on passes over the data (scikit-learn's "
+          "max_iter).", low=1, high=1_000_000),
+    Param("tol", float, 0.0001, "Stop when the validation loss (or, without validation, the "
+          "training loss) improves by less than tol for n_iter_no_change epochs.", low=0.0,
+          nullable=True),
+    Param("n_iter_no_change", int, 10, "Epochs without improvement before stopping.", low=1,
+          high=10_000),
+    Param("validation_fraction", float, 0.1, "Share of rows held out for early stopping on "
+          "the validation loss; the epoch with the best validation loss is the one stored.",
+          low=0.0, high=0.9),
+))
+#: The GLM's schedule parameters that the MLP replaces with scikit-learn MLP names.
+MLP_PARAMS = tuple(p for p in MLP_PARAMS if p.name not in ("eta0", "power_t"))
+
+
+def loop_params(p: dict[str, Any]) -> dict[str, Any]:
+    """The training loop's names for the MLP's settings: the loss its task implies (the
+    cross-entropy of a softmax over K classes, whose raw labels the kernel codes; squared), the
+    schedule's initial rate, and an intercept-fitting model's
+    standardisation (features and a regression label centred and scaled)."""
+    return {"loss": "cross_entropy" if p["task"] == "classification" else "squared",
+            "eta0": p["learning_rate_init"], "power_t": 0.5, "fit_intercept": True}
+
+
+@dataclass
+class MLPEpoch:
+    """A decoded epoch: what the loop reads, and the finalized state it carries on (``model``)."""
+
+    net: nn.Network
+    model: bytes
+
+    rows = property(lambda self: self.net.rows)
+    loss_sum = property(lambda self: self.net.loss_sum)
+    skipped = property(lambda self: self.net.skipped)
+    parts = property(lambda self: self.net.parts)
+    t = property(lambda self: self.net.t)
+    mean_loss = property(lambda self: self.net.mean_loss)
+    data_loss = property(lambda self: self.net.data_loss)
+
+
+def epoch_init(p: dict[str, Any], data: Any, model: bytes | None, *, eta: float = 0.0,
+               per_step: bool = False, evaluate: bool = False) -> bytes:
+    """:attr:`ModelKind.initialize`: Glorot weights under ``seed`` before the first epoch, else
+    the carried state with its counters cleared (``eta``: the schedule's rate)."""
+    if model is None:
+        regression = p["task"] == "regression"
+        model = nn.initialize(
+            data.d, hidden=p["hidden"], task=p["task"],
+            classes=None if regression else data.classes, activation=p["activation"],
+            solver=p["solver"], learning_rate_init=eta or p["learning_rate_init"],
+            momentum=p["momentum"], nesterovs_momentum=p["nesterovs_momentum"],
+            beta_1=p["beta_1"], beta_2=p["beta_2"], epsilon=p["epsilon"], alpha=p["alpha"],
+            batch_size=p["batch_size"], seed=int(p["seed"] or 0), mu=data.mu, sd=data.sd,
+            y_shift=data.y_mean if regression else 0.0,
+            y_scale=data.y_sd if regression else 1.0, itemsize=data.itemsize)
+    return nn.next_epoch(model, learning_rate_init=eta or None,
+                         batch_size=nn.EVALUATE if evaluate else None)
+
+
+def decode(state: bytes) -> MLPEpoch:
+    """:attr:`ModelKind.decode`."""
+    return MLPEpoch(nn.decode(state), state)
+
+
+def export(p: dict[str, Any], data: Any, model: bytes) -> Stored:
+    """:attr:`ModelKind.export`: architecture and scaling as JSON, the parameters as bytes."""
+    net = nn.decode(model)
+    return Stored("mlp", {
+        "task": net.task, "activation": net.activation, "sizes": net.sizes,
+        "hidden": net.sizes[1:-1], "mu": net.mu.tolist(), "sd": [float(x) for x in net.sd],
+        "y_shift": net.y_shift, "y_scale": net.y_scale, "n_params": nn.n_params(net.sizes),
+        "class_codes": net.classes.tolist()},
+        state=nn.params_of(model).astype(_F8).tobytes(),
+        classes=None if net.task == "regression" else data.classes)
+
+
+def _network(stored: Stored) -> tuple[list[int], np.ndarray]:
+    m = stored.model
+    sizes = [int(x) for x in m["sizes"]]
+    params = np.frombuffer(stored.state or b"", dtype=_F8)
+    if params.size != nn.n_params(sizes):
+        raise InvalidData("the stored MLP is damaged",
+                          detail=f"It holds {params.size} parameters; its layers need "
+                                 f"{nn.n_params(sizes)}.",
+                          hint="Train the model again.")
+    return sizes, params
+
+
+def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
+    """Outputs ``z`` (``n × k``) of a stored network for raw rows ``X`` (``n × d``).
+
+    Raises :class:`InvalidData` when a row does not have the model's number of features.
+    """
+    sizes, params = _network(stored)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.shape[1] != sizes[0]:
+        raise nn.wrong_length(sizes[0], X.shape[1])
+    m = stored.model
+    mu = np.asarray(m["mu"], dtype=np.float64)
+    sd = np.asarray([np.inf if s is None else s for s in m["sd"]], dtype=np.float64)
+    Xs = (X - mu) / sd
+    return nn.forward(nn.unflatten(params, sizes), Xs, nn.ACTIVATIONS[m["activation"]])[-1]
+
+
+def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
+    """Class probabilities (``n × K``, in the order of the stored classes).
+
+    Raises :class:`InvalidParameter` for a regression network (it has no classes).
+    """
+    if stored.model["task"] != "classification":
+        raise InvalidParameter("a regression MLP does not give probabilities",
+                               detail="It was trained with task => 'regression'.",
+                               hint="Use bismarck.predict.")
+    z = raw_output(stored, X)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
+    """:attr:`ModelKind.predict`: the class code (classification) or the target (regression)."""
+    m = stored.model
+    z = raw_output(stored, X)
+    if m["task"] == "classification":
+        return np.asarray(m["class_codes"], dtype=np.float64)[np.argmax(z, axis=1)]
+    return z[:, 0] * float(m["y_scale"]) + float(m["y_shift"])
+
+
+def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, float]]:
+    """Metrics of a stored network on rows ``X`` (``n × d``) with raw labels ``y``.
+
+    Classification: accuracy, macro-averaged F1 (scikit-learn's ``f1_score(average='macro')``
+    over the model's classes; a class never predicted nor present counts 0) and log-loss (mean
+    ``-log p(y)``). Regression: rmse, mae, r2. Raises :class:`InvalidData` for a label that is
+    not one of the model's classes.
+    """
+    m = stored.model
+    n = len(y)
+    if m["task"] == "regression":
+        pred = predict(stored, X)
+        r = pred - y
+        sst = float(((y - y.mean()) ** 2).sum()) if n else 0.0
+        return [("rows", n), ("rmse", float(np.sqrt((r * r).mean())) if n else np.nan),
+                ("mae", float(np.abs(r).mean()) if n else np.nan),
+                ("r2", 1.0 - float((r * r).sum()) / sst if sst > 0 else np.nan)]
+    codes = np.asarray(m["class_codes"], dtype=np.float64)
+    idx = np.searchsorted(codes, y).clip(0, max(codes.size - 1, 0))
+    unknown = codes[idx] != y
+    if unknown.any():
+        raise InvalidData(
+            "label values outside the model's classes",
+            detail=f"{int(unknown.sum())} rows have a label the model was not trained on "
+                   f"(e.g. {y[unknown][0]:g}); its classes are "
+                   f"{', '.join(f'{c:g}' for c in codes[:10])}{' …' if codes.size > 10 else ''}.",
+            hint="Evaluate on data labelled like the training data.")
+    if n == 0:
+        return [("rows", 0), ("accuracy", np.nan), ("f1_macro", np.nan), ("log_loss", np.nan)]
+    z = raw_output(stored, X)
+    zmax = z.max(axis=1, keepdims=True)
+    logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
+    guess = np.argmax(z, axis=1)
+    k = codes.size
+    tp = np.bincount(idx[guess == idx], minlength=k).astype(float)
+    predicted = np.bincount(guess, minlength=k).astype(float)
+    actual = np.bincount(idx, minlength=k).astype(float)
+    denom = predicted + actual
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return [("rows", n), ("accuracy", float((guess == idx).mean())),
+            ("f1_macro", float(f1.mean())), ("log_loss", float(-logp[np.arange(n), idx].mean()))]
+
+
+def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    """:attr:`ModelKind.evaluate`: the usable rows of ``relation`` are scored in this backend.
+
+    Rows with a NULL, NaN or infinite label or feature are skipped and counted
+    (``skipped_rows``). Raises :class:`InvalidData` when the rows' feature count differs from
+    the model's.
+    """
+    from ..evaluate import resolve_scored
+    from ..packing import check_rows
+
+    stored = Stored("mlp", row["stored"] if isinstance(row["stored"], dict)
+                    else json.loads(row["stored"]), row["state"])
+    src = resolve_scored(session, relation, row["label"], row["features"])
+    checked = check_rows(session, src)
+    d = int(stored.model["sizes"][0])
+    if checked.n_usable and checked.d != d:
+        raise InvalidData("feature dimension does not match the model",
+                          detail=f"Model {row['model_name']} version {row['version']} has {d} "
+                                 f"features; rows in {src.name} have {checked.d}.",
+                          hint="Evaluate with the same feature columns the model was trained on.")
+    rows = session.query(f"SELECT {src.label_expr} AS y, bismarck._float8_array_bytes("
+                         f"{src.x_expr}) AS x FROM {src.relation} AS s WHERE {src.valid_expr}")
+    y = np.array([float(r[0]) for r in rows], dtype=np.float64)
+    X = (np.frombuffer(b"".join(bytes(r[1])[20:] for r in rows), dtype=_F8).reshape(-1, d)
+         if rows else np.empty((0, d)))
+    out = []
+    for name, v in [*metrics(stored, X, y), ("skipped_rows", checked.n_total - checked.n_usable)]:
+        f = float(v)
+        out.append({"metric": name, "value": None if math.isnan(f) else f})
+    return out
+
+
+KIND = ModelKind(
+    name="mlp", magic=np.array([nn.MAGIC], dtype=_F8).tobytes(), params=MLP_PARAMS,
+    losses=("cross_entropy", "squared"), initialize=epoch_init, transition=nn.transition,
+    transition_block=nn.transition_block, merge=nn.merge, finalize=nn.finalize, decode=decode,
+    export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
+    merge_rule="average",
+    sql_train="bismarck.train_mlp",
+    doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
+    extra={"loop_params": loop_params,
+           "rate_name": "learning_rate_init", "restore_best": True})

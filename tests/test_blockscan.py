@@ -1,0 +1,264 @@
+"""Block-shuffled scans without a copy (``shuffle => 'blocks'``) on a real server.
+
+The right-answer tables of ``test_right_answers.py`` and ``test_sgd_right_answers.py`` run the
+blocks path too (offsets, constant columns, every loss × intercept × standardisation against
+statsmodels, hinge, huge and tiny values, class weights, separation, the validation share).
+Here: convergence on a table sorted by label, the hold-out as an exact partition, missing
+values, determinism, sources it cannot read, a table changed under a run, the arrays' bytes,
+and progress during preparation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+from reference_data import load_array_table, load_table
+from test_right_answers import metric, train
+
+from bismarck_controller.session import PsycopgSession
+from bismarckpy import blockscan
+from bismarckpy.errors import InvalidData
+from bismarckpy.kinds import glm
+from bismarckpy.source import resolve
+
+
+def _logistic(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(0, 2, d)
+    w = rng.normal(size=d)
+    z = (X - X.mean(0)) / X.std(0) @ w
+    return X, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+
+
+def test_on_a_table_sorted_by_label_blocks_reach_the_packed_copy_in_three_epochs(conn) -> None:
+    """The issue's target: on a clustered table, block shuffling converges like a full shuffle
+    (validation log-loss on the same held-out table), where table order does not."""
+    X, y = _logistic(10000, 8, 1)
+    X, y, Xv, yv = X[:8000], y[:8000], X[8000:], y[8000:]
+    order = np.argsort(y, kind="stable")  # the table's physical order: all 0s, then all 1s
+    load_table(conn, "sorted", [f"x{i}" for i in range(8)], X[order], y[order])
+    load_table(conn, "heldout", [f"x{i}" for i in range(8)], Xv, yv)
+    feats = [f"x{i}" for i in range(8)]
+    losses = {}
+    for name, how in {"packed": dict(shuffle="once"), "blocks": dict(shuffle="blocks"),
+                      "never": dict(shuffle="never")}.items():
+        train(conn, "sorted", "y", feats, f"sorted_{name}", max_epochs=3, tol=0.0, seed=4,
+              **how)
+        losses[name] = metric(conn, f"sorted_{name}", "heldout", "log_loss")
+    assert losses["blocks"] <= losses["packed"] * 1.01, losses
+    assert losses["never"] > losses["packed"] * 1.02, losses  # the order does matter here
+
+
+@pytest.mark.parametrize("layout", ["columns", "array"])
+def test_missing_values_are_skipped_as_on_the_other_paths(conn, layout: str) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(600, 2))
+    y = 3 * X[:, 0] - X[:, 1] + 1 + 0.01 * rng.normal(size=600)
+    X[::37, 0] = np.nan
+    X[5::41, 1] = np.inf
+    y[7::53] = -np.inf
+    bad = ~(np.isfinite(X).all(1) & np.isfinite(y))
+    if layout == "array":
+        load_array_table(conn, "miss", X, y)
+        conn.execute("UPDATE miss SET x = ARRAY[x[1], NULL] WHERE id % 59 = 3")
+        bad[np.arange(600) % 59 == 3] = True
+        feats = ["x"]
+    else:
+        load_table(conn, "miss", ["a", "b"], X, y)
+        conn.execute("UPDATE miss SET b = NULL WHERE id % 59 = 3")
+        bad[np.arange(600) % 59 == 3] = True
+        feats = ["a", "b"]
+    rows = {}
+    for path in ("rows", "blocks"):
+        row = train(conn, "miss", "y", feats, f"miss_{path}", path, loss="squared",
+                    penalty="none", batch_size=0, learning_rate="bold_driver", eta0=1.0,
+                    tol=1e-12, n_iter_no_change=30, max_epochs=2000)
+        rows[path] = row
+        assert row["metrics"]["skipped_rows"] == int(bad.sum())
+        assert row["metrics"]["rows"] == int((~bad).sum())
+    A = np.column_stack([X[~bad], np.ones((~bad).sum())])
+    ref = np.linalg.lstsq(A, y[~bad], rcond=None)[0]
+    got = np.r_[rows["blocks"]["coef"], rows["blocks"]["intercept"]]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def _session(dsn: str) -> tuple[psycopg.Connection, PsycopgSession]:
+    c = psycopg.connect(dsn)
+    return c, PsycopgSession(c)
+
+
+@pytest.mark.parametrize("n, fraction", [(10, 0.3), (997, 0.1), (2000, 0.25)])
+def test_the_hold_out_is_an_exact_partition_of_the_usable_rows(dsn, conn, n: int,
+                                                                fraction: float) -> None:
+    """Training and validation passes read disjoint rows that together are all usable rows:
+    their row counts and loss sums add up to a pass over everything."""
+    X, y = _logistic(n, 3, n)
+    load_table(conn, "part", ["a", "b", "c"], X, y)
+    c, s = _session(dsn)
+    with c:
+        src = resolve(s, "public.part", "y", ["a", "b", "c"])
+        lay = blockscan.layout(s, src, n, 16)
+        k = blockscan.split_count(fraction, n)
+        assert k == -(-int(round(fraction * n * 1e9)) // 10**9)  # ceil(f · n)
+        got = blockscan.prepare(s, src, lay, 3, fraction, 99)
+        assert int(got.holds.sum()) == k and int(got.counts.sum()) == n
+        init = glm.initialize(3, loss="logistic", batch_size=glm.EVALUATE,
+                              w=np.array([0.3, -0.2, 0.1]), b=0.1,
+                              y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+        passes = {}
+        for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
+            q = blockscan.epoch_sql(src, lay, got, part, 99, shuffled=part == blockscan.TRAIN,
+                                    aggregate="bismarck._epoch_scan")
+            passes[part] = glm.decode(s.query(q, [init])[0][0])
+        assert passes[blockscan.VALID].rows == k
+        assert passes[blockscan.TRAIN].rows == n - k
+        assert passes[blockscan.TRAIN].loss_sum + passes[blockscan.VALID].loss_sum == (
+            pytest.approx(passes[blockscan.ALL].loss_sum, rel=1e-12))
+
+
+def test_same_seed_same_model_other_seed_other_order(conn) -> None:
+    X, y = _logistic(3000, 4, 2)
+    load_table(conn, "det", ["a", "b", "c", "d"], X, y)
+    feats = ["a", "b", "c", "d"]
+    one = train(conn, "det", "y", feats, "det1", "blocks", max_epochs=3, seed=5,
+                validation_fraction=0.1)
+    two = train(conn, "det", "y", feats, "det2", "blocks", max_epochs=3, seed=5,
+                validation_fraction=0.1)
+    other = train(conn, "det", "y", feats, "det3", "blocks", max_epochs=3, seed=6,
+                  validation_fraction=0.1)
+    np.testing.assert_array_equal(one["coef"], two["coef"])
+    assert one["intercept"] == two["intercept"]
+    assert not np.array_equal(one["coef"], other["coef"])
+
+
+@pytest.mark.parametrize("kind", ["view", "partitioned", "column privilege"])
+def test_sources_without_pages_are_refused_with_a_hint(conn, kind: str) -> None:
+    load_table(conn, "base", ["a"], np.arange(20.0)[:, None], np.arange(20.0) % 2)
+    source = "base_v"
+    conn.execute("DROP VIEW IF EXISTS base_v; DROP TABLE IF EXISTS base_p")
+    if kind == "view":
+        conn.execute("CREATE VIEW base_v AS SELECT * FROM base")
+    elif kind == "partitioned":
+        source = "base_p"
+        conn.execute("CREATE TABLE base_p (id int, a float8, y float8) PARTITION BY RANGE (id);"
+                     "CREATE TABLE base_p1 PARTITION OF base_p FOR VALUES FROM (0) TO (100);"
+                     "INSERT INTO base_p SELECT * FROM base")
+    else:
+        source = "base"
+        conn.execute("DROP ROLE IF EXISTS blocks_col; CREATE ROLE blocks_col;"
+                     "GRANT bismarck_user TO blocks_col; GRANT SELECT (a, y) ON base "
+                     "TO blocks_col; GRANT USAGE ON SCHEMA public TO blocks_col;"
+                     "SET ROLE blocks_col")
+    try:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as exc:
+            conn.execute("SELECT * FROM bismarck.train_glm(%s, 'y', ARRAY['a'], 'refused', "
+                         "shuffle => 'blocks')", [source])
+    finally:
+        conn.execute("RESET ROLE")
+    assert "shuffle => 'blocks' cannot read" in exc.value.diag.message_primary
+    assert "shuffle => 'once'" in exc.value.diag.message_hint
+
+
+def test_exact_solvers_and_packed_copies_are_refused(conn) -> None:
+    load_table(conn, "ex", ["a"], np.arange(20.0)[:, None], np.arange(20.0) % 2)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs solver => 'sgd'"):
+        conn.execute("SELECT * FROM bismarck.train_glm('ex', 'y', ARRAY['a'], 'e', "
+                     "shuffle => 'blocks', solver => 'newton')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs shuffle => 'once'"):
+        conn.execute("SELECT * FROM bismarck.train_glm('ex', 'y', ARRAY['a'], 'e', "
+                     "shuffle => 'blocks', packed => true)")
+
+
+def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
+    X, y = _logistic(300, 2, 4)
+    load_table(conn, "chg", ["a", "b"], X, y)
+    c, s = _session(dsn)
+    with c:
+        src = resolve(s, "public.chg", "y", ["a", "b"])
+        lay = blockscan.layout(s, src, 300, 16)
+        got = blockscan.prepare(s, src, lay, 2, 0.1, 1)
+        c.commit()
+        conn.execute("DELETE FROM chg WHERE id % 7 = 0")
+        q = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 1, shuffled=True,
+                                aggregate="bismarck._epoch_scan")
+        init = glm.initialize(2, loss="logistic", y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+        with pytest.raises(psycopg.errors.DataException) as exc:
+            s.query(q, [init])
+        assert "the source table changed during training" in exc.value.diag.message_primary
+        assert "snapshot" in exc.value.diag.message_hint
+
+
+def test_array_bytes_from_the_server_are_read_or_refused(conn) -> None:
+    """The in-memory form of array_agg's 2-D arrays, as PostgreSQL writes it."""
+    raw = conn.execute("SELECT bismarck._float8_array_bytes(array_agg(x)) FROM (VALUES "
+                       "(ARRAY[1.5, 2, 3]::float8[]), (ARRAY[4, 5, 6.25]::float8[])) AS v(x)"
+                       ).fetchone()[0]
+    np.testing.assert_array_equal(blockscan.read_matrix(raw, 3), [[1.5, 2, 3], [4, 5, 6.25]])
+    with pytest.raises(InvalidData, match="wrong length"):
+        blockscan.read_matrix(raw, 4)
+    nulls = conn.execute("SELECT bismarck._float8_array_bytes(ARRAY[[1, NULL], [2, 3]]"
+                         "::float8[])").fetchone()[0]
+    with pytest.raises(InvalidData, match="NULL elements"):
+        blockscan.read_matrix(nulls, 2)
+    three = conn.execute("SELECT bismarck._float8_array_bytes('{{{1}}}'::float8[])").fetchone()[0]
+    with pytest.raises(InvalidData, match="1-D or 2-D"):
+        blockscan.read_matrix(three, 1)
+    ints = conn.execute("SELECT int4send(7)").fetchone()[0] * 4  # not an array of float8
+    with pytest.raises(InvalidData):
+        blockscan.read_matrix(ints, 1)
+
+
+@pytest.mark.parametrize("shuffle", ["blocks", "once", "never"])
+def test_preparation_reports_progress_in_sql(conn, shuffle: str) -> None:
+    X, y = _logistic(2000, 3, 5)
+    load_table(conn, "prog", ["a", "b", "c"], X, y)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    conn.execute("SELECT * FROM bismarck.train_glm('prog', 'y', ARRAY['a', 'b', 'c'], 'prog', "
+                 "shuffle => %s, max_epochs => 1, tol => NULL)", [shuffle])
+    assert "bismarck: preparing: checking rows" in notices, notices
+    pct = [n for n in notices if n.endswith("% of pages")]
+    if shuffle == "blocks":
+        assert pct[-1] == "bismarck: preparing: 100% of pages" and len(pct) >= 5, notices
+    elif shuffle == "once":  # the packed copy, written in one read of the pages
+        assert pct[-1] == "bismarck: preparing: packing: 100% of pages", notices
+    else:
+        assert "bismarck: preparing: writing the row copy" in notices, notices
+
+
+def test_preparation_reports_progress_to_the_cli_bar(dsn, conn) -> None:
+    from bismarck_controller import training
+
+    X, y = _logistic(1000, 2, 6)
+    load_table(conn, "progcli", ["a", "b"], X, y)
+    seen: list[str] = []
+
+    class Bar:
+        def __call__(self, rec) -> None:
+            seen.append(f"epoch {rec.epoch}")
+
+        def preparing(self, text: str) -> None:
+            seen.append(text)
+
+    with psycopg.connect(dsn) as c:
+        training.train(c, "progcli", "y", ["a", "b"], "progcli", on_epoch=Bar(),
+                       shuffle="blocks", max_epochs=2, tol=None)
+    first_epoch = seen.index("epoch 1")
+    assert seen[0] == "preparing: checking rows"
+    assert seen[first_epoch - 1] == "preparing: 100% of pages", seen
+
+
+def test_the_cli_trains_with_blocks(dsn, conn) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    X, y = _logistic(1000, 2, 7)
+    load_table(conn, "clib", ["a", "b"], X, y)
+    out = CliRunner().invoke(main, ["train", "clib", "--label", "y", "--features", "a,b",
+                                    "--shuffle", "blocks", "--max-epochs", "2", "--dsn", dsn])
+    assert out.exit_code == 0, out.output
+    assert conn.execute(sql.SQL("SELECT params->>'shuffle' FROM bismarck.models WHERE "
+                                "model_name = 'clib'")).fetchone()[0] == "blocks"

@@ -1,0 +1,172 @@
+"""Multinomial logistic regression (loss => 'softmax') end to end on a real server.
+
+The reference is scikit-learn's LogisticRegression (multinomial, lbfgs) fitted here on the same
+split of scikit-learn's digits; bismarck's SGD must come within 2 points of its test accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+from reference_data import load_array_table
+
+_FIT = ("penalty => 'l2', alpha => 0.0005, batch_size => 8, learning_rate => 'adaptive', "
+        "eta0 => 0.05, max_epochs => 60, packed => false, seed => 3")
+
+
+@pytest.fixture(scope="module")
+def digits(dsn: str) -> dict[str, object]:
+    """The digits split 75/25 (seeded), in tables digits_train and digits_test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        load_array_table(c, "digits_train", Xtr, ytr)
+        load_array_table(c, "digits_test", Xte, yte)
+        c.execute("ALTER TABLE digits_train ALTER COLUMN y TYPE int USING y::int")
+        c.execute("ALTER TABLE digits_test ALTER COLUMN y TYPE int USING y::int")
+    return {"Xtr": Xtr, "Xte": Xte, "ytr": ytr, "yte": yte}
+
+
+def test_softmax_on_digits_is_within_two_points_of_scikit_learn(
+        conn: psycopg.Connection, digits: dict) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    ref = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    ref.fit(digits["Xtr"], digits["ytr"])
+    ref_acc = accuracy_score(digits["yte"], ref.predict(digits["Xte"]))
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 f"'digits_softmax', loss => 'softmax', {_FIT})")
+    kind, loss, classes, coef = conn.execute(
+        "SELECT kind, loss, classes, coef FROM bismarck.models "
+        "WHERE model_name = 'digits_softmax'").fetchone()
+    assert (kind, loss, classes, coef) == ("softmax", "softmax", list(map(float, range(10))), None)
+    metrics = dict(conn.execute("SELECT metric, value FROM bismarck.evaluate('digits_softmax', "
+                                "'digits_test')").fetchall())
+    assert metrics["accuracy"] >= ref_acc - 0.02, (metrics, ref_acc)
+    # evaluate's numbers are scikit-learn's formulas on bismarck's own predictions
+    rows = conn.execute("SELECT y, bismarck.predict_class('digits_softmax', x), "
+                        "bismarck.predict_proba('digits_softmax', x) FROM digits_test "
+                        "ORDER BY id").fetchall()
+    y = np.array([r[0] for r in rows])
+    pred = np.array([r[1] for r in rows])
+    proba = np.array([r[2] for r in rows])
+    assert proba.sum(axis=1) == pytest.approx(1.0)
+    assert (pred == proba.argmax(axis=1)).all()  # classes 0..9 in order
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert metrics["log_loss"] == pytest.approx(log_loss(y, proba, labels=list(range(10))),
+                                                rel=1e-6)
+
+
+def test_softmax_labels_of_any_numeric_type_and_booleans(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TEMP TABLE three AS SELECT ARRAY[(i % 3)::float8, (i % 3) * 2.0 + "
+                 "(i % 7) / 10.0] AS x, (i % 3) * 10 - 5 AS y, (i % 2 = 0) AS flag "
+                 "FROM generate_series(1, 90) i")
+    conn.execute("SELECT * FROM bismarck.train_glm('three', 'y', ARRAY['x'], 'three', "
+                 f"loss => 'softmax', {_FIT})")
+    assert conn.execute("SELECT classes FROM bismarck.models WHERE model_name = 'three'"
+                        ).fetchone() == ([-5.0, 5.0, 15.0],)
+    assert conn.execute("SELECT bismarck.predict_class('three', ARRAY[2, 4.3])").fetchone() == (
+        15.0,)
+    conn.execute("SELECT * FROM bismarck.train_glm('three', 'flag', ARRAY['x'], 'flag', "
+                 f"loss => 'softmax', {_FIT})")
+    assert conn.execute("SELECT classes FROM bismarck.models WHERE model_name = 'flag'"
+                        ).fetchone() == ([0.0, 1.0],)
+
+
+def test_binary_logistic_gives_probabilities_too(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TEMP TABLE two AS SELECT i::float8 AS a, (i > 20)::int AS y "
+                 "FROM generate_series(1, 40) i")
+    conn.execute("SELECT * FROM bismarck.train_glm('two', 'y', ARRAY['a'], 'two', "
+                 "max_epochs => 5)")
+    p, proba = conn.execute("SELECT bismarck.predict('two', ARRAY[25.0]), "
+                            "bismarck.predict_proba('two', ARRAY[25.0])").fetchone()
+    assert proba == pytest.approx([1 - p, p])
+    conn.execute("SELECT * FROM bismarck.train_glm('two', 'y', ARRAY['a'], 'two_sq', "
+                 "loss => 'squared', max_epochs => 2)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="does not give probab"):
+        conn.execute("SELECT bismarck.predict_proba('two_sq', ARRAY[1.0])")
+
+
+@pytest.mark.parametrize("setup, options, message", [
+    ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, 4 AS y "
+     "FROM generate_series(1, 10) i", "", "one class"),
+    ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, i % 2 AS y "
+     "FROM generate_series(1, 10) i", ", class_weight => 'balanced'", "class_weight"),
+    ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, i % 2 AS y "
+     "FROM generate_series(1, 10) i", ", solver => 'newton'", "solver"),
+    ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, i % 2 AS y "
+     "FROM generate_series(1, 10) i", ", packed => true", "packed"),
+])
+def test_softmax_bad_input_is_a_clear_error_and_stores_nothing(
+        conn: psycopg.Connection, setup: str, options: str, message: str) -> None:
+    conn.execute(setup)
+    with pytest.raises(psycopg.Error, match=message) as err:
+        conn.execute("SELECT * FROM bismarck.train_glm('one', 'y', ARRAY['x'], 'one', "
+                     f"loss => 'softmax'{options})")
+    assert err.value.diag.message_hint
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'one'"
+                        ).fetchone() == (0,)
+
+
+def test_evaluating_softmax_on_unknown_classes_is_refused(conn: psycopg.Connection,
+                                                           digits: dict) -> None:
+    conn.execute("CREATE TEMP TABLE other AS SELECT x, y + 10 AS y FROM digits_test")
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'digits_short', loss => 'softmax', max_epochs => 2, packed => false)")
+    with pytest.raises(psycopg.Error, match="outside the model's classes"):
+        conn.execute("SELECT * FROM bismarck.evaluate('digits_short', 'other')")
+
+
+def test_the_cli_trains_lists_shows_and_evaluates_a_softmax_model(dsn: str, digits: dict) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, [*args, "--dsn", dsn], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    code, out = run("train", "digits_train", "--label", "y", "--features", "x", "--model",
+                    "cli_digits", "--loss", "softmax", "--max-epochs", "3", "--batch-size", "8")
+    assert code == 0 and "model cli_digits version 1" in out, out
+    code, out = run("models")
+    assert code == 0 and "cli_digits" in out, out  # a kind without coef columns lists too
+    result = CliRunner().invoke(main, ["models", "--dsn", dsn, "show", "cli_digits"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "kind softmax" in result.output
+    assert '"coef": [10, 64]' in result.output, result.output
+    code, out = run("evaluate", "cli_digits", "digits_test", "--json")
+    assert code == 0 and '"macro_f1"' in out, out
+
+
+def test_a_softmax_model_has_no_coefficient_table(conn: psycopg.Connection, digits: dict) -> None:
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'digits_coef', loss => 'softmax', max_epochs => 1, packed => false)")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="no coefficient table"):
+        conn.execute("SELECT * FROM bismarck.coefficients('digits_coef')")
+
+
+@pytest.mark.parametrize("x, message", [
+    ("ARRAY[1, 2]::float8[]", 'has 2 elements but model "digits_shape" has 64 features'),
+    ("ARRAY[[1, 2], [3, 4]]::float8[]", "is a 2-dimensional array"),
+])
+@pytest.mark.parametrize("function", ["predict", "predict_class", "predict_proba"])
+def test_softmax_scoring_a_malformed_vector_is_a_clear_error(
+        conn: psycopg.Connection, digits: dict, function: str, x: str, message: str) -> None:
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'digits_shape', loss => 'softmax', max_epochs => 1, packed => false)")
+    with pytest.raises(psycopg.errors.DataException, match=message) as err:
+        conn.execute(f"SELECT bismarck.{function}('digits_shape', {x})")
+    assert "Traceback" not in str(err.value)
+    conn.rollback()
+    assert conn.execute(f"SELECT bismarck.{function}('digits_shape', "
+                        "array_fill(NULL::float8, ARRAY[64]))").fetchone() == (None,)

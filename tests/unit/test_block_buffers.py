@@ -1,0 +1,164 @@
+"""Pure functions of block-shuffled scans: array bytes, the carried hold-out, buffers, moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bismarckpy import blockscan, moments
+from bismarckpy.errors import InvalidData
+from bismarckpy.pack import parse_block
+
+
+def _array_bytes(values: np.ndarray, *, dataoffset: int = 0, elemtype: int = 701) -> bytes:
+    """The in-memory form PostgreSQL gives a NULL-free float8 array (``byteasend``)."""
+    dims = list(values.shape)
+    head = np.array([values.ndim, dataoffset, elemtype, *dims, *([1] * values.ndim)],
+                    dtype="<i4").tobytes()
+    pad = (-(len(head) + 4)) % 8  # values start at MAXALIGN(16 + 8 ndim) - 4
+    return head + b"\0" * pad + values.astype("<f8").tobytes()
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 1), (4, 2), (5, 7)])
+def test_read_matrix_reads_1d_and_2d_arrays(shape: tuple[int, ...]) -> None:
+    values = np.arange(np.prod(shape), dtype=float).reshape(shape) / 3
+    got = blockscan.read_matrix(_array_bytes(values), shape[1] if len(shape) == 2 else None)
+    np.testing.assert_array_equal(got, values)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_array_bytes(np.ones((2, 2)), dataoffset=40), "NULL elements"),
+    (_array_bytes(np.ones((2, 2)), elemtype=700), "not float8"),
+    (_array_bytes(np.ones((2, 2)))[:-8], "unexpected size"),
+    (_array_bytes(np.ones((2, 3))), "wrong length"),
+    (b"\x03\0\0\0" + b"\0" * 40, "1-D or 2-D"),
+    (b"\x01\0", "not an array"),
+])
+def test_read_matrix_refuses_what_it_cannot_read(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidData, match=message):
+        blockscan.read_matrix(raw, 2)
+
+
+@given(st.lists(st.integers(0, 600), min_size=1, max_size=60), st.floats(0.0, 0.9))
+def test_group_holds_sum_to_exactly_ceil_f_n_and_stay_within_one_of_the_share(
+        counts: list[int], fraction: float) -> None:
+    """Allotted group by group in one pass, without the total: exactly ceil(f · n) rows
+    (scikit-learn's count), each group within one row of its share."""
+    total = sum(counts)
+    before = np.r_[0, np.cumsum(counts)[:-1]]
+    holds = np.array([blockscan.group_holds(fraction, int(b), c)
+                      for b, c in zip(before, counts)])
+    assert int(holds.sum()) == blockscan.split_count(fraction, total)
+    assert blockscan.split_count(fraction, total) == (
+        0 if fraction == 0 or total == 0 else min(total, int(np.ceil(fraction * total - 1e-9))))
+    assert (holds >= 0).all() and (holds <= np.array(counts)).all()
+    assert (np.abs(holds - fraction * np.array(counts)) < 1 + 1e-9).all()
+
+
+def test_held_mask_is_seeded_and_exact() -> None:
+    a = blockscan.held_mask(7, 3, 500, 37)
+    assert a.sum() == 37
+    np.testing.assert_array_equal(a, blockscan.held_mask(7, 3, 500, 37))
+    assert not np.array_equal(a, blockscan.held_mask(7, 4, 500, 37))
+    assert not np.array_equal(a, blockscan.held_mask(8, 3, 500, 37))
+
+
+def _buffer(rng: np.random.Generator, counts: list[int], d: int):
+    n = sum(counts)
+    X = rng.normal(size=(n, d)) + 1e6
+    y = (rng.random(n) > 0.5).astype(float)
+    return X, y, _array_bytes(X), _array_bytes(y)
+
+
+def test_train_and_validation_rows_partition_a_buffer() -> None:
+    rng = np.random.default_rng(1)
+    counts, holds, groups = [40, 0, 25, 31], [4, 0, 3, 2], [9, 2, 5, 11]
+    X, y, xs, ys = _buffer(rng, counts, 3)
+    parts = {p: blockscan.select_rows(xs, ys, 3, groups, counts, holds, p, 5).taken()
+             for p in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID)}
+    assert len(parts[blockscan.VALID][1]) == sum(holds)
+    assert len(parts[blockscan.TRAIN][1]) == sum(counts) - sum(holds)
+    both = np.vstack([parts[blockscan.TRAIN][0], parts[blockscan.VALID][0]])
+    np.testing.assert_array_equal(np.sort(both, axis=0), np.sort(X, axis=0))
+
+
+def test_rows_that_do_not_add_up_are_a_changed_table() -> None:
+    X, y, xs, ys = _buffer(np.random.default_rng(2), [10, 10], 2)
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.select_rows(xs, ys, 2, [0, 1], [10, 11], [0, 0], blockscan.ALL, 1)
+
+
+def test_non_finite_rows_are_dropped_before_counting() -> None:
+    X = np.array([[1.0, 2.0], [np.nan, 1.0], [3.0, np.inf], [4.0, 5.0]])
+    y = np.array([0.0, 1.0, 1.0, np.nan])
+    buf = blockscan.select_rows(_array_bytes(X), _array_bytes(y), 2, [0], [1], [0],
+                                blockscan.ALL, 1)
+    np.testing.assert_array_equal(buf.taken()[0], [[1.0, 2.0]])
+
+
+def test_a_sum_that_overflows_is_not_a_missing_value() -> None:
+    X = np.array([[1e308, 1e308], [1.0, 2.0], [np.inf, 0.0]])
+    y = np.array([1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(blockscan.finite_mask(X, y), [True, True, False])
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_as_block_holds_the_rows_exactly_in_a_seeded_order(seed: int | None) -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 4)) * 10 + 1e8
+    y = (rng.random(50) > 0.5).astype(float)
+    block = blockscan.as_block(blockscan.Buffer(X, y), seed)
+    offsets, R = parse_block(block, 4, 8)
+    values = R + offsets
+    order = (np.random.default_rng(seed).permutation(50) if seed is not None
+             else np.arange(50))
+    np.testing.assert_allclose(values[:, 1:], X[order], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(values[:, 0], y[order])
+
+
+def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
+    """Counts, exact validation rows, moments of the training rows (label first) and the
+    survey of all rows equal numpy's over the same rows, however the groups are chunked."""
+    rng = np.random.default_rng(5)
+    counts = [30, 0, 17, 44, 9, 26]
+    d, total, fraction = 3, sum(counts), 0.15
+    groups = [rng.normal(size=(c, d)) * [1, 100, 1e-3] + [0, 5, 1e4] for c in counts]
+    labels = [rng.normal(size=c) for c in counts]
+    states = []
+    seen = 0
+    for chunk in ([0, 1, 2], [3], [4, 5]):
+        state = None
+        init = blockscan.prepare_init(d, fraction, seen)
+        for g in chunk:
+            xs = _array_bytes(groups[g]) if counts[g] else None
+            ys = _array_bytes(labels[g]) if counts[g] else None
+            shape = [counts[g] + 2, 1, 0, 0, d, d]  # two rows SQL found incomplete
+            state = blockscan.prepare_step(state, xs, ys, g, shape, init, 77)
+            seen += counts[g]
+        states.append(state)
+    got = blockscan.prepare_decode(states, len(counts), d)
+    np.testing.assert_array_equal(got.counts, counts)
+    k = blockscan.split_count(fraction, total)
+    assert int(got.holds.sum()) == k
+    keep = [~blockscan.held_mask(77, g, c, int(h))
+            for g, (c, h) in enumerate(zip(counts, got.holds))]
+    V = np.vstack([np.column_stack([labels[g], groups[g]])[keep[g]]
+                   for g in range(len(counts)) if counts[g]])
+    assert got.stats is not None and got.stats.n == total - k
+    np.testing.assert_allclose(got.stats.mean, V.mean(axis=0), rtol=1e-12)
+    # The spread of values far from zero is known to a few ulps of their magnitude (numpy's
+    # own two-pass std carries that error too).
+    ulps = 16 * np.finfo(float).eps * np.abs(V).max(axis=0)
+    ref = V.std(axis=0)
+    assert (np.abs(got.stats.sd - ref) <= 1e-12 * ref + ulps).all(), (got.stats.sd, ref)
+    np.testing.assert_array_equal(got.stats.lo, V.min(axis=0))
+    assert isinstance(got.stats, moments.Moments)
+    allx = np.vstack([x for x in groups if len(x)])
+    ally = np.concatenate(labels)
+    sv = got.survey
+    assert sv is not None
+    assert (sv.n_total, sv.n_usable, sv.multi) == (total + 2 * len(counts), total, len(counts))
+    assert sv.max_abs_x == np.abs(allx).max() and sv.min_abs_x == np.abs(allx).min()
+    assert (sv.y_min, sv.y_max) == (ally.min(), ally.max()) and not sv.all01
