@@ -468,6 +468,7 @@ CREATE FUNCTION bismarck.train_mlp(
     dtype               text     DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
+    parallel_mode       text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -491,7 +492,8 @@ BEGIN
         'epsilon', epsilon, 'batch_size', batch_size, 'max_epochs', max_epochs, 'tol', tol,
         'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
         'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
-        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel));
+        'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel,
+        'parallel_mode', parallel_mode));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -505,7 +507,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
     float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
-    integer, float8, boolean, text, boolean, integer, text, bigint, integer) IS
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer, text) IS
     'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
     'task classification: softmax over the label''s classes, or regression) by backpropagation '
     'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '

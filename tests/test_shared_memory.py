@@ -276,3 +276,18 @@ def test_killed_backend_segment_is_removed_by_the_crash_restart(scratch_cluster)
     else:
         pytest.fail("the server did not come back after the crash restart")
     assert list(temp_dir.glob("pgsql_tmpbismarck.*")) == []
+
+
+def test_mlp_trains_shared(conn, shm_data) -> None:
+    """The MLP kind declares a shared layout too: its workers step one set of weights."""
+    names = [f"f{i}" for i in range(D)]
+    row = conn.execute(
+        "SELECT epochs, validation_loss FROM bismarck.train_mlp('shm_train', 'y', %s, "
+        "'shm_mlp', hidden => ARRAY[8], batch_size => 32, block_size => 64, parallel => 2, "
+        "parallel_mode => 'shared', max_epochs => 3, tol => NULL, validation_fraction => 0.2, "
+        "seed => 1)", [names]).fetchone()
+    p = shm_data[1].mean()
+    assert row[0] == 3 and row[1] < -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    assert conn.execute("SELECT params->>'parallel_mode' FROM bismarck.models "
+                        "WHERE model_name = 'shm_mlp'").fetchone() == ("shared",)
+    assert _segments(conn) == []

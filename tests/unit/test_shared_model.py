@@ -7,6 +7,7 @@ rounding of ``start + (new - start)``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -166,9 +167,35 @@ def test_refused_kinds_and_parameters():
     with pytest.raises(InvalidParameter, match="not available for model kind 'handle'") as e:
         shared_model.check_supported(layoutless, {})
     assert "backend" in e.value.detail
-    with pytest.raises(InvalidParameter, match="not available for model kind 'mlp'") as e:
-        shared_model.check_supported(kinds.get("mlp"), {})  # no layout declared (yet)
+    layoutless_avg = dataclasses.replace(layoutless, merge_rule="average")
+    with pytest.raises(InvalidParameter, match="not available") as e:
+        shared_model.check_supported(layoutless_avg, {})
     assert "declares no shared-memory layout" in e.value.detail
     with pytest.raises(InvalidParameter, match="cannot run with these parameters"):
         shared_model.check_supported(kinds.get("glm"), {"batch_size": 0})
     shared_model.check_supported(kinds.get("glm"), {"batch_size": 32})
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_mlp_one_participant_is_serial_sgd(datadir, solver):
+    """The MLP shares its weights and step counter; its optimiser moments stay local."""
+    from bismarckpy import nn
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] - X[:, 2] > 0).astype(float)
+    blocks = [pack.encode(np.column_stack([y[i:i + 40], X[i:i + 40]]), "float64")
+              for i in range(0, 200, 40)]
+    init = nn.initialize(4, hidden=[6], classes=[0.0, 1.0], solver=solver, batch_size=16,
+                         learning_rate_init=0.05, seed=2)
+    shared_model.check_supported(kinds.get("mlp"), {})
+    shared_init = shared_model.create(init)
+    s = p = None
+    for b in blocks:
+        s = shared_model.transition_block(s, b, shared_init)
+        p = nn.transition_block(p, b, init)
+    got = shared_model.finalize(s)
+    np.testing.assert_allclose(nn.params_of(got), nn.params_of(nn.finalize(p)), rtol=1e-9,
+                               atol=1e-12)
+    assert got[:8] == init[:8]  # the kind's own state: the loop decodes it as any epoch's
+    shared_model.drop(shared_init)
