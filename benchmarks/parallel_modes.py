@@ -58,12 +58,16 @@ def one_run(dsn: str | None, table: str, mode: str, args: argparse.Namespace,
                       "validation_loss": rec.validation_loss, "train_loss": rec.train_loss,
                       "workers": rec.workers})
 
-    params = dict(batch_size=args.batch, block_size=args.block, max_epochs=args.epochs,
-                  tol=None, validation_fraction=0.1, seed=args.seed, alpha=args.alpha,
-                  learning_rate="invscaling", eta0=args.eta0, power_t=0.25)
+    params: dict[str, Any] = dict(batch_size=args.batch, block_size=args.block,
+                                  max_epochs=args.epochs, tol=None, validation_fraction=0.1,
+                                  seed=args.seed, alpha=args.alpha)
+    if args.kind == "mlp":  # Adam (scikit-learn's default), learning_rate_init = --eta0
+        params.update(hidden=tuple(args.hidden), learning_rate_init=args.eta0)
+    else:
+        params.update(learning_rate="invscaling", eta0=args.eta0, power_t=0.25)
     with connection.connect(dsn) as conn:
         training.train(conn, table, "y", "x", f"bench_pm_{mode}_{i}", on_epoch=on_epoch,
-                       **params, **CONFIGS[mode])
+                       kind=args.kind, **params, **CONFIGS[mode])
         conn.execute("SELECT bismarck.delete_model(%s)", [f"bench_pm_{mode}_{i}"])
         conn.commit()
     return {"mode": mode, "repeat": i, "total_wall": time.monotonic() - start, "curve": curve}
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=1e-4)
     ap.add_argument("--target", type=float, default=0.01, help="relative, above the best")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kind", choices=("glm", "mlp"), default="glm")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[32], help="mlp: layer sizes")
     ap.add_argument("--dsn")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
@@ -127,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     with connection.connect(args.dsn) as conn:
         info = bench.machine(conn)
     stamp = dt.datetime.now(dt.timezone.utc)
-    stem = args.out / (f"{stamp:%Y-%m-%d}-parallel-modes-{args.rows}x{args.features}"
+    stem = args.out / (f"{stamp:%Y-%m-%d}-parallel-modes-{args.kind}-{args.rows}x{args.features}"
                        f"-eta{args.eta0:g}".replace(".", "p"))  # no dot: with_suffix
     args.out.mkdir(parents=True, exist_ok=True)
-    head = (f"# Serial vs averaging vs shared-memory SGD, {args.rows:,} × {args.features}\n\n"
-            f"{stamp:%Y-%m-%d %H:%M} UTC; logistic, packed float32 blocks of {args.block}, "
-            f"batch_size {args.batch}, invscaling eta0 {args.eta0} power_t 0.25, alpha "
+    head = (f"# Serial vs averaging vs shared-memory SGD ({args.kind}), "
+            f"{args.rows:,} × {args.features}\n\n"
+            f"{stamp:%Y-%m-%d %H:%M} UTC; "
+            + (f"MLP (hidden {args.hidden}, Adam, learning_rate_init {args.eta0})"
+               if args.kind == "mlp" else
+               f"logistic regression (invscaling eta0 {args.eta0} power_t 0.25)")
+            + f", packed float32 blocks of {args.block}, batch_size {args.batch}, alpha "
             f"{args.alpha:g}, {args.epochs} epochs, validation 10%; medians of {args.repeats} "
             f"runs (interleaved). Target: validation log-loss ≤ {target:.5f} (best seen "
             f"{best:.5f} + {args.target:.1%}). Machine: {info.get('cpu')}, {info.get('cores')} "
