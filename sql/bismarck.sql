@@ -311,7 +311,9 @@ COMMENT ON VIEW bismarck.models IS
     'its stored form (stored, state), for GLMs the loss and coefficients in the original '
     'feature units, hyper-parameters (params), training metrics and the standardisation used '
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
-    'security whose label and feature columns you may read).';
+    'security whose label and feature columns you may read); kind is glm or mf (a matrix '
+    'factorisation: label is its value column, features its row and column id columns, '
+    'intercept the global mean, state its ids, biases and factors as bytes).';
 
 CREATE VIEW bismarck.training_history WITH (security_barrier) AS
 SELECT r.model_name,
@@ -514,6 +516,126 @@ COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], 
     'early on the validation loss (the best epoch is stored), and store it as the next version '
     'of model_name (default: the source table''s name). NULL options take defaults.';
 
+CREATE FUNCTION bismarck.train_mf(
+    source              regclass,
+    row_col             text,
+    col_col             text,
+    value_col           text,
+    INOUT model_name    text     DEFAULT NULL,
+    rank                integer  DEFAULT NULL,
+    alpha               float8   DEFAULT NULL,
+    alpha_bias          float8   DEFAULT NULL,
+    learning_rate       text     DEFAULT NULL,
+    eta0                float8   DEFAULT NULL,
+    power_t             float8   DEFAULT NULL,
+    max_epochs          integer  DEFAULT NULL,
+    tol                 float8   DEFAULT NULL,
+    n_iter_no_change    integer  DEFAULT NULL,
+    batch_size          integer  DEFAULT NULL,
+    block_size          integer  DEFAULT NULL,
+    init_std            float8   DEFAULT NULL,
+    seed                bigint   DEFAULT NULL,
+    validation_fraction float8   DEFAULT NULL,
+    OUT version         integer,
+    OUT epochs          integer,
+    OUT converged       boolean,
+    OUT train_loss      float8,
+    OUT validation_loss float8,
+    OUT seconds         float8)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    r jsonb;
+BEGIN
+    result := bismarck._train_mf(jsonb_build_object(
+        'source', source::text, 'row_col', row_col, 'col_col', col_col,
+        'value_col', value_col,
+        'model_name', coalesce(model_name,
+                               (SELECT c.relname::text FROM pg_class c WHERE c.oid = source)),
+        'rank', rank, 'alpha', alpha, 'alpha_bias', alpha_bias,
+        'learning_rate', learning_rate, 'eta0', eta0, 'power_t', power_t,
+        'max_epochs', max_epochs, 'tol', tol, 'n_iter_no_change', n_iter_no_change,
+        'batch_size', batch_size, 'block_size', block_size, 'init_std', init_std, 'seed', seed,
+        'validation_fraction', validation_fraction));
+    PERFORM bismarck._raise_if_error(result);
+    r := result -> 'ok';
+    model_name := r ->> 'model_name';
+    version := (r ->> 'version')::integer;
+    epochs := (r ->> 'epochs')::integer;
+    converged := (r ->> 'converged')::boolean;
+    train_loss := (r ->> 'train_loss')::float8;
+    validation_loss := (r ->> 'validation_loss')::float8;
+    seconds := (r ->> 'seconds')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.train_mf(regclass, text, text, text, text, integer, float8, float8,
+    text, float8, float8, integer, float8, integer, integer, integer, float8, bigint, float8) IS
+    'Train a low-rank matrix factorisation (global mean, row and column biases, rank factors '
+    'per row and column; SGD with L2 penalties alpha and alpha_bias) on (row id, column id, '
+    'value) triples with integer ids, and store it as the next version of model_name (default: '
+    'the source table''s name). train_loss and validation_loss are mean squared errors. NULL '
+    'options take defaults.';
+
+CREATE FUNCTION bismarck.predict_mf(model text, row_id bigint, col_id bigint,
+                                    unknown text DEFAULT 'error', version integer DEFAULT NULL)
+RETURNS float8
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._predict_mf(model, row_id, col_id, unknown, version);
+    PERFORM bismarck._raise_if_error(result);
+    RETURN (result ->> 'ok')::float8;
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_mf(text, bigint, bigint, text, integer) IS
+    'The value a stored matrix factorisation predicts for (row_id, col_id): mean + row bias + '
+    'column bias + the factors'' dot product. NULL when an id is NULL. An id not seen in '
+    'training raises an error (unknown => ''error'', the default), gives mean + the known '
+    'biases (unknown => ''baseline'') or NULL (unknown => ''null'').';
+
+CREATE FUNCTION bismarck.predict_mf(model text, row_ids bigint[], col_ids bigint[],
+                                    unknown text DEFAULT 'error', version integer DEFAULT NULL)
+RETURNS float8[]
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._predict_mf_many(model, row_ids, col_ids, unknown, version);
+    PERFORM bismarck._raise_if_error(result);
+    IF jsonb_typeof(result -> 'ok') <> 'array' THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY(SELECT (e.v #>> '{}')::float8
+                   FROM jsonb_array_elements(result -> 'ok') WITH ORDINALITY AS e(v, n)
+                  ORDER BY e.n);
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_mf(text, bigint[], bigint[], text, integer) IS
+    'predict_mf for many (row id, column id) pairs in one call (the arrays must have the same '
+    'length): one value per pair, NULL where an id is NULL (or unknown with unknown => ''null'').';
+
+CREATE FUNCTION bismarck.recommend_mf(model text, row_id bigint, k integer DEFAULT 10,
+                                      exclude_rated boolean DEFAULT true,
+                                      version integer DEFAULT NULL)
+RETURNS TABLE (col_id bigint, score float8)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    result := bismarck._recommend_mf(model, row_id, k, exclude_rated, version);
+    PERFORM bismarck._raise_if_error(result);
+    RETURN QUERY SELECT (e.v ->> 'col_id')::bigint, (e.v ->> 'score')::float8
+                   FROM jsonb_array_elements(result -> 'ok') WITH ORDINALITY AS e(v, n)
+                  ORDER BY e.n;
+END
+$$;
+COMMENT ON FUNCTION bismarck.recommend_mf(text, bigint, integer, boolean, integer) IS
+    'The k column ids with the highest predicted value for row_id, best first (ties by '
+    'ascending id), leaving out the columns the model''s training source holds for that row '
+    'unless exclude_rated is false. An unknown row_id is an error.';
+
 CREATE FUNCTION bismarck.pack(
     source           regclass,
     label            text,
@@ -556,6 +678,7 @@ DECLARE
     m bismarck.models;
 BEGIN
     m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
@@ -580,6 +703,7 @@ DECLARE
     z float8;
 BEGIN
     m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
@@ -610,6 +734,7 @@ DECLARE
     p float8;
 BEGIN
     m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
     IF m.kind = 'glm' AND m.loss IS DISTINCT FROM 'logistic' THEN
         RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
             USING ERRCODE = '22023',
@@ -649,19 +774,32 @@ COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
     'accuracy, macro_f1, log_loss (softmax).';
 
-CREATE FUNCTION bismarck._require_glm(model text, kind text) RETURNS boolean
+CREATE FUNCTION bismarck._require_glm(model text, kind text, vectors boolean DEFAULT false)
+RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF kind IS DISTINCT FROM 'glm' THEN
+    -- A matrix factorisation scores (row id, column id) pairs of bigint ids, not float8
+    -- feature vectors (which would round ids above 2**53): its own functions score it.
+    IF vectors AND kind = 'mf' THEN
+        RAISE EXCEPTION 'model "%" is a matrix factorisation', model
+            USING ERRCODE = '22023',
+                  HINT = 'Use bismarck.predict_mf(model, row_id, col_id) or '
+                         'bismarck.recommend_mf(model, row_id, k).';
+    END IF;
+    IF NOT vectors AND kind IS DISTINCT FROM 'glm' THEN
         RAISE EXCEPTION 'model "%" is of kind %, which has no coefficient table', model, kind
             USING ERRCODE = '0A000',
-                  HINT = 'Its weights are in bismarck.models.stored.';
+                  HINT = CASE WHEN kind = 'mf'
+                              THEN 'Its biases and factors are in bismarck.models.state; '
+                                   'score it with bismarck.predict_mf.'
+                              ELSE 'Its weights are in bismarck.models.stored.' END;
     END IF;
     RETURN true;
 END
 $$;
-COMMENT ON FUNCTION bismarck._require_glm(text, text) IS
-    'Private: true for a GLM, else an error (for functions of GLMs only).';
+COMMENT ON FUNCTION bismarck._require_glm(text, text, boolean) IS
+    'Private: true for a GLM (or, with vectors, for any kind that scores feature vectors: not '
+    'mf), else a clear error naming the functions to use.';
 
 CREATE FUNCTION bismarck.coefficients(model text, version integer DEFAULT NULL)
 RETURNS TABLE (feature text, coef float8, std_err float8, statistic float8, p_value float8)
@@ -754,6 +892,44 @@ $$;
 COMMENT ON FUNCTION bismarck._train(text, jsonb) IS
     'Private: runs the training loop for a model of the given kind (bismarckpy.kinds) inside '
     'this backend; returns a JSON result or error. The bismarck.train_<kind> functions call it.';
+
+CREATE FUNCTION bismarck._train_mf(options jsonb) RETURNS jsonb
+LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
+import json
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.train_mf(plpy, json.loads(options))
+$$;
+COMMENT ON FUNCTION bismarck._train_mf(jsonb) IS
+    'Private: runs the matrix factorisation training loop inside this backend; returns a JSON '
+    'result or error.';
+
+CREATE FUNCTION bismarck._predict_mf(model text, row_id bigint, col_id bigint, unknown text,
+                                     version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.predict(plpy, model, row_id, col_id, unknown, version)
+$$;
+COMMENT ON FUNCTION bismarck._predict_mf(text, bigint, bigint, text, integer) IS
+    'Private: predict_mf''s work (the decoded model cached in this backend); a JSON result or '
+    'error.';
+
+CREATE FUNCTION bismarck._predict_mf_many(model text, row_ids bigint[], col_ids bigint[],
+                                          unknown text, version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.predict_many(plpy, model, row_ids, col_ids, unknown, version)
+$$;
+COMMENT ON FUNCTION bismarck._predict_mf_many(text, bigint[], bigint[], text, integer) IS
+    'Private: predict_mf''s work over arrays; a JSON result or error.';
+
+CREATE FUNCTION bismarck._recommend_mf(model text, row_id bigint, k integer,
+                                       exclude_rated boolean, version integer) RETURNS jsonb
+LANGUAGE plpython3u STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.recommend(plpy, model, row_id, k, exclude_rated, version)
+$$;
+COMMENT ON FUNCTION bismarck._recommend_mf(text, bigint, integer, boolean, integer) IS
+    'Private: recommend_mf''s work; a JSON result (col_id, score pairs, best first) or error.';
 
 CREATE FUNCTION bismarck._pack(options jsonb) RETURNS jsonb
 LANGUAGE plpython3u SET search_path = pg_catalog, pg_temp AS $$
@@ -1459,6 +1635,63 @@ CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
 COMMENT ON AGGREGATE bismarck._epoch(bytea, float8, bytea) IS
     'Private: one SGD epoch of a model of any kind over rows (features as _float8_array_bytes, '
     'coded label), starting from state init (its first 8 bytes name the kind).';
+
+-- Matrix factorisation: the factors stay in the backend that runs the epochs (PL/Python's GD,
+-- under a handle that init names), so the state is a few bytes and no call copies the model.
+-- A handle cannot reach a parallel worker: no combine function, PARALLEL RESTRICTED (the
+-- transitions run in the leader only), and the loop runs its epochs with parallel workers off.
+CREATE FUNCTION bismarck._mf_step(state bytea, us integer[], is_ integer[], vs float8[],
+                                  init bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.transition_block(plpy, state, us, is_, vs, init)
+$$;
+COMMENT ON FUNCTION bismarck._mf_step(bytea, integer[], integer[], float8[], bytea) IS
+    'Private: transition of _mf_epoch: SGD steps over a block of (dense row index, dense column '
+    'index, value) triples on the factors this backend holds for the run init names.';
+
+CREATE FUNCTION bismarck._mf_final(state bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.finalize(plpy, state)
+$$;
+COMMENT ON FUNCTION bismarck._mf_final(bytea) IS
+    'Private: final function of _mf_epoch: the epoch''s triples, skipped triples, steps and '
+    'sum of squared errors (the factors stay in the backend).';
+
+CREATE AGGREGATE bismarck._mf_epoch(us integer[], is_ integer[], vs float8[], init bytea) (
+    SFUNC = bismarck._mf_step,
+    STYPE = bytea,
+    FINALFUNC = bismarck._mf_final,
+    PARALLEL = RESTRICTED
+);
+COMMENT ON AGGREGATE bismarck._mf_epoch(integer[], integer[], float8[], bytea) IS
+    'Private: one SGD epoch of a matrix factorisation held by this backend (serial).';
+
+CREATE FUNCTION bismarck._mf_begin(model bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.begin(plpy, model)
+$$;
+COMMENT ON FUNCTION bismarck._mf_begin(bytea) IS
+    'Private: holds a serialised matrix factorisation in this backend for a training run '
+    '(dropping any earlier run''s) and returns its handle.';
+
+CREATE FUNCTION bismarck._mf_export(handle bytea) RETURNS bytea
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.export(plpy, handle)
+$$;
+COMMENT ON FUNCTION bismarck._mf_export(bytea) IS
+    'Private: the serialised matrix factorisation of a run this backend holds.';
+
+CREATE FUNCTION bismarck._mf_release(handle bytea) RETURNS boolean
+LANGUAGE plpython3u PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.mf.release(plpy, handle)
+$$;
+COMMENT ON FUNCTION bismarck._mf_release(bytea) IS
+    'Private: frees the arrays of a run this backend holds.';
 
 CREATE FUNCTION bismarck._moments_step(state bytea, x bytea) RETURNS bytea
 LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$

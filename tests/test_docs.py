@@ -46,3 +46,11 @@ def test_every_command_has_help() -> None:
             assert isinstance(command, click.Group)
             command = command.commands[part]
         assert command.help, name
+
+
+def test_every_matrix_factorisation_parameter_is_in_the_readme() -> None:
+    from bismarckpy.kinds.mf import MF_PARAMS
+
+    section = README[README.index("## Recommendations: matrix factorisation"):]
+    for p in MF_PARAMS:
+        assert f"| `{p.name}` |" in section, p.name

@@ -29,8 +29,9 @@ from bismarck_controller.cli import main as cli_main
 
 PINNED = "search_path=pg_catalog, pg_temp"
 # The SECURITY DEFINER functions: the only writers of the registry (members only read it).
-BOOKKEEPING = ("_claim_model", "_store_model", "_delete_versions", "_set_grant", "_begin_run",
-               "_record_epoch", "_end_run", "_dead_runs", "_forget_work", "_register_packed")
+BOOKKEEPING = ("_claim_model", "_store_model", "_delete_versions", "_set_grant",
+               "_begin_run", "_record_epoch", "_end_run", "_dead_runs", "_forget_work",
+               "_register_packed")
 USERS = ("alice", "bob", "mallory", "carol")
 
 
@@ -1065,6 +1066,20 @@ def test_upgrade_from_0_2_0_keeps_models_as_glm_kind(make_database) -> None:
                 "SELECT kind, stored, coef FROM bismarck.models WHERE version = 3").fetchone()
             assert kind == "glm" and stored["loss"] == "logistic"
             assert [float(c) for c in stored["coef"]] == coef
+            # 0.3.0's other kinds work after the upgrade too: a matrix factorisation (its own
+            # aggregate and functions) is stored in the one registry as kind 'mf'
+            conn.execute("CREATE TABLE public.tri AS SELECT u::bigint AS u, i::bigint AS i, "
+                         "(u + i)::float8 AS r FROM generate_series(1, 4) u, "
+                         "generate_series(1, 3) i")
+            conn.execute("SELECT * FROM bismarck.train_mf('tri', 'u', 'i', 'r', 'recs', "
+                         "rank => 2, seed => 0, max_epochs => 2)")
+            kind, stored, state = conn.execute(
+                "SELECT kind, stored, state FROM bismarck.models WHERE model_name = 'recs'"
+            ).fetchone()
+            assert (kind, stored["rank"], stored["n_rows"], stored["n_cols"]) == ("mf", 2, 4, 3)
+            assert bytes(state[:4]) == b"BMF1"
+            assert conn.execute("SELECT bismarck.predict_mf('recs', 1, 1)").fetchone()[0] \
+                is not None
             # a GLM row without its columns is refused by the table itself
             with pytest.raises(psycopg.errors.CheckViolation):
                 conn.execute("INSERT INTO bismarck._models (model_name, version, source, label, "

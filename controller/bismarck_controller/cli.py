@@ -17,9 +17,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from bismarck_controller import cli_db, cli_models, cli_plots
+    from bismarck_controller import cli_db, cli_mf, cli_models, cli_plots
 
-    for module in (cli_db, cli_models, cli_plots):
+    for module in (cli_db, cli_models, cli_mf, cli_plots):
         for command in module.COMMANDS:
             main.add_command(command)
 

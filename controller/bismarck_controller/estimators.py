@@ -487,6 +487,180 @@ class MLPRegressor(_BaseMLP):
     SCORE: ClassVar[str] = "r2"
 
 
+class MatrixFactorization:
+    """Low-rank matrix factorisation of (row id, column id, value) triples, trained in
+    PostgreSQL (``bismarck.train_mf``): ``r̂ = mean_ + row_bias_[u] + col_bias_[i] +
+    row_factors_[u] · col_factors_[i]``.
+
+        mf = MatrixFactorization(rank=5, random_state=0)
+        mf.fit(None, table="ratings", row_col="user_id", col_col="item_id", value_col="rating")
+        mf.predict(None, [1, 1], [10, 20])        # unknown="error" | "baseline" | "null"
+        mf.recommend(None, 1, k=10)               # [(item id, score), ...], rated items left out
+        mf.evaluate(None, "ratings_test")         # rmse, mae, rows, unknown_pairs, skipped_rows
+
+    Parameters are those of ``bismarck.train_mf`` (``rank``, ``alpha``, ``alpha_bias``,
+    ``learning_rate``, ``eta0``, ``power_t``, ``batch_size``, ``block_size``, ``init_std``,
+    ``tol``, ``n_iter_no_change``, ``validation_fraction``), with scikit-learn's ``max_iter``
+    (max_epochs) and ``random_state`` (seed). ``score`` is the negative RMSE (higher is
+    better, as scikit-learn's ``neg_root_mean_squared_error``).
+    """
+
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = (
+        "rank", "alpha", "alpha_bias", "learning_rate", "eta0", "power_t", "max_iter", "tol",
+        "n_iter_no_change", "batch_size", "block_size", "init_std", "random_state",
+        "validation_fraction", "model_name")
+
+    def __init__(self, rank: int = 10, *, alpha: float = 0.02, alpha_bias: float | None = None,
+                 learning_rate: str = "invscaling", eta0: float = 0.03, power_t: float = 0.5,
+                 max_iter: int = 30, tol: float | None = 1e-4, n_iter_no_change: int = 3,
+                 batch_size: int = 1, block_size: int = 1024, init_std: float = 0.1,
+                 random_state: int | None = None, validation_fraction: float = 0.0,
+                 model_name: str | None = None) -> None:
+        self.rank = rank
+        self.alpha = alpha
+        self.alpha_bias = alpha_bias
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.init_std = init_std
+        self.random_state = random_state
+        self.validation_fraction = validation_fraction
+        self.model_name = model_name
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (scikit-learn's protocol)."""
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    def set_params(self, **params: Any) -> MatrixFactorization:
+        """Change constructor parameters; returns self."""
+        for name, value in params.items():
+            if name not in self._PARAM_NAMES:
+                raise ValueError(f"invalid parameter {name!r} for MatrixFactorization; valid "
+                                 f"parameters: {', '.join(self._PARAM_NAMES)}")
+            setattr(self, name, value)
+        return self
+
+    def bismarck_params(self) -> dict[str, Any]:
+        """The parameters in bismarck's names, validated as ``bismarck.train_mf`` does."""
+        from bismarckpy.kinds.mf import validate as validate_mf
+
+        values = {RENAMED.get(k, k): getattr(self, k) for k in self._PARAM_NAMES
+                  if k != "model_name"}
+        checked = validate_mf(values)
+        if self.alpha_bias is None:
+            values.pop("alpha_bias")
+        return {k: checked[k] for k in values}
+
+    def fit(self, conn: Database, table: str, row_col: str, col_col: str,
+            value_col: str) -> MatrixFactorization:
+        """Train on ``table``'s triples in the server and store the model; returns self."""
+        from bismarck_controller import mf_training
+
+        params = self.bismarck_params()
+        with connected(conn) as c:
+            result = mf_training.train_mf(c, table, row_col, col_col, value_col,
+                                          self.model_name, **params)
+            self._load(c, result.model_name, result.version)
+        return self
+
+    @classmethod
+    def from_model(cls, conn: Database, name: str,
+                   version: int | None = None) -> MatrixFactorization:
+        """A fitted estimator for a stored factorisation (latest version unless given)."""
+        with connected(conn) as c:
+            row = training.model(c, name, version)
+            if row.get("kind") != "mf":
+                raise InvalidParameter(f"model {name!r} is not a matrix factorisation",
+                                       hint="Load it with SGDClassifier or SGDRegressor.")
+            p = row["params"]
+            kwargs = {k: p[RENAMED.get(k, k)] for k in cls._PARAM_NAMES
+                      if RENAMED.get(k, k) in p}
+            est = cls(model_name=name, **kwargs)
+            est._load(c, name, row["version"])
+        return est
+
+    def _load(self, c: Any, name: str, version: int) -> None:
+        """Fitted attributes from the registry row and its history."""
+        import pandas as pd
+
+        from bismarckpy import factorization
+
+        row = training.model(c, name, version)
+        hist = training.history(c, name, version)
+        f = factorization.loads(bytes(row["state"]))
+        self.model_name_, self.version_ = row["model_name"], int(row["version"])
+        self.row_col_, self.col_col_ = row["features"]
+        self.value_col_ = row["label"]
+        self.mean_ = f.mean
+        self.row_ids_, self.col_ids_ = f.row_ids, f.col_ids
+        self.row_bias_, self.col_bias_ = f.row_bias, f.col_bias
+        self.row_factors_, self.col_factors_ = f.P, f.Q
+        metrics = row["metrics"] or {}
+        self.metrics_ = dict(metrics)
+        self.n_iter_ = int(metrics.get("epochs") or len(hist))
+        self.converged_ = bool(metrics.get("converged"))
+        columns = ["epoch", "train_loss", "validation_loss", "learning_rate", "rows", "seconds"]
+        run = max((r["run_id"] for r in hist), default=None)
+        self.history_ = pd.DataFrame([{k: r[k] for k in columns} for r in hist
+                                      if r["run_id"] == run], columns=columns)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_name_"):
+            raise AttributeError("this MatrixFactorization is not fitted yet: call fit() or "
+                                 "MatrixFactorization.from_model() first")
+
+    def predict(self, conn: Database, row_ids: Sequence[int], col_ids: Sequence[int],
+                unknown: str = "error") -> np.ndarray:
+        """Predicted values for the pairs (``bismarck.predict_mf``); NaN where NULL."""
+        from bismarck_controller import mf_training
+
+        self._check_fitted()
+        with connected(conn) as c:
+            values = mf_training.predict_mf(c, self.model_name_, row_ids, col_ids,
+                                            unknown=unknown, version=self.version_)
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    def recommend(self, conn: Database, row_id: int, k: int = 10,
+                  exclude_rated: bool = True) -> list[tuple[int, float]]:
+        """The ``k`` best (column id, score) pairs for ``row_id`` (``bismarck.recommend_mf``)."""
+        from bismarck_controller import mf_training
+
+        self._check_fitted()
+        with connected(conn) as c:
+            return mf_training.recommend(c, self.model_name_, row_id, k,
+                                         exclude_rated=exclude_rated, version=self.version_)
+
+    def evaluate(self, conn: Database, table: str) -> dict[str, float | None]:
+        """``bismarck.evaluate`` on ``table`` (the same column names): rmse, mae, rows,
+        unknown_pairs, skipped_rows."""
+        self._check_fitted()
+        with connected(conn) as c:
+            return training.evaluate(c, self.model_name_, table, self.version_)
+
+    def score(self, conn: Database, table: str) -> float:
+        """Negative RMSE on ``table`` (higher is better)."""
+        return -float(self.evaluate(conn, table)["rmse"])
+
+    def plot_history(self, ax: Any = None) -> Any:
+        """Train (solid) and validation (dashed) mean squared error per epoch."""
+        from bismarck_controller.plots import Curve, draw
+
+        self._check_fitted()
+        h = self.history_
+        curve = Curve(f"{self.model_name_} v{self.version_}", h["epoch"].tolist(),
+                      _optional(h["train_loss"]), _optional(h["validation_loss"]))
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(7, 4))
+        return draw(ax, [curve])
+
+
 def _floats(values: Sequence[Any]) -> np.ndarray:
     """JSON numbers and nulls as a float array (null: NaN)."""
     return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -498,4 +672,4 @@ def _optional(series: Any) -> list[float | None]:
 
 
 __all__ = ["LinearRegression", "LogisticRegression", "MLPClassifier", "MLPRegressor",
-           "SGDClassifier", "SGDRegressor"]
+           "MatrixFactorization", "SGDClassifier", "SGDRegressor"]

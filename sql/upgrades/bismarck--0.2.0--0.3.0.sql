@@ -6,13 +6,25 @@
 -- the views and functions are re-created from sql/bismarck.sql after this script.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
+-- IF NOT EXISTS: development builds of 0.2.0 with matrix factorisation already added kind and
+-- state (their 'mf' rows keep their factors in state; stored gets their mean and rank below).
 ALTER TABLE bismarck._models
-    ADD COLUMN kind text NOT NULL DEFAULT 'glm',
-    ADD COLUMN stored jsonb,
-    ADD COLUMN state bytea;
+    ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'glm',
+    ADD COLUMN IF NOT EXISTS stored jsonb,
+    ADD COLUMN IF NOT EXISTS state bytea;
 UPDATE bismarck._models m
-   SET stored = jsonb_build_object('loss', m.loss, 'coef', to_jsonb(m.coef),
-                                   'intercept', to_jsonb(m.intercept));
+   SET stored = CASE WHEN m.kind = 'mf'
+                     -- state's header (bismarckpy.factorization.dumps): magic, then n_rows,
+                     -- n_cols and rank as little-endian int64 at bytes 4, 12 and 20, then mean
+                     THEN (SELECT jsonb_object_agg(f.key, (SELECT sum(get_byte(m.state, f.at + k)
+                                                                     ::bigint << (8 * k))
+                                                             FROM generate_series(0, 6) AS k))
+                             FROM (VALUES ('n_rows', 4), ('n_cols', 12), ('rank', 20))
+                                  AS f(key, at))
+                          || jsonb_build_object('mean', m.intercept)
+                     ELSE jsonb_build_object('loss', m.loss, 'coef', to_jsonb(m.coef),
+                                             'intercept', to_jsonb(m.intercept)) END
+ WHERE m.stored IS NULL;
 ALTER TABLE bismarck._models
     ALTER COLUMN stored SET NOT NULL,
     ALTER COLUMN loss DROP NOT NULL,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import exact, kinds, moments, pack, shared_model
+from . import mf_server as mf  # noqa: F401  (B.mf.*: the matrix-factorisation entry points)
 from .errors import BismarckError, InvalidData
 
 if TYPE_CHECKING:

@@ -125,7 +125,7 @@ if TYPE_CHECKING:
     from ..params import Param
 
 #: The kinds that ship with the engine: module ``bismarckpy.kinds.<name>`` defines ``KIND``.
-BUILTIN: tuple[str, ...] = ("glm", "softmax", "mlp")
+BUILTIN: tuple[str, ...] = ("glm", "softmax", "mlp", "mf")
 
 #: How partial states of an epoch combine (see :mod:`bismarckpy.execution`).
 MERGE_RULES = ("average", "sum", "none")
