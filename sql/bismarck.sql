@@ -409,6 +409,7 @@ CREATE FUNCTION bismarck.train_glm(
     solver              text     DEFAULT NULL,
     class_weight        text     DEFAULT NULL,
     averaging           text     DEFAULT NULL,
+    parallel_mode       text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -430,7 +431,8 @@ BEGIN
         'tol', tol, 'n_iter_no_change', n_iter_no_change, 'learning_rate', learning_rate,
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
-        'solver', solver, 'class_weight', class_weight, 'averaging', averaging));
+        'solver', solver, 'class_weight', class_weight, 'averaging', averaging,
+        'parallel_mode', parallel_mode));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -444,7 +446,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text, text, text) IS
+    integer, text, bigint, float8, integer, text, text, text, text) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
     'standard errors), and store it as the next version of model_name (default: the source table''s '
@@ -481,6 +483,7 @@ CREATE FUNCTION bismarck.train_mlp(
     seed                bigint   DEFAULT NULL,
     parallel            integer  DEFAULT NULL,
     averaging           text     DEFAULT NULL,
+    parallel_mode       text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -505,7 +508,7 @@ BEGIN
         'n_iter_no_change', n_iter_no_change, 'validation_fraction', validation_fraction,
         'standardize', standardize, 'shuffle', shuffle, 'packed', packed,
         'block_size', block_size, 'dtype', dtype, 'seed', seed, 'parallel', parallel,
-        'averaging', averaging));
+        'averaging', averaging, 'parallel_mode', parallel_mode));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -519,7 +522,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_mlp(regclass, text, text[], text, integer[], text, text, text,
     float8, float8, text, float8, boolean, float8, float8, float8, integer, integer, float8,
-    integer, float8, boolean, text, boolean, integer, text, bigint, integer, text) IS
+    integer, float8, boolean, text, boolean, integer, text, bigint, integer, text, text) IS
     'Train a multi-layer perceptron (hidden layer sizes, activation relu, tanh or logistic; '
     'task classification: softmax over the label''s classes, or regression) by backpropagation '
     'on packed mini-batches with Adam or SGD with momentum, one aggregate per epoch, stopping '
@@ -1608,6 +1611,33 @@ $$;
 COMMENT ON FUNCTION bismarck._epoch_final(bytea) IS
     'Private: final function of _epoch and _epoch_packed: the model kind''s finalize (a GLM: '
     'applies the pending batch), returns the state.';
+
+CREATE FUNCTION bismarck._shared_create(init bytea) RETURNS bytea
+LANGUAGE plpython3u VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.shared_create(plpy, init)
+$$;
+COMMENT ON FUNCTION bismarck._shared_create(bytea) IS
+    'Private: parallel_mode => ''shared'': creates one epoch''s shared-model segment '
+    '(base/pgsql_tmp/pgsql_tmpbismarck.<pid>.<random>, mode 0600, a random 128-bit key) from '
+    'the init state; returns the shared init that names it. Removes segments of backends that '
+    'are gone.';
+
+CREATE FUNCTION bismarck._shared_drop(init bytea) RETURNS boolean
+LANGUAGE plpython3u VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.shared_drop(plpy, init)
+$$;
+COMMENT ON FUNCTION bismarck._shared_drop(bytea) IS
+    'Private: removes the shared-model segment named by a shared init (its key must match).';
+
+CREATE FUNCTION bismarck._shared_segments() RETURNS SETOF text
+LANGUAGE plpython3u VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.shared_leftovers(plpy)
+$$;
+COMMENT ON FUNCTION bismarck._shared_segments() IS
+    'Private: names of the shared-model segments (parallel_mode => ''shared'') on this server now.';
 
 CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
     SFUNC = bismarck._epoch_step,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
@@ -89,6 +89,11 @@ class PsycopgSession:
     def rollback(self) -> None:
         """Roll back the current transaction (after a failed statement, to run another)."""
         self.conn.rollback()
+
+    def subtransaction(self) -> Any:
+        """A savepoint (``conn.transaction()`` inside the open transaction): an error inside
+        rolls back to it, so the transaction can go on (e.g. to clean up) before failing."""
+        return self.conn.transaction()
 
     def on_epoch(self, record: EpochRecord) -> None:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""

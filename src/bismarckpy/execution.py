@@ -8,7 +8,9 @@ sum for full-batch passes: the kind's :attr:`~bismarckpy.kinds.ModelKind.merge_r
 strategies belong in this module and need no change to the kinds or the loop: ``"partition"``
 runs one aggregate per partition (or postgres_fdw shard) of the source, grouped by the
 partition, and merges the partitions' states here by the kind's rule (see
-:mod:`bismarckpy.partitioned`).
+:mod:`bismarckpy.partitioned`); ``"shared"`` (``parallel_mode => 'shared'``) runs the same query
+with the workers stepping one model in a shared segment, created and dropped around the query
+by :mod:`bismarckpy.shared_model`.
 
 The SGD aggregates ``bismarck._epoch`` (rows) and ``bismarck._epoch_packed`` (packed blocks)
 are generic: their functions dispatch on the kind's magic at the head of the state
@@ -106,7 +108,7 @@ class Strategy:
     decides). A kind whose states cannot be merged (``merge_rule == "none"``) runs serially."""
 
     workers: int | None = None
-    name: str = "aggregate"
+    name: str = "aggregate"  # or "shared": workers update one model (bismarckpy.shared_model)
 
     def for_kind(self, merge_rule: str) -> Strategy:
         """This strategy as a kind with ``merge_rule`` may run it."""
@@ -119,10 +121,28 @@ class Strategy:
 
 
 #: The strategies :func:`run_epoch` knows.
-STRATEGIES = ("aggregate", "partition")
+STRATEGIES = ("aggregate", "partition", "shared")
+
+#: parallel_mode -> Strategy.name
+MODE_STRATEGIES = {"average": "aggregate", "shared": "shared"}
 
 #: Settings of a partition epoch: the aggregate runs per partition (and so on each shard).
 PARTITIONWISE = {"enable_partitionwise_aggregate": "on"}
+
+
+def strategy_for(p: dict, kind: object) -> Strategy:
+    """The training epochs' strategy from the common parameters ``parallel``/``parallel_mode``.
+
+    ``parallel_mode => 'shared'`` is checked against the kind (and its parameters) here, before
+    any epoch runs: :func:`bismarckpy.shared_model.check_supported` raises InvalidParameter.
+    """
+    mode = p.get("parallel_mode") or "average"
+    if mode == "shared":
+        from . import shared_model
+
+        shared_model.check_supported(kind, p)  # type: ignore[arg-type]
+    return Strategy(p.get("parallel"), MODE_STRATEGIES[mode]).for_kind(
+        getattr(kind, "merge_rule", "average"))
 
 
 def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = Strategy(),
@@ -133,8 +153,19 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
     With ``strategy.name == "partition"`` the scan's partitions each give a state, merged
     here by the kind's :attr:`~bismarckpy.kinds.ModelKind.merge` (model averaging weighted by
     rows, or an exact sum for evaluation states) and finalized once; ``parts`` (when given)
-    receives each partition's ``(group value, unfinalized state)``.
+    receives each partition's ``(group value, unfinalized state)``. With ``"shared"`` the
+    workers step one model in a segment that lives only for this query.
     """
+    if strategy.name == "shared" and aggregates is SGD:
+        from . import shared_model
+
+        # Segment, then settings, then a subtransaction around the query: after an error or a
+        # cancel the savepoint is rolled back first, so the settings and the segment's drop
+        # still run in this transaction.
+        with shared_model.segment(session, init) as shared_init, \
+                settings_for_transaction(session, parallel_settings(strategy.workers)), \
+                shared_model.subtransaction(session):
+            return session.query(scan.sql(aggregates), [shared_init])[0][0]
     if strategy.name not in STRATEGIES:
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
     if strategy.name == "partition" and scan.group is not None and aggregates is SGD:

@@ -776,11 +776,18 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
     by_partition = prep.layout is not None
-    workers = p["parallel"]
-    if by_partition and workers is None:  # local partitions side by side, one per worker
-        workers = min(8, sum(1 for q in prep.layout.partitions if not q.server))
-    strategy = execution.Strategy(workers, "partition" if by_partition else "aggregate"
-                                  ).for_kind(kind.merge_rule)
+    strategy = execution.strategy_for(p, kind)
+    if by_partition:
+        if strategy.name == "shared":
+            raise InvalidParameter(
+                "parallel_mode => 'shared' needs averaging => 'global'",
+                detail="Shared-memory workers step one model inside one server's epoch; "
+                       "averaging => 'partition' runs one aggregate per partition.",
+                hint="Drop parallel_mode, or use averaging => 'global'.")
+        workers = p["parallel"]
+        if workers is None:  # local partitions side by side, one per worker
+            workers = min(8, sum(1 for q in prep.layout.partitions if not q.server))
+        strategy = execution.Strategy(workers, "partition").for_kind(kind.merge_rule)
     group = "part" if by_partition else None
     shards = tuple((q.server, q.name) for q in prep.layout.shards) if by_partition else ()
     train_scan = prep.train_scan or execution.Scan(

@@ -17,6 +17,7 @@ from .penalties import PENALTIES
 
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "bold_driver")
 SHUFFLES = ("once", "always", "never", "blocks")
+PARALLEL_MODES = ("average", "shared")
 SOLVERS = ("sgd", "newton", "lbfgs")
 AVERAGINGS = ("global", "partition")
 EXACT_SOLVERS = ("newton", "lbfgs")  # their own defaults: tol 1e-8, no penalty, float64 blocks
@@ -136,6 +137,10 @@ GLM_PARAMS: tuple[Param, ...] = (
           "(local or postgres_fdw shards) and each epoch runs one aggregate per partition, "
           "where its rows are, the partition models averaged weighted by rows.",
           choices=AVERAGINGS),
+    Param("parallel_mode", str, "average", "How parallel workers share the model: average "
+          "(each trains its own copy, averaged when the epoch ends) or shared (every worker "
+          "steps one model in shared memory, Hogwild!-style; SGD with batch_size >= 1).",
+          choices=PARALLEL_MODES),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9,
           why="At least a tenth of the rows must remain to train on: a larger share would "
@@ -153,7 +158,7 @@ GLM_DEFAULTS: dict[str, Any] = {p.name: p.default for p in GLM_PARAMS}
 #: standardize, class_weight).
 COMMON_NAMES = ("max_epochs", "tol", "n_iter_no_change", "learning_rate", "eta0", "power_t",
                 "batch_size", "shuffle", "packed", "block_size", "dtype", "seed", "parallel",
-                "averaging", "validation_fraction")
+                "averaging", "parallel_mode", "validation_fraction")
 COMMON_PARAMS: tuple[Param, ...] = tuple(p for p in GLM_PARAMS if p.name in COMMON_NAMES)
 
 
@@ -194,6 +199,18 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
             out["penalty"] = "none"
         if values.get("dtype") is None:  # float32 blocks would round the data itself
             out["dtype"] = "float64"
+        if out.get("parallel_mode") == "shared":
+            raise InvalidParameter(
+                "parallel_mode => 'shared' needs solver => 'sgd'",
+                detail=f"solver => '{out['solver']}' sums exact passes over the data; its "
+                       "parallel workers' sums are already combined exactly.",
+                hint="Drop parallel_mode, or use solver => 'sgd'.")
+    if out.get("parallel_mode") == "shared" and out.get("batch_size") == 0:
+        raise InvalidParameter(
+            "parallel_mode => 'shared' needs SGD steps (batch_size >= 1)",
+            detail="batch_size => 0 is full-batch gradient descent: one exact step per epoch, "
+                   "which parallel workers already compute exactly by summing their gradients.",
+            hint="Drop parallel_mode, or set batch_size to 1 or more.")
     return out
 
 

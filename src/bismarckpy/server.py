@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import exact, kinds, moments, pack
+from . import exact, kinds, moments, pack, shared_model
 from . import mf_server as mf  # noqa: F401  (B.mf.*: the matrix-factorisation entry points)
 from .errors import BismarckError, InvalidData
 
@@ -70,6 +70,10 @@ class PlpySession:
 
     def checkpoint(self) -> None:
         """Inside one SQL call there is one transaction: nothing to commit."""
+
+    def subtransaction(self) -> Any:
+        """A subtransaction (``plpy.subtransaction()``): an error inside rolls back to here."""
+        return self.plpy.subtransaction()
 
     def on_epoch(self, record: EpochRecord) -> None:
         """Progress of a long run: a NOTICE at most every few seconds, every epoch at DEBUG1.
@@ -253,24 +257,44 @@ def engine_version() -> str:
     return __version__
 
 
+def _runner(state: bytes) -> Any:
+    """Who runs an epoch state's functions: shared mode (:mod:`.shared_model`) or its kind."""
+    return shared_model if shared_model.is_shared(state) else kinds.for_state(state)
+
+
 def epoch_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
                      init: bytes) -> bytes:
     """SFUNC of ``bismarck._epoch``: one row, by the kind whose magic opens ``init``."""
-    return _guard(plpy, lambda: kinds.for_state(init).transition(state, x, y, init))
+    return _guard(plpy, lambda: _runner(init).transition(state, x, y, init))
 
 
 def epoch_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the epoch aggregates: the kind's merge of two partial states."""
     if a is None or b is None:
         return a if b is None else b
-    return _guard(plpy, lambda: kinds.for_state(a).merge(a, b))
+    return _guard(plpy, lambda: _runner(a).merge(a, b))
 
 
 def epoch_finalize(plpy: Any, state: bytes | None) -> bytes | None:
     """FINALFUNC of the epoch aggregates: the kind's finalize."""
     if state is None:
         return None
-    return _guard(plpy, lambda: kinds.for_state(state).finalize(state))
+    return _guard(plpy, lambda: _runner(state).finalize(state))
+
+
+def shared_create(plpy: Any, init: bytes) -> bytes:
+    """``bismarck._shared_create``: this epoch's shared-model segment; the shared init."""
+    return _guard(plpy, shared_model.create, init)
+
+
+def shared_drop(plpy: Any, init: bytes) -> bool:
+    """``bismarck._shared_drop``: remove the segment a shared init names."""
+    return _guard(plpy, shared_model.drop, init)
+
+
+def shared_leftovers(plpy: Any) -> list[str]:
+    """``bismarck._shared_segments``: names of the shared-model segments on this server."""
+    return shared_model.leftovers()
 
 
 def moments_transition(plpy: Any, state: bytes | None, x: Any) -> bytes | None:
@@ -286,7 +310,7 @@ def moments_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
 def epoch_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
                            init: bytes, first: int | None = 0, stop: int | None = None) -> bytes:
     """SFUNC of ``bismarck._epoch_packed``: rows ``first:stop`` of one packed block."""
-    return _guard(plpy, lambda: kinds.for_state(init).transition_block(
+    return _guard(plpy, lambda: _runner(init).transition_block(
         state, block, init, first or 0, stop))
 
 
@@ -329,7 +353,7 @@ def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
     from . import blockscan
 
     return _guard(plpy, lambda: blockscan.epoch_step(
-        kinds.for_state(init).transition_block, state, xs, ys, groups, counts, holds, part,
+        _runner(init).transition_block, state, xs, ys, groups, counts, holds, part,
         split_seed, shuffle_seed, init))
 
 

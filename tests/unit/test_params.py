@@ -32,6 +32,7 @@ BAD = {
     "averaging": ["shards", "", 1, True],
     "seed": [2**62 + 1, -(2**62) - 1, 1.5, "x", False],
     "parallel": [-1, 65, 1.5, "many", True],
+    "parallel_mode": ["hogwild", "", 2, True],
     "packed": ["sometimes", 2],
     "block_size": [0, 1_000_001, 2.5],
     "dtype": ["float16", "int8", 4],
@@ -178,3 +179,17 @@ def test_exact_solvers_default_to_the_unpenalised_fit_to_tight_tolerance() -> No
     assert (out["penalty"], out["tol"], out["dtype"]) == ("l2", 1e-4, "float32")
     assert validate({"solver": "newton", "tol": None})["tol"] is None
     assert validate({})["penalty"] == "l2" and validate({})["solver"] == "sgd"
+
+
+@pytest.mark.parametrize("solver", ["newton", "lbfgs"])
+def test_shared_parallel_mode_needs_sgd(solver: str) -> None:
+    with pytest.raises(InvalidParameter, match="needs solver => 'sgd'"):
+        validate({"solver": solver, "parallel_mode": "shared"})
+    assert validate({"solver": solver})["parallel_mode"] == "average"
+    assert validate({"parallel_mode": " Shared "})["parallel_mode"] == "shared"
+
+
+def test_shared_parallel_mode_needs_sgd_steps() -> None:
+    with pytest.raises(InvalidParameter, match=r"needs SGD steps \(batch_size >= 1\)"):
+        validate({"batch_size": 0, "parallel_mode": "shared"})
+    assert validate({"batch_size": 0})["batch_size"] == 0

@@ -10,6 +10,7 @@ full-batch gradient descent (one exact step per epoch); -1 only evaluates the lo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..losses import BY_CODE, REGISTRY, sigmoid
 from ..pack import parse_block
 from ..params import GLM_PARAMS
+from ..shared_model import Layout
 from . import ModelKind, Stored
 
 MAGIC = 2012.0
@@ -504,6 +506,34 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
     return sigmoid(z) if REGISTRY[stored.model["loss"]].probabilistic else z
 
 
+def _shared_slots(s: np.ndarray) -> np.ndarray:
+    """The state slots that are the model in shared mode: w, b and the step counter t."""
+    return _slots_for(int(s[_D]))
+
+
+@functools.lru_cache(maxsize=16)
+def _slots_for(d: int) -> np.ndarray:
+    idx = np.append(np.arange(HEADER, HEADER + d + 1), _T)
+    idx.flags.writeable = False
+    return idx
+
+
+def _rows_to_step(s: np.ndarray) -> int:
+    """Rows until the next SGD step (the pending partial batch counts)."""
+    return max(int(s[_BATCH]) - int(s[_PENDING]), 1)
+
+
+def _block_rows(s: np.ndarray, block: bytes) -> int:
+    return len(parse_block(block, int(s[_D]), int(s[_ITEMSIZE]))[1])
+
+
+def _shared_refuse(p: dict[str, Any]) -> str | None:
+    if p.get("batch_size") == 0:
+        return ("batch_size => 0 is full-batch gradient descent: one exact step per epoch, "
+                "which parallel workers already compute exactly by summing their gradients.")
+    return None
+
+
 def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     """:attr:`ModelKind.evaluate`: metrics in SQL (:func:`bismarckpy.evaluate.glm_metrics`)."""
     from ..evaluate import glm_metrics  # the scoring queries, loaded only where evaluate runs
@@ -517,4 +547,5 @@ KIND = ModelKind(
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
     export=export, predict=predict, evaluate=evaluate, merge_rule="average",
     sql_train="bismarck.train_glm",
+    extra={"shared": Layout(_shared_slots, _rows_to_step, _block_rows, _shared_refuse)},
     doc="Generalized linear models: logistic regression, least squares, linear SVM.")

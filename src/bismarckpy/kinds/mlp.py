@@ -20,7 +20,9 @@ import numpy as np
 
 from .. import nn
 from ..errors import InvalidData, InvalidParameter, check_state_size
+from ..pack import parse_block
 from ..params import Param, merge_params
+from ..shared_model import Layout
 from . import ModelKind, Stored
 
 _F8 = np.dtype("<f8")
@@ -303,6 +305,26 @@ def check_options(p: dict[str, Any]) -> None:
                      "Use fewer or smaller hidden layers.")
 
 
+def _shared_slots(s: np.ndarray) -> np.ndarray:
+    """The state slots that are the model in shared mode: the weights and the step counter t.
+
+    The optimiser's moments (momentum, Adam's m and v) stay each worker's own.
+    """
+    L1, K, d = int(s[nn._NSIZES]), int(s[nn._K]), int(s[nn._D])
+    start = nn.HEADER + L1 + K + 2 * d
+    size = nn.n_params([int(x) for x in s[nn.HEADER:nn.HEADER + L1]])
+    return np.append(np.arange(start, start + size), nn._T)
+
+
+def _rows_to_step(s: np.ndarray) -> int:
+    """Rows until the next SGD step (the pending partial batch counts)."""
+    return max(int(s[nn._BATCH]) - int(s[nn._PENDING]), 1)
+
+
+def _block_rows(s: np.ndarray, block: bytes) -> int:
+    return len(parse_block(block, int(s[nn._D]), int(s[nn._ITEMSIZE]))[1])
+
+
 KIND = ModelKind(
     name="mlp", magic=np.array([nn.MAGIC], dtype=_F8).tobytes(), params=MLP_PARAMS,
     losses=("cross_entropy", "squared"), initialize=epoch_init, transition=nn.transition,
@@ -312,4 +334,5 @@ KIND = ModelKind(
     sql_train="bismarck.train_mlp",
     doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
     extra={"loop_params": loop_params,
+           "shared": Layout(_shared_slots, _rows_to_step, _block_rows),
            "rate_name": "learning_rate_init", "restore_best": True})
