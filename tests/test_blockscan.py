@@ -190,6 +190,43 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
         assert "snapshot" in exc.value.diag.message_hint
 
 
+@pytest.mark.parametrize("write", [
+    "UPDATE {t} SET y = 1 - y WHERE id % 5 = 0",  # values changed in place: counts unchanged
+    "UPDATE {t} SET a = a + 1 WHERE id = 7",
+    "DELETE FROM {t} WHERE id = 9; INSERT INTO {t} (id, a, b, y) VALUES (9, 0, 0, 1)",
+])
+def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> None:
+    """Rows written between the epochs of a 'blocks' run (the outside loop commits each
+    epoch): the run ends with "the source table changed during training" and no version,
+    even when every page group keeps its count of rows."""
+    from bismarck_controller import training
+
+    model = f"chgrun_{abs(hash(write)) % 10**6}"
+    X, y = _logistic(2000, 2, 8)
+    load_table(conn, "chgrun", ["a", "b"], X, y)
+    # Room on every page, so that an UPDATE keeps its row on its page (HOT): the page
+    # groups' counts do not change, only the row versions do.
+    conn.execute("ALTER TABLE chgrun SET (fillfactor = 50)")
+    conn.execute("VACUUM FULL chgrun")
+
+    def on_epoch(rec) -> None:
+        if rec.epoch == 1:
+            for statement in write.format(t="chgrun").split("; "):
+                conn.execute(statement)
+
+    with psycopg.connect(dsn) as c, pytest.raises((InvalidData, psycopg.errors.DataException),
+                       match="the source table changed during training"):
+        training.train(c, "chgrun", "y", ["a", "b"], model, on_epoch=on_epoch,
+                       shuffle="blocks", max_epochs=3, tol=None)
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
+                        [model]).fetchone()[0] == 0
+    with psycopg.connect(dsn) as c:  # unwritten, the same run stores its model
+        training.train(c, "chgrun", "y", ["a", "b"], model, shuffle="blocks",
+                       max_epochs=3, tol=None)
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
+                        [model]).fetchone()[0] == 1
+
+
 def test_array_bytes_from_the_server_are_read_or_refused(conn) -> None:
     """The in-memory form of array_agg's 2-D arrays, as PostgreSQL writes it."""
     raw = conn.execute("SELECT bismarck._float8_array_bytes(array_agg(x)) FROM (VALUES "

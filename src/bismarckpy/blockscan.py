@@ -192,6 +192,32 @@ def changed(got: int, expected: int) -> InvalidData:
              "(CREATE TABLE ... AS) of it.")
 
 
+def write_mark(session: Session, relation: str) -> tuple[int, int]:
+    """A fingerprint of ``relation``'s row versions: ``(rows, sum of their xmin)``.
+
+    Every INSERT or UPDATE writes a row version whose ``xmin`` (the writing transaction's id)
+    is newer than every version already there, and a DELETE removes one, so any write after
+    the mark changes the count or raises the sum (short of the 32-bit transaction counter
+    wrapping around during a run); rows the caller's own transaction wrote before the mark
+    count in both fingerprints. One scan of the table."""
+    row = session.query(f"SELECT count(*)::int8 AS n, coalesce(sum(s.xmin::text::int8), 0)::int8 "
+                        f"AS xmins FROM {relation} AS s")[0]
+    return int(row[0]), int(row[1])
+
+
+def check_unwritten(session: Session, relation: str, mark: tuple[int, int]) -> None:
+    """Raise InvalidData ("the source table changed during training") when ``relation``'s
+    fingerprint (:func:`write_mark`) is no longer ``mark``: rows were inserted, updated (also
+    in place) or deleted since, and the model would mix two versions of the data."""
+    if write_mark(session, relation) != mark:
+        raise InvalidData(
+            "the source table changed during training",
+            detail="Rows were inserted, updated or deleted after the run first read the table; "
+                   "the model would mix two versions of the data, so it was not stored.",
+            hint="Train again when the table is not being written, or train on a snapshot "
+                 "(CREATE TABLE ... AS) of it.")
+
+
 _scratch: dict[int, bytearray] = {}
 
 

@@ -136,6 +136,9 @@ class _Prepared:
     # validation pass read, instead of FROM clauses of copies.
     train_scan: execution.Scan | None = None
     valid_scan: execution.Scan | None = None
+    # shuffle => 'blocks': the source and the snapshot mark taken before it was read; a row
+    # written since then refuses the model (blockscan.check_unwritten) before it is stored.
+    unwritten: tuple[str, tuple[int, int]] | None = None
     # The features' centre and scale even when the model is not standardised (blocks: read
     # off the preparation's moments; the separation check needs them).
     scaling: tuple[np.ndarray, np.ndarray] | None = None
@@ -391,6 +394,7 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
     group's rows checked and counted, its validation rows chosen, the training rows'
     moments summed."""
     split_seed = (int(seed) + 3) & (2**62 - 1)
+    mark = blockscan.write_mark(session, src.relation)
     checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
@@ -405,6 +409,7 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
                      classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
                      y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
                      constant=coding.constant, n_pos=coding.n_pos)
+    prep.unwritten = (src.relation, mark)
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
@@ -864,6 +869,8 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
                "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
     for note in notes:
         session.warn(note)
+    if prep.unwritten is not None:
+        blockscan.check_unwritten(session, *prep.unwritten)
     version = store_model(session, model_name, src, p, stored, metrics, {})
     return TrainResult(model_name=model_name, version=version, epochs=run.epochs,
                        converged=run.converged, train_loss=run.train_loss,
@@ -934,6 +941,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "sd": None if prep.sd is None else prep.sd.tolist(),
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
+    if prep.unwritten is not None:
+        blockscan.check_unwritten(session, *prep.unwritten)
     version = store_model(session, model_name, src, p, stored, metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
