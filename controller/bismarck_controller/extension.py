@@ -210,6 +210,10 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
     conn = conn_or_dsn
     current = version()
     try:
+        # One installer at a time per cluster: concurrent `bismarck` commands on the embedded
+        # cluster each check the installation, and two GRANTs of the same object at once fail
+        # with "tuple concurrently updated". Session-level, released below or at disconnect.
+        conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
         tree = embedded_extension_dir(conn)
         if tree is not None:
             install_files(tree)  # keeps the embedded cluster's files in step with this client
@@ -241,7 +245,16 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
         raise SetupError(f"Installing the bismarck extension failed: {text}",
                          diag.message_hint or "Fix the cause named there and run "
                          "`bismarck install` again.") from None
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s::int8)", [INSTALL_LOCK])
+            if not conn.autocommit:
+                conn.commit()
     return message
+
+
+#: The advisory lock key that serialises installs and upgrades in one cluster.
+INSTALL_LOCK = 0x6269736D61726B  # "bismark" in ASCII
 
 
 def _same_version(conn: psycopg.Connection, current: str) -> str:
