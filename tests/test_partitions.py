@@ -227,3 +227,33 @@ def test_every_kind_averages_partitions_mlp(conn) -> None:
                           "WHERE model_name = 'mlp_parts' ORDER BY epoch LIMIT 1").fetchone()[0]
     assert len(detail["partitions"]) == 2
     assert sum(p["rows"] for p in detail["partitions"]) == 960
+
+
+@pytest.mark.parametrize("key_type, values", [
+    ("boolean", ["true", "false", "NULL"]),  # no min/max for boolean; NULL is a value too
+    ("uuid", ["'00000000-0000-0000-0000-000000000001'", "'00000000-0000-0000-0000-00000000000"
+              "2'", "NULL"]),
+])
+def test_list_keys_of_any_type_and_the_null_partition(conn, key_type: str,
+                                                      values: list[str]) -> None:
+    """LIST partitions by a key of a type without min/max, one of them the NULL partition:
+    trained, and every partition named in the history (an outside tester's finding)."""
+    rng = np.random.default_rng(11)
+    conn.execute("DROP TABLE IF EXISTS keyed CASCADE")
+    conn.execute(f"CREATE TABLE keyed (k {key_type}, x1 float8, x2 float8, y int) "
+                 "PARTITION BY LIST (k)")
+    for i, v in enumerate(values):
+        conn.execute(f"CREATE TABLE keyed_{i} PARTITION OF keyed FOR VALUES IN ({v})")
+        x = rng.normal(size=(150, 2))
+        y = (x @ [1.5, -2.0] + rng.normal(scale=0.5, size=150) > 0).astype(int)
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO keyed VALUES ({v}, %s, %s, %s)",
+                            [(float(a), float(b), int(c)) for (a, b), c in zip(x, y)])
+    name = f"keyed_{key_type}"
+    _train(conn, "keyed", name, averaging="partition", max_epochs=2, seed=3)
+    detail = conn.execute("SELECT detail FROM bismarck.training_history WHERE model_name = %s "
+                          "ORDER BY epoch LIMIT 1", [name]).fetchone()[0]
+    detail = detail if isinstance(detail, dict) else json.loads(detail)
+    names = sorted(p["partition"] for p in detail["partitions"])
+    assert names == [f"public.keyed_{i}" for i in range(len(values))]
+    assert sum(p["rows"] for p in detail["partitions"]) == 450

@@ -248,23 +248,28 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
     empty = []
     key = lay.key or "NULL::text"
     for leaf in lay.partitions:  # one aggregate per leaf: pushed down whole to a shard
-        tr, va, pos, lo, hi = session.query(
+        # The key's values compared with IS DISTINCT FROM (any type with equality: boolean
+        # and uuid have no min/max; NULL is one value of its own).
+        tr, va, pos, lo, several = session.query(
             f"SELECT count(*) FILTER (WHERE NOT {holdout}) AS train, "
             f"count(*) FILTER (WHERE {holdout}) AS valid, "
             f"count(*) FILTER (WHERE NOT {holdout} AND {y_expr} > 0) AS pos, "
-            f"min({key}) AS lo, max({key}) AS hi "
-            f"FROM {escape_percent(leaf.name)} AS s WHERE {src.valid_expr}")[0]
+            f"(array_agg({key}))[1] AS lo, "
+            f"coalesce(bool_or({key} IS DISTINCT FROM s1.first), false) AS several "
+            f"FROM {escape_percent(leaf.name)} AS s "
+            f"CROSS JOIN (SELECT {key} AS first FROM {escape_percent(leaf.name)} AS s "
+            f"WHERE {src.valid_expr} LIMIT 1) AS s1 WHERE {src.valid_expr}")[0]
         n_train, n_valid, n_pos = n_train + tr, n_valid + va, n_pos + pos
-        if lay.key is not None and lo != hi and not lay.shards:
+        if lay.key is not None and several and not lay.shards:
             lay.group, lay.key, lay.names = BY_TABLEOID, None, {}  # LIST (1, 2): by table
             key = "NULL::text"
-        elif lay.key is not None and lo != hi:
+        elif lay.key is not None and several:
             raise InvalidData(
                 f"partition {leaf.name} holds several values of the partition key",
-                detail=f"Its key {lay.key} runs from {lo} to {hi}; an epoch groups by the key, "
-                       "so each partition (shard) must hold one value.",
+                detail=f"Its key {lay.key} takes more than one value; an epoch groups by the "
+                       "key, so each partition (shard) must hold one value.",
                 hint="List one value per partition (FOR VALUES IN (...)).")
-        if lo is not None and lay.key is not None:
+        if lay.key is not None and tr + va:
             lay.names[lo] = leaf.name
         if not tr:
             empty.append(leaf.name)
