@@ -188,6 +188,7 @@ def test_packed_row_and_parallel_paths_give_models_of_equal_quality(dsn: str, co
         assert s["accuracy"] >= best_acc - 0.01, (name, scores)
         assert s["log_loss"] <= best_loss * 1.10, (name, scores)
     used = conn.execute("SELECT model_name, params->>'packed' FROM bismarck.models "
-                        "WHERE model_name LIKE 'paths_%' ORDER BY 1").fetchall()
+                        "WHERE model_name = ANY(%s) ORDER BY 1",
+                        [[f"paths_{name}" for name in paths]]).fetchall()
     assert dict(used) == {"paths_rows": "false", "paths_packed32": "true",
                           "paths_packed64": "true", "paths_packed_parallel": "true"}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -165,7 +165,7 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
         with shared_model.segment(session, init) as shared_init, \
                 settings_for_transaction(session, parallel_settings(strategy.workers)), \
                 shared_model.subtransaction(session):
-            return session.query(scan.sql(aggregates), [shared_init])[0][0]
+            return _runner(session, strategy)(scan.sql(aggregates), [shared_init])[0][0]
     if strategy.name not in STRATEGIES:
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
     if strategy.name == "partition" and scan.group is not None and aggregates is SGD:
@@ -174,7 +174,15 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
             parts.extend(found)
         return merge_partitions(found)
     with settings_for_transaction(session, parallel_settings(strategy.workers)):
-        return session.query(scan.sql(aggregates), [init])[0][0]
+        return _runner(session, strategy)(scan.sql(aggregates), [init])[0][0]
+
+
+def _runner(session: Session, strategy: Strategy) -> Any:
+    """How to run an epoch's statement: unprepared when workers are asked for and the session
+    has ``query_parallel`` (inside the server a prepared SPI plan never runs in parallel)."""
+    if strategy.workers:
+        return getattr(session, "query_parallel", session.query)
+    return session.query
 
 
 def run_partitions(session: Session, scan: Scan, init: bytes,

@@ -64,6 +64,27 @@ class PlpySession:
             raise AssertionError(f"query has duplicate column names {cols}: alias them")
         return [tuple(r[c] for c in cols) for r in result]
 
+    def query_parallel(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        """:meth:`query` for a statement that may use parallel workers: a plan prepared
+        through SPI (``plpy.prepare``) never runs in parallel (SPI_prepare gives no
+        CURSOR_OPT_PARALLEL_OK), so the bytea parameters are written into the text as literals
+        and the statement runs unprepared (SPI_execute may plan a Gather)."""
+        values = iter(params)
+
+        def literal(m: re.Match) -> str:
+            if m.group(1) == "%":
+                return "%"
+            v = next(values)
+            if v is None:
+                return "NULL"
+            if not isinstance(v, (bytes, bytearray, memoryview)):
+                raise TypeError("query_parallel binds bytea parameters only")
+            return f"'\\x{bytes(v).hex()}'::bytea"
+
+        result = self.plpy.execute(_PLACEHOLDER.sub(literal, sql))
+        cols = result.colnames() or []
+        return [tuple(r[c] for c in cols) for r in result]
+
     def ident(self, name: str) -> str:
         """Quote an identifier with the server's own rules (``%`` doubled, see Session)."""
         return self.plpy.quote_ident(name).replace("%", "%%")
