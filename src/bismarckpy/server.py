@@ -79,7 +79,8 @@ class PlpySession:
                 return "NULL"
             if not isinstance(v, (bytes, bytearray, memoryview)):
                 raise TypeError("query_parallel binds bytea parameters only")
-            return f"'\\x{bytes(v).hex()}'::bytea"
+            # E'' processes backslashes whatever standard_conforming_strings says
+            return f"E'\\\\x{bytes(v).hex()}'::bytea"
 
         result = self.plpy.execute(_PLACEHOLDER.sub(literal, sql))
         cols = result.colnames() or []
