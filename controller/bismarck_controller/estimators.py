@@ -43,7 +43,7 @@ class _BaseSGD:
                  l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 100,
                  tol: float | None = 1e-3, n_iter_no_change: int = 5,
                  learning_rate: str = "invscaling", eta0: float | None = None,
-                 power_t: float = 0.5,
+                 power_t: float | None = None,
                  batch_size: int | None = None, shuffle: bool | str = True,
                  random_state: int | None = None, validation_fraction: float = 0.0,
                  standardize: bool = True, model_name: str | None = None,

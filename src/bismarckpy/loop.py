@@ -42,7 +42,7 @@ from .packing import (
     settings_for_transaction,
 )
 from .params import EXACT_SOLVERS, validate
-from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0
+from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0, default_power_t
 from .separation import data_separated
 from .source import Source, resolve
 
@@ -706,13 +706,15 @@ def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarra
 
 
 def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> None:
-    """Fill ``batch_size`` and ``eta0`` left NULL (the stored model records the values used).
+    """Fill ``batch_size``, ``power_t`` and ``eta0`` left NULL (the model records the values).
 
     See :func:`bismarckpy.schedule.auto_batch_size` and :func:`bismarckpy.schedule.auto_eta0`;
     per-row steps keep ``eta0`` 0.1.
     """
     if p["batch_size"] is None:
         p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
+    if p.get("power_t", 0.5) is None:
+        p["power_t"] = default_power_t(p.get("loss"))
     if p["eta0"] is None and not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
         p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
     if p["eta0"] is None:

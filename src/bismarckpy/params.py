@@ -113,7 +113,9 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps; for "
           "mini-batches 1 / L, L the batches' curvature bound measured on a sample of "
           "training rows.", low=0.0, low_open=True, nullable=True),
-    Param("power_t", float, 0.5, "Exponent of invscaling.", low=0.0, high=10.0),
+    Param("power_t", float, None, "Exponent of invscaling. NULL: 0.25 for loss 'squared' "
+          "(scikit-learn's SGDRegressor), else 0.5 (SGDClassifier).", low=0.0, high=10.0,
+          nullable=True),
     Param("batch_size", int, None, "Rows per SGD step: 1 is per-row SGD, 0 full-batch "
           "gradient descent. NULL: min(block_size, training rows // 1024), at least 1.",
           low=0, high=1_000_000_000, nullable=True),
