@@ -194,6 +194,8 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     "UPDATE {t} SET y = 1 - y WHERE id % 5 = 0",  # values changed in place: counts unchanged
     "UPDATE {t} SET a = a + 1 WHERE id = 7",
     "DELETE FROM {t} WHERE id = 9; INSERT INTO {t} (id, a, b, y) VALUES (9, 0, 0, 1)",
+    # extreme values: the next epoch diverges, but the write is what the error names
+    "UPDATE {t} SET a = a * 1e150, b = b * 1e150",
 ])
 def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> None:
     """Rows written between the epochs of a 'blocks' run (the outside loop commits each

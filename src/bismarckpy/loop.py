@@ -11,14 +11,14 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import blockscan, execution, kinds, losses, penalties
-from .errors import Diverged, InvalidData, InvalidParameter
+from .errors import BismarckError, Diverged, InvalidData, InvalidParameter
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
@@ -248,19 +248,20 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             prepared = _prepare_blocks(session, src, p, seed)
         else:
             prepared = _prepare(session, src, p, seed, work)
-        if model_kind.after_prepare is not None:
-            model_kind.after_prepare(session, p, prepared)
-        if model_kind.name != "glm":
-            _resolve_defaults(session, p, prepared)
-            result = _finish(session, model_kind, table or src, p, prepared, model_name,
-                             _run_epochs(session, model_kind, p, prepared, run_id), started)
-        elif p["solver"] == "sgd":
-            result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
-        else:
-            from . import exact_loop
+        with _changes_named_first(session, prepared):
+            if model_kind.after_prepare is not None:
+                model_kind.after_prepare(session, p, prepared)
+            if model_kind.name != "glm":
+                _resolve_defaults(session, p, prepared)
+                result = _finish(session, model_kind, table or src, p, prepared, model_name,
+                                 _run_epochs(session, model_kind, p, prepared, run_id), started)
+            elif p["solver"] == "sgd":
+                result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
+            else:
+                from . import exact_loop
 
-            result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
-                                    started)
+                result = exact_loop.run(session, table or src, p, prepared, model_name, run_id,
+                                        started)
         _drop_work(session, work)
         session.query("SELECT bismarck._end_run(bismarck._ticket(), %s, 'succeeded', %s::integer, "
                       "NULL) AS ended",
@@ -275,6 +276,27 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             _drop_work(session, work, quiet=True)
             _forget_work(session, run_id)
             session.checkpoint()
+
+
+@contextlib.contextmanager
+def _changes_named_first(session: TrainingSession, prep: _Prepared) -> Iterator[None]:
+    """On a run without a copy (``prep.unwritten`` set), let "the source table changed during
+    training" replace any error of the epochs: rows written mid-run (say, updated to extreme
+    values) can make training diverge or fail a check, and the write, not the symptom, is what
+    the user must hear about. When the table is unchanged, or the check itself cannot run
+    (the transaction already failed), the original error stands."""
+    try:
+        yield
+    except BismarckError as exc:
+        if prep.unwritten is None:
+            raise
+        try:
+            blockscan.check_unwritten(session, *prep.unwritten)
+        except InvalidData as changed:
+            raise changed from exc
+        except Exception:  # noqa: BLE001 - the check could not run: report the original
+            pass
+        raise
 
 
 @dataclass
