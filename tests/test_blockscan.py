@@ -171,6 +171,16 @@ def test_exact_solvers_and_packed_copies_are_refused(conn) -> None:
                      "shuffle => 'blocks', packed => true)")
 
 
+@pytest.mark.parametrize("extra", ["parallel => 2", "parallel_mode => 'shared'"])
+def test_parallel_workers_are_refused_not_left_idle(conn, extra: str) -> None:
+    """The page groups come from a function scan that no parallel worker can share: asking
+    for workers is an error that says so, not a serial run that looks parallel."""
+    load_table(conn, "par", ["a"], np.arange(20.0)[:, None], np.arange(20.0) % 2)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="runs its epochs serially"):
+        conn.execute("SELECT * FROM bismarck.train_glm('par', 'y', ARRAY['a'], 'p', "
+                     f"shuffle => 'blocks', {extra})")
+
+
 def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     X, y = _logistic(300, 2, 4)
     load_table(conn, "chg", ["a", "b"], X, y)

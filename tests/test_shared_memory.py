@@ -92,10 +92,10 @@ def test_shared_mode_trains_as_well_as_averaging(dsn: str, conn, shm_data) -> No
         assert steps["average"] < steps["serial"], steps
 
 
-@pytest.mark.parametrize("path", ["packed", "rows", "blocks"])
+@pytest.mark.parametrize("path", ["packed", "rows"])
 def test_shared_mode_from_sql_and_refusals(conn, shm_data, path: str) -> None:
-    """Packed blocks, row copies (one step per row: batch_size 1) and the block-shuffled scan
-    without a copy (shuffle => 'blocks') all train shared."""
+    """Packed blocks and row copies (one step per row: batch_size 1) train shared (the
+    block-shuffled scan without a copy runs serially and refuses workers: test_blockscan)."""
     names = [f"f{i}" for i in range(D)]
     name = f"shm_sql_{path}"
     row = conn.execute(

@@ -207,6 +207,15 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
                 detail=f"solver => '{out['solver']}' sums exact passes over the data; its "
                        "parallel workers' sums are already combined exactly.",
                 hint="Drop parallel_mode, or use solver => 'sgd'.")
+    if out.get("shuffle") == "blocks" and (out.get("parallel") or out.get("parallel_mode")
+                                           == "shared"):
+        raise InvalidParameter(
+            "shuffle => 'blocks' runs its epochs serially",
+            detail="Its page groups are handed out in a random order by a function scan, "
+                   "which PostgreSQL's parallel workers cannot share; parallel workers would "
+                   "sit idle.",
+            hint="Drop parallel and parallel_mode, or use shuffle => 'once' (a packed copy, "
+                 "which parallel workers scan in parts).")
     if out.get("parallel_mode") == "shared" and out.get("batch_size") == 0:
         raise InvalidParameter(
             "parallel_mode => 'shared' needs SGD steps (batch_size >= 1)",
