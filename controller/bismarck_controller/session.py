@@ -18,7 +18,16 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from bismarckpy.errors import BismarckError, paragraph
+from bismarckpy.errors import (
+    BismarckError,
+    Diverged,
+    InvalidData,
+    InvalidParameter,
+    ShardUnavailable,
+    TooLarge,
+    UndefinedObject,
+    paragraph,
+)
 from bismarckpy.loop import EpochRecord
 
 PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
@@ -75,7 +84,13 @@ class PsycopgSession:
             if not self._pinned or self.conn.info.transaction_status == TransactionStatus.IDLE:
                 cur.execute(PIN_SEARCH_PATH)
                 self._pinned = True
-            cur.execute(text.encode(), list(params))  # bytes: trusted SQL built by the engine
+            try:
+                cur.execute(text.encode(), list(params))  # bytes: trusted SQL built by the engine
+            except psycopg.Error as exc:
+                raised = engine_error(exc)
+                if raised is None:
+                    raise
+                raise raised from None
             return cur.fetchall() if cur.description else []
 
     def ident(self, name: str) -> str:
@@ -122,13 +137,45 @@ class PsycopgSession:
         self.conn.commit()
 
 
+#: The prefix PL/Python puts before the message of an error raised with ``plpy.error``.
+PLPY_PREFIX = "plpy.Error: "
+#: The engine's error types by SQLSTATE (the rest: InvalidData for data and name classes 22
+#: and 42, BismarckError otherwise, each keeping the server's SQLSTATE).
+ENGINE_ERRORS: dict[str, type[BismarckError]] = {
+    cls.sqlstate: cls for cls in (InvalidParameter, InvalidData, Diverged, ShardUnavailable,
+                                  TooLarge, UndefinedObject)}
+
+
+def engine_error(exc: psycopg.Error) -> BismarckError | None:
+    """The engine's own error for one that a bismarck aggregate raised inside the server.
+
+    An epoch or scoring aggregate reports a domain error with ``plpy.error`` (message, detail,
+    hint, SQLSTATE); psycopg hands it over as, e.g., ``DataException("plpy.Error: ...")`` with
+    PL/Python's traceback as its context. This gives the same error the engine raises outside
+    the server (:mod:`bismarckpy.errors`, by SQLSTATE), without the prefix and the traceback,
+    with ``server = True``: the transaction it happened in has failed. Other errors: None.
+    """
+    d = exc.diag
+    message = d.message_primary or ""
+    if not message.startswith(PLPY_PREFIX):
+        return None
+    state = d.sqlstate or BismarckError.sqlstate
+    cls = ENGINE_ERRORS.get(state) or (InvalidData if state[:2] in ("22", "42")
+                                       else BismarckError)
+    err = cls(message[len(PLPY_PREFIX):], detail=d.message_detail, hint=d.message_hint,
+              sqlstate=state)
+    err.server = True
+    return err
+
+
 def describe(exc: BaseException) -> str:
     """One paragraph for an error: message, detail and hint, from the engine or the server."""
     if isinstance(exc, BismarckError):
         return str(exc)
     if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
         d = exc.diag
-        return paragraph(d.message_primary, d.message_detail, d.message_hint)
+        return paragraph(d.message_primary.removeprefix(PLPY_PREFIX), d.message_detail,
+                         d.message_hint)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user"
     return f"{type(exc).__name__}: {exc}"

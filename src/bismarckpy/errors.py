@@ -11,6 +11,9 @@ class BismarckError(Exception):
     """A user-facing error: short lower-case message, full-sentence detail and hint."""
 
     sqlstate = "XX000"
+    #: True when the error was raised inside the server (by an aggregate, through SQL): the
+    #: transaction that ran it has failed, so no more SQL runs in it.
+    server = False
 
     def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None,
                  sqlstate: str | None = None) -> None:

@@ -65,6 +65,8 @@ def data_separated(session: Any, prep: Any, p: dict[str, Any], names: list[str])
         solvers.newton(evaluate, prob)
     except Separated as exc:
         return ", ".join(exc.columns) or "the data"
-    except BismarckError:
+    except BismarckError as exc:
+        if exc.server:  # the transaction failed: nothing more can run in it
+            raise
         return None
     return None
