@@ -279,3 +279,64 @@ def test_cli_shards_list_and_check(cluster_of_shards) -> None:
     checked = CliRunner().invoke(main, ["shards", "check", "pts", "--dsn", dsn])
     assert checked.exit_code == 0, checked.output
     assert checked.output.count(": ok") == N_SHARDS
+
+
+def test_cli_shards_check_and_list_of_a_missing_table_fail(cluster_of_shards) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    dsn = cluster_of_shards["dsn"]
+    for command in ("check", "list"):
+        result = CliRunner().invoke(main, ["shards", command, "nosuch", "--dsn", dsn])
+        assert result.exit_code != 0, result.output
+        assert 'Table "nosuch" does not exist on the coordinator' in result.output
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS unsharded (part int, x1 float8) "
+                  "PARTITION BY LIST (part)")
+    result = CliRunner().invoke(main, ["shards", "check", "unsharded", "--dsn", dsn])
+    assert result.exit_code != 0, result.output
+    assert "unsharded has no shards" in result.output
+
+
+def test_adding_a_shard_twice_says_what_exists(cluster_of_shards) -> None:
+    """The same key value, the same partition name or the same server name: a message naming
+    the existing partition and server and how to remove it; nothing is created."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+
+    def servers() -> int:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM pg_foreign_server").fetchone()[0]
+
+    before = servers()
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_value:
+        shards.add(c, "pts", shard1.url(), "1")
+    text = str(same_value.value)
+    assert "public.pts already has a partition for 1: pts_1 on server bismarck_shard_pts_1" \
+        in text, text
+    assert "DROP SERVER bismarck_shard_pts_1 CASCADE" in text
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_server:
+        shards.add(c, "pts", shard1.url(), "7", server="bismarck_shard_pts_2")
+    text = str(same_server.value)
+    assert "A foreign server named bismarck_shard_pts_2 exists already (it serves " \
+        "public.pts_2)" in text, text
+    assert "another --server name" in text
+    with psycopg.connect(dsn, autocommit=True) as c:  # another name, a value already listed
+        c.execute("CREATE TABLE IF NOT EXISTS twice (part int, x1 float8, x2 float8, "
+                  "x3 float8, y int) PARTITION BY LIST (part)")
+        c.execute("CREATE TABLE IF NOT EXISTS twice_local PARTITION OF twice "
+                  "FOR VALUES IN (1, 2)")
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as overlap:
+        shards.add(c, "twice", shard1.url(), "2")
+    text = str(overlap.value)
+    assert "public.twice already has a partition for 2: twice_local (a local table)" in text
+    assert "DETACH PARTITION twice_local" in text
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    result = CliRunner().invoke(main, ["shards", "add", "pts", shard1.url(), "--value", "1",
+                                       "--dsn", dsn])
+    assert result.exit_code != 0 and "already has a partition for 1" in result.output
+    assert "Traceback" not in result.output and "already exists" not in result.output
+    assert servers() == before
