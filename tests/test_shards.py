@@ -10,6 +10,7 @@ single-node model on the same rows.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -45,7 +46,8 @@ def cluster_of_shards(make_database) -> Iterator[dict]:
     """Three running shard clusters with table ``pts`` (shard i holds part = i), and a
     coordinator database with ``pts`` (foreign partitions), ``pts_local`` (the same rows on
     one node) and ``pts_test`` (held-out rows for comparing models)."""
-    parent = Path(tempfile.mkdtemp(prefix="bismarck-shards-", dir="/tmp"))
+    base = Path(os.environ.get("BISMARCK_DATA", "/tmp/bismarck").rstrip("/"))
+    parent = Path(tempfile.mkdtemp(prefix=base.name + "-shards-", dir=base.parent))
     parent.chmod(0o755)
     clusters = [embedded.Cluster(parent / f"shard{i}") for i in range(1, N_SHARDS + 1)]
     rng = np.random.default_rng(11)
@@ -184,34 +186,108 @@ def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
     assert _train(dsn, "pts", "down", ", averaging => 'partition'")[1] == 1
 
 
-@pytest.mark.slow  # stops and restarts a shard cluster
-def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards) -> None:
+def _epoch_backend(shard: embedded.Cluster) -> int | None:
+    """The pid of the shard's backend running an epoch for the coordinator, if one runs now.
+
+    postgres_fdw runs the epoch as ``DECLARE c CURSOR FOR SELECT ... bismarck._epoch_partial
+    ...`` then ``FETCH``es from it (the aggregate runs during the FETCH), so an active FETCH is
+    an epoch only if that backend's last DECLARE, in the shard's statement log, declared the
+    epoch's aggregate.
+    """
+    with psycopg.connect(shard.url(), autocommit=True) as c:
+        rows = c.execute("SELECT pid, query FROM pg_stat_activity WHERE state = 'active' "
+                         "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                         "AND application_name = 'postgres_fdw'").fetchall()
+    if not rows:
+        return None
+    log = shard.log_file.read_text(errors="replace")
+    for pid, query in rows:
+        if "bismarck._epoch_partial(" in query:
+            return pid
+        if query.startswith("FETCH"):
+            declares = [line for line in log.splitlines()
+                        if f"[{pid}]" in line and "DECLARE" in line]
+            if declares and "bismarck._epoch_partial(" in declares[-1]:
+                return pid
+    return None
+
+
+def _relations(dsn: str) -> set[tuple[str, str]]:
+    """Every schema and relation outside the system schemas (and temporary ones)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return set(c.execute(
+            "SELECT n.nspname::text, coalesce(c.relname::text, '') FROM pg_namespace n "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid WHERE n.nspname NOT IN "
+            "('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%' "
+            "AND n.nspname NOT LIKE 'pg_toast_temp%'").fetchall())
+
+
+@pytest.mark.slow  # kills a shard's backend (the shard restarts) and restarts the shard
+@pytest.mark.parametrize("front", ["sql", "client"])
+def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards, front: str) -> None:
+    """SIGKILL of the shard backend running an epoch: the training fails with 08006 naming the
+    shard's server, stores no model version and leaves no work schema or table; once the
+    shard is back the same call succeeds."""
+    import signal
+
     dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
+    name = f"killed_{front}"
+    before = _relations(dsn)
+    with psycopg.connect(shard3.url(), autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET log_statement = 'all'")
+        c.execute("SELECT pg_reload_conf()")
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            _train(dsn, "pts", "killed", ", averaging => 'partition', batch_size => 1",
-                   opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
+            if front == "sql":
+                _train(dsn, "pts", name, ", averaging => 'partition', batch_size => 1",
+                       opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
+            else:
+                with psycopg.connect(dsn) as c:
+                    training.train(c, "pts", "y", ["x1", "x2", "x3"], name,
+                                   averaging="partition", batch_size=1, max_epochs=1000,
+                                   tol=None, seed=5)
         except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
             outcome["error"] = exc
 
     worker = threading.Thread(target=run)
-    worker.start()
-    time.sleep(3.0)  # well into the epochs (the preparation takes well under a second)
-    assert worker.is_alive(), outcome
-    shard3.stop()  # a fast shutdown terminates the shard's backend mid-query
-    worker.join(120)
     try:
+        worker.start()
+        deadline, pid = time.monotonic() + 60, None
+        while pid is None and time.monotonic() < deadline and worker.is_alive():
+            pid = _epoch_backend(shard3)
+            time.sleep(0.02)
+        assert pid is not None, ("no epoch seen running on the shard", outcome)
+        os.kill(pid, signal.SIGKILL)  # the shard's postmaster restarts all its backends
+        worker.join(120)
+        assert not worker.is_alive()
         err = outcome.get("error")
-        assert isinstance(err, psycopg.Error), outcome
-        assert "bismarck_shard_pts_3" in err.diag.message_primary
-        assert err.diag.sqlstate == "08006"
-        assert _versions(dsn, "killed") == 0
+        if front == "sql":
+            assert isinstance(err, psycopg.Error), outcome
+            message, sqlstate = err.diag.message_primary, err.diag.sqlstate
+        else:
+            assert isinstance(err, ShardUnavailable), outcome
+            message, sqlstate = err.message, err.sqlstate
+        assert message == ("the epoch failed: shard server bismarck_shard_pts_3 does not "
+                           "answer"), message  # it is still restarting after the crash
+        assert sqlstate == "08006"
+        assert _versions(dsn, name) == 0
+        assert _relations(dsn) == before  # no work schema, table or copy left behind
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM bismarck._training_run WHERE model_name = %s "
+                             "AND (status = 'running' OR work_schema IS NOT NULL)",
+                             [name]).fetchone()[0] == 0
     finally:
+        worker.join(120)
+        shard3.stop()  # after the crash restart, or whatever state the kill left
         shard3.start()
-    assert _train(dsn, "pts", "killed", ", averaging => 'partition'",
+        with psycopg.connect(shard3.url(), autocommit=True) as c:
+            c.execute("ALTER SYSTEM RESET log_statement")
+            c.execute("SELECT pg_reload_conf()")
+    assert _train(dsn, "pts", name, ", averaging => 'partition'",
                   opts="max_epochs => 2")[1] == 1
+    assert _versions(dsn, name) == 1
 
 
 def test_shard_with_other_columns_is_refused(cluster_of_shards) -> None:
