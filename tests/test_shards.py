@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from bismarck_controller import embedded, extension, shards, training
 from bismarck_controller.errors import SetupError
 from bismarck_controller.session import PsycopgSession
 from bismarckpy import execution, partitioned
-from bismarckpy.errors import ShardUnavailable
+from bismarckpy.errors import InvalidData, ShardUnavailable
 from bismarckpy.params import validate
 from bismarckpy.source import resolve
 
@@ -200,13 +201,18 @@ def _epoch_backend(shard: embedded.Cluster) -> int | None:
                          "AND application_name = 'postgres_fdw'").fetchall()
     if not rows:
         return None
-    log = shard.log_file.read_text(errors="replace")
+    entries: list[str] = []  # log entries, continuation lines (the cursor's query) included
+    for line in shard.log_file.read_text(errors="replace").splitlines():
+        if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) or not entries:
+            entries.append(line)
+        else:
+            entries[-1] += "\n" + line
     for pid, query in rows:
         if "bismarck._epoch_partial(" in query:
             return pid
         if query.startswith("FETCH"):
-            declares = [line for line in log.splitlines()
-                        if f"[{pid}]" in line and "DECLARE" in line]
+            declares = [e for e in entries if f"[{pid}]" in e.split("\n", 1)[0]
+                        and "DECLARE" in e]
             if declares and "bismarck._epoch_partial(" in declares[-1]:
                 return pid
     return None
@@ -341,6 +347,33 @@ def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards)
     finally:
         with psycopg.connect(shard2.url(), autocommit=True) as c:
             c.execute(original)
+
+
+def test_training_refuses_a_shard_without_a_feature_column(cluster_of_shards) -> None:
+    """A shard whose table lost a feature after it was attached: refused before any epoch,
+    naming the server and the column (the shard's own message), on both fronts."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("ALTER TABLE pts RENAME COLUMN x3 TO x3_renamed")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "columns", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == ("shard server bismarck_shard_pts_1 has a table without "
+                                        "the coordinator's columns")
+        assert 'column "x3" does not exist' in diag.message_detail
+        assert "public.pts_1" in diag.message_detail
+        with psycopg.connect(dsn) as c, pytest.raises(InvalidData) as outside:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "columns", averaging="partition",
+                           max_epochs=2)
+        assert "bismarck_shard_pts_1" in outside.value.message
+        assert _versions(dsn, "columns") == 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM bismarck.training_history "
+                             "WHERE model_name = 'columns'").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("ALTER TABLE pts RENAME COLUMN x3_renamed TO x3")
 
 
 def test_cli_shards_list_and_check(cluster_of_shards) -> None:

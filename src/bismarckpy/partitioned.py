@@ -195,6 +195,36 @@ def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
                      "`bismarck shards check`.")
 
 
+def check_shard_columns(session: TrainingSession, src: Source, lay: Layout) -> None:
+    """Refuse, before any row is read, a shard whose table lacks the label or a feature.
+
+    One query per shard that names the label and feature columns and fetches no row; the
+    shard parses it, so a column the coordinator has and the shard's table lacks (dropped or
+    renamed there after ``bismarck shards add``) fails here, named by the shard's own message.
+    """
+    for leaf in lay.shards:
+        try:
+            session.query(f"SELECT {src.label_expr or 'NULL'} AS y, {src.x_expr} AS x "
+                          f"FROM {escape_percent(leaf.name)} AS s LIMIT 0")
+        except BismarckError:
+            raise
+        except Exception as exc:
+            state = getattr(exc, "sqlstate", None) or ""
+            reason = str(exc).strip().splitlines()[0]
+            if not state.startswith(("42", "22")):
+                raise ShardUnavailable(
+                    f"shard server {leaf.server} does not answer",
+                    detail=f"{reason} (while checking partition {leaf.name}).",
+                    hint="Start the shard (`bismarck shards check` tests every shard) and "
+                         "rerun the training.") from None
+            raise InvalidData(
+                f"shard server {leaf.server} has a table without the coordinator's columns",
+                detail=f"{reason} (partition {leaf.name}). Every shard's table needs the "
+                       "label and feature columns of the coordinator's table.",
+                hint="`bismarck shards check` names every difference; give the shard's table "
+                     "the coordinator's columns and types, then rerun.") from None
+
+
 def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
             seed: int) -> tuple[_Prepared, Layout]:
     """Checks, split, label coding and scaling for epochs that read the partitions in place.
@@ -214,6 +244,7 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
                    "from run to run.",
             hint="Use shuffle => 'once' (the default): a seeded hash order inside each shard.")
     check_shard_versions(session, lay)  # before anything reads the shards' rows
+    check_shard_columns(session, src, lay)
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
