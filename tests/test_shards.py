@@ -218,6 +218,19 @@ def _epoch_backend(shard: embedded.Cluster) -> int | None:
     return None
 
 
+def _wait_until_answering(shard: embedded.Cluster, timeout: float = 120.0) -> None:
+    """Wait for a shard to accept connections again (after its crash recovery)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(shard.url(), connect_timeout=5):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _relations(dsn: str) -> set[tuple[str, str]]:
     """Every schema and relation outside the system schemas (and temporary ones)."""
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -286,7 +299,8 @@ def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards, front: str) ->
                              [name]).fetchone()[0] == 0
     finally:
         worker.join(120)
-        shard3.stop()  # after the crash restart, or whatever state the kill left
+        _wait_until_answering(shard3)  # the postmaster restarts the shard after the crash
+        shard3.stop()
         shard3.start()
         with psycopg.connect(shard3.url(), autocommit=True) as c:
             c.execute("ALTER SYSTEM RESET log_statement")
