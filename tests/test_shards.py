@@ -435,9 +435,9 @@ def test_adding_a_shard_twice_says_what_exists(cluster_of_shards) -> None:
     with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_value:
         shards.add(c, "pts", shard1.url(), "1")
     text = str(same_value.value)
-    assert "public.pts already has a partition for 1: pts_1 on server bismarck_shard_pts_1" \
-        in text, text
-    assert "DROP SERVER bismarck_shard_pts_1 CASCADE" in text
+    assert ("public.pts already has a partition for 1: public.pts_1 on server "
+            "bismarck_shard_pts_1") in text, text
+    assert 'DROP SERVER "bismarck_shard_pts_1" CASCADE' in text
     with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_server:
         shards.add(c, "pts", shard1.url(), "7", server="bismarck_shard_pts_2")
     text = str(same_server.value)
@@ -452,8 +452,9 @@ def test_adding_a_shard_twice_says_what_exists(cluster_of_shards) -> None:
     with psycopg.connect(dsn) as c, pytest.raises(SetupError) as overlap:
         shards.add(c, "twice", shard1.url(), "2")
     text = str(overlap.value)
-    assert "public.twice already has a partition for 2: twice_local (a local table)" in text
-    assert "DETACH PARTITION twice_local" in text
+    assert ("public.twice already has a partition for 2: public.twice_local (a local table)"
+            in text), text
+    assert "DETACH PARTITION public.twice_local" in text
     from click.testing import CliRunner
 
     from bismarck_controller.cli import main
