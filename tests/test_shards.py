@@ -3,7 +3,8 @@
 Each shard is an embedded cluster in its own temporary data root on a loopback port (the
 embedded cluster's machinery); the coordinator is this session's test database. The tests
 train across the shards, read EXPLAIN VERBOSE for the aggregate in the Remote SQL, stop a shard
-before and during training, refuse shards that differ, and compare the averaged model with a
+before training and kill one's backend in the middle of an epoch, refuse shards that differ
+(version, columns, taken key values and names), and compare the averaged model with a
 single-node model on the same rows.
 """
 
