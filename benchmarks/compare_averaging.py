@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="+", choices=("glm", "mlp"), default=["glm", "mlp"])
     ap.add_argument("--no-shards", action="store_true", help="skip the three-shard runs")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--tag", default="", help="appended to the result files' names")
     ap.add_argument("--dsn", help="the coordinator (default: $BISMARCK_DSN or embedded)")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
@@ -386,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                                 for r in runs if r["kind"] == k]
     stamp = dt.datetime.now(dt.timezone.utc)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = a.out / f"{stamp:%Y-%m-%d}-compare-averaging-{n}x{d}"
+    stem = a.out / (f"{stamp:%Y-%m-%d}-compare-averaging-{n}x{d}"
+                    + (f"-{a.tag}" if a.tag else ""))
     text = report(a, info, summary, a.kinds, stamp, load_end)
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps(
