@@ -145,6 +145,45 @@ def test_epoch_aggregate_runs_on_every_shard(cluster_of_shards) -> None:
     assert "Relations: Aggregate on" in plan  # the shards return states, not rows
 
 
+def test_preparation_counts_and_cut_run_on_the_shards(cluster_of_shards) -> None:
+    """The held-out cut (each shard's k smallest hashes, ORDER BY ... LIMIT) and the
+    per-partition counts are shipped to the shards (EXPLAIN VERBOSE: in the Remote SQL, no
+    local Sort or Aggregate over fetched rows), and the cut holds out exactly ceil(f n)."""
+    from bismarckpy import loop
+
+    with psycopg.connect(cluster_of_shards["dsn"]) as c:
+        session = PsycopgSession(c)
+        seen: list[tuple[str, list]] = []
+        query = session.query
+
+        def recording(text: str, params=()) -> list[tuple]:
+            seen.append((text, list(params)))
+            return query(text, params)
+
+        session.query = recording  # type: ignore[method-assign]
+        src = resolve(session, "public.pts", "y", ["x1", "x2", "x3"])
+        p = validate({"averaging": "partition", "validation_fraction": 0.2})
+        partitioned.check_options(p, None)
+        prep, _ = partitioned.prepare(session, src, p, 5)
+        c.rollback()
+        plans = {}
+        for text, params in seen:
+            if "count(*) FILTER (WHERE NOT" in text or "UNION ALL" in text:
+                plans[text] = "\n".join(r[0] for r in c.execute(
+                    "EXPLAIN (VERBOSE, COSTS OFF) " + text, params))
+    assert prep.n_valid == loop.validation_count(0.2, N_SHARDS * ROWS) == 1800
+    counts = [plan for text, plan in plans.items() if "UNION ALL" not in text]
+    cuts = [plan for text, plan in plans.items() if "UNION ALL" in text]
+    assert len(counts) == N_SHARDS and len(cuts) == 1, list(plans)
+    for plan in counts:
+        remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+        assert len(remote) == 1 and "Remote SQL: SELECT count(*) FILTER" in remote[0], plan
+        assert "Aggregate" not in plan.split("Foreign Scan")[0], plan  # nothing local above
+    remote = [line for line in cuts[0].splitlines() if "Remote SQL" in line]
+    assert len(remote) == N_SHARDS, cuts[0]
+    assert all("ORDER BY hash_array_extended(" in r and " LIMIT " in r for r in remote), cuts[0]
+
+
 def test_averaged_model_matches_the_single_node_model(cluster_of_shards) -> None:
     dsn = cluster_of_shards["dsn"]
     sharded = _train(dsn, "pts", "across_shards", ", averaging => 'partition'")
