@@ -3,13 +3,16 @@
 Each shard is an embedded cluster in its own temporary data root on a loopback port (the
 embedded cluster's machinery); the coordinator is this session's test database. The tests
 train across the shards, read EXPLAIN VERBOSE for the aggregate in the Remote SQL, stop a shard
-before and during training, refuse shards that differ, and compare the averaged model with a
+before training and kill one's backend in the middle of an epoch, refuse shards that differ
+(version, columns, taken key values and names), and compare the averaged model with a
 single-node model on the same rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -25,7 +28,7 @@ from bismarck_controller import embedded, extension, shards, training
 from bismarck_controller.errors import SetupError
 from bismarck_controller.session import PsycopgSession
 from bismarckpy import execution, partitioned
-from bismarckpy.errors import ShardUnavailable
+from bismarckpy.errors import InvalidData, ShardUnavailable
 from bismarckpy.params import validate
 from bismarckpy.source import resolve
 
@@ -45,7 +48,8 @@ def cluster_of_shards(make_database) -> Iterator[dict]:
     """Three running shard clusters with table ``pts`` (shard i holds part = i), and a
     coordinator database with ``pts`` (foreign partitions), ``pts_local`` (the same rows on
     one node) and ``pts_test`` (held-out rows for comparing models)."""
-    parent = Path(tempfile.mkdtemp(prefix="bismarck-shards-", dir="/tmp"))
+    base = Path(os.environ.get("BISMARCK_DATA", "/tmp/bismarck").rstrip("/"))
+    parent = Path(tempfile.mkdtemp(prefix=base.name + "-shards-", dir=base.parent))
     parent.chmod(0o755)
     clusters = [embedded.Cluster(parent / f"shard{i}") for i in range(1, N_SHARDS + 1)]
     rng = np.random.default_rng(11)
@@ -141,6 +145,45 @@ def test_epoch_aggregate_runs_on_every_shard(cluster_of_shards) -> None:
     assert "Relations: Aggregate on" in plan  # the shards return states, not rows
 
 
+def test_preparation_counts_and_cut_run_on_the_shards(cluster_of_shards) -> None:
+    """The held-out cut (each shard's k smallest hashes, ORDER BY ... LIMIT) and the
+    per-partition counts are shipped to the shards (EXPLAIN VERBOSE: in the Remote SQL, no
+    local Sort or Aggregate over fetched rows), and the cut holds out exactly ceil(f n)."""
+    from bismarckpy import loop
+
+    with psycopg.connect(cluster_of_shards["dsn"]) as c:
+        session = PsycopgSession(c)
+        seen: list[tuple[str, list]] = []
+        query = session.query
+
+        def recording(text: str, params=()) -> list[tuple]:
+            seen.append((text, list(params)))
+            return query(text, params)
+
+        session.query = recording  # type: ignore[method-assign]
+        src = resolve(session, "public.pts", "y", ["x1", "x2", "x3"])
+        p = validate({"averaging": "partition", "validation_fraction": 0.2})
+        partitioned.check_options(p, None)
+        prep, _ = partitioned.prepare(session, src, p, 5)
+        c.rollback()
+        plans = {}
+        for text, params in seen:
+            if "count(*) FILTER (WHERE NOT" in text or "UNION ALL" in text:
+                plans[text] = "\n".join(r[0] for r in c.execute(
+                    "EXPLAIN (VERBOSE, COSTS OFF) " + text, params))
+    assert prep.n_valid == loop.validation_count(0.2, N_SHARDS * ROWS) == 1800
+    counts = [plan for text, plan in plans.items() if "UNION ALL" not in text]
+    cuts = [plan for text, plan in plans.items() if "UNION ALL" in text]
+    assert len(counts) == N_SHARDS and len(cuts) == 1, list(plans)
+    for plan in counts:
+        remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+        assert len(remote) == 1 and "Remote SQL: SELECT count(*) FILTER" in remote[0], plan
+        assert "Aggregate" not in plan.split("Foreign Scan")[0], plan  # nothing local above
+    remote = [line for line in cuts[0].splitlines() if "Remote SQL" in line]
+    assert len(remote) == N_SHARDS, cuts[0]
+    assert all("ORDER BY hash_array_extended(" in r and " LIMIT " in r for r in remote), cuts[0]
+
+
 def test_averaged_model_matches_the_single_node_model(cluster_of_shards) -> None:
     dsn = cluster_of_shards["dsn"]
     sharded = _train(dsn, "pts", "across_shards", ", averaging => 'partition'")
@@ -184,34 +227,127 @@ def test_shard_down_fails_cleanly_and_rerun_succeeds(cluster_of_shards) -> None:
     assert _train(dsn, "pts", "down", ", averaging => 'partition'")[1] == 1
 
 
-@pytest.mark.slow  # stops and restarts a shard cluster
-def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards) -> None:
+def _epoch_backend(shard: embedded.Cluster) -> int | None:
+    """The pid of the shard's backend running an epoch for the coordinator, if one runs now.
+
+    postgres_fdw runs the epoch as ``DECLARE c CURSOR FOR SELECT ... bismarck._epoch_partial
+    ...`` then ``FETCH``es from it (the aggregate runs during the FETCH), so an active FETCH is
+    an epoch only if that backend's last DECLARE, in the shard's statement log, declared the
+    epoch's aggregate.
+    """
+    with psycopg.connect(shard.url(), autocommit=True) as c:
+        rows = c.execute("SELECT pid, query FROM pg_stat_activity WHERE state = 'active' "
+                         "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                         "AND application_name = 'postgres_fdw'").fetchall()
+    if not rows:
+        return None
+    entries: list[str] = []  # log entries, continuation lines (the cursor's query) included
+    for line in shard.log_file.read_text(errors="replace").splitlines():
+        if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) or not entries:
+            entries.append(line)
+        else:
+            entries[-1] += "\n" + line
+    for pid, query in rows:
+        if "bismarck._epoch_partial(" in query:
+            return pid
+        if query.startswith("FETCH"):
+            declares = [e for e in entries if f"[{pid}]" in e.split("\n", 1)[0]
+                        and "DECLARE" in e]
+            if declares and "bismarck._epoch_partial(" in declares[-1]:
+                return pid
+    return None
+
+
+def _wait_until_answering(shard: embedded.Cluster, timeout: float = 120.0) -> None:
+    """Wait for a shard to accept connections again (after its crash recovery)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(shard.url(), connect_timeout=5):
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _relations(dsn: str) -> set[tuple[str, str]]:
+    """Every schema and relation outside the system schemas (and temporary ones)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return set(c.execute(
+            "SELECT n.nspname::text, coalesce(c.relname::text, '') FROM pg_namespace n "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid WHERE n.nspname NOT IN "
+            "('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg_temp%' "
+            "AND n.nspname NOT LIKE 'pg_toast_temp%'").fetchall())
+
+
+@pytest.mark.slow  # kills a shard's backend (the shard restarts) and restarts the shard
+@pytest.mark.parametrize("front", ["sql", "client"])
+def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards, front: str) -> None:
+    """SIGKILL of the shard backend running an epoch: the training fails with 08006 naming the
+    shard's server, stores no model version and leaves no work schema or table; once the
+    shard is back the same call succeeds."""
+    import signal
+
     dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
+    name = f"killed_{front}"
+    before = _relations(dsn)
+    with psycopg.connect(shard3.url(), autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET log_statement = 'all'")
+        c.execute("SELECT pg_reload_conf()")
     outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            _train(dsn, "pts", "killed", ", averaging => 'partition', batch_size => 1",
-                   opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
+            if front == "sql":
+                _train(dsn, "pts", name, ", averaging => 'partition', batch_size => 1",
+                       opts="max_epochs => 1000, n_iter_no_change => 10000, seed => 5")
+            else:
+                with psycopg.connect(dsn) as c:
+                    training.train(c, "pts", "y", ["x1", "x2", "x3"], name,
+                                   averaging="partition", batch_size=1, max_epochs=1000,
+                                   tol=None, seed=5)
         except BaseException as exc:  # noqa: BLE001 (handed to the test thread)
             outcome["error"] = exc
 
     worker = threading.Thread(target=run)
-    worker.start()
-    time.sleep(3.0)  # well into the epochs (the preparation takes well under a second)
-    assert worker.is_alive(), outcome
-    shard3.stop()  # a fast shutdown terminates the shard's backend mid-query
-    worker.join(120)
     try:
+        worker.start()
+        deadline, pid = time.monotonic() + 60, None
+        while pid is None and time.monotonic() < deadline and worker.is_alive():
+            pid = _epoch_backend(shard3)
+            time.sleep(0.02)
+        assert pid is not None, ("no epoch seen running on the shard", outcome)
+        os.kill(pid, signal.SIGKILL)  # the shard's postmaster restarts all its backends
+        worker.join(120)
+        assert not worker.is_alive()
         err = outcome.get("error")
-        assert isinstance(err, psycopg.Error), outcome
-        assert "bismarck_shard_pts_3" in err.diag.message_primary
-        assert err.diag.sqlstate == "08006"
-        assert _versions(dsn, "killed") == 0
+        if front == "sql":
+            assert isinstance(err, psycopg.Error), outcome
+            message, sqlstate = err.diag.message_primary, err.diag.sqlstate
+        else:
+            assert isinstance(err, ShardUnavailable), outcome
+            message, sqlstate = err.message, err.sqlstate
+        assert message == ("the epoch failed: shard server bismarck_shard_pts_3 does not "
+                           "answer"), message  # it is still restarting after the crash
+        assert sqlstate == "08006"
+        assert _versions(dsn, name) == 0
+        assert _relations(dsn) == before  # no work schema, table or copy left behind
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM bismarck._training_run WHERE model_name = %s "
+                             "AND (status = 'running' OR work_schema IS NOT NULL)",
+                             [name]).fetchone()[0] == 0
     finally:
+        worker.join(120)
+        _wait_until_answering(shard3)  # the postmaster restarts the shard after the crash
+        shard3.stop()
         shard3.start()
-    assert _train(dsn, "pts", "killed", ", averaging => 'partition'",
+        with psycopg.connect(shard3.url(), autocommit=True) as c:
+            c.execute("ALTER SYSTEM RESET log_statement")
+            c.execute("SELECT pg_reload_conf()")
+    assert _train(dsn, "pts", name, ", averaging => 'partition'",
                   opts="max_epochs => 2")[1] == 1
+    assert _versions(dsn, name) == 1
 
 
 def test_shard_with_other_columns_is_refused(cluster_of_shards) -> None:
@@ -267,6 +403,33 @@ def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards)
             c.execute(original)
 
 
+def test_training_refuses_a_shard_without_a_feature_column(cluster_of_shards) -> None:
+    """A shard whose table lost a feature after it was attached: refused before any epoch,
+    naming the server and the column (the shard's own message), on both fronts."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("ALTER TABLE pts RENAME COLUMN x3 TO x3_renamed")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "columns", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == ("shard server bismarck_shard_pts_1 has a table without "
+                                        "the coordinator's columns")
+        assert 'column "x3" does not exist' in diag.message_detail
+        assert "public.pts_1" in diag.message_detail
+        with psycopg.connect(dsn) as c, pytest.raises(InvalidData) as outside:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "columns", averaging="partition",
+                           max_epochs=2)
+        assert "bismarck_shard_pts_1" in outside.value.message
+        assert _versions(dsn, "columns") == 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute("SELECT count(*) FROM bismarck.training_history "
+                             "WHERE model_name = 'columns'").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("ALTER TABLE pts RENAME COLUMN x3_renamed TO x3")
+
+
 def test_cli_shards_list_and_check(cluster_of_shards) -> None:
     from click.testing import CliRunner
 
@@ -279,3 +442,65 @@ def test_cli_shards_list_and_check(cluster_of_shards) -> None:
     checked = CliRunner().invoke(main, ["shards", "check", "pts", "--dsn", dsn])
     assert checked.exit_code == 0, checked.output
     assert checked.output.count(": ok") == N_SHARDS
+
+
+def test_cli_shards_check_and_list_of_a_missing_table_fail(cluster_of_shards) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    dsn = cluster_of_shards["dsn"]
+    for command in ("check", "list"):
+        result = CliRunner().invoke(main, ["shards", command, "nosuch", "--dsn", dsn])
+        assert result.exit_code != 0, result.output
+        assert 'Table "nosuch" does not exist on the coordinator' in result.output
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS unsharded (part int, x1 float8) "
+                  "PARTITION BY LIST (part)")
+    result = CliRunner().invoke(main, ["shards", "check", "unsharded", "--dsn", dsn])
+    assert result.exit_code != 0, result.output
+    assert "unsharded has no shards" in result.output
+
+
+def test_adding_a_shard_twice_says_what_exists(cluster_of_shards) -> None:
+    """The same key value, the same partition name or the same server name: a message naming
+    the existing partition and server and how to remove it; nothing is created."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+
+    def servers() -> int:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            return c.execute("SELECT count(*) FROM pg_foreign_server").fetchone()[0]
+
+    before = servers()
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_value:
+        shards.add(c, "pts", shard1.url(), "1")
+    text = str(same_value.value)
+    assert ("public.pts already has a partition for 1: public.pts_1 on server "
+            "bismarck_shard_pts_1") in text, text
+    assert 'DROP SERVER "bismarck_shard_pts_1" CASCADE' in text
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as same_server:
+        shards.add(c, "pts", shard1.url(), "7", server="bismarck_shard_pts_2")
+    text = str(same_server.value)
+    assert "A foreign server named bismarck_shard_pts_2 exists already (it serves " \
+        "public.pts_2)" in text, text
+    assert "another --server name" in text
+    with psycopg.connect(dsn, autocommit=True) as c:  # another name, a value already listed
+        c.execute("CREATE TABLE IF NOT EXISTS twice (part int, x1 float8, x2 float8, "
+                  "x3 float8, y int) PARTITION BY LIST (part)")
+        c.execute("CREATE TABLE IF NOT EXISTS twice_local PARTITION OF twice "
+                  "FOR VALUES IN (1, 2)")
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as overlap:
+        shards.add(c, "twice", shard1.url(), "2")
+    text = str(overlap.value)
+    assert ("public.twice already has a partition for 2: public.twice_local (a local table)"
+            in text), text
+    assert "DETACH PARTITION public.twice_local" in text
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    result = CliRunner().invoke(main, ["shards", "add", "pts", shard1.url(), "--value", "1",
+                                       "--dsn", dsn])
+    assert result.exit_code != 0 and "already has a partition for 1" in result.output
+    assert "Traceback" not in result.output and "already exists" not in result.output
+    assert servers() == before

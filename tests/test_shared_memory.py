@@ -115,6 +115,7 @@ def test_shared_mode_from_sql_and_refusals(conn, shm_data, path: str) -> None:
                         [name]).fetchone() == ("shared", 3)
     cases = [("parallel_mode => 'shared', batch_size => 0", "batch_size >= 1"),
              ("parallel_mode => 'shared', solver => 'newton'", "needs solver => 'sgd'"),
+             ("parallel_mode => 'shared', parallel => 0", "needs parallel workers"),
              ("parallel_mode => 'hogwild'", "average")]
     for options, text in cases:
         with pytest.raises(psycopg.errors.InvalidParameterValue) as e:

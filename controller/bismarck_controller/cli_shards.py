@@ -67,6 +67,10 @@ def shards_check(table: str | None, dsn: str | None) -> None:
     for f in findings:
         status = "ok" if f.ok else "PROBLEM: " + "; ".join(f.problems)
         click.echo(f"{f.shard.partition} ({f.shard.server}, {shards._where(f.shard)}): {status}")
+    if not findings and table is not None:
+        raise click.ClickException(f"{table} has no shards (foreign partitions on postgres_fdw "
+                                   "servers): attach one with `bismarck shards add TABLE DSN "
+                                   "--value V`.")
     if not findings:
         click.echo("no shards to check")
     if any(not f.ok for f in findings):

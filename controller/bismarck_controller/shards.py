@@ -82,6 +82,8 @@ def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
         schema, table = (remote_table.split(".", 1) if remote_table and "." in remote_table
                          else (info["schema"], remote_table or info["table"]))
         name = server or _free_server_name(conn, f"bismarck_shard_{info['table']}_{value}")
+        partition = f"{info['table']}_{re.sub(r'[^a-zA-Z0-9_]', '_', value)}"
+        _refuse_duplicates(conn, info, name, partition, value)
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
         server_opts = {k: v for k, v in params.items() if k not in MAPPING_OPTIONS}
         server_opts.update({"extensions": "bismarck", "async_capable": "true",
@@ -92,7 +94,6 @@ def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
         conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {}{}").format(
             sql.Identifier(name),
             sql.SQL(" OPTIONS ({})").format(_options(mapping)) if mapping else sql.SQL("")))
-        partition = f"{info['table']}_{re.sub(r'[^a-zA-Z0-9_]', '_', value)}"
         conn.execute(sql.SQL(
             "CREATE FOREIGN TABLE {}.{} PARTITION OF {}.{} FOR VALUES IN ({}) SERVER {} "
             "OPTIONS (schema_name {}, table_name {})").format(
@@ -114,7 +115,15 @@ def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
 
 
 def list_shards(conn: psycopg.Connection, parent: str | None = None) -> list[Shard]:
-    """Foreign partitions on postgres_fdw servers (of ``parent`` only, when given)."""
+    """Foreign partitions on postgres_fdw servers (of ``parent`` only, when given).
+
+    Raises :class:`SetupError` when ``parent`` names no table on this server.
+    """
+    if parent is not None and conn.execute("SELECT pg_catalog.to_regclass(%s)",
+                                           [parent]).fetchone()[0] is None:
+        raise SetupError(f'Table "{parent}" does not exist on the coordinator.',
+                         "Name the partitioned table the shards are attached to (`bismarck "
+                         "shards list` shows every sharded table).")
     rows = conn.execute(
         "SELECT fs.srvname::text, pg_catalog.format('%%I.%%I', n.nspname, c.relname), "
         "(SELECT pg_catalog.format('%%I.%%I', pn.nspname, p.relname) "
@@ -257,6 +266,80 @@ def _parent(conn: psycopg.Connection, parent: str) -> dict[str, str]:
                          "LIST (shard): each shard holds one value of the key.")
     return {"schema": schema, "table": table,
             "regclass": sql.Identifier(schema, table).as_string(conn)}
+
+
+def _refuse_duplicates(conn: psycopg.Connection, info: dict[str, str], server: str,
+                       partition: str, value: str) -> None:
+    """Refuse, naming what exists and how to remove it, a shard whose foreign server name,
+    partition name or key value is taken already (rather than PostgreSQL's bare "already
+    exists" or "would overlap")."""
+    parent = f"{info['schema']}.{info['table']}"
+
+    def removal(srv: str | None, part: str) -> str:
+        if srv:
+            return (f"To replace it, remove it first: DROP SERVER "
+                    f"{sql.Identifier(srv).as_string(conn)} CASCADE (drops its foreign "
+                    "partition and user mappings), then add the shard again.")
+        return (f"To replace it, detach it first: ALTER TABLE {info['regclass']} DETACH "
+                f"PARTITION {part}, then add the shard again.")
+
+    if conn.execute("SELECT 1 FROM pg_catalog.pg_foreign_server WHERE srvname = %s",
+                    [server]).fetchone():
+        serves = ", ".join(s.partition for s in list_shards(conn) if s.server == server)
+        raise SetupError(f"A foreign server named {server} exists already"
+                         + (f" (it serves {serves})" if serves else "") + ".",
+                         "Pass another --server name, or remove that server first with DROP "
+                         f"SERVER {sql.Identifier(server).as_string(conn)} CASCADE (drops its "
+                         "foreign tables and user mappings), then add the shard again.")
+    ident = sql.Identifier(info["schema"], partition).as_string(conn)
+    taken = _partition_for(conn, info, value, ident)
+    if taken:
+        part, srv = taken
+        raise SetupError(f"{parent} already has a partition for {value}: {part}"
+                         + (f" on server {srv}" if srv else " (a local table)") + ".",
+                         removal(srv, part) + " `bismarck shards list` shows the shards.")
+    if conn.execute("SELECT pg_catalog.to_regclass(%s)", [ident]).fetchone()[0] is not None:
+        raise SetupError(f"A table named {ident} exists already (the partition name for "
+                         f"{value}).", f"Rename or drop {ident}, then add the shard again.")
+
+
+def _partition_for(conn: psycopg.Connection, info: dict[str, str], value: str,
+                   name: str) -> tuple[str, str | None] | None:
+    """The parent's partition named ``name`` or holding key ``value`` (its regclass text and
+    foreign server), if any: each partition's constraint (PostgreSQL's own text, from
+    ``pg_get_partition_constraintdef``) is evaluated on the value, so ``1`` and ``'01'`` match
+    as the key's type compares them. A default partition is not counted (it yields)."""
+    key, typ = conn.execute(
+        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_catalog.pg_partitioned_table pt JOIN pg_catalog.pg_attribute a "
+        "ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0] "
+        "WHERE pt.partrelid = %s::regclass", [info["regclass"]]).fetchone()
+    parts = conn.execute(
+        "SELECT c.oid::regclass::text, fs.srvname::text, "
+        "pg_catalog.pg_get_partition_constraintdef(c.oid), "
+        "c.oid = pg_catalog.to_regclass(%s), c.relpartbound IS NOT NULL AND "
+        "pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' "
+        "FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
+        "LEFT JOIN pg_catalog.pg_foreign_table ft ON ft.ftrelid = c.oid "
+        "LEFT JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver "
+        "WHERE i.inhparent = %s::regclass ORDER BY 1", [name, info["regclass"]]).fetchall()
+    for part, srv, constraint, same_name, default in parts:
+        if same_name:
+            return part, srv
+        if default or not constraint:
+            continue
+        try:
+            with conn.transaction():
+                # The type and constraint are catalog text; the value is a literal.
+                hit = conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM (SELECT {}::{} AS {}) "
+                                           "AS t WHERE {})").format(
+                    sql.Literal(value), sql.SQL(typ), sql.Identifier(key),
+                    sql.SQL(constraint))).fetchone()[0]
+        except psycopg.Error:
+            return None  # not a value of the key's type: CREATE ... PARTITION OF says so
+        if hit:
+            return part, srv
+    return None
 
 
 def _free_server_name(conn: psycopg.Connection, base: str) -> str:

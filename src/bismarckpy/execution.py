@@ -204,6 +204,17 @@ def run_partitions(session: Session, scan: Scan, init: bytes,
         raise
     except Exception as exc:
         down = unreachable_servers(session, scan.shards)
+        if not down and scan.shards and connection_lost(exc):
+            # A shard that died mid-epoch and restarted before the probe answers again; the
+            # lost connection still says a shard failed, though not which one.
+            names = ", ".join(server for server, _ in scan.shards)
+            raise ShardUnavailable(
+                "the epoch failed: the connection to a shard server was lost",
+                detail=f"{str(exc).strip().splitlines()[0]} (no model version was written). "
+                       f"The shard servers ({names}) answer again now: one of them restarted "
+                       "during the epoch.",
+                hint="Check the shards' server logs (`bismarck shards check` tests every "
+                     "shard) and rerun the training.") from None
         if not down:
             raise
         raise ShardUnavailable(
@@ -221,6 +232,17 @@ def merge_partitions(parts: Sequence[tuple[object, bytes]]) -> bytes | None:
     for _, s in parts:
         state = s if state is None else kinds.for_state(s).merge(state, s)
     return None if state is None else kinds.for_state(state).finalize(state)
+
+
+#: SQLSTATEs of a lost connection: the class 08 (connection exception), and a server that is
+#: shutting down, restarting after a crash, or starting (57P01, 57P02, 57P03).
+CONNECTION_LOST = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (a psycopg or PL/Python error) says a connection was lost."""
+    state = getattr(exc, "sqlstate", None) or ""
+    return state.startswith("08") or state in CONNECTION_LOST
 
 
 def unreachable_servers(session: Session, servers: Sequence[tuple[str, str]]) -> list[str]:

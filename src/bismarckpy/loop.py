@@ -8,11 +8,12 @@ database only through a :class:`TrainingSession`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -84,6 +85,11 @@ class EpochRecord:
     max_epochs: int = 0
     workers: int = 0  # parallel workers (or partitions) whose models were merged (0: serial)
     detail: dict[str, Any] | None = None  # per-partition rows and losses (averaging partition)
+    #: The epoch's model in its stored form (:class:`bismarckpy.kinds.Stored`), exported on
+    #: demand; not recorded in the history. For callers that score every epoch's model on rows
+    #: of their own (``benchmarks/compare_averaging.py``). None where a loop does not offer it.
+    snapshot: Callable[[], kinds.Stored] | None = field(default=None, repr=False,
+                                                         compare=False)
 
 
 @dataclass
@@ -862,7 +868,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
                           p["max_epochs"], len(parts) if by_partition
                           else execution.workers_merged(m.parts, p["parallel"]),
                           _partition_detail(kind, prep, parts, valid_parts, loss_scale)
-                          if by_partition else None)
+                          if by_partition else None,
+                          functools.partial(kind.export, p, prep, m.model))
         history.append(rec)
         record_epoch(session, run_id, rec)
         session.checkpoint()
@@ -1200,6 +1207,6 @@ def _separated(session: TrainingSession, train_sql: str, prep: _Prepared, w: np.
 
 def result_row(r: TrainResult) -> dict[str, Any]:
     """The SQL-facing columns of a result."""
-    d = asdict(r)
+    d = asdict(replace(r, history=[]))  # the records' snapshots are not copied
     d.pop("history")
     return d

@@ -141,7 +141,8 @@ GLM_PARAMS: tuple[Param, ...] = (
           choices=AVERAGINGS),
     Param("parallel_mode", str, "average", "How parallel workers share the model: average "
           "(each trains its own copy, averaged when the epoch ends) or shared (every worker "
-          "steps one model in shared memory, Hogwild!-style; SGD with batch_size >= 1).",
+          "steps one model in shared memory, Hogwild!-style; SGD with batch_size >= 1 and "
+          "parallel NULL or >= 1).",
           choices=PARALLEL_MODES),
     Param("validation_fraction", float, 0.0, "Share of rows held out to report validation loss "
           "and, when > 0, to decide convergence.", low=0.0, high=0.9,
@@ -207,6 +208,13 @@ def validate(values: dict[str, Any], *, where: str = "train_glm",
                 detail=f"solver => '{out['solver']}' sums exact passes over the data; its "
                        "parallel workers' sums are already combined exactly.",
                 hint="Drop parallel_mode, or use solver => 'sgd'.")
+    if out.get("parallel_mode") == "shared" and out.get("parallel") == 0:
+        raise InvalidParameter(
+            "parallel_mode => 'shared' needs parallel workers (parallel => 1 or more)",
+            detail="parallel => 0 forces a serial scan: one process steps the model, so there "
+                   "are no workers to share it.",
+            hint="Set parallel => 2 (or more; NULL lets the planner choose), or drop "
+                 "parallel_mode for serial SGD.")
     if out.get("shuffle") == "blocks" and (out.get("parallel") or out.get("parallel_mode")
                                            == "shared"):
         raise InvalidParameter(

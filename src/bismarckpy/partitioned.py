@@ -19,9 +19,10 @@ With ``async_capable 'true'`` on the servers the shards run concurrently. Nothin
 the epochs read the partitions in place (no working copy, no packed blocks), rows in a seeded
 hash order inside each partition (``shuffle => 'once'``) or in table order (``'never'``).
 
-Preparation (checks, the held-out cut, the label's scale) reads the source as one relation;
-for foreign partitions those passes bring rows (or their hashes) to the coordinator once,
-and never again during the epochs.
+Preparation: the row checks (counts, shapes, ranges) and the label's scale read the source as
+one relation, so for foreign partitions those passes bring rows to the coordinator; the
+held-out cut (each partition's k smallest hashes, ORDER BY ... LIMIT), the per-partition
+counts and the standardisation moments run on the shards. The epochs never move rows.
 """
 
 from __future__ import annotations
@@ -195,6 +196,36 @@ def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
                      "`bismarck shards check`.")
 
 
+def check_shard_columns(session: TrainingSession, src: Source, lay: Layout) -> None:
+    """Refuse, before any row is read, a shard whose table lacks the label or a feature.
+
+    One query per shard that names the label and feature columns and fetches no row; the
+    shard parses it, so a column the coordinator has and the shard's table lacks (dropped or
+    renamed there after ``bismarck shards add``) fails here, named by the shard's own message.
+    """
+    for leaf in lay.shards:
+        try:
+            session.query(f"SELECT {src.label_expr or 'NULL'} AS y, {src.x_expr} AS x "
+                          f"FROM {escape_percent(leaf.name)} AS s LIMIT 0")
+        except BismarckError:
+            raise
+        except Exception as exc:
+            state = getattr(exc, "sqlstate", None) or ""
+            reason = str(exc).strip().splitlines()[0]
+            if not state.startswith(("42", "22")):
+                raise ShardUnavailable(
+                    f"shard server {leaf.server} does not answer",
+                    detail=f"{reason} (while checking partition {leaf.name}).",
+                    hint="Start the shard (`bismarck shards check` tests every shard) and "
+                         "rerun the training.") from None
+            raise InvalidData(
+                f"shard server {leaf.server} has a table without the coordinator's columns",
+                detail=f"{reason} (partition {leaf.name}). Every shard's table needs the "
+                       "label and feature columns of the coordinator's table.",
+                hint="`bismarck shards check` names every difference; give the shard's table "
+                     "the coordinator's columns and types, then rerun.") from None
+
+
 def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
             seed: int) -> tuple[_Prepared, Layout]:
     """Checks, split, label coding and scaling for epochs that read the partitions in place.
@@ -214,6 +245,7 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
                    "from run to run.",
             hint="Use shuffle => 'once' (the default): a seeded hash order inside each shard.")
     check_shard_versions(session, lay)  # before anything reads the shards' rows
+    check_shard_columns(session, src, lay)
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
@@ -227,7 +259,18 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
 
     k = loop.validation_count(p["validation_fraction"], checked.n_usable)
     holdout = "false"
-    if k:
+    if k and lay.shards:
+        # The k-th smallest hash of all rows is the k-th smallest of each partition's k
+        # smallest: each branch is one partition's ORDER BY ... LIMIT, which postgres_fdw
+        # runs on the shard (k rows per shard travel, not all), then one sort here.
+        branches = " UNION ALL ".join(
+            f"(SELECT {row_hash(seed)} AS h FROM {escape_percent(leaf.name)} AS s "
+            f"WHERE {src.valid_expr} ORDER BY 1 LIMIT {int(k)})"  # a constant: shipped
+            for leaf in lay.partitions)
+        cut = session.query(f"SELECT h FROM ({branches}) AS b ORDER BY 1 OFFSET %s LIMIT 1",
+                            [k - 1])[0][0]
+        holdout = f"({row_hash(seed)} <= {int(cut)})"
+    elif k:
         cut = session.query(f"SELECT {row_hash(seed)} AS h FROM {src.relation} AS s "
                             f"WHERE {src.valid_expr} ORDER BY 1 OFFSET %s LIMIT 1", [k - 1])[0][0]
         holdout = f"({row_hash(seed)} <= {int(cut)})"
@@ -248,17 +291,17 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
     empty = []
     key = lay.key or "NULL::text"
     for leaf in lay.partitions:  # one aggregate per leaf: pushed down whole to a shard
-        # The key's values compared with IS DISTINCT FROM (any type with equality: boolean
-        # and uuid have no min/max; NULL is one value of its own).
-        tr, va, pos, lo, several = session.query(
+        # The key's distinct values, NULL counted as one of its own, and one of them (mode():
+        # any LIST key has a btree order, though boolean and uuid have no min/max). Every
+        # aggregate here is one postgres_fdw ships, so a shard sends back one row.
+        tr, va, pos, lo, keys = session.query(
             f"SELECT count(*) FILTER (WHERE NOT {holdout}) AS train, "
             f"count(*) FILTER (WHERE {holdout}) AS valid, "
             f"count(*) FILTER (WHERE NOT {holdout} AND {y_expr} > 0) AS pos, "
-            f"(array_agg({key}))[1] AS lo, "
-            f"coalesce(bool_or({key} IS DISTINCT FROM s1.first), false) AS several "
-            f"FROM {escape_percent(leaf.name)} AS s "
-            f"CROSS JOIN (SELECT {key} AS first FROM {escape_percent(leaf.name)} AS s "
-            f"WHERE {src.valid_expr} LIMIT 1) AS s1 WHERE {src.valid_expr}")[0]
+            f"mode() WITHIN GROUP (ORDER BY {key}) AS lo, "
+            f"count(DISTINCT {key}) + coalesce(bool_or({key} IS NULL)::int, 0) AS keys "
+            f"FROM {escape_percent(leaf.name)} AS s WHERE {src.valid_expr}")[0]
+        several = (keys or 0) > 1
         n_train, n_valid, n_pos = n_train + tr, n_valid + va, n_pos + pos
         if lay.key is not None and several and not lay.shards:
             lay.group, lay.key, lay.names = BY_TABLEOID, None, {}  # LIST (1, 2): by table

@@ -193,3 +193,15 @@ def test_shared_parallel_mode_needs_sgd_steps() -> None:
     with pytest.raises(InvalidParameter, match=r"needs SGD steps \(batch_size >= 1\)"):
         validate({"batch_size": 0, "parallel_mode": "shared"})
     assert validate({"batch_size": 0})["batch_size"] == 0
+
+
+def test_shared_parallel_mode_needs_workers() -> None:
+    """parallel => 0 forces a serial scan: nothing to share; 1 worker or the planner's choice
+    is a shared run (with one worker, serial SGD's steps)."""
+    with pytest.raises(InvalidParameter, match=r"needs parallel workers \(parallel => 1 or "
+                                               r"more\)") as e:
+        validate({"parallel": 0, "parallel_mode": "shared"})
+    assert "parallel => 2" in e.value.hint
+    assert validate({"parallel": 1, "parallel_mode": "shared"})["parallel"] == 1
+    assert validate({"parallel_mode": "shared"})["parallel"] is None
+    assert validate({"parallel": 0})["parallel"] == 0
