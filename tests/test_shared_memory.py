@@ -19,6 +19,7 @@ import pytest
 from reference_data import load_table
 
 from bismarck_controller import training
+from bismarckpy.errors import InvalidData
 
 N, D, ALPHA = 12_000, 8, 1e-3
 
@@ -216,7 +217,7 @@ def test_error_mid_epoch_leaves_no_segment(dsn: str, conn, shm_data) -> None:
                 other.execute("UPDATE shm_packed SET data = '\\x00'::bytea "
                               "WHERE ctid IN (SELECT ctid FROM shm_packed OFFSET 100 LIMIT 3)")
 
-    with psycopg.connect(dsn) as c, pytest.raises(psycopg.errors.DataException):
+    with psycopg.connect(dsn) as c, pytest.raises(InvalidData, match="earlier block format"):
         training.train(c, "shm_packed", "y", names, "shm_damaged", batch_size=16,
                        parallel=2, parallel_mode="shared", max_epochs=5, tol=None,
                        on_epoch=damage)
