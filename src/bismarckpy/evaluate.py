@@ -41,14 +41,26 @@ def load_model(session: Session, model: str, version: int | None) -> dict[str, A
     return dict(zip(cols, row))
 
 
+def stored_of(m: dict[str, Any]) -> dict[str, Any]:
+    """A registry row's stored form (``stored`` jsonb) as a dict."""
+    stored = m.get("stored")
+    return json.loads(stored) if isinstance(stored, str) else dict(stored or {})
+
+
+def label_type(m: dict[str, Any]) -> str | None:
+    """The label's type of a classifier whose label is not a number (as ``format_type``
+    printed it when the model was trained: 'text', 'boolean', 'public.mood'...); None for a
+    numeric label or a regression model."""
+    stored = stored_of(m)
+    return stored.get("label_type") if stored.get("class_labels") is not None else None
+
+
 def class_labels(m: dict[str, Any]) -> list[str] | None:
     """The class values (as text) of a model whose label is not a number or a boolean (text,
     varchar, an enum...), in class order; None otherwise. Rows of such a model's label are
     coded as their class index (-1: a value that is none of its classes)."""
-    stored = m.get("stored")
-    if isinstance(stored, str):
-        stored = json.loads(stored)
-    if not isinstance(stored, dict) or stored.get("label_type") in (None, "boolean"):
+    stored = stored_of(m)
+    if stored.get("label_type") in (None, "boolean"):
         return None
     labels = stored.get("class_labels")
     return None if labels is None else [str(v) for v in labels]

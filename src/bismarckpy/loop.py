@@ -671,7 +671,8 @@ def _code_classes(session: TrainingSession, src: Source, loss: str) -> Source:
     if not multi and loss not in CLASSIFIERS:
         raise InvalidData(
             f'label column "{src.label}" has type {src.label_type}', sqlstate="42804",
-            detail=f"loss => '{loss}' fits a numeric target; this label holds classes.",
+            detail=f"A regression (loss '{loss}') fits a numeric target; this label holds "
+                   "classes.",
             hint="Train a classifier: loss => 'softmax' (or 'logistic'/'hinge' for two "
                  "classes), train_mlp with task => 'classification'; or cast the label to a "
                  "number in a view.")
