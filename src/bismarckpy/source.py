@@ -235,8 +235,8 @@ def distinct_labels(session: Session, src: Source, limit: int) -> list[str]:
     collate = ' COLLATE "C"' if src.label_type in STRING_TYPES else ""
     where = f"{src.label_sql} IS NOT NULL" + (f" AND {src.valid_expr}" if src.valid_expr else "")
     rows = session.query(
-        f"SELECT v::text AS v FROM (SELECT DISTINCT {src.label_sql} AS v FROM {src.relation} "
-        f"AS s WHERE {where}) AS d ORDER BY v{collate} LIMIT {int(limit)}")
+        f"SELECT d.v::text AS t FROM (SELECT DISTINCT {src.label_sql} AS v FROM "
+        f"{src.relation} AS s WHERE {where}) AS d ORDER BY d.v{collate} LIMIT {int(limit)}")
     return [r[0] for r in rows]
 
 
