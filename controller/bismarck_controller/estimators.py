@@ -100,7 +100,8 @@ class _BaseSGD:
                 "invalid value for parameter 'loss'",
                 detail=f"The 'loss' parameter of {type(self).__name__} must be one of "
                        f"{choices}. Got {self.loss!r} instead.",
-                hint="Use SGDClassifier for log_loss or hinge, SGDRegressor for squared_error.")
+                hint="Use SGDClassifier for log_loss, hinge or softmax, SGDRegressor for "
+                     "squared_error.")
         values = {name: getattr(self, name) for name in self._PARAM_NAMES
                   if name not in ("loss", "model_name", "shuffle")}
         values = {RENAMED.get(k, k): v for k, v in values.items()}
