@@ -106,8 +106,9 @@ def test_softmax_on_varchar_char_and_enum_labels(conn: psycopg.Connection, iris:
                      "se": "iris_species"}[column]
 
 
-@pytest.mark.parametrize("loss, options", [("logistic", ""), ("hinge", ", shuffle => 'blocks'"),
-                                           ("logistic", ", solver => 'newton', alpha => 0.01")])
+@pytest.mark.parametrize("loss, options", [
+    ("logistic", ""), ("hinge", ", shuffle => 'blocks'"),
+    ("logistic", ", solver => 'newton', penalty => 'l2', alpha => 0.01")])
 def test_binary_losses_on_text_and_boolean_labels(conn: psycopg.Connection, iris: dict,
                                                   loss: str, options: str) -> None:
     conn.execute("CREATE TEMP TABLE two AS SELECT * FROM iris_train WHERE species <> 'setosa'")
