@@ -283,3 +283,16 @@ def test_estimators_give_classes_and_predictions_in_the_label_type(
                         model_name="iris_mlp_est").fit(dsn, "iris_train", "se", "x")
     assert list(mlp.classes_) == ["virginica", "versicolor", "setosa"]
     assert set(mlp.predict(dsn, "iris_test")) <= set(mlp.classes_)
+
+
+def test_class_weight_names_text_classes_by_their_values(conn: psycopg.Connection,
+                                                         iris: dict) -> None:
+    conn.execute("CREATE TEMP TABLE two AS SELECT * FROM iris_train WHERE species <> 'setosa'")
+    conn.execute("SELECT * FROM bismarck.train_glm('two', 'species', ARRAY['x'], 'two_w', "
+                 "class_weight => '{\"virginica\": 3}', max_epochs => 3, seed => 1)")
+    metrics = conn.execute("SELECT metrics FROM bismarck.models WHERE model_name = 'two_w'"
+                           ).fetchone()[0]
+    assert metrics["class_weight"] == {"versicolor": 1.0, "virginica": 3.0}
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="'rose'"):
+        conn.execute("SELECT * FROM bismarck.train_glm('two', 'species', ARRAY['x'], 'two_w', "
+                     "class_weight => '{\"rose\": 3}', max_epochs => 3)")

@@ -146,6 +146,9 @@ class _Prepared:
     # blocks: a sample of usable rows' features (_float8_array_bytes), LIMIT %s (no copy to
     # take the first rows of)
     sample_sql: str | None = None
+    # A label of class values that are not numbers: those values, in class order (the
+    # classes are their indexes); class_weight names them.
+    class_labels: list[str] | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -251,6 +254,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             prepared = _prepare_blocks(session, src, p, seed)
         else:
             prepared = _prepare(session, src, p, seed, work)
+        if src is not None:
+            prepared.class_labels = src.class_labels
         if model_kind.after_prepare is not None:
             model_kind.after_prepare(session, p, prepared)
         if model_kind.name != "glm":
@@ -940,7 +945,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     train_loss, valid_loss, epoch = run.train_loss, run.valid_loss, run.epochs
     loss_scale, train_sql = run.loss_scale, run.train_sql
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
-    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos,
+                            prep.class_labels)
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
@@ -985,8 +991,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     if p["loss"] == "logistic":
         metrics["separation"] = bool(separated)
     if prep.classes is not None:
-        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
-                                   f"{prep.classes[1]:g}": weights[1]}
+        names = prep.class_labels or [f"{c:g}" for c in prep.classes]
+        metrics["class_weight"] = {names[0]: weights[0], names[1]: weights[1]}
     for note in notes:
         session.warn(note)
     fitted = {"mu": None if prep.mu is None else prep.mu.tolist(),
