@@ -314,7 +314,10 @@ COMMENT ON VIEW bismarck.models IS
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
     'security whose label and feature columns you may read); kind is glm or mf (a matrix '
     'factorisation: label is its value column, features its row and column id columns, '
-    'intercept the global mean, state its ids, biases and factors as bytes).';
+    'intercept the global mean, state its ids, biases and factors as bytes). A classifier whose '
+    'label is not a number (text, boolean, an enum...) has stored->''label_type'' and '
+    'stored->''class_labels'' (the class values as text, in class order; classes then holds '
+    'their indexes 0..K-1).';
 
 -- The per-epoch detail column (averaging => 'partition') for installations from before it:
 -- a DO block is re-run by every upgrade and re-install, so no migration script is needed.
@@ -894,7 +897,8 @@ $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
-    'accuracy, f1_macro, log_loss (softmax).';
+    'accuracy, f1_macro, log_loss (softmax, MLP classification). A label of class values (text, '
+    'an enum...) is coded with the model''s classes; a value that is none of them is an error.';
 
 CREATE FUNCTION bismarck._require_glm(model text, kind text, vectors boolean DEFAULT false)
 RETURNS boolean
