@@ -296,3 +296,29 @@ def test_class_weight_names_text_classes_by_their_values(conn: psycopg.Connectio
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="'rose'"):
         conn.execute("SELECT * FROM bismarck.train_glm('two', 'species', ARRAY['x'], 'two_w', "
                      "class_weight => '{\"rose\": 3}', max_epochs => 3)")
+
+
+def test_softmax_trains_on_packed_blocks_unless_they_would_round_its_classes(
+        conn: psycopg.Connection, iris: dict) -> None:
+    runs = {}
+    for label, name in (("species", "iris_packed_text"), ("se", "iris_packed_enum")):
+        runs[name] = conn.execute(
+            "SELECT train_loss FROM bismarck.train_glm('iris_train', %s, ARRAY['x'], %s, "
+            "loss => 'softmax', max_epochs => 5, tol => NULL, seed => 1)", [label, name]
+        ).fetchone()[0]
+        assert conn.execute("SELECT params->>'packed' FROM bismarck.models WHERE "
+                            "model_name = %s", [name]).fetchone() == ("true",)
+    # the same rows and shuffle: the enum's classes are the text's in another order
+    assert runs["iris_packed_enum"] == pytest.approx(runs["iris_packed_text"], rel=1e-6)
+    right, n = _matches(conn, "iris_packed_text", "iris_test", "species", "text")
+    assert right / n >= 0.8
+    # numeric classes that a float32 block could round train on a row copy, with a note
+    conn.execute("CREATE TEMP TABLE tenths AS SELECT x, array_position(ARRAY['setosa', "
+                 "'versicolor', 'virginica'], species) * 0.1 AS y FROM iris_train")
+    conn.execute("SELECT * FROM bismarck.train_glm('tenths', 'y', ARRAY['x'], 'tenths', "
+                 "loss => 'softmax', max_epochs => 5, seed => 1)")
+    packed, skipped = conn.execute("SELECT params->>'packed', metrics->>'skipped_rows' FROM "
+                                   "bismarck.models WHERE model_name = 'tenths'").fetchone()
+    assert packed == "false" and skipped == "0"
+    assert conn.execute("SELECT bismarck.classes('tenths')").fetchone()[0] == [
+        "0.1", "0.2", "0.3"]

@@ -314,6 +314,10 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
                      f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
+    if p["packed"] and _multiclass(p["loss"]) and not _exact_in_blocks(classes):
+        p["packed"] = False
+        notes.append("the label's classes are not all integers below 2**24 in magnitude, which "
+                     "packed blocks might round: the working copy holds rows (packed => false)")
     if p["packed"] and src.row_key == "s.ctid::text":  # a table: packed in one read
         assert dtype is not None
         return _prepare_packed_pages(session, src, p, seed, work, checked, dtype, classes,
@@ -659,6 +663,13 @@ def _label_classes(session: TrainingSession, src: Source, loss: str,
 #: The loop's loss of a classifier kind with K >= 2 classes that codes raw labels itself (the
 #: MLP's softmax output): the classes are found here, over all usable rows, before any split.
 MULTICLASS = "cross_entropy"
+
+
+def _exact_in_blocks(classes: list[float] | None) -> bool:
+    """Whether packed blocks keep every class value exactly: integers below 2**24 in magnitude
+    (float32 residuals from a float64 offset; a text label's class indexes always are). A
+    multi-class kind matches each row's label to its classes exactly."""
+    return classes is None or all(float(c).is_integer() and abs(c) < 2**24 for c in classes)
 
 
 def _multiclass(loss: str) -> bool:

@@ -93,11 +93,13 @@ class Source:
 
 def resolve(session: Session, relation: str, label: str | None,
             features: Sequence[str] | str, *, classes: Sequence[str] | None = None,
-            categorical: bool = False) -> Source:
+            categorical: bool = False, unknown: int | None = -1) -> Source:
     """Check names and types and build the expressions; raise a clear error on any problem.
 
     ``classes``: the class values (as text, in class order) of a model whose label is not
     numeric: the label, of any type, is coded as its class index (:func:`class_index_sql`).
+    ``unknown``: the code of a label value that is none of ``classes`` (-1: scoring sees and
+    refuses it; None: a training row that is skipped, as a NULL label).
     ``categorical``: a label of another type (text, varchar, an enum...) is accepted without
     classes (``label_expr`` None until :func:`with_classes` gives them); otherwise refused.
     """
@@ -145,7 +147,7 @@ def resolve(session: Session, relation: str, label: str | None,
     if label is not None:
         label_type = cols[label]
         if classes is not None:
-            label_expr = class_index_sql(session, q(label), classes)
+            label_expr = class_index_sql(session, q(label), classes, unknown)
         elif label_type == "boolean":
             label_expr = f"({q(label)})::int::float8"
         elif label_type in NUMERIC_TYPES:
@@ -205,9 +207,10 @@ def resolve(session: Session, relation: str, label: str | None,
                   label_sql=None if label is None else q(label))
 
 
-def class_index_sql(session: Session, column: str, classes: Sequence[str]) -> str:
+def class_index_sql(session: Session, column: str, classes: Sequence[str],
+                    unknown: int | None = -1) -> str:
     """float8 SQL of a row's class index: the position of ``column``'s text among ``classes``
-    (0-based), -1 for a value that is none of them, NULL for NULL.
+    (0-based), ``unknown`` for a value that is none of them (None: NULL), NULL for NULL.
 
     The class values are quoted by the server (``quote_literal``), never pasted.
     """
@@ -217,14 +220,18 @@ def class_index_sql(session: Session, column: str, classes: Sequence[str]) -> st
         "SELECT quote_literal(v) AS q FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) "
         "ORDER BY i", [list(classes)])]
     array = escape_percent("ARRAY[" + ", ".join(quoted) + "]::text[]")
-    return (f"(CASE WHEN {column} IS NULL THEN NULL ELSE coalesce(array_position({array}, "
-            f"({column})::text) - 1, -1) END)::float8")
+    index = f"array_position({array}, ({column})::text) - 1"
+    if unknown is None:
+        return f"({index})::float8"
+    return (f"(CASE WHEN {column} IS NULL THEN NULL ELSE coalesce({index}, {int(unknown)}) "
+            "END)::float8")
 
 
 def with_classes(session: Session, src: Source, classes: Sequence[str]) -> Source:
-    """``src`` with its label coded as the index of its value among ``classes``."""
+    """``src`` with its label coded as the index of its value among ``classes`` for training:
+    a row whose value is none of them (written since the classes were read) is skipped."""
     assert src.label is not None
-    return resolve(session, src.name, src.label, src.features, classes=classes)
+    return resolve(session, src.name, src.label, src.features, classes=classes, unknown=None)
 
 
 def distinct_labels(session: Session, src: Source, limit: int) -> list[str]:

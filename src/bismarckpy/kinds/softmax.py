@@ -449,6 +449,6 @@ KIND = ModelKind(
     losses=("softmax",), initialize=epoch_init, transition=transition,
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
     export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
-    after_prepare=after_prepare, check_options=check_options, packed=False,
+    after_prepare=after_prepare, check_options=check_options,
     merge_rule="average", sql_train="bismarck.train_glm",
     doc="Multinomial logistic regression: K >= 2 classes, cross-entropy of the softmax.")
