@@ -314,7 +314,10 @@ COMMENT ON VIEW bismarck.models IS
     '(fitted: NULL unless you own the model, or its source is a table without row-level '
     'security whose label and feature columns you may read); kind is glm or mf (a matrix '
     'factorisation: label is its value column, features its row and column id columns, '
-    'intercept the global mean, state its ids, biases and factors as bytes).';
+    'intercept the global mean, state its ids, biases and factors as bytes). A classifier whose '
+    'label is not a number (text, boolean, an enum...) has stored->''label_type'' and '
+    'stored->''class_labels'' (the class values as text, in class order; classes then holds '
+    'their indexes 0..K-1).';
 
 -- The per-epoch detail column (averaging => 'partition') for installations from before it:
 -- a DO block is re-run by every upgrade and re-install, so no migration script is needed.
@@ -708,21 +711,25 @@ COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
     'signed margin for hinge. '
     'NULL when x is NULL or has a NULL, NaN or infinite element.';
 
-CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
-RETURNS float8
-LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    m bismarck.models;
-    z float8;
+CREATE FUNCTION bismarck._require_classifier(m bismarck.models) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    m := bismarck._model(model, version);
-    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
     IF m.classes IS NULL THEN
         RAISE EXCEPTION 'model "%" is a regression model', m.model_name
             USING ERRCODE = '22023',
-                  HINT = 'predict_class needs a classifier (loss logistic or hinge, an MLP '
-                         'with task classification); use predict.';
+                  HINT = 'predict_class needs a classifier (loss logistic, hinge or softmax, an '
+                         'MLP with task classification); use predict.';
     END IF;
+END
+$$;
+COMMENT ON FUNCTION bismarck._require_classifier(bismarck.models) IS
+    'Private: an error naming predict for a model without classes (a regression model).';
+
+CREATE FUNCTION bismarck._class_code(m bismarck.models, x float8[]) RETURNS float8
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    z float8;
+BEGIN
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
@@ -734,10 +741,115 @@ BEGIN
     RETURN CASE WHEN z >= 0 THEN m.classes[2] WHEN z < 0 THEN m.classes[1] END;  -- NULL: NULL
 END
 $$;
+COMMENT ON FUNCTION bismarck._class_code(bismarck.models, float8[]) IS
+    'Private: the predicted class of a classifier as its models.classes value (for a label of '
+    'class values that are not numbers, the class index 0..K-1 into stored->''class_labels''); '
+    'NULL when x is NULL or has a NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck._class_label(m bismarck.models, code float8) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN code IS NULL THEN NULL
+                WHEN m.stored ? 'class_labels' THEN m.stored -> 'class_labels' ->> code::integer
+                ELSE code::text END
+$$;
+COMMENT ON FUNCTION bismarck._class_label(bismarck.models, float8) IS
+    'Private: the text of a class from _class_code: its value in stored->''class_labels'', or '
+    'the number.';
+
+CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
+RETURNS float8
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
+    PERFORM bismarck._require_classifier(m);
+    IF m.stored ? 'class_labels' THEN
+        RAISE EXCEPTION 'model "%" predicts classes of type %, not numbers', m.model_name,
+            m.stored ->> 'label_type'
+            USING ERRCODE = '42804',
+                  DETAIL = 'predict_class(model, x) returns float8: it serves numeric labels.',
+                  HINT = format('Ask for the label''s type: bismarck.predict_class(%L, x, '
+                                'NULL::%s), or for text: bismarck.predict_label(%L, x).',
+                                model, m.stored ->> 'label_type', model);
+    END IF;
+    RETURN bismarck._class_code(m, x);
+END
+$$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
-    'The predicted class of a classifier (binary or softmax) in the label''s own coding (0/1, '
-    '-1/+1 or the integer classes; booleans come back as 0/1); NULL when x is NULL or has a '
-    'NULL, NaN or infinite element.';
+    'The predicted class of a classifier (binary or softmax) with a numeric label, as that '
+    'number (0/1, -1/+1 or the label''s values); an error naming predict_class(model, x, '
+    'NULL::type) for a label of another type (text, boolean, an enum...); NULL when x is NULL '
+    'or has a NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_class(model text, x float8[], label_type anyelement,
+                                       version integer DEFAULT NULL)
+RETURNS anyelement
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+    want text := format_type(pg_typeof(label_type), NULL);
+    have text;
+BEGIN
+    m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
+    PERFORM bismarck._require_classifier(m);
+    have := m.stored ->> 'label_type';
+    IF NOT (want IN ('text', 'character varying') OR want = have
+            OR (have IS NULL AND want IN ('smallint', 'integer', 'bigint', 'real',
+                                          'double precision', 'numeric'))) THEN
+        RAISE EXCEPTION 'model "%" predicts classes of type %, not %', m.model_name,
+            coalesce(have, 'a number'), want
+            USING ERRCODE = '42804',
+                  HINT = CASE WHEN have IS NULL
+                              THEN format('Use bismarck.predict_class(%L, x) (float8) or a '
+                                          'numeric type, e.g. NULL::bigint.', model)
+                              ELSE format('Use bismarck.predict_class(%L, x, NULL::%s), or '
+                                          'NULL::text for any label.', model, have) END;
+    END IF;
+    -- PL/pgSQL converts the class's text to the result type by its input function.
+    RETURN bismarck._class_label(m, bismarck._class_code(m, x));
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_class(text, float8[], anyelement, integer) IS
+    'The predicted class of a classifier in the label''s own type, named by a NULL of that type: '
+    'predict_class(model, x, NULL::text) for a text label, NULL::boolean, NULL::my_enum ...; '
+    'any label as NULL::text. NULL when x is NULL or has a NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_label(model text, x float8[], version integer DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    m := bismarck._model(model, version);
+    PERFORM bismarck._require_glm(m.model_name, m.kind, true);
+    PERFORM bismarck._require_classifier(m);
+    RETURN bismarck._class_label(m, bismarck._class_code(m, x));
+END
+$$;
+COMMENT ON FUNCTION bismarck.predict_label(text, float8[], integer) IS
+    'The predicted class of any classifier as text (the label''s value as text: ''setosa'', '
+    '''true'', ''3''); NULL when x is NULL or has a NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.classes(model text, version integer DEFAULT NULL)
+RETURNS text[]
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m bismarck.models;
+BEGIN
+    m := bismarck._model(model, version);
+    IF m.stored ? 'class_labels' THEN
+        RETURN ARRAY(SELECT jsonb_array_elements_text(m.stored -> 'class_labels'));
+    END IF;
+    RETURN m.classes::text[];
+END
+$$;
+COMMENT ON FUNCTION bismarck.classes(text, integer) IS
+    'The classes of a classifier as text, in the order of predict_proba''s probabilities (for '
+    'a label that is not a number, models.classes holds their indexes 0..K-1); NULL for a '
+    'regression model.';
 
 CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8[]
@@ -785,7 +897,8 @@ $$;
 COMMENT ON FUNCTION bismarck.evaluate(text, regclass, integer) IS
     'Metrics of a stored model on a table or view holding its label and feature columns: '
     'accuracy, precision, recall, f1, roc_auc, log_loss (classifiers); rmse, mae, r2 (squared); '
-    'accuracy, f1_macro, log_loss (softmax).';
+    'accuracy, f1_macro, log_loss (softmax, MLP classification). A label of class values (text, '
+    'an enum...) is coded with the model''s classes; a value that is none of them is an error.';
 
 CREATE FUNCTION bismarck._require_glm(model text, kind text, vectors boolean DEFAULT false)
 RETURNS boolean

@@ -154,7 +154,8 @@ def test_parameters_are_validated_like_sql(dsn: str) -> None:
     with pytest.raises(InvalidParameter) as want:
         validate({"max_epochs": 0})
     assert str(got.value) == str(want.value)
-    with pytest.raises(InvalidParameter, match="'log_loss', 'hinge'. Got 'modified_huber'"):
+    with pytest.raises(InvalidParameter,
+                       match="'log_loss', 'hinge', 'softmax'. Got 'modified_huber'"):
         SGDClassifier(loss="modified_huber").bismarck_params()
     assert SGDClassifier(shuffle=False, random_state=5).bismarck_params()["shuffle"] == "never"
     assert SGDRegressor(max_iter=7).bismarck_params()["max_epochs"] == 7

@@ -353,8 +353,8 @@ def test_bismarck_user_does_the_readme_session_on_its_own_table(roles: Roles) ->
                          "WHERE model_name = 'heart'").fetchone()[0] > 0
         scored = a.execute(
             "SELECT bismarck.predict('heart', ARRAY[treatment, trait_anxiety]::float8[]), "
-            "bismarck.predict_class('heart', ARRAY[treatment, trait_anxiety]::float8[]) "
-            "FROM patients").fetchall()
+            "bismarck.predict_class('heart', ARRAY[treatment, trait_anxiety]::float8[], "
+            "NULL::boolean) FROM patients").fetchall()
         assert len(scored) == 20
         metrics = dict(a.execute("SELECT * FROM bismarck.evaluate('heart', 'patients')"))
         assert 0 <= metrics["accuracy"] <= 1

@@ -94,8 +94,9 @@ class _EpochProgress:
 
 @click.command("train")
 @click.argument("table")
-@click.option("--label", required=True, help="Label column (0/1, -1/+1 or boolean for "
-              "classifiers; numeric for squared).")
+@click.option("--label", required=True, help="Label column: numeric for squared; for "
+              "classifiers 0/1, -1/+1 or boolean (binary losses), or classes of any type (text, "
+              "an enum...: two for binary losses, K >= 2 for softmax and mlp).")
 @click.option("--features", required=True, help="Comma-separated numeric columns, or one "
               "float8[] column.")
 @click.option("--model", "model_name", help="Model name [default: the table name].")
@@ -307,8 +308,9 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
     console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
                   f"loss {m['loss']}  source {m['source']}  label {m['label']}")
     if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
+        labels = (m["stored"] or {}).get("class_labels")
         console.print("stored:", json.dumps(stored_summary(m["stored"] or {})),
-                      " classes:", json.dumps(m["classes"]))
+                      " classes:", json.dumps(labels if labels is not None else m["classes"]))
         console.print("params:", json.dumps(m["params"]))
         console.print("metrics:", json.dumps(m["metrics"]))
         return

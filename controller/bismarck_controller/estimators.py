@@ -23,7 +23,7 @@ import numpy as np
 
 from bismarck_controller import training
 from bismarck_controller.notebook import Database, connected
-from bismarckpy import kinds
+from bismarckpy import kinds, losses
 from bismarckpy.errors import InvalidParameter
 from bismarckpy.params import validate
 
@@ -42,7 +42,7 @@ class _BaseSGD:
     def __init__(self, loss: str, *, penalty: str = "l2", alpha: float = 0.0001,
                  l1_ratio: float = 0.15, fit_intercept: bool = True, max_iter: int = 100,
                  tol: float | None = 1e-3, n_iter_no_change: int = 5,
-                 learning_rate: str = "invscaling", eta0: float | None = None,
+                 learning_rate: str | None = None, eta0: float | None = None,
                  power_t: float | None = None,
                  batch_size: int | None = None, shuffle: bool | str = True,
                  random_state: int | None = None, validation_fraction: float = 0.0,
@@ -100,14 +100,18 @@ class _BaseSGD:
                 "invalid value for parameter 'loss'",
                 detail=f"The 'loss' parameter of {type(self).__name__} must be one of "
                        f"{choices}. Got {self.loss!r} instead.",
-                hint="Use SGDClassifier for log_loss or hinge, SGDRegressor for squared_error.")
+                hint="Use SGDClassifier for log_loss, hinge or softmax, SGDRegressor for "
+                     "squared_error.")
         values = {name: getattr(self, name) for name in self._PARAM_NAMES
                   if name not in ("loss", "model_name", "shuffle")}
         values = {RENAMED.get(k, k): v for k, v in values.items()}
         values["loss"] = self.LOSSES[self.loss]
+        if values["learning_rate"] is None:  # the loss's default (softmax: adaptive)
+            del values["learning_rate"]
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
-        checked = validate(values, params=kinds.get(self.KIND).params)
+        kind = losses.REGISTRY[values["loss"]].kind
+        checked = validate(values, params=kinds.get(kind).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 
     # --- fitting ------------------------------------------------------------------------------
@@ -155,10 +159,15 @@ class _BaseSGD:
         self.model_name_ = row["model_name"]
         self.version_ = int(row["version"])
         self.feature_names_in_ = np.asarray(row["features"], dtype=object)
-        self.n_features_in_ = len(row["coef"])
-        coef = np.asarray(row["coef"], dtype=float)
-        self.coef_ = coef.reshape(1, -1) if row["classes"] is not None else coef
-        self.intercept_ = np.array([float(row["intercept"])])
+        stored = row.get("stored") or {}
+        if row.get("kind") == "softmax":  # K × d weights and K intercepts
+            self.coef_ = np.asarray(stored["coef"], dtype=float)
+            self.intercept_ = np.asarray(stored["intercept"], dtype=float)
+        else:
+            coef = np.asarray(row["coef"], dtype=float)
+            self.coef_ = coef.reshape(1, -1) if row["classes"] is not None else coef
+            self.intercept_ = np.array([float(row["intercept"])])
+        self.n_features_in_ = self.coef_.shape[-1]
         metrics = row["metrics"] or {}
         self.n_iter_ = int(metrics.get("epochs") or len(hist))
         self.converged_ = bool(metrics.get("converged"))
@@ -167,7 +176,7 @@ class _BaseSGD:
         self.history_ = pd.DataFrame([{k: r[k] for k in columns} for r in hist
                                       if r["run_id"] == run], columns=columns)
         if row["classes"] is not None:
-            self.classes_ = np.asarray(row["classes"], dtype=float)
+            self.classes_ = label_values(row)
         self.metrics_ = dict(metrics)
         fitted = row.get("fitted") or {}
         # Every fit sets all four, so a refit never shows the previous fit's statistics: arrays
@@ -227,6 +236,11 @@ class _BaseSGD:
         if func == "predict_proba":  # one array of class probabilities per row
             k = len(getattr(self, "classes_", ())) or 2
             return np.array([[np.nan] * k if v is None else v for v in values], dtype=float)
+        classes = getattr(self, "classes_", None)
+        if func == "predict_class" and classes is not None and classes.dtype != float:
+            # the label's own values (str, bool): None for a row that has no prediction
+            out = np.array(values, dtype=object)
+            return out if None in values else out.astype(classes.dtype)
         return np.array([np.nan if v is None else v for v in values], dtype=float)
 
     def predict(self, conn: Database, table: str, output: str | None = None,
@@ -270,13 +284,22 @@ class _BaseSGD:
 
 
 class SGDClassifier(_BaseSGD):
-    """Linear classifier (logistic regression or linear SVM) trained by SGD in PostgreSQL.
+    """Linear classifier (logistic regression, linear SVM or multinomial logistic regression)
+    trained by SGD in PostgreSQL.
 
-    ``loss``: ``"log_loss"`` (logistic, has :meth:`predict_proba`) or ``"hinge"``. The label
-    holds two classes coded 0/1, -1/+1 or false/true; ``classes_`` gives them in that coding.
+    ``loss``: ``"log_loss"`` (binary logistic, has :meth:`predict_proba`), ``"hinge"`` (binary
+    linear SVM) or ``"softmax"`` (multinomial logistic regression over K >= 2 classes, one
+    model; scikit-learn's SGDClassifier would fit K one-vs-rest models instead). A binary
+    label holds two classes: 0/1, -1/+1, false/true or two values of any other type (text, an
+    enum...); softmax takes K classes of any type. ``classes_`` holds them in the label's
+    own type (str for text and enums, bool for booleans, float for numbers), in the order of
+    :meth:`predict_proba`'s columns (the second is the positive class of a binary model), and
+    :meth:`predict` returns those values. ``learning_rate`` None is the loss's default:
+    invscaling, adaptive for softmax.
     """
 
-    LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge"}
+    LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge",
+                                        "softmax": "softmax"}
     SCORE: ClassVar[str] = "accuracy"
     _PREDICT: ClassVar[str] = "predict_class"
     _PARAM_NAMES: ClassVar[tuple[str, ...]] = (*_BaseSGD._PARAM_NAMES, "class_weight")
@@ -290,11 +313,16 @@ class SGDClassifier(_BaseSGD):
 
     def predict_proba(self, conn: Database, table: str,
                       order_by: str | None = None) -> np.ndarray:
-        """``(n, 2)`` class probabilities in the order of ``classes_`` (log_loss only)."""
+        """``(n, K)`` class probabilities in the order of ``classes_`` (log_loss: K = 2,
+        softmax); NaN rows for a row with a NULL, NaN or infinite feature."""
         self._check_fitted()
+        if self.LOSSES.get(self.loss) == "softmax":
+            proba = self._scores(conn, table, "predict_proba", None, order_by)
+            assert isinstance(proba, np.ndarray)
+            return proba
         if self.LOSSES.get(self.loss) != "logistic":
-            raise AttributeError("predict_proba needs loss='log_loss'; a hinge model has no "
-                                 "probabilities")
+            raise AttributeError("predict_proba needs loss='log_loss' or 'softmax'; a hinge "
+                                 "model has no probabilities")
         p = self._scores(conn, table, "predict", None, order_by)
         assert isinstance(p, np.ndarray)
         return np.column_stack([1.0 - p, p])
@@ -302,7 +330,10 @@ class SGDClassifier(_BaseSGD):
     def decision_function(self, conn: Database, table: str,
                           order_by: str | None = None) -> np.ndarray:
         """``(n,)`` signed scores x·coef_ + intercept_ (positive: ``classes_[1]``); NaN for a row
-        with a NULL, NaN or infinite feature."""
+        with a NULL, NaN or infinite feature. Binary models only."""
+        if self.LOSSES.get(self.loss) == "softmax":
+            raise AttributeError("decision_function gives a binary model's margin; a softmax "
+                                 "model has K: use predict_proba")
         scores = self._scores(conn, table, "margin", None, order_by)
         assert isinstance(scores, np.ndarray)
         return scores
@@ -338,6 +369,18 @@ class LinearRegression(SGDRegressor):
     def __init__(self, loss: str = "squared_error", *, solver: str = "newton",
                  penalty: str = "none", tol: float | None = 1e-8, **kwargs: Any) -> None:
         super().__init__(loss, solver=solver, penalty=penalty, tol=tol, **kwargs)
+
+
+def label_values(row: dict[str, Any]) -> np.ndarray:
+    """A classifier's classes in its label's own type, in class order, from its registry row:
+    str for text, varchar and enums (an object array), bool for booleans, float for numbers."""
+    stored = row.get("stored") or {}
+    labels = stored.get("class_labels")
+    if labels is None:
+        return np.asarray(row["classes"], dtype=float)
+    if stored.get("label_type") == "boolean":
+        return np.array([v == "true" for v in labels], dtype=bool)
+    return np.array(labels, dtype=object)
 
 
 #: scikit-learn's MLP parameter names -> bismarck's (the others are the same in both).
@@ -453,7 +496,7 @@ class _BaseMLP(_BaseSGD):
                                       if r["run_id"] == run], columns=columns)
         self.loss_curve_ = self.history_["train_loss"].tolist()
         if row["classes"] is not None:
-            self.classes_ = np.asarray(row["classes"], dtype=float)
+            self.classes_ = label_values(row)
         self.metrics_ = dict(metrics)
 
     def summary(self, conn: Database) -> Any:

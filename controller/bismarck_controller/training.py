@@ -114,6 +114,8 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
         if margin:
             score = sql.SQL("bismarck._margin(bismarck._model({}, {}), {})").format(
                 name, version, x)
+        elif classes and engine_evaluate.label_type(m) is not None:
+            score = _typed_class(conn, engine_evaluate.label_type(m), name, x, version)
         else:
             func = "predict_proba" if proba else "predict_class" if classes else "predict"
             score = sql.SQL("bismarck.{}({}, {}, {})").format(
@@ -138,6 +140,20 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     except BaseException:
         conn.rollback()
         raise
+
+
+def _typed_class(conn: psycopg.Connection, label_type: str | None, name: sql.Composable,
+                 x: sql.Composable, version: sql.Composable) -> sql.Composable:
+    """The class of a model whose label is not a number, in the label's own type
+    (``bismarck.predict_class(model, x, NULL::type)``), or as text (``predict_label``) when the
+    type is gone. The type's name is the server's own text of a ``regtype``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_catalog.to_regtype(%s)::pg_catalog.text", [label_type])
+        row = cur.fetchone()
+    if row is None or row[0] is None:
+        return sql.SQL("bismarck.predict_label({}, {}, {})").format(name, x, version)
+    return sql.SQL("bismarck.predict_class({}, {}, NULL::{}, {})").format(
+        name, x, sql.SQL(row[0]), version)
 
 
 def _column_names(conn: psycopg.Connection, relation: str) -> list[str]:

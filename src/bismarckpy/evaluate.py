@@ -41,8 +41,42 @@ def load_model(session: Session, model: str, version: int | None) -> dict[str, A
     return dict(zip(cols, row))
 
 
+def stored_of(m: dict[str, Any]) -> dict[str, Any]:
+    """A registry row's stored form (``stored`` jsonb) as a dict."""
+    stored = m.get("stored")
+    return json.loads(stored) if isinstance(stored, str) else dict(stored or {})
+
+
+def label_type(m: dict[str, Any]) -> str | None:
+    """The label's type of a classifier whose label is not a number (as ``format_type``
+    printed it when the model was trained: 'text', 'boolean', 'public.mood'...); None for a
+    numeric label or a regression model."""
+    stored = stored_of(m)
+    return stored.get("label_type") if stored.get("class_labels") is not None else None
+
+
+def class_labels(m: dict[str, Any]) -> list[str] | None:
+    """The class values (as text) of a model whose label is not a number or a boolean (text,
+    varchar, an enum...), in class order; None otherwise. Rows of such a model's label are
+    coded as their class index (-1: a value that is none of its classes)."""
+    stored = stored_of(m)
+    if stored.get("label_type") in (None, "boolean"):
+        return None
+    labels = stored.get("class_labels")
+    return None if labels is None else [str(v) for v in labels]
+
+
+def unknown_classes(n: int, labels: list[str]) -> InvalidData:
+    """The error for ``n`` rows whose label is none of the model's classes ``labels``."""
+    shown = ", ".join(repr(v) for v in labels[:10]) + (" …" if len(labels) > 10 else "")
+    return InvalidData("label values outside the model's classes",
+                       detail=f"{n} rows have a label that is none of the model's "
+                              f"{len(labels)} classes ({shown}).",
+                       hint="Evaluate on data labelled like the training data.")
+
+
 def resolve_scored(session: Session, relation: str, label: str | None,
-                   features: list[str]) -> Source:
+                   features: list[str], classes: list[str] | None = None) -> Source:
     """``resolve`` for scoring: a packed table gets a clear error naming its original source.
 
     A model trained on a ``bismarck.pack`` output stores that table as its source, but its
@@ -50,7 +84,7 @@ def resolve_scored(session: Session, relation: str, label: str | None,
     ``bismarck.packed_tables.source``; otherwise whatever ``resolve`` raises.
     """
     try:
-        return resolve(session, relation, label, features)
+        return resolve(session, relation, label, features, classes=classes)
     except BismarckError as exc:
         if exc.sqlstate not in ("42703", "42804"):  # only a missing column or a wrong type
             raise
@@ -82,7 +116,8 @@ def evaluate(session: Session, model: str, relation: str,
 
 def glm_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     """A GLM's metrics on ``relation``: computed in SQL, rows never leave the server."""
-    src = resolve_scored(session, relation, m["label"], m["features"])
+    labels = class_labels(m)
+    src = resolve_scored(session, relation, m["label"], m["features"], labels)
     d = len(m["coef"])
     checked = check_rows(session, src)
     if checked.d != d:
@@ -132,6 +167,8 @@ def glm_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict
     neg, pos = m["classes"]
     bad = session.query(f"SELECT count(*) AS n FROM ({base}) AS s WHERE y NOT IN (%s, %s)",
                         params + [neg, pos])[0][0]
+    if bad and labels is not None:
+        raise unknown_classes(bad, labels)
     if bad:
         raise InvalidData(
             "label values outside the model's classes",
@@ -192,7 +229,8 @@ def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[
     stored = json.loads(m["stored"]) if isinstance(m["stored"], str) else m["stored"]
     classes = [float(c) for c in stored["classes"]]
     d = len(stored["coef"][0])
-    src = resolve_scored(session, relation, m["label"], m["features"])
+    labels = class_labels(m)
+    src = resolve_scored(session, relation, m["label"], m["features"], labels)
     checked = check_rows(session, src)
     if checked.d != d:
         raise InvalidData("feature dimension does not match the model",
@@ -209,6 +247,8 @@ def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[
         f"FROM ({base}) AS b GROUP BY 1, 2",
         [classes, classes, _EPS, json.dumps(stored)])
     unknown = sum(int(n) for truth, _, n, _ in cells if truth is None)
+    if unknown and labels is not None:
+        raise unknown_classes(unknown, labels)
     if unknown:
         raise InvalidData(
             "label values outside the model's classes",

@@ -81,7 +81,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
     ycenter = (_label_mean(session, prep) if fit_intercept and p["loss"] == "squared"
                else 0.0)
     coords = solvers.Coordinates(np.zeros(prep.d) if fit_intercept else mu, sd, fit_intercept)
-    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos,
+                            prep.class_labels)
     _, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     # The penalty of SGD: alpha·l2/2·|w|² on the coefficients it fits, standardised ones when
     # standardize is on (w = coef·sd); for squared loss in y's units either way.
@@ -142,8 +143,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
         "block_dtype": ({4: "float32", 8: "float64"}[prep.itemsize] if prep.packed else None),
         "constant_features": constant_names}
     if prep.classes is not None:
-        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
-                                   f"{prep.classes[1]:g}": weights[1]}
+        names = prep.class_labels or [f"{c:g}" for c in prep.classes]
+        metrics["class_weight"] = {names[0]: weights[0], names[1]: weights[1]}
         if weights != (1.0, 1.0) and not np.any(penalty):
             metrics["weighted_likelihood"] = True  # the statistics are of Σ w·loglik
     fitted: dict[str, Any] = {"mu": None if prep.mu is None else prep.mu.tolist(),

@@ -8,6 +8,7 @@ database only through a :class:`TrainingSession`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -45,7 +46,7 @@ from .packing import (
 from .params import EXACT_SOLVERS, validate
 from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0, default_power_t
 from .separation import data_separated
-from .source import Source, resolve
+from .source import Source, distinct_labels, resolve, with_classes
 
 MAX_SEED = 2**62
 
@@ -151,6 +152,9 @@ class _Prepared:
     # blocks: a sample of usable rows' features (_float8_array_bytes), LIMIT %s (no copy to
     # take the first rows of)
     sample_sql: str | None = None
+    # A label of class values that are not numbers: those values, in class order (the
+    # classes are their indexes); class_weight names them.
+    class_labels: list[str] | None = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -201,7 +205,9 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             f"{table.name} is a packed table, which {model_kind.name} models cannot train on",
             detail=f"A {model_kind.name} model trains on a row copy of a table or view.",
             hint=f"Train on its source table {table.source}.")
-    src = None if table else resolve(session, source, label, features)
+    src = None if table else resolve(session, source, label, features, categorical=True)
+    if src is not None and src.categorical:
+        src = _code_classes(session, src, p["loss"])
     if table:
         _check_packed_columns(table, label, features)
         if p["solver"] in EXACT_SOLVERS:
@@ -254,6 +260,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             prepared = _prepare_blocks(session, src, p, seed)
         else:
             prepared = _prepare(session, src, p, seed, work)
+        if src is not None:
+            prepared.class_labels = src.class_labels
         with _changes_named_first(session, prepared):
             if model_kind.after_prepare is not None:
                 model_kind.after_prepare(session, p, prepared)
@@ -334,6 +342,10 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
         notes.append(f"values outside float32's normal range (beyond 1.7e38 or non-zero below "
                      f"1.2e-38): the working copy uses {dtype} blocks")
     classes = _label_classes(session, src, p["loss"], checked.label_values)
+    if p["packed"] and _multiclass(p["loss"]) and not _exact_in_blocks(classes):
+        p["packed"] = False
+        notes.append("the label's classes are not all integers below 2**24 in magnitude, which "
+                     "packed blocks might round: the working copy holds rows (packed => false)")
     if p["packed"] and src.row_key == "s.ctid::text":  # a table: packed in one read
         assert dtype is not None
         return _prepare_packed_pages(session, src, p, seed, work, checked, dtype, classes,
@@ -541,7 +553,7 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
             f"{table.name} is a packed table", detail="Its blocks are one fixed shuffle.",
             hint="Train on it with shuffle => 'once' (the default), or on its source table "
                  f"{table.source} to reshuffle rows.")
-    if p["loss"] == MULTICLASS and len(table.label_values) > 2:
+    if _multiclass(p["loss"]) and len(table.label_values) > 2:
         raise InvalidParameter(
             f"{table.name} is a packed table whose classes are not recorded",
             detail="bismarck.pack records the label's values only for a binary label (it keeps "
@@ -629,7 +641,7 @@ def _coding(p: dict, stats: Moments, classes: list[float] | None) -> _Coding:
             y_sd = float(stats.sd[0] if p["fit_intercept"] else stats.rms[0])
             y_sd = y_sd if y_sd > 0 and math.isfinite(y_sd) else 1.0
         coding = (glm.Y_AFFINE, 0.0, y_mean, y_sd)
-    elif p["loss"] == MULTICLASS:  # blocks keep raw labels, as rows do; the kind codes them
+    elif _multiclass(p["loss"]):  # blocks keep raw labels, as rows do; the kind codes them
         assert classes is not None
         coding = (glm.Y_AS_IS, 0.0, 0.0, 1.0)
     else:
@@ -659,8 +671,14 @@ MAX_CLASSES = 1000
 
 def _label_classes(session: TrainingSession, src: Source, loss: str,
                    binary: list[float] | None) -> list[float] | None:
-    """The classes of a classifier's label, checked; None for regression."""
-    if loss == MULTICLASS:
+    """The classes of a classifier's label, checked; None for regression.
+
+    A label of class values (text, ...) is coded 0..K-1 already: its classes are those codes.
+    """
+    if src.class_labels is not None and (_multiclass(loss) or loss in CLASSIFIERS):
+        return _check_classes([float(i) for i in range(len(src.class_labels))], loss,
+                              src.label or "")
+    if _multiclass(loss):
         values = [float(r[0]) for r in session.query(
             f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
             f"WHERE {src.valid_expr} ORDER BY 1 LIMIT {MAX_CLASSES + 1}")]
@@ -675,10 +693,60 @@ def _label_classes(session: TrainingSession, src: Source, loss: str,
 MULTICLASS = "cross_entropy"
 
 
+def _exact_in_blocks(classes: list[float] | None) -> bool:
+    """Whether packed blocks keep every class value exactly: integers below 2**24 in magnitude
+    (float32 residuals from a float64 offset; a text label's class indexes always are). A
+    multi-class kind matches each row's label to its classes exactly."""
+    return classes is None or all(float(c).is_integer() and abs(c) < 2**24 for c in classes)
+
+
+def _multiclass(loss: str) -> bool:
+    """Whether ``loss`` fits K >= 2 classes from raw labels (the MLP's and softmax's)."""
+    return loss in (MULTICLASS, "softmax")
+
+
+def _code_classes(session: TrainingSession, src: Source, loss: str) -> Source:
+    """A label of class values that are not numbers (text, varchar, an enum...) coded as
+    each row's class index 0..K-1 (the classes in :func:`bismarckpy.source.distinct_labels`
+    order); a clear error for a loss that is not a classifier's, or for a label whose
+    usable rows have one class only, more than :data:`MAX_CLASSES`, or (binary losses) a
+    number of classes other than two."""
+    multi = _multiclass(loss)
+    if not multi and loss not in CLASSIFIERS:
+        raise InvalidData(
+            f'label column "{src.label}" has type {src.label_type}', sqlstate="42804",
+            detail=f"A regression (loss '{loss}') fits a numeric target; this label holds "
+                   "classes.",
+            hint="Train a classifier: loss => 'softmax' (or 'logistic'/'hinge' for two "
+                 "classes), train_mlp with task => 'classification'; or cast the label to a "
+                 "number in a view.")
+    values = distinct_labels(session, src, MAX_CLASSES + 1)
+    shown = ", ".join(repr(v) for v in values[:10]) + (" …" if len(values) > 10 else "")
+    if len(values) < 2:
+        raise InvalidData(
+            f'label "{src.label}" has one class only' if values else
+            f'label "{src.label}" has no usable value',
+            detail=f"A classifier needs two or more classes; found {shown or 'none'} among "
+                   "the rows with a label and usable features.",
+            hint="Train on rows of two or more classes.")
+    if len(values) > MAX_CLASSES:
+        raise InvalidData(
+            f'label "{src.label}" has too many classes',
+            detail=f"More than {MAX_CLASSES} distinct values of {src.label_type}: a model keeps "
+                   "a weight row per class.",
+            hint="Is the label a class? Group rare values in a view, or predict a number.")
+    if not multi and len(values) != 2:
+        raise InvalidData(
+            f'label "{src.label}" is not binary',
+            detail=f"loss => '{loss}' needs two classes; found {len(values)}: {shown}.",
+            hint="Use loss => 'softmax' for more than two classes.")
+    return with_classes(session, src, values)
+
+
 def _check_classes(values: list[float], loss: str, label: str) -> list[float] | None:
     """Two classes coded 0/1 or -1/+1 (booleans arrive as 0/1), or K >= 2 classes of any
     numeric values for :data:`MULTICLASS`; a clear error otherwise."""
-    if loss == MULTICLASS:
+    if _multiclass(loss):
         if len(values) < 2 or len(values) > MAX_CLASSES:
             few = len(values) < 2
             raise InvalidData(
@@ -705,7 +773,7 @@ def _check_classes(values: list[float], loss: str, label: str) -> list[float] | 
 def _label_sql(src: Source, loss: str, classes: list[float] | None) -> str:
     """The row path's label expression, coded as the loss expects it."""
     assert src.label_expr is not None
-    if classes is None or loss == MULTICLASS:  # raw labels (the kind codes K classes)
+    if classes is None or _multiclass(loss):  # raw labels (the kind codes K classes)
         return src.label_expr
     pos = classes[1]
     if loss == "logistic":
@@ -919,7 +987,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     train_loss, valid_loss, epoch = run.train_loss, run.valid_loss, run.epochs
     loss_scale, train_sql = run.loss_scale, run.train_sql
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
-    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos)
+    weights = class_weights(p["class_weight"], prep.classes, prep.n_train, prep.n_pos,
+                            prep.class_labels)
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
@@ -964,8 +1033,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     if p["loss"] == "logistic":
         metrics["separation"] = bool(separated)
     if prep.classes is not None:
-        metrics["class_weight"] = {f"{prep.classes[0]:g}": weights[0],
-                                   f"{prep.classes[1]:g}": weights[1]}
+        names = prep.class_labels or [f"{c:g}" for c in prep.classes]
+        metrics["class_weight"] = {names[0]: weights[0], names[1]: weights[1]}
     for note in notes:
         session.warn(note)
     fitted = {"mu": None if prep.mu is None else prep.mu.tolist(),
@@ -1149,6 +1218,7 @@ def store_model(session: TrainingSession, model_name: str, src: Source | PackedT
     and intercept also fill their own columns. NaN and infinities in ``p``, ``metrics``,
     ``fitted`` and ``stored.model`` become JSON nulls.
     """
+    stored = _with_label_classes(src, stored)
     glm_model = stored.model if stored.kind == "glm" else {}
     coef = glm_model.get("coef")
     intercept = glm_model.get("intercept")
@@ -1161,6 +1231,23 @@ def store_model(session: TrainingSession, model_name: str, src: Source | PackedT
          None if intercept is None else float(intercept), stored.classes,
          json.dumps(_finite(p)), json.dumps(_finite(metrics)), json.dumps(_finite(fitted)),
          stored.kind, json.dumps(_finite(dict(stored.model))), stored.state])[0][0])
+
+
+def _with_label_classes(src: Source | PackedTable, stored: kinds.Stored) -> kinds.Stored:
+    """A classifier's stored form with the label's type and its class values (as text, in
+    the order of the classes) when the label is not a number: ``label_type`` and
+    ``class_labels`` in ``stored.model``, which predict_class, predict_label, classes and
+    evaluate read. Numeric labels' stored forms are unchanged."""
+    if stored.classes is None or not isinstance(src, Source):
+        return stored
+    if src.class_labels is not None:
+        labels = list(src.class_labels)
+    elif src.label_type == "boolean":
+        labels = ["true" if c else "false" for c in stored.classes]
+    else:
+        return stored
+    model = {**stored.model, "label_type": src.label_type, "class_labels": labels}
+    return dataclasses.replace(stored, model=model)
 
 
 def _finite(v: Any) -> Any:

@@ -18,6 +18,9 @@ from .errors import BismarckError, InvalidData, UndefinedObject
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
+#: Label types whose classes are ordered as their bytes (``COLLATE "C"``: the order of Python's
+#: ``sorted`` and numpy's ``unique`` on the same strings), whatever the database's collation.
+STRING_TYPES = ("text", "character varying", "character", "name", "citext")
 
 
 class Session(Protocol):
@@ -46,8 +49,8 @@ class Source:
     relation: str  # SQL text: quoted, schema-qualified when needed, % doubled
     name: str  # the relation as PostgreSQL prints it (regclass text), for messages and storage
     label: str | None
-    label_expr: str | None  # float8 expression of the label
-    label_type: str | None
+    label_expr: str | None  # float8 expression of the label (a class's index: class labels)
+    label_type: str | None  # as format_type prints it: 'text', 'boolean', 'public.mood', ...
     features: list[str]  # column names as given
     x_expr: str  # float8[] expression
     valid_expr: str  # row has usable label and features
@@ -61,6 +64,17 @@ class Source:
     # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
     # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
     cast_checks: list[tuple[str, str]] = field(default_factory=list)
+    # A label of classes that are not numbers (text, varchar, an enum, ...; any type when the
+    # model's classes are given): the class values as text, in class order; ``label_expr`` is
+    # then each row's class index 0..K-1 (-1: a value that is none of them). None otherwise.
+    class_labels: list[str] | None = None
+    label_sql: str | None = None  # the quoted label column, for class discovery
+
+    @property
+    def categorical(self) -> bool:
+        """Whether the label is a class of a type other than a number or a boolean."""
+        return self.label_type is not None and self.label_type != "boolean" \
+            and self.label_type not in NUMERIC_TYPES
 
     @property
     def max_abs_expr(self) -> str:
@@ -78,8 +92,17 @@ class Source:
 
 
 def resolve(session: Session, relation: str, label: str | None,
-            features: Sequence[str] | str) -> Source:
-    """Check names and types and build the expressions; raise a clear error on any problem."""
+            features: Sequence[str] | str, *, classes: Sequence[str] | None = None,
+            categorical: bool = False, unknown: int | None = -1) -> Source:
+    """Check names and types and build the expressions; raise a clear error on any problem.
+
+    ``classes``: the class values (as text, in class order) of a model whose label is not
+    numeric: the label, of any type, is coded as its class index (:func:`class_index_sql`).
+    ``unknown``: the code of a label value that is none of ``classes`` (-1: scoring sees and
+    refuses it; None: a training row that is skipped, as a NULL label).
+    ``categorical``: a label of another type (text, varchar, an enum...) is accepted without
+    classes (``label_expr`` None until :func:`with_classes` gives them); otherwise refused.
+    """
     if not relation or not isinstance(relation, str):
         raise UndefinedObject("no source table given", sqlstate="42P01",
                               hint="Pass source => 'schema.table' (a table or a view).")
@@ -123,16 +146,21 @@ def resolve(session: Session, relation: str, label: str | None,
     valid = []
     if label is not None:
         label_type = cols[label]
-        if label_type == "boolean":
+        if classes is not None:
+            label_expr = class_index_sql(session, q(label), classes, unknown)
+        elif label_type == "boolean":
             label_expr = f"({q(label)})::int::float8"
         elif label_type in NUMERIC_TYPES:
             label_expr = f"({q(label)})::float8"
-        else:
+        elif not categorical:
             raise InvalidData(
                 f'label column "{label}" has type {label_type}', sqlstate="42804",
-                hint="The label must be numeric or boolean; map text classes to 0/1 in a view.")
-        valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
-                     "('NaN', 'Infinity', '-Infinity')")
+                hint="A label of classes (text, an enum...) trains a classifier: train_glm with "
+                     "loss => 'softmax' or a binary loss, or train_mlp; a numeric target must "
+                     "be a number (cast it in a view).")
+        if label_expr is not None:
+            valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
+                         "('NaN', 'Infinity', '-Infinity')")
     array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
     exprs: list[str] = []
     scan_valid = list(valid)
@@ -174,7 +202,49 @@ def resolve(session: Session, relation: str, label: str | None,
                   x_expr=x_expr, valid_expr=" AND ".join(valid),
                   array_feature=array_feature, row_key=row_key, keyed=keyed,
                   feature_exprs=exprs, cast_checks=cast_checks,
-                  scan_valid_expr=" AND ".join(scan_valid))
+                  scan_valid_expr=" AND ".join(scan_valid),
+                  class_labels=None if classes is None else list(classes),
+                  label_sql=None if label is None else q(label))
+
+
+def class_index_sql(session: Session, column: str, classes: Sequence[str],
+                    unknown: int | None = -1) -> str:
+    """float8 SQL of a row's class index: the position of ``column``'s text among ``classes``
+    (0-based), ``unknown`` for a value that is none of them (None: NULL), NULL for NULL.
+
+    The class values are quoted by the server (``quote_literal``), never pasted.
+    """
+    if not classes:
+        raise InvalidData("a model of classes needs at least one class")
+    quoted = [r[0] for r in session.query(
+        "SELECT quote_literal(v) AS q FROM unnest(%s::text[]) WITH ORDINALITY AS u(v, i) "
+        "ORDER BY i", [list(classes)])]
+    array = escape_percent("ARRAY[" + ", ".join(quoted) + "]::text[]")
+    index = f"array_position({array}, ({column})::text) - 1"
+    if unknown is None:
+        return f"({index})::float8"
+    return (f"(CASE WHEN {column} IS NULL THEN NULL ELSE coalesce({index}, {int(unknown)}) "
+            "END)::float8")
+
+
+def with_classes(session: Session, src: Source, classes: Sequence[str]) -> Source:
+    """``src`` with its label coded as the index of its value among ``classes`` for training:
+    a row whose value is none of them (written since the classes were read) is skipped."""
+    assert src.label is not None
+    return resolve(session, src.name, src.label, src.features, classes=classes, unknown=None)
+
+
+def distinct_labels(session: Session, src: Source, limit: int) -> list[str]:
+    """Up to ``limit`` distinct label values of the usable rows, as text, in class order: the
+    label type's own order (an enum's declaration order, false before true), strings in byte
+    order (``COLLATE "C"``, as Python sorts them). NULL labels are not classes."""
+    assert src.label_sql is not None
+    collate = ' COLLATE "C"' if src.label_type in STRING_TYPES else ""
+    where = f"{src.label_sql} IS NOT NULL" + (f" AND {src.valid_expr}" if src.valid_expr else "")
+    rows = session.query(
+        f"SELECT d.v::text AS t FROM (SELECT DISTINCT {src.label_sql} AS v FROM "
+        f"{src.relation} AS s WHERE {where}) AS d ORDER BY d.v{collate} LIMIT {int(limit)}")
+    return [r[0] for r in rows]
 
 
 #: numeric values whose cast to float8 fails: beyond the largest double (rounding up to

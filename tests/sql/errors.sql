@@ -11,9 +11,9 @@ INSERT INTO ragged VALUES (ARRAY[1, 2], 0), (ARRAY[1, 2, 3], 1);
 SELECT * FROM bismarck.train_glm('nope', 'y', ARRAY['a']);
 SELECT * FROM bismarck.train_glm('t', 'y', ARRAY['a', 'c']);
 SELECT * FROM bismarck.train_glm('t', 'why', ARRAY['a']);
--- non-numeric feature, text label, label among the features
+-- non-numeric feature, text label of a regression, label among the features
 SELECT * FROM bismarck.train_glm('t', 'y', ARRAY['a', 'name']);
-SELECT * FROM bismarck.train_glm('t', 'name', ARRAY['a']);
+SELECT * FROM bismarck.train_glm('t', 'name', ARRAY['a'], loss => 'squared');
 SELECT * FROM bismarck.train_glm('t', 'y', ARRAY['a', 'y']);
 -- empty table, no usable rows, ragged arrays, a label that is not binary
 SELECT * FROM bismarck.train_glm('empty_t', 'y', ARRAY['a']);

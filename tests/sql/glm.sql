@@ -21,7 +21,7 @@ SELECT model_name, version, loss, features, array_length(coef, 1) AS n_coef,
   FROM bismarck.models WHERE model_name = 'heart';
 
 SELECT id, round(bismarck.predict('heart', ARRAY[treatment, trait_anxiety]::float8[])::numeric, 3)
-       AS p, bismarck.predict_class('heart', ARRAY[treatment, trait_anxiety]::float8[]) AS class
+       AS p, bismarck.predict_class('heart', ARRAY[treatment, trait_anxiety]::float8[], NULL::boolean) AS class
   FROM patients ORDER BY id LIMIT 4;
 
 SELECT metric, round(value::numeric, 4) AS value FROM bismarck.evaluate('heart', 'patients');

@@ -414,13 +414,14 @@ def _scalar_loss(code: int, z: float, y: float) -> tuple[float, float]:
 
 
 def class_weights(spec: Any, classes: list[float] | None, n: int,
-                  n_pos: int) -> tuple[float, float]:
+                  n_pos: int, labels: list[str] | None = None) -> tuple[float, float]:
     """(negative, positive) class weights from ``class_weight``, scikit-learn's semantics.
 
     ``None``: 1 and 1. ``'balanced'``: ``n_samples / (n_classes * bincount)`` over the training
     rows. A mapping from class (as the label codes it: "0"/"1", "-1"/"1", "false"/"true") to
-    weight: classes not named weigh 1. Raises :class:`InvalidParameter` for a regression model
-    or a class the label does not have.
+    weight: classes not named weigh 1; a label of class values (text, an enum...) names them by
+    those values (``labels``, whose indexes are the classes). Raises :class:`InvalidParameter`
+    for a regression model or a class the label does not have.
     """
     if spec is None:
         return 1.0, 1.0
@@ -433,6 +434,15 @@ def class_weights(spec: Any, classes: list[float] | None, n: int,
         return n / (2.0 * counts[0]), n / (2.0 * counts[1])
     out = [1.0, 1.0]
     for key, weight in spec.items():
+        if labels is not None:
+            value = float(labels.index(key)) if key in labels else math.nan
+            if value not in classes:
+                raise InvalidParameter(
+                    f"class_weight names class {key!r}, which the label does not have",
+                    detail="The label's classes are " + " and ".join(map(repr, labels)) + ".",
+                    hint="Name the classes by the label's values.")
+            out[classes.index(value)] = float(weight)
+            continue
         value = {"false": 0.0, "true": 1.0}.get(key.strip().lower())
         if value is None:
             try:
@@ -460,7 +470,8 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
     ``classes``, ``n_train``, ``n_pos``); ``model`` the model carried from the last accepted
     epoch (None: all zeros). ``evaluate`` builds a state that only adds up the loss.
     """
-    weights = class_weights(p["class_weight"], data.classes, data.n_train, data.n_pos)
+    weights = class_weights(p["class_weight"], data.classes, data.n_train, data.n_pos,
+                            getattr(data, "class_labels", None))
     w = np.zeros(data.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     if evaluate:

@@ -271,12 +271,13 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
     (``skipped_rows``). Raises :class:`InvalidData` when the rows' feature count differs from
     the model's.
     """
-    from ..evaluate import resolve_scored
+    from ..evaluate import class_labels, resolve_scored, unknown_classes
     from ..packing import check_rows
 
     stored = Stored("mlp", row["stored"] if isinstance(row["stored"], dict)
                     else json.loads(row["stored"]), row["state"])
-    src = resolve_scored(session, relation, row["label"], row["features"])
+    labels = class_labels(row)
+    src = resolve_scored(session, relation, row["label"], row["features"], labels)
     checked = check_rows(session, src)
     d = int(stored.model["sizes"][0])
     if checked.n_usable and checked.d != d:
@@ -289,6 +290,8 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
     y = np.array([float(r[0]) for r in rows], dtype=np.float64)
     X = (np.frombuffer(b"".join(bytes(r[1])[20:] for r in rows), dtype=_F8).reshape(-1, d)
          if rows else np.empty((0, d)))
+    if labels is not None and (y < 0).any():
+        raise unknown_classes(int((y < 0).sum()), labels)
     out = []
     for name, v in [*metrics(stored, X, y), ("skipped_rows", checked.n_total - checked.n_usable)]:
         f = float(v)

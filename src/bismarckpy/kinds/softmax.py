@@ -5,8 +5,8 @@ cross-entropy ``logsumexp(z) - z[y]`` of its margins ``z = W x + b`` (scikit-lea
 ``LogisticRegression(multi_class="multinomial")`` objective; its gradient in ``z`` is
 ``softmax(z) - onehot(y)``), plus ``alpha * (l1 |W|_1 + l2 / 2 |W|²)``. Labels arrive as numbers:
 the state holds the K class values (sorted), and each row's label is found among them (a label
-outside them is skipped and counted). Text and boolean labels are coded to 0..K-1 before they
-get here.
+outside them is skipped and counted). Booleans arrive as 0/1 and labels of other types (text,
+an enum...) as their class index 0..K-1 (:func:`bismarckpy.source.class_index_sql`).
 
 The state is one little-endian float64 buffer: a header (:data:`HEADER` slots, the first is
 :data:`MAGIC`), then ``W``, ``b``, the pending gradient sums of both, ``mu``/``sd`` of the
@@ -422,8 +422,13 @@ def check_options(p: dict[str, Any]) -> None:
 def after_prepare(session: Any, p: dict[str, Any], data: Any) -> None:
     """:attr:`ModelKind.after_prepare`: the label's classes, from the training rows.
 
-    Raises :class:`InvalidData` for a label with one class or more than :data:`MAX_CLASSES`.
+    The training loop finds them over every usable row (``data.classes``, the class indexes
+    0..K-1 of a label of text or other class values); only a preparation that did not is
+    read here. Raises :class:`InvalidData` for a label with one class or more than
+    :data:`MAX_CLASSES`.
     """
+    if getattr(data, "classes", None) is not None:
+        return
     rows = session.query(f"SELECT DISTINCT y AS v FROM {data.train} ORDER BY 1 "
                          f"LIMIT {MAX_CLASSES + 1}")
     classes = [float(r[0]) for r in rows]
@@ -444,6 +449,6 @@ KIND = ModelKind(
     losses=("softmax",), initialize=epoch_init, transition=transition,
     transition_block=transition_block, merge=merge, finalize=finalize, decode=decode,
     export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
-    after_prepare=after_prepare, check_options=check_options, packed=False,
+    after_prepare=after_prepare, check_options=check_options,
     merge_rule="average", sql_train="bismarck.train_glm",
     doc="Multinomial logistic regression: K >= 2 classes, cross-entropy of the softmax.")
