@@ -59,7 +59,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: lint db
-	$(BIN)/pytest -m 'not slow and not docker'
+	$(BIN)/pytest -m 'not slow and not docker' --durations=30
 
 test-slow: db
 	$(BIN)/pytest -m 'slow and not docker'
