@@ -695,6 +695,19 @@ DECLARE
 BEGIN
     m := bismarck._model(model, version);
     PERFORM bismarck._require_glm(m.model_name, m.kind, true);
+    IF m.kind <> 'glm' AND m.classes IS NOT NULL AND m.stored ? 'class_labels' THEN
+        -- A softmax or MLP classifier answers a class: for a label that is not a number its
+        -- models.classes are indexes 0..K-1, never to be returned in place of the class.
+        RAISE EXCEPTION 'model "%" predicts classes of type %, not numbers', m.model_name,
+            m.stored ->> 'label_type'
+            USING ERRCODE = '42804',
+                  DETAIL = 'predict(model, x) returns float8: a classifier''s class as a '
+                           'number serves numeric labels only.',
+                  HINT = format('Ask for the label''s type: bismarck.predict_class(%L, x, '
+                                'NULL::%s), or for text: bismarck.predict_label(%L, x); '
+                                'bismarck.predict_proba(%L, x) gives the probabilities.',
+                                model, m.stored ->> 'label_type', model, model);
+    END IF;
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
@@ -706,9 +719,11 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck.predict(text, float8[], integer) IS
-    'Score one feature vector with a stored model of any kind (latest version unless given); '
-    'for GLMs the probability of the positive class for logistic, the value for squared, the '
-    'signed margin for hinge. '
+    'Score one feature vector with a stored model of any kind (latest version unless given): '
+    'for GLMs the probability of the second class for logistic (whatever the label''s type), '
+    'the value for squared, the signed margin for hinge; for softmax and MLP classifiers the '
+    'predicted class of a numeric label (an error naming predict_class(model, x, NULL::type) '
+    'for a label of another type: text, boolean, an enum...); for MLP regression the value. '
     'NULL when x is NULL or has a NULL, NaN or infinite element.';
 
 CREATE FUNCTION bismarck._require_classifier(m bismarck.models) RETURNS void
@@ -750,11 +765,14 @@ CREATE FUNCTION bismarck._class_label(m bismarck.models, code float8) RETURNS te
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN code IS NULL THEN NULL
                 WHEN m.stored ? 'class_labels' THEN m.stored -> 'class_labels' ->> code::integer
+                -- an integral class without exponent (2e+15 is 2000000000000000), so that it
+                -- casts to bigint and numeric as written
+                WHEN code = trunc(code) AND abs(code) < 9.2e18 THEN code::bigint::text
                 ELSE code::text END
 $$;
 COMMENT ON FUNCTION bismarck._class_label(bismarck.models, float8) IS
     'Private: the text of a class from _class_code: its value in stored->''class_labels'', or '
-    'the number.';
+    'the number (an integral one in digits, without exponent).';
 
 CREATE FUNCTION bismarck.predict_class(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8
@@ -783,14 +801,16 @@ COMMENT ON FUNCTION bismarck.predict_class(text, float8[], integer) IS
     'NULL::type) for a label of another type (text, boolean, an enum...); NULL when x is NULL '
     'or has a NULL, NaN or infinite element.';
 
-CREATE FUNCTION bismarck.predict_class(model text, x float8[], label_type anyelement,
-                                       version integer DEFAULT NULL)
+CREATE FUNCTION bismarck._predict_class_typed(model text, x float8[], label_type anyelement,
+                                              version integer)
 RETURNS anyelement
 LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m bismarck.models;
     want text := format_type(pg_typeof(label_type), NULL);
     have text;
+    code float8;
+    bound float8;
 BEGIN
     m := bismarck._model(model, version);
     PERFORM bismarck._require_glm(m.model_name, m.kind, true);
@@ -808,14 +828,48 @@ BEGIN
                               ELSE format('Use bismarck.predict_class(%L, x, NULL::%s), or '
                                           'NULL::text for any label.', model, have) END;
     END IF;
+    code := bismarck._class_code(m, x);
+    bound := CASE want WHEN 'smallint' THEN 32767 WHEN 'integer' THEN 2147483647
+                       WHEN 'bigint' THEN 9.2e18 END;
+    IF have IS NULL AND bound IS NOT NULL AND code IS NOT NULL
+       AND (code <> trunc(code) OR abs(code) > bound) THEN
+        RAISE EXCEPTION 'class % of model "%" is not a value of type %',
+            bismarck._class_label(m, code), m.model_name, want
+            USING ERRCODE = '22003',
+                  DETAIL = format('Its classes are %s.', array_to_string(
+                      ARRAY(SELECT bismarck._class_label(m, c) FROM unnest(m.classes) AS c),
+                      ', ')),
+                  HINT = format('Ask for a type that holds them: bismarck.predict_class(%L, x, '
+                                'NULL::numeric) or NULL::double precision.', model);
+    END IF;
     -- PL/pgSQL converts the class's text to the result type by its input function.
-    RETURN bismarck._class_label(m, bismarck._class_code(m, x));
+    RETURN bismarck._class_label(m, code);
 END
+$$;
+COMMENT ON FUNCTION bismarck._predict_class_typed(text, float8[], anyelement, integer) IS
+    'Private: predict_class in the type of label_type (its checks and its answer).';
+
+CREATE FUNCTION bismarck.predict_class(model text, x float8[], label_type anyelement,
+                                       version integer DEFAULT NULL)
+RETURNS anyelement
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bismarck._predict_class_typed(model, x, label_type, version)
 $$;
 COMMENT ON FUNCTION bismarck.predict_class(text, float8[], anyelement, integer) IS
     'The predicted class of a classifier in the label''s own type, named by a NULL of that type: '
-    'predict_class(model, x, NULL::text) for a text label, NULL::boolean, NULL::my_enum ...; '
-    'any label as NULL::text. NULL when x is NULL or has a NULL, NaN or infinite element.';
+    'predict_class(model, x, NULL::text) for a text label, NULL::boolean, NULL::my_enum, '
+    'NULL::bigint, NULL::numeric ...; any label as NULL::text. An error for a class the type '
+    'cannot hold (2.5 as bigint). NULL when x is NULL or has a NULL, NaN or infinite element.';
+
+CREATE FUNCTION bismarck.predict_class(model text, x float8[], label_type smallint,
+                                       version integer DEFAULT NULL)
+RETURNS smallint
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT bismarck._predict_class_typed(model, x, label_type, version)
+$$;
+COMMENT ON FUNCTION bismarck.predict_class(text, float8[], smallint, integer) IS
+    'predict_class(model, x, NULL::smallint): the class as smallint (this overload makes the '
+    'call unambiguous beside predict_class(model, x, version integer)).';
 
 CREATE FUNCTION bismarck.predict_label(model text, x float8[], version integer DEFAULT NULL)
 RETURNS text

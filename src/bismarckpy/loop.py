@@ -172,8 +172,19 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     started = time.monotonic()
     model_kind = kinds.get(kind)
     where = model_kind.sql_train.rpartition(".")[2] or kind
+    if (kind != "glm" and options.get("loss") is None and model_kind.losses
+            and any(q.name == "loss" for q in model_kind.params)):
+        # A kind named for its loss (--kind softmax) fits that loss, not the GLM's default.
+        options = {**options, "loss": model_kind.losses[0]}
     p = validate(options, where=where, params=model_kind.params)
     loss = losses.REGISTRY.get(p.get("loss", ""))
+    if loss is not None and loss.kind != model_kind.name and kind != "glm":
+        raise InvalidParameter(
+            f"loss '{loss.name}' is not a loss of kind {kind}",
+            detail=f"Models of kind {kind} fit loss "
+                   + " or ".join(f"'{n}'" for n in model_kind.losses) + ".",
+            hint=f"Drop the loss (kind {kind} sets it), or train kind glm with loss => "
+                 f"'{loss.name}'.")
     if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
         model_kind = kinds.get(loss.kind)
         p = validate(options, where=where, params=model_kind.params)
