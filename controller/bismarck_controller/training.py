@@ -71,7 +71,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
     """Score every row of ``source`` in the server.
 
     The score, named ``prediction_column``, is ``bismarck.predict`` (``predict_class`` with
-    ``classes``; ``predict_proba``'s array of class probabilities with ``proba``; the linear
+    ``classes``, and without for a softmax or MLP classifier whose label is not a number: the
+    class in the label's own type, where ``bismarck.predict`` would refuse a class index;
+    ``predict_proba``'s array of class probabilities with ``proba``; the linear
     score x·coef + intercept with ``margin``): NULL for a row with a
     NULL, NaN or infinite feature. Keeps ``source``'s columns (all when ``columns`` is None,
     none when it is empty) beside it; kept and ``order_by`` columns may have any type, only the
@@ -114,7 +116,9 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
         if margin:
             score = sql.SQL("bismarck._margin(bismarck._model({}, {}), {})").format(
                 name, version, x)
-        elif classes and engine_evaluate.label_type(m) is not None:
+        elif engine_evaluate.label_type(m) is not None and not proba and (
+                classes or engine_evaluate.predicts_class(m)):
+            # the label's own values: bismarck.predict refuses a class index in their place
             score = _typed_class(conn, engine_evaluate.label_type(m), name, x, version)
         else:
             func = "predict_proba" if proba else "predict_class" if classes else "predict"

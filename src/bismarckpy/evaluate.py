@@ -55,6 +55,12 @@ def label_type(m: dict[str, Any]) -> str | None:
     return stored.get("label_type") if stored.get("class_labels") is not None else None
 
 
+def predicts_class(m: dict[str, Any]) -> bool:
+    """Whether ``bismarck.predict`` of a registry row answers a class (softmax, MLP
+    classification) rather than a score (a GLM's probability, value or margin; regression)."""
+    return m.get("kind", "glm") != "glm" and m.get("classes") is not None
+
+
 def class_labels(m: dict[str, Any]) -> list[str] | None:
     """The class values (as text) of a model whose label is not a number or a boolean (text,
     varchar, an enum...), in class order; None otherwise. Rows of such a model's label are

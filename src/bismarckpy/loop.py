@@ -46,7 +46,7 @@ from .packing import (
 from .params import EXACT_SOLVERS, validate
 from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0, default_power_t
 from .separation import data_separated
-from .source import Source, distinct_labels, resolve, with_classes
+from .source import Source, distinct_labels, exact_number, inexact_classes, resolve, with_classes
 
 MAX_SEED = 2**62
 
@@ -689,6 +689,14 @@ def _label_classes(session: TrainingSession, src: Source, loss: str,
     if src.class_labels is not None and (_multiclass(loss) or loss in CLASSIFIERS):
         return _check_classes([float(i) for i in range(len(src.class_labels))], loss,
                               src.label or "")
+    if _multiclass(loss) or loss in CLASSIFIERS:
+        inexact = inexact_classes(session, src, MAX_CLASSES + 1)
+        if inexact is not None:
+            raise InvalidData(
+                inexact[0], detail=inexact[1] + " A model's classes are double precision.",
+                hint="Keep the classes exact as text: train on a view with the label cast, "
+                     f"({src.label})::text, and ask predict_class(model, x, NULL::text); or "
+                     "recode the classes as small integers.")
     if _multiclass(loss):
         values = [float(r[0]) for r in session.query(
             f"SELECT DISTINCT {src.label_expr} AS v FROM {src.relation} AS s "
@@ -763,14 +771,14 @@ def _check_classes(values: list[float], loss: str, label: str) -> list[float] | 
             raise InvalidData(
                 f'label "{label}" has {"one class only" if few else "too many classes"}',
                 detail=(f"A classifier needs two or more classes; found "
-                        f"{', '.join(f'{v:g}' for v in values) or 'none'}." if few else
+                        f"{', '.join(exact_number(v) for v in values) or 'none'}." if few else
                         f"More than {MAX_CLASSES} distinct values: it looks like a number."),
                 hint="Train on rows of two or more classes." if few else
                      "Use task => 'regression' for a numeric target.")
         return values
     if loss not in CLASSIFIERS:
         return None
-    shown = ", ".join(f"{v:g}" for v in values)
+    shown = ", ".join(exact_number(v) for v in values)
     if len(values) != 2 or values not in ([0.0, 1.0], [-1.0, 1.0]):
         raise InvalidData(
             f'label "{label}" is not binary',

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 from .errors import BismarckError, InvalidData, UndefinedObject
@@ -225,6 +226,60 @@ def class_index_sql(session: Session, column: str, classes: Sequence[str],
         return f"({index})::float8"
     return (f"(CASE WHEN {column} IS NULL THEN NULL ELSE coalesce({index}, {int(unknown)}) "
             "END)::float8")
+
+
+def exact_number(v: float) -> str:
+    """A class value for messages, exactly: integers in digits (9007199254740992, not
+    9.0072e+15), others as the shortest text that reads back as the same double (0.1)."""
+    v = float(v)
+    if v.is_integer() and abs(v) < 1e21:
+        return str(int(v))
+    return repr(v)
+
+
+#: The largest magnitude below which double precision holds every integer (2**53).
+EXACT_INTEGERS = 2**53
+
+
+def inexact_classes(session: Session, src: Source, limit: int) -> tuple[str, str] | None:
+    """Why a numeric label's classes would not survive their coding as double precision (the
+    model's classes, and every row's label in training, are float8): None when they do.
+
+    Only bigint and numeric labels can lose a class (smallint, integer, real and double
+    precision are exact in float8): two distinct values with one nearest double (bigint
+    9007199254740992 and 9007199254740993; numeric 0.1 and 0.10000000000000000001) would
+    merge into one class, and a value without its own double (2**53 + 1, beyond 2**53 in
+    magnitude; 0.10000000000000000001) would be stored, and predicted, as another; an
+    integer beyond 2**53 that double precision holds (2**53 + 2) is kept. Reads up to
+    ``limit`` distinct values (a label with more is not a set of classes: refused elsewhere).
+    Returns (message, detail).
+    """
+    if src.label_type not in ("bigint", "numeric") or src.label_sql is None:
+        return None
+    values = distinct_labels(session, src, limit)
+    if len(values) >= limit:
+        return None
+    by_double: dict[float, list[str]] = {}
+    for t in values:
+        by_double.setdefault(float(t), []).append(t)
+    merged = [group for group in by_double.values() if len(group) > 1]
+    if merged:
+        group = merged[0]
+        shown = ", ".join(group[:5]) + (" …" if len(group) > 5 else "")
+        return (f'label "{src.label}" has classes that double precision cannot tell apart',
+                f"The {src.label_type} values {shown} are all the double precision number "
+                f"{exact_number(float(group[0]))}: they would train as one class"
+                + (f" ({len(merged)} such groups)." if len(merged) > 1 else "."))
+    changed = [t for t in values if Decimal(t) != Decimal(exact_number(float(t)))]
+    if changed:
+        t = changed[0]
+        why = (f"Double precision holds integers exactly only up to 2**53 = {EXACT_INTEGERS} "
+               "(beyond, every second, fourth... integer); " if Decimal(t) % 1 == 0
+               else "It holds about 16 significant digits; ")
+        return (f'label "{src.label}" has a class that double precision does not hold exactly',
+                why + f"the class {t} would be stored and predicted as "
+                f"{exact_number(float(t))}.")
+    return None
 
 
 def with_classes(session: Session, src: Source, classes: Sequence[str]) -> Source:

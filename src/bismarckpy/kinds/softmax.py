@@ -27,6 +27,7 @@ from .. import penalties
 from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
 from ..params import GLM_PARAMS, Param, merge_params
+from ..source import exact_number
 from . import ModelKind, Stored
 
 MAGIC = 2014.0
@@ -436,7 +437,8 @@ def after_prepare(session: Any, p: dict[str, Any], data: Any) -> None:
         raise InvalidData(
             "the label has one class only" if classes else "the label has no usable value",
             detail="loss => 'softmax' needs two or more classes among the training rows; "
-                   + (f"every row is {classes[0]:g}." if classes else "none was found."),
+                   + (f"every row is {exact_number(classes[0])}." if classes
+                      else "none was found."),
             hint="Train on rows of at least two classes.")
     if len(classes) > MAX_CLASSES:
         raise InvalidData(f"the label has more than {MAX_CLASSES} classes",
