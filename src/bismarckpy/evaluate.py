@@ -117,7 +117,24 @@ def evaluate(session: Session, model: str, relation: str,
     if kind.evaluate is None:
         raise InvalidParameter(f"evaluate does not support models of kind {kind.name!r}",
                                sqlstate="0A000", hint="Score it with bismarck.predict.")
-    return kind.evaluate(session, m, relation)
+    try:
+        return kind.evaluate(session, m, relation)
+    except InvalidData as exc:
+        prefix = f'label column "{m["label"]}" has type '
+        if exc.sqlstate != "42804" or not exc.message.startswith(prefix):
+            raise
+        got = exc.message[len(prefix):]
+        want = stored_of(m).get("label_type") or "a number"
+        trained = "a numeric label" if want == "a number" else f"a label of type {want}"
+        raise InvalidData(
+            f'label column "{m["label"]}" has type {got}, but model "{m["model_name"]}" was '
+            f"trained on {trained}", sqlstate="42804",
+            detail="Its rows are scored against the classes or values the model knows, which "
+                   "are of the training label's type.",
+            hint=f"Evaluate on a table whose label has the model's type, or cast it in a view "
+                 f"(e.g. SELECT ({m['label']})::"
+                 + ("double precision" if want == "a number" else want)
+                 + f" AS {m['label']}, ...).") from None
 
 
 def glm_metrics(session: Session, m: dict[str, Any], relation: str) -> list[dict[str, Any]]:

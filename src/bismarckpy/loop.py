@@ -46,7 +46,15 @@ from .packing import (
 from .params import EXACT_SOLVERS, validate
 from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0, default_power_t
 from .separation import data_separated
-from .source import Source, distinct_labels, exact_number, inexact_classes, resolve, with_classes
+from .source import (
+    Source,
+    distinct_labels,
+    exact_number,
+    inexact_classes,
+    require_arguments,
+    resolve,
+    with_classes,
+)
 
 MAX_SEED = 2**62
 
@@ -172,6 +180,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     started = time.monotonic()
     model_kind = kinds.get(kind)
     where = model_kind.sql_train.rpartition(".")[2] or kind
+    require_arguments(where, source=source, label=label, features=features)
     if (kind != "glm" and options.get("loss") is None and model_kind.losses
             and any(q.name == "loss" for q in model_kind.params)):
         # A kind named for its loss (--kind softmax) fits that loss, not the GLM's default.

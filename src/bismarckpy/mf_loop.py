@@ -48,6 +48,7 @@ from .loop import (
 )
 from .packing import settings_for_transaction
 from .schedule import Schedule
+from .source import require_arguments
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 NUMERIC_TYPES = ("smallint", "integer", "bigint", "real", "double precision", "numeric")
@@ -94,6 +95,8 @@ def train_mf(session: TrainingSession, *, source: str, row_col: str, col_col: st
     ``model_name``. Raises :class:`~bismarckpy.errors.BismarckError` subclasses on bad input;
     nothing is stored then."""
     started = time.monotonic()
+    require_arguments("train_mf", source=source, row_col=row_col, col_col=col_col,
+                      value_col=value_col)
     p = validate(options)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",

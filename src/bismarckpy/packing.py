@@ -19,7 +19,7 @@ from . import blockscan
 from .errors import BismarckError, InvalidData, UndefinedObject
 from .pack import DTYPE_CODES, FLOAT32_SAFE
 from .params import validate
-from .source import Session, Source, escape_percent, resolve
+from .source import Session, Source, escape_percent, require_arguments, resolve
 
 # Above this, pack with a sort on the block number (at 1M x 100 only ~10% slower than the hash
 # aggregate, whose table of blocks would hold the whole input: 1.2 GB of backend memory).
@@ -354,6 +354,8 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
                seed: int | None = None) -> dict[str, Any]:
     """``bismarck.pack``: write a reusable packed copy of ``source`` and register it."""
     started = time.monotonic()
+    require_arguments("pack", source=source, label=label, features=features,
+                      packed_table=packed_table)
     block_size = _check("block_size", block_size)
     dtype = _check("dtype", dtype)
     seed = _check("seed", seed)

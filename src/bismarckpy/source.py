@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
-from .errors import BismarckError, InvalidData, UndefinedObject
+from .errors import BismarckError, InvalidData, InvalidParameter, UndefinedObject
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
@@ -92,6 +92,30 @@ class Source:
         return f"(SELECT min(abs(v)) FROM unnest({self.x_expr}) AS v WHERE v <> 0)"
 
 
+#: How to pass each required argument of the train_* functions and pack, for their errors.
+_ARGUMENT_HINTS = {
+    "source": "source => 'schema.table' (a table or a view)",
+    "label": "the label column's name, e.g. label => 'y'",
+    "features": "features => ARRAY['col1', 'col2'] or a single float8[] column name",
+    "row_col": "the row id column's name, e.g. row_col => 'user_id'",
+    "col_col": "the column id column's name, e.g. col_col => 'item_id'",
+    "value_col": "the value column's name, e.g. value_col => 'rating'",
+    "packed_table": "the name of the table to create, e.g. packed_table => 'my_packed'",
+}
+
+
+def require_arguments(where: str, **values: Any) -> None:
+    """Refuse a required argument of ``where`` (``train_glm``...) that is NULL (None), or a
+    list of column names holding a NULL, naming the parameter: before any name is looked up,
+    so that no error speaks of a column "None"."""
+    for name, v in values.items():
+        if v is None or (isinstance(v, (list, tuple)) and any(e is None for e in v)):
+            raise InvalidParameter(
+                f"{where}: {name} must not be NULL" if v is None else
+                f"{where}: {name} holds a NULL", sqlstate="22004",
+                hint=f"Pass {_ARGUMENT_HINTS.get(name, name)}.")
+
+
 def resolve(session: Session, relation: str, label: str | None,
             features: Sequence[str] | str, *, classes: Sequence[str] | None = None,
             categorical: bool = False, unknown: int | None = -1) -> Source:
@@ -139,6 +163,10 @@ def resolve(session: Session, relation: str, label: str | None,
             raise UndefinedObject(
                 f'column "{name}" does not exist in {qualified}', sqlstate="42703",
                 hint="Available columns: " + ", ".join(cols) + ".")
+    repeated = [n for n in dict.fromkeys(features) if features.count(n) > 1]
+    if repeated:
+        raise InvalidData(f'feature column "{repeated[0]}" is listed more than once',
+                          sqlstate="42701", hint="List each feature column once.")
     if label is not None and label in features:
         raise InvalidData(f'column "{label}" is both the label and a feature', sqlstate="22023",
                           hint="Remove the label from the feature list.")
