@@ -240,15 +240,28 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         click.echo("no models yet: train one with `bismarck train`")
         return
     out = Table()  # one line per model version: source and features shrink, ending in "…"
-    for col in ("model", "version", "loss", "source", "features", "train loss", "created"):
+    for col in ("model", "version", "kind", "source", "features", "train loss", "created"):
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
     for r in rows:
-        out.add_row(r["model_name"], str(r["version"]), r["loss"], r["source"],
+        out.add_row(r["model_name"], str(r["version"]), kind_cell(r), r["source"],
                     _features_cell(r["features"], _n_features(r)),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
     console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+def kind_cell(row: dict[str, Any]) -> str:
+    """A registry row's kind as `bismarck models` lists it: a GLM with its loss (``glm
+    logistic``, ``glm squared``, ``glm hinge``), ``softmax``, ``mlp classifier`` or ``mlp
+    regressor``, ``mf``; another kind by its name."""
+    kind = row.get("kind") or "glm"
+    if kind == "glm":
+        return f"glm {row.get('loss')}"
+    if kind == "mlp":
+        task = (row.get("stored") or {}).get("task")
+        return "mlp classifier" if task == "classification" else "mlp regressor"
+    return str(kind)
 
 
 def _n_features(row: dict[str, Any]) -> int:
