@@ -322,3 +322,214 @@ def test_softmax_trains_on_packed_blocks_unless_they_would_round_its_classes(
     assert packed == "false" and skipped == "0"
     assert conn.execute("SELECT bismarck.classes('tenths')").fetchone()[0] == [
         "0.1", "0.2", "0.3"]
+
+
+# -- issue 12: class labels end to end -------------------------------------------------------
+
+
+@pytest.mark.parametrize("train, label, typed", [
+    ("train_glm('iris_train', 'species', ARRAY['x'], 'p_text', loss => 'softmax', "
+     "max_epochs => 3, seed => 1)", "species", "text"),
+    ("train_glm('iris_train', 'se', ARRAY['x'], 'p_enum', loss => 'softmax', max_epochs => 3, "
+     "seed => 1)", "se", "iris_species"),
+    ("train_glm('iris_train', 'wide', ARRAY['x'], 'p_bool', loss => 'softmax', "
+     "max_epochs => 3, seed => 1)", "wide", "boolean"),
+    ("train_mlp('iris_train', 'species', ARRAY['x'], 'p_mlp', hidden => ARRAY[4], "
+     "max_epochs => 3, seed => 1)", "species", "text"),
+    ("train_mlp('iris_train', 'wide', ARRAY['x'], 'p_mlp_bool', hidden => ARRAY[4], "
+     "max_epochs => 3, seed => 1)", "wide", "boolean"),
+])
+def test_predict_refuses_a_class_index_for_a_label_that_is_not_a_number(
+        conn: psycopg.Connection, iris: dict, train: str, label: str, typed: str) -> None:
+    """A softmax or MLP classifier's predict is its class: for a text, enum or boolean label
+    its models.classes are indexes, which predict must never return in the class's place."""
+    name = conn.execute(f"SELECT model_name FROM bismarck.{train}").fetchone()[0]
+    with pytest.raises(psycopg.errors.DatatypeMismatch, match="not numbers") as err:
+        conn.execute("SELECT bismarck.predict(%s, x) FROM iris_test", [name])
+    hint = err.value.diag.message_hint
+    assert f"NULL::{typed}" in hint and "predict_label" in hint
+    # NULL features do not hide the refusal: the model, not the row, decides
+    with pytest.raises(psycopg.errors.DatatypeMismatch):
+        conn.execute("SELECT bismarck.predict(%s, NULL::float8[])", [name])
+    # the typed form and predict_label answer; the CLI and Python print the label's values
+    right, n = _matches(conn, name, "iris_test", label, typed)
+    assert n > 0 and right >= 0
+    from bismarck_controller import training
+
+    rows = training.predict(conn, name, "iris_test", columns=["id"], order_by="id")
+    assert isinstance(rows, list)
+    want = [r[0] for r in conn.execute(
+        f"SELECT bismarck.predict_class(%s, x, NULL::{typed}) FROM iris_test ORDER BY id",
+        [name])]
+    assert [r["prediction"] for r in rows] == want
+    kinds = {type(v) for v in want}
+    assert kinds == ({bool} if typed == "boolean" else {str})
+
+
+def test_predict_of_binary_and_numeric_classifiers_is_unchanged(
+        dsn: str, conn: psycopg.Connection, iris: dict) -> None:
+    """A binary GLM's predict is P(second class) whatever the label's type; a softmax on a
+    numeric label predicts the class's value."""
+    conn.execute("SELECT * FROM bismarck.train_glm('iris_train', 'wide', ARRAY['x'], "
+                 "'p_logistic_bool', max_epochs => 3, seed => 1)")
+    rows = conn.execute("SELECT bismarck.predict('p_logistic_bool', x), "
+                        "bismarck.predict_proba('p_logistic_bool', x) FROM iris_test").fetchall()
+    assert all(0 < p < 1 and p == pytest.approx(proba[1]) for p, proba in rows)
+    conn.execute("CREATE TEMP TABLE num3 AS SELECT x, array_position(ARRAY['setosa', "
+                 "'versicolor', 'virginica'], species) * 7 AS y FROM iris_train")
+    conn.execute("SELECT * FROM bismarck.train_glm('num3', 'y', ARRAY['x'], 'p_num', "
+                 "loss => 'softmax', max_epochs => 3, seed => 1)")
+    same = conn.execute("SELECT count(*) FILTER (WHERE bismarck.predict('p_num', x) = "
+                        "bismarck.predict_class('p_num', x)), count(*) FROM iris_test").fetchone()
+    assert same[0] == same[1] > 0
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    got = CliRunner().invoke(main, ["predict", "p_logistic_bool", "iris_test", "--columns", "",
+                                    "--limit", "3", "--dsn", dsn])
+    assert got.exit_code == 0, got.output
+    assert "0." in got.output and "true" not in got.output.lower()
+    conn.execute("DROP TABLE num3")
+
+
+def test_cli_predict_prints_the_classes_of_a_text_softmax_without_classes_flag(
+        dsn: str, conn: psycopg.Connection, iris: dict) -> None:
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    conn.execute("SELECT * FROM bismarck.train_glm('iris_train', 'species', ARRAY['x'], "
+                 f"'p_cli', loss => 'softmax', {IRIS_FIT})")
+    got = CliRunner().invoke(main, ["predict", "p_cli", "iris_test", "--columns", "species",
+                                    "--limit", "200", "--dsn", dsn])
+    assert got.exit_code == 0, got.output
+    assert "setosa" in got.output and "virginica" in got.output
+    got = CliRunner().invoke(main, ["predict", "p_cli", "iris_test", "--columns", "id",
+                                    "--output", "p_cli_out", "--dsn", dsn])
+    assert got.exit_code == 0, got.output
+    kind, right, n = conn.execute(
+        "SELECT pg_typeof(prediction)::text, count(*) FILTER (WHERE prediction = t.species), "
+        "count(*) FROM p_cli_out JOIN iris_test AS t USING (id) GROUP BY 1").fetchone()
+    assert kind == "text" and right / n >= 0.85
+
+
+P53 = 2**53
+
+
+@pytest.mark.parametrize("values, column_type, shown", [
+    ([P53, P53 + 1, P53 + 2], "bigint", [f"{P53}", f"{P53 + 1}"]),
+    (["0.1", "0.10000000000000000001"], "numeric", ["0.1", "0.10000000000000000001"]),
+    ([0, P53 + 1], "bigint", [f"{P53 + 1}", f"{P53}"]),
+    ([P53, P53 + 1], "bigint", [f"{P53}", f"{P53 + 1}"]),
+    (["0", "0.3333333333333333333333"], "numeric", ["0.3333333333333333333333"]),
+])
+@pytest.mark.parametrize("train", [
+    "train_glm('exact', 'y', ARRAY['x'], 'exact', loss => 'softmax', max_epochs => 2)",
+    "train_mlp('exact', 'y', ARRAY['x'], 'exact', hidden => ARRAY[2], max_epochs => 2)",
+    "train_glm('exact', 'y', ARRAY['x'], 'exact', loss => 'logistic', max_epochs => 2)",
+])
+def test_numeric_classes_that_float8_does_not_hold_are_refused_before_training(
+        conn: psycopg.Connection, values: list, column_type: str, shown: list[str],
+        train: str) -> None:
+    if "logistic" in train and len(values) != 2:
+        pytest.skip("a binary loss: two classes")
+    conn.execute(f"CREATE TEMP TABLE exact (x float8[], y {column_type})")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO exact VALUES (%s, %s::" + column_type + ")",
+                        [([float(i % 7), float(i % 3)], str(values[i % len(values)]))
+                         for i in range(60)])
+    with pytest.raises(psycopg.errors.DataException) as err:
+        conn.execute(f"SELECT * FROM bismarck.{train}")
+    text = err.value.diag.message_primary + " " + (err.value.diag.message_detail or "")
+    assert "double precision" in text
+    for value in shown:  # written exactly, never 9.0072e+15
+        assert value in text, text
+    assert "e+15" not in text
+    assert "::text" in err.value.diag.message_hint
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'exact'"
+                        ).fetchone() == (0,)
+    # the fix the hint gives: the label as text keeps every class exactly
+    conn.execute("CREATE TEMP VIEW exact_text AS SELECT x, y::text AS y FROM exact")
+    conn.execute("SELECT * FROM bismarck." + train.replace("'exact', 'y'", "'exact_text', 'y'"))
+    classes = conn.execute("SELECT bismarck.classes('exact')").fetchone()[0]
+    assert sorted(classes) == sorted({str(v) for v in values})
+    conn.execute("DROP VIEW exact_text")
+    conn.execute("DROP TABLE exact")
+
+
+def test_typed_numeric_classes_cast_or_say_why_not(conn: psycopg.Connection) -> None:
+    """Integral classes are written in digits (1000000000000000, not 1e+15) so they cast to
+    bigint and numeric; a class the asked type cannot hold is a clear error (22003)."""
+    conn.execute("CREATE TEMP TABLE big3 AS SELECT ARRAY[(i % 3)::float8, (i % 5)::float8] AS x, "
+                 "((i % 3 + 1) * 1000000000000000)::bigint AS y, (i % 3)::smallint AS s, "
+                 "(i % 3 + 0.5)::float8 AS h FROM generate_series(1, 90) i")
+    for label, name in (("y", "big3"), ("s", "small3"), ("h", "half3")):
+        conn.execute("SELECT * FROM bismarck.train_glm('big3', %s, ARRAY['x'], %s, "
+                     "loss => 'softmax', max_epochs => 5, seed => 1)", [label, name])
+    got = conn.execute(
+        "SELECT bismarck.predict_class('big3', x, NULL::bigint), "
+        "bismarck.predict_class('big3', x, NULL::numeric), bismarck.predict_label('big3', x), "
+        "bismarck.predict_class('big3', x) FROM big3").fetchall()
+    assert {r[0] for r in got} <= {10**15, 2 * 10**15, 3 * 10**15}
+    assert all(r[0] == r[1] == int(r[3]) and r[2] == str(r[0]) for r in got)
+    assert conn.execute("SELECT bismarck.classes('big3')").fetchone()[0] == [
+        "1000000000000000", "2000000000000000", "3000000000000000"]
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="not a value of type "
+                       "integer") as err:
+        conn.execute("SELECT bismarck.predict_class('big3', x, NULL::bigint) = "
+                     "bismarck.predict_class('big3', x, NULL::integer)::bigint FROM big3")
+    # NULL::integer is predict_class's version argument: the float8 form answers
+    assert conn.execute("SELECT pg_typeof(bismarck.predict_class('big3', ARRAY[1, 2]::float8[], "
+                        "NULL::integer))::text").fetchone() == ("double precision",)
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="smallint") as err:
+        conn.execute("SELECT bismarck.predict_class('big3', ARRAY[1, 2]::float8[], "
+                     "NULL::smallint)")
+    assert "3000000000000000" in err.value.diag.message_detail
+    assert "NULL::numeric" in err.value.diag.message_hint
+    # NULL::smallint is not ambiguous: its own overload answers in smallint
+    small = conn.execute("SELECT bismarck.predict_class('small3', x, NULL::smallint), "
+                         "pg_typeof(bismarck.predict_class('small3', x, NULL::smallint))::text "
+                         "FROM big3 LIMIT 5").fetchall()
+    assert all(v in (0, 1, 2) and t == "smallint" for v, t in small)
+    # a class that is not an integer, asked as one
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="bigint"):
+        conn.execute("SELECT bismarck.predict_class('half3', x, NULL::bigint) FROM big3")
+    halves = {r[0] for r in conn.execute(
+        "SELECT bismarck.predict_class('half3', x, NULL::numeric) FROM big3")}
+    assert {float(v) for v in halves} <= {0.5, 1.5, 2.5}
+    conn.execute("DROP TABLE big3")
+
+
+def test_numeric_classes_beyond_2_53_that_float8_holds_are_kept_exactly(
+        conn: psycopg.Connection) -> None:
+    conn.execute("CREATE TEMP TABLE even AS SELECT ARRAY[(i % 2)::float8] AS x, "
+                 "(9007199254740994 + 2 * (i % 2))::bigint AS y FROM generate_series(1, 40) i")
+    conn.execute("SELECT * FROM bismarck.train_glm('even', 'y', ARRAY['x'], 'even', "
+                 "loss => 'softmax', max_epochs => 30, seed => 1)")
+    right, n = conn.execute("SELECT count(*) FILTER (WHERE bismarck.predict_class('even', x, "
+                            "NULL::bigint) = y), count(*) FROM even").fetchone()
+    assert right == n == 40
+    conn.execute("DROP TABLE even")
+
+
+def test_evaluate_names_a_label_of_another_type_than_the_model_s(
+        conn: psycopg.Connection, iris: dict) -> None:
+    conn.execute("CREATE TEMP TABLE ints AS SELECT x, array_position(ARRAY['setosa', "
+                 "'versicolor', 'virginica'], species) AS y, wide FROM iris_train")
+    conn.execute("CREATE TEMP TABLE texts AS SELECT x, y::text AS y, wide::text AS wide "
+                 "FROM ints")
+    conn.execute("SELECT * FROM bismarck.train_glm('ints', 'y', ARRAY['x'], 'ev_int', "
+                 "loss => 'softmax', max_epochs => 2, seed => 1)")
+    conn.execute("SELECT * FROM bismarck.train_glm('ints', 'wide', ARRAY['x'], 'ev_bool', "
+                 "max_epochs => 2, seed => 1)")
+    conn.execute("SELECT * FROM bismarck.train_mlp('ints', 'y', ARRAY['x'], 'ev_mlp', "
+                 "hidden => ARRAY[2], max_epochs => 2, seed => 1)")
+    for model, trained in (("ev_int", "a numeric label"), ("ev_bool", "type boolean"),
+                           ("ev_mlp", "a numeric label")):
+        with pytest.raises(psycopg.errors.DatatypeMismatch) as err:
+            conn.execute("SELECT * FROM bismarck.evaluate(%s, 'texts')", [model])
+        message = err.value.diag.message_primary
+        assert "has type text" in message and trained in message and model in message
+        assert "train" not in err.value.diag.message_hint
+    conn.execute("DROP TABLE ints, texts")

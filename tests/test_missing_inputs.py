@@ -210,3 +210,35 @@ def test_an_empty_array_is_refused_by_every_call(dsn: str, models, call: str) ->
     text = f"{err.value.diag.message_primary} {err.value.diag.message_detail}"
     assert "empty" in text or "0 elements" in text, text
     assert "internal error" not in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("call, name", [
+    ("train_glm(NULL, 'y', ARRAY['x'], 'nul')", "source"),
+    ("train_glm('miss_arr', NULL, ARRAY['x'], 'nul')", "label"),
+    ("train_glm('miss_arr', 'y', NULL, 'nul')", "features"),
+    ("train_glm('miss_arr', 'y', ARRAY['x', NULL], 'nul')", "features"),
+    ("train_mlp('miss_arr', NULL, ARRAY['x'], 'nul')", "label"),
+    ("train_mlp('miss_arr', 'y', NULL, 'nul')", "features"),
+    ("train_mf('miss_arr', NULL, 'x', 'y', 'nul')", "row_col"),
+    ("train_mf('miss_arr', 'x', NULL, 'y', 'nul')", "col_col"),
+    ("train_mf('miss_arr', 'x', 'y', NULL, 'nul')", "value_col"),
+    ("pack('miss_arr', NULL, ARRAY['x'], 'nul_packed')", "label"),
+    ("pack('miss_arr', 'y', ARRAY['x'], NULL)", "packed_table"),
+])
+def test_a_null_required_argument_is_named(conn, models, call: str, name: str) -> None:
+    """Never 'column "none" does not exist': the parameter that is NULL is named."""
+    with pytest.raises(psycopg.errors.NullValueNotAllowed) as err:
+        conn.execute(f"SELECT * FROM bismarck.{call}")
+    assert f": {name} " in err.value.diag.message_primary
+    assert "none" not in err.value.diag.message_primary.lower().replace("not null", "")
+    assert err.value.diag.message_hint.startswith("Pass ")
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'nul'"
+                        ).fetchone() == (0,)
+
+
+def test_a_feature_listed_twice_is_named(conn, scalar_table) -> None:
+    for features in ("ARRAY['a', 'a']", "ARRAY['a', 'b', 'a']"):
+        with pytest.raises(psycopg.errors.DuplicateColumn, match='"a" is listed more than once'):
+            conn.execute(f"SELECT * FROM bismarck.train_glm('miss_rows', 'y', {features}, 'dup')")
+    with pytest.raises(psycopg.errors.DuplicateColumn, match='"x" is listed'):
+        conn.execute("SELECT * FROM bismarck.train_glm('miss_arr', 'y', ARRAY['x', 'x'], 'dup')")

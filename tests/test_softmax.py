@@ -202,3 +202,39 @@ def test_softmax_defaults_fit_iris_as_scikit_learn(conn: psycopg.Connection, see
     assert out[1], out  # converged, and the stored model is that good
     assert m["accuracy"] >= ref_acc - 0.03, (out, m, ref_acc)
     assert m["log_loss"] <= ref_loss * 1.25 + 0.02, (out, m, ref_loss)
+
+
+def test_cli_kind_softmax_trains_softmax_on_binary_and_multiclass_labels(
+        dsn: str, conn: psycopg.Connection, digits: dict) -> None:
+    """`--kind softmax` is multinomial logistic regression whatever the number of classes (it
+    once trained a binary GLM, or refused K > 2 asking for loss softmax); another loss is
+    refused; `bismarck models` lists each version's kind."""
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, [*args, "--dsn", dsn])
+        return result.exit_code, result.output
+
+    conn.execute("CREATE TABLE digits_two AS SELECT x, (y < 5) AS y FROM digits_train")
+    for table, name, k in (("digits_train", "kind_multi", 10), ("digits_two", "kind_two", 2)):
+        code, out = run("train", table, "--kind", "softmax", "--label", "y", "--features", "x",
+                        "--model", name, "--max-epochs", "2")
+        assert code == 0, out
+        kind, loss, classes = conn.execute(
+            "SELECT kind, loss, bismarck.classes(model_name) FROM bismarck.models "
+            "WHERE model_name = %s", [name]).fetchone()
+        assert (kind, loss, len(classes)) == ("softmax", "softmax", k)
+    code, out = run("train", "digits_two", "--kind", "softmax", "--loss", "logistic",
+                    "--label", "y", "--features", "x", "--model", "kind_bad")
+    assert code != 0 and "not a loss of kind softmax" in out, out
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_two', 'y', ARRAY['x'], 'kind_glm', "
+                 "max_epochs => 2)")
+    conn.execute("SELECT * FROM bismarck.train_mlp('digits_train', 'y', ARRAY['x'], "
+                 "'kind_mlp_r', task => 'regression', hidden => ARRAY[2], max_epochs => 2)")
+    code, out = run("models")
+    assert code == 0, out
+    kinds = {line.split("│")[3].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert {"softmax", "glm logistic", "mlp regressor"} <= kinds, out
+    conn.execute("DROP TABLE digits_two")
