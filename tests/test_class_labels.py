@@ -458,7 +458,7 @@ def test_numeric_classes_that_float8_does_not_hold_are_refused_before_training(
     conn.execute("DROP TABLE exact")
 
 
-def test_typed_numeric_classes_cast_or_say_why_not(conn: psycopg.Connection) -> None:
+def test_typed_numeric_classes_cast_or_say_why_not(dsn: str, conn: psycopg.Connection) -> None:
     """Integral classes are written in digits (1000000000000000, not 1e+15) so they cast to
     bigint and numeric; a class the asked type cannot hold is a clear error (22003)."""
     conn.execute("CREATE TEMP TABLE big3 AS SELECT ARRAY[(i % 3)::float8, (i % 5)::float8] AS x, "
@@ -498,6 +498,16 @@ def test_typed_numeric_classes_cast_or_say_why_not(conn: psycopg.Connection) -> 
     halves = {r[0] for r in conn.execute(
         "SELECT bismarck.predict_class('half3', x, NULL::numeric) FROM big3")}
     assert {float(v) for v in halves} <= {0.5, 1.5, 2.5}
+    # the CLI prints a class exactly, never rounded to 6 digits (2e+15)
+    from click.testing import CliRunner
+
+    from bismarck_controller.cli import main
+
+    for flags in ([], ["--classes"]):
+        got = CliRunner().invoke(main, ["predict", "big3", "big3", "--columns", "", "--limit",
+                                        "90", "--dsn", dsn, *flags])
+        assert got.exit_code == 0, got.output
+        assert "000000000000000" in got.output and "e+15" not in got.output, got.output
     conn.execute("DROP TABLE big3")
 
 

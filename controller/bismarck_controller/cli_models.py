@@ -22,8 +22,10 @@ from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
+from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import kinds
 from bismarckpy.loop import EpochRecord
+from bismarckpy.source import exact_number
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -206,6 +208,9 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
         if isinstance(result, int):  # the name as PostgreSQL prints it: Sales.X is sales.x
             created = conn.execute("SELECT to_regclass(%s)::text", [output]).fetchone()
             conn.rollback()
+        else:  # a class is printed exactly (1234567, not 1.23457e+06); a score to 6 digits
+            answers_class = classes or engine_evaluate.predicts_class(
+                training.model(conn, model, version))
     if isinstance(result, int):
         click.echo(f"wrote {result} rows to {created[0] if created else output}")
         return
@@ -221,7 +226,8 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
     for col in shown:
         out.add_column(str(col))
     for row in result:
-        out.add_row(*(_fmt(row[c]) for c in shown))
+        out.add_row(*(_fmt(row[c]) if c != prediction_column or not answers_class
+                      else _fmt_class(row[c]) for c in shown))
     console.print(out)
 
 
@@ -397,6 +403,18 @@ def _history_line(r: dict[str, Any]) -> str:
     return (f"{r['run_id']:>5} {_fmt(r['version']):>7} {r['status']:<11} {r['epoch']:>6} "
             f"{_fmt(r['train_loss']):>14} {_fmt(r['validation_loss']):>14} "
             f"{_fmt(r['learning_rate']):>10} {_fmt(r['rows']):>10} {r['seconds']:>9.3f}")
+
+
+def _fmt_class(v: Any) -> str:
+    """A predicted class exactly: a number as :func:`bismarckpy.source.exact_number` writes
+    it, a boolean as PostgreSQL does, text as it is; None as an empty cell."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return exact_number(v)
+    return str(v)
 
 
 def _fmt(v: Any) -> str:
