@@ -897,13 +897,18 @@ BEGIN
     IF m.stored ? 'class_labels' THEN
         RETURN ARRAY(SELECT jsonb_array_elements_text(m.stored -> 'class_labels'));
     END IF;
-    RETURN m.classes::text[];
+    IF m.classes IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- numbers as predict_label writes them: an integral class in digits (not 1e+15)
+    RETURN ARRAY(SELECT bismarck._class_label(m, u.c)
+                   FROM unnest(m.classes) WITH ORDINALITY AS u(c, i) ORDER BY u.i);
 END
 $$;
 COMMENT ON FUNCTION bismarck.classes(text, integer) IS
     'The classes of a classifier as text, in the order of predict_proba''s probabilities (for '
-    'a label that is not a number, models.classes holds their indexes 0..K-1); NULL for a '
-    'regression model.';
+    'a label that is not a number, models.classes holds their indexes 0..K-1; a number as '
+    'predict_label writes it, an integral one in digits); NULL for a regression model.';
 
 CREATE FUNCTION bismarck.predict_proba(model text, x float8[], version integer DEFAULT NULL)
 RETURNS float8[]
