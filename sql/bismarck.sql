@@ -866,6 +866,12 @@ BEGIN
                   DETAIL = format('Its loss is %s.', m.loss),
                   HINT = 'predict_proba needs loss logistic or softmax; use predict.';
     END IF;
+    IF m.kind = 'mlp' AND m.stored ->> 'task' = 'regression' THEN
+        RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
+            USING ERRCODE = '22023',
+                  DETAIL = 'It is a regression MLP (task => ''regression'').',
+                  HINT = 'Use bismarck.predict for its predictions.';
+    END IF;
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
