@@ -1,12 +1,13 @@
 """Scores of extreme but finite feature values without NaN: linear margins and softmax rows.
 
-Pure numpy. A row of features such as ``[1e308, -1e308]`` makes ``X @ W`` add ``+inf`` to
-``-inf`` (NaN) although every feature is finite; the margin's true value is finite or a signed
-infinity. :func:`linear_scores` computes such rows again on features scaled by their largest
-magnitude ``s`` (``z = s · ((x / s) · w + b / s)``), which never overflows before the last
-product, so the margin is its float64 value, or ``±inf`` when that is beyond float64.
-:func:`softmax_rows` turns such margins into probabilities by log-sum-exp, with ``+inf`` margins
-taking all the probability. Callers map what is still not finite to SQL NULL.
+Pure numpy. A row of features such as ``[1e308, 1e308, -1e308, -1e308]`` makes ``X @ W`` add
+``+inf`` to ``-inf`` (NaN), or overflow in an intermediate sum, although every feature is
+finite; the margin's true value is finite or a signed infinity. :func:`linear_scores` computes
+such rows again on features scaled by their largest magnitude ``s`` (``z = s · ((x / s) · w +
+b / s)``), which never overflows before the last product, so the margin is its float64 value,
+or ``±inf`` when that is beyond float64. :func:`softmax_rows` turns such margins into
+probabilities by log-sum-exp, with ``+inf`` margins taking all the probability. Callers map
+what is still not finite to SQL NULL.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import numpy as np
 
 def linear_scores(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray | float) -> np.ndarray:
     """``X @ coef + intercept`` (``X`` n × d, ``coef`` d or d × K → n or n × K), with rows
-    that overflow to NaN computed again scaled by their largest feature magnitude: the
-    result is NaN only where ``X`` itself holds NaN."""
+    whose margins are not finite computed again scaled by their largest feature magnitude (an
+    intermediate sum may overflow although the margin does not): the result is ±inf only
+    where the margin is beyond float64, NaN only where ``X`` itself holds NaN."""
     X = np.asarray(X, dtype=np.float64)
     coef = np.asarray(coef, dtype=np.float64)
     b = np.asarray(intercept, dtype=np.float64)
     with np.errstate(all="ignore"):
         Z = X @ coef + b
-        bad = np.isnan(Z) if Z.ndim == 1 else np.isnan(Z).any(axis=1)
+        # inf may be an intermediate overflow too (2e308 - 1e308): such rows are redone
+        bad = ~np.isfinite(Z) if Z.ndim == 1 else ~np.isfinite(Z).all(axis=1)
         if bad.any():
             Xb = X[bad]
             s = np.maximum(np.abs(Xb).max(axis=1, initial=0.0), 1.0)

@@ -202,7 +202,8 @@ def _network(stored: Stored) -> tuple[list[int], np.ndarray]:
 
 
 def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """Outputs ``z`` (``n × k``) of a stored network for raw rows ``X`` (``n × d``).
+    """Outputs ``z`` (``n × k``) of a stored network for raw rows ``X`` (``n × d``); ±inf or
+    NaN where features far beyond the training range overflow.
 
     Raises :class:`InvalidData` when a row does not have the model's number of features.
     """
@@ -215,8 +216,10 @@ def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
     m = stored.model
     mu = np.asarray(m["mu"], dtype=np.float64)
     sd = np.asarray([np.inf if s is None else s for s in m["sd"]], dtype=np.float64)
-    Xs = (X - mu) / sd
-    return nn.forward(nn.unflatten(params, sizes), Xs, nn.ACTIVATIONS[m["activation"]])[-1]
+    with np.errstate(all="ignore"):  # extreme features overflow to ±inf/NaN: callers map them
+        Xs = (X - mu) / sd
+        return nn.forward(nn.unflatten(params, sizes), Xs,
+                          nn.ACTIVATIONS[m["activation"]])[-1]
 
 
 def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
