@@ -469,3 +469,23 @@ def test_adam_trains_on_huge_standardised_values_and_on_blocks(conn) -> None:
                        "'blocks_adam', hidden => ARRAY[4], shuffle => 'blocks', "
                        "max_epochs => 3, seed => 1)").fetchone()
     assert row is not None and _models(conn, "blocks_adam") == 1
+
+
+def test_constant_features_are_reported_by_every_generic_kind(conn) -> None:
+    """A constant column is listed in metrics->'constant_features' by MLPs and softmax models as
+    by GLMs; an MLP stores its sd as null (infinite scale), as a GLM's fitted sd."""
+    from reference_data import load_table
+
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(100, 2)), np.full(100, 3.0)]
+    load_table(conn, "const_cols", ["a", "b", "k"], X, (X[:, 0] > 0) + (X[:, 1] > 0.5))
+    cols = "ARRAY['a', 'b', 'k']"
+    conn.execute(f"SELECT * FROM bismarck.train_mlp('const_cols', 'y', {cols}, 'const_mlp', "
+                 "hidden => ARRAY[3], max_epochs => 3, seed => 1)")
+    conn.execute(f"SELECT * FROM bismarck.train_glm('const_cols', 'y', {cols}, 'const_sm', "
+                 "loss => 'softmax', max_epochs => 3, seed => 1)")
+    for name in ("const_mlp", "const_sm"):
+        assert conn.execute("SELECT metrics -> 'constant_features' FROM bismarck.models "
+                            "WHERE model_name = %s", [name]).fetchone() == (["k"],)
+    assert conn.execute("SELECT stored -> 'sd' -> 2 FROM bismarck.models "
+                        "WHERE model_name = 'const_mlp'").fetchone() == (None,)

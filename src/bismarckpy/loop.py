@@ -185,6 +185,12 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
                 f"packed => true is not supported with {model_kind.name} models",
                 detail=f"A {model_kind.name} model trains on a row copy.",
                 hint="Leave packed unset (or false).")
+        if p.get("shuffle") == "blocks":  # page groups reach the kind as blocks
+            raise InvalidParameter(
+                f"shuffle => 'blocks' is not supported with {model_kind.name} models",
+                detail=f"A {model_kind.name} model trains on a row copy; 'blocks' hands the "
+                       "rows of page groups to the kind's block transition.",
+                hint="Use shuffle => 'once' (the default) or 'always'.")
         p["packed"] = False
     p.setdefault("solver", "sgd")
     # A kind may name the loop's settings after its own parameters (the MLP's loss follows its
@@ -966,7 +972,9 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
                "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
                "validation_rows": prep.n_valid, "validation_share": share,
-               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
+               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d,
+               "constant_features": [_feature_name(src.features, src.array_feature, i)
+                                     for i in prep.constant]}
     for note in notes:
         session.warn(note)
     if prep.unwritten is not None:

@@ -178,7 +178,11 @@ def decode(state: bytes) -> MLPEpoch:
 
 
 def export(p: dict[str, Any], data: Any, model: bytes) -> Stored:
-    """:attr:`ModelKind.export`: architecture and scaling as JSON, the parameters as bytes."""
+    """:attr:`ModelKind.export`: architecture and scaling as JSON, the parameters as bytes.
+
+    A constant feature's ``sd`` is null (its scale is infinite: its standardised value is 0),
+    as in a GLM's ``fitted``; the run lists it in ``metrics->'constant_features'``.
+    """
     net = nn.decode(model)
     return Stored("mlp", {
         "task": net.task, "activation": net.activation, "sizes": net.sizes,
