@@ -1118,11 +1118,11 @@ def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKin
     what)``, the mean loss per row in the epoch's (coded) units, or None when it must be
     measured, then by one loss-only pass of ``extra["trivial_init"](p, data)`` (an evaluation
     state of that model) over the training rows. A cross-entropy's trivial model is the
-    all-zero one, whose uniform probabilities lose log K per row (no worse than the class
-    priors' entropy times 100 for any K ≥ 2 classes seen); a standardised regression's
-    predicts the label's mean, ½ per row in standardised units. A run this far above it
-    blew up in its first epochs (where a bound on the loss's growth since epoch 1 never
-    fires): it is refused, and nothing is stored.
+    all-zero one, as the GLM's: its uniform probabilities lose log K per row, at least the
+    class priors' entropy (the best constant model), so the bound is never tighter than 100
+    times the priors' loss; a standardised regression's predicts the label's mean, ½ per row
+    in standardised units. A run this far above it blew up in its first epochs (where a bound
+    on the loss's growth since epoch 1 never fires): it is refused, and nothing is stored.
     """
     trivial = kind.extra.get("trivial_loss")
     if trivial is None or not math.isfinite(run.train_loss):
