@@ -368,8 +368,8 @@ def test_a_run_far_worse_than_the_trivial_model_is_refused(conn, table, task) ->
     if task == "regression":  # unstandardised: the zero network's loss is measured in a pass
         with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
             conn.execute(f"SELECT * FROM bismarck.train_mlp('{table}', 'y', ARRAY['x'], "
-                         "'absurd', task => 'regression', standardize => false, "
-                         "learning_rate_init => 100, max_epochs => 20, seed => 1)")
+                         "'absurd', task => 'regression', standardize => false, solver => 'sgd', "
+                         "learning_rate_init => 1, max_epochs => 20, seed => 1)")
         assert "predicting 0" in err.value.diag.message_detail
         assert "use standardize => true" in err.value.diag.message_hint
         assert _models(conn, "absurd") == 0
