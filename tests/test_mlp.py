@@ -452,6 +452,22 @@ def test_errors_of_scoring_functions_are_clean(conn: psycopg.Connection) -> None
             conn.execute(f"SELECT {call}")
         assert "not a stored model of kind" in str(err.value)
         assert "KeyError" not in str(err.value).split("\n")[0]
+    # states the engine did not make: truncated or garbage after a kind's magic
+    from bismarckpy import nn
+    from bismarckpy.kinds import softmax
+
+    for magic in (2012.0, nn.MAGIC, softmax.MAGIC):
+        for tail in (b"\x00" * 7, np.array([1e9, 5, 3]).tobytes(), np.full(40, 3.0).tobytes()):
+            state = np.array([magic]).tobytes() + tail
+            for call in ("bismarck._epoch_final(%s)", "bismarck._epoch_merge(%s, %s)",
+                         "bismarck._exact_step(NULL, NULL, 1.0, %s)",
+                         "bismarck._moments_step(%s, %s)"):
+                try:
+                    conn.execute(f"SELECT {call}", [state] * call.count("%s"))
+                except psycopg.errors.InternalError as e:  # XX000: a bare Python exception
+                    pytest.fail(f"{call} on {state!r}: {e}")
+                except psycopg.errors.DataException:
+                    pass
     with pytest.raises(psycopg.errors.DataException) as err:
         conn.execute("SELECT bismarck._mf_export('\\x00')")
     assert err.value.diag.message_detail not in (None, "None")

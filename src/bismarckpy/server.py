@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import re
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable
@@ -303,9 +304,21 @@ def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
         raise_error(plpy, err["message"], err["detail"], err["hint"], err["sqlstate"])
     except plpy.Error:
         raise  # already a clean plpy.error
+    except _UNREADABLE as e:  # bytes or JSON the engine did not make (a private function's)
+        raise_error(plpy, "invalid input to a bismarck function",
+                    f"A state, block or stored model passed to it cannot be read "
+                    f"({type(e).__name__}: {e}).",
+                    "The private bismarck._* functions take what the engine made: train and "
+                    "score through the public functions (bismarck.train_*, predict, evaluate).",
+                    InvalidData.sqlstate)
     except Exception as e:
         raise_error(plpy, "internal error in bismarck", f"{type(e).__name__}: {e}",
                     "Please report this with the statement that caused it.", "XX000")
+
+
+#: Exceptions that reading malformed bytes or JSON raises (a truncated state, a missing key, an
+#: array of the wrong shape): a private entry point given such input reports InvalidData.
+_UNREADABLE = (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error)
 
 
 def raise_error(plpy: Any, message: str, detail: str | None, hint: str | None,
