@@ -418,6 +418,11 @@ def test_training_refuses_a_server_that_would_not_run_the_epoch(cluster_of_shard
         assert "ADD extensions 'bismarck'" in diag.message_hint
         assert "Traceback" not in str(err.value)
         assert _versions(dsn, "pushdown") == 0
+        with psycopg.connect(dsn) as c:
+            found = {f.shard.server: f.problems for f in shards.check(c, "pts")}
+        assert any("does not list extensions 'bismarck'" in p
+                   for p in found["bismarck_shard_pts_2"])
+        assert not found["bismarck_shard_pts_1"]
     finally:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("ALTER SERVER bismarck_shard_pts_2 OPTIONS (ADD extensions 'bismarck')")

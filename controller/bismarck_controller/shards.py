@@ -157,6 +157,13 @@ def check(conn: psycopg.Connection, parent: str | None = None) -> list[Finding]:
 def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
     """One shard's :class:`Finding`; runs in a savepoint that is always rolled back."""
     finding = Finding(shard)
+    listed = [e.strip() for e in shard.options.get("extensions", "").split(",")]
+    if "bismarck" not in listed:
+        finding.problems.append(
+            f"server {shard.server} does not list extensions 'bismarck' (epochs would fetch "
+            f"its rows instead of running there): ALTER SERVER "
+            f"{sql.Identifier(shard.server).as_string(conn)} OPTIONS "
+            f"(ADD extensions 'bismarck')")
     local = conn.execute("SELECT extversion FROM pg_catalog.pg_extension "
                          "WHERE extname = 'bismarck'").fetchone()
     try:
