@@ -17,6 +17,7 @@ is composed with :mod:`psycopg.sql` (identifiers quoted, values as literals or p
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field
 
 import psycopg
@@ -169,7 +170,8 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-            probe = sql.Identifier("bismarck_shard_check")
+            # a fresh name: a schema someone created under a fixed one would block every check
+            probe = sql.Identifier(f"bismarck_shard_check_{secrets.token_hex(8)}")
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(probe))
             server = sql.Identifier(shard.server)
             conn.execute(sql.SQL(
