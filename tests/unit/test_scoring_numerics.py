@@ -92,3 +92,16 @@ def test_divergence_advice_is_the_callers() -> None:
     with pytest.raises(Diverged) as err:
         glm.after_epoch(1, float("nan"), float("nan"))
     assert "bold_driver" in err.value.hint
+
+
+def test_mlp_prediction_is_the_argmax_of_its_probabilities_at_infinite_outputs() -> None:
+    """A row whose outputs reach +inf (not NaN) has the limit's probabilities; predict gives
+    their argmax and metrics score it (clipped log-loss), as predict_proba reads it."""
+    from bismarckpy.kinds.mlp import _classify
+
+    z = np.array([[np.inf, 3.0, -np.inf], [1.0, 2.0, 0.5], [np.nan, 0.0, 0.0],
+                  [-np.inf, np.inf, np.inf]])
+    P, guess, ok = _classify(z)
+    assert ok.tolist() == [True, True, False, True]
+    assert guess[ok].tolist() == [0, 1, 1]
+    assert P[3] == pytest.approx([0.0, 0.5, 0.5])

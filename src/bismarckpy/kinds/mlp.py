@@ -245,12 +245,25 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
     NaN for a row whose outputs are not finite (the SQL functions return NULL)."""
     m = stored.model
     z = raw_output(stored, X)
-    ok = np.isfinite(z).all(axis=1)
     if m["task"] == "classification":
         codes = np.asarray(m["class_codes"], dtype=np.float64)
-        return np.where(ok, codes[np.argmax(np.where(ok[:, None], z, 0.0), axis=1)], np.nan)
+        _, guess, ok = _classify(z)
+        return np.where(ok, codes[guess], np.nan)
     out = z[:, 0] * float(m["y_scale"]) + float(m["y_shift"])
     return np.where(np.isfinite(out), out, np.nan)
+
+
+def _classify(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities (:func:`bismarckpy.stable.softmax_rows`), the predicted class index and
+    whether the row has a prediction, for outputs ``z`` (``n × K``). The class is the largest
+    output, or for a row with +inf outputs the most probable class of the limit, so that
+    ``predict`` is always the argmax of ``predict_proba``; a row with a NaN output has none."""
+    P = softmax_rows(z)
+    ok = ~np.isnan(P).any(axis=1)
+    finite = np.isfinite(z).all(axis=1)
+    guess = np.where(finite, np.argmax(np.where(finite[:, None], z, 0.0), axis=1),
+                     np.argmax(np.where(ok[:, None], P, 0.0), axis=1))
+    return P, guess, ok
 
 
 #: scikit-learn's log_loss clips probabilities to [eps, 1 - eps] with float64's epsilon.
@@ -292,22 +305,28 @@ def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, flo
                    f"{', '.join(f'{c:g}' for c in codes[:10])}{' …' if codes.size > 10 else ''}.",
             hint="Evaluate on data labelled like the training data.")
     z = raw_output(stored, X) if len(y) else np.empty((0, codes.size))
-    ok = np.isfinite(z).all(axis=1)
-    z, idx = z[ok], idx[ok]
+    P, guess, ok = _classify(z)
+    z, P, guess, idx = z[ok], P[ok], guess[ok], idx[ok]
     n = len(idx)
     dropped = ("unscorable_rows", int((~ok).sum()))
     if n == 0:
         return [("rows", 0), ("accuracy", np.nan), ("f1_macro", np.nan), ("log_loss", np.nan),
                 dropped]
-    zmax = z.max(axis=1, keepdims=True)
-    logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
-    logp = np.clip(logp[np.arange(n), idx], _LOG_EPS, 0.0)
-    guess = np.argmax(z, axis=1)
+    # log p(y) by log-sum-exp where the outputs are finite; the limit's p(y) (0 or 1/j) where
+    # some output is +inf
+    finite = np.isfinite(z).all(axis=1)
+    zs = np.where(finite[:, None], z, 0.0)
+    zmax = zs.max(axis=1, keepdims=True)
+    logp = zs - zmax - np.log(np.exp(zs - zmax).sum(axis=1, keepdims=True))
+    rows = np.arange(n)
+    with np.errstate(divide="ignore"):
+        logp_y = np.where(finite, logp[rows, idx], np.log(P[rows, idx]))
+    logp_y = np.clip(logp_y, _LOG_EPS, 0.0)
     pairs, counts = np.unique(np.stack([idx, guess], axis=1), axis=0, return_counts=True)
     return [("rows", n), ("accuracy", float((guess == idx).mean())),
             ("f1_macro", f1_macro((int(t), int(g), int(c))
                                   for (t, g), c in zip(pairs, counts, strict=True))),
-            ("log_loss", float(-logp.mean())), dropped]
+            ("log_loss", float(-logp_y.mean())), dropped]
 
 
 def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
