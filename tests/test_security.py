@@ -1396,3 +1396,48 @@ def test_model_names_are_at_most_200_characters(roles: Roles, name: str, ok: boo
         else:
             with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 200"):
                 a.execute(train, [FEATURES, name])
+
+
+def test_recommend_never_reads_a_source_another_role_chose(roles: Roles) -> None:
+    """recommend_mf leaves out rated columns by reading the model's training source; a source
+    that runs its owner's code (here a view calling bob's function) is read only by bob."""
+    with roles.connect("bob") as b:
+        b.execute("DROP VIEW IF EXISTS bob.rated_view")
+        b.execute("DROP TABLE IF EXISTS bob.rated, bob.reads")
+        b.execute("DROP FUNCTION IF EXISTS bob.spy(bigint)")
+        b.execute("CREATE TABLE bob.reads (reader text)")
+        b.execute("GRANT INSERT ON bob.reads TO PUBLIC")
+        b.execute("CREATE FUNCTION bob.spy(bigint) RETURNS bigint LANGUAGE plpgsql AS $f$ "
+                  "BEGIN INSERT INTO bob.reads VALUES (current_user); RETURN $1; END $f$")
+        b.execute("CREATE TABLE bob.rated AS SELECT u::bigint, i::bigint, ((u * i) % 5)::float8 "
+                  "AS r FROM generate_series(0, 19) AS u, generate_series(0, 12) AS i "
+                  "WHERE (u + i) % 3 = 0")  # row 1 rated columns 2, 5, 8 and 11
+        b.execute("CREATE VIEW bob.rated_view AS SELECT bob.spy(u) AS u, i, r FROM bob.rated")
+        b.execute("GRANT SELECT ON bob.rated_view TO PUBLIC")
+        b.execute("SELECT bismarck.delete_model(model_name) FROM bismarck.models "
+                  "WHERE model_name = 'bob_mf'")
+        b.execute("SELECT * FROM bismarck.train_mf('bob.rated_view', 'u', 'i', 'r', 'bob_mf', "
+                  "rank => 2, max_epochs => 2)")
+        b.execute("SELECT bismarck.grant_model('bob_mf', %s)", [roles.names["alice"]])
+        b.execute("TRUNCATE bob.reads")
+        mine = b.execute("SELECT col_id FROM bismarck.recommend_mf('bob_mf', 1, 20)").fetchall()
+        assert sorted(c for (c,) in mine) == [0, 1, 3, 4, 6, 7, 9, 10, 12]
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT count(*) > 0 FROM bob.reads").fetchone() == (True,)
+        b.execute("TRUNCATE bob.reads")
+    for who in ("admin", "alice"):
+        with roles.connect(who) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege,
+                               match="does not read the training source") as info:
+                conn.execute("SELECT * FROM bismarck.recommend_mf('bob_mf', 1, 5)")
+            assert "exclude_rated => false" in (info.value.diag.message_hint or "")
+            assert "Traceback" not in str(info.value)
+            everything = conn.execute("SELECT count(*) FROM bismarck.recommend_mf('bob_mf', 1, "
+                                      "100, exclude_rated => false)").fetchone()
+            assert everything == (13,)
+    with roles.connect("bob") as b:
+        assert b.execute("SELECT count(*) FROM bob.reads").fetchone() == (0,)
+        b.execute("SELECT bismarck.delete_model('bob_mf')")
+        b.execute("DROP VIEW bob.rated_view")
+        b.execute("DROP TABLE bob.rated, bob.reads")
+        b.execute("DROP FUNCTION bob.spy(bigint)")

@@ -64,6 +64,12 @@ class UndefinedObject(BismarckError):
     sqlstate = "42704"
 
 
+class InsufficientPrivilege(BismarckError):
+    """An action the current role may not take, or should not take for another (42501)."""
+
+    sqlstate = "42501"
+
+
 class Diverged(BismarckError):
     """Training diverged: the loss became NaN/inf or grew past its bound (22003)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import BismarckError, InvalidData, UndefinedObject
+from .errors import InsufficientPrivilege, InvalidData, UndefinedObject
 from .kinds import scratch
 
 #: Arrays of training runs (factorization's store) and decoded models (key ``_CACHE``): the
@@ -27,18 +27,12 @@ _CACHE_SIZE = 4
 
 
 def _guard(plpy: Any, fn, *args: Any) -> Any:
-    """A domain error, or an error of a nested SQL statement (no such model, no privilege),
-    becomes ``plpy.error`` with its SQLSTATE, detail and hint: never a Python traceback."""
-    from .server import spi_error
+    """:func:`bismarckpy.server._guard`: every error becomes a clean ``plpy.error`` with its
+    SQLSTATE, detail and hint (no such model, no privilege, a damaged handle): never a Python
+    traceback of an unexpected exception."""
+    from .server import _guard as guard
 
-    try:
-        return fn(*args)
-    except BismarckError as e:
-        plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
-    except plpy.SPIError as e:
-        err = spi_error(e)
-        plpy.error(err["message"], detail=err["detail"], hint=err["hint"],
-                   sqlstate=err["sqlstate"])
+    return guard(plpy, fn, *args)
 
 
 def train_mf(plpy: Any, args: dict[str, Any]) -> str:
@@ -79,8 +73,7 @@ def export(plpy: Any, handle: bytes) -> bytes:
 
 def release(plpy: Any, handle: bytes) -> bool:
     """``bismarck._mf_release``: forget the run's arrays."""
-    mf.release(STORE, bytes(handle))
-    return True
+    return _guard(plpy, lambda: mf.release(STORE, bytes(handle)) or True)
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -193,7 +186,9 @@ def recommend(plpy: Any, model: str, row_id: int | None, k: int | None,
 
 
 def _rated(plpy: Any, facts: dict[str, Any], row_id: int) -> list[int]:
-    """Column ids the training source holds for ``row_id`` (read as the caller)."""
+    """Column ids the training source holds for ``row_id`` (read as the caller, and only when
+    the caller owns that source or trained the model: :func:`_check_trusted`)."""
+    _check_trusted(plpy, facts)
     exists = plpy.execute(plpy.prepare("SELECT to_regclass($1) IS NOT NULL AS ok", ["text"]),
                           [facts["source"]])[0]["ok"]
     if not exists:
@@ -208,6 +203,46 @@ def _rated(plpy: Any, facts: dict[str, Any], row_id: int) -> list[int]:
         f"{_relation(plpy, facts['source'])} WHERE {q(facts['row_col'])} = $1 "
         f"AND {q(facts['col_col'])} IS NOT NULL", ["bigint"]), [row_id])
     return [r["c"] for r in rows]
+
+
+def _check_trusted(plpy: Any, facts: dict[str, Any]) -> None:
+    """Refuse to read a training source that neither the caller nor the caller's model chose.
+
+    Reading a relation runs code its owner chose (a view's functions, row-level security
+    policies, casts of its column types) with the privileges of the role that reads it. The
+    caller names the model, not its source: so the source is read only when the caller owns
+    it, or trained the model (and so named the source themselves). Membership does not count
+    (a superuser is a member of every role). Raises :class:`InsufficientPrivilege` otherwise.
+    """
+    row = plpy.execute(plpy.prepare(
+        "SELECT c.relowner = r.oid AS owns_source, m.owner::oid = r.oid AS owns_model, "
+        "c.relowner::regrole::text AS source_owner, m.owner::text AS model_owner "
+        "FROM pg_catalog.pg_class AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "CROSS JOIN pg_catalog.pg_roles AS r CROSS JOIN bismarck.models AS m "
+        "WHERE ARRAY[n.nspname::text, c.relname::text] = pg_catalog.parse_ident($1) "
+        "AND r.rolname = current_user AND m.model_name = $2 AND m.version = $3",
+        ["text", "text", "integer"]),
+        [facts["source"], facts["name"], facts["version"]])
+    if not row:
+        raise UndefinedObject(
+            f"the training source {facts['source']} of model \"{facts['name']}\" no longer "
+            "exists", sqlstate="42P01",
+            detail="recommend_mf reads it to leave out the columns a row already has.",
+            hint="Pass exclude_rated => false to rank every column.")
+    if row[0]["owns_source"] or row[0]["owns_model"]:
+        return
+    owner, model_owner = row[0]["source_owner"], row[0]["model_owner"]
+    raise InsufficientPrivilege(
+        f"recommend_mf does not read the training source {facts['source']} of model "
+        f"\"{facts['name']}\" for you", sqlstate="42501",
+        detail=f"The model was trained by {model_owner} and its source belongs to {owner}. "
+               "Leaving out rated columns reads that source, and reading a relation runs "
+               "code its owner chose (a view's functions, row-level security policies) with "
+               "your privileges.",
+        hint="Pass exclude_rated => false and leave out the rated columns yourself, from a "
+             "table you trust: SELECT * FROM bismarck.recommend_mf(model, row_id, k + n, "
+             "exclude_rated => false) WHERE col_id NOT IN (SELECT ...).")
 
 
 def _relation(plpy: Any, name: str) -> str:
