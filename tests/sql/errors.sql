@@ -57,3 +57,24 @@ INSERT INTO grid VALUES (ARRAY[[1, 2]]::float8[], 0), (ARRAY[[3, 4]]::float8[], 
 SELECT * FROM bismarck.train_glm('grid', 'y', ARRAY['x']);
 SELECT model_name, version FROM bismarck.train_glm('grid', 'y', ARRAY['x'], 'grid_rows',
                                                    packed => false, max_epochs => 2);
+-- class labels (issue 12): predict never answers a class index; numeric classes must be float8s
+CREATE TABLE kinds_t (x float8[], species text, big bigint, half float8, flag boolean);
+INSERT INTO kinds_t SELECT ARRAY[(i % 3)::float8, (i % 5)::float8],
+       (ARRAY['setosa', 'versicolor', 'virginica'])[i % 3 + 1],
+       9007199254740992 + i % 3, i % 3 + 0.5, i % 2 = 0 FROM generate_series(1, 60) AS i;
+SELECT model_name FROM bismarck.train_glm('kinds_t', 'species', ARRAY['x'], 'sp',
+                                          loss => 'softmax', max_epochs => 1, seed => 1);
+SELECT bismarck.predict('sp', ARRAY[1, 2]::float8[]);
+SELECT bismarck.predict_class('sp', ARRAY[1, 2]::float8[]);
+SELECT * FROM bismarck.train_glm('kinds_t', 'big', ARRAY['x'], 'bg', loss => 'softmax');
+SELECT * FROM bismarck.train_mlp('kinds_t', 'big', ARRAY['x'], 'bg');
+SELECT model_name FROM bismarck.train_glm('kinds_t', 'half', ARRAY['x'], 'hf',
+                                          loss => 'softmax', max_epochs => 1, seed => 1);
+SELECT bismarck.classes('hf');
+SELECT bismarck.predict_class('hf', ARRAY[1, 2]::float8[], NULL::bigint);
+CREATE TABLE kinds_text AS SELECT x, half::text AS half FROM kinds_t;
+SELECT * FROM bismarck.evaluate('hf', 'kinds_text');
+SELECT * FROM bismarck.train_glm('kinds_t', NULL, ARRAY['x'], 'nl');
+SELECT * FROM bismarck.train_mlp('kinds_t', 'species', ARRAY['x', 'x'], 'dup');
+SELECT * FROM bismarck.train_mf('kinds_t', NULL, 'x', 'big', 'mf');
+SELECT count(*) AS models FROM bismarck.models WHERE model_name IN ('bg', 'nl', 'dup', 'mf');
