@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import InvalidData, InvalidParameter, check_state_size
 from .pack import parse_block
+from .source import exact_number
 
 MAGIC = 2043.0  # tells an MLP state from a GLM's (2012.0)
 EVALUATE = -1
@@ -584,7 +585,7 @@ def _labels(s: np.ndarray, y: np.ndarray) -> np.ndarray:
         if bad.any():
             raise InvalidData("a label is not one of the model's classes",
                               detail=f"Label {y[bad][0]!r}; the classes are "
-                                     f"{', '.join(f'{c:g}' for c in cls[:10])}"
+                                     f"{', '.join(exact_number(c) for c in cls[:10])}"
                                      f"{' …' if cls.size > 10 else ''}.",
                               hint="Train on data that holds every class.")
         return idx.astype(np.float64)

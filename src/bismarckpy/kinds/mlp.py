@@ -23,6 +23,7 @@ from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
 from ..params import Param, merge_params
 from ..shared_model import Layout
+from ..source import exact_number
 from ..stable import softmax_rows
 from . import ModelKind, Stored
 
@@ -301,8 +302,9 @@ def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, flo
         raise InvalidData(
             "label values outside the model's classes",
             detail=f"{int(unknown.sum())} rows have a label the model was not trained on "
-                   f"(e.g. {y[unknown][0]:g}); its classes are "
-                   f"{', '.join(f'{c:g}' for c in codes[:10])}{' …' if codes.size > 10 else ''}.",
+                   f"(e.g. {exact_number(y[unknown][0])}); its classes are "
+                   f"{', '.join(exact_number(c) for c in codes[:10])}"
+                   f"{' …' if codes.size > 10 else ''}.",
             hint="Evaluate on data labelled like the training data.")
     z = raw_output(stored, X) if len(y) else np.empty((0, codes.size))
     P, guess, ok = _classify(z)
