@@ -247,7 +247,9 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         return
     out = Table()  # one line per model version: source and features shrink, ending in "…"
     for col in ("model", "version", "kind", "source", "features", "train loss", "created"):
-        out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis")
+        # the version and the kind ("mlp classifier") are read whole; names and lists shrink
+        out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis",
+                       min_width={"version": 7, "kind": 14}.get(col))
     for r in rows:
         out.add_row(r["model_name"], str(r["version"]), kind_cell(r), r["source"],
                     _features_cell(r["features"], _n_features(r)),
