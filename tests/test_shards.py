@@ -145,6 +145,46 @@ def test_epoch_aggregate_runs_on_every_shard(cluster_of_shards) -> None:
     assert "Relations: Aggregate on" in plan  # the shards return states, not rows
 
 
+#: A run of hex digits as long as 16 bytes or longer: what a state written as a bytea literal
+#: shows.
+LONG_HEX = re.compile(r"[0-9a-f]{32,}", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("front", ["sql", "client"])
+def test_shards_receive_the_model_as_a_parameter(cluster_of_shards, front: str) -> None:
+    """The epoch statement a shard runs carries the model as ``$1``, never as a literal (a
+    custom plan folds a bound state into a constant, which postgres_fdw would write into the
+    Remote SQL, and the shard's pg_stat_activity and log would show it): the shard's statement
+    log (parameters not logged) holds each epoch's aggregate and no model state."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET log_statement = 'all'")
+        c.execute("ALTER SYSTEM SET log_parameter_max_length = 0")
+        c.execute("SELECT pg_reload_conf()")
+    offset = shard1.log_file.stat().st_size
+    try:
+        if front == "sql":
+            _train(dsn, "pts", f"as_parameter_{front}", ", averaging => 'partition'",
+                   opts="max_epochs => 3, seed => 5")
+        else:
+            with psycopg.connect(dsn) as c:
+                training.train(c, "pts", "y", ["x1", "x2", "x3"], f"as_parameter_{front}",
+                               averaging="partition", max_epochs=3, seed=5)
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("ALTER SYSTEM RESET log_statement")
+            c.execute("ALTER SYSTEM RESET log_parameter_max_length")
+            c.execute("SELECT pg_reload_conf()")
+    with open(shard1.log_file, "rb") as fh:
+        fh.seek(offset)
+        log = fh.read().decode(errors="replace")
+    epochs = [line for line in log.splitlines() if "bismarck._epoch_partial(" in line]
+    assert len(epochs) >= 3, log[-3000:]  # one statement per epoch (and validation pass)
+    assert all("$1" in line for line in epochs), epochs
+    assert not LONG_HEX.search(log) and "\\x" not in log, [
+        line for line in log.splitlines() if LONG_HEX.search(line) or "\\x" in line]
+
+
 def test_preparation_counts_and_cut_run_on_the_shards(cluster_of_shards) -> None:
     """The held-out cut (each shard's k smallest hashes, ORDER BY ... LIMIT) and the
     per-partition counts are shipped to the shards (EXPLAIN VERBOSE: in the Remote SQL, no

@@ -126,8 +126,11 @@ STRATEGIES = ("aggregate", "partition", "shared")
 #: parallel_mode -> Strategy.name
 MODE_STRATEGIES = {"average": "aggregate", "shared": "shared"}
 
-#: Settings of a partition epoch: the aggregate runs per partition (and so on each shard).
-PARTITIONWISE = {"enable_partitionwise_aggregate": "on"}
+#: Settings of a partition epoch: the aggregate runs per partition (and so on each shard), and
+#: its plan keeps the init state a parameter: a custom plan folds a bound value into a constant,
+#: which postgres_fdw writes into the Remote SQL as a bytea literal, and a shard's
+#: ``pg_stat_activity.query`` would show the model; a generic plan sends it as ``$1``.
+PARTITIONWISE = {"enable_partitionwise_aggregate": "on", "plan_cache_mode": "force_generic_plan"}
 
 
 def strategy_for(p: dict, kind: object) -> Strategy:
