@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -183,6 +184,46 @@ def test_shards_receive_the_model_as_a_parameter(cluster_of_shards, front: str) 
     assert all("$1" in line for line in epochs), epochs
     assert not LONG_HEX.search(log) and "\\x" not in log, [
         line for line in log.splitlines() if LONG_HEX.search(line) or "\\x" in line]
+
+
+def test_a_shards_password_is_in_no_statement_text(conn) -> None:
+    """The user mapping ``shards.add`` creates: its password reaches ``pg_user_mappings`` but
+    no statement's text, which the statement log (``log_statement``), ``pg_stat_activity`` and
+    an error's lines would show (it is a bound parameter, logged only where the administrator
+    logs parameter values); a failure keeps PostgreSQL's SQLSTATE and message."""
+    if os.environ.get("BISMARCK_TEST_DSN") or os.environ.get("BISMARCK_TEST_DOCKER") == "1":
+        pytest.skip("reads the embedded server's log")
+    log = embedded.default().log_file
+    secret, server = "pw-" + secrets.token_urlsafe(12), "bismarck_mapping_probe"
+    conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
+    conn.execute(f"DROP SERVER IF EXISTS {server} CASCADE")
+    conn.execute(f"CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw "
+                 "OPTIONS (host '127.0.0.1', dbname 'nowhere')")
+    conn.execute("SET log_statement = 'all'")  # every statement's text, no parameter values
+    conn.execute("SET log_parameter_max_length = 0")
+    offset = log.stat().st_size
+    try:
+        with conn.transaction():
+            shards.create_user_mapping(conn, server, {"user": "someone", "password": secret})
+        with pytest.raises(psycopg.errors.DuplicateObject, match="already exists") as info, \
+                conn.transaction():
+            shards.create_user_mapping(conn, server, {"user": "someone", "password": secret})
+        options = conn.execute("SELECT umoptions FROM pg_user_mappings WHERE srvname = %s",
+                               [server]).fetchone()[0]
+    finally:
+        conn.execute("RESET log_statement")
+        conn.execute("RESET log_parameter_max_length")
+        conn.execute(f"DROP SERVER {server} CASCADE")
+    assert f"password={secret}" in options and "user=someone" in options, options
+    d = info.value.diag
+    assert secret not in " ".join(filter(None, (d.message_primary, d.message_detail,
+                                                d.context, d.internal_query)))
+    time.sleep(0.3)
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        written = fh.read().decode(errors="replace")
+    assert "CREATE USER MAPPING" in written and "already exists" in written, written[-3000:]
+    assert secret not in written
 
 
 def test_preparation_counts_and_cut_run_on_the_shards(cluster_of_shards) -> None:
