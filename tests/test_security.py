@@ -1473,6 +1473,7 @@ def _secrets_in(text: str) -> list[str]:
 def wide(roles: Roles) -> str:
     """alice.wide: 120k rows of 6 features, about a second per parallel epoch."""
     with roles.connect("alice") as a:
+        a.execute("SET search_path = pg_catalog")  # never mallory's look-alikes in public
         a.execute("DROP TABLE IF EXISTS alice.wide")
         a.execute("SELECT setseed(0.5)")
         a.execute("CREATE TABLE alice.wide AS SELECT " + ", ".join(
