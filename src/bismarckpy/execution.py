@@ -181,8 +181,10 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
 
 
 def _runner(session: Session, strategy: Strategy) -> Any:
-    """How to run an epoch's statement: unprepared when workers are asked for and the session
-    has ``query_parallel`` (inside the server a prepared SPI plan never runs in parallel)."""
+    """How to run an epoch's statement: by the session's ``query_parallel`` when workers are
+    asked for and it has one (inside the server a plan prepared through SPI never runs in
+    parallel; ``query_parallel`` runs it through PL/pgSQL's ``EXECUTE ... USING``, the init
+    state still a bound parameter)."""
     if strategy.workers:
         return getattr(session, "query_parallel", session.query)
     return session.query
