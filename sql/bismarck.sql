@@ -1817,6 +1817,21 @@ $$;
 COMMENT ON FUNCTION bismarck._shared_segments() IS
     'Private: names of the shared-model segments (parallel_mode => ''shared'') on this server now.';
 
+CREATE FUNCTION bismarck._epoch_query(query text, init bytea) RETURNS bytea
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state bytea;
+BEGIN
+    EXECUTE query INTO state USING init;
+    RETURN state;
+END
+$$;
+COMMENT ON FUNCTION bismarck._epoch_query(text, bytea) IS
+    'Private: runs one epoch statement of the training loop inside the server (query: one row '
+    'of one bytea column, $1 its init state) with the init state bound, never in the statement '
+    'text, and parallel workers allowed (EXECUTE ... USING plans it with CURSOR_OPT_PARALLEL_OK, '
+    'which a plan prepared from PL/Python never has); runs with the caller''s privileges.';
+
 CREATE AGGREGATE bismarck._epoch(x bytea, y float8, init bytea) (
     SFUNC = bismarck._epoch_step,
     STYPE = bytea,

@@ -8,8 +8,10 @@ and ``carol`` (not a member). Roles are cluster-wide, so their names carry this 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -24,8 +26,10 @@ from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from bismarck_controller import extension, training
+from bismarck_controller import embedded, extension, training
 from bismarck_controller.cli import main as cli_main
+from bismarckpy import shared_model
+from bismarckpy.kinds import glm
 
 PINNED = "search_path=pg_catalog, pg_temp"
 # The SECURITY DEFINER functions: the only writers of the registry (members only read it).
@@ -1441,3 +1445,227 @@ def test_recommend_never_reads_a_source_another_role_chose(roles: Roles) -> None
         b.execute("DROP VIEW bob.rated_view")
         b.execute("DROP TABLE bob.rated, bob.reads")
         b.execute("DROP FUNCTION bob.spy(bigint)")
+
+
+# --- statement texts carry no model state or key ------------------------------------------------
+# An outside tester (a member of pg_monitor and bismarck_user) read another role's model state
+# and shared-mode key in the query text its parallel workers show in pg_stat_activity (the state
+# was written into the epoch's SQL as a bytea literal), and wrote into that role's model with it.
+
+#: A run of hex digits as long as a shared-mode key (16 bytes, 32 digits) or longer: a state
+#: written as a bytea literal shows one. No statement of bismarck's holds one (its work
+#: schemas' names hold 16).
+LONG_HEX = re.compile(r"[0-9a-f]{32,}", re.IGNORECASE)
+#: The head of a shared-mode init ("BSHM") in hex.
+SHARED_HEX = shared_model.MAGIC[:4].hex()
+WIDE_FEATURES = [f"f{i}" for i in range(6)]
+
+
+def _secrets_in(text: str) -> list[str]:
+    """What in ``text`` could be a state or key: long hex runs, the shared magic, a ``\\x``."""
+    found = LONG_HEX.findall(text)
+    lowered = text.lower()
+    return found + ([SHARED_HEX] if SHARED_HEX in lowered else []) + (
+        ["\\x"] if "\\x" in lowered else [])
+
+
+@pytest.fixture(scope="module")
+def wide(roles: Roles) -> str:
+    """alice.wide: 120k rows of 6 features, about a second per parallel epoch."""
+    with roles.connect("alice") as a:
+        a.execute("SET search_path = pg_catalog")  # never mallory's look-alikes in public
+        a.execute("DROP TABLE IF EXISTS alice.wide")
+        a.execute("SELECT setseed(0.5)")
+        a.execute("CREATE TABLE alice.wide AS SELECT " + ", ".join(
+            f"random() AS {f}" for f in WIDE_FEATURES) + ", (random() < 0.5) AS y "
+            "FROM generate_series(1, 120000)")
+        a.execute("ANALYZE alice.wide")
+    return "alice.wide"
+
+
+@pytest.fixture
+def monitor(roles: Roles) -> Iterator[str]:
+    """mallory, a member of pg_monitor (she reads every session's query text) for one test."""
+    name = sql.Identifier(roles.names["mallory"])
+    with roles.connect("admin") as admin:
+        admin.execute(sql.SQL("GRANT pg_monitor TO {}").format(name))
+    yield "mallory"
+    with roles.connect("admin") as admin:
+        admin.execute(sql.SQL("REVOKE pg_monitor FROM {}").format(name))
+
+
+class _Watcher(threading.Thread):
+    """Reads, as ``who``, the query texts of ``user``'s backends (leader and parallel workers)
+    in pg_stat_activity, every few milliseconds until stopped."""
+
+    def __init__(self, roles: Roles, who: str, user: str) -> None:
+        super().__init__(daemon=True)
+        self.conn = roles.connect(who)
+        self.user, self.stop = user, threading.Event()
+        self.texts: set[tuple[str, str]] = set()
+
+    def run(self) -> None:
+        with self.conn:
+            while not self.stop.is_set():
+                for backend, text in self.conn.execute(
+                        "SELECT backend_type, query FROM pg_stat_activity WHERE usename = %s "
+                        "AND pid <> pg_backend_pid()", [self.user]):
+                    self.texts.add((backend, text))
+                time.sleep(0.003)
+
+    def __enter__(self) -> _Watcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()
+
+
+@pytest.mark.parametrize("front, call", [
+    ("sql", "train_glm(%s, 'y', %s, %s, parallel => 2, max_epochs => 3, tol => NULL)"),
+    ("sql", "train_glm(%s, 'y', %s, %s, parallel => 2, parallel_mode => 'shared', "
+            "batch_size => 16, max_epochs => 3, tol => NULL)"),
+    ("sql", "train_mlp(%s, 'y', %s, %s, hidden => ARRAY[4], parallel => 2, max_epochs => 2, "
+            "tol => NULL)"),
+    ("client", "shared"),
+])
+def test_no_model_state_or_key_in_any_query_text(roles: Roles, wide: str, monitor: str,
+                                                  front: str, call: str) -> None:
+    """A role in pg_monitor watching another role's parallel training sees each worker's
+    statement, with its init state as ``$1``: never the state, nor a shared-mode key."""
+    name = f"alice_private_{abs(hash(call)) % 10**6}"
+    with _Watcher(roles, monitor, roles.names["alice"]) as watcher:
+        if front == "sql":
+            with roles.connect("alice") as a:
+                a.execute("SELECT * FROM bismarck." + call, [wide, WIDE_FEATURES, name])
+        else:
+            with psycopg.connect(roles.dsns["alice"]) as a:
+                training.train(a, wide, "y", WIDE_FEATURES, name, parallel=2,
+                               parallel_mode=call, batch_size=16, max_epochs=3, tol=None)
+    with roles.connect("alice") as a:
+        workers = [w for (w,) in a.execute(
+            "SELECT workers FROM bismarck.training_history WHERE model_name = %s "
+            "ORDER BY run_id, epoch", [name])]
+        a.execute("SELECT bismarck.delete_model(%s)", [name])
+    assert workers and set(workers) == {2}, f"the epochs did not use 2 workers: {workers}"
+    epochs = [t for b, t in watcher.texts if b == "parallel worker" and "bismarck._epoch" in t]
+    assert epochs, f"no parallel worker's epoch was seen: {watcher.texts}"
+    assert all("$1" in t for t in epochs), epochs
+    leaks = {t[:300]: _secrets_in(t) for _, t in watcher.texts if _secrets_in(t)}
+    assert not leaks, leaks
+
+
+def _segment_of(conn: psycopg.Connection, pid: int, deadline: float) -> int:
+    """The id of backend ``pid``'s shared-model segment, from its name (what any member can
+    list); waits until it exists."""
+    while time.monotonic() < deadline:
+        for (seg,) in conn.execute("SELECT * FROM bismarck._shared_segments()"):
+            head, seg_pid, seg_id = seg.split(".")
+            if int(seg_pid) == pid:
+                return int(seg_id, 16)
+        time.sleep(0.01)
+    raise AssertionError("the training's shared-model segment never appeared")
+
+
+def test_nobody_writes_into_anothers_shared_model(roles: Roles, wide: str, monitor: str) -> None:
+    """The tester's injection: mallory sees alice's segment (its name: backend pid and id) but
+    not its key, so her epoch on it is refused, and alice's model is not moved."""
+    with roles.connect("alice") as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        done: list[BaseException | tuple] = []
+
+        def train() -> None:
+            try:
+                done.append(a.execute(
+                    "SELECT version FROM bismarck.train_glm(%s, 'y', %s, 'alice_shared', "
+                    "parallel => 2, parallel_mode => 'shared', batch_size => 16, "
+                    "max_epochs => 4, tol => NULL)", [wide, WIDE_FEATURES]).fetchone())
+            except BaseException as exc:  # reported by the assertion below
+                done.append(exc)
+
+        run = threading.Thread(target=train)
+        run.start()
+        try:
+            with _Watcher(roles, monitor, roles.names["alice"]) as watcher, \
+                    roles.connect("mallory") as m:
+                seg = _segment_of(m, pid, time.monotonic() + 60)
+                while run.is_alive() and not any(
+                        b == "parallel worker" and "bismarck._epoch" in t
+                        for b, t in watcher.texts.copy()):
+                    time.sleep(0.01)
+                # the tester's way in: a shared init copied from a worker's query text
+                observed = {h for _, t in watcher.texts.copy()
+                            for h in re.findall(r"\\x(4253484d[0-9a-f]+)", t, re.IGNORECASE)}
+                assert not observed, observed
+                # what is left: the segment's name, with a guessed key
+                inner = glm.initialize(len(WIDE_FEATURES), loss="logistic")
+                for key in (secrets.token_bytes(16), bytes(16)):
+                    forged = struct.pack("<8sqQ16s", shared_model.MAGIC, pid, seg, key) + inner
+                    with pytest.raises(psycopg.errors.DataException,
+                                       match="shared model of this epoch does not exist"):
+                        m.execute("SELECT bismarck._epoch(bismarck._float8_array_bytes("
+                                  "ARRAY[1e6, 1e6, 1e6, 1e6, 1e6, 1e6]), 1, %s)", [forged])
+        finally:
+            run.join()
+        assert done and isinstance(done[0], tuple), done
+        coef = a.execute("SELECT coef FROM bismarck.models WHERE model_name = 'alice_shared' "
+                         "ORDER BY version DESC LIMIT 1").fetchone()[0]
+        assert max(abs(c) for c in coef) < 10, coef
+        a.execute("SELECT bismarck.delete_model('alice_shared')")
+
+
+def _server_log() -> Path | None:
+    """The embedded test server's log file (None for a server named by the environment)."""
+    if os.environ.get("BISMARCK_TEST_DSN") or os.environ.get("BISMARCK_TEST_DOCKER") == "1":
+        return None
+    return embedded.default().log_file
+
+
+def test_a_cancelled_epochs_errors_carry_no_key(roles: Roles, wide: str) -> None:
+    """A shared-mode training whose parallel workers are cancelled mid-epoch: each worker logs
+    its error with its statement (``STATEMENT:`` in the server log), and the leader passes it
+    on with CONTEXT lines to the client; they name the epoch's statement with ``$1``, no key."""
+    log = _server_log()
+    offset = log.stat().st_size if log is not None else 0
+    with roles.connect("alice") as a:
+        pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        stop, cancelled = threading.Event(), []
+
+        def cancel() -> None:
+            with roles.connect("admin") as admin:
+                _segment_of(admin, pid, time.monotonic() + 60)
+                while not stop.is_set():  # the epoch's workers, until one is cancelled
+                    workers = [w for (w,) in admin.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE leader_pid = %s AND pid <> %s",
+                        [pid, pid])]
+                    for w in workers:
+                        if admin.execute("SELECT pg_cancel_backend(%s)", [w]).fetchone()[0]:
+                            cancelled.append(w)
+                    time.sleep(0.05)
+
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled) as info:
+                a.execute("SELECT * FROM bismarck.train_glm(%s, 'y', %s, 'alice_cancelled', "
+                          "parallel => 2, parallel_mode => 'shared', batch_size => 16, "
+                          "max_epochs => 200, tol => NULL)", [wide, WIDE_FEATURES])
+        finally:
+            stop.set()
+            canceller.join()
+    assert cancelled, "no parallel worker was cancelled"
+    d = info.value.diag
+    told = "\n".join(filter(None, (d.message_primary, d.message_detail, d.message_hint,
+                                    d.context, d.internal_query)))
+    assert not _secrets_in(told), told
+    if log is not None:
+        time.sleep(0.5)  # the log is written by the server's processes
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            written = fh.read().decode(errors="replace")
+        statements = [line for line in written.splitlines()
+                      if "STATEMENT:" in line and "bismarck._epoch" in line]
+        assert statements and all("$1" in line for line in statements), written[-4000:]
+        assert not _secrets_in(written), [line for line in written.splitlines()
+                                          if _secrets_in(line)]

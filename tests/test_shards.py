@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -143,6 +144,86 @@ def test_epoch_aggregate_runs_on_every_shard(cluster_of_shards) -> None:
     assert all("bismarck._epoch_partial(" in line and "GROUP BY" in line for line in remote), plan
     assert plan.count("Async Foreign Scan") == N_SHARDS, plan
     assert "Relations: Aggregate on" in plan  # the shards return states, not rows
+
+
+#: A run of hex digits as long as 16 bytes or longer: what a state written as a bytea literal
+#: shows.
+LONG_HEX = re.compile(r"[0-9a-f]{32,}", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("front", ["sql", "client"])
+def test_shards_receive_the_model_as_a_parameter(cluster_of_shards, front: str) -> None:
+    """The epoch statement a shard runs carries the model as ``$1``, never as a literal (a
+    custom plan folds a bound state into a constant, which postgres_fdw would write into the
+    Remote SQL, and the shard's pg_stat_activity and log would show it): the shard's statement
+    log (parameters not logged) holds each epoch's aggregate and no model state."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET log_statement = 'all'")
+        c.execute("ALTER SYSTEM SET log_parameter_max_length = 0")
+        c.execute("SELECT pg_reload_conf()")
+    offset = shard1.log_file.stat().st_size
+    try:
+        if front == "sql":
+            _train(dsn, "pts", f"as_parameter_{front}", ", averaging => 'partition'",
+                   opts="max_epochs => 3, seed => 5")
+        else:
+            with psycopg.connect(dsn) as c:
+                training.train(c, "pts", "y", ["x1", "x2", "x3"], f"as_parameter_{front}",
+                               averaging="partition", max_epochs=3, seed=5)
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("ALTER SYSTEM RESET log_statement")
+            c.execute("ALTER SYSTEM RESET log_parameter_max_length")
+            c.execute("SELECT pg_reload_conf()")
+    with open(shard1.log_file, "rb") as fh:
+        fh.seek(offset)
+        log = fh.read().decode(errors="replace")
+    epochs = [line for line in log.splitlines() if "bismarck._epoch_partial(" in line]
+    assert len(epochs) >= 3, log[-3000:]  # one statement per epoch (and validation pass)
+    assert all("$1" in line for line in epochs), epochs
+    assert not LONG_HEX.search(log) and "\\x" not in log, [
+        line for line in log.splitlines() if LONG_HEX.search(line) or "\\x" in line]
+
+
+def test_a_shards_password_is_in_no_statement_text(conn) -> None:
+    """The user mapping ``shards.add`` creates: its password reaches ``pg_user_mappings`` but
+    no statement's text, which the statement log (``log_statement``), ``pg_stat_activity`` and
+    an error's lines would show (it is a bound parameter, logged only where the administrator
+    logs parameter values); a failure keeps PostgreSQL's SQLSTATE and message."""
+    if os.environ.get("BISMARCK_TEST_DSN") or os.environ.get("BISMARCK_TEST_DOCKER") == "1":
+        pytest.skip("reads the embedded server's log")
+    log = embedded.default().log_file
+    secret, server = "pw-" + secrets.token_urlsafe(12), "bismarck_mapping_probe"
+    conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
+    conn.execute(f"DROP SERVER IF EXISTS {server} CASCADE")
+    conn.execute(f"CREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw "
+                 "OPTIONS (host '127.0.0.1', dbname 'nowhere')")
+    conn.execute("SET log_statement = 'all'")  # every statement's text, no parameter values
+    conn.execute("SET log_parameter_max_length = 0")
+    offset = log.stat().st_size
+    try:
+        with conn.transaction():
+            shards.create_user_mapping(conn, server, {"user": "someone", "password": secret})
+        with pytest.raises(psycopg.errors.DuplicateObject, match="already exists") as info, \
+                conn.transaction():
+            shards.create_user_mapping(conn, server, {"user": "someone", "password": secret})
+        options = conn.execute("SELECT umoptions FROM pg_user_mappings WHERE srvname = %s",
+                               [server]).fetchone()[0]
+    finally:
+        conn.execute("RESET log_statement")
+        conn.execute("RESET log_parameter_max_length")
+        conn.execute(f"DROP SERVER {server} CASCADE")
+    assert f"password={secret}" in options and "user=someone" in options, options
+    d = info.value.diag
+    assert secret not in " ".join(filter(None, (d.message_primary, d.message_detail,
+                                                d.context, d.internal_query)))
+    time.sleep(0.3)
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        written = fh.read().decode(errors="replace")
+    assert "CREATE USER MAPPING" in written and "already exists" in written, written[-3000:]
+    assert secret not in written
 
 
 def test_preparation_counts_and_cut_run_on_the_shards(cluster_of_shards) -> None:

@@ -528,9 +528,13 @@ class Cluster:
             with psycopg.connect(self.socket_conninfo("postgres"), autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(helper)))
                 if self.password_file.is_file():
+                    # ALTER ROLE takes no parameter: send the SCRAM verifier computed here (as
+                    # psql's \password does), so no statement text holds the password.
+                    verifier = conn.pgconn.encrypt_password(
+                        self.password_file.read_text().strip().encode(), SUPERUSER.encode(),
+                        b"scram-sha-256").decode()
                     conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                        sql.Identifier(SUPERUSER),
-                        sql.Literal(self.password_file.read_text().strip())))
+                        sql.Identifier(SUPERUSER), sql.Literal(verifier)))
         except psycopg.Error as exc:
             raise SetupError(
                 f"The embedded cluster's superuser is still called {LEGACY_SUPERUSER!r} and "

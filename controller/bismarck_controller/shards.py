@@ -11,11 +11,14 @@ mapping (where PostgreSQL keeps the shard's password; it is never written anywhe
 the foreign partition, then checks the shard (:func:`check`) and commits only if it passes.
 :func:`check` asks each shard, through the coordinator's own user mappings, for its bismarck
 version and the remote table's columns, and refuses any difference by name. Every statement
-is composed with :mod:`psycopg.sql` (identifiers quoted, values as literals or parameters).
+is composed with :mod:`psycopg.sql` (identifiers quoted, values as literals or parameters);
+the user mapping's options (a password) are bound, never in a statement's text
+(:func:`create_user_mapping`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -92,9 +95,7 @@ def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
         conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})")
                      .format(sql.Identifier(name), _options(server_opts)))
         mapping = {k: params[k] for k in MAPPING_OPTIONS if k in params}
-        conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {}{}").format(
-            sql.Identifier(name),
-            sql.SQL(" OPTIONS ({})").format(_options(mapping)) if mapping else sql.SQL("")))
+        create_user_mapping(conn, name, mapping)
         conn.execute(sql.SQL(
             "CREATE FOREIGN TABLE {}.{} PARTITION OF {}.{} FOR VALUES IN ({}) SERVER {} "
             "OPTIONS (schema_name {}, table_name {})").format(
@@ -362,6 +363,40 @@ def _free_server_name(conn: psycopg.Connection, base: str) -> str:
         n += 1
         name = f"{base}_{n}"
     return name
+
+
+#: ``CREATE USER MAPPING`` takes its options only as literals in its own text, which
+#: ``pg_stat_activity`` shows (to members of ``pg_monitor`` too), ``log_statement = 'ddl'`` logs
+#: and an error's ``STATEMENT:`` or ``CONTEXT:`` line repeats. So the options (the shard's
+#: password) are bound into a transaction-local setting, read back by this block, which runs
+#: the statement itself and re-raises an error without the CONTEXT line quoting it.
+_MAPPING_BLOCK = """DO $mapping$
+DECLARE
+    o jsonb := current_setting('bismarck.user_mapping')::jsonb;
+    message text; detail text; hint text; state text;
+BEGIN
+    PERFORM set_config('bismarck.user_mapping', '', true);
+    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I', o->>'server')
+        || coalesce((SELECT ' OPTIONS (' || string_agg(format('%I %L', e.key, e.value), ', ')
+                     || ')' FROM jsonb_each_text(o->'options') AS e), '');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL,
+                            hint = PG_EXCEPTION_HINT, state = RETURNED_SQLSTATE;
+    RAISE EXCEPTION USING MESSAGE = message, DETAIL = detail, HINT = hint, ERRCODE = state;
+END
+$mapping$"""
+
+
+def create_user_mapping(conn: psycopg.Connection, server: str, options: dict[str, str]) -> None:
+    """``CREATE USER MAPPING FOR CURRENT_USER SERVER server OPTIONS (...)`` with no option value
+    (a password) in any statement text: the options travel as a bound parameter.
+
+    Runs in the caller's open transaction. Raises psycopg's error of the statement (e.g.
+    ``DuplicateObject`` for an existing mapping), its message, detail and hint kept.
+    """
+    conn.execute("SELECT pg_catalog.set_config('bismarck.user_mapping', %s::text, true)",
+                 [json.dumps({"server": server, "options": options})])
+    conn.execute(_MAPPING_BLOCK)
 
 
 def _options(options: dict[str, str]) -> sql.Composed:

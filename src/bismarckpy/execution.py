@@ -126,8 +126,11 @@ STRATEGIES = ("aggregate", "partition", "shared")
 #: parallel_mode -> Strategy.name
 MODE_STRATEGIES = {"average": "aggregate", "shared": "shared"}
 
-#: Settings of a partition epoch: the aggregate runs per partition (and so on each shard).
-PARTITIONWISE = {"enable_partitionwise_aggregate": "on"}
+#: Settings of a partition epoch: the aggregate runs per partition (and so on each shard), and
+#: its plan keeps the init state a parameter: a custom plan folds a bound value into a constant,
+#: which postgres_fdw writes into the Remote SQL as a bytea literal, and a shard's
+#: ``pg_stat_activity.query`` would show the model; a generic plan sends it as ``$1``.
+PARTITIONWISE = {"enable_partitionwise_aggregate": "on", "plan_cache_mode": "force_generic_plan"}
 
 
 def strategy_for(p: dict, kind: object) -> Strategy:
@@ -178,8 +181,10 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
 
 
 def _runner(session: Session, strategy: Strategy) -> Any:
-    """How to run an epoch's statement: unprepared when workers are asked for and the session
-    has ``query_parallel`` (inside the server a prepared SPI plan never runs in parallel)."""
+    """How to run an epoch's statement: by the session's ``query_parallel`` when workers are
+    asked for and it has one (inside the server a plan prepared through SPI never runs in
+    parallel; ``query_parallel`` runs it through PL/pgSQL's ``EXECUTE ... USING``, the init
+    state still a bound parameter)."""
     if strategy.workers:
         return getattr(session, "query_parallel", session.query)
     return session.query

@@ -67,26 +67,26 @@ class PlpySession:
         return [tuple(r[c] for c in cols) for r in result]
 
     def query_parallel(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
-        """:meth:`query` for a statement that may use parallel workers: a plan prepared
-        through SPI (``plpy.prepare``) never runs in parallel (SPI_prepare gives no
-        CURSOR_OPT_PARALLEL_OK), so the bytea parameters are written into the text as literals
-        and the statement runs unprepared (SPI_execute may plan a Gather)."""
-        values = iter(params)
+        """:meth:`query` for an epoch statement that may use parallel workers: one row of one
+        bytea column, ``sql`` with one ``%s`` for one bytea parameter (the init state).
 
-        def literal(m: re.Match) -> str:
-            if m.group(1) == "%":
-                return "%"
-            v = next(values)
-            if v is None:
-                return "NULL"
-            if not isinstance(v, (bytes, bytearray, memoryview)):
-                raise TypeError("query_parallel binds bytea parameters only")
-            # E'' processes backslashes whatever standard_conforming_strings says
-            return f"E'\\\\x{bytes(v).hex()}'::bytea"
-
-        result = self.plpy.execute(_PLACEHOLDER.sub(literal, sql))
-        cols = result.colnames() or []
-        return [tuple(r[c] for c in cols) for r in result]
+        A plan prepared through SPI (``plpy.prepare``) never runs in parallel (SPI_prepare
+        gives no CURSOR_OPT_PARALLEL_OK), but PL/pgSQL's ``EXECUTE ... USING`` plans its
+        statement with the parameter bound and parallel workers allowed:
+        ``bismarck._epoch_query`` runs it so. The state (model weights, a shared-mode key)
+        stays a bound parameter: it is in no statement text, which parallel workers show in
+        ``pg_stat_activity.query`` and errors' CONTEXT lines repeat.
+        """
+        if (len(params) != 1 or not isinstance(params[0], (bytes, bytearray, memoryview))
+                or [m for m in _PLACEHOLDER.findall(sql) if m == "s"] != ["s"]):
+            raise TypeError("query_parallel binds one bytea parameter, written %s once")
+        text = _PLACEHOLDER.sub(lambda m: "%" if m.group(1) == "%" else "$1", sql)
+        plan = self._plans.get(("bismarck._epoch_query",))
+        if plan is None:
+            plan = self.plpy.prepare("SELECT bismarck._epoch_query($1, $2) AS state",
+                                     ["text", "bytea"])
+            self._plans[("bismarck._epoch_query",)] = plan
+        return [(r["state"],) for r in self.plpy.execute(plan, [text, bytes(params[0])])]
 
     def ident(self, name: str) -> str:
         """Quote an identifier with the server's own rules (``%`` doubled, see Session)."""
