@@ -9,6 +9,10 @@ partitions is the row-weighted average of one epoch on each partition alone (Zin
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import psycopg
@@ -336,3 +340,45 @@ def test_a_write_during_the_epochs_stores_no_model(dsn, conn, by_region) -> None
                        max_epochs=3, tol=None)
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
                         "'pk_written'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupted_mid_epoch_is_interrupted(dsn, conn, signum: int) -> None:
+    """Ctrl-C or SIGTERM of `bismarck train --averaging partition` in the middle of an epoch:
+    "Aborted!" and the run recorded as interrupted, as without averaging (the restore of the
+    epoch's settings used to replace the interrupt with "current transaction is aborted")."""
+    conn.execute("DROP TABLE IF EXISTS slowparts CASCADE")
+    conn.execute("CREATE TABLE slowparts (part int, a float8, b float8, y int) "
+                 "PARTITION BY LIST (part)")
+    for i in range(2):
+        conn.execute(f"CREATE TABLE slowparts_{i} PARTITION OF slowparts FOR VALUES IN ({i})")
+    conn.execute("INSERT INTO slowparts SELECT i % 2, (i % 13)::float8, (i % 7)::float8, "
+                 "(i % 3 = 0)::int FROM generate_series(1, 40000) i")
+    model = f"sig_{int(signum)}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bismarck_controller.cli", "train", "slowparts", "--label", "y",
+         "--features", "a,b", "--model", model, "--averaging", "partition", "--max-epochs",
+         "1000", "--tol", "0", "--batch-size", "1", "--dsn", dsn],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        run_id = None
+        while run_id is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            row = conn.execute("SELECT r.run_id FROM bismarck._training_run r JOIN "
+                               "bismarck._training_epoch e USING (run_id) "
+                               "WHERE r.model_name = %s LIMIT 1", [model]).fetchone()
+            run_id = row[0] if row else None
+            time.sleep(0.1)
+        assert run_id is not None, "the run did not start"
+        time.sleep(0.3)  # inside the next epoch's statement
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Aborted!" in err and "transaction is aborted" not in err, err
+    status = conn.execute("SELECT status FROM bismarck._training_run WHERE run_id = %s",
+                          [run_id]).fetchone()[0]
+    assert status == "interrupted"
