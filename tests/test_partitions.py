@@ -382,3 +382,31 @@ def test_cli_interrupted_mid_epoch_is_interrupted(dsn, conn, signum: int) -> Non
     status = conn.execute("SELECT status FROM bismarck._training_run WHERE run_id = %s",
                           [run_id]).fetchone()[0]
     assert status == "interrupted"
+
+
+def test_select_on_the_parent_alone_is_named(conn, parted) -> None:
+    """averaging => 'partition' reads each partition by name: a role with SELECT on the parent
+    alone hears which partition needs the grant (not a bare "permission denied")."""
+    conn.execute("DROP ROLE IF EXISTS parts_reader")
+    conn.execute("CREATE ROLE parts_reader LOGIN")
+    conn.execute("GRANT bismarck_user TO parts_reader")
+    conn.execute("GRANT SELECT ON parted TO parts_reader")
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute(f"GRANT CREATE ON DATABASE {db} TO parts_reader")  # for a working schema
+    try:
+        conn.execute("SET ROLE parts_reader")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            _train(conn, "public.parted", "granted", averaging="partition", max_epochs=1)
+        conn.execute("RESET ROLE")
+        diag = err.value.diag
+        assert diag.message_primary == "permission denied for partition public.parted_0"
+        assert "GRANT SELECT ON public.parted_0" in diag.message_hint
+        conn.execute("GRANT SELECT ON parted_0, parted_1, parted_2, parted_3 TO parts_reader")
+        conn.execute("SET ROLE parts_reader")
+        assert _train(conn, "public.parted", "granted", averaging="partition",
+                      max_epochs=1)[1] == 1
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP OWNED BY parts_reader")
+        conn.execute(f"REVOKE CREATE ON DATABASE {db} FROM parts_reader")
+        conn.execute("DROP ROLE parts_reader")

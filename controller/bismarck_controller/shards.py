@@ -236,7 +236,12 @@ COLUMNS_HINT = ("Give the shard's table the parent's columns with the same types
 def _failure(exc: psycopg.Error, shard: Shard) -> tuple[str, str]:
     """A failed check's problem and hint, by the cause's SQLSTATE and message."""
     state = exc.sqlstate or ""
-    reason = " ".join(str(exc).split())
+    reason = " ".join(f"{exc} {exc.diag.message_detail or ''}".split())
+    if "authentication failed" in reason or 'role "' in reason and "does not exist" in reason:
+        return ("the shard refused the login: " + reason,
+                "Correct the user or password (in the DSN given to `bismarck shards add`, or "
+                f"ALTER USER MAPPING FOR CURRENT_USER SERVER {shard.server} OPTIONS (SET "
+                "password '...')).")
     if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
         return ("the shard does not answer: " + reason,
                 "Start the shard server, or correct its address (the DSN).")
@@ -252,9 +257,6 @@ def _failure(exc: psycopg.Error, shard: Shard) -> tuple[str, str]:
         return ("the shard's table is missing: " + reason,
                 "Create the table on the shard with the parent's columns, or name the right "
                 "one (--remote-table).")
-    if state == "28P01" or state.startswith("28"):
-        return ("the shard refused the login: " + reason,
-                "Correct the user or password of the user mapping (or the DSN).")
     return ("checking the shard failed: " + reason,
             "`bismarck shards check` tests every shard; see the shard's server log.")
 

@@ -31,7 +31,13 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import BismarckError, InvalidData, InvalidParameter, ShardUnavailable
+from .errors import (
+    BismarckError,
+    InsufficientPrivilege,
+    InvalidData,
+    InvalidParameter,
+    ShardUnavailable,
+)
 from .moments import decode as moments_decode
 from .moments import merge as moments_merge
 from .packing import check_ranges, check_rows
@@ -198,6 +204,28 @@ def _reason(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _detail(exc: BaseException) -> str:
+    """An error's DETAIL, from PL/Python's SPIError or psycopg's diagnostics ('' if none)."""
+    diag = getattr(exc, "diag", None)
+    text = getattr(exc, "detail", None) or (diag.message_detail if diag is not None else None)
+    return " ".join(str(text or "").split())
+
+
+def _leaf_failure(exc: BaseException, leaf: Partition) -> BismarckError | None:
+    """The engine's error for a failed read of a partition by name (None: keep ``exc``)."""
+    if leaf.server:
+        return shard_failure(exc, leaf)
+    if (getattr(exc, "sqlstate", None) or "") == "42501":
+        return InsufficientPrivilege(
+            f"permission denied for partition {leaf.name}",
+            detail=f"{_reason(exc)}. averaging => 'partition' reads each partition by name "
+                   "(its counts and its row fingerprint), so SELECT on the parent table is "
+                   "not enough.",
+            hint=f"GRANT SELECT ON {leaf.name} (and every other partition) TO the role that "
+                 "trains, or use averaging => 'global'.")
+    return None
+
+
 def shard_failure(exc: BaseException, leaf: Partition) -> BismarckError:
     """The engine's error for a failed query on a foreign partition, by the cause's SQLSTATE.
 
@@ -207,6 +235,13 @@ def shard_failure(exc: BaseException, leaf: Partition) -> BismarckError:
     state = getattr(exc, "sqlstate", None) or ""
     reason = _reason(exc)
     where = f"(partition {leaf.name} on shard server {leaf.server})"
+    said = f"{reason} {_detail(exc)}"
+    if "authentication failed" in said or 'role "' in said and "does not exist" in said:
+        return BismarckError(
+            f"shard server {leaf.server} refused the login of the user mapping",
+            detail=f"{reason}: {_detail(exc)} {where}.", sqlstate="28000",
+            hint=f"Correct the user or password: ALTER USER MAPPING FOR CURRENT_USER SERVER "
+                 f"{leaf.server} OPTIONS (SET password '...'), then rerun.")
     if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
         return ShardUnavailable(
             f"shard server {leaf.server} does not answer",
@@ -335,8 +370,16 @@ def write_marks(session: TrainingSession, src: Source, lay: Layout) -> list[tupl
                     "0)), 0)::text")  # a numeric sum: beyond int8
         else:
             what = "coalesce(sum(s.xmin::text::int8), 0)::text"
-        n, h = session.query(f"SELECT count(*)::int8 AS n, {what} AS h "
-                             f"FROM {escape_percent(leaf.name)} AS s")[0]
+        try:
+            n, h = session.query(f"SELECT count(*)::int8 AS n, {what} AS h "
+                                 f"FROM {escape_percent(leaf.name)} AS s")[0]
+        except BismarckError:
+            raise
+        except Exception as exc:
+            raised = _leaf_failure(exc, leaf)
+            if raised is None:
+                raise
+            raise raised from None
         marks.append((int(n), int(h)))
     return marks
 
