@@ -618,3 +618,58 @@ def test_adding_a_shard_with_stray_key_values_says_remove_them(cluster_of_shards
     assert "rows of the shard's table have part other than 9" in text, text
     assert "Remove the stray rows on the shard" in text
     assert "does not answer" not in text and "bismarck install" not in text
+
+
+def test_scoring_pass_and_fingerprints_run_on_the_shards(cluster_of_shards) -> None:
+    """The averaged model's scoring pass (the epoch's query, unordered) and each shard's write
+    fingerprint (count and sum of row hashes) are shipped to the shards: only sums travel."""
+    with psycopg.connect(cluster_of_shards["dsn"]) as c:
+        session = PsycopgSession(c)
+        seen: list[str] = []
+        query = session.query
+
+        def recording(text: str, params=()) -> list[tuple]:
+            seen.append(text)
+            return query(text, params)
+
+        session.query = recording  # type: ignore[method-assign]
+        src = resolve(session, "public.pts", "y", ["x1", "x2", "x3"])
+        p = validate({"averaging": "partition"})
+        partitioned.check_options(p, None)
+        prep, _ = partitioned.prepare(session, src, p, 5)
+        c.rollback()
+        marks = [t for t in seen if "sum(hash_array_extended(" in t]
+        assert len(marks) == N_SHARDS, seen
+        for text in marks:
+            plan = "\n".join(r[0] for r in c.execute("EXPLAIN (VERBOSE, COSTS OFF) " + text))
+            remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+            assert len(remote) == 1 and "sum(hash_array_extended(" in remote[0], plan
+        score = execution.Scan(prep.train, group="part")
+        c.execute("SET enable_partitionwise_aggregate = on")
+        plan = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN (VERBOSE, COSTS OFF) " + score.partition_sql().replace("%s", "'\\x00'")))
+    remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+    assert len(remote) == N_SHARDS and all("_epoch_partial(" in r for r in remote), plan
+
+
+def test_rows_written_on_a_shard_during_the_run_store_no_model(cluster_of_shards) -> None:
+    """Rows inserted on a shard between two epochs (the client-side loop commits each epoch):
+    the run fails naming that shard's partition, and no version is stored."""
+    dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
+
+    def on_epoch(rec) -> None:
+        if rec.epoch == 1:
+            with psycopg.connect(shard3.url(), autocommit=True) as s:
+                s.execute("INSERT INTO pts SELECT * FROM pts LIMIT 10")
+
+    try:
+        with psycopg.connect(dsn) as c, pytest.raises(
+                InvalidData, match="the source table changed during training") as err:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "shard_written",
+                           on_epoch=on_epoch, averaging="partition", max_epochs=3, tol=None)
+        assert "public.pts_3" in err.value.detail and "public.pts_1" not in err.value.detail
+        assert _versions(dsn, "shard_written") == 0
+    finally:
+        with psycopg.connect(shard3.url(), autocommit=True) as s:
+            s.execute("DELETE FROM pts WHERE ctid IN (SELECT ctid FROM pts "
+                      "ORDER BY ctid DESC LIMIT 10)")
