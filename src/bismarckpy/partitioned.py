@@ -23,6 +23,13 @@ Preparation: the row checks (counts, shapes, ranges) and the label's scale read 
 one relation, so for foreign partitions those passes bring rows to the coordinator; the
 held-out cut (each partition's k smallest hashes, ORDER BY ... LIMIT), the per-partition
 counts and the standardisation moments run on the shards. The epochs never move rows.
+
+After each epoch's merge the loop scores the averaged model on the training rows with one
+evaluate-only pass of the same per-partition query (:func:`bismarckpy.loop._run_epochs`): that,
+not the mean of the partitions' own losses along their epochs, is the training loss reported,
+stored and tested for convergence. Because the epochs re-read the partitions, each leaf is
+fingerprinted before the first read and before the model is stored (:func:`write_marks`); a
+write in between refuses the model.
 """
 
 from __future__ import annotations
