@@ -673,3 +673,43 @@ def test_rows_written_on_a_shard_during_the_run_store_no_model(cluster_of_shards
         with psycopg.connect(shard3.url(), autocommit=True) as s:
             s.execute("DELETE FROM pts WHERE ctid IN (SELECT ctid FROM pts "
                       "ORDER BY ctid DESC LIMIT 10)")
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_cli_interrupted_on_shards_is_interrupted(cluster_of_shards, signum: str) -> None:
+    """Ctrl-C or SIGTERM of `bismarck train --averaging partition` over shards: "Aborted!",
+    the run recorded as interrupted, no version (never "current transaction is aborted")."""
+    import signal
+    import subprocess
+    import sys
+
+    dsn = cluster_of_shards["dsn"]
+    model = f"shard_sig_{signum.lower()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bismarck_controller.cli", "train", "pts", "--label", "y",
+         "--features", "x1,x2,x3", "--model", model, "--averaging", "partition",
+         "--max-epochs", "1000", "--tol", "0", "--batch-size", "1", "--dsn", dsn],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            deadline, run_id = time.monotonic() + 120, None
+            while run_id is None and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                row = c.execute("SELECT r.run_id FROM bismarck._training_run r JOIN "
+                                "bismarck._training_epoch e USING (run_id) "
+                                "WHERE r.model_name = %s LIMIT 1", [model]).fetchone()
+                run_id = row[0] if row else None
+                time.sleep(0.1)
+            assert run_id is not None, "the run did not start"
+            time.sleep(0.2)
+            proc.send_signal(getattr(signal, signum))
+            _, err = proc.communicate(timeout=60)
+            status = c.execute("SELECT status FROM bismarck._training_run WHERE run_id = %s",
+                               [run_id]).fetchone()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Aborted!" in err and "transaction is aborted" not in err, err
+    assert status == "interrupted"
+    assert _versions(dsn, model) == 0
