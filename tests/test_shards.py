@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 
 from bismarck_controller import embedded, extension, shards, training
 from bismarck_controller.errors import SetupError
@@ -713,3 +714,31 @@ def test_cli_interrupted_on_shards_is_interrupted(cluster_of_shards, signum: str
     assert "Aborted!" in err and "transaction is aborted" not in err, err
     assert status == "interrupted"
     assert _versions(dsn, model) == 0
+
+
+def test_a_wrong_mapping_password_is_named_as_a_refused_login(cluster_of_shards) -> None:
+    """The shard refuses the mapping's password: said so, with the way out (not "start the
+    shard"), by training and by `shards check`."""
+    dsn = cluster_of_shards["dsn"]
+    server = "bismarck_shard_pts_1"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        options = dict(o.split("=", 1) for o in c.execute(
+            "SELECT umoptions FROM pg_user_mappings WHERE srvname = %s AND usename = "
+            "current_user", [server]).fetchone()[0])
+        c.execute(f"ALTER USER MAPPING FOR CURRENT_USER SERVER {server} "
+                  "OPTIONS (SET password 'not-the-password')")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "wrongpw", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == (f"shard server {server} refused the login of the user "
+                                        "mapping"), diag.message_primary
+        assert "ALTER USER MAPPING" in diag.message_hint
+        with psycopg.connect(dsn, autocommit=True) as c:
+            finding = next(f for f in shards.check(c, "pts") if f.shard.server == server)
+        assert finding.problems[0].startswith("the shard refused the login"), finding.problems
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(sql.SQL("ALTER USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS "
+                              "(SET password {})").format(sql.Identifier(server),
+                                                          sql.Literal(options["password"])))

@@ -214,7 +214,9 @@ def _reason(exc: BaseException) -> str:
 def _detail(exc: BaseException) -> str:
     """An error's DETAIL, from PL/Python's SPIError or psycopg's diagnostics ('' if none)."""
     diag = getattr(exc, "diag", None)
-    text = getattr(exc, "detail", None) or (diag.message_detail if diag is not None else None)
+    data = getattr(exc, "spidata", None) or ()  # PL/Python: (sqlstate, detail, hint, ...)
+    text = (data[1] if len(data) > 1 else None) or getattr(exc, "detail", None) or (
+        diag.message_detail if diag is not None else None)
     return " ".join(str(text or "").split())
 
 
