@@ -869,6 +869,12 @@ BEGIN
                   DETAIL = format('Its loss is %s.', m.loss),
                   HINT = 'predict_proba needs loss logistic or softmax; use predict.';
     END IF;
+    IF m.kind = 'mlp' AND m.stored ->> 'task' = 'regression' THEN
+        RAISE EXCEPTION 'model "%" does not give probabilities', m.model_name
+            USING ERRCODE = '22023',
+                  DETAIL = 'It is a regression MLP (task => ''regression'').',
+                  HINT = 'Use bismarck.predict for its predictions.';
+    END IF;
     IF x IS NULL THEN
         RETURN NULL;
     END IF;
@@ -1568,7 +1574,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     UPDATE bismarck._training_run r
-       SET status = _end_run.status, message = _end_run.message, finished_at = now(),
+       SET status = _end_run.status, message = _end_run.message, finished_at = clock_timestamp(),
            version = CASE WHEN _end_run.status = 'succeeded' AND EXISTS (
                               SELECT 1 FROM bismarck._models m
                                WHERE m.model_name = r.model_name AND m.owner = r.owner
@@ -1617,7 +1623,7 @@ BEGIN
                      WHERE s.nspname = r.work_schema AND s.nspowner = c);
         UPDATE bismarck._training_run t
            SET status = CASE WHEN t.status = 'running' THEN 'interrupted' ELSE t.status END,
-               finished_at = coalesce(t.finished_at, now()),
+               finished_at = coalesce(t.finished_at, clock_timestamp()),
                work_schema = CASE WHEN keep THEN t.work_schema END
          WHERE t.run_id = r.run_id;
         IF keep THEN

@@ -116,3 +116,15 @@ def test_bold_driver_records_growth_and_halving(dsn: str, rate_table: str, front
             best = loss
     np.testing.assert_allclose([r[2] for r in rows], expected, rtol=1e-12)
     assert len(set(expected)) > 2
+
+
+def test_a_run_from_sql_finishes_after_it_starts(dsn: str, rate_table: str) -> None:
+    """One SQL call is one transaction: its end is stamped by the clock, not by now() (the
+    transaction's start, which came before the run's own clock-stamped start)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT * FROM bismarck.train_glm('rate_src', 'y', ARRAY['a', 'b'], "
+                     "'rate_clock', loss => 'squared', max_epochs => 2)")
+        started, finished = conn.execute(
+            "SELECT started_at, finished_at FROM bismarck._training_run "
+            "WHERE model_name = 'rate_clock' ORDER BY run_id DESC LIMIT 1").fetchone()
+        assert finished >= started

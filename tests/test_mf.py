@@ -320,3 +320,22 @@ def test_missing_model_or_version_is_a_clear_error(ratings: str) -> None:
             assert "Traceback" not in str(err.value) and "SPIError" not in str(err.value)
             assert "Traceback" not in (err.value.diag.context or "")
             assert err.value.diag.message_hint
+
+
+@pytest.mark.parametrize("schedule", ["invscaling", "constant"])
+def test_divergence_advice_names_train_mfs_own_options(ratings: str, schedule: str) -> None:
+    """eta0 => 0.5 blows the factors up; the error names the schedule asked for and advises
+    in train_mf's options (no bold_driver, no standardize: train_mf has neither)."""
+    with psycopg.connect(ratings, autocommit=True) as c:
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+            c.execute("SELECT * FROM bismarck.train_mf('ratings', 'u', 'i', 'r', 'mf_wild', "
+                      f"eta0 => 0.5, learning_rate => '{schedule}', max_epochs => 5, "
+                      "seed => 1)")
+        hint = err.value.diag.message_hint or ""
+        assert hint.startswith("Lower eta0 (try 0.05)") and "alpha" in hint, hint
+        assert "bold_driver" not in hint and "standardize" not in hint
+        detail = err.value.diag.message_detail or ""
+        assert detail == "" or f"learning_rate => '{schedule}'" in detail, detail
+        assert "Traceback" not in (err.value.diag.context or "")
+        assert c.execute("SELECT count(*) FROM bismarck.models "
+                         "WHERE model_name = 'mf_wild'").fetchone() == (0,)

@@ -337,3 +337,179 @@ def test_packed_multiclass_message_says_what_is_recorded(conn) -> None:
                      "hidden => ARRAY[4])")
     detail = err.value.diag.message_detail
     assert "only for a binary label" in detail and "at most three" not in detail, detail
+
+
+def _diabetes(conn: psycopg.Connection) -> None:
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_diabetes(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0)
+    load_array_table(conn, "diab_train", Xtr, ytr)
+    load_array_table(conn, "diab_test", Xte, yte)
+    conn.commit()
+
+
+@pytest.mark.parametrize("table, task", [("diab_train", "regression"),
+                                         ("digits_train", "classification")])
+def test_a_run_far_worse_than_the_trivial_model_is_refused(conn, table, task) -> None:
+    """The loss explodes in epoch 1 (6e9 for diabetes, 3e5 for digits) and stays there, so the
+    bound on growth since epoch 1 never fires: the check against the trivial model's loss (the
+    label's mean; uniform probabilities) refuses it, and nothing is stored."""
+    _diabetes(conn) if table == "diab_train" else _digits(conn)
+    rate = 5 if task == "regression" else 50
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+        conn.execute(f"SELECT * FROM bismarck.train_mlp('{table}', 'y', ARRAY['x'], 'absurd', "
+                     f"task => '{task}', learning_rate_init => {rate}, max_epochs => 20, "
+                     "seed => 1)")
+    assert "trivial model" in (err.value.diag.message_detail or "")
+    assert "Lower learning_rate_init (try" in (err.value.diag.message_hint or "")
+    assert _models(conn, "absurd") == 0
+    if task == "regression":  # unstandardised: the zero network's loss is measured in a pass
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+            conn.execute(f"SELECT * FROM bismarck.train_mlp('{table}', 'y', ARRAY['x'], "
+                         "'absurd', task => 'regression', standardize => false, solver => 'sgd', "
+                         "learning_rate_init => 1, max_epochs => 20, seed => 1)")
+        assert "predicting 0" in err.value.diag.message_detail
+        assert "use standardize => true" in err.value.diag.message_hint
+        assert _models(conn, "absurd") == 0
+    # the same data at the default rate trains (the check refuses no ordinary run)
+    conn.execute(f"SELECT * FROM bismarck.train_mlp('{table}', 'y', ARRAY['x'], 'fine_{task}', "
+                 f"task => '{task}', hidden => ARRAY[16], max_epochs => 5, seed => 1)")
+    assert _models(conn, f"fine_{task}") == 1
+
+
+def test_f1_macro_is_sklearns_on_rows_missing_classes(conn: psycopg.Connection) -> None:
+    """Evaluated on digits with y < 5, the classes 5-9 are neither true nor (mostly) predicted:
+    f1_macro is scikit-learn's f1_score(average='macro') over the labels that occur."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    _digits(conn)
+    conn.execute("CREATE VIEW digits_low AS SELECT * FROM digits_test WHERE y < 5")
+    conn.execute("SELECT * FROM bismarck.train_mlp('digits_train', 'y', ARRAY['x'], 'f1_mlp', "
+                 "hidden => ARRAY[8], max_epochs => 3, seed => 0)")
+    rows = conn.execute("SELECT y, bismarck.predict_class('f1_mlp', x), "
+                        "bismarck.predict_proba('f1_mlp', x) FROM digits_low").fetchall()
+    y = np.array([r[0] for r in rows])
+    pred = np.array([r[1] for r in rows])
+    proba = np.array([r[2] for r in rows])
+    assert set(pred) - set(y), "the check needs a predicted class that is not a true one"
+    metrics = dict(conn.execute("SELECT * FROM bismarck.evaluate('f1_mlp', 'digits_low')"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert metrics["log_loss"] == pytest.approx(log_loss(y, proba, labels=range(10)), rel=1e-9)
+
+
+def test_extreme_finite_features_are_null_not_nan(conn: psycopg.Connection) -> None:
+    """Features of 1e307-1e308 on a model whose features have a spread of 1e-3 overflow its
+    standardisation and hidden layers (inf - inf): predictions are NULL (as for NaN
+    features), never NaN, and evaluate counts such rows as skipped instead of scoring them.
+    Where the outputs only reach ±inf, the probabilities are the limit (one class 1)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    load_array_table(conn, "mlp_tiny", X * 1e-3, (X[:, 0] > 0) + (X[:, 1] > 0.5))
+    for name, task in (("big_c", "classification"), ("big_r", "regression")):
+        conn.execute(f"SELECT * FROM bismarck.train_mlp('mlp_tiny', 'y', ARRAY['x'], '{name}', "
+                     f"hidden => ARRAY[4], task => '{task}', max_epochs => 3, seed => 1)")
+    for x in ("ARRAY[1e308, -1e308, 1e308]", "ARRAY[1e307, 1e307, -1e307]"):
+        assert conn.execute(f"SELECT bismarck.predict_proba('big_c', {x}), "
+                            f"bismarck.predict_class('big_c', {x}), "
+                            f"bismarck.predict('big_r', {x})").fetchone() == (None, None, None)
+    before = dict(conn.execute("SELECT * FROM bismarck.evaluate('big_c', 'mlp_tiny')"))
+    before_r = dict(conn.execute("SELECT * FROM bismarck.evaluate('big_r', 'mlp_tiny')"))
+    conn.execute("INSERT INTO mlp_tiny (id, x, y) VALUES (1000, ARRAY[1e308, -1e308, 1e308], 1)")
+    after = dict(conn.execute("SELECT * FROM bismarck.evaluate('big_c', 'mlp_tiny')"))
+    after_r = dict(conn.execute("SELECT * FROM bismarck.evaluate('big_r', 'mlp_tiny')"))
+    for b, a in ((before, after), (before_r, after_r)):
+        assert a["skipped_rows"] == b["skipped_rows"] + 1 and a["rows"] == b["rows"]
+        assert {k: v for k, v in a.items() if k != "skipped_rows"} == pytest.approx(
+            {k: v for k, v in b.items() if k != "skipped_rows"})
+    assert after["log_loss"] is not None and after["log_loss"] > 0
+    # the model of unit-spread features gives the limit: finite probabilities summing to 1
+    _small(conn)
+    conn.execute("SELECT * FROM bismarck.train_mlp('mlp_small', 'y', ARRAY['x'], 'big_u', "
+                 "hidden => ARRAY[4], max_epochs => 3, seed => 1)")
+    p, c = conn.execute("SELECT bismarck.predict_proba('big_u', ARRAY[1e308, -1e308, 1e308]), "
+                        "bismarck.predict_class('big_u', ARRAY[1e308, -1e308, 1e308])"
+                        ).fetchone()
+    assert p is None or (sum(p) == pytest.approx(1.0) and float(np.argmax(p)) == c)
+
+
+def test_errors_of_scoring_functions_are_clean(conn: psycopg.Connection) -> None:
+    """A public function's error has no Python traceback; a private one's bad stored input is
+    an InvalidData error that says what it is, not a KeyError."""
+    _small(conn)
+    conn.execute("SELECT * FROM bismarck.train_mlp('mlp_small', 'y', ARRAY['x'], 'clean_r', "
+                 "hidden => ARRAY[4], task => 'regression', max_epochs => 2, seed => 1)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("SELECT bismarck.predict_proba('clean_r', ARRAY[1, 2, 3]::float8[])")
+    assert str(err.value).startswith('model "clean_r" does not give probabilities')
+    assert "Traceback" not in (err.value.diag.context or "")
+    assert err.value.diag.message_hint == "Use bismarck.predict for its predictions."
+    for call in ("bismarck._predict_kind('mlp', '{}', NULL, ARRAY[1.0])",
+                 "bismarck._predict_proba_kind('softmax', '{\"coef\": 1}', NULL, ARRAY[1.0])"):
+        with pytest.raises(psycopg.errors.DataException) as err:
+            conn.execute(f"SELECT {call}")
+        assert "not a stored model of kind" in str(err.value)
+        assert "KeyError" not in str(err.value).split("\n")[0]
+    # states the engine did not make: truncated or garbage after a kind's magic
+    from bismarckpy import nn
+    from bismarckpy.kinds import softmax
+
+    for magic in (2012.0, nn.MAGIC, softmax.MAGIC):
+        for tail in (b"\x00" * 7, np.array([1e9, 5, 3]).tobytes(), np.full(40, 3.0).tobytes()):
+            state = np.array([magic]).tobytes() + tail
+            for call in ("bismarck._epoch_final(%s)", "bismarck._epoch_merge(%s, %s)",
+                         "bismarck._exact_step(NULL, NULL, 1.0, %s)",
+                         "bismarck._moments_step(%s, %s)"):
+                try:
+                    conn.execute(f"SELECT {call}", [state] * call.count("%s"))
+                except psycopg.errors.InternalError as e:  # XX000: a bare Python exception
+                    pytest.fail(f"{call} on {state!r}: {e}")
+                except psycopg.errors.DataException:
+                    pass
+    with pytest.raises(psycopg.errors.DataException) as err:
+        conn.execute("SELECT bismarck._mf_export('\\x00')")
+    assert err.value.diag.message_detail not in (None, "None")
+    assert err.value.diag.message_hint not in (None, "None")
+
+
+def test_adam_trains_on_huge_standardised_values_and_on_blocks(conn) -> None:
+    """Values above 1e150 are refused only for the exact GLM solvers (whose Hessian sums their
+    squares): Adam, like SGD, trains on their standardised values; shuffle => 'blocks' is
+    open to Adam as to SGD."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2)) * [1e200, 1.0]
+    load_array_table(conn, "mlp_huge", X, (X[:, 0] > 0).astype(float))
+    for solver in ("adam", "sgd"):
+        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_huge', 'y', ARRAY['x'], "
+                     f"'huge_{solver}', hidden => ARRAY[4], solver => '{solver}', "
+                     "learning_rate_init => 0.05, max_epochs => 20, seed => 1)")
+        acc = dict(conn.execute(f"SELECT * FROM bismarck.evaluate('huge_{solver}', "
+                                "'mlp_huge')"))["accuracy"]
+        assert acc > 0.9, solver
+    _small(conn)
+    row = conn.execute("SELECT epochs FROM bismarck.train_mlp('mlp_small', 'y', ARRAY['x'], "
+                       "'blocks_adam', hidden => ARRAY[4], shuffle => 'blocks', "
+                       "max_epochs => 3, seed => 1)").fetchone()
+    assert row is not None and _models(conn, "blocks_adam") == 1
+
+
+def test_constant_features_are_reported_by_every_generic_kind(conn) -> None:
+    """A constant column is listed in metrics->'constant_features' by MLPs and softmax models as
+    by GLMs; an MLP stores its sd as null (infinite scale), as a GLM's fitted sd."""
+    from reference_data import load_table
+
+    rng = np.random.default_rng(0)
+    X = np.c_[rng.normal(size=(100, 2)), np.full(100, 3.0)]
+    load_table(conn, "const_cols", ["a", "b", "k"], X, (X[:, 0] > 0) + (X[:, 1] > 0.5))
+    cols = "ARRAY['a', 'b', 'k']"
+    conn.execute(f"SELECT * FROM bismarck.train_mlp('const_cols', 'y', {cols}, 'const_mlp', "
+                 "hidden => ARRAY[3], max_epochs => 3, seed => 1)")
+    conn.execute(f"SELECT * FROM bismarck.train_glm('const_cols', 'y', {cols}, 'const_sm', "
+                 "loss => 'softmax', max_epochs => 3, seed => 1)")
+    for name in ("const_mlp", "const_sm"):
+        assert conn.execute("SELECT metrics -> 'constant_features' FROM bismarck.models "
+                            "WHERE model_name = %s", [name]).fetchone() == (["k"],)
+    assert conn.execute("SELECT stored -> 'sd' -> 2 FROM bismarck.models "
+                        "WHERE model_name = 'const_mlp'").fetchone() == (None,)

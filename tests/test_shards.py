@@ -408,6 +408,33 @@ def test_training_refuses_a_shard_with_another_engine_version(cluster_of_shards)
             c.execute(original)
 
 
+def test_training_refuses_a_server_that_would_not_run_the_epoch(cluster_of_shards) -> None:
+    """A server without extensions 'bismarck' would have its rows fetched and trained on
+    here each epoch (and its version checked here): refused before any row is read."""
+    dsn = cluster_of_shards["dsn"]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("ALTER SERVER bismarck_shard_pts_2 OPTIONS (DROP extensions)")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "pushdown", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == ("shard server bismarck_shard_pts_2 does not list "
+                                        "extensions 'bismarck'")
+        assert "ADD extensions 'bismarck'" in diag.message_hint
+        assert "Traceback" not in str(err.value)
+        assert _versions(dsn, "pushdown") == 0
+        with psycopg.connect(dsn) as c:
+            found = {f.shard.server: f.problems for f in shards.check(c, "pts")}
+        assert any("does not list extensions 'bismarck'" in p
+                   for p in found["bismarck_shard_pts_2"])
+        assert not found["bismarck_shard_pts_1"]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("ALTER SERVER bismarck_shard_pts_2 OPTIONS (ADD extensions 'bismarck')")
+    _train(dsn, "pts", "pushdown", ", averaging => 'partition'", opts="max_epochs => 1")
+    assert _versions(dsn, "pushdown") == 1
+
+
 def test_training_refuses_a_shard_without_a_feature_column(cluster_of_shards) -> None:
     """A shard whose table lost a feature after it was attached: refused before any epoch,
     naming the server and the column (the shard's own message), on both fronts."""

@@ -202,3 +202,50 @@ def test_softmax_defaults_fit_iris_as_scikit_learn(conn: psycopg.Connection, see
     assert out[1], out  # converged, and the stored model is that good
     assert m["accuracy"] >= ref_acc - 0.03, (out, m, ref_acc)
     assert m["log_loss"] <= ref_loss * 1.25 + 0.02, (out, m, ref_loss)
+
+
+def test_softmax_far_worse_than_uniform_is_refused(conn: psycopg.Connection,
+                                                   digits: dict) -> None:
+    """eta0 => 1000 sends the loss to ~2e4 in the first epoch and keeps it there (no growth
+    for the schedule's bound to see): more than 100 times the uniform model's log 10, refused
+    with advice in train_glm's own options, nothing stored."""
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+        conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                     "'softmax_absurd', loss => 'softmax', eta0 => 1000, "
+                     "learning_rate => 'constant', max_epochs => 5, seed => 1)")
+    assert "uniform probabilities over the 10 classes" in err.value.diag.message_detail
+    assert err.value.diag.message_hint.startswith("Lower eta0 (try 100)")
+    assert conn.execute("SELECT count(*) FROM bismarck.models "
+                        "WHERE model_name = 'softmax_absurd'").fetchone() == (0,)
+
+
+def test_softmax_extreme_features_and_f1_on_missing_classes(conn: psycopg.Connection,
+                                                            digits: dict) -> None:
+    """Features of ±1e308 (finite) give the limit of the probabilities, never NaN, with
+    predict_class their argmax; evaluate scores such a row with a true loss (not 0), and
+    f1_macro on rows missing classes is scikit-learn's."""
+    from sklearn.metrics import f1_score
+
+    conn.execute("SELECT * FROM bismarck.train_glm('digits_train', 'y', ARRAY['x'], "
+                 "'softmax_extreme', loss => 'softmax', max_epochs => 3, seed => 1)")
+    x = "array_cat(ARRAY[1e308, -1e308, 1e308]::float8[], array_fill(1e308::float8, ARRAY[61]))"
+    p, c = conn.execute(f"SELECT bismarck.predict_proba('softmax_extreme', {x}), "
+                        f"bismarck.predict_class('softmax_extreme', {x})").fetchone()
+    assert all(np.isfinite(p)) and sum(p) == pytest.approx(1.0) and max(p) > 0.99
+    assert float(c) == float(np.argmax(p))
+    conn.execute("CREATE TABLE digits_extreme AS SELECT * FROM digits_test WHERE y < 5")
+    rows = conn.execute("SELECT y, bismarck.predict_class('softmax_extreme', x) "
+                        "FROM digits_extreme").fetchall()
+    y, pred = np.array([r[0] for r in rows]), np.array([float(r[1]) for r in rows])
+    metrics = dict(conn.execute("SELECT * FROM bismarck.evaluate('softmax_extreme', "
+                                "'digits_extreme')"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    wrong = int(np.argsort(p)[0])  # a class the extreme row gives probability ~0
+    conn.execute(f"INSERT INTO digits_extreme (id, x, y) VALUES (100000, {x}, {wrong})")
+    after = dict(conn.execute("SELECT * FROM bismarck.evaluate('softmax_extreme', "
+                              "'digits_extreme')"))
+    n = metrics["rows"]
+    assert after["rows"] == n + 1 and after["skipped_rows"] == metrics["skipped_rows"]
+    # the row's loss is -log(eps) = 36.04 (probability 0, clipped as scikit-learn clips)
+    assert after["log_loss"] * (n + 1) - metrics["log_loss"] * n == pytest.approx(
+        -np.log(np.finfo(float).eps), rel=1e-6)

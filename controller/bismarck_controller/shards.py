@@ -17,6 +17,7 @@ is composed with :mod:`psycopg.sql` (identifiers quoted, values as literals or p
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field
 
 import psycopg
@@ -162,12 +163,20 @@ def check(conn: psycopg.Connection, parent: str | None = None) -> list[Finding]:
 def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
     """One shard's :class:`Finding`; runs in a savepoint that is always rolled back."""
     finding = Finding(shard)
+    listed = [e.strip() for e in shard.options.get("extensions", "").split(",")]
+    if "bismarck" not in listed:
+        finding.problems.append(
+            f"server {shard.server} does not list extensions 'bismarck' (epochs would fetch "
+            f"its rows instead of running there): ALTER SERVER "
+            f"{sql.Identifier(shard.server).as_string(conn)} OPTIONS "
+            f"(ADD extensions 'bismarck')")
     local = conn.execute("SELECT extversion FROM pg_catalog.pg_extension "
                          "WHERE extname = 'bismarck'").fetchone()
     try:
         with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
-            probe = sql.Identifier("bismarck_shard_check")
+            # a fresh name: a schema someone created under a fixed one would block every check
+            probe = sql.Identifier(f"bismarck_shard_check_{secrets.token_hex(8)}")
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(probe))
             server = sql.Identifier(shard.server)
             conn.execute(sql.SQL(
@@ -191,7 +200,7 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
             remote = dict(conn.execute(sql.SQL(
                 "SELECT attname::text, atttypid FROM {}.cols WHERE attrelid = %s::regclass "
                 "AND attnum > 0 AND NOT attisdropped").format(probe),
-                [_remote_regclass(conn, shard, schema, table)]).fetchall())
+                [_remote_regclass(conn, shard, schema, table, probe)]).fetchall())
             mine = conn.execute(
                 "SELECT attname::text, atttypid, format_type(atttypid, atttypmod) "
                 "FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
@@ -270,19 +279,21 @@ def _remote_name(conn: psycopg.Connection, shard: Shard) -> tuple[str, str]:
     return opts.get("schema_name", schema or "public"), opts.get("table_name", table)
 
 
-def _remote_regclass(conn: psycopg.Connection, shard: Shard, schema: str, table: str) -> int:
-    """The remote table's oid, read through a probe foreign table on the remote pg_class."""
+def _remote_regclass(conn: psycopg.Connection, shard: Shard, schema: str, table: str,
+                     probe: sql.Identifier) -> int:
+    """The remote table's oid, read through probe foreign tables (in schema ``probe``) on the
+    remote pg_class and pg_namespace."""
     conn.execute(sql.SQL(
-        "CREATE FOREIGN TABLE bismarck_shard_check.rel (oid oid, relname name, "
+        "CREATE FOREIGN TABLE {}.rel (oid oid, relname name, "
         "relnamespace oid) SERVER {} OPTIONS (schema_name 'pg_catalog', "
-        "table_name 'pg_class')").format(sql.Identifier(shard.server)))
+        "table_name 'pg_class')").format(probe, sql.Identifier(shard.server)))
     conn.execute(sql.SQL(
-        "CREATE FOREIGN TABLE bismarck_shard_check.ns (oid oid, nspname name) SERVER {} "
+        "CREATE FOREIGN TABLE {}.ns (oid oid, nspname name) SERVER {} "
         "OPTIONS (schema_name 'pg_catalog', table_name 'pg_namespace')").format(
-        sql.Identifier(shard.server)))
-    row = conn.execute(
-        "SELECT r.oid FROM bismarck_shard_check.rel r JOIN bismarck_shard_check.ns n "
-        "ON n.oid = r.relnamespace WHERE r.relname = %s AND n.nspname = %s",
+        probe, sql.Identifier(shard.server)))
+    row = conn.execute(sql.SQL(
+        "SELECT r.oid FROM {}.rel r JOIN {}.ns n "
+        "ON n.oid = r.relnamespace WHERE r.relname = %s AND n.nspname = %s").format(probe, probe),
         [table, schema]).fetchone()
     if row is None:
         raise psycopg.errors.UndefinedTable(f'table "{schema}.{table}" does not exist')

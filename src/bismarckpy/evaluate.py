@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -240,12 +241,17 @@ def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[
     base = (f"SELECT {src.label_expr} AS y, bismarck._predict_proba_kind('softmax', "
             f"%s::jsonb, NULL::bytea, {src.x_expr}) AS pr FROM {src.relation} AS s "
             f"WHERE {src.valid_expr}")
-    cells = session.query(
+    # pr is NULL for a row the model cannot score (its probabilities are not finite, e.g.
+    # features of 1e308): such rows are counted with the skipped rows, never scored.
+    rows = session.query(
         "SELECT array_position(%s::float8[], y) AS truth, (SELECT u.i FROM unnest(pr) WITH "
         "ORDINALITY AS u(v, i) ORDER BY u.v DESC, u.i LIMIT 1) AS guess, count(*) AS n, "
-        "sum(-ln(least(greatest(pr[array_position(%s::float8[], y)], %s), 1.0))) AS ll "
-        f"FROM ({base}) AS b GROUP BY 1, 2",
+        "sum(-ln(least(greatest(pr[array_position(%s::float8[], y)], %s), 1.0))) AS ll, "
+        "pr IS NULL AS unscorable "
+        f"FROM ({base}) AS b GROUP BY 1, 2, 5",
         [classes, classes, _EPS, json.dumps(stored)])
+    cells = [r[:4] for r in rows if not r[4] or r[0] is None]
+    unscorable = sum(int(r[2]) for r in rows if r[4] and r[0] is not None)
     unknown = sum(int(n) for truth, _, n, _ in cells if truth is None)
     if unknown and labels is not None:
         raise unknown_classes(unknown, labels)
@@ -257,18 +263,42 @@ def softmax_metrics(session: Session, m: dict[str, Any], relation: str) -> list[
             hint="Evaluate on data labelled like the training data.")
     n = sum(int(c[2]) for c in cells)
     if n == 0:
-        raise InvalidData(f"no usable rows in {src.name}", hint="Check the table's rows.")
+        raise InvalidData(f"no usable rows in {src.name}",
+                          detail=f"The model's probabilities are not finite for its {unscorable} "
+                                 "rows (features far beyond the training range)."
+                          if unscorable else None, hint="Check the table's rows.")
     right = sum(int(c[2]) for c in cells if c[0] == c[1])
-    f1s = []
-    for k in sorted({c[0] for c in cells} | {c[1] for c in cells}):
-        tp = sum(int(c[2]) for c in cells if c[0] == k and c[1] == k)
-        true_k = sum(int(c[2]) for c in cells if c[0] == k)
-        said_k = sum(int(c[2]) for c in cells if c[1] == k)
-        f1s.append(2 * tp / (true_k + said_k) if true_k + said_k else 0.0)
     ll = sum(float(c[3]) for c in cells)
-    skipped = {"metric": "skipped_rows", "value": float(checked.n_total - checked.n_usable)}
-    return _rows([("rows", n), ("accuracy", right / n), ("f1_macro", sum(f1s) / len(f1s)),
+    skipped = {"metric": "skipped_rows",
+               "value": float(checked.n_total - checked.n_usable + unscorable)}
+    return _rows([("rows", n), ("accuracy", right / n),
+                  ("f1_macro", f1_macro((c[0], c[1], int(c[2])) for c in cells)),
                   ("log_loss", ll / n)]) + [skipped]
+
+
+def f1_macro(cells: Iterable[tuple[Any, Any, int]]) -> float:
+    """Macro-averaged F1 of a confusion table given as ``(true class, predicted class, rows)``
+    cells: the mean over every class that is a true or a predicted label of some row of
+    ``2·TP / (true rows + predicted rows)``, as scikit-learn's ``f1_score(y, pred,
+    average="macro")`` (whose labels are the union of ``y`` and ``pred``): a model class that
+    neither occurs nor is predicted among the rows does not count. NaN without rows.
+
+    Every classifier kind's ``f1_macro`` is this one function.
+    """
+    tp: dict[Any, int] = {}
+    true: dict[Any, int] = {}
+    said: dict[Any, int] = {}
+    for t, g, n in cells:
+        if n <= 0:
+            continue
+        true[t] = true.get(t, 0) + n
+        said[g] = said.get(g, 0) + n
+        if t == g:
+            tp[t] = tp.get(t, 0) + n
+    labels = set(true) | set(said)
+    if not labels:
+        return float("nan")
+    return sum(2 * tp.get(k, 0) / (true.get(k, 0) + said.get(k, 0)) for k in labels) / len(labels)
 
 
 #: scikit-learn's log_loss clips probabilities to [eps, 1 - eps] with float64's epsilon.

@@ -499,7 +499,11 @@ def current(store: dict, handle: bytes) -> Factors:
     """The run's factors as they are now (the live arrays, not a copy)."""
     run = _runs(store).get(bytes(handle))
     if run is None:
-        raise InvalidData("the factorisation run is not held by this database backend")
+        raise InvalidData("the factorisation run is not held by this database backend",
+                          detail="The handle names no training run of this backend (runs are "
+                                 "held only while bismarck.train_mf runs).",
+                          hint="Train with bismarck.train_mf; the private _mf_* functions "
+                               "take a handle of a run in progress.")
     return run.factors
 
 

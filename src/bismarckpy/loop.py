@@ -187,6 +187,12 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
                 f"packed => true is not supported with {model_kind.name} models",
                 detail=f"A {model_kind.name} model trains on a row copy.",
                 hint="Leave packed unset (or false).")
+        if p.get("shuffle") == "blocks":  # page groups reach the kind as blocks
+            raise InvalidParameter(
+                f"shuffle => 'blocks' is not supported with {model_kind.name} models",
+                detail=f"A {model_kind.name} model trains on a row copy; 'blocks' hands the "
+                       "rows of page groups to the kind's block transition.",
+                hint="Use shuffle => 'once' (the default) or 'always'.")
         p["packed"] = False
     p.setdefault("solver", "sgd")
     # A kind may name the loop's settings after its own parameters (the MLP's loss follows its
@@ -221,7 +227,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
 
         partitioned.check_options(p, table)
     if p["shuffle"] == "blocks":
-        if p["solver"] != "sgd":
+        if p["solver"] in EXACT_SOLVERS:
             raise InvalidParameter(
                 f"shuffle => 'blocks' needs solver => 'sgd' (not '{p['solver']}')",
                 detail="The exact solvers read every row in each pass; the order does not "
@@ -978,13 +984,16 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
         notes.append(f"training stopped after {run.epochs} epochs without converging (the "
                      f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
                      f"{p['n_iter_no_change']} epochs). Raise max_epochs")
+    _check_not_worse_than_trivial(session, kind, p, prep, run)
     share = validation_share(prep, p["validation_fraction"], notes)
     stored = kind.export(p, prep, run.model)
     seconds = time.monotonic() - started
     metrics = {"train_loss": run.train_loss, "validation_loss": run.valid_loss,
                "epochs": run.epochs, "converged": run.converged, "rows": prep.n_train,
                "validation_rows": prep.n_valid, "validation_share": share,
-               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d}
+               "skipped_rows": prep.skipped, "seconds": seconds, "n_features": prep.d,
+               "constant_features": [_feature_name(src.features, src.array_feature, i)
+                                     for i in prep.constant]}
     for note in notes:
         session.warn(note)
     if prep.unwritten is not None:
@@ -1116,6 +1125,47 @@ def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepare
             hint=("Use standardize => true, or lower eta0" if not p["standardize"]
                   else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
                  "'adaptive' or 'bold_driver'. No model was stored.")
+
+
+def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKind, p: dict,
+                                  prep: _Prepared, run: _Run) -> None:
+    """Raise :class:`Diverged` when a kind's final training loss is more than
+    :data:`WORSE_THAN_ZERO` times the loss of its trivial model (the GLM's zero-model check,
+    :func:`_check_not_worse_than_zero`, for the other kinds).
+
+    The kind names its trivial model in ``extra["trivial_loss"]``: ``(p, data) -> (loss,
+    what)``, the mean loss per row in the epoch's (coded) units, or None when it must be
+    measured, then by one loss-only pass of ``extra["trivial_init"](p, data)`` (an evaluation
+    state of that model) over the training rows. A cross-entropy's trivial model is the
+    all-zero one, as the GLM's: its uniform probabilities lose log K per row, at least the
+    class priors' entropy (the best constant model), so the bound is never tighter than 100
+    times the priors' loss; a standardised regression's predicts the label's mean, ½ per row
+    in standardised units. A run this far above it blew up in its first epochs (where a bound
+    on the loss's growth since epoch 1 never fires): it is refused, and nothing is stored.
+    """
+    trivial = kind.extra.get("trivial_loss")
+    if trivial is None or not math.isfinite(run.train_loss):
+        return
+    zero, what = trivial(p, prep)
+    if zero is None:
+        init = kind.extra["trivial_init"](p, prep)
+        zero = kind.decode(session.query(run.train_sql, [init])[0][0]).data_loss
+    zero *= run.loss_scale
+    if not (zero > 0 and run.train_loss > WORSE_THAN_ZERO * zero):
+        return
+    rate = kind.extra.get("rate_name", "eta0")
+    value = p.get(rate)
+    advice = f"Lower {rate}" + (f" (try {value / 10:g})" if value else "")
+    if rate == "eta0":
+        advice += ", or use learning_rate => 'adaptive' or 'bold_driver'"
+    if not p.get("standardize", True):
+        advice += ", or use standardize => true"
+    raise Diverged(
+        "training diverged",
+        detail=f"The final training loss {run.train_loss:.6g} is more than "
+               f"{WORSE_THAN_ZERO:g} times the loss of the trivial model ({zero:.6g}, {what})"
+               + (f" with {rate} => {value:g}" if value else "") + ".",
+        hint=advice + ". No model was stored.")
 
 
 def _check_finite(coef: np.ndarray, intercept: float, train_loss: float,

@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import InvalidData, InvalidParameter, UndefinedObject
+from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject
 from .execution import epoch_seed
 from .kinds.mf import validate
 from .loop import (
+    WORSE_THAN_ZERO,
     EpochRecord,
     TrainingSession,
     TrainResult,
@@ -231,12 +232,41 @@ def _epoch_sql(table: str, block_size: int, n: int) -> str:
             "GROUP BY t.k ORDER BY random()) AS b")
 
 
+def _advice(p: dict) -> str:
+    """What to change when MF training diverges, in train_mf's own options."""
+    return (f"Lower eta0 (try {p['eta0'] / 10:g})"
+            + (", or use learning_rate => 'invscaling'" if p["learning_rate"] == "constant"
+               else "") + ", or raise alpha.")
+
+
+def _check_not_worse_than_mean(session: TrainingSession, prep: _Prep, p: dict,
+                               train_mse: float) -> None:
+    """Raise :class:`Diverged` when the final training MSE is more than
+    :data:`bismarckpy.loop.WORSE_THAN_ZERO` times that of the trivial model (every factor and
+    bias 0: each value predicted by the training mean, its MSE the values' variance).
+
+    A run that blew up in its first epoch and then stayed high never trips the schedule's
+    bound on the loss's growth since epoch 1; this check refuses it before anything is stored.
+    """
+    if not math.isfinite(train_mse):
+        return
+    var = session.query(f"SELECT var_pop(v) AS var FROM {prep.train}")[0][0]
+    if var is None or not float(var) > 0 or train_mse <= WORSE_THAN_ZERO * float(var):
+        return
+    raise Diverged(
+        "training diverged",
+        detail=f"The final training MSE {train_mse:.6g} is more than {WORSE_THAN_ZERO:g} "
+               f"times that of predicting the mean ({float(var):.6g}) with learning_rate => "
+               f"'{p['learning_rate']}' and eta0 => {p['eta0']:g}.",
+        hint=_advice(p) + " No model was stored.")
+
+
 def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model_name: str,
             run_id: int, started: float, relation: str, names: dict[str, str]) -> TrainResult:
     """Run the epochs, record them, export and store the model."""
     sched = Schedule(p["learning_rate"] if p["learning_rate"] != "invscaling" else "constant",
                      p["eta0"], p["tol"], p["n_iter_no_change"], p["power_t"],
-                     standardize=False)
+                     shown_as=p["learning_rate"], advice=_advice(p))
     history: list[EpochRecord] = []
     train_sql = _epoch_sql(prep.train, p["block_size"], prep.n_train)
     valid_sql = None
@@ -277,11 +307,12 @@ def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model
     if not converged and p["tol"] is not None:
         notes.append(f"train_mf stopped at max_epochs = {p['max_epochs']} without converging "
                      "(tol); raise max_epochs or tol")
+    _check_not_worse_than_mean(session, prep, p, train_mse)
     blob = bytes(session.query("SELECT bismarck._mf_export(%s) AS m", [handle])[0][0])
     model = mf.loads(blob)
     if not (np.isfinite(model.P).all() and np.isfinite(model.Q).all()):
-        raise InvalidData("training diverged: the factors are not finite", sqlstate="22003",
-                          hint=f"Lower eta0 (try {p['eta0'] / 10:g}). No model was stored.")
+        raise Diverged("training diverged: the factors are not finite",
+                       hint=_advice(p) + " No model was stored.")
     seconds = time.monotonic() - started
     metrics = {"train_loss": train_mse, "train_rmse": math.sqrt(train_mse),
                "validation_loss": valid_mse,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import BismarckError, InsufficientPrivilege, InvalidData, UndefinedObject
+from .errors import InsufficientPrivilege, InvalidData, UndefinedObject
 from .kinds import scratch
 
 #: Arrays of training runs (factorization's store) and decoded models (key ``_CACHE``): the
@@ -27,18 +27,12 @@ _CACHE_SIZE = 4
 
 
 def _guard(plpy: Any, fn, *args: Any) -> Any:
-    """A domain error, or an error of a nested SQL statement (no such model, no privilege),
-    becomes ``plpy.error`` with its SQLSTATE, detail and hint: never a Python traceback."""
-    from .server import spi_error
+    """:func:`bismarckpy.server._guard`: every error becomes a clean ``plpy.error`` with its
+    SQLSTATE, detail and hint (no such model, no privilege, a damaged handle): never a Python
+    traceback of an unexpected exception."""
+    from .server import _guard as guard
 
-    try:
-        return fn(*args)
-    except BismarckError as e:
-        plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
-    except plpy.SPIError as e:
-        err = spi_error(e)
-        plpy.error(err["message"], detail=err["detail"], hint=err["hint"],
-                   sqlstate=err["sqlstate"])
+    return guard(plpy, fn, *args)
 
 
 def train_mf(plpy: Any, args: dict[str, Any]) -> str:
@@ -79,8 +73,7 @@ def export(plpy: Any, handle: bytes) -> bytes:
 
 def release(plpy: Any, handle: bytes) -> bool:
     """``bismarck._mf_release``: forget the run's arrays."""
-    mf.release(STORE, bytes(handle))
-    return True
+    return _guard(plpy, lambda: mf.release(STORE, bytes(handle)) or True)
 
 
 # -- scoring --------------------------------------------------------------------------------------

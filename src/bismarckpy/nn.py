@@ -464,6 +464,13 @@ def params_of(state: bytes) -> np.ndarray:
     return _views(_load(state))["params"].copy()
 
 
+def with_params(state: bytes, params: np.ndarray) -> bytes:
+    """``state`` with its flat parameter vector replaced by ``params`` (``(P,)``)."""
+    s = _load(state)
+    _views(s)["params"][:] = params
+    return s.tobytes()
+
+
 # --- prediction -----------------------------------------------------------------------------
 
 def raw_output(state: bytes, X) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 from . import blockscan
 from .errors import BismarckError, InvalidData, UndefinedObject
 from .pack import DTYPE_CODES, FLOAT32_SAFE
-from .params import validate
+from .params import EXACT_SOLVERS, validate
 from .source import Session, Source, escape_percent, resolve
 
 # Above this, pack with a sort on the block number (at 1M x 100 only ~10% slower than the hash
@@ -183,7 +183,7 @@ def check_ranges(session: Session, src: Source, checked: Checked, *, dtype: str 
                          "(the square of its errors overflows)",
                          "Rescale the label in a view (for example divide it by 1e100).", True,
                          features=False)
-    if solver != "sgd" and checked.max_abs_x > SQUARE_SAFE:
+    if solver in EXACT_SOLVERS and checked.max_abs_x > SQUARE_SAFE:
         raise _too_large(session, src, SQUARE_SAFE, f"is too large for solver '{solver}' (the "
                          "Hessian sums its square, which overflows)",
                          "Rescale the column in a view, or use solver => 'sgd'.", False)

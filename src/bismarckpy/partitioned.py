@@ -186,6 +186,7 @@ def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
     """
     from . import __version__
 
+    check_shard_pushdown(session, lay)
     for leaf in lay.shards:
         try:
             theirs = session.query("SELECT bismarck._engine_version(count(*)) AS v "
@@ -319,6 +320,30 @@ def _mistyped_column(session: TrainingSession, src: Source, leaf: Partition) -> 
         except Exception:  # noqa: BLE001 - the shard refused this column's test alone
             return name
     return None
+
+
+def check_shard_pushdown(session: TrainingSession, lay: Layout) -> None:
+    """Refuse foreign partitions on a server that does not list ``extensions 'bismarck'``.
+
+    postgres_fdw ships a function to the remote server only when its extension is listed in
+    the server's ``extensions`` option; otherwise it fetches every row and runs the epoch
+    (and the version check) here, on the coordinator: the shard would neither train nor be
+    checked. ``bismarck shards add`` sets the option; a partition attached by hand may lack it.
+    """
+    for leaf in lay.shards:
+        rows = session.query(
+            "SELECT coalesce(o.option_value, '') AS extensions FROM pg_catalog.pg_foreign_server "
+            "AS fs LEFT JOIN LATERAL pg_catalog.pg_options_to_table(fs.srvoptions) AS o "
+            "ON o.option_name = 'extensions' WHERE fs.srvname = %s", [leaf.server])
+        listed = rows[0][0] if rows else ""
+        if "bismarck" not in [e.strip() for e in (listed or "").split(",")]:
+            raise InvalidParameter(
+                f"shard server {leaf.server} does not list extensions 'bismarck'",
+                detail=f"Partition {leaf.name} is on it: postgres_fdw would bring every row "
+                       "to this server each epoch instead of running the epoch on the shard.",
+                hint=f"ALTER SERVER {session.ident(leaf.server).replace('%%', '%')} OPTIONS "
+                     f"({'SET' if listed else 'ADD'} extensions "
+                     f"'{(listed + ',') if listed else ''}bismarck'); then rerun.")
 
 
 def check_shard_columns(session: TrainingSession, src: Source, lay: Layout) -> None:

@@ -37,6 +37,10 @@ class Schedule:
     power_t: float = 0.5
     standardize: bool = True  # for the advice when training diverges
     rate_name: str = "eta0"  # the initial rate's parameter, for the same advice
+    # the schedule as its caller named it (MF runs invscaling itself: 'constant' here) and the
+    # caller's own advice when training diverges (None: the GLM's options)
+    shown_as: str | None = None
+    advice: str | None = None
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
@@ -104,13 +108,17 @@ class Schedule:
         raise Diverged(
             "training diverged",
             detail=f"At epoch {epoch} the training loss was {loss:g} with "
-                   f"learning_rate => '{self.learning_rate}' and {self.rate_name} => "
-                   f"{self.eta0:g} (current rate {self.eta:g}).",
-            hint=f"Lower {self.rate_name} (try {self.eta0 / 10:g}), use learning_rate => "
+                   f"learning_rate => '{self.shown_as or self.learning_rate}' and "
+                   f"{self.rate_name} => {self.eta0:g} (current rate {self.eta:g}).",
+            hint=self.advice + " No model was stored." if self.advice else self._glm_advice())
+
+    def _glm_advice(self) -> str:
+        """The GLM's (and the MLP's) advice when training diverges."""
+        return (f"Lower {self.rate_name} (try {self.eta0 / 10:g}), use learning_rate => "
                  "'adaptive'" + (" or 'bold_driver'" if self.rate_name == "eta0" else "")
                  + (", or rescale the columns" if self.standardize
                     else ", or use standardize => true")
-                 + ". No model was stored.")
+                + ". No model was stored.")
 
 
 # ----------------------------------------------------------------------------- defaults

@@ -7,11 +7,13 @@ plpgsql wrapper in ``sql/bismarck.sql`` turns into a clean ``RAISE`` with SQLSTA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -231,8 +233,26 @@ def predict_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
             return None
         model = kinds.get(kind)
         form = kinds.Stored(kind, json.loads(stored), state)
-        return float(model.predict(form, np.asarray([x], dtype=np.float64))[0])
+        with _stored_input(kind):
+            v = float(model.predict(form, np.asarray([x], dtype=np.float64))[0])
+        return v if math.isfinite(v) else None  # no finite score (features far out of range)
     return _guard(plpy, run)
+
+
+@contextlib.contextmanager
+def _stored_input(kind: str) -> Iterator[None]:
+    """Turn a stored form or state that a kind cannot read (a missing key, a wrong type or
+    length) into :class:`InvalidData`: the private scoring functions take them as arguments."""
+    try:
+        yield
+    except BismarckError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise InvalidData(f"not a stored model of kind {kind!r}",
+                          detail=f"Its stored form or state cannot be read "
+                                 f"({type(e).__name__}: {e}).",
+                          hint="Pass the stored, state and kind columns of one row of "
+                               "bismarck.models, or train the model again.") from None
 
 
 def _unscorable(x: Sequence[Any] | None) -> bool:
@@ -258,18 +278,55 @@ def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
             raise BismarckError(f"models of kind {kind!r} do not give probabilities",
                                 sqlstate="22023", hint="Use bismarck.predict.")
         form = kinds.Stored(kind, json.loads(stored), state)
-        return [float(v) for v in model.predict_proba(form, np.asarray([x], np.float64))[0]]
+        with _stored_input(kind):
+            p = [float(v) for v in model.predict_proba(form, np.asarray([x], np.float64))[0]]
+        return p if all(math.isfinite(v) for v in p) else None  # no finite probabilities
     return _guard(plpy, run)
 
 
 # -- aggregate support functions (called per row by the executor) -------------------------------
 
 def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call an aggregate function; a domain error becomes ``plpy.error`` with its SQLSTATE."""
+    """Call ``fn(*args)`` for a PL/Python entry point that returns a value (not an envelope):
+    every error leaves as ``plpy.error`` with a SQLSTATE, never a bare Python exception.
+
+    A domain error keeps its SQLSTATE, detail and hint; an error of a nested SQL statement its
+    own; anything else (a bug, or input no check foresaw) is an internal error (XX000) whose
+    detail names the cause. Every entry point of this module and :mod:`.mf_server` that is not
+    an :func:`_envelope` goes through here.
+    """
     try:
         return fn(*args)
     except BismarckError as e:
-        plpy.error(e.message, detail=e.detail, hint=e.hint, sqlstate=e.sqlstate)
+        raise_error(plpy, e.message, e.detail, e.hint, e.sqlstate)
+    except plpy.SPIError as e:
+        err = spi_error(e)
+        raise_error(plpy, err["message"], err["detail"], err["hint"], err["sqlstate"])
+    except plpy.Error:
+        raise  # already a clean plpy.error
+    except _UNREADABLE as e:  # bytes or JSON the engine did not make (a private function's)
+        raise_error(plpy, "invalid input to a bismarck function",
+                    f"A state, block or stored model passed to it cannot be read "
+                    f"({type(e).__name__}: {e}).",
+                    "The private bismarck._* functions take what the engine made: train and "
+                    "score through the public functions (bismarck.train_*, predict, evaluate).",
+                    InvalidData.sqlstate)
+    except Exception as e:
+        raise_error(plpy, "internal error in bismarck", f"{type(e).__name__}: {e}",
+                    "Please report this with the statement that caused it.", "XX000")
+
+
+#: Exceptions that reading malformed bytes or JSON raises (a truncated state, a missing key, an
+#: array of the wrong shape): a private entry point given such input reports InvalidData.
+_UNREADABLE = (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error)
+
+
+def raise_error(plpy: Any, message: str, detail: str | None, hint: str | None,
+                sqlstate: str | None) -> None:
+    """``plpy.error`` with only the fields that are set (``detail=None`` would print "None")."""
+    extra = {k: v for k, v in (("detail", detail), ("hint", hint), ("sqlstate", sqlstate))
+             if v is not None}
+    plpy.error(message, **extra)
 
 
 def engine_version() -> str:
@@ -316,7 +373,7 @@ def shared_drop(plpy: Any, init: bytes) -> bool:
 
 def shared_leftovers(plpy: Any) -> list[str]:
     """``bismarck._shared_segments``: names of the shared-model segments on this server."""
-    return shared_model.leftovers()
+    return _guard(plpy, shared_model.leftovers)
 
 
 def moments_transition(plpy: Any, state: bytes | None, x: Any) -> bytes | None:

@@ -9,13 +9,15 @@ drift from the protocol.
 from __future__ import annotations
 
 import math
+import textwrap
 import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from scipy.special import expit
 
-from bismarckpy import execution, kinds, losses
+from bismarckpy import execution, kinds, losses, pack
 from bismarckpy.errors import InvalidData, InvalidParameter
 from bismarckpy.kinds import glm
 from bismarckpy.params import COMMON_PARAMS, GLM_PARAMS, merge_params, validate
@@ -137,55 +139,42 @@ def test_execution_builds_the_epoch_queries_of_each_scan() -> None:
 
 # --- the module docstring's worked example, as written there -----------------------------------
 
-MAGIC = b"MEANv001"
-
-
-def _initialize(p, data, model, *, eta=0.0, per_step=False, evaluate=False):
-    return MAGIC + np.zeros(3).tobytes()
-
-
-def _transition(state, x, y, init):
-    s = np.frombuffer((state or init)[8:], dtype="<f8").copy()
-    if y is not None:
-        mean = s[1] / s[0] if s[0] else 0.0
-        s += (1.0, y, 0.5 * (y - mean) ** 2)
-    return MAGIC + s.tobytes()
-
-
-def _merge(a, b):
-    if a is None or b is None:
-        return a or b
-    s = np.frombuffer(a[8:], "<f8") + np.frombuffer(b[8:], "<f8")
-    return MAGIC + s.tobytes()
-
-
-def _decode(state):
-    n, total, sse = np.frombuffer(state[8:], dtype="<f8")
-    return kinds.Epoch(rows=int(n), loss_sum=float(sse), model=total / max(n, 1))
-
-
-MEAN = kinds.ModelKind(
-    name="mean", magic=MAGIC, params=merge_params(()), losses=("squared",),
-    initialize=_initialize, transition=_transition, transition_block=None,
-    merge=_merge, finalize=lambda s: s, decode=_decode, merge_rule="sum",
-    export=lambda p, data, model: kinds.Stored("mean", {"mean": model}),
-    predict=lambda stored, X: np.full(len(X), stored.model["mean"]))
+def _worked_example() -> dict:
+    """The code block of ``bismarckpy.kinds``' docstring, run as written."""
+    doc = kinds.__doc__ or ""
+    block = doc.split("around the mean so far.", 1)[1].split("::\n", 1)[1]
+    code = block.split("\nA kind that trains on rows only", 1)[0]
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)  # noqa: S102 (the project's own docstring)
+    return namespace
 
 
 def test_the_worked_example_of_the_protocol_trains_merges_and_predicts() -> None:
-    init = MEAN.initialize({}, None, None)
+    mean = _worked_example()["KIND"]
+    assert mean.packed  # the default path: packed blocks reach transition_block
+    data = SimpleNamespace(d=2, itemsize=4)
+    init = mean.initialize({}, data, None)
     ys = [1.0, 2.0, None, 6.0]
     left = right = None
     for y in ys[:2]:
-        left = MEAN.transition(left, None, y, init)
+        left = mean.transition(left, None, y, init)
     for y in ys[2:]:
-        right = MEAN.transition(right, None, y, init)
-    epoch = MEAN.decode(MEAN.finalize(MEAN.merge(left, right)))
+        right = mean.transition(right, None, y, init)
+    epoch = mean.decode(mean.finalize(mean.merge(left, right)))
     assert epoch.rows == 3 and epoch.model == pytest.approx(3.0)
     assert epoch.mean_loss == pytest.approx(epoch.loss_sum / 3)
-    stored = MEAN.export({}, None, epoch.model)
-    assert MEAN.predict(stored, np.zeros((2, 4))).tolist() == [3.0, 3.0]
-    assert MEAN.merge(None, left) == left
+    stored = mean.export({}, None, epoch.model)
+    assert mean.predict(stored, np.zeros((2, 4))).tolist() == [3.0, 3.0]
+    assert mean.merge(None, left) == left
+    # the same labels in one packed block (rows 1: of it), as the default path reads them
+    values = np.array([[9.0, 0.0, 0.0], [1.0, 1.0, 2.0], [2.0, 3.0, 4.0], [6.0, 5.0, 6.0]])
+    block = pack.encode(values, "float32")
+    packed = mean.decode(mean.transition_block(None, block, init, 1, None))
+    assert packed.rows == 3 and packed.model == pytest.approx(3.0)
+    serial = None
+    for y in ys:
+        serial = mean.transition(serial, None, y, init)
+    assert packed.loss_sum == pytest.approx(mean.decode(serial).loss_sum)
 
 
 def test_every_kind_refuses_a_state_over_the_limit():

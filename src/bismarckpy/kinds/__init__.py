@@ -65,36 +65,45 @@ registry names the kind that trains it (:attr:`bismarckpy.losses.Loss.kind`), so
 
 A worked minimal example
 ------------------------
-A "mean" kind that predicts the running mean of the label (one float per state after the
-magic: count, sum of labels, sum of squared error around the mean so far)::
+A "mean" kind that predicts the running mean of the label. Its state after the magic is five
+float64 values: the packed blocks' ``d`` and ``itemsize`` (from ``data``, so that
+``transition_block`` can read a block), then the count, the sum of labels and the squared error
+around the mean so far. Both transitions are real: the default path trains on packed blocks
+(``packed=True``), rows reach ``transition`` on the row paths (``packed => false``)::
 
     import numpy as np
-    from bismarckpy import kinds
+    from bismarckpy import kinds, pack
     from bismarckpy.params import merge_params
 
     MAGIC = b"MEANv001"
 
     def initialize(p, data, model, *, eta=0.0, per_step=False, evaluate=False):
-        return MAGIC + np.zeros(3).tobytes()
+        return MAGIC + np.array([data.d, data.itemsize, 0.0, 0.0, 0.0]).tobytes()
 
-    def transition(state, x, y, init):
+    def _add(state, init, ys):
         s = np.frombuffer((state or init)[8:], dtype="<f8").copy()
-        if y is not None:
-            mean = s[1] / s[0] if s[0] else 0.0
-            s += (1.0, y, 0.5 * (y - mean) ** 2)
+        for y in ys:
+            mean = s[3] / s[2] if s[2] else 0.0
+            s[2:] += (1.0, y, 0.5 * (y - mean) ** 2)
         return MAGIC + s.tobytes()
 
+    def transition(state, x, y, init):
+        return _add(state, init, [] if y is None else [y])
+
     def transition_block(state, block, init, first=0, stop=None):
-        ...  # the same over pack.parse_block(block, d, itemsize)[1][first:stop, 0]
+        d, itemsize = (int(v) for v in np.frombuffer(init[8:24], dtype="<f8"))
+        _, y = pack.read_block(block, d, itemsize)
+        return _add(state, init, y[first:stop])
 
     def merge(a, b):
         if a is None or b is None:
             return a or b
-        s = np.frombuffer(a[8:], "<f8") + np.frombuffer(b[8:], "<f8")
+        s = np.frombuffer(a[8:], "<f8").copy()
+        s[2:] += np.frombuffer(b[8:], "<f8")[2:]
         return MAGIC + s.tobytes()
 
     def decode(state):
-        n, total, sse = np.frombuffer(state[8:], dtype="<f8")
+        n, total, sse = np.frombuffer(state[8:], dtype="<f8")[2:]
         return kinds.Epoch(rows=int(n), loss_sum=float(sse), model=total / max(n, 1))
 
     KIND = kinds.ModelKind(
@@ -103,6 +112,10 @@ magic: count, sum of labels, sum of squared error around the mean so far)::
         merge=merge, finalize=lambda s: s, decode=decode, merge_rule="sum",
         export=lambda p, data, model: kinds.Stored("mean", {"mean": model}),
         predict=lambda stored, X: np.full(len(X), stored.model["mean"]))
+
+A kind that trains on rows only declares ``packed=False`` instead of a ``transition_block``
+of its own (any callable will do, e.g. one that raises): the loop then never packs for it and
+refuses ``packed => true``.
 
 and in this module ``BUILTIN = (..., "mean")``. That module, its tests (the numpy functions
 without a database; training end to end on a real server) and, for a new front door, its SQL

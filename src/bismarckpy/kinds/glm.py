@@ -23,6 +23,7 @@ from ..losses import BY_CODE, REGISTRY, sigmoid
 from ..pack import parse_block
 from ..params import GLM_PARAMS
 from ..shared_model import Layout
+from ..stable import linear_scores
 from . import ModelKind, Stored
 
 MAGIC = 2012.0
@@ -512,8 +513,8 @@ def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
 
     A probability of the positive class for a probabilistic loss (logistic), else the margin.
     """
-    z = np.asarray(X, dtype=np.float64) @ np.asarray(stored.model["coef"], dtype=np.float64)
-    z = z + float(stored.model["intercept"])
+    z = linear_scores(X, np.asarray(stored.model["coef"], dtype=np.float64),
+                      float(stored.model["intercept"]))
     return sigmoid(z) if REGISTRY[stored.model["loss"]].probabilistic else z
 
 

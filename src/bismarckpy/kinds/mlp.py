@@ -23,6 +23,7 @@ from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
 from ..params import Param, merge_params
 from ..shared_model import Layout
+from ..stable import softmax_rows
 from . import ModelKind, Stored
 
 _F8 = np.dtype("<f8")
@@ -150,13 +151,38 @@ def epoch_init(p: dict[str, Any], data: Any, model: bytes | None, *, eta: float 
                          batch_size=nn.EVALUATE if evaluate else None)
 
 
+def trivial_loss(p: dict[str, Any], data: Any) -> tuple[float | None, str]:
+    """The loss per row of the trivial network (every weight and intercept 0), in the epoch's
+    units, for the training loop's divergence check: classification gives uniform
+    probabilities, log K per row; a standardised regression predicts the label's mean, ½ per
+    row of a label of variance 1. None (measure it with :func:`trivial_init`) for an
+    unstandardised regression, whose zero network predicts 0."""
+    if p["task"] == "classification":
+        k = len(data.classes)
+        return math.log(k), f"uniform probabilities over the {k} classes"
+    if p["standardize"]:
+        return 0.5, "predicting the label's mean"
+    return None, "predicting 0"
+
+
+def trivial_init(p: dict[str, Any], data: Any) -> bytes:
+    """A loss-only evaluation state of the all-zero network (see :func:`trivial_loss`)."""
+    init = epoch_init(p, data, None, evaluate=True)
+    return nn.with_params(init, np.zeros(nn.n_params([data.d, *p["hidden"], 1 if p["task"]
+                                                       == "regression" else len(data.classes)])))
+
+
 def decode(state: bytes) -> MLPEpoch:
     """:attr:`ModelKind.decode`."""
     return MLPEpoch(nn.decode(state), state)
 
 
 def export(p: dict[str, Any], data: Any, model: bytes) -> Stored:
-    """:attr:`ModelKind.export`: architecture and scaling as JSON, the parameters as bytes."""
+    """:attr:`ModelKind.export`: architecture and scaling as JSON, the parameters as bytes.
+
+    A constant feature's ``sd`` is null (its scale is infinite: its standardised value is 0),
+    as in a GLM's ``fitted``; the run lists it in ``metrics->'constant_features'``.
+    """
     net = nn.decode(model)
     return Stored("mlp", {
         "task": net.task, "activation": net.activation, "sizes": net.sizes,
@@ -180,7 +206,8 @@ def _network(stored: Stored) -> tuple[list[int], np.ndarray]:
 
 
 def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """Outputs ``z`` (``n × k``) of a stored network for raw rows ``X`` (``n × d``).
+    """Outputs ``z`` (``n × k``) of a stored network for raw rows ``X`` (``n × d``); ±inf or
+    NaN where features far beyond the training range overflow.
 
     Raises :class:`InvalidData` when a row does not have the model's number of features.
     """
@@ -193,12 +220,16 @@ def raw_output(stored: Stored, X: np.ndarray) -> np.ndarray:
     m = stored.model
     mu = np.asarray(m["mu"], dtype=np.float64)
     sd = np.asarray([np.inf if s is None else s for s in m["sd"]], dtype=np.float64)
-    Xs = (X - mu) / sd
-    return nn.forward(nn.unflatten(params, sizes), Xs, nn.ACTIVATIONS[m["activation"]])[-1]
+    with np.errstate(all="ignore"):  # extreme features overflow to ±inf/NaN: callers map them
+        Xs = (X - mu) / sd
+        return nn.forward(nn.unflatten(params, sizes), Xs,
+                          nn.ACTIVATIONS[m["activation"]])[-1]
 
 
 def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """Class probabilities (``n × K``, in the order of the stored classes).
+    """Class probabilities (``n × K``, in the order of the stored classes); a row whose outputs
+    are not finite (features far beyond the training range, e.g. 1e308, overflow the
+    hidden layers) is all NaN: it has no probabilities (the SQL functions return NULL).
 
     Raises :class:`InvalidParameter` for a regression network (it has no classes).
     """
@@ -206,38 +237,63 @@ def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
         raise InvalidParameter("a regression MLP does not give probabilities",
                                detail="It was trained with task => 'regression'.",
                                hint="Use bismarck.predict.")
-    z = raw_output(stored, X)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax_rows(raw_output(stored, X))
 
 
 def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
-    """:attr:`ModelKind.predict`: the class code (classification) or the target (regression)."""
+    """:attr:`ModelKind.predict`: the class code (classification) or the target (regression);
+    NaN for a row whose outputs are not finite (the SQL functions return NULL)."""
     m = stored.model
     z = raw_output(stored, X)
     if m["task"] == "classification":
-        return np.asarray(m["class_codes"], dtype=np.float64)[np.argmax(z, axis=1)]
-    return z[:, 0] * float(m["y_scale"]) + float(m["y_shift"])
+        codes = np.asarray(m["class_codes"], dtype=np.float64)
+        _, guess, ok = _classify(z)
+        return np.where(ok, codes[guess], np.nan)
+    out = z[:, 0] * float(m["y_scale"]) + float(m["y_shift"])
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def _classify(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities (:func:`bismarckpy.stable.softmax_rows`), the predicted class index and
+    whether the row has a prediction, for outputs ``z`` (``n × K``). The class is the largest
+    output, or for a row with +inf outputs the most probable class of the limit, so that
+    ``predict`` is always the argmax of ``predict_proba``; a row with a NaN output has none."""
+    P = softmax_rows(z)
+    ok = ~np.isnan(P).any(axis=1)
+    finite = np.isfinite(z).all(axis=1)
+    guess = np.where(finite, np.argmax(np.where(finite[:, None], z, 0.0), axis=1),
+                     np.argmax(np.where(ok[:, None], P, 0.0), axis=1))
+    return P, guess, ok
+
+
+#: scikit-learn's log_loss clips probabilities to [eps, 1 - eps] with float64's epsilon.
+_LOG_EPS = math.log(np.finfo(np.float64).eps)
 
 
 def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, float]]:
     """Metrics of a stored network on rows ``X`` (``n × d``) with raw labels ``y``.
 
-    Classification: accuracy, macro-averaged F1 (scikit-learn's ``f1_score(average='macro')``
-    over the model's classes; a class never predicted nor present counts 0) and log-loss (mean
-    ``-log p(y)``). Regression: rmse, mae, r2. Raises :class:`InvalidData` for a label that is
-    not one of the model's classes.
+    Classification: accuracy, macro-averaged F1 (:func:`bismarckpy.evaluate.f1_macro`,
+    scikit-learn's ``f1_score(average='macro')``: the classes that are a true or a predicted
+    label) and log-loss (mean ``-log p(y)``, ``p`` clipped at float64's epsilon as
+    scikit-learn's ``log_loss``). Regression: rmse, mae, r2. Rows whose outputs are not finite
+    are not scored: their count is the last pair, ``("unscorable_rows", k)``. Raises
+    :class:`InvalidData` for a label that is not one of the model's classes.
     """
+    from ..evaluate import f1_macro
+
     m = stored.model
-    n = len(y)
     if m["task"] == "regression":
         pred = predict(stored, X)
+        ok = np.isfinite(pred)
+        pred, y = pred[ok], y[ok]
+        n = len(y)
         r = pred - y
         sst = float(((y - y.mean()) ** 2).sum()) if n else 0.0
         return [("rows", n), ("rmse", float(np.sqrt((r * r).mean())) if n else np.nan),
                 ("mae", float(np.abs(r).mean()) if n else np.nan),
-                ("r2", 1.0 - float((r * r).sum()) / sst if sst > 0 else np.nan)]
+                ("r2", 1.0 - float((r * r).sum()) / sst if sst > 0 else np.nan),
+                ("unscorable_rows", int((~ok).sum()))]
     codes = np.asarray(m["class_codes"], dtype=np.float64)
     idx = np.searchsorted(codes, y).clip(0, max(codes.size - 1, 0))
     unknown = codes[idx] != y
@@ -248,28 +304,37 @@ def metrics(stored: Stored, X: np.ndarray, y: np.ndarray) -> list[tuple[str, flo
                    f"(e.g. {y[unknown][0]:g}); its classes are "
                    f"{', '.join(f'{c:g}' for c in codes[:10])}{' …' if codes.size > 10 else ''}.",
             hint="Evaluate on data labelled like the training data.")
+    z = raw_output(stored, X) if len(y) else np.empty((0, codes.size))
+    P, guess, ok = _classify(z)
+    z, P, guess, idx = z[ok], P[ok], guess[ok], idx[ok]
+    n = len(idx)
+    dropped = ("unscorable_rows", int((~ok).sum()))
     if n == 0:
-        return [("rows", 0), ("accuracy", np.nan), ("f1_macro", np.nan), ("log_loss", np.nan)]
-    z = raw_output(stored, X)
-    zmax = z.max(axis=1, keepdims=True)
-    logp = z - zmax - np.log(np.exp(z - zmax).sum(axis=1, keepdims=True))
-    guess = np.argmax(z, axis=1)
-    k = codes.size
-    tp = np.bincount(idx[guess == idx], minlength=k).astype(float)
-    predicted = np.bincount(guess, minlength=k).astype(float)
-    actual = np.bincount(idx, minlength=k).astype(float)
-    denom = predicted + actual
-    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+        return [("rows", 0), ("accuracy", np.nan), ("f1_macro", np.nan), ("log_loss", np.nan),
+                dropped]
+    # log p(y) by log-sum-exp where the outputs are finite; the limit's p(y) (0 or 1/j) where
+    # some output is +inf
+    finite = np.isfinite(z).all(axis=1)
+    zs = np.where(finite[:, None], z, 0.0)
+    zmax = zs.max(axis=1, keepdims=True)
+    logp = zs - zmax - np.log(np.exp(zs - zmax).sum(axis=1, keepdims=True))
+    rows = np.arange(n)
+    with np.errstate(divide="ignore"):
+        logp_y = np.where(finite, logp[rows, idx], np.log(P[rows, idx]))
+    logp_y = np.clip(logp_y, _LOG_EPS, 0.0)
+    pairs, counts = np.unique(np.stack([idx, guess], axis=1), axis=0, return_counts=True)
     return [("rows", n), ("accuracy", float((guess == idx).mean())),
-            ("f1_macro", float(f1.mean())), ("log_loss", float(-logp[np.arange(n), idx].mean()))]
+            ("f1_macro", f1_macro((int(t), int(g), int(c))
+                                  for (t, g), c in zip(pairs, counts, strict=True))),
+            ("log_loss", float(-logp_y.mean())), dropped]
 
 
 def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
     """:attr:`ModelKind.evaluate`: the usable rows of ``relation`` are scored in this backend.
 
-    Rows with a NULL, NaN or infinite label or feature are skipped and counted
-    (``skipped_rows``). Raises :class:`InvalidData` when the rows' feature count differs from
-    the model's.
+    Rows with a NULL, NaN or infinite label or feature, and rows the network cannot score
+    (outputs not finite), are skipped and counted (``skipped_rows``). Raises
+    :class:`InvalidData` when the rows' feature count differs from the model's.
     """
     from ..evaluate import class_labels, resolve_scored, unknown_classes
     from ..packing import check_rows
@@ -293,7 +358,10 @@ def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str,
     if labels is not None and (y < 0).any():
         raise unknown_classes(int((y < 0).sum()), labels)
     out = []
-    for name, v in [*metrics(stored, X, y), ("skipped_rows", checked.n_total - checked.n_usable)]:
+    scores = metrics(stored, X, y)
+    unscorable = dict(scores).pop("unscorable_rows", 0)
+    skipped = checked.n_total - checked.n_usable + unscorable
+    for name, v in [*(s for s in scores if s[0] != "unscorable_rows"), ("skipped_rows", skipped)]:
         f = float(v)
         out.append({"metric": name, "value": None if math.isnan(f) else f})
     return out
@@ -338,4 +406,5 @@ KIND = ModelKind(
     doc="Multi-layer perceptrons: classification (softmax) and regression, SGD or Adam.",
     extra={"loop_params": loop_params,
            "shared": Layout(_shared_slots, _rows_to_step, _block_rows),
-           "rate_name": "learning_rate_init", "restore_best": True})
+           "rate_name": "learning_rate_init", "restore_best": True,
+           "trivial_loss": trivial_loss, "trivial_init": trivial_init})

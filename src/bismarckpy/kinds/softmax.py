@@ -27,6 +27,7 @@ from .. import penalties
 from ..errors import InvalidData, InvalidParameter, check_state_size
 from ..pack import parse_block
 from ..params import GLM_PARAMS, Param, merge_params
+from ..stable import linear_scores, softmax_rows
 from . import ModelKind, Stored
 
 MAGIC = 2014.0
@@ -309,11 +310,10 @@ def _flush(s: np.ndarray, d: int, k: int) -> None:
 
 
 def probabilities(coef: np.ndarray, intercept: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Class probabilities ``softmax(X coefᵀ + intercept)`` (n × K), stable for any margins."""
-    Z = np.asarray(X, dtype=np.float64) @ np.asarray(coef, dtype=np.float64).T + intercept
-    Z -= Z.max(axis=1, keepdims=True)
-    E = np.exp(Z)
-    return E / E.sum(axis=1, keepdims=True)
+    """Class probabilities ``softmax(X coefᵀ + intercept)`` (n × K), stable for any finite
+    features (:mod:`bismarckpy.stable`: margins beyond float64 are ±inf, never NaN, and the
+    classes with a +inf margin share the probability); a row with a NaN feature is NaN."""
+    return softmax_rows(linear_scores(X, np.asarray(coef, dtype=np.float64).T, intercept))
 
 
 def unstandardize(W: np.ndarray, b: np.ndarray, mu: np.ndarray,
@@ -375,7 +375,9 @@ def predict_proba(stored: Stored, X: np.ndarray) -> np.ndarray:
 def predict(stored: Stored, X: np.ndarray) -> np.ndarray:
     """:attr:`ModelKind.predict`: the most probable class of each row (as the label codes it)."""
     classes = np.asarray(stored.model["classes"], dtype=np.float64)
-    return classes[np.argmax(predict_proba(stored, X), axis=1)]
+    P = predict_proba(stored, X)
+    ok = ~np.isnan(P).any(axis=1)
+    return np.where(ok, classes[np.argmax(np.where(ok[:, None], P, 0.0), axis=1)], np.nan)
 
 
 def evaluate(session: Any, row: dict[str, Any], relation: str) -> list[dict[str, Any]]:
@@ -451,4 +453,7 @@ KIND = ModelKind(
     export=export, predict=predict, evaluate=evaluate, predict_proba=predict_proba,
     after_prepare=after_prepare, check_options=check_options,
     merge_rule="average", sql_train="bismarck.train_glm",
+    extra={"trivial_loss": lambda p, data: (
+        math.log(len(data.classes)),
+        f"uniform probabilities over the {len(data.classes)} classes")},
     doc="Multinomial logistic regression: K >= 2 classes, cross-entropy of the softmax.")
