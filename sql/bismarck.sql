@@ -552,6 +552,7 @@ CREATE FUNCTION bismarck.train_mf(
     init_std            float8   DEFAULT NULL,
     seed                bigint   DEFAULT NULL,
     validation_fraction float8   DEFAULT NULL,
+    averaging           text     DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -573,7 +574,7 @@ BEGIN
         'learning_rate', learning_rate, 'eta0', eta0, 'power_t', power_t,
         'max_epochs', max_epochs, 'tol', tol, 'n_iter_no_change', n_iter_no_change,
         'batch_size', batch_size, 'block_size', block_size, 'init_std', init_std, 'seed', seed,
-        'validation_fraction', validation_fraction));
+        'validation_fraction', validation_fraction, 'averaging', averaging));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -586,12 +587,14 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION bismarck.train_mf(regclass, text, text, text, text, integer, float8, float8,
-    text, float8, float8, integer, float8, integer, integer, integer, float8, bigint, float8) IS
+    text, float8, float8, integer, float8, integer, integer, integer, float8, bigint, float8,
+    text) IS
     'Train a low-rank matrix factorisation (global mean, row and column biases, rank factors '
     'per row and column; SGD with L2 penalties alpha and alpha_bias) on (row id, column id, '
     'value) triples with integer ids, and store it as the next version of model_name (default: '
     'the source table''s name). train_loss and validation_loss are mean squared errors. NULL '
-    'options take defaults.';
+    'options take defaults. averaging takes only ''global'': a factorisation is not averaged '
+    'over partitions.';
 
 CREATE FUNCTION bismarck.predict_mf(model text, row_id bigint, col_id bigint,
                                     unknown text DEFAULT 'error', version integer DEFAULT NULL)

@@ -184,6 +184,9 @@ BAD = [
     ("bad_nan", "rank => 1", "22000", "without a usable triple"),
     ("bad_empty", "rank => 1", "22000", "has no rows"),
     ("small3", "rank => 2, eta0 => 1e6, init_std => 10", "22003", "diverged"),
+    # a clear refusal, not "function does not exist" (an outside tester's finding)
+    ("small3", "rank => 1, averaging => 'partition'", "22023",
+     "matrix factorisation cannot average partitions"),
 ]
 
 

@@ -9,6 +9,10 @@ partitions is the row-weighted average of one epoch on each partition alone (Zin
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import psycopg
@@ -257,3 +261,152 @@ def test_list_keys_of_any_type_and_the_null_partition(conn, key_type: str,
     names = sorted(p["partition"] for p in detail["partitions"])
     assert names == [f"public.keyed_{i}" for i in range(len(values))]
     assert sum(p["rows"] for p in detail["partitions"]) == 450
+
+
+@pytest.fixture
+def by_region(conn: psycopg.Connection) -> str:
+    """Partitions that are not identically distributed: the label is the partition key
+    (y = region = 1), so each partition alone is one class (an outside tester's table)."""
+    rng = np.random.default_rng(5)
+    conn.execute("DROP TABLE IF EXISTS pk CASCADE")
+    conn.execute("CREATE TABLE pk (region int, x1 float8, x2 float8, y int) "
+                 "PARTITION BY LIST (region)")
+    for i in range(2):
+        conn.execute(f"CREATE TABLE pk_{i} PARTITION OF pk FOR VALUES IN ({i})")
+    x = rng.random((4000, 2))
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO pk VALUES (%s, %s, %s, %s)",
+                        [(i % 2, float(a), float(b), i % 2) for i, (a, b) in enumerate(x)])
+    return "pk"
+
+
+def _log_loss(conn: psycopg.Connection, name: str, table: str) -> float:
+    return dict(conn.execute("SELECT metric, value FROM bismarck.evaluate(%s, %s)",
+                             [name, table]).fetchall())["log_loss"]
+
+
+@pytest.mark.parametrize("trainer, opts", [
+    ("train_glm", "loss => 'logistic', alpha => 0.0"),
+    ("train_glm", "loss => 'softmax', alpha => 0.0"),
+    ("train_mlp", "hidden => ARRAY[4], alpha => 0.0"),
+])
+def test_train_loss_is_the_averaged_models_on_non_iid_partitions(conn, by_region, trainer: str,
+                                                                opts: str) -> None:
+    """Each partition alone is one class, so each partition's own loss along its epoch is
+    small while the averaged model cannot tell the classes apart (log loss about log 2): the
+    reported, stored and history train loss, and the convergence test, are the averaged
+    model's (as evaluate measures it), not the mean of the partitions' own losses."""
+    name = f"nonid_{trainer}_{len(opts)}"
+    row = conn.execute(
+        f"SELECT converged, train_loss FROM bismarck.{trainer}('pk', 'y', ARRAY['x1', 'x2'], "
+        f"model_name => %s, averaging => 'partition', validation_fraction => 0.0, "
+        f"max_epochs => 6, seed => 2, {opts})", [name]).fetchone()
+    stored = conn.execute("SELECT metrics FROM bismarck.models WHERE model_name = %s",
+                          [name]).fetchone()[0]
+    history = conn.execute("SELECT train_loss, detail FROM bismarck.training_history "
+                           "WHERE model_name = %s ORDER BY epoch", [name]).fetchall()
+    measured = _log_loss(conn, name, "pk")
+    assert measured > 0.6  # the averaged model knows nothing (log 2 = 0.693)
+    assert row[1] == pytest.approx(measured, rel=1e-6)
+    assert stored["train_loss"] == pytest.approx(measured, rel=1e-6)
+    assert history[-1][0] == pytest.approx(measured, rel=1e-6)
+    detail = history[-1][1]
+    # each partition's own model fitted its one class; the averaged model did not
+    assert all(p["local_loss"] < p["train_loss"] for p in detail["partitions"]), detail
+    total = sum(p["rows"] * p["train_loss"] for p in detail["partitions"])
+    assert total / sum(p["rows"] for p in detail["partitions"]) == pytest.approx(measured,
+                                                                                rel=1e-6)
+
+
+def test_a_write_during_the_epochs_stores_no_model(dsn, conn, by_region) -> None:
+    """The epochs read the partitions in place: rows inserted between two epochs (the outside
+    loop commits each one) end the run with "the source table changed during training",
+    naming the partition, and no model version; unwritten, the same run stores its model."""
+    from bismarck_controller import training
+
+    def on_epoch(rec) -> None:
+        if rec.epoch == 1:
+            conn.execute("INSERT INTO pk SELECT 1, x1, x2, y FROM pk_1 LIMIT 100")
+
+    with psycopg.connect(dsn) as c, pytest.raises(
+            BismarckError, match="the source table changed during training") as exc:
+        training.train(c, "pk", "y", ["x1", "x2"], "pk_written", on_epoch=on_epoch,
+                       averaging="partition", max_epochs=3, tol=None)
+    assert "public.pk_1" in exc.value.detail and "public.pk_0" not in exc.value.detail
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
+                        "'pk_written'").fetchone()[0] == 0
+    with psycopg.connect(dsn) as c:
+        training.train(c, "pk", "y", ["x1", "x2"], "pk_written", averaging="partition",
+                       max_epochs=3, tol=None)
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
+                        "'pk_written'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_interrupted_mid_epoch_is_interrupted(dsn, conn, signum: int) -> None:
+    """Ctrl-C or SIGTERM of `bismarck train --averaging partition` in the middle of an epoch:
+    "Aborted!" and the run recorded as interrupted, as without averaging (the restore of the
+    epoch's settings used to replace the interrupt with "current transaction is aborted")."""
+    conn.execute("DROP TABLE IF EXISTS slowparts CASCADE")
+    conn.execute("CREATE TABLE slowparts (part int, a float8, b float8, y int) "
+                 "PARTITION BY LIST (part)")
+    for i in range(2):
+        conn.execute(f"CREATE TABLE slowparts_{i} PARTITION OF slowparts FOR VALUES IN ({i})")
+    conn.execute("INSERT INTO slowparts SELECT i % 2, (i % 13)::float8, (i % 7)::float8, "
+                 "(i % 3 = 0)::int FROM generate_series(1, 40000) i")
+    model = f"sig_{int(signum)}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bismarck_controller.cli", "train", "slowparts", "--label", "y",
+         "--features", "a,b", "--model", model, "--averaging", "partition", "--max-epochs",
+         "1000", "--tol", "0", "--batch-size", "1", "--dsn", dsn],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        run_id = None
+        while run_id is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            row = conn.execute("SELECT r.run_id FROM bismarck._training_run r JOIN "
+                               "bismarck._training_epoch e USING (run_id) "
+                               "WHERE r.model_name = %s LIMIT 1", [model]).fetchone()
+            run_id = row[0] if row else None
+            time.sleep(0.1)
+        assert run_id is not None, "the run did not start"
+        time.sleep(0.3)  # inside the next epoch's statement
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Aborted!" in err and "transaction is aborted" not in err, err
+    status = conn.execute("SELECT status FROM bismarck._training_run WHERE run_id = %s",
+                          [run_id]).fetchone()[0]
+    assert status == "interrupted"
+
+
+def test_select_on_the_parent_alone_is_named(conn, parted) -> None:
+    """averaging => 'partition' reads each partition by name: a role with SELECT on the parent
+    alone hears which partition needs the grant (not a bare "permission denied")."""
+    conn.execute("DROP ROLE IF EXISTS parts_reader")
+    conn.execute("CREATE ROLE parts_reader LOGIN")
+    conn.execute("GRANT bismarck_user TO parts_reader")
+    conn.execute("GRANT SELECT ON parted TO parts_reader")
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute(f"GRANT CREATE ON DATABASE {db} TO parts_reader")  # for a working schema
+    try:
+        conn.execute("SET ROLE parts_reader")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            _train(conn, "public.parted", "granted", averaging="partition", max_epochs=1)
+        conn.execute("RESET ROLE")
+        diag = err.value.diag
+        assert diag.message_primary == "permission denied for partition public.parted_0"
+        assert "GRANT SELECT ON public.parted_0" in diag.message_hint
+        conn.execute("GRANT SELECT ON parted_0, parted_1, parted_2, parted_3 TO parts_reader")
+        conn.execute("SET ROLE parts_reader")
+        assert _train(conn, "public.parted", "granted", averaging="partition",
+                      max_epochs=1)[1] == 1
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("DROP OWNED BY parts_reader")
+        conn.execute(f"REVOKE CREATE ON DATABASE {db} FROM parts_reader")
+        conn.execute("DROP ROLE parts_reader")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 
 from bismarck_controller import embedded, extension, shards, training
 from bismarck_controller.errors import SetupError
@@ -412,6 +413,8 @@ def test_shard_killed_mid_epoch_writes_nothing(cluster_of_shards, front: str) ->
         assert message == ("the epoch failed: shard server bismarck_shard_pts_3 does not "
                            "answer"), message  # it is still restarting after the crash
         assert sqlstate == "08006"
+        if front == "client":  # the lost connection's own message, not the failed restore's
+            assert "transaction is aborted" not in str(err), err
         assert _versions(dsn, name) == 0
         assert _relations(dsn) == before  # no work schema, table or copy left behind
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -442,6 +445,8 @@ def test_shard_with_other_columns_is_refused(cluster_of_shards) -> None:
         shards.add(c, "odd", shard1.url(), "1")
     text = str(err.value)
     assert "column x1 has another type" in text and "no column x3" in text
+    assert "same types" in text  # the way out of this problem, and only of this one
+    assert "does not answer" not in text and "bismarck install" not in text
     with psycopg.connect(dsn, autocommit=True) as c:  # nothing was left behind
         assert shards.list_shards(c, "odd") == []
         assert c.execute("SELECT count(*) FROM pg_foreign_server WHERE srvname LIKE "
@@ -612,3 +617,236 @@ def test_adding_a_shard_twice_says_what_exists(cluster_of_shards) -> None:
     assert result.exit_code != 0 and "already has a partition for 1" in result.output
     assert "Traceback" not in result.output and "already exists" not in result.output
     assert servers() == before
+
+
+def test_training_names_a_shard_column_of_another_type(cluster_of_shards) -> None:
+    """A feature whose type changed on a shard after it was attached: refused before any
+    epoch, naming the shard's server and the column (not the shard's raw "operator does not
+    exist"), on both fronts."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(shard1.url(), autocommit=True) as c:
+        c.execute("ALTER TABLE pts ALTER x2 TYPE text")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "typed", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == ("column x2 has another type on shard server "
+                                        "bismarck_shard_pts_1"), diag.message_primary
+        assert "public.pts_1" in diag.message_detail and "TYPE" in diag.message_hint
+        with psycopg.connect(dsn) as c, pytest.raises(InvalidData) as outside:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "typed", averaging="partition",
+                           max_epochs=2)
+        assert outside.value.message == diag.message_primary
+        assert _versions(dsn, "typed") == 0
+    finally:
+        with psycopg.connect(shard1.url(), autocommit=True) as c:
+            c.execute("ALTER TABLE pts ALTER x2 TYPE float8 USING x2::float8")
+
+
+def test_a_missing_shard_table_is_named_as_such(cluster_of_shards) -> None:
+    """The shard answers but its table is gone: said so (42P01), not "does not answer"."""
+    dsn, shard2 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][1]
+    with psycopg.connect(shard2.url(), autocommit=True) as c:
+        c.execute("ALTER TABLE pts RENAME TO pts_away")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "away", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == ("the table of partition public.pts_2 is missing on "
+                                        "shard server bismarck_shard_pts_2")
+        assert diag.sqlstate == "42P01" and "Start the shard" not in (diag.message_hint or "")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            finding = next(f for f in shards.check(c, "pts")
+                           if f.shard.server == "bismarck_shard_pts_2")
+        assert "does not answer" not in " ".join(finding.problems), finding.problems
+        assert "table is missing" in " ".join(finding.problems)
+    finally:
+        with psycopg.connect(shard2.url(), autocommit=True) as c:
+            c.execute("ALTER TABLE pts_away RENAME TO pts")
+
+
+def test_a_role_without_a_usable_user_mapping_hears_why(cluster_of_shards) -> None:
+    """A role with no user mapping, then with one without a password (postgres_fdw requires
+    one for a role that is not a superuser): each named, with its way out, not "does not
+    answer"."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dsn = cluster_of_shards["dsn"]
+    role = "shard_mapless"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        db = c.execute("SELECT current_database()").fetchone()[0]
+        c.execute(f"DROP OWNED BY {role}") if c.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() else None
+        c.execute(f"DROP ROLE IF EXISTS {role}")
+        c.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'mapless'")
+        c.execute(f"GRANT CONNECT ON DATABASE {db} TO {role}")
+        c.execute(f"GRANT bismarck_user TO {role}")
+        c.execute(f"GRANT SELECT ON pts, pts_1, pts_2, pts_3 TO {role}")
+        servers = [r[0] for r in c.execute(
+            "SELECT srvname FROM pg_foreign_server WHERE srvname LIKE 'bismarck_shard_pts_%' "
+            "ORDER BY 1")]
+        for srv in servers:
+            c.execute(f"GRANT USAGE ON FOREIGN SERVER {srv} TO {role}")
+    params = conninfo_to_dict(dsn)
+    params.update(user=role, password="mapless")
+    role_dsn = make_conninfo(**params)
+    shard_user = conninfo_to_dict(cluster_of_shards["clusters"][0].url())["user"]
+    assert shard_user.isidentifier()
+    try:
+        with pytest.raises(psycopg.Error) as none:
+            _train(role_dsn, "public.pts", "mapless", ", averaging => 'partition'")
+        assert none.value.diag.message_primary == ("no user mapping for this role on shard "
+                                                   "server bismarck_shard_pts_1")
+        assert "CREATE USER MAPPING" in none.value.diag.message_hint
+        with psycopg.connect(dsn, autocommit=True) as c:
+            for srv in servers:
+                c.execute(f"CREATE USER MAPPING FOR {role} SERVER {srv} OPTIONS (user %s)"
+                          .replace("%s", "'" + shard_user + "'"))
+        with pytest.raises(psycopg.Error) as nopass:
+            _train(role_dsn, "public.pts", "mapless", ", averaging => 'partition'")
+        assert nopass.value.diag.message_primary == ("the user mapping for shard server "
+                                                     "bismarck_shard_pts_1 has no password")
+        assert "password" in nopass.value.diag.message_hint
+        assert "Start the shard" not in nopass.value.diag.message_hint
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {role}")
+            c.execute(f"DROP ROLE {role}")
+
+
+def test_adding_a_shard_with_stray_key_values_says_remove_them(cluster_of_shards) -> None:
+    """The shard's table holds rows of another key value: the hint says to remove those rows
+    on the shard, and nothing about versions or an unanswering shard."""
+    dsn, shard1 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][0]
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS strays (part int, x1 float8, x2 float8, "
+                  "x3 float8, y int) PARTITION BY LIST (part)")
+    with psycopg.connect(dsn) as c, pytest.raises(SetupError) as err:
+        shards.add(c, "strays", shard1.url(), "9", remote_table="public.pts")
+    text = str(err.value)
+    assert "rows of the shard's table have part other than 9" in text, text
+    assert "Remove the stray rows on the shard" in text
+    assert "does not answer" not in text and "bismarck install" not in text
+
+
+def test_scoring_pass_and_fingerprints_run_on_the_shards(cluster_of_shards) -> None:
+    """The averaged model's scoring pass (the epoch's query, unordered) and each shard's write
+    fingerprint (count and sum of row hashes) are shipped to the shards: only sums travel."""
+    with psycopg.connect(cluster_of_shards["dsn"]) as c:
+        session = PsycopgSession(c)
+        seen: list[str] = []
+        query = session.query
+
+        def recording(text: str, params=()) -> list[tuple]:
+            seen.append(text)
+            return query(text, params)
+
+        session.query = recording  # type: ignore[method-assign]
+        src = resolve(session, "public.pts", "y", ["x1", "x2", "x3"])
+        p = validate({"averaging": "partition"})
+        partitioned.check_options(p, None)
+        prep, _ = partitioned.prepare(session, src, p, 5)
+        c.rollback()
+        marks = [t for t in seen if "sum(hash_array_extended(" in t]
+        assert len(marks) == N_SHARDS, seen
+        for text in marks:
+            plan = "\n".join(r[0] for r in c.execute("EXPLAIN (VERBOSE, COSTS OFF) " + text))
+            remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+            assert len(remote) == 1 and "sum(hash_array_extended(" in remote[0], plan
+        score = execution.Scan(prep.train, group="part")
+        c.execute("SET enable_partitionwise_aggregate = on")
+        plan = "\n".join(r[0] for r in c.execute(
+            "EXPLAIN (VERBOSE, COSTS OFF) " + score.partition_sql().replace("%s", "'\\x00'")))
+    remote = [line for line in plan.splitlines() if "Remote SQL" in line]
+    assert len(remote) == N_SHARDS and all("_epoch_partial(" in r for r in remote), plan
+
+
+def test_rows_written_on_a_shard_during_the_run_store_no_model(cluster_of_shards) -> None:
+    """Rows inserted on a shard between two epochs (the client-side loop commits each epoch):
+    the run fails naming that shard's partition, and no version is stored."""
+    dsn, shard3 = cluster_of_shards["dsn"], cluster_of_shards["clusters"][2]
+
+    def on_epoch(rec) -> None:
+        if rec.epoch == 1:
+            with psycopg.connect(shard3.url(), autocommit=True) as s:
+                s.execute("INSERT INTO pts SELECT * FROM pts LIMIT 10")
+
+    try:
+        with psycopg.connect(dsn) as c, pytest.raises(
+                InvalidData, match="the source table changed during training") as err:
+            training.train(c, "pts", "y", ["x1", "x2", "x3"], "shard_written",
+                           on_epoch=on_epoch, averaging="partition", max_epochs=3, tol=None)
+        assert "public.pts_3" in err.value.detail and "public.pts_1" not in err.value.detail
+        assert _versions(dsn, "shard_written") == 0
+    finally:
+        with psycopg.connect(shard3.url(), autocommit=True) as s:
+            s.execute("DELETE FROM pts WHERE ctid IN (SELECT ctid FROM pts "
+                      "ORDER BY ctid DESC LIMIT 10)")
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_cli_interrupted_on_shards_is_interrupted(cluster_of_shards, signum: str) -> None:
+    """Ctrl-C or SIGTERM of `bismarck train --averaging partition` over shards: "Aborted!",
+    the run recorded as interrupted, no version (never "current transaction is aborted")."""
+    import signal
+    import subprocess
+    import sys
+
+    dsn = cluster_of_shards["dsn"]
+    model = f"shard_sig_{signum.lower()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bismarck_controller.cli", "train", "pts", "--label", "y",
+         "--features", "x1,x2,x3", "--model", model, "--averaging", "partition",
+         "--max-epochs", "1000", "--tol", "0", "--batch-size", "1", "--dsn", dsn],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            deadline, run_id = time.monotonic() + 120, None
+            while run_id is None and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                row = c.execute("SELECT r.run_id FROM bismarck._training_run r JOIN "
+                                "bismarck._training_epoch e USING (run_id) "
+                                "WHERE r.model_name = %s LIMIT 1", [model]).fetchone()
+                run_id = row[0] if row else None
+                time.sleep(0.1)
+            assert run_id is not None, "the run did not start"
+            time.sleep(0.2)
+            proc.send_signal(getattr(signal, signum))
+            _, err = proc.communicate(timeout=60)
+            status = c.execute("SELECT status FROM bismarck._training_run WHERE run_id = %s",
+                               [run_id]).fetchone()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Aborted!" in err and "transaction is aborted" not in err, err
+    assert status == "interrupted"
+    assert _versions(dsn, model) == 0
+
+
+def test_a_wrong_mapping_password_is_named_as_a_refused_login(cluster_of_shards) -> None:
+    """The shard refuses the mapping's password: said so, with the way out (not "start the
+    shard"), by training and by `shards check`."""
+    dsn = cluster_of_shards["dsn"]
+    server = "bismarck_shard_pts_1"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        options = dict(o.split("=", 1) for o in c.execute(
+            "SELECT umoptions FROM pg_user_mappings WHERE srvname = %s AND usename = "
+            "current_user", [server]).fetchone()[0])
+        c.execute(f"ALTER USER MAPPING FOR CURRENT_USER SERVER {server} "
+                  "OPTIONS (SET password 'not-the-password')")
+    try:
+        with pytest.raises(psycopg.Error) as err:
+            _train(dsn, "pts", "wrongpw", ", averaging => 'partition'")
+        diag = err.value.diag
+        assert diag.message_primary == (f"shard server {server} refused the login of the user "
+                                        "mapping"), diag.message_primary
+        assert "ALTER USER MAPPING" in diag.message_hint
+        with psycopg.connect(dsn, autocommit=True) as c:
+            finding = next(f for f in shards.check(c, "pts") if f.shard.server == server)
+        assert finding.problems[0].startswith("the shard refused the login"), finding.problems
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(sql.SQL("ALTER USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS "
+                              "(SET password {})").format(sql.Identifier(server),
+                                                          sql.Literal(options["password"])))

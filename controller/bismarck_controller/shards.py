@@ -56,6 +56,13 @@ class Finding:
     shard: Shard
     version: str | None = None
     problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # the way out of each kind of problem
+
+    def problem(self, text: str, hint: str) -> None:
+        """Add a problem and, once per kind, its hint."""
+        self.problems.append(text)
+        if hint not in self.hints:
+            self.hints.append(hint)
 
     @property
     def ok(self) -> bool:
@@ -107,9 +114,7 @@ def add(conn: psycopg.Connection, parent: str, dsn: str, value: str, *,
         if not finding.ok:
             raise SetupError(f"Shard {name} ({_where(shard)}) was not attached: "
                              + "; ".join(finding.problems) + ".",
-                             "Install the same bismarck version on the shard "
-                             "(`bismarck install --dsn ...`) and give its table the parent's "
-                             "columns, then add it again.")
+                             " ".join(finding.hints) + " Then add it again.")
         # Statistics make the planner ship the epoch's aggregate to the shard.
         conn.execute(sql.SQL("ANALYZE {}.{}").format(sql.Identifier(info["schema"]),
                                                      sql.Identifier(partition)))
@@ -188,10 +193,10 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
                                .format(probe)).fetchone()
             finding.version = row[0] if row else None
             if finding.version is None:
-                finding.problems.append("the shard has no bismarck extension")
+                finding.problem("the shard has no bismarck extension", VERSION_HINT)
             elif local and finding.version != local[0]:
-                finding.problems.append(f"the shard has bismarck {finding.version}, the "
-                                        f"coordinator {local[0]}")
+                finding.problem(f"the shard has bismarck {finding.version}, the "
+                                f"coordinator {local[0]}", VERSION_HINT)
             schema, table = _remote_name(conn, shard)
             remote = dict(conn.execute(sql.SQL(
                 "SELECT attname::text, atttypid FROM {}.cols WHERE attrelid = %s::regclass "
@@ -203,10 +208,11 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
                 "AND NOT attisdropped ORDER BY attnum", [shard.parent]).fetchall()
             for name, typ, shown in mine:
                 if name not in remote:
-                    finding.problems.append(f"{schema}.{table} on the shard has no column {name}")
+                    finding.problem(f"{schema}.{table} on the shard has no column {name}",
+                                    COLUMNS_HINT)
                 elif remote[name] != typ:
-                    finding.problems.append(f"column {name} has another type on the shard "
-                                            f"(the coordinator's is {shown})")
+                    finding.problem(f"column {name} has another type on the shard "
+                                    f"(the coordinator's is {shown})", COLUMNS_HINT)
             if not finding.problems:
                 key = conn.execute(
                     "SELECT a.attname::text FROM pg_catalog.pg_partitioned_table pt "
@@ -221,12 +227,48 @@ def check_one(conn: psycopg.Connection, shard: Shard) -> Finding:
                         sql.SQL(shard.partition), sql.Identifier(key[0]),
                         sql.SQL(shard.value))).fetchone()[0]
                     if others:
-                        finding.problems.append(
+                        finding.problem(
                             f"{others} rows of the shard's table have {key[0]} other than "
-                            f"{shard.value}")
+                            f"{shard.value}",
+                            f"Remove the stray rows on the shard (DELETE FROM {schema}.{table} "
+                            f"WHERE {key[0]} IS DISTINCT FROM {shard.value}, run there), or "
+                            "attach the table under another key value.")
     except psycopg.Error as exc:
-        finding.problems.append("the shard does not answer: " + " ".join(str(exc).split()))
+        finding.problem(*_failure(exc, shard))
     return finding
+
+
+VERSION_HINT = "Install this bismarck version on the shard (`bismarck install --dsn ...`)."
+COLUMNS_HINT = ("Give the shard's table the parent's columns with the same types (ALTER TABLE "
+                "on the shard).")
+
+
+def _failure(exc: psycopg.Error, shard: Shard) -> tuple[str, str]:
+    """A failed check's problem and hint, by the cause's SQLSTATE and message."""
+    state = exc.sqlstate or ""
+    reason = " ".join(f"{exc} {exc.diag.message_detail or ''}".split())
+    if "authentication failed" in reason or 'role "' in reason and "does not exist" in reason:
+        return ("the shard refused the login: " + reason,
+                "Correct the user or password (in the DSN given to `bismarck shards add`, or "
+                f"ALTER USER MAPPING FOR CURRENT_USER SERVER {shard.server} OPTIONS (SET "
+                "password '...')).")
+    if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+        return ("the shard does not answer: " + reason,
+                "Start the shard server, or correct its address (the DSN).")
+    if "user mapping not found" in reason:
+        return ("no user mapping for this role: " + reason,
+                f"Create one: CREATE USER MAPPING FOR CURRENT_USER SERVER {shard.server} "
+                "OPTIONS (user '...', password '...').")
+    if state == "2F003" or "password is required" in reason:
+        return ("the user mapping has no password: " + reason,
+                f"Add one: ALTER USER MAPPING FOR CURRENT_USER SERVER {shard.server} OPTIONS "
+                "(ADD password '...'); the shard must ask for it.")
+    if state == "42P01":
+        return ("the shard's table is missing: " + reason,
+                "Create the table on the shard with the parent's columns, or name the right "
+                "one (--remote-table).")
+    return ("checking the shard failed: " + reason,
+            "`bismarck shards check` tests every shard; see the shard's server log.")
 
 
 def _remote_name(conn: psycopg.Connection, shard: Shard) -> tuple[str, str]:

@@ -151,9 +151,11 @@ class _Prepared:
     # validation pass read, instead of FROM clauses of copies.
     train_scan: execution.Scan | None = None
     valid_scan: execution.Scan | None = None
-    # shuffle => 'blocks': the source and the snapshot mark taken before it was read; a row
-    # written since then refuses the model (blockscan.check_unwritten) before it is stored.
-    unwritten: tuple[str, tuple[int, int]] | None = None
+    # Runs that read the source in place (shuffle => 'blocks', averaging => 'partition'): a
+    # check, given the session, that the source still has the row versions it had before it
+    # was first read (blockscan.check_unwritten, partitioned.check_unwritten); it raises
+    # InvalidData otherwise, and runs before the model is stored.
+    unwritten: Callable[[Any], None] | None = None
     # The features' centre and scale even when the model is not standardised (blocks: read
     # off the preparation's moments; the separation check needs them).
     scaling: tuple[np.ndarray, np.ndarray] | None = None
@@ -331,7 +333,7 @@ def _changes_named_first(session: TrainingSession, prep: _Prepared) -> Iterator[
         if prep.unwritten is None:
             raise
         try:
-            blockscan.check_unwritten(session, *prep.unwritten)
+            prep.unwritten(session)
         except InvalidData as changed:
             raise changed from exc
         except Exception:  # noqa: BLE001 - the check could not run: report the original
@@ -475,7 +477,8 @@ def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -
                      classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
                      y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
                      constant=coding.constant, n_pos=coding.n_pos)
-    prep.unwritten = (src.relation, mark)
+    prep.unwritten = functools.partial(blockscan.check_unwritten, relation=src.relation,
+                                       mark=mark)
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
@@ -934,6 +937,9 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     valid_scan = prep.valid_scan or (execution.Scan(prep.valid, prep.packed, prep.valid_rows,
                                                     group=group, shards=shards)
                                      if prep.valid else None)
+    # averaging => 'partition': the averaged model scored on the training rows each epoch
+    # (unordered: an evaluation sums the same losses in any order)
+    score_scan = dataclasses.replace(train_scan, order=None) if by_partition else None
     train_sql = train_scan.sql()
     history: list[EpochRecord] = []
     converged = False
@@ -948,6 +954,16 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         parts: list[tuple[object, bytes]] = []
         m = kind.decode(execution.run_epoch(session, train_scan, init, strategy, parts=parts))
         train_loss = m.mean_loss * loss_scale
+        score_parts: list[tuple[object, bytes]] = []
+        if score_scan is not None:
+            # Each partition's loss along its own epoch is its own model's, not the averaged
+            # model's: on partitions that differ in distribution their mean says nothing of
+            # the average. One evaluate-only pass scores the averaged model on the training
+            # rows, per partition where the rows are; the penalty is the averaged model's.
+            ev = kind.initialize(p, prep, m.model, evaluate=True)
+            em = kind.decode(execution.run_epoch(session, score_scan, ev, strategy,
+                                                 parts=score_parts))
+            train_loss = (em.data_loss + m.mean_loss - m.data_loss) * loss_scale
         valid_parts: list[tuple[object, bytes]] = []
         if valid_scan:
             ev = kind.initialize(p, prep, m.model, evaluate=True)
@@ -964,12 +980,15 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
             model = m.model
             if keep_best and valid_loss is not None and (best is None or valid_loss < best[0]):
                 best = (valid_loss, model, train_loss)
-        else:
+        elif not by_partition:
             model = previous_start
+        # (averaging => 'partition' measures the loss at the epoch's averaged model, so a
+        # worse loss condemns this epoch's step alone: the model stays at the epoch's start.)
         rec = EpochRecord(epoch, train_loss, valid_loss, rate, m.rows, time.monotonic() - t0,
                           p["max_epochs"], len(parts) if by_partition
                           else execution.workers_merged(m.parts, p["parallel"]),
-                          _partition_detail(kind, prep, parts, valid_parts, loss_scale)
+                          _partition_detail(kind, prep, parts, score_parts, valid_parts,
+                                            loss_scale)
                           if by_partition else None,
                           functools.partial(kind.export, p, prep, m.model))
         history.append(rec)
@@ -1006,7 +1025,7 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     for note in notes:
         session.warn(note)
     if prep.unwritten is not None:
-        blockscan.check_unwritten(session, *prep.unwritten)
+        prep.unwritten(session)
     version = store_model(session, model_name, src, p, stored, metrics, {})
     return TrainResult(model_name=model_name, version=version, epochs=run.epochs,
                        converged=run.converged, train_loss=run.train_loss,
@@ -1079,7 +1098,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
               "y_mean": prep.y_mean, "y_sd": prep.y_sd, "coef_standardized": w.tolist(),
               "intercept_standardized": b, "t": t}
     if prep.unwritten is not None:
-        blockscan.check_unwritten(session, *prep.unwritten)
+        prep.unwritten(session)
     version = store_model(session, model_name, src, p, stored, metrics, fitted)
     return TrainResult(model_name=model_name, version=version, epochs=epoch,
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
@@ -1259,18 +1278,25 @@ def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> Non
 
 
 def _partition_detail(kind: kinds.ModelKind, prep: _Prepared,
-                      parts: list[tuple[object, bytes]], valid_parts: list[tuple[object, bytes]],
+                      parts: list[tuple[object, bytes]], score_parts: list[tuple[object, bytes]],
+                      valid_parts: list[tuple[object, bytes]],
                       loss_scale: float) -> dict[str, Any]:
-    """The history's per-partition detail of one epoch: rows and losses of each partition
-    (its own model's loss along its epoch; validation: the averaged model on its held-out
-    rows), and the partitions skipped for want of rows."""
+    """The history's per-partition detail of one epoch: rows and losses of each partition,
+    and the partitions skipped for want of rows.
+
+    ``train_loss`` and ``validation_loss`` are the averaged model's mean loss on the
+    partition's training and held-out rows (no penalty); ``local_loss`` is the partition's own
+    model's loss along its epoch (with its penalty), before averaging.
+    """
+    score = {k: kind.decode(kind.finalize(s)) for k, s in score_parts}
     valid = {k: kind.decode(kind.finalize(s)) for k, s in valid_parts}
     out = []
     for key, state in parts:
         e = kind.decode(kind.finalize(state))
-        v = valid.get(key)
+        t, v = score.get(key), valid.get(key)
         out.append({"partition": prep.layout.name_of(key), "rows": e.rows,
-                    "train_loss": e.mean_loss * loss_scale,
+                    "train_loss": None if t is None else t.data_loss * loss_scale,
+                    "local_loss": e.mean_loss * loss_scale,
                     "validation_loss": None if v is None else v.data_loss * loss_scale})
     seen = {prep.layout.name_of(k) for k, _ in parts}
     skipped = [q.name for q in prep.layout.partitions if q.name not in seen]

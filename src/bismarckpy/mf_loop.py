@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import Diverged, InvalidData, UndefinedObject
+from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject
 from .execution import epoch_seed
 from .kinds.mf import validate
 from .loop import (
@@ -98,6 +98,13 @@ def train_mf(session: TrainingSession, *, source: str, row_col: str, col_col: st
     started = time.monotonic()
     require_arguments("train_mf", source=source, row_col=row_col, col_col=col_col,
                       value_col=value_col)
+    averaging = options.pop("averaging", None)
+    if averaging not in (None, "global"):
+        raise InvalidParameter(
+            "matrix factorisation cannot average partitions",
+            detail=f"averaging => {averaging!r}: a factorisation's row and column factors live "
+                   "in one backend during a run; there are no per-partition models to average.",
+            hint="Leave averaging out (or 'global'), and train on the whole table.")
     p = validate(options)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,6 +328,9 @@ def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterat
     """Set server settings for this transaction and put the previous values back after.
 
     Three statements whatever the number of settings: read them, set them, restore them.
+    When the body fails (an error, Ctrl-C), its exception is the one raised: the restore is
+    tried, but in a transaction that failed with it (outside the server) it cannot run, and
+    the settings end with that transaction anyway.
     """
     if not values:
         yield
@@ -338,8 +341,11 @@ def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterat
     _set_all(session, names, list(values.values()))
     try:
         yield
-    finally:
-        _set_all(session, names, list(before))
+    except BaseException:
+        with suppress(Exception):
+            _set_all(session, names, list(before))
+        raise
+    _set_all(session, names, list(before))
 
 
 def _set_all(session: Session, names: list[str], values: list[str]) -> None:

@@ -23,18 +23,33 @@ Preparation: the row checks (counts, shapes, ranges) and the label's scale read 
 one relation, so for foreign partitions those passes bring rows to the coordinator; the
 held-out cut (each partition's k smallest hashes, ORDER BY ... LIMIT), the per-partition
 counts and the standardisation moments run on the shards. The epochs never move rows.
+
+After each epoch's merge the loop scores the averaged model on the training rows with one
+evaluate-only pass of the same per-partition query (:func:`bismarckpy.loop._run_epochs`): that,
+not the mean of the partitions' own losses along their epochs, is the training loss reported,
+stored and tested for convergence. Because the epochs re-read the partitions, each leaf is
+fingerprinted before the first read and before the model is stored (:func:`write_marks`); a
+write in between refuses the model.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import BismarckError, InvalidData, InvalidParameter, ShardUnavailable
+from .errors import (
+    BismarckError,
+    InsufficientPrivilege,
+    InvalidData,
+    InvalidParameter,
+    ShardUnavailable,
+)
 from .moments import decode as moments_decode
 from .moments import merge as moments_merge
 from .packing import check_ranges, check_rows
 from .params import EXACT_SOLVERS
+from .shared_model import subtransaction
 from .source import Source, escape_percent
 
 if TYPE_CHECKING:
@@ -180,13 +195,8 @@ def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
             raise
         except Exception as exc:
             theirs = None
-            reason = str(exc).strip().splitlines()[0]
-            if "_engine_version" not in reason:
-                raise ShardUnavailable(
-                    f"shard server {leaf.server} does not answer",
-                    detail=f"{reason} (while checking partition {leaf.name}).",
-                    hint="Start the shard (`bismarck shards check` tests every shard) and "
-                         "rerun the training.") from None
+            if "_engine_version" not in _reason(exc):
+                raise shard_failure(exc, leaf) from None
         if theirs != __version__:
             raise InvalidData(
                 f"shard server {leaf.server} has another bismarck version",
@@ -195,6 +205,121 @@ def check_shard_versions(session: TrainingSession, lay: Layout) -> None:
                        "epoch must run the same code on every shard.",
                 hint="Install this version on the shard (`bismarck install --dsn ...`), then "
                      "`bismarck shards check`.")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _detail(exc: BaseException) -> str:
+    """An error's DETAIL, from PL/Python's SPIError or psycopg's diagnostics ('' if none)."""
+    diag = getattr(exc, "diag", None)
+    data = getattr(exc, "spidata", None) or ()  # PL/Python: (sqlstate, detail, hint, ...)
+    text = (data[1] if len(data) > 1 else None) or getattr(exc, "detail", None) or (
+        diag.message_detail if diag is not None else None)
+    return " ".join(str(text or "").split())
+
+
+def _leaf_failure(exc: BaseException, leaf: Partition) -> BismarckError | None:
+    """The engine's error for a failed read of a partition by name (None: keep ``exc``)."""
+    if leaf.server:
+        return shard_failure(exc, leaf)
+    if (getattr(exc, "sqlstate", None) or "") == "42501":
+        return InsufficientPrivilege(
+            f"permission denied for partition {leaf.name}",
+            detail=f"{_reason(exc)}. averaging => 'partition' reads each partition by name "
+                   "(its counts and its row fingerprint), so SELECT on the parent table is "
+                   "not enough.",
+            hint=f"GRANT SELECT ON {leaf.name} (and every other partition) TO the role that "
+                 "trains, or use averaging => 'global'.")
+    return None
+
+
+def shard_failure(exc: BaseException, leaf: Partition) -> BismarckError:
+    """The engine's error for a failed query on a foreign partition, by the cause's SQLSTATE.
+
+    Only a lost or refused connection says the shard does not answer; a missing user mapping
+    or password, a missing table on the shard and a missing privilege say so, with the way out.
+    """
+    state = getattr(exc, "sqlstate", None) or ""
+    reason = _reason(exc)
+    where = f"(partition {leaf.name} on shard server {leaf.server})"
+    said = f"{reason} {_detail(exc)}"
+    if "authentication failed" in said or 'role "' in said and "does not exist" in said:
+        return BismarckError(
+            f"shard server {leaf.server} refused the login of the user mapping",
+            detail=f"{reason}: {_detail(exc)} {where}.", sqlstate="28000",
+            hint=f"Correct the user or password: ALTER USER MAPPING FOR CURRENT_USER SERVER "
+                 f"{leaf.server} OPTIONS (SET password '...'), then rerun.")
+    if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+        return ShardUnavailable(
+            f"shard server {leaf.server} does not answer",
+            detail=f"{reason} {where}.",
+            hint="Start the shard (`bismarck shards check` tests every shard) and rerun the "
+                 "training.")
+    if "user mapping not found" in reason:
+        return BismarckError(
+            f"no user mapping for this role on shard server {leaf.server}",
+            detail=f"{reason} {where}. postgres_fdw connects to a shard as the user mapping "
+                   "of the role that trains names.", sqlstate=state or "42704",
+            hint=f"Create one: CREATE USER MAPPING FOR CURRENT_USER SERVER {leaf.server} "
+                 "OPTIONS (user '...', password '...'), then rerun.")
+    if state == "2F003" or "password is required" in reason:
+        return BismarckError(
+            f"the user mapping for shard server {leaf.server} has no password",
+            detail=f"{reason} {where}. postgres_fdw lets a role other than a superuser "
+                   "connect only with a password in its user mapping.",
+            sqlstate=state or "2F003",
+            hint=f"Add one: ALTER USER MAPPING FOR CURRENT_USER SERVER {leaf.server} OPTIONS "
+                 "(ADD password '...') (the shard must ask for it), then rerun.")
+    if state == "42P01":
+        return InvalidData(
+            f"the table of partition {leaf.name} is missing on shard server {leaf.server}",
+            detail=f"{reason} {where}.", sqlstate=state,
+            hint="Create the table on the shard (with the coordinator's columns), or detach "
+                 "the partition (ALTER TABLE ... DETACH PARTITION); `bismarck shards check` "
+                 "tests every shard.")
+    if state == "42501":
+        return BismarckError(
+            f"permission denied on partition {leaf.name}",
+            detail=f"{reason} {where}.", sqlstate=state,
+            hint="averaging => 'partition' reads each partition directly: grant SELECT on "
+                 "every partition (and on the shard's table to the mapped user), then rerun.")
+    return BismarckError(f"a query on shard server {leaf.server} failed",
+                         detail=f"{reason} {where}.", sqlstate=state or BismarckError.sqlstate,
+                         hint="`bismarck shards check` tests every shard.")
+
+
+def _mistyped_column(session: TrainingSession, src: Source, leaf: Partition) -> str | None:
+    """The first label or feature column the shard cannot read as the coordinator's type
+    (None: none found alone). Each column's part of the epoch's row test, alone in a WHERE
+    clause the shard parses with its own column types; LIMIT 0 reads no row."""
+    wanted = [*([src.label] if src.label is not None and not src.class_labels else []),
+              *src.features]
+    rows = session.query(
+        "SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS t "
+        "FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(%s) "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", [leaf.name])
+    for name, typ in rows:
+        if name not in wanted:
+            continue
+        col = session.ident(name)
+        if typ.endswith("[]"):
+            test = f"NOT (({col})::float8[] && '{{NaN}}'::float8[])"
+        elif typ == "boolean":
+            test = f"({col})::int::float8 <> 'NaN'::float8"
+        else:
+            test = f"({col})::float8 <> 'NaN'::float8"
+        try:
+            with subtransaction(session):
+                session.query(f"SELECT 1 AS one FROM {escape_percent(leaf.name)} AS s "
+                              f"WHERE {test} LIMIT 0")
+        except BismarckError:
+            raise
+        except Exception:  # noqa: BLE001 - the shard refused this column's test alone
+            return name
+    return None
 
 
 def check_shard_pushdown(session: TrainingSession, lay: Layout) -> None:
@@ -230,25 +355,85 @@ def check_shard_columns(session: TrainingSession, src: Source, lay: Layout) -> N
     """
     for leaf in lay.shards:
         try:
-            session.query(f"SELECT {src.label_expr or 'NULL'} AS y, {src.x_expr} AS x "
-                          f"FROM {escape_percent(leaf.name)} AS s LIMIT 0")
+            # The WHERE clause is the epoch's (shipped to the shard, which parses it with its
+            # own column types); LIMIT 0 reads no row.
+            with subtransaction(session):  # the transaction goes on to find the column
+                session.query(f"SELECT {src.label_expr or 'NULL'} AS y, {src.x_expr} AS x "
+                              f"FROM {escape_percent(leaf.name)} AS s WHERE {src.valid_expr} "
+                              "LIMIT 0")
         except BismarckError:
             raise
         except Exception as exc:
             state = getattr(exc, "sqlstate", None) or ""
-            reason = str(exc).strip().splitlines()[0]
-            if not state.startswith(("42", "22")):
-                raise ShardUnavailable(
-                    f"shard server {leaf.server} does not answer",
-                    detail=f"{reason} (while checking partition {leaf.name}).",
-                    hint="Start the shard (`bismarck shards check` tests every shard) and "
-                         "rerun the training.") from None
+            reason = _reason(exc)
+            if state not in ("42703", "42883", "42804", "42846", "22P02"):
+                raise shard_failure(exc, leaf) from None
+            column = _mistyped_column(session, src, leaf) if state != "42703" else None
+            if column is not None:
+                raise InvalidData(
+                    f"column {column} has another type on shard server {leaf.server}",
+                    detail=f"{reason} (partition {leaf.name}). The epoch compares and reads "
+                           f"{column} as the coordinator's table declares it; the shard's "
+                           "table must have the same type.",
+                    hint=f"Give {column} the coordinator's type on the shard (ALTER TABLE ... "
+                         "ALTER COLUMN ... TYPE), then `bismarck shards check` and rerun."
+                ) from None
             raise InvalidData(
                 f"shard server {leaf.server} has a table without the coordinator's columns",
                 detail=f"{reason} (partition {leaf.name}). Every shard's table needs the "
                        "label and feature columns of the coordinator's table.",
                 hint="`bismarck shards check` names every difference; give the shard's table "
                      "the coordinator's columns and types, then rerun.") from None
+
+
+def write_marks(session: TrainingSession, src: Source, lay: Layout) -> list[tuple[int, int]]:
+    """A fingerprint of each leaf's rows, one aggregate per leaf (a shard computes its own).
+
+    A local partition gives ``(rows, sum of their xmin)`` (:func:`bismarckpy.blockscan.write_mark`:
+    any INSERT, UPDATE or DELETE changes it). postgres_fdw reads no ``xmin`` of a foreign
+    table, so a shard gives ``(rows, sum of a hash of each row's label and features)``: any
+    insert or delete, and any update of a column the model reads, changes it (short of a hash
+    collision); an update of other columns, or one that writes the same values, does not, and
+    changes nothing the model sees.
+    """
+    assert src.label_expr is not None
+    marks = []
+    for leaf in lay.partitions:
+        if leaf.server:
+            what = (f"coalesce(sum(hash_array_extended(ARRAY[{src.label_expr}] || {src.x_expr}, "
+                    "0)), 0)::text")  # a numeric sum: beyond int8
+        else:
+            what = "coalesce(sum(s.xmin::text::int8), 0)::text"
+        try:
+            n, h = session.query(f"SELECT count(*)::int8 AS n, {what} AS h "
+                                 f"FROM {escape_percent(leaf.name)} AS s")[0]
+        except BismarckError:
+            raise
+        except Exception as exc:
+            raised = _leaf_failure(exc, leaf)
+            if raised is None:
+                raise
+            raise raised from None
+        marks.append((int(n), int(h)))
+    return marks
+
+
+def check_unwritten(session: TrainingSession, *, src: Source, lay: Layout,
+                    marks: list[tuple[int, int]]) -> None:
+    """Raise InvalidData ("the source table changed during training") naming the partitions
+    whose fingerprint (:func:`write_marks`) is no longer the one taken before any row was read:
+    the epochs read the partitions in place, so the model would mix two versions of the data."""
+    now = write_marks(session, src, lay)
+    changed = [leaf.name for leaf, a, b in zip(lay.partitions, marks, now) if a != b]
+    if changed:
+        raise InvalidData(
+            "the source table changed during training",
+            detail=f"Rows of partition(s) {', '.join(changed)} were inserted, updated or deleted "
+                   "after the run first read them; averaging => 'partition' reads the "
+                   "partitions in place each epoch, so the model would mix two versions of the "
+                   "data. It was not stored.",
+            hint="Train again when the table is not being written, or train on a snapshot of "
+                 "it (CREATE TABLE ... AS, or averaging => 'global', which trains on a copy).")
 
 
 def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
@@ -271,6 +456,7 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
             hint="Use shuffle => 'once' (the default): a seeded hash order inside each shard.")
     check_shard_versions(session, lay)  # before anything reads the shards' rows
     check_shard_columns(session, src, lay)
+    marks = write_marks(session, src, lay)  # before the first read of the rows
     checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
@@ -361,4 +547,5 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
         classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd, constant=constant,
         n_pos=int(n_pos) if classes is not None else 0, notes=notes, layout=lay,
         order="h" if p["shuffle"] == "once" else None)
+    prep.unwritten = functools.partial(check_unwritten, src=src, lay=lay, marks=marks)
     return prep, lay
