@@ -71,7 +71,7 @@ def export_seconds(dsn: str | None, table: str, features: int, rows: int) -> flo
     """Binary COPY of x and y into numpy (no hold-out column work beyond the export's own)."""
     with connection.connect(dsn, ensure_extension=False) as conn:
         t0 = time.perf_counter()
-        pgcopy.export(conn, bench.export_query(table, 1, 0.0), features, rows)
+        pgcopy.export(conn, bench.export_query(conn, table, rows, 1, 0.0), features, rows)
         return time.perf_counter() - t0
 
 
