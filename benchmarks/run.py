@@ -624,7 +624,8 @@ class Bench:
                                  "ORDER BY version DESC LIMIT 1", [self.model("e2e")]).fetchone()
         self.conn.rollback()
         resolved = {k: (used[0] or {}).get(k) for k in ("batch_size", "eta0", "learning_rate",
-                                                         "parallel", "packed")} if used else {}
+                                                         "parallel", "packed", "shuffle")
+                    } if used else {}
         self.e2e["in-database"] = {
             "label": "in-database, defaults",
             "seconds_to_target": median([t for t, _, _ in ttts]),

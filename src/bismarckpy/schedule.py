@@ -178,13 +178,15 @@ def auto_eta0(loss: str, A: np.ndarray, batch_size: int, l2_strength: float = 0.
 # ----------------------------------------------------------------------------- which path
 #: Costs of the two paths of a table, in packed epochs at batch_size 512 (one vectorised step
 #: per block), measured side by side at 1M x 100 on 2 cores (benchmarks/blocks.py;
-#: benchmarks/results/2026-12-01-blocks-1000000x100.md): writing the packed copy costs
-#: PACK_EPOCHS packed epochs; a block-shuffled epoch BLOCK_EPOCH of them, its first (which
-#: checks and counts every row) FIRST_EPOCH. Per-row steps (batch_size 1) cost the same on
-#: both paths, so there a block-shuffled epoch is about one packed epoch.
-PACK_EPOCHS = 10.0
-BLOCK_EPOCH = 3.0
-FIRST_EPOCH = 4.0
+#: benchmarks/results/2026-12-01-blocks-1000000x100.md: packed epoch 1.40 s, packed copy's
+#: preparation 13.1 s, block-shuffled epoch 4.8 s, its preparation and first epoch 2.2 + 8.5 s):
+#: writing the packed copy (checks included) costs PACK_EPOCHS packed epochs; a
+#: block-shuffled epoch BLOCK_EPOCH of them, its preparation from a sample and its first epoch
+#: (which checks and counts every row) FIRST_EPOCH. Per-row steps (batch_size 1) cost about
+#: the same on both paths, so there a block-shuffled epoch counts as one packed epoch.
+PACK_EPOCHS = 9.0
+BLOCK_EPOCH = 3.5
+FIRST_EPOCH = 7.5
 #: Below this many rows a packed copy takes well under a second: the defaults keep it (and
 #: its exact validation share and batch size) whatever the epochs.
 BLOCKS_MIN_ROWS = 200_000
