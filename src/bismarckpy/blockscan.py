@@ -10,12 +10,14 @@ range scan (``ctid >= '(p,0)' AND ctid < '(q,0)'``, PostgreSQL 14+). ``array_agg
 (:func:`read_matrix`), shuffles the buffer's rows (seeded, new each epoch) and hands them to the
 model kind's block kernel as one packed block (:mod:`bismarckpy.pack`).
 
-The validation rows are chosen without a copy: group ``g`` holds out ``h_g`` of its ``n_g``
-usable rows, the first ``h_g`` of a permutation seeded by (seed, g), with ``h_g`` the group's
-share of ``ceil(f·n)`` rounded with the remainder carried from group to group (so the total is
-exact). Preparation (:func:`prepare_chunk`) reads every group once in physical order to learn
-``n_g``, ``h_g`` and the training rows' moments; every epoch checks ``n_g`` again, so a table
-that changed under a run is an error, never a silently different split.
+The validation rows are chosen without a copy and without counting first: each usable row of
+group ``g`` is held out when its uniform draw from a stream seeded by (seed, g), rows in
+physical order (:func:`draws`), is below the fraction; ``h_g`` of the ``n_g`` usable rows, the
+same rows in every epoch. A full preparation (:func:`prepare_step`) reads every group once in
+physical order to learn ``n_g``, ``h_g`` and the training rows' moments; a run prepared from a
+sample (:func:`sample`) learns them in its first epoch instead (:func:`first_step`, which
+checks and counts every row as preparation does). Every later epoch checks ``n_g`` again, so a
+table that changed under a run is an error, never a silently different split.
 
 Errors: :class:`~bismarckpy.errors.InvalidData` for arrays that are not 2-D float8 without
 NULLs of the expected width, and for a source whose rows changed since preparation.
