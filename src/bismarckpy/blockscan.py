@@ -555,20 +555,24 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
 
 
 def _row_facts(src: Source, d: int) -> str:
-    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``ok``
-    (complete: label and every feature present, one dimension, ``d`` elements), ``multi``
-    (more than one dimension), ``empty`` (no element), ``odd`` (complete but of another
-    length) and ``len`` (the number of elements)."""
+    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``v``
+    (label and every feature present, one dimension), ``multi`` (more than one dimension),
+    ``empty`` (no element) and ``len`` (the number of elements). Each is computed once per
+    row when the read is not flattened into its aggregate (see :func:`_facts`)."""
     x = src.x_expr
     if not src.array_feature:
-        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS ok, "
-                f"false AS multi, false AS empty, false AS odd, {int(d)} AS len")
-    return (f"{x} AS x, {src.label_expr} AS y, "
-            f"({src.scan_valid_expr} AND cardinality({x}) = {int(d)}) AS ok, "
+        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS v, "
+                f"false AS multi, false AS empty, {int(d)} AS len")
+    return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS v, "
             f"coalesce(array_ndims({x}) > 1, false) AS multi, "
             f"coalesce(cardinality({x}) = 0, false) AS empty, "
-            f"({src.scan_valid_expr} AND cardinality({x}) NOT IN (0, {int(d)})) AS odd, "
             f"cardinality({x}) AS len")
+
+
+def _facts(d: int) -> tuple[str, str]:
+    """SQL over :func:`_row_facts`' columns ``u``: a complete row (present, one dimension,
+    ``d`` elements) and an odd one (present, of another non-zero length)."""
+    return f"(u.v AND u.len = {int(d)})", f"(u.v AND u.len NOT IN (0, {int(d)}))"
 
 
 def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int,
@@ -576,14 +580,16 @@ def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int,
     """Preparation of the groups ``%s`` to ``%s`` in physical order (init state first), or
     (``listed``) of the groups of the ``int4[]`` ``%s``: the complete rows as two arrays, and
     the group's shape counts, per group."""
-    counts = ("SELECT array_agg(u.x) FILTER (WHERE u.ok) AS xs, "
-              "array_agg(u.y) FILTER (WHERE u.ok) AS ys, ARRAY[count(*), "
+    ok, odd = _facts(d)
+    # OFFSET 0 keeps the subquery: each row's facts are computed once, not once per FILTER.
+    counts = (f"SELECT array_agg(u.x) FILTER (WHERE {ok}) AS xs, "
+              f"array_agg(u.y) FILTER (WHERE {ok}) AS ys, ARRAY[count(*), "
               "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
-              "count(*) FILTER (WHERE u.odd), min(u.len) FILTER (WHERE u.odd OR u.ok), "
-              "max(u.len) FILTER (WHERE u.odd OR u.ok)]::int8[] AS shape "
+              f"count(*) FILTER (WHERE {odd}), min(u.len) FILTER (WHERE u.v AND u.len <> 0), "
+              "max(u.len) FILTER (WHERE u.v AND u.len <> 0)]::int8[] AS shape "
               f"FROM (SELECT {_row_facts(src, d)} FROM {layout.relation} AS s "
-              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)}) "
-              "AS u")
+              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)} "
+              "OFFSET 0) AS u")
     return ("SELECT bismarck._scan_prepare(bismarck._float8_array_bytes(z.xs), "
             "bismarck._float8_array_bytes(z.ys), o.g, z.shape, %s, "
             f"{int(split_seed)}::int8) AS state "
@@ -813,13 +819,14 @@ def first_sql(src: Source, layout: Layout, d: int, buffer_blocks: int = BUFFER_B
         f"SELECT {j}::float8 AS j, s.xmin::text::int8 AS xm, {_row_facts(src, d)} "
         f"FROM {layout.relation} AS s WHERE s.ctid >= {_tid(f'o.gs[{j + 1}]', layout)} "
         f"AND s.ctid < {_tid(f'o.gs[{j + 1}]', layout, 1)}" for j in range(int(buffer_blocks)))
-    facts = ("SELECT array_agg(u.x) FILTER (WHERE u.ok) AS xs, "
-             "array_agg(u.y) FILTER (WHERE u.ok) AS ys, "
-             "array_agg(u.j) FILTER (WHERE u.ok) AS js, ARRAY[count(*), "
+    ok, odd = _facts(d)
+    facts = (f"SELECT array_agg(u.x) FILTER (WHERE {ok}) AS xs, "
+             f"array_agg(u.y) FILTER (WHERE {ok}) AS ys, "
+             f"array_agg(u.j) FILTER (WHERE {ok}) AS js, ARRAY[count(*), "
              "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
-             "count(*) FILTER (WHERE u.odd), min(u.len) FILTER (WHERE u.odd OR u.ok), "
-             "max(u.len) FILTER (WHERE u.odd OR u.ok), coalesce(sum(u.xm), 0)]::int8[] AS shape "
-             f"FROM ({branches}) AS u")
+             f"count(*) FILTER (WHERE {odd}), min(u.len) FILTER (WHERE u.v AND u.len <> 0), "
+             "max(u.len) FILTER (WHERE u.v AND u.len <> 0), coalesce(sum(u.xm), 0)]::int8[] "
+             f"AS shape FROM ({branches}) AS u")
     return ("SELECT bismarck._epoch_scan_first(bismarck._float8_array_bytes(z.xs), "
             "bismarck._float8_array_bytes(z.ys), bismarck._float8_array_bytes(z.js), z.shape, "
             "o.gs, %s::int8, %s::int8 + o.buf, %s) AS state "
