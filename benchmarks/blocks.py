@@ -71,7 +71,7 @@ def export_seconds(dsn: str | None, table: str, features: int, rows: int) -> flo
     """Binary COPY of x and y into numpy (no hold-out column work beyond the export's own)."""
     with connection.connect(dsn, ensure_extension=False) as conn:
         t0 = time.perf_counter()
-        pgcopy.export(conn, bench.export_query(table, 1, 0.0), features, rows)
+        pgcopy.export(conn, bench.export_query(conn, table, rows, 1, 0.0), features, rows)
         return time.perf_counter() - t0
 
 
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             results["paths"][f"{name}/{shuffle}"] = {
                 "prep": [r["prep"] for r in runs],
                 "epoch": [statistics.median(r["epochs"]) for r in runs],
+                "first_epoch": [r["epochs"][0] for r in runs],
+                "later_epochs": [statistics.median(r["epochs"][1:] or r["epochs"]) for r in runs],
                 "final_log_loss": runs[0]["final_log_loss"],
                 "validation_curve": runs[0]["validation_loss"],
             }
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(p[name + '/scan']['seconds']):.2f} s")
         for shuffle in ("once", "blocks"):
             r = p[f"{name}/{shuffle}"]
-            print(f"  {shuffle}: prep {med(r['prep']):.2f} s, epoch {med(r['epoch']):.2f} s, "
+            print(f"  {shuffle}: prep {med(r['prep']):.2f} s, epoch {med(r['epoch']):.2f} s "
+                  f"(first {med(r['first_epoch']):.2f} s, later {med(r['later_epochs']):.2f} s), "
                   f"held-out log-loss {r['final_log_loss']:.4f}, validation by epoch "
                   + ", ".join(f"{v:.4f}" for v in r["validation_curve"]))
     print("load average", os.getloadavg())

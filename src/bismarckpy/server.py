@@ -379,6 +379,21 @@ def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
         split_seed, shuffle_seed, init))
 
 
+def epoch_transition_scan_first(plpy: Any, state: bytes | None, xs: bytes | None,
+                                ys: bytes | None, js: bytes | None, shape: list | None,
+                                groups: list | None, split_seed: int,
+                                shuffle_seed: int | None, init: bytes) -> bytes:
+    """SFUNC of ``bismarck._epoch_scan_first``: one buffer of a first epoch's page groups
+    (:func:`bismarckpy.blockscan.first_step`), by the kind whose init travels in the state."""
+    from . import blockscan
+
+    def kernel(kstate: bytes | None, block: bytearray, kinit: bytes) -> bytes:
+        return _runner(kinit).transition_block(kstate, block, kinit)
+
+    return _guard(plpy, blockscan.first_step, kernel, state, xs, ys, js, shape, groups,
+                  split_seed, shuffle_seed, init)
+
+
 def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
                           groups: list | None, counts: list | None, holds: list | None,
                           part: int, split_seed: int, shuffle_seed: int | None,

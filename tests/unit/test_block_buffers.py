@@ -41,20 +41,23 @@ def test_read_matrix_refuses_what_it_cannot_read(raw: bytes, message: str) -> No
         blockscan.read_matrix(raw, 2)
 
 
-@given(st.lists(st.integers(0, 600), min_size=1, max_size=60), st.floats(0.0, 0.9))
-def test_group_holds_sum_to_exactly_ceil_f_n_and_stay_within_one_of_the_share(
-        counts: list[int], fraction: float) -> None:
-    """Allotted group by group in one pass, without the total: exactly ceil(f · n) rows
-    (scikit-learn's count), each group within one row of its share."""
-    total = sum(counts)
-    before = np.r_[0, np.cumsum(counts)[:-1]]
-    holds = np.array([blockscan.group_holds(fraction, int(b), c)
-                      for b, c in zip(before, counts)])
-    assert int(holds.sum()) == blockscan.split_count(fraction, total)
-    assert blockscan.split_count(fraction, total) == (
-        0 if fraction == 0 or total == 0 else min(total, int(np.ceil(fraction * total - 1e-9))))
-    assert (holds >= 0).all() and (holds <= np.array(counts)).all()
-    assert (np.abs(holds - fraction * np.array(counts)) < 1 + 1e-9).all()
+@given(st.integers(0, 2**40), st.integers(0, 5000), st.integers(0, 600),
+       st.floats(0.0, 0.9))
+def test_held_count_and_held_mask_pick_the_rows_whose_draw_is_below_the_fraction(
+        seed: int, group: int, n: int, fraction: float) -> None:
+    """Each usable row is held out by its own seeded draw: the count is a Bernoulli sum (no
+    total needed first) and the mask the later epochs rebuild from it is the same rows."""
+    k = blockscan.held_count(seed, group, n, fraction)
+    below = blockscan.draws(seed, group, n) < fraction
+    assert k == int(below.sum())
+    np.testing.assert_array_equal(blockscan.held_mask(seed, group, n, k), below)
+
+
+def test_the_draws_hold_out_about_the_share_asked() -> None:
+    counts = np.full(400, 500)
+    k = sum(blockscan.held_count(3, g, int(c), 0.1) for g, c in enumerate(counts))
+    n = counts.sum()
+    assert abs(k - 0.1 * n) < 4 * np.sqrt(n * 0.1 * 0.9)
 
 
 def test_held_mask_is_seeded_and_exact() -> None:
@@ -119,7 +122,7 @@ def test_as_block_holds_the_rows_exactly_in_a_seeded_order(seed: int | None) -> 
 
 
 def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
-    """Counts, exact validation rows, moments of the training rows (label first) and the
+    """Counts, validation rows (per-row draws), moments of the training rows (label first) and the
     survey of all rows equal numpy's over the same rows, however the groups are chunked."""
     rng = np.random.default_rng(5)
     counts = [30, 0, 17, 44, 9, 26]
@@ -140,7 +143,7 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
         states.append(state)
     got = blockscan.prepare_decode(states, len(counts), d)
     np.testing.assert_array_equal(got.counts, counts)
-    k = blockscan.split_count(fraction, total)
+    k = sum(blockscan.held_count(77, g, c, fraction) for g, c in enumerate(counts))
     assert int(got.holds.sum()) == k
     keep = [~blockscan.held_mask(77, g, c, int(h))
             for g, (c, h) in enumerate(zip(counts, got.holds))]
@@ -162,3 +165,87 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
     assert (sv.n_total, sv.n_usable, sv.multi) == (total + 2 * len(counts), total, len(counts))
     assert sv.max_abs_x == np.abs(allx).max() and sv.min_abs_x == np.abs(allx).min()
     assert (sv.y_min, sv.y_max) == (ally.min(), ally.max()) and not sv.all01
+
+
+def _first_buffer(rng: np.random.Generator, counts: list[int], d: int,
+                  y_values: tuple[float, ...] = (0.0, 1.0)):
+    X = rng.normal(size=(sum(counts), d))
+    y = rng.choice(y_values, size=sum(counts))
+    js = np.repeat(np.arange(len(counts)), counts).astype(float)
+    return X, y, _array_bytes(X), _array_bytes(y), _array_bytes(js)
+
+
+def _counting_kernel(rows: list[int]):
+    """A stand-in for a kind's transition_block: records the rows of each block."""
+    def kernel(state, block, init):
+        offsets, R = parse_block(bytes(block), 3, 8)
+        rows.append(len(R))
+        return (state or b"") + b"."
+    return kernel
+
+
+def test_a_first_epoch_counts_checks_and_splits_every_row() -> None:
+    """What a full preparation learns (counts, shapes, label facts, magnitudes, the per-row
+    draws) comes out of the first epoch's buffers, and the kernel sees the training rows."""
+    rng = np.random.default_rng(9)
+    counts, groups = [30, 0, 25], [7, 3, 11]
+    X, y, xs, ys, js = _first_buffer(rng, counts, 3)
+    X[4, 1] = np.nan  # a missing value: skipped, counted
+    xs = _array_bytes(X)
+    init = blockscan.first_init(3, 0.2, [0.0, 1.0], 1e300, 1e300, [], b"init")
+    seen: list[int] = []
+    shape = [sum(counts) + 2, 0, 0, 0, 3, 3, 12345]  # two rows SQL found incomplete
+    raw = blockscan.first_step(_counting_kernel(seen), None, xs, ys, js, shape, groups, 5, 8,
+                               init)
+    f = blockscan.first_decode(raw)
+    sv = blockscan.first_survey(f)
+    assert (sv.n_total, sv.n_usable) == (sum(counts) + 2, sum(counts) - 1)
+    t = f.triples.reshape(-1, 3).astype(int)
+    usable = [29, 0, 25]
+    assert t[:, 0].tolist() == groups and t[:, 1].tolist() == usable
+    assert t[:, 2].tolist() == [blockscan.held_count(5, g, c, 0.2)
+                                for g, c in zip(groups, usable)]
+    h = f.head
+    assert h[blockscan._F_VALID] == t[:, 2].sum()
+    assert h[blockscan._F_TRAIN] == sum(usable) - t[:, 2].sum() == sum(seen)
+    assert h[blockscan._F_XMINS] == 12345 and not h[blockscan._F_STOP]
+    ok = np.isfinite(X).all(axis=1)
+    assert sv.max_abs_x == np.abs(X[ok]).max() and sv.all01 and not sv.allpm1
+
+
+@pytest.mark.parametrize("what", ["a third class", "a huge value", "another length",
+                                  "a varying constant column"])
+def test_a_first_epoch_stops_stepping_at_what_the_sample_missed(what: str) -> None:
+    """The kernel stops at the first buffer that breaks what the sample promised; counting
+    goes on, so the loop can raise the error a full preparation gives."""
+    rng = np.random.default_rng(10)
+    X, y, xs, ys, js = _first_buffer(rng, [40], 3, (0.0, 1.0, 2.0) if what == "a third class"
+                                     else (0.0, 1.0))
+    shape = [40, 0, 0, 1 if what == "another length" else 0, 3, 4 if what == "another length"
+             else 3, 0]
+    if what == "a huge value":
+        X[3, 2] = 1e200
+        xs = _array_bytes(X)
+    init = blockscan.first_init(3, 0.0, [0.0, 1.0], 1e150, 1e300,
+                                [1] if what == "a varying constant column" else [], b"init")
+    seen: list[int] = []
+    f = blockscan.first_decode(blockscan.first_step(_counting_kernel(seen), None, xs, ys, js,
+                                                    shape, [0], 1, 2, init))
+    assert f.head[blockscan._F_STOP] and seen == [] and f.kstate is None
+    assert blockscan.first_survey(f).n_total == 40
+
+
+def test_the_defaults_pick_the_path_by_expected_epochs_and_costs() -> None:
+    from bismarckpy import schedule
+
+    assert schedule.expected_epochs(100, 1e-3, 5) == 6
+    assert schedule.expected_epochs(3, 1e-3, 5) == 3
+    assert schedule.expected_epochs(7, None, 5) == 7
+    # blocks: FIRST + (e - 1) BLOCK packed epochs; packed copy: PACK + e
+    for e in range(1, 40):
+        blocks = schedule.FIRST_EPOCH + (e - 1) * schedule.BLOCK_EPOCH
+        assert schedule.prefer_blocks(10**6, e, 512) == (blocks < schedule.PACK_EPOCHS + e)
+    assert schedule.prefer_blocks(10**6, 1, 512)  # one epoch: never worth a copy
+    assert not schedule.prefer_blocks(10**6, 1000, 512)  # many fast epochs: the copy
+    assert schedule.prefer_blocks(10**6, 1000, 1)  # per-row steps cost the same on both
+    assert not schedule.prefer_blocks(schedule.BLOCKS_MIN_ROWS - 1, 1, 512)  # small: copy
