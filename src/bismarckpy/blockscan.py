@@ -130,11 +130,16 @@ def finite_mask(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 @dataclass
 class Buffer:
     """The rows of one buffer an epoch keeps: rows ``rows`` (None: all) of features ``X``
-    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet)."""
+    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet).
+
+    ``checked`` is False when the rows' finiteness was not tested row by row because their
+    number already matched preparation's count of usable rows: :func:`as_block` then checks
+    the rows it copies (one reduction instead of a pass over every row's values)."""
 
     X: np.ndarray
     y: np.ndarray
     rows: np.ndarray | None = None
+    checked: bool = True
 
     def __len__(self) -> int:
         return len(self.y) if self.rows is None else len(self.rows)
@@ -144,6 +149,29 @@ class Buffer:
         if self.rows is None:
             return self.X, self.y
         return self.X[self.rows], self.y[self.rows]
+
+
+#: Cached validation positions of page groups, keyed by (seed, group, rows, held): every epoch
+#: reads every group again, and drawing a group's permutation costs more than the lookup.
+_held: dict[tuple[int, int, int, int], np.ndarray] = {}
+#: At most this many cached positions (4 bytes each): 16M, 64 MB.
+HELD_CACHE_POSITIONS = 1 << 24
+_held_size = [0]
+
+
+def held_positions(seed: int, group: int, n: int, held: int) -> np.ndarray:
+    """The positions (in physical order, among the group's ``n`` usable rows) of a group's
+    validation rows: the ``True`` entries of :func:`held_mask`, cached per backend."""
+    key = (int(seed), int(group), int(n), int(held))
+    got = _held.get(key)
+    if got is None:
+        got = np.flatnonzero(held_mask(seed, group, n, held)).astype(np.int32)
+        if _held_size[0] + len(got) > HELD_CACHE_POSITIONS:
+            _held.clear()
+            _held_size[0] = 0
+        _held[key] = got
+        _held_size[0] += len(got)
+    return got
 
 
 def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
@@ -156,31 +184,42 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
     the array's own width) checks the number of features. Raises
     :class:`InvalidData` when the rows that arrive do not add up to ``counts`` (the source
     changed since preparation).
+
+    When as many rows arrive as preparation counted usable rows (the usual case), they are
+    taken as usable without a pass over their values; the returned buffer says so
+    (``checked`` False) and :func:`as_block` checks the rows it copies.
     """
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.ndim != 2:
         X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
-    d = X.shape[1]
     n = len(y)
     if X.shape[0] != n:
         raise InvalidData("a block's labels do not match its rows",
                           detail=f"{X.shape[0]} feature rows, {n} labels.")
-    ok = finite_mask(X, y)
-    usable = None if ok is None else np.flatnonzero(ok)
-    n = len(y) if usable is None else len(usable)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
-    if sum(ns) != n:
-        raise changed(n, sum(ns))
+    checked = sum(ns) != n
+    usable = None
+    if checked:  # rows that are not usable arrived (or the table changed): test each row
+        # (on an aligned copy: numpy's reductions over unaligned float64 are slow)
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        usable = None if ok is None else np.flatnonzero(ok)
+        n = len(y) if usable is None else len(usable)
+        if sum(ns) != n:
+            raise changed(n, sum(ns))
     if part == ALL or not any(holds or []):
         if part == VALID:
-            return Buffer(X, y, np.zeros(0, dtype=np.int64))
-        return Buffer(X, y, usable)
-    mask = np.concatenate([held_mask(split_seed, g, c, int(h))
-                           for g, c, h in zip(gs, ns, holds or [])]) if gs else np.zeros(0, bool)
+            return Buffer(X, y, np.zeros(0, dtype=np.int64), checked)
+        return Buffer(X, y, usable, checked)
+    mask = np.zeros(n, dtype=bool)
+    at = 0
+    for g, c, h in zip(gs, ns, holds or []):
+        if h:
+            mask[at + held_positions(split_seed, g, c, int(h))] = True
+        at += c
     keep = np.flatnonzero(mask if part == VALID else ~mask)
-    return Buffer(X, y, keep if usable is None else usable[keep])
+    return Buffer(X, y, keep if usable is None else usable[keep], checked)
 
 
 def changed(got: int, expected: int) -> InvalidData:
@@ -221,12 +260,23 @@ def check_unwritten(session: Session, relation: str, mark: tuple[int, int]) -> N
 _scratch: dict[int, bytearray] = {}
 
 
+def _rows_as_void(X: np.ndarray) -> np.ndarray:
+    """An ``n × d`` C-ordered float64 matrix as ``n`` opaque ``8·d``-byte records (a view).
+
+    Gathering records copies each row with one ``memcpy``, whatever the alignment: the arrays
+    PL/Python hands over sit 4 bytes off an 8-byte boundary (their header), where numpy's
+    float64 gathers and reductions take a slow element-by-element path."""
+    return X.view(np.dtype((np.void, 8 * X.shape[1]))).reshape(X.shape[0])
+
+
 def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
     (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
 
     The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
     per call costs more in page faults than the copy itself): it is valid until the next call.
+    Raises :class:`InvalidData` (the table changed) when the buffer was not checked row by row
+    (:class:`Buffer`) and a copied value is not finite.
     """
     n, d = len(buf), buf.X.shape[1]
     if n == 0:
@@ -244,13 +294,28 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     if shuffle_seed is not None:
         perm = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
         order = perm if order is None else order[perm]
-    if order is None:
-        values[:, 0] = buf.y
-        values[:, 1:] = buf.X
-    else:  # one gather: the kept rows in their shuffled order
-        np.take(buf.y, order, out=values[:, 0], mode="clip")
-        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    if d == 0:
+        values[:, 0] = buf.y if order is None else buf.y[order]
+    else:  # one gather of whole rows (records) into the block's feature columns
+        rows = np.frombuffer(block, dtype=np.uint8, offset=start).reshape(n, 8 * (1 + d))
+        target = rows[:, 8:].view(np.dtype((np.void, 8 * d)))[:, 0]
+        source = _rows_as_void(buf.X) if buf.X.flags.c_contiguous else None
+        if order is None:
+            values[:, 0] = buf.y
+            if source is None:
+                values[:, 1:] = buf.X
+            else:
+                target[:] = source
+        else:
+            values[:, 0] = buf.y[order]
+            if source is None:
+                values[:, 1:] = buf.X[order]
+            else:
+                target[:] = source[order]
     offsets[:] = values.min(axis=0)
+    if not buf.checked and not (np.isfinite(offsets).all()
+                                and np.isfinite(values.max(axis=0)).all()):
+        raise changed(n - int((~np.isfinite(values).all(axis=1)).sum()), n)
     values -= offsets
     return block
 

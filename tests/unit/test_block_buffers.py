@@ -162,3 +162,28 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
     assert (sv.n_total, sv.n_usable, sv.multi) == (total + 2 * len(counts), total, len(counts))
     assert sv.max_abs_x == np.abs(allx).max() and sv.min_abs_x == np.abs(allx).min()
     assert (sv.y_min, sv.y_max) == (ally.min(), ally.max()) and not sv.all01
+
+
+@pytest.mark.parametrize("part", [blockscan.ALL, blockscan.TRAIN, blockscan.VALID])
+def test_blocks_from_the_servers_bytes_equal_blocks_from_arrays(part: int) -> None:
+    """The arrays PL/Python hands over sit off an 8-byte boundary; the block built from them
+    (rows gathered as records) holds the same bytes as one built from aligned arrays."""
+    counts, holds, groups = [40, 25, 31], [4, 0, 3], [9, 5, 11]
+    X, y, xs, ys = _buffer(np.random.default_rng(6), counts, 3)
+    buf = blockscan.select_rows(xs, ys, 3, groups, counts, holds, part, 5)
+    assert not buf.X.flags.aligned and not buf.checked
+    got = bytes(blockscan.as_block(buf, 8) or b"")
+    want = bytes(blockscan.as_block(blockscan.Buffer(X.copy(), y.copy(), buf.rows), 8) or b"")
+    assert got == want
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_row_where_preparation_counted_a_usable_one_is_a_changed_table(
+        bad: float) -> None:
+    """As many rows as preparation counted usable, but one is not finite: the table changed."""
+    X, y, _, _ = _buffer(np.random.default_rng(7), [30], 2)
+    X[11, 1] = bad
+    buf = blockscan.select_rows(_array_bytes(X), _array_bytes(y), 2, [0], [30], [0],
+                                blockscan.ALL, 1)
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.as_block(buf, 3)
