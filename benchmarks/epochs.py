@@ -84,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear scr
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=["all", "packed"], default="all")
+    ap.add_argument("--packed", help="an existing packed table of the benchmark table to use")
     ap.add_argument("--label", default="", help="a name for this run in the output file")
     ap.add_argument("--dsn")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     a = ap.parse_args(argv)
-    table, _ = bench.ensure_table(a.dsn, a.rows, a.features, 1)
+    table = bench.table_name(a.rows, a.features)
+    if not a.packed or a.only == "all":
+        table, _ = bench.ensure_table(a.dsn, a.rows, a.features, 1)
     conn = psycopg.connect(connection.resolve_dsn(a.dsn), autocommit=True)
     conn.prepare_threshold = None  # a prepared generic plan may drop the parallel plan
     info = bench.machine(conn)
-    packed = packed_table(conn, table, a.batch_size)
+    packed = a.packed or packed_table(conn, table, a.batch_size)
     d = a.features
 
     def init(itemsize: int, evaluate: bool = False, mu=None, sd=None) -> bytes:
@@ -130,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear scr
         valid_sql = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False)
         timers["count(x)"] = query(serial, sql.SQL("SELECT count(x) FROM {}").format(
             sql.Identifier(table)).as_string(conn))
+        blocks = "; ".join(f"SET {k} = {v}" for k, v in execution.epoch_settings(
+            execution.Scan(table, template=train_sql), 0).items())  # the loop's own settings
         timers["blocks train pass"] = query(
-            serial, train_sql.replace(execution.AGGREGATE, execution.SGD.scan),
+            blocks, train_sql.replace(execution.AGGREGATE, execution.SGD.scan),
             [init(8, mu=mu, sd=sd)], seed=True)
         timers["blocks validation pass"] = query(
-            serial, valid_sql.replace(execution.AGGREGATE, execution.SGD.scan),
+            blocks, valid_sql.replace(execution.AGGREGATE, execution.SGD.scan),
             [init(8, True, mu=mu, sd=sd)])
         X, y = in_memory(a.rows, a.features)
         perm = np.random.default_rng(3).permutation(len(y))
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear scr
         X32 = X.astype(np.float32)
         timers["numpy epoch float64"] = lambda: bench.numpy_epoch(X, y, a.batch_size)
         timers["numpy epoch float32"] = lambda: bench.numpy_epoch(X32, y, a.batch_size)
+    serial += "; SET enable_memoize = on"  # after a blocks query, the default again
     timers["packed epoch"] = query(serial, packed_sql, [init(4)])
     timers[f"packed epoch, {a.workers} workers"] = query(par, packed_sql, [init(4)])
     for fn in timers.values():  # warm: caches, the engine in this backend, the workers' plan

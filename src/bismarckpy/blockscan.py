@@ -24,7 +24,7 @@ NULLs of the expected width, and for a source whose rows changed since preparati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -189,14 +189,27 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
     taken as usable without a pass over their values; the returned buffer says so
     (``checked`` False) and :func:`as_block` checks the rows it copies.
     """
+    X, y = _matrix(xs, ys, d)
+    return select_matrix(X, y, groups, counts, holds, part, split_seed)
+
+
+def _matrix(xs: bytes | None, ys: bytes | None, d: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n × d) and labels of one ``array_agg`` pair (views of the bytes)."""
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.ndim != 2:
         X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
-    n = len(y)
-    if X.shape[0] != n:
+    if X.shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows",
-                          detail=f"{X.shape[0]} feature rows, {n} labels.")
+                          detail=f"{X.shape[0]} feature rows, {len(y)} labels.")
+    return X, y
+
+
+def select_matrix(X: np.ndarray, y: np.ndarray, groups: list | None, counts: list | None,
+                  holds: list | None, part: int, split_seed: int) -> Buffer:
+    """:func:`select_rows` of a buffer's rows already read: features ``X`` (n × d) and raw
+    labels ``y``, the rows of ``groups`` in order."""
+    n = len(y)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
     checked = sum(ns) != n
@@ -320,13 +333,71 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     return block
 
 
+@dataclass
+class _Assembly:
+    """The rows of the buffer being assembled, one page group per call (see
+    :func:`epoch_step`): contiguous, aligned, reused from buffer to buffer."""
+
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    y: np.ndarray = field(default_factory=lambda: np.empty(0))
+    n: int = 0
+    groups: list[int] = field(default_factory=list)
+
+
+_assembly = _Assembly()  # one per backend: an epoch's aggregate runs one buffer at a time
+
+
+def _collect(xs: bytes | None, ys: bytes | None, groups: list) -> None:
+    """Append one page group's rows (``groups[-1]``, after ``groups[:-1]``) to the buffer
+    being assembled; its first group starts a new one. Raises :class:`InvalidData` for a
+    group that does not follow the ones collected (never mixes two buffers)."""
+    a = _assembly
+    if len(groups) == 1:
+        a.n, a.groups = 0, []
+    elif a.groups != groups[:-1]:
+        raise InvalidData("the page groups of a buffer arrived out of order",
+                          detail=f"Group {groups[-1]} follows {a.groups}, not {groups[:-1]}.",
+                          hint="This is a bug in the epoch's query plan; please report it.")
+    a.groups = list(groups)
+    if xs is None:
+        return  # a group without usable rows (the count check at its buffer's end decides)
+    X, y = _matrix(xs, ys, a.X.shape[1] if a.n else None)
+    m, d = X.shape
+    if a.n + m > len(a.y) or a.X.shape[1] != d:
+        size = max(a.n + m, 2 * len(a.y), 4096)
+        X2, y2 = np.empty((size, d)), np.empty(size)
+        if a.n:
+            X2[:a.n] = a.X[:a.n]
+            y2[:a.n] = a.y[:a.n]
+        a.X, a.y = X2, y2
+    if m and d:  # whole rows as records: the source sits off an 8-byte boundary
+        _rows_as_void(a.X)[a.n:a.n + m] = _rows_as_void(X)
+    a.y[a.n:a.n + m] = y
+    a.n += m
+
+
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                groups: list | None, counts: list | None, holds: list | None, part: int,
                split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
-    """One buffer of an epoch: select its rows, shuffle them, run ``kernel`` (a model kind's
-    ``transition_block(state, block, init)``, which checks the block's width against its
-    state) on them as one block."""
-    buf = select_rows(xs, ys, None, groups, counts, holds, part, split_seed)
+    """One call of an epoch: one page group of a buffer (:func:`epoch_sql`).
+
+    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to this one:
+    the groups before the last are collected (copied into one aligned matrix, each while its
+    rows are still in the processor's cache); the last one completes the buffer, whose rows
+    are then selected (:func:`select_matrix`), shuffled and handed to ``kernel`` (a model
+    kind's ``transition_block(state, block, init)``, which checks the block's width against
+    its state) as one block. A buffer of one group is read without the copy.
+    """
+    gs = list(groups or [])
+    whole = len(counts or [])
+    if whole <= 1:
+        buf = select_rows(xs, ys, None, gs, counts, holds, part, split_seed)
+    else:
+        _collect(xs, ys, gs)
+        if len(gs) < whole:
+            return state if state is not None else init
+        a = _assembly
+        buf = select_matrix(a.X[:a.n], a.y[:a.n], gs, counts, holds, part, split_seed)
     block = as_block(buf, shuffle_seed)
     if block is None:
         return state if state is not None else init
@@ -566,8 +637,13 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
               aggregate: str = "{aggregate}") -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
-    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups,
-    ``buffer_blocks`` per call; its one parameter is the kernel's init state.
+    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
+    of ``buffer_blocks``; its one parameter is the kernel's init state.
+
+    Each page group is one call (one TID range scan, one ``array_agg`` of a few hundred rows,
+    small enough that the copies on the way into PL/Python stay in the processor's cache),
+    with the whole buffer's counts and the buffer's groups up to this one; the transition
+    assembles the buffer (:func:`epoch_step`).
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
@@ -584,13 +660,12 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs, "
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
-                                  for j in range(int(buffer_blocks)))
     return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
-            "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+            "bismarck._float8_array_bytes(z.ys), o.gs[1:m.j::int4], o.ns, o.hs, "
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+            "CROSS JOIN LATERAL unnest(o.gs) WITH ORDINALITY AS m(g, j) "
             f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
-            f"FROM ({branches}) AS u) AS z")
+            f"FROM ({_group_rows(src, layout, 'm.g')}) AS u) AS z")
 
 
 def _row_facts(src: Source, d: int) -> str:

@@ -187,3 +187,56 @@ def test_a_non_finite_row_where_preparation_counted_a_usable_one_is_a_changed_ta
                                 blockscan.ALL, 1)
     with pytest.raises(InvalidData, match="changed during training"):
         blockscan.as_block(buf, 3)
+
+
+def test_epochs_over_page_groups_turn_memoize_off_and_others_keep_the_planners_settings(
+        ) -> None:
+    """Every page group is read once: a Memoize node above its read never hits and only
+    copies its arrays once more, so a block-shuffled epoch asks the planner for none."""
+    from bismarckpy import execution
+
+    blocks = execution.Scan("t", template="SELECT {aggregate}(...)")
+    assert execution.epoch_settings(blocks, None) == {"enable_memoize": "off"}
+    assert execution.epoch_settings(blocks, 2) == {**execution.parallel_settings(2),
+                                                   "enable_memoize": "off"}
+    assert execution.epoch_settings(execution.Scan("t", packed=True), None) == {}
+
+
+def test_page_groups_delivered_one_per_call_train_as_one_buffer() -> None:
+    """The epoch's query hands the transition one page group per call (with the buffer's
+    counts and its groups so far); the state equals one call with the whole buffer's rows,
+    bit for bit, with validation rows, missing values and a group without rows."""
+    from bismarckpy.kinds import glm
+
+    rng = np.random.default_rng(9)
+    d, counts, holds, groups = 3, [40, 0, 25, 31], [4, 0, 3, 2], [9, 2, 5, 11]
+    parts = [rng.normal(size=(c, d)) for c in counts]
+    labels = [(rng.random(c) > 0.5).astype(float) for c in counts]
+    parts[2][3, 1] = np.nan  # a missing value: preparation counted the group's usable rows
+    counts[2] -= 1
+    init = glm.initialize(d, loss="logistic", batch_size=8, eta=0.1)
+    for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
+        state = None
+        for j in range(len(groups)):
+            xs = _array_bytes(parts[j]) if len(labels[j]) else None
+            ys = _array_bytes(labels[j]) if len(labels[j]) else None
+            state = blockscan.epoch_step(glm.transition_block, state, xs, ys, groups[:j + 1],
+                                         counts, holds, part, 5, 17, init)
+        buf = blockscan.select_rows(_array_bytes(np.vstack(parts)),
+                                    _array_bytes(np.concatenate(labels)), d, groups, counts,
+                                    holds, part, 5)
+        block = blockscan.as_block(buf, 17)
+        assert block is not None
+        assert state == glm.transition_block(None, bytes(block), init)
+
+
+def test_a_page_group_out_of_its_buffers_order_is_refused() -> None:
+    X, y, xs, ys = _buffer(np.random.default_rng(10), [5], 2)
+    from bismarckpy.kinds import glm
+
+    init = glm.initialize(2, loss="logistic", batch_size=4, eta=0.1)
+    blockscan.epoch_step(glm.transition_block, None, xs, ys, [3], [5, 5, 5], [0, 0, 0],
+                         blockscan.ALL, 1, 2, init)
+    with pytest.raises(InvalidData, match="out of order"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7, 8], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)
