@@ -336,44 +336,75 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
 @dataclass
 class _Assembly:
     """The rows of the buffer being assembled, one page group per call (see
-    :func:`epoch_step`): contiguous, aligned, reused from buffer to buffer."""
+    :func:`epoch_step`): the rows the epoch keeps, contiguous and aligned, in a matrix reused
+    from buffer to buffer; ``checked`` False when some were not tested row by row."""
 
     X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     n: int = 0
     groups: list[int] = field(default_factory=list)
+    checked: bool = True
 
 
 _assembly = _Assembly()  # one per backend: an epoch's aggregate runs one buffer at a time
 
 
-def _collect(xs: bytes | None, ys: bytes | None, groups: list) -> None:
-    """Append one page group's rows (``groups[-1]``, after ``groups[:-1]``) to the buffer
-    being assembled; its first group starts a new one. Raises :class:`InvalidData` for a
-    group that does not follow the ones collected (never mixes two buffers)."""
+def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
+             holds: list | None, part: int, split_seed: int) -> None:
+    """Append the rows of one page group (``groups[-1]``, after ``groups[:-1]``) that the
+    epoch reads (``part``) to the buffer being assembled; its first group starts a new one.
+
+    The same rows, in the same order, as :func:`select_rows` keeps of the whole buffer.
+    Raises :class:`InvalidData` for a group whose usable rows are not the ``counts`` entry
+    preparation found (the table changed) and for a group that does not follow the ones
+    collected (never mixes two buffers)."""
     a = _assembly
     if len(groups) == 1:
-        a.n, a.groups = 0, []
+        a.n, a.groups, a.checked = 0, [], True
     elif a.groups != groups[:-1]:
         raise InvalidData("the page groups of a buffer arrived out of order",
                           detail=f"Group {groups[-1]} follows {a.groups}, not {groups[:-1]}.",
                           hint="This is a bug in the epoch's query plan; please report it.")
     a.groups = list(groups)
+    j = len(groups) - 1
+    c, h = int(counts[j]), int((holds or [0] * len(counts))[j] or 0)
     if xs is None:
-        return  # a group without usable rows (the count check at its buffer's end decides)
+        if c:
+            raise changed(0, c)
+        return
     X, y = _matrix(xs, ys, a.X.shape[1] if a.n else None)
     m, d = X.shape
-    if a.n + m > len(a.y) or a.X.shape[1] != d:
-        size = max(a.n + m, 2 * len(a.y), 4096)
+    rows = None  # all of them
+    if m != c:  # rows that are not usable arrived (or the table changed): test each row
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        rows = None if ok is None else np.flatnonzero(ok)
+        if (m if rows is None else len(rows)) != c:
+            raise changed(m if rows is None else len(rows), c)
+    else:
+        a.checked = False  # as_block tests the rows it copies
+    if part == VALID:
+        pick = held_positions(split_seed, groups[j], c, h) if h else np.zeros(0, np.int32)
+    elif part == TRAIN and h:
+        keep = np.ones(c, dtype=bool)
+        keep[held_positions(split_seed, groups[j], c, h)] = False
+        pick = np.flatnonzero(keep)
+    else:
+        pick = None
+    if pick is not None:
+        rows = pick if rows is None else rows[pick]
+    k = m if rows is None else len(rows)
+    if a.n + k > len(a.y) or a.X.shape[1] != d:
+        size = max(a.n + k, 2 * len(a.y), 4096)
         X2, y2 = np.empty((size, d)), np.empty(size)
         if a.n:
             X2[:a.n] = a.X[:a.n]
             y2[:a.n] = a.y[:a.n]
         a.X, a.y = X2, y2
-    if m and d:  # whole rows as records: the source sits off an 8-byte boundary
-        _rows_as_void(a.X)[a.n:a.n + m] = _rows_as_void(X)
-    a.y[a.n:a.n + m] = y
-    a.n += m
+    if k and d:  # whole rows as records: the source sits off an 8-byte boundary
+        source = _rows_as_void(X)
+        _rows_as_void(a.X)[a.n:a.n + k] = source if rows is None else source[rows]
+    a.y[a.n:a.n + k] = y if rows is None else y[rows]
+    a.n += k
 
 
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
@@ -381,24 +412,20 @@ def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
     """One call of an epoch: one page group of a buffer (:func:`epoch_sql`).
 
-    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to this one:
-    the groups before the last are collected (copied into one aligned matrix, each while its
-    rows are still in the processor's cache); the last one completes the buffer, whose rows
-    are then selected (:func:`select_matrix`), shuffled and handed to ``kernel`` (a model
-    kind's ``transition_block(state, block, init)``, which checks the block's width against
-    its state) as one block. A buffer of one group is read without the copy.
+    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to this one.
+    Each group's rows of ``part`` are collected (copied into one aligned matrix while they are
+    still in the processor's cache; for the validation pass only its validation rows); the
+    last group completes the buffer, whose rows are then shuffled and handed to ``kernel`` (a
+    model kind's ``transition_block(state, block, init)``, which checks the block's width
+    against its state) as one block: the same block as :func:`select_rows` and
+    :func:`as_block` make of the whole buffer's rows at once.
     """
     gs = list(groups or [])
-    whole = len(counts or [])
-    if whole <= 1:
-        buf = select_rows(xs, ys, None, gs, counts, holds, part, split_seed)
-    else:
-        _collect(xs, ys, gs)
-        if len(gs) < whole:
-            return state if state is not None else init
-        a = _assembly
-        buf = select_matrix(a.X[:a.n], a.y[:a.n], gs, counts, holds, part, split_seed)
-    block = as_block(buf, shuffle_seed)
+    _collect(xs, ys, gs, list(counts or []), holds, part, split_seed)
+    if len(gs) < len(counts or []):
+        return state if state is not None else init
+    a = _assembly
+    block = as_block(Buffer(a.X[:a.n], a.y[:a.n], None, a.checked), shuffle_seed)
     if block is None:
         return state if state is not None else init
     return kernel(state, block, init)
