@@ -344,6 +344,7 @@ class _Assembly:
     n: int = 0
     groups: list[int] = field(default_factory=list)
     checked: bool = True
+    key: tuple = ()  # (part, split seed, shuffle seed, counts) of the buffer
 
 
 _assembly = _Assembly()  # one per backend: an epoch's aggregate runs one buffer at a time
@@ -410,22 +411,30 @@ def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                groups: list | None, counts: list | None, holds: list | None, part: int,
                split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
-    """One call of an epoch: one page group of a buffer (:func:`epoch_sql`).
+    """One call of an epoch (:func:`epoch_sql`): a whole buffer of page groups, or one group.
 
-    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to this one.
-    Each group's rows of ``part`` are collected (copied into one aligned matrix while they are
-    still in the processor's cache; for the validation pass only its validation rows); the
-    last group completes the buffer, whose rows are then shuffled and handed to ``kernel`` (a
+    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to the ones
+    whose rows ``xs``/``ys`` hold. Delivered one group per call (the validation pass), each
+    group's rows of ``part`` are collected (copied into one aligned matrix while they are still
+    in the processor's cache: for the validation pass only its validation rows) until the last
+    group completes the buffer. The buffer's rows are then shuffled and handed to ``kernel`` (a
     model kind's ``transition_block(state, block, init)``, which checks the block's width
-    against its state) as one block: the same block as :func:`select_rows` and
+    against its state) as one block: either way the block :func:`select_rows` and
     :func:`as_block` make of the whole buffer's rows at once.
     """
-    gs = list(groups or [])
-    _collect(xs, ys, gs, list(counts or []), holds, part, split_seed)
-    if len(gs) < len(counts or []):
-        return state if state is not None else init
+    gs, ns = list(groups or []), list(counts or [])
     a = _assembly
-    block = as_block(Buffer(a.X[:a.n], a.y[:a.n], None, a.checked), shuffle_seed)
+    key = (part, split_seed, shuffle_seed, ns)
+    if len(gs) < len(ns) or (len(gs) > 1 and a.groups == gs[:-1] and a.key == key):
+        _collect(xs, ys, gs, ns, holds, part, split_seed)
+        a.key = key
+        if len(gs) < len(ns):
+            return state if state is not None else init
+        a.groups = []  # complete: a whole buffer in one call never continues it
+        buf = Buffer(a.X[:a.n], a.y[:a.n], None, a.checked)
+    else:  # the whole buffer in this call
+        buf = select_rows(xs, ys, None, gs, ns, holds, part, split_seed)
+    block = as_block(buf, shuffle_seed)
     if block is None:
         return state if state is not None else init
     return kernel(state, block, init)
@@ -662,20 +671,24 @@ def _int_array(values: np.ndarray | list[int]) -> str:
 
 def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
-              aggregate: str = "{aggregate}") -> str:
+              aggregate: str = "{aggregate}", per_group: bool | None = None) -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
     the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
     of ``buffer_blocks``; its one parameter is the kernel's init state.
 
-    Each page group is one call (one TID range scan, one ``array_agg`` of a few hundred rows,
-    small enough that the copies on the way into PL/Python stay in the processor's cache),
-    with the whole buffer's counts and the buffer's groups up to this one; the transition
-    assembles the buffer (:func:`epoch_step`).
+    ``per_group`` (None: for the validation pass) makes each page group one call (one TID
+    range scan, one ``array_agg`` of a few hundred rows, small enough that the copies on the
+    way into PL/Python stay in the processor's cache), with the whole buffer's counts and the
+    buffer's groups up to this one, the transition assembling the buffer from the rows it
+    keeps (:func:`epoch_step`): that pays where a pass keeps few of the rows it reads. Else a
+    buffer is one call: its groups' TID range scans appended under one ``array_agg``.
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
     no usable row (or no row of ``part``) are not read.
     """
+    if per_group is None:
+        per_group = part == VALID
     counts, holds = prepared.counts, prepared.holds
     wanted = {ALL: counts, TRAIN: counts - holds, VALID: holds}[part]
     order = "random()" if shuffled else "c.g"
@@ -687,6 +700,14 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs, "
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
+    if not per_group:  # one call per buffer: its groups' reads appended
+        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                      for j in range(int(buffer_blocks)))
+        return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
+                "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+                f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+                f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+                f"FROM ({branches}) AS u) AS z")
     return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
             "bismarck._float8_array_bytes(z.ys), o.gs[1:m.j::int4], o.ns, o.hs, "
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "

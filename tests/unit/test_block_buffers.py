@@ -238,5 +238,9 @@ def test_a_page_group_out_of_its_buffers_order_is_refused() -> None:
     blockscan.epoch_step(glm.transition_block, None, xs, ys, [3], [5, 5, 5], [0, 0, 0],
                          blockscan.ALL, 1, 2, init)
     with pytest.raises(InvalidData, match="out of order"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)
+    # neither the next group nor a whole buffer: its rows do not add up to the buffer's
+    with pytest.raises(InvalidData, match="changed during training"):
         blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7, 8], [5, 5, 5],
                              [0, 0, 0], blockscan.ALL, 1, 2, init)
