@@ -26,7 +26,7 @@ NULLs of the expected width, and for a source whose rows changed since preparati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -149,11 +149,16 @@ def finite_mask(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 @dataclass
 class Buffer:
     """The rows of one buffer an epoch keeps: rows ``rows`` (None: all) of features ``X``
-    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet)."""
+    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet).
+
+    ``checked`` is False when the rows' finiteness was not tested row by row because their
+    number already matched preparation's count of usable rows: :func:`as_block` then checks
+    the rows it copies (one reduction instead of a pass over every row's values)."""
 
     X: np.ndarray
     y: np.ndarray
     rows: np.ndarray | None = None
+    checked: bool = True
 
     def __len__(self) -> int:
         return len(self.y) if self.rows is None else len(self.rows)
@@ -163,6 +168,29 @@ class Buffer:
         if self.rows is None:
             return self.X, self.y
         return self.X[self.rows], self.y[self.rows]
+
+
+#: Cached validation positions of page groups, keyed by (seed, group, rows, held): every epoch
+#: reads every group again, and drawing a group's permutation costs more than the lookup.
+_held: dict[tuple[int, int, int, int], np.ndarray] = {}
+#: At most this many cached positions (4 bytes each): 16M, 64 MB.
+HELD_CACHE_POSITIONS = 1 << 24
+_held_size = [0]
+
+
+def held_positions(seed: int, group: int, n: int, held: int) -> np.ndarray:
+    """The positions (in physical order, among the group's ``n`` usable rows) of a group's
+    validation rows: the ``True`` entries of :func:`held_mask`, cached per backend."""
+    key = (int(seed), int(group), int(n), int(held))
+    got = _held.get(key)
+    if got is None:
+        got = np.flatnonzero(held_mask(seed, group, n, held)).astype(np.int32)
+        if _held_size[0] + len(got) > HELD_CACHE_POSITIONS:
+            _held.clear()
+            _held_size[0] = 0
+        _held[key] = got
+        _held_size[0] += len(got)
+    return got
 
 
 def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
@@ -175,31 +203,55 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
     the array's own width) checks the number of features. Raises
     :class:`InvalidData` when the rows that arrive do not add up to ``counts`` (the source
     changed since preparation).
+
+    When as many rows arrive as preparation counted usable rows (the usual case), they are
+    taken as usable without a pass over their values; the returned buffer says so
+    (``checked`` False) and :func:`as_block` checks the rows it copies.
     """
+    X, y = _matrix(xs, ys, d)
+    return select_matrix(X, y, groups, counts, holds, part, split_seed)
+
+
+def _matrix(xs: bytes | None, ys: bytes | None, d: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n × d) and labels of one ``array_agg`` pair (views of the bytes)."""
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.ndim != 2:
         X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
-    d = X.shape[1]
-    n = len(y)
-    if X.shape[0] != n:
+    if X.shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows",
-                          detail=f"{X.shape[0]} feature rows, {n} labels.")
-    ok = finite_mask(X, y)
-    usable = None if ok is None else np.flatnonzero(ok)
-    n = len(y) if usable is None else len(usable)
+                          detail=f"{X.shape[0]} feature rows, {len(y)} labels.")
+    return X, y
+
+
+def select_matrix(X: np.ndarray, y: np.ndarray, groups: list | None, counts: list | None,
+                  holds: list | None, part: int, split_seed: int) -> Buffer:
+    """:func:`select_rows` of a buffer's rows already read: features ``X`` (n × d) and raw
+    labels ``y``, the rows of ``groups`` in order."""
+    n = len(y)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
-    if sum(ns) != n:
-        raise changed(n, sum(ns))
+    checked = sum(ns) != n
+    usable = None
+    if checked:  # rows that are not usable arrived (or the table changed): test each row
+        # (on an aligned copy: numpy's reductions over unaligned float64 are slow)
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        usable = None if ok is None else np.flatnonzero(ok)
+        n = len(y) if usable is None else len(usable)
+        if sum(ns) != n:
+            raise changed(n, sum(ns))
     if part == ALL or not any(holds or []):
         if part == VALID:
-            return Buffer(X, y, np.zeros(0, dtype=np.int64))
-        return Buffer(X, y, usable)
-    mask = np.concatenate([held_mask(split_seed, g, c, int(h))
-                           for g, c, h in zip(gs, ns, holds or [])]) if gs else np.zeros(0, bool)
+            return Buffer(X, y, np.zeros(0, dtype=np.int64), checked)
+        return Buffer(X, y, usable, checked)
+    mask = np.zeros(n, dtype=bool)
+    at = 0
+    for g, c, h in zip(gs, ns, holds or []):
+        if h:
+            mask[at + held_positions(split_seed, g, c, int(h))] = True
+        at += c
     keep = np.flatnonzero(mask if part == VALID else ~mask)
-    return Buffer(X, y, keep if usable is None else usable[keep])
+    return Buffer(X, y, keep if usable is None else usable[keep], checked)
 
 
 def changed(got: int, expected: int) -> InvalidData:
@@ -240,12 +292,23 @@ def check_unwritten(session: Session, relation: str, mark: tuple[int, int]) -> N
 _scratch: dict[int, bytearray] = {}
 
 
+def _rows_as_void(X: np.ndarray) -> np.ndarray:
+    """An ``n × d`` C-ordered float64 matrix as ``n`` opaque ``8·d``-byte records (a view).
+
+    Gathering records copies each row with one ``memcpy``, whatever the alignment: the arrays
+    PL/Python hands over sit 4 bytes off an 8-byte boundary (their header), where numpy's
+    float64 gathers and reductions take a slow element-by-element path."""
+    return X.view(np.dtype((np.void, 8 * X.shape[1]))).reshape(X.shape[0])
+
+
 def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
     (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
 
     The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
     per call costs more in page faults than the copy itself): it is valid until the next call.
+    Raises :class:`InvalidData` (the table changed) when the buffer was not checked row by row
+    (:class:`Buffer`) and a copied value is not finite.
     """
     n, d = len(buf), buf.X.shape[1]
     if n == 0:
@@ -263,24 +326,133 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     if shuffle_seed is not None:
         perm = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
         order = perm if order is None else order[perm]
-    if order is None:
-        values[:, 0] = buf.y
-        values[:, 1:] = buf.X
-    else:  # one gather: the kept rows in their shuffled order
-        np.take(buf.y, order, out=values[:, 0], mode="clip")
-        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    if d == 0:
+        values[:, 0] = buf.y if order is None else buf.y[order]
+    else:  # one gather of whole rows (records) into the block's feature columns
+        rows = np.frombuffer(block, dtype=np.uint8, offset=start).reshape(n, 8 * (1 + d))
+        target = rows[:, 8:].view(np.dtype((np.void, 8 * d)))[:, 0]
+        source = _rows_as_void(buf.X) if buf.X.flags.c_contiguous else None
+        if order is None:
+            values[:, 0] = buf.y
+            if source is None:
+                values[:, 1:] = buf.X
+            else:
+                target[:] = source
+        else:
+            values[:, 0] = buf.y[order]
+            if source is None:
+                values[:, 1:] = buf.X[order]
+            else:
+                target[:] = source[order]
     offsets[:] = values.min(axis=0)
+    if not buf.checked and not (np.isfinite(offsets).all()
+                                and np.isfinite(values.max(axis=0)).all()):
+        raise changed(n - int((~np.isfinite(values).all(axis=1)).sum()), n)
     values -= offsets
     return block
+
+
+@dataclass
+class _Assembly:
+    """The rows of the buffer being assembled, one page group per call (see
+    :func:`epoch_step`): the rows the epoch keeps, contiguous and aligned, in a matrix reused
+    from buffer to buffer; ``checked`` False when some were not tested row by row."""
+
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    y: np.ndarray = field(default_factory=lambda: np.empty(0))
+    n: int = 0
+    groups: list[int] = field(default_factory=list)
+    checked: bool = True
+    key: tuple = ()  # (part, split seed, shuffle seed, counts) of the buffer
+
+
+_assembly = _Assembly()  # one per backend: an epoch's aggregate runs one buffer at a time
+
+
+def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
+             holds: list | None, part: int, split_seed: int) -> None:
+    """Append the rows of one page group (``groups[-1]``, after ``groups[:-1]``) that the
+    epoch reads (``part``) to the buffer being assembled; its first group starts a new one.
+
+    The same rows, in the same order, as :func:`select_rows` keeps of the whole buffer.
+    Raises :class:`InvalidData` for a group whose usable rows are not the ``counts`` entry
+    preparation found (the table changed) and for a group that does not follow the ones
+    collected (never mixes two buffers)."""
+    a = _assembly
+    if len(groups) == 1:
+        a.n, a.groups, a.checked = 0, [], True
+    elif a.groups != groups[:-1]:
+        raise InvalidData("the page groups of a buffer arrived out of order",
+                          detail=f"Group {groups[-1]} follows {a.groups}, not {groups[:-1]}.",
+                          hint="This is a bug in the epoch's query plan; please report it.")
+    a.groups = list(groups)
+    j = len(groups) - 1
+    c, h = int(counts[j]), int((holds or [0] * len(counts))[j] or 0)
+    if xs is None:
+        if c:
+            raise changed(0, c)
+        return
+    X, y = _matrix(xs, ys, a.X.shape[1] if a.n else None)
+    m, d = X.shape
+    rows = None  # all of them
+    if m != c:  # rows that are not usable arrived (or the table changed): test each row
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        rows = None if ok is None else np.flatnonzero(ok)
+        if (m if rows is None else len(rows)) != c:
+            raise changed(m if rows is None else len(rows), c)
+    else:
+        a.checked = False  # as_block tests the rows it copies
+    if part == VALID:
+        pick = held_positions(split_seed, groups[j], c, h) if h else np.zeros(0, np.int32)
+    elif part == TRAIN and h:
+        keep = np.ones(c, dtype=bool)
+        keep[held_positions(split_seed, groups[j], c, h)] = False
+        pick = np.flatnonzero(keep)
+    else:
+        pick = None
+    if pick is not None:
+        rows = pick if rows is None else rows[pick]
+    k = m if rows is None else len(rows)
+    if a.n + k > len(a.y) or a.X.shape[1] != d:
+        size = max(a.n + k, 2 * len(a.y), 4096)
+        X2, y2 = np.empty((size, d)), np.empty(size)
+        if a.n:
+            X2[:a.n] = a.X[:a.n]
+            y2[:a.n] = a.y[:a.n]
+        a.X, a.y = X2, y2
+    if k and d:  # whole rows as records: the source sits off an 8-byte boundary
+        source = _rows_as_void(X)
+        _rows_as_void(a.X)[a.n:a.n + k] = source if rows is None else source[rows]
+    a.y[a.n:a.n + k] = y if rows is None else y[rows]
+    a.n += k
 
 
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                groups: list | None, counts: list | None, holds: list | None, part: int,
                split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
-    """One buffer of an epoch: select its rows, shuffle them, run ``kernel`` (a model kind's
-    ``transition_block(state, block, init)``, which checks the block's width against its
-    state) on them as one block."""
-    buf = select_rows(xs, ys, None, groups, counts, holds, part, split_seed)
+    """One call of an epoch (:func:`epoch_sql`): a whole buffer of page groups, or one group.
+
+    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to the ones
+    whose rows ``xs``/``ys`` hold. Delivered one group per call (the validation pass), each
+    group's rows of ``part`` are collected (copied into one aligned matrix while they are still
+    in the processor's cache: for the validation pass only its validation rows) until the last
+    group completes the buffer. The buffer's rows are then shuffled and handed to ``kernel`` (a
+    model kind's ``transition_block(state, block, init)``, which checks the block's width
+    against its state) as one block: either way the block :func:`select_rows` and
+    :func:`as_block` make of the whole buffer's rows at once.
+    """
+    gs, ns = list(groups or []), list(counts or [])
+    a = _assembly
+    key = (part, split_seed, shuffle_seed, ns)
+    if len(gs) < len(ns) or (len(gs) > 1 and a.groups == gs[:-1] and a.key == key):
+        _collect(xs, ys, gs, ns, holds, part, split_seed)
+        a.key = key
+        if len(gs) < len(ns):
+            return state if state is not None else init
+        a.groups = []  # complete: a whole buffer in one call never continues it
+        buf = Buffer(a.X[:a.n], a.y[:a.n], None, a.checked)
+    else:  # the whole buffer in this call
+        buf = select_rows(xs, ys, None, gs, ns, holds, part, split_seed)
     block = as_block(buf, shuffle_seed)
     if block is None:
         return state if state is not None else init
@@ -525,15 +697,24 @@ def _int_array(values: np.ndarray | list[int]) -> str:
 
 def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
-              aggregate: str = "{aggregate}") -> str:
+              aggregate: str = "{aggregate}", per_group: bool | None = None) -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
-    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups,
-    ``buffer_blocks`` per call; its one parameter is the kernel's init state.
+    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
+    of ``buffer_blocks``; its one parameter is the kernel's init state.
+
+    ``per_group`` (None: for the validation pass) makes each page group one call (one TID
+    range scan, one ``array_agg`` of a few hundred rows, small enough that the copies on the
+    way into PL/Python stay in the processor's cache), with the whole buffer's counts and the
+    buffer's groups up to this one, the transition assembling the buffer from the rows it
+    keeps (:func:`epoch_step`): that pays where a pass keeps few of the rows it reads. Else a
+    buffer is one call: its groups' TID range scans appended under one ``array_agg``.
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
     no usable row (or no row of ``part``) are not read.
     """
+    if per_group is None:
+        per_group = part == VALID
     counts, holds = prepared.counts, prepared.holds
     wanted = {ALL: counts, TRAIN: counts - holds, VALID: holds}[part]
     order = "random()" if shuffled else "c.g"
@@ -545,13 +726,20 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs, "
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
-                                  for j in range(int(buffer_blocks)))
+    if not per_group:  # one call per buffer: its groups' reads appended
+        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                      for j in range(int(buffer_blocks)))
+        return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
+                "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+                f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+                f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+                f"FROM ({branches}) AS u) AS z")
     return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
-            "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+            "bismarck._float8_array_bytes(z.ys), o.gs[1:m.j::int4], o.ns, o.hs, "
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+            "CROSS JOIN LATERAL unnest(o.gs) WITH ORDINALITY AS m(g, j) "
             f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
-            f"FROM ({branches}) AS u) AS z")
+            f"FROM ({_group_rows(src, layout, 'm.g')}) AS u) AS z")
 
 
 def _row_facts(src: Source, d: int) -> str:

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,6 +328,8 @@ def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterat
     """Set server settings for this transaction and put the previous values back after.
 
     Three statements whatever the number of settings: read them, set them, restore them.
+    When the body fails, its error is what the caller sees: a restore that fails too (the
+    transaction is aborted, and its rollback discards the settings) is not raised over it.
     """
     if not values:
         yield
@@ -338,8 +340,11 @@ def settings_for_transaction(session: Session, values: dict[str, str]) -> Iterat
     _set_all(session, names, list(values.values()))
     try:
         yield
-    finally:
-        _set_all(session, names, list(before))
+    except BaseException:
+        with suppress(Exception):
+            _set_all(session, names, list(before))
+        raise
+    _set_all(session, names, list(before))
 
 
 def _set_all(session: Session, names: list[str], values: list[str]) -> None:

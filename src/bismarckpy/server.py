@@ -16,12 +16,28 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import exact, kinds, moments, pack, shared_model
-from . import mf_server as mf  # noqa: F401  (B.mf.*: the matrix-factorisation entry points)
+from . import kinds, moments, pack, shared_model
 from .errors import BismarckError, InvalidData
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
+
+
+def __getattr__(name: str) -> Any:
+    """``B.mf`` (the matrix-factorisation entry points) and ``B.exact``, imported on first use.
+
+    Every backend, and every parallel worker of every epoch, loads the engine from the sources
+    in the function body (compiled, no bytecode cache); an epoch of SGD needs neither module,
+    so they are not compiled until a call asks for them (PEP 562)."""
+    if name == "mf":
+        from . import mf_server as module
+    elif name == "exact":
+        from . import exact as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = module  # later lookups find it without this function
+    return module
+
 
 # The training loop, packing and evaluation run only in the backend a user calls; they are
 # imported there, on first use, so that parallel workers (which only run the aggregates) load
@@ -351,6 +367,8 @@ def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: 
 def exact_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
                      init: bytes) -> bytes:
     """SFUNC of ``bismarck._exact_pass``."""
+    from . import exact
+
     return _guard(plpy, exact.transition, state, x, y, init)
 
 
@@ -358,11 +376,15 @@ def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
                            init: bytes, first: int | None = 0,
                            stop: int | None = None) -> bytes:
     """SFUNC of ``bismarck._exact_pass_packed``: rows ``first:stop`` of one packed block."""
+    from . import exact
+
     return _guard(plpy, exact.transition_block, state, block, init, first or 0, stop)
 
 
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the exact passes: an exact sum."""
+    from . import exact
+
     return _guard(plpy, exact.merge, a, b)
 
 
@@ -399,7 +421,7 @@ def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: 
                           part: int, split_seed: int, shuffle_seed: int | None,
                           init: bytes) -> bytes:
     """SFUNC of ``bismarck._exact_pass_scan``: one buffer of page groups."""
-    from . import blockscan
+    from . import blockscan, exact
 
     return _guard(plpy, blockscan.epoch_step, exact.transition_block, state, xs, ys, groups,
                   counts, holds, part, split_seed, shuffle_seed, init)

@@ -249,3 +249,85 @@ def test_the_defaults_pick_the_path_by_expected_epochs_and_costs() -> None:
     assert not schedule.prefer_blocks(10**6, 1000, 512)  # many fast epochs: the copy
     assert schedule.prefer_blocks(10**6, 1000, 1)  # per-row steps cost the same on both
     assert not schedule.prefer_blocks(schedule.BLOCKS_MIN_ROWS - 1, 1, 512)  # small: copy
+
+
+@pytest.mark.parametrize("part", [blockscan.ALL, blockscan.TRAIN, blockscan.VALID])
+def test_blocks_from_the_servers_bytes_equal_blocks_from_arrays(part: int) -> None:
+    """The arrays PL/Python hands over sit off an 8-byte boundary; the block built from them
+    (rows gathered as records) holds the same bytes as one built from aligned arrays."""
+    counts, holds, groups = [40, 25, 31], [4, 0, 3], [9, 5, 11]
+    X, y, xs, ys = _buffer(np.random.default_rng(6), counts, 3)
+    buf = blockscan.select_rows(xs, ys, 3, groups, counts, holds, part, 5)
+    assert not buf.X.flags.aligned and not buf.checked
+    got = bytes(blockscan.as_block(buf, 8) or b"")
+    want = bytes(blockscan.as_block(blockscan.Buffer(X.copy(), y.copy(), buf.rows), 8) or b"")
+    assert got == want
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_row_where_preparation_counted_a_usable_one_is_a_changed_table(
+        bad: float) -> None:
+    """As many rows as preparation counted usable, but one is not finite: the table changed."""
+    X, y, _, _ = _buffer(np.random.default_rng(7), [30], 2)
+    X[11, 1] = bad
+    buf = blockscan.select_rows(_array_bytes(X), _array_bytes(y), 2, [0], [30], [0],
+                                blockscan.ALL, 1)
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.as_block(buf, 3)
+
+
+def test_epochs_over_page_groups_turn_memoize_off_and_others_keep_the_planners_settings(
+        ) -> None:
+    """Every page group is read once: a Memoize node above its read never hits and only
+    copies its arrays once more, so a block-shuffled epoch asks the planner for none."""
+    from bismarckpy import execution
+
+    blocks = execution.Scan("t", template="SELECT {aggregate}(...)")
+    assert execution.epoch_settings(blocks, None) == {"enable_memoize": "off"}
+    assert execution.epoch_settings(blocks, 2) == {**execution.parallel_settings(2),
+                                                   "enable_memoize": "off"}
+    assert execution.epoch_settings(execution.Scan("t", packed=True), None) == {}
+
+
+def test_page_groups_delivered_one_per_call_train_as_one_buffer() -> None:
+    """The epoch's query hands the transition one page group per call (with the buffer's
+    counts and its groups so far); the state equals one call with the whole buffer's rows,
+    bit for bit, with validation rows, missing values and a group without rows."""
+    from bismarckpy.kinds import glm
+
+    rng = np.random.default_rng(9)
+    d, counts, holds, groups = 3, [40, 0, 25, 31], [4, 0, 3, 2], [9, 2, 5, 11]
+    parts = [rng.normal(size=(c, d)) for c in counts]
+    labels = [(rng.random(c) > 0.5).astype(float) for c in counts]
+    parts[2][3, 1] = np.nan  # a missing value: preparation counted the group's usable rows
+    counts[2] -= 1
+    init = glm.initialize(d, loss="logistic", batch_size=8, eta=0.1)
+    for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
+        state = None
+        for j in range(len(groups)):
+            xs = _array_bytes(parts[j]) if len(labels[j]) else None
+            ys = _array_bytes(labels[j]) if len(labels[j]) else None
+            state = blockscan.epoch_step(glm.transition_block, state, xs, ys, groups[:j + 1],
+                                         counts, holds, part, 5, 17, init)
+        buf = blockscan.select_rows(_array_bytes(np.vstack(parts)),
+                                    _array_bytes(np.concatenate(labels)), d, groups, counts,
+                                    holds, part, 5)
+        block = blockscan.as_block(buf, 17)
+        assert block is not None
+        assert state == glm.transition_block(None, bytes(block), init)
+
+
+def test_a_page_group_out_of_its_buffers_order_is_refused() -> None:
+    X, y, xs, ys = _buffer(np.random.default_rng(10), [5], 2)
+    from bismarckpy.kinds import glm
+
+    init = glm.initialize(2, loss="logistic", batch_size=4, eta=0.1)
+    blockscan.epoch_step(glm.transition_block, None, xs, ys, [3], [5, 5, 5], [0, 0, 0],
+                         blockscan.ALL, 1, 2, init)
+    with pytest.raises(InvalidData, match="out of order"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)
+    # neither the next group nor a whole buffer: its rows do not add up to the buffer's
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7, 8], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)
