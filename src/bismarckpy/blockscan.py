@@ -301,6 +301,16 @@ def _rows_as_void(X: np.ndarray) -> np.ndarray:
     return X.view(np.dtype((np.void, 8 * X.shape[1]))).reshape(X.shape[0])
 
 
+def aligned(X: np.ndarray) -> np.ndarray:
+    """``X`` (an ``n × d`` C-ordered float64 matrix) when it is 8-byte aligned, else an aligned
+    copy made by gathering its rows as records (:func:`_rows_as_void`)."""
+    if X.flags.aligned or X.shape[1] == 0 or not X.flags.c_contiguous:
+        return X if X.flags.aligned else X.copy()
+    out = np.empty(X.shape, dtype=_F8)
+    _rows_as_void(out)[:] = _rows_as_void(X)
+    return out
+
+
 def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
     (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
@@ -939,8 +949,10 @@ def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: byte
     if len_lo is not None:
         h[_F_LEN_LO] = min(h[_F_LEN_LO], len_lo)
         h[_F_LEN_HI] = max(h[_F_LEN_HI], len_hi)
-    X = read_matrix(xs, d).reshape(-1, d)
-    y = read_matrix(ys)
+    # Aligned copies first (one memcpy per row): every check below reduces over the values,
+    # which numpy does slowly where PL/Python's arrays sit, 4 bytes off an 8-byte boundary.
+    X = aligned(read_matrix(xs, d).reshape(-1, d))
+    y = read_matrix(ys).copy()
     j = read_matrix(js).astype(np.int64)
     if X.shape[0] != len(y) or len(j) != len(y):
         raise InvalidData("a block's labels do not match its rows")

@@ -577,8 +577,9 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     x_limit, y_limit = _limits(p)
     state = blockscan.first_init(prep.d, p["validation_fraction"], classes, x_limit, y_limit,
                                  constant, init)
-    f, counts, holds = blockscan.first_epoch(session, src, lay, prep.d, state, split_seed,
-                                             seed, lambda text: _progress(session, text))
+    with settings_for_transaction(session, execution.BLOCK_SCAN):  # as the later epochs
+        f, counts, holds = blockscan.first_epoch(session, src, lay, prep.d, state, split_seed,
+                                                 seed, lambda text: _progress(session, text))
     sv = blockscan.first_survey(f)
     lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (prep.d, prep.d)
     checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
