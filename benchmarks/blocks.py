@@ -71,7 +71,7 @@ def export_seconds(dsn: str | None, table: str, features: int, rows: int) -> flo
     """Binary COPY of x and y into numpy (no hold-out column work beyond the export's own)."""
     with connection.connect(dsn, ensure_extension=False) as conn:
         t0 = time.perf_counter()
-        pgcopy.export(conn, bench.export_query(table, 1, 0.0), features, rows)
+        pgcopy.export(conn, bench.export_query(conn, table, rows, 1, 0.0), features, rows)
         return time.perf_counter() - t0
 
 
@@ -118,17 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=1,
+                    help="data seed (run.py's default, 42, reuses its table)")
+    ap.add_argument("--label", default="", help="a name for this run in the output file")
     ap.add_argument("--dsn")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
-    table, _ = bench.ensure_table(args.dsn, args.rows, args.features, 1)
+    table, _ = bench.ensure_table(args.dsn, args.rows, args.features, args.seed)
     with connection.connect(args.dsn, autocommit=True, ensure_extension=False) as conn:
         sorted_table = ensure_sorted(conn, table)
-        heldout = ensure_heldout(conn, args.features, 1, 20000)
+        heldout = ensure_heldout(conn, args.features, args.seed, 20000)
         info = bench.machine(conn)
     results: dict[str, Any] = {"rows": args.rows, "features": args.features,
                                "batch_size": args.batch_size, "epochs": args.epochs,
-                               "repeat": args.repeat, "machine": info, "paths": {}}
+                               "repeat": args.repeat, "seed": args.seed, "machine": info,
+                               "paths": {}}
     for name, t in (("random", table), ("sorted", sorted_table)):
         export = [export_seconds(args.dsn, t, args.features, args.rows)
                   for _ in range(args.repeat)]
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             results["paths"][f"{name}/{shuffle}"] = {
                 "prep": [r["prep"] for r in runs],
                 "epoch": [statistics.median(r["epochs"]) for r in runs],
+                "first_epoch": [r["epochs"][0] for r in runs],
+                "later_epochs": [statistics.median(r["epochs"][1:] or r["epochs"]) for r in runs],
                 "final_log_loss": runs[0]["final_log_loss"],
                 "validation_curve": runs[0]["validation_loss"],
             }
@@ -151,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "validation_curve": r["validation_loss"],
                                                 "epoch": [statistics.median(r["epochs"])]}
             print("sorted never", results["paths"]["sorted/never"], flush=True)
+    info["load_average_end"] = list(os.getloadavg())
     stamp = dt.date.today().isoformat()
-    out = Path(args.out) / f"{stamp}-blocks-{args.rows}x{args.features}.json"
+    suffix = f"-{args.label}" if args.label else ""
+    out = Path(args.out) / f"{stamp}-blocks-{args.rows}x{args.features}{suffix}.json"
     out.write_text(json.dumps(results, indent=1))
     print(out)
     med = statistics.median
@@ -162,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(p[name + '/scan']['seconds']):.2f} s")
         for shuffle in ("once", "blocks"):
             r = p[f"{name}/{shuffle}"]
-            print(f"  {shuffle}: prep {med(r['prep']):.2f} s, epoch {med(r['epoch']):.2f} s, "
+            print(f"  {shuffle}: prep {med(r['prep']):.2f} s, epoch {med(r['epoch']):.2f} s "
+                  f"(first {med(r['first_epoch']):.2f} s, later {med(r['later_epochs']):.2f} s), "
                   f"held-out log-loss {r['final_log_loss']:.4f}, validation by epoch "
                   + ", ".join(f"{v:.4f}" for v in r["validation_curve"]))
     print("load average", os.getloadavg())

@@ -2098,6 +2098,33 @@ COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], in
     integer, bigint, bigint, bytea) IS
     'Private: one SGD epoch of any kind over buffers of page groups in the order they arrive.';
 
+CREATE FUNCTION bismarck._epoch_step_scan_first(state bytea, xs bytea, ys bytea, js bytea,
+                                               shape bigint[], groups integer[],
+                                               split_seed bigint, shuffle_seed bigint,
+                                               init bytea)
+RETURNS bytea
+LANGUAGE plpython3u PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.epoch_transition_scan_first(plpy, state, xs, ys, js, shape, groups, split_seed,
+                                     shuffle_seed, init)
+$$;
+COMMENT ON FUNCTION bismarck._epoch_step_scan_first(bytea, bytea, bytea, bytea, bigint[],
+    integer[], bigint, bigint, bytea) IS
+    'Private: transition of _epoch_scan_first: one buffer of page groups checked and counted '
+    'as preparation does, its validation rows drawn, its training rows stepped through by the '
+    'kind whose state travels inside.';
+
+CREATE AGGREGATE bismarck._epoch_scan_first(xs bytea, ys bytea, js bytea, shape bigint[],
+                                            groups integer[], split_seed bigint,
+                                            shuffle_seed bigint, init bytea) (
+    SFUNC = bismarck._epoch_step_scan_first,
+    STYPE = bytea
+);
+COMMENT ON AGGREGATE bismarck._epoch_scan_first(bytea, bytea, bytea, bigint[], integer[],
+    bigint, bigint, bytea) IS
+    'Private: the first SGD epoch of a run prepared from a sample (shuffle => ''blocks''): the '
+    'checks and counts of every row folded into the epoch.';
+
 CREATE FUNCTION bismarck._exact_step_scan(state bytea, xs bytea, ys bytea, groups integer[],
                                           counts integer[], holds integer[], part integer,
                                           split_seed bigint, shuffle_seed bigint, init bytea)

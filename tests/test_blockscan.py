@@ -90,7 +90,7 @@ def _session(dsn: str) -> tuple[psycopg.Connection, PsycopgSession]:
 
 
 @pytest.mark.parametrize("n, fraction", [(10, 0.3), (997, 0.1), (2000, 0.25)])
-def test_the_hold_out_is_an_exact_partition_of_the_usable_rows(dsn, conn, n: int,
+def test_the_hold_out_is_a_partition_of_the_usable_rows(dsn, conn, n: int,
                                                                 fraction: float) -> None:
     """Training and validation passes read disjoint rows that together are all usable rows:
     their row counts and loss sums add up to a pass over everything."""
@@ -100,9 +100,9 @@ def test_the_hold_out_is_an_exact_partition_of_the_usable_rows(dsn, conn, n: int
     with c:
         src = resolve(s, "public.part", "y", ["a", "b", "c"])
         lay = blockscan.layout(s, src, n, 16)
-        k = blockscan.split_count(fraction, n)
-        assert k == -(-int(round(fraction * n * 1e9)) // 10**9)  # ceil(f · n)
         got = blockscan.prepare(s, src, lay, 3, fraction, 99)
+        # each usable row held out by its own seeded draw: a count known only after reading
+        k = sum(blockscan.held_count(99, g, int(c), fraction) for g, c in enumerate(got.counts))
         assert int(got.holds.sum()) == k and int(got.counts.sum()) == n
         init = glm.initialize(3, loss="logistic", batch_size=glm.EVALUATE,
                               w=np.array([0.3, -0.2, 0.1]), b=0.1,
@@ -314,3 +314,115 @@ def test_the_cli_trains_with_blocks(dsn, conn) -> None:
     assert out.exit_code == 0, out.output
     assert conn.execute(sql.SQL("SELECT params->>'shuffle' FROM bismarck.models WHERE "
                                 "model_name = 'clib'")).fetchone()[0] == "blocks"
+
+
+# -- preparation from a sample: what the sample misses, the first epoch still finds ---------------
+
+def _row_outside_the_sample(dsn: str, conn, table: str, d: int, seed: int,
+                            block_size: int) -> int:
+    """The id of a row deep in ``table`` whose page group the run's sample does not read."""
+    from bismarckpy import loop
+
+    c, s = _session(dsn)
+    with c:
+        src = resolve(s, f"public.{table}", "y", ["x"])
+        lay = blockscan.layout(s, src, None, block_size)
+        _, chosen = blockscan.sample(s, src, lay, d, loop.SAMPLE_GROUPS, seed)
+    assert 0 < len(chosen) < lay.groups
+    pages = conn.execute(f"SELECT id, (ctid::text::point)[0]::int FROM {table} "
+                         "ORDER BY id DESC").fetchall()
+    n = len(pages)
+    return next(i for i, page in pages
+                if i < 0.8 * n and page // lay.per_group not in set(chosen.tolist()))
+
+
+def _sampled_table(conn, name: str, n: int = 6000, d: int = 3, seed: int = 21) -> np.ndarray:
+    X, y = _logistic(n, d, seed)
+    load_array_table(conn, name, X, y)
+    # Room on every page: an UPDATE keeps its row on its page, so the layout stays the same.
+    conn.execute(f"ALTER TABLE {name} SET (fillfactor = 60)")
+    conn.execute(f"VACUUM FULL {name}")
+    return X
+
+
+BAD_ROWS = {  # what is written into one row the sample does not read, and the error it gives
+    "a third class": ("y = 2", 'label "y" is not binary'),
+    "another length": ("x = x || 1.0::float8", "feature arrays have different lengths"),
+    "two dimensions": ("x = ARRAY[x]", "holds multi-dimensional arrays"),
+    "an empty array": ("x = '{}'", "holds empty arrays"),
+    "a huge value": ("x[2] = 1e308", "too large to compute with"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_ROWS)
+def test_a_bad_row_the_sample_misses_still_fails_the_run(dsn, conn, bad: str) -> None:
+    """Preparation reads a sample of page groups; the first epoch reads every row and gives
+    the same clear error a full preparation gives, and no model is stored."""
+    _sampled_table(conn, "badrow")
+    row = _row_outside_the_sample(dsn, conn, "badrow", 3, 5, 16)
+    change, message = BAD_ROWS[bad]
+    conn.execute(f"UPDATE badrow SET {change} WHERE id = %s", [row])
+    notices: list[str] = []
+    conn.add_notice_handler(lambda n: notices.append(n.message_primary))
+    with pytest.raises(psycopg.errors.DataException, match=message):
+        conn.execute("SELECT * FROM bismarck.train_glm('badrow', 'y', ARRAY['x'], 'badrow_m', "
+                     "shuffle => 'blocks', block_size => 16, seed => 5, "
+                     "validation_fraction => 0.1)")
+    assert "bismarck: first epoch: 100% of pages" in notices, notices  # read in the epoch
+    assert "bismarck: preparing: 100% of pages" not in notices, notices  # not before it
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'badrow_m'"
+                        ).fetchone()[0] == 0
+
+
+def test_missing_values_the_sample_misses_are_skipped_and_counted(dsn, conn) -> None:
+    _sampled_table(conn, "nanrow")
+    row = _row_outside_the_sample(dsn, conn, "nanrow", 3, 5, 16)
+    conn.execute("UPDATE nanrow SET x[2] = 'NaN' WHERE id = %s", [row])
+    conn.execute("UPDATE nanrow SET y = NULL WHERE id = %s", [row - 1])
+    got = train(conn, "nanrow", "y", ["x"], "nanrow_m", "blocks", block_size=16, seed=5,
+                validation_fraction=0.1, max_epochs=2)
+    m = got["metrics"]
+    assert m["skipped_rows"] == 2
+    assert m["rows"] + m["validation_rows"] == 6000 - 2
+    # each usable row held out by its own seeded draw: about a tenth, counted exactly
+    assert 0.08 < m["validation_share"] < 0.12
+    assert m["validation_share"] == m["validation_rows"] / 5998
+
+
+def test_a_column_constant_in_the_sample_that_varies_is_not_taken_for_constant(dsn,
+                                                                             conn) -> None:
+    """The sample sees a constant column; the first epoch sees it vary: the run reads every
+    row first and fits that column, never a model that ignores it."""
+    X = _sampled_table(conn, "constrow")
+    conn.execute("UPDATE constrow SET x[3] = 0")
+    conn.execute("VACUUM FULL constrow")
+    row = _row_outside_the_sample(dsn, conn, "constrow", 3, 5, 16)
+    conn.execute("UPDATE constrow SET x[3] = 1, y = 1 WHERE id = %s", [row])
+    got = train(conn, "constrow", "y", ["x"], "constrow_m", "blocks", block_size=16, seed=5,
+                max_epochs=2)
+    assert got["metrics"]["constant_features"] == []
+    assert got["metrics"]["rows"] == len(X)
+    assert got["coef"][2] != 0.0
+
+
+@pytest.mark.slow
+def test_the_defaults_take_blocks_when_the_costs_say_so(conn) -> None:
+    """shuffle NULL: a large table and one expected epoch take the no-copy path; the default
+    six expected epochs (1 + n_iter_no_change) of mini-batches the packed copy."""
+    from bismarckpy import schedule
+
+    n = int(schedule.BLOCKS_MIN_ROWS * 1.2)
+    X, y = _logistic(n, 2, 12)
+    load_table(conn, "big", ["a", "b"], X, y)
+    for model, extra in (("big_one", ", max_epochs => 1"), ("big_six", "")):
+        conn.execute(f"SELECT * FROM bismarck.train_glm('big', 'y', ARRAY['a', 'b'], '{model}', "
+                     f"seed => 3{extra})")
+    shuffles = dict(conn.execute("SELECT model_name, params->>'shuffle' FROM bismarck.models "
+                                 "WHERE model_name LIKE 'big_%'").fetchall())
+    assert shuffles == {"big_one": "blocks", "big_six": "once"}
+    # small tables keep the packed copy whatever the epochs
+    load_table(conn, "small", ["a", "b"], X[:5000], y[:5000])
+    conn.execute("SELECT * FROM bismarck.train_glm('small', 'y', ARRAY['a', 'b'], 'small_one', "
+                 "max_epochs => 1)")
+    assert conn.execute("SELECT params->>'shuffle' FROM bismarck.models WHERE model_name = "
+                        "'small_one'").fetchone()[0] == "once"

@@ -108,6 +108,15 @@ def test_fresh_cluster_lifecycle(scratch_root: Path) -> None:
     assert cluster.start().port == started.port
 
 
+def test_the_server_keeps_the_memory_it_frees(scratch_cluster: embedded.Cluster) -> None:
+    """The postmaster (and so every backend) starts with glibc's fixed malloc thresholds."""
+    status = scratch_cluster.start()
+    assert status.running and status.pid
+    environ = Path(f"/proc/{status.pid}/environ").read_bytes().split(b"\0")
+    for key, value in embedded.SERVER_MALLOC.items():
+        assert f"{key}={value}".encode() in environ
+
+
 def test_port_in_use(scratch_cluster: embedded.Cluster) -> None:
     cluster = scratch_cluster
     old_port = cluster.status().port

@@ -10,12 +10,14 @@ range scan (``ctid >= '(p,0)' AND ctid < '(q,0)'``, PostgreSQL 14+). ``array_agg
 (:func:`read_matrix`), shuffles the buffer's rows (seeded, new each epoch) and hands them to the
 model kind's block kernel as one packed block (:mod:`bismarckpy.pack`).
 
-The validation rows are chosen without a copy: group ``g`` holds out ``h_g`` of its ``n_g``
-usable rows, the first ``h_g`` of a permutation seeded by (seed, g), with ``h_g`` the group's
-share of ``ceil(f·n)`` rounded with the remainder carried from group to group (so the total is
-exact). Preparation (:func:`prepare_chunk`) reads every group once in physical order to learn
-``n_g``, ``h_g`` and the training rows' moments; every epoch checks ``n_g`` again, so a table
-that changed under a run is an error, never a silently different split.
+The validation rows are chosen without a copy and without counting first: each usable row of
+group ``g`` is held out when its uniform draw from a stream seeded by (seed, g), rows in
+physical order (:func:`draws`), is below the fraction; ``h_g`` of the ``n_g`` usable rows, the
+same rows in every epoch. A full preparation (:func:`prepare_step`) reads every group once in
+physical order to learn ``n_g``, ``h_g`` and the training rows' moments; a run prepared from a
+sample (:func:`sample`) learns them in its first epoch instead (:func:`first_step`, which
+checks and counts every row as preparation does). Every later epoch checks ``n_g`` again, so a
+table that changed under a run is an error, never a silently different split.
 
 Errors: :class:`~bismarckpy.errors.InvalidData` for arrays that are not 2-D float8 without
 NULLs of the expected width, and for a source whose rows changed since preparation.
@@ -24,7 +26,7 @@ NULLs of the expected width, and for a source whose rows changed since preparati
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,14 +93,31 @@ def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
     return values.reshape(dims)
 
 
+def draws(seed: int, group: int, n: int) -> np.ndarray:
+    """One seeded uniform draw in [0, 1) per usable row of a group (physical order), the same
+    in every epoch of a run: a row is a validation row when its draw is below the fraction."""
+    return np.random.default_rng([int(seed) & (2**63 - 1), int(group)]).random(n)
+
+
 def held_mask(seed: int, group: int, n: int, held: int) -> np.ndarray:
-    """Which of a group's ``n`` rows (in physical order) are validation rows: a seeded
-    choice of ``held`` of them, the same in every epoch of a run."""
+    """Which of a group's ``n`` usable rows (in physical order) are validation rows: the
+    ``held`` rows with the smallest :func:`draws`, which are exactly those whose draw is below
+    the fraction when ``held`` is their number (:func:`held_count`)."""
     mask = np.zeros(n, dtype=bool)
-    if held > 0:
-        rng = np.random.default_rng([int(seed) & (2**63 - 1), int(group)])
-        mask[rng.permutation(n)[:held]] = True
+    if held >= n:
+        mask[:] = held > 0
+    elif held > 0:
+        mask[np.argpartition(draws(seed, group, n), held - 1)[:held]] = True
     return mask
+
+
+def held_count(seed: int, group: int, n: int, fraction: float) -> int:
+    """Validation rows of a group of ``n`` usable rows: each is held out with probability
+    ``fraction`` by its seeded draw (a Bernoulli sample, not an exact share: no count of the
+    whole table is needed first)."""
+    if fraction <= 0 or n <= 0:
+        return 0
+    return int((draws(seed, group, n) < fraction).sum())
 
 
 def finite_rows(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -130,11 +149,16 @@ def finite_mask(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
 @dataclass
 class Buffer:
     """The rows of one buffer an epoch keeps: rows ``rows`` (None: all) of features ``X``
-    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet)."""
+    (n × d) and raw labels ``y`` (views of the arrays' bytes: nothing copied yet).
+
+    ``checked`` is False when the rows' finiteness was not tested row by row because their
+    number already matched preparation's count of usable rows: :func:`as_block` then checks
+    the rows it copies (one reduction instead of a pass over every row's values)."""
 
     X: np.ndarray
     y: np.ndarray
     rows: np.ndarray | None = None
+    checked: bool = True
 
     def __len__(self) -> int:
         return len(self.y) if self.rows is None else len(self.rows)
@@ -144,6 +168,29 @@ class Buffer:
         if self.rows is None:
             return self.X, self.y
         return self.X[self.rows], self.y[self.rows]
+
+
+#: Cached validation positions of page groups, keyed by (seed, group, rows, held): every epoch
+#: reads every group again, and drawing a group's permutation costs more than the lookup.
+_held: dict[tuple[int, int, int, int], np.ndarray] = {}
+#: At most this many cached positions (4 bytes each): 16M, 64 MB.
+HELD_CACHE_POSITIONS = 1 << 24
+_held_size = [0]
+
+
+def held_positions(seed: int, group: int, n: int, held: int) -> np.ndarray:
+    """The positions (in physical order, among the group's ``n`` usable rows) of a group's
+    validation rows: the ``True`` entries of :func:`held_mask`, cached per backend."""
+    key = (int(seed), int(group), int(n), int(held))
+    got = _held.get(key)
+    if got is None:
+        got = np.flatnonzero(held_mask(seed, group, n, held)).astype(np.int32)
+        if _held_size[0] + len(got) > HELD_CACHE_POSITIONS:
+            _held.clear()
+            _held_size[0] = 0
+        _held[key] = got
+        _held_size[0] += len(got)
+    return got
 
 
 def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list | None,
@@ -156,31 +203,55 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
     the array's own width) checks the number of features. Raises
     :class:`InvalidData` when the rows that arrive do not add up to ``counts`` (the source
     changed since preparation).
+
+    When as many rows arrive as preparation counted usable rows (the usual case), they are
+    taken as usable without a pass over their values; the returned buffer says so
+    (``checked`` False) and :func:`as_block` checks the rows it copies.
     """
+    X, y = _matrix(xs, ys, d)
+    return select_matrix(X, y, groups, counts, holds, part, split_seed)
+
+
+def _matrix(xs: bytes | None, ys: bytes | None, d: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features (n × d) and labels of one ``array_agg`` pair (views of the bytes)."""
     X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.ndim != 2:
         X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
-    d = X.shape[1]
-    n = len(y)
-    if X.shape[0] != n:
+    if X.shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows",
-                          detail=f"{X.shape[0]} feature rows, {n} labels.")
-    ok = finite_mask(X, y)
-    usable = None if ok is None else np.flatnonzero(ok)
-    n = len(y) if usable is None else len(usable)
+                          detail=f"{X.shape[0]} feature rows, {len(y)} labels.")
+    return X, y
+
+
+def select_matrix(X: np.ndarray, y: np.ndarray, groups: list | None, counts: list | None,
+                  holds: list | None, part: int, split_seed: int) -> Buffer:
+    """:func:`select_rows` of a buffer's rows already read: features ``X`` (n × d) and raw
+    labels ``y``, the rows of ``groups`` in order."""
+    n = len(y)
     gs = [g for g in (groups or []) if g is not None]
     ns = [int(c) for c in (counts or [])[:len(gs)]]
-    if sum(ns) != n:
-        raise changed(n, sum(ns))
+    checked = sum(ns) != n
+    usable = None
+    if checked:  # rows that are not usable arrived (or the table changed): test each row
+        # (on an aligned copy: numpy's reductions over unaligned float64 are slow)
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        usable = None if ok is None else np.flatnonzero(ok)
+        n = len(y) if usable is None else len(usable)
+        if sum(ns) != n:
+            raise changed(n, sum(ns))
     if part == ALL or not any(holds or []):
         if part == VALID:
-            return Buffer(X, y, np.zeros(0, dtype=np.int64))
-        return Buffer(X, y, usable)
-    mask = np.concatenate([held_mask(split_seed, g, c, int(h))
-                           for g, c, h in zip(gs, ns, holds or [])]) if gs else np.zeros(0, bool)
+            return Buffer(X, y, np.zeros(0, dtype=np.int64), checked)
+        return Buffer(X, y, usable, checked)
+    mask = np.zeros(n, dtype=bool)
+    at = 0
+    for g, c, h in zip(gs, ns, holds or []):
+        if h:
+            mask[at + held_positions(split_seed, g, c, int(h))] = True
+        at += c
     keep = np.flatnonzero(mask if part == VALID else ~mask)
-    return Buffer(X, y, keep if usable is None else usable[keep])
+    return Buffer(X, y, keep if usable is None else usable[keep], checked)
 
 
 def changed(got: int, expected: int) -> InvalidData:
@@ -221,12 +292,33 @@ def check_unwritten(session: Session, relation: str, mark: tuple[int, int]) -> N
 _scratch: dict[int, bytearray] = {}
 
 
+def _rows_as_void(X: np.ndarray) -> np.ndarray:
+    """An ``n × d`` C-ordered float64 matrix as ``n`` opaque ``8·d``-byte records (a view).
+
+    Gathering records copies each row with one ``memcpy``, whatever the alignment: the arrays
+    PL/Python hands over sit 4 bytes off an 8-byte boundary (their header), where numpy's
+    float64 gathers and reductions take a slow element-by-element path."""
+    return X.view(np.dtype((np.void, 8 * X.shape[1]))).reshape(X.shape[0])
+
+
+def aligned(X: np.ndarray) -> np.ndarray:
+    """``X`` (an ``n × d`` C-ordered float64 matrix) when it is 8-byte aligned, else an aligned
+    copy made by gathering its rows as records (:func:`_rows_as_void`)."""
+    if X.flags.aligned or X.shape[1] == 0 or not X.flags.c_contiguous:
+        return X if X.flags.aligned else X.copy()
+    out = np.empty(X.shape, dtype=_F8)
+    _rows_as_void(out)[:] = _rows_as_void(X)
+    return out
+
+
 def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     """The buffer's rows (shuffled when ``shuffle_seed`` is given) as one float64 packed block
     (:mod:`bismarckpy.pack`): per-column offsets at the column minimum, then residuals.
 
     The block is written into a scratch buffer reused from call to call (a fresh 3 MB buffer
     per call costs more in page faults than the copy itself): it is valid until the next call.
+    Raises :class:`InvalidData` (the table changed) when the buffer was not checked row by row
+    (:class:`Buffer`) and a copied value is not finite.
     """
     n, d = len(buf), buf.X.shape[1]
     if n == 0:
@@ -244,24 +336,133 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     if shuffle_seed is not None:
         perm = np.random.default_rng(int(shuffle_seed) & (2**63 - 1)).permutation(n)
         order = perm if order is None else order[perm]
-    if order is None:
-        values[:, 0] = buf.y
-        values[:, 1:] = buf.X
-    else:  # one gather: the kept rows in their shuffled order
-        np.take(buf.y, order, out=values[:, 0], mode="clip")
-        np.take(buf.X, order, axis=0, out=values[:, 1:], mode="clip")
+    if d == 0:
+        values[:, 0] = buf.y if order is None else buf.y[order]
+    else:  # one gather of whole rows (records) into the block's feature columns
+        rows = np.frombuffer(block, dtype=np.uint8, offset=start).reshape(n, 8 * (1 + d))
+        target = rows[:, 8:].view(np.dtype((np.void, 8 * d)))[:, 0]
+        source = _rows_as_void(buf.X) if buf.X.flags.c_contiguous else None
+        if order is None:
+            values[:, 0] = buf.y
+            if source is None:
+                values[:, 1:] = buf.X
+            else:
+                target[:] = source
+        else:
+            values[:, 0] = buf.y[order]
+            if source is None:
+                values[:, 1:] = buf.X[order]
+            else:
+                target[:] = source[order]
     offsets[:] = values.min(axis=0)
+    if not buf.checked and not (np.isfinite(offsets).all()
+                                and np.isfinite(values.max(axis=0)).all()):
+        raise changed(n - int((~np.isfinite(values).all(axis=1)).sum()), n)
     values -= offsets
     return block
+
+
+@dataclass
+class _Assembly:
+    """The rows of the buffer being assembled, one page group per call (see
+    :func:`epoch_step`): the rows the epoch keeps, contiguous and aligned, in a matrix reused
+    from buffer to buffer; ``checked`` False when some were not tested row by row."""
+
+    X: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    y: np.ndarray = field(default_factory=lambda: np.empty(0))
+    n: int = 0
+    groups: list[int] = field(default_factory=list)
+    checked: bool = True
+    key: tuple = ()  # (part, split seed, shuffle seed, counts) of the buffer
+
+
+_assembly = _Assembly()  # one per backend: an epoch's aggregate runs one buffer at a time
+
+
+def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
+             holds: list | None, part: int, split_seed: int) -> None:
+    """Append the rows of one page group (``groups[-1]``, after ``groups[:-1]``) that the
+    epoch reads (``part``) to the buffer being assembled; its first group starts a new one.
+
+    The same rows, in the same order, as :func:`select_rows` keeps of the whole buffer.
+    Raises :class:`InvalidData` for a group whose usable rows are not the ``counts`` entry
+    preparation found (the table changed) and for a group that does not follow the ones
+    collected (never mixes two buffers)."""
+    a = _assembly
+    if len(groups) == 1:
+        a.n, a.groups, a.checked = 0, [], True
+    elif a.groups != groups[:-1]:
+        raise InvalidData("the page groups of a buffer arrived out of order",
+                          detail=f"Group {groups[-1]} follows {a.groups}, not {groups[:-1]}.",
+                          hint="This is a bug in the epoch's query plan; please report it.")
+    a.groups = list(groups)
+    j = len(groups) - 1
+    c, h = int(counts[j]), int((holds or [0] * len(counts))[j] or 0)
+    if xs is None:
+        if c:
+            raise changed(0, c)
+        return
+    X, y = _matrix(xs, ys, a.X.shape[1] if a.n else None)
+    m, d = X.shape
+    rows = None  # all of them
+    if m != c:  # rows that are not usable arrived (or the table changed): test each row
+        ok = finite_mask(X if X.flags.aligned else X.copy(), y)
+        rows = None if ok is None else np.flatnonzero(ok)
+        if (m if rows is None else len(rows)) != c:
+            raise changed(m if rows is None else len(rows), c)
+    else:
+        a.checked = False  # as_block tests the rows it copies
+    if part == VALID:
+        pick = held_positions(split_seed, groups[j], c, h) if h else np.zeros(0, np.int32)
+    elif part == TRAIN and h:
+        keep = np.ones(c, dtype=bool)
+        keep[held_positions(split_seed, groups[j], c, h)] = False
+        pick = np.flatnonzero(keep)
+    else:
+        pick = None
+    if pick is not None:
+        rows = pick if rows is None else rows[pick]
+    k = m if rows is None else len(rows)
+    if a.n + k > len(a.y) or a.X.shape[1] != d:
+        size = max(a.n + k, 2 * len(a.y), 4096)
+        X2, y2 = np.empty((size, d)), np.empty(size)
+        if a.n:
+            X2[:a.n] = a.X[:a.n]
+            y2[:a.n] = a.y[:a.n]
+        a.X, a.y = X2, y2
+    if k and d:  # whole rows as records: the source sits off an 8-byte boundary
+        source = _rows_as_void(X)
+        _rows_as_void(a.X)[a.n:a.n + k] = source if rows is None else source[rows]
+    a.y[a.n:a.n + k] = y if rows is None else y[rows]
+    a.n += k
 
 
 def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
                groups: list | None, counts: list | None, holds: list | None, part: int,
                split_seed: int, shuffle_seed: int | None, init: bytes) -> bytes:
-    """One buffer of an epoch: select its rows, shuffle them, run ``kernel`` (a model kind's
-    ``transition_block(state, block, init)``, which checks the block's width against its
-    state) on them as one block."""
-    buf = select_rows(xs, ys, None, groups, counts, holds, part, split_seed)
+    """One call of an epoch (:func:`epoch_sql`): a whole buffer of page groups, or one group.
+
+    ``counts`` and ``holds`` describe the whole buffer, ``groups`` its groups up to the ones
+    whose rows ``xs``/``ys`` hold. Delivered one group per call (the validation pass), each
+    group's rows of ``part`` are collected (copied into one aligned matrix while they are still
+    in the processor's cache: for the validation pass only its validation rows) until the last
+    group completes the buffer. The buffer's rows are then shuffled and handed to ``kernel`` (a
+    model kind's ``transition_block(state, block, init)``, which checks the block's width
+    against its state) as one block: either way the block :func:`select_rows` and
+    :func:`as_block` make of the whole buffer's rows at once.
+    """
+    gs, ns = list(groups or []), list(counts or [])
+    a = _assembly
+    key = (part, split_seed, shuffle_seed, ns)
+    if len(gs) < len(ns) or (len(gs) > 1 and a.groups == gs[:-1] and a.key == key):
+        _collect(xs, ys, gs, ns, holds, part, split_seed)
+        a.key = key
+        if len(gs) < len(ns):
+            return state if state is not None else init
+        a.groups = []  # complete: a whole buffer in one call never continues it
+        buf = Buffer(a.X[:a.n], a.y[:a.n], None, a.checked)
+    else:  # the whole buffer in this call
+        buf = select_rows(xs, ys, None, gs, ns, holds, part, split_seed)
     block = as_block(buf, shuffle_seed)
     if block is None:
         return state if state is not None else init
@@ -276,18 +477,11 @@ _P_HEAD = 18
 
 
 def split_count(fraction: float, n: int) -> int:
-    """Validation rows among the first ``n`` usable rows: ``ceil(fraction · n)`` immune to the
-    product's float error (the training loop's ``validation_count``)."""
+    """``ceil(fraction · n)`` immune to the product's float error (the training loop's
+    ``validation_count``): the validation rows of the copies, whose count is known first."""
     if fraction <= 0 or n <= 0:
         return 0
     return min(n, int(np.ceil(fraction * n - 1e-9)))
-
-
-def group_holds(fraction: float, before: int, n: int) -> int:
-    """Validation rows of a group of ``n`` usable rows after ``before`` of them: the increase
-    of :func:`split_count`, so that over all groups they add up to ``split_count(fraction,
-    total)`` exactly, without knowing the total in advance (one pass)."""
-    return split_count(fraction, before + n) - split_count(fraction, before)
 
 
 def prepare_init(d: int, fraction: float, seen: int) -> bytes:
@@ -312,7 +506,7 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     then one ``(group, n_g, h_g)`` triple per group read.
     """
     s = np.frombuffer(state if state is not None else init, dtype=_F8)
-    d, fraction, seen = int(s[_P_D]), float(s[_P_F]), int(s[_P_SEEN])
+    d, fraction = int(s[_P_D]), float(s[_P_F])
     m_len = 1 + 4 * (1 + d)
     head = s[:_P_HEAD].copy()
     n_all, multi, empty, ragged, len_lo, len_hi = ([int(v or 0) for v in shape[:4]]
@@ -332,7 +526,7 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     X, y, _ = finite_rows(X, y, d)
     n = len(y)
     mom = s[_P_HEAD:_P_HEAD + m_len].copy()
-    held = group_holds(fraction, seen, n)
+    held = held_count(seed, group, n, fraction)
     if n:
         head[_P_AX] = max(head[_P_AX], float(X.max()), -float(X.min()))
         head[_P_MX] = min(head[_P_MX], _smallest_nonzero(X))
@@ -481,6 +675,20 @@ def layout(session: Session, src: Source, n_rows: int | None, block_size: int) -
     return Layout(src.relation, pages, per_group, -(-pages // per_group))
 
 
+def estimate_rows(session: Session, src: Source) -> float:
+    """The table's rows, estimated from its heap size and the rows of its first pages (one
+    short scan: no count of the whole table)."""
+    pages = int(session.query(
+        "SELECT (pg_relation_size(%s::regclass) / current_setting('block_size')::int8)::int8 "
+        "AS pages", [src.name])[0][0])
+    probe = min(pages, 32)
+    if probe == 0:
+        return 0.0
+    return int(session.query(
+        f"SELECT count(*) AS n FROM {src.relation} AS s WHERE s.ctid < '({probe},0)'::tid"
+    )[0][0]) * pages / probe
+
+
 def _tid(group: str, layout: Layout, plus: int = 0) -> str:
     """SQL for the first TID of page group ``group`` (+ ``plus``); NULL when group is NULL."""
     return (f"('(' || (({group})::int8 + {plus}) * {layout.per_group} || ',0)')::pg_catalog.tid")
@@ -499,15 +707,24 @@ def _int_array(values: np.ndarray | list[int]) -> str:
 
 def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
-              aggregate: str = "{aggregate}") -> str:
+              aggregate: str = "{aggregate}", per_group: bool | None = None) -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
-    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups,
-    ``buffer_blocks`` per call; its one parameter is the kernel's init state.
+    the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
+    of ``buffer_blocks``; its one parameter is the kernel's init state.
+
+    ``per_group`` (None: for the validation pass) makes each page group one call (one TID
+    range scan, one ``array_agg`` of a few hundred rows, small enough that the copies on the
+    way into PL/Python stay in the processor's cache), with the whole buffer's counts and the
+    buffer's groups up to this one, the transition assembling the buffer from the rows it
+    keeps (:func:`epoch_step`): that pays where a pass keeps few of the rows it reads. Else a
+    buffer is one call: its groups' TID range scans appended under one ``array_agg``.
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
     no usable row (or no row of ``part``) are not read.
     """
+    if per_group is None:
+        per_group = part == VALID
     counts, holds = prepared.counts, prepared.holds
     wanted = {ALL: counts, TRAIN: counts - holds, VALID: holds}[part]
     order = "random()" if shuffled else "c.g"
@@ -519,48 +736,65 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs, "
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
-                                  for j in range(int(buffer_blocks)))
+    if not per_group:  # one call per buffer: its groups' reads appended
+        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+                                      for j in range(int(buffer_blocks)))
+        return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
+                "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+                f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+                f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
+                f"FROM ({branches}) AS u) AS z")
     return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
-            "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
+            "bismarck._float8_array_bytes(z.ys), o.gs[1:m.j::int4], o.ns, o.hs, "
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
+            "CROSS JOIN LATERAL unnest(o.gs) WITH ORDINALITY AS m(g, j) "
             f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
-            f"FROM ({branches}) AS u) AS z")
+            f"FROM ({_group_rows(src, layout, 'm.g')}) AS u) AS z")
 
 
 def _row_facts(src: Source, d: int) -> str:
-    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``ok``
-    (complete: label and every feature present, one dimension, ``d`` elements), ``multi``
-    (more than one dimension), ``empty`` (no element), ``odd`` (complete but of another
-    length) and ``len`` (the number of elements)."""
+    """Per-row SQL columns of a group's read: the features ``x`` and raw label ``y``, ``v``
+    (label and every feature present, one dimension), ``multi`` (more than one dimension),
+    ``empty`` (no element) and ``len`` (the number of elements). Each is computed once per
+    row when the read is not flattened into its aggregate (see :func:`_facts`)."""
     x = src.x_expr
     if not src.array_feature:
-        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS ok, "
-                f"false AS multi, false AS empty, false AS odd, {int(d)} AS len")
-    return (f"{x} AS x, {src.label_expr} AS y, "
-            f"({src.scan_valid_expr} AND cardinality({x}) = {int(d)}) AS ok, "
+        return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS v, "
+                f"false AS multi, false AS empty, {int(d)} AS len")
+    return (f"{x} AS x, {src.label_expr} AS y, ({src.scan_valid_expr}) AS v, "
             f"coalesce(array_ndims({x}) > 1, false) AS multi, "
             f"coalesce(cardinality({x}) = 0, false) AS empty, "
-            f"({src.scan_valid_expr} AND cardinality({x}) NOT IN (0, {int(d)})) AS odd, "
             f"cardinality({x}) AS len")
 
 
-def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int) -> str:
-    """Preparation of the groups ``%s`` to ``%s`` in physical order (init state first): the
-    complete rows as two arrays, and the group's shape counts, per group."""
-    counts = ("SELECT array_agg(u.x) FILTER (WHERE u.ok) AS xs, "
-              "array_agg(u.y) FILTER (WHERE u.ok) AS ys, ARRAY[count(*), "
+def _facts(d: int) -> tuple[str, str]:
+    """SQL over :func:`_row_facts`' columns ``u``: a complete row (present, one dimension,
+    ``d`` elements) and an odd one (present, of another non-zero length)."""
+    return f"(u.v AND u.len = {int(d)})", f"(u.v AND u.len NOT IN (0, {int(d)}))"
+
+
+def prepare_sql(src: Source, layout: Layout, d: int, split_seed: int,
+                listed: bool = False) -> str:
+    """Preparation of the groups ``%s`` to ``%s`` in physical order (init state first), or
+    (``listed``) of the groups of the ``int4[]`` ``%s``: the complete rows as two arrays, and
+    the group's shape counts, per group."""
+    ok, odd = _facts(d)
+    # OFFSET 0 keeps the subquery: each row's facts are computed once, not once per FILTER.
+    counts = (f"SELECT array_agg(u.x) FILTER (WHERE {ok}) AS xs, "
+              f"array_agg(u.y) FILTER (WHERE {ok}) AS ys, ARRAY[count(*), "
               "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
-              "count(*) FILTER (WHERE u.odd), min(u.len) FILTER (WHERE u.odd OR u.ok), "
-              "max(u.len) FILTER (WHERE u.odd OR u.ok)]::int8[] AS shape "
+              f"count(*) FILTER (WHERE {odd}), min(u.len) FILTER (WHERE u.v AND u.len <> 0), "
+              "max(u.len) FILTER (WHERE u.v AND u.len <> 0)]::int8[] AS shape "
               f"FROM (SELECT {_row_facts(src, d)} FROM {layout.relation} AS s "
-              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)}) "
-              "AS u")
+              f"WHERE s.ctid >= {_tid('o.g', layout)} AND s.ctid < {_tid('o.g', layout, 1)} "
+              "OFFSET 0) AS u")
     return ("SELECT bismarck._scan_prepare(bismarck._float8_array_bytes(z.xs), "
             "bismarck._float8_array_bytes(z.ys), o.g, z.shape, %s, "
             f"{int(split_seed)}::int8) AS state "
-            "FROM (SELECT g::int4 AS g FROM generate_series(%s::int4, %s::int4) AS g "
-            f"ORDER BY 1) AS o CROSS JOIN LATERAL ({counts}) AS z")
+            "FROM (SELECT g::int4 AS g FROM "
+            + ("unnest(%s::int4[]) AS g " if listed else
+               "generate_series(%s::int4, %s::int4) AS g ")
+            + f"ORDER BY 1) AS o CROSS JOIN LATERAL ({counts}) AS z")
 
 
 #: At most this many groups per preparation statement: its state grows by one triple a group.
@@ -596,6 +830,254 @@ def first_length(session: Session, src: Source) -> int | None:
                          f"WHERE {src.scan_valid_expr} AND cardinality({src.x_expr}) > 0 "
                          "LIMIT 1")
     return int(rows[0][0]) if rows else None
+
+
+def sample(session: Session, src: Source, layout: Layout, d: int, groups: int,
+           seed: int) -> tuple[Prepared, np.ndarray]:
+    """Read ``groups`` page groups drawn at random (seeded), in physical order, as preparation
+    reads every group (:func:`prepare_step`, nothing held out): their survey and moments,
+    and which groups they were. What a run learns before its first epoch without reading
+    the whole table."""
+    k = max(1, min(int(groups), layout.groups))
+    chosen = np.sort(np.random.default_rng([int(seed) & (2**63 - 1), 17]).choice(
+        layout.groups, size=k, replace=False)) if layout.groups else np.zeros(0, np.int64)
+    state = session.query(prepare_sql(src, layout, d, 0, listed=True),
+                          [prepare_init(d, 0.0, 0), "{" + ",".join(map(str, chosen)) + "}"]
+                          )[0][0] if len(chosen) else None
+    got = prepare_decode([bytes(state)] if state is not None else [], layout.groups, d)
+    return got, chosen
+
+
+# -- the first epoch of a run prepared from a sample: checks and counts folded in ---------------
+
+#: Opens the state of :func:`first_step` (the kernel's state travels inside it).
+FIRST_MAGIC = b"BSMFRST1"
+(_F_D, _F_F, _F_C0, _F_C1, _F_XLIM, _F_YLIM, _F_TOTAL, _F_USABLE, _F_MULTI, _F_EMPTY,
+ _F_RAGGED, _F_LEN_LO, _F_LEN_HI, _F_Y_MIN, _F_Y_MAX, _F_ALL01, _F_ALLPM1, _F_AX, _F_AY,
+ _F_TRAIN, _F_VALID, _F_POS, _F_XMINS, _F_STOP) = range(24)
+_F_HEAD = 24
+
+
+@dataclass
+class First:
+    """The state of a first epoch between its statements (:func:`first_step`).
+
+    ``head`` holds the checks' counts and ranges over every row read so far and the limits
+    the rows must keep (``_F_*`` slots); ``cols`` the columns (-1: the label) the sample found
+    constant, with their range over the rows read (``lo``, ``hi``); ``kinit`` and ``kstate``
+    the model kind's init and state; ``triples`` one ``(group, usable, held)`` per group
+    read by this statement."""
+
+    head: np.ndarray
+    cols: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    kinit: bytes
+    kstate: bytes | None
+    triples: np.ndarray
+
+    def encode(self) -> bytes:
+        """The state as bytes (see :func:`first_decode`)."""
+        k = len(self.cols)
+        sizes = np.array([_F_HEAD, k, len(self.kinit), -1 if self.kstate is None
+                          else len(self.kstate), len(self.triples) // 3], dtype="<i8")
+        return (FIRST_MAGIC + sizes.tobytes() + self.head.astype(_F8).tobytes()
+                + np.concatenate([self.cols, self.lo, self.hi]).astype(_F8).tobytes()
+                + self.kinit + (self.kstate or b"") + self.triples.astype(_F8).tobytes())
+
+
+def first_decode(raw: bytes) -> First:
+    """The :class:`First` of bytes written by :meth:`First.encode`."""
+    raw = bytes(raw)
+    if raw[:8] != FIRST_MAGIC:
+        raise InvalidData("not the state of a first epoch")
+    n_head, k, n_init, n_state, n_trip = (int(v) for v in np.frombuffer(raw, "<i8", 5, 8))
+    at = 48
+    head = np.frombuffer(raw, _F8, n_head, at).copy()
+    at += 8 * n_head
+    cl = np.frombuffer(raw, _F8, 3 * k, at).copy()
+    at += 24 * k
+    kinit = raw[at:at + n_init]
+    at += n_init
+    kstate = None if n_state < 0 else raw[at:at + n_state]
+    at += max(n_state, 0)
+    triples = np.frombuffer(raw, _F8, 3 * n_trip, at).copy()
+    return First(head, cl[:k], cl[k:2 * k], cl[2 * k:], kinit, kstate, triples)
+
+
+def first_init(d: int, fraction: float, classes: list[float] | None, x_limit: float,
+               y_limit: float, constant: list[int], kinit: bytes) -> bytes:
+    """The state a first epoch starts from: ``d`` features, the validation ``fraction``, the
+    two classes the sample found (None: regression), the magnitudes features and label must
+    stay within, the columns the sample found constant (-1: the label) and the kind's init."""
+    head = np.zeros(_F_HEAD, dtype=_F8)
+    head[_F_D], head[_F_F], head[_F_XLIM], head[_F_YLIM] = d, fraction, x_limit, y_limit
+    head[_F_C0], head[_F_C1] = (classes[0], classes[1]) if classes else (np.nan, np.nan)
+    head[[_F_LEN_LO, _F_Y_MIN]] = np.inf
+    head[[_F_LEN_HI, _F_Y_MAX]] = -np.inf
+    head[[_F_ALL01, _F_ALLPM1]] = 1.0
+    k = len(constant)
+    return First(head, np.array(constant, dtype=_F8), np.full(k, np.inf), np.full(k, -np.inf),
+                 bytes(kinit), None, np.zeros(0)).encode()
+
+
+def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: bytes | None,
+               js: bytes | None, shape: list | None, groups: list | None, split_seed: int,
+               shuffle_seed: int | None, init: bytes) -> bytes:  # noqa: PLR0913
+    """One buffer of a first epoch: check and count every row of its groups as preparation
+    does (:func:`prepare_step`), choose each group's validation rows (:func:`held_count`),
+    then step ``kernel`` (a kind's ``transition_block``) through the shuffled training rows.
+
+    ``xs``/``ys`` hold the rows SQL found complete, ``js`` the position in ``groups`` of each
+    one's group; ``shape`` is SQL's count of the buffer's rows, of multi-dimensional, empty and
+    odd-length arrays, their smallest and largest length, and the sum of the rows' ``xmin``.
+    Once a row breaks what the sample promised (a shape, a class, a magnitude, a constant
+    column that varies) the kernel stops stepping (``_F_STOP``); counting goes on, so the
+    error the loop then raises (:func:`first_survey`) is the one a full preparation gives.
+    """
+    f = first_decode(state if state is not None else init)
+    h = f.head
+    d, fraction = int(h[_F_D]), float(h[_F_F])
+    total, multi, empty, odd, len_lo, len_hi, xmins = (
+        [int(v or 0) for v in shape[:4]] + [shape[4], shape[5], int(shape[6] or 0)]
+        if shape else (0, 0, 0, 0, None, None, 0))
+    h[_F_TOTAL] += total
+    h[_F_MULTI] += multi
+    h[_F_EMPTY] += empty
+    h[_F_RAGGED] += odd
+    h[_F_XMINS] += xmins
+    if len_lo is not None:
+        h[_F_LEN_LO] = min(h[_F_LEN_LO], len_lo)
+        h[_F_LEN_HI] = max(h[_F_LEN_HI], len_hi)
+    # Aligned copies first (one memcpy per row): every check below reduces over the values,
+    # which numpy does slowly where PL/Python's arrays sit, 4 bytes off an 8-byte boundary.
+    X = aligned(read_matrix(xs, d).reshape(-1, d))
+    y = read_matrix(ys).copy()
+    j = read_matrix(js).astype(np.int64)
+    if X.shape[0] != len(y) or len(j) != len(y):
+        raise InvalidData("a block's labels do not match its rows")
+    ok = finite_mask(X, y)
+    usable = np.arange(len(y)) if ok is None else np.flatnonzero(ok)
+    gs = [int(g) for g in (groups or []) if g is not None]
+    per = np.bincount(j[usable], minlength=len(gs))[:len(gs)]
+    held = np.zeros(len(usable), dtype=bool)
+    trip = []
+    at = 0
+    for pos, g in enumerate(gs):  # rows arrive group by group, each in physical order
+        c = int(per[pos])
+        m = draws(split_seed, g, c) < fraction if fraction > 0 else np.zeros(c, dtype=bool)
+        held[at:at + c] = m
+        trip.append((g, c, int(m.sum())))
+        at += c
+    n = len(usable)
+    h[_F_USABLE] += n
+    stop = bool(multi or empty or odd or (len_lo is not None and len_lo != d))
+    if n:
+        Xu = X if ok is None else X[usable]
+        yu = y if ok is None else y[usable]
+        x_hi, x_lo = float(Xu.max()), float(Xu.min())
+        h[_F_AX] = max(h[_F_AX], x_hi, -x_lo)
+        h[_F_AY] = max(h[_F_AY], float(np.abs(yu).max()))
+        h[_F_Y_MIN] = min(h[_F_Y_MIN], float(yu.min()))
+        h[_F_Y_MAX] = max(h[_F_Y_MAX], float(yu.max()))
+        h[_F_ALL01] = float(bool(h[_F_ALL01]) and bool(((yu == 0) | (yu == 1)).all()))
+        h[_F_ALLPM1] = float(bool(h[_F_ALLPM1]) and bool(((yu == -1) | (yu == 1)).all()))
+        if len(f.cols):
+            idx = f.cols.astype(np.int64)
+            V = np.column_stack([yu if c < 0 else Xu[:, c] for c in idx])
+            f.lo = np.minimum(f.lo, V.min(axis=0))
+            f.hi = np.maximum(f.hi, V.max(axis=0))
+            stop = stop or bool((f.hi > f.lo).any())
+        if not np.isnan(h[_F_C0]):
+            stop = stop or not bool(((yu == h[_F_C0]) | (yu == h[_F_C1])).all())
+        stop = stop or h[_F_AX] > h[_F_XLIM] or h[_F_AY] > h[_F_YLIM]
+        train = usable[~held]
+        h[_F_TRAIN] += len(train)
+        h[_F_VALID] += n - len(train)
+        if not np.isnan(h[_F_C1]):
+            h[_F_POS] += int((y[train] == h[_F_C1]).sum())
+        h[_F_STOP] = max(h[_F_STOP], float(stop))
+        if not h[_F_STOP] and len(train):
+            block = as_block(Buffer(X, y, train if ok is not None or held.any() else None),
+                             shuffle_seed)
+            if block is not None:
+                f.kstate = bytes(kernel(f.kstate, block, f.kinit))
+    h[_F_STOP] = max(h[_F_STOP], float(stop))
+    f.triples = np.concatenate([f.triples, np.array(trip, dtype=_F8).ravel()])
+    return f.encode()
+
+
+def first_sql(src: Source, layout: Layout, d: int, buffer_blocks: int = BUFFER_BLOCKS) -> str:
+    """One statement of a first epoch (``bismarck._epoch_scan_first``); its parameters: the
+    split seed, the shuffle seed ``s`` (buffer ``b`` is shuffled with ``s + b``), the state to
+    go on from (:func:`first_init`) and the ``int4[]`` of groups in the order to read them,
+    ``buffer_blocks`` per buffer. Every row of each group is read: the complete ones reach
+    the transition, the others are counted."""
+    buffers = (f"SELECT (t.k - 1) / {int(buffer_blocks)} AS buf, array_agg(t.g ORDER BY t.k) "
+               "AS gs FROM unnest(%s::int4[]) WITH ORDINALITY AS t(g, k) GROUP BY 1 ORDER BY 1")
+    branches = " UNION ALL ".join(
+        f"SELECT {j}::float8 AS j, s.xmin::text::int8 AS xm, {_row_facts(src, d)} "
+        f"FROM {layout.relation} AS s WHERE s.ctid >= {_tid(f'o.gs[{j + 1}]', layout)} "
+        f"AND s.ctid < {_tid(f'o.gs[{j + 1}]', layout, 1)}" for j in range(int(buffer_blocks)))
+    ok, odd = _facts(d)
+    facts = (f"SELECT array_agg(u.x) FILTER (WHERE {ok}) AS xs, "
+             f"array_agg(u.y) FILTER (WHERE {ok}) AS ys, "
+             f"array_agg(u.j) FILTER (WHERE {ok}) AS js, ARRAY[count(*), "
+             "count(*) FILTER (WHERE u.multi), count(*) FILTER (WHERE u.empty), "
+             f"count(*) FILTER (WHERE {odd}), min(u.len) FILTER (WHERE u.v AND u.len <> 0), "
+             "max(u.len) FILTER (WHERE u.v AND u.len <> 0), coalesce(sum(u.xm), 0)]::int8[] "
+             f"AS shape FROM ({branches}) AS u")
+    return ("SELECT bismarck._epoch_scan_first(bismarck._float8_array_bytes(z.xs), "
+            "bismarck._float8_array_bytes(z.ys), bismarck._float8_array_bytes(z.js), z.shape, "
+            "o.gs, %s::int8, %s::int8 + o.buf, %s) AS state "
+            f"FROM ({buffers}) AS o CROSS JOIN LATERAL ({facts}) AS z")
+
+
+def first_epoch(session: Session, src: Source, layout: Layout, d: int, init: bytes,
+                split_seed: int, seed: int,
+                progress: Callable[[str], None] | None = None) -> tuple[First, np.ndarray,
+                                                                       np.ndarray]:
+    """Run a first epoch over every group, in a seeded random order, in statements of at most
+    :data:`GROUPS_PER_STATEMENT` groups (a progress report after each tenth of the pages).
+    Returns the final :class:`First` and every group's usable and validation rows."""
+    order = np.random.default_rng([int(seed) & (2**63 - 1), 1]).permutation(layout.groups)
+    per = BUFFER_BLOCKS * max(1, min(GROUPS_PER_STATEMENT // BUFFER_BLOCKS,
+                                     -(-layout.groups // (PREPARE_CHUNKS * BUFFER_BLOCKS))))
+    sql = first_sql(src, layout, d)
+    counts = np.zeros(layout.groups, dtype=np.int64)
+    holds = np.zeros(layout.groups, dtype=np.int64)
+    state, told = init, 0
+    base = int(np.random.default_rng([int(seed) & (2**63 - 1), 2]).integers(0, 2**52))
+    for start in range(0, layout.groups, per):
+        part = order[start:start + per]
+        got = session.query(sql, [int(split_seed), base + start // BUFFER_BLOCKS, state,
+                                  "{" + ",".join(map(str, part)) + "}"])[0][0]
+        f = first_decode(got if got is not None else state)
+        t = f.triples.reshape(-1, 3).astype(np.int64)
+        counts[t[:, 0]], holds[t[:, 0]] = t[:, 1], t[:, 2]
+        f.triples = np.zeros(0)
+        state = f.encode()
+        tenth = 10 * min(layout.groups, start + per) // max(layout.groups, 1)
+        if progress is not None and tenth > told:
+            told = tenth
+            progress(f"first epoch: {10 * tenth}% of pages")
+    return first_decode(state), counts, holds
+
+
+def first_survey(f: First) -> Survey:
+    """What a first epoch learned of every row, as a full preparation's :class:`Survey`
+    (the smallest magnitudes are left to the sample's checks: inf)."""
+    h = f.head
+
+    def finite(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    lo, hi = finite(h[_F_LEN_LO]), finite(h[_F_LEN_HI])
+    return Survey(int(h[_F_TOTAL]), int(h[_F_USABLE]), int(h[_F_MULTI]), int(h[_F_EMPTY]),
+                  int(h[_F_RAGGED]), None if lo is None else int(lo),
+                  None if hi is None else int(hi), finite(h[_F_Y_MIN]), finite(h[_F_Y_MAX]),
+                  bool(h[_F_ALL01]), bool(h[_F_ALLPM1]), float(h[_F_AX]), float(h[_F_AY]),
+                  np.inf, np.inf)
 
 
 # -- packed copies in one read: buffers of page groups, shuffled, cut into blocks ---------------

@@ -31,6 +31,8 @@ from .moments import select as moments_select
 from .pack import DTYPE_CODES, parse_block, stale_format
 from .pack import MAGIC as PACK_MAGIC
 from .packing import (
+    MAX_ABS,
+    SQUARE_SAFE,
     Checked,
     PackedTable,
     check_casts,
@@ -44,7 +46,16 @@ from .packing import (
     settings_for_transaction,
 )
 from .params import EXACT_SOLVERS, validate
-from .schedule import ROW_ETA0, SAMPLE_ROWS, Schedule, auto_batch_size, auto_eta0, default_power_t
+from .schedule import (
+    ROW_ETA0,
+    SAMPLE_ROWS,
+    Schedule,
+    auto_batch_size,
+    auto_eta0,
+    default_power_t,
+    expected_epochs,
+    prefer_blocks,
+)
 from .separation import data_separated
 from .source import (
     Source,
@@ -165,6 +176,10 @@ class _Prepared:
     # A label of class values that are not numbers: those values, in class order (the
     # classes are their indexes); class_weight names them.
     class_labels: list[str] | None = None
+    # blocks prepared from a sample: runs the first epoch from the kind's init with the checks
+    # and counts of every row folded in (:func:`_first_epoch`); its finalized state. The
+    # facts above that came from the sample (counts, scans) are exact once it has run.
+    first: Any = None
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -246,6 +261,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         from . import partitioned
 
         partitioned.check_options(p, table)
+    if p["shuffle"] is None:
+        p["shuffle"] = _choose_shuffle(session, src, p, model_kind.name)
     if p["shuffle"] == "blocks":
         if p["solver"] in EXACT_SOLVERS:
             raise InvalidParameter(
@@ -285,7 +302,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         elif table:
             prepared = _prepare_packed_table(session, table, p, seed)
         elif p["shuffle"] == "blocks":
-            prepared = _prepare_blocks(session, src, p, seed)
+            prepared = _prepare_blocks(session, src, p, seed, sampled=model_kind.name == "glm")
         else:
             prepared = _prepare(session, src, p, seed, work)
         if src is not None:
@@ -298,7 +315,17 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
                 result = _finish(session, model_kind, table or src, p, prepared, model_name,
                                  _run_epochs(session, model_kind, p, prepared, run_id), started)
             elif p["solver"] == "sgd":
-                result = _epochs(session, table or src, p, prepared, model_name, run_id, started)
+                asked = dict(p)
+                try:
+                    result = _epochs(session, table or src, p, prepared, model_name, run_id,
+                                     started)
+                except _SampleFellShort:  # the first epoch saw what the sample missed: again,
+                    p.clear()            # prepared from every row (rare: a constant column of
+                    p.update(asked)      # the sample that varies in the table)
+                    prepared = _prepare_blocks_full(session, src, p, seed)
+                    with _changes_named_first(session, prepared):
+                        result = _epochs(session, table or src, p, prepared, model_name,
+                                         run_id, started)
             else:
                 from . import exact_loop
 
@@ -426,6 +453,25 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
                      constant=constant, n_pos=int(n_pos), notes=notes)
 
 
+def _choose_shuffle(session: TrainingSession, src: Source | None, p: dict, kind: str) -> str:
+    """``shuffle`` left NULL: ``'blocks'`` (no copy) when it is expected to finish the run
+    sooner than the packed copy (:func:`bismarckpy.schedule.prefer_blocks`, from the expected
+    epochs and the measured costs), else ``'once'``. Only a GLM trained by SGD on a table
+    that blocks can read, without parallel workers, averaging or ``packed => true``, and of
+    at least :data:`bismarckpy.schedule.BLOCKS_MIN_ROWS` rows (estimated from its size)."""
+    if (src is None or kind != "glm" or p["solver"] != "sgd" or p["packed"]
+            or p["averaging"] != "global" or p["parallel"]
+            or p.get("parallel_mode") not in (None, "average")
+            or src.row_key != "s.ctid::text"):
+        return "once"
+    rows = blockscan.estimate_rows(session, src)
+    n_train = int(rows * (1 - p["validation_fraction"]))
+    batch = p["batch_size"] if p["batch_size"] is not None else auto_batch_size(
+        n_train, p["block_size"])
+    epochs = expected_epochs(p["max_epochs"], p["tol"], p["n_iter_no_change"])
+    return "blocks" if prefer_blocks(rows, epochs, batch) else "once"
+
+
 def _progress(session: TrainingSession, text: str) -> None:
     """Tell the user how preparation goes (a NOTICE inside the server, the CLI's status line
     outside), when the session can."""
@@ -457,11 +503,158 @@ def _survey(session: TrainingSession, src: Source, p: dict, fraction: float,
     return checked, lay, got
 
 
-def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int) -> _Prepared:
-    """``shuffle => 'blocks'``: no copy, one read of the table (:func:`_survey`): every page
-    group's rows checked and counted, its validation rows chosen, the training rows'
-    moments summed."""
-    split_seed = (int(seed) + 3) & (2**62 - 1)
+class _SampleFellShort(Exception):
+    """The sample a 'blocks' run was prepared from does not describe the table well enough to
+    go on from (too few rows, a class or an error it cannot tell exactly, a constant column
+    that varies): prepare from every row instead."""
+
+
+#: Page groups a 'blocks' run reads before its first epoch (about 64 x block_size rows).
+SAMPLE_GROUPS = 64
+#: Usable rows below which a sample is not trusted (the whole table is read first instead).
+MIN_SAMPLE_ROWS = 256
+#: Losses whose first epoch can take over the checks (the GLM's; others read every row first).
+_FIRST_EPOCH_LOSSES = ("logistic", "hinge", "squared")
+
+
+def _prepare_blocks(session: TrainingSession, src: Source, p: dict, seed: int, *,
+                    sampled: bool = True) -> _Prepared:
+    """``shuffle => 'blocks'``: no copy. A GLM (without ``class_weight => 'balanced'``, whose
+    weights need the exact class counts first) is prepared from a sample of page groups and
+    its first epoch checks and counts every row (:func:`_prepare_blocks_sampled`); otherwise,
+    or when the sample falls short, one read of every row first (:func:`_prepare_blocks_full`).
+    """
+    if (sampled and p["loss"] in _FIRST_EPOCH_LOSSES and p["class_weight"] != "balanced"
+            and p["solver"] == "sgd"):
+        try:
+            return _prepare_blocks_sampled(session, src, p, seed)
+        except _SampleFellShort:
+            pass
+    return _prepare_blocks_full(session, src, p, seed)
+
+
+def _split_seed(seed: int) -> int:
+    return (int(seed) + 3) & (2**62 - 1)
+
+
+def _limits(p: dict) -> tuple[float, float]:
+    """The largest feature and label magnitudes :func:`check_ranges` lets a run keep."""
+    x_limit = MAX_ABS if p["standardize"] else min(MAX_ABS, SQUARE_SAFE)
+    y_limit = SQUARE_SAFE if p["loss"] == "squared" else MAX_ABS
+    return x_limit, y_limit
+
+
+def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
+                            seed: int) -> _Prepared:
+    """``shuffle => 'blocks'`` without reading the table first: width, label classes,
+    standardisation, the batch size's row count and the sample behind ``eta0`` come from
+    :data:`SAMPLE_GROUPS` page groups drawn at random (seeded); the checks of every row, the
+    exact counts and the validation split are folded into the first epoch
+    (:func:`_first_epoch`). Raises :class:`_SampleFellShort` when the sample cannot stand in
+    for the table (the caller then reads every row first: the same errors as ever)."""
+    _progress(session, "preparing: checking rows")
+    check_casts(session, src)
+    d = blockscan.first_length(session, src)
+    if d is None:
+        raise _SampleFellShort
+    lay = blockscan.layout(session, src, None, p["block_size"])
+    got, chosen = blockscan.sample(session, src, lay, d, SAMPLE_GROUPS, seed)
+    sv = got.survey
+    if sv is None or got.stats is None or sv.n_usable < min(MIN_SAMPLE_ROWS, 1 + sv.n_total):
+        raise _SampleFellShort
+    if len(chosen) == lay.groups:  # the sample is the table: nothing to gain
+        raise _SampleFellShort
+    try:
+        lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (d, d)
+        checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
+                        sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
+                        sv.min_abs_x, sv.min_abs_y)
+        check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
+                     squared=p["loss"] == "squared", packing=False, solver=p["solver"])
+        if p["loss"] in CLASSIFIERS and checked.label_values is None:
+            raise _SampleFellShort
+        classes = _check_classes(checked.label_values or [], p["loss"], src.label or "")
+    except InvalidData:  # the full read gives the error with the table's own counts
+        raise _SampleFellShort from None
+    stats = got.stats
+    coding = _coding(p, stats, classes)
+    fraction = p["validation_fraction"]
+    usable = sv.n_usable / len(chosen) * lay.groups
+    n_valid = int(round(usable * fraction))
+    n_train = max(1, int(round(usable)) - n_valid)
+    scaled = _scaling(moments_select(stats, slice(1, None)), p["fit_intercept"])
+    constant = [int(i) for i in np.flatnonzero(moments_select(stats, slice(1, None)).constant)]
+    if p["loss"] == "squared" and bool(moments_select(stats, slice(0, 1)).constant[0]):
+        constant.append(-1)  # a label constant in the sample: the table's must be too
+    prep = _Prepared(train=src.relation, valid=None, d=d, n_train=n_train, n_valid=n_valid,
+                     skipped=0, classes=classes, mu=coding.mu, sd=coding.sd,
+                     y_mean=coding.y_mean, y_sd=coding.y_sd, packed=False, itemsize=8,
+                     y_coding=coding.y_coding, constant=coding.constant,
+                     n_pos=int(round(coding.n_pos * n_train / max(stats.n, 1))))
+    prep.scaling = (scaled[0], scaled[1])
+    share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(usable, 1))
+    prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
+                       f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
+                       f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
+
+    def first(session: TrainingSession, init: bytes) -> bytes | None:
+        return _first_epoch(session, src, p, prep, lay, classes, constant, init, seed)
+
+    prep.first = first
+    return prep
+
+
+def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared,
+                 lay: blockscan.Layout, classes: list[float] | None, constant: list[int],
+                 init: bytes, seed: int) -> bytes | None:
+    """The first epoch of a run prepared from a sample: every row read, checked and counted
+    (:func:`bismarckpy.blockscan.first_epoch`), the same errors as a full preparation
+    (:func:`judge`, :func:`check_ranges`, the label's classes) before any model is stored,
+    and ``prep``'s counts, split and later epochs' scans made exact. Returns the epoch's
+    finalized state (None: no training row). Raises :class:`_SampleFellShort` when a column
+    the sample found constant varies."""
+    split_seed = _split_seed(seed)
+    x_limit, y_limit = _limits(p)
+    state = blockscan.first_init(prep.d, p["validation_fraction"], classes, x_limit, y_limit,
+                                 constant, init)
+    with settings_for_transaction(session, execution.BLOCK_SCAN):  # as the later epochs
+        f, counts, holds = blockscan.first_epoch(session, src, lay, prep.d, state, split_seed,
+                                                 seed, lambda text: _progress(session, text))
+    sv = blockscan.first_survey(f)
+    lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (prep.d, prep.d)
+    checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
+                    sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
+                    sv.min_abs_x, sv.min_abs_y)
+    check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
+                 squared=p["loss"] == "squared", packing=False, solver=p["solver"])
+    if _label_classes(session, src, p["loss"], checked.label_values) != classes:
+        raise _SampleFellShort
+    if (f.hi > f.lo).any() or f.head[blockscan._F_STOP]:  # noqa: SLF001 (the engine's own)
+        raise _SampleFellShort
+    h = f.head
+    prep.n_train, prep.n_valid = int(h[blockscan._F_TRAIN]), int(h[blockscan._F_VALID])  # noqa: SLF001
+    prep.skipped = sv.n_total - sv.n_usable
+    prep.n_pos = int(h[blockscan._F_POS])  # noqa: SLF001
+    _require_training_rows(prep.n_train, prep.n_valid)
+    prep.unwritten = (src.relation, (sv.n_total, int(h[blockscan._F_XMINS])))  # noqa: SLF001
+    split_seed = _split_seed(seed)
+    got = blockscan.Prepared(counts, holds, None)
+    part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
+    prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
+        src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
+    if prep.n_valid:
+        prep.valid = src.relation
+        prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False))
+    return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
+
+
+def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
+                         seed: int) -> _Prepared:
+    """``shuffle => 'blocks'`` prepared from every row: no copy, one read of the table
+    (:func:`_survey`): every page group's rows checked and counted, its validation rows drawn,
+    the training rows' moments summed."""
+    split_seed = _split_seed(seed)
     mark = blockscan.write_mark(session, src.relation)
     checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
@@ -952,7 +1145,14 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
         parts: list[tuple[object, bytes]] = []
-        m = kind.decode(execution.run_epoch(session, train_scan, init, strategy, parts=parts))
+        if epoch == 1 and prep.first is not None:  # checks and counts folded into epoch 1
+            first, prep.first = prep.first, None
+            m = kind.decode(first(session, init))
+            train_scan, valid_scan = prep.train_scan, prep.valid_scan
+            train_sql = train_scan.sql()
+        else:
+            m = kind.decode(execution.run_epoch(session, train_scan, init, strategy,
+                                                parts=parts))
         train_loss = m.mean_loss * loss_scale
         score_parts: list[tuple[object, bytes]] = []
         if score_scan is not None:

@@ -119,10 +119,11 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("batch_size", int, None, "Rows per SGD step: 1 is per-row SGD, 0 full-batch "
           "gradient descent. NULL: min(block_size, training rows // 1024), at least 1.",
           low=0, high=1_000_000_000, nullable=True),
-    Param("shuffle", str, "once", "once: one shuffled copy scanned every epoch; always: "
+    Param("shuffle", str, None, "once: one shuffled copy scanned every epoch; always: "
           "reshuffle each epoch; never: table order; blocks: no copy, groups of pages in a "
           "new random order each epoch, rows shuffled among 8 groups at a time (tables "
-          "only).", choices=SHUFFLES),
+          "only). NULL: blocks or once, whichever the expected epochs and the measured costs "
+          "say finishes sooner.", choices=SHUFFLES, nullable=True),
     Param("packed", bool, None, "Train on a packed copy (blocks of block_size rows as numpy "
           "buffers, one vectorised step per block or batch); NULL means yes with "
           "shuffle => 'once', no otherwise.", nullable=True),

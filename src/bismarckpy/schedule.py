@@ -193,3 +193,41 @@ def auto_eta0(loss: str, A: np.ndarray, batch_size: int, l2_strength: float = 0.
               default=0.0)
     smooth = CURVATURE[loss] * lam + l2_strength
     return 1.0 / smooth if smooth > 0 else ROW_ETA0
+
+
+# ----------------------------------------------------------------------------- which path
+#: Costs of the two paths of a table, in packed epochs at batch_size 512 (one vectorised step
+#: per block), measured side by side at 1M x 100 on 2 cores (benchmarks/blocks.py;
+#: benchmarks/results/2026-12-01-blocks-1000000x100.md: packed epoch 1.40 s, packed copy's
+#: preparation 13.1 s, block-shuffled epoch 4.8 s, its preparation and first epoch 2.2 + 8.5 s):
+#: writing the packed copy (checks included) costs PACK_EPOCHS packed epochs; a
+#: block-shuffled epoch BLOCK_EPOCH of them, its preparation from a sample and its first epoch
+#: (which checks and counts every row) FIRST_EPOCH. Per-row steps (batch_size 1) cost about
+#: the same on both paths, so there a block-shuffled epoch counts as one packed epoch.
+PACK_EPOCHS = 9.0
+BLOCK_EPOCH = 3.5
+FIRST_EPOCH = 7.5
+#: Below this many rows a packed copy takes well under a second: the defaults keep it (and
+#: its exact validation share and batch size) whatever the epochs.
+BLOCKS_MIN_ROWS = 200_000
+
+
+def expected_epochs(max_epochs: int, tol: float | None, n_iter_no_change: int) -> int:
+    """Epochs a run is expected to take: with a convergence test, the fewest it can stop
+    after (one that reaches the best loss, then ``n_iter_no_change`` that do not improve on
+    it: what large tables with the mini-batch defaults take), else ``max_epochs``."""
+    if tol is None:
+        return int(max_epochs)
+    return int(min(max_epochs, 1 + n_iter_no_change))
+
+
+def prefer_blocks(rows: float, epochs: int, batch_size: int) -> bool:
+    """Whether a run of ``epochs`` epochs over ``rows`` rows at ``batch_size`` finishes sooner
+    without a copy (``shuffle => 'blocks'``) than on a packed copy (``'once'``), by the
+    measured costs above: blocks cost FIRST_EPOCH + (epochs - 1) · BLOCK_EPOCH packed epochs,
+    the packed copy PACK_EPOCHS + epochs."""
+    if rows < BLOCKS_MIN_ROWS or epochs < 1:
+        return False
+    block = BLOCK_EPOCH if batch_size != 1 else 1.0
+    first = FIRST_EPOCH if batch_size != 1 else 1.0
+    return first + (epochs - 1) * block < PACK_EPOCHS + epochs

@@ -18,12 +18,28 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from . import exact, kinds, moments, pack, shared_model
-from . import mf_server as mf  # noqa: F401  (B.mf.*: the matrix-factorisation entry points)
+from . import kinds, moments, pack, shared_model
 from .errors import BismarckError, InvalidData
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
+
+
+def __getattr__(name: str) -> Any:
+    """``B.mf`` (the matrix-factorisation entry points) and ``B.exact``, imported on first use.
+
+    Every backend, and every parallel worker of every epoch, loads the engine from the sources
+    in the function body (compiled, no bytecode cache); an epoch of SGD needs neither module,
+    so they are not compiled until a call asks for them (PEP 562)."""
+    if name == "mf":
+        from . import mf_server as module
+    elif name == "exact":
+        from . import exact as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = module  # later lookups find it without this function
+    return module
+
 
 # The training loop, packing and evaluation run only in the backend a user calls; they are
 # imported there, on first use, so that parallel workers (which only run the aggregates) load
@@ -408,6 +424,8 @@ def pack_block(plpy: Any, rows: bytes, labels: bytes, d: int, dtype: str, seed: 
 def exact_transition(plpy: Any, state: bytes | None, x: Any, y: float | None,
                      init: bytes) -> bytes:
     """SFUNC of ``bismarck._exact_pass``."""
+    from . import exact
+
     return _guard(plpy, exact.transition, state, x, y, init)
 
 
@@ -415,11 +433,15 @@ def exact_transition_block(plpy: Any, state: bytes | None, block: bytes | None,
                            init: bytes, first: int | None = 0,
                            stop: int | None = None) -> bytes:
     """SFUNC of ``bismarck._exact_pass_packed``: rows ``first:stop`` of one packed block."""
+    from . import exact
+
     return _guard(plpy, exact.transition_block, state, block, init, first or 0, stop)
 
 
 def exact_merge(plpy: Any, a: bytes | None, b: bytes | None) -> bytes | None:
     """COMBINEFUNC of the exact passes: an exact sum."""
+    from . import exact
+
     return _guard(plpy, exact.merge, a, b)
 
 
@@ -436,12 +458,27 @@ def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
         split_seed, shuffle_seed, init))
 
 
+def epoch_transition_scan_first(plpy: Any, state: bytes | None, xs: bytes | None,
+                                ys: bytes | None, js: bytes | None, shape: list | None,
+                                groups: list | None, split_seed: int,
+                                shuffle_seed: int | None, init: bytes) -> bytes:
+    """SFUNC of ``bismarck._epoch_scan_first``: one buffer of a first epoch's page groups
+    (:func:`bismarckpy.blockscan.first_step`), by the kind whose init travels in the state."""
+    from . import blockscan
+
+    def kernel(kstate: bytes | None, block: bytearray, kinit: bytes) -> bytes:
+        return _runner(kinit).transition_block(kstate, block, kinit)
+
+    return _guard(plpy, blockscan.first_step, kernel, state, xs, ys, js, shape, groups,
+                  split_seed, shuffle_seed, init)
+
+
 def exact_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None, ys: bytes | None,
                           groups: list | None, counts: list | None, holds: list | None,
                           part: int, split_seed: int, shuffle_seed: int | None,
                           init: bytes) -> bytes:
     """SFUNC of ``bismarck._exact_pass_scan``: one buffer of page groups."""
-    from . import blockscan
+    from . import blockscan, exact
 
     return _guard(plpy, blockscan.epoch_step, exact.transition_block, state, xs, ys, groups,
                   counts, holds, part, split_seed, shuffle_seed, init)

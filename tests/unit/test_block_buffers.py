@@ -41,20 +41,23 @@ def test_read_matrix_refuses_what_it_cannot_read(raw: bytes, message: str) -> No
         blockscan.read_matrix(raw, 2)
 
 
-@given(st.lists(st.integers(0, 600), min_size=1, max_size=60), st.floats(0.0, 0.9))
-def test_group_holds_sum_to_exactly_ceil_f_n_and_stay_within_one_of_the_share(
-        counts: list[int], fraction: float) -> None:
-    """Allotted group by group in one pass, without the total: exactly ceil(f · n) rows
-    (scikit-learn's count), each group within one row of its share."""
-    total = sum(counts)
-    before = np.r_[0, np.cumsum(counts)[:-1]]
-    holds = np.array([blockscan.group_holds(fraction, int(b), c)
-                      for b, c in zip(before, counts)])
-    assert int(holds.sum()) == blockscan.split_count(fraction, total)
-    assert blockscan.split_count(fraction, total) == (
-        0 if fraction == 0 or total == 0 else min(total, int(np.ceil(fraction * total - 1e-9))))
-    assert (holds >= 0).all() and (holds <= np.array(counts)).all()
-    assert (np.abs(holds - fraction * np.array(counts)) < 1 + 1e-9).all()
+@given(st.integers(0, 2**40), st.integers(0, 5000), st.integers(0, 600),
+       st.floats(0.0, 0.9))
+def test_held_count_and_held_mask_pick_the_rows_whose_draw_is_below_the_fraction(
+        seed: int, group: int, n: int, fraction: float) -> None:
+    """Each usable row is held out by its own seeded draw: the count is a Bernoulli sum (no
+    total needed first) and the mask the later epochs rebuild from it is the same rows."""
+    k = blockscan.held_count(seed, group, n, fraction)
+    below = blockscan.draws(seed, group, n) < fraction
+    assert k == int(below.sum())
+    np.testing.assert_array_equal(blockscan.held_mask(seed, group, n, k), below)
+
+
+def test_the_draws_hold_out_about_the_share_asked() -> None:
+    counts = np.full(400, 500)
+    k = sum(blockscan.held_count(3, g, int(c), 0.1) for g, c in enumerate(counts))
+    n = counts.sum()
+    assert abs(k - 0.1 * n) < 4 * np.sqrt(n * 0.1 * 0.9)
 
 
 def test_held_mask_is_seeded_and_exact() -> None:
@@ -119,7 +122,7 @@ def test_as_block_holds_the_rows_exactly_in_a_seeded_order(seed: int | None) -> 
 
 
 def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
-    """Counts, exact validation rows, moments of the training rows (label first) and the
+    """Counts, validation rows (per-row draws), moments of the training rows (label first) and the
     survey of all rows equal numpy's over the same rows, however the groups are chunked."""
     rng = np.random.default_rng(5)
     counts = [30, 0, 17, 44, 9, 26]
@@ -140,7 +143,7 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
         states.append(state)
     got = blockscan.prepare_decode(states, len(counts), d)
     np.testing.assert_array_equal(got.counts, counts)
-    k = blockscan.split_count(fraction, total)
+    k = sum(blockscan.held_count(77, g, c, fraction) for g, c in enumerate(counts))
     assert int(got.holds.sum()) == k
     keep = [~blockscan.held_mask(77, g, c, int(h))
             for g, (c, h) in enumerate(zip(counts, got.holds))]
@@ -162,3 +165,169 @@ def test_preparation_in_chunks_gives_the_training_rows_moments() -> None:
     assert (sv.n_total, sv.n_usable, sv.multi) == (total + 2 * len(counts), total, len(counts))
     assert sv.max_abs_x == np.abs(allx).max() and sv.min_abs_x == np.abs(allx).min()
     assert (sv.y_min, sv.y_max) == (ally.min(), ally.max()) and not sv.all01
+
+
+def _first_buffer(rng: np.random.Generator, counts: list[int], d: int,
+                  y_values: tuple[float, ...] = (0.0, 1.0)):
+    X = rng.normal(size=(sum(counts), d))
+    y = rng.choice(y_values, size=sum(counts))
+    js = np.repeat(np.arange(len(counts)), counts).astype(float)
+    return X, y, _array_bytes(X), _array_bytes(y), _array_bytes(js)
+
+
+def _counting_kernel(rows: list[int]):
+    """A stand-in for a kind's transition_block: records the rows of each block."""
+    def kernel(state, block, init):
+        offsets, R = parse_block(bytes(block), 3, 8)
+        rows.append(len(R))
+        return (state or b"") + b"."
+    return kernel
+
+
+def test_a_first_epoch_counts_checks_and_splits_every_row() -> None:
+    """What a full preparation learns (counts, shapes, label facts, magnitudes, the per-row
+    draws) comes out of the first epoch's buffers, and the kernel sees the training rows."""
+    rng = np.random.default_rng(9)
+    counts, groups = [30, 0, 25], [7, 3, 11]
+    X, y, xs, ys, js = _first_buffer(rng, counts, 3)
+    X[4, 1] = np.nan  # a missing value: skipped, counted
+    xs = _array_bytes(X)
+    init = blockscan.first_init(3, 0.2, [0.0, 1.0], 1e300, 1e300, [], b"init")
+    seen: list[int] = []
+    shape = [sum(counts) + 2, 0, 0, 0, 3, 3, 12345]  # two rows SQL found incomplete
+    raw = blockscan.first_step(_counting_kernel(seen), None, xs, ys, js, shape, groups, 5, 8,
+                               init)
+    f = blockscan.first_decode(raw)
+    sv = blockscan.first_survey(f)
+    assert (sv.n_total, sv.n_usable) == (sum(counts) + 2, sum(counts) - 1)
+    t = f.triples.reshape(-1, 3).astype(int)
+    usable = [29, 0, 25]
+    assert t[:, 0].tolist() == groups and t[:, 1].tolist() == usable
+    assert t[:, 2].tolist() == [blockscan.held_count(5, g, c, 0.2)
+                                for g, c in zip(groups, usable)]
+    h = f.head
+    assert h[blockscan._F_VALID] == t[:, 2].sum()
+    assert h[blockscan._F_TRAIN] == sum(usable) - t[:, 2].sum() == sum(seen)
+    assert h[blockscan._F_XMINS] == 12345 and not h[blockscan._F_STOP]
+    ok = np.isfinite(X).all(axis=1)
+    assert sv.max_abs_x == np.abs(X[ok]).max() and sv.all01 and not sv.allpm1
+
+
+@pytest.mark.parametrize("what", ["a third class", "a huge value", "another length",
+                                  "a varying constant column"])
+def test_a_first_epoch_stops_stepping_at_what_the_sample_missed(what: str) -> None:
+    """The kernel stops at the first buffer that breaks what the sample promised; counting
+    goes on, so the loop can raise the error a full preparation gives."""
+    rng = np.random.default_rng(10)
+    X, y, xs, ys, js = _first_buffer(rng, [40], 3, (0.0, 1.0, 2.0) if what == "a third class"
+                                     else (0.0, 1.0))
+    shape = [40, 0, 0, 1 if what == "another length" else 0, 3, 4 if what == "another length"
+             else 3, 0]
+    if what == "a huge value":
+        X[3, 2] = 1e200
+        xs = _array_bytes(X)
+    init = blockscan.first_init(3, 0.0, [0.0, 1.0], 1e150, 1e300,
+                                [1] if what == "a varying constant column" else [], b"init")
+    seen: list[int] = []
+    f = blockscan.first_decode(blockscan.first_step(_counting_kernel(seen), None, xs, ys, js,
+                                                    shape, [0], 1, 2, init))
+    assert f.head[blockscan._F_STOP] and seen == [] and f.kstate is None
+    assert blockscan.first_survey(f).n_total == 40
+
+
+def test_the_defaults_pick_the_path_by_expected_epochs_and_costs() -> None:
+    from bismarckpy import schedule
+
+    assert schedule.expected_epochs(100, 1e-3, 5) == 6
+    assert schedule.expected_epochs(3, 1e-3, 5) == 3
+    assert schedule.expected_epochs(7, None, 5) == 7
+    # blocks: FIRST + (e - 1) BLOCK packed epochs; packed copy: PACK + e
+    for e in range(1, 40):
+        blocks = schedule.FIRST_EPOCH + (e - 1) * schedule.BLOCK_EPOCH
+        assert schedule.prefer_blocks(10**6, e, 512) == (blocks < schedule.PACK_EPOCHS + e)
+    assert schedule.prefer_blocks(10**6, 1, 512)  # one epoch: never worth a copy
+    assert not schedule.prefer_blocks(10**6, 1000, 512)  # many fast epochs: the copy
+    assert schedule.prefer_blocks(10**6, 1000, 1)  # per-row steps cost the same on both
+    assert not schedule.prefer_blocks(schedule.BLOCKS_MIN_ROWS - 1, 1, 512)  # small: copy
+
+
+@pytest.mark.parametrize("part", [blockscan.ALL, blockscan.TRAIN, blockscan.VALID])
+def test_blocks_from_the_servers_bytes_equal_blocks_from_arrays(part: int) -> None:
+    """The arrays PL/Python hands over sit off an 8-byte boundary; the block built from them
+    (rows gathered as records) holds the same bytes as one built from aligned arrays."""
+    counts, holds, groups = [40, 25, 31], [4, 0, 3], [9, 5, 11]
+    X, y, xs, ys = _buffer(np.random.default_rng(6), counts, 3)
+    buf = blockscan.select_rows(xs, ys, 3, groups, counts, holds, part, 5)
+    assert not buf.X.flags.aligned and not buf.checked
+    got = bytes(blockscan.as_block(buf, 8) or b"")
+    want = bytes(blockscan.as_block(blockscan.Buffer(X.copy(), y.copy(), buf.rows), 8) or b"")
+    assert got == want
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_row_where_preparation_counted_a_usable_one_is_a_changed_table(
+        bad: float) -> None:
+    """As many rows as preparation counted usable, but one is not finite: the table changed."""
+    X, y, _, _ = _buffer(np.random.default_rng(7), [30], 2)
+    X[11, 1] = bad
+    buf = blockscan.select_rows(_array_bytes(X), _array_bytes(y), 2, [0], [30], [0],
+                                blockscan.ALL, 1)
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.as_block(buf, 3)
+
+
+def test_epochs_over_page_groups_turn_memoize_off_and_others_keep_the_planners_settings(
+        ) -> None:
+    """Every page group is read once: a Memoize node above its read never hits and only
+    copies its arrays once more, so a block-shuffled epoch asks the planner for none."""
+    from bismarckpy import execution
+
+    blocks = execution.Scan("t", template="SELECT {aggregate}(...)")
+    assert execution.epoch_settings(blocks, None) == {"enable_memoize": "off"}
+    assert execution.epoch_settings(blocks, 2) == {**execution.parallel_settings(2),
+                                                   "enable_memoize": "off"}
+    assert execution.epoch_settings(execution.Scan("t", packed=True), None) == {}
+
+
+def test_page_groups_delivered_one_per_call_train_as_one_buffer() -> None:
+    """The epoch's query hands the transition one page group per call (with the buffer's
+    counts and its groups so far); the state equals one call with the whole buffer's rows,
+    bit for bit, with validation rows, missing values and a group without rows."""
+    from bismarckpy.kinds import glm
+
+    rng = np.random.default_rng(9)
+    d, counts, holds, groups = 3, [40, 0, 25, 31], [4, 0, 3, 2], [9, 2, 5, 11]
+    parts = [rng.normal(size=(c, d)) for c in counts]
+    labels = [(rng.random(c) > 0.5).astype(float) for c in counts]
+    parts[2][3, 1] = np.nan  # a missing value: preparation counted the group's usable rows
+    counts[2] -= 1
+    init = glm.initialize(d, loss="logistic", batch_size=8, eta=0.1)
+    for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
+        state = None
+        for j in range(len(groups)):
+            xs = _array_bytes(parts[j]) if len(labels[j]) else None
+            ys = _array_bytes(labels[j]) if len(labels[j]) else None
+            state = blockscan.epoch_step(glm.transition_block, state, xs, ys, groups[:j + 1],
+                                         counts, holds, part, 5, 17, init)
+        buf = blockscan.select_rows(_array_bytes(np.vstack(parts)),
+                                    _array_bytes(np.concatenate(labels)), d, groups, counts,
+                                    holds, part, 5)
+        block = blockscan.as_block(buf, 17)
+        assert block is not None
+        assert state == glm.transition_block(None, bytes(block), init)
+
+
+def test_a_page_group_out_of_its_buffers_order_is_refused() -> None:
+    X, y, xs, ys = _buffer(np.random.default_rng(10), [5], 2)
+    from bismarckpy.kinds import glm
+
+    init = glm.initialize(2, loss="logistic", batch_size=4, eta=0.1)
+    blockscan.epoch_step(glm.transition_block, None, xs, ys, [3], [5, 5, 5], [0, 0, 0],
+                         blockscan.ALL, 1, 2, init)
+    with pytest.raises(InvalidData, match="out of order"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)
+    # neither the next group nor a whole buffer: its rows do not add up to the buffer's
+    with pytest.raises(InvalidData, match="changed during training"):
+        blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7, 8], [5, 5, 5],
+                             [0, 0, 0], blockscan.ALL, 1, 2, init)

@@ -69,7 +69,8 @@ def test_every_parameter_rejects_a_bad_value(name: str) -> None:
 def test_every_parameter_declares_a_constraint(param) -> None:
     assert param.kind in (str, int, float, bool)
     if param.kind is str and param.parse is None:
-        assert param.choices and param.default in param.choices
+        assert param.choices and (param.default in param.choices
+                                  or param.default is None and param.nullable)
     if param.parse is not None:
         assert param.shape and param.nullable
     if param.kind in (int, float):
