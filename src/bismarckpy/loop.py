@@ -636,7 +636,9 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     prep.skipped = sv.n_total - sv.n_usable
     prep.n_pos = int(h[blockscan._F_POS])  # noqa: SLF001
     _require_training_rows(prep.n_train, prep.n_valid)
-    prep.unwritten = (src.relation, (sv.n_total, int(h[blockscan._F_XMINS])))  # noqa: SLF001
+    prep.unwritten = functools.partial(
+        blockscan.check_unwritten, relation=src.relation,
+        mark=(sv.n_total, int(h[blockscan._F_XMINS])))  # noqa: SLF001
     split_seed = _split_seed(seed)
     got = blockscan.Prepared(counts, holds, None)
     part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
