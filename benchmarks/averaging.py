@@ -70,7 +70,7 @@ def create(conn: psycopg.Connection, name: str, d: int, partitions: int | None) 
 
 def load(conn: psycopg.Connection, name: str, x: np.ndarray, y: np.ndarray,
          part: np.ndarray) -> None:
-    """COPY the rows in."""
+    """COPY the rows in, then ANALYZE."""
     with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(name))) as cp:
         for p, xi, yi in zip(part, x, y):
             cp.write_row((int(p), *map(float, xi), int(yi)))

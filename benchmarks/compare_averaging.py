@@ -55,6 +55,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # noqa: E402 (the benchmark suite's machine description)
+from averaging import columns, create, load  # noqa: E402 (the tables both benchmarks use)
 
 from bismarck_controller import connection, embedded, extension, shards, training  # noqa: E402
 from bismarckpy.kinds import glm as kglm  # noqa: E402
@@ -90,33 +91,6 @@ def make_rows(n: int, d: int, rng: np.random.Generator, w: np.ndarray) -> tuple[
     logit = x @ w + 2.0 * x[:, 0] * x[:, 1]
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     return x, y
-
-
-def columns(d: int) -> list[str]:
-    """Feature column names x1..xd."""
-    return [f"x{i}" for i in range(1, d + 1)]
-
-
-def create(conn: psycopg.Connection, name: str, d: int, partitions: int | None) -> None:
-    """``name(part int, x1..xd float8, y int)``, LIST-partitioned into ``partitions`` (None:
-    a plain table; 0: partitioned, partitions attached later)."""
-    cols = sql.SQL(", ").join(sql.SQL("{} float8").format(sql.Identifier(c)) for c in columns(d))
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-    tail = sql.SQL(" PARTITION BY LIST (part)") if partitions is not None else sql.SQL("")
-    conn.execute(sql.SQL("CREATE TABLE {} (part int, {}, y int){}").format(
-        sql.Identifier(name), cols, tail))
-    for i in range(partitions or 0):
-        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
-            sql.Identifier(f"{name}_{i}"), sql.Identifier(name), sql.Literal(i)))
-
-
-def load(conn: psycopg.Connection, name: str, x: np.ndarray, y: np.ndarray,
-         part: np.ndarray) -> None:
-    """COPY the rows in, then ANALYZE."""
-    with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(name))) as cp:
-        for p, xi, yi in zip(part, x, y):
-            cp.write_row((int(p), *map(float, xi), int(yi)))
-    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))
 
 
 def log_loss(kind: str, stored: Any, x: np.ndarray, y: np.ndarray) -> float:
