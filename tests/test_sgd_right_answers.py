@@ -205,6 +205,27 @@ def test_huge_unstandardised_constant_column_diverges(conn, loss: str) -> None:
                         ).fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("loss", ["logistic", "hinge"])
+def test_a_run_ending_worse_than_where_it_started_is_not_converged(conn, loss: str) -> None:
+    """A constant rate far too large: the loss settles (so the tolerance test passes) well
+    above the all-zero model's, below the divergence bound. Stored, but never as converged,
+    and said why; the same data at the default rate converges below the zero model's loss."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2000, 5))
+    y = (X @ np.array([1.0, -2.0, 0.5, 0.0, 1.5]) + rng.normal(size=2000) > 0).astype(float)
+    load_table(conn, "overshoot", [f"x{i}" for i in range(5)], X, y)
+    feats = [f"x{i}" for i in range(5)]
+    notices = _notices(conn)
+    got = train(conn, "overshoot", "y", feats, "overshoot_hot", loss=loss, eta0=30.0,
+                learning_rate="constant", max_epochs=20)
+    zero = zero_model_loss(loss, (1.0, 1.0), 2000, int(y.sum()))
+    assert got["metrics"]["train_loss"] > 1.05 * zero
+    assert got["metrics"]["converged"] is False
+    assert any("steps overshoot" in n for n in notices), notices
+    calm = train(conn, "overshoot", "y", feats, "overshoot_calm", loss=loss)
+    assert calm["metrics"]["train_loss"] < zero and calm["metrics"]["converged"] is True
+
+
 # --- 6. numeric values beyond float8 are named, never skipped -----------------------------------
 
 BEYOND = ["1e400", "-1e400", "1e-400"]

@@ -1214,7 +1214,15 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
         notes.append(f"training stopped after {run.epochs} epochs without converging (the "
                      f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
                      f"{p['n_iter_no_change']} epochs). Raise max_epochs")
-    _check_not_worse_than_trivial(session, kind, p, prep, run)
+    zero = _check_not_worse_than_trivial(session, kind, p, prep, run)
+    rate = kind.extra.get("rate_name", "eta0")
+    # only for kinds whose training starts at the trivial model (an MLP starts at random
+    # weights, and its per-epoch loss can sit above the zero network's early on)
+    overshoot = (_overshoot_note(run.train_loss, zero, rate, p.get(rate))
+                 if kind.extra.get("starts_from_trivial") else None)
+    if overshoot is not None:  # after the note above: not "raise max_epochs" for this
+        run = dataclasses.replace(run, converged=False)
+        notes.append(overshoot)
     share = validation_share(prep, p["validation_fraction"], notes)
     stored = kind.export(p, prep, run.model)
     seconds = time.monotonic() - started
@@ -1251,7 +1259,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     t = 0.0 if model is None else model.t
-    _check_not_worse_than_zero(session, p, prep, train_sql, train_loss, weights, loss_scale)
+    zero = _check_not_worse_than_zero(session, p, prep, train_sql, train_loss, weights,
+                                      loss_scale)
     notes = list(prep.notes)
     separated = None
     if p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0):
@@ -1275,6 +1284,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
+    overshoot = _overshoot_note(train_loss, zero, "eta0", p["eta0"])
+    if overshoot is not None:
+        converged = False
+        notes.append(overshoot)
     share = validation_share(prep, p["validation_fraction"], notes)
     stored = kind.export(p, prep, model)
     coef, intercept = np.asarray(stored.model["coef"]), float(stored.model["intercept"])
@@ -1327,8 +1340,11 @@ def zero_model_loss(loss: str, weights: tuple[float, float], n: int, n_pos: int)
 
 def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepared,
                                train_sql: str, train_loss: float,
-                               weights: tuple[float, float], loss_scale: float) -> None:
-    """Raise :class:`Diverged` when the final loss is far worse than the all-zero model's.
+                               weights: tuple[float, float], loss_scale: float
+                               ) -> float | None:
+    """Raise :class:`Diverged` when the final loss is far worse than the all-zero model's;
+    otherwise return that model's loss (None when it was not needed: a squared loss run well
+    below the bound).
 
     Such a run oscillates at a loss no model near the data would have (a huge unstandardised
     column with too large a learning rate): it must not be stored as converged. Classifiers'
@@ -1337,11 +1353,11 @@ def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepare
     mean square 1, so the zero model's loss is y_sd²/2 and a reasonable run needs no pass).
     """
     if not math.isfinite(train_loss):
-        return  # the schedule has raised already
+        return None  # the schedule has raised already
     zero = zero_model_loss(p["loss"], weights, prep.n_train, prep.n_pos)
     if zero is None:
         if p["standardize"] and train_loss <= WORSE_THAN_ZERO * 0.5 * loss_scale:
-            return
+            return None
         init = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE,
                               w=np.zeros(prep.d), b=0.0, mu=prep.mu, sd=prep.sd,
                               itemsize=prep.itemsize, y_coding=prep.y_coding)
@@ -1355,13 +1371,32 @@ def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepare
             hint=("Use standardize => true, or lower eta0" if not p["standardize"]
                   else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
                  "'adaptive' or 'bold_driver'. No model was stored.")
+    return zero
+
+
+#: A final training loss above this multiple of the starting (all-zero or trivial) model's
+#: is a run whose steps overshoot: training made the model worse than where it began. Not
+#: reported as converged, with a warning. (Above 1 for the noise of SGD's last steps on data
+#: with no signal, where a good run ends at the trivial loss.)
+WORSE_THAN_START = 1.05
+
+
+def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any) -> str | None:
+    """The warning for a run that ended worse than the model it started from, or None."""
+    if zero is None or not zero > 0 or not train_loss > WORSE_THAN_START * zero:
+        return None
+    try_value = f" (try {value / 10:g})" if isinstance(value, (int, float)) and value else ""
+    return (f"the final training loss {train_loss:.6g} is above the loss of the model training "
+            f"started from ({zero:.6g}, every weight zero): the steps overshoot, so the model "
+            f"is worse than predicting nothing and is not reported as converged. Lower {rate}"
+            f"{try_value}" + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
 
 
 def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKind, p: dict,
-                                  prep: _Prepared, run: _Run) -> None:
+                                  prep: _Prepared, run: _Run) -> float | None:
     """Raise :class:`Diverged` when a kind's final training loss is more than
     :data:`WORSE_THAN_ZERO` times the loss of its trivial model (the GLM's zero-model check,
-    :func:`_check_not_worse_than_zero`, for the other kinds).
+    :func:`_check_not_worse_than_zero`, for the other kinds); otherwise return that loss.
 
     The kind names its trivial model in ``extra["trivial_loss"]``: ``(p, data) -> (loss,
     what)``, the mean loss per row in the epoch's (coded) units, or None when it must be
@@ -1375,14 +1410,14 @@ def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKin
     """
     trivial = kind.extra.get("trivial_loss")
     if trivial is None or not math.isfinite(run.train_loss):
-        return
+        return None
     zero, what = trivial(p, prep)
     if zero is None:
         init = kind.extra["trivial_init"](p, prep)
         zero = kind.decode(session.query(run.train_sql, [init])[0][0]).data_loss
     zero *= run.loss_scale
     if not (zero > 0 and run.train_loss > WORSE_THAN_ZERO * zero):
-        return
+        return zero
     rate = kind.extra.get("rate_name", "eta0")
     value = p.get(rate)
     advice = f"Lower {rate}" + (f" (try {value / 10:g})" if value else "")

@@ -457,5 +457,8 @@ KIND = ModelKind(
     merge_rule="average", sql_train="bismarck.train_glm",
     extra={"trivial_loss": lambda p, data: (
         math.log(len(data.classes)),
-        f"uniform probabilities over the {len(data.classes)} classes")},
+        f"uniform probabilities over the {len(data.classes)} classes"),
+        # training starts from that model (every weight zero): ending above its loss is
+        # overshooting, not converging (loop._overshoot_note)
+        "starts_from_trivial": True},
     doc="Multinomial logistic regression: K >= 2 classes, cross-entropy of the softmax.")
