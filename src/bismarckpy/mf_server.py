@@ -240,7 +240,8 @@ def _check_trusted(plpy: Any, facts: dict[str, Any]) -> None:
                "Leaving out rated columns reads that source, and reading a relation runs "
                "code its owner chose (a view's functions, row-level security policies) with "
                "your privileges.",
-        hint="Pass exclude_rated => false and leave out the rated columns yourself, from a "
+        hint="Pass exclude_rated => false (CLI: --include-rated) and leave out the rated "
+             "columns yourself, from a "
              "table you trust: SELECT * FROM bismarck.recommend_mf(model, row_id, k + n, "
              "exclude_rated => false) WHERE col_id NOT IN (SELECT ...).")
 
