@@ -51,8 +51,8 @@ def friendly(func: F) -> F:
             with terminate_as_interrupt():
                 return func(*args, **kwargs)
         except (BismarckError, psycopg.Error) as exc:
-            raise click.ClickException(visible(describe(exc), keep="\n")) from None
+            raise click.ClickException(visible(describe(exc), keep="\n\t")) from None
         except SetupError as exc:
-            raise click.ClickException(visible(exc, keep="\n")) from None
+            raise click.ClickException(visible(exc, keep="\n\t")) from None
 
     return wrapper  # type: ignore[return-value]
