@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
+from bismarck_controller.cli_text import visible
 from bismarck_controller.errors import SetupError
 from bismarck_controller.session import describe
 from bismarckpy.errors import BismarckError
@@ -41,6 +42,7 @@ def friendly(func: F) -> F:
     """Engine, server and set-up errors become a ClickException: message, detail, hint.
 
     SIGTERM is handled like SIGINT, so a terminated run cleans up as an interrupted one does.
+    Control characters in the message (a name from the database) are shown as escapes.
     """
 
     @functools.wraps(func)
@@ -49,8 +51,8 @@ def friendly(func: F) -> F:
             with terminate_as_interrupt():
                 return func(*args, **kwargs)
         except (BismarckError, psycopg.Error) as exc:
-            raise click.ClickException(describe(exc)) from None
+            raise click.ClickException(visible(describe(exc), keep="\n\t")) from None
         except SetupError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(visible(exc, keep="\n\t")) from None
 
     return wrapper  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from rich.table import Table
 from bismarck_controller import mf_training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
 from bismarck_controller.cli_models import _EpochProgress, _fmt, console
+from bismarck_controller.cli_text import cell, markup
 from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
 from bismarckpy.kinds.mf import MF_PARAMS
@@ -50,7 +51,7 @@ def train_mf_command(table: str, row_col: str, col_col: str, value_col: str,
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = mf_training.train_mf(conn, table, row_col, col_col, value_col, model_name,
                                       on_epoch=bar, **params)
-    summary = Table(title=f"model {result.model_name} version {result.version}")
+    summary = Table(title=cell(f"model {result.model_name} version {result.version}"))
     for col in ("epochs", "converged", "train MSE", "validation MSE", "triples", "seconds"):
         summary.add_column(col)
     summary.add_row(str(result.epochs), "yes" if result.converged else "no",
@@ -58,7 +59,7 @@ def train_mf_command(table: str, row_col: str, col_col: str, value_col: str,
                     f"{result.seconds:.2f}")
     console.print(summary)
     for note in result.warnings:
-        console.print(f"[yellow]Warning: {note}.[/yellow]")
+        console.print(f"[yellow]Warning: {markup(note)}.[/yellow]")
 
 
 @click.command("recommend")
@@ -76,7 +77,7 @@ def recommend_command(model: str, row_id: int, k: int, include_rated: bool,
     with connect(dsn) as conn:
         recs = mf_training.recommend(conn, model, row_id, k, exclude_rated=not include_rated,
                                      version=version)
-    table = Table(title=f"{model}: top {k} for row {row_id}")
+    table = Table(title=cell(f"{model}: top {k} for row {row_id}"))
     table.add_column("column id", justify="right")
     table.add_column("score", justify="right")
     for col_id, score in recs:

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from bismarck_controller import training
 from bismarck_controller.cli_errors import DSN_HELP, friendly
+from bismarck_controller.cli_text import cell, markup, visible
 from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
 from bismarckpy import evaluate as engine_evaluate
@@ -90,8 +91,9 @@ class _EpochProgress:
         self.progress.update(self.task, completed=rec.epoch, info=info)
 
     def preparing(self, text: str) -> None:
-        """Progress before the first epoch (checks, copies, page groups read)."""
-        self.progress.update(self.task, info=text)
+        """Progress before the first epoch (checks, copies, page groups read); printed
+        literally (it may name a table)."""
+        self.progress.update(self.task, info=markup(text))
 
 
 @click.command("train")
@@ -119,7 +121,7 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = training.train(conn, table, label, feats, model_name, on_epoch=bar, kind=kind,
                                 **params)
-    summary = Table(title=f"model {result.model_name} version {result.version}")
+    summary = Table(title=cell(f"model {result.model_name} version {result.version}"))
     for col in ("epochs", "converged", "train loss", "validation loss", "rows", "skipped",
                 "seconds"):
         summary.add_column(col)
@@ -128,7 +130,7 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
                     str(result.skipped), f"{result.seconds:.2f}")
     console.print(summary)
     for note in result.warnings:
-        console.print(f"[yellow]Warning: {note}.[/yellow]")
+        console.print(f"[yellow]Warning: {markup(note)}.[/yellow]")
     if not result.converged and not result.warnings:
         console.print(f"[yellow]Did not converge in {result.epochs} epochs: raise --max-epochs "
                       "or --tol, or try --learning-rate adaptive.[/yellow]")
@@ -155,8 +157,9 @@ def pack_command(table: str, label: str, features: str, packed_table: str,
     with connect(dsn) as conn:
         r = training.pack(conn, table, label, feats, packed_table, block_size=block_size,
                           dtype=dtype, seed=seed)
-    click.echo(f"packed {r['rows']} rows of {table} into {r['blocks']} blocks in "
-               f"{r['packed_table']} ({r['skipped_rows']} rows skipped, {r['seconds']:.2f} s)")
+    click.echo(visible(f"packed {r['rows']} rows of {table} into {r['blocks']} blocks in "
+                       f"{r['packed_table']} ({r['skipped_rows']} rows skipped, "
+                       f"{r['seconds']:.2f} s)"))
 
 
 @click.command("evaluate")
@@ -174,11 +177,11 @@ def evaluate_command(model: str, table: str, version: int | None, as_json: bool,
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    out = Table(title=f"{model} on {table}")
+    out = Table(title=cell(f"{model} on {table}"))
     out.add_column("metric")
     out.add_column("value", justify="right")
     for k, v in metrics.items():
-        out.add_row(k, _fmt(v))
+        out.add_row(cell(k), cell(_fmt(v)))
     console.print(out)
 
 
@@ -212,7 +215,7 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
             answers_class = classes or engine_evaluate.predicts_class(
                 training.model(conn, model, version))
     if isinstance(result, int):
-        click.echo(f"wrote {result} rows to {created[0] if created else output}")
+        click.echo(visible(f"wrote {result} rows to {created[0] if created else output}"))
         return
     if not result:
         click.echo("no rows")
@@ -224,10 +227,10 @@ def predict_command(model: str, table: str, version: int | None, output: str | N
                       "them with --columns)")
     out = Table()
     for col in shown:
-        out.add_column(str(col))
+        out.add_column(cell(col))
     for row in result:
-        out.add_row(*(_fmt(row[c]) if c != prediction_column or not answers_class
-                      else _fmt_class(row[c]) for c in shown))
+        out.add_row(*(cell(_fmt(row[c]) if c != prediction_column or not answers_class
+                           else _fmt_class(row[c])) for c in shown))
     console.print(out)
 
 
@@ -251,8 +254,8 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis",
                        min_width={"version": 7, "kind": 14}.get(col))
     for r in rows:
-        out.add_row(r["model_name"], str(r["version"]), kind_cell(r), r["source"],
-                    _features_cell(r["features"], _n_features(r)),
+        out.add_row(cell(r["model_name"]), str(r["version"]), cell(kind_cell(r)),
+                    cell(r["source"]), cell(_features_cell(r["features"], _n_features(r))),
                     _fmt(r["metrics"].get("train_loss")),
                     r["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(out)
@@ -290,10 +293,11 @@ def _features_cell(features: list[str], d: int, width: int = 24) -> str:
     """The feature count and as many names as fit in ``width`` characters, then "…".
 
     E.g. ``30:radius,texture,perimeter,a…``; no spaces, so the table never wraps the cell.
+    Control characters in a name are shown as escapes (``\\x1b``) before it is cut.
 
     ``d`` is the number of coefficients (an array feature's one column holds ``d`` features).
     """
-    names = ",".join(features) if len(features) == d else f"{features[0]}[1:{d}]"
+    names = visible(",".join(features) if len(features) == d else f"{features[0]}[1:{d}]")
     if len(names) > width:
         names = names[:width - 1].rstrip(",") + "…"
     return f"{d}:{names}".replace(" ", "\u00a0")  # one word: rich cuts it, never wraps it
@@ -326,14 +330,16 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
         m = training.model(conn, name, version)
         rows = (training.coefficients(conn, name, m["version"]) if m["kind"] == "glm"
                 else [])
-    console.print(f"[bold]{m['model_name']}[/bold] version {m['version']}  kind {m['kind']}  "
-                  f"loss {m['loss']}  source {m['source']}  label {m['label']}")
+    console.print(f"[bold]{markup(m['model_name'])}[/bold] version {m['version']}  "
+                  f"kind {markup(m['kind'])}  loss {markup(m['loss'])}  "
+                  f"source {markup(m['source'])}  label {markup(m['label'])}")
     if m["kind"] != "glm":  # a kind's stored form: its arrays' shapes, its classes
         labels = (m["stored"] or {}).get("class_labels")
-        console.print("stored:", json.dumps(stored_summary(m["stored"] or {})),
-                      " classes:", json.dumps(labels if labels is not None else m["classes"]))
-        console.print("params:", json.dumps(m["params"]))
-        console.print("metrics:", json.dumps(m["metrics"]))
+        console.print(cell("stored: " + json.dumps(stored_summary(m["stored"] or {}))
+                           + "  classes: "
+                           + json.dumps(labels if labels is not None else m["classes"])))
+        console.print(cell("params: " + json.dumps(m["params"])))
+        console.print(cell("metrics: " + json.dumps(m["metrics"])))
         return
     kind = (m["fitted"] or {}).get("statistic_kind")
     coef = Table(title="coefficients (original units)")
@@ -342,10 +348,10 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
         coef.add_column(col, justify="left" if col == "feature" else "right")
     for r in rows:
         values = [r["coef"]] + ([r["std_err"], r["statistic"], r["p_value"]] if kind else [])
-        coef.add_row(r["feature"], *("" if v is None else f"{v:.6g}" for v in values))
+        coef.add_row(cell(r["feature"]), *("" if v is None else f"{v:.6g}" for v in values))
     console.print(coef)
-    console.print("params:", json.dumps(m["params"]))
-    console.print("metrics:", json.dumps(m["metrics"]))
+    console.print(cell("params: " + json.dumps(m["params"])))
+    console.print(cell("metrics: " + json.dumps(m["metrics"])))
 
 
 @models_group.command("delete")
@@ -356,12 +362,12 @@ def models_show(obj: dict, name: str, version: int | None) -> None:
 @friendly
 def models_delete(obj: dict, name: str, version: int | None, yes: bool) -> None:
     """Delete a model (all versions, or one)."""
-    what = f"version {version} of {name}" if version else f"all versions of {name}"
+    what = visible(f"version {version} of {name}" if version else f"all versions of {name}")
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)
     with connect(obj["dsn"]) as conn:
         n = training.delete_model(conn, name, version)
-    click.echo(f"deleted {n} version(s) of {name}")
+    click.echo(visible(f"deleted {n} version(s) of {name}"))
 
 
 @click.command("history")
@@ -402,7 +408,7 @@ def _history_header() -> str:
 
 
 def _history_line(r: dict[str, Any]) -> str:
-    return (f"{r['run_id']:>5} {_fmt(r['version']):>7} {r['status']:<11} {r['epoch']:>6} "
+    return (f"{r['run_id']:>5} {_fmt(r['version']):>7} {visible(r['status']):<11} {r['epoch']:>6} "
             f"{_fmt(r['train_loss']):>14} {_fmt(r['validation_loss']):>14} "
             f"{_fmt(r['learning_rate']):>10} {_fmt(r['rows']):>10} {r['seconds']:>9.3f}")
 

@@ -8,6 +8,7 @@ import click
 
 from bismarck_controller import plots
 from bismarck_controller.cli_models import DSN_HELP, friendly
+from bismarck_controller.cli_text import visible
 from bismarck_controller.connection import connect
 
 
@@ -35,8 +36,8 @@ def plot_command(names: tuple[str, ...], versions: tuple[int, ...], output: Path
     try:
         fig.savefig(output, dpi=120)
     except (OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot write {output}: {exc}") from None
-    click.echo(f"wrote {output}")
+        raise click.ClickException(visible(f"cannot write {output}: {exc}")) from None
+    click.echo(visible(f"wrote {output}"))
 
 
 COMMANDS = [plot_command]

@@ -9,6 +9,7 @@ import click
 
 from bismarck_controller import shards
 from bismarck_controller.cli_errors import DSN_HELP, friendly
+from bismarck_controller.cli_text import visible
 from bismarck_controller.connection import connect
 
 
@@ -37,8 +38,8 @@ def shards_add(table: str, shard_dsn: str, value: str, server: str | None,
     with connect(dsn) as conn:
         shard = shards.add(conn, table, shard_dsn, value, server=server,
                            remote_table=remote_table)
-    click.echo(f"attached {shard.partition} (server {shard.server}, "
-               f"{shards._where(shard)}) for {shard.value}")
+    click.echo(visible(f"attached {shard.partition} (server {shard.server}, "
+                       f"{shards._where(shard)}) for {shard.value}"))
 
 
 @shards_group.command("list")
@@ -52,7 +53,8 @@ def shards_list(table: str | None, dsn: str | None) -> None:
     if not found:
         click.echo("no shards: attach one with `bismarck shards add TABLE DSN --value V`")
     for s in found:
-        click.echo(f"{s.parent}\t{s.partition}\t{s.value}\t{s.server}\t{shards._where(s)}")
+        click.echo("\t".join(visible(v) for v in (s.parent, s.partition, s.value, s.server,
+                                                  shards._where(s))))
 
 
 @shards_group.command("check")
@@ -66,11 +68,12 @@ def shards_check(table: str | None, dsn: str | None) -> None:
         findings = shards.check(conn, table)
     for f in findings:
         status = "ok" if f.ok else "PROBLEM: " + "; ".join(f.problems)
-        click.echo(f"{f.shard.partition} ({f.shard.server}, {shards._where(f.shard)}): {status}")
+        click.echo(visible(f"{f.shard.partition} ({f.shard.server}, {shards._where(f.shard)}): "
+                           f"{status}"))
     if not findings and table is not None:
-        raise click.ClickException(f"{table} has no shards (foreign partitions on postgres_fdw "
-                                   "servers): attach one with `bismarck shards add TABLE DSN "
-                                   "--value V`.")
+        raise click.ClickException(f"{visible(table)} has no shards (foreign partitions on "
+                                   "postgres_fdw servers): attach one with `bismarck shards add "
+                                   "TABLE DSN --value V`.")
     if not findings:
         click.echo("no shards to check")
     if any(not f.ok for f in findings):

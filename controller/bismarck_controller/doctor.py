@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bismarck_controller import connection, embedded, extension
+from bismarck_controller.cli_text import cell
 from bismarck_controller.errors import SetupError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -297,12 +298,13 @@ def _findings(name: str, status: str, found: list[str], ok_detail: str, prefix: 
 
 
 def render(checks: list[Check], console: Console | None = None) -> None:
-    """Print the checks as a table."""
+    """Print the checks as a table; names, details and fixes literally (they quote server
+    settings, roles and objects found in the database)."""
     table = Table(title="bismarck doctor", show_lines=False)
     table.add_column("", no_wrap=True)
     table.add_column("check", no_wrap=True)
     table.add_column("result", overflow="fold")
     table.add_column("what to do", overflow="fold")
     for check in checks:
-        table.add_row(_MARKS[check.state], check.name, check.detail, check.fix)
+        table.add_row(_MARKS[check.state], cell(check.name), cell(check.detail), cell(check.fix))
     (console or Console()).print(table)

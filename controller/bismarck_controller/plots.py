@@ -66,15 +66,19 @@ def _refs(models: Sequence[ModelRef] | ModelRef) -> list[tuple[str, int | None]]
 
 
 def draw(ax: Any, curves: Sequence[Curve], title: str | None = None) -> Any:
-    """Draw the curves on ``ax``: one colour per curve, train solid, validation dashed."""
+    """Draw the curves on ``ax``: one colour per curve, train solid, validation dashed.
+
+    A curve's label (a model name) is drawn literally: its ``$`` never starts mathtext.
+    """
     values: list[float] = []
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
-        ax.plot(c.epochs, _nan(c.train), color=color, linestyle="-", label=f"{c.label} train")
+        label = c.label.replace("$", r"\$")
+        ax.plot(c.epochs, _nan(c.train), color=color, linestyle="-", label=f"{label} train")
         values += [v for v in c.train if _finite(v)]
         if any(_finite(v) for v in c.validation):
             ax.plot(c.epochs, _nan(c.validation), color=color, linestyle="--",
-                    label=f"{c.label} validation")
+                    label=f"{label} validation")
             values += [v for v in c.validation if _finite(v)]
     positive = [v for v in values if v > 0]
     if positive and min(values) > 0 and max(positive) / min(positive) > LOG_SPAN:
