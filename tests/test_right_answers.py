@@ -33,6 +33,12 @@ PATHS = {
     "pack() float32": "float32",
     "pack() float64": "float64",
 }
+
+#: The paths the default suite runs each case on: the parallel one costs about ten seconds a
+#: case (two workers started per epoch) and runs in `make test-slow`; the default suite keeps
+#: parallel epochs in test_accuracy, test_parallel_sql and test_shared_memory.
+PATH_CASES = [pytest.param(name, marks=pytest.mark.slow) if "parallel" in name else name
+              for name in PATHS]
 _SQL_TYPES = {bool: "boolean", int: "integer", float: "float8", str: "text"}
 
 
@@ -70,7 +76,7 @@ def metric(conn: psycopg.Connection, model: str, table: str, name: str) -> float
 OFFSETS = [1e3, 1e6, 1e8, 1e10, 1e12]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATH_CASES)
 @pytest.mark.parametrize("offset", OFFSETS)
 def test_classifier_on_a_feature_far_from_zero(conn, offset: float, path: str) -> None:
     """x = offset + 4r, y = (r > 0.5): the rows path's accuracy on every path."""
@@ -81,7 +87,7 @@ def test_classifier_on_a_feature_far_from_zero(conn, offset: float, path: str) -
     assert metric(conn, "far_x", "far_x", "accuracy") >= 0.97
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATH_CASES)
 @pytest.mark.parametrize("offset", OFFSETS)
 def test_regression_far_from_zero_matches_least_squares(conn, offset: float, path: str) -> None:
     """Label and feature both far from zero: coefficient and R² of the least-squares fit."""
@@ -111,7 +117,7 @@ def test_blocks_of_the_earlier_format_are_refused(conn) -> None:
 
 # --- 2. constant columns ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATH_CASES)
 @pytest.mark.parametrize("value", [14.62, -7.3, 1e8 + 0.3, -3e12, 1e-3])
 def test_a_constant_feature_gets_coefficient_zero(conn, value: float, path: str) -> None:
     rng = np.random.default_rng(3)
