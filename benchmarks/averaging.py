@@ -27,10 +27,12 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +110,11 @@ def to_target(history: list[dict], target: float) -> tuple[int | None, float | N
 
 
 @contextlib.contextmanager
-def shard_clusters(count: int):
-    """``count`` embedded clusters in a temporary directory, stopped and removed after."""
-    parent = Path(tempfile.mkdtemp(prefix="bismarck-bench-shards-", dir="/tmp"))
+def shard_clusters(count: int) -> Iterator[list[embedded.Cluster]]:
+    """``count`` embedded clusters under ``$BISMARCK_DATA-shards-*``, stopped and removed after."""
+    base = os.environ.get("BISMARCK_DATA", "/tmp/bismarck").rstrip("/")
+    parent = Path(tempfile.mkdtemp(prefix=Path(base).name + "-shards-",
+                                   dir=str(Path(base).parent)))
     parent.chmod(0o755)
     clusters = [embedded.Cluster(parent / f"s{i}") for i in range(count)]
     try:

@@ -40,11 +40,8 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +52,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # noqa: E402 (the benchmark suite's machine description)
-from averaging import columns, create, load  # noqa: E402 (the tables both benchmarks use)
+from averaging import columns, create, load, shard_clusters  # noqa: E402 (shared with averaging.py)
 
 from bismarck_controller import connection, embedded, extension, shards, training  # noqa: E402
 from bismarckpy.kinds import glm as kglm  # noqa: E402
@@ -143,26 +140,6 @@ def one_run(dsn: str, source: str, kind: str, label: str, opts: dict[str, Any],
 def to_target(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
     """The first epoch at or below ``target`` (None: never reached)."""
     return next((c for c in curve if c["heldout_loss"] <= target), None)
-
-
-@contextlib.contextmanager
-def shard_clusters(count: int) -> Iterator[list[embedded.Cluster]]:
-    """``count`` embedded clusters under ``$BISMARCK_DATA-shards-*``, stopped and removed after."""
-    base = os.environ.get("BISMARCK_DATA", "/tmp/bismarck").rstrip("/")
-    parent = Path(tempfile.mkdtemp(prefix=Path(base).name + "-shards-",
-                                   dir=str(Path(base).parent)))
-    parent.chmod(0o755)
-    clusters = [embedded.Cluster(parent / f"s{i}") for i in range(count)]
-    try:
-        for c in clusters:
-            c.start()
-            extension.install(c.url())
-        yield clusters
-    finally:
-        for c in clusters:
-            with contextlib.suppress(Exception):
-                c.stop()
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def attach_shards(dsn: str, clusters: list[embedded.Cluster], d: int, x: np.ndarray,
