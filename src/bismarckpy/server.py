@@ -458,6 +458,33 @@ def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
         split_seed, shuffle_seed, init))
 
 
+def _role(plpy: Any) -> int:
+    """The current role's oid (whose rows :mod:`bismarckpy.heldrows` keeps)."""
+    return int(plpy.execute("SELECT r.oid FROM pg_catalog.pg_roles AS r "
+                            "WHERE r.rolname = current_user")[0]["oid"])
+
+
+def held_clear(plpy: Any) -> bool:
+    """``bismarck._held_clear``: before a training pass, forget the validation rows kept in
+    this backend; the pass keeps its own for the current role (:mod:`.heldrows`)."""
+    from . import heldrows
+
+    return _guard(plpy, lambda: heldrows.clear(_role(plpy)) or True)
+
+
+def held_evaluate(plpy: Any, init: bytes, holds: list | None, split_seed: int) -> bytes | None:
+    """``bismarck._held_evaluate``: the validation pass over the rows the last training pass
+    kept (:func:`bismarckpy.blockscan.held_evaluate`); NULL when the SQL pass must run."""
+    from . import blockscan
+
+    def run() -> bytes | None:
+        runner = _runner(init)
+        return blockscan.held_evaluate(runner.transition_block, runner.finalize, init, holds,
+                                       split_seed, _role(plpy))
+
+    return _guard(plpy, run)
+
+
 def epoch_transition_scan_first(plpy: Any, state: bytes | None, xs: bytes | None,
                                 ys: bytes | None, js: bytes | None, shape: list | None,
                                 groups: list | None, split_seed: int,
