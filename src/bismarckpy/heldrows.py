@@ -49,6 +49,12 @@ def clear(role: object) -> None:
     _store = _Store(role=role)
 
 
+def drop() -> None:
+    """Forget every kept row and keep none until the next :func:`clear` (after an error: a
+    failed run's rows would otherwise stay in the backend's memory until its next run)."""
+    clear(None)
+
+
 def keep(split_seed: int, group: int, X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
     """Keep copies of rows ``rows`` (indexes, in physical order) of features ``X`` (n × d,
     float64) and labels ``y`` as page group ``group``'s validation rows under ``split_seed``.

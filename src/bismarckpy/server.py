@@ -206,7 +206,7 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
 def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
     """Run ``fn``; return ``{"ok": result}`` or ``{"error": {...}}`` as JSON text."""
     try:
-        return json.dumps({"ok": fn()}, allow_nan=False, default=_jsonable)
+        return json.dumps({"ok": _dropping_kept_rows(fn)}, allow_nan=False, default=_jsonable)
     except BismarckError as e:
         err = {"message": e.message, "detail": e.detail, "hint": e.hint, "sqlstate": e.sqlstate}
     except plpy.SPIError as e:
@@ -302,6 +302,18 @@ def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
 
 # -- aggregate support functions (called per row by the executor) -------------------------------
 
+def _dropping_kept_rows(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; on any error the validation rows a training pass kept in this backend
+    (:mod:`.heldrows`, up to 512 MB) are dropped rather than left until its next run."""
+    try:
+        return fn(*args)
+    except BaseException:
+        from . import heldrows
+
+        heldrows.drop()
+        raise
+
+
 def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn(*args)`` for a PL/Python entry point that returns a value (not an envelope):
     every error leaves as ``plpy.error`` with a SQLSTATE, never a bare Python exception.
@@ -312,7 +324,7 @@ def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
     an :func:`_envelope` goes through here.
     """
     try:
-        return fn(*args)
+        return _dropping_kept_rows(fn, *args)
     except BismarckError as e:
         raise_error(plpy, e.message, e.detail, e.hint, e.sqlstate)
     except plpy.SPIError as e:
