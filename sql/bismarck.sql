@@ -2101,14 +2101,15 @@ COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], in
 -- The validation rows a training pass over page groups reads anyway, kept in the backend for the
 -- validation pass that follows (bismarckpy.heldrows): cleared before each training pass, taken
 -- by one evaluation; NULL when the kept rows cannot stand in for the SQL pass.
-CREATE FUNCTION bismarck._held_clear() RETURNS boolean
-LANGUAGE plpython3u VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+CREATE FUNCTION bismarck._held_clear(rows bigint, width integer) RETURNS boolean
+LANGUAGE plpython3u VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
 B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
-return B.held_clear(plpy)
+return B.held_clear(plpy, rows, width)
 $$;
-COMMENT ON FUNCTION bismarck._held_clear() IS
+COMMENT ON FUNCTION bismarck._held_clear(bigint, integer) IS
     'Private: forget the validation rows kept in this backend; the next training pass over page '
-    'groups keeps its own, for the current role.';
+    'groups keeps its own (about rows of width features: float32 beyond 256 MB), for the '
+    'current role.';
 
 CREATE FUNCTION bismarck._held_evaluate(init bytea, holds integer[], split_seed bigint)
 RETURNS bytea

@@ -142,7 +142,7 @@ def test_the_validation_pass_uses_the_rows_the_training_pass_kept(dsn, conn) -> 
         held = blockscan.held_sql(got.holds, 99)
 
         def pass_then(statement: str, seed: int = 99) -> bytes | None:
-            s.query("SELECT bismarck._held_clear()")
+            s.query("SELECT bismarck._held_clear(500, 3)")
             s.query(train, [train_init])
             return s.query(statement if seed == 99 else blockscan.held_sql(got.holds, seed),
                            [init])[0][0]
@@ -150,9 +150,16 @@ def test_the_validation_pass_uses_the_rows_the_training_pass_kept(dsn, conn) -> 
         want = s.query(valid, [init])[0][0]
         assert glm.decode(want).rows == int(got.holds.sum()) > 0
         assert bytes(pass_then(held)) == bytes(want)
+        # a validation set too large for float64 copies is kept in float32 (as packed blocks)
+        s.query("SELECT bismarck._held_clear(100000000, 3)")
+        s.query(train, [train_init])
+        small = glm.decode(s.query(held, [init])[0][0])
+        assert small.rows == glm.decode(want).rows
+        assert small.loss_sum == pytest.approx(glm.decode(want).loss_sum, rel=1e-6)
+        assert small.loss_sum != glm.decode(want).loss_sum
         assert s.query(held, [init])[0][0] is None  # taken by the first call
         assert pass_then(held, seed=98) is None  # another split
-        s.query("SELECT bismarck._held_clear()")
+        s.query("SELECT bismarck._held_clear(500, 3)")
         s.query(train, [train_init])
         s.query("SET ROLE bismarck_user")
         try:
@@ -160,7 +167,7 @@ def test_the_validation_pass_uses_the_rows_the_training_pass_kept(dsn, conn) -> 
         finally:
             s.query("RESET ROLE")
         # an error in the backend drops what a pass kept (no 80 MB left after a failed run)
-        s.query("SELECT bismarck._held_clear()")
+        s.query("SELECT bismarck._held_clear(500, 3)")
         s.query(train, [train_init])
         with pytest.raises((InvalidData, psycopg.Error)):
             s.query("SELECT bismarck._epoch_final('\\x00'::bytea)")

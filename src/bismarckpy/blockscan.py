@@ -485,7 +485,8 @@ def held_evaluate(kernel: Callable, finalize: Callable, init: bytes, holds: list
 
     The blocks are those of the SQL pass (:func:`epoch_sql` with ``part`` VALID): groups in
     physical order, ``buffer_blocks`` groups with validation rows per block, rows in physical
-    order, checked as that pass checks them (:func:`as_block`): the same state bit for bit.
+    order, checked as that pass checks them (:func:`as_block`): the same state bit for bit
+    (unless the store kept float32 features, then to float32's rounding of the features).
     """
     got = heldrows.take(role, split_seed, np.asarray(holds or [], dtype=np.int64))
     if got is None:
@@ -495,6 +496,7 @@ def held_evaluate(kernel: Callable, finalize: Callable, init: bytes, holds: list
         part = got[start:start + int(buffer_blocks)]
         X = np.concatenate([x for x, _ in part]) if len(part) > 1 else part[0][0]
         y = np.concatenate([v for _, v in part]) if len(part) > 1 else part[0][1]
+        X = X.astype(_F8, copy=False)  # kept in float32 when large (heldrows.FLOAT64_BYTES)
         block = as_block(Buffer(X, y, None, checked=False), None)
         if block is not None:
             state = kernel(state, block, init)

@@ -25,15 +25,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: At most this many bytes of validation rows are kept (float64 features and labels): 512 MB,
-#: the validation rows of 6.4M rows of 100 features at ``validation_fraction`` 0.1. A larger
-#: validation set is read by the SQL validation pass.
+#: At most this many bytes of validation rows are kept: 512 MB. A larger validation set is
+#: read by the SQL validation pass.
 MAX_BYTES = 512 << 20
+#: Validation rows whose float64 copy would take more than this are kept in float32 (the
+#: precision of a packed copy's blocks, ``dtype => 'float32'``): 256 MB, the validation rows of
+#: about 3.2M rows of 100 features at ``validation_fraction`` 0.1 (in float32, up to 12.8M).
+#: Below it the validation pass is the SQL pass bit for bit.
+FLOAT64_BYTES = 256 << 20
 
 
 @dataclass
 class _Store:
     role: object = None  # who cleared it (None: nobody: nothing is kept)
+    dtype: type = np.float64  # of the kept features
     split_seed: int | None = None
     groups: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     nbytes: int = 0
@@ -43,10 +48,13 @@ class _Store:
 _store = _Store()
 
 
-def clear(role: object) -> None:
-    """Forget every kept row; rows kept from now on belong to ``role`` (the caller's)."""
+def clear(role: object, rows: int = 0, width: int = 0) -> None:
+    """Forget every kept row; rows kept from now on belong to ``role`` (the caller's). About
+    ``rows`` validation rows of ``width`` features are expected: in float32 when their float64
+    copy would exceed :data:`FLOAT64_BYTES`."""
     global _store
-    _store = _Store(role=role)
+    big = int(rows) * 8 * (int(width) + 1) > FLOAT64_BYTES
+    _store = _Store(role=role, dtype=np.float32 if big else np.float64)
 
 
 def drop() -> None:
@@ -57,7 +65,8 @@ def drop() -> None:
 
 def keep(split_seed: int, group: int, X: np.ndarray, y: np.ndarray, rows: np.ndarray) -> None:
     """Keep copies of rows ``rows`` (indexes, in physical order) of features ``X`` (n × d,
-    float64) and labels ``y`` as page group ``group``'s validation rows under ``split_seed``.
+    float64; kept in the store's dtype) and labels ``y`` as page group ``group``'s validation
+    rows under ``split_seed``.
 
     Does nothing unless :func:`clear` opened the store; a second call for the same group, or a
     call under another split seed, marks the store unusable (it can then only be cleared)."""
@@ -69,14 +78,14 @@ def keep(split_seed: int, group: int, X: np.ndarray, y: np.ndarray, rows: np.nda
     if s.split_seed != int(split_seed) or int(group) in s.groups:
         s.full = True
         return
-    size = len(rows) * 8 * (X.shape[1] + 1)
+    size = len(rows) * (np.dtype(s.dtype).itemsize * X.shape[1] + 8)
     if s.nbytes + size > MAX_BYTES:
         s.full = True
         s.groups.clear()
         return
-    out = np.empty((len(rows), X.shape[1]), dtype=np.float64)
+    out = np.empty((len(rows), X.shape[1]), dtype=s.dtype)
     if len(rows) and X.shape[1]:
-        if X.flags.c_contiguous:  # one memcpy per row, whatever the source's alignment
+        if X.flags.c_contiguous and s.dtype is np.float64:  # a memcpy per row, any alignment
             record = np.dtype((np.void, 8 * X.shape[1]))
             out.view(record).reshape(len(rows))[:] = X.view(record).reshape(len(X))[rows]
         else:

@@ -476,12 +476,13 @@ def _role(plpy: Any) -> int:
                             "WHERE r.rolname = current_user")[0]["oid"])
 
 
-def held_clear(plpy: Any) -> bool:
+def held_clear(plpy: Any, rows: int, width: int) -> bool:
     """``bismarck._held_clear``: before a training pass, forget the validation rows kept in
-    this backend; the pass keeps its own for the current role (:mod:`.heldrows`)."""
+    this backend; the pass keeps its own (about ``rows`` of ``width`` features) for the
+    current role (:mod:`.heldrows`)."""
     from . import heldrows
 
-    return _guard(plpy, lambda: heldrows.clear(_role(plpy)) or True)
+    return _guard(plpy, lambda: heldrows.clear(_role(plpy), rows, width) or True)
 
 
 def held_evaluate(plpy: Any, init: bytes, holds: list | None, split_seed: int) -> bytes | None:

@@ -83,6 +83,20 @@ def test_the_kept_rows_give_the_sql_pass_bit_for_bit(sizes, fraction, seed, shuf
     assert got == finalize(want)
 
 
+def test_a_large_validation_set_is_kept_in_float32() -> None:
+    groups = _groups(5, [200, 300, 100], 0.2)
+    holds = [h for *_, h in groups]
+    heldrows.clear(ROLE, rows=10**8, width=3)
+    _train_pass(groups, [1, 2, 0])
+    assert heldrows._store.dtype is np.float32
+    got = heldrows.take(ROLE, 7, np.array(holds))
+    assert got is not None and all(X.dtype == np.float32 for X, _ in got)
+    for (X, y), (g, X0, y0, h) in zip(got, groups):
+        rows = blockscan.held_positions(7, g, len(y0), h)
+        np.testing.assert_array_equal(X, X0[rows].astype(np.float32))
+        np.testing.assert_array_equal(y, y0[rows])
+
+
 def test_the_store_serves_once_and_only_its_role_and_split() -> None:
     groups = _groups(1, [50, 60, 70], 0.2)
     holds = [h for *_, h in groups]
