@@ -2098,6 +2098,30 @@ COMMENT ON AGGREGATE bismarck._epoch_scan(bytea, bytea, integer[], integer[], in
     integer, bigint, bigint, bytea) IS
     'Private: one SGD epoch of any kind over buffers of page groups in the order they arrive.';
 
+-- The validation rows a training pass over page groups reads anyway, kept in the backend for the
+-- validation pass that follows (bismarckpy.heldrows): cleared before each training pass, taken
+-- by one evaluation; NULL when the kept rows cannot stand in for the SQL pass.
+CREATE FUNCTION bismarck._held_clear(rows bigint, width integer) RETURNS boolean
+LANGUAGE plpython3u VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.held_clear(plpy, rows, width)
+$$;
+COMMENT ON FUNCTION bismarck._held_clear(bigint, integer) IS
+    'Private: forget the validation rows kept in this backend; the next training pass over page '
+    'groups keeps its own (about rows of width features: float32 beyond 256 MB), for the '
+    'current role.';
+
+CREATE FUNCTION bismarck._held_evaluate(init bytea, holds integer[], split_seed bigint)
+RETURNS bytea
+LANGUAGE plpython3u VOLATILE STRICT PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp AS $$
+B = GD.get(BISMARCK_ENGINE) or bismarck_engine(GD)
+return B.held_evaluate(plpy, init, holds, split_seed)
+$$;
+COMMENT ON FUNCTION bismarck._held_evaluate(bytea, integer[], bigint) IS
+    'Private: the validation pass of a run without a copy over the validation rows its last '
+    'training pass kept in this backend (the same blocks as the SQL pass); NULL when they are '
+    'not exactly the run''s validation rows (then the SQL pass runs). Empties the store.';
+
 CREATE FUNCTION bismarck._epoch_step_scan_first(state bytea, xs bytea, ys bytea, js bytea,
                                                shape bigint[], groups integer[],
                                                split_seed bigint, shuffle_seed bigint,

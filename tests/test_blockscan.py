@@ -118,6 +118,63 @@ def test_the_hold_out_is_a_partition_of_the_usable_rows(dsn, conn, n: int,
             pytest.approx(passes[blockscan.ALL].loss_sum, rel=1e-12))
 
 
+def test_the_validation_pass_uses_the_rows_the_training_pass_kept(dsn, conn) -> None:
+    """After a training pass, the validation pass is evaluated on the validation rows that
+    pass read and kept in the backend: the same state, bit for bit, as the SQL pass that
+    reads the table again; once, for the role that cleared the store, and for the run's
+    split only (otherwise NULL: the loop runs the SQL pass)."""
+    X, y = _logistic(5000, 3, 11)
+    load_table(conn, "kept", ["a", "b", "c"], X, y)
+    c, s = _session(dsn)
+    with c:
+        src = resolve(s, "public.kept", "y", ["a", "b", "c"])
+        lay = blockscan.layout(s, src, 5000, 64)
+        got = blockscan.prepare(s, src, lay, 3, 0.1, 99)
+        train_init = glm.initialize(3, loss="logistic", batch_size=32,
+                                    y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+        init = glm.initialize(3, loss="logistic", batch_size=glm.EVALUATE,
+                              w=np.array([0.3, -0.2, 0.1]), b=0.1,
+                              y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+        train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True,
+                                    aggregate="bismarck._epoch_scan")
+        valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False,
+                                    aggregate="bismarck._epoch_scan")
+        held = blockscan.held_sql(got.holds, 99)
+
+        def pass_then(statement: str, seed: int = 99) -> bytes | None:
+            s.query("SELECT bismarck._held_clear(500, 3)")
+            s.query(train, [train_init])
+            return s.query(statement if seed == 99 else blockscan.held_sql(got.holds, seed),
+                           [init])[0][0]
+
+        want = s.query(valid, [init])[0][0]
+        assert glm.decode(want).rows == int(got.holds.sum()) > 0
+        assert bytes(pass_then(held)) == bytes(want)
+        # a validation set too large for float64 copies is kept in float32 (as packed blocks)
+        s.query("SELECT bismarck._held_clear(100000000, 3)")
+        s.query(train, [train_init])
+        small = glm.decode(s.query(held, [init])[0][0])
+        assert small.rows == glm.decode(want).rows
+        assert small.loss_sum == pytest.approx(glm.decode(want).loss_sum, rel=1e-6)
+        assert small.loss_sum != glm.decode(want).loss_sum
+        assert s.query(held, [init])[0][0] is None  # taken by the first call
+        assert pass_then(held, seed=98) is None  # another split
+        s.query("SELECT bismarck._held_clear(500, 3)")
+        s.query(train, [train_init])
+        s.query("SET ROLE bismarck_user")
+        try:
+            assert s.query(held, [init])[0][0] is None  # another role
+        finally:
+            s.query("RESET ROLE")
+        # an error in the backend drops what a pass kept (no 80 MB left after a failed run)
+        s.query("SELECT bismarck._held_clear(500, 3)")
+        s.query(train, [train_init])
+        with pytest.raises((InvalidData, psycopg.Error)):
+            s.query("SELECT bismarck._epoch_final('\\x00'::bytea)")
+        c.rollback()
+        assert s.query(held, [init])[0][0] is None
+
+
 def test_same_seed_same_model_other_seed_other_order(conn) -> None:
     X, y = _logistic(3000, 4, 2)
     load_table(conn, "det", ["a", "b", "c", "d"], X, y)

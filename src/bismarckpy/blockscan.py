@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import moments
+from . import heldrows, moments
 from .errors import InvalidData, InvalidParameter
 from .pack import HEADER_BYTES, MAGIC
 from .source import Session, Source
@@ -248,7 +248,10 @@ def select_matrix(X: np.ndarray, y: np.ndarray, groups: list | None, counts: lis
     at = 0
     for g, c, h in zip(gs, ns, holds or []):
         if h:
-            mask[at + held_positions(split_seed, g, c, int(h))] = True
+            pos = at + held_positions(split_seed, g, c, int(h))
+            mask[pos] = True
+            if part == TRAIN:  # read anyway: kept for the validation pass (heldrows)
+                heldrows.keep(split_seed, g, X, y, pos if usable is None else usable[pos])
         at += c
     keep = np.flatnonzero(mask if part == VALID else ~mask)
     return Buffer(X, y, keep if usable is None else usable[keep], checked)
@@ -416,8 +419,10 @@ def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
         pick = held_positions(split_seed, groups[j], c, h) if h else np.zeros(0, np.int32)
     elif part == TRAIN and h:
         keep = np.ones(c, dtype=bool)
-        keep[held_positions(split_seed, groups[j], c, h)] = False
+        held = held_positions(split_seed, groups[j], c, h)
+        keep[held] = False
         pick = np.flatnonzero(keep)
+        heldrows.keep(split_seed, groups[j], X, y, held if rows is None else rows[held])
     else:
         pick = None
     if pick is not None:
@@ -467,6 +472,41 @@ def epoch_step(kernel, state: bytes | None, xs: bytes | None, ys: bytes | None,
     if block is None:
         return state if state is not None else init
     return kernel(state, block, init)
+
+
+def held_evaluate(kernel: Callable, finalize: Callable, init: bytes, holds: list | None,
+                  split_seed: int, role: object,
+                  buffer_blocks: int = BUFFER_BLOCKS) -> bytes | None:
+    """The validation pass of an epoch over the validation rows its training pass kept in
+    this backend (:mod:`bismarckpy.heldrows`): the finalized state of ``kernel`` (a kind's
+    ``transition_block``) from ``init`` over them, ``finalize`` applied; None when the store
+    cannot stand in for the pass (not kept by ``role`` under ``split_seed``, or not exactly
+    ``holds[g]`` rows of every group ``g``). The store is emptied either way.
+
+    The blocks are those of the SQL pass (:func:`epoch_sql` with ``part`` VALID): groups in
+    physical order, ``buffer_blocks`` groups with validation rows per block, rows in physical
+    order, checked as that pass checks them (:func:`as_block`): the same state bit for bit
+    (unless the store kept float32 features, then to float32's rounding of the features).
+    """
+    got = heldrows.take(role, split_seed, np.asarray(holds or [], dtype=np.int64))
+    if got is None:
+        return None
+    state = None
+    for start in range(0, len(got), int(buffer_blocks)):
+        part = got[start:start + int(buffer_blocks)]
+        X = np.concatenate([x for x, _ in part]) if len(part) > 1 else part[0][0]
+        y = np.concatenate([v for _, v in part]) if len(part) > 1 else part[0][1]
+        X = X.astype(_F8, copy=False)  # kept in float32 when large (heldrows.FLOAT64_BYTES)
+        block = as_block(Buffer(X, y, None, checked=False), None)
+        if block is not None:
+            state = kernel(state, block, init)
+    return None if state is None else finalize(state)
+
+
+def held_sql(holds: np.ndarray, split_seed: int) -> str:
+    """The call of :func:`held_evaluate` for a run's split, with one ``%s`` for the init."""
+    return (f"SELECT bismarck._held_evaluate(%s, {_int_array(holds)}, "
+            f"{int(split_seed)}::int8) AS state")
 
 
 # -- preparation: one read of every group, in physical order ------------------------------------
@@ -968,6 +1008,8 @@ def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: byte
         m = draws(split_seed, g, c) < fraction if fraction > 0 else np.zeros(c, dtype=bool)
         held[at:at + c] = m
         trip.append((g, c, int(m.sum())))
+        if m.any():  # kept for the validation pass (heldrows)
+            heldrows.keep(split_seed, g, X, y, usable[at:at + c][m])
         at += c
     n = len(usable)
     h[_F_USABLE] += n

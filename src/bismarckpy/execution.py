@@ -81,6 +81,10 @@ class Scan:
     order: str | None = None
     # (foreign server, foreign partition) of each shard, to name the one that fails
     shards: tuple[tuple[str, str], ...] = ()
+    # A statement tried before the scan's own (one ``%s``: the init state) whose NULL result
+    # means "run the scan": a validation pass over the rows the training pass kept in the
+    # backend (shuffle => 'blocks', :func:`bismarckpy.blockscan.held_sql`).
+    held: str | None = None
 
     def sql(self, aggregates: Aggregates = SGD) -> str:
         """The epoch's query, with one ``%s`` for the init state."""
@@ -171,6 +175,10 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
             return _runner(session, strategy)(scan.sql(aggregates), [shared_init])[0][0]
     if strategy.name not in STRATEGIES:
         raise ValueError(f"unknown execution strategy {strategy.name!r}")
+    if scan.held is not None and aggregates is SGD and strategy.name == "aggregate":
+        got = session.query(scan.held, [init])[0][0]
+        if got is not None:
+            return got
     if strategy.name == "partition" and scan.group is not None and aggregates is SGD:
         found = run_partitions(session, scan, init, strategy.workers)
         if parts is not None:

@@ -647,7 +647,8 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     if prep.n_valid:
         prep.valid = src.relation
         prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-            src, lay, got, blockscan.VALID, split_seed, shuffled=False))
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False),
+            held=blockscan.held_sql(got.holds, split_seed))
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
 
 
@@ -686,7 +687,8 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
     if n_valid:
         prep.valid = src.relation
         prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-            src, lay, got, blockscan.VALID, split_seed, shuffled=False))
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False),
+            held=blockscan.held_sql(got.holds, split_seed))
     return prep
 
 
@@ -1146,6 +1148,9 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
+        if prep.first is not None or (valid_scan is not None and valid_scan.held):
+            session.query("SELECT bismarck._held_clear(%s, %s)",  # the pass keeps its
+                          [int(prep.n_valid), int(prep.d)])  # validation rows (heldrows)
         parts: list[tuple[object, bytes]] = []
         if epoch == 1 and prep.first is not None:  # checks and counts folded into epoch 1
             first, prep.first = prep.first, None

@@ -206,7 +206,7 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
 def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
     """Run ``fn``; return ``{"ok": result}`` or ``{"error": {...}}`` as JSON text."""
     try:
-        return json.dumps({"ok": fn()}, allow_nan=False, default=_jsonable)
+        return json.dumps({"ok": _dropping_kept_rows(fn)}, allow_nan=False, default=_jsonable)
     except BismarckError as e:
         err = {"message": e.message, "detail": e.detail, "hint": e.hint, "sqlstate": e.sqlstate}
     except plpy.SPIError as e:
@@ -302,6 +302,18 @@ def predict_proba_kind(plpy: Any, kind: str, stored: str, state: bytes | None,
 
 # -- aggregate support functions (called per row by the executor) -------------------------------
 
+def _dropping_kept_rows(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; on any error the validation rows a training pass kept in this backend
+    (:mod:`.heldrows`, up to 512 MB) are dropped rather than left until its next run."""
+    try:
+        return fn(*args)
+    except BaseException:
+        from . import heldrows
+
+        heldrows.drop()
+        raise
+
+
 def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn(*args)`` for a PL/Python entry point that returns a value (not an envelope):
     every error leaves as ``plpy.error`` with a SQLSTATE, never a bare Python exception.
@@ -312,7 +324,7 @@ def _guard(plpy: Any, fn: Callable[..., Any], *args: Any) -> Any:
     an :func:`_envelope` goes through here.
     """
     try:
-        return fn(*args)
+        return _dropping_kept_rows(fn, *args)
     except BismarckError as e:
         raise_error(plpy, e.message, e.detail, e.hint, e.sqlstate)
     except plpy.SPIError as e:
@@ -456,6 +468,34 @@ def epoch_transition_scan(plpy: Any, state: bytes | None, xs: bytes | None,
     return _guard(plpy, lambda: blockscan.epoch_step(
         _runner(init).transition_block, state, xs, ys, groups, counts, holds, part,
         split_seed, shuffle_seed, init))
+
+
+def _role(plpy: Any) -> int:
+    """The current role's oid (whose rows :mod:`bismarckpy.heldrows` keeps)."""
+    return int(plpy.execute("SELECT r.oid FROM pg_catalog.pg_roles AS r "
+                            "WHERE r.rolname = current_user")[0]["oid"])
+
+
+def held_clear(plpy: Any, rows: int, width: int) -> bool:
+    """``bismarck._held_clear``: before a training pass, forget the validation rows kept in
+    this backend; the pass keeps its own (about ``rows`` of ``width`` features) for the
+    current role (:mod:`.heldrows`)."""
+    from . import heldrows
+
+    return _guard(plpy, lambda: heldrows.clear(_role(plpy), rows, width) or True)
+
+
+def held_evaluate(plpy: Any, init: bytes, holds: list | None, split_seed: int) -> bytes | None:
+    """``bismarck._held_evaluate``: the validation pass over the rows the last training pass
+    kept (:func:`bismarckpy.blockscan.held_evaluate`); NULL when the SQL pass must run."""
+    from . import blockscan
+
+    def run() -> bytes | None:
+        runner = _runner(init)
+        return blockscan.held_evaluate(runner.transition_block, runner.finalize, init, holds,
+                                       split_seed, _role(plpy))
+
+    return _guard(plpy, run)
 
 
 def epoch_transition_scan_first(plpy: Any, state: bytes | None, xs: bytes | None,
