@@ -311,6 +311,19 @@ def test_array_bytes_from_the_server_are_read_or_refused(conn) -> None:
                          "::float8[])").fetchone()[0]
     with pytest.raises(InvalidData, match="NULL elements"):
         blockscan.read_matrix(nulls, 2)
+    # an epoch's read: NULL elements as NaN (skipped with the other missing values)
+    np.testing.assert_array_equal(blockscan.read_matrix(nulls, 2, nulls=True),
+                                  [[1, np.nan], [2, 3]])
+    many = conn.execute("SELECT bismarck._float8_array_bytes(array_agg(ARRAY[i, CASE WHEN "
+                        "i % 3 = 0 THEN NULL ELSE -i END, i / 2.0]::float8[] ORDER BY i)) "
+                        "FROM generate_series(1, 21) AS i").fetchone()[0]
+    i = np.arange(1, 22, dtype=float)
+    want = np.column_stack([i, np.where(i % 3 == 0, np.nan, -i), i / 2])
+    np.testing.assert_array_equal(blockscan.read_matrix(many, 3, nulls=True), want)
+    with pytest.raises(InvalidData, match="wrong length"):
+        blockscan.read_matrix(many, 4, nulls=True)
+    with pytest.raises(InvalidData, match="unexpected size"):
+        blockscan.read_matrix(many[:-8], 3, nulls=True)
     three = conn.execute("SELECT bismarck._float8_array_bytes('{{{1}}}'::float8[])").fetchone()[0]
     with pytest.raises(InvalidData, match="1-D or 2-D"):
         blockscan.read_matrix(three, 1)

@@ -49,7 +49,8 @@ def _maxalign(n: int) -> int:
     return (n + 7) & ~7
 
 
-def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
+def read_matrix(raw: bytes | None, width: int | None = None,
+                nulls: bool = False) -> np.ndarray:
     """The values of a ``float8[]``'s in-memory form (``bismarck._float8_array_bytes``).
 
     A 1-D array gives an ``n``-vector, a 2-D one an ``n × d`` matrix (a view of ``raw``, no
@@ -69,6 +70,8 @@ def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
         raise InvalidData("a block of rows is not a 1-D or 2-D array",
                           detail=f"It has {ndim} dimensions.",
                           hint="Feature arrays must be one-dimensional.")
+    if dataoffset != 0 and nulls and ndim in (1, 2):
+        return _read_with_nulls(raw, ndim, dataoffset, width)
     if dataoffset != 0:
         raise InvalidData("a block of rows holds NULL elements",
                           detail="Rows with a NULL label or feature element should have been "
@@ -83,6 +86,37 @@ def read_matrix(raw: bytes | None, width: int | None = None) -> np.ndarray:
         raise InvalidData("a block of rows has an unexpected size",
                           detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
     values = np.frombuffer(raw, dtype=_F8, offset=start)
+    if ndim == 1:
+        return values
+    if width is not None and dims[1] != width:
+        raise InvalidData("feature vector has the wrong length",
+                          detail=f"The model has {width} features but rows have {dims[1]}.",
+                          hint="Make every feature array the same length, or filter the odd "
+                               "rows out.")
+    return values.reshape(dims)
+
+
+def _read_with_nulls(raw: bytes, ndim: int, dataoffset: int,
+                     width: int | None) -> np.ndarray:
+    """:func:`read_matrix` of an array with a NULL bitmap: NULL elements read as NaN (a row
+    with one is then skipped as a missing value, as NaN is). The bitmap follows the dimensions
+    and lower bounds, one bit per element (set: present, least significant bit first); the
+    present values start at ``dataoffset`` (counted from the varlena header, which the bytes
+    lack)."""
+    dims = [int(v) for v in np.frombuffer(raw, dtype="<i4", count=ndim, offset=12)]
+    n = int(np.prod(dims))
+    start = 12 + 8 * ndim
+    if len(raw) < start + (n + 7) // 8 or dataoffset - 4 < start + (n + 7) // 8:
+        raise InvalidData("a block of rows has an unexpected size",
+                          detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
+    present = np.unpackbits(np.frombuffer(raw, dtype=np.uint8, count=(n + 7) // 8,
+                                          offset=start), bitorder="little")[:n].astype(bool)
+    k = int(present.sum())
+    if len(raw) != dataoffset - 4 + 8 * k:
+        raise InvalidData("a block of rows has an unexpected size",
+                          detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
+    values = np.full(n, np.nan)
+    values[present] = np.frombuffer(raw, dtype=_F8, count=k, offset=dataoffset - 4)
     if ndim == 1:
         return values
     if width is not None and dims[1] != width:
@@ -214,7 +248,7 @@ def select_rows(xs: bytes | None, ys: bytes | None, d: int | None, groups: list 
 
 def _matrix(xs: bytes | None, ys: bytes | None, d: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Features (n × d) and labels of one ``array_agg`` pair (views of the bytes)."""
-    X = read_matrix(xs, d)
+    X = read_matrix(xs, d, nulls=True)  # NULL elements: NaN, skipped as missing values
     y = read_matrix(ys)
     if X.ndim != 2:
         X = X.reshape(len(y), -1) if len(y) else X.reshape(0, d or 0)
@@ -559,7 +593,7 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     if len_lo is not None:
         head[_P_LEN_LO] = min(head[_P_LEN_LO], len_lo)
         head[_P_LEN_HI] = max(head[_P_LEN_HI], len_hi)
-    X = read_matrix(xs, d)
+    X = read_matrix(xs, d, nulls=True)  # NULL elements: NaN, dropped with the other misses
     y = read_matrix(ys)
     if X.reshape(-1, d).shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows")
@@ -738,7 +772,7 @@ def _group_rows(src: Source, layout: Layout, group: str) -> str:
     """The usable rows (features, raw label) of one page group, by a TID range scan."""
     return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
             f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
-            f"AND {src.scan_valid_expr}")
+            f"AND {src.epoch_valid_expr or src.scan_valid_expr}")
 
 
 def _int_array(values: np.ndarray | list[int]) -> str:

@@ -1149,8 +1149,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
         if prep.first is not None or (valid_scan is not None and valid_scan.held):
-            session.query("SELECT bismarck._held_clear(%s, %s)",  # the pass keeps its
-                          [int(prep.n_valid), int(prep.d)])  # validation rows (heldrows)
+            session.query("SELECT bismarck._held_clear(%s::int8, %s::int4)",  # the pass keeps
+                          [int(prep.n_valid), int(prep.d)])  # its validation rows (heldrows)
         parts: list[tuple[object, bytes]] = []
         if epoch == 1 and prep.first is not None:  # checks and counts folded into epoch 1
             first, prep.first = prep.first, None

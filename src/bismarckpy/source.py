@@ -62,6 +62,11 @@ class Source:
     # valid_expr without the element-by-element NaN/inf test of an array feature (left to
     # numpy by block-shuffled scans): NULLs, dimensions and the label's own tests.
     scan_valid_expr: str = ""
+    # What an epoch over page groups asks of SQL (blockscan._group_rows): the label's tests and
+    # an array feature's dimension; NULL elements reach numpy as NaN (blockscan.read_matrix)
+    # and are skipped there with NaN and infinities (array_position costs a quarter of the
+    # pass's SQL).
+    epoch_valid_expr: str = ""
     # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
     # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
     cast_checks: list[tuple[str, str]] = field(default_factory=list)
@@ -193,9 +198,11 @@ def resolve(session: Session, relation: str, label: str | None,
     array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
     exprs: list[str] = []
     scan_valid = list(valid)
+    epoch_valid = list(valid)
     if array_feature:
         col = q(features[0])
         x_expr = f"({col})::float8[]"
+        epoch_valid.append(f"array_ndims({col}) = 1")
         scan_valid.append(f"CASE WHEN array_ndims({col}) = 1 THEN array_position({x_expr}, "
                           "NULL) IS NULL ELSE false END")
         valid.append(f"CASE WHEN array_ndims({col}) = 1 THEN array_position({x_expr}, NULL) "
@@ -232,6 +239,7 @@ def resolve(session: Session, relation: str, label: str | None,
                   array_feature=array_feature, row_key=row_key, keyed=keyed,
                   feature_exprs=exprs, cast_checks=cast_checks,
                   scan_valid_expr=" AND ".join(scan_valid),
+                  epoch_valid_expr=" AND ".join(epoch_valid) or "true",
                   class_labels=None if classes is None else list(classes),
                   label_sql=None if label is None else q(label))
 
