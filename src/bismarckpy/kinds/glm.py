@@ -235,12 +235,16 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     # Mini-batch steps multiply in the block's own type; full-batch gradient descent is an
     # exact method that may run to tight convergence, so it multiplies in float64.
     ct = _F8 if batch == 0 else dt
+    narrow = ct != _F8  # products come back in float32: widen them before adding float64
     start = 0
     while start < n:
-        take = chunk or min(n - start, batch - int(s[_PENDING]))
+        pending = int(s[_PENDING])
+        take = chunk or min(n - start, batch - pending)
         Xc, yc = X[start:start + take], yv[start:start + take]
         we = w * inv if standardize else w
-        z = (Xc @ we.astype(ct)).astype(np.float64) + (b[0] + float(shift @ we))
+        z = Xc @ (we.astype(ct) if narrow else we)
+        z = z.astype(np.float64) if narrow else z
+        z += b[0] + float(shift @ we)
         loss, dz = loss_fn(z, yc)
         if weights is not None:
             wc = weights[start:start + take]
@@ -251,8 +255,17 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
         if batch == EVALUATE:
             continue
         dsum = float(dz.sum())
-        gx = (Xc.T @ dz.astype(ct)).astype(np.float64) + shift * dsum
-        g += gx * inv if standardize else gx
+        gx = Xc.T @ (dz.astype(ct) if narrow else dz)
+        gx = gx.astype(np.float64) if narrow else gx
+        gx += shift * dsum
+        if standardize:
+            gx *= inv
+        if batch > 1 and pending == 0 and take >= batch:
+            # The whole batch is this chunk: step on its sums at once (the accumulators are
+            # zero, so adding to them first and flushing would take the same step).
+            _step(s, w, b, gx, dsum, 1.0 / take)
+            continue
+        g += gx
         gb[0] += dsum
         s[_PENDING] += take
         if batch > 1 and s[_PENDING] >= batch:
