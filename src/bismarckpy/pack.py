@@ -18,6 +18,8 @@ only, all finite) can start with, so those are recognised and refused: pack them
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from .errors import InvalidData
@@ -28,6 +30,8 @@ MAGIC = b"BK\xc2\x7fv2\xf8\x7f"  # bytes 0-3, 4-7 and 0-7 are each a NaN
 HEADER_BYTES = 16
 _HEADER = 20  # ndim, data offset (0: no NULL bitmap), element type, length, lower bound
 _FLOAT8OID = 701
+_HEAD = struct.Struct("<8sii")  # MAGIC, d, itemsize
+_F4, _F8 = np.dtype("<f4"), np.dtype("<f8")
 #: Largest magnitude a float32 block can hold as a residual from its column minimum.
 FLOAT32_SAFE = float(np.finfo(np.float32).max) / 2
 
@@ -98,19 +102,20 @@ def parse_block(data: bytes, d: int, itemsize: int) -> tuple[np.ndarray, np.ndar
 
     Raises :class:`InvalidData` for a block of the earlier format or of another shape.
     """
-    if bytes(data[:8]) != MAGIC:
+    if len(data) < HEADER_BYTES:
         raise stale_format()
-    got_d, got_size = np.frombuffer(data, dtype="<i4", count=2, offset=8)
+    magic, got_d, got_size = _HEAD.unpack_from(data)  # struct: cheaper than numpy per call
+    if magic != MAGIC:
+        raise stale_format()
     start = HEADER_BYTES + 8 * (1 + d)
     if got_d != d or got_size != itemsize or (len(data) - start) % ((1 + d) * itemsize):
         raise InvalidData("a packed block does not match its table",
                           detail=f"Expected {d} features of {itemsize} bytes; the block holds "
-                                 f"{int(got_d)} of {int(got_size)}.",
+                                 f"{got_d} of {got_size}.",
                           hint="Pack the source table again with bismarck.pack.")
-    offsets = np.frombuffer(data, dtype="<f8", count=1 + d, offset=HEADER_BYTES)
-    dt = DTYPES["float32"] if itemsize == 4 else DTYPES["float64"]
-    residuals = np.frombuffer(data, dtype=dt, offset=start).reshape(-1, 1 + d)
-    return offsets, residuals
+    offsets = np.frombuffer(data, dtype=_F8, count=1 + d, offset=HEADER_BYTES)
+    residuals = np.frombuffer(data, dtype=_F4 if itemsize == 4 else _F8, offset=start)
+    return offsets, residuals.reshape(-1, 1 + d)
 
 
 def stale_format() -> InvalidData:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bismarckpy import blockscan, moments
@@ -331,3 +331,26 @@ def test_a_page_group_out_of_its_buffers_order_is_refused() -> None:
     with pytest.raises(InvalidData, match="changed during training"):
         blockscan.epoch_step(glm.transition_block, None, xs, ys, [4, 7, 8], [5, 5, 5],
                              [0, 0, 0], blockscan.ALL, 1, 2, init)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 30), k=st.integers(1, 6), seed=st.integers(0, 2**32 - 1),
+       bad=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 5),
+                              st.sampled_from([np.nan, np.inf, -np.inf, 1e308, -1e308])),
+                    max_size=6))
+def test_nonfinite_rows_counts_the_rows_holding_a_nan_or_an_infinity(n, k, seed, bad) -> None:
+    """The count of rows with a NaN or ±inf, also when finite values overflow a column sum."""
+    values = np.random.default_rng(seed).normal(size=(n, k))
+    for i, j, v in bad:
+        if i < n and j < k:
+            values[i, j] = v
+    assert blockscan.nonfinite_rows(values) == int((~np.isfinite(values).all(axis=1)).sum())
+
+
+def test_blocks_of_a_buffer_hold_the_values_themselves() -> None:
+    """A buffer's block carries zero offsets: its residuals are the rows' values, bit for bit."""
+    X, y, xs, ys = _buffer(np.random.default_rng(8), [20, 12], 3)
+    buf = blockscan.select_rows(xs, ys, 3, [0, 1], [20, 12], [0, 0], blockscan.ALL, 1)
+    offsets, R = parse_block(bytes(blockscan.as_block(buf, None) or b""), 3, 8)
+    assert not offsets.any()
+    np.testing.assert_array_equal(R, np.column_stack([y, X]))

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bismarckpy import pack
 from bismarckpy.errors import InvalidData
 from bismarckpy.kinds import glm
 from bismarckpy.losses import LOSSES
@@ -301,6 +302,54 @@ def test_mini_batch_sgd_matches_reference(seed, n, k, loss, penalty, invscaling,
     assert m.b == pytest.approx(rb, rel=1e-11, abs=1e-14)
     assert m.steps == math.ceil(n / k) and m.t == rt == 1.0 + math.ceil(n / k)
     assert m.loss_sum == pytest.approx(total, rel=1e-11)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), k=st.integers(2, 9),
+       loss=st.sampled_from(sorted(LOSSES)), penalty=st.sampled_from(sorted(PENALTY_MIX)),
+       invscaling=st.booleans(), cuts=st.lists(st.integers(0, 40), max_size=4),
+       loc=st.sampled_from([0.0, 1e4]))
+def test_block_steps_match_the_reference_however_the_rows_are_cut(
+        seed, n, k, loss, penalty, invscaling, cuts, loc) -> None:
+    """Mini-batch steps over a float64 packed block, fed whole or in pieces (rows first:stop
+    of the block, a partial batch carried across pieces), standardised, are the reference's
+    steps on the standardised rows: a batch taken from one piece (stepped at once) and one
+    gathered from several (accumulated, then flushed) give the same model."""
+    X, y = make_data(loss, n=n, d=3, seed=seed, loc=loc, scale=2.0)
+    mu, sd = X.mean(axis=0), X.std(axis=0) + 0.5
+    w, b = start(3, seed)
+    alpha, l1, l2 = PENALTY_MIX[penalty]
+    kw = dict(alpha=alpha, l1=l1, l2=l2, invscaling=invscaling, power_t=0.7, t=1.0)
+    init = glm.initialize(3, loss=loss, eta=0.2, batch_size=k, w=w, b=b, mu=mu, sd=sd,
+                          itemsize=8, **kw)
+    block = pack.encode(np.column_stack([y, X]), "float64")
+    bounds = [0, *sorted(c for c in cuts if c < n), None]
+    state = None
+    with np.errstate(**STRICT):
+        for first, stop in zip(bounds, bounds[1:]):
+            state = glm.transition_block(state, block, init, first, stop)
+        m = glm.decode(glm.finalize(state))
+    rw, rb, rt, total = ref_sgd((X - mu) / sd, y, w, b, loss=loss, batch=k, eta0=0.2, **kw)
+    np.testing.assert_allclose(m.w, rw, rtol=1e-9, atol=1e-12)
+    assert m.b == pytest.approx(rb, rel=1e-9, abs=1e-12)
+    assert m.steps == math.ceil(n / k) and m.t == rt and m.rows == n
+    assert m.loss_sum == pytest.approx(total, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_block_fed_in_whole_batches_is_the_block_fed_at_once(dtype: str) -> None:
+    """Cutting a block at batch boundaries changes nothing, to the last bit: each batch is
+    stepped on the same sums whichever piece holds it."""
+    X, y = make_data("logistic", n=50, d=4, seed=9, loc=100.0)
+    init = glm.initialize(4, loss="logistic", eta=0.3, batch_size=8, alpha=1e-3, l2=1.0,
+                          mu=X.mean(axis=0), sd=X.std(axis=0), itemsize=pack.DTYPES[dtype].itemsize,
+                          y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+    block = pack.encode(np.column_stack([y, X]), dtype)
+    whole = glm.transition_block(None, block, init)
+    state = None
+    for first in range(0, 50, 16):
+        state = glm.transition_block(state, block, init, first, min(first + 16, 50))
+    assert state == whole
 
 
 def test_mini_batch_steps_every_k_rows_and_finalize_flushes() -> None:

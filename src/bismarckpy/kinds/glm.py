@@ -200,64 +200,107 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     s = np.frombuffer(state if state is not None else init, dtype=_F8).copy()
     if block is None:
         return s.tobytes()
-    d = int(s[_D])
-    offsets, M = parse_block(block, d, int(s[_ITEMSIZE]))
-    M = M[first:stop]
-    dt = M.dtype
+    h = s[:HEADER].tolist()  # the header as Python floats: cheaper to read than numpy scalars
+    d = int(h[_D])
+    offsets, M = parse_block(block, d, int(h[_ITEMSIZE]))
+    if first or stop is not None:
+        M = M[first:stop]
     X = M[:, 1:]  # a strided view: BLAS reads it in place
-    yv = encode_labels(M[:, 0].astype(np.float64) + offsets[0], int(s[_YMODE]), s[_YPOS],
-                       s[_YSHIFT], s[_YSCALE])
+    yv = encode_labels(np.add(M[:, 0], offsets[0], dtype=np.float64), int(h[_YMODE]), h[_YPOS],
+                       h[_YSHIFT], h[_YSCALE])
     w, b, g, gb, mu, sd = _views(s, d)
-    standardize = bool(s[_STANDARDIZE])
+    standardize = bool(h[_STANDARDIZE])
     # The features' offsets, moved to the standardisation's centre (small when the block sits
     # near the column mean): z = R·we + shift·we + b with we = w / sd.
     shift = offsets[1:] - mu if standardize else offsets[1:]
-    loss_fn = BY_CODE[int(s[_LOSS])].fn
     weights = None
-    if s[_CW_NEG] != 1.0 or s[_CW_POS] != 1.0:
-        weights = np.where(yv > 0, s[_CW_POS], s[_CW_NEG])
-    batch = int(s[_BATCH])
-    n = len(yv)
-    if batch == 1:  # per-row steps: standardise the block once, then a scalar loop
+    if h[_CW_NEG] != 1.0 or h[_CW_POS] != 1.0:
+        weights = np.where(yv > 0, h[_CW_POS], h[_CW_NEG])
+    if int(h[_BATCH]) == 1:  # per-row steps: standardise the block once, then a scalar loop
         Xs = (X + shift) / sd if standardize else X + shift
-        code = int(s[_LOSS])
-        for i in range(n):
+        code = int(h[_LOSS])
+        for i in range(len(yv)):
             xi = Xs[i]
             loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
             if weights is not None:
                 loss, dz = loss * weights[i], dz * weights[i]
             s[_LOSS_SUM] += loss
             _step(s, w, b, xi, 1.0, dz)
-        s[_ROWS] += n
+        s[_ROWS] += len(yv)
         return s.tobytes()
-    inv = 1.0 / sd if standardize else None
+    _batches(s, h, X, yv, shift, 1.0 / sd if standardize else None, weights)
+    return s.tobytes()
+
+
+def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift: np.ndarray,
+             inv: np.ndarray | None, weights: np.ndarray | None) -> None:
+    """The vectorised steps of :func:`transition_block` (``batch_size`` other than 1) over rows
+    ``X`` (n × d, the block's residuals) with coded labels ``yv``, in place on the state ``s``
+    whose header ``h`` was read before; ``inv`` is ``1 / sd`` (None: no standardisation).
+
+    The counters live in Python floats during the block and are written back at its end; every
+    step is the one :func:`_flush` takes (same operations, same rounding)."""
+    d = int(h[_D])
+    w, b, g, gb, _, _ = _views(s, d)
+    loss_fn = BY_CODE[int(h[_LOSS])].fn
+    batch = int(h[_BATCH])
+    n = len(yv)
     chunk = n if batch in (EVALUATE, 0) else None
     # Mini-batch steps multiply in the block's own type; full-batch gradient descent is an
     # exact method that may run to tight convergence, so it multiplies in float64.
-    ct = _F8 if batch == 0 else dt
+    ct = _F8 if batch == 0 else X.dtype
+    narrow = ct != _F8  # products come back in float32: widen them before adding float64
+    pending, loss_sum, t, steps = int(h[_PENDING]), h[_LOSS_SUM], h[_T], h[_STEPS]
+    eta0, invscaling, power_t = h[_ETA], h[_INVSCALING], h[_POWER_T]
+    alpha, l1, l2, intercept = h[_ALPHA], h[_L1], h[_L2], h[_INTERCEPT]
+    b0 = b[0]
     start = 0
     while start < n:
-        take = chunk or min(n - start, batch - int(s[_PENDING]))
+        take = chunk or min(n - start, batch - pending)
         Xc, yc = X[start:start + take], yv[start:start + take]
-        we = w * inv if standardize else w
-        z = (Xc @ we.astype(ct)).astype(np.float64) + (b[0] + float(shift @ we))
+        we = w * inv if inv is not None else w
+        z = Xc @ (we.astype(ct) if narrow else we)
+        z = z.astype(np.float64) if narrow else z
+        z += b0 + float(shift @ we)
         loss, dz = loss_fn(z, yc)
         if weights is not None:
             wc = weights[start:start + take]
             loss, dz = loss * wc, dz * wc
-        s[_LOSS_SUM] += float(loss.sum())
-        s[_ROWS] += take
+        loss_sum += float(loss.sum())
         start += take
         if batch == EVALUATE:
             continue
         dsum = float(dz.sum())
-        gx = (Xc.T @ dz.astype(ct)).astype(np.float64) + shift * dsum
-        g += gx * inv if standardize else gx
-        gb[0] += dsum
-        s[_PENDING] += take
-        if batch > 1 and s[_PENDING] >= batch:
-            _flush(s)
-    return s.tobytes()
+        gx = Xc.T @ (dz.astype(ct) if narrow else dz)
+        gx = gx.astype(np.float64) if narrow else gx
+        gx += shift * dsum
+        if inv is not None:
+            gx *= inv
+        if pending == 0 and take >= batch > 1:
+            # The whole batch is this chunk: step on its sums at once (the accumulators are
+            # zero, so adding to them first and flushing would take the same step).
+            grad, grad_b, rows = gx, dsum, take
+        else:
+            g += gx
+            gb[0] += dsum
+            pending += take
+            if not (batch > 1 and pending >= batch):
+                continue
+            grad, grad_b, rows, pending = g, float(gb[0]), pending, 0
+        # _step on the batch's mean gradient, as _flush takes it
+        eta = eta0 / (t + 1.0) ** power_t if invscaling else eta0
+        scale = 1.0 / float(rows)
+        penalties.step(w, grad, eta, alpha, l1, l2, scale)
+        if intercept:
+            b0 -= eta * scale * grad_b
+        t += 1
+        steps += 1
+        if grad is g:
+            g[:] = 0.0
+            gb[0] = 0.0
+    b[0] = b0
+    s[_PENDING], s[_LOSS_SUM], s[_T], s[_STEPS] = pending, loss_sum, t, steps
+    s[_ROWS] += n
 
 
 def encode_labels(y: np.ndarray, mode: int, pos: float, shift: float, scale: float
