@@ -120,6 +120,8 @@ def server_env() -> dict[str, str]:
     if core is not None:
         env["OPENBLAS_CORETYPE"] = core
     return env
+
+
 SETTINGS = {
     "jit": "off",
     "synchronize_seqscans": "off",
