@@ -192,3 +192,13 @@ def test_every_kind_refuses_a_state_over_the_limit():
         with pytest.raises(TooLarge) as err:
             make()
         assert err.value.sqlstate == "54000" and "MiB" in err.value.detail
+
+
+def test_every_builtin_kind_has_its_magic_in_the_table() -> None:
+    """BUILTIN_MAGIC lets for_state import one kind; it must name every kind by its magic."""
+    assert sorted(kinds.BUILTIN_MAGIC.values()) == sorted(kinds.BUILTIN)
+    for kind in kinds.all():
+        assert kinds.BUILTIN_MAGIC[kind.magic] == kind.name
+        assert kinds.for_state(kind.magic + bytes(8)) is kind
+    with pytest.raises(InvalidData, match="not a bismarck model state"):
+        kinds.for_state(b"NOTAKIND" + bytes(8))
