@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     init = glm.initialize(a.features, loss="logistic", batch_size=512,
                           eta=0.5, itemsize=4, y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
     query = execution.Scan(a.packed, True, "0, NULL").sql()
+    # the earlier loop's parallel epoch (workers only, the leader merges) and the current one
+    # (the backend and workers - 1 workers, execution.averaging_settings)
     modes = {"serial": execution.parallel_settings(0),
-             f"{a.workers} workers": execution.parallel_settings(a.workers)}
+             f"{a.workers} workers": execution.parallel_settings(a.workers),
+             f"backend + {a.workers - 1} workers": execution.averaging_settings(a.workers)}
     builds = {a.before_label: a.before, "after": None}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         b: {m: [] for m in modes} for b in builds}
@@ -157,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                 "busiest_process_cpu_median": statistics.median(
                     max([e["leader_cpu"], *e["worker_cpu"]]) for e in eps),
                 "workers_launched": sorted({len(e["worker_cpu"]) for e in eps})}
-        par, ser = s[f"{a.workers} workers"], s["serial"]
-        s["wall_ratio"] = ser["wall_median"] / par["wall_median"]
-        # what the ratio would be with a core per process: the serial CPU over the busiest
-        # process's CPU (each epoch's own pair, median)
-        s["cpu_ratio"] = ser["cpu_median"] / par["busiest_process_cpu_median"]
+        ser = s["serial"]
+        for mode in list(modes)[1:]:
+            # wall: serial over parallel medians; cpu: what the ratio would be with a core
+            # per process, the serial CPU over the busiest participant's CPU (medians)
+            s[f"wall_ratio {mode}"] = ser["wall_median"] / s[mode]["wall_median"]
+            s[f"cpu_ratio {mode}"] = ser["cpu_median"] / s[mode]["busiest_process_cpu_median"]
         summary[build] = s
     info["load_average_end"] = list(os.getloadavg())
     result = {"packed": a.packed, "rows": rows, "features": a.features, "rounds": a.rounds,
@@ -175,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{build}: " + "; ".join(
             f"{m} wall {v['wall_median']:.3f} s cpu {v['cpu_median']:.3f} s busiest "
             f"{v['busiest_process_cpu_median']:.3f} s workers {v['workers_launched']}"
-            for m, v in s.items() if isinstance(v, dict))
-            + f"; ratio wall {s['wall_ratio']:.2f}x, cpu {s['cpu_ratio']:.2f}x")
+            for m, v in s.items() if isinstance(v, dict)))
+        print("    " + "; ".join(f"{k} {v:.2f}x" for k, v in s.items()
+                                 if not isinstance(v, dict)))
     print(out)
     return 0
 

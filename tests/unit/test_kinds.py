@@ -137,6 +137,20 @@ def test_execution_builds_the_epoch_queries_of_each_scan() -> None:
     assert execution.workers_merged(3, None) == 2 and execution.workers_merged(3, 2) == 3
 
 
+def test_an_averaging_epoch_of_n_counts_the_backend_as_one_of_them() -> None:
+    """parallel => n: the backend and n - 1 parallel workers (a worker's start is paid once
+    less per epoch); 0 and 1 are a serial scan, None the planner's choice."""
+    assert execution.averaging_settings(None) == {}
+    assert execution.averaging_settings(0) == execution.averaging_settings(1) == \
+        execution.parallel_settings(0)
+    three = execution.averaging_settings(3)
+    assert three["max_parallel_workers_per_gather"] == "2"
+    assert three["parallel_leader_participation"] == "on"
+    packed = execution.Scan("t", packed=True)
+    assert execution.epoch_settings(packed, 2, leader=True) == execution.averaging_settings(2)
+    assert execution.epoch_settings(packed, 2) == execution.parallel_settings(2)
+
+
 # --- the module docstring's worked example, as written there -----------------------------------
 
 def _worked_example() -> dict:
