@@ -5,9 +5,12 @@ On a shared machine the load moves between two runs, so this compares an earlier
 source tree ``--before``, e.g. ``git archive <commit> | tar -x -C /tmp/before``) with the
 current one on the same packed table of the same database: each round installs one build
 (``bismarck install`` with that tree's ``src`` and ``controller`` first on PYTHONPATH), runs
-one warm-up epoch of each mode, then ``--repeat`` epochs of each mode, serial and with
-``--workers`` workers, alternating; the next round installs the other build. The epoch query,
-model (logistic, zero start, eta 0.5) and settings are those of ``benchmarks/epochs.py``.
+one warm-up epoch of each mode, then ``--repeat`` epochs of each mode, alternating: serial,
+``--workers`` parallel workers beside a backend that only merges (the loop's parallel epoch
+until 2026-12-01, ``execution.parallel_settings``), and the backend with ``--workers`` - 1
+workers (the loop's since, ``execution.averaging_settings``); the next round installs the
+other build. The epoch query and model (logistic, zero start, eta 0.5) are those of
+``benchmarks/epochs.py``.
 
 Besides wall seconds it records CPU seconds (user + system, from /proc, so only for a server
 on this machine): the leader's, and each parallel worker's (sampled every 10 ms until it
