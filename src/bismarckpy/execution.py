@@ -310,7 +310,8 @@ def parallel_settings(workers: int | None) -> dict[str, str]:
 
     Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
     each worker's partial state is merged by the aggregate's combine function. The leader only
-    gathers and merges: on few cores a participating leader competes with its own workers.
+    gathers and merges (shared-model epochs, partitions, exact passes); an averaging epoch
+    takes the leader as one of its processes instead (:func:`averaging_settings`).
     """
     if workers is None:
         return {}
