@@ -110,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear scr
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
 
     serial = "; ".join(f"SET {k} = {v}" for k, v in execution.parallel_settings(0).items())
-    par = "; ".join(f"SET {k} = {v}" for k, v in
-                    execution.parallel_settings(a.workers).items())
-    packed_sql = execution.Scan(packed, True, "0, NULL").sql()
+    packed_scan = execution.Scan(packed, True, "0, NULL")
+    par = "; ".join(f"SET {k} = {v}" for k, v in  # the loop's own: the backend is one of them
+                    execution.epoch_settings(packed_scan, a.workers, leader=True).items())
+    packed_sql = packed_scan.sql()
     timers: dict[str, Callable[[], Any]] = {}
 
     def query(settings: str, text: str, params: list[Any] | None = None,

@@ -52,3 +52,23 @@ def test_a_body_that_breaks_the_convention_is_refused() -> None:
 def test_sources_with_dollar_quotes_are_refused() -> None:
     with pytest.raises(ValueError, match="contains"):
         embed.preamble({"bismarckpy.x": "s = '$$'"}, "0")
+
+
+def test_a_glm_epoch_loads_the_glm_alone(tmp_path) -> None:
+    """What a parallel worker (a new process every epoch) imports before its first GLM block:
+    the GLM kind only, not the other kinds, and no importlib.abc (importlib.resources and
+    friends) for the loader."""
+    preamble = embed.preamble(extension.engine_modules(), extension.version())
+    program = preamble + (
+        "\nimport struct, sys\n"
+        "server = bismarck_engine({})\n"
+        "from bismarckpy import kinds\n"
+        "assert kinds.for_state(struct.pack('<d', 2012.0) + bytes(8)).name == 'glm'\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('bismarckpy.kinds.')\n"
+        "                      or m == 'importlib.abc')))\n")
+    script = tmp_path / "worker.py"
+    script.write_text(program)
+    result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["bismarckpy.kinds.glm"]

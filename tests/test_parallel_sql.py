@@ -5,6 +5,8 @@ merged."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 
@@ -31,3 +33,32 @@ def test_two_workers_from_sql(conn, wide: str, opts: str) -> None:
         "SELECT workers FROM bismarck.training_history WHERE model_name = %s ORDER BY epoch",
         [name])]
     assert workers == [2, 2], workers
+
+
+def test_an_averaging_epoch_of_two_is_the_backend_and_one_worker(conn, wide: str) -> None:
+    """parallel => 2 in an averaging epoch: one parallel worker (a new process every epoch,
+    which pays PL/Python, numpy and the engine before its first block) and the backend, which
+    has them and takes part; both partial states are merged (the history's [2, 2] above)."""
+    from bismarckpy import execution
+    from bismarckpy.kinds import glm
+
+    conn.execute("DROP TABLE IF EXISTS par_sql_p")
+    conn.execute("SELECT * FROM bismarck.pack(source => %s, label => 'y', "
+                 "features => ARRAY['x1', 'x2'], packed_table => 'par_sql_p', "
+                 "block_size => 64, seed => 1)", [wide])
+    init = glm.initialize(2, loss="logistic", batch_size=64, eta=0.1, itemsize=4,
+                          y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
+    blocks = conn.execute("SELECT count(*) FROM par_sql_p").fetchone()[0]
+    with conn.transaction():
+        for name, value in execution.averaging_settings(2).items():
+            conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) "
+            + execution.Scan("par_sql_p", True, "0, NULL").sql(), [init], prepare=False))
+    assert "Workers Planned: 1" in plan and "Workers Launched: 1" in plan, plan
+    # the scan's rows over both participants, then the worker's own: the backend took part
+    scan = plan[plan.index("Parallel Seq Scan"):]
+    total = int(re.search(r"rows=(\d+) loops=2", scan).group(1)) * 2
+    worker = int(re.search(r"Worker 0: .*rows=(\d+) loops=1", scan).group(1))
+    assert abs(total - blocks) <= 1  # the per-loop average is rounded
+    assert worker < blocks, plan

@@ -184,7 +184,7 @@ def run_epoch(session: Session, scan: Scan, init: bytes, strategy: Strategy = St
         if parts is not None:
             parts.extend(found)
         return merge_partitions(found)
-    with settings_for_transaction(session, epoch_settings(scan, strategy.workers)):
+    with settings_for_transaction(session, epoch_settings(scan, strategy.workers, leader=True)):
         return _runner(session, strategy)(scan.sql(aggregates), [init])[0][0]
 
 
@@ -288,9 +288,29 @@ def unreachable_servers(session: Session, servers: Sequence[tuple[str, str]]) ->
 BLOCK_SCAN = {"enable_memoize": "off"}
 
 
-def epoch_settings(scan: Scan, workers: int | None) -> dict[str, str]:
-    """Settings of one epoch over ``scan`` with ``workers`` (:func:`parallel_settings`)."""
-    return {**parallel_settings(workers), **(BLOCK_SCAN if scan.template is not None else {})}
+def epoch_settings(scan: Scan, workers: int | None, leader: bool = False) -> dict[str, str]:
+    """Settings of one epoch over ``scan`` with ``workers`` (:func:`parallel_settings`; with
+    ``leader``, :func:`averaging_settings`: the backend is one of the ``workers``)."""
+    parallel = averaging_settings(workers) if leader else parallel_settings(workers)
+    return {**parallel, **(BLOCK_SCAN if scan.template is not None else {})}
+
+
+def averaging_settings(workers: int | None) -> dict[str, str]:
+    """Settings for an epoch of merged partial states over ``workers`` processes: the backend
+    itself and ``workers - 1`` parallel workers (0 or 1: a serial scan; None: the planner's).
+
+    A parallel worker is a new process in every epoch: before its first block it pays for
+    PL/Python, numpy's import and the engine, about 0.15 s of CPU on a 2-core machine, while
+    the backend has them already. With the backend in the place of one worker an epoch pays
+    that once less, and the backend starts on the blocks at once: at 1M rows x 100 on 2 cores
+    the busiest process's CPU fell from 0.52 to 0.40 s (serial 0.67 s; benchmarks/results/
+    2026-12-01-parallel-*.md). The partial states are merged as before, one per participant.
+    """
+    if workers is None:
+        return {}
+    if workers <= 1:
+        return parallel_settings(0)
+    return {**parallel_settings(workers - 1), "parallel_leader_participation": "on"}
 
 
 def parallel_settings(workers: int | None) -> dict[str, str]:
@@ -298,7 +318,8 @@ def parallel_settings(workers: int | None) -> dict[str, str]:
 
     Parallel costs are lowered so the planner picks a Partial Aggregate even for small tables;
     each worker's partial state is merged by the aggregate's combine function. The leader only
-    gathers and merges: on few cores a participating leader competes with its own workers.
+    gathers and merges (shared-model epochs, partitions, exact passes); an averaging epoch
+    takes the leader as one of its processes instead (:func:`averaging_settings`).
     """
     if workers is None:
         return {}
@@ -314,9 +335,10 @@ def epoch_seed(seed: int | None, epoch: int) -> float:
 
 
 def workers_merged(parts: int, workers: int | None) -> int:
-    """Parallel workers whose partial states an epoch merged (0: a serial scan).
+    """Participants whose partial states an epoch merged (0: a serial scan).
 
-    With ``parallel => n`` the leader only merges, so every partial state is a worker's;
-    otherwise the leader's own share is one of them.
+    With ``parallel => n`` (n >= 2) the backend and n - 1 parallel workers each give a state
+    (:func:`averaging_settings`), or the workers alone (:func:`parallel_settings`), so every
+    state counts; otherwise (the planner's choice) the leader's own share is not counted.
     """
     return parts if workers else max(parts - 1, 0)

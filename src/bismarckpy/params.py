@@ -132,8 +132,10 @@ GLM_PARAMS: tuple[Param, ...] = (
           "solvers).", choices=("float32", "float64")),
     Param("seed", int, None, "Makes shuffling and the validation split reproducible.",
           low=-(2**62), high=2**62, nullable=True),
-    Param("parallel", int, None, "Parallel workers per epoch (partial states merged by model "
-          "averaging); 0 forces a serial scan; NULL lets PostgreSQL's planner decide.",
+    Param("parallel", int, None, "Processes per epoch, partial states merged by model "
+          "averaging (n: the backend and n - 1 parallel workers; parallel_mode => 'shared' and "
+          "partitions: n workers); 0 forces a serial scan; NULL lets PostgreSQL's planner "
+          "decide.",
           low=0, high=64, nullable=True),
     Param("averaging", str, "global", "global: one aggregate per epoch over the whole source "
           "(parallel workers' models averaged); partition: the source is a partitioned table "

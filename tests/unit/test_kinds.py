@@ -137,6 +137,20 @@ def test_execution_builds_the_epoch_queries_of_each_scan() -> None:
     assert execution.workers_merged(3, None) == 2 and execution.workers_merged(3, 2) == 3
 
 
+def test_an_averaging_epoch_of_n_counts_the_backend_as_one_of_them() -> None:
+    """parallel => n: the backend and n - 1 parallel workers (a worker's start is paid once
+    less per epoch); 0 and 1 are a serial scan, None the planner's choice."""
+    assert execution.averaging_settings(None) == {}
+    assert execution.averaging_settings(0) == execution.averaging_settings(1) == \
+        execution.parallel_settings(0)
+    three = execution.averaging_settings(3)
+    assert three["max_parallel_workers_per_gather"] == "2"
+    assert three["parallel_leader_participation"] == "on"
+    packed = execution.Scan("t", packed=True)
+    assert execution.epoch_settings(packed, 2, leader=True) == execution.averaging_settings(2)
+    assert execution.epoch_settings(packed, 2) == execution.parallel_settings(2)
+
+
 # --- the module docstring's worked example, as written there -----------------------------------
 
 def _worked_example() -> dict:
@@ -192,3 +206,13 @@ def test_every_kind_refuses_a_state_over_the_limit():
         with pytest.raises(TooLarge) as err:
             make()
         assert err.value.sqlstate == "54000" and "MiB" in err.value.detail
+
+
+def test_every_builtin_kind_has_its_magic_in_the_table() -> None:
+    """BUILTIN_MAGIC lets for_state import one kind; it must name every kind by its magic."""
+    assert sorted(kinds.BUILTIN_MAGIC.values()) == sorted(kinds.BUILTIN)
+    for kind in kinds.all():
+        assert kinds.BUILTIN_MAGIC[kind.magic] == kind.name
+        assert kinds.for_state(kind.magic + bytes(8)) is kind
+    with pytest.raises(InvalidData, match="not a bismarck model state"):
+        kinds.for_state(b"NOTAKIND" + bytes(8))
