@@ -477,19 +477,20 @@ def test_a_column_constant_in_the_sample_that_varies_is_not_taken_for_constant(d
 
 @pytest.mark.slow
 def test_the_defaults_take_blocks_when_the_costs_say_so(conn) -> None:
-    """shuffle NULL: a large table and one expected epoch take the no-copy path; the default
-    six expected epochs (1 + n_iter_no_change) of mini-batches the packed copy."""
+    """shuffle NULL: a large table and the default six expected epochs (1 + n_iter_no_change)
+    of mini-batches take the no-copy path; forty-one (n_iter_no_change => 40) the packed
+    copy."""
     from bismarckpy import schedule
 
     n = int(schedule.BLOCKS_MIN_ROWS * 1.2)
     X, y = _logistic(n, 2, 12)
     load_table(conn, "big", ["a", "b"], X, y)
-    for model, extra in (("big_one", ", max_epochs => 1"), ("big_six", "")):
+    for model, extra in (("big_six", ""), ("big_forty", ", max_epochs => 50, n_iter_no_change => 40")):
         conn.execute(f"SELECT * FROM bismarck.train_glm('big', 'y', ARRAY['a', 'b'], '{model}', "
                      f"seed => 3{extra})")
     shuffles = dict(conn.execute("SELECT model_name, params->>'shuffle' FROM bismarck.models "
                                  "WHERE model_name LIKE 'big_%'").fetchall())
-    assert shuffles == {"big_one": "blocks", "big_six": "once"}
+    assert shuffles == {"big_six": "blocks", "big_forty": "once"}
     # small tables keep the packed copy whatever the epochs
     load_table(conn, "small", ["a", "b"], X[:5000], y[:5000])
     conn.execute("SELECT * FROM bismarck.train_glm('small', 'y', ARRAY['a', 'b'], 'small_one', "

@@ -197,16 +197,19 @@ def auto_eta0(loss: str, A: np.ndarray, batch_size: int, l2_strength: float = 0.
 
 # ----------------------------------------------------------------------------- which path
 #: Costs of the two paths of a table, in packed epochs at batch_size 512 (one vectorised step
-#: per block), measured side by side at 1M x 100 on 2 cores (benchmarks/blocks.py;
-#: benchmarks/results/2026-12-01-blocks-1000000x100.md: packed epoch 1.40 s, packed copy's
-#: preparation 13.1 s, block-shuffled epoch 4.8 s, its preparation and first epoch 2.2 + 8.5 s):
-#: writing the packed copy (checks included) costs PACK_EPOCHS packed epochs; a
-#: block-shuffled epoch BLOCK_EPOCH of them, its preparation from a sample and its first epoch
-#: (which checks and counts every row) FIRST_EPOCH. Per-row steps (batch_size 1) cost about
-#: the same on both paths, so there a block-shuffled epoch counts as one packed epoch.
-PACK_EPOCHS = 9.0
-BLOCK_EPOCH = 3.5
-FIRST_EPOCH = 7.5
+#: per block), measured side by side at 1M x 100 on 2 cores, whole default runs interleaved
+#: (benchmarks/paths.py; benchmarks/results/2026-12-01-paths-1000000x100-kernel-heldout.json:
+#: medians of 3, packed copy's preparation 12.5 s and epoch 1.08 s, block-shuffled epoch 1.60 s,
+#: its preparation and first epoch 0.18 + 3.51 s; measured 11.6, 1.48 and 3.41): writing the
+#: packed copy (checks included) costs PACK_EPOCHS packed epochs; a block-shuffled epoch
+#: BLOCK_EPOCH of them (its validation pass evaluates the rows its training pass kept:
+#: bismarckpy.heldrows), its preparation from a sample and its first epoch (which checks and
+#: counts every row) FIRST_EPOCH. Per-row steps (batch_size 1) cost about the same on both
+#: paths, so there a block-shuffled epoch counts as one packed epoch. With these the defaults
+#: (six expected epochs) take blocks, and the packed copy pays from about 18 epochs on.
+PACK_EPOCHS = 11.0
+BLOCK_EPOCH = 1.5
+FIRST_EPOCH = 3.5
 #: Below this many rows a packed copy takes well under a second: the defaults keep it (and
 #: its exact validation share and batch size) whatever the epochs.
 BLOCKS_MIN_ROWS = 200_000

@@ -246,6 +246,7 @@ def test_the_defaults_pick_the_path_by_expected_epochs_and_costs() -> None:
         blocks = schedule.FIRST_EPOCH + (e - 1) * schedule.BLOCK_EPOCH
         assert schedule.prefer_blocks(10**6, e, 512) == (blocks < schedule.PACK_EPOCHS + e)
     assert schedule.prefer_blocks(10**6, 1, 512)  # one epoch: never worth a copy
+    assert schedule.prefer_blocks(10**6, 6, 512)  # the defaults' six expected epochs
     assert not schedule.prefer_blocks(10**6, 1000, 512)  # many fast epochs: the copy
     assert schedule.prefer_blocks(10**6, 1000, 1)  # per-row steps cost the same on both
     assert not schedule.prefer_blocks(schedule.BLOCKS_MIN_ROWS - 1, 1, 512)  # small: copy
