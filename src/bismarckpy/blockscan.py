@@ -86,7 +86,12 @@ def read_matrix(raw: bytes | None, width: int | None = None,
         raise InvalidData("a block of rows has an unexpected size",
                           detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
     values = np.frombuffer(raw, dtype=_F8, offset=start)
-    if ndim == 1:
+    return _shaped(values, dims, width)
+
+
+def _shaped(values: np.ndarray, dims: list[int], width: int | None) -> np.ndarray:
+    """An array's values in its dimensions (1-D or n × d); ``width`` checks ``d``."""
+    if len(dims) == 1:
         return values
     if width is not None and dims[1] != width:
         raise InvalidData("feature vector has the wrong length",
@@ -117,14 +122,7 @@ def _read_with_nulls(raw: bytes, ndim: int, dataoffset: int,
                           detail=f"{len(raw)} bytes for an array of dimensions {dims}.")
     values = np.full(n, np.nan)
     values[present] = np.frombuffer(raw, dtype=_F8, count=k, offset=dataoffset - 4)
-    if ndim == 1:
-        return values
-    if width is not None and dims[1] != width:
-        raise InvalidData("feature vector has the wrong length",
-                          detail=f"The model has {width} features but rows have {dims[1]}.",
-                          hint="Make every feature array the same length, or filter the odd "
-                               "rows out.")
-    return values.reshape(dims)
+    return _shaped(values, dims, width)
 
 
 def draws(seed: int, group: int, n: int) -> np.ndarray:
