@@ -71,17 +71,40 @@ def test_missing_values_are_skipped_as_on_the_other_paths(conn, layout: str) -> 
         bad[np.arange(600) % 59 == 3] = True
         feats = ["a", "b"]
     rows = {}
-    for path in ("rows", "blocks"):
+    for path in ("rows", "blocks", "packed float64", "pack() float64"):
         row = train(conn, "miss", "y", feats, f"miss_{path}", path, loss="squared",
                     penalty="none", batch_size=0, learning_rate="bold_driver", eta0=1.0,
                     tol=1e-12, n_iter_no_change=30, max_epochs=2000)
         rows[path] = row
-        assert row["metrics"]["skipped_rows"] == int(bad.sum())
+        # (a model trained on bismarck.pack's table: the pack call skipped them, not training)
+        assert row["metrics"]["skipped_rows"] == (0 if path.startswith("pack()")
+                                                  else int(bad.sum()))
         assert row["metrics"]["rows"] == int((~bad).sum())
     A = np.column_stack([X[~bad], np.ones((~bad).sum())])
     ref = np.linalg.lstsq(A, y[~bad], rcond=None)[0]
-    got = np.r_[rows["blocks"]["coef"], rows["blocks"]["intercept"]]
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    for path in rows:
+        got = np.r_[rows[path]["coef"], rows[path]["intercept"]]
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=path)
+    # the exact solver (a float64 packed copy) and the other kinds skip them too
+    exact = train(conn, "miss", "y", feats, "miss_newton", "rows", loss="squared",
+                  solver="newton", penalty="none")
+    assert exact["metrics"]["skipped_rows"] == int(bad.sum())
+    np.testing.assert_allclose(np.r_[exact["coef"], exact["intercept"]], ref, rtol=1e-6,
+                               atol=1e-6)
+    conn.execute("CREATE TEMP TABLE miss_cls AS SELECT *, (y > 1)::int AS c FROM miss "
+                 "WHERE y IS NOT NULL")
+    feature_sql = "ARRAY[" + ", ".join(f"'{f}'" for f in feats) + "]"
+    for call in (f"bismarck.train_glm('miss_cls', 'c', {feature_sql}, 'miss_soft_{layout}', "
+                 "loss => 'softmax', max_epochs => 2)",
+                 f"bismarck.train_mlp('miss_cls', 'c', {feature_sql}, 'miss_mlp_{layout}', "
+                 "max_epochs => 2)"):
+        conn.execute(f"SELECT * FROM {call}")
+    skipped = dict(conn.execute(
+        "SELECT model_name, (metrics->>'skipped_rows')::int FROM bismarck.models "
+        "WHERE model_name IN (%s, %s)", [f"miss_soft_{layout}", f"miss_mlp_{layout}"]
+    ).fetchall())
+    bad_x = bad & ~(~np.isfinite(y) & np.isfinite(X).all(1))  # the class label is never bad
+    assert list(skipped.values()) == [int(bad_x.sum())] * 2, skipped
 
 
 def _session(dsn: str) -> tuple[psycopg.Connection, PsycopgSession]:
@@ -485,7 +508,8 @@ def test_the_defaults_take_blocks_when_the_costs_say_so(conn) -> None:
     n = int(schedule.BLOCKS_MIN_ROWS * 1.2)
     X, y = _logistic(n, 2, 12)
     load_table(conn, "big", ["a", "b"], X, y)
-    for model, extra in (("big_six", ""), ("big_forty", ", max_epochs => 50, n_iter_no_change => 40")):
+    forty = ", max_epochs => 50, n_iter_no_change => 40"
+    for model, extra in (("big_six", ""), ("big_forty", forty)):
         conn.execute(f"SELECT * FROM bismarck.train_glm('big', 'y', ARRAY['a', 'b'], '{model}', "
                      f"seed => 3{extra})")
     shuffles = dict(conn.execute("SELECT model_name, params->>'shuffle' FROM bismarck.models "

@@ -79,6 +79,21 @@ def test_install_twice_changes_nothing(dsn: str, conn: psycopg.Connection) -> No
     assert members(conn) == before
 
 
+def test_a_current_database_is_not_rebuilt_on_connect(dsn: str, monkeypatch) -> None:
+    """Connecting to an embedded database already at this client's build does not build the
+    extension files again (0.4-1 s a connection: every CLI command paid it)."""
+    from bismarck_controller import build
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("extension files built for a current database")
+
+    assert "is installed and current" in extension.install(dsn)
+    monkeypatch.setattr(extension, "install_files", refuse)
+    monkeypatch.setattr(build, "install_files", refuse)
+    assert "is installed and current" in extension.install(dsn)
+    connection.connect(dsn).close()
+
+
 def test_version_matches_control() -> None:
     control = (extension.sql_dir() / "bismarck.control").read_text()
     assert f"default_version = '{extension.version()}'" in control

@@ -214,10 +214,14 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
         # cluster each check the installation, and two GRANTs of the same object at once fail
         # with "tuple concurrently updated". Session-level, released below or at disconnect.
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
-        tree = embedded_extension_dir(conn)
-        if tree is not None:
-            install_files(tree)  # keeps the embedded cluster's files in step with this client
         installed = installed_version(conn)
+        tree = embedded_extension_dir(conn)
+        if tree is not None and not (installed == current
+                                     and installed_build(conn) == build_digest()):
+            # keeps the embedded cluster's files in step with this client; building them
+            # takes 0.4-1 s, which a database already at this build (every connection after
+            # the first: each CLI command, estimator call and notebook) does not need
+            install_files(tree)
         if installed is not None and version_key(installed) > version_key(current):
             raise SetupError(
                 f"The database has bismarck {installed}, newer than this client ({current}).",

@@ -597,7 +597,7 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     if len_lo is not None:
         head[_P_LEN_LO] = min(head[_P_LEN_LO], len_lo)
         head[_P_LEN_HI] = max(head[_P_LEN_HI], len_hi)
-    X = read_matrix(xs, d, nulls=True)  # NULL elements: NaN, dropped with the other misses
+    X = read_matrix(xs, d)
     y = read_matrix(ys)
     if X.reshape(-1, d).shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows")
@@ -1170,7 +1170,7 @@ def pack_buffer(xs: bytes | None, ys: bytes | None, d: int, block_size: int, dty
     ``dtype`` cannot hold (the caller picks float64 for those)."""
     from .pack import encode  # noqa: PLC0415 (pack imports nothing of this module)
 
-    X = read_matrix(xs, d)
+    X = read_matrix(xs, d, nulls=True)  # NULL elements: NaN, dropped with the other misses
     y = read_matrix(ys)
     if X.reshape(-1, d).shape[0] != len(y):
         raise InvalidData("a block's labels do not match its rows")
