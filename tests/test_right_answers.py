@@ -8,12 +8,12 @@ reference computed here: numpy's closed forms, statsmodels or scikit-learn.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import psycopg
 import pytest
+from cases import cases, diagonal
 from psycopg import sql
 from reference_data import load_array_table, load_table
 
@@ -42,27 +42,6 @@ PATHS = {
 #: test_shared_memory.
 SERIAL_PATHS = ["packed float32", "pack() float32", "packed float64", "pack() float64",
                 "blocks", "rows"]
-
-
-def cases(*axes: list, default: list[tuple], slow_only: tuple = ()) -> list:
-    """Every combination of ``axes`` (their cross product) as pytest params.
-
-    The combinations in ``default`` run in the default suite and the rest in ``make
-    test-slow``: ``default`` holds each value of every axis at least once (checked here; the
-    values in ``slow_only`` excepted), so the default suite still runs every path, every value
-    and every option once.
-    """
-    every = list(itertools.product(*axes))
-    assert set(default) <= set(every), set(default) - set(every)
-    for i, axis in enumerate(axes):
-        assert {c[i] for c in default} == set(axis) - set(slow_only), (axis, default)
-    return [pytest.param(*c, marks=() if c in default else pytest.mark.slow) for c in every]
-
-
-def diagonal(values: list, paths: list) -> list[tuple]:
-    """Pairs that hold each value and each path at least once: (values[k % n], paths[k % m])."""
-    n, m = len(values), len(paths)
-    return [(values[k % n], paths[k % m]) for k in range(max(n, m))]
 
 
 _SQL_TYPES = {bool: "boolean", int: "integer", float: "float8", str: "text"}
