@@ -23,7 +23,13 @@ def cases(*axes: list, default: list[tuple], slow_only: tuple = ()) -> list:
     assert set(default) <= set(every), set(default) - set(every)
     for i, axis in enumerate(axes):
         assert {c[i] for c in default} == set(axis) - set(slow_only), (axis, default)
-    return [pytest.param(*c, marks=() if c in default else pytest.mark.slow) for c in every]
+    return [pytest.param(*c, marks=() if c in default else pytest.mark.slow,
+                         id="-".join(map(_id, c))) for c in every]
+
+
+def _id(value: object) -> str:
+    """A value's part of a test id: a tuple's items joined by commas, else ``str``."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def diagonal(*axes: list) -> list[tuple]:
