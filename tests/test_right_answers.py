@@ -13,6 +13,7 @@ import math
 import numpy as np
 import psycopg
 import pytest
+from cases import cases, diagonal
 from psycopg import sql
 from reference_data import load_array_table, load_table
 
@@ -34,11 +35,15 @@ PATHS = {
     "pack() float64": "float64",
 }
 
-#: The paths the default suite runs each case on: the parallel one costs about ten seconds a
-#: case (two workers started per epoch) and runs in `make test-slow`; the default suite keeps
-#: parallel epochs in test_accuracy, test_parallel_sql and test_shared_memory.
-PATH_CASES = [pytest.param(name, marks=pytest.mark.slow) if "parallel" in name else name
-              for name in PATHS]
+#: The order in which the per-path cases pair values with paths (float32 blocks first: they
+#: get the hardest values). "packed parallel" is in no default pairing: it costs about ten
+#: seconds a case (two workers started per epoch); the default suite keeps parallel epochs in
+#: test_huge_features_train_right_with_standardize, test_accuracy, test_parallel_sql and
+#: test_shared_memory.
+SERIAL_PATHS = ["packed float32", "pack() float32", "packed float64", "pack() float64",
+                "blocks", "rows"]
+
+
 _SQL_TYPES = {bool: "boolean", int: "integer", float: "float8", str: "text"}
 
 
@@ -76,8 +81,9 @@ def metric(conn: psycopg.Connection, model: str, table: str, name: str) -> float
 OFFSETS = [1e3, 1e6, 1e8, 1e10, 1e12]
 
 
-@pytest.mark.parametrize("path", PATH_CASES)
-@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("offset, path", cases(
+    OFFSETS, list(PATHS), default=diagonal(OFFSETS[::-1], SERIAL_PATHS),
+    slow_only=("packed parallel",)))
 def test_classifier_on_a_feature_far_from_zero(conn, offset: float, path: str) -> None:
     """x = offset + 4r, y = (r > 0.5): the rows path's accuracy on every path."""
     rng = np.random.default_rng(1)
@@ -87,8 +93,9 @@ def test_classifier_on_a_feature_far_from_zero(conn, offset: float, path: str) -
     assert metric(conn, "far_x", "far_x", "accuracy") >= 0.97
 
 
-@pytest.mark.parametrize("path", PATH_CASES)
-@pytest.mark.parametrize("offset", OFFSETS)
+@pytest.mark.parametrize("offset, path", cases(
+    OFFSETS, list(PATHS), default=diagonal(OFFSETS[::-1], SERIAL_PATHS),
+    slow_only=("packed parallel",)))
 def test_regression_far_from_zero_matches_least_squares(conn, offset: float, path: str) -> None:
     """Label and feature both far from zero: coefficient and R² of the least-squares fit."""
     rng = np.random.default_rng(2)
@@ -117,8 +124,12 @@ def test_blocks_of_the_earlier_format_are_refused(conn) -> None:
 
 # --- 2. constant columns ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", PATH_CASES)
-@pytest.mark.parametrize("value", [14.62, -7.3, 1e8 + 0.3, -3e12, 1e-3])
+CONSTANTS = [-3e12, 1e8 + 0.3, 14.62, -7.3, 1e-3]  # the hardest for float32 blocks first
+
+
+@pytest.mark.parametrize("value, path", cases(
+    CONSTANTS, list(PATHS), default=diagonal(CONSTANTS, SERIAL_PATHS),
+    slow_only=("packed parallel",)))
 def test_a_constant_feature_gets_coefficient_zero(conn, value: float, path: str) -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=200)
@@ -168,10 +179,13 @@ def _design(loss: str, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
     return X, (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
-@pytest.mark.parametrize("standardize", [True, False])
-@pytest.mark.parametrize("fit_intercept", [True, False])
-@pytest.mark.parametrize("loss", ["squared", "logistic"])
+# By default four cases: every pair of (loss, fit_intercept, standardize) values occurs in
+# one of them (a two-level orthogonal array), each on another path; the other 28 run slow.
+@pytest.mark.parametrize("loss, fit_intercept, standardize, path", cases(
+    ["squared", "logistic"], [True, False], [True, False],
+    ["rows", "packed float32", "pack() float64", "blocks"],
+    default=[("squared", True, True, "rows"), ("squared", False, False, "packed float32"),
+             ("logistic", True, False, "pack() float64"), ("logistic", False, True, "blocks")]))
 def test_unpenalised_optimum_matches_statsmodels(conn, loss: str, fit_intercept: bool,
                                                  standardize: bool, path: str) -> None:
     """Least squares (OLS) and maximum likelihood (Logit), with or without a constant."""
@@ -210,9 +224,10 @@ def _hinge_objective(X, y, coef, intercept, alpha, scale):
     return m + alpha / 2 * float(((coef * scale) ** 2).sum())
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float64", "blocks"])
-@pytest.mark.parametrize("standardize", [True, False])
-@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("fit_intercept, standardize, path", cases(
+    [True, False], [True, False], ["rows", "packed float64", "blocks"],
+    default=[(True, True, "rows"), (True, False, "packed float64"), (False, True, "blocks"),
+             (False, False, "packed float64")]))
 def test_hinge_reaches_the_linear_svm_optimum(conn, fit_intercept, standardize, path) -> None:
     """L2 hinge against scikit-learn's LinearSVC (liblinear) on the same scaled design."""
     from sklearn.svm import LinearSVC
@@ -253,8 +268,10 @@ def test_hinge_reaches_the_linear_svm_optimum(conn, fit_intercept, standardize, 
 
 # --- 5. values beyond float32, values whose squares overflow ------------------------------------
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "packed parallel", "blocks"])
-@pytest.mark.parametrize("scale", [1e39, 1e160, 1e300])
+@pytest.mark.parametrize("scale, path", cases(
+    [1e39, 1e160, 1e300], ["rows", "packed float32", "packed parallel", "blocks"],
+    default=[(1e39, "packed parallel"), (1e160, "blocks"), (1e300, "packed float32"),
+             (1e300, "rows")]))
 def test_huge_features_train_right_with_standardize(conn, scale: float, path: str) -> None:
     rng = np.random.default_rng(7)
     r = rng.random(300)
@@ -388,9 +405,12 @@ def test_separation_warns_in_python(dsn: str, conn) -> None:
 
     X, y = _separable()
     load_table(conn, "sep_py", ["a", "b"], X, y)
+    # 200 epochs, not CONVERGE's 3000 (the controller commits every epoch: 30 s): separation
+    # is a check of the data after the epochs, whatever their number (the SQL tests above run
+    # 3000), and a separated run is never converged.
     with pytest.warns(BismarckWarning, match="perfectly separated"):
         clf = SGDClassifier(penalty="none", batch_size=0, learning_rate="bold_driver", eta0=1.0,
-                            tol=1e-12, n_iter_no_change=30, max_iter=3000, random_state=1)
+                            tol=1e-12, n_iter_no_change=30, max_iter=200, random_state=1)
         clf.fit(dsn, "sep_py", "y", ["a", "b"])
     assert clf.converged_ is False
 
@@ -416,8 +436,11 @@ def test_balanced_class_weight_raises_recall(conn) -> None:
     assert plain < 0.2 and balanced > 0.7, (plain, balanced)
 
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float64", "blocks"])
-@pytest.mark.parametrize("weights", ["balanced", '{"0": 1, "1": 10}', '{"1": 0.5}'])
+@pytest.mark.parametrize("weights, path", cases(
+    ["balanced", '{"0": 1, "1": 10}', '{"1": 0.5}'],
+    ["rows", "packed float32", "pack() float64", "blocks"],
+    default=[("balanced", "rows"), ('{"0": 1, "1": 10}', "packed float32"),
+             ('{"1": 0.5}', "pack() float64"), ("balanced", "blocks")]))
 def test_class_weight_matches_scikit_learn(conn, weights: str, path: str) -> None:
     """Unpenalised weighted maximum likelihood = LogisticRegression with the same weights."""
     import json
@@ -476,10 +499,16 @@ def test_class_weight_is_refused_for_regression_and_unknown_classes(conn) -> Non
 
 # --- 8. the validation share ------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["rows", "packed float32", "pack() float32", "blocks"])
-@pytest.mark.parametrize("n, fraction", [(5, 0.2), (10, 0.3), (997, 0.1), (2000, 0.3),
-                                         (2000, 0.05), (1500, 0.9)])
-def test_validation_share_is_what_was_asked(conn, n: int, fraction: float, path: str) -> None:
+SHARES = [(5, 0.2), (10, 0.3), (997, 0.1), (2000, 0.3), (2000, 0.05), (1500, 0.9)]
+SHARE_PATHS = ["rows", "packed float32", "pack() float32", "blocks"]
+
+
+# By default each (rows, fraction) once, the paths in turn (blocks, whose count is a draw, on
+# 2,000 rows); all 24 run slow.
+@pytest.mark.parametrize("share, path", cases(SHARES, SHARE_PATHS,
+                                              default=diagonal(SHARES, SHARE_PATHS)))
+def test_validation_share_is_what_was_asked(conn, share: tuple[int, float], path: str) -> None:
+    n, fraction = share
     rng = np.random.default_rng(n)
     X = rng.normal(size=(n, 1))
     load_table(conn, "split", ["a"], X, (X[:, 0] > 0).astype(float))

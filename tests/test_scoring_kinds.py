@@ -15,6 +15,7 @@ from decimal import Decimal, getcontext
 import numpy as np
 import psycopg
 import pytest
+from cases import cases, diagonal
 from click.testing import CliRunner
 
 from bismarck_controller import extension
@@ -84,17 +85,36 @@ def test_cli_keeps_columns_of_any_type(dsn: str, conn, sk, col: str) -> None:
     assert code == 0 and "has type" not in out, out
 
 
-@pytest.mark.parametrize("col", ["name", "ts", "tags", "doc", "raw", "d", "Odd Name"])
-def test_estimators_order_by_columns_of_any_type(dsn: str, conn, sk, col: str) -> None:
+ORDER_COLUMNS = ["name", "ts", "tags", "doc", "raw", "d", "Odd Name"]
+SCORING = ["predict", "predict_proba", "decision_function"]
+
+
+# By default each column type once, the scoring methods in turn; all 21 run slow.
+@pytest.mark.parametrize("col, method", cases(ORDER_COLUMNS, SCORING,
+                                              default=diagonal(ORDER_COLUMNS, SCORING)))
+def test_estimators_order_by_columns_of_any_type(dsn: str, conn, sk, col: str,
+                                                 method: str) -> None:
     ids = [r[0] for r in conn.execute(f'SELECT id FROM sk_rows ORDER BY "{col}"').fetchall()]
-    expected = np.array([r[0] for r in conn.execute(
-        "SELECT bismarck.predict('sk_reg', ARRAY[a, b]) FROM sk_rows WHERE id = ANY(%s) "
-        "ORDER BY array_position(%s, id)", [ids, ids]).fetchall()])
-    reg = SGDRegressor.from_model(dsn, "sk_reg")
-    np.testing.assert_allclose(reg.predict(dsn, "sk_rows", order_by=col), expected, rtol=1e-12)
+    if method == "predict":
+        expected = np.array([r[0] for r in conn.execute(
+            "SELECT bismarck.predict('sk_reg', ARRAY[a, b]) FROM sk_rows WHERE id = ANY(%s) "
+            "ORDER BY array_position(%s, id)", [ids, ids]).fetchall()])
+        reg = SGDRegressor.from_model(dsn, "sk_reg")
+        np.testing.assert_allclose(reg.predict(dsn, "sk_rows", order_by=col), expected,
+                                   rtol=1e-12)
+        return
+    X = np.array(conn.execute("SELECT a, b FROM sk_rows WHERE id = ANY(%s) "
+                              "ORDER BY array_position(%s, id)", [ids, ids]).fetchall())
+    coef, intercept = sk["logistic"]  # sk_clf's
+    margins = X @ np.array(coef) + intercept
     clf = SGDClassifier.from_model(dsn, "sk_clf")
-    assert clf.predict_proba(dsn, "sk_rows", order_by=col).shape == (80, 2)
-    assert clf.decision_function(dsn, "sk_rows", order_by=col).shape == (80,)
+    got = getattr(clf, method)(dsn, "sk_rows", order_by=col)
+    if method == "predict_proba":
+        assert got.shape == (80, 2)
+        np.testing.assert_allclose(got[:, 1], 1 / (1 + np.exp(-margins)), rtol=1e-12)
+    else:
+        assert got.shape == (80,)
+        np.testing.assert_allclose(got, margins, rtol=1e-12)
 
 
 @pytest.mark.parametrize(("columns", "order_by"), [("nope", None), ("id,nope", None),
@@ -257,12 +277,17 @@ def _exact_metrics(sk, loss: str, rows: list[tuple]) -> dict[str, float]:
     return {"log_loss": _as_float(ll / n)}
 
 
-@pytest.mark.parametrize("loss", ["squared", "logistic"])
-@pytest.mark.parametrize("extra", [[], [(1e200, 1e200, 0)], [(1e308, 1e308, 0)],
-                                   [(1e308, -1e308, 1), (-1e308, 1e308, 0)],
-                                   [(1e160, -1e160, 1)] * 3],
-                         ids=["none", "1e200", "1e308", "both", "1e160x3"])
-def test_evaluate_metrics_of_huge_rows(dsn: str, conn, sk, loss: str, extra) -> None:
+HUGE_ROWS = {"none": [], "1e200": [(1e200, 1e200, 0)], "1e308": [(1e308, 1e308, 0)],
+             "both": [(1e308, -1e308, 1), (-1e308, 1e308, 0)],
+             "1e160x3": [(1e160, -1e160, 1)] * 3}
+
+
+# By default each set of rows once, the losses in turn; all 10 run slow.
+@pytest.mark.parametrize("rows_added, loss", cases(
+    list(HUGE_ROWS), ["squared", "logistic"],
+    default=diagonal(list(HUGE_ROWS), ["squared", "logistic"])))
+def test_evaluate_metrics_of_huge_rows(dsn: str, conn, sk, loss: str, rows_added: str) -> None:
+    extra = HUGE_ROWS[rows_added]
     table = f"sk_ev_{loss}_{abs(hash(str(extra))) % 10**6}"
     conn.execute(f"CREATE TABLE {table} AS SELECT a, b, y FROM sk_rows")
     with conn.cursor() as cur:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+from cases import cases
 from reference_data import load_array_table, load_table
 from test_right_answers import _linearly_separable, metric, train
 
@@ -105,9 +106,12 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return slope, icpt, 1.0 - float(r @ r) / float(((y - y.mean()) ** 2).sum())
 
 
-@pytest.mark.parametrize("path", TINY_PATHS)
-@pytest.mark.parametrize("scale", TINY)
-@pytest.mark.parametrize("where", ["feature", "label"])
+# By default each scale on each path once, the feature and the label both tiny on float32
+# blocks (the path that must widen them) and in turn on the others; all 18 run slow.
+@pytest.mark.parametrize("where, scale, path", cases(
+    ["feature", "label"], TINY, list(TINY_PATHS),
+    default=[("feature", 1e-300, "packed float32"), ("label", 1e-150, "packed float32"),
+             ("feature", 1e-50, "rows"), ("label", 1e-300, "blocks")]))
 def test_tiny_values_keep_their_digits(conn, scale: float, path: str, where: str) -> None:
     z, y = _line()
     sx, sy = (scale, 1.0) if where == "feature" else (1.0, scale)
@@ -231,9 +235,13 @@ def test_a_run_ending_worse_than_where_it_started_is_not_converged(conn, loss: s
 BEYOND = ["1e400", "-1e400", "1e-400"]
 
 
-@pytest.mark.parametrize("value", BEYOND)
-@pytest.mark.parametrize("column", ["x", "y", "arr"])
-@pytest.mark.parametrize("call", ["train", "pack", "evaluate"])
+# By default every call × column (each front door on each kind of column), the value in turn;
+# all 27 run slow.
+@pytest.mark.parametrize("call, column, value", cases(
+    ["train", "pack", "evaluate"], ["x", "y", "arr"], BEYOND,
+    default=[(call, column, BEYOND[(i + j) % 3])
+             for i, call in enumerate(["train", "pack", "evaluate"])
+             for j, column in enumerate(["x", "y", "arr"])]))
 def test_numeric_beyond_float8_names_the_column(conn, value: str, column: str,
                                                 call: str) -> None:
     conn.execute("DROP TABLE IF EXISTS huge_num")
