@@ -44,6 +44,7 @@ from .packing import (
     pack_into,
     registered,
     settings_for_transaction,
+    survey_table,
 )
 from .params import EXACT_SOLVERS, validate
 from .schedule import (
@@ -482,25 +483,11 @@ def _progress(session: TrainingSession, text: str) -> None:
 
 def _survey(session: TrainingSession, src: Source, p: dict, fraction: float,
             split_seed: int) -> tuple[Checked, blockscan.Layout, blockscan.Prepared]:
-    """The checks of :func:`check_rows` (counts, shapes, label, magnitudes) read off one read
-    of a table's page groups, in numpy, with its validation split (``fraction``) and moments
-    (:func:`bismarckpy.blockscan.prepare`); the same errors."""
+    """The checks of :func:`check_rows` read off one read of a table's page groups
+    (:func:`bismarckpy.packing.survey_table`), with progress reports."""
     _progress(session, "preparing: checking rows")
-    check_casts(session, src)
-    d = blockscan.first_length(session, src)
-    if d is None:  # no complete row at all: the usual error (empty, or nothing usable)
-        check_rows(session, src)
-        raise InvalidData(f"no usable rows in {src.name}")
-    lay = blockscan.layout(session, src, None, p["block_size"])
-    got = blockscan.prepare(session, src, lay, d, fraction, split_seed,
-                            lambda text: _progress(session, text))
-    sv = got.survey
-    assert sv is not None
-    lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (d, d)
-    checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
-                    sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
-                    sv.min_abs_x, sv.min_abs_y)
-    return checked, lay, got
+    return survey_table(session, src, p["block_size"], fraction, split_seed,
+                        lambda text: _progress(session, text))
 
 
 class _SampleFellShort(Exception):

@@ -111,6 +111,29 @@ def check_rows(session: Session, src: Source) -> Checked:
                  ax, ay, mx, my)
 
 
+def survey_table(session: Session, src: Source, block_size: int, fraction: float,
+                 split_seed: int, progress: Callable[[str], None] | None = None,
+                 ) -> tuple[Checked, blockscan.Layout, blockscan.Prepared]:
+    """The checks of :func:`check_rows` (counts, shapes, label, magnitudes) for a table, read
+    off one read of its page groups in numpy (:func:`bismarckpy.blockscan.prepare`), with its
+    validation split (``fraction``, seeded by ``split_seed``) and moments; the same errors.
+    Much cheaper than :func:`check_rows`' SQL, which tests every array element in SQL."""
+    check_casts(session, src)
+    d = blockscan.first_length(session, src)
+    if d is None:  # no complete row at all: the usual error (empty, or nothing usable)
+        check_rows(session, src)
+        raise InvalidData(f"no usable rows in {src.name}")
+    lay = blockscan.layout(session, src, None, block_size)
+    got = blockscan.prepare(session, src, lay, d, fraction, split_seed, progress)
+    sv = got.survey
+    assert sv is not None
+    lo, hi = (sv.len_lo, sv.len_hi) if sv.ragged else (d, d)
+    checked = judge(src, sv.n_total, sv.n_usable, lo, hi, sv.multi, sv.empty, sv.y_min,
+                    sv.y_max, sv.all01, sv.allpm1, sv.max_abs_x, sv.max_abs_y,
+                    sv.min_abs_x, sv.min_abs_y)
+    return checked, lay, got
+
+
 def judge(src: Source, n_total: int, n_usable: int, lo: int | None, hi: int | None,
           multi: int, empty: int, y_min: float | None, y_max: float | None,
           all01: bool | None, allpm1: bool | None, ax: float | None, ay: float | None,
@@ -368,7 +391,10 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     src = resolve(session, source, label, features)
-    checked = check_rows(session, src)
+    if src.row_key == "s.ctid::text":  # a table: the checks off one read of its pages
+        checked = survey_table(session, src, block_size, 0.0, seed)[0]
+    else:
+        checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=dtype, standardize=True, squared=False,
                  packing=True)
     target = _new_relation(session, packed_table, src)
