@@ -241,6 +241,29 @@ def test_sources_without_pages_are_refused_with_a_hint(conn, kind: str) -> None:
     assert "shuffle => 'once'" in exc.value.diag.message_hint
 
 
+def test_an_inheritance_parent_is_read_by_rows_not_by_pages(conn) -> None:
+    """A table with inheritance children: its scans read the children's rows too, whose ctids
+    repeat the parent's pages (a TID range of the parent's pages misses the rows of larger
+    children), so 'blocks' is refused and the defaults (and 'once') read rows: every row of
+    parent and children counted once, no false "changed" error."""
+    X, y = _logistic(3300, 2, 13)
+    load_table(conn, "inpar", ["a", "b"], X[:300], y[:300])
+    conn.execute("CREATE TABLE inchild () INHERITS (inpar)")
+    conn.execute("INSERT INTO inchild (id, a, b, y) SELECT 1000 + g, %s[g][1], %s[g][2], "
+                 "%s[g] FROM generate_series(1, 3000) AS g",
+                 [X[300:].tolist(), X[300:].tolist(), y[300:].astype(int).tolist()])
+    with pytest.raises(psycopg.Error, match="cannot read"):
+        conn.execute("SELECT * FROM bismarck.train_glm('inpar', 'y', ARRAY['a', 'b'], "
+                     "'inpar_b', shuffle => 'blocks')")
+    for shuffle in ("NULL", "'once'"):
+        conn.execute(f"SELECT * FROM bismarck.train_glm('inpar', 'y', ARRAY['a', 'b'], "
+                     f"'inpar_m', shuffle => {shuffle}, max_epochs => 2)")
+        rows = conn.execute("SELECT (metrics->>'rows')::int + coalesce((metrics->>"
+                            "'validation_rows')::int, 0) FROM bismarck.models WHERE "
+                            "model_name = 'inpar_m' ORDER BY version DESC LIMIT 1").fetchone()[0]
+        assert rows == 3300
+
+
 def test_exact_solvers_and_packed_copies_are_refused(conn) -> None:
     load_table(conn, "ex", ["a"], np.arange(20.0)[:, None], np.arange(20.0) % 2)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs solver => 'sgd'"):
@@ -496,6 +519,30 @@ def test_a_column_constant_in_the_sample_that_varies_is_not_taken_for_constant(d
     assert got["metrics"]["constant_features"] == []
     assert got["metrics"]["rows"] == len(X)
     assert got["coef"][2] != 0.0
+
+
+def test_an_extreme_row_the_sample_misses_makes_the_run_read_every_row(dsn, conn) -> None:
+    """One row far beyond the sample's spread (1e8 where the features have sd ~2), in a page
+    group the sample does not read: the run is prepared from every row (the first epoch's
+    ranges, loop._sample_missed_a_range) and its model is as good as the row copy's."""
+    X = _sampled_table(conn, "farrow")
+    row = _row_outside_the_sample(dsn, conn, "farrow", 3, 5, 16)
+    conn.execute("UPDATE farrow SET x[2] = 1e8, y = 0 WHERE id = %s", [row])
+    params = dict(block_size=16, seed=5, max_epochs=5)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda n: notices.append(n.message_primary))
+    got = train(conn, "farrow", "y", ["x"], "farrow_blocks", "blocks", **params)
+    # the first epoch ran on the sample's moments, then the run read every row first
+    assert "bismarck: preparing: 100% of pages" in notices, notices
+    ref = train(conn, "farrow", "y", ["x"], "farrow_rows", "rows", **params)
+    assert got["metrics"]["rows"] == len(X)
+    losses = {}
+    for name in ("farrow_blocks", "farrow_rows"):
+        losses[name] = conn.execute(
+            "SELECT value FROM bismarck.evaluate(%s, 'farrow') WHERE metric = 'log_loss'",
+            [name]).fetchone()[0]
+    assert losses["farrow_blocks"] < 0.7 and losses["farrow_blocks"] == pytest.approx(
+        losses["farrow_rows"], abs=0.02), (losses, ref["metrics"])
 
 
 @pytest.mark.slow

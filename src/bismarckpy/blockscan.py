@@ -729,7 +729,8 @@ def refuse_unless_heap(src: Source) -> None:
         raise InvalidParameter(
             f"shuffle => 'blocks' cannot read {src.name}",
             detail="Block shuffling reads groups of a table's pages by their physical position "
-                   "(ctid); views, foreign and partitioned tables have none, and reading them "
+                   "(ctid); views, foreign and partitioned tables have none, a table with "
+                   "inheritance children shares its positions with theirs, and reading them "
                    "needs SELECT on the whole table.",
             hint="Use shuffle => 'once' (a shuffled copy) or 'always', or train on a table (for "
                  "example CREATE TABLE ... AS SELECT from the view).")
@@ -953,15 +954,20 @@ class First:
     kinit: bytes
     kstate: bytes | None
     triples: np.ndarray
+    # every feature's smallest and largest value over the usable rows read so far
+    xlo: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    xhi: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def encode(self) -> bytes:
         """The state as bytes (see :func:`first_decode`)."""
         k = len(self.cols)
         sizes = np.array([_F_HEAD, k, len(self.kinit), -1 if self.kstate is None
-                          else len(self.kstate), len(self.triples) // 3], dtype="<i8")
+                          else len(self.kstate), len(self.triples) // 3, len(self.xlo)],
+                         dtype="<i8")
         return (FIRST_MAGIC + sizes.tobytes() + self.head.astype(_F8).tobytes()
                 + np.concatenate([self.cols, self.lo, self.hi]).astype(_F8).tobytes()
-                + self.kinit + (self.kstate or b"") + self.triples.astype(_F8).tobytes())
+                + self.kinit + (self.kstate or b"") + self.triples.astype(_F8).tobytes()
+                + np.concatenate([self.xlo, self.xhi]).astype(_F8).tobytes())
 
 
 def first_decode(raw: bytes) -> First:
@@ -969,8 +975,8 @@ def first_decode(raw: bytes) -> First:
     raw = bytes(raw)
     if raw[:8] != FIRST_MAGIC:
         raise InvalidData("not the state of a first epoch")
-    n_head, k, n_init, n_state, n_trip = (int(v) for v in np.frombuffer(raw, "<i8", 5, 8))
-    at = 48
+    n_head, k, n_init, n_state, n_trip, n_x = (int(v) for v in np.frombuffer(raw, "<i8", 6, 8))
+    at = 56
     head = np.frombuffer(raw, _F8, n_head, at).copy()
     at += 8 * n_head
     cl = np.frombuffer(raw, _F8, 3 * k, at).copy()
@@ -980,7 +986,10 @@ def first_decode(raw: bytes) -> First:
     kstate = None if n_state < 0 else raw[at:at + n_state]
     at += max(n_state, 0)
     triples = np.frombuffer(raw, _F8, 3 * n_trip, at).copy()
-    return First(head, cl[:k], cl[k:2 * k], cl[2 * k:], kinit, kstate, triples)
+    at += 24 * n_trip
+    xr = np.frombuffer(raw, _F8, 2 * n_x, at).copy()
+    return First(head, cl[:k], cl[k:2 * k], cl[2 * k:], kinit, kstate, triples, xr[:n_x],
+                 xr[n_x:])
 
 
 def first_init(d: int, fraction: float, classes: list[float] | None, x_limit: float,
@@ -996,7 +1005,8 @@ def first_init(d: int, fraction: float, classes: list[float] | None, x_limit: fl
     head[[_F_ALL01, _F_ALLPM1]] = 1.0
     k = len(constant)
     return First(head, np.array(constant, dtype=_F8), np.full(k, np.inf), np.full(k, -np.inf),
-                 bytes(kinit), None, np.zeros(0)).encode()
+                 bytes(kinit), None, np.zeros(0), np.full(d, np.inf),
+                 np.full(d, -np.inf)).encode()
 
 
 def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: bytes | None,
@@ -1055,7 +1065,11 @@ def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: byte
     if n:
         Xu = X if ok is None else X[usable]
         yu = y if ok is None else y[usable]
-        x_hi, x_lo = float(Xu.max()), float(Xu.min())
+        col_hi, col_lo = Xu.max(axis=0), Xu.min(axis=0)  # per column: the same two passes
+        if len(f.xhi) == len(col_hi):
+            f.xhi, f.xlo = np.maximum(f.xhi, col_hi), np.minimum(f.xlo, col_lo)
+        x_hi = float(col_hi.max()) if len(col_hi) else 0.0
+        x_lo = float(col_lo.min()) if len(col_lo) else 0.0
         h[_F_AX] = max(h[_F_AX], x_hi, -x_lo)
         h[_F_AY] = max(h[_F_AY], float(np.abs(yu).max()))
         h[_F_Y_MIN] = min(h[_F_Y_MIN], float(yu.min()))

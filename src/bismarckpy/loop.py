@@ -618,6 +618,8 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
         raise _SampleFellShort
     if (f.hi > f.lo).any() or f.head[blockscan._F_STOP]:  # noqa: SLF001 (the engine's own)
         raise _SampleFellShort
+    if _sample_missed_a_range(f, prep, sv, p["loss"] == "squared"):
+        raise _SampleFellShort
     h = f.head
     prep.n_train, prep.n_valid = int(h[blockscan._F_TRAIN]), int(h[blockscan._F_VALID])  # noqa: SLF001
     prep.skipped = sv.n_total - sv.n_usable
@@ -637,6 +639,31 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
             src, lay, got, blockscan.VALID, split_seed, shuffled=False),
             held=blockscan.held_sql(got.holds, split_seed))
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
+
+
+#: A first epoch that finds a feature (or a squared loss's label) further than this many of the
+#: sample's standard deviations from the sample's mean shows that the sample's standardisation
+#: and ``eta0`` do not describe the table (one extreme row the 64 page groups missed can make
+#: the steps diverge, or store a model worse than none): the run is prepared from every row.
+#: Gaussian data of 10M rows stays within 6; heavy tails far beyond 100 are prepared in full.
+SAMPLE_Z = 100.0
+
+
+def _sample_missed_a_range(f: blockscan.First, prep: _Prepared, sv: blockscan.Survey,
+                           squared: bool) -> bool:
+    """Whether the first epoch's ranges (``f.xlo``/``f.xhi`` per feature, ``sv``'s label
+    range) reach beyond :data:`SAMPLE_Z` sample standard deviations of the sample's means."""
+    if prep.mu is not None and prep.sd is not None and len(f.xhi) == len(prep.mu):
+        mu, sd = np.asarray(prep.mu, dtype=float), np.asarray(prep.sd, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.maximum(np.abs(f.xhi - mu), np.abs(f.xlo - mu)) / np.where(sd > 0, sd,
+                                                                              np.inf)
+        if bool((z > SAMPLE_Z).any()):
+            return True
+    if squared and sv.y_min is not None and sv.y_max is not None and prep.y_sd:
+        far = max(abs(sv.y_max - prep.y_mean), abs(sv.y_min - prep.y_mean))
+        return bool(far > SAMPLE_Z * prep.y_sd)
+    return False
 
 
 def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,

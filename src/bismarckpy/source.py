@@ -150,9 +150,12 @@ def resolve(session: Session, relation: str, label: str | None,
             f'relation "{relation}" does not exist', sqlstate="42P01",
             hint="Check the table name and the search_path; names with capitals need quotes, "
                  "e.g. '\"MyTable\"'.")
-    relkind, whole_table = session.query(
-        "SELECT relkind::text AS kind, has_table_privilege(oid, 'SELECT') AS whole "
-        "FROM pg_class WHERE oid = %s", [oid])[0]
+    relkind, whole_table, children = session.query(
+        "SELECT relkind::text AS kind, has_table_privilege(oid, 'SELECT') AS whole, "
+        "EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhparent = c.oid) AS children "
+        "FROM pg_class AS c WHERE oid = %s", [oid])[0]
+    if children and relkind == "r":  # an inheritance parent: its scans read its children's
+        relkind = "p"                # rows too, whose ctids repeat the parent's
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))

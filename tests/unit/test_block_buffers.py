@@ -355,3 +355,25 @@ def test_blocks_of_a_buffer_hold_the_values_themselves() -> None:
     offsets, R = parse_block(bytes(blockscan.as_block(buf, None) or b""), 3, 8)
     assert not offsets.any()
     np.testing.assert_array_equal(R, np.column_stack([y, X]))
+
+
+def test_a_first_epoch_range_beyond_the_sample_means_a_full_read() -> None:
+    """loop._sample_missed_a_range: a feature (or a squared loss's label) further than
+    SAMPLE_Z sample standard deviations from the sample's mean sends the run to a full read."""
+    from types import SimpleNamespace
+
+    from bismarckpy import loop
+
+    prep = SimpleNamespace(mu=np.array([0.0, 10.0]), sd=np.array([1.0, 0.0]), y_mean=0.0,
+                           y_sd=2.0)
+    sv = SimpleNamespace(y_min=-5.0, y_max=5.0)
+    near = SimpleNamespace(xlo=np.array([-6.0, 10.0]), xhi=np.array([6.0, 10.0]))
+    far = SimpleNamespace(xlo=np.array([-6.0, 10.0]), xhi=np.array([1e6, 10.0]))
+    assert not loop._sample_missed_a_range(near, prep, sv, squared=True)
+    assert loop._sample_missed_a_range(far, prep, sv, squared=False)
+    # a column constant in the sample (sd 0) is judged by the constant-column check instead
+    odd = SimpleNamespace(xlo=np.array([0.0, -1e9]), xhi=np.array([0.0, 1e9]))
+    assert not loop._sample_missed_a_range(odd, prep, sv, squared=False)
+    wide_y = SimpleNamespace(y_min=-1e3, y_max=5.0)
+    assert loop._sample_missed_a_range(near, prep, wide_y, squared=True)
+    assert not loop._sample_missed_a_range(near, prep, wide_y, squared=False)
