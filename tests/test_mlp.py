@@ -321,11 +321,11 @@ def test_too_large_network_is_refused_before_any_work(conn) -> None:
     an internal MemoryError; no model is stored."""
     _small(conn, "mlp_huge", n=20)
     with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="too large") as err:
-        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_huge', 'y', ARRAY['x'], 'huge', "
-                     "hidden => ARRAY[100000, 100000])")
+        conn.execute("SELECT * FROM bismarck.train_mlp('mlp_huge', 'y', ARRAY['x'], "
+                     "'mlp_too_large', hidden => ARRAY[100000, 100000])")
     assert "MiB" in err.value.diag.message_detail
-    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'huge'"
-                        ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM bismarck.models "
+                        "WHERE model_name = 'mlp_too_large'").fetchone() == (0,)
 
 
 def test_packed_multiclass_message_says_what_is_recorded(conn) -> None:
