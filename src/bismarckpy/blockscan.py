@@ -298,28 +298,43 @@ def changed(got: int, expected: int) -> InvalidData:
              "(CREATE TABLE ... AS) of it.")
 
 
-def write_mark(session: Session, relation: str) -> tuple[int, int]:
-    """A fingerprint of ``relation``'s row versions: ``(rows, sum of their xmin)``.
+def storage(session: Session, relation: str) -> int | None:
+    """The file that holds ``relation``'s rows (``pg_relation_filenode``; None when empty):
+    CLUSTER, VACUUM FULL and other rewrites give the table a new one, and with it another
+    physical order, which moves rows between page groups (and so between training and
+    validation) without changing a row version."""
+    row = session.query(f"SELECT pg_catalog.pg_relation_filenode(s.tableoid)::int8 AS f "
+                        f"FROM {relation} AS s LIMIT 1")
+    return int(row[0][0]) if row and row[0][0] is not None else None
+
+
+def write_mark(session: Session, relation: str) -> tuple[int, int, int | None]:
+    """A fingerprint of ``relation``'s row versions and their file: ``(rows, sum of their
+    xmin, file)``.
 
     Every INSERT or UPDATE writes a row version whose ``xmin`` (the writing transaction's id)
     is newer than every version already there, and a DELETE removes one, so any write after
     the mark changes the count or raises the sum (short of the 32-bit transaction counter
     wrapping around during a run); rows the caller's own transaction wrote before the mark
-    count in both fingerprints. One scan of the table."""
+    count in both fingerprints. A rewrite (CLUSTER, VACUUM FULL) keeps the versions but changes
+    the file (:func:`storage`). One scan of the table."""
     row = session.query(f"SELECT count(*)::int8 AS n, coalesce(sum(s.xmin::text::int8), 0)::int8 "
                         f"AS xmins FROM {relation} AS s")[0]
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), storage(session, relation)
 
 
-def check_unwritten(session: Session, relation: str, mark: tuple[int, int]) -> None:
+def check_unwritten(session: Session, relation: str,
+                    mark: tuple[int, int, int | None]) -> None:
     """Raise InvalidData ("the source table changed during training") when ``relation``'s
     fingerprint (:func:`write_mark`) is no longer ``mark``: rows were inserted, updated (also
     in place) or deleted since, and the model would mix two versions of the data."""
     if write_mark(session, relation) != mark:
         raise InvalidData(
             "the source table changed during training",
-            detail="Rows were inserted, updated or deleted after the run first read the table; "
-                   "the model would mix two versions of the data, so it was not stored.",
+            detail="Rows were inserted, updated or deleted (or the table was rewritten, by "
+                   "CLUSTER or VACUUM FULL) after the run first read the table; the model "
+                   "would mix two versions of the data, or its validation rows would have "
+                   "changed, so it was not stored.",
             hint="Train again when the table is not being written, or train on a snapshot "
                  "(CREATE TABLE ... AS) of it.")
 

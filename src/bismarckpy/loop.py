@@ -168,6 +168,9 @@ class _Prepared:
     # was first read (blockscan.check_unwritten, partitioned.check_unwritten); it raises
     # InvalidData otherwise, and runs before the model is stored.
     unwritten: Callable[[Any], None] | None = None
+    # blocks prepared from a sample: the table's file when the sample was read
+    # (blockscan.storage), part of the fingerprint the run checks before storing the model
+    storage: int | None = None
     # The features' centre and scale even when the model is not standardised (blocks: read
     # off the preparation's moments; the separation check needs them).
     scaling: tuple[np.ndarray, np.ndarray] | None = None
@@ -544,6 +547,7 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
     d = blockscan.first_length(session, src)
     if d is None:
         raise _SampleFellShort
+    storage = blockscan.storage(session, src.relation)  # before the layout is read
     lay = blockscan.layout(session, src, None, p["block_size"])
     got, chosen = blockscan.sample(session, src, lay, d, SAMPLE_GROUPS, seed)
     sv = got.survey
@@ -579,6 +583,7 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
                      y_coding=coding.y_coding, constant=coding.constant,
                      n_pos=int(round(coding.n_pos * n_train / max(stats.n, 1))))
     prep.scaling = (scaled[0], scaled[1])
+    prep.storage = storage
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(usable, 1))
     prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
                        f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
@@ -627,7 +632,7 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     _require_training_rows(prep.n_train, prep.n_valid)
     prep.unwritten = functools.partial(
         blockscan.check_unwritten, relation=src.relation,
-        mark=(sv.n_total, int(h[blockscan._F_XMINS])))  # noqa: SLF001
+        mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage))  # noqa: SLF001
     split_seed = _split_seed(seed)
     got = blockscan.Prepared(counts, holds, None)
     part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
