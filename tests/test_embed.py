@@ -35,12 +35,7 @@ def test_preamble_imports_the_engine_without_the_package(tmp_path) -> None:
         "import bismarckpy.kinds.glm as glm\n"
         "state = glm.initialize(2, loss='squared', eta=0.1)\n"
         "print(len(server.epoch_transition(None, None, [1.0, 2.0], 3.0, state)))\n")
-    script = tmp_path / "boot.py"
-    script.write_text(program)
-    result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert int(result.stdout) == 8 * (glm.HEADER + 4 * 2 + 2)
+    assert int(_run(tmp_path, "boot.py", program)) == 8 * (glm.HEADER + 4 * 2 + 2)
 
 
 def test_a_body_that_breaks_the_convention_is_refused() -> None:
@@ -66,9 +61,14 @@ def test_a_glm_epoch_loads_the_glm_alone(tmp_path) -> None:
         "assert kinds.for_state(struct.pack('<d', 2012.0) + bytes(8)).name == 'glm'\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('bismarckpy.kinds.')\n"
         "                      or m == 'importlib.abc')))\n")
-    script = tmp_path / "worker.py"
+    assert _run(tmp_path, "worker.py", program).split() == ["bismarckpy.kinds.glm"]
+
+
+def _run(tmp_path, name: str, program: str) -> str:
+    """Run ``program`` (an engine preamble and a check) in a fresh isolated Python; its stdout."""
+    script = tmp_path / name
     script.write_text(program)
     result = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["bismarckpy.kinds.glm"]
+    return result.stdout
