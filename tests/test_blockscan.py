@@ -264,6 +264,20 @@ def test_an_inheritance_parent_is_read_by_rows_not_by_pages(conn) -> None:
         assert rows == 3300
 
 
+def test_rows_are_estimated_when_the_first_pages_are_empty(dsn, conn) -> None:
+    """After a bulk UPDATE and VACUUM the table's first pages hold no row: the estimate the
+    default path is chosen by falls back on the table's statistics, not on zero."""
+    X, y = _logistic(5000, 2, 14)
+    load_table(conn, "est", ["a", "b"], X, y)
+    conn.execute("UPDATE est SET y = 1 - y")
+    conn.execute("VACUUM ANALYZE est")
+    assert conn.execute("SELECT count(*) FROM est WHERE ctid < '(32,0)'").fetchone()[0] == 0
+    c, s = _session(dsn)
+    with c:
+        got = blockscan.estimate_rows(s, resolve(s, "public.est", "y", ["a", "b"]))
+    assert 4000 <= got <= 6000
+
+
 def test_exact_solvers_and_packed_copies_are_refused(conn) -> None:
     load_table(conn, "ex", ["a"], np.arange(20.0)[:, None], np.arange(20.0) % 2)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="needs solver => 'sgd'"):

@@ -771,16 +771,21 @@ def layout(session: Session, src: Source, n_rows: int | None, block_size: int) -
 
 def estimate_rows(session: Session, src: Source) -> float:
     """The table's rows, estimated from its heap size and the rows of its first pages (one
-    short scan: no count of the whole table)."""
-    pages = int(session.query(
-        "SELECT (pg_relation_size(%s::regclass) / current_setting('block_size')::int8)::int8 "
-        "AS pages", [src.name])[0][0])
+    short scan: no count of the whole table), or from the statistics of its last VACUUM or
+    ANALYZE scaled to its size (as the planner does), whichever is larger: after a bulk
+    UPDATE and VACUUM the first pages can be empty."""
+    pages, tuples, relpages = session.query(
+        "SELECT (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8 "
+        "AS pages, c.reltuples::float8 AS tuples, c.relpages::int8 AS relpages "
+        "FROM pg_catalog.pg_class AS c WHERE c.oid = %s::regclass", [src.name])[0]
+    pages = int(pages)
     probe = min(pages, 32)
     if probe == 0:
         return 0.0
-    return int(session.query(
+    planner = float(tuples) / int(relpages) * pages if tuples > 0 and relpages > 0 else 0.0
+    return max(planner, int(session.query(
         f"SELECT count(*) AS n FROM {src.relation} AS s WHERE s.ctid < '({probe},0)'::tid"
-    )[0][0]) * pages / probe
+    )[0][0]) * pages / probe)
 
 
 def _tid(group: str, layout: Layout, plus: int = 0) -> str:
