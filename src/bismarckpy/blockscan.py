@@ -32,7 +32,7 @@ import numpy as np
 
 from . import heldrows, moments
 from .errors import InvalidData, InvalidParameter
-from .pack import HEADER_BYTES, MAGIC
+from .pack import HEADER_BYTES, MAGIC, rows_as_records
 from .source import Session, Source
 
 #: Page groups per buffer: the tuple shuffle mixes rows of this many random groups.
@@ -342,22 +342,13 @@ def check_unwritten(session: Session, relation: str,
 _scratch: dict[int, bytearray] = {}
 
 
-def _rows_as_void(X: np.ndarray) -> np.ndarray:
-    """An ``n × d`` C-ordered float64 matrix as ``n`` opaque ``8·d``-byte records (a view).
-
-    Gathering records copies each row with one ``memcpy``, whatever the alignment: the arrays
-    PL/Python hands over sit 4 bytes off an 8-byte boundary (their header), where numpy's
-    float64 gathers and reductions take a slow element-by-element path."""
-    return X.view(np.dtype((np.void, 8 * X.shape[1]))).reshape(X.shape[0])
-
-
 def aligned(X: np.ndarray) -> np.ndarray:
     """``X`` (an ``n × d`` C-ordered float64 matrix) when it is 8-byte aligned, else an aligned
-    copy made by gathering its rows as records (:func:`_rows_as_void`)."""
+    copy made by gathering its rows as records (:func:`rows_as_records`)."""
     if X.flags.aligned or X.shape[1] == 0 or not X.flags.c_contiguous:
         return X if X.flags.aligned else X.copy()
     out = np.empty(X.shape, dtype=_F8)
-    _rows_as_void(out)[:] = _rows_as_void(X)
+    rows_as_records(out)[:] = rows_as_records(X)
     return out
 
 
@@ -395,7 +386,7 @@ def as_block(buf: Buffer, shuffle_seed: int | None) -> bytearray | None:
     if d:  # whole rows gathered as records into the block's feature columns
         rows = np.frombuffer(block, dtype=np.uint8, offset=start).reshape(n, 8 * (1 + d))
         target = rows[:, 8:].view(np.dtype((np.void, 8 * d)))[:, 0]
-        source = _rows_as_void(buf.X) if buf.X.flags.c_contiguous else None
+        source = rows_as_records(buf.X) if buf.X.flags.c_contiguous else None
         if source is None:
             values[:, 1:] = buf.X if order is None else buf.X[order]
         else:
@@ -489,8 +480,8 @@ def _collect(xs: bytes | None, ys: bytes | None, groups: list, counts: list,
             y2[:a.n] = a.y[:a.n]
         a.X, a.y = X2, y2
     if k and d:  # whole rows as records: the source sits off an 8-byte boundary
-        source = _rows_as_void(X)
-        _rows_as_void(a.X)[a.n:a.n + k] = source if rows is None else source[rows]
+        source = rows_as_records(X)
+        rows_as_records(a.X)[a.n:a.n + k] = source if rows is None else source[rows]
     a.y[a.n:a.n + k] = y if rows is None else y[rows]
     a.n += k
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .pack import rows_as_records
+
 #: At most this many bytes of validation rows are kept: 512 MB. A larger validation set is
 #: read by the SQL validation pass.
 MAX_BYTES = 512 << 20
@@ -86,8 +88,7 @@ def keep(split_seed: int, group: int, X: np.ndarray, y: np.ndarray, rows: np.nda
     out = np.empty((len(rows), X.shape[1]), dtype=s.dtype)
     if len(rows) and X.shape[1]:
         if X.flags.c_contiguous and s.dtype is np.float64:  # a memcpy per row, any alignment
-            record = np.dtype((np.void, 8 * X.shape[1]))
-            out.view(record).reshape(len(rows))[:] = X.view(record).reshape(len(X))[rows]
+            rows_as_records(out)[:] = rows_as_records(X)[rows]
         else:
             out[:] = X[rows]
     s.groups[int(group)] = (out, np.asarray(y[rows], dtype=np.float64).copy())

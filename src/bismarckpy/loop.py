@@ -634,15 +634,7 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
         blockscan.check_unwritten, relation=src.relation,
         mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage))  # noqa: SLF001
     split_seed = _split_seed(seed)
-    got = blockscan.Prepared(counts, holds, None)
-    part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
-    prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-        src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
-    if prep.n_valid:
-        prep.valid = src.relation
-        prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-            src, lay, got, blockscan.VALID, split_seed, shuffled=False),
-            held=blockscan.held_sql(got.holds, split_seed))
+    _page_group_scans(prep, src, lay, blockscan.Prepared(counts, holds, None), split_seed)
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
 
 
@@ -700,15 +692,23 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
     prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
                        f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
                        f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
-    part = blockscan.TRAIN if n_valid else blockscan.ALL
+    _page_group_scans(prep, src, lay, got, split_seed)
+    return prep
+
+
+def _page_group_scans(prep: _Prepared, src: Source, lay: blockscan.Layout,
+                      got: blockscan.Prepared, split_seed: int) -> None:
+    """``prep``'s epochs over the table's page groups: the training pass (groups and rows
+    reshuffled each epoch) and, with validation rows, the validation pass, tried first on the
+    rows the training pass kept in the backend (:func:`bismarckpy.blockscan.held_sql`)."""
+    part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
     prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
         src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
-    if n_valid:
+    if prep.n_valid:
         prep.valid = src.relation
         prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
             src, lay, got, blockscan.VALID, split_seed, shuffled=False),
             held=blockscan.held_sql(got.holds, split_seed))
-    return prep
 
 
 def _prepare_packed_pages(session: TrainingSession, src: Source, p: dict, seed: int,
