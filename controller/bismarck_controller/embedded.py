@@ -125,9 +125,52 @@ def server_env() -> dict[str, str]:
 SETTINGS = {
     "jit": "off",
     "synchronize_seqscans": "off",
-    "shared_buffers": "128MB",
     "max_parallel_workers_per_gather": "2",
 }
+#: ``shared_buffers`` of the embedded cluster: this share of the memory the server may use
+#: (PostgreSQL's documented starting point for a database server, "Resource Consumption"),
+#: between these bounds in MB.
+SHARED_BUFFERS_SHARE = 0.25
+SHARED_BUFFERS_MB = (128, 8192)
+
+
+def memory_limit() -> int | None:
+    """Bytes of memory the server may use: the machine's physical memory, or the control
+    group's limit when it is lower (a container; cgroup v2 ``memory.max`` or v1
+    ``memory.limit_in_bytes``). None when neither can be read."""
+    try:
+        found = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    except (ValueError, OSError):
+        found = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            found.append(int(Path(path).read_text().strip()))  # "max": no limit (ValueError)
+    found = [v for v in found if v > 0]
+    return min(found) if found else None
+
+
+def shared_buffers(memory: int | None) -> str:
+    """The embedded cluster's ``shared_buffers`` for ``memory`` bytes (:func:`memory_limit`):
+    :data:`SHARED_BUFFERS_SHARE` of it within :data:`SHARED_BUFFERS_MB`, PostgreSQL's default
+    of 128MB when unknown.
+
+    An epoch reads the table through these buffers: PostgreSQL's own default holds 128 MB, so
+    at 1M rows x 100 features (868 MB) every page of every epoch was copied again from the
+    operating system's cache, and page groups read by TID ranges (``shuffle => 'blocks'``)
+    and a packed copy's TOAST chunks get no ring buffer either. By the backend's CPU seconds,
+    interleaved (``benchmarks/buffers_ab.py``): a block epoch's training pass 1.58 -> 1.37 s
+    and a packed epoch 0.41 -> 0.36 s with a 6 GB pool at load 3-4
+    (benchmarks/results/2026-12-02-shared-buffers-1000000x100.md); 1.65-1.92 -> 1.22-1.59 s
+    and 0.40-0.54 -> 0.29-0.34 s with 4 GB at load 1.5."""
+    low, high = SHARED_BUFFERS_MB
+    mb = low if memory is None else int(memory * SHARED_BUFFERS_SHARE) >> 20
+    return f"{max(low, min(high, mb))}MB"
+
+
+def settings() -> dict[str, str]:
+    """The settings :meth:`EmbeddedCluster.start` writes to ``bismarck.conf`` (which
+    ``postgresql.conf`` includes last; ``ALTER SYSTEM`` still overrides them)."""
+    return {**SETTINGS, "shared_buffers": shared_buffers(memory_limit())}
 APT_HINT = (
     "Install PostgreSQL with `apt-get install postgresql-15 postgresql-plpython3-15 python3-numpy` "
     "(or run `make deps`), or set BISMARCK_PG_BINDIR to the directory that holds postgres and "
@@ -509,7 +552,7 @@ class Cluster:
                  f"listen_addresses = {_conf_quote(HOST)}",
                  f"port = {port}",
                  f"unix_socket_directories = {_conf_quote(str(self.rundir))}"]
-        lines += [f"{name} = {_conf_quote(value)}" for name, value in SETTINGS.items()]
+        lines += [f"{name} = {_conf_quote(value)}" for name, value in settings().items()]
         self._write_owned(self.pgdata / "bismarck.conf", "\n".join(lines) + "\n")
 
     def _make_rundir(self) -> None:
