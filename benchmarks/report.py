@@ -104,7 +104,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         _target("controller_rss", "controller RSS < 200 MB (in-database training)",
                 max(ctl) if ctl else None, "<=", 200.0, " MB", big),
         _target("backend_rss", "no backend over 1 GB", max(backend) if backend else None,
-                "<=", 1024.0, " MB", big),
+                "<=", 1024.0, " MB", "; ".join(x for x in (
+                    big, "private memory: RSS without the shared buffer pool") if x)),
     ]
 
 
@@ -203,14 +204,19 @@ def markdown(r: dict[str, Any]) -> str:
         note = "; ".join(x for x in (t["miss"] if t["met"] is False else "", t["note"]) if x)
         lines.append(f"| {t['target']} | {_fmt(t['measured'])}{t['unit'] if t['measured'] else ''}"
                      f" | {met} | {note} |")
-    lines += ["", "## Memory (peak RSS per phase, sampled every 0.1 s)", "",
-              "| phase | controller MB | largest own backend or parallel worker MB | "
-              "largest other server process MB (shared server) |", "|---|---:|---:|---:|"]
+    lines += ["", "## Memory (peaks per phase, sampled every 0.1 s)", "",
+              "Server processes: private memory (RSS without shared pages: the pages of the "
+              "shared buffer pool a backend touched count in its RSS but belong to the "
+              "server); the whole RSS of own backends beside it.", "",
+              "| phase | controller RSS MB | largest own backend or parallel worker, private "
+              "MB | the same, whole RSS MB | largest other server process, private MB "
+              "(shared server) |", "|---|---:|---:|---:|---:|"]
     for phase, v in r.get("memory", {}).items():
         seen = r.get("memory_observes_server")
         backend = _fmt(v["backend_mb"]) if seen else "not visible"
+        whole = _fmt(v.get("backend_rss_mb")) if seen and "backend_rss_mb" in v else "–"
         other = _fmt(v.get("other_server_mb")) if seen else "not visible"
-        lines.append(f"| {phase} | {_fmt(v['controller_mb'])} | {backend} | {other} |")
+        lines.append(f"| {phase} | {_fmt(v['controller_mb'])} | {backend} | {whole} | {other} |")
     if r.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"

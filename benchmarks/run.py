@@ -55,8 +55,16 @@ MB = 2**20
 
 
 # ----------------------------------------------------------------------------- measurement
+def private_mb(info: Any) -> float:
+    """A server process's own memory in MB: its RSS without shared pages (psutil's ``shared``:
+    the pages of ``shared_buffers`` it has touched, which every backend of the server shares,
+    and mapped files such as libraries), i.e. ``RssAnon`` on Linux."""
+    return max(0, info.rss - getattr(info, "shared", 0)) / MB
+
+
 class RssSampler(threading.Thread):
-    """Samples RSS peaks per phase: this controller, its own server backends, other ones.
+    """Samples memory peaks per phase: this controller's RSS, its own server backends' and
+    the other ones' private memory (:func:`private_mb`), and its own backends' whole RSS.
 
     "Own" backends are this run's connections and their parallel workers; the server may be
     shared, so every other server process is reported apart.
@@ -80,6 +88,7 @@ class RssSampler(threading.Thread):
     def sample(self) -> None:
         """Take one sample now."""
         peak = self.peaks.setdefault(self.phase, {"controller_mb": 0.0, "backend_mb": 0.0,
+                                                  "backend_rss_mb": 0.0,
                                                   "other_server_mb": 0.0})
         with contextlib.suppress(psutil.Error):
             peak["controller_mb"] = max(peak["controller_mb"], self._me.memory_info().rss / MB)
@@ -95,7 +104,10 @@ class RssSampler(threading.Thread):
                 mine = proc.pid in own or any(
                     f"parallel worker for PID {pid}" in " ".join(proc.cmdline()) for pid in own)
                 key = "backend_mb" if mine else "other_server_mb"
-                peak[key] = max(peak[key], proc.memory_info().rss / MB)
+                info = proc.memory_info()
+                peak[key] = max(peak[key], private_mb(info))
+                if mine:
+                    peak["backend_rss_mb"] = max(peak["backend_rss_mb"], info.rss / MB)
             except psutil.Error:
                 continue
 
