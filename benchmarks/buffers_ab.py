@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {x:.3f} | {y:.3f} | {x / y if y else float('nan'):.2f}× |")
     text = "\n".join(lines) + "\n"
     print(text)
-    stem = Path(a.out) / f"{dt.date.today()}-shared-buffers-{a.rows}x{a.features}"
+    stem = Path(a.out) / (f"{dt.date.today()}-shared-buffers-{sizes[0]}-{sizes[1]}-"
+                          f"{a.rows}x{a.features}")
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps({"sizes": sizes, "runs": runs,
                                                      "load": load}, indent=1))

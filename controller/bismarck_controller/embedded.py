@@ -129,9 +129,11 @@ SETTINGS = {
 }
 #: ``shared_buffers`` of the embedded cluster: this share of the memory the server may use
 #: (PostgreSQL's documented starting point for a database server, "Resource Consumption"),
-#: between these bounds in MB.
+#: between these bounds in MB. The pool stays resident once used, and the embedded cluster
+#: shares its machine with the user's own work (a 6 GB pool left a 10M-row benchmark too
+#: little memory for its in-memory peers): 2 GB holds a table of a few million rows.
 SHARED_BUFFERS_SHARE = 0.25
-SHARED_BUFFERS_MB = (128, 8192)
+SHARED_BUFFERS_MB = (128, 2048)
 
 
 def memory_limit() -> int | None:
@@ -158,10 +160,9 @@ def shared_buffers(memory: int | None) -> str:
     at 1M rows x 100 features (868 MB) every page of every epoch was copied again from the
     operating system's cache, and page groups read by TID ranges (``shuffle => 'blocks'``)
     and a packed copy's TOAST chunks get no ring buffer either. By the backend's CPU seconds,
-    interleaved (``benchmarks/buffers_ab.py``): a block epoch's training pass 1.58 -> 1.37 s
-    and a packed epoch 0.41 -> 0.36 s with a 6 GB pool at load 3-4
-    (benchmarks/results/2026-12-02-shared-buffers-1000000x100.md); 1.65-1.92 -> 1.22-1.59 s
-    and 0.40-0.54 -> 0.29-0.34 s with 4 GB at load 1.5."""
+    interleaved (``benchmarks/buffers_ab.py``, load 4): a block epoch's training pass 1.49 ->
+    1.32 s and a packed epoch 0.41 -> 0.31 s with a 2 GB pool
+    (benchmarks/results/2026-12-02-shared-buffers-128MB-2GB-1000000x100.md)."""
     low, high = SHARED_BUFFERS_MB
     mb = low if memory is None else int(memory * SHARED_BUFFERS_SHARE) >> 20
     return f"{max(low, min(high, mb))}MB"
