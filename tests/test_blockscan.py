@@ -132,7 +132,7 @@ def test_the_hold_out_is_a_partition_of_the_usable_rows(dsn, conn, n: int,
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
         passes = {}
         for part in (blockscan.ALL, blockscan.TRAIN, blockscan.VALID):
-            q = blockscan.epoch_sql(src, lay, got, part, 99, shuffled=part == blockscan.TRAIN,
+            q = blockscan.epoch_sql(src, lay, got, part, 99, shuffled=part == blockscan.TRAIN, d=3,
                                     aggregate="bismarck._epoch_scan")
             passes[part] = glm.decode(s.query(q, [init])[0][0])
         assert passes[blockscan.VALID].rows == k
@@ -158,9 +158,9 @@ def test_the_validation_pass_uses_the_rows_the_training_pass_kept(dsn, conn) -> 
         init = glm.initialize(3, loss="logistic", batch_size=glm.EVALUATE,
                               w=np.array([0.3, -0.2, 0.1]), b=0.1,
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
-        train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True,
+        train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True, d=3,
                                     aggregate="bismarck._epoch_scan")
-        valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False,
+        valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False, d=3,
                                     aggregate="bismarck._epoch_scan")
         held = blockscan.held_sql(got.holds, 99)
 
@@ -308,7 +308,7 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
         got = blockscan.prepare(s, src, lay, 2, 0.1, 1)
         c.commit()
         conn.execute("DELETE FROM chg WHERE id % 7 = 0")
-        q = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 1, shuffled=True,
+        q = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 1, shuffled=True, d=2,
                                 aggregate="bismarck._epoch_scan")
         init = glm.initialize(2, loss="logistic", y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
         # raised by the aggregate in the server, it reaches the client as the engine's own
@@ -585,3 +585,51 @@ def test_the_defaults_take_blocks_when_the_costs_say_so(conn) -> None:
                  "max_epochs => 1)")
     assert conn.execute("SELECT params->>'shuffle' FROM bismarck.models WHERE model_name = "
                         "'small_one'").fetchone()[0] == "once"
+
+
+# -- rows of another length: the same on every path ---------------------------------------------
+
+#: Every path a table's rows can take (NULL: the defaults' choice), with per-row steps and with
+#: mini-batches; class_weight 'balanced' makes a 'blocks' run read every row before its epochs.
+_EVERY_PATH = [{"shuffle": shuffle, "batch_size": batch, **extra} for shuffle, extra in (
+    (None, {}), ("once", {}), ("blocks", {"block_size": 16}),
+    ("blocks", {"block_size": 16, "class_weight": "balanced"}), ("never", {}))
+    for batch in (1, 512)]
+
+
+def _train_sql(params: dict) -> sql.Composed:
+    """train_glm of the source and model ``%s``, two epochs, with ``params``."""
+    args = sql.SQL("").join(sql.SQL(", {} => {}").format(sql.Identifier(k), sql.Literal(v))
+                            for k, v in params.items())
+    return sql.SQL("SELECT * FROM bismarck.train_glm(%s, 'y', ARRAY['x'], %s, "
+                   "max_epochs => 2, seed => 4{})").format(args)
+
+
+def test_rows_of_another_length_with_null_elements_are_skipped_on_every_path(conn) -> None:
+    """A row with a NULL element is skipped and counted whatever its length; the epochs over
+    page groups read only rows of the table's length (array_agg cannot hold two lengths:
+    "cannot accumulate arrays of different dimensionality" before)."""
+    X, y = _logistic(3000, 5, 8)
+    load_array_table(conn, "oddnull", X, y)
+    short = conn.execute("UPDATE oddnull SET x = ARRAY[x[1], NULL, x[3], x[4]] "
+                         "WHERE id % 97 = 5").rowcount
+    long = conn.execute("UPDATE oddnull SET x = x || NULL::float8 WHERE id % 89 = 7").rowcount
+    same = conn.execute("UPDATE oddnull SET x[3] = NULL WHERE id % 83 = 11").rowcount
+    bad = short + long + same
+    for i, params in enumerate(_EVERY_PATH):
+        conn.execute(_train_sql(params), ["oddnull", f"oddnull_{i}"])
+        m = conn.execute("SELECT metrics FROM bismarck.models WHERE model_name = %s",
+                         [f"oddnull_{i}"]).fetchone()[0]
+        assert m["skipped_rows"] == bad, params
+        assert m["rows"] + m.get("validation_rows", 0) == 3000 - bad, (params, m)
+
+
+def test_rows_of_another_length_are_refused_on_every_path(conn) -> None:
+    X, y = _logistic(3000, 5, 9)
+    load_array_table(conn, "oddlen", X, y)
+    conn.execute("UPDATE oddlen SET x = x[1:4] WHERE id = 1500")
+    for params in _EVERY_PATH:
+        with pytest.raises(psycopg.errors.DataException,
+                           match="feature arrays have different lengths") as exc:
+            conn.execute(_train_sql(params), ["oddlen", "oddlen_m"])
+        assert "4 to 5" in (exc.value.diag.message_detail or ""), params

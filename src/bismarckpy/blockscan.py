@@ -784,11 +784,15 @@ def _tid(group: str, layout: Layout, plus: int = 0) -> str:
     return (f"('(' || (({group})::int8 + {plus}) * {layout.per_group} || ',0)')::pg_catalog.tid")
 
 
-def _group_rows(src: Source, layout: Layout, group: str) -> str:
-    """The usable rows (features, raw label) of one page group, by a TID range scan."""
+def _group_rows(src: Source, layout: Layout, group: str, d: int) -> str:
+    """The usable rows (features, raw label) of one page group, by a TID range scan: an
+    array feature of ``d`` elements (preparation skipped and counted a row of another length
+    with a NULL element, and refused one without; ``array_agg`` cannot hold both lengths)."""
+    length = (f" AND cardinality({src.array_column}) = {int(d)}"
+              if src.array_feature and src.array_column else "")
     return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
             f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
-            f"AND {src.epoch_valid_expr or src.scan_valid_expr}")
+            f"AND {src.epoch_valid_expr or src.scan_valid_expr}{length}")
 
 
 def _int_array(values: np.ndarray | list[int]) -> str:
@@ -797,7 +801,8 @@ def _int_array(values: np.ndarray | list[int]) -> str:
 
 def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
-              aggregate: str = "{aggregate}", per_group: bool | None = None) -> str:
+              aggregate: str = "{aggregate}", per_group: bool | None = None, *,
+              d: int) -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
     the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
     of ``buffer_blocks``; its one parameter is the kernel's init state.
@@ -811,7 +816,8 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
-    no usable row (or no row of ``part``) are not read.
+    no usable row (or no row of ``part``) are not read. ``d``: the number of features, which
+    an array feature's rows must have (:func:`_group_rows`).
     """
     if per_group is None:
         per_group = part == VALID
@@ -827,7 +833,7 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
     if not per_group:  # one call per buffer: its groups' reads appended
-        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d)
                                       for j in range(int(buffer_blocks)))
         return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
                 "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
@@ -839,7 +845,7 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
             "CROSS JOIN LATERAL unnest(o.gs) WITH ORDINALITY AS m(g, j) "
             f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
-            f"FROM ({_group_rows(src, layout, 'm.g')}) AS u) AS z")
+            f"FROM ({_group_rows(src, layout, 'm.g', d)}) AS u) AS z")
 
 
 def _row_facts(src: Source, d: int) -> str:
@@ -1223,7 +1229,7 @@ def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, d
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs "
                f"FROM ({groups}) AS q WHERE q.pos / {int(buffer_blocks)} BETWEEN %s::int8 "
                "AND %s::int8 GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d)
                                   for j in range(int(buffer_blocks)))
     blocks = ("SELECT b.n, b.data FROM (" + buffers + ") AS o "
               "CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "

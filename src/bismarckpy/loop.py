@@ -703,11 +703,11 @@ def _page_group_scans(prep: _Prepared, src: Source, lay: blockscan.Layout,
     rows the training pass kept in the backend (:func:`bismarckpy.blockscan.held_sql`)."""
     part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
     prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-        src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
+        src, lay, got, part, split_seed, shuffled=True, d=prep.d), reshuffle=True)
     if prep.n_valid:
         prep.valid = src.relation
         prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-            src, lay, got, blockscan.VALID, split_seed, shuffled=False),
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False, d=prep.d),
             held=blockscan.held_sql(got.holds, split_seed))
 
 

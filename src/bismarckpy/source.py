@@ -67,6 +67,9 @@ class Source:
     # and are skipped there with NaN and infinities (array_position costs a quarter of the
     # pass's SQL).
     epoch_valid_expr: str = ""
+    # The quoted array feature column ("" for scalar features): an epoch over page groups
+    # also asks its length (blockscan._group_rows), which preparation fixed.
+    array_column: str = ""
     # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
     # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
     cast_checks: list[tuple[str, str]] = field(default_factory=list)
@@ -243,6 +246,7 @@ def resolve(session: Session, relation: str, label: str | None,
                   feature_exprs=exprs, cast_checks=cast_checks,
                   scan_valid_expr=" AND ".join(scan_valid),
                   epoch_valid_expr=" AND ".join(epoch_valid) or "true",
+                  array_column=q(features[0]) if array_feature else "",
                   class_labels=None if classes is None else list(classes),
                   label_sql=None if label is None else q(label))
 
