@@ -633,3 +633,28 @@ def test_rows_of_another_length_are_refused_on_every_path(conn) -> None:
                            match="feature arrays have different lengths") as exc:
             conn.execute(_train_sql(params), ["oddlen", "oddlen_m"])
         assert "4 to 5" in (exc.value.diag.message_detail or ""), params
+
+
+@pytest.mark.parametrize("block_size", [12, 16])
+def test_the_first_epoch_reports_every_tenth_of_the_pages(conn, block_size: int) -> None:
+    """Statements end at each tenth of the page groups: before, statements of a fixed number
+    of whole buffers skipped tenths (on these tables 90%: "80%" and then "100%")."""
+    _sampled_table(conn, "tenths")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    conn.execute("SELECT * FROM bismarck.train_glm('tenths', 'y', ARRAY['x'], 'tenths', "
+                 "shuffle => 'blocks', block_size => %s, seed => 5, max_epochs => 1)",
+                 [block_size])
+    first = [n for n in notices if n.startswith("bismarck: first epoch:")]
+    assert first == [f"bismarck: first epoch: {10 * k}% of pages" for k in range(1, 11)], notices
+
+
+@pytest.mark.parametrize("groups", [1, 7, 8, 9, 80, 100, 1000, 1281, 20000])
+def test_a_first_epoch_is_cut_at_whole_buffers_and_every_tenth(groups: int) -> None:
+    cuts = blockscan.statement_cuts(groups)
+    assert cuts[-1] == groups and cuts == sorted(set(cuts))
+    starts = [0, *cuts[:-1]]
+    assert all(s % blockscan.BUFFER_BLOCKS == 0 for s in starts)
+    assert all(0 < b - a <= blockscan.GROUPS_PER_STATEMENT for a, b in zip(starts, cuts))
+    if groups >= 10 * blockscan.BUFFER_BLOCKS:
+        assert {10 * c // groups for c in cuts} >= set(range(1, 11))  # each tenth reported

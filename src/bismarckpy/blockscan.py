@@ -1149,18 +1149,18 @@ def first_epoch(session: Session, src: Source, layout: Layout, d: int, init: byt
                 progress: Callable[[str], None] | None = None) -> tuple[First, np.ndarray,
                                                                        np.ndarray]:
     """Run a first epoch over every group, in a seeded random order, in statements of at most
-    :data:`GROUPS_PER_STATEMENT` groups (a progress report after each tenth of the pages).
+    :data:`GROUPS_PER_STATEMENT` groups (:func:`statement_cuts`: a progress report after each
+    tenth of the pages).
     Returns the final :class:`First` and every group's usable and validation rows."""
     order = np.random.default_rng([int(seed) & (2**63 - 1), 1]).permutation(layout.groups)
-    per = BUFFER_BLOCKS * max(1, min(GROUPS_PER_STATEMENT // BUFFER_BLOCKS,
-                                     -(-layout.groups // (PREPARE_CHUNKS * BUFFER_BLOCKS))))
     sql = first_sql(src, layout, d)
     counts = np.zeros(layout.groups, dtype=np.int64)
     holds = np.zeros(layout.groups, dtype=np.int64)
     state, told = init, 0
     base = int(np.random.default_rng([int(seed) & (2**63 - 1), 2]).integers(0, 2**52))
-    for start in range(0, layout.groups, per):
-        part = order[start:start + per]
+    cuts = statement_cuts(layout.groups)
+    for start, stop in zip([0, *cuts], cuts):
+        part = order[start:stop]
         got = session.query(sql, [int(split_seed), base + start // BUFFER_BLOCKS, state,
                                   "{" + ",".join(map(str, part)) + "}"])[0][0]
         f = first_decode(got if got is not None else state)
@@ -1168,11 +1168,30 @@ def first_epoch(session: Session, src: Source, layout: Layout, d: int, init: byt
         counts[t[:, 0]], holds[t[:, 0]] = t[:, 1], t[:, 2]
         f.triples = np.zeros(0)
         state = f.encode()
-        tenth = 10 * min(layout.groups, start + per) // max(layout.groups, 1)
+        tenth = 10 * stop // max(layout.groups, 1)
         if progress is not None and tenth > told:
             told = tenth
             progress(f"first epoch: {10 * tenth}% of pages")
     return first_decode(state), counts, holds
+
+
+def statement_cuts(groups: int, buffer_blocks: int = BUFFER_BLOCKS) -> list[int]:
+    """Where a first epoch's statements end (whole buffers, at most
+    :data:`GROUPS_PER_STATEMENT` groups each): at the first buffer's end past each tenth of
+    the ``groups``, so that each tenth gets its progress report (statements of a fixed size
+    skipped some: 80% and then 100%), and in between as the size limit asks."""
+    step = max(buffer_blocks, GROUPS_PER_STATEMENT // buffer_blocks * buffer_blocks)
+    cuts: list[int] = []
+    last = 0
+    for k in range(1, PREPARE_CHUNKS + 1):
+        end = min(groups, -(-groups * k // (PREPARE_CHUNKS * buffer_blocks)) * buffer_blocks)
+        while end - last > step:
+            last += step
+            cuts.append(last)
+        if end > last:
+            cuts.append(end)
+            last = end
+    return cuts
 
 
 def first_survey(f: First) -> Survey:
