@@ -252,9 +252,13 @@ def test_an_inheritance_parent_is_read_by_rows_not_by_pages(conn) -> None:
     conn.execute("INSERT INTO inchild (id, a, b, y) SELECT 1000 + g, %s[g][1], %s[g][2], "
                  "%s[g] FROM generate_series(1, 3000) AS g",
                  [X[300:].tolist(), X[300:].tolist(), y[300:].astype(int).tolist()])
-    with pytest.raises(psycopg.Error, match="cannot read"):
+    with pytest.raises(psycopg.Error, match="cannot read") as exc:
         conn.execute("SELECT * FROM bismarck.train_glm('inpar', 'y', ARRAY['a', 'b'], "
                      "'inpar_b', shuffle => 'blocks')")
+    # the hint fits the case: no view to copy, but children to train on
+    hint = exc.value.diag.message_hint or ""
+    assert "child tables" in hint and "view" not in hint, hint
+    assert "inheritance children" in (exc.value.diag.message_detail or "")
     for shuffle in ("NULL", "'once'"):
         conn.execute(f"SELECT * FROM bismarck.train_glm('inpar', 'y', ARRAY['a', 'b'], "
                      f"'inpar_m', shuffle => {shuffle}, max_epochs => 2)")

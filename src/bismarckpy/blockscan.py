@@ -731,6 +731,14 @@ class Layout:
 def refuse_unless_heap(src: Source) -> None:
     """``shuffle => 'blocks'`` reads pages by physical position: a table or materialized view
     the caller may read whole. Anything else is refused with what to use instead."""
+    if src.inheritance_parent:
+        raise InvalidParameter(
+            f"shuffle => 'blocks' cannot read {src.name}",
+            detail=f"{src.name} has inheritance children: its scans read their rows too, "
+                   "whose physical positions (ctid) repeat its own, and block shuffling "
+                   "reads groups of pages by position.",
+            hint="Use shuffle => 'once' (a shuffled copy of the parent's and the children's "
+                 "rows) or 'always', or train on the child tables themselves.")
     if src.row_key != "s.ctid::text":
         raise InvalidParameter(
             f"shuffle => 'blocks' cannot read {src.name}",
