@@ -818,8 +818,9 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         raise stale_format()
     total = sum(int(n) for _, n in blocks)
     k = validation_count(p["validation_fraction"], total)
+    # the rows bismarck.pack skipped (missing values) are the model's skipped rows too
     return _finish_head_split(session, p, table.relation, blocks, k, table.d, table.itemsize,
-                              0, classes)
+                              table.skipped_rows, classes)
 
 
 def _finish_head_split(session: TrainingSession, p: dict, relation: str,
