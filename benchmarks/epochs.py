@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one linear scr
         session_conn.commit()
         assert got.stats is not None
         mu, sd = got.stats.mean[1:], np.maximum(got.stats.sd[1:], 1e-6)
-        train_sql = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True)
-        valid_sql = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False)
+        train_sql = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True, d=d)
+        valid_sql = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False, d=d)
         timers["count(x)"] = query(serial, sql.SQL("SELECT count(x) FROM {}").format(
             sql.Identifier(table)).as_string(conn))
         blocks = "; ".join(f"SET {k} = {v}" for k, v in execution.epoch_settings(

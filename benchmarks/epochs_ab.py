@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                               sd=np.maximum(np.asarray(sd), 1e-6), itemsize=8,
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0))
 
-    train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True)
-    valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False)
+    train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True, d=a.features)
+    valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False, d=a.features)
     settings = execution.epoch_settings(execution.Scan(table, template=train), 0)
     now = psycopg.connect(dsn, autocommit=True)
     then = psycopg.connect(a.before_dsn, autocommit=True)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                               else a.batch_size, eta=0.5, itemsize=itemsize,
                               y_coding=(glm.Y_CLASS01, 1.0, 0.0, 1.0), **kw)
 
-    train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True)
-    valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False)
+    train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True, d=d)
+    valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False, d=d)
     blocks = "; ".join(f"SET {k} = {v}" for k, v in execution.epoch_settings(
         execution.Scan(table, template=train), 0).items())
     serial = "; ".join(f"SET {k} = {v}" for k, v in execution.parallel_settings(0).items())

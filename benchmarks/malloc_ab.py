@@ -49,7 +49,7 @@ def passes(s: PsycopgSession, table: str, d: int) -> dict[str, tuple[str, list]]
     groups = "{" + ",".join(map(str, order)) + "}"
 
     def scan(part: int, shuffled: bool) -> str:
-        return blockscan.epoch_sql(src, lay, got, part, 99, shuffled=shuffled).replace(
+        return blockscan.epoch_sql(src, lay, got, part, 99, shuffled=shuffled, d=d).replace(
             execution.AGGREGATE, execution.SGD.scan)
 
     return {"count(x)": (f"SELECT count(x) FROM {table}", []),

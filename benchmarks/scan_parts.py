@@ -60,9 +60,10 @@ def main() -> int:
         first = blockscan.first_sql(src, lay, d)
         order = np.random.default_rng(1).permutation(lay.groups)
         groups = "{" + ",".join(map(str, order)) + "}"
-        train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True).replace(
+        train = blockscan.epoch_sql(src, lay, got, blockscan.TRAIN, 99, shuffled=True, d=d).replace(
             execution.AGGREGATE, execution.SGD.scan)
-        valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False).replace(
+        valid = blockscan.epoch_sql(src, lay, got, blockscan.VALID, 99, shuffled=False,
+                                    d=d).replace(
             execution.AGGREGATE, execution.SGD.scan)
         first_params = [99, 7, finit, groups]
         runs = {

@@ -113,3 +113,15 @@ def test_a_killed_training_run_leaves_no_model_and_is_cleaned_up(dsn: str, conn)
                         "n.oid = c.relnamespace WHERE n.nspname = 'bismarck' "
                         "AND c.relname ~ '^_(train|valid)_'").fetchone()
     assert left == (0,)
+
+
+def test_the_progress_bar_shows_max_epochs_as_a_bound_and_the_time_spent(dsn: str,
+                                                                         conn) -> None:
+    """With a convergence test (tol) the run may stop long before max_epochs: the bar says
+    "of at most" and shows the time spent, not a time left computed from max_epochs."""
+    names, X, y = breast_cancer()
+    load_table(conn, "cli_bound", names, X, y)
+    code, out = _run("train", "cli_bound", "--label", "y", "--features", ",".join(names[:4]),
+                     "--max-epochs", "400", "--seed", "2", "--dsn", dsn)
+    assert code == 0, out
+    assert "of at most 400" in out and "/400" not in out, out

@@ -231,6 +231,7 @@ def test_cli_train_recommend_evaluate(ratings: str) -> None:
                     "--validation-fraction", "0.1", "--dsn", ratings)
     assert code == 0, out
     assert "model mf_cli version 1" in out
+    assert "of at most 2" in out, out  # tol can stop it sooner: no time left from max_epochs
     with psycopg.connect(ratings, autocommit=True) as c:
         f = _stored(c, "mf_cli")
         kind, vrows = c.execute("SELECT kind, (metrics ->> 'validation_rows')::int FROM "

@@ -46,7 +46,7 @@ def train_mf_command(table: str, row_col: str, col_col: str, value_col: str,
     params = {k: v for k, v in params.items() if v is not None}
     max_epochs = params.get("max_epochs") or next(p.default for p in MF_PARAMS
                                                   if p.name == "max_epochs")
-    bar = _EpochProgress(max_epochs)
+    bar = _EpochProgress(max_epochs, stops_early=any(p.name == "tol" for p in MF_PARAMS))
     with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = mf_training.train_mf(conn, table, row_col, col_col, value_col, model_name,

@@ -15,7 +15,14 @@ from typing import Any, Callable, TypeVar
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from bismarck_controller import training
@@ -72,13 +79,19 @@ def _param_options(func: F) -> F:
 
 
 class _EpochProgress:
-    """A rich progress bar per epoch: rows/s, train and validation loss, ETA."""
+    """A rich progress bar per epoch: rows/s, train and validation loss, and the time left
+    (``max_epochs`` epochs to run), or, when a convergence test can stop the run sooner
+    (``stops_early``), the epochs as a count of at most ``max_epochs`` and the time spent:
+    a time left from ``max_epochs`` would be an upper bound shown as an estimate."""
 
-    def __init__(self, max_epochs: int) -> None:
-        self.progress = Progress(
-            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-            transient=False)
+    def __init__(self, max_epochs: int, stops_early: bool = False) -> None:
+        if stops_early:
+            count: list[Any] = [TextColumn("epoch {task.completed} of at most {task.total}")]
+            clock: Any = TimeElapsedColumn()
+        else:
+            count, clock = [TextColumn("epoch"), MofNCompleteColumn()], TimeRemainingColumn()
+        self.progress = Progress(*count, BarColumn(), TextColumn("{task.fields[info]}"), clock,
+                                 console=console, transient=False)
         self.task = self.progress.add_task("train", total=max_epochs, info="preparing…")
 
     def __call__(self, rec: EpochRecord) -> None:
@@ -114,9 +127,10 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
     """Train a model (a GLM by default) on TABLE inside PostgreSQL; store a new version."""
     params = {k: v for k, v in params.items() if v is not None}
     feats = [f.strip() for f in features.split(",") if f.strip()]
-    max_epochs = params.get("max_epochs") or next(p.default for p in kinds.get(kind).params
-                                                  if p.name == "max_epochs")
-    bar = _EpochProgress(max_epochs)
+    declared = {p.name: p.default for p in kinds.get(kind).params}
+    max_epochs = params.get("max_epochs") or declared["max_epochs"]
+    # a convergence test (tol, given or the kind's default) can stop a run before max_epochs
+    bar = _EpochProgress(max_epochs, stops_early="tol" in declared)
     with connect(dsn) as conn, bar.progress, warnings.catch_warnings():
         warnings.simplefilter("ignore", BismarckWarning)  # printed below, from the result
         result = training.train(conn, table, label, feats, model_name, on_epoch=bar, kind=kind,

@@ -35,6 +35,7 @@ from bismarck_controller.build import (  # noqa: F401 (re-exported: the extensio
     version_key,
 )
 from bismarck_controller.errors import SetupError
+from bismarck_controller.install_locks import files_lock, refuse_while_running
 
 # --- installing into a database ---------------------------------------------------------------
 
@@ -189,6 +190,7 @@ def refresh_code(conn: psycopg.Connection, ext_dir: Path) -> None:
         files[0].write_text(build_upgrade_script(current, [], new=transient), encoding="utf-8")
         files[1].write_text(build_upgrade_script(transient, [], new=current), encoding="utf-8")
         with conn.transaction():
+            refuse_while_running(conn)
             for target in (transient, current):
                 conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
                     sql.Identifier(NAME), sql.Literal(target)))
@@ -210,35 +212,13 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
     conn = conn_or_dsn
     current = version()
     try:
-        # One installer at a time per cluster: concurrent `bismarck` commands on the embedded
+        # One installer at a time per database: concurrent `bismarck` commands on the embedded
         # cluster each check the installation, and two GRANTs of the same object at once fail
         # with "tuple concurrently updated". Session-level, released below or at disconnect.
+        # The files the databases share: one installer a cluster (install_locks.files_lock).
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
-        installed = installed_version(conn)
-        tree = embedded_extension_dir(conn)
-        if tree is not None and not (installed == current
-                                     and installed_build(conn) == build_digest()):
-            # keeps the embedded cluster's files in step with this client; building them
-            # takes 0.4-1 s, which a database already at this build (every connection after
-            # the first: each CLI command, estimator call and notebook) does not need
-            install_files(tree)
-        if installed is not None and version_key(installed) > version_key(current):
-            raise SetupError(
-                f"The database has bismarck {installed}, newer than this client ({current}).",
-                "Upgrade the client (`pip install -U bismarckpy`).")
-        if installed == current:
-            message = _same_version(conn, current)
-        else:
-            check_server(conn)
-            _ensure_files(conn, current)
-            if installed is None:
-                conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {} CASCADE")
-                             .format(sql.Identifier(NAME), sql.Literal(current)))
-                message = f"Created extension bismarck {current}."
-            else:
-                conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
-                    sql.Identifier(NAME), sql.Literal(current)))
-                message = f"Upgraded extension bismarck {installed} -> {current}."
+        with files_lock(writable_extension_dir(conn)):
+            message = _install_locked(conn, current)
         if not conn.autocommit:
             conn.commit()
     except psycopg.Error as exc:
@@ -257,7 +237,39 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
     return message
 
 
-#: The advisory lock key that serialises installs and upgrades in one cluster.
+def _install_locked(conn: psycopg.Connection, current: str) -> str:
+    """:func:`install`'s work, under the installers' locks; returns what was done."""
+    installed = installed_version(conn)
+    tree = embedded_extension_dir(conn)
+    if tree is not None and not (installed == current
+                                 and installed_build(conn) == build_digest()):
+        # keeps the embedded cluster's files in step with this client; building them
+        # takes 0.4-1 s, which a database already at this build (every connection after
+        # the first: each CLI command, estimator call and notebook) does not need
+        install_files(tree)
+    if installed is not None and version_key(installed) > version_key(current):
+        raise SetupError(
+            f"The database has bismarck {installed}, newer than this client ({current}).",
+            "Upgrade the client (`pip install -U bismarckpy`).")
+    if installed == current:
+        message = _same_version(conn, current)
+    else:
+        check_server(conn)
+        _ensure_files(conn, current)
+        if installed is None:
+            conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {} VERSION {} CASCADE")
+                         .format(sql.Identifier(NAME), sql.Literal(current)))
+            message = f"Created extension bismarck {current}."
+        else:
+            with conn.transaction():
+                refuse_while_running(conn)
+                conn.execute(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(
+                    sql.Identifier(NAME), sql.Literal(current)))
+            message = f"Upgraded extension bismarck {installed} -> {current}."
+    return message
+
+
+#: The advisory lock key that serialises installs and upgrades in one database.
 INSTALL_LOCK = 0x6269736D61726B  # "bismark" in ASCII
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from bismarck_controller.session import PsycopgSession, qualified
+from bismarck_controller.session import PsycopgSession, qualified, running
 from bismarckpy import loop, mf_loop
 
 
@@ -25,9 +25,10 @@ def train_mf(conn: psycopg.Connection, source: str, row_col: str, col_col: str, 
     ``eta0``, ...). The epochs run in the connection's backend, which holds the factors.
     """
     session = PsycopgSession(conn, on_epoch)
-    return mf_loop.train_mf(session, source=qualified(conn, source), row_col=row_col,
-                            col_col=col_col, value_col=value_col,
-                            model_name=model_name or source, **params)
+    with running(conn):
+        return mf_loop.train_mf(session, source=qualified(conn, source), row_col=row_col,
+                                col_col=col_col, value_col=value_col,
+                                model_name=model_name or source, **params)
 
 
 def predict_mf(conn: psycopg.Connection, model: str, row_ids: Sequence[int],

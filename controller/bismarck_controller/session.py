@@ -10,8 +10,9 @@ user names are resolved in the caller's own context first (:func:`qualified`).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import psycopg
@@ -29,6 +30,7 @@ from bismarckpy.errors import (
     paragraph,
 )
 from bismarckpy.loop import EpochRecord
+from bismarckpy.runlock import HOLD_IN_SESSION, RELEASE
 
 PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
 
@@ -55,6 +57,27 @@ def qualified(conn: psycopg.Connection, name: str) -> str:
         return name
     finally:
         conn.rollback()
+
+
+@contextlib.contextmanager
+def running(conn: psycopg.Connection) -> Iterator[None]:
+    """Hold :data:`bismarckpy.runlock.RUN_LOCK` shared for a run driven from here (across its
+    commits), as the extension's calls do in the server: no ``bismarck install`` replaces the
+    functions under it. Leaves the connection's transaction as the run left it."""
+    status = conn.info.transaction_status
+    conn.execute(HOLD_IN_SESSION)
+    if status == TransactionStatus.IDLE:
+        conn.rollback()  # the lock outlives the transaction that took it
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            conn.rollback()  # nothing of a failed transaction can be kept
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(RELEASE)
+            if idle:
+                conn.rollback()
 
 
 class BismarckWarning(UserWarning):

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bismarck_controller.session import PsycopgSession, qualified
+from bismarck_controller.session import PsycopgSession, qualified, running
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.errors import InvalidData, UndefinedObject
@@ -29,8 +29,10 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     for a GLM :data:`bismarckpy.params.GLM_PARAMS`: ``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    return loop.train(session, source=qualified(conn, source), label=label, features=features,
-                      model_name=model_name or source, kind=kind, **params)
+    with running(conn):
+        return loop.train(session, source=qualified(conn, source), label=label,
+                          features=features, model_name=model_name or source, kind=kind,
+                          **params)
 
 
 def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
@@ -41,10 +43,11 @@ def pack(conn: psycopg.Connection, source: str, label: str, features: Sequence[s
     try:
         # Read as CREATE TABLE would (the caller's current schema), before the session pins.
         target = new_table(conn, packed_table).as_string(conn)
-        result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
-                                    features=features, packed_table=target,
-                                    block_size=block_size, dtype=dtype, seed=seed)
-        conn.commit()
+        with running(conn):
+            result = packing.pack_table(PsycopgSession(conn), source=source, label=label,
+                                        features=features, packed_table=target,
+                                        block_size=block_size, dtype=dtype, seed=seed)
+            conn.commit()
     except BaseException:
         conn.rollback()
         raise
@@ -57,7 +60,8 @@ def evaluate(conn: psycopg.Connection, model: str, source: str,
     session = PsycopgSession(conn)
     source = qualified(conn, source)
     try:
-        rows = engine_evaluate.evaluate(session, model, source, version)
+        with running(conn):
+            rows = engine_evaluate.evaluate(session, model, source, version)
     finally:
         conn.rollback()
     return {r["metric"]: r["value"] for r in rows}

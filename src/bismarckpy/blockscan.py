@@ -731,6 +731,14 @@ class Layout:
 def refuse_unless_heap(src: Source) -> None:
     """``shuffle => 'blocks'`` reads pages by physical position: a table or materialized view
     the caller may read whole. Anything else is refused with what to use instead."""
+    if src.inheritance_parent:
+        raise InvalidParameter(
+            f"shuffle => 'blocks' cannot read {src.name}",
+            detail=f"{src.name} has inheritance children: its scans read their rows too, "
+                   "whose physical positions (ctid) repeat its own, and block shuffling "
+                   "reads groups of pages by position.",
+            hint="Use shuffle => 'once' (a shuffled copy of the parent's and the children's "
+                 "rows) or 'always', or train on the child tables themselves.")
     if src.row_key != "s.ctid::text":
         raise InvalidParameter(
             f"shuffle => 'blocks' cannot read {src.name}",
@@ -784,11 +792,15 @@ def _tid(group: str, layout: Layout, plus: int = 0) -> str:
     return (f"('(' || (({group})::int8 + {plus}) * {layout.per_group} || ',0)')::pg_catalog.tid")
 
 
-def _group_rows(src: Source, layout: Layout, group: str) -> str:
-    """The usable rows (features, raw label) of one page group, by a TID range scan."""
+def _group_rows(src: Source, layout: Layout, group: str, d: int) -> str:
+    """The usable rows (features, raw label) of one page group, by a TID range scan: an
+    array feature of ``d`` elements (preparation skipped and counted a row of another length
+    with a NULL element, and refused one without; ``array_agg`` cannot hold both lengths)."""
+    length = (f" AND cardinality({src.array_column}) = {int(d)}"
+              if src.array_feature and src.array_column else "")
     return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
             f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
-            f"AND {src.epoch_valid_expr or src.scan_valid_expr}")
+            f"AND {src.epoch_valid_expr or src.scan_valid_expr}{length}")
 
 
 def _int_array(values: np.ndarray | list[int]) -> str:
@@ -797,7 +809,8 @@ def _int_array(values: np.ndarray | list[int]) -> str:
 
 def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_seed: int,
               shuffled: bool, buffer_blocks: int = BUFFER_BLOCKS,
-              aggregate: str = "{aggregate}", per_group: bool | None = None) -> str:
+              aggregate: str = "{aggregate}", per_group: bool | None = None, *,
+              d: int) -> str:
     """One pass of ``aggregate`` (``bismarck._epoch_scan`` or ``_exact_pass_scan``; by default
     the placeholder of :attr:`bismarckpy.execution.Scan.template`) over the groups, in buffers
     of ``buffer_blocks``; its one parameter is the kernel's init state.
@@ -811,7 +824,8 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
 
     ``shuffled``: groups in a random order and rows shuffled in each buffer, both drawn with
     ``random()`` (the caller seeds it with ``setseed``); otherwise physical order. Groups with
-    no usable row (or no row of ``part``) are not read.
+    no usable row (or no row of ``part``) are not read. ``d``: the number of features, which
+    an array feature's rows must have (:func:`_group_rows`).
     """
     if per_group is None:
         per_group = part == VALID
@@ -827,7 +841,7 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
                "array_agg(q.n ORDER BY q.pos) AS ns, array_agg(q.h ORDER BY q.pos) AS hs, "
                f"min(q.r) AS r FROM ({groups}) AS q GROUP BY 1 ORDER BY 1")
     if not per_group:  # one call per buffer: its groups' reads appended
-        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+        branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d)
                                       for j in range(int(buffer_blocks)))
         return (f"SELECT {aggregate}(bismarck._float8_array_bytes(z.xs), "
                 "bismarck._float8_array_bytes(z.ys), o.gs, o.ns, o.hs, "
@@ -839,7 +853,7 @@ def epoch_sql(src: Source, layout: Layout, prepared: Prepared, part: int, split_
             f"{int(part)}, {int(split_seed)}::int8, o.r, %s) AS state FROM ({buffers}) AS o "
             "CROSS JOIN LATERAL unnest(o.gs) WITH ORDINALITY AS m(g, j) "
             f"CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
-            f"FROM ({_group_rows(src, layout, 'm.g')}) AS u) AS z")
+            f"FROM ({_group_rows(src, layout, 'm.g', d)}) AS u) AS z")
 
 
 def _row_facts(src: Source, d: int) -> str:
@@ -1143,18 +1157,18 @@ def first_epoch(session: Session, src: Source, layout: Layout, d: int, init: byt
                 progress: Callable[[str], None] | None = None) -> tuple[First, np.ndarray,
                                                                        np.ndarray]:
     """Run a first epoch over every group, in a seeded random order, in statements of at most
-    :data:`GROUPS_PER_STATEMENT` groups (a progress report after each tenth of the pages).
+    :data:`GROUPS_PER_STATEMENT` groups (:func:`statement_cuts`: a progress report after each
+    tenth of the pages).
     Returns the final :class:`First` and every group's usable and validation rows."""
     order = np.random.default_rng([int(seed) & (2**63 - 1), 1]).permutation(layout.groups)
-    per = BUFFER_BLOCKS * max(1, min(GROUPS_PER_STATEMENT // BUFFER_BLOCKS,
-                                     -(-layout.groups // (PREPARE_CHUNKS * BUFFER_BLOCKS))))
     sql = first_sql(src, layout, d)
     counts = np.zeros(layout.groups, dtype=np.int64)
     holds = np.zeros(layout.groups, dtype=np.int64)
     state, told = init, 0
     base = int(np.random.default_rng([int(seed) & (2**63 - 1), 2]).integers(0, 2**52))
-    for start in range(0, layout.groups, per):
-        part = order[start:start + per]
+    cuts = statement_cuts(layout.groups)
+    for start, stop in zip([0, *cuts], cuts):
+        part = order[start:stop]
         got = session.query(sql, [int(split_seed), base + start // BUFFER_BLOCKS, state,
                                   "{" + ",".join(map(str, part)) + "}"])[0][0]
         f = first_decode(got if got is not None else state)
@@ -1162,11 +1176,30 @@ def first_epoch(session: Session, src: Source, layout: Layout, d: int, init: byt
         counts[t[:, 0]], holds[t[:, 0]] = t[:, 1], t[:, 2]
         f.triples = np.zeros(0)
         state = f.encode()
-        tenth = 10 * min(layout.groups, start + per) // max(layout.groups, 1)
+        tenth = 10 * stop // max(layout.groups, 1)
         if progress is not None and tenth > told:
             told = tenth
             progress(f"first epoch: {10 * tenth}% of pages")
     return first_decode(state), counts, holds
+
+
+def statement_cuts(groups: int, buffer_blocks: int = BUFFER_BLOCKS) -> list[int]:
+    """Where a first epoch's statements end (whole buffers, at most
+    :data:`GROUPS_PER_STATEMENT` groups each): at the first buffer's end past each tenth of
+    the ``groups``, so that each tenth gets its progress report (statements of a fixed size
+    skipped some: 80% and then 100%), and in between as the size limit asks."""
+    step = max(buffer_blocks, GROUPS_PER_STATEMENT // buffer_blocks * buffer_blocks)
+    cuts: list[int] = []
+    last = 0
+    for k in range(1, PREPARE_CHUNKS + 1):
+        end = min(groups, -(-groups * k // (PREPARE_CHUNKS * buffer_blocks)) * buffer_blocks)
+        while end - last > step:
+            last += step
+            cuts.append(last)
+        if end > last:
+            cuts.append(end)
+            last = end
+    return cuts
 
 
 def first_survey(f: First) -> Survey:
@@ -1223,7 +1256,7 @@ def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, d
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs "
                f"FROM ({groups}) AS q WHERE q.pos / {int(buffer_blocks)} BETWEEN %s::int8 "
                "AND %s::int8 GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]")
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d)
                                   for j in range(int(buffer_blocks)))
     blocks = ("SELECT b.n, b.data FROM (" + buffers + ") AS o "
               "CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "

@@ -703,11 +703,11 @@ def _page_group_scans(prep: _Prepared, src: Source, lay: blockscan.Layout,
     rows the training pass kept in the backend (:func:`bismarckpy.blockscan.held_sql`)."""
     part = blockscan.TRAIN if prep.n_valid else blockscan.ALL
     prep.train_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-        src, lay, got, part, split_seed, shuffled=True), reshuffle=True)
+        src, lay, got, part, split_seed, shuffled=True, d=prep.d), reshuffle=True)
     if prep.n_valid:
         prep.valid = src.relation
         prep.valid_scan = execution.Scan(src.relation, template=blockscan.epoch_sql(
-            src, lay, got, blockscan.VALID, split_seed, shuffled=False),
+            src, lay, got, blockscan.VALID, split_seed, shuffled=False, d=prep.d),
             held=blockscan.held_sql(got.holds, split_seed))
 
 
@@ -818,8 +818,9 @@ def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
         raise stale_format()
     total = sum(int(n) for _, n in blocks)
     k = validation_count(p["validation_fraction"], total)
+    # the rows bismarck.pack skipped (missing values) are the model's skipped rows too
     return _finish_head_split(session, p, table.relation, blocks, k, table.d, table.itemsize,
-                              0, classes)
+                              table.skipped_rows, classes)
 
 
 def _finish_head_split(session: TrainingSession, p: dict, relation: str,

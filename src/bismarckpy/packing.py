@@ -54,6 +54,7 @@ class PackedTable:
     itemsize: int
     rows: int
     label_values: list[float]
+    skipped_rows: int = 0  # the rows the pack call skipped (missing values)
 
 
 def check_casts(session: Session, src: Source) -> None:
@@ -427,7 +428,8 @@ def registered(session: Session, relation: str) -> PackedTable | None:
     try:
         rows = session.query(
             "SELECT p.packed_table::text AS name, p.source, p.label, p.features, "
-            "p.array_feature, p.n_features, p.dtype, p.rows, p.label_values "
+            "p.array_feature, p.n_features, p.dtype, p.rows, p.label_values, "
+            "p.skipped_rows "
             "FROM bismarck.packed_tables p WHERE p.packed_table = to_regclass(%s)", [relation])
     except BismarckError:
         raise
@@ -435,11 +437,11 @@ def registered(session: Session, relation: str) -> PackedTable | None:
         return None
     if not rows:
         return None
-    name, source, label, features, array_feature, d, dtype, n, values = rows[0]
+    name, source, label, features, array_feature, d, dtype, n, values, skipped = rows[0]
     return PackedTable(relation=escape_percent(name), name=name, source=source, label=label,
                        features=list(features), array_feature=array_feature, d=int(d),
                        itemsize=DTYPE_CODES[dtype], rows=int(n),
-                       label_values=list(values or []))
+                       label_values=list(values or []), skipped_rows=int(skipped or 0))
 
 
 def create_packed(session: Session, table: str) -> None:

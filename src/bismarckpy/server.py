@@ -20,6 +20,7 @@ import numpy as np
 
 from . import kinds, moments, pack, shared_model
 from .errors import BismarckError, InvalidData
+from .runlock import HOLD_IN_TRANSACTION
 
 if TYPE_CHECKING:
     from .loop import EpochRecord
@@ -204,8 +205,11 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
 
 
 def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
-    """Run ``fn``; return ``{"ok": result}`` or ``{"error": {...}}`` as JSON text."""
+    """Run ``fn``, holding :data:`bismarckpy.runlock.RUN_LOCK` shared (no install replaces
+    the functions under the call: :mod:`bismarckpy.runlock`); return ``{"ok": result}`` or
+    ``{"error": {...}}`` as JSON text."""
     try:
+        plpy.execute(HOLD_IN_TRANSACTION)
         return json.dumps({"ok": _dropping_kept_rows(fn)}, allow_nan=False, default=_jsonable)
     except BismarckError as e:
         err = {"message": e.message, "detail": e.detail, "hint": e.hint, "sqlstate": e.sqlstate}

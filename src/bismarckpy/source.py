@@ -67,6 +67,9 @@ class Source:
     # and are skipped there with NaN and infinities (array_position costs a quarter of the
     # pass's SQL).
     epoch_valid_expr: str = ""
+    # The quoted array feature column ("" for scalar features): an epoch over page groups
+    # also asks its length (blockscan._group_rows), which preparation fixed.
+    array_column: str = ""
     # (column name, SQL true when a row's numeric value has no float8: |v| beyond ~1.8e308 or
     # a non-zero |v| below ~2.5e-324), one per numeric or numeric[] column, for check_casts.
     cast_checks: list[tuple[str, str]] = field(default_factory=list)
@@ -75,6 +78,7 @@ class Source:
     # then each row's class index 0..K-1 (-1: a value that is none of them). None otherwise.
     class_labels: list[str] | None = None
     label_sql: str | None = None  # the quoted label column, for class discovery
+    inheritance_parent: bool = False  # a table with inheritance children (read by rows)
 
     @property
     def categorical(self) -> bool:
@@ -154,6 +158,7 @@ def resolve(session: Session, relation: str, label: str | None,
         "SELECT relkind::text AS kind, has_table_privilege(oid, 'SELECT') AS whole, "
         "EXISTS (SELECT 1 FROM pg_inherits AS i WHERE i.inhparent = c.oid) AS children "
         "FROM pg_class AS c WHERE oid = %s", [oid])[0]
+    rows_kind = relkind
     if children and relkind == "r":  # an inheritance parent: its scans read its children's
         relkind = "p"                # rows too, whose ctids repeat the parent's
     cols = dict(session.query(
@@ -243,8 +248,10 @@ def resolve(session: Session, relation: str, label: str | None,
                   feature_exprs=exprs, cast_checks=cast_checks,
                   scan_valid_expr=" AND ".join(scan_valid),
                   epoch_valid_expr=" AND ".join(epoch_valid) or "true",
+                  array_column=q(features[0]) if array_feature else "",
                   class_labels=None if classes is None else list(classes),
-                  label_sql=None if label is None else q(label))
+                  label_sql=None if label is None else q(label),
+                  inheritance_parent=bool(children) and rows_kind == "r")
 
 
 def class_index_sql(session: Session, column: str, classes: Sequence[str],
