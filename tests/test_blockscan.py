@@ -661,3 +661,41 @@ def test_a_first_epoch_is_cut_at_whole_buffers_and_every_tenth(groups: int) -> N
     assert all(0 < b - a <= blockscan.GROUPS_PER_STATEMENT for a, b in zip(starts, cuts))
     if groups >= 10 * blockscan.BUFFER_BLOCKS:
         assert {10 * c // groups for c in cuts} >= set(range(1, 11))  # each tenth reported
+
+
+@pytest.mark.parametrize("path", ["once packed", "once rows", "pack"])
+def test_a_label_written_between_the_checks_and_the_copy_fails_the_run(
+        dsn, conn, monkeypatch, path: str) -> None:
+    """The copy of a 'once' run (and bismarck.pack) reads the source again after its checks,
+    in another snapshot: a row whose label became a value the checks did not find (7, written
+    just before the copy, an UPDATE that keeps every count) ends the run with "the source
+    table changed" instead of training as the negative class."""
+    from bismarck_controller import training
+
+    X, y = _logistic(3000, 2, 12)
+    load_table(conn, "labrace", ["a", "b"], X, y)
+    conn.execute("ALTER TABLE labrace SET (fillfactor = 50)")
+    conn.execute("VACUUM FULL labrace")
+    model = f"labrace_{path.replace(' ', '_')}"
+    copy = "_pack_buffer" if path != "once rows" else "CREATE UNLOGGED TABLE"
+    original = PsycopgSession.query
+    written = []
+
+    def query(self, text, params=()):
+        if copy in text and not written:  # the checks are done: write before the copy
+            conn.execute("UPDATE labrace SET y = 7 WHERE y = 1 AND id % 10 = 0")
+            written.append(True)
+        return original(self, text, params)
+
+    monkeypatch.setattr(PsycopgSession, "query", query)
+    with psycopg.connect(dsn) as c, pytest.raises((InvalidData, psycopg.errors.DataException),
+                                                  match="changed"):
+        if path == "pack":
+            training.pack(c, "labrace", "y", ["a", "b"], "labrace_packed")
+        else:
+            training.train(c, "labrace", "y", ["a", "b"], model, shuffle="once",
+                           packed=path == "once packed", max_epochs=2)
+    assert written
+    assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
+                        [model]).fetchone()[0] == 0
+    assert conn.execute("SELECT to_regclass('labrace_packed')").fetchone()[0] is None

@@ -289,11 +289,12 @@ def select_matrix(X: np.ndarray, y: np.ndarray, groups: list | None, counts: lis
     return Buffer(X, y, keep if usable is None else usable[keep], checked)
 
 
-def changed(got: int, expected: int) -> InvalidData:
-    """The error for a source whose rows changed while a run read it."""
+def changed(got: int, expected: int, what: str = "A group of pages") -> InvalidData:
+    """The error for a source whose rows changed while a run read it (``what`` held ``got``
+    usable rows where preparation counted ``expected``)."""
     return InvalidData(
         "the source table changed during training",
-        detail=f"A group of pages held {got} usable rows; preparation counted {expected}.",
+        detail=f"{what} held {got} usable rows; preparation counted {expected}.",
         hint="Train again when the table is not being written, or train on a snapshot "
              "(CREATE TABLE ... AS) of it.")
 
@@ -792,15 +793,17 @@ def _tid(group: str, layout: Layout, plus: int = 0) -> str:
     return (f"('(' || (({group})::int8 + {plus}) * {layout.per_group} || ',0)')::pg_catalog.tid")
 
 
-def _group_rows(src: Source, layout: Layout, group: str, d: int) -> str:
+def _group_rows(src: Source, layout: Layout, group: str, d: int, also: str = "") -> str:
     """The usable rows (features, raw label) of one page group, by a TID range scan: an
     array feature of ``d`` elements (preparation skipped and counted a row of another length
-    with a NULL element, and refused one without; ``array_agg`` cannot hold both lengths)."""
+    with a NULL element, and refused one without; ``array_agg`` cannot hold both lengths), and
+    ``also`` (SQL on ``s``: e.g. :func:`bismarckpy.source.label_among`), when given."""
     length = (f" AND cardinality({src.array_column}) = {int(d)}"
               if src.array_feature and src.array_column else "")
+    extra = f" AND ({also})" if also else ""
     return (f"SELECT {src.x_expr} AS x, {src.label_expr} AS y FROM {layout.relation} AS s "
             f"WHERE s.ctid >= {_tid(group, layout)} AND s.ctid < {_tid(group, layout, 1)} "
-            f"AND {src.epoch_valid_expr or src.scan_valid_expr}{length}")
+            f"AND {src.epoch_valid_expr or src.scan_valid_expr}{length}{extra}")
 
 
 def _int_array(values: np.ndarray | list[int]) -> str:
@@ -1245,18 +1248,19 @@ def pack_buffer(xs: bytes | None, ys: bytes | None, d: int, block_size: int, dty
 
 
 def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, dtype: str,
-             seed: int, buffer_blocks: int = BUFFER_BLOCKS) -> str:
+             seed: int, buffer_blocks: int = BUFFER_BLOCKS, also: str = "") -> str:
     """``INSERT`` into ``table`` (block, n, data) the packed blocks of buffers from the second
     ``%s`` to the third, numbering blocks from the first: groups in a seeded random order,
     ``buffer_blocks`` at a time, each buffer shuffled and cut into blocks. Over all buffers,
-    one read of the source; the backend holds one buffer at a time (no sort, no hash table)."""
+    one read of the source; the backend holds one buffer at a time (no sort, no hash table).
+    Only rows that also satisfy ``also`` (:func:`_group_rows`) are packed."""
     groups = (f"SELECT g::int4 AS g, row_number() OVER (ORDER BY hashint4extended(g::int4, "
               f"{int(seed)}::int8), g) - 1 AS pos FROM generate_series(0, {layout.groups - 1}) "
               "AS g")
     buffers = (f"SELECT q.pos / {int(buffer_blocks)} AS buf, array_agg(q.g ORDER BY q.pos) AS gs "
                f"FROM ({groups}) AS q WHERE q.pos / {int(buffer_blocks)} BETWEEN %s::int8 "
                "AND %s::int8 GROUP BY 1 ORDER BY 1")
-    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d)
+    branches = " UNION ALL ".join(_group_rows(src, layout, f"o.gs[{j + 1}]", d, also)
                                   for j in range(int(buffer_blocks)))
     blocks = ("SELECT b.n, b.data FROM (" + buffers + ") AS o "
               "CROSS JOIN LATERAL (SELECT array_agg(u.x) AS xs, array_agg(u.y) AS ys "
@@ -1269,12 +1273,14 @@ def pack_sql(src: Source, layout: Layout, table: str, d: int, block_size: int, d
 
 
 def pack(session: Session, src: Source, table: str, n_rows: int, d: int, block_size: int,
-         dtype: str, seed: int, progress: Callable[[str], None] | None = None) -> int:
-    """Fill packed table ``table`` from ``src`` in one read (:func:`pack_sql`), in
-    :data:`PREPARE_CHUNKS` statements with a progress report after each. Returns the rows."""
+         dtype: str, seed: int, progress: Callable[[str], None] | None = None,
+         also: str = "") -> int:
+    """Fill packed table ``table`` from ``src`` in one read (:func:`pack_sql`; only rows that
+    also satisfy ``also``), in :data:`PREPARE_CHUNKS` statements with a progress report after
+    each. Returns the rows."""
     lay = layout(session, src, n_rows, block_size)
     buffers = -(-lay.groups // BUFFER_BLOCKS)
-    sql = pack_sql(src, lay, table, d, block_size, dtype, seed)
+    sql = pack_sql(src, lay, table, d, block_size, dtype, seed, also=also)
     chunk = max(1, -(-buffers // PREPARE_CHUNKS))
     blocks = 0
     for start in range(0, buffers, chunk):

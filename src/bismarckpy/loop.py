@@ -63,6 +63,7 @@ from .source import (
     distinct_labels,
     exact_number,
     inexact_classes,
+    label_among,
     require_arguments,
     resolve,
     with_classes,
@@ -415,12 +416,17 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     valid = work.table(session, "valid") if n_holdout > 0 else None
     _progress(session, "preparing: writing the " + ("packed" if p["packed"] else "row")
               + " copy")
+    # The copy reads the source again (another snapshot than the checks'): it keeps only rows
+    # of the classes found, and every usable row must arrive (else the table changed).
+    among = label_among(src, classes) or "true"
     if p["packed"]:
         args = (p["block_size"], dtype)
-        n_train = pack_into(session, src, train, d, f"NOT ({holdout})",
+        n_train = pack_into(session, src, train, d, f"NOT ({holdout}) AND {among}",
                             checked.n_usable - n_holdout, *args, seed + 1)
-        n_valid = (pack_into(session, src, valid, d, holdout, n_holdout, *args, seed + 2)
-                   if valid else 0)
+        n_valid = (pack_into(session, src, valid, d, f"({holdout}) AND {among}", n_holdout,
+                             *args, seed + 2) if valid else 0)
+        if n_train + n_valid != checked.n_usable:
+            raise blockscan.changed(n_train + n_valid, checked.n_usable, "The packed copy")
         prep = _finish_packed(session, p, train, valid, d, DTYPE_CODES[dtype],
                               n_train, n_valid, checked.n_total - checked.n_usable, classes)
         prep.notes[:0] = notes
@@ -436,7 +442,7 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     # The row copy keeps each feature array in its in-memory form: the epoch reads it as bytes
     # (np.frombuffer) instead of converting a float8[] to a Python list on every call.
     base = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x, {y_expr} AS y "
-            f"FROM {src.keyed} AS s WHERE {src.valid_expr}")
+            f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND {among}")
     # A synchronized scan may start mid-table: keep 'never' in table order.
     with settings_for_transaction(session, {"synchronize_seqscans": "off"}):
         session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
@@ -445,6 +451,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     n_train, n_pos = session.query(
         f"SELECT count(*) AS n, count(*) FILTER (WHERE y > 0) AS pos FROM {train}")[0]
     n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
+    if n_train + n_valid != checked.n_usable:
+        raise blockscan.changed(n_train + n_valid, checked.n_usable, "The copy of the rows")
     _require_training_rows(n_train, n_valid)
     mu = sd = None
     constant: list[int] = []
@@ -721,9 +729,10 @@ def _prepare_packed_pages(session: TrainingSession, src: Source, p: dict, seed: 
     train = work.table(session, "train")
     create_packed(session, train)
     rows = blockscan.pack(session, src, train, checked.n_total, checked.d, p["block_size"],
-                          dtype, seed + 1, lambda text: _progress(session, "preparing: " + text))
+                          dtype, seed + 1, lambda text: _progress(session, "preparing: " + text),
+                          also=label_among(src, classes))
     if rows != checked.n_usable:
-        raise blockscan.changed(rows, checked.n_usable)
+        raise blockscan.changed(rows, checked.n_usable, "The packed copy")
     _require_training_rows(rows, 0)
     blocks = session.query(f"SELECT p.block, p.n FROM {train} AS p ORDER BY p.block")
     k = validation_count(p["validation_fraction"], rows)

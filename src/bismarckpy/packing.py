@@ -19,7 +19,7 @@ from . import blockscan
 from .errors import BismarckError, InvalidData, UndefinedObject
 from .pack import DTYPE_CODES, FLOAT32_SAFE
 from .params import EXACT_SOLVERS, validate
-from .source import Session, Source, escape_percent, require_arguments, resolve
+from .source import Session, Source, escape_percent, label_among, require_arguments, resolve
 
 # Above this, pack with a sort on the block number (at 1M x 100 only ~10% slower than the hash
 # aggregate, whose table of blocks would hold the whole input: 1.2 GB of backend memory).
@@ -402,12 +402,13 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     _create_target(session, target)
     if src.row_key == "s.ctid::text":  # a table: one read of its pages, no sort
         rows = blockscan.pack(session, src, target, checked.n_total, checked.d, block_size,
-                              dtype, seed)
-        if rows != checked.n_usable:
-            raise blockscan.changed(rows, checked.n_usable)
+                              dtype, seed, also=label_among(src, checked.label_values))
     else:
-        rows = pack_into(session, src, target, checked.d, "true", checked.n_usable, block_size,
-                         dtype, seed, create=False)
+        rows = pack_into(session, src, target, checked.d,
+                         label_among(src, checked.label_values) or "true", checked.n_usable,
+                         block_size, dtype, seed, create=False)
+    if rows != checked.n_usable:  # the copy keeps only the labels the checks found
+        raise blockscan.changed(rows, checked.n_usable, "The packed table")
     name, blocks = session.query(
         f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
         [target.replace("%%", "%")])[0]

@@ -274,6 +274,19 @@ def class_index_sql(session: Session, column: str, classes: Sequence[str],
             "END)::float8")
 
 
+def label_among(src: Source, classes: Sequence[float] | None) -> str:
+    """SQL on ``s``: the row's label (``src.label_expr``, float8) is one of ``classes`` (""
+    when there are none: a regression). A copy of the rows read after their checks (a second
+    snapshot) keeps only rows whose label the checks found, so a label changed in between
+    makes the copy's row count differ from the checks' (the table changed) instead of
+    training silently as another class. Values are written exactly (``repr`` of a double
+    reads back as the same double)."""
+    if not classes or src.label_expr is None:
+        return ""
+    values = ",".join(repr(float(c)) for c in classes)
+    return f"({src.label_expr}) = ANY('{{{values}}}'::pg_catalog.float8[])"
+
+
 def exact_number(v: float) -> str:
     """A class value for messages, exactly: integers in digits (9007199254740992, not
     9.0072e+15), others as the shortest text that reads back as the same double (0.1)."""
