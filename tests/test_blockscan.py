@@ -332,6 +332,10 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     # a rewrite in another order: no row version changes, but rows move between page groups
     # (and between training and validation)
     "CREATE INDEX IF NOT EXISTS chgrun_y ON {t} (y, id); CLUSTER {t} USING chgrun_y",
+    # the feature columns' names swapped: no row, no file changes, but the next epoch reads
+    # the other column under each name
+    "ALTER TABLE {t} RENAME COLUMN a TO tmp; ALTER TABLE {t} RENAME COLUMN b TO a; "
+    "ALTER TABLE {t} RENAME COLUMN tmp TO b",
 ])
 def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> None:
     """Rows written between the epochs of a 'blocks' run (the outside loop commits each

@@ -299,17 +299,28 @@ def changed(got: int, expected: int, what: str = "A group of pages") -> InvalidD
              "(CREATE TABLE ... AS) of it.")
 
 
-def storage(session: Session, relation: str) -> int | None:
-    """The file that holds ``relation``'s rows (``pg_relation_filenode``; None when empty):
-    CLUSTER, VACUUM FULL and other rewrites give the table a new one, and with it another
+def storage(session: Session, relation: str) -> tuple[int | None, str | None]:
+    """The file that holds ``relation``'s rows (``pg_relation_filenode``; None when empty) and
+    its columns (number, name, type, type modifier of each).
+
+    CLUSTER, VACUUM FULL and other rewrites give the table a new file, and with it another
     physical order, which moves rows between page groups (and so between training and
-    validation) without changing a row version."""
+    validation) without changing a row version. Renaming columns changes no row or file
+    either, but the run's next epoch reads features by name: two columns whose names were
+    swapped would train one model on both."""
     row = session.query(f"SELECT pg_catalog.pg_relation_filenode(s.tableoid)::int8 AS f "
                         f"FROM {relation} AS s LIMIT 1")
-    return int(row[0][0]) if row and row[0][0] is not None else None
+    cols = session.query(
+        "SELECT pg_catalog.string_agg(a.attnum::text || ' ' || pg_catalog.quote_ident("
+        "a.attname) || ' ' || a.atttypid::text || ' ' || a.atttypmod::text, ',' ORDER BY "
+        "a.attnum) AS c FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = "
+        "%s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped", [relation])
+    return (int(row[0][0]) if row and row[0][0] is not None else None,
+            cols[0][0] if cols else None)
 
 
-def write_mark(session: Session, relation: str) -> tuple[int, int, int | None]:
+def write_mark(session: Session, relation: str
+               ) -> tuple[int, int, tuple[int | None, str | None]]:
     """A fingerprint of ``relation``'s row versions and their file: ``(rows, sum of their
     xmin, file)``.
 
@@ -318,14 +329,15 @@ def write_mark(session: Session, relation: str) -> tuple[int, int, int | None]:
     the mark changes the count or raises the sum (short of the 32-bit transaction counter
     wrapping around during a run); rows the caller's own transaction wrote before the mark
     count in both fingerprints. A rewrite (CLUSTER, VACUUM FULL) keeps the versions but changes
-    the file (:func:`storage`). One scan of the table."""
+    the file, a column renamed keeps both but changes the columns (:func:`storage`). One scan
+    of the table."""
     row = session.query(f"SELECT count(*)::int8 AS n, coalesce(sum(s.xmin::text::int8), 0)::int8 "
                         f"AS xmins FROM {relation} AS s")[0]
     return int(row[0]), int(row[1]), storage(session, relation)
 
 
 def check_unwritten(session: Session, relation: str,
-                    mark: tuple[int, int, int | None]) -> None:
+                    mark: tuple[int, int, tuple[int | None, str | None]]) -> None:
     """Raise InvalidData ("the source table changed during training") when ``relation``'s
     fingerprint (:func:`write_mark`) is no longer ``mark``: rows were inserted, updated (also
     in place) or deleted since, and the model would mix two versions of the data."""
@@ -333,7 +345,8 @@ def check_unwritten(session: Session, relation: str,
         raise InvalidData(
             "the source table changed during training",
             detail="Rows were inserted, updated or deleted (or the table was rewritten, by "
-                   "CLUSTER or VACUUM FULL) after the run first read the table; the model "
+                   "CLUSTER or VACUUM FULL, or its columns renamed or retyped) after the run "
+                   "first read the table; the model "
                    "would mix two versions of the data, or its validation rows would have "
                    "changed, so it was not stored.",
             hint="Train again when the table is not being written, or train on a snapshot "

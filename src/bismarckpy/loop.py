@@ -169,9 +169,9 @@ class _Prepared:
     # was first read (blockscan.check_unwritten, partitioned.check_unwritten); it raises
     # InvalidData otherwise, and runs before the model is stored.
     unwritten: Callable[[Any], None] | None = None
-    # blocks prepared from a sample: the table's file when the sample was read
+    # blocks prepared from a sample: the table's file and columns when the sample was read
     # (blockscan.storage), part of the fingerprint the run checks before storing the model
-    storage: int | None = None
+    storage: tuple[int | None, str | None] | None = None
     # The features' centre and scale even when the model is not standardised (blocks: read
     # off the preparation's moments; the separation check needs them).
     scaling: tuple[np.ndarray, np.ndarray] | None = None
