@@ -1148,6 +1148,10 @@ LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $
 DECLARE
     m bismarck.models;
 BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be NULL' USING ERRCODE = '22004',
+              HINT = 'Pass the name of a model: SELECT model_name FROM bismarck.models.';
+    END IF;
     SELECT * INTO m FROM bismarck.models AS r
      WHERE r.model_name = model AND (_model.version IS NULL OR r.version = _model.version)
      ORDER BY r.version DESC LIMIT 1;

@@ -78,3 +78,4 @@ SELECT * FROM bismarck.train_glm('kinds_t', NULL, ARRAY['x'], 'nl');
 SELECT * FROM bismarck.train_mlp('kinds_t', 'species', ARRAY['x', 'x'], 'dup');
 SELECT * FROM bismarck.train_mf('kinds_t', NULL, 'x', 'big', 'mf');
 SELECT count(*) AS models FROM bismarck.models WHERE model_name IN ('bg', 'nl', 'dup', 'mf');
+SELECT bismarck.predict(NULL, ARRAY[1, 2]::float8[]);
