@@ -265,9 +265,10 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     out = Table()  # one line per model version: source and features shrink, ending in "…"
     for col in ("model", "version", "kind", "source", "features", "train loss", "created"):
         # the version and the kind ("mlp classifier") are read whole; names and lists shrink
-        # (a model name may be 200 characters: at most 24 are shown, ending in "…")
+        # (a model name may be 200 characters: at most 24 are shown, ending in "…"; at least
+        # 12, also when other rows' columns are wide on a narrow terminal)
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis",
-                       min_width={"version": 7, "kind": 14}.get(col),
+                       min_width={"version": 7, "kind": 14, "model": 12}.get(col),
                        max_width=24 if col == "model" else None)
     for r in rows:
         out.add_row(cell(r["model_name"]), str(r["version"]), cell(kind_cell(r)),
