@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bismarck_controller import embedded
+from bismarck_controller import embedded, privileges
 from bismarck_controller.build import (  # noqa: F401 (re-exported: the extension's build)
     CODE_OBJECTS,
     NAME,
@@ -109,8 +109,8 @@ def check_server(conn: psycopg.Connection) -> str:
     return "unknown"
 
 
-def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
-    """The private extension directory when ``conn`` is to an embedded cluster on this host."""
+def embedded_cluster(conn: psycopg.Connection) -> embedded.Cluster | None:
+    """The embedded cluster on this host that ``conn`` is connected to, if it is one."""
     if not _local_host(conn):
         return None
     # pg_settings hides data_directory from non-superusers instead of raising an error.
@@ -121,8 +121,14 @@ def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
     cluster = embedded.Cluster(pgdata.parent)
     if (pgdata.name == cluster.pgdata.name and cluster.state_file.is_file()
             and cluster.tree.is_dir() and pgdata.is_dir()):
-        return cluster.extension_dir()
+        return cluster
     return None
+
+
+def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
+    """The private extension directory when ``conn`` is to an embedded cluster on this host."""
+    cluster = embedded_cluster(conn)
+    return cluster.extension_dir() if cluster is not None else None
 
 
 def is_embedded(conn: psycopg.Connection) -> bool:
@@ -197,8 +203,14 @@ def refresh_code(conn: psycopg.Connection, ext_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def install(conn_or_dsn: psycopg.Connection | str) -> str:
-    """Create or upgrade the extension in the database; return what was done, in one line."""
+def install(conn_or_dsn: psycopg.Connection | str, *, always_reapply: bool = True) -> str:
+    """Create or upgrade the extension in the database; return what was done, in one line.
+
+    On a current version the privilege block runs again (``bismarck install``); with
+    ``always_reapply=False`` (every connection to the embedded cluster) only when the
+    privileges on the extension's objects differ from those the block last left there (see
+    :func:`privileges_fingerprint`): running it takes 0.1-0.3 s, checking a few ms.
+    """
     if isinstance(conn_or_dsn, str):
         try:
             conn = psycopg.connect(conn_or_dsn, autocommit=True)
@@ -206,7 +218,7 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
             raise SetupError(f"Cannot connect to PostgreSQL: {' '.join(str(exc).split())}",
                              "Check the DSN and that the server is running.") from None
         with conn:
-            return install(conn)
+            return install(conn, always_reapply=always_reapply)
     conn = conn_or_dsn
     current = version()
     try:
@@ -215,7 +227,8 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
         # with "tuple concurrently updated". Session-level, released below or at disconnect.
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
         installed = installed_version(conn)
-        tree = embedded_extension_dir(conn)
+        cluster = embedded_cluster(conn)
+        tree = cluster.extension_dir() if cluster is not None else None
         if tree is not None and not (installed == current
                                      and installed_build(conn) == build_digest()):
             # keeps the embedded cluster's files in step with this client; building them
@@ -227,7 +240,7 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
                 f"The database has bismarck {installed}, newer than this client ({current}).",
                 "Upgrade the client (`pip install -U bismarckpy`).")
         if installed == current:
-            message = _same_version(conn, current)
+            message = _same_version(conn, current, cluster, always_reapply)
         else:
             check_server(conn)
             _ensure_files(conn, current)
@@ -261,7 +274,8 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
 INSTALL_LOCK = 0x6269736D61726B  # "bismark" in ASCII
 
 
-def _same_version(conn: psycopg.Connection, current: str) -> str:
+def _same_version(conn: psycopg.Connection, current: str,
+                  cluster: embedded.Cluster | None, always_reapply: bool) -> str:
     """The installed version is the client's: bring changed SQL or engine code in step."""
     if installed_build(conn) != build_digest():
         target = writable_extension_dir(conn)
@@ -273,7 +287,10 @@ def _same_version(conn: psycopg.Connection, current: str) -> str:
         return (f"bismarck {current} is installed, but its code differs from this client's "
                 f"sql/bismarck.sql and engine; give the change a new version to upgrade it "
                 f"(privileges re-applied).")
-    reapply_privileges(conn)
+    if not always_reapply and privileges.unchanged(conn, cluster):
+        return f"bismarck {current} is installed and current."
+    if reapply_privileges(conn):
+        privileges.remember(conn, cluster)
     return f"bismarck {current} is installed and current (privileges re-applied)."
 
 
@@ -285,14 +302,16 @@ def privilege_statements() -> str:
     return text[text.index("DO $bismarck_privileges$"):]
 
 
-def reapply_privileges(conn: psycopg.Connection) -> None:
+def reapply_privileges(conn: psycopg.Connection) -> bool:
     """Run the privilege block again (``bismarck install`` on a current version): leftover
     grants on the registry, its functions or CREATE on schema bismarck are taken back.
-    Only the extension's owner (or a superuser) can: for anyone else this does nothing."""
+    Only the extension's owner (or a superuser) can: for anyone else this does nothing.
+    Whether it ran."""
     owner = conn.execute("SELECT pg_has_role(e.extowner, 'USAGE') FROM pg_extension e "
                          "WHERE e.extname = %s", [NAME]).fetchone()
     if not owner or not owner[0]:
-        return
+        return False
     with conn.transaction():
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         conn.execute(privilege_statements())
+    return True
