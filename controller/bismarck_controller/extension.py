@@ -133,7 +133,7 @@ def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
 
 def is_embedded(conn: psycopg.Connection) -> bool:
     """Whether ``conn`` is connected to an embedded cluster (see ``embedded``) on this host."""
-    return embedded_extension_dir(conn) is not None
+    return embedded_cluster(conn) is not None
 
 
 def _local_host(conn: psycopg.Connection) -> bool:
@@ -209,7 +209,7 @@ def install(conn_or_dsn: psycopg.Connection | str, *, always_reapply: bool = Tru
     On a current version the privilege block runs again (``bismarck install``); with
     ``always_reapply=False`` (every connection to the embedded cluster) only when the
     privileges on the extension's objects differ from those the block last left there (see
-    :func:`privileges_fingerprint`): running it takes 0.1-0.3 s, checking a few ms.
+    :mod:`bismarck_controller.privileges`): running it takes 0.1-0.3 s, checking a few ms.
     """
     if isinstance(conn_or_dsn, str):
         try:
@@ -228,19 +228,19 @@ def install(conn_or_dsn: psycopg.Connection | str, *, always_reapply: bool = Tru
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
         installed = installed_version(conn)
         cluster = embedded_cluster(conn)
-        tree = cluster.extension_dir() if cluster is not None else None
-        if tree is not None and not (installed == current
-                                     and installed_build(conn) == build_digest()):
+        digest = build_digest()
+        same_build = installed == current and installed_build(conn) == digest
+        if cluster is not None and not same_build:
             # keeps the embedded cluster's files in step with this client; building them
             # takes 0.4-1 s, which a database already at this build (every connection after
             # the first: each CLI command, estimator call and notebook) does not need
-            install_files(tree)
+            install_files(cluster.extension_dir())
         if installed is not None and version_key(installed) > version_key(current):
             raise SetupError(
                 f"The database has bismarck {installed}, newer than this client ({current}).",
                 "Upgrade the client (`pip install -U bismarckpy`).")
         if installed == current:
-            message = _same_version(conn, current, cluster, always_reapply)
+            message = _same_version(conn, current, same_build, cluster, digest, always_reapply)
         else:
             check_server(conn)
             _ensure_files(conn, current)
@@ -274,10 +274,10 @@ def install(conn_or_dsn: psycopg.Connection | str, *, always_reapply: bool = Tru
 INSTALL_LOCK = 0x6269736D61726B  # "bismark" in ASCII
 
 
-def _same_version(conn: psycopg.Connection, current: str,
-                  cluster: embedded.Cluster | None, always_reapply: bool) -> str:
+def _same_version(conn: psycopg.Connection, current: str, same_build: bool,
+                  cluster: embedded.Cluster | None, digest: str, always_reapply: bool) -> str:
     """The installed version is the client's: bring changed SQL or engine code in step."""
-    if installed_build(conn) != build_digest():
+    if not same_build:
         target = writable_extension_dir(conn)
         if target is not None:
             refresh_code(conn, target)
@@ -287,10 +287,10 @@ def _same_version(conn: psycopg.Connection, current: str,
         return (f"bismarck {current} is installed, but its code differs from this client's "
                 f"sql/bismarck.sql and engine; give the change a new version to upgrade it "
                 f"(privileges re-applied).")
-    if not always_reapply and privileges.unchanged(conn, cluster):
+    if not always_reapply and privileges.unchanged(conn, cluster, digest):
         return f"bismarck {current} is installed and current."
     if reapply_privileges(conn):
-        privileges.remember(conn, cluster)
+        privileges.remember(conn, cluster, digest)
     return f"bismarck {current} is installed and current (privileges re-applied)."
 
 

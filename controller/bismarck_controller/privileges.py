@@ -66,13 +66,13 @@ SELECT (SELECT ext.extowner::text FROM ext) || ';' || pg_catalog.string_agg(
 """
 
 
-def fingerprint(conn: psycopg.Connection) -> str | None:
-    """A digest of the build and of every owner and access list the privilege block reads
-    (None when the extension is not installed)."""
+def fingerprint(conn: psycopg.Connection, digest: str | None = None) -> str | None:
+    """A digest of the build (``digest``, default ``build_digest()``) and of every owner and
+    access list the privilege block reads (None when the extension is not installed)."""
     row = conn.execute(_FINGERPRINT, {"name": NAME}).fetchone()
     if not row or row[0] is None:
         return None
-    text = f"{build_digest()}\n{conn.info.dbname}\n{row[0]}"
+    text = f"{digest or build_digest()}\n{conn.info.dbname}\n{row[0]}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -87,21 +87,23 @@ def _read(cluster: embedded.Cluster) -> list[str]:
         return []
 
 
-def unchanged(conn: psycopg.Connection, cluster: embedded.Cluster | None) -> bool:
+def unchanged(conn: psycopg.Connection, cluster: embedded.Cluster | None,
+              digest: str | None = None) -> bool:
     """Whether the privileges are as the privilege block of this build last left them, so
     running it again would change nothing (False when unknown: not embedded, no stamp)."""
     if cluster is None:
         return False
-    current = fingerprint(conn)
+    current = fingerprint(conn, digest)
     return current is not None and current in _read(cluster)
 
 
-def remember(conn: psycopg.Connection, cluster: embedded.Cluster | None) -> None:
+def remember(conn: psycopg.Connection, cluster: embedded.Cluster | None,
+             digest: str | None = None) -> None:
     """Record the privileges just left by the privilege block (best effort: an unwritable
     data root only means the next connection runs the block again)."""
     if cluster is None:
         return
-    current = fingerprint(conn)
+    current = fingerprint(conn, digest)
     if current is None:
         return
     kept = [line for line in _read(cluster) if line != current][-(STAMP_KEEP - 1):] + [current]
