@@ -69,7 +69,10 @@ SELECT (SELECT ext.extowner::text FROM ext) || ';' || pg_catalog.string_agg(
 def fingerprint(conn: psycopg.Connection, digest: str | None = None) -> str | None:
     """A digest of the build (``digest``, default ``build_digest()``) and of every owner and
     access list the privilege block reads (None when the extension is not installed)."""
-    row = conn.execute(_FINGERPRINT, {"name": NAME}).fetchone()
+    with conn.transaction():
+        # look-alike functions or operators of other roles (in public, say) must not run
+        conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
+        row = conn.execute(_FINGERPRINT, {"name": NAME}).fetchone()
     if not row or row[0] is None:
         return None
     text = f"{digest or build_digest()}\n{conn.info.dbname}\n{row[0]}"
