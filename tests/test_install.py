@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from bismarck_controller import connection, embedded, extension
 from bismarck_controller.embed import digest as engine_digest
@@ -92,6 +93,46 @@ def test_a_current_database_is_not_rebuilt_on_connect(dsn: str, monkeypatch) -> 
     monkeypatch.setattr(build, "install_files", refuse)
     assert "is installed and current" in extension.install(dsn)
     connection.connect(dsn).close()
+
+
+def test_connect_reapplies_privileges_only_after_a_change(dsn: str, conn: psycopg.Connection,
+                                                          monkeypatch) -> None:
+    """A connection to the embedded cluster skips the privilege block (0.1-0.3 s) while the
+    privileges are as the block left them, and runs it again after any grant since."""
+    if not extension.is_embedded(conn):
+        pytest.skip("connect() installs only on the embedded cluster")
+    role = f"bismarck_grantee_{os.getpid()}"
+    runs: list[int] = []
+    reapply = extension.reapply_privileges
+
+    def counted(c: psycopg.Connection) -> bool:
+        runs.append(1)
+        return reapply(c)
+
+    monkeypatch.setattr(extension, "reapply_privileges", counted)
+    assert "(privileges re-applied)" in extension.install(dsn)  # explicit: always
+    assert len(runs) == 1
+    connection.connect(dsn).close()
+    assert len(runs) == 1  # unchanged since: skipped
+    conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    try:
+        for grant in ("GRANT SELECT ON bismarck._tickets TO {}",
+                      "GRANT SELECT (fitted) ON bismarck._models TO {}",
+                      "GRANT EXECUTE ON FUNCTION bismarck._redeem(uuid) TO {}",
+                      "GRANT CREATE ON SCHEMA bismarck TO {}"):
+            conn.execute(sql.SQL(grant).format(sql.Identifier(role)))
+            connection.connect(dsn).close()
+            assert conn.execute(
+                "SELECT has_table_privilege(%(r)s, 'bismarck._tickets', 'SELECT') "
+                "OR has_column_privilege(%(r)s, 'bismarck._models', 'fitted', 'SELECT') "
+                "OR has_function_privilege(%(r)s, 'bismarck._redeem(uuid)', 'EXECUTE') "
+                "OR has_schema_privilege(%(r)s, 'bismarck', 'CREATE')",
+                {"r": role}).fetchone() == (False,), grant
+        connection.connect(dsn).close()
+        assert len(runs) == 5  # once per grant, not for the connection after
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_version_matches_control() -> None:

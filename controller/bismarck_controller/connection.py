@@ -66,7 +66,7 @@ def connect(dsn: str | None = None, *, autocommit: bool = False,
 def _ensure_extension(conn: psycopg.Connection, use_embedded: bool) -> None:
     """Install/upgrade on the embedded cluster; elsewhere, require a current installation."""
     if use_embedded or extension.is_embedded(conn):
-        extension.install(conn)
+        extension.install(conn, always_reapply=False)
         return
     installed = extension.installed_version(conn)
     current = extension.version()

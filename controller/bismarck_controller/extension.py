@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bismarck_controller import embedded
+from bismarck_controller import embedded, privileges
 from bismarck_controller.build import (  # noqa: F401 (re-exported: the extension's build)
     CODE_OBJECTS,
     NAME,
@@ -110,8 +110,8 @@ def check_server(conn: psycopg.Connection) -> str:
     return "unknown"
 
 
-def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
-    """The private extension directory when ``conn`` is to an embedded cluster on this host."""
+def embedded_cluster(conn: psycopg.Connection) -> embedded.Cluster | None:
+    """The embedded cluster on this host that ``conn`` is connected to, if it is one."""
     if not _local_host(conn):
         return None
     # pg_settings hides data_directory from non-superusers instead of raising an error.
@@ -122,13 +122,19 @@ def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
     cluster = embedded.Cluster(pgdata.parent)
     if (pgdata.name == cluster.pgdata.name and cluster.state_file.is_file()
             and cluster.tree.is_dir() and pgdata.is_dir()):
-        return cluster.extension_dir()
+        return cluster
     return None
+
+
+def embedded_extension_dir(conn: psycopg.Connection) -> Path | None:
+    """The private extension directory when ``conn`` is to an embedded cluster on this host."""
+    cluster = embedded_cluster(conn)
+    return cluster.extension_dir() if cluster is not None else None
 
 
 def is_embedded(conn: psycopg.Connection) -> bool:
     """Whether ``conn`` is connected to an embedded cluster (see ``embedded``) on this host."""
-    return embedded_extension_dir(conn) is not None
+    return embedded_cluster(conn) is not None
 
 
 def _local_host(conn: psycopg.Connection) -> bool:
@@ -199,8 +205,14 @@ def refresh_code(conn: psycopg.Connection, ext_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def install(conn_or_dsn: psycopg.Connection | str) -> str:
-    """Create or upgrade the extension in the database; return what was done, in one line."""
+def install(conn_or_dsn: psycopg.Connection | str, *, always_reapply: bool = True) -> str:
+    """Create or upgrade the extension in the database; return what was done, in one line.
+
+    On a current version the privilege block runs again (``bismarck install``); with
+    ``always_reapply=False`` (every connection to the embedded cluster) only when the
+    privileges on the extension's objects differ from those the block last left there (see
+    :mod:`bismarck_controller.privileges`): running it takes 0.1-0.3 s, checking a few ms.
+    """
     if isinstance(conn_or_dsn, str):
         try:
             conn = psycopg.connect(conn_or_dsn, autocommit=True)
@@ -208,7 +220,7 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
             raise SetupError(f"Cannot connect to PostgreSQL: {' '.join(str(exc).split())}",
                              "Check the DSN and that the server is running.") from None
         with conn:
-            return install(conn)
+            return install(conn, always_reapply=always_reapply)
     conn = conn_or_dsn
     current = version()
     try:
@@ -217,8 +229,7 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
         # with "tuple concurrently updated". Session-level, released below or at disconnect.
         # The files the databases share: one installer a cluster (install_locks.files_lock).
         conn.execute("SELECT pg_catalog.pg_advisory_lock(%s::int8)", [INSTALL_LOCK])
-        with files_lock(writable_extension_dir(conn)):
-            message = _install_locked(conn, current)
+        message = _install_locked(conn, current, always_reapply)
         if not conn.autocommit:
             conn.commit()
     except psycopg.Error as exc:
@@ -237,22 +248,36 @@ def install(conn_or_dsn: psycopg.Connection | str) -> str:
     return message
 
 
-def _install_locked(conn: psycopg.Connection, current: str) -> str:
-    """:func:`install`'s work, under the installers' locks; returns what was done."""
+def _install_locked(conn: psycopg.Connection, current: str, always_reapply: bool) -> str:
+    """:func:`install`'s work, under the database's installer lock; returns what was done.
+    Work that writes the extension's files (shared by the cluster's databases) also holds
+    the cluster's (:func:`~bismarck_controller.install_locks.files_lock`); a database already
+    at this build writes none (every connection after the first)."""
     installed = installed_version(conn)
-    tree = embedded_extension_dir(conn)
-    if tree is not None and not (installed == current
-                                 and installed_build(conn) == build_digest()):
+    cluster = embedded_cluster(conn)
+    digest = build_digest()
+    same_build = installed == current and installed_build(conn) == digest
+    if same_build:
+        return _same_version(conn, current, same_build, cluster, digest, always_reapply)
+    with files_lock(writable_extension_dir(conn)):
+        return _install_files_locked(conn, current, installed, cluster, digest,
+                                     always_reapply)
+
+
+def _install_files_locked(conn: psycopg.Connection, current: str, installed: str | None,
+                          cluster: embedded.Cluster | None, digest: str,
+                          always_reapply: bool) -> str:
+    """:func:`_install_locked` for a database not at this build, under both locks."""
+    if cluster is not None:
         # keeps the embedded cluster's files in step with this client; building them
-        # takes 0.4-1 s, which a database already at this build (every connection after
-        # the first: each CLI command, estimator call and notebook) does not need
-        install_files(tree)
+        # takes 0.4-1 s, which a database already at this build does not need
+        install_files(cluster.extension_dir())
     if installed is not None and version_key(installed) > version_key(current):
         raise SetupError(
             f"The database has bismarck {installed}, newer than this client ({current}).",
             "Upgrade the client (`pip install -U bismarckpy`).")
     if installed == current:
-        message = _same_version(conn, current)
+        message = _same_version(conn, current, False, cluster, digest, always_reapply)
     else:
         check_server(conn)
         _ensure_files(conn, current)
@@ -273,9 +298,10 @@ def _install_locked(conn: psycopg.Connection, current: str) -> str:
 INSTALL_LOCK = 0x6269736D61726B  # "bismark" in ASCII
 
 
-def _same_version(conn: psycopg.Connection, current: str) -> str:
+def _same_version(conn: psycopg.Connection, current: str, same_build: bool,
+                  cluster: embedded.Cluster | None, digest: str, always_reapply: bool) -> str:
     """The installed version is the client's: bring changed SQL or engine code in step."""
-    if installed_build(conn) != build_digest():
+    if not same_build:
         target = writable_extension_dir(conn)
         if target is not None:
             refresh_code(conn, target)
@@ -285,7 +311,10 @@ def _same_version(conn: psycopg.Connection, current: str) -> str:
         return (f"bismarck {current} is installed, but its code differs from this client's "
                 f"sql/bismarck.sql and engine; give the change a new version to upgrade it "
                 f"(privileges re-applied).")
-    reapply_privileges(conn)
+    if not always_reapply and privileges.unchanged(conn, cluster, digest):
+        return f"bismarck {current} is installed and current."
+    if reapply_privileges(conn):
+        privileges.remember(conn, cluster, digest)
     return f"bismarck {current} is installed and current (privileges re-applied)."
 
 
@@ -297,14 +326,16 @@ def privilege_statements() -> str:
     return text[text.index("DO $bismarck_privileges$"):]
 
 
-def reapply_privileges(conn: psycopg.Connection) -> None:
+def reapply_privileges(conn: psycopg.Connection) -> bool:
     """Run the privilege block again (``bismarck install`` on a current version): leftover
     grants on the registry, its functions or CREATE on schema bismarck are taken back.
-    Only the extension's owner (or a superuser) can: for anyone else this does nothing."""
+    Only the extension's owner (or a superuser) can: for anyone else this does nothing.
+    Whether it ran."""
     owner = conn.execute("SELECT pg_has_role(e.extowner, 'USAGE') FROM pg_extension e "
                          "WHERE e.extname = %s", [NAME]).fetchone()
     if not owner or not owner[0]:
-        return
+        return False
     with conn.transaction():
         conn.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         conn.execute(privilege_statements())
+    return True
