@@ -336,6 +336,8 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     # the other column under each name
     "ALTER TABLE {t} RENAME COLUMN a TO tmp; ALTER TABLE {t} RENAME COLUMN b TO a; "
     "ALTER TABLE {t} RENAME COLUMN tmp TO b",
+    # ... and back after the next epoch: the table at the end is the one at the start
+    "SWAP AND BACK",
 ])
 def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> None:
     """Rows written between the epochs of a 'blocks' run (the outside loop commits each
@@ -351,9 +353,13 @@ def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> Non
     conn.execute("ALTER TABLE chgrun SET (fillfactor = 50)")
     conn.execute("VACUUM FULL chgrun")
 
+    swap = ("ALTER TABLE chgrun RENAME COLUMN a TO tmp; ALTER TABLE chgrun RENAME COLUMN b TO "
+            "a; ALTER TABLE chgrun RENAME COLUMN tmp TO b")
+
     def on_epoch(rec) -> None:
-        if rec.epoch == 1:
-            for statement in write.format(t="chgrun").split("; "):
+        if rec.epoch in ((1, 2) if write == "SWAP AND BACK" else (1,)):
+            for statement in (swap if write == "SWAP AND BACK" else write).format(
+                    t="chgrun").split("; "):
                 conn.execute(statement)
 
     with psycopg.connect(dsn) as c, pytest.raises((InvalidData, psycopg.errors.DataException),
@@ -667,17 +673,27 @@ def test_a_first_epoch_is_cut_at_whole_buffers_and_every_tenth(groups: int) -> N
         assert {10 * c // groups for c in cuts} >= set(range(1, 11))  # each tenth reported
 
 
+@pytest.mark.parametrize("write", [
+    # a label the checks did not find: it was trained as the negative class
+    "UPDATE labrace SET y = 7 WHERE y = 1 AND id % 10 = 0",
+    # the same, with as many unlabelled rows given a label: every count is unchanged
+    "UPDATE labrace SET y = CASE WHEN y IS NULL THEN 1 ELSE 7 END WHERE id % 50 = 3 OR "
+    "(y = 1 AND id IN (SELECT id FROM labrace WHERE y = 1 ORDER BY id LIMIT 60))",
+    # a value a float32 block cannot hold: the error blamed float32
+    "UPDATE labrace SET a = 1e300 WHERE id % 10 = 0",
+])
 @pytest.mark.parametrize("path", ["once packed", "once rows", "pack"])
-def test_a_label_written_between_the_checks_and_the_copy_fails_the_run(
-        dsn, conn, monkeypatch, path: str) -> None:
+def test_a_write_between_the_checks_and_the_copy_fails_the_run(
+        dsn, conn, monkeypatch, path: str, write: str) -> None:
     """The copy of a 'once' run (and bismarck.pack) reads the source again after its checks,
-    in another snapshot: a row whose label became a value the checks did not find (7, written
-    just before the copy, an UPDATE that keeps every count) ends the run with "the source
-    table changed" instead of training as the negative class."""
+    in another snapshot: a write just before the copy (an UPDATE that keeps every count, a
+    new label, labels traded for unlabelled rows, a huge value) ends the run with "the source
+    table changed" instead of training on rows the checks never saw."""
     from bismarck_controller import training
 
     X, y = _logistic(3000, 2, 12)
     load_table(conn, "labrace", ["a", "b"], X, y)
+    conn.execute("UPDATE labrace SET y = NULL WHERE id % 50 = 3")  # rows skipped as missing
     conn.execute("ALTER TABLE labrace SET (fillfactor = 50)")
     conn.execute("VACUUM FULL labrace")
     model = f"labrace_{path.replace(' ', '_')}"
@@ -687,8 +703,7 @@ def test_a_label_written_between_the_checks_and_the_copy_fails_the_run(
 
     def query(self, text, params=()):
         if copy in text and not written:  # the checks are done: write before the copy
-            conn.execute("UPDATE labrace SET y = 7 WHERE y = 1 AND id % 10 = 0")
-            written.append(True)
+            written.append(conn.execute(write).rowcount)
         return original(self, text, params)
 
     monkeypatch.setattr(PsycopgSession, "query", query)
@@ -699,7 +714,34 @@ def test_a_label_written_between_the_checks_and_the_copy_fails_the_run(
         else:
             training.train(c, "labrace", "y", ["a", "b"], model, shuffle="once",
                            packed=path == "once packed", max_epochs=2)
-    assert written
+    assert written and written[0] > 0
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
                         [model]).fetchone()[0] == 0
     assert conn.execute("SELECT to_regclass('labrace_packed')").fetchone()[0] is None
+
+
+def test_a_regression_label_written_before_the_copy_fails_the_run(dsn, conn,
+                                                                  monkeypatch) -> None:
+    """A squared loss has no classes to filter the copy by: the table's fingerprint, taken
+    before the checks, catches a label written between the checks and the copy."""
+    from bismarck_controller import training
+
+    X, y = _logistic(3000, 2, 14)
+    load_table(conn, "regrace", ["a", "b"], X, X @ [1.0, -2.0] + y)
+    conn.execute("ALTER TABLE regrace SET (fillfactor = 50)")
+    conn.execute("VACUUM FULL regrace")
+    original = PsycopgSession.query
+    written = []
+
+    def query(self, text, params=()):
+        if "_pack_buffer" in text and not written:
+            written.append(conn.execute("UPDATE regrace SET y = 1e6 WHERE id % 10 = 0"
+                                        ).rowcount)
+        return original(self, text, params)
+
+    monkeypatch.setattr(PsycopgSession, "query", query)
+    with psycopg.connect(dsn) as c, pytest.raises((InvalidData, psycopg.errors.DataException),
+                                                  match="changed"):
+        training.train(c, "regrace", "y", ["a", "b"], "regrace", loss="squared",
+                       shuffle="once", max_epochs=2)
+    assert written and written[0] > 0

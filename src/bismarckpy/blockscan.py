@@ -25,13 +25,14 @@ NULLs of the expected width, and for a source whose rows changed since preparati
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import heldrows, moments
-from .errors import InvalidData, InvalidParameter
+from .errors import BismarckError, InvalidData, InvalidParameter
 from .pack import HEADER_BYTES, MAGIC, rows_as_records
 from .source import Session, Source
 
@@ -351,6 +352,51 @@ def check_unwritten(session: Session, relation: str,
                    "changed, so it was not stored.",
             hint="Train again when the table is not being written, or train on a snapshot "
                  "(CREATE TABLE ... AS) of it.")
+
+
+def check_columns(session: Session, relation: str,
+                  mark: tuple[int | None, str | None] | None) -> None:
+    """Raise InvalidData ("the source table changed during training") when ``relation``'s
+    columns are no longer those of ``mark`` (:func:`storage`, taken when the run first
+    read it): each epoch reads the features by name, so a column renamed and renamed back
+    between two checks at the start and the end would have trained some epochs on another
+    column. Two catalog lookups, run before each later epoch."""
+    if mark is None or mark[1] is None:
+        return
+    if storage(session, relation)[1] != mark[1]:
+        raise InvalidData(
+            "the source table changed during training",
+            detail="Its columns were renamed, retyped, added or dropped after the run first "
+                   "read the table; later epochs would read other columns under the "
+                   "features' names, so no model was stored.",
+            hint="Train again when the table's definition is not being changed.")
+
+
+@contextlib.contextmanager
+def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
+    """Hold ``relation``'s fingerprint (:func:`write_mark`) from before the body to after it
+    (None: nothing to check). A body that fails after a write (a copy that read rows the
+    checks never saw: a value too large for its block, say) fails with "the source table
+    changed during training" instead: the write is what the user must hear about. When the
+    check cannot run (the transaction already failed), the body's error stands."""
+    if relation is None:
+        yield
+        return
+    mark = write_mark(session, relation)
+    try:
+        # a savepoint, so that the check can still run after the body failed
+        sub = getattr(session, "subtransaction", None)
+        with sub() if sub is not None else contextlib.nullcontext():
+            yield
+    except BismarckError as exc:
+        try:
+            check_unwritten(session, relation, mark)
+        except InvalidData as changed_error:
+            raise changed_error from exc
+        except Exception:  # noqa: BLE001 - the check could not run: report the original
+            pass
+        raise
+    check_unwritten(session, relation, mark)
 
 
 _scratch: dict[int, bytearray] = {}

@@ -169,6 +169,10 @@ class _Prepared:
     # was first read (blockscan.check_unwritten, partitioned.check_unwritten); it raises
     # InvalidData otherwise, and runs before the model is stored.
     unwritten: Callable[[Any], None] | None = None
+    # the same run: a check before each later epoch that the table's columns are the ones
+    # the run first read (blockscan.check_columns: a rename and a rename back between the
+    # start and the end would escape the check at the end)
+    columns_unchanged: Callable[[Any], None] | None = None
     # blocks prepared from a sample: the table's file and columns when the sample was read
     # (blockscan.storage), part of the fingerprint the run checks before storing the model
     storage: tuple[int | None, str | None] | None = None
@@ -387,7 +391,22 @@ class _Work:
 
 def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
              work: _Work) -> _Prepared:
-    """Check rows, code labels, write the (shuffled or packed) train/validation copies."""
+    """Check rows, code labels, write the (shuffled or packed) train/validation copies.
+
+    The checks and the copy read the source in separate statements (separate snapshots): a
+    table's fingerprint (:func:`bismarckpy.blockscan.write_mark`: rows, their ``xmin``, file
+    and columns) taken before the checks must still hold after the copy, else the copy may
+    hold rows the checks never saw ("the source table changed during training"). Views have
+    no row versions to fingerprint; their copy is still checked against the checks' counts
+    and classes."""
+    table = src.row_key == "s.ctid::text"  # a table or materialized view, read whole
+    with blockscan.unwritten_around(session, src.relation if table else None):
+        return _prepare_copies(session, src, p, seed, work)
+
+
+def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
+                    work: _Work) -> _Prepared:
+    """:func:`_prepare`'s checks and copies."""
     if p["packed"] and src.row_key == "s.ctid::text":  # a table: its checks in one read
         checked = _survey(session, src, p, 0.0, seed)[0]
     else:
@@ -641,6 +660,8 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     prep.unwritten = functools.partial(
         blockscan.check_unwritten, relation=src.relation,
         mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage))  # noqa: SLF001
+    prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
+                                               mark=prep.storage)
     split_seed = _split_seed(seed)
     _page_group_scans(prep, src, lay, blockscan.Prepared(counts, holds, None), split_seed)
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
@@ -694,6 +715,8 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
                      constant=coding.constant, n_pos=coding.n_pos)
     prep.unwritten = functools.partial(blockscan.check_unwritten, relation=src.relation,
                                        mark=mark)
+    prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
+                                               mark=mark[2])
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
@@ -1174,6 +1197,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     epoch = 0
     for epoch in range(1, p["max_epochs"] + 1):
         t0 = time.monotonic()
+        if epoch > 1 and prep.columns_unchanged is not None:
+            prep.columns_unchanged(session)
         init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])

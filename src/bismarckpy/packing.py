@@ -392,6 +392,30 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     src = resolve(session, source, label, features)
+    # the checks and the copy are two reads (two snapshots): a table's fingerprint taken
+    # before the checks must still hold after the copy (loop._prepare)
+    with blockscan.unwritten_around(session, src.relation if src.row_key == "s.ctid::text"
+                                    else None):
+        checked, target, rows = _check_and_copy(session, src, packed_table, block_size,
+                                                dtype, seed)
+    name, blocks = session.query(
+        f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
+        [target.replace("%%", "%")])[0]
+    values = checked.label_values or label_values(session, src)
+    session.query(
+        "SELECT bismarck._register_packed(bismarck._ticket(), %s::regclass, %s, %s, %s::text[], "
+        "%s, %s::integer, "
+        "%s, %s::integer, %s::bigint, %s::bigint, %s::float8[], %s::bigint) AS registered",
+        [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
+         block_size, rows, checked.n_total - checked.n_usable, values, seed])
+    return {"packed_table": name, "blocks": int(blocks), "rows": rows,
+            "skipped_rows": checked.n_total - checked.n_usable,
+            "seconds": time.monotonic() - started}
+
+
+def _check_and_copy(session: Session, src: Source, packed_table: str, block_size: int | None,
+                    dtype: str | None, seed: int) -> tuple[Checked, str, int]:
+    """:func:`pack_table`'s checks and copy: what the checks found, the new table, its rows."""
     if src.row_key == "s.ctid::text":  # a table: the checks off one read of its pages
         checked = survey_table(session, src, block_size, 0.0, seed)[0]
     else:
@@ -409,19 +433,7 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
                          block_size, dtype, seed, create=False)
     if rows != checked.n_usable:  # the copy keeps only the labels the checks found
         raise blockscan.changed(rows, checked.n_usable, "The packed table")
-    name, blocks = session.query(
-        f"SELECT %s::regclass::text AS name, count(*) AS blocks FROM {target}",
-        [target.replace("%%", "%")])[0]
-    values = checked.label_values or label_values(session, src)
-    session.query(
-        "SELECT bismarck._register_packed(bismarck._ticket(), %s::regclass, %s, %s, %s::text[], "
-        "%s, %s::integer, "
-        "%s, %s::integer, %s::bigint, %s::bigint, %s::float8[], %s::bigint) AS registered",
-        [name, src.name, label, list(src.features), src.array_feature, checked.d, dtype,
-         block_size, rows, checked.n_total - checked.n_usable, values, seed])
-    return {"packed_table": name, "blocks": int(blocks), "rows": rows,
-            "skipped_rows": checked.n_total - checked.n_usable,
-            "seconds": time.monotonic() - started}
+    return checked, target, rows
 
 
 def registered(session: Session, relation: str) -> PackedTable | None:
