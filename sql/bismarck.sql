@@ -1033,6 +1033,10 @@ COMMENT ON FUNCTION bismarck.delete_model(text, integer) IS
 CREATE FUNCTION bismarck.grant_model(model text, role regrole) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be NULL' USING ERRCODE = '22004',
+              HINT = 'Pass the name of a model you own: SELECT model_name FROM bismarck.models.';
+    END IF;
     PERFORM bismarck._set_grant(bismarck._ticket(), model, role, true);
 END
 $$;
@@ -1043,6 +1047,10 @@ COMMENT ON FUNCTION bismarck.grant_model(text, regrole) IS
 CREATE FUNCTION bismarck.revoke_model(model text, role regrole) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'model must not be NULL' USING ERRCODE = '22004',
+              HINT = 'Pass the name of a model you own: SELECT model_name FROM bismarck.models.';
+    END IF;
     RETURN bismarck._set_grant(bismarck._ticket(), model, role, false);
 END
 $$;

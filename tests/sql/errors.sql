@@ -79,3 +79,5 @@ SELECT * FROM bismarck.train_mlp('kinds_t', 'species', ARRAY['x', 'x'], 'dup');
 SELECT * FROM bismarck.train_mf('kinds_t', NULL, 'x', 'big', 'mf');
 SELECT count(*) AS models FROM bismarck.models WHERE model_name IN ('bg', 'nl', 'dup', 'mf');
 SELECT bismarck.predict(NULL, ARRAY[1, 2]::float8[]);
+SELECT bismarck.grant_model(NULL, 'postgres');
+SELECT bismarck.revoke_model(NULL, 'postgres');
