@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import heldrows, moments
-from .errors import BismarckError, InvalidData, InvalidParameter
+from .errors import InvalidData, InvalidParameter
 from .pack import HEADER_BYTES, MAGIC, rows_as_records
 from .source import Session, Source
 
@@ -377,8 +377,10 @@ def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
     """Hold ``relation``'s fingerprint (:func:`write_mark`) from before the body to after it
     (None: nothing to check). A body that fails after a write (a copy that read rows the
     checks never saw: a value too large for its block, say) fails with "the source table
-    changed during training" instead: the write is what the user must hear about. When the
-    check cannot run (the transaction already failed), the body's error stands."""
+    changed during training" instead: the write is what the user must hear about. Any error
+    counts (inside the server a nested call's error arrives as PL/Python's ``SPIError``, not
+    a :class:`~bismarckpy.errors.BismarckError`); when the check cannot run, the body's
+    error stands."""
     if relation is None:
         yield
         return
@@ -388,7 +390,7 @@ def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
         sub = getattr(session, "subtransaction", None)
         with sub() if sub is not None else contextlib.nullcontext():
             yield
-    except BismarckError as exc:
+    except Exception as exc:
         try:
             check_unwritten(session, relation, mark)
         except InvalidData as changed_error:

@@ -377,3 +377,38 @@ def test_a_first_epoch_range_beyond_the_sample_means_a_full_read() -> None:
     wide_y = SimpleNamespace(y_min=-1e3, y_max=5.0)
     assert loop._sample_missed_a_range(near, prep, wide_y, squared=True)
     assert not loop._sample_missed_a_range(near, prep, wide_y, squared=False)
+
+
+class _MarkSession:
+    """A session whose table fingerprint (rows, xmin sum) is ``marks`` in turn (file and
+    columns fixed), with a savepoint that does nothing."""
+
+    def __init__(self, marks: list[tuple[int, int]]) -> None:
+        self.marks = list(marks)
+
+    def query(self, text: str, params=()):
+        if "count(*)" in text:
+            return [self.marks.pop(0)]
+        if "pg_relation_filenode" in text:
+            return [(7,)]
+        return [("1 a 701 -1",)]
+
+    def subtransaction(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("SPIError: a value is too large"),
+                                   InvalidData("a value is too large for a float32 block")])
+def test_a_copy_that_fails_after_a_write_reports_the_write(error: Exception) -> None:
+    """unwritten_around: any error of the body (inside the server a nested call's error is
+    PL/Python's SPIError, not a BismarckError) becomes "the source table changed" when the
+    table's fingerprint moved; an unchanged table keeps the body's own error."""
+    def body(session) -> None:
+        with blockscan.unwritten_around(session, "t"):
+            raise error
+
+    with pytest.raises(InvalidData, match="changed during training"):
+        body(_MarkSession([(10, 5), (10, 9)]))
+    with pytest.raises(type(error), match="too large"):
+        body(_MarkSession([(10, 5), (10, 5)]))
