@@ -311,13 +311,19 @@ def storage(session: Session, relation: str) -> tuple[int | None, str | None]:
     swapped would train one model on both."""
     row = session.query(f"SELECT pg_catalog.pg_relation_filenode(s.tableoid)::int8 AS f "
                         f"FROM {relation} AS s LIMIT 1")
+    return (int(row[0][0]) if row and row[0][0] is not None else None,
+            columns(session, relation))
+
+
+def columns(session: Session, relation: str) -> str | None:
+    """``relation``'s columns as text: number, name, type and type modifier of each (one
+    catalog lookup)."""
     cols = session.query(
         "SELECT pg_catalog.string_agg(a.attnum::text || ' ' || pg_catalog.quote_ident("
         "a.attname) || ' ' || a.atttypid::text || ' ' || a.atttypmod::text, ',' ORDER BY "
         "a.attnum) AS c FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = "
         "%s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped", [relation])
-    return (int(row[0][0]) if row and row[0][0] is not None else None,
-            cols[0][0] if cols else None)
+    return cols[0][0] if cols else None
 
 
 def write_mark(session: Session, relation: str
@@ -360,10 +366,10 @@ def check_columns(session: Session, relation: str,
     columns are no longer those of ``mark`` (:func:`storage`, taken when the run first
     read it): each epoch reads the features by name, so a column renamed and renamed back
     between two checks at the start and the end would have trained some epochs on another
-    column. Two catalog lookups, run before each later epoch."""
+    column. One catalog lookup, run before each later epoch."""
     if mark is None or mark[1] is None:
         return
-    if storage(session, relation)[1] != mark[1]:
+    if columns(session, relation) != mark[1]:
         raise InvalidData(
             "the source table changed during training",
             detail="Its columns were renamed, retyped, added or dropped after the run first "

@@ -424,12 +424,12 @@ def _check_and_copy(session: Session, src: Source, packed_table: str, block_size
                  packing=True)
     target = _new_relation(session, packed_table, src)
     _create_target(session, target)
+    among = label_among(src, checked.label_values)  # the copy: only the classes checked
     if src.row_key == "s.ctid::text":  # a table: one read of its pages, no sort
         rows = blockscan.pack(session, src, target, checked.n_total, checked.d, block_size,
-                              dtype, seed, also=label_among(src, checked.label_values))
+                              dtype, seed, also=among)
     else:
-        rows = pack_into(session, src, target, checked.d,
-                         label_among(src, checked.label_values) or "true", checked.n_usable,
+        rows = pack_into(session, src, target, checked.d, among or "true", checked.n_usable,
                          block_size, dtype, seed, create=False)
     if rows != checked.n_usable:  # the copy keeps only the labels the checks found
         raise blockscan.changed(rows, checked.n_usable, "The packed table")
