@@ -413,6 +413,7 @@ CREATE FUNCTION bismarck.train_glm(
     class_weight        text     DEFAULT NULL,
     averaging           text     DEFAULT NULL,
     parallel_mode       text     DEFAULT NULL,
+    average             boolean  DEFAULT NULL,
     OUT version         integer,
     OUT epochs          integer,
     OUT converged       boolean,
@@ -435,7 +436,7 @@ BEGIN
         'eta0', eta0, 'power_t', power_t, 'batch_size', batch_size, 'shuffle', shuffle,
         'packed', packed, 'block_size', block_size, 'dtype', dtype, 'seed', seed, 'validation_fraction', validation_fraction, 'parallel', parallel,
         'solver', solver, 'class_weight', class_weight, 'averaging', averaging,
-        'parallel_mode', parallel_mode));
+        'parallel_mode', parallel_mode, 'average', average));
     PERFORM bismarck._raise_if_error(result);
     r := result -> 'ok';
     model_name := r ->> 'model_name';
@@ -449,7 +450,7 @@ END
 $$;
 COMMENT ON FUNCTION bismarck.train_glm(regclass, text, text[], text, text, text, float8, float8,
     boolean, boolean, integer, float8, integer, text, float8, float8, integer, text, boolean,
-    integer, text, bigint, float8, integer, text, text, text, text) IS
+    integer, text, bigint, float8, integer, text, text, text, text, boolean) IS
     'Train a generalized linear model (loss logistic, squared or hinge) with SGD epochs run as '
     'an aggregate, or exactly (solver newton or lbfgs: one aggregate pass per iteration, with '
     'standard errors), and store it as the next version of model_name (default: the source table''s '

@@ -47,7 +47,7 @@ class _BaseSGD:
                  batch_size: int | None = None, shuffle: bool | str = True,
                  random_state: int | None = None, validation_fraction: float = 0.0,
                  standardize: bool = True, model_name: str | None = None,
-                 solver: str = "sgd") -> None:
+                 solver: str = "sgd", average: bool | None = None) -> None:
         self.loss = loss
         self.solver = solver
         self.penalty = penalty
@@ -66,13 +66,14 @@ class _BaseSGD:
         self.validation_fraction = validation_fraction
         self.standardize = standardize
         self.model_name = model_name
+        self.average = average
 
     # --- parameters ---------------------------------------------------------------------------
 
     _PARAM_NAMES: ClassVar[tuple[str, ...]] = (
         "loss", "penalty", "alpha", "l1_ratio", "fit_intercept", "max_iter", "tol",
         "n_iter_no_change", "learning_rate", "eta0", "power_t", "batch_size", "shuffle",
-        "random_state", "validation_fraction", "standardize", "model_name", "solver")
+        "random_state", "validation_fraction", "standardize", "model_name", "solver", "average")
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters (scikit-learn's protocol)."""
@@ -108,6 +109,8 @@ class _BaseSGD:
         values["loss"] = self.LOSSES[self.loss]
         if values["learning_rate"] is None:  # the loss's default (softmax: adaptive)
             del values["learning_rate"]
+        if values["average"] is None:  # averaged SGD where the loss has it (not softmax)
+            del values["average"]
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
         kind = losses.REGISTRY[values["loss"]].kind
@@ -295,7 +298,7 @@ class SGDClassifier(_BaseSGD):
     own type (str for text and enums, bool for booleans, float for numbers), in the order of
     :meth:`predict_proba`'s columns (the second is the positive class of a binary model), and
     :meth:`predict` returns those values. ``learning_rate`` None is the loss's default:
-    invscaling, adaptive for softmax.
+    invscaling, adaptive for softmax; ``average`` None too: averaged SGD, none for softmax.
     """
 
     LOSSES: ClassVar[dict[str, str]] = {"log_loss": "logistic", "hinge": "hinge",

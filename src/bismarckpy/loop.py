@@ -1199,7 +1199,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         t0 = time.monotonic()
         if epoch > 1 and prep.columns_unchanged is not None:
             prep.columns_unchanged(session)
-        init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
+        init = kind.initialize(p, prep, model, eta=sched.eta)
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
         if prep.first is not None or (valid_scan is not None and valid_scan.held):
@@ -1231,7 +1231,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
             vm = kind.decode(execution.run_epoch(session, valid_scan, ev, strategy,
                                                  parts=valid_parts))
             valid_loss = vm.data_loss * loss_scale
-        rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
+        rate = sched.eta  # the epoch's rate, before after_epoch sets the next epoch's
         decision = sched.after_epoch(epoch, train_loss,
                                      valid_loss if valid_loss is not None else train_loss)
         # An epoch's loss is measured along the way from its starting model, so a worse loss

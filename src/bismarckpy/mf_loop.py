@@ -267,9 +267,8 @@ def _check_not_worse_than_mean(session: TrainingSession, prep: _Prep, p: dict,
 def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model_name: str,
             run_id: int, started: float, relation: str, names: dict[str, str]) -> TrainResult:
     """Run the epochs, record them, export and store the model."""
-    sched = Schedule(p["learning_rate"] if p["learning_rate"] != "invscaling" else "constant",
-                     p["eta0"], p["tol"], p["n_iter_no_change"], p["power_t"],
-                     shown_as=p["learning_rate"], advice=_advice(p))
+    sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
+                     p["power_t"], advice=_advice(p))
     history: list[EpochRecord] = []
     train_sql = _epoch_sql(prep.train, p["block_size"], prep.n_train)
     valid_sql = None
@@ -283,8 +282,7 @@ def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model
     serial = {"max_parallel_workers_per_gather": "0"}
     for epoch in range(1, p["max_epochs"] + 1):
         t0 = time.monotonic()
-        eta = (p["eta0"] / epoch ** p["power_t"] if p["learning_rate"] == "invscaling"
-               else sched.eta)
+        eta = sched.eta
         init = mf.init_state(handle, mf.Hyper(eta, p["alpha"], p["alpha_bias"],
                                               p["batch_size"]))
         session.query("SELECT setseed(%s) AS s", [epoch_seed(p["seed"], epoch)])

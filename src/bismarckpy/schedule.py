@@ -37,9 +37,7 @@ class Schedule:
     power_t: float = 0.5
     standardize: bool = True  # for the advice when training diverges
     rate_name: str = "eta0"  # the initial rate's parameter, for the same advice
-    # the schedule as its caller named it (MF runs invscaling itself: 'constant' here) and the
-    # caller's own advice when training diverges (None: the GLM's options)
-    shown_as: str | None = None
+    # the caller's own advice when training diverges (None: the GLM's options)
     advice: str | None = None
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
@@ -50,28 +48,17 @@ class Schedule:
     def __post_init__(self) -> None:
         self.eta = self.eta0
 
-    @property
-    def per_step(self) -> bool:
-        """True when the rate decays inside the epoch (invscaling), not between epochs."""
-        return self.learning_rate == "invscaling"
-
-    def rate_in_force(self, t: float) -> float:
-        """The learning rate of the latest step once ``t`` steps were taken since training began.
-
-        invscaling: the step after ``k`` earlier steps has rate ``eta0 / (k + 1) ** power_t``
-        (scikit-learn's ``eta0 / t ** power_t`` with t counted from 1, and
-        :func:`bismarckpy.kinds.glm._eta`), so the latest of ``t`` steps had ``eta0 / t ** power_t``
-        (``eta0`` before any step). The other schedules change only between epochs, so the rate
-        in force is ``eta`` until :meth:`after_epoch` sets the next epoch's. This is what
-        ``training_history.learning_rate`` records for the epoch that ended after step ``t``.
-        """
-        if self.per_step:
-            return self.eta0 / max(t, 1.0) ** self.power_t
-        return self.eta
-
     def after_epoch(self, epoch: int, train_loss: float, score: float) -> Decision:
-        """Update the rate from this epoch's train loss and score (validation or train loss)."""
+        """Update the rate from this epoch's train loss and score (validation or train loss).
+
+        ``eta`` is the rate of every step of the epoch; after epoch ``k`` it becomes the rate
+        of epoch ``k + 1``: invscaling ``eta0 / (k + 1) ** power_t`` (Robbins–Monro decay
+        counted in epochs, as the matrix factorisation loop's), adaptive and bold_driver as
+        scikit-learn and Bismarck define them, constant ``eta0``.
+        """
         self._check_diverged(epoch, train_loss)
+        if self.learning_rate == "invscaling":
+            self.eta = self.eta0 / (epoch + 1.0) ** self.power_t
         if self.learning_rate == "bold_driver":
             if train_loss > self.previous:
                 self.eta *= 0.5
@@ -108,7 +95,7 @@ class Schedule:
         raise Diverged(
             "training diverged",
             detail=f"At epoch {epoch} the training loss was {loss:g} with "
-                   f"learning_rate => '{self.shown_as or self.learning_rate}' and "
+                   f"learning_rate => '{self.learning_rate}' and "
                    f"{self.rate_name} => {self.eta0:g} (current rate {self.eta:g}).",
             hint=self.advice + " No model was stored." if self.advice else self._glm_advice())
 

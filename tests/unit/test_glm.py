@@ -110,7 +110,7 @@ def test_initialize_roundtrips_through_decode() -> None:
     w = np.array([1.0, -2.0, 3.5])
     s = glm.initialize(3, loss="hinge", alpha=0.1, l1=0.25, l2=0.75, eta=0.3, t=7.0, w=w, b=-1.5)
     assert isinstance(s, bytes)
-    assert len(s) == 8 * (glm.HEADER + 4 * 3 + 2)
+    assert len(s) == 8 * (glm.HEADER + 5 * 3 + 3)
     m = glm.decode(s)
     np.testing.assert_array_equal(m.w, w)
     assert (m.b, m.rows, m.loss_sum, m.skipped, m.steps, m.t) == (-1.5, 0, 0.0, 0, 0, 7.0)

@@ -30,6 +30,7 @@ BAD = {
     "batch_size": [-1, -2, 0.5, 1_000_000_001],
     "shuffle": ["sometimes", True],
     "averaging": ["shards", "", 1, True],
+    "average": ["sometimes", 2, 1.0],
     "seed": [2**62 + 1, -(2**62) - 1, 1.5, "x", False],
     "parallel": [-1, 65, 1.5, "many", True],
     "parallel_mode": ["hogwild", "", 2, True],

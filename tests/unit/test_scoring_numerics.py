@@ -82,7 +82,7 @@ def test_mlp_predictions_are_nan_not_garbage_when_outputs_overflow() -> None:
 
 
 def test_divergence_advice_is_the_callers() -> None:
-    mf_like = Schedule("constant", 0.5, 1e-4, 3, shown_as="invscaling",
+    mf_like = Schedule("invscaling", 0.5, 1e-4, 3,
                        advice="Lower eta0 (try 0.05), or raise alpha.")
     with pytest.raises(Diverged) as err:
         mf_like.after_epoch(1, float("inf"), float("inf"))

@@ -1,8 +1,9 @@
 """Generalized linear models as a Bismarck epoch aggregate: initialize, transition, merge, finalize.
 
 The aggregate state is one little-endian float64 buffer (travelling as ``bytea``): a fixed header,
-then the coefficients ``w``, the intercept, the pending gradient sums and the standardisation
-``mu``/``sd``. The four functions are pure: bytes in, bytes out, no database needed.
+then the coefficients ``w``, the intercept, the pending gradient sums, the standardisation
+``mu``/``sd`` and the running mean of the iterates (averaged SGD). The four functions are pure:
+bytes in, bytes out, no database needed.
 
 Modes, by ``batch_size``: 1 is per-tuple SGD; k > 1 accumulates k tuples then steps; 0 is
 full-batch gradient descent (one exact step per epoch); -1 only evaluates the loss (no step).
@@ -34,8 +35,8 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
  _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT,
- _YSCALE, _PARTS, _CW_NEG, _CW_POS) = range(26)
-HEADER = 26
+ _YSCALE, _PARTS, _CW_NEG, _CW_POS, _AVERAGE, _AVG_N) = range(28)
+HEADER = 28
 # How packed blocks' raw labels become the loss's labels (rows arrive already encoded).
 Y_AS_IS, Y_CLASS01, Y_CLASS_PM1, Y_AFFINE = range(4)
 _F8 = np.dtype("<f8")
@@ -56,6 +57,11 @@ class Model:
     l1: float
     l2: float
     parts: int = 1  # participants whose partial states were merged (1: a serial scan)
+    # Averaged SGD: ``w``, ``b`` are then the mean of ``averaged`` iterates, and the last
+    # iterate, where the next epoch's steps continue from, is ``w_step``, ``b_step``.
+    averaged: float = 0.0
+    w_step: np.ndarray | None = None
+    b_step: float = 0.0
 
     @property
     def mean_loss(self) -> float:
@@ -81,8 +87,15 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                w: np.ndarray | None = None, b: float = 0.0,
                mu: np.ndarray | None = None, sd: np.ndarray | None = None,
                itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None,
-               class_weight: tuple[float, float] = (1.0, 1.0)) -> bytes:
+               class_weight: tuple[float, float] = (1.0, 1.0), average: bool = False,
+               w_avg: np.ndarray | None = None, b_avg: float | None = None,
+               averaged: float = 0.0) -> bytes:
     """Build the initial state of one epoch from hyper-parameters and the previous model.
+
+    ``average``: every step of the epoch also updates the running mean of the iterates
+    (averaged SGD: Polyak & Juditsky, SIAM J. Control Optim. 30, 1992; scikit-learn's
+    ``average``), which holds the mean ``w_avg``, ``b_avg`` of ``averaged`` earlier iterates
+    (none: it starts at the first step's iterate).
 
     ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any;
     ``y_coding`` = (mode, positive class, shift, scale) turns their raw labels into the loss's.
@@ -90,9 +103,8 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     class's weight (scikit-learn's ``class_weight``); classifiers only. ``sd`` may hold
     ``inf`` for a constant column: its standardised value is 0 and its coefficient stays 0.
     """
-    check_state_size(HEADER + 4 * d + 2, f"A linear model of {d} features",
-                     "Use fewer features.")
-    s = np.zeros(HEADER + 4 * d + 2, dtype=_F8)
+    check_state_size(_size(d), f"A linear model of {d} features", "Use fewer features.")
+    s = np.zeros(_size(d), dtype=_F8)
     s[_MAGIC], s[_D], s[_LOSS] = MAGIC, d, LOSS_CODES[loss]
     s[_ALPHA], s[_L1], s[_L2] = alpha, l1, l2
     s[_ETA], s[_INVSCALING], s[_POWER_T], s[_T] = eta, float(invscaling), power_t, t
@@ -103,10 +115,14 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (Y_AS_IS, 1.0, 0.0, 1.0)
     s[_PARTS] = 1  # partial states merged into this one (parallel participants)
     s[_CW_NEG], s[_CW_POS] = class_weight
+    s[_AVERAGE], s[_AVG_N] = float(average), averaged if averaged > 0 else 0.0
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
     b_[0] = b
+    wa_, ba_ = _avg_views(s, d)
+    wa_[:] = w_ if w_avg is None or not averaged > 0 else w_avg
+    ba_[0] = b if b_avg is None or not averaged > 0 else b_avg
     mu_[:] = mu if standardize else 0.0
     sd_[:] = sd if standardize else 1.0
     return s.tobytes()
@@ -219,6 +235,10 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     if int(h[_BATCH]) == 1:  # per-row steps: standardise the block once, then a scalar loop
         Xs = (X + shift) / sd if standardize else X + shift
         code = int(h[_LOSS])
+        average, n_avg = bool(h[_AVERAGE]), h[_AVG_N]
+        s[_AVERAGE] = 0.0  # the running mean is kept here, in local variables
+        w_avg, b_avg = _avg_views(s, d)
+        mean_b = float(b_avg[0])
         for i in range(len(yv)):
             xi = Xs[i]
             loss, dz = _scalar_loss(code, float(np.dot(w, xi) + b[0]), float(yv[i]))
@@ -226,6 +246,12 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
                 loss, dz = loss * weights[i], dz * weights[i]
             s[_LOSS_SUM] += loss
             _step(s, w, b, xi, 1.0, dz)
+            if average:
+                n_avg += 1.0
+                r = 1.0 / n_avg
+                w_avg += r * (w - w_avg)
+                mean_b += r * (float(b[0]) - mean_b)
+        s[_AVERAGE], s[_AVG_N], b_avg[0] = float(average), n_avg, mean_b
         s[_ROWS] += len(yv)
         return s.tobytes()
     _batches(s, h, X, yv, shift, 1.0 / sd if standardize else None, weights)
@@ -253,6 +279,8 @@ def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift
     pending, loss_sum, t, steps = int(h[_PENDING]), h[_LOSS_SUM], h[_T], h[_STEPS]
     eta0, invscaling, power_t = h[_ETA], h[_INVSCALING], h[_POWER_T]
     alpha, l1, l2, intercept = h[_ALPHA], h[_L1], h[_L2], h[_INTERCEPT]
+    average, n_avg = bool(h[_AVERAGE]), h[_AVG_N]
+    w_avg, b_avg = _avg_views(s, d)
     b0 = b[0]
     start = 0
     while start < n:
@@ -295,11 +323,16 @@ def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift
             b0 -= eta * scale * grad_b
         t += 1
         steps += 1
+        if average:
+            n_avg += 1.0
+            w_avg += (w - w_avg) / n_avg
+            b_avg[0] += (b0 - b_avg[0]) / n_avg
         if grad is g:
             g[:] = 0.0
             gb[0] = 0.0
     b[0] = b0
     s[_PENDING], s[_LOSS_SUM], s[_T], s[_STEPS] = pending, loss_sum, t, steps
+    s[_AVG_N] = n_avg
     s[_ROWS] += n
 
 
@@ -345,6 +378,12 @@ def merge(a: bytes | None, b: bytes | None) -> bytes | None:
     elif na + nb > 0:
         wa[:] = (na * wa + nb * wb) / (na + nb)
         ba[:] = (na * ba + nb * bb) / (na + nb)
+    ka, kb = sa[_AVG_N], sb[_AVG_N]
+    if not full_batch and ka + kb > 0:  # the running means, weighted by their iterates
+        (wva, bva), (wvb, bvb) = _avg_views(sa, d), _avg_views(sb, d)
+        wva[:] = (ka * wva + kb * wvb) / (ka + kb)
+        bva[:] = (ka * bva + kb * bvb) / (ka + kb)
+        sa[_AVG_N] = max(ka, kb)
     sa[_T] = max(sa[_T], sb[_T])
     for slot in (_ROWS, _LOSS_SUM, _SKIPPED, _STEPS, _PARTS):
         sa[slot] += sb[slot]
@@ -370,13 +409,17 @@ def decode(state: bytes) -> Model:
     if s.size < HEADER or s[_MAGIC] != MAGIC:
         raise bad
     d = int(s[_D])
-    if d < 0 or s.size != HEADER + 4 * d + 2:
+    if d < 0 or s.size != _size(d):
         raise bad
     w, b, _, _, _, _ = _views(s, d)
-    return Model(w=w.copy(), b=float(b[0]), rows=int(s[_ROWS]), loss_sum=float(s[_LOSS_SUM]),
-                 skipped=int(s[_SKIPPED]), steps=int(s[_STEPS]), t=float(s[_T]),
-                 alpha=float(s[_ALPHA]), l1=float(s[_L1]), l2=float(s[_L2]),
-                 parts=int(s[_PARTS]))
+    stats = dict(rows=int(s[_ROWS]), loss_sum=float(s[_LOSS_SUM]), skipped=int(s[_SKIPPED]),
+                 steps=int(s[_STEPS]), t=float(s[_T]), alpha=float(s[_ALPHA]),
+                 l1=float(s[_L1]), l2=float(s[_L2]), parts=int(s[_PARTS]))
+    if s[_AVG_N] > 0:  # averaged SGD: the model is the mean of the iterates
+        w_avg, b_avg = _avg_views(s, d)
+        return Model(w=w_avg.copy(), b=float(b_avg[0]), averaged=float(s[_AVG_N]),
+                     w_step=w.copy(), b_step=float(b[0]), **stats)
+    return Model(w=w.copy(), b=float(b[0]), **stats)
 
 
 def unstandardize(w: np.ndarray, b: float, mu: np.ndarray, sd: np.ndarray,
@@ -407,6 +450,17 @@ def _views(s: np.ndarray, d: int):
             s[o + 3 * d + 2:o + 4 * d + 2])
 
 
+def _size(d: int) -> int:
+    """Length of the state vector of ``d`` features."""
+    return HEADER + 5 * d + 3
+
+
+def _avg_views(s: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices of the state vector: the running means of the iterates' w and b."""
+    o = HEADER + 4 * d + 2
+    return s[o:o + d], s[o + d:o + d + 1]
+
+
 def _eta(s: np.ndarray) -> float:
     """Learning rate of the next step: constant, or ``eta0 / (t + 1) ** power_t``."""
     if s[_INVSCALING]:
@@ -427,6 +481,17 @@ def _step(s: np.ndarray, w: np.ndarray, b: np.ndarray, grad: np.ndarray, grad_b:
         b[0] -= eta * scale * grad_b
     s[_T] += 1
     s[_STEPS] += 1
+    if s[_AVERAGE]:
+        _average(s, w, float(b[0]))
+
+
+def _average(s: np.ndarray, w: np.ndarray, b: float) -> None:
+    """Fold the iterate ``w``, ``b`` just stepped to into the state's running mean."""
+    s[_AVG_N] += 1.0
+    r = 1.0 / float(s[_AVG_N])
+    w_avg, b_avg = _avg_views(s, len(w))
+    w_avg += r * (w - w_avg)
+    b_avg[0] += r * (b - float(b_avg[0]))
 
 
 def _flush(s: np.ndarray) -> None:
@@ -507,7 +572,7 @@ def class_weights(spec: Any, classes: list[float] | None, n: int,
 
 
 def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float = 0.0,
-               per_step: bool = False, evaluate: bool = False) -> bytes:
+               evaluate: bool = False) -> bytes:
     """:attr:`ModelKind.initialize` of the GLM: an epoch's init state from the run's parameters.
 
     ``data`` is the prepared data (``d``, ``mu``/``sd``, ``itemsize``, ``y_coding``,
@@ -524,11 +589,18 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                           class_weight=weights)
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+    # Averaged SGD from the second epoch on: the first epoch's iterates are the transient
+    # from the all-zero start (Bottou's ASGD starts averaging after one epoch, as here).
+    average = bool(p.get("average")) and model is not None and p["batch_size"] != 0
+    stepped = model is not None and model.w_step is not None
     return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
-                      invscaling=per_step, power_t=p["power_t"],
+                      power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
-                      fit_intercept=p["fit_intercept"], w=w, b=b, mu=data.mu, sd=data.sd,
-                      itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights)
+                      fit_intercept=p["fit_intercept"], w=model.w_step if stepped else w,
+                      b=model.b_step if stepped else b, mu=data.mu, sd=data.sd,
+                      itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights,
+                      average=average, w_avg=w if stepped else None, b_avg=b if stepped else None,
+                      averaged=model.averaged if stepped else 0.0)
 
 
 def export(p: dict[str, Any], data: Any, model: Model | None) -> Stored:

@@ -328,7 +328,7 @@ def unstandardize(W: np.ndarray, b: np.ndarray, mu: np.ndarray,
 
 
 def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float = 0.0,
-               per_step: bool = False, evaluate: bool = False) -> bytes:
+               evaluate: bool = False) -> bytes:
     """:attr:`ModelKind.initialize`: an epoch's init state; ``data.classes`` the K classes."""
     k = len(data.classes)
     W = np.zeros((k, data.d)) if model is None else model.W
@@ -339,7 +339,7 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     return initialize(data.d, data.classes, alpha=alpha, l1=l1, l2=l2, eta=eta,
-                      invscaling=per_step, power_t=p["power_t"],
+                      power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
                       fit_intercept=p["fit_intercept"], W=W, b=b, mu=data.mu, sd=data.sd,
                       itemsize=data.itemsize)
@@ -405,7 +405,8 @@ def _adaptive_by_default(p: Param) -> Param:
 #: stalls for ``n_iter_no_change`` epochs, then divides it by 5 and stops only when the rate
 #: reaches 1e-6 (scikit-learn's rule for learning_rate='adaptive'): "converged" then means that
 #: no rate down to 1e-6 improves the loss by tol, and iris reaches log-loss 0.04-0.08 in ~75.
-PARAMS = merge_params(tuple(_adaptive_by_default(p) for p in GLM_PARAMS))
+PARAMS = merge_params(tuple(_adaptive_by_default(p) for p in GLM_PARAMS
+                            if p.name != "average"))  # not averaged (yet)
 #: Most classes a label may have (the state holds K × d weights and gradients).
 MAX_CLASSES = 1000
 
