@@ -42,13 +42,20 @@ def test_on_a_table_sorted_by_label_blocks_reach_the_packed_copy_in_three_epochs
     load_table(conn, "heldout", [f"x{i}" for i in range(8)], Xv, yv)
     feats = [f"x{i}" for i in range(8)]
     losses = {}
-    for name, how in {"packed": dict(shuffle="once"), "blocks": dict(shuffle="blocks"),
-                      "never": dict(shuffle="never")}.items():
-        train(conn, "sorted", "y", feats, f"sorted_{name}", max_epochs=3, tol=0.0, seed=4,
-              **how)
-        losses[name] = metric(conn, f"sorted_{name}", "heldout", "log_loss")
-    assert losses["blocks"] <= losses["packed"] * 1.01, losses
-    assert losses["never"] > losses["packed"] * 1.02, losses  # the order does matter here
+    for average in (True, False):  # averaged SGD (the default) and the last iterate
+        for name, how in {"packed": dict(shuffle="once"), "blocks": dict(shuffle="blocks"),
+                          "never": dict(shuffle="never")}.items():
+            model = f"sorted_{name}_{average}"
+            train(conn, "sorted", "y", feats, model, max_epochs=3, tol=0.0, seed=4,
+                  average=average, **how)
+            losses[name, average] = metric(conn, model, "heldout", "log_loss")
+    assert losses["blocks", True] <= losses["packed", True] * 1.01, losses
+    # The order does matter here: the last iterate of steps in table order (the 1s last) is
+    # off. Averaging the iterates over an epoch largely undoes the order (never: 0.318,
+    # packed: 0.313), and it is what lets blocks match the copy in three epochs: the last
+    # iterate of a blocks epoch, whose rate stays eta0 / epoch^power_t to its end, still
+    # leans toward the classes of its last buffer (0.347 against the copy's 0.322).
+    assert losses["never", False] > losses["packed", False] * 1.02, losses
 
 
 @pytest.mark.parametrize("layout", ["columns", "array"])

@@ -398,8 +398,9 @@ def _adaptive_by_default(p: Param) -> Param:
 
 
 #: The parameters of a multinomial model: the GLM's (its loss is 'softmax'), except that
-#: ``learning_rate`` defaults to 'adaptive'. Under invscaling the rate decays with every row
-#: step, so the loss falls by less than ``tol`` an epoch long before the optimum: on iris the
+#: ``learning_rate`` defaults to 'adaptive', and there is no ``average``. When invscaling
+#: decayed the rate with every row step (it now decays by epoch), the loss fell by less than
+#: ``tol`` an epoch long before the optimum: on iris the
 #: stopping rule fired at epoch 50 with test log-loss 0.34 (scikit-learn's LogisticRegression:
 #: 0.16), and even 2000 epochs reached only 0.14. 'adaptive' keeps the rate until the loss
 #: stalls for ``n_iter_no_change`` epochs, then divides it by 5 and stops only when the rate
