@@ -1,0 +1,94 @@
+"""Averaged SGD in the GLM kernel (``average``): the model is the running mean of the iterates.
+
+Pure functions, no database: every path that takes steps (per-tuple rows, per-row and
+mini-batch packed blocks) gives the mean of the iterates the same steps produce without
+averaging, continuing a mean carried from earlier epochs; merge weights the means by their
+iterates, whatever the order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_glm import STRICT, make_data, start
+
+from bismarckpy import pack
+from bismarckpy.kinds import glm
+from bismarckpy.losses import LOSSES
+
+
+def _iterates(X, y, w, b, common: dict) -> list[tuple[np.ndarray, float]]:
+    """The iterate after every step, from the same steps without averaging."""
+    plain = glm.initialize(3, w=w, b=b, **common)
+    state, out, k = None, [], common["batch_size"]
+    for i in range(0, len(y), k):
+        for row in range(i, min(i + k, len(y))):
+            state = glm.transition(state, X[row], float(y[row]), plain)
+        m = glm.decode(glm.finalize(state))  # flushes only the last, partial batch
+        out.append((m.w, m.b))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), k=st.integers(1, 6),
+       loss=st.sampled_from(sorted(LOSSES)), path=st.sampled_from(["rows", "block"]),
+       prior=st.integers(0, 3))
+def test_the_model_is_the_mean_of_the_iterates(seed, n, k, loss, path, prior) -> None:
+    X, y = make_data(loss, n=n, d=3, seed=seed)
+    w, b = start(3, seed)
+    rng = np.random.default_rng(seed)
+    w_avg, b_avg = rng.normal(size=3), float(rng.normal())  # the mean of `prior` iterates
+    common = dict(loss=loss, eta=0.2, batch_size=k, alpha=1e-3, l2=1.0, itemsize=8)
+    with np.errstate(**STRICT):
+        steps = _iterates(X, y, w, b, common)
+        init = glm.initialize(3, w=w, b=b, average=True, w_avg=w_avg, b_avg=b_avg,
+                              averaged=float(prior), **common)
+        if path == "block":
+            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
+                                         init)
+        else:
+            state = None
+            for xi, yi in zip(X, y):
+                state = glm.transition(state, xi, float(yi), init)
+        m = glm.decode(glm.finalize(state))
+    want_w = (prior * w_avg + sum(s[0] for s in steps)) / (prior + len(steps))
+    want_b = (prior * b_avg + sum(s[1] for s in steps)) / (prior + len(steps))
+    np.testing.assert_allclose(m.w, want_w, rtol=1e-9, atol=1e-12)
+    assert m.b == pytest.approx(want_b, rel=1e-9, abs=1e-12)
+    assert m.averaged == prior + len(steps)
+    np.testing.assert_allclose(m.w_step, steps[-1][0], rtol=1e-9, atol=1e-12)  # steps go on
+    assert m.b_step == pytest.approx(steps[-1][1], rel=1e-9, abs=1e-12)     # from the iterate
+
+
+def test_without_average_the_model_is_the_last_iterate() -> None:
+    X, y = make_data("logistic", n=20, d=3, seed=2)
+    w, b = start(3)
+    common = dict(loss="logistic", eta=0.2, batch_size=4)
+    state = None
+    for xi, yi in zip(X, y):
+        state = glm.transition(state, xi, float(yi), glm.initialize(3, w=w, b=b, **common))
+    m = glm.decode(glm.finalize(state))
+    last = _iterates(X, y, w, b, common)[-1]
+    np.testing.assert_array_equal(m.w, last[0])
+    assert m.averaged == 0 and m.w_step is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), na=st.integers(1, 20), nb=st.integers(1, 20))
+def test_merge_weights_the_means_by_their_iterates_in_any_order(seed, na, nb) -> None:
+    X, y = make_data("squared", n=na + nb, d=3, seed=seed)
+    w, b = start(3, seed)
+    init = glm.initialize(3, loss="squared", eta=0.1, batch_size=2, w=w, b=b, average=True)
+    parts = []
+    for lo, hi in ((0, na), (na, na + nb)):
+        state = None
+        for xi, yi in zip(X[lo:hi], y[lo:hi]):
+            state = glm.transition(state, xi, float(yi), init)
+        parts.append(glm.finalize(state))
+    ma, mb = glm.decode(parts[0]), glm.decode(parts[1])
+    ab, ba = glm.decode(glm.merge(parts[0], parts[1])), glm.decode(glm.merge(parts[1], parts[0]))
+    want = (ma.averaged * ma.w + mb.averaged * mb.w) / (ma.averaged + mb.averaged)
+    np.testing.assert_allclose(ab.w, want, rtol=1e-12)
+    np.testing.assert_allclose(ba.w, ab.w, rtol=1e-12)
