@@ -35,7 +35,7 @@ def test_preamble_imports_the_engine_without_the_package(tmp_path) -> None:
         "import bismarckpy.kinds.glm as glm\n"
         "state = glm.initialize(2, loss='squared', eta=0.1)\n"
         "print(len(server.epoch_transition(None, None, [1.0, 2.0], 3.0, state)))\n")
-    assert int(_run(tmp_path, "boot.py", program)) == 8 * (glm.HEADER + 4 * 2 + 2)
+    assert int(_run(tmp_path, "boot.py", program)) == 8 * (glm.HEADER + 5 * 2 + 3)
 
 
 def test_a_body_that_breaks_the_convention_is_refused() -> None:

@@ -1,7 +1,8 @@
-"""training_history.learning_rate is the rate in force at the end of each epoch, per schedule.
+"""training_history.learning_rate is the rate of each epoch's steps, per schedule.
 
 Each schedule is checked against its own formula, not against the engine's Schedule class:
-invscaling ``eta0 / t^power_t`` (t: steps since training began), constant ``eta0``, adaptive
+invscaling ``eta0 / k^power_t`` (k: the epoch, from 1) for mini-batches and ``eta0 /
+t^power_t`` (t: steps since training began) for per-row steps, constant ``eta0``, adaptive
 ``eta0 / 5^floor((k - 2) / n_iter_no_change)`` when no epoch after the first is ``tol`` better,
 bold_driver x1.05 after an epoch no worse than the last accepted one, /2 otherwise. Both the
 server's loop (SQL ``train_glm``) and the client's (``training.train``, behind the CLI and the
@@ -75,7 +76,10 @@ def test_invscaling_records_the_decayed_rate(dsn: str, rate_table: str, front: s
         per_epoch = total / epochs
         assert per_epoch == int(per_epoch) and per_epoch >= math.ceil(N / batch_size)
     assert total == per_epoch * epochs
-    expected = [eta0 / (k * per_epoch) ** power_t for k in range(1, epochs + 1)]
+    if batch_size == 1:  # per-row steps: the rate of the epoch's last step
+        expected = [eta0 / (k * per_epoch) ** power_t for k in range(1, epochs + 1)]
+    else:  # mini-batch steps (and full-batch ones): the epoch's rate
+        expected = [eta0 / k ** power_t for k in range(1, epochs + 1)]
     np.testing.assert_allclose([r[2] for r in rows], expected, rtol=1e-14)
     assert rows[-1][2] < eta0  # the bug: eta0 every epoch
 

@@ -104,6 +104,9 @@ def test_binary_logistic_gives_probabilities_too(conn: psycopg.Connection) -> No
      "FROM generate_series(1, 10) i", ", solver => 'newton'", "solver"),
     ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, i % 2 AS y "
      "FROM generate_series(1, 10) i", ", packed => true, shuffle => 'always'", "packed"),
+    ("CREATE TEMP TABLE one AS SELECT ARRAY[i::float8] AS x, i % 3 AS y "
+     "FROM generate_series(1, 10) i", ", average => true",
+     "average is not available with loss 'softmax'"),
 ])
 def test_softmax_bad_input_is_a_clear_error_and_stores_nothing(
         conn: psycopg.Connection, setup: str, options: str, message: str) -> None:

@@ -221,6 +221,14 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             hint=f"Drop the loss (kind {kind} sets it), or train kind glm with loss => "
                  f"'{loss.name}'.")
     if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
+        theirs = {q.name for q in kinds.get(loss.kind).params}
+        extra = sorted(k for k, v in options.items() if v is not None and k not in theirs
+                       and any(q.name == k for q in model_kind.params))
+        if extra:  # a parameter of the function that the loss's model kind does not take
+            raise InvalidParameter(
+                f"{extra[0]} is not available with loss '{loss.name}'",
+                detail=f"Models of loss '{loss.name}' (kind {loss.kind}) take no {extra[0]}.",
+                hint=f"Leave {extra[0]} unset (NULL).")
         model_kind = kinds.get(loss.kind)
         p = validate(options, where=where, params=model_kind.params)
     if model_kind.check_options is not None:
@@ -1156,7 +1164,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     execution layer; the schedule, validation, history and bold_driver's undo are the loop's."""
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
                      p["power_t"], standardize=p.get("standardize", True),
-                     rate_name=kind.extra.get("rate_name", "eta0"))
+                     rate_name=kind.extra.get("rate_name", "eta0"),
+                     per_row=p.get("batch_size") == 1)
     # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
     # early_stopping restores its best coefficients) when the kind asks for it.
     keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None
@@ -1199,7 +1208,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         t0 = time.monotonic()
         if epoch > 1 and prep.columns_unchanged is not None:
             prep.columns_unchanged(session)
-        init = kind.initialize(p, prep, model, eta=sched.eta)
+        init = kind.initialize(p, prep, model, eta=sched.eta, per_step=sched.per_step)
         if train_scan.reshuffle:
             session.query("SELECT setseed(%s)", [execution.epoch_seed(p["seed"], epoch)])
         if prep.first is not None or (valid_scan is not None and valid_scan.held):
@@ -1231,7 +1240,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
             vm = kind.decode(execution.run_epoch(session, valid_scan, ev, strategy,
                                                  parts=valid_parts))
             valid_loss = vm.data_loss * loss_scale
-        rate = sched.eta  # the epoch's rate, before after_epoch sets the next epoch's
+        rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
         decision = sched.after_epoch(epoch, train_loss,
                                      valid_loss if valid_loss is not None else train_loss)
         # An epoch's loss is measured along the way from its starting model, so a worse loss

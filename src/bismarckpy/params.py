@@ -108,8 +108,10 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
-          "(eta0 / epoch^power_t, epochs counted from 1), adaptive (divide by 5 on a plateau), bold_driver "
-          "(x1.05 on improvement, undo and halve otherwise).", choices=LEARNING_RATES),
+          "(eta0 / epoch^power_t for mini-batches, epochs counted from 1; eta0 / t^power_t "
+          "per row at batch_size 1, t counting steps), adaptive (divide by 5 on a plateau), "
+          "bold_driver (x1.05 on improvement, undo and halve otherwise).",
+          choices=LEARNING_RATES),
     Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps; for "
           "mini-batches 1 / L, L the batches' curvature bound measured on a sample of "
           "training rows.", low=0.0, low_open=True, nullable=True),

@@ -39,6 +39,8 @@ class Schedule:
     rate_name: str = "eta0"  # the initial rate's parameter, for the same advice
     # the caller's own advice when training diverges (None: the GLM's options)
     advice: str | None = None
+    # per-row steps (batch_size 1): invscaling then decays with every step, not every epoch
+    per_row: bool = False
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
@@ -48,16 +50,36 @@ class Schedule:
     def __post_init__(self) -> None:
         self.eta = self.eta0
 
+    @property
+    def per_step(self) -> bool:
+        """True when the rate decays inside the epoch (invscaling of per-row steps)."""
+        return self.learning_rate == "invscaling" and self.per_row
+
+    def rate_in_force(self, t: float) -> float:
+        """The learning rate of the latest step once ``t`` steps were taken since training began.
+
+        invscaling of per-row steps: the step after ``k`` earlier steps has rate ``eta0 / (k +
+        1) ** power_t`` (scikit-learn's ``eta0 / t ** power_t``, t counting rows from 1, and
+        :func:`bismarckpy.kinds.glm._eta`), so the latest of ``t`` steps had ``eta0 / t **
+        power_t``. Every other schedule, invscaling of mini-batch steps included, changes the
+        rate only between epochs: it is ``eta`` until :meth:`after_epoch` sets the next
+        epoch's. This is what ``training_history.learning_rate`` records for the epoch that
+        ended after step ``t``.
+        """
+        if self.per_step:
+            return self.eta0 / max(t, 1.0) ** self.power_t
+        return self.eta
+
     def after_epoch(self, epoch: int, train_loss: float, score: float) -> Decision:
         """Update the rate from this epoch's train loss and score (validation or train loss).
 
-        ``eta`` is the rate of every step of the epoch; after epoch ``k`` it becomes the rate
-        of epoch ``k + 1``: invscaling ``eta0 / (k + 1) ** power_t`` (Robbins–Monro decay
-        counted in epochs, as the matrix factorisation loop's), adaptive and bold_driver as
-        scikit-learn and Bismarck define them, constant ``eta0``.
+        invscaling of mini-batch steps: after epoch ``k`` the rate becomes epoch ``k + 1``'s,
+        ``eta0 / (k + 1) ** power_t`` (Robbins–Monro decay counted in epochs, as the matrix
+        factorisation loop's); adaptive and bold_driver as scikit-learn and Bismarck define
+        them; constant keeps ``eta0``.
         """
         self._check_diverged(epoch, train_loss)
-        if self.learning_rate == "invscaling":
+        if self.learning_rate == "invscaling" and not self.per_row:
             self.eta = self.eta0 / (epoch + 1.0) ** self.power_t
         if self.learning_rate == "bold_driver":
             if train_loss > self.previous:

@@ -21,13 +21,21 @@ def test_constant_keeps_eta() -> None:
     decisions = run(s, [5.0, 6.0, 6.0, 7.0, 1.0, 1.0, 1.0])
     assert s.eta == 0.3
     assert all(d.accept and not d.stop for d in decisions)
+    assert not s.per_step
+
+
+def test_invscaling_of_per_row_steps_decays_within_the_epoch_only() -> None:
+    s = Schedule("invscaling", 0.1, tol=None, n_iter_no_change=1, per_row=True)
+    assert s.per_step
+    run(s, [3.0, 3.0, 3.0])
+    assert s.eta == 0.1
 
 
 @pytest.mark.parametrize("power_t", [0.25, 0.5, 1.0])
-def test_invscaling_decays_by_epoch(power_t: float) -> None:
+def test_invscaling_of_mini_batches_decays_by_epoch(power_t: float) -> None:
     """Epoch k's steps all take eta0 / k^power_t, whatever the number of steps in an epoch."""
     s = Schedule("invscaling", 0.1, tol=None, n_iter_no_change=1, power_t=power_t)
-    assert s.eta == 0.1
+    assert s.eta == 0.1 and not s.per_step
     for epoch in range(1, 6):
         s.after_epoch(epoch, 3.0, 3.0)
         assert s.eta == pytest.approx(0.1 / (epoch + 1) ** power_t, rel=1e-15)
@@ -153,3 +161,29 @@ def test_small_first_loss_uses_a_floor_of_one() -> None:
         s.after_epoch(3, 2.0 * GROWTH_BOUND, 0.0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(eta0=st.floats(1e-4, 10.0), power_t=st.floats(0.0, 3.0), t=st.integers(0, 10**7))
+def test_invscaling_rate_in_force_is_the_last_steps_rate(eta0: float, power_t: float,
+                                                          t: int) -> None:
+    from bismarckpy.kinds import glm
+
+    s = Schedule("invscaling", eta0, tol=None, n_iter_no_change=5, power_t=power_t,
+                 per_row=True)
+    # scikit-learn's formula eta0 / t^power_t with t counted from 1 for the latest step.
+    expected = eta0 / max(t, 1) ** power_t
+    assert s.rate_in_force(t) == pytest.approx(expected, rel=4 * 2.0**-52)
+    if t >= 1:  # the rate the engine used for its t-th step (t - 1 steps before it)
+        init = glm.initialize(1, loss="squared", eta=eta0, invscaling=True, power_t=power_t,
+                              t=float(t - 1), fit_intercept=False)
+        w = glm.decode(glm.transition(None, [1.0], 1.0, init)).w[0]
+        assert w == pytest.approx(s.rate_in_force(t), rel=4 * 2.0**-52)
+
+
+@pytest.mark.parametrize("rate", ["constant", "invscaling", "adaptive", "bold_driver"])
+def test_per_epoch_schedules_report_the_epochs_rate_until_after_epoch(rate: str) -> None:
+    s = Schedule(rate, 0.5, tol=1e-3, n_iter_no_change=1)
+    for epoch, loss in enumerate([4.0, 3.0, 3.0, 3.5, 2.0], start=1):
+        before = s.eta
+        assert s.rate_in_force(10.0**epoch) == before  # steps do not matter between epochs
+        s.after_epoch(epoch, loss, loss)
+        assert s.rate_in_force(0) == s.eta

@@ -45,7 +45,7 @@ The training loop's side
 ------------------------
 Between epochs the loop carries the kind's *model* (any Python value the kind chooses; for a GLM
 the decoded coefficients) and builds each epoch's ``init`` with ``initialize(p, data, model,
-eta=..., evaluate=False)``: ``p`` is the validated parameters (common ones and the
+eta=..., per_step=..., evaluate=False)``: ``p`` is the validated parameters (common ones and the
 kind's own, see :func:`bismarckpy.params.merge_params`), ``data`` the prepared data's facts
 (``d``, ``mu``/``sd`` for standardisation, ``itemsize`` of packed blocks, the label coding,
 ``classes``...; :class:`bismarckpy.loop._Prepared`), ``model`` None before the first epoch.
@@ -77,7 +77,7 @@ around the mean so far. Both transitions are real: the default path trains on pa
 
     MAGIC = b"MEANv001"
 
-    def initialize(p, data, model, *, eta=0.0, evaluate=False):
+    def initialize(p, data, model, *, eta=0.0, per_step=False, evaluate=False):
         return MAGIC + np.array([data.d, data.itemsize, 0.0, 0.0, 0.0]).tobytes()
 
     def _add(state, init, ys):
@@ -236,7 +236,7 @@ class ModelKind:
     magic: bytes  # the 8 bytes every aggregate state of this kind begins with
     params: tuple[Param, ...]  # the kind's own parameters merged with the common ones
     losses: tuple[str, ...]  # names in bismarckpy.losses.REGISTRY the kind can train
-    initialize: Initialize  # (p, data, model, *, eta, evaluate) -> init state
+    initialize: Initialize  # (p, data, model, *, eta, per_step, evaluate) -> init state
     transition: Transition  # (state, x, y, init) -> state: one row
     transition_block: BlockTransition  # (state, block, init, first, stop) -> state
     merge: Merge  # (a, b) -> state: two partial states

@@ -325,8 +325,9 @@ def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift
         steps += 1
         if average:
             n_avg += 1.0
-            w_avg += (w - w_avg) / n_avg
-            b_avg[0] += (b0 - b_avg[0]) / n_avg
+            r = 1.0 / n_avg
+            w_avg += r * (w - w_avg)
+            b_avg[0] += r * (b0 - b_avg[0])
         if grad is g:
             g[:] = 0.0
             gb[0] = 0.0
@@ -572,7 +573,7 @@ def class_weights(spec: Any, classes: list[float] | None, n: int,
 
 
 def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float = 0.0,
-               evaluate: bool = False) -> bytes:
+               per_step: bool = False, evaluate: bool = False) -> bytes:
     """:attr:`ModelKind.initialize` of the GLM: an epoch's init state from the run's parameters.
 
     ``data`` is the prepared data (``d``, ``mu``/``sd``, ``itemsize``, ``y_coding``,
@@ -594,7 +595,7 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
     average = bool(p.get("average")) and model is not None and p["batch_size"] != 0
     stepped = model is not None and model.w_step is not None
     return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
-                      power_t=p["power_t"],
+                      invscaling=per_step, power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
                       fit_intercept=p["fit_intercept"], w=model.w_step if stepped else w,
                       b=model.b_step if stepped else b, mu=data.mu, sd=data.sd,

@@ -80,7 +80,7 @@ def validate(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def initialize(p: dict[str, Any], data: Any, model: bytes, *, eta: float = 0.0,
-               evaluate: bool = False) -> bytes:
+               per_step: bool = False, evaluate: bool = False) -> bytes:
     """The epoch's init: the run's handle (``model``) and this epoch's step settings;
     ``evaluate`` only adds up squared errors."""
     if model is None:

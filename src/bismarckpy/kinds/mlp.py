@@ -134,7 +134,7 @@ class MLPEpoch:
 
 
 def epoch_init(p: dict[str, Any], data: Any, model: bytes | None, *, eta: float = 0.0,
-               evaluate: bool = False) -> bytes:
+               per_step: bool = False, evaluate: bool = False) -> bytes:
     """:attr:`ModelKind.initialize`: Glorot weights under ``seed`` before the first epoch, else
     the carried state with its counters cleared (``eta``: the schedule's rate)."""
     if model is None:

@@ -328,7 +328,7 @@ def unstandardize(W: np.ndarray, b: np.ndarray, mu: np.ndarray,
 
 
 def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float = 0.0,
-               evaluate: bool = False) -> bytes:
+               per_step: bool = False, evaluate: bool = False) -> bytes:
     """:attr:`ModelKind.initialize`: an epoch's init state; ``data.classes`` the K classes."""
     k = len(data.classes)
     W = np.zeros((k, data.d)) if model is None else model.W
@@ -339,7 +339,7 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
     return initialize(data.d, data.classes, alpha=alpha, l1=l1, l2=l2, eta=eta,
-                      power_t=p["power_t"],
+                      invscaling=per_step, power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
                       fit_intercept=p["fit_intercept"], W=W, b=b, mu=data.mu, sd=data.sd,
                       itemsize=data.itemsize)
@@ -398,9 +398,9 @@ def _adaptive_by_default(p: Param) -> Param:
 
 
 #: The parameters of a multinomial model: the GLM's (its loss is 'softmax'), except that
-#: ``learning_rate`` defaults to 'adaptive', and there is no ``average``. When invscaling
-#: decayed the rate with every row step (it now decays by epoch), the loss fell by less than
-#: ``tol`` an epoch long before the optimum: on iris the
+#: ``learning_rate`` defaults to 'adaptive', and there is no ``average``. Under invscaling
+#: the rate of per-row steps decays with every step, so the loss falls by less than ``tol`` an
+#: epoch long before the optimum: on iris the
 #: stopping rule fired at epoch 50 with test log-loss 0.34 (scikit-learn's LogisticRegression:
 #: 0.16), and even 2000 epochs reached only 0.14. 'adaptive' keeps the rate until the loss
 #: stalls for ``n_iter_no_change`` epochs, then divides it by 5 and stops only when the rate
