@@ -162,3 +162,14 @@ def test_parameters_are_validated_like_sql(dsn: str) -> None:
     with pytest.raises(AttributeError, match="not fitted"):
         SGDRegressor().predict(dsn, "nowhere")
     assert repr(SGDClassifier(alpha=0.01)) == "SGDClassifier(alpha=0.01)"
+
+
+def test_average_none_is_bismarcks_default_and_softmax_has_none() -> None:
+    """``average=None`` leaves the engine's default (averaged SGD for binary GLMs); softmax
+    fits no average, so None sends nothing and an explicit value is refused as from SQL."""
+    assert "average" not in SGDClassifier().bismarck_params()
+    assert validate(SGDClassifier().bismarck_params())["average"] is True
+    assert SGDClassifier(average=False).bismarck_params()["average"] is False
+    assert "average" not in SGDClassifier(loss="softmax").bismarck_params()
+    with pytest.raises(InvalidParameter, match="unknown parameter 'average'"):
+        SGDClassifier(loss="softmax", average=True).bismarck_params()
