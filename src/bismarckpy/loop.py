@@ -191,9 +191,9 @@ class _Prepared:
     first: Any = None
     # Squared loss: the raw label's mean and population standard deviation on the training
     # rows, when preparation measured them (the best constant model's loss is sd²/2; see
-    # :func:`trivial_squared_loss`); ``y_stats_exact`` False when they come from a sample of
-    # the table. None: not measured (a row copy's or a partition's ``y`` column can be read
-    # for them, scaled by ``y_max_abs``, the largest label magnitude of the checks).
+    # :func:`trivial_glm_loss`); ``y_stats_exact`` False when they come from a sample of the
+    # table. None: not measured (an unstandardised partition's ``y`` column is read for them
+    # if needed, scaled by ``y_max_abs``, the largest label magnitude of the checks).
     y_stats: tuple[float, float] | None = None
     y_stats_exact: bool = True
     y_max_abs: float = 0.0
