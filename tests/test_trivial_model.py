@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import psycopg
+import psycopg.sql
 import pytest
 from reference_data import load_table
 from test_right_answers import metric, train
@@ -185,3 +186,36 @@ def test_a_classifier_worse_than_the_priors_is_not_converged(conn, loss: str) ->
     calm = train(conn, "priors", "y", ["a", "b", "c"], "priors_calm", loss=loss)
     assert calm["metrics"]["converged"] is True
     assert not _trivial_warnings(notices), notices
+
+
+# --- matrix factorisation: predicting the mean -----------------------------------------------
+
+def _load_ratings(conn: psycopg.Connection, name: str, rng: np.random.Generator) -> np.ndarray:
+    u, i = rng.integers(0, 200, 20000), rng.integers(0, 100, 20000)
+    v = 3.0 + rng.random(20000)  # no structure: the mean is the best model
+    conn.execute(psycopg.sql.SQL("DROP TABLE IF EXISTS {}").format(psycopg.sql.Identifier(name)))
+    conn.execute(psycopg.sql.SQL("CREATE TABLE {} (u int, i int, v float8)").format(
+        psycopg.sql.Identifier(name)))
+    with conn.cursor() as cur, cur.copy(psycopg.sql.SQL("COPY {} FROM STDIN").format(
+            psycopg.sql.Identifier(name))) as cp:
+        for row in zip(u.tolist(), i.tolist(), v.tolist()):
+            cp.write_row(row)
+    return v
+
+
+def test_a_factorisation_worse_than_the_mean_is_not_converged(conn) -> None:
+    """eta0 => 0.4 held constant on values with no structure: the MSE settles (tol passes) at
+    about twice the variance, below the refusal bound. Before, stored as converged."""
+    v = _load_ratings(conn, "mf_noise", np.random.default_rng(28))
+    notices = _notices(conn)
+    row = conn.execute("SELECT converged, train_loss FROM bismarck.train_mf('mf_noise', 'u', "
+                       "'i', 'v', 'mf_hot', eta0 => 0.4, learning_rate => 'constant', "
+                       "seed => 1)").fetchone()
+    assert row[1] > WORSE_THAN_START * v.var()
+    assert row[0] is False
+    assert any("predicting the mean" in n for n in notices), notices
+    notices.clear()
+    row = conn.execute("SELECT converged, train_loss FROM bismarck.train_mf('mf_noise', 'u', "
+                       "'i', 'v', 'mf_calm', seed => 1)").fetchone()
+    assert row[1] < v.var()
+    assert not any("predicting the mean" in n for n in notices), notices
