@@ -189,6 +189,14 @@ class _Prepared:
     # and counts of every row folded in (:func:`_first_epoch`); its finalized state. The
     # facts above that came from the sample (counts, scans) are exact once it has run.
     first: Any = None
+    # Squared loss: the raw label's mean and population standard deviation on the training
+    # rows, when preparation measured them (the best constant model's loss is sd²/2; see
+    # :func:`trivial_glm_loss`); ``y_stats_exact`` False when they come from a sample of the
+    # table. None: not measured (an unstandardised partition's ``y`` column is read for them
+    # if needed, scaled by ``y_max_abs``, the largest label magnitude of the checks).
+    y_stats: tuple[float, float] | None = None
+    y_stats_exact: bool = True
+    y_max_abs: float = 0.0
 
 
 def train_glm(session: TrainingSession, *, source: str, label: str,
@@ -460,9 +468,10 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
         return prep
     y_expr = _label_sql(src, p["loss"], classes)
     y_mean, y_sd = 0.0, 1.0
+    y_stats: list[float] | None = None
     if p["standardize"] and p["loss"] == "squared" and p["solver"] not in EXACT_SOLVERS:
-        y_mean, y_sd = _label_scale(session, src, y_expr, holdout, checked.max_abs_y,
-                                    p["fit_intercept"])
+        y_mean, y_sd, *y_stats = _label_scale(session, src, y_expr, holdout,
+                                              checked.max_abs_y, p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
     order = {"once": f"ORDER BY hashtextextended({src.row_key}, {int(seed) + 1})",
              "always": "", "never": ""}[p["shuffle"]]
@@ -475,8 +484,14 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
         session.query(f"CREATE UNLOGGED TABLE {train} AS {base} AND NOT ({holdout}) {order}")
         if valid:
             session.query(f"CREATE UNLOGGED TABLE {valid} AS {base} AND ({holdout})")
-    n_train, n_pos = session.query(
-        f"SELECT count(*) AS n, count(*) FILTER (WHERE y > 0) AS pos FROM {train}")[0]
+    # squared loss: the raw label's moments read along (the trivial model's loss)
+    raw_moments = p["loss"] == "squared" and y_stats is None
+    select, unit = _label_moments_sql("y", checked.max_abs_y) if raw_moments else ("", 1.0)
+    n_train, n_pos, *got = session.query(
+        "SELECT count(*) AS n, count(*) FILTER (WHERE y > 0) AS pos"
+        + (f", {select}" if raw_moments else "") + f" FROM {train}")[0]
+    if raw_moments:
+        y_stats = [float(got[0] or 0.0) * unit, float(got[1] or 0.0) * unit]
     n_valid = session.query(f"SELECT count(*) AS n FROM {valid}")[0][0] if valid else 0
     if n_train + n_valid != checked.n_usable:
         raise blockscan.changed(n_train + n_valid, checked.n_usable, "The copy of the rows")
@@ -489,7 +504,8 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
     return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
                      classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd,
-                     constant=constant, n_pos=int(n_pos), notes=notes)
+                     constant=constant, n_pos=int(n_pos), notes=notes,
+                     y_stats=None if y_stats is None else (y_stats[0], y_stats[1]))
 
 
 def _choose_shuffle(session: TrainingSession, src: Source | None, p: dict, kind: str) -> str:
@@ -616,7 +632,8 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
                      skipped=0, classes=classes, mu=coding.mu, sd=coding.sd,
                      y_mean=coding.y_mean, y_sd=coding.y_sd, packed=False, itemsize=8,
                      y_coding=coding.y_coding, constant=coding.constant,
-                     n_pos=int(round(coding.n_pos * n_train / max(stats.n, 1))))
+                     n_pos=int(round(coding.n_pos * n_train / max(stats.n, 1))),
+                     y_stats=_raw_label_stats(p, stats), y_stats_exact=False)
     prep.scaling = (scaled[0], scaled[1])
     prep.storage = storage
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(usable, 1))
@@ -720,7 +737,8 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
                      n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
                      classes=classes, mu=coding.mu, sd=coding.sd, y_mean=coding.y_mean,
                      y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
-                     constant=coding.constant, n_pos=coding.n_pos)
+                     constant=coding.constant, n_pos=coding.n_pos,
+                     y_stats=_raw_label_stats(p, got.stats))
     prep.unwritten = functools.partial(blockscan.check_unwritten, relation=src.relation,
                                        mark=mark)
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
@@ -800,29 +818,42 @@ def _holdout(session: TrainingSession, src: Source, seed: int, fraction: float,
 
 
 def _label_scale(session: TrainingSession, src: Source, y_expr: str, holdout: str,
-                 max_abs_y: float, fit_intercept: bool) -> tuple[float, float]:
-    """Centre and scale of a regression label on the training rows, without overflow.
+                 max_abs_y: float, fit_intercept: bool) -> tuple[float, float, float, float]:
+    """Centre and scale of a regression label on the training rows, without overflow, then
+    the label's mean and population standard deviation.
 
     With an intercept, the mean and population standard deviation; without, 0 and the root
-    mean square (regression through the origin must not move the label). Values are scaled by
-    a power of two (exact) into [-1, 1] first, so squares of labels near 1e300 stay finite.
+    mean square (regression through the origin must not move the label).
     """
-    e = math.frexp(max_abs_y)[1] if max_abs_y > 0 else 0
+    m, sd = _label_moments(session, f"{src.keyed} AS s",
+                           f"{src.valid_expr} AND NOT ({holdout})", y_expr, max_abs_y)
+    centre, scale = (m, sd) if fit_intercept else (0.0, math.hypot(m, sd))
+    return centre, scale if scale > 0 and math.isfinite(scale) else 1.0, m, sd
+
+
+def _label_moments_sql(y_expr: str, max_abs_y: float) -> tuple[str, float]:
+    """A select list ``m, s`` of the mean and population standard deviation of ``y_expr``
+    scaled into [-1, 1] by a power of two (exact), and the unit to multiply them back by.
+
+    Scaled, squares of labels near 1e300 stay finite; there is no square in SQL at all
+    (float8 products that round to zero raise "underflow" in PostgreSQL: a label of 1e-200
+    next to 1). Scaling down (labels beyond 1) would round labels below 1e-250 to zero, which
+    PostgreSQL's product refuses; next to a label of magnitude >= 1 they weigh nothing.
+    """
+    e = math.frexp(max_abs_y)[1] if max_abs_y > 0 and math.isfinite(max_abs_y) else 0
     k = f"{math.ldexp(1.0, -e)!r}"
-    # No square in SQL: float8 products that round to zero raise "underflow" in PostgreSQL
-    # (a label of 1e-200 next to 1); the root mean square is hypot(mean, sd).
-    # Scaling down (k < 1, labels beyond 1) would round labels below 1e-250 to zero, which
-    # PostgreSQL's product refuses; next to a label of magnitude >= 1 they weigh nothing.
     y_k = (f"(CASE WHEN abs({y_expr}) < 1e-250 THEN 0::float8 ELSE ({y_expr}) * {k} END)"
            if e > 0 else f"(({y_expr}) * {k})")
-    m, sd = session.query(
-        f"SELECT avg({y_k}) AS m, coalesce(stddev_pop({y_k}), 0) AS s "
-        f"FROM {src.keyed} AS s WHERE {src.valid_expr} AND NOT ({holdout})")[0]
-    rms = math.hypot(float(m or 0.0), float(sd or 0.0))
-    unit = math.ldexp(1.0, e)
-    centre, scale = (float(m or 0.0) * unit, float(sd or 0.0) * unit) if fit_intercept else (
-        0.0, float(rms or 0.0) * unit)
-    return centre, scale if scale > 0 and math.isfinite(scale) else 1.0
+    return (f"avg({y_k}) AS m, coalesce(stddev_pop({y_k}), 0) AS s", math.ldexp(1.0, e))
+
+
+def _label_moments(session: TrainingSession, from_sql: str, where: str, y_expr: str,
+                   max_abs_y: float) -> tuple[float, float]:
+    """Mean and population standard deviation of ``y_expr`` over ``from_sql`` rows that
+    satisfy ``where`` (:func:`_label_moments_sql`; 0 and 0 for no rows)."""
+    select, unit = _label_moments_sql(y_expr, max_abs_y)
+    m, sd = session.query(f"SELECT {select} FROM {from_sql} WHERE {where}")[0]
+    return float(m or 0.0) * unit, float(sd or 0.0) * unit
 
 
 def _prepare_packed_table(session: TrainingSession, table: PackedTable, p: dict,
@@ -900,7 +931,16 @@ def _finish_packed(session: TrainingSession, p: dict, train: str, valid: str | N
     return _Prepared(train=train, valid=valid, d=d, n_train=n_train,
                      n_valid=n_valid, skipped=skipped, classes=classes, mu=mu, sd=sd,
                      y_mean=y_mean, y_sd=y_sd, packed=True, itemsize=itemsize, y_coding=coding,
-                     train_rows=train_rows, constant=constant, n_pos=n_pos)
+                     train_rows=train_rows, constant=constant, n_pos=n_pos,
+                     y_stats=_raw_label_stats(p, stats))
+
+
+def _raw_label_stats(p: dict, stats: Moments) -> tuple[float, float] | None:
+    """A regression label's mean and population standard deviation from moments whose column
+    0 is the raw label (None for a classifier)."""
+    if p["loss"] != "squared" or stats.n == 0:
+        return None
+    return float(stats.mean[0]), float(stats.sd[0])
 
 
 @dataclass
@@ -1282,11 +1322,12 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
         notes.append(f"training stopped after {run.epochs} epochs without converging (the "
                      f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
                      f"{p['n_iter_no_change']} epochs). Raise max_epochs")
-    zero = _check_not_worse_than_trivial(session, kind, p, prep, run)
+    zero, what = _check_not_worse_than_trivial(session, kind, p, prep, run)
     rate = kind.extra.get("rate_name", "eta0")
     # only for kinds whose training starts at the trivial model (an MLP starts at random
     # weights, and its per-epoch loss can sit above the zero network's early on)
-    overshoot = (_overshoot_note(run.train_loss, zero, rate, p.get(rate))
+    overshoot = (_overshoot_note(run.train_loss, zero, rate, p.get(rate), what,
+                                 p.get("standardize", True))
                  if kind.extra.get("starts_from_trivial") else None)
     if overshoot is not None:  # after the note above: not "raise max_epochs" for this
         run = dataclasses.replace(run, converged=False)
@@ -1327,8 +1368,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     t = 0.0 if model is None else model.t
-    zero = _check_not_worse_than_zero(session, p, prep, train_sql, train_loss, weights,
-                                      loss_scale)
+    trivial, trivial_what = _check_not_worse_than_trivial_glm(session, p, prep, train_sql,
+                                                              train_loss, weights, loss_scale)
     notes = list(prep.notes)
     separated = None
     if p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0):
@@ -1352,7 +1393,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
-    overshoot = _overshoot_note(train_loss, zero, "eta0", p["eta0"])
+    overshoot = _overshoot_note(train_loss, trivial, "eta0", p["eta0"], trivial_what,
+                                p["standardize"])
     if overshoot is not None:
         converged = False
         notes.append(overshoot)
@@ -1389,8 +1431,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                        history=history, warnings=notes)
 
 
-#: A final training loss this many times the all-zero model's is a run that went astray
-#: (the zero model is where every run starts): it is never reported as converged.
+#: A final training loss this many times the trivial model's (:func:`trivial_glm_loss`: the
+#: best constant model the run could express) is a run that went astray: it is never stored.
 WORSE_THAN_ZERO = 100.0
 
 
@@ -1406,86 +1448,162 @@ def zero_model_loss(loss: str, weights: tuple[float, float], n: int, n_pos: int)
     return per_row * (weights[0] * (n - n_pos) + weights[1] * n_pos) / n
 
 
-def _check_not_worse_than_zero(session: TrainingSession, p: dict, prep: _Prepared,
-                               train_sql: str, train_loss: float,
-                               weights: tuple[float, float], loss_scale: float
-                               ) -> float | None:
-    """Raise :class:`Diverged` when the final loss is far worse than the all-zero model's;
-    otherwise return that model's loss (None when it was not needed: a squared loss run well
-    below the bound).
+def trivial_glm_loss(loss: str, fit_intercept: bool, *, weights: tuple[float, float] = (1, 1),
+                     n: int = 0, n_pos: int = 0, y_mean: float | None = None,
+                     y_sd: float | None = None) -> tuple[float | None, str]:
+    """Mean loss of the best model without features that a GLM can express, and what it is.
+
+    With an intercept, a constant: the label's mean for squared loss (sd²/2), the class priors
+    for logistic loss (their weighted entropy), the majority class for hinge loss (margin ±1,
+    the minority's weighted share times 2); without, the all-zero model (½ the label's mean
+    square; log 2, 1 per row). A run that ends far above it is worse than ignoring the
+    features. None when a squared loss's label moments are not given.
+    """
+    if loss == "squared":
+        if y_mean is None or y_sd is None:
+            return None, ""
+        if fit_intercept:
+            return 0.5 * y_sd * y_sd, "predicting the label's mean"
+        return 0.5 * math.hypot(y_mean, y_sd) ** 2, "predicting 0 (fit_intercept is false)"
+    zero = zero_model_loss(loss, weights, n, n_pos)
+    if zero is None or not fit_intercept:
+        return zero, "every weight zero"
+    neg, pos = weights[0] * (n - n_pos) / n, weights[1] * n_pos / n  # weighted class shares
+    if loss == "hinge":
+        return 2.0 * min(neg, pos), "predicting the majority class"
+    share = pos / (neg + pos) if neg + pos > 0 else 0.0
+    entropy = -sum(w * math.log(q) for w, q in ((neg, 1.0 - share), (pos, share)) if w > 0)
+    return entropy, "predicting the class priors"
+
+
+def trivial_verdict(train_loss: float, trivial: float | None) -> str | None:
+    """How a run's final training loss compares with its trivial model's: ``"diverged"`` above
+    :data:`WORSE_THAN_ZERO` times it (refused), ``"overshoot"`` above :data:`WORSE_THAN_START`
+    times it (stored, not converged, with a warning), else None (also when there is no
+    reference: a trivial loss of 0 or unknown, or a loss that is not finite)."""
+    if trivial is None or not trivial > 0 or not math.isfinite(train_loss):
+        return None
+    if train_loss > WORSE_THAN_ZERO * trivial:
+        return "diverged"
+    if train_loss > WORSE_THAN_START * trivial:
+        return "overshoot"
+    return None
+
+
+def _trivial_glm(session: TrainingSession, p: dict, prep: _Prepared, train_sql: str,
+                 train_loss: float, weights: tuple[float, float],
+                 loss_scale: float) -> tuple[float | None, str]:
+    """The GLM's :func:`trivial_glm_loss` in the reported units, and what that model is.
+
+    Classifiers' come from the class counts; squared loss's from the label's moments that
+    preparation measured. Moments from a sample of the table (``shuffle => 'blocks'``) are
+    only an estimate: when the run's loss is within a factor 2 of it, one loss-only pass of
+    the constant model at the sample's mean measures it (an upper bound of the best constant's
+    loss, tight for a sample of hundreds of rows). Not measured at all (a partition's rows read
+    in place, unstandardised): the training rows' label is read once, then.
+    """
+    fit = bool(p["fit_intercept"])
+    if p["loss"] != "squared":
+        return trivial_glm_loss(p["loss"], fit, weights=weights, n=prep.n_train,
+                                n_pos=prep.n_pos)
+    stats = prep.y_stats
+    if stats is None and prep.layout is not None:  # y: the raw label (not standardised)
+        m, sd = _label_moments(session, prep.train, "true", "y", prep.y_max_abs)
+        stats = (prep.y_mean + prep.y_sd * m, prep.y_sd * sd)
+    if stats is not None:
+        trivial, what = trivial_glm_loss("squared", fit, y_mean=stats[0], y_sd=stats[1])
+        if prep.y_stats_exact or stats is not prep.y_stats or train_loss <= 0.5 * trivial:
+            return trivial, what
+        centre = (stats[0] - prep.y_mean) / prep.y_sd if fit else 0.0  # in the coded units
+    else:
+        centre, what = 0.0, "every weight zero"
+    init = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE,
+                          w=np.zeros(prep.d), b=centre, mu=prep.mu, sd=prep.sd,
+                          itemsize=prep.itemsize, y_coding=prep.y_coding)
+    return glm.decode(session.query(train_sql, [init])[0][0]).data_loss * loss_scale, what
+
+
+def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _Prepared,
+                                      train_sql: str, train_loss: float,
+                                      weights: tuple[float, float], loss_scale: float
+                                      ) -> tuple[float | None, str]:
+    """Raise :class:`Diverged` when the final loss is far worse than the trivial model's
+    (:func:`trivial_verdict`); otherwise return that model's loss and what it is.
 
     Such a run oscillates at a loss no model near the data would have (a huge unstandardised
-    column with too large a learning rate): it must not be stored as converged. Classifiers'
-    zero loss comes from the class counts; squared loss's from one evaluation pass at w = 0,
-    taken only when the loss is large enough to be suspect (standardised, the coded label has
-    mean square 1, so the zero model's loss is y_sd²/2 and a reasonable run needs no pass).
+    column with too large a learning rate), or never brought its intercept to an
+    unstandardised label far from 0: it must not be stored as converged. The reference is the
+    best constant model (the label's mean, the class priors) when the run fits an intercept,
+    not the all-zero model where every run starts: on a label of mean 1000 and spread 1 the
+    zero model's loss is 500,000 and the mean's 0.5.
     """
     if not math.isfinite(train_loss):
-        return None  # the schedule has raised already
-    zero = zero_model_loss(p["loss"], weights, prep.n_train, prep.n_pos)
-    if zero is None:
-        if p["standardize"] and train_loss <= WORSE_THAN_ZERO * 0.5 * loss_scale:
-            return None
-        init = glm.initialize(prep.d, loss=p["loss"], batch_size=glm.EVALUATE,
-                              w=np.zeros(prep.d), b=0.0, mu=prep.mu, sd=prep.sd,
-                              itemsize=prep.itemsize, y_coding=prep.y_coding)
-        zero = glm.decode(session.query(train_sql, [init])[0][0]).data_loss * loss_scale
-    if zero > 0 and train_loss > WORSE_THAN_ZERO * zero:
+        return None, ""  # the schedule has raised already
+    trivial, what = _trivial_glm(session, p, prep, train_sql, train_loss, weights, loss_scale)
+    if trivial_verdict(train_loss, trivial) == "diverged":
         raise Diverged(
             "training diverged",
             detail=f"The final training loss {train_loss:.6g} is more than "
-                   f"{WORSE_THAN_ZERO:g} times the loss of the all-zero model ({zero:.6g}) with "
-                   f"learning_rate => '{p['learning_rate']}' and eta0 => {p['eta0']:g}.",
+                   f"{WORSE_THAN_ZERO:g} times the loss of the trivial model ({trivial:.6g}, "
+                   f"{what}) with learning_rate => '{p['learning_rate']}' and eta0 => "
+                   f"{p['eta0']:g}.",
             hint=("Use standardize => true, or lower eta0" if not p["standardize"]
                   else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
                  "'adaptive' or 'bold_driver'. No model was stored.")
-    return zero
+    return trivial, what
 
 
-#: A final training loss above this multiple of the starting (all-zero or trivial) model's
-#: is a run whose steps overshoot: training made the model worse than where it began. Not
-#: reported as converged, with a warning. (Above 1 for the noise of SGD's last steps on data
-#: with no signal, where a good run ends at the trivial loss.)
+#: A final training loss above this multiple of the trivial model's (the best constant model
+#: the run could express, or the all-zero model training starts from) is a run whose steps
+#: overshoot or that never got there: training left the model worse than ignoring the
+#: features. Not reported as converged, with a warning. (Above 1 for the noise of SGD's last
+#: steps on data with no signal, where a good run ends at the trivial loss.)
 WORSE_THAN_START = 1.05
 
 
-def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any) -> str | None:
-    """The warning for a run that ended worse than the model it started from, or None."""
-    if zero is None or not zero > 0 or not train_loss > WORSE_THAN_START * zero:
+def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any,
+                    what: str = "every weight zero", standardize: bool = True) -> str | None:
+    """The warning for a run that ended worse than its trivial model, or None."""
+    if trivial_verdict(train_loss, zero) != "overshoot":
         return None
     try_value = f" (try {value / 10:g})" if isinstance(value, (int, float)) and value else ""
-    return (f"the final training loss {train_loss:.6g} is above the loss of the model training "
-            f"started from ({zero:.6g}, every weight zero): the steps overshoot, so the model "
-            f"is worse than predicting nothing and is not reported as converged. Lower {rate}"
-            f"{try_value}" + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
+    return (f"the final training loss {train_loss:.6g} is above the loss of the trivial model "
+            f"({zero:.6g}, {what}): the steps overshoot or never got there, so the model is "
+            f"worse than ignoring the features and is not reported as converged. "
+            + ("Use standardize => true, or lower " if not standardize else "Lower ")
+            + f"{rate}{try_value}"
+            + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
 
 
 def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKind, p: dict,
-                                  prep: _Prepared, run: _Run) -> float | None:
+                                  prep: _Prepared, run: _Run) -> tuple[float | None, str]:
     """Raise :class:`Diverged` when a kind's final training loss is more than
-    :data:`WORSE_THAN_ZERO` times the loss of its trivial model (the GLM's zero-model check,
-    :func:`_check_not_worse_than_zero`, for the other kinds); otherwise return that loss.
+    :data:`WORSE_THAN_ZERO` times the loss of its trivial model (the GLM's check,
+    :func:`_check_not_worse_than_trivial_glm`, for the other kinds); otherwise return that
+    loss and what the model is.
 
     The kind names its trivial model in ``extra["trivial_loss"]``: ``(p, data) -> (loss,
     what)``, the mean loss per row in the epoch's (coded) units, or None when it must be
     measured, then by one loss-only pass of ``extra["trivial_init"](p, data)`` (an evaluation
     state of that model) over the training rows. A cross-entropy's trivial model is the
-    all-zero one, as the GLM's: its uniform probabilities lose log K per row, at least the
-    class priors' entropy (the best constant model), so the bound is never tighter than 100
-    times the priors' loss; a standardised regression's predicts the label's mean, ½ per row
-    in standardised units. A run this far above it blew up in its first epochs (where a bound
-    on the loss's growth since epoch 1 never fires): it is refused, and nothing is stored.
+    all-zero one, as the GLM's without an intercept: its uniform probabilities lose log K per
+    row, at least the class priors' entropy (the best constant model), so the bound is never
+    tighter than 100 times the priors' loss; a regression's predicts the label's mean (½ per
+    row in standardised units, the label's variance over 2 from the moments preparation
+    measured otherwise), not 0, which on a label far from 0 would excuse any model. A run this
+    far above it blew up in its first epochs (where a bound on the loss's growth since epoch 1
+    never fires) or never got near the data: it is refused, and nothing is stored.
     """
     trivial = kind.extra.get("trivial_loss")
     if trivial is None or not math.isfinite(run.train_loss):
-        return None
+        return None, ""
     zero, what = trivial(p, prep)
     if zero is None:
         init = kind.extra["trivial_init"](p, prep)
         zero = kind.decode(session.query(run.train_sql, [init])[0][0]).data_loss
     zero *= run.loss_scale
-    if not (zero > 0 and run.train_loss > WORSE_THAN_ZERO * zero):
-        return zero
+    if trivial_verdict(run.train_loss, zero) != "diverged":
+        return zero, what
     rate = kind.extra.get("rate_name", "eta0")
     value = p.get(rate)
     advice = f"Lower {rate}" + (f" (try {value / 10:g})" if value else "")

@@ -46,6 +46,7 @@ from .loop import (
     _forget_work,
     _Work,
     record_epoch,
+    trivial_verdict,
 )
 from .packing import settings_for_transaction
 from .schedule import Schedule
@@ -243,19 +244,30 @@ def _advice(p: dict) -> str:
 
 
 def _check_not_worse_than_mean(session: TrainingSession, prep: _Prep, p: dict,
-                               train_mse: float) -> None:
+                               train_mse: float) -> str | None:
     """Raise :class:`Diverged` when the final training MSE is more than
     :data:`bismarckpy.loop.WORSE_THAN_ZERO` times that of the trivial model (every factor and
-    bias 0: each value predicted by the training mean, its MSE the values' variance).
+    bias 0: each value predicted by the training mean, its MSE the values' variance);
+    otherwise return the warning for a run that ended more than
+    :data:`bismarckpy.loop.WORSE_THAN_START` times above it (worse than predicting the mean:
+    not converged), or None.
 
     A run that blew up in its first epoch and then stayed high never trips the schedule's
     bound on the loss's growth since epoch 1; this check refuses it before anything is stored.
+    One below that bound but above the mean's MSE (``eta0 => 0.4`` held constant on values
+    with no structure ends at about twice the variance, its loss settled) is no model of the
+    data either.
     """
     if not math.isfinite(train_mse):
-        return
+        return None
     var = session.query(f"SELECT var_pop(v) AS var FROM {prep.train}")[0][0]
-    if var is None or not float(var) > 0 or train_mse <= WORSE_THAN_ZERO * float(var):
-        return
+    verdict = trivial_verdict(train_mse, None if var is None else float(var))
+    if verdict is None:
+        return None
+    if verdict == "overshoot":
+        return (f"the final training MSE {train_mse:.6g} is above that of predicting the mean "
+                f"({float(var):.6g}): the steps overshoot, so the model is worse than the mean "
+                f"and is not reported as converged. " + _advice(p))
     raise Diverged(
         "training diverged",
         detail=f"The final training MSE {train_mse:.6g} is more than {WORSE_THAN_ZERO:g} "
@@ -308,7 +320,10 @@ def _epochs(session: TrainingSession, prep: _Prep, p: dict, handle: bytes, model
     if not converged and p["tol"] is not None:
         notes.append(f"train_mf stopped at max_epochs = {p['max_epochs']} without converging "
                      "(tol); raise max_epochs or tol")
-    _check_not_worse_than_mean(session, prep, p, train_mse)
+    overshoot = _check_not_worse_than_mean(session, prep, p, train_mse)
+    if overshoot is not None:
+        converged = False
+        notes.append(overshoot)
     blob = bytes(session.query("SELECT bismarck._mf_export(%s) AS m", [handle])[0][0])
     model = mf.loads(blob)
     if not (np.isfinite(model.P).all() and np.isfinite(model.Q).all()):

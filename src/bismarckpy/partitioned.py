@@ -486,9 +486,10 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
                             f"WHERE {src.valid_expr} ORDER BY 1 OFFSET %s LIMIT 1", [k - 1])[0][0]
         holdout = f"({row_hash(seed)} <= {int(cut)})"
     y_mean, y_sd = 0.0, 1.0
+    y_stats = None  # unstandardised: measured after training if needed (loop._trivial_glm)
     if p["standardize"] and p["loss"] == "squared":
-        y_mean, y_sd = loop._label_scale(session, src, y_expr, holdout, checked.max_abs_y,
-                                         p["fit_intercept"])
+        y_mean, y_sd, *y_stats = loop._label_scale(session, src, y_expr, holdout,
+                                                   checked.max_abs_y, p["fit_intercept"])
         y_expr = f"(({y_expr}) - {y_mean!r}) / {y_sd!r}"
     order = row_hash(seed + 1) if p["shuffle"] == "once" else "0"
 
@@ -546,6 +547,8 @@ def prepare(session: TrainingSession, src: Source, p: dict[str, Any],
         n_train=n_train, n_valid=n_valid, skipped=checked.n_total - checked.n_usable,
         classes=classes, mu=mu, sd=sd, y_mean=y_mean, y_sd=y_sd, constant=constant,
         n_pos=int(n_pos) if classes is not None else 0, notes=notes, layout=lay,
-        order="h" if p["shuffle"] == "once" else None)
+        order="h" if p["shuffle"] == "once" else None,
+        y_stats=None if y_stats is None else (y_stats[0], y_stats[1]),
+        y_max_abs=checked.max_abs_y)
     prep.unwritten = functools.partial(check_unwritten, src=src, lay=lay, marks=marks)
     return prep, lay

@@ -153,16 +153,22 @@ def epoch_init(p: dict[str, Any], data: Any, model: bytes | None, *, eta: float 
 
 
 def trivial_loss(p: dict[str, Any], data: Any) -> tuple[float | None, str]:
-    """The loss per row of the trivial network (every weight and intercept 0), in the epoch's
-    units, for the training loop's divergence check: classification gives uniform
-    probabilities, log K per row; a standardised regression predicts the label's mean, ½ per
-    row of a label of variance 1. None (measure it with :func:`trivial_init`) for an
-    unstandardised regression, whose zero network predicts 0."""
+    """The loss per row of the trivial network, in the epoch's units, for the training loop's
+    divergence check: classification's (every weight 0) gives uniform probabilities, log K
+    per row; a regression's predicts the label's mean, ½ per row of a standardised label, and
+    the label's variance over 2 (from the moments preparation measured, ``data.y_stats``) of
+    an unstandardised one. None (measure it with :func:`trivial_init`, the zero network,
+    predicting 0) when those moments are not known."""
     if p["task"] == "classification":
         k = len(data.classes)
         return math.log(k), f"uniform probabilities over the {k} classes"
     if p["standardize"]:
         return 0.5, "predicting the label's mean"
+    stats = getattr(data, "y_stats", None)
+    if stats is not None and getattr(data, "y_stats_exact", False):
+        # the label's moments measured in preparation: the mean's loss, not the zero
+        # network's (which, on a label far from 0, would excuse any network)
+        return 0.5 * (stats[1] / data.y_sd) ** 2, "predicting the label's mean"
     return None, "predicting 0"
 
 
