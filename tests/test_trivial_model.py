@@ -101,15 +101,22 @@ def test_defaults_too_an_overshooting_run_on_no_signal_is_not_converged(conn,
                                                                         path: str) -> None:
     """standardize left at its default (true): before, a standardised squared-loss run was
     compared with nothing below the refusal bound. eta0 => 1 held constant on data with no
-    signal ends well above the mean's loss (R² about -0.9): not converged, said why."""
+    signal, without averaging, ends well above the mean's loss (R² about -0.9): not converged,
+    said why. Averaged (the default), the same steps end at the mean: converged, no warning,
+    though the loss along the way was as high (the stored model's is what is judged)."""
     rng = np.random.default_rng(23)
     load_table(conn, "no_signal", ["x"], rng.random((3000, 1)), 500.0 + rng.random(3000))
     notices = _notices(conn)
     got = train(conn, "no_signal", "y", ["x"], "no_signal_hot", path, loss="squared",
-                eta0=1.0, learning_rate="constant")
+                eta0=1.0, learning_rate="constant", average=False)
     assert metric(conn, "no_signal_hot", "no_signal", "r2") < -0.1
     assert got["metrics"]["converged"] is False
     assert _trivial_warnings(notices), notices
+    notices.clear()
+    got = train(conn, "no_signal", "y", ["x"], "no_signal_avg", path, loss="squared",
+                eta0=1.0, learning_rate="constant")
+    assert metric(conn, "no_signal_avg", "no_signal", "r2") > -0.01
+    assert not _trivial_warnings(notices), notices
 
 
 # --- good runs are neither refused nor flagged ---------------------------------------------------
@@ -178,7 +185,7 @@ def test_a_classifier_worse_than_the_priors_is_not_converged(conn, loss: str) ->
     zero = np.log(2) if loss == "logistic" else 1.0
     notices = _notices(conn)
     got = train(conn, "priors", "y", ["a", "b", "c"], "priors_hot", loss=loss, eta0=1.0,
-                learning_rate="constant")
+                learning_rate="constant", average=False)
     assert 1.05 * priors < got["metrics"]["train_loss"] < 1.05 * zero
     assert got["metrics"]["converged"] is False
     assert any("predicting the" in n for n in _trivial_warnings(notices)), notices

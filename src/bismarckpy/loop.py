@@ -1368,8 +1368,8 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     w = np.zeros(prep.d) if model is None else model.w
     b = 0.0 if model is None else model.b
     t = 0.0 if model is None else model.t
-    trivial, trivial_what = _check_not_worse_than_trivial_glm(session, p, prep, train_sql,
-                                                              train_loss, weights, loss_scale)
+    trivial, trivial_what, judged_loss = _check_not_worse_than_trivial_glm(
+        session, p, prep, train_sql, train_loss, weights, loss_scale, model)
     notes = list(prep.notes)
     separated = None
     if p["loss"] == "logistic" and (alpha == 0.0 or l1 + l2 == 0.0):
@@ -1393,7 +1393,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
-    overshoot = _overshoot_note(train_loss, trivial, "eta0", p["eta0"], trivial_what,
+    overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,
                                 p["standardize"])
     if overshoot is not None:
         converged = False
@@ -1525,10 +1525,18 @@ def _trivial_glm(session: TrainingSession, p: dict, prep: _Prepared, train_sql: 
 
 def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _Prepared,
                                       train_sql: str, train_loss: float,
-                                      weights: tuple[float, float], loss_scale: float
-                                      ) -> tuple[float | None, str]:
+                                      weights: tuple[float, float], loss_scale: float,
+                                      model: glm.Model | None = None
+                                      ) -> tuple[float | None, str, float]:
     """Raise :class:`Diverged` when the final loss is far worse than the trivial model's
-    (:func:`trivial_verdict`); otherwise return that model's loss and what it is.
+    (:func:`trivial_verdict`); otherwise return that model's loss, what it is, and the loss
+    judged (for :func:`_overshoot_note`).
+
+    The epoch's loss is measured along the way, at the iterates; the stored ``model`` may be
+    another point (the mean of the iterates with ``average``, or an iterate past the noisy
+    steps). When that loss is suspect, one loss-only pass measures the stored model's, and
+    the verdict is on it: on data with no signal, one epoch of steps at a rate held for the
+    epoch ran 5% above the class priors along the way while ending near them.
 
     Such a run oscillates at a loss no model near the data would have (a huge unstandardised
     column with too large a learning rate), or never brought its intercept to an
@@ -1540,6 +1548,12 @@ def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _
     if not math.isfinite(train_loss):
         return None, ""  # the schedule has raised already
     trivial, what = _trivial_glm(session, p, prep, train_sql, train_loss, weights, loss_scale)
+    if model is not None and trivial_verdict(train_loss, trivial) is not None:
+        ev = glm.KIND.initialize(p, prep, model, evaluate=True)
+        final = glm.decode(session.query(train_sql, [ev])[0][0]).data_loss
+        l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
+        alpha = p["alpha"] if p["penalty"] != "none" else 0.0
+        train_loss = (final + penalties.value(model.w, alpha, l1, l2)) * loss_scale
     if trivial_verdict(train_loss, trivial) == "diverged":
         raise Diverged(
             "training diverged",
@@ -1550,7 +1564,7 @@ def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _
             hint=("Use standardize => true, or lower eta0" if not p["standardize"]
                   else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
                  "'adaptive' or 'bold_driver'. No model was stored.")
-    return trivial, what
+    return trivial, what, train_loss
 
 
 #: A final training loss above this multiple of the trivial model's (the best constant model
