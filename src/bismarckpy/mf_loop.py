@@ -49,7 +49,7 @@ from .loop import (
 )
 from .packing import settings_for_transaction
 from .schedule import Schedule
-from .source import require_arguments
+from .source import BASE_TYPES_SQL, require_arguments
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 NUMERIC_TYPES = ("smallint", "integer", "bigint", "real", "double precision", "numeric")
@@ -68,6 +68,7 @@ def _columns(session: TrainingSession, source: str, names: dict[str, str]
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
+    bases = dict(session.query(BASE_TYPES_SQL, [oid]))  # a domain as the type it is over
     given = list(names.values())
     if len(set(given)) != len(given):
         raise InvalidData("row_col, col_col and value_col must be three different columns",
@@ -77,14 +78,14 @@ def _columns(session: TrainingSession, source: str, names: dict[str, str]
             raise UndefinedObject(
                 f'column "{name}" does not exist in {qualified}', sqlstate="42703",
                 hint="Available columns: " + ", ".join(cols) + ".")
-        t = cols[name]
-        if role in ("row_col", "col_col") and t not in INTEGER_TYPES:
+        t, base = cols[name], bases.get(name, cols[name])
+        if role in ("row_col", "col_col") and base not in INTEGER_TYPES:
             raise InvalidData(
                 f'{role} "{name}" has type {t}', sqlstate="42804",
                 detail="Row and column ids must be integers (smallint, integer or bigint).",
                 hint="Map other ids to integers first, e.g. with dense_rank() OVER (ORDER BY "
                      "id) in a view.")
-        if role == "value_col" and t not in NUMERIC_TYPES:
+        if role == "value_col" and base not in NUMERIC_TYPES:
             raise InvalidData(f'value_col "{name}" has type {t}', sqlstate="42804",
                               hint="The value must be numeric (a rating, a count, ...).")
     return oid, qualified, {k: cols[v] for k, v in names.items()}

@@ -19,6 +19,21 @@ from .errors import BismarckError, InvalidData, InvalidParameter, UndefinedObjec
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
+#: Each column of the relation ``%s`` (an oid) with its base type as ``format_type`` prints
+#: it: a domain resolved to the type it is over (``typbasetype``, through domains of domains),
+#: an array of a domain to an array of that base ('double precision[]').
+BASE_TYPES_SQL = (
+    "WITH RECURSIVE t(n, name, typ, arr, depth) AS ("
+    "SELECT a.attnum, a.attname::text, a.atttypid, false, 0 FROM pg_catalog.pg_attribute AS a "
+    "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
+    "UNION ALL SELECT t.n, t.name, CASE WHEN y.typtype = 'd' THEN y.typbasetype "
+    "ELSE y.typelem END, t.arr OR y.typtype <> 'd', t.depth + 1 "
+    "FROM t JOIN pg_catalog.pg_type AS y ON y.oid = t.typ "
+    "WHERE y.typtype = 'd' OR (NOT t.arr AND y.typcategory = 'A' AND EXISTS (SELECT 1 "
+    "FROM pg_catalog.pg_type AS e WHERE e.oid = y.typelem AND e.typtype = 'd'))) "
+    "SELECT DISTINCT ON (t.n) t.name, pg_catalog.format_type(t.typ, NULL) "
+    "|| CASE WHEN t.arr THEN '[]' ELSE '' END AS type FROM t ORDER BY t.n, t.depth DESC")
+
 #: Label types whose classes are ordered as their bytes (``COLLATE "C"``: the order of Python's
 #: ``sorted`` and numpy's ``unique`` on the same strings), whatever the database's collation.
 STRING_TYPES = ("text", "character varying", "character", "name", "citext")
@@ -164,6 +179,7 @@ def resolve(session: Session, relation: str, label: str | None,
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
+    bases = dict(session.query(BASE_TYPES_SQL, [oid]))
     if isinstance(features, str):
         features = [features]
     features = list(features or [])
@@ -203,7 +219,10 @@ def resolve(session: Session, relation: str, label: str | None,
         if label_expr is not None:
             valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
                          "('NaN', 'Infinity', '-Infinity')")
-    array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
+    # Features are read as numbers through their base types: a domain over double precision
+    # (or over a domain of it, or an array of one) is that type to the casts below.
+    ftypes = {n: bases.get(n, cols[n]) for n in features}
+    array_feature = len(features) == 1 and ftypes[features[0]] in NUMERIC_ARRAYS
     exprs: list[str] = []
     scan_valid = list(valid)
     epoch_valid = list(valid)
@@ -218,25 +237,26 @@ def resolve(session: Session, relation: str, label: str | None,
                      "ELSE false END")
     else:
         for name in features:
-            t = cols[name]
+            t = ftypes[name]
             if t in NUMERIC_ARRAYS:
                 raise InvalidData(
                     f'feature column "{name}" is an array', sqlstate="42804",
                     hint="Pass either one array column alone or a list of scalar columns.")
             if t not in NUMERIC_TYPES and t != "boolean":
                 raise InvalidData(
-                    f'feature column "{name}" has type {t}', sqlstate="42804",
+                    f'feature column "{name}" has type {cols[name]}'
+                + (f" (a domain over {t})" if t != cols[name] else ""), sqlstate="42804",
                     hint="Features must be numeric or boolean; encode categories as 0/1 "
                          "columns (one-hot) in a view first.")
-        exprs = [(f"({q(n)})::int::float8" if cols[n] == "boolean" else f"({q(n)})::float8")
+        exprs = [(f"({q(n)})::int::float8" if ftypes[n] == "boolean" else f"({q(n)})::float8")
                  for n in features]
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
         scan_valid = valid
-    cast_checks = [(n, _beyond_float8(q(n), cols[n] == "numeric[]"))
-                   for n in dict.fromkeys([*([label] if label is not None else []), *features])
-                   if cols[n] in ("numeric", "numeric[]")]
+    checked = {**({label: cols[label]} if label is not None else {}), **ftypes}
+    cast_checks = [(n, _beyond_float8(q(n), t == "numeric[]"))
+                   for n, t in checked.items() if t in ("numeric", "numeric[]")]
     relation = escape_percent(qualified)
     row_key, keyed = _row_identity(relation, relkind, whole_table,
                                    [q(n) for n in ([label] if label is not None else [])
