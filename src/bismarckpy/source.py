@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from .errors import BismarckError, InvalidData, InvalidParameter, UndefinedObject
+from .errors import (
+    BismarckError,
+    InsufficientPrivilege,
+    InvalidData,
+    InvalidParameter,
+    UndefinedObject,
+)
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
@@ -142,7 +148,8 @@ def require_arguments(where: str, **values: Any) -> None:
 
 def resolve(session: Session, relation: str, label: str | None,
             features: Sequence[str] | str, *, classes: Sequence[str] | None = None,
-            categorical: bool = False, unknown: int | None = -1) -> Source:
+            categorical: bool = False, unknown: int | None = -1,
+            scoring: bool = False) -> Source:
     """Check names and types and build the expressions; raise a clear error on any problem.
 
     ``classes``: the class values (as text, in class order) of a model whose label is not
@@ -151,6 +158,8 @@ def resolve(session: Session, relation: str, label: str | None,
     refuses it; None: a training row that is skipped, as a NULL label).
     ``categorical``: a label of another type (text, varchar, an enum...) is accepted without
     classes (``label_expr`` None until :func:`with_classes` gives them); otherwise refused.
+    ``scoring``: the columns are a stored model's (a permission error's hint then offers no
+    other features).
     """
     if not relation or not isinstance(relation, str):
         raise UndefinedObject("no source table given", sqlstate="42P01",
@@ -192,6 +201,9 @@ def resolve(session: Session, relation: str, label: str | None,
             raise UndefinedObject(
                 f'column "{name}" does not exist in {qualified}', sqlstate="42703",
                 hint="Available columns: " + ", ".join(cols) + ".")
+    if not whole_table:
+        _require_column_privileges(session, oid, qualified, label, features,
+                                   scoring=scoring)
     repeated = [n for n in dict.fromkeys(features) if features.count(n) > 1]
     if repeated:
         raise InvalidData(f'feature column "{repeated[0]}" is listed more than once',
@@ -272,6 +284,44 @@ def resolve(session: Session, relation: str, label: str | None,
                   class_labels=None if classes is None else list(classes),
                   label_sql=None if label is None else q(label),
                   inheritance_parent=bool(children) and rows_kind == "r")
+
+
+def _require_column_privileges(session: Session, oid: int, qualified: str, label: str | None,
+                               features: Sequence[str], *, scoring: bool) -> None:
+    """Refuse, before any row is read, a label or feature column the current role may not
+    SELECT (it holds privileges on some other columns), naming the columns and the ways out:
+    a GRANT of just those columns, or features it may read (when training). A role that may
+    read no column gets PostgreSQL's own 'permission denied for table' at the first read."""
+    rows = session.query(
+        "SELECT a.attname::text AS name, pg_catalog.quote_ident(a.attname) AS quoted, "
+        "pg_catalog.has_column_privilege(a.attrelid, a.attnum, 'SELECT') AS may "
+        "FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %s AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum", [oid])
+    may = {name: ok for name, _, ok in rows}
+    quoted = {name: qn for name, qn, _ in rows}
+    needed = [*([label] if label is not None else []), *features]
+    missing = [n for n in dict.fromkeys(needed) if n in may and not may[n]]
+    if not missing or not any(may.values()):  # no column at all: PostgreSQL's own error
+        return
+    role = session.query("SELECT pg_catalog.quote_ident(current_user::text) AS r")[0][0]
+    readable = [n for n, ok in may.items() if ok]
+    noun = "column" if len(missing) == 1 else "columns"
+    grant = (f"GRANT SELECT ({', '.join(quoted[n] for n in missing)}) ON {qualified} "
+             f"TO {role}")
+    if scoring:
+        hint = f"Ask the owner of {qualified} to run {grant}; the model reads these columns."
+    else:
+        hint = (f"Ask the owner of {qualified} to run {grant}, or train on columns you may "
+                "read: leave the others out of features => ARRAY[...] (--features in the "
+                "bismarck CLI, features= in Python).")
+    raise InsufficientPrivilege(
+        f"permission denied for {noun} {', '.join(quoted[n] for n in missing)} of {qualified}",
+        sqlstate="42501",
+        detail=("Reading needs SELECT on the label and every feature column: "
+                + ", ".join(quoted[n] for n in dict.fromkeys(needed)) + ". You may read "
+                + (", ".join(quoted[n] for n in readable) if readable else "none of its columns")
+                + "."),
+        hint=hint)
 
 
 def class_index_sql(session: Session, column: str, classes: Sequence[str],
