@@ -21,18 +21,25 @@ from psycopg.pq import TransactionStatus
 
 from bismarckpy.errors import (
     BismarckError,
+    Cancelled,
     Diverged,
     InvalidData,
     InvalidParameter,
     ShardUnavailable,
     TooLarge,
     UndefinedObject,
+    cancelled_run,
     paragraph,
 )
 from bismarckpy.loop import EpochRecord
 from bismarckpy.runlock import HOLD_IN_SESSION, RELEASE
 
 PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+#: Each transaction of the engine's also keeps its statements' parameters (model states, a
+#: shared-mode key) out of its errors' CONTEXT and the server log, whatever the session's
+#: ``log_parameter_max_length_on_error``: an epoch that is cancelled would print them.
+PIN_SESSION = (PIN_SEARCH_PATH + ", pg_catalog.set_config("
+               "'log_parameter_max_length_on_error', '0', true)")
 
 
 def qualified(conn: psycopg.Connection, name: str) -> str:
@@ -84,6 +91,27 @@ class BismarckWarning(UserWarning):
     """A model was stored but needs attention (separation, a validation share off, ...)."""
 
 
+class RunCancelled(Cancelled, psycopg.errors.QueryCanceled):
+    """A run cancelled from outside (``statement_timeout``, ``pg_cancel_backend``): the
+    engine's :class:`~bismarckpy.errors.Cancelled`, which callers also catch as psycopg's
+    ``QueryCanceled``."""
+
+
+@contextlib.contextmanager
+def cancels_as_runs() -> Iterator[None]:
+    """Re-raise the engine's :class:`~bismarckpy.errors.Cancelled`, or a cancel that landed
+    before the run began, as :class:`RunCancelled`."""
+    try:
+        yield
+    except RunCancelled:
+        raise
+    except (Cancelled, psycopg.errors.QueryCanceled) as exc:
+        stopped = exc if isinstance(exc, Cancelled) else cancelled_run(exc)
+        if stopped is None:
+            raise
+        raise RunCancelled(stopped.message, detail=stopped.detail, hint=stopped.hint) from None
+
+
 class PsycopgSession:
     """A :class:`bismarckpy.loop.TrainingSession` over a non-autocommit psycopg connection."""
 
@@ -105,7 +133,7 @@ class PsycopgSession:
         """
         with self.conn.cursor() as cur:
             if not self._pinned or self.conn.info.transaction_status == TransactionStatus.IDLE:
-                cur.execute(PIN_SEARCH_PATH)
+                cur.execute(PIN_SESSION)
                 self._pinned = True
             try:
                 cur.execute(text.encode(), list(params))  # bytes: trusted SQL built by the engine

@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bismarck_controller.session import PsycopgSession, qualified, running
+from bismarck_controller.session import PsycopgSession, cancels_as_runs, qualified, running
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
 from bismarckpy.errors import InsufficientPrivilege, InvalidData, UndefinedObject
@@ -29,7 +29,7 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     for a GLM :data:`bismarckpy.params.GLM_PARAMS`: ``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    with running(conn):
+    with running(conn), cancels_as_runs():
         return loop.train(session, source=qualified(conn, source), label=label,
                           features=features, model_name=model_name or source, kind=kind,
                           **params)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import blockscan, execution, kinds, losses, penalties
-from .errors import BismarckError, Diverged, InvalidData, InvalidParameter
+from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
@@ -347,7 +347,10 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         session.checkpoint()
         return result
     except BaseException as exc:
-        session.on_failure(run_id, exc)
+        stopped = cancelled_run(exc)
+        session.on_failure(run_id, stopped or exc)
+        if stopped is not None:
+            raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise
     finally:
         if work.schema is not None:
@@ -1515,9 +1518,9 @@ def _drop_work(session: TrainingSession, work: _Work, *, quiet: bool = False) ->
     """Drop the run's schema with its working copies; when ``quiet``, ignore errors."""
     try:
         _drop_schema(session, work.schema)
-    except Exception:
-        if not quiet:
-            raise
+    except Exception as exc:
+        if not quiet or cancelled_run(exc) is not None:  # a cancel is never swallowed: it
+            raise                                       # would not come again (a timeout)
     work.schema = None
 
 
@@ -1560,8 +1563,11 @@ def _clean_interrupted(session: TrainingSession) -> None:
 
 def _forget_work(session: TrainingSession, run_id: int) -> None:
     """Clear the run's working schema from its row once the schema is gone."""
-    with contextlib.suppress(Exception):  # a closed connection: the next training cleans up
+    try:
         session.query("SELECT bismarck._forget_work(bismarck._ticket(), %s) AS forgotten", [run_id])
+    except Exception as exc:  # a closed connection: the next training cleans up
+        if cancelled_run(exc) is not None:
+            raise
 
 
 def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject
+from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject, cancelled_run
 from .execution import epoch_seed
 from .kinds.mf import validate
 from .loop import (
@@ -138,7 +138,10 @@ def train_mf(session: TrainingSession, *, source: str, row_col: str, col_col: st
         session.checkpoint()
         return result
     except BaseException as exc:
-        session.on_failure(run_id, exc)
+        stopped = cancelled_run(exc)
+        session.on_failure(run_id, stopped or exc)
+        if stopped is not None:
+            raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise
     finally:
         if handle is not None:
