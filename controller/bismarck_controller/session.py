@@ -125,6 +125,7 @@ class PsycopgSession:
         # A progress bar's ``preparing(text)`` when it has one (the CLI's does).
         self._on_progress = on_progress or getattr(on_epoch, "preparing", None)
         self._pinned = False
+        self._epochs = 0  # epochs finished (recorded in the history)
 
     def query(self, text: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (``%%`` for a literal percent sign).
@@ -163,6 +164,7 @@ class PsycopgSession:
 
     def on_epoch(self, record: EpochRecord) -> None:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
+        self._epochs += 1
         if self._on_epoch is not None:
             self._on_epoch(record)
 
@@ -174,6 +176,14 @@ class PsycopgSession:
     def warn(self, message: str) -> None:
         """A Python warning (:class:`BismarckWarning`) the caller can filter or turn to errors."""
         warnings.warn("bismarck: " + message, BismarckWarning, stacklevel=2)
+
+    def failure_note(self, run_id: int, exc: BaseException) -> str | None:
+        """What the error of a run that failed in its epochs adds: where its history stays
+        (:meth:`on_failure` marks the run failed). None for an error before the epochs."""
+        if not (self._epochs or isinstance(exc, (Diverged, Cancelled))):
+            return None
+        return (f"The epochs it finished stay in bismarck.training_history (run_id {run_id}), "
+                "marked failed.")
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """Roll back the failed epoch and mark the run failed or interrupted, then commit."""

@@ -349,6 +349,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     except BaseException as exc:
         stopped = cancelled_run(exc)
         session.on_failure(run_id, stopped or exc)
+        note_failure(session, run_id, stopped or exc)
         if stopped is not None:
             raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise
@@ -357,6 +358,16 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             _drop_work(session, work, quiet=True)
             _forget_work(session, run_id)
             session.checkpoint()
+
+
+def note_failure(session: TrainingSession, run_id: int, exc: BaseException) -> None:
+    """Add to the error of a run that failed in its epochs what became of the run: the
+    session's ``failure_note(run_id, exc)`` (inside the server: nothing of it is kept;
+    outside: its rows in the history, marked failed), once."""
+    note = getattr(session, "failure_note", None)
+    text = note(run_id, exc) if note is not None else None
+    if text and isinstance(exc, BismarckError) and text not in (exc.detail or ""):
+        exc.detail = f"{exc.detail} {text}" if exc.detail else text
 
 
 @contextlib.contextmanager

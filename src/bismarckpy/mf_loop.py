@@ -45,6 +45,7 @@ from .loop import (
     _finite,
     _forget_work,
     _Work,
+    note_failure,
     record_epoch,
 )
 from .packing import settings_for_transaction
@@ -140,6 +141,7 @@ def train_mf(session: TrainingSession, *, source: str, row_col: str, col_col: st
     except BaseException as exc:
         stopped = cancelled_run(exc)
         session.on_failure(run_id, stopped or exc)
+        note_failure(session, run_id, stopped or exc)
         if stopped is not None:
             raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import kinds, moments, pack, shared_model
-from .errors import BismarckError, InvalidData, cancelled_run
+from .errors import BismarckError, Cancelled, Diverged, InvalidData, cancelled_run
 from .runlock import HOLD_IN_TRANSACTION
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class PlpySession:
         self.plpy = plpy
         self._plans: dict[tuple, Any] = {}
         self._last_notice = time.monotonic()
+        self._epochs = 0  # epochs finished (recorded in the history)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (rewritten to ``$n``); return rows as tuples."""
@@ -127,6 +128,7 @@ class PlpySession:
                 + (f", validation loss {record.validation_loss:.6g}"
                    if record.validation_loss is not None else "")
                 + f", {record.rows / max(record.seconds, 1e-9):,.0f} rows/s")
+        self._epochs += 1
         now = time.monotonic()
         if now - self._last_notice >= NOTICE_EVERY:
             self.plpy.notice(text)
@@ -141,6 +143,15 @@ class PlpySession:
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
+
+    def failure_note(self, run_id: int, exc: BaseException) -> str | None:
+        """What the error of a run that failed in its epochs adds: that nothing of it was
+        kept (its history is written in the call's transaction, which the error rolls back).
+        None for an error before the epochs (a bad name or table): nothing had begun."""
+        if not (self._epochs or isinstance(exc, (Diverged, Cancelled))):
+            return None
+        return ("Nothing of the run was kept: from SQL a run is one transaction, which the "
+                "error rolls back with its history (bismarck.training_history).")
 
     def warn(self, message: str) -> None:
         """A WARNING to the client."""

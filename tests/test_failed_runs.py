@@ -1,7 +1,11 @@
-"""A run cancelled from outside (statement_timeout, pg_cancel_backend) says so, and that
-nothing was stored, from SQL and from the client; its error never carries the epoch's
-statement parameters (model states), even with ``log_parameter_max_length_on_error`` set,
-under which PostgreSQL's own error repeats them in its CONTEXT."""
+"""Runs that end without a model say what became of them.
+
+A run cancelled from outside (statement_timeout, pg_cancel_backend) says so, and that nothing
+was stored, from SQL and from the client; its error never carries the epoch's statement
+parameters (model states), even with ``log_parameter_max_length_on_error`` set, under which
+PostgreSQL's own error repeats them in its CONTEXT. A failed run's error says that from SQL
+nothing of it was kept, and from the client which run of the history holds it.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ def test_a_cancel_from_sql_says_the_run_was_cancelled(dsn: str, conn, cancel_tab
                      "batch_size => 1)")
     d = err.value.diag
     assert d.message_primary == "training was cancelled; no model version was stored"
-    assert d.message_detail == "PostgreSQL: canceling statement due to user request."
+    assert d.message_detail.startswith("PostgreSQL: canceling statement due to user request.")
     assert "pg_cancel_backend" in d.message_hint
     assert not LEAK.search(_told(err.value)), _told(err.value)
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'cancel_sql'"
@@ -113,3 +117,44 @@ def test_a_cancel_mid_epoch_from_the_client_shows_no_state(dsn: str, conn,
     assert not LEAK.search(_told(err.value)), _told(err.value)
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = "
                         "'cancel_client'").fetchone() == (0,)
+
+
+@pytest.fixture(scope="module")
+def diverging(dsn: str) -> str:
+    """A table on which constant-rate SGD without standardization diverges in its first
+    epoch (the loss becomes NaN)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS diverge_t")
+        c.execute("CREATE TABLE diverge_t AS SELECT ARRAY[(i % 17) * 10.0, 1]::float8[] AS x, "
+                  "(i % 17) * 3.0 AS y FROM generate_series(1, 500) AS i")
+    return "diverge_t"
+
+
+DIVERGE = dict(loss="squared", standardize=False, eta0=0.01, learning_rate="constant",
+               max_epochs=50, shuffle="always", seed=1)
+
+
+def test_a_run_failing_from_sql_says_nothing_of_it_was_kept(conn, diverging: str) -> None:
+    """Tester: a run failing from SQL left no training_history row. By design (one
+    transaction, rolled back by the error); the error says so."""
+    options = ", ".join(f"{k} => %s" for k in DIVERGE)
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as err:
+        conn.execute(f"SELECT * FROM bismarck.train_glm('diverge_t', 'y', ARRAY['x'], "
+                     f"'diverge_sql', {options})", list(DIVERGE.values()))
+    assert err.value.diag.message_primary == "training diverged"
+    assert "Nothing of the run was kept: from SQL a run is one transaction" in \
+        err.value.diag.message_detail
+    assert conn.execute("SELECT count(*) FROM bismarck._training_run WHERE model_name = "
+                        "'diverge_sql'").fetchone() == (0,)
+
+
+def test_a_run_failing_from_the_client_names_its_kept_run(dsn: str, conn,
+                                                          diverging: str) -> None:
+    with psycopg.connect(dsn) as c, pytest.raises(BismarckError) as err:
+        training.train(c, diverging, "y", "x", "diverge_client", **DIVERGE)
+    found = re.search(r"bismarck.training_history \(run_id (\d+)\), marked failed",
+                      err.value.detail)
+    assert found, err.value.detail
+    status, message = conn.execute("SELECT status, message FROM bismarck._training_run "
+                                   "WHERE run_id = %s", [int(found.group(1))]).fetchone()
+    assert status == "failed" and message.startswith("training diverged"), message
