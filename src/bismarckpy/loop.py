@@ -414,7 +414,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     no row versions to fingerprint; their copy is still checked against the checks' counts
     and classes."""
     table = src.row_key == "s.ctid::text"  # a table or materialized view, read whole
-    with blockscan.unwritten_around(session, src.relation if table else None):
+    with blockscan.unwritten_around(session, src.relation if table else None,
+                                    blockscan.run_columns(src)):
         return _prepare_copies(session, src, p, seed, work)
 
 
@@ -588,7 +589,8 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
     d = blockscan.first_length(session, src)
     if d is None:
         raise _SampleFellShort
-    storage = blockscan.storage(session, src.relation)  # before the layout is read
+    storage = blockscan.storage(session, src.relation,  # before the layout is read
+                                blockscan.run_columns(src))
     lay = blockscan.layout(session, src, None, p["block_size"])
     got, chosen = blockscan.sample(session, src, lay, d, SAMPLE_GROUPS, seed)
     sv = got.survey
@@ -671,11 +673,12 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     prep.skipped = sv.n_total - sv.n_usable
     prep.n_pos = int(h[blockscan._F_POS])  # noqa: SLF001
     _require_training_rows(prep.n_train, prep.n_valid)
+    own = blockscan.run_columns(src)  # the columns the run reads: others may change
     prep.unwritten = functools.partial(
         blockscan.check_unwritten, relation=src.relation,
-        mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage))  # noqa: SLF001
+        mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage), names=own)  # noqa: SLF001
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
-                                               mark=prep.storage)
+                                               mark=prep.storage, names=own)
     split_seed = _split_seed(seed)
     _page_group_scans(prep, src, lay, blockscan.Prepared(counts, holds, None), split_seed)
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
@@ -712,7 +715,8 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
     (:func:`_survey`): every page group's rows checked and counted, its validation rows drawn,
     the training rows' moments summed."""
     split_seed = _split_seed(seed)
-    mark = blockscan.write_mark(session, src.relation)
+    own = blockscan.run_columns(src)  # the columns the run reads: others may change
+    mark = blockscan.write_mark(session, src.relation, own)
     checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
@@ -728,9 +732,9 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
                      y_sd=coding.y_sd, packed=False, itemsize=8, y_coding=coding.y_coding,
                      constant=coding.constant, n_pos=coding.n_pos)
     prep.unwritten = functools.partial(blockscan.check_unwritten, relation=src.relation,
-                                       mark=mark)
+                                       mark=mark, names=own)
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
-                                               mark=mark[2])
+                                               mark=mark[2], names=own)
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
