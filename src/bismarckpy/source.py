@@ -32,7 +32,7 @@ BASE_TYPES_SQL = (
     "WITH RECURSIVE t(n, name, typ, arr, depth) AS ("
     "SELECT a.attnum, a.attname::text, a.atttypid, false, 0 FROM pg_catalog.pg_attribute AS a "
     "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
-    "UNION ALL SELECT t.n, t.name, CASE WHEN y.typtype = 'd' THEN y.typbasetype "
+    "UNION SELECT t.n, t.name, CASE WHEN y.typtype = 'd' THEN y.typbasetype "
     "ELSE y.typelem END, t.arr OR y.typtype <> 'd', t.depth + 1 "
     "FROM t JOIN pg_catalog.pg_type AS y ON y.oid = t.typ "
     "WHERE y.typtype = 'd' OR (NOT t.arr AND y.typcategory = 'A' AND EXISTS (SELECT 1 "
