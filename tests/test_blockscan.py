@@ -345,6 +345,8 @@ def test_a_table_changed_under_a_run_is_an_error(dsn, conn) -> None:
     "ALTER TABLE {t} RENAME COLUMN tmp TO b",
     # ... and back after the next epoch: the table at the end is the one at the start
     "SWAP AND BACK",
+    # a feature dropped and added again under its name (another column, all zero)
+    "ALTER TABLE {t} DROP COLUMN b; ALTER TABLE {t} ADD COLUMN b float8 DEFAULT 0",
 ])
 def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> None:
     """Rows written between the epochs of a 'blocks' run (the outside loop commits each
@@ -380,6 +382,42 @@ def test_a_write_during_the_epochs_stores_no_model(dsn, conn, write: str) -> Non
                        max_epochs=3, tol=None)
     assert conn.execute("SELECT count(*) FROM bismarck.models WHERE model_name = %s",
                         [model]).fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("change", [
+    "ALTER TABLE {t} ADD COLUMN note text",
+    "ALTER TABLE {t} ADD COLUMN score int DEFAULT 0",  # a constant default: no rewrite
+    "ALTER TABLE {t} DROP COLUMN id",
+    "ALTER TABLE {t} ADD COLUMN tmp int; ALTER TABLE {t} RENAME COLUMN tmp TO other",
+])
+def test_columns_the_run_does_not_read_may_change_during_the_epochs(dsn, conn,
+                                                                     change: str) -> None:
+    """Tester: an unrelated ADD COLUMN during a multi-epoch 'blocks' run failed it as "the
+    source table changed". Only the run's label and features are fingerprinted: the run
+    stores its model, the same as without the change."""
+    from bismarck_controller import training
+
+    X, y = _logistic(2000, 2, 8)
+    load_table(conn, "colrun", ["a", "b"], X, y)
+
+    def on_epoch(rec) -> None:
+        if rec.epoch == 1:
+            for statement in change.format(t="colrun").split("; "):
+                conn.execute(statement)
+
+    fit = dict(shuffle="blocks", max_epochs=3, tol=None, seed=3)
+    with psycopg.connect(dsn) as c:
+        changed = training.train(c, "colrun", "y", ["a", "b"], "colrun_changed",
+                                 on_epoch=on_epoch, **fit)
+    load_table(conn, "colrun", ["a", "b"], X, y)
+    with psycopg.connect(dsn) as c:
+        same = training.train(c, "colrun", "y", ["a", "b"], "colrun_same", **fit)
+    assert changed.epochs == same.epochs == 3
+    coef = {m: conn.execute("SELECT coef FROM bismarck.models WHERE model_name = %s",
+                            [m]).fetchone()[0] for m in ("colrun_changed", "colrun_same")}
+    assert coef["colrun_changed"] == pytest.approx(coef["colrun_same"])
+    conn.execute("SELECT bismarck.delete_model('colrun_changed')")
+    conn.execute("SELECT bismarck.delete_model('colrun_same')")
 
 
 def test_array_bytes_from_the_server_are_read_or_refused(conn) -> None:

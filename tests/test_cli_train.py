@@ -9,6 +9,7 @@ import sys
 import time
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from reference_data import breast_cancer, load_table
 
@@ -125,3 +126,36 @@ def test_the_progress_bar_shows_max_epochs_as_a_bound_and_the_time_spent(dsn: st
                      "--max-epochs", "400", "--seed", "2", "--dsn", dsn)
     assert code == 0, out
     assert "of at most 400" in out and "/400" not in out, out
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_models_is_readable_at_80_columns(make_database, monkeypatch: pytest.MonkeyPatch,
+                                          width: int) -> None:
+    """Tester: at 80 columns the source and features shrank to nothing and the date was cut.
+    There each version is still one line with its source, features and creation date whole
+    (no train loss, no time of day); a wide terminal keeps every column."""
+    from bismarck_controller import cli_models, extension
+
+    db = make_database("_models80")
+    extension.install(db)
+    with psycopg.connect(db, autocommit=True) as c:
+        c.execute("CREATE TABLE cancer_train AS SELECT random() AS radius, random() AS texture, "
+                  "(random() < 0.5) AS diagnosis FROM generate_series(1, 100)")
+        for model in ("breast_cancer_classifier", "cancer_mlp"):
+            func = "train_mlp" if model == "cancer_mlp" else "train_glm"
+            c.execute(f"SELECT * FROM bismarck.{func}('cancer_train', 'diagnosis', "
+                      f"ARRAY['radius', 'texture'], '{model}', max_epochs => 2)")
+        created = c.execute("SELECT min(created_at) FROM bismarck.models").fetchone()[0]
+    monkeypatch.setattr(cli_models.console, "_width", width)
+    code, out = _run("models", "--dsn", db)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width, out
+    rows = [line for line in lines if "cancer_train" in line]
+    assert len(rows) == 2, out  # one line per version, the source whole
+    assert all("2:radius,texture" in row for row in rows), out
+    assert all(created.strftime("%Y-%m-%d") in row for row in rows), out
+    assert ("train loss" in out) == (width == 160), out
+    if width == 160:
+        assert all("public.cancer_train" in row and created.strftime("%H:%M") in row
+                   for row in rows), out

@@ -434,6 +434,53 @@ def test_column_level_select_on_the_named_columns_is_enough(roles: Roles) -> Non
             a.execute("SELECT ssn FROM public.wide")
 
 
+def test_a_column_not_granted_is_named_with_the_grant_and_the_option_to_pass(
+        roles: Roles) -> None:
+    """Tester: SELECT on some columns gave 'permission denied for table' and no hint. Training,
+    pack, evaluate and `bismarck predict` name the columns missing and what to do."""
+    alice = roles.names["alice"]
+    with roles.connect("admin") as admin:
+        admin.execute("DROP TABLE IF EXISTS public.partial")
+        admin.execute("CREATE TABLE public.partial AS SELECT i AS id, (i % 7)::float8 AS a, "
+                      "(i % 5)::float8 AS b, (i % 2) AS y, i::text AS ssn "
+                      "FROM generate_series(1, 300) i")
+        admin.execute(sql.SQL("GRANT SELECT (a, y) ON public.partial TO {}").format(
+            sql.Identifier(alice)))
+        admin.execute("SELECT * FROM bismarck.train_glm('public.partial', 'y', ARRAY['a', 'b'], "
+                      "'partial_ab', max_epochs => 2, seed => 1)")
+        admin.execute("SELECT bismarck.grant_model('partial_ab', %s)", [alice])
+    grant = f"GRANT SELECT (b) ON public.partial TO {alice}"
+    with roles.connect("alice") as a:
+        for call in ("train_glm('public.partial', 'y', ARRAY['a', 'b'], 'partial', "
+                     "max_epochs => 2)",
+                     "pack('public.partial', 'y', ARRAY['a', 'b'], 'alice.partial_packed')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+                a.execute(f"SELECT * FROM bismarck.{call}")
+            diag = err.value.diag
+            assert diag.message_primary == "permission denied for column b of public.partial"
+            assert "You may read a, y." in diag.message_detail
+            assert grant in diag.message_hint and "features => ARRAY" in diag.message_hint
+            assert "--features" in diag.message_hint
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+            a.execute("SELECT * FROM bismarck.evaluate('partial_ab', 'public.partial')")
+        assert err.value.diag.message_primary == \
+            "permission denied for column b of public.partial"
+        assert grant in err.value.diag.message_hint
+        assert a.execute("SELECT count(*) FROM bismarck.models WHERE model_name = 'partial'"
+                         ).fetchone() == (0,)
+        a.execute("SELECT * FROM bismarck.train_glm('public.partial', 'y', ARRAY['a'], "
+                  "'partial_a', max_epochs => 2, seed => 1)")
+    runner = CliRunner()
+    out = runner.invoke(cli_main, ["predict", "partial_a", "public.partial",
+                               "--dsn", roles.dsns["alice"]])
+    assert out.exit_code != 0
+    assert "permission denied for columns id, b, ssn of public.partial" in out.output
+    assert "--columns a,y" in out.output
+    out = runner.invoke(cli_main, ["predict", "partial_a", "public.partial", "--columns", "a,y",
+                               "--limit", "2", "--dsn", roles.dsns["alice"]])
+    assert out.exit_code == 0, out.output
+
+
 def test_users_cannot_read_delete_or_shadow_each_others_models(roles: Roles) -> None:
     with roles.connect("alice") as a:
         _patients(a)

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 import click
 import numpy as np
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -262,21 +263,50 @@ def models_group(ctx: click.Context, dsn: str | None) -> None:
     if not rows:
         click.echo("no models yet: train one with `bismarck train`")
         return
-    out = Table()  # one line per model version: source and features shrink, ending in "…"
-    for col in ("model", "version", "kind", "source", "features", "train loss", "created"):
+    out = _models_table(rows)
+    wide = console.options.update_width(10_000)  # the width the table asks for
+    if console.width < COMPACT_BELOW and Measurement.get(console, wide, out).maximum > \
+            console.width:
+        out = _models_table(rows, compact=True)
+    console.print(out)
+    console.print("Details of one model: bismarck models show NAME [--version N]")
+
+
+#: `bismarck models` on a terminal narrower than this, where its table does not fit, drops
+#: the train loss and the time of day (see :func:`_models_table`); wider ones are unchanged.
+COMPACT_BELOW = 120
+
+
+def _models_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
+    """`bismarck models`: one line per model version. ``compact``, for a terminal the whole
+    table does not fit (80 columns): no train loss (`models show` has it), "ver" for
+    "version", a source in schema public without it (as PostgreSQL prints a table on the
+    search path) and the creation date without its time, which leaves the source and the
+    features room to be read."""
+    # source and features shrink, ending in "…"; compact: no padding beside the "│" lines
+    out = Table(padding=(0, 0) if compact else (0, 1))
+    cols = ("model", "version", "kind", "source", "features", "train loss", "created")
+    if compact:
+        cols = ("model", "ver", "kind", "source", "features", "created")
+    for col in cols:
         # the version and the kind ("mlp classifier") are read whole; names and lists shrink
         # (a model name may be 200 characters: at most 24 are shown, ending in "…"; at least
         # 12, also when other rows' columns are wide on a narrow terminal)
         out.add_column(col, no_wrap=col not in ("source", "features"), overflow="ellipsis",
-                       min_width={"version": 7, "kind": 14, "model": 12}.get(col),
-                       max_width=24 if col == "model" else None)
+                       min_width={"version": 7, "ver": 3, "kind": None if compact else 14,
+                                  "model": 12}.get(col),
+                       max_width=(16 if compact else 24) if col == "model" else None)
     for r in rows:
-        out.add_row(cell(r["model_name"]), str(r["version"]), cell(kind_cell(r)),
-                    cell(r["source"]), cell(_features_cell(r["features"], _n_features(r))),
-                    _fmt(r["metrics"].get("train_loss")),
-                    r["created_at"].strftime("%Y-%m-%d %H:%M"))
-    console.print(out)
-    console.print("Details of one model: bismarck models show NAME [--version N]")
+        values = [cell(r["model_name"]), str(r["version"]), cell(kind_cell(r)),
+                  cell(r["source"].removeprefix("public.") if compact else r["source"]),
+                  cell(_features_cell(r["features"], _n_features(r)))]
+        if compact:
+            values.append(r["created_at"].strftime("%Y-%m-%d"))
+        else:
+            values += [_fmt(r["metrics"].get("train_loss")),
+                       r["created_at"].strftime("%Y-%m-%d %H:%M")]
+        out.add_row(*values)
+    return out
 
 
 def kind_cell(row: dict[str, Any]) -> str:

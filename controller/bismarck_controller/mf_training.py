@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import psycopg
 
-from bismarck_controller.session import PsycopgSession, qualified, running
+from bismarck_controller.session import PsycopgSession, cancels_as_runs, qualified, running
 from bismarckpy import loop, mf_loop
 
 
@@ -25,7 +25,7 @@ def train_mf(conn: psycopg.Connection, source: str, row_col: str, col_col: str, 
     ``eta0``, ...). The epochs run in the connection's backend, which holds the factors.
     """
     session = PsycopgSession(conn, on_epoch)
-    with running(conn):
+    with running(conn), cancels_as_runs():
         return mf_loop.train_mf(session, source=qualified(conn, source), row_col=row_col,
                                 col_col=col_col, value_col=value_col,
                                 model_name=model_name or source, **params)

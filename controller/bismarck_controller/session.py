@@ -21,18 +21,25 @@ from psycopg.pq import TransactionStatus
 
 from bismarckpy.errors import (
     BismarckError,
+    Cancelled,
     Diverged,
     InvalidData,
     InvalidParameter,
     ShardUnavailable,
     TooLarge,
     UndefinedObject,
+    cancelled_run,
     paragraph,
 )
 from bismarckpy.loop import EpochRecord
 from bismarckpy.runlock import HOLD_IN_SESSION, RELEASE
 
 PIN_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
+#: Each transaction of the engine's also keeps its statements' parameters (model states, a
+#: shared-mode key) out of its errors' CONTEXT and the server log, whatever the session's
+#: ``log_parameter_max_length_on_error``: an epoch that is cancelled would print them.
+PIN_SESSION = (PIN_SEARCH_PATH + ", pg_catalog.set_config("
+               "'log_parameter_max_length_on_error', '0', true)")
 
 
 def qualified(conn: psycopg.Connection, name: str) -> str:
@@ -84,6 +91,27 @@ class BismarckWarning(UserWarning):
     """A model was stored but needs attention (separation, a validation share off, ...)."""
 
 
+class RunCancelled(Cancelled, psycopg.errors.QueryCanceled):
+    """A run cancelled from outside (``statement_timeout``, ``pg_cancel_backend``): the
+    engine's :class:`~bismarckpy.errors.Cancelled`, which callers also catch as psycopg's
+    ``QueryCanceled``."""
+
+
+@contextlib.contextmanager
+def cancels_as_runs() -> Iterator[None]:
+    """Re-raise the engine's :class:`~bismarckpy.errors.Cancelled`, or a cancel that landed
+    before the run began, as :class:`RunCancelled`."""
+    try:
+        yield
+    except RunCancelled:
+        raise
+    except (Cancelled, psycopg.errors.QueryCanceled) as exc:
+        stopped = exc if isinstance(exc, Cancelled) else cancelled_run(exc)
+        if stopped is None:
+            raise
+        raise RunCancelled(stopped.message, detail=stopped.detail, hint=stopped.hint) from None
+
+
 class PsycopgSession:
     """A :class:`bismarckpy.loop.TrainingSession` over a non-autocommit psycopg connection."""
 
@@ -97,6 +125,7 @@ class PsycopgSession:
         # A progress bar's ``preparing(text)`` when it has one (the CLI's does).
         self._on_progress = on_progress or getattr(on_epoch, "preparing", None)
         self._pinned = False
+        self._epochs = 0  # epochs finished (recorded in the history)
 
     def query(self, text: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (``%%`` for a literal percent sign).
@@ -105,7 +134,7 @@ class PsycopgSession:
         """
         with self.conn.cursor() as cur:
             if not self._pinned or self.conn.info.transaction_status == TransactionStatus.IDLE:
-                cur.execute(PIN_SEARCH_PATH)
+                cur.execute(PIN_SESSION)
                 self._pinned = True
             try:
                 cur.execute(text.encode(), list(params))  # bytes: trusted SQL built by the engine
@@ -135,6 +164,7 @@ class PsycopgSession:
 
     def on_epoch(self, record: EpochRecord) -> None:
         """Forward progress to the caller's callback (a progress bar, a notebook)."""
+        self._epochs += 1
         if self._on_epoch is not None:
             self._on_epoch(record)
 
@@ -146,6 +176,14 @@ class PsycopgSession:
     def warn(self, message: str) -> None:
         """A Python warning (:class:`BismarckWarning`) the caller can filter or turn to errors."""
         warnings.warn("bismarck: " + message, BismarckWarning, stacklevel=2)
+
+    def failure_note(self, run_id: int, exc: BaseException) -> str | None:
+        """What the error of a run that failed in its epochs adds: where its history stays
+        (:meth:`on_failure` marks the run failed). None for an error before the epochs."""
+        if not (self._epochs or isinstance(exc, (Diverged, Cancelled))):
+            return None
+        return (f"The epochs it finished stay in bismarck.training_history (run_id {run_id}), "
+                "marked failed.")
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """Roll back the failed epoch and mark the run failed or interrupted, then commit."""

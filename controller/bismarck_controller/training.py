@@ -13,10 +13,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from bismarck_controller.session import PsycopgSession, qualified, running
+from bismarck_controller.session import PsycopgSession, cancels_as_runs, qualified, running
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import loop, packing
-from bismarckpy.errors import InvalidData, UndefinedObject
+from bismarckpy.errors import InsufficientPrivilege, InvalidData, UndefinedObject
 
 
 def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[str] | str,
@@ -29,7 +29,7 @@ def train(conn: psycopg.Connection, source: str, label: str, features: Sequence[
     for a GLM :data:`bismarckpy.params.GLM_PARAMS`: ``loss``, ``alpha``, ...).
     """
     session = PsycopgSession(conn, on_epoch)
-    with running(conn):
+    with running(conn), cancels_as_runs():
         return loop.train(session, source=qualified(conn, source), label=label,
                           features=features, model_name=model_name or source, kind=kind,
                           **params)
@@ -102,6 +102,7 @@ def predict(conn: psycopg.Connection, model: str, source: str, *, version: int |
                                       sqlstate="42703",
                                       hint="Available columns: " + ", ".join(available) + ".")
         kept = available if columns is None else list(columns)
+        _require_readable(conn, src.name, kept, order_by, all_kept=columns is None)
         if not prediction_column:
             raise InvalidData("the prediction column needs a name", sqlstate="42602",
                               hint="Pass a non-empty name, e.g. --prediction-column score.")
@@ -162,6 +163,38 @@ def _typed_class(conn: psycopg.Connection, label_type: str | None, name: sql.Com
         return sql.SQL("bismarck.predict_label({}, {}, {})").format(name, x, version)
     return sql.SQL("bismarck.predict_class({}, {}, NULL::{}, {})").format(
         name, x, sql.SQL(row[0]), version)
+
+
+def _require_readable(conn: psycopg.Connection, relation: str, kept: Sequence[str],
+                      order_by: str | None, *, all_kept: bool) -> None:
+    """Refuse kept or ordering columns the role may not SELECT (it holds privileges on some
+    columns only), naming them, with the columns it may read for ``--columns``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT a.attname::text, pg_catalog.quote_ident(a.attname), "
+                    "pg_catalog.has_column_privilege(a.attrelid, a.attnum, 'SELECT') "
+                    "FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = "
+                    "pg_catalog.to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+                    "ORDER BY a.attnum", [relation])
+        rows = cur.fetchall()
+        may = {name: ok for name, _, ok in rows}
+        quoted = {name: q for name, q, _ in rows}
+        cur.execute("SELECT pg_catalog.quote_ident(current_user::text)")
+        role = cur.fetchone()[0]
+    missing = [c for c in dict.fromkeys([*kept, *([order_by] if order_by else [])])
+               if not may.get(c, True)]
+    if not missing or not any(may.values()):  # no column at all: PostgreSQL's own error
+        return
+    readable = [c for c, ok in may.items() if ok]
+    names = ", ".join(quoted[c] for c in missing)
+    raise InsufficientPrivilege(
+        f"permission denied for column{'s' if len(missing) > 1 else ''} {names} of {relation}",
+        sqlstate="42501",
+        detail=("Without --columns every column of the table is kept beside the prediction. "
+                if all_kept else "") + "You may read "
+               + ", ".join(readable) + ".",
+        hint="Keep only columns you may read: --columns " + ",".join(readable)
+             + " (columns= in Python; '' keeps none), or ask the owner of "
+             f"{relation} to run GRANT SELECT ({names}) ON {relation} TO {role}.")
 
 
 def _column_names(conn: psycopg.Connection, relation: str) -> list[str]:

@@ -26,7 +26,7 @@ NULLs of the expected width, and for a source whose rows changed since preparati
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -300,9 +300,11 @@ def changed(got: int, expected: int, what: str = "A group of pages") -> InvalidD
              "(CREATE TABLE ... AS) of it.")
 
 
-def storage(session: Session, relation: str) -> tuple[int | None, str | None]:
+def storage(session: Session, relation: str, names: Sequence[str] | None = None
+            ) -> tuple[int | None, str | None]:
     """The file that holds ``relation``'s rows (``pg_relation_filenode``; None when empty) and
-    its columns (number, name, type, type modifier of each).
+    its columns (number, name, type, type modifier of each; only those ``names``, the run's
+    label and features, when given: :func:`columns`).
 
     CLUSTER, VACUUM FULL and other rewrites give the table a new file, and with it another
     physical order, which moves rows between page groups (and so between training and
@@ -312,21 +314,31 @@ def storage(session: Session, relation: str) -> tuple[int | None, str | None]:
     row = session.query(f"SELECT pg_catalog.pg_relation_filenode(s.tableoid)::int8 AS f "
                         f"FROM {relation} AS s LIMIT 1")
     return (int(row[0][0]) if row and row[0][0] is not None else None,
-            columns(session, relation))
+            columns(session, relation, names))
 
 
-def columns(session: Session, relation: str) -> str | None:
+def run_columns(src: Source) -> list[str]:
+    """The columns a run reads: its label (if any) and its features."""
+    return [*([src.label] if src.label is not None else []), *src.features]
+
+
+def columns(session: Session, relation: str, names: Sequence[str] | None = None
+            ) -> str | None:
     """``relation``'s columns as text: number, name, type and type modifier of each (one
-    catalog lookup)."""
+    catalog lookup). With ``names`` (a run's label and features) only those: a column added
+    or dropped beside them changes nothing a run reads, one of them renamed, retyped, dropped
+    or re-added (another number) changes the text."""
     cols = session.query(
         "SELECT pg_catalog.string_agg(a.attnum::text || ' ' || pg_catalog.quote_ident("
         "a.attname) || ' ' || a.atttypid::text || ' ' || a.atttypmod::text, ',' ORDER BY "
         "a.attnum) AS c FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = "
-        "%s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped", [relation])
+        "%s::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped"
+        + (" AND a.attname = ANY(%s::text[])" if names is not None else ""),
+        [relation, *([list(names)] if names is not None else [])])
     return cols[0][0] if cols else None
 
 
-def write_mark(session: Session, relation: str
+def write_mark(session: Session, relation: str, names: Sequence[str] | None = None
                ) -> tuple[int, int, tuple[int | None, str | None]]:
     """A fingerprint of ``relation``'s row versions and their file: ``(rows, sum of their
     xmin, file)``.
@@ -340,19 +352,21 @@ def write_mark(session: Session, relation: str
     of the table."""
     row = session.query(f"SELECT count(*)::int8 AS n, coalesce(sum(s.xmin::text::int8), 0)::int8 "
                         f"AS xmins FROM {relation} AS s")[0]
-    return int(row[0]), int(row[1]), storage(session, relation)
+    return int(row[0]), int(row[1]), storage(session, relation, names)
 
 
 def check_unwritten(session: Session, relation: str,
-                    mark: tuple[int, int, tuple[int | None, str | None]]) -> None:
+                    mark: tuple[int, int, tuple[int | None, str | None]],
+                    names: Sequence[str] | None = None) -> None:
     """Raise InvalidData ("the source table changed during training") when ``relation``'s
     fingerprint (:func:`write_mark`) is no longer ``mark``: rows were inserted, updated (also
     in place) or deleted since, and the model would mix two versions of the data."""
-    if write_mark(session, relation) != mark:
+    if write_mark(session, relation, names) != mark:
         raise InvalidData(
             "the source table changed during training",
             detail="Rows were inserted, updated or deleted (or the table was rewritten, by "
-                   "CLUSTER or VACUUM FULL, or its columns renamed or retyped) after the run "
+                   "CLUSTER or VACUUM FULL, or its label or feature columns renamed or "
+                   "retyped) after the run "
                    "first read the table; the model "
                    "would mix two versions of the data, or its validation rows would have "
                    "changed, so it was not stored.",
@@ -361,7 +375,8 @@ def check_unwritten(session: Session, relation: str,
 
 
 def check_columns(session: Session, relation: str,
-                  mark: tuple[int | None, str | None] | None) -> None:
+                  mark: tuple[int | None, str | None] | None,
+                  names: Sequence[str] | None = None) -> None:
     """Raise InvalidData ("the source table changed during training") when ``relation``'s
     columns are no longer those of ``mark`` (:func:`storage`, taken when the run first
     read it): each epoch reads the features by name, so a column renamed and renamed back
@@ -369,17 +384,18 @@ def check_columns(session: Session, relation: str,
     column. One catalog lookup, run before each later epoch."""
     if mark is None or mark[1] is None:
         return
-    if columns(session, relation) != mark[1]:
+    if columns(session, relation, names) != mark[1]:
         raise InvalidData(
             "the source table changed during training",
-            detail="Its columns were renamed, retyped, added or dropped after the run first "
-                   "read the table; later epochs would read other columns under the "
-                   "features' names, so no model was stored.",
-            hint="Train again when the table's definition is not being changed.")
+            detail="Its label or feature columns were renamed, retyped or dropped after the "
+                   "run first read the table; later epochs would read other columns under "
+                   "their names, so no model was stored. (Other columns may change.)",
+            hint="Train again when those columns are not being changed.")
 
 
 @contextlib.contextmanager
-def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
+def unwritten_around(session: Session, relation: str | None,
+                     names: Sequence[str] | None = None) -> Iterator[None]:
     """Hold ``relation``'s fingerprint (:func:`write_mark`) from before the body to after it
     (None: nothing to check). A body that fails after a write (a copy that read rows the
     checks never saw: a value too large for its block, say) fails with "the source table
@@ -390,7 +406,7 @@ def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
     if relation is None:
         yield
         return
-    mark = write_mark(session, relation)
+    mark = write_mark(session, relation, names)
     try:
         # a savepoint, so that the check can still run after the body failed
         sub = getattr(session, "subtransaction", None)
@@ -398,13 +414,13 @@ def unwritten_around(session: Session, relation: str | None) -> Iterator[None]:
             yield
     except Exception as exc:
         try:
-            check_unwritten(session, relation, mark)
+            check_unwritten(session, relation, mark, names)
         except InvalidData as changed_error:
             raise changed_error from exc
         except Exception:  # noqa: BLE001 - the check could not run: report the original
             pass
         raise
-    check_unwritten(session, relation, mark)
+    check_unwritten(session, relation, mark, names)
 
 
 _scratch: dict[int, bytearray] = {}

@@ -82,6 +82,35 @@ class ShardUnavailable(BismarckError):
     sqlstate = "08006"
 
 
+class Cancelled(BismarckError):
+    """A run stopped by a cancel: ``statement_timeout``, ``pg_cancel_backend`` (57014
+    query_canceled)."""
+
+    sqlstate = "57014"
+
+
+def cancelled_run(exc: BaseException, what: str = "training") -> Cancelled | None:
+    """The error to report for a run that ``exc`` cancelled (None: ``exc`` is no cancel).
+
+    The server's own error names only the cancel; its CONTEXT may repeat the statement and,
+    with ``log_parameter_max_length_on_error`` set, its parameters (model states); this one
+    says what became of the run and holds neither."""
+    if getattr(exc, "sqlstate", None) != Cancelled.sqlstate or isinstance(exc, Cancelled):
+        return None
+    diag = getattr(exc, "diag", None)
+    reason = (getattr(diag, "message_primary", None)
+              or (str(exc.args[0]) if exc.args else "") or "canceling statement")
+    reason = reason.strip().splitlines()[0].removeprefix("plpy.SPIError: ")
+    if "statement timeout" in reason:
+        hint = ("statement_timeout ends a statement that runs longer, and a run is one "
+                "statement from SQL (one per epoch from the bismarck CLI or Python): raise it "
+                "for the run (SET statement_timeout = 0 turns it off) or lower max_epochs.")
+    else:
+        hint = "Another session or the server cancelled it (pg_cancel_backend); run it again."
+    return Cancelled(f"{what} was cancelled; no model version was stored",
+                     detail=f"PostgreSQL: {reason}.", hint=hint)
+
+
 class TooLarge(BismarckError):
     """A model whose training state would exceed :data:`MAX_STATE_BYTES` (54000
     program_limit_exceeded)."""

@@ -91,7 +91,7 @@ def resolve_scored(session: Session, relation: str, label: str | None,
     ``bismarck.packed_tables.source``; otherwise whatever ``resolve`` raises.
     """
     try:
-        return resolve(session, relation, label, features, classes=classes)
+        return resolve(session, relation, label, features, classes=classes, scoring=True)
     except BismarckError as exc:
         if exc.sqlstate not in ("42703", "42804"):  # only a missing column or a wrong type
             raise

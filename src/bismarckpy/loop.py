@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import blockscan, execution, kinds, losses, penalties
-from .errors import BismarckError, Diverged, InvalidData, InvalidParameter
+from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
@@ -363,13 +363,27 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
         session.checkpoint()
         return result
     except BaseException as exc:
-        session.on_failure(run_id, exc)
+        stopped = cancelled_run(exc)
+        session.on_failure(run_id, stopped or exc)
+        note_failure(session, run_id, stopped or exc)
+        if stopped is not None:
+            raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise
     finally:
         if work.schema is not None:
             _drop_work(session, work, quiet=True)
             _forget_work(session, run_id)
             session.checkpoint()
+
+
+def note_failure(session: TrainingSession, run_id: int, exc: BaseException) -> None:
+    """Add to the error of a run that failed in its epochs what became of the run: the
+    session's ``failure_note(run_id, exc)`` (inside the server: nothing of it is kept;
+    outside: its rows in the history, marked failed), once."""
+    note = getattr(session, "failure_note", None)
+    text = note(run_id, exc) if note is not None else None
+    if text and isinstance(exc, BismarckError) and text not in (exc.detail or ""):
+        exc.detail = f"{exc.detail} {text}" if exc.detail else text
 
 
 @contextlib.contextmanager
@@ -416,7 +430,8 @@ def _prepare(session: TrainingSession, src: Source, p: dict, seed: int,
     no row versions to fingerprint; their copy is still checked against the checks' counts
     and classes."""
     table = src.row_key == "s.ctid::text"  # a table or materialized view, read whole
-    with blockscan.unwritten_around(session, src.relation if table else None):
+    with blockscan.unwritten_around(session, src.relation if table else None,
+                                    blockscan.run_columns(src)):
         return _prepare_copies(session, src, p, seed, work)
 
 
@@ -598,7 +613,8 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
     d = blockscan.first_length(session, src)
     if d is None:
         raise _SampleFellShort
-    storage = blockscan.storage(session, src.relation)  # before the layout is read
+    storage = blockscan.storage(session, src.relation,  # before the layout is read
+                                blockscan.run_columns(src))
     lay = blockscan.layout(session, src, None, p["block_size"])
     got, chosen = blockscan.sample(session, src, lay, d, SAMPLE_GROUPS, seed)
     sv = got.survey
@@ -682,11 +698,12 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     prep.skipped = sv.n_total - sv.n_usable
     prep.n_pos = int(h[blockscan._F_POS])  # noqa: SLF001
     _require_training_rows(prep.n_train, prep.n_valid)
+    own = blockscan.run_columns(src)  # the columns the run reads: others may change
     prep.unwritten = functools.partial(
         blockscan.check_unwritten, relation=src.relation,
-        mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage))  # noqa: SLF001
+        mark=(sv.n_total, int(h[blockscan._F_XMINS]), prep.storage), names=own)  # noqa: SLF001
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
-                                               mark=prep.storage)
+                                               mark=prep.storage, names=own)
     split_seed = _split_seed(seed)
     _page_group_scans(prep, src, lay, blockscan.Prepared(counts, holds, None), split_seed)
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
@@ -723,7 +740,8 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
     (:func:`_survey`): every page group's rows checked and counted, its validation rows drawn,
     the training rows' moments summed."""
     split_seed = _split_seed(seed)
-    mark = blockscan.write_mark(session, src.relation)
+    own = blockscan.run_columns(src)  # the columns the run reads: others may change
+    mark = blockscan.write_mark(session, src.relation, own)
     checked, lay, got = _survey(session, src, p, p["validation_fraction"], split_seed)
     check_ranges(session, src, checked, dtype=None, standardize=p["standardize"],
                  squared=p["loss"] == "squared", packing=False, solver=p["solver"])
@@ -740,9 +758,9 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
                      constant=coding.constant, n_pos=coding.n_pos,
                      y_stats=_raw_label_stats(p, got.stats))
     prep.unwritten = functools.partial(blockscan.check_unwritten, relation=src.relation,
-                                       mark=mark)
+                                       mark=mark, names=own)
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
-                                               mark=mark[2])
+                                               mark=mark[2], names=own)
     mu, sd, _ = _scaling(moments_select(got.stats, slice(1, None)), p["fit_intercept"])
     prep.scaling = (mu, sd)
     share = min(100.0, 100.0 * 4 * SAMPLE_ROWS / max(checked.n_total, 1))
@@ -1656,9 +1674,9 @@ def _drop_work(session: TrainingSession, work: _Work, *, quiet: bool = False) ->
     """Drop the run's schema with its working copies; when ``quiet``, ignore errors."""
     try:
         _drop_schema(session, work.schema)
-    except Exception:
-        if not quiet:
-            raise
+    except Exception as exc:
+        if not quiet or cancelled_run(exc) is not None:  # a cancel is never swallowed: it
+            raise                                       # would not come again (a timeout)
     work.schema = None
 
 
@@ -1701,8 +1719,11 @@ def _clean_interrupted(session: TrainingSession) -> None:
 
 def _forget_work(session: TrainingSession, run_id: int) -> None:
     """Clear the run's working schema from its row once the schema is gone."""
-    with contextlib.suppress(Exception):  # a closed connection: the next training cleans up
+    try:
         session.query("SELECT bismarck._forget_work(bismarck._ticket(), %s) AS forgotten", [run_id])
+    except Exception as exc:  # a closed connection: the next training cleans up
+        if cancelled_run(exc) is not None:
+            raise
 
 
 def record_epoch(session: TrainingSession, run_id: int, rec: EpochRecord) -> None:

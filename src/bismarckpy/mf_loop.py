@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import factorization as mf
-from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject
+from .errors import Diverged, InvalidData, InvalidParameter, UndefinedObject, cancelled_run
 from .execution import epoch_seed
 from .kinds.mf import validate
 from .loop import (
@@ -45,12 +45,13 @@ from .loop import (
     _finite,
     _forget_work,
     _Work,
+    note_failure,
     record_epoch,
     trivial_verdict,
 )
 from .packing import settings_for_transaction
 from .schedule import Schedule
-from .source import require_arguments
+from .source import BASE_TYPES_SQL, require_arguments
 
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 NUMERIC_TYPES = ("smallint", "integer", "bigint", "real", "double precision", "numeric")
@@ -69,6 +70,7 @@ def _columns(session: TrainingSession, source: str, names: dict[str, str]
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
+    bases = dict(session.query(BASE_TYPES_SQL, [oid]))  # a domain as the type it is over
     given = list(names.values())
     if len(set(given)) != len(given):
         raise InvalidData("row_col, col_col and value_col must be three different columns",
@@ -78,14 +80,14 @@ def _columns(session: TrainingSession, source: str, names: dict[str, str]
             raise UndefinedObject(
                 f'column "{name}" does not exist in {qualified}', sqlstate="42703",
                 hint="Available columns: " + ", ".join(cols) + ".")
-        t = cols[name]
-        if role in ("row_col", "col_col") and t not in INTEGER_TYPES:
+        t, base = cols[name], bases.get(name, cols[name])
+        if role in ("row_col", "col_col") and base not in INTEGER_TYPES:
             raise InvalidData(
                 f'{role} "{name}" has type {t}', sqlstate="42804",
                 detail="Row and column ids must be integers (smallint, integer or bigint).",
                 hint="Map other ids to integers first, e.g. with dense_rank() OVER (ORDER BY "
                      "id) in a view.")
-        if role == "value_col" and t not in NUMERIC_TYPES:
+        if role == "value_col" and base not in NUMERIC_TYPES:
             raise InvalidData(f'value_col "{name}" has type {t}', sqlstate="42804",
                               hint="The value must be numeric (a rating, a count, ...).")
     return oid, qualified, {k: cols[v] for k, v in names.items()}
@@ -138,7 +140,11 @@ def train_mf(session: TrainingSession, *, source: str, row_col: str, col_col: st
         session.checkpoint()
         return result
     except BaseException as exc:
-        session.on_failure(run_id, exc)
+        stopped = cancelled_run(exc)
+        session.on_failure(run_id, stopped or exc)
+        note_failure(session, run_id, stopped or exc)
+        if stopped is not None:
+            raise stopped from None  # not the server's error: its CONTEXT may hold states
         raise
     finally:
         if handle is not None:

@@ -48,7 +48,7 @@ def train_mf(plpy: Any, args: dict[str, Any]) -> str:
                                   value_col=a.pop("value_col"), model_name=a.pop("model_name"),
                                   **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
-    return server._envelope(plpy, run)
+    return server._envelope(plpy, run, "training")
 
 
 def begin(plpy: Any, model: bytes) -> bytes:

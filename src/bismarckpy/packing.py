@@ -395,7 +395,7 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
     # the checks and the copy are two reads (two snapshots): a table's fingerprint taken
     # before the checks must still hold after the copy (loop._prepare)
     with blockscan.unwritten_around(session, src.relation if src.row_key == "s.ctid::text"
-                                    else None):
+                                    else None, blockscan.run_columns(src)):
         checked, target, rows = _check_and_copy(session, src, packed_table, block_size,
                                                 dtype, seed)
     name, blocks = session.query(

@@ -50,7 +50,7 @@ from .moments import merge as moments_merge
 from .packing import check_ranges, check_rows
 from .params import EXACT_SOLVERS
 from .shared_model import subtransaction
-from .source import Source, escape_percent
+from .source import BASE_TYPES_SQL, Source, escape_percent
 
 if TYPE_CHECKING:
     from .loop import TrainingSession, _Prepared
@@ -297,10 +297,8 @@ def _mistyped_column(session: TrainingSession, src: Source, leaf: Partition) -> 
     clause the shard parses with its own column types; LIMIT 0 reads no row."""
     wanted = [*([src.label] if src.label is not None and not src.class_labels else []),
               *src.features]
-    rows = session.query(
-        "SELECT a.attname::text AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS t "
-        "FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(%s) "
-        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", [leaf.name])
+    oid = session.query("SELECT pg_catalog.to_regclass(%s)::oid AS oid", [leaf.name])[0][0]
+    rows = session.query(BASE_TYPES_SQL, [oid])  # a domain as its base type (boolean, ...)
     for name, typ in rows:
         if name not in wanted:
             continue

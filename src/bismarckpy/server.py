@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import kinds, moments, pack, shared_model
-from .errors import BismarckError, InvalidData
+from .errors import BismarckError, Cancelled, Diverged, InvalidData, cancelled_run
 from .runlock import HOLD_IN_TRANSACTION
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class PlpySession:
         self.plpy = plpy
         self._plans: dict[tuple, Any] = {}
         self._last_notice = time.monotonic()
+        self._epochs = 0  # epochs finished (recorded in the history)
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         """Run SQL with ``%s`` placeholders (rewritten to ``$n``); return rows as tuples."""
@@ -127,6 +128,7 @@ class PlpySession:
                 + (f", validation loss {record.validation_loss:.6g}"
                    if record.validation_loss is not None else "")
                 + f", {record.rows / max(record.seconds, 1e-9):,.0f} rows/s")
+        self._epochs += 1
         now = time.monotonic()
         if now - self._last_notice >= NOTICE_EVERY:
             self.plpy.notice(text)
@@ -141,6 +143,15 @@ class PlpySession:
 
     def on_failure(self, run_id: int, exc: BaseException) -> None:
         """The caller's transaction rolls back as a whole: the run leaves no trace."""
+
+    def failure_note(self, run_id: int, exc: BaseException) -> str | None:
+        """What the error of a run that failed in its epochs adds: that nothing of it was
+        kept (its history is written in the call's transaction, which the error rolls back).
+        None for an error before the epochs (a bad name or table): nothing had begun."""
+        if not (self._epochs or isinstance(exc, (Diverged, Cancelled))):
+            return None
+        return ("Nothing of the run was kept: from SQL a run is one transaction, which the "
+                "error rolls back with its history (bismarck.training_history).")
 
     def warn(self, message: str) -> None:
         """A WARNING to the client."""
@@ -177,7 +188,7 @@ def train(plpy: Any, kind: str, args: dict[str, Any]) -> str:
                             features=a.pop("features"), model_name=a.pop("model_name"),
                             kind=kind, **{k: v for k, v in a.items() if v is not None})
         return loop.result_row(result)
-    return _envelope(plpy, run)
+    return _envelope(plpy, run, "training")
 
 
 def train_glm(plpy: Any, args: dict[str, Any]) -> str:
@@ -204,17 +215,21 @@ def evaluate(plpy: Any, model: str, relation: str, version: int | None) -> str:
     return _envelope(plpy, metrics)
 
 
-def _envelope(plpy: Any, fn: Callable[[], Any]) -> str:
+def _envelope(plpy: Any, fn: Callable[[], Any], run: str | None = None) -> str:
     """Run ``fn``, holding :data:`bismarckpy.runlock.RUN_LOCK` shared (no install replaces
     the functions under the call: :mod:`bismarckpy.runlock`); return ``{"ok": result}`` or
-    ``{"error": {...}}`` as JSON text."""
+    ``{"error": {...}}`` as JSON text. ``run`` ('training'): a cancel, wherever it lands, is
+    reported as that run's (:func:`bismarckpy.errors.cancelled_run`)."""
     try:
         plpy.execute(HOLD_IN_TRANSACTION)
         return json.dumps({"ok": _dropping_kept_rows(fn)}, allow_nan=False, default=_jsonable)
     except BismarckError as e:
         err = {"message": e.message, "detail": e.detail, "hint": e.hint, "sqlstate": e.sqlstate}
     except plpy.SPIError as e:
-        err = spi_error(e)
+        stopped = cancelled_run(e, run) if run is not None else None
+        err = spi_error(e) if stopped is None else {
+            "message": stopped.message, "detail": stopped.detail, "hint": stopped.hint,
+            "sqlstate": stopped.sqlstate}
     except Exception as e:  # a bug: report it without a traceback, but keep the cause
         err = {"message": "internal error in bismarck", "sqlstate": "XX000",
                "detail": f"{type(e).__name__}: {e}",

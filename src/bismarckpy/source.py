@@ -15,10 +15,31 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from .errors import BismarckError, InvalidData, InvalidParameter, UndefinedObject
+from .errors import (
+    BismarckError,
+    InsufficientPrivilege,
+    InvalidData,
+    InvalidParameter,
+    UndefinedObject,
+)
 
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "numeric"}
 NUMERIC_ARRAYS = {t + "[]" for t in NUMERIC_TYPES}
+#: Each column of the relation ``%s`` (an oid) with its base type as ``format_type`` prints
+#: it: a domain resolved to the type it is over (``typbasetype``, through domains of domains),
+#: an array of a domain to an array of that base ('double precision[]').
+BASE_TYPES_SQL = (
+    "WITH RECURSIVE t(n, name, typ, arr, depth) AS ("
+    "SELECT a.attnum, a.attname::text, a.atttypid, false, 0 FROM pg_catalog.pg_attribute AS a "
+    "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
+    "UNION SELECT t.n, t.name, CASE WHEN y.typtype = 'd' THEN y.typbasetype "
+    "ELSE y.typelem END, t.arr OR y.typtype <> 'd', t.depth + 1 "
+    "FROM t JOIN pg_catalog.pg_type AS y ON y.oid = t.typ "
+    "WHERE y.typtype = 'd' OR (NOT t.arr AND y.typcategory = 'A' AND EXISTS (SELECT 1 "
+    "FROM pg_catalog.pg_type AS e WHERE e.oid = y.typelem AND e.typtype = 'd'))) "
+    "SELECT DISTINCT ON (t.n) t.name, pg_catalog.format_type(t.typ, NULL) "
+    "|| CASE WHEN t.arr THEN '[]' ELSE '' END AS type FROM t ORDER BY t.n, t.depth DESC")
+
 #: Label types whose classes are ordered as their bytes (``COLLATE "C"``: the order of Python's
 #: ``sorted`` and numpy's ``unique`` on the same strings), whatever the database's collation.
 STRING_TYPES = ("text", "character varying", "character", "name", "citext")
@@ -127,7 +148,8 @@ def require_arguments(where: str, **values: Any) -> None:
 
 def resolve(session: Session, relation: str, label: str | None,
             features: Sequence[str] | str, *, classes: Sequence[str] | None = None,
-            categorical: bool = False, unknown: int | None = -1) -> Source:
+            categorical: bool = False, unknown: int | None = -1,
+            scoring: bool = False) -> Source:
     """Check names and types and build the expressions; raise a clear error on any problem.
 
     ``classes``: the class values (as text, in class order) of a model whose label is not
@@ -136,6 +158,8 @@ def resolve(session: Session, relation: str, label: str | None,
     refuses it; None: a training row that is skipped, as a NULL label).
     ``categorical``: a label of another type (text, varchar, an enum...) is accepted without
     classes (``label_expr`` None until :func:`with_classes` gives them); otherwise refused.
+    ``scoring``: the columns are a stored model's (a permission error's hint then offers no
+    other features).
     """
     if not relation or not isinstance(relation, str):
         raise UndefinedObject("no source table given", sqlstate="42P01",
@@ -164,6 +188,7 @@ def resolve(session: Session, relation: str, label: str | None,
     cols = dict(session.query(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid]))
+    bases = dict(session.query(BASE_TYPES_SQL, [oid]))
     if isinstance(features, str):
         features = [features]
     features = list(features or [])
@@ -176,6 +201,9 @@ def resolve(session: Session, relation: str, label: str | None,
             raise UndefinedObject(
                 f'column "{name}" does not exist in {qualified}', sqlstate="42703",
                 hint="Available columns: " + ", ".join(cols) + ".")
+    if not whole_table:
+        _require_column_privileges(session, oid, qualified, label, features,
+                                   scoring=scoring)
     repeated = [n for n in dict.fromkeys(features) if features.count(n) > 1]
     if repeated:
         raise InvalidData(f'feature column "{repeated[0]}" is listed more than once',
@@ -203,7 +231,10 @@ def resolve(session: Session, relation: str, label: str | None,
         if label_expr is not None:
             valid.append(f"{label_expr} IS NOT NULL AND {label_expr} NOT IN "
                          "('NaN', 'Infinity', '-Infinity')")
-    array_feature = len(features) == 1 and cols[features[0]] in NUMERIC_ARRAYS
+    # Features are read as numbers through their base types: a domain over double precision
+    # (or over a domain of it, or an array of one) is that type to the casts below.
+    ftypes = {n: bases.get(n, cols[n]) for n in features}
+    array_feature = len(features) == 1 and ftypes[features[0]] in NUMERIC_ARRAYS
     exprs: list[str] = []
     scan_valid = list(valid)
     epoch_valid = list(valid)
@@ -218,25 +249,26 @@ def resolve(session: Session, relation: str, label: str | None,
                      "ELSE false END")
     else:
         for name in features:
-            t = cols[name]
+            t = ftypes[name]
             if t in NUMERIC_ARRAYS:
                 raise InvalidData(
                     f'feature column "{name}" is an array', sqlstate="42804",
                     hint="Pass either one array column alone or a list of scalar columns.")
             if t not in NUMERIC_TYPES and t != "boolean":
                 raise InvalidData(
-                    f'feature column "{name}" has type {t}', sqlstate="42804",
+                    f'feature column "{name}" has type {cols[name]}'
+                + (f" (a domain over {t})" if t != cols[name] else ""), sqlstate="42804",
                     hint="Features must be numeric or boolean; encode categories as 0/1 "
                          "columns (one-hot) in a view first.")
-        exprs = [(f"({q(n)})::int::float8" if cols[n] == "boolean" else f"({q(n)})::float8")
+        exprs = [(f"({q(n)})::int::float8" if ftypes[n] == "boolean" else f"({q(n)})::float8")
                  for n in features]
         x_expr = "ARRAY[" + ", ".join(exprs) + "]::float8[]"
         valid.extend(f"{e} IS NOT NULL AND {e} NOT IN ('NaN', 'Infinity', '-Infinity')"
                      for e in exprs)
         scan_valid = valid
-    cast_checks = [(n, _beyond_float8(q(n), cols[n] == "numeric[]"))
-                   for n in dict.fromkeys([*([label] if label is not None else []), *features])
-                   if cols[n] in ("numeric", "numeric[]")]
+    checked = {**({label: cols[label]} if label is not None else {}), **ftypes}
+    cast_checks = [(n, _beyond_float8(q(n), t == "numeric[]"))
+                   for n, t in checked.items() if t in ("numeric", "numeric[]")]
     relation = escape_percent(qualified)
     row_key, keyed = _row_identity(relation, relkind, whole_table,
                                    [q(n) for n in ([label] if label is not None else [])
@@ -252,6 +284,44 @@ def resolve(session: Session, relation: str, label: str | None,
                   class_labels=None if classes is None else list(classes),
                   label_sql=None if label is None else q(label),
                   inheritance_parent=bool(children) and rows_kind == "r")
+
+
+def _require_column_privileges(session: Session, oid: int, qualified: str, label: str | None,
+                               features: Sequence[str], *, scoring: bool) -> None:
+    """Refuse, before any row is read, a label or feature column the current role may not
+    SELECT (it holds privileges on some other columns), naming the columns and the ways out:
+    a GRANT of just those columns, or features it may read (when training). A role that may
+    read no column gets PostgreSQL's own 'permission denied for table' at the first read."""
+    rows = session.query(
+        "SELECT a.attname::text AS name, pg_catalog.quote_ident(a.attname) AS quoted, "
+        "pg_catalog.has_column_privilege(a.attrelid, a.attnum, 'SELECT') AS may "
+        "FROM pg_catalog.pg_attribute AS a WHERE a.attrelid = %s AND a.attnum > 0 "
+        "AND NOT a.attisdropped ORDER BY a.attnum", [oid])
+    may = {name: ok for name, _, ok in rows}
+    quoted = {name: qn for name, qn, _ in rows}
+    needed = [*([label] if label is not None else []), *features]
+    missing = [n for n in dict.fromkeys(needed) if n in may and not may[n]]
+    if not missing or not any(may.values()):  # no column at all: PostgreSQL's own error
+        return
+    role = session.query("SELECT pg_catalog.quote_ident(current_user::text) AS r")[0][0]
+    readable = [n for n, ok in may.items() if ok]
+    noun = "column" if len(missing) == 1 else "columns"
+    grant = (f"GRANT SELECT ({', '.join(quoted[n] for n in missing)}) ON {qualified} "
+             f"TO {role}")
+    if scoring:
+        hint = f"Ask the owner of {qualified} to run {grant}; the model reads these columns."
+    else:
+        hint = (f"Ask the owner of {qualified} to run {grant}, or train on columns you may "
+                "read: leave the others out of features => ARRAY[...] (--features in the "
+                "bismarck CLI, features= in Python).")
+    raise InsufficientPrivilege(
+        f"permission denied for {noun} {', '.join(quoted[n] for n in missing)} of {qualified}",
+        sqlstate="42501",
+        detail=("Reading needs SELECT on the label and every feature column: "
+                + ", ".join(quoted[n] for n in dict.fromkeys(needed)) + ". You may read "
+                + (", ".join(quoted[n] for n in readable) if readable else "none of its columns")
+                + "."),
+        hint=hint)
 
 
 def class_index_sql(session: Session, column: str, classes: Sequence[str],
