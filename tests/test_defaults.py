@@ -152,8 +152,8 @@ def test_batch_size_one_is_still_per_row_sgd(conn, path: str) -> None:
           max_epochs=2, packed=path == "packed")
     p = _params(conn, "dflt_row_m")
     assert p["batch_size"] == 1 and p["eta0"] == 0.1
-    # and small tables keep per-row SGD by default
+    # small tables take batches of 2 by default, with eta0 measured on the data
     load_table(conn, "dflt_small", cols, X[:400], y[:400])
     train(conn, "dflt_small", "y", cols, "dflt_small_m", max_epochs=2)
     p = _params(conn, "dflt_small_m")
-    assert p["batch_size"] == 1 and p["eta0"] == 0.1
+    assert p["batch_size"] == 2 and p["eta0"] != 0.1

@@ -141,14 +141,18 @@ CURVATURE = {"logistic": 0.25, "squared": 1.0, "hinge": 1.0,  # sup of d²loss/d
 
 
 def auto_batch_size(n_train: int, block_size: int) -> int:
-    """``batch_size`` when none is given: ``min(block_size, n_train // 1024)``, at least 1.
+    """``batch_size`` when none is given: ``min(block_size, max(2, n_train // 1024))``.
 
     Large tables get one vectorised step per packed block (the cost of an epoch is then the
     scan, not Python's per-row loop); smaller ones keep at least ~1024 steps an epoch (an
-    ill-conditioned problem needs steps more than it needs large batches), and below 2048
-    rows per-row SGD.
+    ill-conditioned problem needs steps more than it needs large batches), and even the
+    smallest take batches of 2, whose ``eta0`` is measured on the data (:func:`auto_eta0`),
+    never per-row steps at the fixed ``eta0`` 0.1: on 500–2047 rows with 1–5% positives those
+    stopped as converged at 1.6–4.8 times the exact fit's log-loss, predicting no positive,
+    where batches of 2 reach 1.00–1.33 times it. 1 only for a single row or ``block_size`` 1.
     """
-    return max(1, min(int(block_size), int(n_train) // MIN_STEPS_PER_EPOCH))
+    return max(1, min(int(block_size), max(2, int(n_train) // MIN_STEPS_PER_EPOCH),
+                      int(n_train)))
 
 
 def default_power_t(loss: str | None) -> float:

@@ -590,8 +590,12 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                           class_weight=weights)
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
-    # Averaged SGD from the second epoch on: the first epoch's iterates are the transient
-    # from the all-zero start (Bottou's ASGD starts averaging after one epoch, as here).
+    # Averaged SGD over each epoch's iterates, from the second epoch on: the model is the mean
+    # of the epoch's iterates (tail averaging; Jain et al., JMLR 18, 2018), steps go on from
+    # the last iterate. The first epoch's iterates are the transient from the all-zero start
+    # (Bottou's ASGD starts averaging after one epoch too). A mean over every epoch since the
+    # second kept that transient's tail, and a rate held high until a plateau ('adaptive'),
+    # for ever: eta0 => 20 stored 0.825 against the last iterate's 0.565.
     average = bool(p.get("average")) and model is not None and p["batch_size"] != 0
     stepped = model is not None and model.w_step is not None
     return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
@@ -600,8 +604,7 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                       fit_intercept=p["fit_intercept"], w=model.w_step if stepped else w,
                       b=model.b_step if stepped else b, mu=data.mu, sd=data.sd,
                       itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights,
-                      average=average, w_avg=w if stepped else None, b_avg=b if stepped else None,
-                      averaged=model.averaged if stepped else 0.0)
+                      average=average)
 
 
 def export(p: dict[str, Any], data: Any, model: Model | None) -> Stored:
