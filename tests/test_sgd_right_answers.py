@@ -215,8 +215,8 @@ def test_huge_unstandardised_constant_column_is_not_converged_and_said_why(conn,
     assert any(n.startswith("WARNING") and "standardize => true" in n
                and "sized for feature 2" in n for n in notices), notices
     notices.clear()
-    calm = train(conn, "hugeconst", "y", ["x0", "x1"], "hugeconst_std", loss=loss,
-                 penalty="none" if loss != "logistic" else "l2", seed=1)
+    train(conn, "hugeconst", "y", ["x0", "x1"], "hugeconst_std", loss=loss,
+          penalty="none" if loss != "logistic" else "l2", seed=1)
     assert not any("sized for" in n for n in notices), notices
     assert metric(conn, "hugeconst_std", "hugeconst",
                   "r2" if loss == "squared" else "accuracy") > 0.5

@@ -226,3 +226,19 @@ def test_a_factorisation_worse_than_the_mean_is_not_converged(conn) -> None:
                        "'i', 'v', 'mf_calm', seed => 1)").fetchone()
     assert row[1] < v.var()
     assert not any("predicting the mean" in n for n in notices), notices
+
+
+def test_a_run_too_slow_to_get_there_is_told_to_raise_the_rate(conn) -> None:
+    """eta0 => 0.001 on 1800 rows with 5% positives: the loss falls every epoch but ends
+    above the class priors'. Before, the warning said to lower eta0 (try 0.0001)."""
+    rng = np.random.default_rng(42)
+    X = rng.normal(size=(1800, 3))
+    y = (rng.random(1800) < 1 / (1 + np.exp(-(3 * X @ [1.0, -1.0, 1.0] - 9)))).astype(float)
+    load_table(conn, "slow_rate", ["x0", "x1", "x2"], X, y)
+    notices = _notices(conn)
+    got = train(conn, "slow_rate", "y", ["x0", "x1", "x2"], "slow_rate", eta0=0.001,
+                max_epochs=20)
+    assert got["metrics"]["converged"] is False
+    warned = _trivial_warnings(notices)
+    assert warned and "Raise eta0 (try 0.01) or max_epochs" in warned[0], notices
+    assert "Lower eta0" not in warned[0]

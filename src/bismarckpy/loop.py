@@ -1444,7 +1444,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,
-                                p["standardize"])
+                                p["standardize"], falling=_still_falling(history))
     if overshoot is not None:
         converged = False
         notes.append(overshoot)
@@ -1631,11 +1631,32 @@ def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _
 WORSE_THAN_START = 1.05
 
 
+def _still_falling(history: list[EpochRecord]) -> bool:
+    """True when every epoch's training loss was below the one before (at least two epochs):
+    a run still on its way down, whose steps were too small rather than too large."""
+    losses = [r.train_loss for r in history]
+    return len(losses) >= 2 and all(b < a for a, b in zip(losses, losses[1:]))
+
+
 def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any,
-                    what: str = "every weight zero", standardize: bool = True) -> str | None:
-    """The warning for a run that ended worse than its trivial model, or None."""
+                    what: str = "every weight zero", standardize: bool = True,
+                    falling: bool = False) -> str | None:
+    """The warning for a run that ended worse than its trivial model, or None.
+
+    ``falling``: the loss fell every epoch, so the steps were too small (or decayed too
+    fast) to get there, and the advice is the other way round: a larger rate or more epochs.
+    """
     if trivial_verdict(train_loss, zero) != "overshoot":
         return None
+    if falling:
+        try_value = f" (try {value * 10:g})" if isinstance(value, (int, float)) and value else ""
+        return (f"the final training loss {train_loss:.6g} is above the loss of the trivial "
+                f"model ({zero:.6g}, {what}) though it fell every epoch: the steps were too "
+                "small to get there, so the model is worse than ignoring the features and is "
+                "not reported as converged. "
+                + ("Use standardize => true, or raise " if not standardize else "Raise ")
+                + f"{rate}{try_value} or max_epochs"
+                + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
     try_value = f" (try {value / 10:g})" if isinstance(value, (int, float)) and value else ""
     return (f"the final training loss {train_loss:.6g} is above the loss of the trivial model "
             f"({zero:.6g}, {what}): the steps overshoot or never got there, so the model is "

@@ -92,3 +92,33 @@ def test_merge_weights_the_means_by_their_iterates_in_any_order(seed, na, nb) ->
     want = (ma.averaged * ma.w + mb.averaged * mb.w) / (ma.averaged + mb.averaged)
     np.testing.assert_allclose(ab.w, want, rtol=1e-12)
     np.testing.assert_allclose(ba.w, ab.w, rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 30), k=st.integers(1, 4),
+       skip=st.integers(0, 12), path=st.sampled_from(["rows", "block"]))
+def test_only_steps_past_average_from_enter_the_mean(seed, n, k, skip, path) -> None:
+    """The first epoch averages only its second half (``average_from``, a step count): the
+    steps that bring t up to it are left out, whichever path takes them."""
+    X, y = make_data("logistic", n=n, d=3, seed=seed)
+    w, b = start(3, seed)
+    common = dict(loss="logistic", eta=0.3, batch_size=k, itemsize=8)
+    with np.errstate(**STRICT):
+        steps = _iterates(X, y, w, b, common)
+        init = glm.initialize(3, w=w, b=b, average=True, average_from=float(skip), **common)
+        if path == "block":
+            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
+                                         init)
+        else:
+            state = None
+            for xi, yi in zip(X, y):
+                state = glm.transition(state, xi, float(yi), init)
+        m = glm.decode(glm.finalize(state))
+    kept = steps[skip:]
+    if not kept:  # no step past it: the model is the last iterate, not a mean
+        assert m.averaged == 0 and m.w_step is None
+        np.testing.assert_allclose(m.w, steps[-1][0], rtol=1e-9, atol=1e-12)
+        return
+    assert m.averaged == len(kept)
+    np.testing.assert_allclose(m.w, sum(s[0] for s in kept) / len(kept), rtol=1e-9, atol=1e-12)
+

@@ -76,7 +76,7 @@ def test_glm_epoch_init_is_the_kernels_initialize(loss: str, evaluate: bool) -> 
         want = glm.initialize(3, loss=loss, alpha=0.01, l1=0.3, l2=0.7, eta=0.05,
                               invscaling=True, power_t=p["power_t"], t=7.0, batch_size=4,
                               w=model.w, b=model.b, mu=mu, sd=sd, class_weight=weights,
-                              average=True)
+                              average=True, average_from=7.0)
     got = glm.KIND.initialize(p, data, model, eta=0.05, per_step=True, evaluate=evaluate)
     assert got == want
 

@@ -35,7 +35,7 @@ EVALUATE = -1  # batch_size that only accumulates the loss
 # Header slots of the state vector.
 (_MAGIC, _D, _LOSS, _ALPHA, _L1, _L2, _ETA, _INVSCALING, _POWER_T, _T, _BATCH, _INTERCEPT,
  _ROWS, _LOSS_SUM, _PENDING, _SKIPPED, _STEPS, _STANDARDIZE, _ITEMSIZE, _YMODE, _YPOS, _YSHIFT,
- _YSCALE, _PARTS, _CW_NEG, _CW_POS, _AVERAGE, _AVG_N) = range(28)
+ _YSCALE, _PARTS, _CW_NEG, _CW_POS, _AVG_FROM, _AVG_N) = range(28)
 HEADER = 28
 # How packed blocks' raw labels become the loss's labels (rows arrive already encoded).
 Y_AS_IS, Y_CLASS01, Y_CLASS_PM1, Y_AFFINE = range(4)
@@ -88,14 +88,14 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                mu: np.ndarray | None = None, sd: np.ndarray | None = None,
                itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None,
                class_weight: tuple[float, float] = (1.0, 1.0), average: bool = False,
-               w_avg: np.ndarray | None = None, b_avg: float | None = None,
-               averaged: float = 0.0) -> bytes:
+               average_from: float = 0.0, w_avg: np.ndarray | None = None,
+               b_avg: float | None = None, averaged: float = 0.0) -> bytes:
     """Build the initial state of one epoch from hyper-parameters and the previous model.
 
-    ``average``: every step of the epoch also updates the running mean of the iterates
-    (averaged SGD: Polyak & Juditsky, SIAM J. Control Optim. 30, 1992; scikit-learn's
-    ``average``), which holds the mean ``w_avg``, ``b_avg`` of ``averaged`` earlier iterates
-    (none: it starts at the first step's iterate).
+    ``average``: every step that brings the step count ``t`` above ``average_from`` also
+    updates the running mean of the iterates (averaged SGD: Polyak & Juditsky, SIAM J.
+    Control Optim. 30, 1992; scikit-learn's ``average``), which holds the mean ``w_avg``,
+    ``b_avg`` of ``averaged`` earlier iterates (none: it starts at the first such iterate).
 
     ``itemsize`` is the width (4 or 8) of the values in packed blocks, if the epoch reads any;
     ``y_coding`` = (mode, positive class, shift, scale) turns their raw labels into the loss's.
@@ -115,7 +115,8 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_YMODE], s[_YPOS], s[_YSHIFT], s[_YSCALE] = y_coding or (Y_AS_IS, 1.0, 0.0, 1.0)
     s[_PARTS] = 1  # partial states merged into this one (parallel participants)
     s[_CW_NEG], s[_CW_POS] = class_weight
-    s[_AVERAGE], s[_AVG_N] = float(average), averaged if averaged > 0 else 0.0
+    s[_AVG_FROM] = float(average_from) if average else -1.0  # below 0: no averaging
+    s[_AVG_N] = averaged if averaged > 0 else 0.0
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
@@ -235,8 +236,8 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
     if int(h[_BATCH]) == 1:  # per-row steps: standardise the block once, then a scalar loop
         Xs = (X + shift) / sd if standardize else X + shift
         code = int(h[_LOSS])
-        average, n_avg = bool(h[_AVERAGE]), h[_AVG_N]
-        s[_AVERAGE] = 0.0  # the running mean is kept here, in local variables
+        avg_from, n_avg, t = h[_AVG_FROM], h[_AVG_N], h[_T]
+        s[_AVG_FROM] = -1.0  # the running mean is kept here, in local variables
         w_avg, b_avg = _avg_views(s, d)
         mean_b = float(b_avg[0])
         for i in range(len(yv)):
@@ -246,12 +247,13 @@ def transition_block(state: bytes | None, block: bytes | None, init: bytes,
                 loss, dz = loss * weights[i], dz * weights[i]
             s[_LOSS_SUM] += loss
             _step(s, w, b, xi, 1.0, dz)
-            if average:
+            t += 1.0
+            if 0 <= avg_from < t:
                 n_avg += 1.0
                 r = 1.0 / n_avg
                 w_avg += r * (w - w_avg)
                 mean_b += r * (float(b[0]) - mean_b)
-        s[_AVERAGE], s[_AVG_N], b_avg[0] = float(average), n_avg, mean_b
+        s[_AVG_FROM], s[_AVG_N], b_avg[0] = avg_from, n_avg, mean_b
         s[_ROWS] += len(yv)
         return s.tobytes()
     _batches(s, h, X, yv, shift, 1.0 / sd if standardize else None, weights)
@@ -279,7 +281,7 @@ def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift
     pending, loss_sum, t, steps = int(h[_PENDING]), h[_LOSS_SUM], h[_T], h[_STEPS]
     eta0, invscaling, power_t = h[_ETA], h[_INVSCALING], h[_POWER_T]
     alpha, l1, l2, intercept = h[_ALPHA], h[_L1], h[_L2], h[_INTERCEPT]
-    average, n_avg = bool(h[_AVERAGE]), h[_AVG_N]
+    avg_from, n_avg = h[_AVG_FROM], h[_AVG_N]
     w_avg, b_avg = _avg_views(s, d)
     b0 = b[0]
     start = 0
@@ -323,7 +325,7 @@ def _batches(s: np.ndarray, h: list[float], X: np.ndarray, yv: np.ndarray, shift
             b0 -= eta * scale * grad_b
         t += 1
         steps += 1
-        if average:
+        if 0 <= avg_from < t:
             n_avg += 1.0
             r = 1.0 / n_avg
             w_avg += r * (w - w_avg)
@@ -482,7 +484,7 @@ def _step(s: np.ndarray, w: np.ndarray, b: np.ndarray, grad: np.ndarray, grad_b:
         b[0] -= eta * scale * grad_b
     s[_T] += 1
     s[_STEPS] += 1
-    if s[_AVERAGE]:
+    if 0 <= s[_AVG_FROM] < s[_T]:
         _average(s, w, float(b[0]))
 
 
@@ -590,21 +592,24 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                           class_weight=weights)
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
-    # Averaged SGD over each epoch's iterates, from the second epoch on: the model is the mean
-    # of the epoch's iterates (tail averaging; Jain et al., JMLR 18, 2018), steps go on from
-    # the last iterate. The first epoch's iterates are the transient from the all-zero start
-    # (Bottou's ASGD starts averaging after one epoch too). A mean over every epoch since the
-    # second kept that transient's tail, and a rate held high until a plateau ('adaptive'),
-    # for ever: eta0 => 20 stored 0.825 against the last iterate's 0.565.
-    average = bool(p.get("average")) and model is not None and p["batch_size"] != 0
+    # Averaged SGD over each epoch's iterates: the model is the mean of the epoch's iterates
+    # (tail averaging; Jain et al., JMLR 18, 2018), steps go on from the last iterate. In the
+    # first epoch, only over its second half: the first is the transient from the all-zero
+    # start. A mean over every epoch kept that transient's tail, and a rate held high until a
+    # plateau ('adaptive'), for ever: eta0 => 20 stored 0.825 against the last iterate's 0.565.
+    average = bool(p.get("average")) and p["batch_size"] != 0
     stepped = model is not None and model.w_step is not None
+    if model is None:  # half the first epoch's steps
+        average_from = math.ceil(data.n_train / max(int(p["batch_size"]), 1)) // 2
+    else:
+        average_from = model.t
     return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
                       invscaling=per_step, power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
                       fit_intercept=p["fit_intercept"], w=model.w_step if stepped else w,
                       b=model.b_step if stepped else b, mu=data.mu, sd=data.sd,
                       itemsize=data.itemsize, y_coding=data.y_coding, class_weight=weights,
-                      average=average)
+                      average=average, average_from=average_from)
 
 
 def export(p: dict[str, Any], data: Any, model: Model | None) -> Stored:
