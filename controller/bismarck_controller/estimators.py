@@ -114,6 +114,13 @@ class _BaseSGD:
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
         kind = losses.REGISTRY[values["loss"]].kind
+        theirs = {q.name for q in kinds.get(kind).params}
+        extra = sorted(k for k, v in values.items() if v is not None and k not in theirs)
+        if extra:  # as train_glm says it (bismarckpy.loop.train)
+            raise InvalidParameter(
+                f"{extra[0]} is not available with loss '{values['loss']}'",
+                detail=f"Models of loss '{values['loss']}' (kind {kind}) take no {extra[0]}.",
+                hint=f"Leave {extra[0]} unset (None).")
         checked = validate(values, params=kinds.get(kind).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 
