@@ -592,17 +592,17 @@ def epoch_init(p: dict[str, Any], data: Any, model: Model | None, *, eta: float 
                           class_weight=weights)
     l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
     alpha = p["alpha"] if p["penalty"] != "none" else 0.0
-    # Averaged SGD over each epoch's iterates: the model is the mean of the epoch's iterates
-    # (tail averaging; Jain et al., JMLR 18, 2018), steps go on from the last iterate. In the
-    # first epoch, only over its second half: the first is the transient from the all-zero
-    # start. A mean over every epoch kept that transient's tail, and a rate held high until a
-    # plateau ('adaptive'), for ever: eta0 => 20 stored 0.825 against the last iterate's 0.565.
-    average = bool(p.get("average")) and p["batch_size"] != 0
+    # Averaged SGD over each epoch's iterates, from the second epoch on: the model is the mean
+    # of the epoch's iterates (tail averaging; Jain et al., JMLR 18, 2018), steps go on from
+    # the last iterate. The first epoch's iterates are the transient from the all-zero start
+    # (Bottou's ASGD starts averaging after one epoch too); averaging only its second half
+    # would need each participant's own step count, which parallel workers and partitions do
+    # not know in advance. A mean over every epoch kept that transient's tail, and a rate held
+    # high until a plateau ('adaptive'), for ever: eta0 => 20 stored 0.825 against the last
+    # iterate's 0.565.
+    average = bool(p.get("average")) and model is not None and p["batch_size"] != 0
     stepped = model is not None and model.w_step is not None
-    if model is None:  # half the first epoch's steps
-        average_from = math.ceil(data.n_train / max(int(p["batch_size"]), 1)) // 2
-    else:
-        average_from = model.t
+    average_from = 0.0 if model is None else model.t
     return initialize(data.d, loss=p["loss"], alpha=alpha, l1=l1, l2=l2, eta=eta,
                       invscaling=per_step, power_t=p["power_t"],
                       t=0.0 if model is None else model.t, batch_size=p["batch_size"],
