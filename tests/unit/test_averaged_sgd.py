@@ -122,3 +122,50 @@ def test_only_steps_past_average_from_enter_the_mean(seed, n, k, skip, path) -> 
     assert m.averaged == len(kept)
     np.testing.assert_allclose(m.w, sum(s[0] for s in kept) / len(kept), rtol=1e-9, atol=1e-12)
 
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 30), k=st.integers(1, 4),
+       path=st.sampled_from(["rows", "block"]))
+def test_the_first_epochs_mean_weighs_the_kth_iterate_about_k_cubed(seed, n, k, path) -> None:
+    """``average_decay`` 3 (the first epoch's): unrolled, the k-th of the iterates weighs
+    k(k+1)(k+2), polynomial-decay averaging (Shamir & Zhang 2013), on every step path."""
+    X, y = make_data("logistic", n=n, d=3, seed=seed)
+    w, b = start(3, seed)
+    common = dict(loss="logistic", eta=0.3, batch_size=k, itemsize=8)
+    with np.errstate(**STRICT):
+        steps = _iterates(X, y, w, b, common)
+        init = glm.initialize(3, w=w, b=b, average=True, average_decay=3.0, **common)
+        if path == "block":
+            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
+                                         init)
+        else:
+            state = None
+            for xi, yi in zip(X, y):
+                state = glm.transition(state, xi, float(yi), init)
+        m = glm.decode(glm.finalize(state))
+    ks = np.arange(1, len(steps) + 1)
+    weights = ks * (ks + 1) * (ks + 2)
+    want = weights @ np.array([s[0] for s in steps]) / weights.sum()
+    np.testing.assert_allclose(m.w, want, rtol=1e-9, atol=1e-12)
+    assert glm.FIRST_EPOCH_DECAY == 3.0
+
+
+def test_merging_three_means_weighs_each_by_its_iterates() -> None:
+    """Pairwise merges (parallel workers, partitions) of three averaged states give the mean
+    weighted by each one's iterates, whatever the pairing."""
+    X, y = make_data("squared", n=30, d=3, seed=5)
+    w, b = start(3, 5)
+    init = glm.initialize(3, loss="squared", eta=0.1, batch_size=1, w=w, b=b, average=True)
+    parts = []
+    for lo, hi in ((0, 4), (4, 13), (13, 30)):
+        state = None
+        for xi, yi in zip(X[lo:hi], y[lo:hi]):
+            state = glm.transition(state, xi, float(yi), init)
+        parts.append(glm.finalize(state))
+    ms = [glm.decode(p) for p in parts]
+    want = sum(m.averaged * m.w for m in ms) / sum(m.averaged for m in ms)
+    left = glm.decode(glm.merge(glm.merge(parts[0], parts[1]), parts[2]))
+    right = glm.decode(glm.merge(parts[0], glm.merge(parts[1], parts[2])))
+    np.testing.assert_allclose(left.w, want, rtol=1e-12)
+    np.testing.assert_allclose(right.w, want, rtol=1e-12)
