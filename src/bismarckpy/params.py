@@ -118,9 +118,9 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("power_t", float, None, "Exponent of invscaling. NULL: 0.25 for loss 'squared' "
           "(scikit-learn's SGDRegressor), else 0.5 (SGDClassifier).", low=0.0, high=10.0,
           nullable=True),
-    Param("average", bool, True, "Averaged SGD (scikit-learn's average): from the second "
-          "epoch on, the model is the mean of the epoch's iterates, one per step (the first "
-          "epoch is the transient from the all-zero start); false: the last iterate."),
+    Param("average", bool, True, "Averaged SGD (scikit-learn's average): the model is the "
+          "mean of the last epoch's iterates, one per step (in the first epoch a mean that "
+          "weighs the k-th iterate about k^3, so the start fades); false: the last iterate."),
     Param("batch_size", int, None, "Rows per SGD step: 1 is per-row SGD, 0 full-batch "
           "gradient descent. NULL: min(block_size, max(2, training rows // 1024)).",
           low=0, high=1_000_000_000, nullable=True),
