@@ -413,14 +413,21 @@ def test_nothing_on_tables_it_cannot_read_and_nothing_without_the_role(roles: Ro
             c.execute("SELECT * FROM bismarck.models")
 
 
+def _partly_granted(admin: psycopg.Connection, table: str, columns: str, role: str) -> None:
+    """public.<table> (id, a, b, y, ssn: 300 rows) with SELECT on ``columns`` only to role."""
+    admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("public", table)))
+    admin.execute(sql.SQL("CREATE TABLE {} AS SELECT i AS id, (i % 7)::float8 AS a, "
+                          "(i % 5)::float8 AS b, (i % 2) AS y, i::text AS ssn "
+                          "FROM generate_series(1, 300) i").format(
+        sql.Identifier("public", table)))
+    admin.execute(sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns.split(",")),
+        sql.Identifier("public", table), sql.Identifier(role)))
+
+
 def test_column_level_select_on_the_named_columns_is_enough(roles: Roles) -> None:
     with roles.connect("admin") as admin:
-        admin.execute("DROP TABLE IF EXISTS public.wide")
-        admin.execute("CREATE TABLE public.wide AS SELECT i AS id, (i % 7)::float8 AS a, "
-                      "(i % 5)::float8 AS b, (i % 2) AS y, i::text AS ssn "
-                      "FROM generate_series(1, 300) i")
-        admin.execute(sql.SQL("GRANT SELECT (a, b, y) ON public.wide TO {}").format(
-            sql.Identifier(roles.names["alice"])))
+        _partly_granted(admin, "wide", "a,b,y", roles.names["alice"])
     with roles.connect("alice") as a:
         for options in ("", ", packed => false", ", validation_fraction => 0.3",
                         ", packed => false, validation_fraction => 0.3"):
@@ -440,12 +447,7 @@ def test_a_column_not_granted_is_named_with_the_grant_and_the_option_to_pass(
     pack, evaluate and `bismarck predict` name the columns missing and what to do."""
     alice = roles.names["alice"]
     with roles.connect("admin") as admin:
-        admin.execute("DROP TABLE IF EXISTS public.partial")
-        admin.execute("CREATE TABLE public.partial AS SELECT i AS id, (i % 7)::float8 AS a, "
-                      "(i % 5)::float8 AS b, (i % 2) AS y, i::text AS ssn "
-                      "FROM generate_series(1, 300) i")
-        admin.execute(sql.SQL("GRANT SELECT (a, y) ON public.partial TO {}").format(
-            sql.Identifier(alice)))
+        _partly_granted(admin, "partial", "a,y", alice)
         admin.execute("SELECT * FROM bismarck.train_glm('public.partial', 'y', ARRAY['a', 'b'], "
                       "'partial_ab', max_epochs => 2, seed => 1)")
         admin.execute("SELECT bismarck.grant_model('partial_ab', %s)", [alice])

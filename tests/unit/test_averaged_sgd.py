@@ -31,6 +31,17 @@ def _iterates(X, y, w, b, common: dict) -> list[tuple[np.ndarray, float]]:
     return out
 
 
+def _epoch(X, y, init: bytes, path: str) -> glm.Model:
+    """One epoch of ``init`` over the rows: one packed float64 block, or row by row."""
+    if path == "block":
+        state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"), init)
+    else:
+        state = None
+        for xi, yi in zip(X, y):
+            state = glm.transition(state, xi, float(yi), init)
+    return glm.decode(glm.finalize(state))
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), k=st.integers(1, 6),
        loss=st.sampled_from(sorted(LOSSES)), path=st.sampled_from(["rows", "block"]),
@@ -45,14 +56,7 @@ def test_the_model_is_the_mean_of_the_iterates(seed, n, k, loss, path, prior) ->
         steps = _iterates(X, y, w, b, common)
         init = glm.initialize(3, w=w, b=b, average=True, w_avg=w_avg, b_avg=b_avg,
                               averaged=float(prior), **common)
-        if path == "block":
-            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
-                                         init)
-        else:
-            state = None
-            for xi, yi in zip(X, y):
-                state = glm.transition(state, xi, float(yi), init)
-        m = glm.decode(glm.finalize(state))
+        m = _epoch(X, y, init, path)
     want_w = (prior * w_avg + sum(s[0] for s in steps)) / (prior + len(steps))
     want_b = (prior * b_avg + sum(s[1] for s in steps)) / (prior + len(steps))
     np.testing.assert_allclose(m.w, want_w, rtol=1e-9, atol=1e-12)
@@ -106,14 +110,7 @@ def test_only_steps_past_average_from_enter_the_mean(seed, n, k, skip, path) -> 
     with np.errstate(**STRICT):
         steps = _iterates(X, y, w, b, common)
         init = glm.initialize(3, w=w, b=b, average=True, average_from=float(skip), **common)
-        if path == "block":
-            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
-                                         init)
-        else:
-            state = None
-            for xi, yi in zip(X, y):
-                state = glm.transition(state, xi, float(yi), init)
-        m = glm.decode(glm.finalize(state))
+        m = _epoch(X, y, init, path)
     kept = steps[skip:]
     if not kept:  # no step past it: the model is the last iterate, not a mean
         assert m.averaged == 0 and m.w_step is None
@@ -136,14 +133,7 @@ def test_the_first_epochs_mean_weighs_the_kth_iterate_about_k_cubed(seed, n, k, 
     with np.errstate(**STRICT):
         steps = _iterates(X, y, w, b, common)
         init = glm.initialize(3, w=w, b=b, average=True, average_decay=3.0, **common)
-        if path == "block":
-            state = glm.transition_block(None, pack.encode(np.column_stack([y, X]), "float64"),
-                                         init)
-        else:
-            state = None
-            for xi, yi in zip(X, y):
-                state = glm.transition(state, xi, float(yi), init)
-        m = glm.decode(glm.finalize(state))
+        m = _epoch(X, y, init, path)
     ks = np.arange(1, len(steps) + 1)
     weights = ks * (ks + 1) * (ks + 2)
     want = weights @ np.array([s[0] for s in steps]) / weights.sum()
