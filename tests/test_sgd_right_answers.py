@@ -222,6 +222,21 @@ def test_huge_unstandardised_constant_column_is_not_converged_and_said_why(conn,
                   "r2" if loss == "squared" else "accuracy") > 0.5
 
 
+def test_a_feature_offset_by_a_thousand_unstandardised_is_not_converged(conn) -> None:
+    """Tester: x1 = N(0, 1) + 1000 beside x2 = N(0, 1), standardize => false: eta0 4e-6, the
+    model stayed at the class priors' log-loss (0.641 against Newton's 0.455), stored as
+    converged without a word; the warning fired only beyond a 10,000-fold difference."""
+    rng = np.random.default_rng(30)
+    Z = rng.normal(size=(3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(-1 + 1.5 * Z[:, 0] - Z[:, 1])))).astype(float)
+    load_table(conn, "offset1000", ["x1", "x2"], Z + [1000.0, 0.0], y)
+    notices = _notices(conn)
+    row = train(conn, "offset1000", "y", ["x1", "x2"], "offset1000", standardize=False)
+    assert row["metrics"]["converged"] is False
+    assert any(n.startswith("WARNING") and "sized for feature 1" in n
+               and "standardize => true" in n for n in notices), notices
+
+
 @pytest.mark.parametrize("loss", ["logistic", "hinge"])
 def test_a_run_ending_worse_than_where_it_started_is_not_converged(conn, loss: str) -> None:
     """A constant rate far too large: the loss settles (so the tolerance test passes) well
