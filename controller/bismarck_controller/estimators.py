@@ -25,7 +25,7 @@ from bismarck_controller import training
 from bismarck_controller.notebook import Database, connected
 from bismarckpy import kinds, losses
 from bismarckpy.errors import InvalidParameter
-from bismarckpy.params import validate
+from bismarckpy.params import refuse_unused, validate
 
 #: scikit-learn's parameter names -> bismarck's (the others are the same in both).
 RENAMED = {"max_iter": "max_epochs", "random_state": "seed"}
@@ -114,13 +114,7 @@ class _BaseSGD:
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
         kind = losses.REGISTRY[values["loss"]].kind
-        theirs = {q.name for q in kinds.get(kind).params}
-        extra = sorted(k for k, v in values.items() if v is not None and k not in theirs)
-        if extra:  # as train_glm says it (bismarckpy.loop.train)
-            raise InvalidParameter(
-                f"{extra[0]} is not available with loss '{values['loss']}'",
-                detail=f"Models of loss '{values['loss']}' (kind {kind}) take no {extra[0]}.",
-                hint=f"Leave {extra[0]} unset (None).")
+        refuse_unused(values, kinds.get(kind).params, values["loss"], kind, unset="None")
         checked = validate(values, params=kinds.get(kind).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 

@@ -46,7 +46,7 @@ from .packing import (
     settings_for_transaction,
     survey_table,
 )
-from .params import EXACT_SOLVERS, validate
+from .params import EXACT_SOLVERS, refuse_unused, validate
 from .schedule import (
     ROW_ETA0,
     SAMPLE_ROWS,
@@ -231,14 +231,9 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             hint=f"Drop the loss (kind {kind} sets it), or train kind glm with loss => "
                  f"'{loss.name}'.")
     if loss is not None and loss.kind != model_kind.name:  # e.g. loss 'softmax' of train_glm
-        theirs = {q.name for q in kinds.get(loss.kind).params}
-        extra = sorted(k for k, v in options.items() if v is not None and k not in theirs
-                       and any(q.name == k for q in model_kind.params))
-        if extra:  # a parameter of the function that the loss's model kind does not take
-            raise InvalidParameter(
-                f"{extra[0]} is not available with loss '{loss.name}'",
-                detail=f"Models of loss '{loss.name}' (kind {loss.kind}) take no {extra[0]}.",
-                hint=f"Leave {extra[0]} unset (NULL).")
+        ours = {q.name for q in model_kind.params}  # others: validate's "unknown parameter"
+        refuse_unused({k: v for k, v in options.items() if k in ours},
+                      kinds.get(loss.kind).params, loss.name, loss.kind)
         model_kind = kinds.get(loss.kind)
         p = validate(options, where=where, params=model_kind.params)
     if model_kind.check_options is not None:
@@ -1608,10 +1603,10 @@ def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _
     if model is not None and (trivial_verdict(train_loss, trivial) is not None
                               or p.get("shuffle") == "never"):
         ev = glm.KIND.initialize(p, prep, model, evaluate=True)
-        final = glm.decode(session.query(train_sql, [ev])[0][0]).data_loss
-        l1, l2 = penalties.mix(p["penalty"], p["l1_ratio"])
-        alpha = p["alpha"] if p["penalty"] != "none" else 0.0
-        train_loss = (final + penalties.value(model.w, alpha, l1, l2)) * loss_scale
+        em = glm.decode(session.query(train_sql, [ev])[0][0])
+        # the stored model's data loss on every training row, plus its penalty
+        train_loss = dataclasses.replace(model, rows=em.rows, loss_sum=em.loss_sum
+                                         ).mean_loss * loss_scale
     if trivial_verdict(train_loss, trivial) == "diverged":
         raise Diverged(
             "training diverged",
@@ -1650,21 +1645,17 @@ def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any
     """
     if trivial_verdict(train_loss, zero) != "overshoot":
         return None
-    if falling:
-        try_value = f" (try {value * 10:g})" if isinstance(value, (int, float)) and value else ""
-        return (f"the final training loss {train_loss:.6g} is above the loss of the trivial "
-                f"model ({zero:.6g}, {what}) though it fell every epoch: the steps were too "
-                "small to get there, so the model is worse than ignoring the features and is "
-                "not reported as converged. "
-                + ("Use standardize => true, or raise " if not standardize else "Raise ")
-                + f"{rate}{try_value} or max_epochs"
-                + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
-    try_value = f" (try {value / 10:g})" if isinstance(value, (int, float)) and value else ""
+    why, verb, factor, more = ((" though it fell every epoch: the steps were too small to get "
+                                "there", "raise", 10.0, " or max_epochs") if falling else
+                               (": the steps overshoot or never got there", "lower", 0.1, ""))
+    try_value = (f" (try {value * factor:g})" if isinstance(value, (int, float)) and value
+                 else "")
     return (f"the final training loss {train_loss:.6g} is above the loss of the trivial model "
-            f"({zero:.6g}, {what}): the steps overshoot or never got there, so the model is "
-            f"worse than ignoring the features and is not reported as converged. "
-            + ("Use standardize => true, or lower " if not standardize else "Lower ")
-            + f"{rate}{try_value}"
+            f"({zero:.6g}, {what}){why}, so the model is worse than ignoring the features and "
+            "is not reported as converged. "
+            + (f"Use standardize => true, or {verb} " if not standardize
+               else verb.capitalize() + " ")
+            + f"{rate}{try_value}{more}"
             + (", or use learning_rate => 'adaptive'" if rate == "eta0" else ""))
 
 

@@ -183,6 +183,20 @@ def merge_params(own: tuple[Param, ...],
     return tuple(own) + tuple(p for p in common if p.name not in names)
 
 
+def refuse_unused(values: dict[str, Any], params: tuple[Param, ...], loss: str, kind: str,
+                  unset: str = "NULL") -> None:
+    """Raise :class:`InvalidParameter` for the first value given (not None) that the model kind
+    fitting ``loss`` does not take (``params``: its declarations), e.g. ``average`` with loss
+    'softmax'; ``unset`` is how the caller's language spells "no value"."""
+    names = {q.name for q in params}
+    extra = sorted(k for k, v in values.items() if v is not None and k not in names)
+    if extra:
+        raise InvalidParameter(f"{extra[0]} is not available with loss '{loss}'",
+                               detail=f"Models of loss '{loss}' (kind {kind}) take no "
+                                      f"{extra[0]}.",
+                               hint=f"Leave {extra[0]} unset ({unset}).")
+
+
 def validate(values: dict[str, Any], *, where: str = "train_glm",
              params: tuple[Param, ...] = GLM_PARAMS) -> dict[str, Any]:
     """Return a complete, typed parameter dict; raise :class:`InvalidParameter` on any bad value.

@@ -94,15 +94,13 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
                mu: np.ndarray | None = None, sd: np.ndarray | None = None,
                itemsize: int = 8, y_coding: tuple[int, float, float, float] | None = None,
                class_weight: tuple[float, float] = (1.0, 1.0), average: bool = False,
-               average_from: float = 0.0, average_decay: float = 0.0,
-               w_avg: np.ndarray | None = None, b_avg: float | None = None,
-               averaged: float = 0.0) -> bytes:
+               average_from: float = 0.0, average_decay: float = 0.0) -> bytes:
     """Build the initial state of one epoch from hyper-parameters and the previous model.
 
     ``average``: every step that brings the step count ``t`` above ``average_from`` also
     updates the running mean of the iterates (averaged SGD: Polyak & Juditsky, SIAM J.
-    Control Optim. 30, 1992; scikit-learn's ``average``), which holds the mean ``w_avg``,
-    ``b_avg`` of ``averaged`` earlier iterates (none: it starts at the first such iterate).
+    Control Optim. 30, 1992; scikit-learn's ``average``), which starts at the first such
+    iterate (each epoch's mean is its own: tail averaging).
     ``average_decay`` η weighs the k-th iterate in by ``(η + 1) / (k + η)`` (polynomial-decay
     averaging, Shamir & Zhang, ICML 2013: weights about k^η, so early iterates fade; 0 is the
     plain mean).
@@ -126,15 +124,11 @@ def initialize(d: int, *, loss: str, alpha: float = 0.0, l1: float = 0.0, l2: fl
     s[_PARTS] = 1  # partial states merged into this one (parallel participants)
     s[_CW_NEG], s[_CW_POS] = class_weight
     s[_AVG_FROM] = float(average_from) if average else -1.0  # below 0: no averaging
-    s[_AVG_N] = averaged if averaged > 0 else 0.0
-    s[_AVG_DECAY] = average_decay
+    s[_AVG_DECAY] = average_decay  # _AVG_N 0: the first iterate folded in replaces the mean
     w_, b_, _, _, mu_, sd_ = _views(s, d)
     if w is not None:
         w_[:] = w
     b_[0] = b
-    wa_, ba_ = _avg_views(s, d)
-    wa_[:] = w_ if w_avg is None or not averaged > 0 else w_avg
-    ba_[0] = b if b_avg is None or not averaged > 0 else b_avg
     mu_[:] = mu if standardize else 0.0
     sd_[:] = sd if standardize else 1.0
     return s.tobytes()
