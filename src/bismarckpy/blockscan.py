@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import heldrows, moments
+from . import clustering, heldrows, moments
 from .errors import InvalidData, InvalidParameter
 from .pack import HEADER_BYTES, MAGIC, rows_as_records
 from .source import Session, Source
@@ -659,7 +659,8 @@ def prepare_init(d: int, fraction: float, seen: int) -> bytes:
     head[[_P_LEN_LO, _P_Y_MIN, _P_MX, _P_MY]] = np.inf
     head[[_P_LEN_HI, _P_Y_MAX]] = -np.inf
     head[[_P_ALL01, _P_ALLPM1]] = 1.0
-    return head.tobytes() + moments._new(1 + d).tobytes()  # noqa: SLF001 (same package)
+    fresh = moments._new(1 + d).tobytes()  # noqa: SLF001 (same package)
+    return head.tobytes() + fresh + fresh  # the rows' moments, the groups' (collapsed)
 
 
 def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group: int,
@@ -671,7 +672,8 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     length); NaN and ±inf are told apart here. ``shape`` is SQL's count of the group's rows,
     of multi-dimensional and of empty arrays, of arrays of another length, and the smallest
     and largest such length. The state is the head (counts, ranges, label facts), the moments,
-    then one ``(group, n_g, h_g)`` triple per group read.
+    the moments of the groups' training rows collapsed to their means (the spread between
+    groups: :mod:`bismarckpy.clustering`), then one ``(group, n_g, h_g)`` triple per group read.
     """
     s = np.frombuffer(state if state is not None else init, dtype=_F8)
     d, fraction = int(s[_P_D]), float(s[_P_F])
@@ -694,6 +696,7 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
     X, y, _ = finite_rows(X, y, d)
     n = len(y)
     mom = s[_P_HEAD:_P_HEAD + m_len].copy()
+    btw = s[_P_HEAD + m_len:_P_HEAD + 2 * m_len].copy()
     held = held_count(seed, group, n, fraction)
     if n:
         head[_P_AX] = max(head[_P_AX], float(X.max()), -float(X.min()))
@@ -711,9 +714,11 @@ def prepare_step(state: bytes | None, xs: bytes | None, ys: bytes | None, group:
         if len(y):
             part = moments.stack(moments.of_rows(y[:, None]), moments.of_rows(X))
             mom = moments._merge_into(mom, part)  # noqa: SLF001 (same package)
+            btw = moments._merge_into(btw, moments.collapsed(part))  # noqa: SLF001
     head[_P_SEEN] += n
     head[_P_GROUPS] += 1
-    return (head.tobytes() + mom.tobytes() + s[_P_HEAD + m_len:].tobytes()
+    return (head.tobytes() + mom.tobytes() + btw.tobytes()
+            + s[_P_HEAD + 2 * m_len:].tobytes()
             + np.array([group, n, held], dtype=_F8).tobytes())
 
 
@@ -757,6 +762,15 @@ class Prepared:
     holds: np.ndarray
     stats: moments.Moments | None
     survey: Survey | None = None
+    #: Per column (the label first): how far the page groups' means spread beyond what rows
+    #: in random order give (:func:`bismarckpy.clustering.order_ratios`); None: not measured.
+    order: np.ndarray | None = None
+
+    def clustered(self) -> float | None:
+        """The label's ``F`` when the table's rows are stored in an order that follows it
+        (:func:`bismarckpy.clustering.label_clustered`), else None."""
+        return clustering.label_clustered(self.order,
+                                          int(((self.counts - self.holds) > 0).sum()))
 
 
 def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
@@ -766,6 +780,7 @@ def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
     holds = np.zeros(groups, dtype=np.int64)
     m_len = 1 + 4 * (1 + d)
     total: np.ndarray | None = None
+    between: np.ndarray | None = None
     head = np.frombuffer(prepare_init(d, 0.0, 0), dtype=_F8, count=_P_HEAD).copy()
     for raw in states:
         if raw is None:
@@ -782,10 +797,14 @@ def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
         head[_P_ALLPM1] = min(head[_P_ALLPM1], h[_P_ALLPM1])
         mom = s[_P_HEAD:_P_HEAD + m_len].copy()
         total = mom if total is None else moments._merge_into(total, mom)  # noqa: SLF001
-        triples = s[_P_HEAD + m_len:].reshape(-1, 3).astype(np.int64)
+        btw = s[_P_HEAD + m_len:_P_HEAD + 2 * m_len].copy()
+        between = btw if between is None else moments._merge_into(between, btw)  # noqa: SLF001
+        triples = s[_P_HEAD + 2 * m_len:].reshape(-1, 3).astype(np.int64)
         counts[triples[:, 0]] = triples[:, 1]
         holds[triples[:, 0]] = triples[:, 2]
     stats = moments.decode(total.tobytes()) if total is not None and total[0] > 0 else None
+    order = None if stats is None or between is None else clustering.order_ratios(
+        stats, moments.decode(between.tobytes()), int(((counts - holds) > 0).sum()))
 
     def finite(v: float) -> float | None:
         return float(v) if np.isfinite(v) else None
@@ -797,7 +816,7 @@ def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
                     finite(head[_P_Y_MIN]), finite(head[_P_Y_MAX]), bool(head[_P_ALL01]),
                     bool(head[_P_ALLPM1]), float(head[_P_AX]), float(head[_P_AY]),
                     float(head[_P_MX]), float(head[_P_MY]))
-    return Prepared(counts, holds, stats, survey)
+    return Prepared(counts, holds, stats, survey, order)
 
 
 # -- SQL: the layout of a table's pages and the statements that read them -----------------------
@@ -1045,7 +1064,10 @@ FIRST_MAGIC = b"BSMFRST1"
 (_F_D, _F_F, _F_C0, _F_C1, _F_XLIM, _F_YLIM, _F_TOTAL, _F_USABLE, _F_MULTI, _F_EMPTY,
  _F_RAGGED, _F_LEN_LO, _F_LEN_HI, _F_Y_MIN, _F_Y_MAX, _F_ALL01, _F_ALLPM1, _F_AX, _F_AY,
  _F_TRAIN, _F_VALID, _F_POS, _F_XMINS, _F_STOP) = range(24)
-_F_HEAD = 24
+#: The training rows' label moments (:mod:`bismarckpy.moments`, one column), and the same
+#: collapsed to each group's mean: how far the groups' labels differ (:mod:`bismarckpy.clustering`).
+_F_YM, _F_YB = slice(24, 29), slice(29, 34)
+_F_HEAD = 34
 
 
 @dataclass
@@ -1114,6 +1136,7 @@ def first_init(d: int, fraction: float, classes: list[float] | None, x_limit: fl
     head[[_F_LEN_LO, _F_Y_MIN]] = np.inf
     head[[_F_LEN_HI, _F_Y_MAX]] = -np.inf
     head[[_F_ALL01, _F_ALLPM1]] = 1.0
+    head[_F_YM] = head[_F_YB] = moments._new(1)  # noqa: SLF001 (same package)
     k = len(constant)
     return First(head, np.array(constant, dtype=_F8), np.full(k, np.inf), np.full(k, -np.inf),
                  bytes(kinit), None, np.zeros(0), np.full(d, np.inf),
@@ -1169,6 +1192,11 @@ def first_step(kernel: Callable, state: bytes | None, xs: bytes | None, ys: byte
         trip.append((g, c, int(m.sum())))
         if m.any():  # kept for the validation pass (heldrows)
             heldrows.keep(split_seed, g, X, y, usable[at:at + c][m])
+        if c > m.sum():  # the group's training labels: their spread, and its mean's
+            part = moments.of_rows(y[usable[at:at + c][~m]][:, None])
+            h[_F_YM] = moments._merge_into(h[_F_YM].copy(), part)  # noqa: SLF001
+            h[_F_YB] = moments._merge_into(h[_F_YB].copy(),  # noqa: SLF001
+                                           moments.collapsed(part))
         at += c
     n = len(usable)
     h[_F_USABLE] += n
@@ -1286,6 +1314,16 @@ def statement_cuts(groups: int, buffer_blocks: int = BUFFER_BLOCKS) -> list[int]
             cuts.append(end)
             last = end
     return cuts
+
+
+def first_order(f: First, counts: np.ndarray, holds: np.ndarray) -> np.ndarray:
+    """The label's analysis-of-variance ``F`` over the page groups a first epoch read
+    (``counts``/``holds``: every group's usable and validation rows), as ``Prepared.order``
+    holds it (:func:`bismarckpy.clustering.order_ratios`; the label only)."""
+    h = f.head
+    return clustering.order_ratios(moments.decode(h[_F_YM].tobytes()),
+                                   moments.decode(h[_F_YB].tobytes()),
+                                   int(((counts - holds) > 0).sum()))
 
 
 def first_survey(f: First) -> Survey:

@@ -187,6 +187,18 @@ def transition_block(state: bytes | None, block: bytes | None, d: int, itemsize:
     return _merge_into(np.frombuffer(state, dtype=_F8).copy(), part).tobytes()
 
 
+def collapsed(state: np.ndarray) -> np.ndarray:
+    """The state of ``state``'s rows each moved to its column means: same count and means, no
+    spread. Merged over groups (:func:`_merge_into`), these give the spread *between* the
+    groups' means (the between-groups sum of squares of an analysis of variance)."""
+    s = state.copy()
+    mean, root, lo, hi = _parts(s)
+    root[:] = 0.0
+    lo[:] = mean
+    hi[:] = mean
+    return s
+
+
 def select(stats: Moments, columns: slice) -> Moments:
     """The statistics of some of the columns."""
     return Moments(stats.n, stats.mean[columns], stats.sd[columns], stats.lo[columns],

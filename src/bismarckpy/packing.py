@@ -416,8 +416,10 @@ def pack_table(session: Session, *, source: str, label: str, features: Sequence[
 def _check_and_copy(session: Session, src: Source, packed_table: str, block_size: int | None,
                     dtype: str | None, seed: int) -> tuple[Checked, str, int]:
     """:func:`pack_table`'s checks and copy: what the checks found, the new table, its rows."""
+    clustered = None
     if src.row_key == "s.ctid::text":  # a table: the checks off one read of its pages
-        checked = survey_table(session, src, block_size, 0.0, seed)[0]
+        checked, _, surveyed = survey_table(session, src, block_size, 0.0, seed)
+        clustered = surveyed.clustered()
     else:
         checked = check_rows(session, src)
     check_ranges(session, src, checked, dtype=dtype, standardize=True, squared=False,
@@ -425,7 +427,9 @@ def _check_and_copy(session: Session, src: Source, packed_table: str, block_size
     target = _new_relation(session, packed_table, src)
     _create_target(session, target)
     among = label_among(src, checked.label_values)  # the copy: only the classes checked
-    if src.row_key == "s.ctid::text":  # a table: one read of its pages, no sort
+    # a table: one read of its pages, no sort; unless its rows are stored in an order that
+    # follows the label, which buffers of page groups would keep (bismarckpy.clustering)
+    if src.row_key == "s.ctid::text" and clustered is None:
         rows = blockscan.pack(session, src, target, checked.n_total, checked.d, block_size,
                               dtype, seed, also=among)
     else:
