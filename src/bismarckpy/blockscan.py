@@ -770,7 +770,8 @@ class Prepared:
         """The label's ``F`` when the table's rows are stored in an order that follows it
         (:func:`bismarckpy.clustering.label_clustered`), else None."""
         return clustering.label_clustered(self.order,
-                                          int(((self.counts - self.holds) > 0).sum()))
+                                          int(((self.counts - self.holds) > 0).sum()),
+                                          self.stats)
 
 
 def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:
@@ -1316,14 +1317,15 @@ def statement_cuts(groups: int, buffer_blocks: int = BUFFER_BLOCKS) -> list[int]
     return cuts
 
 
-def first_order(f: First, counts: np.ndarray, holds: np.ndarray) -> np.ndarray:
-    """The label's analysis-of-variance ``F`` over the page groups a first epoch read
-    (``counts``/``holds``: every group's usable and validation rows), as ``Prepared.order``
-    holds it (:func:`bismarckpy.clustering.order_ratios`; the label only)."""
+def first_order(f: First, counts: np.ndarray, holds: np.ndarray) -> Prepared:
+    """What a first epoch read of every page group (``counts``/``holds``: each one's usable
+    and validation rows): the counts, the training rows' label moments (``stats``, the label
+    only) and its analysis-of-variance ``F`` over the groups (``order``,
+    :func:`bismarckpy.clustering.order_ratios`)."""
     h = f.head
-    return clustering.order_ratios(moments.decode(h[_F_YM].tobytes()),
-                                   moments.decode(h[_F_YB].tobytes()),
-                                   int(((counts - holds) > 0).sum()))
+    label = moments.decode(h[_F_YM].tobytes())
+    return Prepared(counts, holds, label, order=clustering.order_ratios(
+        label, moments.decode(h[_F_YB].tobytes()), int(((counts - holds) > 0).sum())))
 
 
 def first_survey(f: First) -> Survey:

@@ -18,7 +18,9 @@ and every feature, read along with preparation (:func:`bismarckpy.blockscan.prep
 rows in ``G`` non-empty groups. Rows stored in random order give ``F ~ F(G - 1, N - G)``:
 mean 1, standard deviation about ``sqrt(2 / (G - 1))``. A table is *clustered* when its
 label's ``F`` exceeds :data:`CLUSTERED_F` and is beyond chance (:data:`CHANCE_SDS` standard
-deviations). Such a table gets a full row shuffle instead: its packed copy assigns rows to
+deviations), and, for classes, when the groups' class shares spread wide against the loss's
+curvature at the priors (:data:`CLASS_SPREAD`: rare classes stored together, not balanced
+ones). Such a table gets a full row shuffle instead: its packed copy assigns rows to
 blocks by a seeded hash (:func:`bismarckpy.packing.pack_into`), and ``shuffle => 'blocks'``
 left to the defaults becomes that copy (``bismarckpy.loop``).
 """
@@ -32,9 +34,9 @@ import numpy as np
 from .moments import Moments
 
 #: The label's ``F`` above which a block shuffle is not trusted. Measured on 200,000 rows with
-#: 1.2% positives (two features, logistic, defaults, two seeds; log-loss against the same rows
-#: in random order): label stored sorted (F 15,000) 1.055x with 'blocks' and 1.091x with the
-#: packed copy; clustered so that F is 438, 1.009x; F 106, 1.001x; F 42, 1.0003x; F 9, 1.0000x.
+#: 1.2% positives (two features, logistic, defaults, two seeds; log-loss against the exact fit):
+#: label stored sorted (F 15,000) 1.055x with 'blocks' and 1.091x with the packed copy;
+#: clustered so that F is 438, 1.009x; F 106, 1.001x; F 42, 1.0003x; F 9, 1.0000x.
 #: Features clustered alone do not bias the steps when the label is not (a table sorted by
 #: the strongest feature, F 1.3e6 on it and 11 on the label: 1.0000x): a gradient's mean over
 #: a page group is not biased by where the group lies in a feature's range when the model fits,
@@ -42,6 +44,16 @@ from .moments import Moments
 CLUSTERED_F = 50.0
 #: ... and beyond chance: this many standard deviations of ``F`` under random order.
 CHANCE_SDS = 6.0
+#: A two-valued label (classes) is clustered only when, besides, the spread of its groups'
+#: means is large against the curvature of the loss at the class priors: ``eta2 / (p(1-p))``
+#: above this, with ``eta2`` the share of the label's variance between groups and ``p`` a
+#: class's share. The same 200,000 rows stored sorted, by prevalence (packed copy / blocks):
+#: p 0.50, 4.0 (the largest a balanced label reaches): 1.000x / 1.000x; p 0.23, 5.6:
+#: 1.003x / 1.003x; p 0.11, 10: 1.02x / 1.01x; p 0.05, 21: 1.05x / 1.07x; p 0.012, 80:
+#: 1.10x / 1.05x; and p 0.012 clustered less, 38: 1.009x, 13: 1.001x, 6: 1.0003x. Balanced
+#: classes stored sorted keep the block paths: with averaged SGD (the default) a buffer's
+#: excess of one class is undone by the next buffers' long before it moves the model.
+CLASS_SPREAD = 5.0
 
 
 def order_ratios(total: Moments, between: Moments, groups: int) -> np.ndarray:
@@ -63,15 +75,39 @@ def order_ratios(total: Moments, between: Moments, groups: int) -> np.ndarray:
     return np.nan_to_num(f * ((n - groups) / (groups - 1)), nan=0.0, posinf=np.inf)
 
 
-def label_clustered(order: np.ndarray | None, groups: int) -> float | None:
+def label_clustered(order: np.ndarray | None, groups: int,
+                    label: Moments | None = None) -> float | None:
     """The label's ``F`` (column 0 of ``order``, :func:`order_ratios` over ``groups``
     non-empty page groups) when it is beyond :data:`CLUSTERED_F` and beyond chance
-    (:data:`CHANCE_SDS`); else None (not clustered, or not measured)."""
+    (:data:`CHANCE_SDS`), and, for a two-valued label (its moments ``label``, column 0, say
+    so), beyond :data:`CLASS_SPREAD`; else None (not clustered, or not measured)."""
     if order is None or len(order) == 0 or groups < 2:
         return None
     f = float(order[0])
-    return f if f > max(CLUSTERED_F, 1.0 + CHANCE_SDS * math.sqrt(2.0 / (groups - 1))) \
-        else None
+    if f <= max(CLUSTERED_F, 1.0 + CHANCE_SDS * math.sqrt(2.0 / (groups - 1))):
+        return None
+    share = _class_share(label)
+    if share is not None and label is not None and label.n > groups:
+        ratio = f * (groups - 1) / (label.n - groups)  # F back to eta2 / (1 - eta2)
+        eta2 = 1.0 if not math.isfinite(ratio) else ratio / (1.0 + ratio)
+        if eta2 / (share * (1.0 - share)) <= CLASS_SPREAD:
+            return None
+    return f
+
+
+def _class_share(label: Moments | None) -> float | None:
+    """The share of the larger of a label's two values, when its moments (column 0) are
+    those of two values only (``sd² = (mean - lo)(hi - mean)``); else None."""
+    if label is None or label.n < 2:
+        return None
+    lo, hi, mean, sd = (float(v[0]) for v in (label.lo, label.hi, label.mean, label.sd))
+    if not hi > lo:
+        return None
+    p = (mean - lo) / (hi - lo)
+    if not 0.0 < p < 1.0:
+        return None
+    two = p * (1.0 - p) * (hi - lo) ** 2
+    return p if abs(sd * sd - two) <= 1e-6 * two else None
 
 
 def describe(relation: str, label: str, f: float) -> str:

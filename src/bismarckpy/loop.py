@@ -762,7 +762,7 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     prep.columns_unchanged = functools.partial(blockscan.check_columns, relation=src.relation,
                                                mark=prep.storage, names=own)
     split_seed = _split_seed(seed)
-    read = blockscan.Prepared(counts, holds, None, order=blockscan.first_order(f, counts, holds))
+    read = blockscan.first_order(f, counts, holds)
     if auto is not None:  # None: the sample found the order already
         _judge_order(src, read, auto, prep.notes)
     _page_group_scans(prep, src, lay, read, split_seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import f_oneway
@@ -104,3 +105,31 @@ def _float8_2d(m: np.ndarray) -> bytes:
     n, d = m.shape
     head = np.array([2, 0, 701, n, d, 1, 1], dtype="<i4").tobytes()
     return head + m.astype("<f8").tobytes()
+
+
+def _label_moments(y: np.ndarray) -> moments.Moments:
+    return moments.decode(moments.of_rows(y[:, None]).tobytes())
+
+
+@pytest.mark.parametrize("share, flagged", [(0.5, False), (0.3, False), (0.2, True),
+                                            (0.02, True)])
+def test_sorted_classes_count_as_clustered_when_one_is_rare(share: float, flagged: bool) -> None:
+    """Balanced classes stored sorted keep the block paths (measured harmless with averaged
+    SGD); a rare class stored together does not (clustering.CLASS_SPREAD)."""
+    n, size = 40_000, 128
+    y = np.sort((np.random.default_rng(2).random(n) < share).astype(float))
+    groups = [y[i:i + size, None] for i in range(0, n, size)]
+    got = clustering.label_clustered(_ratios(groups), len(groups), _label_moments(y))
+    assert (got is not None) == flagged
+    # any label that is not two-valued is judged by F alone
+    z = np.sort(np.random.default_rng(3).normal(size=n))
+    zg = [z[i:i + size, None] for i in range(0, n, size)]
+    assert clustering.label_clustered(_ratios(zg), len(zg), _label_moments(z)) is not None
+
+
+def test_two_valued_labels_are_told_from_others() -> None:
+    assert clustering._class_share(_label_moments(np.array([0.0, 1, 1, 1]))) == 0.75  # noqa: SLF001
+    assert clustering._class_share(_label_moments(np.array([-1.0, 1, -1, -1]))) == 0.25  # noqa: SLF001
+    assert clustering._class_share(_label_moments(np.array([0.0, 1, 2]))) is None  # noqa: SLF001
+    assert clustering._class_share(_label_moments(np.ones(5))) is None  # noqa: SLF001
+    assert clustering._class_share(None) is None  # noqa: SLF001
