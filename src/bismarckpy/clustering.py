@@ -41,6 +41,9 @@ from .moments import Moments
 #: the strongest feature, F 1.3e6 on it and 11 on the label: 1.0000x): a gradient's mean over
 #: a page group is not biased by where the group lies in a feature's range when the model fits,
 #: only when the labels differ beyond what the features say. So the label alone is judged.
+#: Other labels are judged by ``F`` alone: a regression label stored sorted (200,000 rows,
+#: R² 0.83) gave an RMSE 1.007x the exact fit's on the copy from page groups, 1.005x with
+#: 'blocks' (1.000x on the full shuffle).
 CLUSTERED_F = 50.0
 #: ... and beyond chance: this many standard deviations of ``F`` under random order.
 CHANCE_SDS = 6.0
