@@ -145,3 +145,15 @@ def test_the_defaults_take_the_copy_instead_of_blocks_on_a_table_in_label_order(
         assert metric(conn, f"auto_{table}", "shuffled", "log_loss") <= 1.005 * label_ordered
     else:
         assert stored == ("blocks", "false") and not ordered, (stored, ordered)
+
+
+def test_never_on_a_table_in_label_order_warns(conn, label_ordered) -> None:
+    """'never' is the table's order, as asked; the run says what that order is (tester: a
+    model 3% above the class priors, stored as converged without a word)."""
+    notices = _notices(conn)
+    train(conn, "sorted", "never", shuffle="never", seed=1)
+    warned = _ordered(notices)
+    assert warned and "shuffle => 'never'" in warned[0] and "'once'" in warned[0], notices
+    notices.clear()
+    train(conn, "shuffled", "never_mixed", shuffle="never", seed=1)
+    assert not _ordered(notices), notices

@@ -113,6 +113,40 @@ def _class_share(label: Moments | None) -> float | None:
     return p if abs(sd * sd - two) <= 1e-6 * two else None
 
 
+#: Rows per group when a row copy's order is judged (:func:`rows_sql`): a page group's size
+#: at the default ``block_size``.
+GROUP_ROWS = 512
+
+
+def rows_sql(table: str) -> str:
+    """SQL over a row copy ``table`` (columns ``y``: the label, in its stored order): per
+    group of :data:`GROUP_ROWS` consecutive rows, its rows, the label's mean, population
+    variance, minimum and maximum (for :func:`rows_clustered`)."""
+    return ("SELECT count(*) AS n, avg(q.y) AS mean, coalesce(var_pop(q.y), 0) AS var, "
+            "min(q.y) AS lo, max(q.y) AS hi FROM (SELECT (row_number() OVER () - 1) / "
+            f"{GROUP_ROWS} AS g, c.y FROM {table} AS c) AS q GROUP BY q.g")
+
+
+def rows_clustered(groups: list[tuple]) -> float | None:
+    """:func:`label_clustered` of the label whose groups :func:`rows_sql` summed: its
+    ``(n, mean, variance, lo, hi)`` per group."""
+    if len(groups) < 2:
+        return None
+    n, mean, var, lo, hi = np.array(groups, dtype=float).T
+    rows = float(n.sum())
+    m = float((n * mean).sum() / rows)
+    between = float((n * (mean - m) ** 2).sum())
+    within = float((n * var).sum())
+
+    def one(sd: float) -> Moments:
+        return Moments(int(rows), np.array([m]), np.array([sd]), np.array([lo.min()]),
+                       np.array([hi.max()]))
+
+    label = one(math.sqrt((between + within) / rows))
+    order = order_ratios(label, one(math.sqrt(between / rows)), len(groups))
+    return label_clustered(order, len(groups), label)
+
+
 def describe(relation: str, label: str, f: float) -> str:
     """What a clustered table is, for notes and messages."""
     times = "far more" if not math.isfinite(f) else f"{f:,.0f} times as much"

@@ -522,6 +522,13 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
     if n_train + n_valid != checked.n_usable:
         raise blockscan.changed(n_train + n_valid, checked.n_usable, "The copy of the rows")
     _require_training_rows(n_train, n_valid)
+    if p["shuffle"] == "never":
+        in_order = clustering.rows_clustered(session.query(clustering.rows_sql(train)))
+        if in_order is not None:
+            notes.append(clustering.describe(src.name, src.label or "", in_order)
+                         + "; shuffle => 'never' steps through the rows in that order every "
+                           "epoch, which biases the model toward the last ones. Use shuffle "
+                           "=> 'once' (the default) or 'always'")
     mu = sd = None
     constant: list[int] = []
     if p["standardize"]:

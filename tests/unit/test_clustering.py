@@ -133,3 +133,21 @@ def test_two_valued_labels_are_told_from_others() -> None:
     assert clustering._class_share(_label_moments(np.array([0.0, 1, 2]))) is None  # noqa: SLF001
     assert clustering._class_share(_label_moments(np.ones(5))) is None  # noqa: SLF001
     assert clustering._class_share(None) is None  # noqa: SLF001
+
+
+def test_a_row_copy_is_judged_from_its_groups_sums() -> None:
+    """rows_clustered (the 'never' path's summary per 512 rows) agrees with the moments."""
+    rng = np.random.default_rng(4)
+    y = np.sort((rng.random(20_000) < 0.03).astype(float))
+    size = clustering.GROUP_ROWS
+    parts = [y[i:i + size] for i in range(0, len(y), size)]
+    sums = [(len(g), g.mean(), g.var(), g.min(), g.max()) for g in parts]
+    assert clustering.rows_clustered(sums) is not None
+    f = clustering.label_clustered(_ratios([g[:, None] for g in parts]), len(parts),
+                                   _label_moments(y))
+    assert f is not None and clustering.rows_clustered(sums) == pytest.approx(f, rel=1e-6)
+    mixed = rng.permutation(y)
+    parts = [mixed[i:i + size] for i in range(0, len(y), size)]
+    assert clustering.rows_clustered([(len(g), g.mean(), g.var(), g.min(), g.max())
+                                      for g in parts]) is None
+    assert clustering.rows_clustered(sums[:1]) is None
