@@ -1260,6 +1260,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
+    judge_scale = _judge_scale(session, p, prep)  # the convergence test's units: scale-free
     by_partition = prep.layout is not None
     strategy = execution.strategy_for(p, kind)
     if by_partition:
@@ -1328,8 +1329,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
                                                  parts=valid_parts))
             valid_loss = vm.data_loss * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
-        decision = sched.after_epoch(epoch, train_loss,
-                                     valid_loss if valid_loss is not None else train_loss)
+        score = valid_loss if valid_loss is not None else train_loss
+        decision = sched.after_epoch(epoch, train_loss, score / judge_scale)
         # An epoch's loss is measured along the way from its starting model, so a worse loss
         # condemns the step that produced that start: bold_driver goes back one more epoch.
         if decision.accept:
@@ -1358,6 +1359,30 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     if best is not None:
         valid_loss, model, train_loss = best
     return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
+
+
+def _judge_scale(session: TrainingSession, p: dict, prep: _Prepared) -> float:
+    """What the losses are divided by for the convergence test (``tol``, ``n_iter_no_change``):
+    for squared loss the label's variance (its mean square without ``fit_intercept``), so
+    ``tol`` is judged in the standardised label's units and the same data with the label
+    multiplied by 1e4 or 1e-3 stops at the same epoch; 1 for the other losses (their losses
+    are already free of the label's units). A label standardised internally is judged on the
+    internal loss (its scale ``y_sd``²); otherwise on the raw label's moments that preparation
+    measured (read once here for an unstandardised partitioned source, where preparation did
+    not; the trivial-model check reuses them). The reported losses stay in the label's units.
+    """
+    if p.get("loss") != "squared":
+        return 1.0
+    if p.get("standardize", True):
+        return prep.y_sd ** 2
+    if prep.y_stats is None and prep.layout is not None:  # y: the raw label
+        m, sd = _label_moments(session, prep.train, "true", "y", prep.y_max_abs)
+        prep.y_stats, prep.y_stats_exact = (prep.y_mean + prep.y_sd * m, prep.y_sd * sd), True
+    if prep.y_stats is None:
+        return 1.0
+    mean, sd = prep.y_stats
+    scale = sd * sd if p.get("fit_intercept", True) else mean * mean + sd * sd
+    return scale if scale > 0 and math.isfinite(scale) else 1.0
 
 
 def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | PackedTable,

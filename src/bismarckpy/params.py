@@ -102,7 +102,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "lbfgs: upper bound on iterations, each one pass plus its line-search passes "
           "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
+          "n_iter_no_change epochs (squared loss: judged in the standardised label's units, "
+          "the loss divided by the label's variance, so the label's units do not matter); "
+          "newton: relative change of the loss or coefficients; "
           "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
           "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "

@@ -90,7 +90,12 @@ class Schedule:
         return self._converge(epoch, score, accept=True)
 
     def _converge(self, epoch: int, score: float, *, accept: bool) -> Decision:
-        """scikit-learn's rule: count epochs whose score is not ``tol`` better than the best."""
+        """scikit-learn's rule: count epochs whose score is not ``tol`` better than the best.
+
+        ``score`` is in the units the caller judges convergence in: the training loop divides a
+        squared loss by the label's variance (:func:`bismarckpy.loop._judge_scale`), so
+        ``tol`` is in the standardised label's units whatever the label's own.
+        """
         if self.tol is not None and score > self.best - self.tol:
             self.no_improvement += 1
         else:
