@@ -1260,7 +1260,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
-    judge_scale = _judge_scale(session, p, prep)  # the convergence test's units: scale-free
+    judged = _judged_units(session, p, prep)  # the convergence test's: free of the label's
     by_partition = prep.layout is not None
     strategy = execution.strategy_for(p, kind)
     if by_partition:
@@ -1311,7 +1311,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         else:
             m = kind.decode(execution.run_epoch(session, train_scan, init, strategy,
                                                 parts=parts))
-        train_loss = m.mean_loss * loss_scale
+        coded = m.mean_loss  # in the fitted (coded) label's units
         score_parts: list[tuple[object, bytes]] = []
         if score_scan is not None:
             # Each partition's loss along its own epoch is its own model's, not the averaged
@@ -1321,16 +1321,18 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
             ev = kind.initialize(p, prep, m.model, evaluate=True)
             em = kind.decode(execution.run_epoch(session, score_scan, ev, strategy,
                                                  parts=score_parts))
-            train_loss = (em.data_loss + m.mean_loss - m.data_loss) * loss_scale
+            coded = em.data_loss + m.mean_loss - m.data_loss
+        train_loss = coded * loss_scale
         valid_parts: list[tuple[object, bytes]] = []
         if valid_scan:
             ev = kind.initialize(p, prep, m.model, evaluate=True)
             vm = kind.decode(execution.run_epoch(session, valid_scan, ev, strategy,
                                                  parts=valid_parts))
-            valid_loss = vm.data_loss * loss_scale
+            coded = vm.data_loss
+            valid_loss = coded * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
-        score = valid_loss if valid_loss is not None else train_loss
-        decision = sched.after_epoch(epoch, train_loss, score / judge_scale)
+        # the validation loss when there is one (else the training loss), in judged units
+        decision = sched.after_epoch(epoch, train_loss, coded * judged)
         # An epoch's loss is measured along the way from its starting model, so a worse loss
         # condemns the step that produced that start: bold_driver goes back one more epoch.
         if decision.accept:
@@ -1361,20 +1363,22 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
 
 
-def _judge_scale(session: TrainingSession, p: dict, prep: _Prepared) -> float:
-    """What the losses are divided by for the convergence test (``tol``, ``n_iter_no_change``):
-    for squared loss the label's variance (its mean square without ``fit_intercept``), so
-    ``tol`` is judged in the standardised label's units and the same data with the label
-    multiplied by 1e4 or 1e-3 stops at the same epoch; 1 for the other losses (their losses
-    are already free of the label's units). A label standardised internally is judged on the
-    internal loss (its scale ``y_sd``²); otherwise on the raw label's moments that preparation
-    measured (read once here for an unstandardised partitioned source, where preparation did
-    not; the trivial-model check reuses them). The reported losses stay in the label's units.
+def _judged_units(session: TrainingSession, p: dict, prep: _Prepared) -> float:
+    """The factor from an epoch's loss in the fitted label's units (squared loss: ``y_sd``²
+    times smaller than the reported one) to the units of the convergence test (``tol``,
+    ``n_iter_no_change``).
+
+    Squared loss is judged in the standardised label's units, the loss divided by the label's
+    variance (its mean square without ``fit_intercept``), so the same data with the label
+    multiplied by 1e4 or 1e-3 stop at the same epoch: a label standardised internally is
+    judged on the fitted loss as it is (factor 1); an unstandardised one on the loss divided
+    by the raw label's variance from the moments preparation measured (read once here for an
+    unstandardised partitioned source, where preparation did not; the trivial-model check
+    reuses them). The other losses are free of the label's units already (factor 1). The
+    reported losses stay in the label's units.
     """
-    if p.get("loss") != "squared":
+    if p.get("loss") != "squared" or p.get("standardize", True):
         return 1.0
-    if p.get("standardize", True):
-        return prep.y_sd ** 2
     if prep.y_stats is None and prep.layout is not None:  # y: the raw label
         m, sd = _label_moments(session, prep.train, "true", "y", prep.y_max_abs)
         prep.y_stats, prep.y_stats_exact = (prep.y_mean + prep.y_sd * m, prep.y_sd * sd), True

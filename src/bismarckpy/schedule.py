@@ -93,7 +93,7 @@ class Schedule:
         """scikit-learn's rule: count epochs whose score is not ``tol`` better than the best.
 
         ``score`` is in the units the caller judges convergence in: the training loop divides a
-        squared loss by the label's variance (:func:`bismarckpy.loop._judge_scale`), so
+        squared loss by the label's variance (:func:`bismarckpy.loop._judged_units`), so
         ``tol`` is in the standardised label's units whatever the label's own.
         """
         if self.tol is not None and score > self.best - self.tol:
