@@ -260,6 +260,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     if p["solver"] in EXACT_SOLVERS:
         from . import exact_loop
 
+        refuse_unused(options, model_kind.params, p["loss"], model_kind.name,
+                      solver=p["solver"])
         exact_loop.check_options(p)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",

@@ -185,18 +185,33 @@ def merge_params(own: tuple[Param, ...],
     return tuple(own) + tuple(p for p in common if p.name not in names)
 
 
+#: Parameters of SGD's steps, which the exact solvers (whole passes, no learning rate) ignore.
+SGD_ONLY = ("learning_rate", "eta0", "power_t", "average", "batch_size")
+
+
 def refuse_unused(values: dict[str, Any], params: tuple[Param, ...], loss: str, kind: str,
-                  unset: str = "NULL") -> None:
+                  unset: str = "NULL", solver: str = "sgd") -> None:
     """Raise :class:`InvalidParameter` for the first value given (not None) that the model kind
     fitting ``loss`` does not take (``params``: its declarations), e.g. ``average`` with loss
-    'softmax'; ``unset`` is how the caller's language spells "no value"."""
+    'softmax', or that ``solver`` ignores (an exact solver takes none of :data:`SGD_ONLY`,
+    e.g. ``eta0`` with solver 'newton'); ``unset`` is how the caller's language spells "no
+    value". A parameter left at None (NULL: its default) is always fine."""
     names = {q.name for q in params}
-    extra = sorted(k for k, v in values.items() if v is not None and k not in names)
-    if extra:
-        raise InvalidParameter(f"{extra[0]} is not available with loss '{loss}'",
-                               detail=f"Models of loss '{loss}' (kind {kind}) take no "
-                                      f"{extra[0]}.",
-                               hint=f"Leave {extra[0]} unset ({unset}).")
+    exact = solver in EXACT_SOLVERS
+    extra = sorted(k for k, v in values.items()
+                   if v is not None and (k not in names or (exact and k in SGD_ONLY)))
+    if not extra:
+        return
+    name = extra[0]
+    if name in names:  # a parameter of the kind that the exact solver has no use for
+        raise InvalidParameter(f"{name} is not available with solver '{solver}'",
+                               detail=f"solver '{solver}' fits the model exactly from whole "
+                                      f"passes over the data; {name} sets SGD's steps, which "
+                                      "it does not take.",
+                               hint=f"Leave {name} unset ({unset}), or use solver 'sgd'.")
+    raise InvalidParameter(f"{name} is not available with loss '{loss}'",
+                           detail=f"Models of loss '{loss}' (kind {kind}) take no {name}.",
+                           hint=f"Leave {name} unset ({unset}).")
 
 
 def validate(values: dict[str, Any], *, where: str = "train_glm",
