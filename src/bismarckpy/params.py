@@ -85,6 +85,26 @@ def parse_class_weight(v: Any) -> str | dict[str, float]:
     return out
 
 
+def parse_bool(text: str) -> bool | None:
+    """A boolean spelled as PostgreSQL's ``boolean`` input accepts it, None otherwise.
+
+    As ``parse_bool_with_len`` (src/backend/utils/adt/bool.c): surrounding whitespace and case
+    ignored; ``true``, ``yes``, ``false``, ``no`` or a prefix of one (``t``, ``ye``, ``f``);
+    ``on`` and ``off`` (or ``of``; a lone ``o`` is ambiguous); ``1`` and ``0``.
+    """
+    word = text.strip().lower()
+    if not word:
+        return None
+    for full, value in (("true", True), ("yes", True), ("false", False), ("no", False)):
+        if full.startswith(word):
+            return value
+    if word == "on":
+        return True
+    if len(word) >= 2 and "off".startswith(word):
+        return False
+    return {"1": True, "0": False}.get(word)
+
+
 GLM_PARAMS: tuple[Param, ...] = (
     Param("solver", str, "sgd", "sgd: epochs of stochastic gradient descent; newton: exact "
           "Newton/IRLS fit (normal equations for squared loss) with standard errors; lbfgs: "
@@ -296,9 +316,10 @@ def _check(p: Param, v: Any, where: str) -> Any:
     if p.kind is bool:
         if isinstance(v, bool):
             return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "t", "f", "yes", "no", "1", "0"):
-            return v.lower() in ("true", "t", "yes", "1")
-        raise bad()
+        parsed = parse_bool(v) if isinstance(v, str) else None
+        if parsed is None:
+            raise bad()
+        return parsed
     if isinstance(v, bool):
         raise bad()
     try:
