@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import blockscan, execution, kinds, losses, penalties
-from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run
+from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run, counted
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
@@ -1387,8 +1387,9 @@ def _judged_units(session: TrainingSession, p: dict, prep: _Prepared) -> float:
     if prep.y_stats is None:
         return 1.0
     mean, sd = prep.y_stats
-    scale = sd * sd if p.get("fit_intercept", True) else mean * mean + sd * sd
-    return scale if scale > 0 and math.isfinite(scale) else 1.0
+    variance = sd * sd if p.get("fit_intercept", True) else mean * mean + sd * sd
+    factor = 1.0 / variance if variance > 0 else 1.0
+    return factor if math.isfinite(factor) else 1.0
 
 
 def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | PackedTable,
@@ -1397,9 +1398,10 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     """Store the model of a kind other than the GLM (which has :func:`_epochs`' checks)."""
     notes = list(prep.notes)
     if not run.converged and p["tol"] is not None:
-        notes.append(f"training stopped after {run.epochs} epochs without converging (the "
-                     f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
-                     f"{p['n_iter_no_change']} epochs). Raise max_epochs")
+        notes.append(f"training stopped after {counted(run.epochs, 'epoch')} without "
+                     f"converging (the loss did not settle within tol = {p['tol']:g} for "
+                     f"n_iter_no_change = {counted(p['n_iter_no_change'], 'epoch')}). Raise "
+                     "max_epochs")
     zero, what = _check_not_worse_than_trivial(session, kind, p, prep, run)
     rate = kind.extra.get("rate_name", "eta0")
     # only for kinds whose training starts at the trivial model (an MLP starts at random
@@ -1466,9 +1468,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "(for example alpha => 0.0001)")
     elif not converged and p["tol"] is not None:  # tol None: no convergence test asked
         notes.append(
-            f"training stopped after {epoch} epochs without converging (the loss did not "
-            f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
-            "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
+            f"training stopped after {counted(epoch, 'epoch')} without converging (the loss did "
+            f"not settle within tol = {p['tol']:g} for n_iter_no_change = "
+            f"{counted(p['n_iter_no_change'], 'epoch')}), so the model may be far from the "
+            "optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,

@@ -223,3 +223,12 @@ def test_shared_parallel_mode_needs_workers() -> None:
     assert validate({"parallel": 1, "parallel_mode": "shared"})["parallel"] == 1
     assert validate({"parallel_mode": "shared"})["parallel"] is None
     assert validate({"parallel": 0})["parallel"] == 0
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    """"1 epoch", not "1 epochs" (the warning of a run stopped at max_epochs => 1 said so)."""
+    from bismarckpy.errors import counted
+
+    assert counted(1, "epoch") == "1 epoch" and counted(2, "epoch") == "2 epochs"
+    assert counted(0, "epoch") == "0 epochs" and counted(1, "pass") == "1 pass"
+    assert counted(3, "pass") == "3 passes" and counted(1, "iteration") == "1 iteration"
