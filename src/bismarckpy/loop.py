@@ -1161,7 +1161,7 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
     if p["batch_size"] is None:
         p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
     if p.get("power_t", 0.5) is None:
-        p["power_t"] = default_power_t(p.get("loss"))
+        p["power_t"] = default_power_t(p.get("loss"), p["batch_size"])
     if p["eta0"] is None and not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
         p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
     if p["eta0"] is None:

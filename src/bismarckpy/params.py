@@ -138,8 +138,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "mini-batches 1 / L, L the batches' curvature bound measured on a sample of "
           "training rows.", low=0.0, low_open=True, nullable=True),
     Param("power_t", float, None, "Exponent of invscaling. NULL: 0.25 for loss 'squared' "
-          "(scikit-learn's SGDRegressor), else 0.5 (SGDClassifier).", low=0.0, high=10.0,
-          nullable=True),
+          "(scikit-learn's SGDRegressor), 1 for loss 'hinge' with mini-batches (SGD's rate for "
+          "the strongly convex, non-smooth SVM objective), else 0.5 (SGDClassifier).", low=0.0,
+          high=10.0, nullable=True),
     Param("average", bool, True, "Averaged SGD (scikit-learn's average): the model is the "
           "mean of the last epoch's iterates, one per step (in the first epoch a mean that "
           "weighs the k-th iterate about k^3, so the start fades); false: the last iterate."),
