@@ -94,6 +94,26 @@ def test_linear_regression_matches_least_squares_on_diabetes(conn: psycopg.Conne
     assert np.linalg.norm(est - ref) / np.linalg.norm(ref) < 1e-2
 
 
+@pytest.mark.parametrize("options", ["", ", penalty => 'none', max_epochs => 200"])
+def test_hinge_defaults_classify_twenty_separable_rows(conn: psycopg.Connection,
+                                                       options: str) -> None:
+    """20 rows separated at a = 10.5 (0.09 standard deviations from the closest, so the SVM's
+    |w| is about 12): with eta0 = 1 / L and invscaling's 1 / sqrt(epoch) the defaults stopped as
+    converged at epoch 23-40 with the row a = 10 on the wrong side, whatever the seed; with
+    hinge's own scale and 1 / epoch decay (bismarckpy.schedule.HINGE_SCALE) every row is
+    right, in 14-39 epochs."""
+    conn.execute("DROP TABLE IF EXISTS sep20")
+    conn.execute("CREATE TABLE sep20 AS SELECT i::float8 AS a, (i % 5)::float8 AS b, "
+                 "CASE WHEN i > 10 THEN 1 ELSE -1 END AS label FROM generate_series(1, 20) i")
+    for seed in range(1, 6):
+        row = conn.execute("SELECT epochs, converged FROM bismarck.train_glm('sep20', 'label', "
+                           "ARRAY['a', 'b'], 'sep20_svm', loss => 'hinge', seed => %s"
+                           + options + ")", [seed]).fetchone()
+        accuracy = conn.execute("SELECT value FROM bismarck.evaluate('sep20_svm', 'sep20') "
+                                "WHERE metric = 'accuracy'").fetchone()
+        assert accuracy == (1.0,) and row[1] is True, (seed, row, accuracy)
+
+
 def test_hinge_separates_a_linearly_separable_set(conn: psycopg.Connection) -> None:
     """Iris setosa vs versicolor is linearly separable: the SVM gets every training row right."""
     from sklearn.datasets import load_iris

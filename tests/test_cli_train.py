@@ -62,6 +62,8 @@ def test_errors_are_one_paragraph_without_traceback(dsn: str, conn) -> None:
         (["train", "no_such_table", "--label", "y", "--features", "a"], "does not exist"),
         (["evaluate", "no_such_model", "cli_small"], 'model "no_such_model" does not exist'),
         (["history", "no_such_model"], "model 'no_such_model' does not exist"),
+        (["train", "cli_small", "--label", "y", "--features", "a", "--solver", "newton",
+          "--eta0", "0.5"], "eta0 is not available with solver 'newton'"),
     ]
     for args, message in cases:
         code, out = _run(*args, "--dsn", dsn)

@@ -157,3 +157,28 @@ def test_batch_size_one_is_still_per_row_sgd(conn, path: str) -> None:
     train(conn, "dflt_small", "y", cols, "dflt_small_m", max_epochs=2)
     p = _params(conn, "dflt_small_m")
     assert p["batch_size"] == 2 and p["eta0"] != 0.1
+
+
+@pytest.mark.parametrize("options", [{}, {"standardize": False},
+                                     {"shuffle": "always", "packed": False}],
+                         ids=["packed", "unstandardized", "rows"])
+def test_squared_loss_convergence_is_free_of_the_labels_units(conn, options: dict) -> None:
+    """tol is judged in the standardised label's units: the same rows with the label
+    multiplied by 1e4 and by 1e-3 stop at the same epoch, both converged (judged in the
+    label's own units, the first ran all 100 epochs unconverged and the second stopped at
+    epoch 6), while the reported losses stay in the label's units (1e14 times apart)."""
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(500, 2))
+    y = X @ [3.0, -2.0] + 0.5 * rng.normal(size=500) + 7.0
+    got = {}
+    for scale in (1e4, 1e-3):
+        table = f"dflt_units_{'big' if scale > 1 else 'small'}"
+        load_table(conn, table, ["a", "b"], X, y * scale)
+        train(conn, table, "y", ["a", "b"], table + "_m", loss="squared", **options)
+        got[scale] = conn.execute(
+            "SELECT (metrics->>'epochs')::int, (metrics->>'converged')::bool, "
+            "(metrics->>'train_loss')::float8 FROM bismarck.models WHERE model_name = %s "
+            "ORDER BY version DESC LIMIT 1", [table + "_m"]).fetchone()
+    (big_epochs, big_ok, big_loss), (small_epochs, small_ok, small_loss) = got.values()
+    assert big_ok and small_ok and big_epochs == small_epochs < 100, got
+    assert big_loss / small_loss == pytest.approx(1e14, rel=1e-3), got

@@ -173,3 +173,19 @@ def test_average_none_is_bismarcks_default_and_softmax_has_none() -> None:
     assert "average" not in SGDClassifier(loss="softmax").bismarck_params()
     with pytest.raises(InvalidParameter, match="average is not available with loss 'softmax'"):
         SGDClassifier(loss="softmax", average=True).bismarck_params()
+
+
+def test_exact_solver_refuses_sgd_step_options_as_sql_does() -> None:
+    """solver='newton' takes no SGD step options: an explicit one is refused by name (as from
+    SQL), while the estimators' None defaults send nothing."""
+    from bismarck_controller.estimators import LinearRegression, LogisticRegression
+
+    assert LogisticRegression().bismarck_params()["eta0"] is None
+    assert LinearRegression().bismarck_params()["solver"] == "newton"
+    for option in ({"eta0": 0.1}, {"batch_size": 8}, {"average": False},
+                   {"learning_rate": "constant"}, {"power_t": 0.5}):
+        name = next(iter(option))
+        with pytest.raises(InvalidParameter,
+                           match=f"{name} is not available with solver 'newton'") as info:
+            LogisticRegression(**option).bismarck_params()
+        assert "None" in info.value.hint

@@ -265,7 +265,26 @@ BAD = [
     ("solver => 'newton', penalty => 'elasticnet'",
      "solver 'newton' does not support penalty 'elasticnet'", "22023"),
     ("solver => 'cholesky'", "invalid value for parameter 'solver'", "22023"),
+    # SGD's step options, once silently ignored by the exact solvers
+    ("solver => 'newton', average => false", "average is not available with solver 'newton'",
+     "22023"),
+    ("solver => 'newton', eta0 => 0.5", "eta0 is not available with solver 'newton'", "22023"),
+    ("solver => 'lbfgs', batch_size => 32", "batch_size is not available with solver 'lbfgs'",
+     "22023"),
+    ("solver => 'newton', learning_rate => 'constant'",
+     "learning_rate is not available with solver 'newton'", "22023"),
+    ("solver => 'newton', power_t => 0.5", "power_t is not available with solver 'newton'",
+     "22023"),
 ]
+
+
+def test_sgd_options_left_null_are_fine_with_an_exact_solver(madlib, conn):
+    """NULL is "the default", not a value: train_glm's own NULL defaults pass."""
+    row = conn.execute(
+        "SELECT converged FROM bismarck.train_glm('houses', 'price', ARRAY['tax'], 'null_opts', "
+        "loss => 'squared', solver => 'newton', average => NULL, eta0 => NULL, "
+        "batch_size => NULL, learning_rate => NULL, power_t => NULL)").fetchone()
+    assert row == (True,)
 
 
 @pytest.mark.parametrize("options,message,sqlstate", BAD)

@@ -33,6 +33,7 @@ from bismarck_controller.connection import connect
 from bismarck_controller.session import BismarckWarning
 from bismarckpy import evaluate as engine_evaluate
 from bismarckpy import kinds
+from bismarckpy.errors import counted
 from bismarckpy.loop import EpochRecord
 from bismarckpy.source import exact_number
 
@@ -147,7 +148,8 @@ def train_command(table: str, label: str, features: str, model_name: str | None,
     for note in result.warnings:
         console.print(f"[yellow]Warning: {markup(note)}.[/yellow]")
     if not result.converged and not result.warnings:
-        console.print(f"[yellow]Did not converge in {result.epochs} epochs: raise --max-epochs "
+        console.print(f"[yellow]Did not converge in {counted(result.epochs, 'epoch')}: raise "
+                      "--max-epochs "
                       "or --tol, or try --learning-rate adaptive.[/yellow]")
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from bismarck_controller.cli import main as cli
 from bismarck_controller.connection import connect
+from bismarckpy.errors import counted
 
 TABLE = "demo_breast_cancer"
 console = Console()
@@ -73,7 +74,8 @@ def run() -> None:
             "FROM bismarck.train_glm(%s, 'malignant', %s, 'cancer_sql', seed => 42)",
             [f"{TABLE}_train", names]).fetchone()
         conn.commit()
-    console.print(f"model {row[0]} version {row[1]}: {row[2]} epochs, converged {row[3]}, "
+    console.print(f"model {row[0]} version {row[1]}: {counted(row[2], 'epoch')}, converged "
+                  f"{row[3]}, "
                   f"train loss {row[4]}")
 
 

@@ -114,7 +114,8 @@ class _BaseSGD:
         shuffle = self.shuffle
         values["shuffle"] = _SHUFFLE[shuffle] if isinstance(shuffle, bool) else shuffle
         kind = losses.REGISTRY[values["loss"]].kind
-        refuse_unused(values, kinds.get(kind).params, values["loss"], kind, unset="None")
+        refuse_unused(values, kinds.get(kind).params, values["loss"], kind, unset="None",
+                      solver=str(values["solver"]).strip().lower())
         checked = validate(values, params=kinds.get(kind).params)
         return {k: checked[k] for k in values}  # the rest take the engine's defaults
 

@@ -34,6 +34,11 @@ def paragraph(message: str, detail: str | None = None, hint: str | None = None) 
                       *(["Hint: " + hint] if hint else [])])
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in agreement: ``1 epoch``, ``2 epochs`` (``pass``: ``passes``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 class InvalidParameter(BismarckError):
     """A hyper-parameter or option outside its declared range (22023 invalid_parameter_value)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import exact, inference, penalties, solvers
-from .errors import InvalidData, InvalidParameter
+from .errors import InvalidData, InvalidParameter, counted
 from .execution import parallel_settings
 from .kinds import glm
 from .loop import (
@@ -169,7 +169,8 @@ def run(session: TrainingSession, src: Source | PackedTable, p: dict[str, Any],
                      "dtype => 'float64' (or pack with it) for the data as stored.")
     if not fit.converged:
         notes.append(f"solver '{p['solver']}' did not converge in max_epochs = "
-                     f"{p['max_epochs']} iterations ({len(history)} passes); the model is "
+                     f"{counted(p['max_epochs'], 'iteration')} "
+                     f"({counted(len(history), 'pass')}); the model is "
                      "stored with converged = false and without standard errors or p-values. "
                      "Raise max_epochs or tol.")
     metrics["validation_share"] = validation_share(prep, p["validation_fraction"], notes)

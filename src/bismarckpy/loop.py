@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import blockscan, clustering, execution, kinds, losses, penalties
-from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run
+from .errors import BismarckError, Diverged, InvalidData, InvalidParameter, cancelled_run, counted
 from .exact import LOSS_CODES as EXACT_LOSSES
 from .kinds import glm
 from .kinds.glm import class_weights
@@ -260,6 +260,8 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
     if p["solver"] in EXACT_SOLVERS:
         from . import exact_loop
 
+        refuse_unused(options, model_kind.params, p["loss"], model_kind.name,
+                      solver=p["solver"])
         exact_loop.check_options(p)
     if not model_name or not isinstance(model_name, str):
         raise InvalidData("model_name must be a non-empty string", sqlstate="22023",
@@ -1230,7 +1232,7 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
     if p["batch_size"] is None:
         p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
     if p.get("power_t", 0.5) is None:
-        p["power_t"] = default_power_t(p.get("loss"))
+        p["power_t"] = default_power_t(p.get("loss"), p["batch_size"])
     if p["eta0"] is None and not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
         p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
     if p["eta0"] is None:
@@ -1331,6 +1333,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     model = None  # the kind's model carried from the last accepted epoch (None: zeros)
     previous_start = model  # where the last accepted epoch began (bold_driver undoes to it)
     loss_scale = prep.y_sd ** 2  # squared loss is fitted on y / y_sd
+    judged = _judged_units(session, p, prep)  # the convergence test's: free of the label's
     by_partition = prep.layout is not None
     strategy = execution.strategy_for(p, kind)
     if by_partition:
@@ -1381,7 +1384,7 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
         else:
             m = kind.decode(execution.run_epoch(session, train_scan, init, strategy,
                                                 parts=parts))
-        train_loss = m.mean_loss * loss_scale
+        coded = m.mean_loss  # in the fitted (coded) label's units
         score_parts: list[tuple[object, bytes]] = []
         if score_scan is not None:
             # Each partition's loss along its own epoch is its own model's, not the averaged
@@ -1391,16 +1394,18 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
             ev = kind.initialize(p, prep, m.model, evaluate=True)
             em = kind.decode(execution.run_epoch(session, score_scan, ev, strategy,
                                                  parts=score_parts))
-            train_loss = (em.data_loss + m.mean_loss - m.data_loss) * loss_scale
+            coded = em.data_loss + m.mean_loss - m.data_loss
+        train_loss = coded * loss_scale
         valid_parts: list[tuple[object, bytes]] = []
         if valid_scan:
             ev = kind.initialize(p, prep, m.model, evaluate=True)
             vm = kind.decode(execution.run_epoch(session, valid_scan, ev, strategy,
                                                  parts=valid_parts))
-            valid_loss = vm.data_loss * loss_scale
+            coded = vm.data_loss
+            valid_loss = coded * loss_scale
         rate = sched.rate_in_force(m.t)  # before after_epoch sets the next epoch's rate
-        decision = sched.after_epoch(epoch, train_loss,
-                                     valid_loss if valid_loss is not None else train_loss)
+        # the validation loss when there is one (else the training loss), in judged units
+        decision = sched.after_epoch(epoch, train_loss, coded * judged)
         # An epoch's loss is measured along the way from its starting model, so a worse loss
         # condemns the step that produced that start: bold_driver goes back one more epoch.
         if decision.accept:
@@ -1431,15 +1436,43 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     return _Run(model, history, converged, train_loss, valid_loss, epoch, loss_scale, train_sql)
 
 
+def _judged_units(session: TrainingSession, p: dict, prep: _Prepared) -> float:
+    """The factor from an epoch's loss in the fitted label's units (squared loss: ``y_sd``²
+    times smaller than the reported one) to the units of the convergence test (``tol``,
+    ``n_iter_no_change``).
+
+    Squared loss is judged in the standardised label's units, the loss divided by the label's
+    variance (its mean square without ``fit_intercept``), so the same data with the label
+    multiplied by 1e4 or 1e-3 stop at the same epoch: a label standardised internally is
+    judged on the fitted loss as it is (factor 1); an unstandardised one on the loss divided
+    by the raw label's variance from the moments preparation measured (read once here for an
+    unstandardised partitioned source, where preparation did not; the trivial-model check
+    reuses them). The other losses are free of the label's units already (factor 1). The
+    reported losses stay in the label's units.
+    """
+    if p.get("loss") != "squared" or p.get("standardize", True):
+        return 1.0
+    if prep.y_stats is None and prep.layout is not None:  # y: the raw label
+        m, sd = _label_moments(session, prep.train, "true", "y", prep.y_max_abs)
+        prep.y_stats, prep.y_stats_exact = (prep.y_mean + prep.y_sd * m, prep.y_sd * sd), True
+    if prep.y_stats is None:
+        return 1.0
+    mean, sd = prep.y_stats
+    variance = sd * sd if p.get("fit_intercept", True) else mean * mean + sd * sd
+    factor = 1.0 / variance if variance > 0 else 1.0
+    return factor if math.isfinite(factor) else 1.0
+
+
 def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | PackedTable,
             p: dict, prep: _Prepared, model_name: str, run: _Run,
             started: float) -> TrainResult:
     """Store the model of a kind other than the GLM (which has :func:`_epochs`' checks)."""
     notes = list(prep.notes)
     if not run.converged and p["tol"] is not None:
-        notes.append(f"training stopped after {run.epochs} epochs without converging (the "
-                     f"loss did not settle within tol = {p['tol']:g} for n_iter_no_change = "
-                     f"{p['n_iter_no_change']} epochs). Raise max_epochs")
+        notes.append(f"training stopped after {counted(run.epochs, 'epoch')} without "
+                     f"converging (the loss did not settle within tol = {p['tol']:g} for "
+                     f"n_iter_no_change = {counted(p['n_iter_no_change'], 'epoch')}). Raise "
+                     "max_epochs")
     zero, what = _check_not_worse_than_trivial(session, kind, p, prep, run)
     rate = kind.extra.get("rate_name", "eta0")
     # only for kinds whose training starts at the trivial model (an MLP starts at random
@@ -1506,9 +1539,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             "(for example alpha => 0.0001)")
     elif not converged and p["tol"] is not None:  # tol None: no convergence test asked
         notes.append(
-            f"training stopped after {epoch} epochs without converging (the loss did not "
-            f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
-            "epochs), so the model may be far from the optimum. Raise max_epochs, or try "
+            f"training stopped after {counted(epoch, 'epoch')} without converging (the loss did "
+            f"not settle within tol = {p['tol']:g} for n_iter_no_change = "
+            f"{counted(p['n_iter_no_change'], 'epoch')}), so the model may be far from the "
+            "optimum. Raise max_epochs, or try "
             "batch_size => 32 with learning_rate => 'adaptive'"
             + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,

@@ -85,6 +85,26 @@ def parse_class_weight(v: Any) -> str | dict[str, float]:
     return out
 
 
+def parse_bool(text: str) -> bool | None:
+    """A boolean spelled as PostgreSQL's ``boolean`` input accepts it, None otherwise.
+
+    As ``parse_bool_with_len`` (src/backend/utils/adt/bool.c): surrounding whitespace and case
+    ignored; ``true``, ``yes``, ``false``, ``no`` or a prefix of one (``t``, ``ye``, ``f``);
+    ``on`` and ``off`` (or ``of``; a lone ``o`` is ambiguous); ``1`` and ``0``.
+    """
+    word = text.strip().lower()
+    if not word:
+        return None
+    for full, value in (("true", True), ("yes", True), ("false", False), ("no", False)):
+        if full.startswith(word):
+            return value
+    if word == "on":
+        return True
+    if len(word) >= 2 and "off".startswith(word):
+        return False
+    return {"1": True, "0": False}.get(word)
+
+
 GLM_PARAMS: tuple[Param, ...] = (
     Param("solver", str, "sgd", "sgd: epochs of stochastic gradient descent; newton: exact "
           "Newton/IRLS fit (normal equations for squared loss) with standard errors; lbfgs: "
@@ -102,7 +122,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "lbfgs: upper bound on iterations, each one pass plus its line-search passes "
           "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
-          "n_iter_no_change epochs; newton: relative change of the loss or coefficients; "
+          "n_iter_no_change epochs (squared loss: judged in the standardised label's units, "
+          "the loss divided by the label's variance, so the label's units do not matter); "
+          "newton: relative change of the loss or coefficients; "
           "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
           "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
@@ -116,8 +138,9 @@ GLM_PARAMS: tuple[Param, ...] = (
           "mini-batches 1 / L, L the batches' curvature bound measured on a sample of "
           "training rows.", low=0.0, low_open=True, nullable=True),
     Param("power_t", float, None, "Exponent of invscaling. NULL: 0.25 for loss 'squared' "
-          "(scikit-learn's SGDRegressor), else 0.5 (SGDClassifier).", low=0.0, high=10.0,
-          nullable=True),
+          "(scikit-learn's SGDRegressor), 1 for loss 'hinge' with mini-batches (SGD's rate for "
+          "the strongly convex, non-smooth SVM objective), else 0.5 (SGDClassifier).", low=0.0,
+          high=10.0, nullable=True),
     Param("average", bool, True, "Averaged SGD (scikit-learn's average): the model is the "
           "mean of the last epoch's iterates, one per step (in the first epoch a mean that "
           "weighs the k-th iterate about k^3, so the start fades); false: the last iterate."),
@@ -183,18 +206,33 @@ def merge_params(own: tuple[Param, ...],
     return tuple(own) + tuple(p for p in common if p.name not in names)
 
 
+#: Parameters of SGD's steps, which the exact solvers (whole passes, no learning rate) ignore.
+SGD_ONLY = ("learning_rate", "eta0", "power_t", "average", "batch_size")
+
+
 def refuse_unused(values: dict[str, Any], params: tuple[Param, ...], loss: str, kind: str,
-                  unset: str = "NULL") -> None:
+                  unset: str = "NULL", solver: str = "sgd") -> None:
     """Raise :class:`InvalidParameter` for the first value given (not None) that the model kind
     fitting ``loss`` does not take (``params``: its declarations), e.g. ``average`` with loss
-    'softmax'; ``unset`` is how the caller's language spells "no value"."""
+    'softmax', or that ``solver`` ignores (an exact solver takes none of :data:`SGD_ONLY`,
+    e.g. ``eta0`` with solver 'newton'); ``unset`` is how the caller's language spells "no
+    value". A parameter left at None (NULL: its default) is always fine."""
     names = {q.name for q in params}
-    extra = sorted(k for k, v in values.items() if v is not None and k not in names)
-    if extra:
-        raise InvalidParameter(f"{extra[0]} is not available with loss '{loss}'",
-                               detail=f"Models of loss '{loss}' (kind {kind}) take no "
-                                      f"{extra[0]}.",
-                               hint=f"Leave {extra[0]} unset ({unset}).")
+    exact = solver in EXACT_SOLVERS
+    extra = sorted(k for k, v in values.items()
+                   if v is not None and (k not in names or (exact and k in SGD_ONLY)))
+    if not extra:
+        return
+    name = extra[0]
+    if name in names:  # a parameter of the kind that the exact solver has no use for
+        raise InvalidParameter(f"{name} is not available with solver '{solver}'",
+                               detail=f"solver '{solver}' fits the model exactly from whole "
+                                      f"passes over the data; {name} sets SGD's steps, which "
+                                      "it does not take.",
+                               hint=f"Leave {name} unset ({unset}), or use solver 'sgd'.")
+    raise InvalidParameter(f"{name} is not available with loss '{loss}'",
+                           detail=f"Models of loss '{loss}' (kind {kind}) take no {name}.",
+                           hint=f"Leave {name} unset ({unset}).")
 
 
 def validate(values: dict[str, Any], *, where: str = "train_glm",
@@ -279,9 +317,10 @@ def _check(p: Param, v: Any, where: str) -> Any:
     if p.kind is bool:
         if isinstance(v, bool):
             return v
-        if isinstance(v, str) and v.lower() in ("true", "false", "t", "f", "yes", "no", "1", "0"):
-            return v.lower() in ("true", "t", "yes", "1")
-        raise bad()
+        parsed = parse_bool(v) if isinstance(v, str) else None
+        if parsed is None:
+            raise bad()
+        return parsed
     if isinstance(v, bool):
         raise bad()
     try:

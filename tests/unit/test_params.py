@@ -133,6 +133,22 @@ def test_booleans_coerce(text, expected: bool) -> None:
     assert out["fit_intercept"] is expected and out["standardize"] is expected
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("on", True), ("OFF", False), (" of ", False), ("ye", True), ("tr", True), ("fal", False),
+    ("y", True), ("n", False), ("\tTrue\n", True),
+])
+def test_booleans_take_postgresqls_spellings(text: str, expected: bool) -> None:
+    """Every spelling PostgreSQL's boolean input takes: on/off and the unique prefixes too."""
+    out = validate({"average": text, "fit_intercept": text})
+    assert out["average"] is expected and out["fit_intercept"] is expected
+
+
+@pytest.mark.parametrize("text", ["o", "", "onx", "offf", "2", "yess", "tru e"])
+def test_booleans_refuse_what_postgresql_refuses(text: str) -> None:
+    with pytest.raises(InvalidParameter, match="invalid value for parameter 'average'"):
+        validate({"average": text})
+
+
 def test_integers_coerce() -> None:
     out = validate({"max_epochs": 7.0, "batch_size": "0", "n_iter_no_change": 3, "seed": -5})
     assert out["max_epochs"] == 7 and type(out["max_epochs"]) is int
@@ -207,3 +223,12 @@ def test_shared_parallel_mode_needs_workers() -> None:
     assert validate({"parallel": 1, "parallel_mode": "shared"})["parallel"] == 1
     assert validate({"parallel_mode": "shared"})["parallel"] is None
     assert validate({"parallel": 0})["parallel"] == 0
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    """"1 epoch", not "1 epochs" (the warning of a run stopped at max_epochs => 1 said so)."""
+    from bismarckpy.errors import counted
+
+    assert counted(1, "epoch") == "1 epoch" and counted(2, "epoch") == "2 epochs"
+    assert counted(0, "epoch") == "0 epochs" and counted(1, "pass") == "1 pass"
+    assert counted(3, "pass") == "3 passes" and counted(1, "iteration") == "1 iteration"

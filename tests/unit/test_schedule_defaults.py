@@ -102,3 +102,18 @@ def test_auto_eta0_is_smaller_for_smaller_batches() -> None:
     etas = [auto_eta0("logistic", A, b) for b in (1, 8, 64, 512, 0)]
     assert etas == sorted(etas)
     assert etas[0] == pytest.approx(4 / max((A * A).sum(1)), rel=1e-6)  # one row: 4 / max ‖x‖²
+
+
+def test_hinge_takes_ten_times_the_step_decaying_as_one_over_the_epoch() -> None:
+    """Hinge has no curvature to bound: its scale is 1/10 (ten times squared loss's step on the
+    same rows), and its mini-batch steps decay as 1 / epoch (power_t 1); per-row hinge steps,
+    whose rate decays with every row, keep 0.5, and the other losses their own."""
+    from bismarckpy.schedule import HINGE_SCALE, default_power_t
+
+    rng = np.random.default_rng(5)
+    A = np.hstack([rng.normal(size=(512, 4)), np.ones((512, 1))])
+    assert HINGE_SCALE == 0.1
+    assert auto_eta0("hinge", A, 2) == pytest.approx(10 * auto_eta0("squared", A, 2))
+    assert default_power_t("hinge", 2) == default_power_t("hinge", 0) == 1.0
+    assert default_power_t("hinge", 1) == 0.5
+    assert default_power_t("logistic", 2) == 0.5 and default_power_t("squared", 2) == 0.25

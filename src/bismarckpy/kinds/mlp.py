@@ -96,7 +96,8 @@ MLP_PARAMS: tuple[Param, ...] = merge_params((
     Param("max_epochs", int, 200, "Upper bound on passes over the data (scikit-learn's "
           "max_iter).", low=1, high=1_000_000),
     Param("tol", float, 0.0001, "Stop when the validation loss (or, without validation, the "
-          "training loss) improves by less than tol for n_iter_no_change epochs.", low=0.0,
+          "training loss) improves by less than tol for n_iter_no_change epochs (regression: "
+          "judged in the standardised label's units).", low=0.0,
           nullable=True),
     Param("n_iter_no_change", int, 10, "Epochs without improvement before stopping.", low=1,
           high=10_000),
