@@ -1277,7 +1277,10 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
                      p["power_t"], standardize=p.get("standardize", True),
                      rate_name=kind.extra.get("rate_name", "eta0"),
                      advice=prep.unscaled + "." if prep.unscaled else None,
-                     per_row=p.get("batch_size") == 1)
+                     per_row=p.get("batch_size") == 1,
+                     # gradient descent's exact steps (the GLM's and softmax's: convex)
+                     full_batch=p.get("batch_size") == 0
+                     and kind.extra.get("rate_name", "eta0") == "eta0")
     # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
     # early_stopping restores its best coefficients) when the kind asks for it.
     keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None
@@ -1466,8 +1469,10 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             f"training stopped after {epoch} epochs without converging (the loss did not "
             f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
             "epochs), so the model may be far from the optimum. "
-            + (prep.unscaled or "Raise max_epochs, or try batch_size => 32 with "
-               "learning_rate => 'adaptive'"
+            + (prep.unscaled or ("Full-batch gradient descent takes one step an epoch: "
+                                 "raise max_epochs, leave batch_size unset (mini-batches), "
+                                 if p["batch_size"] == 0 else "Raise max_epochs, ")
+               + "or try batch_size => 32 with learning_rate => 'adaptive'"
                + (", or an exact fit with solver => 'newton'"
                   if p["loss"] in EXACT_LOSSES else "")))
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,
