@@ -1403,7 +1403,7 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     # only for kinds whose training starts at the trivial model (an MLP starts at random
     # weights, and its per-epoch loss can sit above the zero network's early on)
     overshoot = (_overshoot_note(run.train_loss, zero, rate, p.get(rate), what,
-                                 p.get("standardize", True), unscaled=prep.unscaled)
+                                 p.get("standardize", True), advice=prep.unscaled)
                  if kind.extra.get("starts_from_trivial") else None)
     if overshoot is not None:  # after the note above: not "raise max_epochs" for this
         run = dataclasses.replace(run, converged=False)
@@ -1469,15 +1469,16 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             f"training stopped after {epoch} epochs without converging (the loss did not "
             f"settle within tol = {p['tol']:g} for n_iter_no_change = {p['n_iter_no_change']} "
             "epochs), so the model may be far from the optimum. "
-            + (prep.unscaled or ("Full-batch gradient descent takes one step an epoch: "
-                                 "raise max_epochs, leave batch_size unset (mini-batches), "
-                                 if p["batch_size"] == 0 else "Raise max_epochs, ")
-               + "or try batch_size => 32 with learning_rate => 'adaptive'"
-               + (", or an exact fit with solver => 'newton'"
-                  if p["loss"] in EXACT_LOSSES else "")))
+            + (prep.unscaled or (_full_batch_advice(p) if p["batch_size"] == 0 else
+                                 "Raise max_epochs, or try batch_size => 32 with "
+                                 "learning_rate => 'adaptive'"
+                                 + (", or an exact fit with solver => 'newton'"
+                                    if p["loss"] in EXACT_LOSSES else ""))))
+    falling = _still_falling(history)
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,
-                                p["standardize"], falling=_still_falling(history),
-                                unscaled=prep.unscaled)
+                                p["standardize"], falling=falling,
+                                advice=prep.unscaled or (_full_batch_advice(p) if falling
+                                                         and p["batch_size"] == 0 else None))
     if overshoot is not None:
         converged = False
         notes.append(overshoot)
@@ -1514,6 +1515,18 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
                        history=history, warnings=notes)
+
+
+#: What a full-batch run that did not get there can do instead (not a larger eta0: gradient
+#: descent diverges beyond 2 / L, twice the automatic one).
+FULL_BATCH_ADVICE = ("Full-batch gradient descent takes one step an epoch: raise max_epochs, "
+                     "leave batch_size unset (mini-batches)")
+
+
+def _full_batch_advice(p: dict) -> str:
+    """:data:`FULL_BATCH_ADVICE`, and the exact fit where the loss has one."""
+    return FULL_BATCH_ADVICE + (", or an exact fit with solver => 'newton'"
+                                if p["loss"] in EXACT_LOSSES else "")
 
 
 #: A final training loss this many times the trivial model's (:func:`trivial_glm_loss`: the
@@ -1674,20 +1687,23 @@ def _still_falling(history: list[EpochRecord]) -> bool:
 
 def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any,
                     what: str = "every weight zero", standardize: bool = True,
-                    falling: bool = False, unscaled: str | None = None) -> str | None:
+                    falling: bool = False, advice: str | None = None) -> str | None:
     """The warning for a run that ended worse than its trivial model, or None.
 
     ``falling``: the loss fell every epoch, so the steps were too small (or decayed too
     fast) to get there, and the advice is the other way round: a larger rate or more epochs.
-    ``unscaled``: the columns' scales differ too much for any rate (:func:`_note_unscaled`'s
-    advice), which is then the whole advice.
+    ``advice``, when given, is the whole advice: no rate helps when the columns' scales differ
+    too much (:func:`_note_unscaled`), and a larger one than full-batch steps' 1 / L diverges
+    (:data:`FULL_BATCH_ADVICE`).
     """
     if trivial_verdict(train_loss, zero) != "overshoot":
         return None
-    if unscaled:
+    if advice:
         return (f"the final training loss {train_loss:.6g} is above the loss of the trivial "
-                f"model ({zero:.6g}, {what}), so the model is worse than ignoring the features "
-                f"and is not reported as converged. {unscaled}")
+                f"model ({zero:.6g}, {what})" + (" though it fell every epoch" if falling
+                                                 else "")
+                + ", so the model is worse than ignoring the features and is not reported as "
+                f"converged. {advice}")
     why, verb, factor, more = ((" though it fell every epoch: the steps were too small to get "
                                 "there", "raise", 10.0, " or max_epochs") if falling else
                                (": the steps overshoot or never got there", "lower", 0.1, ""))
