@@ -121,15 +121,16 @@ class Schedule:
         """Whether exact (full-batch) steps still have more than ``tol`` of loss to take.
 
         scikit-learn's rule (an epoch ``tol`` better than the best) suits epochs of many
-        steps; an epoch of one exact step improves by a small amount for many epochs on an
-        ill-conditioned problem: 3,000 rows with 4% positives stopped after 20 steps 0.016
-        above the optimum, barely below the class priors, as converged. Gradient descent's
-        decreases shrink geometrically (linear convergence), by ``r`` = the last decrease over
-        the one before, so the decrease still to come is about ``d·r / (1 - r)``; the run
-        goes on while that exceeds ``tol`` (and while the decreases do not shrink at all).
+        steps; an epoch of one exact step can improve by less than ``tol`` for many epochs
+        while far from the optimum: on 3,000 rows with 2.4% positives it stopped as converged
+        at a log-loss of 0.1156, above the class priors' 0.1120 (Newton's: 0.1046). Gradient
+        descent's decreases shrink geometrically (linear convergence), by ``r`` = the last
+        decrease over the one before, so the decrease still to come is about
+        ``d·r / (1 - r)``; the run goes on while that exceeds ``tol`` (and while the
+        decreases do not shrink at all).
         A score that stopped falling is done. The score is exact either way: the training
         loss of the epoch's one step, or the loss of its model on the validation rows (which
-        also fell slowly: stopped as converged above the priors).
+        fell as slowly: stopped as converged 14% above Newton's on the same rows).
         """
         if not (self.full_batch and self.tol is not None) or len(self.scores) < 3:
             return False
