@@ -1280,7 +1280,8 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
                      per_row=p.get("batch_size") == 1,
                      # gradient descent's exact steps (the GLM's and softmax's: convex)
                      full_batch=p.get("batch_size") == 0
-                     and kind.extra.get("rate_name", "eta0") == "eta0")
+                     and kind.extra.get("rate_name", "eta0") == "eta0",
+                     smooth=p.get("loss") != "hinge")
     # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
     # early_stopping restores its best coefficients) when the kind asks for it.
     keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None

@@ -112,7 +112,8 @@ GLM_PARAMS: tuple[Param, ...] = (
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
           "(eta0 / epoch^power_t for mini-batches, epochs counted from 1; eta0 / t^power_t "
           "per row at batch_size 1, t counting steps; eta0 every epoch at batch_size 0, "
-          "whose exact gradients need no decay), adaptive (divide by 5 on a plateau), "
+          "whose exact gradients need no decay, except the hinge loss's), adaptive (divide by "
+          "5 on a plateau), "
           "bold_driver (x1.05 on improvement, undo and halve otherwise).",
           choices=LEARNING_RATES),
     Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps; for "

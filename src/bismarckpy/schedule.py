@@ -41,10 +41,12 @@ class Schedule:
     advice: str | None = None
     # per-row steps (batch_size 1): invscaling then decays with every step, not every epoch
     per_row: bool = False
-    # full-batch steps (batch_size 0): one exact gradient step an epoch, which needs no decay
-    # (invscaling keeps eta0) and whose small decreases are not yet convergence (see
-    # :meth:`_still_descending`)
+    # full-batch steps (batch_size 0): one exact gradient step an epoch, whose small decreases
+    # are not yet convergence (see :meth:`_still_descending`), and which needs no decay when
+    # the loss is ``smooth`` (invscaling keeps eta0; the hinge loss's subgradient steps need
+    # the decay to settle)
     full_batch: bool = False
+    smooth: bool = True
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
@@ -80,16 +82,18 @@ class Schedule:
 
         invscaling of mini-batch steps: after epoch ``k`` the rate becomes epoch ``k + 1``'s,
         ``eta0 / (k + 1) ** power_t`` (Robbins–Monro decay counted in epochs, as the matrix
-        factorisation loop's); of full-batch steps it keeps ``eta0``: the decay tames the noise
-        of sampled gradients, and an exact one has none (gradient descent at 1 / L, the
-        automatic eta0, decreases the loss at every step without it; with the decay a
-        well-conditioned 3,000-row logistic fit was 0.0038 above the optimum after 100
-        epochs, at a constant 1 / L 0.0002 after 50). adaptive and bold_driver as scikit-learn
-        and Bismarck define them; constant keeps ``eta0``.
+        factorisation loop's); of full-batch steps of a smooth loss it keeps ``eta0``: the
+        decay tames the noise of sampled gradients, and an exact gradient has none (gradient
+        descent at 1 / L, the automatic eta0, decreases the loss at every step without it;
+        with the decay a well-conditioned 3,000-row logistic fit was 0.0038 above the optimum
+        after 100 epochs, at a constant 1 / L 0.0002 after 50). The hinge loss's subgradient
+        steps keep the decay, without which they never settle. adaptive and bold_driver as
+        scikit-learn and Bismarck define them; constant keeps ``eta0``.
         """
         self._check_diverged(epoch, train_loss)
         self.scores.append(score)
-        if self.learning_rate == "invscaling" and not self.per_row and not self.full_batch:
+        if self.learning_rate == "invscaling" and not self.per_row and not (
+                self.full_batch and self.smooth):
             self.eta = self.eta0 / (epoch + 1.0) ** self.power_t
         if self.learning_rate == "bold_driver":
             if train_loss > self.previous:

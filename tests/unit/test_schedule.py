@@ -195,6 +195,11 @@ def test_invscaling_of_full_batches_keeps_eta0() -> None:
     s = Schedule("invscaling", 0.1, tol=None, n_iter_no_change=1, full_batch=True)
     run(s, [3.0, 2.0, 1.0])
     assert s.eta == 0.1
+    # the hinge loss's subgradient steps settle only as the rate decays
+    s = Schedule("invscaling", 0.1, tol=None, n_iter_no_change=1, full_batch=True,
+                 smooth=False)
+    run(s, [3.0, 2.0, 1.0])
+    assert s.eta == pytest.approx(0.1 / 4 ** 0.5)
 
 
 def test_full_batches_stop_when_the_decrease_still_to_come_is_below_tol() -> None:
