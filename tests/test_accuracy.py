@@ -146,7 +146,10 @@ def test_parallel_and_serial_both_converge(dsn: str, conn, batch_size: int) -> N
     """
     names, X, y = breast_cancer()
     load_table(conn, "cancer_par", names, X, y)
-    opts = dict(batch_size=batch_size, seed=11, penalty="l2", alpha=1e-3, max_epochs=60,
+    # Full batches stop once the decrease still to come is below tol (82 epochs, log-loss
+    # 0.0605 against Newton's 0.0598); at 60 they are 6% above it, not done.
+    opts = dict(batch_size=batch_size, seed=11, penalty="l2", alpha=1e-3,
+                max_epochs=200 if batch_size == 0 else 60,
                 block_size=2,  # enough heap pages of packed blocks for both workers
                 learning_rate="bold_driver" if batch_size == 0 else "invscaling", eta0=0.5)
     results = {}

@@ -78,10 +78,13 @@ def test_invscaling_records_the_decayed_rate(dsn: str, rate_table: str, front: s
     assert total == per_epoch * epochs
     if batch_size == 1:  # per-row steps: the rate of the epoch's last step
         expected = [eta0 / (k * per_epoch) ** power_t for k in range(1, epochs + 1)]
-    else:  # mini-batch steps (and full-batch ones): the epoch's rate
+    elif batch_size == 0:  # full-batch steps: exact gradients, no decay (eta0 every epoch)
+        expected = [eta0] * epochs
+    else:  # mini-batch steps: the epoch's rate
         expected = [eta0 / k ** power_t for k in range(1, epochs + 1)]
     np.testing.assert_allclose([r[2] for r in rows], expected, rtol=1e-14)
-    assert rows[-1][2] < eta0  # the bug: eta0 every epoch
+    if batch_size != 0:
+        assert rows[-1][2] < eta0  # the bug: eta0 every epoch
 
 
 @pytest.mark.parametrize("front", ["sql", "client"])

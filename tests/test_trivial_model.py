@@ -242,3 +242,88 @@ def test_a_run_too_slow_to_get_there_is_told_to_raise_the_rate(conn) -> None:
     warned = _trivial_warnings(notices)
     assert warned and "Raise eta0 (try 0.01) or max_epochs" in warned[0], notices
     assert "Lower eta0" not in warned[0]
+
+
+# --- unstandardised columns of different scales: the advice is standardize => true -------------
+
+def _three_scales(conn: psycopg.Connection) -> None:
+    """Tester: logistic, 3,000 rows, three features scaled 1, 1 and 3,000 (c)."""
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(3000, 3))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(Z @ [1.0, -1.0, 0.5])))).astype(float)
+    load_table(conn, "three_scales", ["a", "b", "c"], Z * [1.0, 1.0, 3e3], y)
+
+
+def _leads_with_standardize(text: str) -> None:
+    assert text.startswith("Use standardize => true: unstandardised, feature 3 (c)"), text
+    for useless in ("try", "lower eta0", "raise eta0", "'adaptive'", "'bold_driver'"):
+        assert useless not in text.lower(), text
+
+
+# A refusal against the trivial model (logistic), and the schedule's on a NaN loss (squared)
+@pytest.mark.parametrize("params", [dict(eta0=0.01, learning_rate="constant"),
+                                    dict(eta0=1e-4, loss="squared")],
+                         ids=["trivial", "schedule"])
+def test_a_refused_unstandardised_run_is_told_to_standardize(conn, params: dict) -> None:
+    """Before, the hint offered a lower eta0 or learning_rate => 'adaptive', which cannot
+    help: steps small enough for c leave a and b (and the intercept) still."""
+    _three_scales(conn)
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange) as exc:
+        train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_hot",
+              standardize=False, **params)
+    assert exc.value.diag.message_primary == "training diverged"
+    _leads_with_standardize(exc.value.diag.message_hint or "")
+    assert (exc.value.diag.message_hint or "").endswith("No model was stored.")
+    assert _stored(conn, "three_scales_hot") == 0
+
+
+def test_an_unstandardised_run_at_a_given_eta0_is_not_converged(conn) -> None:
+    """Tester: eta0 => 6.4e-7 (small enough for c) ended at log-loss 0.714, above the class
+    priors' and far from Newton's 0.532, stored as converged without a word: the columns'
+    scales were measured only when eta0 was left to the defaults."""
+    _three_scales(conn)
+    notices = _notices(conn)
+    got = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_slow",
+                standardize=False, eta0=6.4e-7)
+    newton = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_newton",
+                   standardize=False, solver="newton")
+    assert got["metrics"]["train_loss"] > 1.2 * newton["metrics"]["train_loss"]
+    assert got["metrics"]["converged"] is False
+    warned = [n.split(": ", 2)[2] for n in notices if n.startswith("WARNING")]
+    assert warned and all("Use standardize => true" in n for n in warned), notices
+    assert any("sized for feature 3 (c)" in n and "eta0 => 6.4e-07" in n for n in warned)
+    for n in warned:
+        _leads_with_standardize(n[n.index("Use standardize => true"):])
+
+
+def test_unstandardised_squared_loss_with_an_offset_feature_is_told_to_standardize(conn) -> None:
+    """Tester: y = 1000 + 2 z1 - z2, x1 = z1 + 500: every run without standardize was wrong
+    (eta0 => 1e-6 stored as converged at 100 times the least-squares loss); the warnings
+    recommended max_epochs, 'adaptive' or another eta0."""
+    rng = np.random.default_rng(6)
+    Z = rng.normal(size=(3000, 2))
+    y = 1000.0 + Z @ [2.0, -1.0] + 0.1 * rng.normal(size=3000)
+    load_table(conn, "offset500", ["x1", "x2"], Z + [500.0, 0.0], y)
+    for name, params in [("offset500_given", dict(eta0=1e-6)),
+                         ("offset500_adaptive", dict(learning_rate="adaptive"))]:
+        notices = _notices(conn)
+        got = train(conn, "offset500", "y", ["x1", "x2"], name, loss="squared",
+                    standardize=False, **params)
+        assert got["metrics"]["converged"] is False
+        warned = [n for n in notices if n.startswith("WARNING")]
+        assert warned and all("Use standardize => true: unstandardised, feature 1 (x1)" in n
+                              for n in warned), notices
+        assert not any("Raise max_epochs" in n or "'adaptive'" in n for n in warned), notices
+    fit = train(conn, "offset500", "y", ["x1", "x2"], "offset500_std", loss="squared")
+    assert fit["metrics"]["converged"] is True
+    assert metric(conn, "offset500_std", "offset500", "r2") > 0.99
+
+
+def test_an_unstandardised_softmax_run_is_not_converged(conn) -> None:
+    """The softmax kind noted the columns' scales but still stored the model as converged."""
+    _three_scales(conn)
+    notices = _notices(conn)
+    got = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_softmax",
+                loss="softmax", standardize=False)
+    assert got["metrics"]["converged"] is False
+    assert any("sized for feature 3 (c)" in n for n in notices), notices

@@ -156,8 +156,9 @@ class _Prepared:
     constant: list[int] = field(default_factory=list)  # constant (zero-variance) features
     n_pos: int = 0  # training rows of the positive class (classifiers)
     notes: list[str] = field(default_factory=list)  # warnings for the caller
-    # steps sized for a column far larger than others (standardize => false): not converged
-    unscaled: bool = False
+    # steps sized for a column far larger than others (standardize => false): not converged,
+    # and the advice that leads every failure's or warning's hint (:func:`_note_unscaled`)
+    unscaled: str | None = None
     # averaging => 'partition': the source's partitions (partitioned.Layout; train and valid
     # are then FROM items with a ``part`` column) and the column ordering a partition's rows.
     layout: Any = None
@@ -340,7 +341,7 @@ def train(session: TrainingSession, *, source: str, label: str, features: Sequen
             if model_kind.after_prepare is not None:
                 model_kind.after_prepare(session, p, prepared)
             if model_kind.name != "glm":
-                _resolve_defaults(session, p, prepared)
+                _resolve_defaults(session, p, prepared, _feature_names(table or src, prepared))
                 result = _finish(session, model_kind, table or src, p, prepared, model_name,
                                  _run_epochs(session, model_kind, p, prepared, run_id), started)
             elif p["solver"] == "sgd":
@@ -1223,18 +1224,23 @@ def _scaling(stats: Moments, fit_intercept: bool) -> tuple[np.ndarray, np.ndarra
     return mu, sd, [int(i) for i in np.flatnonzero(constant)]
 
 
-def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> None:
+def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared,
+                      names: Sequence[str] = ()) -> None:
     """Fill ``batch_size``, ``power_t`` and ``eta0`` left NULL (the model records the values).
 
     See :func:`bismarckpy.schedule.auto_batch_size` and :func:`bismarckpy.schedule.auto_eta0`;
-    per-row steps keep ``eta0`` 0.1.
+    per-row steps keep ``eta0`` 0.1. Unstandardised, the columns' scales are measured whoever
+    chose ``eta0`` (:func:`_note_unscaled`; ``names``: the features', for its advice).
     """
     if p["batch_size"] is None:
         p["batch_size"] = auto_batch_size(prep.n_train, p["block_size"])
     if p.get("power_t", 0.5) is None:
         p["power_t"] = default_power_t(p.get("loss"), p["batch_size"])
-    if p["eta0"] is None and not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
-        p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
+    if not {"loss", "penalty", "alpha", "fit_intercept"} <= p.keys():
+        if p["eta0"] is None:
+            p["eta0"] = ROW_ETA0  # a kind without a GLM's parameters: the per-row default
+        return
+    sample, given = None, p["eta0"] is not None
     if p["eta0"] is None:
         if p["batch_size"] == 1:
             p["eta0"] = ROW_ETA0
@@ -1243,8 +1249,10 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
             alpha = p["alpha"] if p["penalty"] != "none" else 0.0
             sample = _sample_rows(session, prep, p["fit_intercept"])
             p["eta0"] = auto_eta0(p["loss"], sample, p["batch_size"], alpha * l2)
-            if not p.get("standardize", True):
-                _note_unscaled(p, prep, sample)
+    if not p.get("standardize", True):
+        if sample is None:
+            sample = _sample_rows(session, prep, p["fit_intercept"])
+        _note_unscaled(p, prep, sample, names, given=given)
 
 
 #: Columns (with the intercept's column of ones) whose root mean squares differ by more than
@@ -1252,29 +1260,45 @@ def _resolve_defaults(session: TrainingSession, p: dict, prep: _Prepared) -> Non
 UNSCALED_RATIO = 30.0
 
 
-def _note_unscaled(p: dict, prep: _Prepared, sample: np.ndarray) -> None:
+def _note_unscaled(p: dict, prep: _Prepared, sample: np.ndarray, names: Sequence[str] = (),
+                   *, given: bool = False) -> None:
     """Warn, and keep the run from counting as converged, when ``standardize => false`` and
-    the sample's columns differ in scale by more than :data:`UNSCALED_RATIO`.
+    the sample's columns differ in scale by more than :data:`UNSCALED_RATIO`; keep the advice
+    (``prep.unscaled``) that then leads every failure's and warning's hint.
 
     ``eta0`` = 1 / L is sized for the largest column (L grows with its square), so a column
     30 times smaller moves 900 times slower: on 400 rows beside a constant column of -3e6,
     eta0 came out at 4e-13, and on 3,000 rows with one feature offset by 1,000 (rms 1,000
     against the intercept's 1) at 4e-6; both ended at the class priors' loss, stored as
-    converged (offsets from 100 to 9,000 did the same).
+    converged (offsets from 100 to 9,000 did the same). An ``eta0`` the caller gives is no
+    better: one small enough for the largest column leaves the others as still, a larger one
+    diverges (tester: logistic, 3,000 rows, columns scaled 1, 1 and 3,000: eta0 6.4e-7
+    stored as converged at 0.714 against Newton's 0.532; 'adaptive' and 1,000 epochs did no
+    better), so the advice is standardize => true, never another eta0 or learning_rate.
     """
     rms = np.sqrt(np.mean(np.square(sample), axis=0)) if len(sample) else np.zeros(0)
     used = rms[rms > 0]
     if len(used) < 2 or not used.max() > UNSCALED_RATIO * used.min():
         return
     big = int(np.argmax(rms))
-    name = "the intercept's column of ones" if big >= prep.d else f"feature {big + 1}"
-    prep.unscaled = True
-    prep.notes.append(
-        f"with standardize => false the steps are sized for {name} (root mean square "
-        f"{used.max():.3g}), {used.max() / used.min():.3g} times the smallest column's, so "
-        f"eta0 came out at {p['eta0']:.3g} and the other columns barely move: the model is "
-        "not reported as converged. Use standardize => true (the coefficients are reported "
+    small = int(np.flatnonzero(rms == used.min())[0])
+
+    def column(i: int) -> str:
+        if i >= prep.d:
+            return "the intercept's column of ones"
+        return f"feature {i + 1}" + (f" ({names[i]})" if i < len(names) else "")
+
+    ratio = used.max() / used.min()
+    prep.unscaled = (
+        f"Use standardize => true: unstandardised, {column(big)} is {ratio:.3g} times "
+        f"the scale of {column(small)} (root mean squares {used.max():.3g} and "
+        f"{used.min():.3g}), and steps small enough for the one leave the other barely "
+        "moving, whatever eta0, learning_rate or max_epochs (the coefficients are reported "
         "in the original units all the same)")
+    rate = f"eta0 => {p['eta0']:.3g}" if given else f"eta0 came out at {p['eta0']:.3g}"
+    prep.notes.append(
+        f"with standardize => false the steps ({rate}) are sized for {column(big)}: the "
+        f"model is not reported as converged. {prep.unscaled}")
 
 
 def _sample_rows(session: TrainingSession, prep: _Prepared, fit_intercept: bool) -> np.ndarray:
@@ -1325,7 +1349,12 @@ def _run_epochs(session: TrainingSession, kind: kinds.ModelKind, p: dict, prep: 
     sched = Schedule(p["learning_rate"], p["eta0"], p["tol"], p["n_iter_no_change"],
                      p["power_t"], standardize=p.get("standardize", True),
                      rate_name=kind.extra.get("rate_name", "eta0"),
-                     per_row=p.get("batch_size") == 1)
+                     advice=prep.unscaled + "." if prep.unscaled else None,
+                     per_row=p.get("batch_size") == 1,
+                     # gradient descent's exact steps (the GLM's and softmax's: convex)
+                     full_batch=p.get("batch_size") == 0
+                     and kind.extra.get("rate_name", "eta0") == "eta0",
+                     smooth=p.get("loss") != "hinge")
     # Early stopping keeps the epoch with the best validation loss (scikit-learn's MLP with
     # early_stopping restores its best coefficients) when the kind asks for it.
     keep_best = bool(kind.extra.get("restore_best")) and prep.valid is not None
@@ -1471,18 +1500,20 @@ def _finish(session: TrainingSession, kind: kinds.ModelKind, src: Source | Packe
     if not run.converged and p["tol"] is not None:
         notes.append(f"training stopped after {counted(run.epochs, 'epoch')} without "
                      f"converging (the loss did not settle within tol = {p['tol']:g} for "
-                     f"n_iter_no_change = {counted(p['n_iter_no_change'], 'epoch')}). Raise "
-                     "max_epochs")
+                     f"n_iter_no_change = {counted(p['n_iter_no_change'], 'epoch')}). "
+                     + (prep.unscaled or "Raise max_epochs"))
     zero, what = _check_not_worse_than_trivial(session, kind, p, prep, run)
     rate = kind.extra.get("rate_name", "eta0")
     # only for kinds whose training starts at the trivial model (an MLP starts at random
     # weights, and its per-epoch loss can sit above the zero network's early on)
     overshoot = (_overshoot_note(run.train_loss, zero, rate, p.get(rate), what,
-                                 p.get("standardize", True))
+                                 p.get("standardize", True), advice=prep.unscaled)
                  if kind.extra.get("starts_from_trivial") else None)
     if overshoot is not None:  # after the note above: not "raise max_epochs" for this
         run = dataclasses.replace(run, converged=False)
         notes.append(overshoot)
+    if prep.unscaled:  # its note is among prep.notes
+        run = dataclasses.replace(run, converged=False)
     share = validation_share(prep, p["validation_fraction"], notes)
     stored = kind.export(p, prep, run.model)
     seconds = time.monotonic() - started
@@ -1507,7 +1538,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             model_name: str, run_id: int, started: float) -> TrainResult:
     """A GLM's epochs, then its checks (divergence, separation, convergence); store it."""
     kind = kinds.get("glm")
-    _resolve_defaults(session, p, prep)
+    _resolve_defaults(session, p, prep, _feature_names(src, prep))
     run = _run_epochs(session, kind, p, prep, run_id)
     model, history, converged = run.model, run.history, run.converged
     train_loss, valid_loss, epoch = run.train_loss, run.valid_loss, run.epochs
@@ -1542,11 +1573,17 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
             f"training stopped after {counted(epoch, 'epoch')} without converging (the loss did "
             f"not settle within tol = {p['tol']:g} for n_iter_no_change = "
             f"{counted(p['n_iter_no_change'], 'epoch')}), so the model may be far from the "
-            "optimum. Raise max_epochs, or try "
-            "batch_size => 32 with learning_rate => 'adaptive'"
-            + (", or an exact fit with solver => 'newton'" if p["loss"] in EXACT_LOSSES else ""))
+            "optimum. "
+            + (prep.unscaled or (_full_batch_advice(p) if p["batch_size"] == 0 else
+                                 "Raise max_epochs, or try batch_size => 32 with "
+                                 "learning_rate => 'adaptive'"
+                                 + (", or an exact fit with solver => 'newton'"
+                                    if p["loss"] in EXACT_LOSSES else ""))))
+    falling = _still_falling(history)
     overshoot = _overshoot_note(judged_loss, trivial, "eta0", p["eta0"], trivial_what,
-                                p["standardize"], falling=_still_falling(history))
+                                p["standardize"], falling=falling,
+                                advice=prep.unscaled or (_full_batch_advice(p) if falling
+                                                         and p["batch_size"] == 0 else None))
     if overshoot is not None:
         converged = False
         notes.append(overshoot)
@@ -1556,7 +1593,7 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
     stored = kind.export(p, prep, model)
     coef, intercept = np.asarray(stored.model["coef"]), float(stored.model["intercept"])
     features = src.features
-    _check_finite(coef, intercept, train_loss, features, src.array_feature)
+    _check_finite(coef, intercept, train_loss, features, src.array_feature, prep.unscaled)
     seconds = time.monotonic() - started
     metrics = {"train_loss": train_loss, "validation_loss": valid_loss, "epochs": epoch,
                "converged": converged, "rows": prep.n_train, "validation_rows": prep.n_valid,
@@ -1583,6 +1620,18 @@ def _epochs(session: TrainingSession, src: Source | PackedTable, p: dict, prep: 
                        converged=converged, train_loss=train_loss, validation_loss=valid_loss,
                        seconds=seconds, rows=prep.n_train, skipped=prep.skipped,
                        history=history, warnings=notes)
+
+
+#: What a full-batch run that did not get there can do instead (not a larger eta0: gradient
+#: descent diverges beyond 2 / L, twice the automatic one).
+FULL_BATCH_ADVICE = ("Full-batch gradient descent takes one step an epoch: raise max_epochs, "
+                     "leave batch_size unset (mini-batches)")
+
+
+def _full_batch_advice(p: dict) -> str:
+    """:data:`FULL_BATCH_ADVICE`, and the exact fit where the loss has one."""
+    return FULL_BATCH_ADVICE + (", or an exact fit with solver => 'newton'"
+                                if p["loss"] in EXACT_LOSSES else "")
 
 
 #: A final training loss this many times the trivial model's (:func:`trivial_glm_loss`: the
@@ -1719,9 +1768,10 @@ def _check_not_worse_than_trivial_glm(session: TrainingSession, p: dict, prep: _
                    f"{WORSE_THAN_ZERO:g} times the loss of the trivial model ({trivial:.6g}, "
                    f"{what}) with learning_rate => '{p['learning_rate']}' and eta0 => "
                    f"{p['eta0']:g}.",
-            hint=("Use standardize => true, or lower eta0" if not p["standardize"]
-                  else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
-                 "'adaptive' or 'bold_driver'. No model was stored.")
+            hint=(prep.unscaled + "." if prep.unscaled else
+                  ("Use standardize => true, or lower eta0" if not p["standardize"]
+                   else "Lower eta0") + f" (try {p['eta0'] / 10:g}), or use learning_rate => "
+                  "'adaptive' or 'bold_driver'.") + " No model was stored.")
     return trivial, what, train_loss
 
 
@@ -1742,14 +1792,23 @@ def _still_falling(history: list[EpochRecord]) -> bool:
 
 def _overshoot_note(train_loss: float, zero: float | None, rate: str, value: Any,
                     what: str = "every weight zero", standardize: bool = True,
-                    falling: bool = False) -> str | None:
+                    falling: bool = False, advice: str | None = None) -> str | None:
     """The warning for a run that ended worse than its trivial model, or None.
 
     ``falling``: the loss fell every epoch, so the steps were too small (or decayed too
     fast) to get there, and the advice is the other way round: a larger rate or more epochs.
+    ``advice``, when given, is the whole advice: no rate helps when the columns' scales differ
+    too much (:func:`_note_unscaled`), and a larger one than full-batch steps' 1 / L diverges
+    (:data:`FULL_BATCH_ADVICE`).
     """
     if trivial_verdict(train_loss, zero) != "overshoot":
         return None
+    if advice:
+        return (f"the final training loss {train_loss:.6g} is above the loss of the trivial "
+                f"model ({zero:.6g}, {what})" + (" though it fell every epoch" if falling
+                                                 else "")
+                + ", so the model is worse than ignoring the features and is not reported as "
+                f"converged. {advice}")
     why, verb, factor, more = ((" though it fell every epoch: the steps were too small to get "
                                 "there", "raise", 10.0, " or max_epochs") if falling else
                                (": the steps overshoot or never got there", "lower", 0.1, ""))
@@ -1800,6 +1859,8 @@ def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKin
         advice += ", or use learning_rate => 'adaptive' or 'bold_driver'"
     if not p.get("standardize", True):
         advice += ", or use standardize => true"
+    if prep.unscaled:
+        advice = prep.unscaled
     raise Diverged(
         "training diverged",
         detail=f"The final training loss {run.train_loss:.6g} is more than "
@@ -1809,8 +1870,10 @@ def _check_not_worse_than_trivial(session: TrainingSession, kind: kinds.ModelKin
 
 
 def _check_finite(coef: np.ndarray, intercept: float, train_loss: float,
-                  features: Sequence[str], array_feature: bool) -> None:
-    """Never store a non-finite coefficient, intercept or loss: name what overflowed."""
+                  features: Sequence[str], array_feature: bool,
+                  unscaled: str | None = None) -> None:
+    """Never store a non-finite coefficient, intercept or loss: name what overflowed
+    (``unscaled``: :func:`_note_unscaled`'s advice, then the hint)."""
     bad = [_feature_name(features, array_feature, i)
            for i in np.flatnonzero(~np.isfinite(np.asarray(coef, dtype=np.float64)))]
     if not bad and math.isfinite(intercept) and math.isfinite(train_loss):
@@ -1822,7 +1885,8 @@ def _check_finite(coef: np.ndarray, intercept: float, train_loss: float,
         detail="A coefficient, the intercept or the loss overflowed float8 (inf or NaN): the "
                "columns' values are too small or too large for the model to be represented. "
                "No model was stored.",
-        hint="Rescale " + (", ".join(bad) if bad else "the columns")
+        hint=unscaled + "." if unscaled else
+             "Rescale " + (", ".join(bad) if bad else "the columns")
              + " in a view (for example multiply by a power of ten), use standardize => true, "
                "or lower eta0.")
 
@@ -1983,6 +2047,11 @@ def _finite(v: Any) -> Any:
 def _feature_name(features: Sequence[str], array_feature: bool, i: int) -> str:
     """A feature's name for messages: its column, or ``column[i]`` (1-based) of an array."""
     return f"{features[0]}[{i + 1}]" if array_feature else features[i]
+
+
+def _feature_names(src: Source | PackedTable, prep: _Prepared) -> list[str]:
+    """Every feature's :func:`_feature_name`."""
+    return [_feature_name(src.features, src.array_feature, i) for i in range(prep.d)]
 
 
 #: Each row whose margin is not positive adds at least log 2 to the logistic loss.

@@ -123,15 +123,18 @@ GLM_PARAMS: tuple[Param, ...] = (
           "(metrics 'passes' counts them all).", low=1, high=1_000_000),
     Param("tol", float, 0.001, "sgd: stop when the loss improves by less than tol for "
           "n_iter_no_change epochs (squared loss: judged in the standardised label's units, "
-          "the loss divided by the label's variance, so the label's units do not matter); "
-          "newton: relative change of the loss or coefficients; "
+          "the loss divided by the label's variance, so the label's units do not matter; "
+          "at batch_size 0 also when the decrease still to come, extrapolated from the last "
+          "two, is below tol); newton: relative change of the loss or coefficients; "
           "lbfgs: largest gradient component relative to max(1, √loss) (default 1e-8 for "
           "both). None, from Python, never stops early.", low=0.0, nullable=True),
     Param("n_iter_no_change", int, 5, "Epochs without improvement before stopping (or, for "
           "adaptive, before dividing the rate by 5).", low=1, high=10_000),
     Param("learning_rate", str, "invscaling", "Schedule: constant, invscaling "
           "(eta0 / epoch^power_t for mini-batches, epochs counted from 1; eta0 / t^power_t "
-          "per row at batch_size 1, t counting steps), adaptive (divide by 5 on a plateau), "
+          "per row at batch_size 1, t counting steps; eta0 every epoch at batch_size 0, "
+          "whose exact gradients need no decay, except the hinge loss's), adaptive (divide by "
+          "5 on a plateau), "
           "bold_driver (x1.05 on improvement, undo and halve otherwise).",
           choices=LEARNING_RATES),
     Param("eta0", float, None, "Initial learning rate. NULL: 0.1 for per-row steps; for "

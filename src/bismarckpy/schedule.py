@@ -41,11 +41,18 @@ class Schedule:
     advice: str | None = None
     # per-row steps (batch_size 1): invscaling then decays with every step, not every epoch
     per_row: bool = False
+    # full-batch steps (batch_size 0): one exact gradient step an epoch, whose small decreases
+    # are not yet convergence (see :meth:`_still_descending`), and which needs no decay when
+    # the loss is ``smooth`` (invscaling keeps eta0; the hinge loss's subgradient steps need
+    # the decay to settle)
+    full_batch: bool = False
+    smooth: bool = True
     eta: float = field(init=False)
     best: float = field(init=False, default=math.inf)
     previous: float = field(init=False, default=math.inf)
     first: float | None = field(init=False, default=None)
     no_improvement: int = field(init=False, default=0)
+    scores: list[float] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.eta = self.eta0
@@ -75,11 +82,18 @@ class Schedule:
 
         invscaling of mini-batch steps: after epoch ``k`` the rate becomes epoch ``k + 1``'s,
         ``eta0 / (k + 1) ** power_t`` (Robbins–Monro decay counted in epochs, as the matrix
-        factorisation loop's); adaptive and bold_driver as scikit-learn and Bismarck define
-        them; constant keeps ``eta0``.
+        factorisation loop's); of full-batch steps of a smooth loss it keeps ``eta0``: the
+        decay tames the noise of sampled gradients, and an exact gradient has none (gradient
+        descent at 1 / L, the automatic eta0, decreases the loss at every step without it;
+        with the decay a well-conditioned 3,000-row logistic fit was 0.0038 above the optimum
+        after 100 epochs, at a constant 1 / L 0.0002 after 50). The hinge loss's subgradient
+        steps keep the decay, without which they never settle. adaptive and bold_driver as
+        scikit-learn and Bismarck define them; constant keeps ``eta0``.
         """
         self._check_diverged(epoch, train_loss)
-        if self.learning_rate == "invscaling" and not self.per_row:
+        self.scores.append(score)
+        if self.learning_rate == "invscaling" and not self.per_row and not (
+                self.full_batch and self.smooth):
             self.eta = self.eta0 / (epoch + 1.0) ** self.power_t
         if self.learning_rate == "bold_driver":
             if train_loss > self.previous:
@@ -102,7 +116,7 @@ class Schedule:
             self.no_improvement = 0
         if accept and score < self.best:
             self.best = score
-        if self.no_improvement >= self.n_iter_no_change:
+        if self.no_improvement >= self.n_iter_no_change and not self._still_descending():
             if self.learning_rate == "adaptive" and self.eta > MIN_ADAPTIVE_ETA:
                 self.eta /= 5.0
                 self.no_improvement = 0
@@ -111,6 +125,31 @@ class Schedule:
         if self.learning_rate == "bold_driver" and self.eta < 1e-12:
             return Decision(accept=accept, stop=True, converged=True)
         return Decision(accept=accept, stop=False, converged=False)
+
+    def _still_descending(self) -> bool:
+        """Whether exact (full-batch) steps still have more than ``tol`` of loss to take.
+
+        scikit-learn's rule (an epoch ``tol`` better than the best) suits epochs of many
+        steps; an epoch of one exact step can improve by less than ``tol`` for many epochs
+        while far from the optimum: on 3,000 rows with 2.4% positives it stopped as converged
+        at a log-loss of 0.1156, above the class priors' 0.1120 (Newton's: 0.1046). Gradient
+        descent's decreases shrink geometrically (linear convergence), by ``r`` = the last
+        decrease over the one before, so the decrease still to come is about
+        ``d·r / (1 - r)``; the run goes on while that exceeds ``tol`` (and while the
+        decreases do not shrink at all).
+        A score that stopped falling is done. The score is exact either way: the training
+        loss of the epoch's one step, or the loss of its model on the validation rows (which
+        fell as slowly: stopped as converged 14% above Newton's on the same rows).
+        """
+        if not (self.full_batch and self.tol is not None) or len(self.scores) < 3:
+            return False
+        before, last = (self.scores[-3] - self.scores[-2], self.scores[-2] - self.scores[-1])
+        if not last > 0:
+            return False
+        if not before > last:
+            return True
+        r = last / before
+        return last * r / (1.0 - r) > self.tol
 
     def _check_diverged(self, epoch: int, loss: float) -> None:
         """Raise :class:`Diverged` on a NaN/inf loss or one that grew past the bound."""
