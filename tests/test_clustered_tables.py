@@ -157,3 +157,25 @@ def test_never_on_a_table_in_label_order_warns(conn, label_ordered) -> None:
     notices.clear()
     train(conn, "shuffled", "never_mixed", shuffle="never", seed=1)
     assert not _ordered(notices), notices
+
+
+def test_balanced_classes_in_label_order_get_a_full_shuffle_without_averaging(conn) -> None:
+    """Tester: balanced classes stored sorted count as harmless only for averaged SGD; the
+    last iterate (average => false, scikit-learn's default) of a copy from page groups
+    followed the last buffers' class: 1.51x the exact fit, stored as converged."""
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(20_000, 2))
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(X[:, 0] + 0.5 * X[:, 1] - 0.6)))).astype(float)
+    order = np.argsort(y, kind="stable")
+    load_table(conn, "sorted38", FEATURES, X[order], y[order])
+    load_table(conn, "mixed38", FEATURES, X, y)
+    train(conn, "mixed38", "exact38", solver="newton")
+    exact = metric(conn, "exact38", "mixed38", "log_loss")
+    notices = _notices(conn)
+    train(conn, "sorted38", "last38", shuffle="once", average=False, block_size=64, seed=3)
+    assert metric(conn, "last38", "mixed38", "log_loss") <= 1.01 * exact
+    assert _ordered(notices), notices
+    notices.clear()  # averaged (the default): the copy from page groups, no word
+    train(conn, "sorted38", "mean38", shuffle="once", block_size=64, seed=3)
+    assert metric(conn, "mean38", "mixed38", "log_loss") <= 1.01 * exact
+    assert not _ordered(notices), notices

@@ -766,12 +766,13 @@ class Prepared:
     #: in random order give (:func:`bismarckpy.clustering.order_ratios`); None: not measured.
     order: np.ndarray | None = None
 
-    def clustered(self) -> float | None:
+    def clustered(self, averaged: bool = False) -> float | None:
         """The label's ``F`` when the table's rows are stored in an order that follows it
-        (:func:`bismarckpy.clustering.label_clustered`), else None."""
+        (:func:`bismarckpy.clustering.label_clustered`; ``averaged``: the run averages its
+        iterates), else None."""
         return clustering.label_clustered(self.order,
                                           int(((self.counts - self.holds) > 0).sum()),
-                                          self.stats)
+                                          self.stats, averaged)
 
 
 def prepare_decode(states: list[bytes], groups: int, d: int) -> Prepared:

@@ -449,7 +449,7 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
     clustered = None
     if p["packed"] and src.row_key == "s.ctid::text":  # a table: its checks in one read
         checked, _, surveyed = _survey(session, src, p, 0.0, seed)
-        clustered = surveyed.clustered()
+        clustered = surveyed.clustered(bool(p.get("average")))
     else:
         _progress(session, "preparing: checking rows")
         checked = check_rows(session, src)
@@ -526,7 +526,8 @@ def _prepare_copies(session: TrainingSession, src: Source, p: dict, seed: int,
         raise blockscan.changed(n_train + n_valid, checked.n_usable, "The copy of the rows")
     _require_training_rows(n_train, n_valid)
     if p["shuffle"] == "never":
-        in_order = clustering.rows_clustered(session.query(clustering.rows_sql(train)))
+        in_order = clustering.rows_clustered(session.query(clustering.rows_sql(train)),
+                                             bool(p.get("average")))
         if in_order is not None:
             notes.append(clustering.describe(src.name, src.label or "", in_order)
                          + "; shuffle => 'never' steps through the rows in that order every "
@@ -620,11 +621,12 @@ class _Clustered(Exception):
     that follows the label (:mod:`bismarckpy.clustering`): it trains on a shuffled copy."""
 
 
-def _judge_order(src: Source, got: blockscan.Prepared, auto: bool, notes: list[str]) -> bool:
+def _judge_order(src: Source, got: blockscan.Prepared, auto: bool, notes: list[str],
+                 averaged: bool) -> bool:
     """A ``'blocks'`` run on a table stored in label order: raise :class:`_Clustered` when the
     defaults chose 'blocks' (``auto``), else add to ``notes`` that the blocks keep that order.
     Returns whether the table is so stored."""
-    f = got.clustered()
+    f = got.clustered(averaged)
     if f is None:
         return False
     if auto:
@@ -632,7 +634,7 @@ def _judge_order(src: Source, got: blockscan.Prepared, auto: bool, notes: list[s
     notes.append(clustering.describe(src.name, src.label or "", f)
                  + f"; shuffle => 'blocks' mixes {blockscan.BUFFER_BLOCKS} page groups at a "
                    "time and keeps much of that order, which can bias the model (measured: "
-                   "5% above a full shuffle's loss with 1% positives stored last). Use "
+                   "2-9% above a full shuffle's loss with 1-10% positives stored last). Use "
                    "shuffle => 'once', a copy that shuffles every row")
     return True
 
@@ -721,7 +723,8 @@ def _prepare_blocks_sampled(session: TrainingSession, src: Source, p: dict,
                        f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
                        f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
 
-    judged = _judge_order(src, got, auto, prep.notes)  # else the first epoch judges every row
+    # else the first epoch judges every row
+    judged = _judge_order(src, got, auto, prep.notes, bool(p.get("average")))
 
     def first(session: TrainingSession, init: bytes) -> bytes | None:
         return _first_epoch(session, src, p, prep, lay, classes, constant, init, seed,
@@ -774,7 +777,7 @@ def _first_epoch(session: TrainingSession, src: Source, p: dict, prep: _Prepared
     split_seed = _split_seed(seed)
     read = blockscan.first_order(f, counts, holds)
     if auto is not None:  # None: the sample found the order already
-        _judge_order(src, read, auto, prep.notes)
+        _judge_order(src, read, auto, prep.notes, bool(p.get("average")))
     _page_group_scans(prep, src, lay, read, split_seed)
     return None if f.kstate is None else kinds.for_state(f.kstate).finalize(f.kstate)
 
@@ -837,7 +840,7 @@ def _prepare_blocks_full(session: TrainingSession, src: Source, p: dict,
     prep.sample_sql = (f"SELECT bismarck._float8_array_bytes({src.x_expr}) AS x "
                        f"FROM {src.relation} AS s TABLESAMPLE SYSTEM ({share!r}) "
                        f"REPEATABLE ({int(seed) % 2**31}) WHERE {src.valid_expr} LIMIT %s")
-    _judge_order(src, got, auto, prep.notes)
+    _judge_order(src, got, auto, prep.notes, bool(p.get("average")))
     _page_group_scans(prep, src, lay, got, split_seed)
     return prep
 

@@ -114,13 +114,16 @@ def _label_moments(y: np.ndarray) -> moments.Moments:
 @pytest.mark.parametrize("share, flagged", [(0.5, False), (0.3, False), (0.2, True),
                                             (0.02, True)])
 def test_sorted_classes_count_as_clustered_when_one_is_rare(share: float, flagged: bool) -> None:
-    """Balanced classes stored sorted keep the block paths (measured harmless with averaged
-    SGD); a rare class stored together does not (clustering.CLASS_SPREAD)."""
+    """Balanced classes stored sorted keep the block paths when the iterates are averaged
+    (measured harmless); a rare class stored together does not (clustering.CLASS_SPREAD)."""
     n, size = 40_000, 128
     y = np.sort((np.random.default_rng(2).random(n) < share).astype(float))
     groups = [y[i:i + size, None] for i in range(0, n, size)]
-    got = clustering.label_clustered(_ratios(groups), len(groups), _label_moments(y))
+    got = clustering.label_clustered(_ratios(groups), len(groups), _label_moments(y), True)
     assert (got is not None) == flagged
+    # the last iterate (average => false) is biased by any class stored together
+    assert clustering.label_clustered(_ratios(groups), len(groups), _label_moments(y),
+                                      False) is not None
     # any label that is not two-valued is judged by F alone
     z = np.sort(np.random.default_rng(3).normal(size=n))
     zg = [z[i:i + size, None] for i in range(0, n, size)]
@@ -144,8 +147,9 @@ def test_a_row_copy_is_judged_from_its_groups_sums() -> None:
     sums = [(len(g), g.mean(), g.var(), g.min(), g.max()) for g in parts]
     assert clustering.rows_clustered(sums) is not None
     f = clustering.label_clustered(_ratios([g[:, None] for g in parts]), len(parts),
-                                   _label_moments(y))
-    assert f is not None and clustering.rows_clustered(sums) == pytest.approx(f, rel=1e-6)
+                                   _label_moments(y), True)
+    assert f is not None
+    assert clustering.rows_clustered(sums, True) == pytest.approx(f, rel=1e-6)
     mixed = rng.permutation(y)
     parts = [mixed[i:i + size] for i in range(0, len(y), size)]
     assert clustering.rows_clustered([(len(g), g.mean(), g.var(), g.min(), g.max())
