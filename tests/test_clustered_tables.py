@@ -176,6 +176,12 @@ def test_balanced_classes_in_label_order_get_a_full_shuffle_without_averaging(co
     assert metric(conn, "last38", "mixed38", "log_loss") <= 1.01 * exact
     assert _ordered(notices), notices
     notices.clear()  # averaged (the default): the copy from page groups, no word
-    train(conn, "sorted38", "mean38", shuffle="once", block_size=64, seed=3)
-    assert metric(conn, "mean38", "mixed38", "log_loss") <= 1.01 * exact
+    for shuffle in ("once", "blocks"):
+        train(conn, "sorted38", f"mean38_{shuffle}", shuffle=shuffle, block_size=64, seed=3)
+        assert metric(conn, f"mean38_{shuffle}", "mixed38", "log_loss") <= 1.01 * exact
+        # the reported training loss is the stored model's, not the one along the way, which
+        # tracked each run of one class (tester: 0.428 reported, the optimum 0.458)
+        reported = conn.execute("SELECT (metrics->>'train_loss')::float8 FROM bismarck.models "
+                                "WHERE model_name = %s", [f"mean38_{shuffle}"]).fetchone()[0]
+        assert reported >= exact, (shuffle, reported, exact)
     assert not _ordered(notices), notices

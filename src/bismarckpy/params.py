@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import InvalidParameter
 from .losses import REGISTRY
 from .penalties import PENALTIES
@@ -47,7 +49,8 @@ class Param:
             return self.shape
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        kind = {int: "an integer", float: "a float", bool: "a boolean"}.get(self.kind, "a value")
+        kind = {int: "an integer", float: "a float",
+                bool: "a boolean (true/false, on/off, yes/no, 1/0)"}.get(self.kind, "a value")
         if self.low is not None and self.high is not None:
             op = "<" if self.low_open else "<="
             text = f"{kind} in the range {self.low:g} {op} x <= {self.high:g}"
@@ -318,8 +321,10 @@ def _check(p: Param, v: Any, where: str) -> Any:
             raise bad()
         return text
     if p.kind is bool:
-        if isinstance(v, bool):
-            return v
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, np.integer)) and v in (0, 1):  # as PostgreSQL's int::boolean
+            return bool(v)
         parsed = parse_bool(v) if isinstance(v, str) else None
         if parsed is None:
             raise bad()

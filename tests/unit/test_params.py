@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 
 from bismarckpy.errors import InvalidParameter
@@ -143,10 +144,21 @@ def test_booleans_take_postgresqls_spellings(text: str, expected: bool) -> None:
     assert out["average"] is expected and out["fit_intercept"] is expected
 
 
-@pytest.mark.parametrize("text", ["o", "", "onx", "offf", "2", "yess", "tru e"])
-def test_booleans_refuse_what_postgresql_refuses(text: str) -> None:
-    with pytest.raises(InvalidParameter, match="invalid value for parameter 'average'"):
+@pytest.mark.parametrize("text", ["o", "", "onx", "offf", "2", "yess", "tru e", 2, -1, 0.5])
+def test_booleans_refuse_what_postgresql_refuses(text) -> None:
+    with pytest.raises(InvalidParameter, match="invalid value for parameter 'average'") as exc:
         validate({"average": text})
+    assert "on/off" in exc.value.detail  # the message lists what is accepted
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (np.True_, True), (np.False_, False), (1, True), (0, False), (np.int64(1), True),
+    (np.int8(0), False)])
+def test_numpy_booleans_and_integers_0_and_1_are_booleans(value, expected: bool) -> None:
+    """Tester: ParameterGrid({'standardize': np.array([True, False])}) hands numpy booleans
+    to the estimators, which refused them while accepting the text 'of'."""
+    out = validate({"standardize": value, "average": value})
+    assert out["standardize"] is expected and out["average"] is expected
 
 
 def test_integers_coerce() -> None:
