@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from reference_data import load_table
+from server_notices import collect
 from test_right_answers import metric
 
 from bismarck_controller import training
@@ -55,12 +56,6 @@ def train(conn: psycopg.Connection, table: str, model: str, **params) -> None:
         sql.Literal(table), sql.Literal(FEATURES), sql.Literal(model), args))
 
 
-def _notices(conn: psycopg.Connection) -> list[str]:
-    out: list[str] = []
-    conn.add_notice_handler(lambda d: out.append(f"{d.severity}: {d.message_primary}"))
-    return out
-
-
 def _ordered(notices: list[str]) -> list[str]:
     return [n for n in notices if "stored in an order that follows the label" in n]
 
@@ -69,7 +64,7 @@ def _ordered(notices: list[str]) -> list[str]:
 def test_a_packed_copy_of_a_table_in_label_order_shuffles_every_row(conn, label_ordered,
                                                                     seed: int) -> None:
     """Before: 1.04-1.09x the exact fit (block_size 64: 313 page groups, 8 per buffer)."""
-    notices = _notices(conn)
+    notices = collect(conn)
     train(conn, "sorted", "once", shuffle="once", block_size=64, seed=seed)
     assert metric(conn, "once", "shuffled", "log_loss") <= 1.005 * label_ordered
     warned = _ordered(notices)
@@ -89,7 +84,7 @@ def test_bismarck_pack_of_a_table_in_label_order_shuffles_every_row(conn, label_
 
 def test_blocks_asked_for_on_a_table_in_label_order_warn_and_name_the_fix(conn,
                                                                           label_ordered) -> None:
-    notices = _notices(conn)
+    notices = collect(conn)
     train(conn, "sorted", "blocks", shuffle="blocks", block_size=64, seed=1)
     warned = _ordered(notices)
     assert warned and "shuffle => 'once'" in warned[0], notices
@@ -150,7 +145,7 @@ def test_the_defaults_take_the_copy_instead_of_blocks_on_a_table_in_label_order(
 def test_never_on_a_table_in_label_order_warns(conn, label_ordered) -> None:
     """'never' is the table's order, as asked; the run says what that order is (tester: a
     model 3% above the class priors, stored as converged without a word)."""
-    notices = _notices(conn)
+    notices = collect(conn)
     train(conn, "sorted", "never", shuffle="never", seed=1)
     warned = _ordered(notices)
     assert warned and "shuffle => 'never'" in warned[0] and "'once'" in warned[0], notices
@@ -171,7 +166,7 @@ def test_balanced_classes_in_label_order_get_a_full_shuffle_without_averaging(co
     load_table(conn, "mixed38", FEATURES, X, y)
     train(conn, "mixed38", "exact38", solver="newton")
     exact = metric(conn, "exact38", "mixed38", "log_loss")
-    notices = _notices(conn)
+    notices = collect(conn)
     train(conn, "sorted38", "last38", shuffle="once", average=False, block_size=64, seed=3)
     assert metric(conn, "last38", "mixed38", "log_loss") <= 1.01 * exact
     assert _ordered(notices), notices

@@ -13,13 +13,8 @@ import numpy as np
 import psycopg
 import pytest
 from reference_data import load_table
+from server_notices import collect
 from test_right_answers import train
-
-
-def _notices(conn: psycopg.Connection) -> list[str]:
-    out: list[str] = []
-    conn.add_notice_handler(lambda d: out.append(f"{d.severity}: {d.message_primary}"))
-    return out
 
 
 def _rare_positives(conn: psycopg.Connection) -> float:
@@ -72,7 +67,7 @@ def test_a_full_batch_run_that_cannot_get_there_is_not_converged(conn) -> None:
     for name, params in [("collinear_gd", {}),
                          ("collinear_gd_constant", {"learning_rate": "constant"}),
                          ("collinear_gd_short", {"max_epochs": 10})]:
-        notices = _notices(conn)
+        notices = collect(conn)
         got = train(conn, "collinear", "y", feats, name, batch_size=0, **params)
         assert got["metrics"]["train_loss"] > 1.02 * exact
         assert got["metrics"]["converged"] is False

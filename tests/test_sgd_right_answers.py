@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from cases import cases
 from reference_data import load_array_table, load_table
+from server_notices import collect
 from test_right_answers import _linearly_separable, metric, train
 
 from bismarckpy.errors import Diverged
@@ -47,18 +48,12 @@ def _separable(n: int = 400, quasi: bool = False) -> tuple[np.ndarray, np.ndarra
     return X, (X[:, 0] > 0).astype(float)
 
 
-def _notices(conn: psycopg.Connection) -> list[str]:
-    out: list[str] = []
-    conn.add_notice_handler(lambda d: out.append(f"{d.severity}: {d.message_primary}"))
-    return out
-
-
 @pytest.mark.parametrize("case", NO_PENALTY)
 def test_separated_data_are_reported_whatever_the_sgd_model(conn, case: str) -> None:
     X, y = _separable()
     assert _linearly_separable(X, y)  # scipy's LP: the reference
     load_table(conn, "sep400", ["x0", "x1"], X, y)
-    notices = _notices(conn)
+    notices = collect(conn)
     row = train(conn, "sep400", "y", ["x0", "x1"], "sep400", seed=1, **NO_PENALTY[case])
     assert row["metrics"]["separation"] is True and row["metrics"]["converged"] is False
     # by x0 (a short Newton run names the column), or by the data when the stored model
@@ -122,7 +117,7 @@ def test_tiny_values_keep_their_digits(conn, scale: float, path: str, where: str
     slope, icpt = slope * sy / sx, icpt * sy
     x, y = z * sx, y * sy
     load_table(conn, "tiny", ["x"], x[:, None], y)
-    notices = _notices(conn)
+    notices = collect(conn)
     row = train(conn, "tiny", "y", ["x"], "tiny", loss="squared", penalty="none",
                 batch_size=0, learning_rate="bold_driver", eta0=1.0, tol=1e-12,
                 n_iter_no_change=30, max_epochs=400, **TINY_PATHS[path])
@@ -208,7 +203,7 @@ def test_huge_unstandardised_constant_column_is_not_converged_and_said_why(conn,
     x0 = rng.normal(size=400)
     X = np.column_stack([x0, np.full(400, -3e6)])
     load_table(conn, "hugeconst", ["x0", "x1"], X, (x0 > 0).astype(float))
-    notices = _notices(conn)
+    notices = collect(conn)
     row = train(conn, "hugeconst", "y", ["x0", "x1"], "hugeconst", loss=loss, penalty="none",
                 standardize=False, seed=1)
     assert row["metrics"]["converged"] is False
@@ -230,7 +225,7 @@ def test_a_feature_offset_by_a_thousand_unstandardised_is_not_converged(conn) ->
     Z = rng.normal(size=(3000, 2))
     y = (rng.random(3000) < 1 / (1 + np.exp(-(-1 + 1.5 * Z[:, 0] - Z[:, 1])))).astype(float)
     load_table(conn, "offset1000", ["x1", "x2"], Z + [1000.0, 0.0], y)
-    notices = _notices(conn)
+    notices = collect(conn)
     row = train(conn, "offset1000", "y", ["x1", "x2"], "offset1000", standardize=False)
     assert row["metrics"]["converged"] is False
     assert any(n.startswith("WARNING") and "sized for feature 1" in n
@@ -247,7 +242,7 @@ def test_a_run_ending_worse_than_where_it_started_is_not_converged(conn, loss: s
     y = (X @ np.array([1.0, -2.0, 0.5, 0.0, 1.5]) + rng.normal(size=2000) > 0).astype(float)
     load_table(conn, "overshoot", [f"x{i}" for i in range(5)], X, y)
     feats = [f"x{i}" for i in range(5)]
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "overshoot", "y", feats, "overshoot_hot", loss=loss, eta0=30.0,
                 learning_rate="constant", max_epochs=20)
     zero = zero_model_loss(loss, (1.0, 1.0), 2000, int(y.sum()))
@@ -320,7 +315,7 @@ def test_sgd_stopping_at_max_epochs_warns_everywhere(conn, dsn: str) -> None:
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO stop_early VALUES (%s, %s, %s)",
                         [tuple(map(float, r)) for r in zip(x0, x1, y)])
-    notices = _notices(conn)
+    notices = collect(conn)
     converged = conn.execute(
         "SELECT converged FROM bismarck.train_glm('stop_early', 'y', ARRAY['x0', 'x1'], "
         "'stop_early_m', loss => 'squared', max_epochs => 2, seed => 1)").fetchone()[0]

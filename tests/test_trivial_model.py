@@ -15,17 +15,12 @@ import psycopg
 import psycopg.sql
 import pytest
 from reference_data import load_table
+from server_notices import collect
 from test_right_answers import metric, train
 
 from bismarckpy.loop import WORSE_THAN_START
 
 PATHS = ["rows", "packed float64", "blocks", "pack() float32"]
-
-
-def _notices(conn: psycopg.Connection) -> list[str]:
-    out: list[str] = []
-    conn.add_notice_handler(lambda d: out.append(f"{d.severity}: {d.message_primary}"))
-    return out
 
 
 def _trivial_warnings(notices: list[str]) -> list[str]:
@@ -68,7 +63,7 @@ def test_unstandardised_run_far_worse_than_the_mean_is_refused(conn, path: str,
 def test_the_same_data_standardised_fits(conn) -> None:
     X, y = _scaled_feature()
     load_table(conn, "far_mean", ["x"], X, y)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "far_mean", "y", ["x"], "far_mean_std", loss="squared")
     assert got["metrics"]["converged"] is True
     assert metric(conn, "far_mean_std", "far_mean", "r2") > 0.95
@@ -84,7 +79,7 @@ def test_an_intercept_that_never_reached_the_label_is_not_converged(conn, path: 
     x = 50.0 + 10.0 * rng.normal(size=5000)
     y = 1000.0 + 3.0 * x + rng.random(5000) - 0.5
     load_table(conn, "slow_intercept", ["x"], x[:, None], y)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "slow_intercept", "y", ["x"], "slow_intercept", path, loss="squared",
                 standardize=False, learning_rate="bold_driver", max_epochs=30)
     mean_loss = 0.5 * y.var()
@@ -106,7 +101,7 @@ def test_defaults_too_an_overshooting_run_on_no_signal_is_not_converged(conn,
     though the loss along the way was as high (the stored model's is what is judged)."""
     rng = np.random.default_rng(23)
     load_table(conn, "no_signal", ["x"], rng.random((3000, 1)), 500.0 + rng.random(3000))
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "no_signal", "y", ["x"], "no_signal_hot", path, loss="squared",
                 eta0=1.0, learning_rate="constant", average=False)
     assert metric(conn, "no_signal_hot", "no_signal", "r2") < -0.1
@@ -128,7 +123,7 @@ def test_a_good_fit_far_from_zero_is_converged(conn, path: str, standardize: boo
     x = rng.normal(size=2000)
     y = 1000.0 + 3.0 * x + rng.random(2000) - 0.5
     load_table(conn, "good_far", ["x"], x[:, None], y)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "good_far", "y", ["x"], "good_far", path, loss="squared",
                 standardize=standardize)
     assert got["metrics"]["converged"] is True
@@ -144,7 +139,7 @@ def test_no_signal_the_mean_is_the_good_model(conn, path: str, standardize: bool
     SGD's noise) is converged and not flagged."""
     rng = np.random.default_rng(25)
     load_table(conn, "no_signal", ["x"], rng.random((3000, 1)), 500.0 + rng.random(3000))
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "no_signal", "y", ["x"], "no_signal", path, loss="squared",
                 standardize=standardize)
     assert got["metrics"]["converged"] is True
@@ -161,7 +156,7 @@ def test_without_an_intercept_the_zero_model_stays_the_reference(conn) -> None:
     rng = np.random.default_rng(26)
     x = rng.normal(size=2000)
     load_table(conn, "no_intercept", ["x"], x[:, None], 1000.0 + 3.0 * x)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "no_intercept", "y", ["x"], "no_intercept", loss="squared",
                 standardize=False, fit_intercept=False)
     assert not _trivial_warnings(notices), notices
@@ -183,7 +178,7 @@ def test_a_classifier_worse_than_the_priors_is_not_converged(conn, loss: str) ->
     priors = (-(p * np.log(p) + (1 - p) * np.log(1 - p)) if loss == "logistic"
               else 2 * min(p, 1 - p))
     zero = np.log(2) if loss == "logistic" else 1.0
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "priors", "y", ["a", "b", "c"], "priors_hot", loss=loss, eta0=1.0,
                 learning_rate="constant", average=False)
     assert 1.05 * priors < got["metrics"]["train_loss"] < 1.05 * zero
@@ -214,7 +209,7 @@ def test_a_factorisation_worse_than_the_mean_is_not_converged(conn) -> None:
     """eta0 => 0.4 held constant on values with no structure: the MSE settles (tol passes) at
     about twice the variance, below the refusal bound. Before, stored as converged."""
     v = _load_ratings(conn, "mf_noise", np.random.default_rng(28))
-    notices = _notices(conn)
+    notices = collect(conn)
     row = conn.execute("SELECT converged, train_loss FROM bismarck.train_mf('mf_noise', 'u', "
                        "'i', 'v', 'mf_hot', eta0 => 0.4, learning_rate => 'constant', "
                        "seed => 1)").fetchone()
@@ -235,7 +230,7 @@ def test_a_run_too_slow_to_get_there_is_told_to_raise_the_rate(conn) -> None:
     X = rng.normal(size=(1800, 3))
     y = (rng.random(1800) < 1 / (1 + np.exp(-(3 * X @ [1.0, -1.0, 1.0] - 9)))).astype(float)
     load_table(conn, "slow_rate", ["x0", "x1", "x2"], X, y)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "slow_rate", "y", ["x0", "x1", "x2"], "slow_rate", eta0=0.001,
                 max_epochs=20)
     assert got["metrics"]["converged"] is False
@@ -282,7 +277,7 @@ def test_an_unstandardised_run_at_a_given_eta0_is_not_converged(conn) -> None:
     priors' and far from Newton's 0.532, stored as converged without a word: the columns'
     scales were measured only when eta0 was left to the defaults."""
     _three_scales(conn)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_slow",
                 standardize=False, eta0=6.4e-7)
     newton = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_newton",
@@ -306,7 +301,7 @@ def test_unstandardised_squared_loss_with_an_offset_feature_is_told_to_standardi
     load_table(conn, "offset500", ["x1", "x2"], Z + [500.0, 0.0], y)
     for name, params in [("offset500_given", dict(eta0=1e-6)),
                          ("offset500_adaptive", dict(learning_rate="adaptive"))]:
-        notices = _notices(conn)
+        notices = collect(conn)
         got = train(conn, "offset500", "y", ["x1", "x2"], name, loss="squared",
                     standardize=False, **params)
         assert got["metrics"]["converged"] is False
@@ -322,7 +317,7 @@ def test_unstandardised_squared_loss_with_an_offset_feature_is_told_to_standardi
 def test_an_unstandardised_softmax_run_is_not_converged(conn) -> None:
     """The softmax kind noted the columns' scales but still stored the model as converged."""
     _three_scales(conn)
-    notices = _notices(conn)
+    notices = collect(conn)
     got = train(conn, "three_scales", "y", ["a", "b", "c"], "three_scales_softmax",
                 loss="softmax", standardize=False)
     assert got["metrics"]["converged"] is False
