@@ -633,8 +633,10 @@ class _Clustered(Exception):
 def _judge_order(src: Source, got: blockscan.Prepared, auto: bool, prep: _Prepared,
                  averaged: bool) -> bool:
     """A ``'blocks'`` run on a table stored in label order: raise :class:`_Clustered` when the
-    defaults chose 'blocks' (``auto``), else add to ``notes`` that the blocks keep that order.
-    Returns whether the table is so stored."""
+    defaults chose 'blocks' (``auto``), else add to ``prep.notes`` that the blocks keep that
+    order. Sets ``prep.in_label_order`` (by ``F`` alone). Returns whether the table counts as
+    so stored for this run (``averaged``: the two-class rule of
+    :func:`bismarckpy.clustering.label_clustered`)."""
     prep.in_label_order = got.clustered() is not None  # F alone: see the field
     f = got.clustered(averaged)
     if f is None:
